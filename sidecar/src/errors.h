@@ -1,0 +1,30 @@
+/* Tether's error codes: 0 is success, -errno (libuv's UV_E* are the same) for system
+ * errors, and the project's own codes below -1000 for TLS, identity, policy and
+ * configuration failures. tt_strerror() names both kinds. */
+#ifndef TT_ERRORS_H
+#define TT_ERRORS_H
+
+enum tt_err {
+    TT_E_TLS = -1001,            /* TLS library failure not covered below */
+    TT_E_NO_CERT = -1002,        /* peer presented no certificate */
+    TT_E_UNKNOWN_CA = -1003,     /* peer chain does not lead to a root in the bundle */
+    TT_E_EXPIRED = -1004,        /* a certificate in the peer chain has expired */
+    TT_E_NOT_YET_VALID = -1005,  /* a certificate in the peer chain is not valid yet */
+    TT_E_BAD_SAN = -1006,        /* peer leaf lacks exactly one valid spiffe:// URI SAN */
+    TT_E_WRONG_IDENTITY = -1007, /* server's SPIFFE ID is not the one expected */
+    TT_E_REVOKED = -1008,        /* peer certificate serial is revoked */
+    TT_E_PROTOCOL = -1009,       /* TLS protocol error (bad record, version, alert...) */
+    TT_E_TIMEOUT = -1010,        /* handshake did not finish in time */
+    TT_E_PEM = -1020,            /* a PEM file could not be parsed */
+    TT_E_KEY_MISMATCH = -1021,   /* private key does not match the certificate */
+    TT_E_IDENTITY = -1022,       /* certificate unusable as a workload identity */
+    TT_E_POLICY = -1030,         /* policy document invalid */
+    TT_E_DENIED = -1031,         /* connection refused by policy */
+    TT_E_CONFIG = -1040,         /* configuration invalid */
+    TT_E_SPIFFE = -1050,         /* string is not a valid SPIFFE ID */
+};
+
+/* Returns a static, human-readable description of `err` (a tt_err or a -errno). */
+const char *tt_strerror(int err);
+
+#endif

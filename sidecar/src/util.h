@@ -1,0 +1,48 @@
+/* Small shared helpers: container_of, durations and addresses as DESIGN.md writes them. */
+#ifndef TT_UTIL_H
+#define TT_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define tt_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define TT_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Parses a duration such as "250ms", "10s", "5m", "1h", "1h30m" (units ms, s, m, h;
+ * components in decreasing order; at least one) into milliseconds. Returns 0, or
+ * -EINVAL for anything else (empty, negative, unknown unit, overflow). */
+int tt_duration_parse(const char *text, uint64_t *ms_out);
+
+/* Writes `ms` in the same notation ("1h30m", "250ms", "0s") into buf. */
+void tt_duration_format(uint64_t ms, char *buf, size_t len);
+
+#define TT_ADDR_TEXT_MAX 300
+
+/* A socket address plus the text it was written as. */
+struct tt_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char text[TT_ADDR_TEXT_MAX]; /* normalized: "1.2.3.4:80", "[::1]:80", "host:80" */
+};
+
+/* Parses "IP:PORT", "[IPv6]:PORT" or "host:PORT" (host resolved now with getaddrinfo,
+ * first result). Port must be 0..65535 (0 only when allow_zero_port). Returns 0, -EINVAL
+ * for a malformed string, or -ENOENT when the host does not resolve. */
+int tt_addr_parse(const char *text, int allow_zero_port, struct tt_addr *out);
+
+/* Port of a parsed address, in host order. */
+uint16_t tt_addr_port(const struct tt_addr *addr);
+
+/* Formats a sockaddr as "1.2.3.4:80" or "[::1]:80" into buf (at least 64 bytes). */
+void tt_sockaddr_format(const struct sockaddr *sa, char *buf, size_t len);
+
+/* Wall-clock seconds since the epoch and a monotonic clock in milliseconds. */
+int64_t tt_now_unix(void);
+uint64_t tt_now_ms(void);
+
+/* Reads a whole file (at most max_len bytes) into a NUL-terminated heap buffer. Returns
+ * 0 and sets *data (caller frees) and *len, or -errno (-EFBIG when over max_len). */
+int tt_file_read(const char *path, size_t max_len, char **data, size_t *len);
+
+#endif
