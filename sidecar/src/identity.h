@@ -55,4 +55,19 @@ const struct tt_cert_info *tt_identity_root(const struct tt_identity *id, size_t
 SSL_CTX *tt_identity_server_ctx(const struct tt_identity *id);
 SSL_CTX *tt_identity_client_ctx(const struct tt_identity *id);
 
+/* For tls.c's peer verifier; other modules have no use for these. The X509_STORE holding
+ * the trust bundle, valid while a reference is held. */
+X509_STORE *tt_identity_trust_store(const struct tt_identity *id);
+
+/* Returns 1 when `serial` (formatted as tt_cert_info.serial) is in the identity's set of
+ * revoked serial numbers, else 0. */
+int tt_identity_revoked(const struct tt_identity *id, const char *serial);
+
+/* Fills `info` from certificate `x`: the serial (upper-case hex, no colons, no leading
+ * zeros), subject and issuer (RFC 2253 one-line DNs, truncated to fit), validity and
+ * the SPIFFE ID (the first spiffe:// URI SAN, else ""). Returns 0 when `x` carries
+ * exactly one URI SAN and it is a valid SPIFFE ID with a path, else TT_E_BAD_SAN (info
+ * is filled either way), or -ENOMEM. */
+int tt_cert_info_fill(struct tt_cert_info *info, X509 *x);
+
 #endif

@@ -17,13 +17,13 @@
 int tt_spiffe_check(const char *id, size_t len, bool allow_no_path);
 
 /* Checks a policy pattern: either a valid SPIFFE ID (exact match), a valid ID followed
- * by "/*" (matches every ID under that path, e.g. "spiffe://td/ns/shop/*"; also
- * "spiffe://td/*" for a whole trust domain), or "*" (any ID). Returns 0 or TT_E_SPIFFE. */
+ * by "/" "*" (matches every ID under that path, e.g. "spiffe://td/ns/shop/" + "*"; also
+ * "spiffe://td/" + "*" for a whole trust domain), or "*" (any ID). Returns 0 or TT_E_SPIFFE. */
 int tt_spiffe_pattern_check(const char *pattern);
 
 /* True when `id` (a valid SPIFFE ID) matches `pattern` (valid per
- * tt_spiffe_pattern_check): exact string equality, or for "P/*" an ID that starts with
- * "P/" followed by at least one more character ("spiffe://td/ns/shop/*" matches
+ * tt_spiffe_pattern_check): exact string equality, or for "P/" "*" an ID that starts with
+ * "P/" followed by at least one more character ("spiffe://td/ns/shop/" + "*" matches
  * "spiffe://td/ns/shop/sa/web" but not "spiffe://td/ns/shopping/sa/x" nor
  * "spiffe://td/ns/shop"). */
 bool tt_spiffe_match(const char *pattern, const char *id);

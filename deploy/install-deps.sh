@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything Tether builds with, tests with and benchmarks against, from
+# Debian's archive (see ../shared/DEPS.md). Idempotent; needs root.
+set -euo pipefail
+
+packages=(
+  # build
+  android-libboringssl-dev libuv1-dev libnghttp2-dev libjansson-dev libgrpc-dev
+  libcmocka-dev libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev
+  meson ninja-build pkg-config gcc clang libclang-rt-14-dev
+  # run and test
+  openssl ca-certificates curl python3 iproute2 procps haproxy nginx libnginx-mod-stream
+)
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(wrk)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

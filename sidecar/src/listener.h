@@ -1,0 +1,22 @@
+/* Listening sockets: bound by the runtime on the main thread (so a bad address stops
+ * start-up with a clear error), one SO_REUSEPORT socket per worker per configured
+ * listener, then served by each worker's loop. This is where connections are accepted. */
+#ifndef TT_LISTENER_H
+#define TT_LISTENER_H
+
+#include "util.h"
+#include "worker.h"
+
+/* Creates, binds and returns in *fd a non-blocking SO_REUSEPORT TCP socket for addr.
+ * When addr's port is 0 the kernel's choice is written back into addr (so the other
+ * workers bind the same port). Returns 0 or -errno. */
+int tt_listener_bind(struct tt_addr *addr, int *fd);
+
+/* Starts accepting on fd in worker w's loop for listener `index`. Takes ownership of
+ * fd. Returns 0 or <0. */
+int tt_listener_start(struct tt_listener *l, struct tt_worker *w, int index, int fd);
+
+/* Stops accepting and closes the socket (asynchronously). Safe to call twice. */
+void tt_listener_stop(struct tt_listener *l);
+
+#endif

@@ -1,0 +1,858 @@
+"""Shared machinery for Tether's integration tests (Python 3 standard library only).
+
+Each test script builds an Env (a context manager): a temporary directory, certificates
+(made with tt-certgen from $TT_CERTGEN when it is usable, else with the openssl CLI), free
+loopback ports, plaintext backends running in threads, and sidecar processes
+($TT_SIDECAR) whose stderr goes to a file. Everything the Env starts is stopped by pid and
+the directory removed on exit, on an exception, and from atexit; every wait is bounded.
+
+Exit codes follow meson: 0 pass, 1 fail, 77 skip (the sidecar binary is missing).
+"""
+
+import atexit
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+SKIP = 77
+TD = "spiffe://cluster.local"
+
+
+def spiffe(ns, sa):
+    return "%s/ns/%s/sa/%s" % (TD, ns, sa)
+
+
+class TestFailure(Exception):
+    pass
+
+
+def check(cond, msg):
+    """Fails the test with msg when cond is false."""
+    if not cond:
+        raise TestFailure(msg)
+
+
+def log(*args):
+    print("[%s]" % time.strftime("%H:%M:%S"), *args, flush=True)
+
+
+def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
+    """Polls pred() until it returns a true value; returns it or raises TestFailure."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - the predicate may race with start-up
+            last_exc = e
+        if time.monotonic() > deadline:
+            raise TestFailure("timed out after %.1fs waiting for %s%s" % (
+                timeout, what, (" (last error: %r)" % last_exc) if last_exc else ""))
+        time.sleep(interval)
+
+
+def sidecar_path():
+    p = os.environ.get("TT_SIDECAR", "")
+    if not p or not os.access(p, os.X_OK):
+        return None
+    return p
+
+
+def require_sidecar():
+    p = sidecar_path()
+    if p is None:
+        print("SKIP: TT_SIDECAR=%r is not an executable" % os.environ.get("TT_SIDECAR"))
+        sys.exit(SKIP)
+    return p
+
+
+def free_port():
+    """A port that was free on 127.0.0.1 a moment ago (bound to 0, then released)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def run(cmd, timeout=30, check_rc=True, **kw):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                       **kw)
+    if check_rc and r.returncode != 0:
+        raise TestFailure("%s failed (%d): %s" % (" ".join(map(str, cmd)), r.returncode,
+                                                   r.stderr.decode(errors="replace")[-2000:]))
+    return r
+
+
+def norm_serial(s):
+    """Serial as DESIGN.md writes it on output: upper-case hex, no colons, no leading 0s."""
+    s = (s or "").replace(":", "").strip().upper().lstrip("0")
+    return s or "0"
+
+
+# ---------------------------------------------------------------------------------------
+# Certificates
+
+
+class Cert:
+    def __init__(self, name, crt, key, ids=(), ca=None, chain=None):
+        self.name = name
+        self.crt = crt        # PEM: leaf (plus intermediates when chain is set)
+        self.key = key
+        self.ids = list(ids)
+        self.ca = ca          # the issuing Cert (None for a root)
+        self.chain = chain    # path of leaf+chain PEM (same as crt when no intermediates)
+
+    @property
+    def id(self):
+        return self.ids[0] if self.ids else None
+
+    def serial(self):
+        out = run(["openssl", "x509", "-in", self.crt, "-noout", "-serial"]).stdout.decode()
+        return norm_serial(out.strip().split("=", 1)[1])
+
+    def pem_bundle(self, path):
+        """Writes cert(+chain) and key into one PEM file (HAProxy's crt format)."""
+        with open(path, "w") as out:
+            for p in (self.crt, self.key):
+                with open(p) as f:
+                    out.write(f.read())
+        return path
+
+
+def _asn1_time(offset_secs):
+    t = time.gmtime(time.time() + offset_secs)
+    return time.strftime("%Y%m%d%H%M%SZ", t)
+
+
+class CertFactory:
+    """Makes CAs and SPIFFE leaf certificates (ECDSA P-256) in dir.
+
+    Uses the openssl CLI; tt-certgen ($TT_CERTGEN) is used for plain CAs and leaves when
+    it is present and TT_CERTS=openssl is not set, falling back to openssl on any error.
+    """
+
+    def __init__(self, directory):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.certgen = os.environ.get("TT_CERTGEN", "")
+        if os.environ.get("TT_CERTS") == "openssl" or not (
+                self.certgen and os.access(self.certgen, os.X_OK)):
+            self.certgen = None
+
+    def _p(self, name, ext):
+        return os.path.join(self.dir, name + "." + ext)
+
+    def ca(self, name, parent=None, days=3650):
+        """A root CA, or an intermediate signed by parent."""
+        crt, key = self._p(name, "crt"), self._p(name, "key")
+        if parent is None and self.certgen:
+            r = run([self.certgen, "ca", "--out", os.path.join(self.dir, name)], check_rc=False)
+            if r.returncode == 0 and os.path.exists(crt) and os.path.exists(key):
+                return Cert(name, crt, key)
+            log("tt-certgen ca failed (%d), using openssl: %s" % (
+                r.returncode, r.stderr.decode(errors="replace").strip()[:300]))
+        ext = ("basicConstraints=critical,CA:TRUE\n"
+               "keyUsage=critical,keyCertSign,cRLSign\n"
+               "subjectKeyIdentifier=hash\n")
+        if parent is None:
+            run(["openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
+                 "-days", str(days), "-subj", "/O=tether-test/CN=" + name, "-sha256",
+                 "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            return Cert(name, crt, key)
+        self._sign(name, parent, [], ext, 0, days * 86400, is_ca=True)
+        # An intermediate's "chain" for leaves: the intermediate itself.
+        return Cert(name, crt, key, ca=parent)
+
+    def leaf(self, name, ca, ids, not_before=-3600, not_after=30 * 86400, uris=None,
+             dns=None):
+        """A leaf signed by ca with URI SANs ids (list; [] for none). not_before/not_after
+        are offsets in seconds from now. When ca is an intermediate, the .crt file holds
+        leaf + intermediate. uris: extra non-SPIFFE URI SANs."""
+        crt, key = self._p(name, "crt"), self._p(name, "key")
+        ids = list(ids)
+        simple = (self.certgen and ca.ca is None and 1 <= len(ids) and not uris and not dns)
+        if simple:
+            cmd = [self.certgen, "leaf", "--ca", os.path.splitext(ca.crt)[0]]
+            for i in ids:
+                cmd += ["--spiffe-id", i]
+            cmd += ["--not-before", str(not_before), "--not-after", str(not_after),
+                    "--out", os.path.join(self.dir, name)]
+            r = run(cmd, check_rc=False)
+            if r.returncode == 0 and os.path.exists(crt) and os.path.exists(key):
+                return Cert(name, crt, key, ids, ca=ca, chain=crt)
+            log("tt-certgen leaf failed (%d), using openssl: %s" % (
+                r.returncode, r.stderr.decode(errors="replace").strip()[:300]))
+        sans = ["URI:" + i for i in ids] + ["URI:" + u for u in (uris or [])] + [
+            "DNS:" + d for d in (dns or [])]
+        ext = ("basicConstraints=critical,CA:FALSE\n"
+               "keyUsage=critical,digitalSignature,keyEncipherment\n"
+               "extendedKeyUsage=serverAuth,clientAuth\n")
+        if sans:
+            ext += "subjectAltName=" + ",".join(sans) + "\n"
+        self._sign(name, ca, ids, ext, not_before, not_after, is_ca=False)
+        if ca.ca is not None:  # intermediate: append it to the leaf
+            with open(crt, "a") as out, open(ca.crt) as f:
+                out.write(f.read())
+        return Cert(name, crt, key, ids, ca=ca, chain=crt)
+
+    def _sign(self, name, ca, ids, ext, not_before, not_after, is_ca):
+        crt, key = self._p(name, "crt"), self._p(name, "key")
+        work = tempfile.mkdtemp(prefix="ca-", dir=self.dir)
+        csr = os.path.join(work, "req.csr")
+        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", csr, "-subj", "/O=tether-test/CN=" + name])
+        open(os.path.join(work, "index.txt"), "w").close()
+        cfg = os.path.join(work, "ca.cnf")
+        with open(cfg, "w") as f:
+            f.write("[ca]\ndefault_ca=tt\n[tt]\n"
+                    "database=%s/index.txt\nnew_certs_dir=%s\nrand_serial=yes\n"
+                    "default_md=sha256\npolicy=pol\nunique_subject=no\n"
+                    "copy_extensions=none\n[pol]\ncommonName=supplied\n"
+                    "organizationName=optional\n[ext]\n%s" % (work, work, ext))
+        ca_crt = ca.crt
+        if ca.ca is not None:
+            # The issuer's own certificate only (its .crt holds just itself).
+            pass
+        run(["openssl", "ca", "-batch", "-notext", "-config", cfg, "-cert", ca_crt, "-keyfile",
+             ca.key, "-in", csr, "-out", crt, "-extensions", "ext", "-startdate",
+             _asn1_time(not_before), "-enddate", _asn1_time(not_after)])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Backends (threads)
+
+
+class EchoServer:
+    """TCP backend. mode "echo": echoes everything; after the client's EOF it sends
+    b"\\nEOF-SHA256:" + sha256(received) + b"\\n" and closes (proves half-close both
+    ways). mode "banner": sends banner on accept, then echoes (a leak detector). mode
+    "source:N": sends N pseudo-random bytes (seeded) then closes."""
+
+    def __init__(self, mode="echo", banner=b"BANNER-FROM-BACKEND\n"):
+        self.mode = mode
+        self.banner = banner
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.eofs = 0
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept_loop(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(120)
+        try:
+            if self.mode.startswith("source:"):
+                n = int(self.mode.split(":")[1])
+                c.sendall(pattern_bytes(n, seed=7))
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(65536):
+                    pass
+                return
+            if self.mode == "banner":
+                c.sendall(self.banner)
+            h = hashlib.sha256()
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                h.update(d)
+                c.sendall(d)
+            with self.lock:
+                self.eofs += 1
+            c.sendall(b"\nEOF-SHA256:" + h.hexdigest().encode() + b"\n")
+            c.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stopping = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def pattern_bytes(n, seed=1):
+    """n deterministic pseudo-random bytes (cheap: repeated sha256 blocks)."""
+    out = bytearray()
+    block = hashlib.sha256(str(seed).encode()).digest()
+    i = 0
+    while len(out) < n:
+        block = hashlib.sha256(block + i.to_bytes(4, "little")).digest()
+        out += block * 64  # 2 KiB per step
+        i += 1
+    return bytes(out[:n])
+
+
+class HttpBackend:
+    """A tiny HTTP/1.1 server: GET / -> 200 "hello from backend\\n"; GET /bytes/N -> N
+    bytes; records the number of requests."""
+
+    def __init__(self, body=b"hello from backend\n"):
+        outer = self
+        self.requests = 0
+        self.lock = threading.Lock()
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                with outer.lock:
+                    outer.requests += 1
+                b = body
+                m = re.match(r"^/bytes/(\d+)$", self.path)
+                if m:
+                    b = pattern_bytes(int(m.group(1)))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(b)))
+                self.end_headers()
+                self.wfile.write(b)
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.port = self.srv.server_address[1]
+        self.thread = threading.Thread(target=self.srv.serve_forever, kwargs={
+            "poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+class TlsServer:
+    """A TLS server (Python ssl) with a given certificate: for wrong-identity tests.
+    Requires a client certificate when ca is given. Sends `greeting` after the
+    handshake and echoes."""
+
+    def __init__(self, cert, ca=None, greeting=b"HELLO-FROM-TLS-SERVER\n"):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert.crt, cert.key)
+        if ca:
+            self.ctx.load_verify_locations(ca.crt)
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.greeting = greeting
+        self.handshakes = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(10)
+        try:
+            s = self.ctx.wrap_socket(c, server_side=True)
+            self.handshakes += 1
+            s.sendall(self.greeting)
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                s.sendall(d)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------
+# Client helpers
+
+
+def connect(port, timeout=10):
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_all(sock, limit=1 << 30):
+    chunks = []
+    n = 0
+    while n < limit:
+        d = sock.recv(1 << 16)
+        if not d:
+            break
+        chunks.append(d)
+        n += len(d)
+    return b"".join(chunks)
+
+
+def echo_roundtrip(port, payload, timeout=60):
+    """Sends payload through port to an "echo" EchoServer while reading, then shuts down
+    the write side; returns (echoed, trailer_digest or None). Raises on errors."""
+    s = connect(port, timeout)
+    err = []
+
+    def sender():
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    try:
+        data = read_all(s)
+    finally:
+        t.join(timeout)
+        s.close()
+    if err:
+        raise err[0]
+    marker = b"\nEOF-SHA256:"
+    i = data.rfind(marker)
+    if i < 0:
+        return data, None
+    return data[:i], data[i + len(marker):].strip().decode(errors="replace")
+
+
+def echo_exact(port, payload, timeout=30, expect_prefix=b""):
+    """Sends payload to an echo backend and reads back exactly len(expect_prefix) +
+    len(payload) bytes without half-closing (for peers whose half-close handling is
+    not under test). Returns what was read (shorter when the connection ended)."""
+    s = connect(port, timeout)
+    want = len(expect_prefix) + len(payload)
+    got = bytearray()
+    err = []
+
+    def sender():
+        try:
+            s.sendall(payload)
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    try:
+        while len(got) < want:
+            d = s.recv(min(1 << 16, want - len(got)))
+            if not d:
+                break
+            got += d
+    except OSError as e:
+        err.append(e)
+    finally:
+        t.join(timeout)
+        s.close()
+    return bytes(got)
+
+
+def http_get(port, path="/", timeout=10, host="127.0.0.1"):
+    """GET http://host:port/path -> (status, body bytes). Status 0 for a connection error."""
+    try:
+        with urllib.request.urlopen("http://%s:%d%s" % (host, port, path),
+                                    timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def http_post(port, path, timeout=10):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=b"",
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def tls_client_ctx(cert=None, ca=None):
+    """A client context for talking to an inbound listener directly. Mesh certificates
+    carry only URI SANs, so hostname checks are off; the server chain is verified when
+    ca is given."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    if ca:
+        ctx.load_verify_locations(ca.crt)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(cert.crt, cert.key)
+    return ctx
+
+
+def tls_attempt(port, cert=None, ca=None, send=b"ping\n", timeout=5):
+    """Connects with TLS (optionally a client cert), sends `send`, and reads until EOF,
+    error or timeout. Returns (handshake_ok, received bytes, error string)."""
+    raw = connect(port, timeout)
+    raw.settimeout(timeout)
+    got = b""
+    try:
+        s = tls_client_ctx(cert, ca).wrap_socket(raw)
+    except (ssl.SSLError, OSError) as e:
+        raw.close()
+        return False, b"", repr(e)
+    try:
+        if send:
+            s.sendall(send)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return True, got, ""
+            got += d
+    except (ssl.SSLError, OSError) as e:
+        return True, got, repr(e)
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Processes
+
+
+class Proc:
+    """A process started by the Env: stdout and stderr in files; stopped by pid."""
+
+    def __init__(self, env, name, argv, cwd=None, stdin=subprocess.DEVNULL):
+        self.env = env
+        self.name = name
+        self.argv = argv
+        self.out_path = os.path.join(env.dir, name + ".stdout")
+        self.err_path = os.path.join(env.dir, name + ".stderr")
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        self.p = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=stdin,
+                                  cwd=cwd or env.dir, start_new_session=True)
+        self.pid = self.p.pid
+        env._procs.append(self)
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def wait(self, timeout):
+        """Exit code, or None if still running after timeout."""
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout=5):
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if self.wait(timeout) is None:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.wait(5)
+        for f in (self._out, self._err):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def stderr(self):
+        with open(self.err_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+class Sidecar(Proc):
+    def __init__(self, env, name, argv, admin_port):
+        super().__init__(env, name, argv)
+        self.admin_port = admin_port
+
+    def get(self, path, timeout=5):
+        return http_get(self.admin_port, path, timeout)
+
+    def stats(self):
+        st, body = self.get("/stats")
+        check(st == 200, "%s: /stats returned %d: %r" % (self.name, st, body[:200]))
+        return json.loads(body)
+
+    def listener(self, name_prefix, stats=None):
+        """The /stats entry of the listener whose name starts with name_prefix
+        ("inbound:" or "outbound:127.0.0.1:1234")."""
+        st = stats or self.stats()
+        for li in st.get("listeners", []):
+            if li.get("name", "").startswith(name_prefix):
+                return li
+        raise TestFailure("%s: no listener %r in /stats: %s" % (
+            self.name, name_prefix, [li.get("name") for li in st.get("listeners", [])]))
+
+    def wait_ready(self, timeout=15):
+        def ready():
+            if not self.alive():
+                raise TestFailure("%s exited with %s before ready; stderr:\n%s" % (
+                    self.name, self.p.returncode, self.stderr()[-3000:]))
+            try:
+                st, _ = self.get("/ready", timeout=1)
+            except OSError:
+                return False
+            return st == 200
+        try:
+            wait_for(ready, timeout, 0.05, "%s /ready" % self.name)
+        except TestFailure:
+            if self.alive():
+                raise TestFailure("%s not ready after %ss; stderr:\n%s" % (
+                    self.name, timeout, self.stderr()[-3000:]))
+            raise
+
+    def logs(self):
+        """The JSON lines of stderr, parsed (other lines are skipped)."""
+        out = []
+        for line in self.stderr().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def access_logs(self):
+        return [r for r in self.logs() if r.get("event") == "access"
+                or r.get("msg") == "access"]
+
+
+class Env:
+    def __init__(self, name):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="tether-%s-" % name)
+        self.certs = CertFactory(os.path.join(self.dir, "certs"))
+        self._procs = []
+        self._servers = []
+        self._closed = False
+        self.sidecar_bin = sidecar_path()
+        atexit.register(self.close)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is not None and os.environ.get("TT_KEEP_LOGS"):
+            log("keeping", self.dir)
+        self.close(keep=bool(et is not None and os.environ.get("TT_KEEP_LOGS")))
+        return False
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def write(self, name, content, mode=0o644):
+        p = self.path(name)
+        tmp = p + ".tmp"
+        with open(tmp, "w" if isinstance(content, str) else "wb") as f:
+            f.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+        return p
+
+    def policy(self, name, doc):
+        return self.write(name, json.dumps(doc, indent=1))
+
+    def echo(self, mode="echo"):
+        s = EchoServer(mode)
+        self._servers.append(s)
+        return s
+
+    def http(self, body=b"hello from backend\n"):
+        s = HttpBackend(body)
+        self._servers.append(s)
+        return s
+
+    def tls_server(self, cert, ca=None):
+        s = TlsServer(cert, ca)
+        self._servers.append(s)
+        return s
+
+    def bundle(self, name, *cas):
+        """A trust-bundle file with the given roots."""
+        data = ""
+        for c in cas:
+            with open(c.crt) as f:
+                data += f.read()
+        return self.write(name, data)
+
+    def sidecar(self, name, cert, bundle, inbound=(), outbound=(), policy=None, extra=(),
+                admin_port=None, wait=True, workers=2, log_level="info", key=None):
+        """Starts tether-sidecar. inbound: [(listen_port, forward_addr)]; outbound:
+        [(listen_port, upstream_addr, spiffe_id)]. bundle: a path or a root Cert."""
+        if self.sidecar_bin is None:
+            raise TestFailure("TT_SIDECAR is not set")
+        admin_port = admin_port or free_port()
+        if isinstance(bundle, Cert):
+            bundle = bundle.crt
+        argv = [self.sidecar_bin, "--identity-cert", cert.crt if isinstance(cert, Cert)
+                else cert, "--identity-key", key or cert.key, "--trust-bundle", bundle,
+                "--admin", "127.0.0.1:%d" % admin_port, "--workers", str(workers),
+                "--log-level", log_level]
+        for lp, fwd in inbound:
+            argv += ["--inbound", "127.0.0.1:%d=%s" % (lp, fwd)]
+        for lp, up, sid in outbound:
+            argv += ["--outbound", "127.0.0.1:%d=%s@%s" % (lp, up, sid)]
+        if policy:
+            argv += ["--policy", policy]
+        argv += list(extra)
+        sc = Sidecar(self, name, argv, admin_port)
+        log("started %s pid %d: %s" % (name, sc.pid, " ".join(argv[1:])))
+        if wait:
+            sc.wait_ready()
+        return sc
+
+    def proc(self, name, argv, **kw):
+        p = Proc(self, name, argv, **kw)
+        log("started %s pid %d" % (name, p.pid))
+        return p
+
+    def close(self, keep=False):
+        if self._closed:
+            return
+        self._closed = True
+        for p in reversed(self._procs):
+            try:
+                p.stop()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        for s in self._servers:
+            try:
+                s.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def dump_logs(self):
+        for p in self._procs:
+            try:
+                err = p.stderr()
+            except OSError:
+                continue
+            print("----- %s (pid %d, rc %s) stderr, last 15 lines -----" % (
+                p.name, p.pid, p.p.returncode))
+            print("\n".join([ln for ln in err.splitlines() if "\"access\"" not in ln][-15:]))
+
+
+def main(test_fn, name, need_sidecar=True):
+    """Runs test_fn(env) with an Env; prints PASS/FAIL; exits 0, 1 or 77. A watchdog ends
+    the process if the test hangs past TT_TEST_DEADLINE seconds (default 280)."""
+    if need_sidecar:
+        require_sidecar()
+    deadline = float(os.environ.get("TT_TEST_DEADLINE", "280"))
+    env = Env(name)
+
+    def watchdog():
+        print("FAIL: %s: watchdog fired after %ss" % (name, deadline), flush=True)
+        try:
+            env.dump_logs()
+            env.close()
+        finally:
+            os._exit(1)
+
+    t = threading.Timer(deadline, watchdog)
+    t.daemon = True
+    t.start()
+    rc = 1
+    try:
+        test_fn(env)
+        print("PASS: %s" % name, flush=True)
+        rc = 0
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    except TestFailure as e:
+        print("FAIL: %s: %s" % (name, e), flush=True)
+        env.dump_logs()
+    except Exception:  # noqa: BLE001 - any error is a failure with its traceback
+        print("FAIL: %s: unexpected error" % name, flush=True)
+        traceback.print_exc()
+        env.dump_logs()
+    finally:
+        t.cancel()
+        env.close(keep=bool(rc != 0 and os.environ.get("TT_KEEP_LOGS")))
+    sys.stdout.flush()
+    os._exit(rc)
+
+
+class Checks:
+    """Collects soft failures so one run reports every broken case, then fails once."""
+
+    def __init__(self):
+        self.failures = []
+
+    def __call__(self, cond, msg):
+        if cond:
+            log("ok:", msg)
+        else:
+            log("NOT OK:", msg)
+            self.failures.append(msg)
+        return cond
+
+    def done(self):
+        if self.failures:
+            raise TestFailure("%d check(s) failed:\n  - %s" % (
+                len(self.failures), "\n  - ".join(self.failures)))

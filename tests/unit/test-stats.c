@@ -1,0 +1,605 @@
+/* Unit tests for stats.c: the /stats JSON document, the Prometheus text and /certs,
+ * rendered from crafted views.
+ *
+ * The identity and policy getters are replaced by weak stubs over fake objects defined
+ * here, so these tests pin down the rendering alone (the stubs are weak: the linker
+ * does not pull identity.o or policy.o for them, and the real modules have their own
+ * tests). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "identity.h"
+#include "policy.h"
+#include "stats.h"
+#include "util.h"
+
+/* ---- fakes ---- */
+
+struct tt_identity {
+    struct tt_cert_info leaf;
+    struct tt_cert_info roots[2];
+    size_t n_roots;
+};
+
+struct tt_policy {
+    const char *version;
+    bool default_allows;
+    struct tt_policy_rule_info rules[3];
+    size_t n_rules;
+};
+
+__attribute__((weak)) const struct tt_cert_info *tt_identity_leaf(const struct tt_identity *id)
+{
+    return &id->leaf;
+}
+
+__attribute__((weak)) size_t tt_identity_root_count(const struct tt_identity *id)
+{
+    return id->n_roots;
+}
+
+__attribute__((weak)) const struct tt_cert_info *tt_identity_root(const struct tt_identity *id,
+                                                                  size_t i)
+{
+    return i < id->n_roots ? &id->roots[i] : NULL;
+}
+
+__attribute__((weak)) const char *tt_policy_version(const struct tt_policy *p)
+{
+    return p->version;
+}
+
+__attribute__((weak)) bool tt_policy_default_allows(const struct tt_policy *p)
+{
+    return p->default_allows;
+}
+
+__attribute__((weak)) size_t tt_policy_rule_count(const struct tt_policy *p)
+{
+    return p->n_rules;
+}
+
+__attribute__((weak)) void tt_policy_rule_info(const struct tt_policy *p, size_t i,
+                                               struct tt_policy_rule_info *out)
+{
+    *out = p->rules[i];
+}
+
+/* ---- fixture: 2 listeners, 2 workers, counters set ---- */
+
+struct fixture {
+    struct tt_listener_cfg cfg[2];
+    struct tt_metrics *workers[2];
+    struct tt_stats_view view;
+    struct tt_identity identity;
+    struct tt_policy policy;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    struct tt_listener_counters *a, *b;
+
+    assert_non_null(f);
+    f->cfg[0].kind = TT_LISTENER_INBOUND;
+    snprintf(f->cfg[0].name, sizeof(f->cfg[0].name), "inbound:127.0.0.1:16006");
+    assert_int_equal(tt_addr_parse("127.0.0.1:16006", 0, &f->cfg[0].listen), 0);
+    assert_int_equal(tt_addr_parse("127.0.0.1:8080", 0, &f->cfg[0].target), 0);
+    f->cfg[1].kind = TT_LISTENER_OUTBOUND;
+    snprintf(f->cfg[1].name, sizeof(f->cfg[1].name), "outbound:127.0.0.1:16001");
+    assert_int_equal(tt_addr_parse("127.0.0.1:16001", 0, &f->cfg[1].listen), 0);
+    assert_int_equal(tt_addr_parse("127.0.0.1:9443", 0, &f->cfg[1].target), 0);
+    f->cfg[1].expected_id = "spiffe://td/ns/shop/sa/api";
+
+    f->workers[0] = tt_metrics_new(2);
+    f->workers[1] = tt_metrics_new(2);
+    assert_non_null(f->workers[0]);
+    assert_non_null(f->workers[1]);
+
+    a = &f->workers[0]->listeners[0];
+    b = &f->workers[1]->listeners[0];
+    a->accepted = 10;
+    a->closed = 4;
+    b->accepted = 5;
+    b->closed = 5;
+    a->bytes_in = 1000;
+    b->bytes_in = 234;
+    a->bytes_out = 77;
+    a->handshakes = 9;
+    b->handshakes = 4;
+    a->allowed = 7;
+    b->allowed = 1;
+    a->denied = 2;
+    f->workers[1]->listeners[1].denied = 1;
+    f->workers[1]->listeners[1].refused_limit = 3;
+    f->workers[0]->listeners[1].upstream_connect_failures = 6;
+    tt_metrics_observe(&a->handshake_us, 90);   /* bucket le=100 */
+    tt_metrics_observe(&b->handshake_us, 200);  /* le=250 */
+    tt_metrics_observe(&b->handshake_us, 3000); /* le=5000 */
+
+    tt_metrics_hs_failure(f->workers[0], 0, TT_HS_EXPIRED, "10.0.0.9:4000",
+                          "spiffe://td/ns/old/sa/x", "0ABC", "CN=root");
+    tt_metrics_hs_failure(f->workers[1], 1, TT_HS_UNKNOWN_CA, "10.0.0.8:4001", "", "", "");
+    tt_metrics_hs_failure(f->workers[1], 0, TT_HS_UNKNOWN_CA, "10.0.0.7:4002", NULL, NULL, NULL);
+    /* Make the order deterministic: worker 1's last failure is the newest. */
+    f->workers[0]->failures[0].unix_ms = 1700000000000LL;
+    f->workers[1]->failures[0].unix_ms = 1700000001000LL;
+    f->workers[1]->failures[1].unix_ms = 1700000002500LL;
+
+    tt_metrics_peer_add(f->workers[0], "spiffe://td/ns/shop/sa/web", 100, 200, false);
+    tt_metrics_peer_add(f->workers[1], "spiffe://td/ns/shop/sa/web", 1, 2, true);
+
+    f->view.listeners = f->cfg;
+    f->view.n_listeners = 2;
+    f->view.workers = f->workers;
+    f->view.n_workers = 2;
+    f->view.started_unix = tt_now_unix() - 100;
+    f->view.snapshot_unix = tt_now_unix() - 10;
+    f->view.snapshot_generation = 3;
+    f->view.reloads_failed = 1;
+    f->view.ready = true;
+    f->view.control_state = "none";
+
+    snprintf(f->identity.leaf.spiffe_id, sizeof(f->identity.leaf.spiffe_id),
+             "spiffe://td/ns/shop/sa/api");
+    snprintf(f->identity.leaf.serial, sizeof(f->identity.leaf.serial), "01AB");
+    snprintf(f->identity.leaf.subject, sizeof(f->identity.leaf.subject), "O=td");
+    snprintf(f->identity.leaf.issuer, sizeof(f->identity.leaf.issuer), "CN=td root");
+    f->identity.leaf.not_before = tt_now_unix() - 60;
+    f->identity.leaf.not_after = tt_now_unix() + 3600;
+    snprintf(f->identity.roots[0].serial, sizeof(f->identity.roots[0].serial), "01");
+    snprintf(f->identity.roots[0].subject, sizeof(f->identity.roots[0].subject), "CN=td root");
+    f->identity.roots[0].not_after = tt_now_unix() + 86400;
+    snprintf(f->identity.roots[1].serial, sizeof(f->identity.roots[1].serial), "02");
+    f->identity.n_roots = 2;
+
+    f->policy.version = "v7";
+    f->policy.default_allows = false;
+    f->policy.rules[0] =
+        (struct tt_policy_rule_info){"web-to-api", TT_POLICY_ALLOW, TT_POLICY_ENFORCE, 8, 0};
+    f->policy.rules[1] =
+        (struct tt_policy_rule_info){"no-\"batch\"", TT_POLICY_DENY, TT_POLICY_AUDIT, 3, 2};
+    f->policy.n_rules = 2;
+
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+
+    tt_metrics_free(f->workers[0]);
+    tt_metrics_free(f->workers[1]);
+    free(f);
+    return 0;
+}
+
+static json_int_t jget_int(json_t *o, const char *path)
+{
+    json_t *v = json_object_get(o, path);
+
+    assert_non_null(v);
+    assert_true(json_is_integer(v));
+    return json_integer_value(v);
+}
+
+/* ---- tests ---- */
+
+static void test_stats_json_listeners(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc = tt_stats_json(&f->view);
+    json_t *ls, *l0, *l1, *hf, *lat, *hs, *buckets;
+
+    assert_non_null(doc);
+    ls = json_object_get(doc, "listeners");
+    assert_true(json_is_array(ls));
+    assert_int_equal(json_array_size(ls), 2);
+    l0 = json_array_get(ls, 0);
+    l1 = json_array_get(ls, 1);
+    assert_string_equal(json_string_value(json_object_get(l0, "name")), "inbound:127.0.0.1:16006");
+    assert_string_equal(json_string_value(json_object_get(l0, "kind")), "inbound");
+    assert_string_equal(json_string_value(json_object_get(l1, "kind")), "outbound");
+    assert_string_equal(json_string_value(json_object_get(l0, "listen")), "127.0.0.1:16006");
+    assert_string_equal(json_string_value(json_object_get(l0, "target")), "127.0.0.1:8080");
+    assert_true(json_is_null(json_object_get(l0, "expected_id")));
+    assert_string_equal(json_string_value(json_object_get(l1, "expected_id")),
+                        "spiffe://td/ns/shop/sa/api");
+    assert_int_equal(jget_int(l0, "accepted"), 15);
+    assert_int_equal(jget_int(l0, "active"), 6);
+    assert_int_equal(jget_int(l0, "bytes_in"), 1234);
+    assert_int_equal(jget_int(l0, "bytes_out"), 77);
+    assert_int_equal(jget_int(l0, "handshakes"), 13);
+    assert_int_equal(jget_int(l0, "allowed"), 8);
+    assert_int_equal(jget_int(l0, "denied"), 2);
+    assert_int_equal(jget_int(l1, "denied"), 1);
+    assert_int_equal(jget_int(l1, "refused_limit"), 3);
+    assert_int_equal(jget_int(l1, "upstream_connect_failures"), 6);
+
+    hf = json_object_get(l0, "handshake_failures");
+    assert_int_equal(jget_int(hf, "expired"), 1);
+    assert_int_equal(jget_int(hf, "unknown_ca"), 1);
+    assert_int_equal(jget_int(hf, "no_cert"), 0);
+    assert_int_equal(json_object_size(hf), TT_HS__COUNT);
+    hf = json_object_get(l1, "handshake_failures");
+    assert_int_equal(jget_int(hf, "unknown_ca"), 1);
+
+    /* Totals over listeners. */
+    hf = json_object_get(doc, "handshake_failures");
+    assert_int_equal(jget_int(hf, "unknown_ca"), 2);
+    assert_int_equal(jget_int(hf, "expired"), 1);
+    assert_int_equal(jget_int(hf, "revoked"), 0);
+
+    lat = json_object_get(l0, "latency");
+    hs = json_object_get(lat, "handshake_us");
+    assert_non_null(json_object_get(lat, "connect_us"));
+    assert_non_null(json_object_get(lat, "duration_us"));
+    assert_int_equal(jget_int(hs, "count"), 3);
+    assert_int_equal(jget_int(hs, "sum_us"), 3290);
+    buckets = json_object_get(hs, "buckets");
+    assert_int_equal(json_array_size(buckets), TT_HIST_BUCKETS);
+    assert_int_equal(jget_int(json_array_get(buckets, 0), "le"), 100);
+    assert_int_equal(jget_int(json_array_get(buckets, 0), "count"), 1);
+    assert_int_equal(jget_int(json_array_get(buckets, 1), "count"), 2); /* cumulative */
+    assert_int_equal(jget_int(json_array_get(buckets, 4), "count"), 2); /* le=2500 */
+    assert_int_equal(jget_int(json_array_get(buckets, 5), "count"), 3); /* le=5000 */
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(buckets, TT_HIST_BUCKETS - 1), "le")),
+        "+Inf");
+    assert_int_equal(jget_int(json_array_get(buckets, TT_HIST_BUCKETS - 1), "count"), 3);
+    /* p50: rank 1.5 falls in (100, 250] holding 1 of the first 2: 100 + 150 * 0.5 */
+    assert_int_equal(jget_int(hs, "p50_us"), 175);
+    /* p99: rank 2.97 in (2500, 5000]: 2500 + 2500 * 0.97 */
+    assert_int_equal(jget_int(hs, "p99_us"), 4925);
+    /* An empty histogram has no percentiles. */
+    assert_true(json_is_null(json_object_get(json_object_get(lat, "connect_us"), "p50_us")));
+    json_decref(doc);
+}
+
+static void test_stats_json_server_and_nulls(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc = tt_stats_json(&f->view);
+    json_t *server, *pol;
+
+    assert_non_null(doc);
+    server = json_object_get(doc, "server");
+    assert_int_equal(jget_int(server, "snapshot_generation"), 3);
+    assert_int_equal(jget_int(server, "reloads_failed"), 1);
+    assert_int_equal(jget_int(server, "workers"), 2);
+    assert_true(jget_int(server, "uptime_seconds") >= 100);
+    assert_true(jget_int(server, "uptime_seconds") <= 102);
+    assert_true(json_is_true(json_object_get(server, "ready")));
+    assert_true(json_is_false(json_object_get(server, "draining")));
+
+    /* No identity, no policy. */
+    assert_true(json_is_null(json_object_get(doc, "identity")));
+    pol = json_object_get(doc, "policy");
+    assert_non_null(pol);
+    assert_true(json_is_null(json_object_get(pol, "version")));
+    assert_string_equal(json_string_value(json_object_get(pol, "default")), "allow-authenticated");
+    assert_int_equal(jget_int(pol, "allowed"), 8);
+    assert_int_equal(jget_int(pol, "denied"), 3);
+    assert_int_equal(json_array_size(json_object_get(pol, "rules")), 0);
+    json_decref(doc);
+}
+
+static void test_stats_json_identity(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc, *id;
+    json_int_t left;
+
+    f->view.identity = &f->identity;
+    f->view.control_state = "connected";
+    doc = tt_stats_json(&f->view);
+    assert_non_null(doc);
+    id = json_object_get(doc, "identity");
+    assert_true(json_is_object(id));
+    assert_string_equal(json_string_value(json_object_get(id, "spiffe_id")),
+                        "spiffe://td/ns/shop/sa/api");
+    assert_string_equal(json_string_value(json_object_get(id, "serial")), "01AB");
+    assert_int_equal(jget_int(id, "not_after"), f->identity.leaf.not_after);
+    assert_int_equal(jget_int(id, "not_before"), f->identity.leaf.not_before);
+    left = jget_int(id, "seconds_to_expiry");
+    assert_true(left >= 3598 && left <= 3600);
+    assert_int_equal(jget_int(id, "rotations"), 2);
+    assert_string_equal(json_string_value(json_object_get(id, "control_plane")), "connected");
+    json_decref(doc);
+
+    /* An expired certificate shows a negative time to expiry. */
+    f->identity.leaf.not_after = tt_now_unix() - 50;
+    doc = tt_stats_json(&f->view);
+    left = jget_int(json_object_get(doc, "identity"), "seconds_to_expiry");
+    assert_true(left <= -49 && left >= -51);
+    json_decref(doc);
+}
+
+static void test_stats_json_policy(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc, *pol, *rules, *r;
+
+    f->view.policy = &f->policy;
+    doc = tt_stats_json(&f->view);
+    assert_non_null(doc);
+    pol = json_object_get(doc, "policy");
+    assert_string_equal(json_string_value(json_object_get(pol, "version")), "v7");
+    assert_string_equal(json_string_value(json_object_get(pol, "default")), "deny");
+    assert_int_equal(jget_int(pol, "allowed"), 8);
+    assert_int_equal(jget_int(pol, "denied"), 3);
+    rules = json_object_get(pol, "rules");
+    assert_int_equal(json_array_size(rules), 2);
+    r = json_array_get(rules, 0);
+    assert_string_equal(json_string_value(json_object_get(r, "name")), "web-to-api");
+    assert_string_equal(json_string_value(json_object_get(r, "action")), "allow");
+    assert_string_equal(json_string_value(json_object_get(r, "mode")), "enforce");
+    assert_int_equal(jget_int(r, "hits"), 8);
+    r = json_array_get(rules, 1);
+    assert_string_equal(json_string_value(json_object_get(r, "action")), "deny");
+    assert_string_equal(json_string_value(json_object_get(r, "mode")), "audit");
+    assert_int_equal(jget_int(r, "audit_would_deny"), 2);
+    json_decref(doc);
+
+    f->policy.default_allows = true;
+    doc = tt_stats_json(&f->view);
+    pol = json_object_get(doc, "policy");
+    assert_string_equal(json_string_value(json_object_get(pol, "default")), "allow");
+    json_decref(doc);
+}
+
+static void test_stats_json_peers_and_failures(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc = tt_stats_json(&f->view);
+    json_t *peers, *p, *fails, *x;
+
+    assert_non_null(doc);
+    peers = json_object_get(doc, "peers");
+    assert_int_equal(json_array_size(peers), 1);
+    p = json_array_get(peers, 0);
+    assert_string_equal(json_string_value(json_object_get(p, "spiffe_id")),
+                        "spiffe://td/ns/shop/sa/web");
+    assert_int_equal(jget_int(p, "connections"), 2);
+    assert_int_equal(jget_int(p, "denied"), 1);
+    assert_int_equal(jget_int(p, "bytes_in"), 101);
+    assert_int_equal(jget_int(p, "bytes_out"), 202);
+
+    fails = json_object_get(doc, "recent_handshake_failures");
+    assert_int_equal(json_array_size(fails), 3);
+    x = json_array_get(fails, 0); /* newest: worker 1's second */
+    assert_string_equal(json_string_value(json_object_get(x, "peer_addr")), "10.0.0.7:4002");
+    assert_string_equal(json_string_value(json_object_get(x, "reason")), "unknown_ca");
+    assert_string_equal(json_string_value(json_object_get(x, "listener")),
+                        "inbound:127.0.0.1:16006");
+    assert_string_equal(json_string_value(json_object_get(x, "time")), "2023-11-14T22:13:22.500Z");
+    assert_int_equal(jget_int(x, "unix_ms"), 1700000002500LL);
+    assert_true(json_is_null(json_object_get(x, "spiffe_id")));
+    x = json_array_get(fails, 1);
+    assert_string_equal(json_string_value(json_object_get(x, "listener")),
+                        "outbound:127.0.0.1:16001");
+    assert_true(json_is_null(json_object_get(x, "serial")));
+    x = json_array_get(fails, 2);
+    assert_string_equal(json_string_value(json_object_get(x, "spiffe_id")),
+                        "spiffe://td/ns/old/sa/x");
+    assert_string_equal(json_string_value(json_object_get(x, "serial")), "0ABC");
+    assert_string_equal(json_string_value(json_object_get(x, "issuer")), "CN=root");
+    assert_string_equal(json_string_value(json_object_get(x, "reason")), "expired");
+    json_decref(doc);
+}
+
+static void test_stats_json_hostile_strings(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc, *x;
+    char *text;
+
+    /* Invalid UTF-8 from a peer, and a listener index nobody knows. */
+    tt_metrics_hs_failure(f->workers[0], 9, TT_HS_BAD_SAN, "1.1.1.1:1",
+                          "spiffe://td/\xff\xfe\xc0\x80", "\xed\xa0\x80", "CN=\"x\"\n");
+    tt_metrics_peer_add(f->workers[0], "spiffe://td/\x80zz", 1, 1, false);
+    doc = tt_stats_json(&f->view);
+    assert_non_null(doc);
+    x = json_array_get(json_object_get(doc, "recent_handshake_failures"), 0);
+    assert_string_equal(json_string_value(json_object_get(x, "spiffe_id")), "spiffe://td/????");
+    assert_string_equal(json_string_value(json_object_get(x, "serial")), "???");
+    assert_string_equal(json_string_value(json_object_get(x, "issuer")), "CN=\"x\"\n");
+    assert_true(json_is_null(json_object_get(x, "listener")));
+    /* Sorted by the raw bytes: 0x80 comes after "ns/...". */
+    x = json_array_get(json_object_get(doc, "peers"), 1);
+    assert_string_equal(json_string_value(json_object_get(x, "spiffe_id")), "spiffe://td/?zz");
+    text = json_dumps(doc, 0);
+    assert_non_null(text);
+    free(text);
+    json_decref(doc);
+}
+
+static void test_stats_json_quantile_edges(void **state)
+{
+    struct fixture *f = *state;
+    struct tt_listener_counters *c = &f->workers[0]->listeners[1];
+    json_t *doc, *h;
+
+    for (int i = 0; i < 100; i++)
+        tt_metrics_observe(&c->connect_us, 50);
+    for (int i = 0; i < 4; i++)
+        tt_metrics_observe(&c->duration_us, 60000000); /* all beyond the last bound */
+    doc = tt_stats_json(&f->view);
+    h = json_object_get(
+        json_object_get(json_array_get(json_object_get(doc, "listeners"), 1), "latency"),
+        "connect_us");
+    assert_int_equal(jget_int(h, "p50_us"), 50); /* 0 + 100 * 50/100 */
+    assert_int_equal(jget_int(h, "p99_us"), 99);
+    h = json_object_get(
+        json_object_get(json_array_get(json_object_get(doc, "listeners"), 1), "latency"),
+        "duration_us");
+    assert_int_equal(jget_int(h, "p50_us"), 10000000); /* +Inf answers the last bound */
+    json_decref(doc);
+}
+
+static void test_stats_json_empty_view(void **state)
+{
+    struct tt_stats_view view = {0};
+    json_t *doc = tt_stats_json(&view);
+
+    assert_non_null(doc);
+    assert_int_equal(json_array_size(json_object_get(doc, "listeners")), 0);
+    assert_int_equal(json_array_size(json_object_get(doc, "peers")), 0);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(doc, "server"), "control_plane")),
+        "none");
+    json_decref(doc);
+}
+
+static void assert_contains(const char *text, const char *needle)
+{
+    if (strstr(text, needle) == NULL) {
+        print_error("missing line: %s\n", needle);
+        fail();
+    }
+}
+
+static void test_stats_prometheus_lines(void **state)
+{
+    struct fixture *f = *state;
+    char *text;
+
+    f->view.identity = &f->identity;
+    f->view.policy = &f->policy;
+    tt_metrics_peer_add(f->workers[0], "we\"ird\\id\nx", 1, 2, false);
+    text = tt_stats_prometheus(&f->view);
+    assert_non_null(text);
+    assert_contains(text, "# HELP tether_listener_connections_accepted_total ");
+    assert_contains(text, "# TYPE tether_listener_connections_accepted_total counter\n");
+    assert_contains(text, "\ntether_listener_connections_accepted_total{listener=\"inbound:"
+                          "127.0.0.1:16006\",kind=\"inbound\"} 15\n");
+    assert_contains(text, "\ntether_listener_connections_active{listener=\"inbound:127.0.0.1:"
+                          "16006\",kind=\"inbound\"} 6\n");
+    assert_contains(text, "# TYPE tether_listener_connections_active gauge\n");
+    assert_contains(text, "\ntether_listener_bytes_in_total{listener=\"inbound:127.0.0.1:16006\","
+                          "kind=\"inbound\"} 1234\n");
+    assert_contains(text, "\ntether_listener_handshake_failures_total{listener=\"inbound:127.0.0."
+                          "1:16006\",reason=\"expired\"} 1\n");
+    assert_contains(text, "\ntether_listener_handshake_failures_total{listener=\"outbound:127.0."
+                          "0.1:16001\",reason=\"unknown_ca\"} 1\n");
+    assert_contains(text, "# TYPE tether_listener_handshake_duration_seconds histogram\n");
+    assert_contains(text, "\ntether_listener_handshake_duration_seconds_bucket{listener=\"inbound:"
+                          "127.0.0.1:16006\",le=\"0.0001\"} 1\n");
+    assert_contains(text, "\ntether_listener_handshake_duration_seconds_bucket{listener=\"inbound:"
+                          "127.0.0.1:16006\",le=\"0.00025\"} 2\n");
+    assert_contains(text, "\ntether_listener_handshake_duration_seconds_bucket{listener=\"inbound:"
+                          "127.0.0.1:16006\",le=\"10\"} 3\n");
+    assert_contains(text, "\ntether_listener_handshake_duration_seconds_bucket{listener=\"inbound:"
+                          "127.0.0.1:16006\",le=\"+Inf\"} 3\n");
+    assert_contains(text, "\ntether_listener_handshake_duration_seconds_sum{listener=\"inbound:"
+                          "127.0.0.1:16006\"} 0.003290\n");
+    assert_contains(text, "\ntether_listener_handshake_duration_seconds_count{listener=\"inbound:"
+                          "127.0.0.1:16006\"} 3\n");
+    assert_contains(text, "\ntether_policy_rule_hits_total{rule=\"web-to-api\",action=\"allow\","
+                          "mode=\"enforce\"} 8\n");
+    assert_contains(text, "\ntether_policy_rule_audit_would_deny_total{rule=\"no-\\\"batch\\\"\"} "
+                          "2\n");
+    assert_contains(text, "\ntether_policy_allowed_total 8\n");
+    assert_contains(text, "\ntether_policy_denied_total 3\n");
+    assert_contains(text, "\ntether_policy_info{version=\"v7\",default=\"deny\"} 1\n");
+    assert_contains(text, "\ntether_peer_connections_total{peer=\"spiffe://td/ns/shop/sa/web\"} "
+                          "2\n");
+    assert_contains(text, "\ntether_peer_bytes_out_total{peer=\"we\\\"ird\\\\id\\nx\"} 2\n");
+    assert_contains(text, "\ntether_identity_info{spiffe_id=\"spiffe://td/ns/shop/sa/api\","
+                          "serial=\"01AB\"} 1\n");
+    assert_contains(text, "\ntether_up 1\n");
+    assert_contains(text, "\ntether_snapshot_generation 3\n");
+    assert_contains(text, "\ntether_reloads_failed_total 1\n");
+    assert_contains(text, "\ntether_identity_rotations_total 2\n");
+    /* Every family is announced once. */
+    {
+        const char *p = text;
+        int n = 0;
+
+        while ((p = strstr(p, "# TYPE tether_peer_connections_total ")) != NULL) {
+            n++;
+            p++;
+        }
+        assert_int_equal(n, 1);
+    }
+    free(text);
+}
+
+static void test_stats_prometheus_no_identity_no_policy(void **state)
+{
+    struct fixture *f = *state;
+    char *text = tt_stats_prometheus(&f->view);
+
+    assert_non_null(text);
+    assert_null(strstr(text, "tether_identity_info"));
+    assert_contains(text, "\ntether_policy_info{version=\"\",default=\"allow-authenticated\"} 1\n");
+    assert_contains(text, "\ntether_control_plane_info{state=\"none\"} 1\n");
+    free(text);
+
+    f->view.ready = false;
+    f->view.draining = true;
+    text = tt_stats_prometheus(&f->view);
+    assert_contains(text, "\ntether_up 0\n");
+    assert_contains(text, "\ntether_draining 1\n");
+    free(text);
+}
+
+static void test_stats_certs_json(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc = tt_stats_certs_json(&f->identity);
+    json_t *leaf, *roots;
+    json_int_t left;
+
+    assert_non_null(doc);
+    leaf = json_object_get(doc, "leaf");
+    assert_string_equal(json_string_value(json_object_get(leaf, "spiffe_id")),
+                        "spiffe://td/ns/shop/sa/api");
+    assert_string_equal(json_string_value(json_object_get(leaf, "serial")), "01AB");
+    assert_string_equal(json_string_value(json_object_get(leaf, "subject")), "O=td");
+    assert_string_equal(json_string_value(json_object_get(leaf, "issuer")), "CN=td root");
+    left = jget_int(leaf, "seconds_to_expiry");
+    assert_true(left >= 3598 && left <= 3600);
+    roots = json_object_get(doc, "roots");
+    assert_int_equal(json_array_size(roots), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(roots, 0), "serial")),
+                        "01");
+    assert_true(json_is_null(json_object_get(json_array_get(roots, 0), "spiffe_id")));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(roots, 1), "serial")),
+                        "02");
+    json_decref(doc);
+
+    doc = tt_stats_certs_json(NULL);
+    assert_non_null(doc);
+    assert_true(json_is_null(json_object_get(doc, "leaf")));
+    assert_int_equal(json_array_size(json_object_get(doc, "roots")), 0);
+    json_decref(doc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_stats_json_listeners, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_server_and_nulls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_identity, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_policy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_peers_and_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_hostile_strings, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_quantile_edges, setup, teardown),
+        cmocka_unit_test(test_stats_json_empty_view),
+        cmocka_unit_test_setup_teardown(test_stats_prometheus_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_prometheus_no_identity_no_policy, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_stats_certs_json, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
