@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include <http_parser.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 
 #include "admin.h"
 #include "log.h"
@@ -49,6 +51,7 @@ struct admin_client {
     bool eof;     /* the client shut its write side */
     unsigned pending_writes;
     uint64_t last_active; /* uv_now() of the last progress either way */
+    int last_outq;        /* unsent bytes in the kernel at the last sweep */
 
     /* The request being parsed. */
     size_t head_bytes;
@@ -765,7 +768,9 @@ static void on_connection(uv_stream_t *server, int status)
     read_start(c);
 }
 
-/* Closes clients that made no progress for too long (slow or idle). */
+/* Closes clients that made no progress for too long (idle, or stalled reading their
+ * answers). A client still draining an answer from the kernel's send buffer is making
+ * progress even though libuv sees nothing: the buffer's fill level tells. */
 static void on_sweep(uv_timer_t *t)
 {
     struct tt_admin *a = tt_container_of(t, struct tt_admin, sweep);
@@ -773,7 +778,16 @@ static void on_sweep(uv_timer_t *t)
 
     for (struct admin_client *c = a->clients; c; c = c->next) {
         uint64_t limit = c->state == ADMIN_C_S_LINGER ? ADMIN_LINGER_MS : ADMIN_IDLE_MS;
+        uv_os_fd_t fd;
+        int outq = 0;
 
+        if (uv_is_closing((uv_handle_t *)&c->tcp))
+            continue;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 &&
+            outq != c->last_outq) {
+            c->last_outq = outq;
+            c->last_active = now;
+        }
         if (now - c->last_active >= limit)
             client_close(c);
     }

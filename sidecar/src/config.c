@@ -38,6 +38,10 @@ enum {
     OPT_CONNECT_TIMEOUT,
     OPT_IDLE_TIMEOUT,
     OPT_DRAIN_TIMEOUT,
+    OPT_CONTROL,
+    OPT_CONTROL_BUNDLE,
+    OPT_JOIN_TOKEN,
+    OPT_SPIFFE_ID,
 };
 
 static const struct option long_options[] = {
@@ -56,12 +60,16 @@ static const struct option long_options[] = {
     {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT},
+    {"control", required_argument, NULL, OPT_CONTROL},
+    {"control-bundle", required_argument, NULL, OPT_CONTROL_BUNDLE},
+    {"join-token", required_argument, NULL, OPT_JOIN_TOKEN},
+    {"spiffe-id", required_argument, NULL, OPT_SPIFFE_ID},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
 
 /* Single-valued flags, indexed by option value - OPT_CONFIG; the last occurrence wins. */
-#define N_SINGLE (OPT_DRAIN_TIMEOUT - OPT_CONFIG + 1)
+#define N_SINGLE (OPT_SPIFFE_ID - OPT_CONFIG + 1)
 
 /* What the command line said, before it is applied over the file. */
 struct flags {
@@ -463,11 +471,43 @@ static int load_listeners(struct file_ctx *f, const json_t *root, enum tt_listen
 }
 
 /* Loads the JSON file at path into cfg (over the defaults already there). */
+/* Sets the control plane's address; `where` names the file, or NULL for the flag. */
+static int set_control_addr(struct tt_config *cfg, const char *v, char *err, size_t errlen,
+                            const char *where)
+{
+    int rc = tt_addr_parse(v, 0, &cfg->control);
+
+    if (rc < 0) {
+        if (where != NULL)
+            return errf(err, errlen, "%s: control.address: %s: %s", where, v,
+                        addr_reason(v, 0, rc));
+        return errf(err, errlen, "--control %s: %s", v, addr_reason(v, 0, rc));
+    }
+    cfg->has_control = true;
+    return 0;
+}
+
+/* Sets the SPIFFE ID the sidecar asks the control plane for. */
+static int set_spiffe_id(struct tt_config *cfg, const char *v, char *err, size_t errlen,
+                         const char *where)
+{
+    if (tt_spiffe_check(v, strlen(v), false) != 0) {
+        if (where != NULL)
+            return errf(err, errlen, "%s: control.spiffe_id: expected a SPIFFE ID such as "
+                        "spiffe://cluster.local/ns/NS/sa/SA, got \"%.128s\"", where, v);
+        return errf(err, errlen, "--spiffe-id %.128s: expected a SPIFFE ID such as "
+                    "spiffe://cluster.local/ns/NS/sa/SA", v);
+    }
+    return set_str(&cfg->spiffe_id, v) != 0 ? errf(err, errlen, "out of memory") : 0;
+}
+
 static int load_file(const char *path, struct tt_config *cfg, char *err, size_t errlen)
 {
     static const char *const top_keys[] = {
         "identity",        "policy",   "admin",   "workers",  "log_level",
-        "max_connections", "timeouts", "inbound", "outbound", NULL};
+        "max_connections", "timeouts", "inbound", "outbound", "control", NULL};
+    static const char *const control_keys[] = {"address", "bundle", "join_token", "spiffe_id",
+                                               NULL};
     static const char *const id_keys[] = {"cert", "key", "trust_bundle", NULL};
     static const char *const timeout_keys[] = {"handshake", "connect", "idle", "drain", NULL};
     struct file_ctx f = {.path = path, .err = err, .errlen = errlen};
@@ -519,6 +559,29 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
     }
     if ((rc = get_path(&f, root, "policy", "", &cfg->policy_path)) != 0)
         goto out;
+    obj = json_object_get(root, "control");
+    if (obj != NULL) {
+        if (!json_is_object(obj)) {
+            rc = errf(err, errlen,
+                      "%s: control: expected an object with address, bundle, join_token, "
+                      "spiffe_id",
+                      path);
+            goto out;
+        }
+        if ((rc = check_keys(&f, obj, "control", control_keys)) != 0 ||
+            (rc = get_path(&f, obj, "bundle", "control", &cfg->control_bundle_path)) != 0 ||
+            (rc = get_path(&f, obj, "join_token", "control", &cfg->join_token_path)) != 0)
+            goto out;
+        if ((rc = get_string(&f, obj, "address", "control", "an address such as \"10.0.0.1:15012\"",
+                             &s)) != 0)
+            goto out;
+        if (s != NULL && (rc = set_control_addr(cfg, s, err, errlen, path)) != 0)
+            goto out;
+        if ((rc = get_string(&f, obj, "spiffe_id", "control", "a SPIFFE ID", &s)) != 0)
+            goto out;
+        if (s != NULL && (rc = set_spiffe_id(cfg, s, err, errlen, path)) != 0)
+            goto out;
+    }
     if ((rc = get_string(&f, root, "admin", "", "an address such as \"127.0.0.1:15000\"", &s)) != 0)
         goto out;
     if (s != NULL && (rc = tt_addr_parse(s, 1, &cfg->admin)) < 0) {
@@ -584,7 +647,7 @@ static int scan_args(int argc, char **argv, struct flags *fl, char *err, size_t 
             fl->listeners[fl->n_listeners].kind =
                 c == OPT_INBOUND ? TT_LISTENER_INBOUND : TT_LISTENER_OUTBOUND;
             fl->listeners[fl->n_listeners++].value = optarg;
-        } else if (c >= OPT_CONFIG && c <= OPT_DRAIN_TIMEOUT) {
+        } else if (c >= OPT_CONFIG && c <= OPT_SPIFFE_ID) {
             fl->single[c - OPT_CONFIG] = optarg;
         } else if (rc != 0) {
             continue; /* keep the first error, look on for --help */
@@ -655,11 +718,19 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
     if ((rc = apply_path(fl, OPT_IDENTITY_CERT, &cfg->cert_path, err, errlen)) != 0 ||
         (rc = apply_path(fl, OPT_IDENTITY_KEY, &cfg->key_path, err, errlen)) != 0 ||
         (rc = apply_path(fl, OPT_TRUST_BUNDLE, &cfg->bundle_path, err, errlen)) != 0 ||
-        (rc = apply_path(fl, OPT_POLICY, &cfg->policy_path, err, errlen)) != 0)
+        (rc = apply_path(fl, OPT_POLICY, &cfg->policy_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_CONTROL_BUNDLE, &cfg->control_bundle_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_JOIN_TOKEN, &cfg->join_token_path, err, errlen)) != 0)
         return rc;
     if ((v = fl->single[OPT_ADMIN - OPT_CONFIG]) != NULL &&
         (rc = tt_addr_parse(v, 1, &cfg->admin)) < 0)
         return errf(err, errlen, "--admin %.300s: %s", shown(v), addr_reason(v, 1, rc));
+    if ((v = fl->single[OPT_CONTROL - OPT_CONFIG]) != NULL &&
+        (rc = set_control_addr(cfg, v, err, errlen, NULL)) != 0)
+        return rc;
+    if ((v = fl->single[OPT_SPIFFE_ID - OPT_CONFIG]) != NULL &&
+        (rc = set_spiffe_id(cfg, v, err, errlen, NULL)) != 0)
+        return rc;
     if ((v = fl->single[OPT_WORKERS - OPT_CONFIG]) != NULL) {
         if (parse_uint(v, 1, WORKERS_MAX, &n) != 0)
             return errf(err, errlen, "--workers %.100s: expected an integer 1..%d", shown(v),
@@ -718,11 +789,30 @@ static int same_endpoint(const struct tt_addr *a, const struct tt_addr *b)
 /* The checks that need the whole configuration. */
 static int check_config(struct tt_config *cfg, char *err, size_t errlen)
 {
-    if (cfg->cert_path == NULL)
+    if (cfg->has_control) {
+        /* Identity, trust and policy all come from the control plane. */
+        if (cfg->policy_path != NULL)
+            return errf(err, errlen, "--policy and --control exclude each other: with a "
+                        "control plane the policy comes from it");
+        if (cfg->cert_path != NULL || cfg->key_path != NULL || cfg->bundle_path != NULL)
+            return errf(err, errlen, "--identity-cert, --identity-key and --trust-bundle "
+                        "exclude --control: the control plane issues the identity");
+        if (cfg->control_bundle_path == NULL)
+            return errf(err, errlen, "--control needs --control-bundle FILE (the roots that "
+                        "the control plane's certificate chains to)");
+        if (cfg->spiffe_id == NULL)
+            return errf(err, errlen, "--control needs --spiffe-id ID (the identity to ask for)");
+        if (cfg->join_token_path == NULL)
+            return errf(err, errlen, "--control needs --join-token FILE (the bootstrap token)");
+    } else if (cfg->control_bundle_path != NULL || cfg->join_token_path != NULL ||
+               cfg->spiffe_id != NULL) {
+        return errf(err, errlen, "--control-bundle, --join-token and --spiffe-id need "
+                    "--control ADDR:PORT");
+    } else if (cfg->cert_path == NULL)
         return errf(err, errlen, "missing --identity-cert (or identity.cert in the config file)");
-    if (cfg->key_path == NULL)
+    if (!cfg->has_control && cfg->key_path == NULL)
         return errf(err, errlen, "missing --identity-key (or identity.key in the config file)");
-    if (cfg->bundle_path == NULL)
+    if (!cfg->has_control && cfg->bundle_path == NULL)
         return errf(err, errlen,
                     "missing --trust-bundle (or identity.trust_bundle in the config file)");
     if (cfg->n_listeners == 0)
@@ -814,6 +904,9 @@ void tt_config_done(struct tt_config *cfg)
     free(cfg->key_path);
     free(cfg->bundle_path);
     free(cfg->policy_path);
+    free(cfg->control_bundle_path);
+    free(cfg->join_token_path);
+    free(cfg->spiffe_id);
     for (size_t i = 0; i < cfg->n_listeners; i++)
         free(cfg->listeners[i].expected_id);
     free(cfg->listeners);
@@ -839,6 +932,15 @@ void tt_config_usage(FILE *out)
         "SAN\n"
         "  --identity-key FILE         PEM private key of that certificate\n"
         "  --trust-bundle FILE         PEM root certificates that peers must chain to\n"
+        "\n"
+        "Control plane (instead of the three identity flags and --policy):\n"
+        "  --control ADDR:PORT         tether-control's sidecar API (gRPC over mTLS, usually\n"
+        "                              port 15012): certificates, trust bundle, policy\n"
+        "  --control-bundle FILE       PEM roots that the control plane's certificate chains to\n"
+        "  --join-token FILE           bootstrap token from `tetherctl token create` (the\n"
+        "                              first certificate; renewals use the current one)\n"
+        "  --spiffe-id ID              the identity to ask for, e.g.\n"
+        "                              spiffe://cluster.local/ns/shop/sa/web\n"
         "\n"
         "Listeners (at least one; repeatable, kept in the order given):\n"
         "  --inbound LISTEN=FORWARD    accept mTLS on LISTEN, relay plaintext to FORWARD\n"

@@ -5,6 +5,7 @@
 #ifndef TT_CONFIG_H
 #define TT_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -38,6 +39,11 @@ struct tt_config {
     char *key_path;         /* --identity-key */
     char *bundle_path;      /* --trust-bundle */
     char *policy_path;      /* --policy, or NULL (no policy: any authenticated caller) */
+    bool has_control;       /* --control given: identity and policy come from it */
+    struct tt_addr control; /* --control */
+    char *control_bundle_path; /* --control-bundle */
+    char *join_token_path;  /* --join-token */
+    char *spiffe_id;        /* --spiffe-id */
     struct tt_addr admin;   /* --admin */
     unsigned workers;       /* --workers; 0 in input means "number of cores" */
     enum tt_log_level log_level;
@@ -55,7 +61,8 @@ struct tt_config {
 /* Fills cfg from argv (getopt_long; options as tt_config_usage() lists them), loading
  * --config FILE first when given. Defaults apply to what neither sets; workers 0
  * becomes the number of online CPUs. Requires the three identity files and at least
- * one listener. Returns 0, TT_CONFIG_HELP after printing usage to stdout, or TT_E_CONFIG
+ * one listener; with --control, the identity files and --policy are refused and
+ * --control-bundle, --join-token and --spiffe-id are required. Returns 0, TT_CONFIG_HELP after printing usage to stdout, or TT_E_CONFIG
  * with one line in err (e.g. "--inbound 127.0.0.1:99999=x: port must be 0..65535" or
  * "sidecar.json: timeouts.idle: expected a duration such as \"10s\""). On error cfg
  * holds nothing that needs freeing beyond tt_config_done(). */

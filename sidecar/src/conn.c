@@ -498,6 +498,8 @@ static void handshake_done(struct tt_conn *c)
     struct tt_listener_counters *lc = conn_counters(c);
 
     TT_COUNTER_ADD(lc->handshakes, 1);
+    if (tt_tls_resumed(c->tls))
+        TT_COUNTER_ADD(lc->handshakes_resumed, 1);
     tt_metrics_observe(&lc->handshake_us, (uv_now(&c->worker->loop) - c->phase_ms) * 1000);
     if (!conn_is_inbound(c)) {
         c->verdict = "allow";
@@ -549,6 +551,9 @@ static void conn_start_handshake(struct tt_conn *c)
         conn_close(c, -ENOMEM, true);
         return;
     }
+    /* Outbound: resume with the upstream's last ticket; a full handshake otherwise. */
+    if (!inbound)
+        tt_tls_set_resume(c->tls, &c->listener->resume);
     conn_enter(c, TT_CONN_S_HANDSHAKE);
     side_set_reading(c, c->tls_side, true);
     if (!inbound && c->state == TT_CONN_S_HANDSHAKE)
@@ -717,6 +722,23 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
     uv_close((uv_handle_t *)&c->timer, on_close);
     side_close(c, &c->down, reset);
     side_close(c, &c->up, reset);
+}
+
+/* Closes the connection if its verified peer's certificate is revoked in `identity`. */
+bool tt_conn_close_if_revoked(struct tt_conn *c, const struct tt_identity *identity)
+{
+    const char *serial;
+
+    if (c->tls == NULL || c->state == TT_CONN_S_HANDSHAKE || c->state == TT_CONN_S_CLOSING)
+        return false;
+    serial = tt_tls_peer_serial(c->tls);
+    if (serial[0] == '\0' || !tt_identity_revoked(identity, serial))
+        return false;
+    tt_log(TT_LOG_WARN, "revoked_connection_closed", TT_LS("listener", c->listener->cfg->name),
+           TT_LS("peer_addr", c->peer_addr), TT_LS("peer_id", tt_tls_peer_id(c->tls)),
+           TT_LS("serial", serial));
+    conn_close(c, TT_E_REVOKED, true);
+    return true;
 }
 
 /* Resets both sockets now. */

@@ -17,6 +17,7 @@ struct tt_listener;
 struct tt_worker;
 struct tt_snapshot;
 struct tt_tls;
+struct tt_identity;
 
 enum tt_conn_state {
     TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
@@ -72,6 +73,10 @@ struct tt_conn {
  * fails loudly: on error (limit reached, out of memory) the client is closed and the
  * refusal counted. */
 void tt_conn_accept(struct tt_listener *listener);
+
+/* Closes the connection (reset, logged) when its verified TLS peer presented a
+ * certificate whose serial `identity` lists as revoked. Returns true when it did. */
+bool tt_conn_close_if_revoked(struct tt_conn *c, const struct tt_identity *identity);
 
 /* Ends the connection now (drain timeout, worker stop), resetting both sockets. */
 void tt_conn_abort(struct tt_conn *c);

@@ -19,7 +19,10 @@
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
+#include <openssl/ec.h>
+#include <openssl/ec_key.h>
 #include <openssl/err.h>
+#include <openssl/obj.h>
 #include <openssl/evp.h>
 #include <openssl/mem.h>
 #include <openssl/pem.h>
@@ -320,7 +323,7 @@ static SSL_CTX *build_ctx(CRYPTO_BUFFER *const *chain, size_t n, EVP_PKEY *key)
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
         !SSL_CTX_set_strict_cipher_list(ctx, TLS12_CIPHERS) ||
         !SSL_CTX_set1_curves_list(ctx, CURVES) ||
-        !SSL_CTX_set_chain_and_key(ctx, chain, n, key, NULL))
+        (chain != NULL && !SSL_CTX_set_chain_and_key(ctx, chain, n, key, NULL)))
         goto err;
     /* Both sides present a certificate and require one from the peer (mTLS). */
     SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
@@ -464,6 +467,12 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
     }
     id->server_ctx = build_ctx(bufs, n_chain, key);
     id->client_ctx = build_ctx(bufs, n_chain, key);
+    if (id->client_ctx != NULL) {
+        /* Clients keep the tickets they receive, for resumption (tt_tls_set_resume). */
+        SSL_CTX_set_session_cache_mode(id->client_ctx,
+                                       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+        SSL_CTX_sess_set_new_cb(id->client_ctx, tt_tls_on_new_session);
+    }
     if (id->server_ctx == NULL || id->client_ctx == NULL) {
         set_err(err, errlen, "%s: cannot build the TLS contexts from this certificate and key",
                 cert_name);
@@ -489,6 +498,51 @@ err:
     }
     EVP_PKEY_free(key);
     sk_X509_pop_free(chain, X509_free);
+    sk_X509_pop_free(bundle, X509_free);
+    if (id != NULL)
+        identity_free(id);
+    return NULL;
+}
+
+/* Builds a trust-only identity (bundle, anonymous client context); see identity.h. */
+struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle_len,
+                                           const char *source, char *err, size_t errlen)
+{
+    struct tt_identity *id = calloc(1, sizeof(*id));
+    STACK_OF(X509) *bundle = NULL;
+    int r;
+
+    if (id == NULL)
+        goto err_nomem;
+    id->refs = 1;
+    r = parse_certs(bundle_pem, bundle_len, &bundle);
+    if (r == TT_E_IDENTITY || r == TT_E_PEM) {
+        set_err(err, errlen, "%s: %s", source,
+                r == TT_E_PEM ? "invalid certificate PEM" : "no certificate found");
+        goto err;
+    } else if (r < 0) {
+        goto err_nomem;
+    }
+    id->store = X509_STORE_new();
+    id->n_roots = sk_X509_num(bundle);
+    id->roots = calloc(id->n_roots, sizeof(*id->roots));
+    if (id->store == NULL || id->roots == NULL)
+        goto err_nomem;
+    for (size_t i = 0; i < id->n_roots; i++) {
+        X509 *x = sk_X509_value(bundle, i);
+        if (tt_cert_info_fill(&id->roots[i], x) == -ENOMEM || !X509_STORE_add_cert(id->store, x))
+            goto err_nomem;
+    }
+    id->client_ctx = build_ctx(NULL, 0, NULL);
+    if (id->client_ctx == NULL)
+        goto err_nomem;
+    sk_X509_pop_free(bundle, X509_free);
+    return id;
+
+err_nomem:
+    set_err(err, errlen, "%s: out of memory", source);
+err:
+    ERR_clear_error();
     sk_X509_pop_free(bundle, X509_free);
     if (id != NULL)
         identity_free(id);
@@ -609,4 +663,129 @@ int tt_identity_revoked(const struct tt_identity *id, const char *serial)
     if (id->n_revoked == 0)
         return 0;
     return bsearch(&serial, id->revoked, id->n_revoked, sizeof(*id->revoked), cmp_serial) != NULL;
+}
+
+/* Replaces the revoked set of an identity nobody else holds yet. */
+int tt_identity_set_revoked(struct tt_identity *id, const char *const *serials, size_t n)
+{
+    char **set = n > 0 ? calloc(n, sizeof(*set)) : NULL;
+    size_t kept = 0;
+
+    if (n > 0 && set == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        set[kept] = strdup(serials[i]);
+        if (set[kept] == NULL)
+            goto err_free;
+        kept++;
+    }
+    qsort(set, kept, sizeof(*set), cmp_serial);
+    for (size_t i = 0; i < id->n_revoked; i++)
+        free(id->revoked[i]);
+    free(id->revoked);
+    id->revoked = set;
+    id->n_revoked = kept;
+    return 0;
+
+err_free:
+    for (size_t i = 0; i < kept; i++)
+        free(set[i]);
+    free(set);
+    return -ENOMEM;
+}
+
+/* Generates an ECDSA P-256 key as PKCS#8 PEM in memory. */
+int tt_identity_keygen(char **key_pem, size_t *key_len)
+{
+    EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+    EVP_PKEY *pkey = EVP_PKEY_new();
+    BIO *bio = BIO_new(BIO_s_mem());
+    const uint8_t *data;
+    size_t len;
+    int r = TT_E_TLS;
+
+    if (ec == NULL || pkey == NULL || bio == NULL || !EC_KEY_generate_key(ec) ||
+        !EVP_PKEY_assign_EC_KEY(pkey, ec))
+        goto out;
+    ec = NULL; /* owned by pkey */
+    if (!PEM_write_bio_PKCS8PrivateKey(bio, pkey, NULL, NULL, 0, NULL, NULL) ||
+        !BIO_mem_contents(bio, &data, &len))
+        goto out;
+    *key_pem = malloc(len + 1);
+    if (*key_pem == NULL) {
+        r = -ENOMEM;
+        goto out;
+    }
+    memcpy(*key_pem, data, len);
+    (*key_pem)[len] = '\0';
+    *key_len = len;
+    r = 0;
+out:
+    /* The BIO held the key too: wipe it before it goes back to the allocator. */
+    if (bio != NULL && BIO_mem_contents(bio, &data, &len) && len > 0)
+        OPENSSL_cleanse((void *)data, len);
+    BIO_free(bio);
+    EC_KEY_free(ec);
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return r;
+}
+
+/* Builds a DER PKCS#10 request for spiffe_id signed by the key in key_pem. */
+int tt_identity_csr(const char *key_pem, size_t key_len, const char *spiffe_id, uint8_t **der,
+                    size_t *der_len)
+{
+    EVP_PKEY *pkey = NULL;
+    X509_REQ *req = NULL;
+    GENERAL_NAMES *names = NULL;
+    GENERAL_NAME *gn = NULL;
+    ASN1_IA5STRING *uri = NULL;
+    STACK_OF(X509_EXTENSION) *exts = NULL;
+    X509_EXTENSION *ext = NULL;
+    uint8_t *out = NULL;
+    int n, r;
+
+    if (tt_spiffe_check(spiffe_id, strlen(spiffe_id), false) < 0)
+        return TT_E_SPIFFE;
+    r = parse_key(key_pem, key_len, &pkey);
+    if (r < 0)
+        return r;
+    r = TT_E_TLS;
+    req = X509_REQ_new();
+    names = GENERAL_NAMES_new();
+    gn = GENERAL_NAME_new();
+    uri = ASN1_IA5STRING_new();
+    exts = sk_X509_EXTENSION_new_null();
+    if (req == NULL || names == NULL || gn == NULL || uri == NULL || exts == NULL)
+        goto out;
+    if (!X509_REQ_set_version(req, 0) || !X509_REQ_set_pubkey(req, pkey) ||
+        !ASN1_STRING_set(uri, spiffe_id, (int)strlen(spiffe_id)))
+        goto out;
+    GENERAL_NAME_set0_value(gn, GEN_URI, uri);
+    uri = NULL;
+    if (!sk_GENERAL_NAME_push(names, gn))
+        goto out;
+    gn = NULL;
+    ext = X509V3_EXT_i2d(NID_subject_alt_name, 0, names);
+    if (ext == NULL || !sk_X509_EXTENSION_push(exts, ext))
+        goto out;
+    ext = NULL;
+    if (!X509_REQ_add_extensions(req, exts) || !X509_REQ_sign(req, pkey, EVP_sha256()))
+        goto out;
+    n = i2d_X509_REQ(req, &out);
+    if (n <= 0)
+        goto out;
+    *der = out;
+    *der_len = (size_t)n;
+    r = 0;
+out:
+    X509_EXTENSION_free(ext);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    ASN1_IA5STRING_free(uri);
+    GENERAL_NAME_free(gn);
+    GENERAL_NAMES_free(names);
+    X509_REQ_free(req);
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return r;
 }

@@ -59,6 +59,10 @@ SSL_CTX *tt_identity_client_ctx(const struct tt_identity *id);
  * the trust bundle, valid while a reference is held. */
 X509_STORE *tt_identity_trust_store(const struct tt_identity *id);
 
+/* tls.c's new-session callback, which identity.c installs on every client context so
+ * that tickets reach the session's resumption slot (tls.h: tt_tls_set_resume). */
+int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session);
+
 /* Returns 1 when `serial` (formatted as tt_cert_info.serial) is in the identity's set of
  * revoked serial numbers, else 0. */
 int tt_identity_revoked(const struct tt_identity *id, const char *serial);
@@ -69,5 +73,29 @@ int tt_identity_revoked(const struct tt_identity *id, const char *serial);
  * exactly one URI SAN and it is a valid SPIFFE ID with a path, else TT_E_BAD_SAN (info
  * is filled either way), or -ENOMEM. */
 int tt_cert_info_fill(struct tt_cert_info *info, X509 *x);
+
+/* Builds an identity that holds only a trust bundle: no certificate, no key, no server
+ * context; its client context presents nothing. For TT_TLS_CLIENT_ANONYMOUS sessions
+ * (asking the control plane for a first certificate). tt_identity_leaf() is all zero.
+ * Errors name `source`. Returns NULL with err set on failure. */
+struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle_len,
+                                           const char *source, char *err, size_t errlen);
+
+/* Replaces the set of revoked serial numbers (upper-case hex, no colons, as
+ * tt_serial_normalize() writes them) that handshakes verified with this identity refuse
+ * with TT_E_REVOKED. Only for an identity not yet shared (one reference, before it is
+ * published). Returns 0 or -ENOMEM (the old set stays). */
+int tt_identity_set_revoked(struct tt_identity *id, const char *const *serials, size_t n);
+
+/* Generates a new ECDSA P-256 private key in memory; *key_pem (PKCS#8 PEM, NUL-terminated,
+ * caller frees after wiping it with OPENSSL_cleanse-like care) and *key_len. The key is
+ * never written anywhere else. Returns 0 or <0. */
+int tt_identity_keygen(char **key_pem, size_t *key_len);
+
+/* Builds a PKCS#10 certificate request (DER) for `spiffe_id` (one URI SAN, empty subject),
+ * signed by the key in key_pem. *der is allocated with OPENSSL_malloc (free with
+ * OPENSSL_free). Returns 0, TT_E_SPIFFE for an invalid ID, TT_E_PEM, or <0. */
+int tt_identity_csr(const char *key_pem, size_t key_len, const char *spiffe_id, uint8_t **der,
+                    size_t *der_len);
 
 #endif

@@ -55,6 +55,7 @@ struct tt_listener_counters {
     uint64_t bytes_in;           /* bytes received from the downstream client */
     uint64_t bytes_out;          /* bytes sent to the downstream client */
     uint64_t handshakes;         /* TLS handshakes completed */
+    uint64_t handshakes_resumed; /* of which resumed a session (ticket) */
     uint64_t hs_failures[TT_HS__COUNT];
     uint64_t upstream_connect_failures;
     uint64_t allowed;            /* inbound: policy allowed */

@@ -776,6 +776,25 @@ static bool rule_applies(const struct rule *r, const char *self)
     return r->n_to == 0 || pats_match(r->to, r->n_to, self);
 }
 
+/* Refuses deny rules this sidecar could not enforce on plain TCP (see policy.h). */
+int tt_policy_check_tcp_enforceable(const struct tt_policy *p, const char *self, char *err,
+                                    size_t errlen)
+{
+    for (size_t i = 0; i < p->n_rules; i++) {
+        const struct rule *r = &p->rules[i];
+
+        if (r->action != TT_POLICY_DENY || r->mode != TT_POLICY_ENFORCE ||
+            (r->n_methods == 0 && r->n_paths == 0) || !rule_applies(r, self))
+            continue;
+        snprintf(err, errlen,
+                 "rule \"%.128s\" denies by HTTP %s, which this sidecar cannot see on TCP "
+                 "connections: refusing the policy rather than letting those requests through",
+                 r->name, r->n_methods > 0 ? "method" : "path");
+        return TT_E_POLICY;
+    }
+    return 0;
+}
+
 /*
  * Evaluates the policy; see policy.h. Every matching audit rule is reported, whether or
  * not an enforce rule decided, so that an audit rule's counts show everything it would

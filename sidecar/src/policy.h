@@ -63,6 +63,14 @@ void tt_policy_check(const struct tt_policy *p, const char *caller, const char *
                      uint16_t port, const char *method, const char *path,
                      struct tt_policy_verdict *out);
 
+/* A sidecar that relays TCP without parsing HTTP never sees a method or a path, so a
+ * deny rule conditioned on them could never match: the requests it names would be let
+ * through. Returns TT_E_POLICY with the first such enforce deny rule that applies to
+ * `self` named in err, or 0 when the document can be enforced as written. (Allow rules
+ * with HTTP conditions only fail closed, and audit rules never block: both are fine.) */
+int tt_policy_check_tcp_enforceable(const struct tt_policy *p, const char *self, char *err,
+                                    size_t errlen);
+
 /* Adds one verdict to the per-rule hit counters (deciding rule and audit rules; an
  * audit deny match also counts as a would-deny). Thread-safe. */
 void tt_policy_count(struct tt_policy *p, const struct tt_policy_verdict *v);

@@ -11,9 +11,12 @@
 #include <uv.h>
 
 #include "config.h"
+#include "cpclient.h"
 #include "worker.h"
 
 struct tt_admin;
+struct tt_identity;
+struct tt_policy;
 
 struct tt_runtime {
     const struct tt_config *cfg;
@@ -28,6 +31,13 @@ struct tt_runtime {
     unsigned live_conns; /* all workers, atomic; for --max-connections */
     bool draining;       /* atomic: SIGTERM or /quitquitquit received */
     bool stopping;       /* atomic: workers must close everything and exit */
+    int *listen_fds;     /* bound at start-up, n_workers x n_listeners */
+    bool workers_started; /* atomic */
+    uint64_t rotations;   /* atomic: leaf certificate changes */
+    int exit_code;
+    struct tt_cpclient *cpclient;       /* control mode only */
+    struct tt_cp_status admin_cp_status; /* filled for one admin request */
+    uv_async_t first_snapshot;          /* control mode: start workers */
     struct tt_admin *admin;
     struct tt_snapshot *admin_view_snapshot; /* held between get_view and put_view */
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -45,7 +55,16 @@ struct tt_runtime {
  * drain. cfg must outlive the call. */
 int tt_runtime_run(const struct tt_config *cfg);
 
-/* Returns a new reference to the current snapshot (any thread). */
+/* Returns a new reference to the current snapshot (any thread), or NULL before the first
+ * one (control mode, while the first certificate is awaited). */
 struct tt_snapshot *tt_runtime_snapshot(struct tt_runtime *rt);
+
+/* Makes (identity, policy) the snapshot for new connections, from any thread (the
+ * control client's). Takes ownership of both references (policy may be NULL). Workers
+ * pick it up at once; connections whose peer certificate is revoked in the new identity
+ * are closed. The first snapshot in control mode starts the workers. Returns 0 or
+ * -ENOMEM (both references dropped). */
+int tt_runtime_publish(struct tt_runtime *rt, struct tt_identity *identity,
+                       struct tt_policy *policy);
 
 #endif

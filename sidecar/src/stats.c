@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpclient.h"
 #include "identity.h"
 #include "policy.h"
 #include "stats.h"
@@ -185,15 +186,31 @@ static json_t *listener_json(const struct tt_listener_cfg *cfg,
 
     latency = json_pack("{s:o,s:o,s:o}", "handshake_us", hist_json(&c->handshake_us), "connect_us",
                         hist_json(&c->connect_us), "duration_us", hist_json(&c->duration_us));
-    return json_pack("{s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}",
+    return json_pack("{s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}",
                      "name", jstr(cfg->name), "kind", kind_name(cfg->kind), "listen",
                      jstr(cfg->listen.text), "target", jstr(cfg->target.text), "expected_id",
                      jstr(cfg->expected_id), "accepted", jint(c->accepted), "active", jint(active),
                      "closed", jint(c->closed), "refused_limit", jint(c->refused_limit), "bytes_in",
                      jint(c->bytes_in), "bytes_out", jint(c->bytes_out), "handshakes",
-                     jint(c->handshakes), "handshake_failures", reasons_json(c->hs_failures),
+                     jint(c->handshakes), "handshakes_resumed", jint(c->handshakes_resumed),
+                     "handshake_failures", reasons_json(c->hs_failures),
                      "upstream_connect_failures", jint(c->upstream_connect_failures), "allowed",
                      jint(c->allowed), "denied", jint(c->denied), "latency", latency);
+}
+
+/* The control connection's state, versions and timing (control mode only). */
+static json_t *control_json(const struct tt_cp_status *cp, int64_t now)
+{
+    return json_pack("{s:s,s:I,s:I,s:I,s:o,s:o,s:o}", "state", cp->state_name,
+                     "version_applied", (json_int_t)cp->version_applied, "version_refused",
+                     (json_int_t)cp->version_refused, "rotations", (json_int_t)cp->rotations,
+                     "last_contact_unix",
+                     cp->last_contact_unix > 0 ? json_integer(cp->last_contact_unix)
+                                               : json_null(),
+                     "seconds_since_contact",
+                     cp->last_contact_unix > 0 ? json_integer(now - cp->last_contact_unix)
+                                               : json_null(),
+                     "last_error", cp->last_error[0] ? jstr(cp->last_error) : json_null());
 }
 
 static json_t *identity_json(const struct tt_stats_view *view, int64_t now)
@@ -206,9 +223,8 @@ static json_t *identity_json(const struct tt_stats_view *view, int64_t now)
         "{s:o,s:o,s:I,s:I,s:I,s:I,s:o}", "spiffe_id", jstr(leaf->spiffe_id), "serial",
         jstr(leaf->serial), "not_before", (json_int_t)leaf->not_before, "not_after",
         (json_int_t)leaf->not_after, "seconds_to_expiry", (json_int_t)(leaf->not_after - now),
-        "rotations",
-        (json_int_t)(view->snapshot_generation > 1 ? view->snapshot_generation - 1 : 0),
-        "control_plane", jstr(view->control_state ? view->control_state : "none"));
+        "rotations", (json_int_t)view->rotations, "control_plane",
+        jstr(view->control_state ? view->control_state : "none"));
 }
 
 static json_t *policy_json(const struct tt_policy *p, uint64_t allowed, uint64_t denied)
@@ -328,6 +344,8 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
     }
 
     /* json_pack steals every "o" reference, on failure too. */
+    if (server != NULL && view->control != NULL)
+        json_object_set_new(server, "control", control_json(view->control, now));
     doc = json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "server", server, "identity",
                     identity_json(view, now), "listeners", listeners, "handshake_failures",
                     reasons_json(reasons), "policy", policy_json(view->policy, allowed, denied),
@@ -503,6 +521,8 @@ static const struct listener_metric listener_metrics[] = {
      LC_OFF(bytes_out)},
     {"tether_listener_handshakes_total", "counter", "TLS handshakes completed.",
      LC_OFF(handshakes)},
+    {"tether_listener_handshakes_resumed_total", "counter",
+     "TLS handshakes that resumed a session.", LC_OFF(handshakes_resumed)},
     {"tether_listener_upstream_connect_failures_total", "counter",
      "Upstream TCP connects that failed.", LC_OFF(upstream_connect_failures)},
     {"tether_listener_policy_allowed_total", "counter", "Inbound connections allowed by policy.",
@@ -704,9 +724,8 @@ char *tt_stats_prometheus(const struct tt_stats_view *view)
         sb_printf(&sb, "tether_identity_seconds_to_expiry %" PRId64 "\n", leaf->not_after - now);
     }
     sb_family(&sb, "tether_identity_rotations_total", "counter",
-              "Identity or configuration snapshots replaced since start.");
-    sb_printf(&sb, "tether_identity_rotations_total %" PRIu64 "\n",
-              view->snapshot_generation > 1 ? view->snapshot_generation - 1 : 0);
+              "Workload certificates replaced since start.");
+    sb_printf(&sb, "tether_identity_rotations_total %" PRIu64 "\n", view->rotations);
 
     prom_listeners(&sb, view, &sum);
     prom_policy(&sb, view, &sum);

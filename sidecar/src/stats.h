@@ -13,6 +13,7 @@
 #include "metrics.h"
 
 struct tt_identity;
+struct tt_cp_status;
 struct tt_policy;
 
 /* What the admin endpoint renders; filled by the sidecar runtime for one request. */
@@ -30,6 +31,8 @@ struct tt_stats_view {
     bool ready;                         /* what /ready answers */
     bool draining;                      /* SIGTERM received */
     const char *control_state;          /* "none" in explicit mode without control */
+    uint64_t rotations;                 /* leaf certificate changes since start */
+    const struct tt_cp_status *control; /* control mode: the client's status, else NULL */
 };
 
 /* Builds the /stats document: {"server":{...}, "identity":{spiffe_id, serial,

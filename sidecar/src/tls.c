@@ -36,6 +36,11 @@
 
 #define VERIFY_MODE (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
 
+static int role_is_client(enum tt_tls_role role)
+{
+    return role == TT_TLS_CLIENT || role == TT_TLS_CLIENT_ANONYMOUS;
+}
+
 struct tt_tls {
     SSL *ssl;
     struct tt_identity *id; /* referenced for the session's lifetime */
@@ -47,6 +52,7 @@ struct tt_tls {
     int verify_err; /* the verifier's verdict when it refused the peer, else 0 */
     int failed;     /* the handshake's failure code, sticky */
     enum tt_tls_role role;
+    struct tt_tls_resume *resume; /* clients: where new session tickets are kept */
     unsigned done : 1;     /* handshake complete */
     unsigned verified : 1; /* our verifier ran in this handshake */
     unsigned oom : 1;      /* the BIO could not buffer output */
@@ -173,7 +179,7 @@ static int verify_peer(struct tt_tls *tls)
     int r, san;
 
     if (certs == NULL || sk_CRYPTO_BUFFER_num(certs) == 0)
-        return TT_E_NO_CERT;
+        return tls->role == TT_TLS_SERVER_OPTIONAL_CLIENT ? 0 : TT_E_NO_CERT;
     leaf = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(certs, 0));
     if (leaf == NULL) {
         r = TT_E_PROTOCOL; /* BoringSSL accepted the DER but it is no usable X.509 */
@@ -221,7 +227,7 @@ static int verify_peer(struct tt_tls *tls)
         r = TT_E_REVOKED;
         goto out;
     }
-    if (tls->role == TT_TLS_CLIENT &&
+    if (role_is_client(tls->role) &&
         (tls->expected_peer == NULL || strcmp(info.spiffe_id, tls->expected_peer) != 0)) {
         r = TT_E_WRONG_IDENTITY; /* secure naming: not the workload this address must be */
         goto out;
@@ -256,7 +262,7 @@ struct tt_tls *tt_tls_new(struct tt_identity *id, enum tt_tls_role role, const c
     struct tt_tls *tls;
     BIO *bio;
 
-    assert((role == TT_TLS_CLIENT) == (expected_peer != NULL));
+    assert(role_is_client(role) == (expected_peer != NULL));
     if (pthread_once(&global_once, global_init) != 0 || ex_index < 0 || bio_method == NULL)
         return NULL;
     tls = calloc(1, sizeof(*tls));
@@ -269,19 +275,25 @@ struct tt_tls *tt_tls_new(struct tt_identity *id, enum tt_tls_role role, const c
         goto err_free_tls;
 
     tls->ssl =
-        SSL_new(role == TT_TLS_SERVER ? tt_identity_server_ctx(id) : tt_identity_client_ctx(id));
+        SSL_new(role_is_client(role) ? tt_identity_client_ctx(id) : tt_identity_server_ctx(id));
     if (tls->ssl == NULL)
         goto err_free_tls;
     if (!SSL_set_ex_data(tls->ssl, ex_index, tls))
         goto err_free_ssl;
-    SSL_set_custom_verify(tls->ssl, VERIFY_MODE, on_verify_peer);
+    /* Without FAIL_IF_NO_PEER_CERT a client may send an empty Certificate message; the
+     * verifier still runs on any certificate it does send. */
+    SSL_set_custom_verify(tls->ssl,
+                          role == TT_TLS_SERVER_OPTIONAL_CLIENT ? SSL_VERIFY_PEER : VERIFY_MODE,
+                          on_verify_peer);
+    if (role == TT_TLS_CLIENT_ANONYMOUS)
+        SSL_certs_clear(tls->ssl); /* answer a CertificateRequest with no certificate */
     /* After the handshake BoringSSL may drop the configuration it no longer needs:
      * part of keeping an idle connection small. */
     SSL_set_shed_handshake_config(tls->ssl, 1);
-    if (role == TT_TLS_SERVER)
-        SSL_set_accept_state(tls->ssl);
-    else
+    if (role_is_client(role))
         SSL_set_connect_state(tls->ssl);
+    else
+        SSL_set_accept_state(tls->ssl);
 
     bio = BIO_new(bio_method);
     if (bio == NULL)
@@ -315,6 +327,48 @@ void tt_tls_free(struct tt_tls *tls)
     free(tls->peer_issuer);
     tt_identity_unref(tls->id);
     free(tls);
+}
+
+/* Empties a resumption slot. */
+void tt_tls_resume_done(struct tt_tls_resume *slot)
+{
+    SSL_SESSION_free(slot->session);
+    tt_identity_unref(slot->identity);
+    slot->session = NULL;
+    slot->identity = NULL;
+}
+
+/* Offers the slot's session (when it was made with the same identity) and keeps the
+ * tickets this session receives in the slot. */
+int tt_tls_set_resume(struct tt_tls *tls, struct tt_tls_resume *slot)
+{
+    if (!role_is_client(tls->role) || tls->role == TT_TLS_CLIENT_ANONYMOUS)
+        return -EINVAL;
+    tls->resume = slot;
+    if (slot->session != NULL && slot->identity == tls->id &&
+        !SSL_set_session(tls->ssl, slot->session)) {
+        ERR_clear_error();
+        return TT_E_TLS;
+    }
+    return 0;
+}
+
+/* The client context's new-session callback (installed by identity.c): keeps the newest
+ * ticket in the session's resumption slot. Returns 1 when it took the reference. */
+int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session)
+{
+    struct tt_tls *tls = SSL_get_ex_data(ssl, ex_index);
+    struct tt_tls_resume *slot = tls != NULL ? tls->resume : NULL;
+
+    if (slot == NULL)
+        return 0;
+    SSL_SESSION_free(slot->session);
+    if (slot->identity != tls->id) {
+        tt_identity_unref(slot->identity);
+        slot->identity = tt_identity_ref(tls->id);
+    }
+    slot->session = session;
+    return 1;
 }
 
 /* Appends ciphertext from the peer. */

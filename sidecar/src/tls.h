@@ -17,13 +17,37 @@ struct tt_tls;
 enum tt_tls_role {
     TT_TLS_SERVER, /* inbound: terminate mTLS, require a client certificate */
     TT_TLS_CLIENT, /* outbound: originate mTLS, check the server's SPIFFE ID */
+    /* Control plane: terminate TLS, verify a client certificate when one is presented
+     * (exactly as TT_TLS_SERVER does), and let a client without one finish the handshake
+     * with peer id "" (a sidecar bootstrapping with a token has no certificate yet). */
+    TT_TLS_SERVER_OPTIONAL_CLIENT,
+    /* Originate TLS without presenting our certificate, checking the server's SPIFFE ID
+     * as TT_TLS_CLIENT does (asking the control plane for a certificate with a token). */
+    TT_TLS_CLIENT_ANONYMOUS,
 };
 
 /* Creates a session on `id`'s SSL_CTX for `role` and takes a reference on `id`. For
- * TT_TLS_CLIENT, `expected_peer` is the exact SPIFFE ID the server must present
- * (copied); for TT_TLS_SERVER it must be NULL. Returns NULL when out of memory. */
-struct tt_tls *tt_tls_new(struct tt_identity *id, enum tt_tls_role role,
-                          const char *expected_peer);
+ * the client roles, `expected_peer` is the exact SPIFFE ID the server must present
+ * (copied); for the server roles it must be NULL. Returns NULL when out of memory. */
+struct tt_tls *tt_tls_new(struct tt_identity *id, enum tt_tls_role role, const char *expected_peer);
+
+/* A client-side resumption slot: the newest session ticket received from one upstream,
+ * and the identity it was made with (a ticket is offered only with that identity, so a
+ * rotated certificate never resumes as the old one). Zero-initialize it; one thread
+ * uses it (conn.c keeps one per outbound listener per worker). A resumed session's
+ * server is verified again from the chain the ticket carries (identity.c). */
+struct tt_tls_resume {
+    struct ssl_session_st *session;
+    struct tt_identity *identity;
+};
+
+/* Releases what a slot holds; it is empty (and reusable) afterwards. */
+void tt_tls_resume_done(struct tt_tls_resume *slot);
+
+/* Client roles with a certificate, before the first tt_tls_handshake(): offers the slot's
+ * ticket for resumption and stores the tickets this session receives into the slot. The
+ * slot must outlive the session. Returns 0, -EINVAL for other roles, or TT_E_TLS. */
+int tt_tls_set_resume(struct tt_tls *tls, struct tt_tls_resume *slot);
 
 /* Frees the session and drops the identity reference. Accepts NULL. */
 void tt_tls_free(struct tt_tls *tls);

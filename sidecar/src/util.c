@@ -2,6 +2,7 @@
  * reads. No allocation except tt_file_read(); no logging. */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -411,4 +412,39 @@ err_free:
 err_close:
     close(fd);
     return rc;
+}
+
+/* Normalizes a certificate serial number written as `openssl x509 -serial` prints it
+ * (optionally "serial=" prefixed), ignoring case, colons and leading zeros. */
+int tt_serial_normalize(const char *in, char *out, size_t cap)
+{
+    size_t n = 0;
+    bool leading = true;
+
+    if (strncmp(in, "serial=", 7) == 0)
+        in += 7;
+    for (const char *p = in; *p != '\0'; p++) {
+        char c = *p;
+        if (c == ':')
+            continue;
+        if (!isxdigit((unsigned char)c))
+            return -EINVAL;
+        if (leading && c == '0')
+            continue;
+        leading = false;
+        if (n + 1 >= cap)
+            return -EINVAL;
+        out[n++] = (char)toupper((unsigned char)c);
+    }
+    if (n == 0) {
+        /* All zeros (or empty): zero is "0", nothing at all is an error. */
+        if (strspn(in, "0:") == strlen(in) && strchr(in, '0') != NULL && cap >= 2) {
+            out[0] = '0';
+            out[1] = '\0';
+            return 0;
+        }
+        return -EINVAL;
+    }
+    out[n] = '\0';
+    return 0;
 }

@@ -45,4 +45,10 @@ uint64_t tt_now_ms(void);
  * 0 and sets *data (caller frees) and *len, or -errno (-EFBIG when over max_len). */
 int tt_file_read(const char *path, size_t max_len, char **data, size_t *len);
 
+/* Writes the canonical form of a certificate serial number (upper-case hex, no colons, no
+ * leading zeros; DESIGN.md) of `in`, which may use either case, colons, leading zeros and
+ * an "serial=" prefix as `openssl x509 -serial` prints. Returns 0, or -EINVAL for
+ * anything that is not hexadecimal or does not fit in cap bytes. */
+int tt_serial_normalize(const char *in, char *out, size_t cap);
+
 #endif

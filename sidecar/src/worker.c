@@ -59,6 +59,11 @@ static void worker_refresh_snapshot(struct tt_worker *w)
     }
     tt_snapshot_unref(w->snapshot);
     w->snapshot = s;
+    /* A revocation also ends the live connections that use the revoked certificate. */
+    for (struct tt_conn *c = w->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        tt_conn_close_if_revoked(c, s->identity);
+    }
 }
 
 static void worker_close_listeners(struct tt_worker *w)
@@ -166,6 +171,8 @@ void tt_worker_done(struct tt_worker *w)
     uv_loop_close(&w->loop);
     tt_snapshot_unref(w->snapshot);
     tt_metrics_free(w->metrics);
+    for (size_t i = 0; i < w->rt->cfg->n_listeners; i++)
+        tt_tls_resume_done(&w->listeners[i].resume);
     free(w->listeners);
     for (size_t i = 0; i < w->rt->cfg->n_listeners; i++) {
         if (w->listen_fds[i] >= 0)

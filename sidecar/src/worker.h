@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "tls.h"
 
 struct tt_identity;
 struct tt_policy;
@@ -41,6 +42,7 @@ struct tt_listener {
     struct tt_worker *worker;
     int index;                         /* into cfg->listeners and the metrics arrays */
     const struct tt_listener_cfg *cfg; /* owned by the runtime's config */
+    struct tt_tls_resume resume;       /* outbound: the upstream's newest session ticket */
     bool open;
 };
 

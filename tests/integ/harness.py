@@ -82,14 +82,24 @@ def require_sidecar():
     return p
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A port that was free on 127.0.0.1 a moment ago (bound to 0, then released)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A port that was free on 127.0.0.1 a moment ago (bound to 0, then released), and
+    never handed out before by this process (two calls in a row can otherwise get the
+    same port from the kernel)."""
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise TestFailure("no fresh free port after 100 tries")
 
 
 def run(cmd, timeout=30, check_rc=True, **kw):
@@ -445,6 +455,17 @@ def read_all(sock, limit=1 << 30):
     return b"".join(chunks)
 
 
+def read_exact(sock, n):
+    """Reads n bytes (fewer when the connection ends first)."""
+    got = bytearray()
+    while len(got) < n:
+        d = sock.recv(n - len(got))
+        if not d:
+            break
+        got += d
+    return bytes(got)
+
+
 def echo_roundtrip(port, payload, timeout=60):
     """Sends payload through port to an "echo" EchoServer while reading, then shuts down
     the write side; returns (echoed, trailer_digest or None). Raises on errors."""
@@ -680,6 +701,198 @@ class Sidecar(Proc):
         return [r for r in self.logs() if r.get("event") == "access"
                 or r.get("msg") == "access"]
 
+    def events(self, name):
+        return [r for r in self.logs() if r.get("event") == name]
+
+
+class Traffic:
+    """Sequential requests in a thread, each on a new connection: connect to port, send
+    a payload, half-close, read the echo and the EchoServer's trailer, check both. Counts
+    ok and failed requests (with the time and the error of each failure)."""
+
+    def __init__(self, port, size=2048, timeout=10, pause=0.0):
+        self.port = port
+        self.size = size
+        self.timeout = timeout
+        self.pause = pause
+        self.ok = 0
+        self.failures = []  # (monotonic time, error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            payload = pattern_bytes(self.size, seed=i)
+            try:
+                echoed, digest = echo_roundtrip(self.port, payload, self.timeout)
+                if echoed != payload or digest != hashlib.sha256(payload).hexdigest():
+                    raise OSError("bad echo: %d bytes back, trailer %r" % (len(echoed), digest))
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - any error is a failed request
+                self.failures.append((time.monotonic(), repr(e)))
+            if self.pause:
+                self._stop.wait(self.pause)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# The control plane: tether-control ($TT_CONTROL) and tetherctl ($TT_TETHERCTL)
+
+CONTROL_SA = "ns/tether-system/sa/tether-control"
+
+
+def control_paths():
+    """(tether-control, tetherctl) from the environment, or None when either is missing."""
+    c, t = os.environ.get("TT_CONTROL", ""), os.environ.get("TT_TETHERCTL", "")
+    if not (c and os.access(c, os.X_OK) and t and os.access(t, os.X_OK)):
+        return None
+    return c, t
+
+
+def require_control():
+    """Exits with SKIP when tether-control, tetherctl or the sidecar is missing."""
+    require_sidecar()
+    if control_paths() is None:
+        print("SKIP: TT_CONTROL=%r / TT_TETHERCTL=%r are not executables" % (
+            os.environ.get("TT_CONTROL"), os.environ.get("TT_TETHERCTL")))
+        sys.exit(SKIP)
+
+
+def json_lines(text):
+    """The JSON objects among the lines of text (other lines are skipped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+class Control(Proc):
+    """A tether-control process with its state directory and its two ports. restart()
+    starts it again with the same arguments (same state, same ports)."""
+
+    def __init__(self, env, name, argv, state_dir, sidecar_port, api_port):
+        super().__init__(env, name, argv)
+        self.state_dir = state_dir
+        self.sidecar_port = sidecar_port
+        self.api_port = api_port
+        self.starts = 1
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.sidecar_port
+
+    @property
+    def api(self):
+        return "http://127.0.0.1:%d" % self.api_port
+
+    def wait_up(self, timeout=15):
+        """Waits until the operator API answers and the sidecar port accepts."""
+        def up():
+            if not self.alive():
+                raise TestFailure("%s exited with %s; stderr:\n%s" % (
+                    self.name, self.p.returncode, self.stderr()[-3000:]))
+            st, _ = http_get(self.api_port, "/stats", timeout=1)
+            if st != 200:
+                return False
+            connect(self.sidecar_port, 1).close()
+            return True
+        wait_for(up, timeout, 0.05, "%s to listen" % self.name)
+
+    def restart(self, wait=True):
+        """Starts the same command line again (the old process must be gone)."""
+        check(not self.alive(), "%s: restart while still running" % self.name)
+        for f in (self._out, self._err):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.starts += 1
+        # Keep earlier runs' output: append to the same files.
+        self._out = open(self.out_path, "ab")
+        self._err = open(self.err_path, "ab")
+        self.p = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err,
+                                  stdin=subprocess.DEVNULL, cwd=self.env.dir,
+                                  start_new_session=True)
+        self.pid = self.p.pid
+        log("restarted %s pid %d" % (self.name, self.pid))
+        if wait:
+            self.wait_up()
+
+    def kill(self):
+        """SIGKILL, then reaps it."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+        check(self.wait(5) is not None, "%s did not die on SIGKILL" % self.name)
+
+    def ctl(self, *args, check_rc=True, timeout=15, as_json=False):
+        """Runs tetherctl --api <this control> [--json] ARGS; returns the CompletedProcess
+        (stdout/stderr decoded), or the parsed JSON stdout when as_json."""
+        argv = [self.env.tetherctl_bin, "--api", self.api] + (["--json"] if as_json else [])
+        argv += [str(a) for a in args]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout)
+        r.stdout = r.stdout.decode(errors="replace")
+        r.stderr = r.stderr.decode(errors="replace")
+        if check_rc and r.returncode != 0:
+            raise TestFailure("tetherctl %s failed (%d): %s" % (
+                " ".join(map(str, args)), r.returncode, r.stderr[-2000:]))
+        if as_json:
+            return json.loads(r.stdout)
+        return r
+
+    def token(self, spiffe_id, name=None, ttl=None, uses=None):
+        """tetherctl token create; writes the token into a file and returns its path."""
+        args = ["token", "create", "--spiffe-id", spiffe_id]
+        if ttl:
+            args += ["--ttl", ttl]
+        if uses:
+            args += ["--uses", str(uses)]
+        out = self.ctl(*args).stdout
+        lines = out.splitlines()
+        check(len(lines) == 1 and lines[0].strip() and " " not in lines[0].strip(),
+              "token create printed %r, not one token alone on one line" % out)
+        name = name or "token-%s-%d" % (spiffe_id.rsplit("/", 1)[-1], int(time.monotonic()
+                                                                         * 1e6))
+        return self.env.write(name + ".token", out, mode=0o600)
+
+    def bundle(self, name="control-bundle.pem"):
+        """tetherctl bundle get, into a file; returns its path."""
+        out = self.ctl("bundle", "get").stdout
+        check("BEGIN CERTIFICATE" in out, "bundle get printed no certificate: %r" % out[:200])
+        return self.env.write(name, out)
+
+    def set_policy(self, doc, name="cp-policy.json"):
+        path = self.env.write(name, json.dumps(doc, indent=1))
+        return self.ctl("policy", "set", path)
+
+    def stats(self):
+        st, body = http_get(self.api_port, "/stats", timeout=5)
+        check(st == 200, "%s: /stats returned %d: %r" % (self.name, st, body[:200]))
+        return json.loads(body)
+
+    def sidecars(self):
+        """tetherctl --json sidecars -> list of entries."""
+        doc = self.ctl("sidecars", as_json=True)
+        return doc.get("sidecars", doc) if isinstance(doc, dict) else doc
+
+    def logs(self):
+        return json_lines(self.stderr())
+
+    def events(self, name):
+        return [r for r in self.logs() if r.get("event") == name]
+
 
 class Env:
     def __init__(self, name):
@@ -690,6 +903,8 @@ class Env:
         self._servers = []
         self._closed = False
         self.sidecar_bin = sidecar_path()
+        cp = control_paths()
+        self.control_bin, self.tetherctl_bin = cp if cp else (None, None)
         atexit.register(self.close)
 
     def __enter__(self):
@@ -758,6 +973,51 @@ class Env:
             argv += ["--outbound", "127.0.0.1:%d=%s@%s" % (lp, up, sid)]
         if policy:
             argv += ["--policy", policy]
+        argv += list(extra)
+        sc = Sidecar(self, name, argv, admin_port)
+        log("started %s pid %d: %s" % (name, sc.pid, " ".join(argv[1:])))
+        if wait:
+            sc.wait_ready()
+        return sc
+
+    def control(self, name="control", cert_ttl="1h", trust_domain="cluster.local",
+                state_dir=None, extra=(), wait=True):
+        """Starts tether-control on two free loopback ports with a state directory (a new
+        one under the Env's directory unless state_dir is given)."""
+        if self.control_bin is None:
+            raise TestFailure("TT_CONTROL / TT_TETHERCTL are not set")
+        state_dir = state_dir or self.path(name + "-state")
+        sp, ap = free_port(), free_port()
+        argv = [self.control_bin, "--state-dir", state_dir, "--trust-domain", trust_domain,
+                "--listen-sidecars", "127.0.0.1:%d" % sp, "--listen-api", "127.0.0.1:%d" % ap,
+                "--cert-ttl", cert_ttl] + list(extra)
+        c = Control(self, name, argv, state_dir, sp, ap)
+        log("started %s pid %d: %s" % (name, c.pid, " ".join(argv[1:])))
+        if wait:
+            c.wait_up()
+        return c
+
+    def cp_sidecar(self, name, control, spiffe_id, token, inbound=(), outbound=(),
+                   bundle=None, extra=(), admin_port=None, wait=True, workers=2,
+                   log_level="info"):
+        """Starts tether-sidecar in control mode (--control, --control-bundle, --join-token,
+        --spiffe-id). control: a Control (or an "ADDR:PORT" string, then bundle is
+        required); token: a token file path; inbound: [(listen_port, forward_addr)];
+        outbound: [(listen_port, upstream_addr, spiffe_id)]."""
+        if self.sidecar_bin is None:
+            raise TestFailure("TT_SIDECAR is not set")
+        admin_port = admin_port or free_port()
+        addr = control.addr if isinstance(control, Control) else control
+        if bundle is None:
+            bundle = control.bundle()
+        argv = [self.sidecar_bin, "--control", addr, "--control-bundle", bundle,
+                "--join-token", token, "--spiffe-id", spiffe_id,
+                "--admin", "127.0.0.1:%d" % admin_port, "--workers", str(workers),
+                "--log-level", log_level]
+        for lp, fwd in inbound:
+            argv += ["--inbound", "127.0.0.1:%d=%s" % (lp, fwd)]
+        for lp, up, sid in outbound:
+            argv += ["--outbound", "127.0.0.1:%d=%s@%s" % (lp, up, sid)]
         argv += list(extra)
         sc = Sidecar(self, name, argv, admin_port)
         log("started %s pid %d: %s" % (name, sc.pid, " ".join(argv[1:])))

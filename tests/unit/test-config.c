@@ -132,6 +132,26 @@ static void test_config_flags_defaults(void **state)
     assert_int_equal(cfg.n_listeners, 0);
 }
 
+static void test_config_control(void **state)
+{
+    struct tt_config cfg;
+    char err[256];
+
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--control", "127.0.0.1:15012",
+                           "--control-bundle", "cp.pem", "--join-token", "tok.txt", "--spiffe-id",
+                           ID_API, "--inbound", "127.0.0.1:16006=127.0.0.1:8080", NULL),
+                     0);
+    assert_true(cfg.has_control);
+    assert_string_equal(cfg.control.text, "127.0.0.1:15012");
+    assert_string_equal(cfg.control_bundle_path, "cp.pem");
+    assert_string_equal(cfg.join_token_path, "tok.txt");
+    assert_string_equal(cfg.spiffe_id, ID_API);
+    assert_null(cfg.cert_path);
+    assert_null(cfg.policy_path);
+    tt_config_done(&cfg);
+    assert_false(cfg.has_control);
+}
+
 static void test_config_flags_all(void **state)
 {
     struct tt_config cfg;
@@ -467,9 +487,26 @@ static void test_config_flag_errors(void **state)
     assert_parse_error("unknown option --foo (see --help)", IDENTITY, "--foo");
     assert_parse_error("unknown option --foo (see --help)", IDENTITY, "--foo=bar");
     assert_parse_error("unknown option -x (see --help)", IDENTITY, "-x");
-    /* Reserved for the control-plane work: not options yet. */
-    assert_parse_error("unknown option --control (see --help)", IDENTITY, "--control", "x");
-    assert_parse_error("unknown option --join-token (see --help)", IDENTITY, "--join-token", "x");
+    /* The control plane replaces the identity files and --policy. */
+#define CONTROL "--control", "127.0.0.1:15012", "--control-bundle", "cp.pem", "--join-token", \
+                "tok", "--spiffe-id", ID_API, "--inbound", "127.0.0.1:1=127.0.0.1:2"
+    assert_parse_error("--control x: missing :PORT", IDENTITY, "--control", "x");
+    assert_parse_error("--policy and --control exclude each other", CONTROL, "--policy", "p.json");
+    assert_parse_error("exclude --control", CONTROL, "--identity-cert", "c.pem");
+    assert_parse_error("--control needs --control-bundle", "--control", "127.0.0.1:15012",
+                       "--join-token", "t", "--spiffe-id", ID_API, "--inbound",
+                       "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--control needs --spiffe-id", "--control", "127.0.0.1:15012",
+                       "--control-bundle", "b", "--join-token", "t", "--inbound",
+                       "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--control needs --join-token", "--control", "127.0.0.1:15012",
+                       "--control-bundle", "b", "--spiffe-id", ID_API, "--inbound",
+                       "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--spiffe-id spiffe://TD/x: expected a SPIFFE ID", "--control",
+                       "127.0.0.1:15012", "--control-bundle", "b", "--join-token", "t",
+                       "--spiffe-id", "spiffe://TD/x", "--inbound", "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--join-token and --spiffe-id need --control", IDENTITY, "--join-token",
+                       "x", "--inbound", "127.0.0.1:1=127.0.0.1:2");
     assert_parse_error("option --workers requires a value", IDENTITY, "--workers");
     assert_parse_error("option --help takes no value", "--help=yes");
     assert_parse_error("unexpected argument \"extra\"", IDENTITY, "extra");
@@ -674,6 +711,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_flags_defaults),
         cmocka_unit_test(test_config_flags_all),
+        cmocka_unit_test(test_config_control),
         cmocka_unit_test(test_config_parse_listener),
         cmocka_unit_test_setup_teardown(test_config_file, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_config_flags_override_file, setup_dir, teardown_dir),

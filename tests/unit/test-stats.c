@@ -17,6 +17,7 @@
 
 #include "identity.h"
 #include "policy.h"
+#include "cpclient.h"
 #include "stats.h"
 #include "util.h"
 
@@ -143,6 +144,7 @@ static int setup(void **state)
     f->view.started_unix = tt_now_unix() - 100;
     f->view.snapshot_unix = tt_now_unix() - 10;
     f->view.snapshot_generation = 3;
+    f->view.rotations = 2;
     f->view.reloads_failed = 1;
     f->view.ready = true;
     f->view.control_state = "none";
@@ -262,6 +264,39 @@ static void test_stats_json_listeners(void **state)
     /* An empty histogram has no percentiles. */
     assert_true(json_is_null(json_object_get(json_object_get(lat, "connect_us"), "p50_us")));
     json_decref(doc);
+}
+
+static void test_stats_json_control(void **state)
+{
+    struct fixture *f = *state;
+    struct tt_cp_status cp = {.state = TT_CP_S_UNREACHABLE, .state_name = "unreachable",
+                              .version_applied = 7, .version_refused = 8, .rotations = 3,
+                              .last_contact_unix = tt_now_unix() - 5};
+    json_t *doc, *control;
+
+    /* Explicit mode: no control block. */
+    doc = tt_stats_json(&f->view);
+    assert_null(json_object_get(json_object_get(doc, "server"), "control"));
+    json_decref(doc);
+
+    snprintf(cp.last_error, sizeof(cp.last_error), "connect 127.0.0.1:15012: refused");
+    f->view.control = &cp;
+    f->view.control_state = cp.state_name;
+    doc = tt_stats_json(&f->view);
+    control = json_object_get(json_object_get(doc, "server"), "control");
+    assert_non_null(control);
+    assert_string_equal(json_string_value(json_object_get(control, "state")), "unreachable");
+    assert_int_equal(jget_int(control, "version_applied"), 7);
+    assert_int_equal(jget_int(control, "version_refused"), 8);
+    assert_int_equal(jget_int(control, "rotations"), 3);
+    assert_true(jget_int(control, "seconds_since_contact") >= 5);
+    assert_string_equal(json_string_value(json_object_get(control, "last_error")),
+                        "connect 127.0.0.1:15012: refused");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(doc, "server"), "control_plane")),
+        "unreachable");
+    json_decref(doc);
+    f->view.control = NULL;
 }
 
 static void test_stats_json_server_and_nulls(void **state)
@@ -589,6 +624,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_stats_json_listeners, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_json_server_and_nulls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_control, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_json_identity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_json_policy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_json_peers_and_failures, setup, teardown),

@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
+
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -734,6 +736,55 @@ static void test_tls_resumption(void **state)
 
 /* An idle, established session is small: measured with mallinfo2() over many pairs.
  * Sanitizers replace malloc, so the figure only means something without them. */
+/* One client-side resumption round: a fresh pair whose client uses `slot`. Returns
+ * whether the handshake resumed; asserts it succeeded and the server saw `want_peer`. */
+static int resume_round(struct tt_identity *cid, struct tt_tls_resume *slot, const char *want_peer)
+{
+    struct tt_tls *c = tt_tls_new(cid, TT_TLS_CLIENT, SERVER_ID);
+    struct tt_tls *s = tt_tls_new(server_id, TT_TLS_SERVER, NULL);
+    uint8_t buf[16];
+    int rc, rs, resumed;
+
+    assert_int_equal(tt_tls_set_resume(c, slot), 0);
+    handshake(c, s, &rc, &rs);
+    assert_int_equal(rc, 1);
+    assert_int_equal(rs, 1);
+    /* TLS 1.3 tickets arrive after the handshake: let the client read them. */
+    assert_int_equal(tt_tls_write(s, "x", 1), 0);
+    pump(s, c);
+    assert_int_equal(tt_tls_read(c, buf, sizeof(buf)), 1);
+    assert_string_equal(tt_tls_peer_id(s), want_peer);
+    assert_string_equal(tt_tls_peer_id(c), SERVER_ID);
+    resumed = tt_tls_resumed(c);
+    assert_int_equal(resumed, tt_tls_resumed(s));
+    tt_tls_free(c);
+    tt_tls_free(s);
+    return resumed;
+}
+
+static void test_tls_client_resume_slot(void **state)
+{
+    struct tt_tls_resume slot = {0};
+    struct tt_identity *other = make_identity(client_leaf, root->cert_pem);
+    struct tt_tls *anon;
+
+    /* First connection: full handshake; it fills the slot. */
+    assert_int_equal(resume_round(client_id, &slot, CLIENT_ID), 0);
+    assert_non_null(slot.session);
+    /* Second: resumed, and the server still knows who the client is. */
+    assert_int_equal(resume_round(client_id, &slot, CLIENT_ID), 1);
+    /* Another identity (a rotated certificate) never offers the old ticket. */
+    assert_non_null(other);
+    assert_int_equal(resume_round(other, &slot, CLIENT_ID), 0);
+    /* Only client roles with a certificate take a slot. */
+    anon = tt_tls_new(server_id, TT_TLS_SERVER, NULL);
+    assert_int_equal(tt_tls_set_resume(anon, &slot), -EINVAL);
+    tt_tls_free(anon);
+    tt_tls_resume_done(&slot);
+    assert_null(slot.session);
+    tt_identity_unref(other);
+}
+
 static void test_tls_idle_memory(void **state)
 {
 #if defined(__SANITIZE_ADDRESS__)
@@ -791,6 +842,7 @@ int main(void)
         cmocka_unit_test(test_tls_refuse_weak_protocol),
         cmocka_unit_test(test_tls_garbage_input),
         cmocka_unit_test(test_tls_resumption),
+        cmocka_unit_test(test_tls_client_resume_slot),
         cmocka_unit_test(test_tls_idle_memory),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

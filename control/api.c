@@ -1,0 +1,586 @@
+/* The operator API (see api.h): routes over the shared HTTP core, JSON with jansson. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <http_parser.h>
+#include <jansson.h>
+#include <netinet/in.h>
+
+#include "api.h"
+#include "errors.h"
+#include "httpd.h"
+#include "log.h"
+#include "spiffe.h"
+
+struct cp_api {
+    struct tt_httpd *httpd;
+    struct cp_store *store;
+    struct cp_ca *ca;
+    bool mtls;
+    char *admin_ids[CP_API_MAX_ADMINS];
+    size_t n_admin_ids;
+    char allow_hdr[160]; /* the 405 answer's Allow line, copied by httpd at once */
+};
+
+/* ---- helpers ---- */
+
+bool cp_api_addr_is_loopback(const struct tt_addr *addr)
+{
+    if (addr->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&addr->ss;
+
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (addr->ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&addr->ss)->sin6_addr;
+
+        if (IN6_IS_ADDR_LOOPBACK(a))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return false;
+}
+
+bool cp_api_admin_allowed(const struct cp_api *api, const char *peer_spiffe_id)
+{
+    if (api == NULL || peer_spiffe_id == NULL ||
+        tt_spiffe_check(peer_spiffe_id, strlen(peer_spiffe_id), false) != 0)
+        return false;
+    for (size_t i = 0; i < api->n_admin_ids; i++)
+        if (strcmp(api->admin_ids[i], peer_spiffe_id) == 0)
+            return true;
+    return false;
+}
+
+/* Answers with doc (consumed) as pretty JSON plus a newline. */
+static void reply_json(struct tt_httpd_response *resp, int status, json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    size_t len;
+    char *body;
+
+    json_decref(doc);
+    resp->ctype = "application/json";
+    if (text == NULL) {
+        resp->status = 500;
+        resp->body = "{\"error\": \"out of memory\"}\n";
+        resp->body_len = strlen(resp->body);
+        return;
+    }
+    len = strlen(text);
+    body = realloc(text, len + 2);
+    if (body == NULL) {
+        free(text);
+        resp->status = 500;
+        resp->body = "{\"error\": \"out of memory\"}\n";
+        resp->body_len = strlen(resp->body);
+        return;
+    }
+    body[len++] = '\n';
+    body[len] = '\0';
+    resp->status = status;
+    resp->body = body;
+    resp->body_len = len;
+    resp->free_body = true;
+}
+
+static void reply_error(struct tt_httpd_response *resp, int status, const char *msg)
+{
+    reply_json(resp, status, json_pack("{s:s}", "error", msg));
+}
+
+/* Parses the body as a JSON object whose keys are all in `allowed` (NULL-terminated).
+ * Returns the object or NULL after answering 400. */
+static json_t *parse_body(const struct tt_httpd_request *rq, const char *const *allowed,
+                          struct tt_httpd_response *resp)
+{
+    json_error_t jerr;
+    json_t *doc;
+    const char *key;
+    json_t *v;
+    char msg[300];
+
+    doc = json_loadb(rq->body, rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc == NULL) {
+        snprintf(msg, sizeof(msg), "body: line %d: %s", jerr.line, jerr.text);
+        reply_error(resp, 400, msg);
+        return NULL;
+    }
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        reply_error(resp, 400, "body: expected a JSON object");
+        return NULL;
+    }
+    json_object_foreach(doc, key, v)
+    {
+        bool ok = false;
+
+        for (size_t i = 0; allowed[i]; i++)
+            ok = ok || strcmp(allowed[i], key) == 0;
+        if (!ok) {
+            snprintf(msg, sizeof(msg), "body: unknown key \"%.200s\"", key);
+            json_decref(doc);
+            reply_error(resp, 400, msg);
+            return NULL;
+        }
+    }
+    return doc;
+}
+
+/* Gets a required string member, or answers 400 and returns NULL. */
+static const char *need_str(json_t *doc, const char *key, struct tt_httpd_response *resp)
+{
+    json_t *v = json_object_get(doc, key);
+    char msg[200];
+
+    if (!json_is_string(v)) {
+        snprintf(msg, sizeof(msg), "%s: %s", key, v ? "expected a string" : "required");
+        reply_error(resp, 400, msg);
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Finds `name` in a query string and percent-decodes its value into out. Returns
+ * false when absent or malformed. */
+static bool query_get(const char *q, const char *name, char *out, size_t outlen)
+{
+    size_t nlen = strlen(name);
+
+    while (q && *q) {
+        const char *end = strchr(q, '&');
+        size_t n = end ? (size_t)(end - q) : strlen(q);
+
+        if (n > nlen && strncmp(q, name, nlen) == 0 && q[nlen] == '=') {
+            size_t o = 0;
+
+            for (size_t i = nlen + 1; i < n; i++) {
+                int ch = (unsigned char)q[i];
+
+                if (ch == '%') {
+                    int hi, lo;
+
+                    if (i + 2 >= n)
+                        return false;
+                    hi = hexval(q[i + 1]);
+                    lo = hexval(q[i + 2]);
+                    if (hi < 0 || lo < 0)
+                        return false;
+                    ch = hi * 16 + lo;
+                    i += 2;
+                } else if (ch == '+') {
+                    ch = ' ';
+                }
+                if (ch == 0 || o + 1 >= outlen)
+                    return false;
+                out[o++] = (char)ch;
+            }
+            out[o] = '\0';
+            return true;
+        }
+        q = end ? end + 1 : NULL;
+    }
+    return false;
+}
+
+/* ---- routes ---- */
+
+static void get_policy(struct cp_api *api, const struct tt_httpd_request *rq,
+                       struct tt_httpd_response *resp)
+{
+    char *text = cp_store_policy_get(api->store);
+
+    if (text == NULL) {
+        reply_error(resp, 404, "no policy has been set");
+        return;
+    }
+    resp->status = 200;
+    resp->ctype = "application/json";
+    resp->body = text;
+    resp->body_len = strlen(text);
+    resp->free_body = true;
+}
+
+static void put_policy(struct cp_api *api, const struct tt_httpd_request *rq,
+                       struct tt_httpd_response *resp)
+{
+    char err[1024] = "";
+    int rc = cp_store_policy_set(api->store, rq->body, rq->body_len, err, sizeof(err));
+
+    if (rc == TT_E_POLICY) {
+        tt_log(TT_LOG_INFO, "api_policy_refused", TT_LS("error", err));
+        reply_error(resp, 400, err);
+        return;
+    }
+    if (rc != 0) {
+        tt_log(TT_LOG_ERROR, "api_policy_save_failed", TT_LS("error", err));
+        reply_error(resp, 500, err);
+        return;
+    }
+    tt_log(TT_LOG_INFO, "api_policy_set", TT_LU("version", cp_store_version(api->store)));
+    reply_json(resp, 200, json_pack("{s:I}", "version", (json_int_t)cp_store_version(api->store)));
+}
+
+static void post_token(struct cp_api *api, const struct tt_httpd_request *rq,
+                       struct tt_httpd_response *resp)
+{
+    static const char *const keys[] = {"spiffe_id", "ttl", "uses", NULL};
+    json_t *doc = parse_body(rq, keys, resp);
+    char secret[CP_TOKEN_SECRET_MAX];
+    const char *id;
+    json_t *v;
+    uint64_t ttl_ms = 0;
+    json_int_t uses = 1;
+    int64_t expires = 0;
+    int rc;
+
+    if (doc == NULL)
+        return;
+    id = need_str(doc, "spiffe_id", resp);
+    if (id == NULL)
+        goto out;
+    if (tt_spiffe_check(id, strlen(id), false) != 0) {
+        reply_error(resp, 400, "spiffe_id: not a valid SPIFFE ID (spiffe://<trust-domain>/<path>)");
+        goto out;
+    }
+    if (api->ca != NULL) {
+        char td[256], msg[400];
+
+        if (tt_spiffe_trust_domain(id, td, sizeof(td)) != 0 ||
+            strcmp(td, cp_ca_trust_domain(api->ca)) != 0) {
+            snprintf(msg, sizeof(msg), "spiffe_id: not in this control plane's trust domain (%s)",
+                     cp_ca_trust_domain(api->ca));
+            reply_error(resp, 400, msg);
+            goto out;
+        }
+    }
+    v = json_object_get(doc, "ttl");
+    if (v != NULL && (!json_is_string(v) || tt_duration_parse(json_string_value(v), &ttl_ms) != 0 ||
+                      ttl_ms == 0)) {
+        reply_error(resp, 400, "ttl: expected a duration such as \"10m\", \"1h\" or \"1h30m\"");
+        goto out;
+    }
+    v = json_object_get(doc, "uses");
+    if (v != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1000000) {
+            reply_error(resp, 400, "uses: expected an integer 1..1000000");
+            goto out;
+        }
+        uses = json_integer_value(v);
+    }
+    rc = cp_store_token_create(api->store, id, ttl_ms, (unsigned)uses, secret, sizeof(secret),
+                               &expires);
+    if (rc != 0) {
+        reply_error(resp, rc == -EINVAL ? 400 : 500,
+                    rc == -EINVAL ? "ttl: too long" : "saving tokens.json failed");
+        goto out;
+    }
+    /* Never log the secret. */
+    tt_log(TT_LOG_INFO, "api_token_created", TT_LS("spiffe_id", id), TT_LI("uses", uses),
+           TT_LI("expires_unix", expires));
+    reply_json(resp, 201,
+               json_pack("{s:s,s:s,s:o,s:I}", "token", secret, "spiffe_id", id, "expires_unix",
+                         expires ? json_integer(expires) : json_null(), "uses", uses));
+    memset(secret, 0, sizeof(secret));
+out:
+    json_decref(doc);
+}
+
+static void get_tokens(struct cp_api *api, const struct tt_httpd_request *rq,
+                       struct tt_httpd_response *resp)
+{
+    reply_json(resp, 200, json_pack("{s:o}", "tokens", cp_store_tokens_json(api->store)));
+}
+
+static void get_identities(struct cp_api *api, const struct tt_httpd_request *rq,
+                           struct tt_httpd_response *resp)
+{
+    reply_json(resp, 200, json_pack("{s:o}", "identities", cp_store_issued_json(api->store)));
+}
+
+static void post_revocation(struct cp_api *api, const struct tt_httpd_request *rq,
+                            struct tt_httpd_response *resp)
+{
+    static const char *const keys[] = {"serial", NULL};
+    json_t *doc = parse_body(rq, keys, resp);
+    char norm[CP_SERIAL_MAX];
+    const char *serial;
+    int rc;
+
+    if (doc == NULL)
+        return;
+    serial = need_str(doc, "serial", resp);
+    if (serial == NULL)
+        goto out;
+    if (cp_serial_normalize(serial, norm, sizeof(norm)) != 0) {
+        reply_error(resp, 400,
+                    "serial: expected a hexadecimal serial number (e.g. 0A:1B:2C or "
+                    "0a1b2c)");
+        goto out;
+    }
+    rc = cp_store_revoke(api->store, norm);
+    if (rc < 0) {
+        reply_error(resp, 500, "saving revocations.json failed");
+        goto out;
+    }
+    tt_log(TT_LOG_INFO, "api_revoked", TT_LS("serial", norm), TT_LI("already", rc == 1));
+    reply_json(resp, rc == 1 ? 200 : 201,
+               json_pack("{s:s,s:b,s:I}", "serial", norm, "already_revoked", rc == 1, "version",
+                         (json_int_t)cp_store_version(api->store)));
+out:
+    json_decref(doc);
+}
+
+static void get_revocations(struct cp_api *api, const struct tt_httpd_request *rq,
+                            struct tt_httpd_response *resp)
+{
+    reply_json(resp, 200, json_pack("{s:o}", "revocations", cp_store_revocations_json(api->store)));
+}
+
+static void post_service(struct cp_api *api, const struct tt_httpd_request *rq,
+                         struct tt_httpd_response *resp)
+{
+    static const char *const keys[] = {"address", "spiffe_id", NULL};
+    json_t *doc = parse_body(rq, keys, resp);
+    const char *addr, *id;
+    char err[512] = "";
+    int rc;
+
+    if (doc == NULL)
+        return;
+    addr = need_str(doc, "address", resp);
+    id = addr ? need_str(doc, "spiffe_id", resp) : NULL;
+    if (addr == NULL || id == NULL)
+        goto out;
+    rc = cp_store_service_add(api->store, addr, id, CP_SOURCE_OPERATOR, err, sizeof(err));
+    if (rc != 0) {
+        reply_error(resp, rc == -EINVAL || rc == -ENOENT || rc == TT_E_SPIFFE ? 400 : 500, err);
+        goto out;
+    }
+    tt_log(TT_LOG_INFO, "api_service_added", TT_LS("address", addr), TT_LS("spiffe_id", id));
+    reply_json(
+        resp, 201,
+        json_pack("{s:s,s:s,s:s}", "address", addr, "spiffe_id", id, "source", CP_SOURCE_OPERATOR));
+out:
+    json_decref(doc);
+}
+
+static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq,
+                           struct tt_httpd_response *resp)
+{
+    char addr[TT_ADDR_TEXT_MAX];
+    char msg[TT_ADDR_TEXT_MAX + 64];
+
+    if (!query_get(rq->query, "address", addr, sizeof(addr)) || addr[0] == '\0') {
+        reply_error(resp, 400, "query: address=ADDR:PORT required");
+        return;
+    }
+    if (cp_store_service_remove(api->store, addr, CP_SOURCE_OPERATOR) != 0) {
+        snprintf(msg, sizeof(msg), "no operator service entry for %s", addr);
+        reply_error(resp, 404, msg);
+        return;
+    }
+    tt_log(TT_LOG_INFO, "api_service_removed", TT_LS("address", addr));
+    reply_json(resp, 200, json_pack("{s:s}", "removed", addr));
+}
+
+static void get_services(struct cp_api *api, const struct tt_httpd_request *rq,
+                         struct tt_httpd_response *resp)
+{
+    reply_json(resp, 200, json_pack("{s:o}", "services", cp_store_services_json(api->store)));
+}
+
+static void get_bundle(struct cp_api *api, const struct tt_httpd_request *rq,
+                       struct tt_httpd_response *resp)
+{
+    if (api->ca == NULL) {
+        reply_error(resp, 503, "no CA loaded");
+        return;
+    }
+    resp->status = 200;
+    resp->ctype = "text/plain; charset=utf-8";
+    resp->body = cp_ca_bundle_pem(api->ca);
+    resp->body_len = strlen(resp->body);
+}
+
+static void get_sidecars(struct cp_api *api, const struct tt_httpd_request *rq,
+                         struct tt_httpd_response *resp)
+{
+    reply_json(resp, 200, json_pack("{s:o}", "sidecars", cp_store_sidecars_json(api->store)));
+}
+
+static void get_stats(struct cp_api *api, const struct tt_httpd_request *rq,
+                      struct tt_httpd_response *resp)
+{
+    json_t *doc = cp_store_stats_json(api->store);
+
+    if (doc && api->ca)
+        json_object_set_new(doc, "trust_domain", json_string(cp_ca_trust_domain(api->ca)));
+    reply_json(resp, 200, doc);
+}
+
+typedef void (*route_fn)(struct cp_api *api, const struct tt_httpd_request *rq,
+                         struct tt_httpd_response *resp);
+
+static const struct route {
+    const char *path;
+    int method;
+    route_fn fn;
+} routes[] = {
+    {"/v1/policy", HTTP_GET, get_policy},
+    {"/v1/policy", HTTP_PUT, put_policy},
+    {"/v1/tokens", HTTP_POST, post_token},
+    {"/v1/tokens", HTTP_GET, get_tokens},
+    {"/v1/identities", HTTP_GET, get_identities},
+    {"/v1/revocations", HTTP_POST, post_revocation},
+    {"/v1/revocations", HTTP_GET, get_revocations},
+    {"/v1/services", HTTP_POST, post_service},
+    {"/v1/services", HTTP_DELETE, delete_service},
+    {"/v1/services", HTTP_GET, get_services},
+    {"/v1/bundle", HTTP_GET, get_bundle},
+    {"/v1/sidecars", HTTP_GET, get_sidecars},
+    {"/stats", HTTP_GET, get_stats},
+};
+
+static void on_request(void *ud, const struct tt_httpd_request *rq, struct tt_httpd_response *resp)
+{
+    struct cp_api *api = ud;
+    int method = rq->head ? HTTP_GET : rq->method;
+    bool path_known = false;
+    char allow[128] = "";
+
+    if (api->mtls && !cp_api_admin_allowed(api, rq->peer_identity)) {
+        tt_log(TT_LOG_WARN, "api_forbidden", TT_LS("peer", rq->peer_identity),
+               TT_LS("path", rq->path));
+        reply_error(resp, 403, "an admin identity is required");
+        return;
+    }
+    for (size_t i = 0; i < TT_ARRAY_SIZE(routes); i++) {
+        if (strcmp(routes[i].path, rq->path) != 0)
+            continue;
+        path_known = true;
+        if (routes[i].method == method) {
+            routes[i].fn(api, rq, resp);
+            return;
+        }
+    }
+    if (!path_known) {
+        reply_error(resp, 404, "not found");
+        return;
+    }
+    /* Allow: every method the path takes. */
+    {
+        size_t pos = 0;
+
+        for (size_t i = 0; i < TT_ARRAY_SIZE(routes); i++) {
+            if (strcmp(routes[i].path, rq->path) != 0)
+                continue;
+            pos += (size_t)snprintf(allow + pos, sizeof(allow) - pos, "%s%s", pos ? ", " : "",
+                                    http_method_str((enum http_method)routes[i].method));
+        }
+        snprintf(api->allow_hdr, sizeof(api->allow_hdr), "Allow: %s\r\n", allow);
+        resp->extra_headers = api->allow_hdr;
+    }
+    reply_error(resp, 405, "method not allowed");
+}
+
+/* ---- lifecycle ---- */
+
+struct cp_api *cp_api_start(uv_loop_t *loop, const struct cp_api_opts *opts, struct cp_store *store,
+                            struct cp_ca *ca, char *err, size_t errlen)
+{
+    const char *listen = opts->listen ? opts->listen : "127.0.0.1:15014";
+    struct tt_httpd_opts hopts = {
+        .body_max = CP_API_BODY_MAX, .max_clients = 128, .idle_ms = 30000, .name = "api"};
+    struct tt_addr addr;
+    struct cp_api *api;
+    int rc;
+
+    if (!opts->mtls) {
+        rc = tt_addr_parse(listen, 1, &addr);
+        if (rc != 0) {
+            snprintf(err, errlen, "--listen-api %s: %s", listen,
+                     rc == -ENOENT ? "host does not resolve"
+                                   : "expected IP:PORT, [IPv6]:PORT or host:PORT");
+            return NULL;
+        }
+        if (!cp_api_addr_is_loopback(&addr)) {
+            snprintf(err, errlen,
+                     "--listen-api %s: non-loopback addresses need mTLS (not yet wired)", listen);
+            return NULL;
+        }
+    }
+    api = calloc(1, sizeof(*api));
+    if (api == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    api->store = store;
+    api->ca = ca;
+    api->mtls = opts->mtls;
+    for (size_t i = 0; i < opts->n_admin_ids && i < CP_API_MAX_ADMINS; i++) {
+        api->admin_ids[api->n_admin_ids] = strdup(opts->admin_ids[i]);
+        if (api->admin_ids[api->n_admin_ids] == NULL)
+            goto err_oom;
+        api->n_admin_ids++;
+    }
+    if (api->n_admin_ids == 0 && ca != NULL) {
+        char id[512];
+
+        snprintf(id, sizeof(id), "spiffe://%s/ns/tether-system/sa/tether-admin",
+                 cp_ca_trust_domain(ca));
+        api->admin_ids[0] = strdup(id);
+        if (api->admin_ids[0] == NULL)
+            goto err_oom;
+        api->n_admin_ids = 1;
+    }
+    api->httpd = tt_httpd_start(loop, opts->mtls ? NULL : &addr, &hopts, on_request, api, &rc);
+    if (api->httpd == NULL) {
+        snprintf(err, errlen, "--listen-api %s: %s", listen, uv_strerror(rc));
+        goto err_free;
+    }
+    return api;
+
+err_oom:
+    snprintf(err, errlen, "out of memory");
+err_free:
+    for (size_t i = 0; i < api->n_admin_ids; i++)
+        free(api->admin_ids[i]);
+    free(api);
+    return NULL;
+}
+
+int cp_api_adopt_fd(struct cp_api *api, int fd, const char *peer_spiffe_id)
+{
+    return tt_httpd_adopt_fd(api->httpd, fd, peer_spiffe_id);
+}
+
+int cp_api_port(const struct cp_api *api)
+{
+    return tt_httpd_port(api->httpd);
+}
+
+void cp_api_close(struct cp_api *api)
+{
+    if (api == NULL)
+        return;
+    /* No route runs after this: the server's clients are closing. */
+    tt_httpd_close(api->httpd);
+    for (size_t i = 0; i < api->n_admin_ids; i++)
+        free(api->admin_ids[i]);
+    free(api);
+}

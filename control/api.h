@@ -1,0 +1,86 @@
+/* The operator API (DESIGN.md "Control plane"): HTTP/1.1 + JSON on --listen-api
+ * (default 127.0.0.1:15014), served by the shared HTTP core (sidecar/src/httpd.h) on a
+ * libuv loop.
+ *
+ *   GET  /v1/policy                  the document as stored (404 when none)
+ *   PUT  /v1/policy                  validated by the sidecar's parser; 400 {"error"}
+ *   POST /v1/tokens                  {"spiffe_id", "ttl"?: "1h", "uses"?: 1} -> 201
+ *                                    {"token", "spiffe_id", "expires_unix", "uses"}
+ *   GET  /v1/tokens                  {"tokens": [...]} (never the secrets)
+ *   GET  /v1/identities              {"identities": [...]} issued certificates
+ *   POST /v1/revocations             {"serial"} -> 201 (200 when already revoked)
+ *   GET  /v1/revocations             {"revocations": [...]}
+ *   POST /v1/services                {"address", "spiffe_id"} -> 201
+ *   DELETE /v1/services?address=A    200, or 404
+ *   GET  /v1/services                {"services": [...]}
+ *   GET  /v1/bundle                  the roots, PEM, text/plain
+ *   GET  /v1/sidecars                {"sidecars": [...]}
+ *   GET  /stats                      counters: refusals by reason, issued, sidecars...
+ *
+ * Errors are {"error": "..."} with 400 (bad input; unknown JSON keys are named), 404,
+ * 405 (with Allow), 413 (bodies over 1 MiB), 500.
+ *
+ * Transport security. Plaintext is served only on a loopback address. Any other
+ * address needs mutual TLS with an admin identity, and TLS termination is NOT done
+ * here: the process that owns the TLS bridge (tether-control's main, the lead's part)
+ * terminates mTLS itself and hands each plaintext connection to cp_api_adopt_fd() with
+ * the client's verified SPIFFE ID; the API then answers only when
+ * cp_api_admin_allowed() says yes. cp_api_start() refuses a non-loopback address
+ * unless the caller declares that bridge wired (opts->mtls), so the API is never
+ * exposed in plaintext by accident. */
+#ifndef CP_API_H
+#define CP_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <uv.h>
+
+#include "ca.h"
+#include "store.h"
+#include "util.h"
+
+#define CP_API_BODY_MAX   (1024 * 1024)
+#define CP_API_MAX_ADMINS 8
+
+struct cp_api;
+
+struct cp_api_opts {
+    const char *listen; /* "ADDR:PORT" as given (for messages and the loopback check) */
+    /* true: mTLS termination is wired by the caller. The API then does not listen
+     * itself; connections arrive through cp_api_adopt_fd() and each needs an admin
+     * identity. false: listen on `listen` in plaintext, loopback only. */
+    bool mtls;
+    /* SPIFFE IDs allowed to administer over mTLS; none given:
+     * spiffe://<trust domain>/ns/tether-system/sa/tether-admin. */
+    const char *admin_ids[CP_API_MAX_ADMINS];
+    size_t n_admin_ids;
+};
+
+/* Starts the API on loop over `store` and `ca` (both outlive the API; ca may be NULL,
+ * then /v1/bundle answers 503). Returns the API or NULL with err set, e.g.
+ * "--listen-api 0.0.0.0:15014: non-loopback addresses need mTLS (not yet wired)" or
+ * "--listen-api 127.0.0.1:15014: address already in use". */
+struct cp_api *cp_api_start(uv_loop_t *loop, const struct cp_api_opts *opts, struct cp_store *store,
+                            struct cp_ca *ca, char *err, size_t errlen);
+
+/* Serves one connection whose mTLS the caller terminated: fd is the plaintext side
+ * (e.g. a socketpair end), peer_spiffe_id the client's verified identity (NULL when it
+ * presented none). Takes ownership of fd. Returns 0 or -errno. On the loop's thread
+ * only (a bridge on another thread hands the fd over with a uv_async_t). */
+int cp_api_adopt_fd(struct cp_api *api, int fd, const char *peer_spiffe_id);
+
+/* True when peer_spiffe_id is one of the API's admin identities. Pure. */
+bool cp_api_admin_allowed(const struct cp_api *api, const char *peer_spiffe_id);
+
+/* True when addr is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x). */
+bool cp_api_addr_is_loopback(const struct tt_addr *addr);
+
+/* The bound port (0 with mtls). */
+int cp_api_port(const struct cp_api *api);
+
+/* Stops serving; memory is released once the loop runs the close callbacks. Accepts
+ * NULL. */
+void cp_api_close(struct cp_api *api);
+
+#endif

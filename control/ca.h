@@ -1,0 +1,97 @@
+/* The control plane's certificate authority (DESIGN.md "Control plane", "Certificates
+ * and trust"): a root it creates on first start (ECDSA P-256, in the state directory,
+ * key 0600) or a root or intermediate an operator gives it; it signs workload CSRs for
+ * the one SPIFFE ID the caller was authorized for, issues the control plane's own serving
+ * certificate, and hands out the trust bundle. BoringSSL only. After cp_ca_open() the CA
+ * is immutable: signing may happen on any thread. */
+#ifndef CP_CA_H
+#define CP_CA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef CP_SERIAL_MAX
+#define CP_SERIAL_MAX 80 /* upper-case hex serial plus NUL, comfortably (also in store.h) */
+#endif
+
+/* Why a CSR was refused (or signing failed). Reasons have names for logs and /stats. */
+enum cp_ca_err {
+    CP_CA_E_CSR = -2001,           /* not a DER PKCS#10 request */
+    CP_CA_E_CSR_SIGNATURE = -2002, /* the request's self-signature does not verify */
+    CP_CA_E_KEY = -2003,           /* key not EC P-256 nor RSA >= 2048 */
+    CP_CA_E_SAN = -2004,           /* not exactly one URI SAN (or other SAN kinds) */
+    CP_CA_E_IDENTITY = -2005,      /* the URI SAN is not the authorized SPIFFE ID */
+    CP_CA_E_INTERNAL = -2006,      /* BoringSSL or allocation failure */
+};
+
+/* "bad_csr", "bad_csr_signature", "weak_key", "bad_san", "identity_mismatch",
+ * "internal"; "unknown" for anything else. Static strings. */
+const char *cp_ca_err_reason(int err);
+
+struct cp_ca;
+
+struct cp_ca_opts {
+    const char *state_dir;    /* where ca.crt and ca.key are created/kept */
+    const char *trust_domain; /* e.g. "cluster.local" */
+    /* Optional: use this CA instead of the state directory's. cert_file holds the CA
+     * certificate (further certificates in it are taken as its chain), key_file its
+     * private key, chain_file (optional) the issuers up to and including the root. A
+     * root needs no chain; an intermediate's chain must end at a self-signed root. */
+    const char *cert_file;
+    const char *key_file;
+    const char *chain_file;
+    uint64_t max_ttl_ms; /* --cert-ttl: cap on every leaf's lifetime (0: 1 h) */
+};
+
+/* Opens the CA: with opts->cert_file, loads that CA (and checks the key matches and the
+ * chain links up to a self-signed root); else loads STATE_DIR/ca.crt and ca.key if
+ * both exist, or creates a new root there (ca.key mode 0600, both written atomically).
+ * Returns the CA, or NULL with a message naming the file and the problem in err. */
+struct cp_ca *cp_ca_open(const struct cp_ca_opts *opts, char *err, size_t errlen);
+
+/* Frees the CA. Accepts NULL. */
+void cp_ca_free(struct cp_ca *ca);
+
+/* An issued certificate. Heap strings owned by the struct; release with
+ * cp_ca_cert_done(). */
+struct cp_ca_cert {
+    char *chain_pem;            /* the leaf, then the intermediates (no root) */
+    char *key_pem;              /* only for cp_ca_issue_serving(): the new key, PKCS#8 PEM */
+    char serial[CP_SERIAL_MAX]; /* upper-case hex, no colons, no leading zeros */
+    int64_t not_before;         /* unix seconds */
+    int64_t not_after;
+};
+
+void cp_ca_cert_done(struct cp_ca_cert *c);
+
+/* Signs a CSR (DER PKCS#10, der[0..len)) for `spiffe_id`, the identity the caller's
+ * proof supports. The CSR must verify under its own key, use EC P-256 or RSA >= 2048,
+ * and carry exactly one SAN, a URI equal to spiffe_id. The leaf has that URI SAN only,
+ * digitalSignature (plus keyEncipherment for RSA), serverAuth + clientAuth, CA:FALSE,
+ * SKI/AKI, a random 128-bit serial, not_before now - 60 s, and not_after now +
+ * min(ttl_ms or the cap, the cap) but never after the CA's own not_after. spiffe_id
+ * must belong to the CA's trust domain (else CP_CA_E_IDENTITY). Returns 0 and fills
+ * *out, or a cp_ca_err with a one-line reason in err. */
+int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char *spiffe_id,
+                   uint64_t ttl_ms, struct cp_ca_cert *out, char *err, size_t errlen);
+
+/* Issues the control plane's own serving certificate
+ * (spiffe://<td>/ns/tether-system/sa/tether-control) with a fresh P-256 key, valid for
+ * ttl_ms (capped by the CA's not_after). Returns 0 and fills *out (key_pem set) or a
+ * cp_ca_err. */
+int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *out, char *err,
+                        size_t errlen);
+
+/* The serving identity for `trust_domain` written into buf. */
+void cp_ca_serving_id(const char *trust_domain, char *buf, size_t len);
+
+/* The trust bundle: the root(s) as PEM. Valid while the CA lives. */
+const char *cp_ca_bundle_pem(const struct cp_ca *ca);
+
+/* The CA certificate (root or intermediate) as PEM. Valid while the CA lives. */
+const char *cp_ca_cert_pem(const struct cp_ca *ca);
+
+const char *cp_ca_trust_domain(const struct cp_ca *ca);
+uint64_t cp_ca_max_ttl_ms(const struct cp_ca *ca);
+
+#endif

@@ -1,0 +1,350 @@
+/* tetherctl's blocking HTTP/1.1 client (see httpc.h). */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <http_parser.h>
+
+#include "httpc.h"
+
+int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, size_t portlen,
+                       char *prefix, size_t prefixlen, char *err, size_t errlen)
+{
+    const char *p, *hend, *pstart, *slash;
+    size_t n;
+
+    if (strncmp(url, "https://", 8) == 0) {
+        snprintf(err, errlen, "--api %s: https is not supported yet (use the loopback http URL)",
+                 url);
+        return -EINVAL;
+    }
+    if (strncmp(url, "http://", 7) != 0) {
+        snprintf(err, errlen, "--api %s: expected http://HOST:PORT", url);
+        return -EINVAL;
+    }
+    p = url + 7;
+    slash = strchr(p, '/');
+    if (*p == '[') {
+        hend = strchr(p, ']');
+        if (hend == NULL || (slash && hend > slash))
+            goto bad;
+        n = (size_t)(hend - p - 1);
+        if (n == 0 || n >= hostlen)
+            goto bad;
+        memcpy(host, p + 1, n);
+        host[n] = '\0';
+        pstart = hend + 1;
+    } else {
+        pstart = p;
+        while (*pstart && *pstart != ':' && *pstart != '/')
+            pstart++;
+        n = (size_t)(pstart - p);
+        if (n == 0 || n >= hostlen)
+            goto bad;
+        memcpy(host, p, n);
+        host[n] = '\0';
+    }
+    if (*pstart == ':') {
+        const char *pe = pstart + 1;
+
+        while (*pe >= '0' && *pe <= '9')
+            pe++;
+        n = (size_t)(pe - pstart - 1);
+        if (n == 0 || n > 5 || n >= portlen || (*pe != '\0' && *pe != '/'))
+            goto bad;
+        memcpy(port, pstart + 1, n);
+        port[n] = '\0';
+        if (atoi(port) < 1 || atoi(port) > 65535)
+            goto bad;
+        pstart = pe;
+    } else if (*pstart == '\0' || *pstart == '/') {
+        snprintf(port, portlen, "80");
+    } else {
+        goto bad;
+    }
+    /* A path prefix without its trailing slash. */
+    n = strlen(pstart);
+    while (n > 0 && pstart[n - 1] == '/')
+        n--;
+    if (n >= prefixlen)
+        goto bad;
+    memcpy(prefix, pstart, n);
+    prefix[n] = '\0';
+    return 0;
+bad:
+    snprintf(err, errlen, "--api %s: expected http://HOST:PORT", url);
+    return -EINVAL;
+}
+
+/* ---- response parsing ---- */
+
+struct rctx {
+    struct cp_httpc_response *out;
+    size_t cap;
+    bool in_ctype;
+    bool done;
+    bool too_big;
+    bool head; /* a HEAD request: the answer has no body whatever its length says */
+    char field[32];
+    size_t field_len;
+};
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct rctx *r = p->data;
+
+    if (len + r->field_len < sizeof(r->field)) {
+        memcpy(r->field + r->field_len, at, len);
+        r->field_len += len;
+        r->field[r->field_len] = '\0';
+    } else {
+        r->field_len = sizeof(r->field) - 1; /* too long to be Content-Type */
+        r->field[0] = '\0';
+    }
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct rctx *r = p->data;
+
+    if (strcasecmp(r->field, "Content-Type") == 0) {
+        size_t have = strlen(r->out->ctype);
+
+        if (have + len < sizeof(r->out->ctype)) {
+            memcpy(r->out->ctype + have, at, len);
+            r->out->ctype[have + len] = '\0';
+        }
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    struct rctx *r = p->data;
+    struct cp_httpc_response *o = r->out;
+
+    if (o->body_len + len > CP_HTTPC_BODY_MAX) {
+        r->too_big = true;
+        return -1;
+    }
+    if (o->body_len + len + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        char *b;
+
+        while (cap < o->body_len + len + 1)
+            cap *= 2;
+        b = realloc(o->body, cap);
+        if (b == NULL) {
+            r->too_big = true;
+            return -1;
+        }
+        o->body = b;
+        r->cap = cap;
+    }
+    memcpy(o->body + o->body_len, at, len);
+    o->body_len += len;
+    o->body[o->body_len] = '\0';
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct rctx *r = p->data;
+
+    return r->head ? 1 : 0; /* 1: no body follows */
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct rctx *r = p->data;
+
+    r->done = true;
+    return 0;
+}
+
+/* http-parser calls on_header_field for every piece of a name; a name that follows a
+ * value starts a new header, so the collected name is reset then. in_ctype marks "the
+ * last callback was a value". */
+static int on_header_value_wrap(http_parser *p, const char *at, size_t len)
+{
+    struct rctx *r = p->data;
+
+    r->in_ctype = true; /* marks "last callback was a value" */
+    return on_header_value(p, at, len);
+}
+
+static int on_header_field_wrap(http_parser *p, const char *at, size_t len)
+{
+    struct rctx *r = p->data;
+
+    if (r->in_ctype) {
+        r->in_ctype = false;
+        r->field_len = 0;
+        r->field[0] = '\0';
+    }
+    return on_header_field(p, at, len);
+}
+
+static const http_parser_settings settings = {
+    .on_header_field = on_header_field_wrap,
+    .on_header_value = on_header_value_wrap,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static int connect_to(const char *host, const char *port, int timeout_ms, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res, *ai;
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    int fd = -1, rc, saved = 0;
+
+    rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
+        return -ENOENT;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot connect to %s:%s: %s", host, port, strerror(saved));
+        return -(saved ? saved : ECONNREFUSED);
+    }
+    return fd;
+}
+
+static int write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int cp_httpc_request(const char *base_url, const char *method, const char *path, const char *ctype,
+                     const char *body, size_t body_len, int timeout_ms,
+                     struct cp_httpc_response *out, char *err, size_t errlen)
+{
+    char host[256], port[8], prefix[512], head[2048], buf[16384];
+    struct rctx r = {.out = out, .head = strcmp(method, "HEAD") == 0};
+    http_parser parser;
+    int fd, rc, n;
+
+    memset(out, 0, sizeof(*out));
+    rc = cp_httpc_parse_url(base_url, host, sizeof(host), port, sizeof(port), prefix,
+                            sizeof(prefix), err, errlen);
+    if (rc != 0)
+        return rc;
+    fd = connect_to(host, port, timeout_ms, err, errlen);
+    if (fd < 0)
+        return fd;
+    n = snprintf(head, sizeof(head),
+                 "%s %s%s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUser-Agent: tetherctl\r\n"
+                 "Accept: application/json, text/plain\r\nConnection: close\r\n"
+                 "%s%s%sContent-Length: %zu\r\n\r\n",
+                 method, prefix, path, strchr(host, ':') ? "[" : "", host,
+                 strchr(host, ':') ? "]" : "", port, ctype ? "Content-Type: " : "",
+                 ctype ? ctype : "", ctype ? "\r\n" : "", body_len);
+    if (n < 0 || (size_t)n >= sizeof(head)) {
+        snprintf(err, errlen, "request too long");
+        rc = -EINVAL;
+        goto out;
+    }
+    rc = write_all(fd, head, (size_t)n);
+    if (rc == 0 && body_len)
+        rc = write_all(fd, body, body_len);
+    if (rc != 0) {
+        snprintf(err, errlen, "sending to %s:%s: %s", host, port, strerror(-rc));
+        goto out;
+    }
+    http_parser_init(&parser, HTTP_RESPONSE);
+    parser.data = &r;
+    for (;;) {
+        ssize_t got = recv(fd, buf, sizeof(buf), 0);
+        size_t used;
+
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            rc = -errno;
+            snprintf(err, errlen, "reading from %s:%s: %s", host, port,
+                     errno == EAGAIN ? "timed out" : strerror(errno));
+            goto out;
+        }
+        used = http_parser_execute(&parser, &settings, buf, (size_t)got);
+        if (r.too_big) {
+            snprintf(err, errlen, "response from %s:%s too large", host, port);
+            rc = -EFBIG;
+            goto out;
+        }
+        if (HTTP_PARSER_ERRNO(&parser) != HPE_OK || used != (size_t)got) {
+            if (r.done)
+                break;
+            snprintf(err, errlen, "bad HTTP response from %s:%s (%s)", host, port,
+                     http_errno_description(HTTP_PARSER_ERRNO(&parser)));
+            rc = -EPROTO;
+            goto out;
+        }
+        if (r.done || got == 0)
+            break;
+    }
+    if (!r.done) {
+        snprintf(err, errlen, "%s:%s closed the connection before a complete response", host, port);
+        rc = -EPROTO;
+        goto out;
+    }
+    out->status = parser.status_code;
+    if (out->body == NULL) {
+        out->body = strdup("");
+        if (out->body == NULL) {
+            rc = -ENOMEM;
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    close(fd);
+    if (rc != 0)
+        cp_httpc_response_done(out);
+    return rc;
+}
+
+void cp_httpc_response_done(struct cp_httpc_response *r)
+{
+    if (r == NULL)
+        return;
+    free(r->body);
+    memset(r, 0, sizeof(*r));
+}

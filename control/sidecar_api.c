@@ -1,0 +1,596 @@
+/* The sidecar API: TLS acceptor, Identity.Sign and Discovery.Watch (sidecar_api.h). */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "ca.h"
+#include "errors.h"
+#include "grpc_glue.h"
+#include "identity.h"
+#include "listener.h"
+#include "log.h"
+#include "sidecar_api.h"
+#include "spiffe.h"
+#include "store.h"
+#include "tether/v1/tether.pb-c.h"
+#include "tlspipe.h"
+#include "tls.h"
+#include "util.h"
+
+#define API_HANDSHAKE_TIMEOUT_MS   5000
+#define API_SERVING_TTL_MS         (24ULL * 3600 * 1000)
+#define API_MAX_PENDING_HANDSHAKES 256
+/* When an operator has set no policy yet, sidecars get the document DESIGN.md implies:
+ * deny everything (a mesh is closed until someone opens it). */
+#define API_DEFAULT_POLICY "{\"default\": \"deny\", \"rules\": []}"
+
+/* One established TLS connection: kept to cut it off when its certificate is revoked. */
+struct api_conn {
+    struct api_conn *next;
+    struct tt_tlspipe *pipe;
+    char serial[TT_SERIAL_MAX];
+};
+
+/* One open Discovery.Watch stream. */
+struct watcher {
+    struct watcher *next;
+    struct tt_grpc_stream *st;
+    char key[32];
+    char spiffe_id[TT_SPIFFE_MAX + 1];
+    char serial[TT_SERIAL_MAX];
+    bool hello;
+    uint64_t sent_version;
+};
+
+struct cp_sidecar_api {
+    struct cp_ca *ca;
+    struct cp_store *store;
+    uint64_t cert_ttl_ms;
+    int listen_fd;
+    int port;
+    pthread_t acceptor;
+    bool stop; /* atomic */
+    struct tt_grpc_server *grpc;
+
+    pthread_mutex_t lock; /* guards everything below */
+    struct tt_identity *serving;
+    int64_t serving_renew_at;
+    struct api_conn *conns;
+    struct watcher *watchers;
+    uint64_t next_watcher;
+    unsigned pending_handshakes;
+};
+
+/* ---- Identity.Sign ----------------------------------------------------------------- */
+
+/* Refuses a Sign call: logged, counted by reason, answered with a status that says why. */
+static void sign_refuse(struct cp_sidecar_api *api, struct tt_grpc_reply *reply,
+                        grpc_status_code code, const char *reason, const struct tt_grpc_peer *peer,
+                        const char *asked, const char *msg)
+{
+    cp_store_count_refusal(api->store, reason);
+    tt_log(TT_LOG_WARN, "sign_refused", TT_LS("reason", reason), TT_LS("detail", msg),
+           TT_LS("spiffe_id", asked), TT_LS("peer_id", peer->spiffe_id),
+           TT_LS("peer_serial", peer->serial), TT_LS("peer", peer->address));
+    tt_grpc_reply_error(reply, code, "%s: %s", reason, msg);
+}
+
+static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMessage *msg,
+                    struct tt_grpc_reply *reply)
+{
+    struct cp_sidecar_api *api = ud;
+    const Tether__V1__SignRequest *req = (const Tether__V1__SignRequest *)msg;
+    Tether__V1__SignResponse resp = TETHER__V1__SIGN_RESPONSE__INIT;
+    const char *asked = req->spiffe_id != NULL ? req->spiffe_id : "";
+    const char *proof;
+    struct cp_ca_cert cert = {0};
+    char err[512];
+    int r;
+
+    if (tt_spiffe_check(asked, strlen(asked), false) != 0) {
+        sign_refuse(api, reply, GRPC_STATUS_INVALID_ARGUMENT, "bad_spiffe_id", peer, asked,
+                    "spiffe_id is not a valid SPIFFE ID");
+        return;
+    }
+    if (req->bootstrap_token != NULL && req->bootstrap_token[0] != '\0') {
+        /* Proof (a): an operator's token for exactly this identity. */
+        enum cp_token_err why = CP_TOKEN_OK;
+        r = cp_store_token_consume(api->store, req->bootstrap_token, asked, &why);
+        if (r < 0) {
+            const char *reason = r == TT_E_DENIED ? cp_token_err_name(why) : "internal";
+            snprintf(err, sizeof(err), "bootstrap token refused for %s", asked);
+            sign_refuse(api, reply,
+                        r == TT_E_DENIED ? GRPC_STATUS_PERMISSION_DENIED : GRPC_STATUS_INTERNAL,
+                        reason, peer, asked, err);
+            return;
+        }
+        proof = "bootstrap_token";
+    } else if (req->k8s_sa_token != NULL && req->k8s_sa_token[0] != '\0') {
+        /* Proof (c), Kubernetes service-account tokens, comes with the Kubernetes work. */
+        sign_refuse(api, reply, GRPC_STATUS_UNIMPLEMENTED, "unsupported_proof", peer, asked,
+                    "Kubernetes service-account tokens are not accepted yet");
+        return;
+    } else {
+        /* Proof (b): renewal with the current certificate on this connection; TLS has
+         * already checked its chain and validity dates. */
+        if (peer->spiffe_id == NULL) {
+            sign_refuse(api, reply, GRPC_STATUS_UNAUTHENTICATED, "no_proof", peer, asked,
+                        "give a bootstrap token or present the current certificate");
+            return;
+        }
+        if (cp_store_is_revoked(api->store, peer->serial)) {
+            snprintf(err, sizeof(err), "certificate %s is revoked", peer->serial);
+            sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, "revoked", peer, asked, err);
+            return;
+        }
+        if (strcmp(peer->spiffe_id, asked) != 0) {
+            snprintf(err, sizeof(err), "the certificate proves %s, not %s", peer->spiffe_id, asked);
+            sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, "identity_mismatch", peer, asked,
+                        err);
+            return;
+        }
+        proof = "certificate";
+    }
+
+    r = cp_ca_sign_csr(api->ca, req->csr_der.data, req->csr_der.len, asked, api->cert_ttl_ms, &cert,
+                       err, sizeof(err));
+    if (r < 0) {
+        sign_refuse(api, reply,
+                    r == CP_CA_E_INTERNAL ? GRPC_STATUS_INTERNAL : GRPC_STATUS_INVALID_ARGUMENT,
+                    cp_ca_err_reason(r), peer, asked, err);
+        return;
+    }
+    if (cp_store_issued_add(api->store, cert.serial, asked, cert.not_after, tt_now_unix()) < 0)
+        tt_log(TT_LOG_ERROR, "issued_record_failed", TT_LS("serial", cert.serial),
+               TT_LS("spiffe_id", asked));
+    resp.cert_chain_pem = cert.chain_pem;
+    resp.trust_bundle_pem = (char *)cp_ca_bundle_pem(api->ca);
+    resp.not_after_unix = cert.not_after;
+    resp.serial = cert.serial;
+    tt_grpc_reply_message(reply, &resp.base);
+    tt_log(TT_LOG_INFO, "certificate_signed", TT_LS("spiffe_id", asked),
+           TT_LS("serial", cert.serial), TT_LI("not_after", cert.not_after), TT_LS("proof", proof),
+           TT_LS("peer", peer->address));
+    cp_ca_cert_done(&cert);
+}
+
+/* ---- Discovery.Watch --------------------------------------------------------------- */
+
+/* Sends `snap` to w unless it already has that version. Called with api->lock held. */
+static void watcher_send(struct watcher *w, const struct cp_snapshot *snap)
+{
+    Tether__V1__Snapshot msg = TETHER__V1__SNAPSHOT__INIT;
+    Tether__V1__ServiceEntry *entries = NULL, **entry_ptrs = NULL;
+
+    if (!w->hello || w->sent_version >= snap->version)
+        return;
+    msg.version = snap->version;
+    msg.trust_bundle_pem = snap->bundle_pem;
+    msg.policy_json = snap->policy_json != NULL ? snap->policy_json : API_DEFAULT_POLICY;
+    msg.revoked_serials = snap->revoked;
+    msg.n_revoked_serials = snap->n_revoked;
+    if (snap->n_services > 0) {
+        entries = calloc(snap->n_services, sizeof(*entries));
+        entry_ptrs = calloc(snap->n_services, sizeof(*entry_ptrs));
+        if (entries == NULL || entry_ptrs == NULL)
+            goto out;
+        for (size_t i = 0; i < snap->n_services; i++) {
+            tether__v1__service_entry__init(&entries[i]);
+            entries[i].address = snap->services[i].address;
+            entries[i].spiffe_id = snap->services[i].spiffe_id;
+            entry_ptrs[i] = &entries[i];
+        }
+        msg.services = entry_ptrs;
+        msg.n_services = snap->n_services;
+    }
+    if (tt_grpc_stream_send(w->st, &msg.base) == 0)
+        w->sent_version = snap->version;
+out:
+    free(entries);
+    free(entry_ptrs);
+}
+
+/* Pushes the store's snapshot to every watcher and cuts revoked peers off. */
+void cp_sidecar_api_push(struct cp_sidecar_api *api)
+{
+    struct cp_snapshot *snap = cp_store_snapshot(api->store);
+
+    if (snap == NULL)
+        return;
+    pthread_mutex_lock(&api->lock);
+    for (struct watcher *w = api->watchers; w != NULL; w = w->next) {
+        if (cp_store_is_revoked(api->store, w->serial)) {
+            tt_grpc_stream_finish(w->st, GRPC_STATUS_PERMISSION_DENIED,
+                                  "revoked: this sidecar's certificate is revoked");
+            continue;
+        }
+        watcher_send(w, snap);
+    }
+    /* A revocation also closes the connection itself, not only the stream on it. */
+    for (struct api_conn **pp = &api->conns; *pp != NULL;) {
+        struct api_conn *c = *pp;
+        bool revoked = c->serial[0] != '\0' && cp_store_is_revoked(api->store, c->serial);
+        if (revoked || !tt_tlspipe_running(c->pipe)) {
+            if (revoked)
+                tt_log(TT_LOG_INFO, "revoked_connection_closed", TT_LS("serial", c->serial));
+            *pp = c->next;
+            tt_tlspipe_close(c->pipe);
+            free(c);
+            continue;
+        }
+        pp = &c->next;
+    }
+    pthread_mutex_unlock(&api->lock);
+    cp_snapshot_free(snap);
+}
+
+static void on_watch_open(void *ud, struct tt_grpc_stream *st, const struct tt_grpc_peer *peer)
+{
+    struct cp_sidecar_api *api = ud;
+    struct watcher *w;
+
+    if (peer->spiffe_id == NULL) {
+        tt_grpc_stream_finish(st, GRPC_STATUS_UNAUTHENTICATED,
+                              "no_proof: Discovery.Watch needs the sidecar's certificate");
+        return;
+    }
+    if (cp_store_is_revoked(api->store, peer->serial)) {
+        cp_store_count_refusal(api->store, "revoked");
+        tt_grpc_stream_finish(st, GRPC_STATUS_PERMISSION_DENIED,
+                              "revoked: this sidecar's certificate is revoked");
+        return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        tt_grpc_stream_finish(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    w->st = tt_grpc_stream_ref(st);
+    snprintf(w->spiffe_id, sizeof(w->spiffe_id), "%s", peer->spiffe_id);
+    snprintf(w->serial, sizeof(w->serial), "%s", peer->serial != NULL ? peer->serial : "");
+    pthread_mutex_lock(&api->lock);
+    snprintf(w->key, sizeof(w->key), "w%llu", (unsigned long long)++api->next_watcher);
+    w->next = api->watchers;
+    api->watchers = w;
+    pthread_mutex_unlock(&api->lock);
+    tt_grpc_stream_set_data(st, w);
+    cp_store_sidecar_seen(api->store, w->key, w->spiffe_id, peer->address, "");
+    tt_log(TT_LOG_INFO, "watch_opened", TT_LS("spiffe_id", w->spiffe_id),
+           TT_LS("serial", w->serial), TT_LS("stream", w->key));
+}
+
+/* The Hello: registration of the inbound addresses the sidecar serves. A sidecar may
+ * register only addresses for its own (attested) identity; an address an operator entry
+ * already maps to another identity is not taken over (operator entries win). */
+static void watch_hello(struct cp_sidecar_api *api, struct watcher *w,
+                        const Tether__V1__Hello *hello)
+{
+    char source[TT_SPIFFE_MAX + 16], err[512];
+
+    cp_store_sidecar_seen(api->store, w->key, w->spiffe_id, tt_grpc_stream_peer(w->st)->address,
+                          hello->node != NULL ? hello->node : "");
+    snprintf(source, sizeof(source), "sidecar:%s", w->spiffe_id);
+    if (cp_store_service_register(api->store, source, w->spiffe_id,
+                                  (const char *const *)hello->inbound_addresses,
+                                  hello->n_inbound_addresses, err, sizeof(err)) < 0)
+        tt_log(TT_LOG_WARN, "registration_refused", TT_LS("spiffe_id", w->spiffe_id),
+               TT_LS("error", err));
+    pthread_mutex_lock(&api->lock);
+    w->hello = true;
+    pthread_mutex_unlock(&api->lock);
+    /* The first snapshot (the registration may already have pushed a newer one). */
+    cp_sidecar_api_push(api);
+}
+
+static void on_watch_message(void *ud, struct tt_grpc_stream *st, const ProtobufCMessage *msg)
+{
+    struct cp_sidecar_api *api = ud;
+    struct watcher *w = tt_grpc_stream_get_data(st);
+    const Tether__V1__WatchRequest *req = (const Tether__V1__WatchRequest *)msg;
+
+    if (w == NULL)
+        return;
+    switch (req->kind_case) {
+    case TETHER__V1__WATCH_REQUEST__KIND_HELLO:
+        watch_hello(api, w, req->hello);
+        break;
+    case TETHER__V1__WATCH_REQUEST__KIND_ACK:
+        if (req->ack->accepted) {
+            cp_store_sidecar_acked(api->store, w->key, req->ack->version);
+        } else {
+            cp_store_sidecar_nacked(api->store, w->key, req->ack->version,
+                                    req->ack->reason != NULL ? req->ack->reason : "");
+            tt_log(TT_LOG_WARN, "snapshot_nacked", TT_LS("spiffe_id", w->spiffe_id),
+                   TT_LU("version", req->ack->version), TT_LS("reason", req->ack->reason));
+        }
+        break;
+    default:
+        tt_grpc_stream_finish(st, GRPC_STATUS_INVALID_ARGUMENT,
+                              "expected a hello or an ack in WatchRequest");
+        break;
+    }
+}
+
+static void on_watch_close(void *ud, struct tt_grpc_stream *st, grpc_status_code code)
+{
+    struct cp_sidecar_api *api = ud;
+    struct watcher *w = tt_grpc_stream_get_data(st);
+
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&api->lock);
+    for (struct watcher **pp = &api->watchers; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&api->lock);
+    cp_store_sidecar_gone(api->store, w->key);
+    tt_log(TT_LOG_INFO, "watch_closed", TT_LS("spiffe_id", w->spiffe_id), TT_LS("stream", w->key),
+           TT_LI("status", code));
+    tt_grpc_stream_set_data(st, NULL);
+    tt_grpc_stream_unref(w->st);
+    free(w);
+}
+
+/* ---- TLS acceptor ------------------------------------------------------------------ */
+
+/* The serving identity, re-issued at half of its lifetime. Returns a reference. */
+static struct tt_identity *serving_identity(struct cp_sidecar_api *api, char *err, size_t errlen)
+{
+    struct tt_identity *id = NULL;
+    struct cp_ca_cert cert = {0};
+
+    pthread_mutex_lock(&api->lock);
+    if (api->serving != NULL && tt_now_unix() < api->serving_renew_at) {
+        id = tt_identity_ref(api->serving);
+        pthread_mutex_unlock(&api->lock);
+        return id;
+    }
+    pthread_mutex_unlock(&api->lock);
+
+    if (cp_ca_issue_serving(api->ca, API_SERVING_TTL_MS, &cert, err, errlen) < 0)
+        return NULL;
+    const char *bundle = cp_ca_bundle_pem(api->ca);
+    id = tt_identity_from_pem(cert.chain_pem, strlen(cert.chain_pem), cert.key_pem,
+                              strlen(cert.key_pem), bundle, strlen(bundle), "serving certificate",
+                              err, errlen);
+    if (id != NULL) {
+        pthread_mutex_lock(&api->lock);
+        tt_identity_unref(api->serving);
+        api->serving = tt_identity_ref(id);
+        api->serving_renew_at = cert.not_before + (cert.not_after - cert.not_before) / 2;
+        pthread_mutex_unlock(&api->lock);
+        tt_log(TT_LOG_INFO, "serving_certificate", TT_LS("serial", cert.serial),
+               TT_LI("not_after", cert.not_after));
+    }
+    cp_ca_cert_done(&cert);
+    return id;
+}
+
+struct handshake_job {
+    struct cp_sidecar_api *api;
+    int fd;
+    char peer_addr[64];
+};
+
+/* One connection's handshake, then its hand-over to the relay and to gRPC. */
+static void *handshake_main(void *arg)
+{
+    struct handshake_job *job = arg;
+    struct cp_sidecar_api *api = job->api;
+    struct tt_tlspipe *pipe = NULL;
+    struct tt_tls *tls = NULL;
+    struct tt_identity *id;
+    struct api_conn *rec = NULL;
+    char err[512], peer_id[TT_SPIFFE_MAX + 1], serial[TT_SERIAL_MAX];
+    int app_fd, r;
+
+    id = serving_identity(api, err, sizeof(err));
+    if (id == NULL) {
+        tt_log(TT_LOG_ERROR, "serving_certificate_failed", TT_LS("error", err));
+        goto err_close;
+    }
+    tls = tt_tls_new(id, TT_TLS_SERVER_OPTIONAL_CLIENT, NULL);
+    tt_identity_unref(id);
+    if (tls == NULL)
+        goto err_close;
+    r = tt_tlspipe_handshake(job->fd, tls, API_HANDSHAKE_TIMEOUT_MS);
+    if (r < 0) {
+        tt_log(TT_LOG_WARN, "sidecar_handshake_failed", TT_LS("peer", job->peer_addr),
+               TT_LS("error", tt_strerror(r)), TT_LS("peer_id", tt_tls_peer_id(tls)),
+               TT_LS("serial", tt_tls_peer_serial(tls)));
+        goto err_free_tls;
+    }
+    snprintf(peer_id, sizeof(peer_id), "%s", tt_tls_peer_id(tls));
+    snprintf(serial, sizeof(serial), "%s", tt_tls_peer_serial(tls));
+    rec = calloc(1, sizeof(*rec));
+    if (rec == NULL)
+        goto err_free_tls;
+    r = tt_tlspipe_start(job->fd, tls, &app_fd, &pipe); /* owns fd and tls from here */
+    job->fd = -1;
+    tls = NULL;
+    if (r < 0)
+        goto err_free_rec;
+    if (tt_grpc_server_add_fd(api->grpc, app_fd, peer_id[0] ? peer_id : NULL, serial) < 0) {
+        tt_tlspipe_close(pipe);
+        goto err_free_rec;
+    }
+    snprintf(rec->serial, sizeof(rec->serial), "%s", serial);
+    rec->pipe = pipe;
+    pthread_mutex_lock(&api->lock);
+    rec->next = api->conns;
+    api->conns = rec;
+    api->pending_handshakes--;
+    pthread_mutex_unlock(&api->lock);
+    free(job);
+    tt_buf_pool_drain(); /* this thread ends: return its cached slabs */
+    return NULL;
+
+err_free_rec:
+    free(rec);
+err_free_tls:
+    tt_tls_free(tls);
+err_close:
+    if (job->fd >= 0)
+        close(job->fd);
+    pthread_mutex_lock(&api->lock);
+    api->pending_handshakes--;
+    pthread_mutex_unlock(&api->lock);
+    free(job);
+    tt_buf_pool_drain();
+    return NULL;
+}
+
+static void *acceptor_main(void *arg)
+{
+    struct cp_sidecar_api *api = arg;
+
+    while (!__atomic_load_n(&api->stop, __ATOMIC_ACQUIRE)) {
+        struct pollfd p = {.fd = api->listen_fd, .events = POLLIN};
+        struct sockaddr_storage ss;
+        socklen_t sslen = sizeof(ss);
+        pthread_t t;
+
+        if (poll(&p, 1, 200) <= 0)
+            continue;
+        int fd =
+            accept4(api->listen_fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        struct handshake_job *job = calloc(1, sizeof(*job));
+        pthread_mutex_lock(&api->lock);
+        bool busy = api->pending_handshakes >= API_MAX_PENDING_HANDSHAKES;
+        if (!busy && job != NULL)
+            api->pending_handshakes++;
+        pthread_mutex_unlock(&api->lock);
+        if (job == NULL || busy) {
+            /* Too many handshakes in flight: shed the newest rather than pile up threads. */
+            free(job);
+            close(fd);
+            continue;
+        }
+        job->api = api;
+        job->fd = fd;
+        tt_sockaddr_format((struct sockaddr *)&ss, job->peer_addr, sizeof(job->peer_addr));
+        if (pthread_create(&t, NULL, handshake_main, job) != 0) {
+            close(fd);
+            free(job);
+            pthread_mutex_lock(&api->lock);
+            api->pending_handshakes--;
+            pthread_mutex_unlock(&api->lock);
+            continue;
+        }
+        pthread_detach(t);
+    }
+    return NULL;
+}
+
+/* ---- lifecycle --------------------------------------------------------------------- */
+
+/* Starts the API (see sidecar_api.h). */
+struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *opts, char *err,
+                                            size_t errlen)
+{
+    struct cp_sidecar_api *api = calloc(1, sizeof(*api));
+    struct tt_addr addr = *opts->listen;
+    struct tt_identity *id;
+    int r;
+
+    if (api == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    api->ca = opts->ca;
+    api->store = opts->store;
+    api->cert_ttl_ms = opts->cert_ttl_ms;
+    api->listen_fd = -1;
+    pthread_mutex_init(&api->lock, NULL);
+
+    id = serving_identity(api, err, errlen);
+    if (id == NULL)
+        goto err_free;
+    tt_identity_unref(id);
+
+    r = tt_listener_bind(&addr, &api->listen_fd);
+    if (r == 0 && listen(api->listen_fd, 128) < 0)
+        r = -errno;
+    if (r < 0) {
+        snprintf(err, errlen, "--listen-sidecars %s: %s", opts->listen->text, tt_strerror(r));
+        goto err_free;
+    }
+    api->port = tt_addr_port(&addr);
+
+    api->grpc = tt_grpc_server_new();
+    static const struct tt_grpc_stream_cbs watch_cbs = {
+        .on_open = on_watch_open,
+        .on_message = on_watch_message,
+        .on_close = on_watch_close,
+    };
+    if (api->grpc == NULL ||
+        tt_grpc_server_add_unary(api->grpc, "/tether.v1.Identity/Sign",
+                                 &tether__v1__sign_request__descriptor, on_sign, api) < 0 ||
+        tt_grpc_server_add_stream(api->grpc, "/tether.v1.Discovery/Watch",
+                                  &tether__v1__watch_request__descriptor, &watch_cbs, api) < 0 ||
+        tt_grpc_server_start(api->grpc) < 0) {
+        snprintf(err, errlen, "cannot start the gRPC server");
+        goto err_free;
+    }
+    if (pthread_create(&api->acceptor, NULL, acceptor_main, api) != 0) {
+        snprintf(err, errlen, "cannot start the acceptor thread");
+        goto err_free;
+    }
+    return api;
+
+err_free:
+    tt_grpc_server_free(api->grpc);
+    if (api->listen_fd >= 0)
+        close(api->listen_fd);
+    tt_identity_unref(api->serving);
+    pthread_mutex_destroy(&api->lock);
+    free(api);
+    return NULL;
+}
+
+/* The bound port. */
+int cp_sidecar_api_port(const struct cp_sidecar_api *api)
+{
+    return api->port;
+}
+
+/* Stops and frees the API. */
+void cp_sidecar_api_stop(struct cp_sidecar_api *api)
+{
+    if (api == NULL)
+        return;
+    __atomic_store_n(&api->stop, true, __ATOMIC_RELEASE);
+    pthread_join(api->acceptor, NULL);
+    close(api->listen_fd);
+    /* Let handshakes in flight finish (they hold api); they are bounded by their timeout. */
+    for (int i = 0; i < 100; i++) {
+        pthread_mutex_lock(&api->lock);
+        unsigned pending = api->pending_handshakes;
+        pthread_mutex_unlock(&api->lock);
+        if (pending == 0)
+            break;
+        usleep(API_HANDSHAKE_TIMEOUT_MS * 10);
+    }
+    tt_grpc_server_shutdown(api->grpc); /* every stream gets on_close */
+    tt_grpc_server_free(api->grpc);
+    for (struct api_conn *c = api->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        tt_tlspipe_close(c->pipe);
+        free(c);
+    }
+    tt_identity_unref(api->serving);
+    pthread_mutex_destroy(&api->lock);
+    free(api);
+}

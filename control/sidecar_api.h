@@ -1,0 +1,43 @@
+/* The control plane's sidecar API (DESIGN.md "Control plane"): gRPC over our own mutual
+ * TLS on --listen-sidecars (15012). Identity.Sign issues a certificate for the identity
+ * that the caller's proof supports (a bootstrap token, or the caller's current valid,
+ * unrevoked certificate on this connection); Discovery.Watch pushes versioned snapshots
+ * (trust bundle, policy, service table, revocations) and records each sidecar's ACK or
+ * NACK. One thread accepts connections; each handshake runs on a short-lived thread and
+ * each established connection on a tlspipe relay thread; the gRPC completion queue has
+ * its own thread. */
+#ifndef CP_SIDECAR_API_H
+#define CP_SIDECAR_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cp_ca;
+struct cp_store;
+struct tt_addr;
+struct cp_sidecar_api;
+
+struct cp_sidecar_api_opts {
+    const struct tt_addr *listen; /* port 0 picks one: see cp_sidecar_api_port() */
+    struct cp_ca *ca;
+    struct cp_store *store;
+    uint64_t cert_ttl_ms; /* lifetime of the certificates it issues */
+};
+
+/* Binds the address, issues the serving certificate and starts serving. The CA and the
+ * store must outlive the API. Returns NULL with one line in err on failure. */
+struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *opts, char *err,
+                                            size_t errlen);
+
+/* The port actually bound. */
+int cp_sidecar_api_port(const struct cp_sidecar_api *api);
+
+/* Pushes the store's current snapshot to every watching sidecar, and cuts the
+ * connections whose certificate is now revoked. Any thread (the store's change
+ * callback). */
+void cp_sidecar_api_push(struct cp_sidecar_api *api);
+
+/* Stops accepting, ends every stream and connection and frees the API. Accepts NULL. */
+void cp_sidecar_api_stop(struct cp_sidecar_api *api);
+
+#endif

@@ -1,0 +1,210 @@
+/* The control plane's state (DESIGN.md "Control plane"): tokens, policy, revocations,
+ * service entries and issued-certificate records, one JSON file per collection in the
+ * state directory, each written atomically (temporary file, fsync, rename, fsync of the
+ * directory). The in-memory model sits behind one mutex: the gRPC thread and the API
+ * loop may call any function here concurrently. Start-up refuses a corrupt file with a
+ * message naming it and never overwrites it.
+ *
+ * Files: tokens.json, policy.json (the document itself), revocations.json,
+ * services.json, issued.json, state.json (the snapshot version and the bundle digest).
+ *
+ * `version` counts changes to what sidecars receive (bundle, policy, services,
+ * revocations); it only grows, survives restarts, and every bump calls the change
+ * callback after the mutex is released. */
+#ifndef CP_STORE_H
+#define CP_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+/* ---- helpers shared by the control plane ---- */
+
+#ifndef CP_SERIAL_MAX
+#define CP_SERIAL_MAX 80 /* upper-case hex serial plus NUL, comfortably (also in ca.h) */
+#endif
+
+/* Writes data to path atomically: path.tmp with `mode`, fsync, rename over path, fsync
+ * of the directory. Returns 0 or -errno (the old file is untouched on failure). */
+int cp_atomic_write(const char *path, const void *data, size_t len, int mode);
+
+/* Normalizes a certificate serial as `openssl x509 -serial` prints it: optional "0x",
+ * hex digits in either case, optional ':' between bytes, leading zeros ignored. Writes
+ * upper-case hex without colons or leading zeros ("0" for zero) into out. Returns 0,
+ * -EINVAL for anything else (empty, other characters, over 40 significant digits), or
+ * -ENOSPC when out is too small. */
+int cp_serial_normalize(const char *in, char *out, size_t outlen);
+
+#define CP_TOKEN_SECRET_MAX 64 /* base64url of 32 bytes is 43 characters */
+
+/* Why a bootstrap token was refused. */
+enum cp_token_err {
+    CP_TOKEN_OK = 0,
+    CP_TOKEN_UNKNOWN,  /* "unknown_token": no token with that secret */
+    CP_TOKEN_EXPIRED,  /* "expired_token" */
+    CP_TOKEN_USED_UP,  /* "token_used_up": no uses left */
+    CP_TOKEN_MISMATCH, /* "identity_mismatch": issued for another SPIFFE ID */
+};
+
+/* The reason's name as above; "ok" for CP_TOKEN_OK. */
+const char *cp_token_err_name(enum cp_token_err e);
+
+struct cp_store;
+
+/* Called after a change to what sidecars receive, with the new version, on the thread
+ * that made the change, with no store lock held. */
+typedef void (*cp_store_change_cb)(void *ud, uint64_t version);
+
+/* Loads the state directory (created with mode 0700 if missing). Returns the store or
+ * NULL with a message in err such as "DIR/tokens.json: line 3: ..." or "DIR/issued.json:
+ * issued[2].serial: expected a string". Missing files are empty collections. */
+struct cp_store *cp_store_open(const char *dir, char *err, size_t errlen);
+
+/* Frees the store (no writes). Accepts NULL. */
+void cp_store_free(struct cp_store *s);
+
+const char *cp_store_dir(const struct cp_store *s);
+
+/* Installs the change callback (NULL to remove). */
+void cp_store_set_change_cb(struct cp_store *s, cp_store_change_cb cb, void *ud);
+
+uint64_t cp_store_version(struct cp_store *s);
+
+/* ---- trust bundle ---- */
+
+/* Sets the bundle sidecars receive (PEM; the CA's roots). Bumps the version when it
+ * differs from the one recorded in state.json. Returns 0 or -errno. */
+int cp_store_bundle_set(struct cp_store *s, const char *pem);
+
+/* ---- tokens ---- */
+
+/* Creates a bootstrap token for spiffe_id (checked with tt_spiffe_check), valid for
+ * ttl_ms (0: no expiry) and `uses` uses (0 is taken as 1). Writes the secret (base64url
+ * of 32 random bytes, no padding) into secret[secret_len >= CP_TOKEN_SECRET_MAX]; it is
+ * shown once and only its SHA-256 is stored. *expires_unix gets the expiry (0: none).
+ * Returns 0, TT_E_SPIFFE, -EINVAL or -errno when persisting failed (nothing kept). */
+int cp_store_token_create(struct cp_store *s, const char *spiffe_id, uint64_t ttl_ms, unsigned uses,
+                          char *secret, size_t secret_len, int64_t *expires_unix);
+
+/* Checks a presented secret (trailing whitespace ignored) for spiffe_id and, when it
+ * is good, uses it once, persisted before returning. Atomic against concurrent
+ * consumers. Returns 0 (*reason CP_TOKEN_OK), TT_E_DENIED with *reason set, or -errno
+ * when persisting failed (the use is then not counted and the caller must refuse). */
+int cp_store_token_consume(struct cp_store *s, const char *secret, const char *spiffe_id,
+                           enum cp_token_err *reason);
+
+/* [{"id" (first 12 hex digits of the hash), "spiffe_id", "uses_left", "expires_unix"
+ * (null: never), "created_unix", "expired": bool}]; no secrets. New reference. */
+json_t *cp_store_tokens_json(struct cp_store *s);
+
+/* ---- revocations ---- */
+
+/* Revokes a serial (any form cp_serial_normalize accepts). Returns 0 when added, 1 when
+ * it was already revoked, -EINVAL for a malformed serial, or -errno. Bumps the version. */
+int cp_store_revoke(struct cp_store *s, const char *serial);
+
+/* True when the serial (any accepted form) is revoked. */
+bool cp_store_is_revoked(struct cp_store *s, const char *serial);
+
+/* [{"serial", "revoked_unix"}]. New reference. */
+json_t *cp_store_revocations_json(struct cp_store *s);
+
+/* ---- service table ---- */
+
+#define CP_SOURCE_OPERATOR "operator"
+
+/* Adds or replaces the entry for `address` from `source` ("operator" or
+ * "sidecar:<id>"). The address is checked with tt_addr_parse (its text kept as given)
+ * and the identity with tt_spiffe_check. Returns 0, -EINVAL / -ENOENT (address),
+ * TT_E_SPIFFE, or -errno; a message in err. Bumps the version on change. */
+int cp_store_service_add(struct cp_store *s, const char *address, const char *spiffe_id,
+                         const char *source, char *err, size_t errlen);
+
+/* Removes the entry for `address` from `source`. Returns 0 or -ENOENT. */
+int cp_store_service_remove(struct cp_store *s, const char *address, const char *source);
+
+/* Replaces every entry of `source` (a sidecar's registration) with addresses[0..n), all
+ * mapped to spiffe_id. Returns 0 or an error as cp_store_service_add (nothing changed). */
+int cp_store_service_register(struct cp_store *s, const char *source, const char *spiffe_id,
+                              const char *const *addresses, size_t n, char *err, size_t errlen);
+
+/* [{"address", "spiffe_id", "source"}]. New reference. */
+json_t *cp_store_services_json(struct cp_store *s);
+
+/* ---- policy ---- */
+
+/* Validates text with tt_policy_parse (source "policy") and, when valid, stores and
+ * persists it and bumps the version. Returns 0, TT_E_POLICY with the parser's message
+ * in err (nothing stored), or -errno. */
+int cp_store_policy_set(struct cp_store *s, const char *text, size_t len, char *err, size_t errlen);
+
+/* The current policy document as text (caller frees), or NULL when none was set. */
+char *cp_store_policy_get(struct cp_store *s);
+
+/* ---- issued certificates ---- */
+
+/* Records an issue. Records expired for more than a day are pruned on later writes.
+ * Returns 0 or -errno. */
+int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spiffe_id,
+                        int64_t not_after, int64_t issued_at);
+
+/* [{"serial", "spiffe_id", "not_after", "issued_at", "revoked": bool}]. New ref. */
+json_t *cp_store_issued_json(struct cp_store *s);
+
+/* ---- what a sidecar receives ---- */
+
+struct cp_service_entry {
+    char *address;
+    char *spiffe_id;
+};
+
+/* An immutable copy of everything a Discovery snapshot carries. */
+struct cp_snapshot {
+    uint64_t version;
+    char *bundle_pem;                  /* "" when no bundle was set */
+    char *policy_json;                 /* NULL when no policy was set */
+    struct cp_service_entry *services; /* operator entries win over sidecar ones */
+    size_t n_services;
+    char **revoked; /* normalized serials */
+    size_t n_revoked;
+};
+
+/* Takes a consistent copy. NULL on allocation failure. */
+struct cp_snapshot *cp_store_snapshot(struct cp_store *s);
+void cp_snapshot_free(struct cp_snapshot *snap); /* accepts NULL */
+
+/* ---- connected sidecars (runtime only) ---- */
+
+/* A Watch stream is open (or still alive) for sidecar `id` (an opaque key the handler
+ * chooses, unique per stream): records its identity, peer address and node name and
+ * the time. Returns 0 or -ENOMEM. */
+int cp_store_sidecar_seen(struct cp_store *s, const char *id, const char *spiffe_id,
+                          const char *peer, const char *node);
+
+/* The sidecar acknowledged `version`. */
+void cp_store_sidecar_acked(struct cp_store *s, const char *id, uint64_t version);
+
+/* The sidecar refused `version` with `reason`. */
+void cp_store_sidecar_nacked(struct cp_store *s, const char *id, uint64_t version,
+                             const char *reason);
+
+/* The stream ended. */
+void cp_store_sidecar_gone(struct cp_store *s, const char *id);
+
+/* [{"id", "spiffe_id", "peer", "node", "acked_version", "nacked_version",
+ * "nack_reason", "last_seen_unix"}]. New reference. */
+json_t *cp_store_sidecars_json(struct cp_store *s);
+
+/* ---- counters ---- */
+
+/* Counts one refused Sign request by reason ("unknown_token", "identity_mismatch",
+ * "revoked", ...). */
+void cp_store_count_refusal(struct cp_store *s, const char *reason);
+
+/* {"version", "issued", "tokens", "sidecars_connected", "services", "revocations",
+ * "refusals": {reason: n}}. New reference. */
+json_t *cp_store_stats_json(struct cp_store *s);
+
+#endif

@@ -1,0 +1,573 @@
+/* tetherctl: the operator CLI over tether-control's HTTP/JSON API (see api.h).
+ *
+ * Exit status: 0 success, 1 the request failed (the server's error message or the
+ * network problem on stderr), 2 usage error. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "httpc.h"
+
+#define DEFAULT_API "http://127.0.0.1:15014"
+#define TIMEOUT_MS  10000
+#define FILE_MAX    (1024 * 1024)
+#define EXIT_FAIL   1
+#define EXIT_USAGE  2
+
+static const char usage[] =
+    "usage: tetherctl [--api URL] [--json] COMMAND [ARGS]\n"
+    "\n"
+    "Operates tether-control through its API (default " DEFAULT_API ", or $TETHER_API).\n"
+    "\n"
+    "commands:\n"
+    "  token create --spiffe-id ID [--ttl D] [--uses N]\n"
+    "                          create a bootstrap token; prints the token alone\n"
+    "  token list              tokens (never their secrets)\n"
+    "  policy set FILE         validate and install a policy document (- for stdin)\n"
+    "  policy get              print the current policy document\n"
+    "  bundle get              print the trust bundle (the roots, PEM)\n"
+    "  revoke SERIAL           revoke a certificate (hex serial; case, colons ignored)\n"
+    "  revocations             list revoked serials\n"
+    "  identities              list issued certificates\n"
+    "  service add ADDR:PORT SPIFFE_ID\n"
+    "                          map an address to the identity that must answer there\n"
+    "  service remove ADDR:PORT\n"
+    "  service list            the service table\n"
+    "  sidecars                connected sidecars and the snapshot versions they run\n"
+    "  stats                   the control plane's counters (JSON)\n"
+    "\n"
+    "options:\n"
+    "  --api URL               the operator API, http://HOST:PORT\n"
+    "  --json                  print the server's JSON instead of a table\n"
+    "  -h, --help              this text\n"
+    "\n"
+    "Durations are written 250ms, 10s, 5m, 1h, 1h30m.\n";
+
+struct ctl {
+    const char *api;
+    bool json;
+};
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "tetherctl: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see tetherctl --help)\n");
+    return EXIT_USAGE;
+}
+
+/* Sends one request; on any failure prints the reason and returns false. A 2xx answer
+ * leaves the response in *r (caller frees). */
+static bool call(const struct ctl *c, const char *method, const char *path, json_t *body_doc,
+                 const char *raw_body, size_t raw_len, struct cp_httpc_response *r)
+{
+    char err[512];
+    char *body = NULL;
+    size_t len = 0;
+    const char *ctype = NULL;
+    int rc;
+
+    if (body_doc != NULL) {
+        body = json_dumps(body_doc, JSON_COMPACT);
+        json_decref(body_doc);
+        if (body == NULL) {
+            fprintf(stderr, "tetherctl: out of memory\n");
+            return false;
+        }
+        len = strlen(body);
+        ctype = "application/json";
+    } else if (raw_body != NULL) {
+        body = (char *)raw_body;
+        len = raw_len;
+        ctype = "application/json";
+    }
+    rc = cp_httpc_request(c->api, method, path, ctype, body, len, TIMEOUT_MS, r, err, sizeof(err));
+    if (body_doc != NULL)
+        free(body);
+    if (rc != 0) {
+        fprintf(stderr, "tetherctl: %s\n", err);
+        return false;
+    }
+    if (r->status < 200 || r->status > 299) {
+        json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
+        json_t *e = json_object_get(doc, "error");
+
+        if (json_is_string(e))
+            fprintf(stderr, "tetherctl: %s (HTTP %d)\n", json_string_value(e), r->status);
+        else
+            fprintf(stderr, "tetherctl: %s %s: HTTP %d %.200s\n", method, path, r->status, r->body);
+        json_decref(doc);
+        cp_httpc_response_done(r);
+        return false;
+    }
+    return true;
+}
+
+static json_t *parse_response(struct cp_httpc_response *r)
+{
+    json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
+
+    if (doc == NULL)
+        fprintf(stderr, "tetherctl: the server's answer is not JSON\n");
+    return doc;
+}
+
+/* Prints the raw body (with a final newline). */
+static void print_body(const struct cp_httpc_response *r)
+{
+    fwrite(r->body, 1, r->body_len, stdout);
+    if (r->body_len == 0 || r->body[r->body_len - 1] != '\n')
+        putchar('\n');
+}
+
+static const char *sval(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+
+    return json_is_string(v) ? json_string_value(v) : "-";
+}
+
+static void ival(json_t *o, const char *key, char *buf, size_t len)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (json_is_integer(v))
+        snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    else if (json_is_true(v))
+        snprintf(buf, len, "yes");
+    else if (json_is_false(v))
+        snprintf(buf, len, "no");
+    else
+        snprintf(buf, len, "-");
+}
+
+static void time_val(json_t *o, const char *key, char *buf, size_t len)
+{
+    json_t *v = json_object_get(o, key);
+    time_t t;
+    struct tm tm;
+
+    if (!json_is_integer(v) || json_integer_value(v) == 0) {
+        snprintf(buf, len, "-");
+        return;
+    }
+    t = (time_t)json_integer_value(v);
+    gmtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Fetches path, then prints array `key` as a table (or the JSON with --json). */
+static int list(const struct ctl *c, const char *path, const char *key, void (*header)(void),
+                void (*row)(json_t *))
+{
+    struct cp_httpc_response r;
+    json_t *doc, *arr, *it;
+    size_t i;
+
+    if (!call(c, "GET", path, NULL, NULL, 0, &r))
+        return EXIT_FAIL;
+    if (c->json) {
+        print_body(&r);
+        cp_httpc_response_done(&r);
+        return 0;
+    }
+    doc = parse_response(&r);
+    cp_httpc_response_done(&r);
+    arr = json_object_get(doc, key);
+    if (!json_is_array(arr)) {
+        json_decref(doc);
+        fprintf(stderr, "tetherctl: unexpected answer from %s\n", path);
+        return EXIT_FAIL;
+    }
+    header();
+    json_array_foreach(arr, i, it) row(it);
+    json_decref(doc);
+    return 0;
+}
+
+static void services_header(void)
+{
+    printf("%-30s %-60s %s\n", "ADDRESS", "SPIFFE ID", "SOURCE");
+}
+
+static void services_row(json_t *o)
+{
+    printf("%-30s %-60s %s\n", sval(o, "address"), sval(o, "spiffe_id"), sval(o, "source"));
+}
+
+static void sidecars_header(void)
+{
+    printf("%-50s %-22s %-12s %-7s %-7s %-20s %s\n", "SPIFFE ID", "PEER", "NODE", "ACKED", "NACKED",
+           "LAST SEEN", "NACK REASON");
+}
+
+static void sidecars_row(json_t *o)
+{
+    char acked[24], nacked[24], seen[32];
+
+    ival(o, "acked_version", acked, sizeof(acked));
+    ival(o, "nacked_version", nacked, sizeof(nacked));
+    time_val(o, "last_seen_unix", seen, sizeof(seen));
+    printf("%-50s %-22s %-12s %-7s %-7s %-20s %s\n", sval(o, "spiffe_id"), sval(o, "peer"),
+           sval(o, "node"), acked, nacked, seen, sval(o, "nack_reason"));
+}
+
+static void tokens_header(void)
+{
+    printf("%-12s %-50s %-5s %-20s %s\n", "ID", "SPIFFE ID", "USES", "EXPIRES", "EXPIRED");
+}
+
+static void tokens_row(json_t *o)
+{
+    char uses[24], exp[32], expired[8];
+
+    ival(o, "uses_left", uses, sizeof(uses));
+    time_val(o, "expires_unix", exp, sizeof(exp));
+    ival(o, "expired", expired, sizeof(expired));
+    printf("%-12s %-50s %-5s %-20s %s\n", sval(o, "id"), sval(o, "spiffe_id"), uses, exp, expired);
+}
+
+static void identities_header(void)
+{
+    printf("%-34s %-50s %-20s %s\n", "SERIAL", "SPIFFE ID", "NOT AFTER", "REVOKED");
+}
+
+static void identities_row(json_t *o)
+{
+    char na[32], rev[8];
+
+    time_val(o, "not_after", na, sizeof(na));
+    ival(o, "revoked", rev, sizeof(rev));
+    printf("%-34s %-50s %-20s %s\n", sval(o, "serial"), sval(o, "spiffe_id"), na, rev);
+}
+
+static void revocations_header(void)
+{
+    printf("%-34s %s\n", "SERIAL", "REVOKED AT");
+}
+
+static void revocations_row(json_t *o)
+{
+    char at[32];
+
+    time_val(o, "revoked_unix", at, sizeof(at));
+    printf("%-34s %s\n", sval(o, "serial"), at);
+}
+
+/* ---- commands ---- */
+
+static int parse_uint(const char *s, long long max, long long *out)
+{
+    char *end;
+    long long v;
+
+    if (s == NULL || *s < '0' || *s > '9')
+        return -EINVAL;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < 1 || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int cmd_token_create(const struct ctl *c, int argc, char **argv)
+{
+    const char *id = NULL, *ttl = NULL;
+    long long uses = 0;
+    struct cp_httpc_response r;
+    json_t *body, *doc, *tok;
+
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char **dst = NULL;
+
+        if (strcmp(a, "--spiffe-id") == 0)
+            dst = &id;
+        else if (strcmp(a, "--ttl") == 0)
+            dst = &ttl;
+        else if (strcmp(a, "--uses") == 0) {
+            if (i + 1 >= argc)
+                return usage_error("%s needs a value", a);
+            if (parse_uint(argv[++i], 1000000, &uses) != 0)
+                return usage_error("--uses %s: expected an integer 1..1000000", argv[i]);
+            continue;
+        } else {
+            return usage_error("token create: unexpected argument %s", a);
+        }
+        if (i + 1 >= argc)
+            return usage_error("%s needs a value", a);
+        *dst = argv[++i];
+    }
+    if (id == NULL)
+        return usage_error("token create: %s is required", "--spiffe-id");
+    body = json_pack("{s:s}", "spiffe_id", id);
+    if (body == NULL)
+        return EXIT_FAIL;
+    if (ttl)
+        json_object_set_new(body, "ttl", json_string(ttl));
+    if (uses)
+        json_object_set_new(body, "uses", json_integer(uses));
+    if (!call(c, "POST", "/v1/tokens", body, NULL, 0, &r))
+        return EXIT_FAIL;
+    if (c->json) {
+        print_body(&r);
+        cp_httpc_response_done(&r);
+        return 0;
+    }
+    doc = parse_response(&r);
+    cp_httpc_response_done(&r);
+    tok = json_object_get(doc, "token");
+    if (!json_is_string(tok)) {
+        json_decref(doc);
+        fprintf(stderr, "tetherctl: the answer holds no token\n");
+        return EXIT_FAIL;
+    }
+    printf("%s\n", json_string_value(tok));
+    json_decref(doc);
+    return 0;
+}
+
+static char *read_input(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    char *buf;
+    size_t n = 0;
+
+    if (f == NULL) {
+        fprintf(stderr, "tetherctl: %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    buf = malloc(FILE_MAX + 1);
+    if (buf != NULL) {
+        n = fread(buf, 1, FILE_MAX + 1, f);
+        if (ferror(f)) {
+            fprintf(stderr, "tetherctl: %s: %s\n", path, strerror(errno));
+            free(buf);
+            buf = NULL;
+        } else if (n > FILE_MAX) {
+            fprintf(stderr, "tetherctl: %s: larger than 1 MiB\n", path);
+            free(buf);
+            buf = NULL;
+        }
+    }
+    if (f != stdin)
+        fclose(f);
+    if (buf)
+        buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+static int cmd_policy_set(const struct ctl *c, const char *file)
+{
+    struct cp_httpc_response r;
+    size_t len;
+    char *text = read_input(file, &len);
+    bool ok;
+
+    if (text == NULL)
+        return EXIT_FAIL;
+    ok = call(c, "PUT", "/v1/policy", NULL, text, len, &r);
+    free(text);
+    if (!ok)
+        return EXIT_FAIL;
+    if (c->json) {
+        print_body(&r);
+    } else {
+        json_t *doc = json_loadb(r.body, r.body_len, 0, NULL);
+        json_t *v = json_object_get(doc, "version");
+
+        printf("policy set (snapshot version %lld)\n",
+               json_is_integer(v) ? (long long)json_integer_value(v) : 0LL);
+        json_decref(doc);
+    }
+    cp_httpc_response_done(&r);
+    return 0;
+}
+
+static int cmd_get_raw(const struct ctl *c, const char *path)
+{
+    struct cp_httpc_response r;
+
+    if (!call(c, "GET", path, NULL, NULL, 0, &r))
+        return EXIT_FAIL;
+    print_body(&r);
+    cp_httpc_response_done(&r);
+    return 0;
+}
+
+static int cmd_revoke(const struct ctl *c, const char *serial)
+{
+    struct cp_httpc_response r;
+    json_t *doc;
+
+    if (!call(c, "POST", "/v1/revocations", json_pack("{s:s}", "serial", serial), NULL, 0, &r))
+        return EXIT_FAIL;
+    if (c->json) {
+        print_body(&r);
+    } else {
+        doc = json_loadb(r.body, r.body_len, 0, NULL);
+        printf("%s %s\n",
+               json_is_true(json_object_get(doc, "already_revoked")) ? "already revoked:"
+                                                                     : "revoked:",
+               sval(doc, "serial"));
+        json_decref(doc);
+    }
+    cp_httpc_response_done(&r);
+    return 0;
+}
+
+static int cmd_service_add(const struct ctl *c, const char *addr, const char *id)
+{
+    struct cp_httpc_response r;
+
+    if (!call(c, "POST", "/v1/services", json_pack("{s:s,s:s}", "address", addr, "spiffe_id", id),
+              NULL, 0, &r))
+        return EXIT_FAIL;
+    if (c->json)
+        print_body(&r);
+    else
+        printf("service %s -> %s\n", addr, id);
+    cp_httpc_response_done(&r);
+    return 0;
+}
+
+static int cmd_service_remove(const struct ctl *c, const char *addr)
+{
+    struct cp_httpc_response r;
+    char path[1024];
+    size_t o;
+
+    o = (size_t)snprintf(path, sizeof(path), "/v1/services?address=");
+    for (const char *p = addr; *p && o + 4 < sizeof(path); p++) {
+        unsigned char ch = (unsigned char)*p;
+
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '.' || ch == '-' || ch == '_')
+            path[o++] = (char)ch;
+        else
+            o += (size_t)snprintf(path + o, sizeof(path) - o, "%%%02X", ch);
+    }
+    path[o] = '\0';
+    if (!call(c, "DELETE", path, NULL, NULL, 0, &r))
+        return EXIT_FAIL;
+    if (c->json)
+        print_body(&r);
+    else
+        printf("service %s removed\n", addr);
+    cp_httpc_response_done(&r);
+    return 0;
+}
+
+/* Checks that a command got exactly `want` arguments. */
+static bool nargs(int argc, int want, const char *cmd, int *rc)
+{
+    if (argc == want)
+        return true;
+    if (argc < want)
+        *rc = usage_error("%s: missing argument", cmd);
+    else
+        *rc = usage_error("%s: too many arguments", cmd);
+    return false;
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl c = {.api = getenv("TETHER_API")};
+    char **rest = calloc((size_t)argc + 1, sizeof(*rest));
+    int n = 0, rc = EXIT_USAGE;
+    const char *cmd, *sub;
+
+    if (rest == NULL)
+        return EXIT_FAIL;
+    if (c.api == NULL || c.api[0] == '\0')
+        c.api = DEFAULT_API;
+    /* Global options anywhere before "--"; everything else is the command. */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(usage, stdout);
+            free(rest);
+            return 0;
+        } else if (strcmp(a, "--json") == 0) {
+            c.json = true;
+        } else if (strcmp(a, "--api") == 0) {
+            if (i + 1 >= argc) {
+                free(rest);
+                return usage_error("%s needs a URL", a);
+            }
+            c.api = argv[++i];
+        } else if (strncmp(a, "--api=", 6) == 0) {
+            c.api = a + 6;
+        } else {
+            rest[n++] = argv[i];
+        }
+    }
+    if (n == 0) {
+        fputs(usage, stderr);
+        free(rest);
+        return EXIT_USAGE;
+    }
+    cmd = rest[0];
+    sub = n > 1 ? rest[1] : NULL;
+    if (strcmp(cmd, "token") == 0 && sub && strcmp(sub, "create") == 0) {
+        rc = cmd_token_create(&c, n - 2, rest + 2);
+    } else if (strcmp(cmd, "token") == 0 && sub && strcmp(sub, "list") == 0) {
+        if (nargs(n, 2, "token list", &rc))
+            rc = list(&c, "/v1/tokens", "tokens", tokens_header, tokens_row);
+    } else if (strcmp(cmd, "policy") == 0 && sub && strcmp(sub, "set") == 0) {
+        if (nargs(n, 3, "policy set FILE", &rc))
+            rc = cmd_policy_set(&c, rest[2]);
+    } else if (strcmp(cmd, "policy") == 0 && sub && strcmp(sub, "get") == 0) {
+        if (nargs(n, 2, "policy get", &rc))
+            rc = cmd_get_raw(&c, "/v1/policy");
+    } else if (strcmp(cmd, "bundle") == 0 && sub && strcmp(sub, "get") == 0) {
+        if (nargs(n, 2, "bundle get", &rc))
+            rc = cmd_get_raw(&c, "/v1/bundle");
+    } else if (strcmp(cmd, "revoke") == 0) {
+        if (nargs(n, 2, "revoke SERIAL", &rc))
+            rc = cmd_revoke(&c, rest[1]);
+    } else if (strcmp(cmd, "revocations") == 0) {
+        if (nargs(n, 1, "revocations", &rc))
+            rc = list(&c, "/v1/revocations", "revocations", revocations_header, revocations_row);
+    } else if (strcmp(cmd, "identities") == 0) {
+        if (nargs(n, 1, "identities", &rc))
+            rc = list(&c, "/v1/identities", "identities", identities_header, identities_row);
+    } else if (strcmp(cmd, "service") == 0 && sub && strcmp(sub, "add") == 0) {
+        if (nargs(n, 4, "service add ADDR:PORT SPIFFE_ID", &rc))
+            rc = cmd_service_add(&c, rest[2], rest[3]);
+    } else if (strcmp(cmd, "service") == 0 && sub && strcmp(sub, "remove") == 0) {
+        if (nargs(n, 3, "service remove ADDR:PORT", &rc))
+            rc = cmd_service_remove(&c, rest[2]);
+    } else if (strcmp(cmd, "service") == 0 && sub && strcmp(sub, "list") == 0) {
+        if (nargs(n, 2, "service list", &rc))
+            rc = list(&c, "/v1/services", "services", services_header, services_row);
+    } else if (strcmp(cmd, "sidecars") == 0) {
+        if (nargs(n, 1, "sidecars", &rc))
+            rc = list(&c, "/v1/sidecars", "sidecars", sidecars_header, sidecars_row);
+    } else if (strcmp(cmd, "stats") == 0) {
+        if (nargs(n, 1, "stats", &rc))
+            rc = cmd_get_raw(&c, "/stats");
+    } else {
+        char what[256];
+
+        snprintf(what, sizeof(what), "%s%s%s", cmd, sub ? " " : "", sub ? sub : "");
+        rc = usage_error("unknown command: %s", what);
+    }
+    free(rest);
+    return rc;
+}

@@ -1,0 +1,708 @@
+/* The sidecar's control-plane client (cpclient.h). One thread, blocking calls with
+ * bounded timeouts: it owns the private key, the certificate chain, the last snapshot it
+ * applied, and the gRPC channel of the Watch stream. The runtime only ever receives
+ * finished (identity, policy) pairs through tt_runtime_publish(). */
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/mem.h>
+#include <openssl/rand.h>
+
+#include "cpclient.h"
+#include "errors.h"
+#include "grpc_glue.h"
+#include "identity.h"
+#include "log.h"
+#include "policy.h"
+#include "runtime.h"
+#include "spiffe.h"
+#include "tether/v1/tether.pb-c.h"
+#include "tlspipe.h"
+#include "tls.h"
+#include "util.h"
+
+#define CP_CONNECT_TIMEOUT_MS 5000
+#define CP_HANDSHAKE_TIMEOUT_MS 5000
+#define CP_CALL_TIMEOUT_MS 10000
+#define CP_RECV_SLICE_MS 500       /* longest blocking wait: how fast stop is noticed */
+#define CP_BACKOFF_MIN_MS 500
+#define CP_BACKOFF_MAX_MS 30000    /* DESIGN.md: retries capped at 30 s ... */
+#define CP_FILE_MAX (1024 * 1024)
+#define CP_SIGN_PATH "/tether.v1.Identity/Sign"
+#define CP_WATCH_PATH "/tether.v1.Discovery/Watch"
+
+struct tt_cpclient {
+    struct tt_runtime *rt;
+    const struct tt_config *cfg;
+    pthread_t thread;
+    bool stop; /* atomic */
+
+    char control_id[TT_SPIFFE_MAX + 1]; /* the control plane's own SPIFFE ID */
+    char *control_bundle;               /* roots its certificate chains to */
+    size_t control_bundle_len;
+    struct tt_identity *anonymous;      /* trust-only identity for bootstrap */
+
+    /* Credentials: the key never leaves this struct (and the runtime's SSL_CTXs). */
+    char *key_pem;
+    size_t key_len;
+    char *chain_pem;
+    int64_t received_unix;
+    int64_t not_after;
+    int64_t renew_at;
+    uint64_t backoff_ms;
+
+    /* The last snapshot applied. */
+    uint64_t version;
+    char *mesh_bundle;       /* from Sign, then from each snapshot */
+    struct tt_policy *policy;
+    char **revoked;
+    size_t n_revoked;
+
+    /* The Watch stream and what carries it. */
+    struct tt_grpc_channel *watch_ch;
+    struct tt_grpc_client_stream *watch;
+    struct tt_tlspipe *watch_pipe;
+
+    pthread_mutex_t lock; /* guards status */
+    struct tt_cp_status status;
+};
+
+static const char *const state_names[] = {"connecting", "connected", "unreachable", "refused",
+                                          "stopped"};
+
+static bool cp_stopping(struct tt_cpclient *cp)
+{
+    return __atomic_load_n(&cp->stop, __ATOMIC_ACQUIRE);
+}
+
+static void cp_set_state(struct tt_cpclient *cp, enum tt_cp_state state, const char *error)
+{
+    pthread_mutex_lock(&cp->lock);
+    cp->status.state = state;
+    cp->status.state_name = state_names[state];
+    if (error != NULL)
+        snprintf(cp->status.last_error, sizeof(cp->status.last_error), "%.500s", error);
+    if (state == TT_CP_S_CONNECTED) {
+        cp->status.last_error[0] = '\0';
+        cp->status.last_contact_unix = tt_now_unix();
+    }
+    pthread_mutex_unlock(&cp->lock);
+}
+
+static void cp_touch(struct tt_cpclient *cp)
+{
+    pthread_mutex_lock(&cp->lock);
+    cp->status.last_contact_unix = tt_now_unix();
+    pthread_mutex_unlock(&cp->lock);
+}
+
+/* Sleeps up to ms, waking early when asked to stop. */
+static void cp_sleep(struct tt_cpclient *cp, uint64_t ms)
+{
+    while (ms > 0 && !cp_stopping(cp)) {
+        uint64_t slice = ms < 100 ? ms : 100;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)slice * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= slice;
+    }
+}
+
+/* The retry delay after a failure: doubling from CP_BACKOFF_MIN_MS, capped at a tenth of
+ * the certificate lifetime and at 30 s (DESIGN.md). */
+static uint64_t cp_next_backoff(struct tt_cpclient *cp)
+{
+    uint64_t cap = CP_BACKOFF_MAX_MS;
+    int64_t lifetime = cp->not_after - cp->received_unix;
+
+    if (cp->chain_pem != NULL && lifetime > 0 && (uint64_t)lifetime * 100 < cap)
+        cap = (uint64_t)lifetime * 100; /* a tenth, in ms */
+    if (cap < CP_BACKOFF_MIN_MS)
+        cap = CP_BACKOFF_MIN_MS;
+    uint64_t d = cp->backoff_ms == 0 ? CP_BACKOFF_MIN_MS : cp->backoff_ms * 2;
+    cp->backoff_ms = d > cap ? cap : d;
+    return cp->backoff_ms;
+}
+
+/* Opens a TLS connection to the control plane as `id` (its certificate, or none for the
+ * anonymous role) and a gRPC channel over it. The pipe handle is returned when wanted. */
+static int cp_connect(struct tt_cpclient *cp, struct tt_identity *id, enum tt_tls_role role,
+                      struct tt_grpc_channel **ch, struct tt_tlspipe **pipe, char *err,
+                      size_t errlen)
+{
+    struct tt_tls *tls;
+    int fd, app_fd, r;
+
+    r = tt_tlspipe_connect(&cp->cfg->control, CP_CONNECT_TIMEOUT_MS, &fd);
+    if (r < 0) {
+        snprintf(err, errlen, "connect %s: %s", cp->cfg->control.text, tt_strerror(r));
+        return r;
+    }
+    tls = tt_tls_new(id, role, cp->control_id);
+    if (tls == NULL) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r = tt_tlspipe_handshake(fd, tls, CP_HANDSHAKE_TIMEOUT_MS);
+    if (r < 0) {
+        snprintf(err, errlen, "TLS with %s (expecting %.200s): %s", cp->cfg->control.text,
+                 cp->control_id, tt_strerror(r));
+        tt_tls_free(tls);
+        close(fd);
+        return r;
+    }
+    r = tt_tlspipe_start(fd, tls, &app_fd, pipe);
+    if (r < 0) {
+        snprintf(err, errlen, "TLS relay: %s", tt_strerror(r));
+        return r;
+    }
+    *ch = tt_grpc_channel_new_from_fd(app_fd);
+    if (*ch == NULL) {
+        if (pipe != NULL) {
+            tt_tlspipe_close(*pipe);
+            *pipe = NULL;
+        }
+        snprintf(err, errlen, "cannot create the gRPC channel");
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Reads the join token file; a token file may end with whitespace (DESIGN.md). */
+static int cp_read_token(const char *path, char **token, char *err, size_t errlen)
+{
+    char *data;
+    size_t len;
+    int r = tt_file_read(path, 4096, &data, &len);
+
+    if (r < 0) {
+        snprintf(err, errlen, "--join-token %s: %s", path, tt_strerror(r));
+        return r;
+    }
+    while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' ' ||
+                       data[len - 1] == '\t'))
+        data[--len] = '\0';
+    if (len == 0 || strpbrk(data, " \t\r\n") != NULL) {
+        snprintf(err, errlen, "--join-token %s: expected the token alone on one line", path);
+        free(data);
+        return TT_E_CONFIG;
+    }
+    *token = data;
+    return 0;
+}
+
+/* Builds the data-plane identity from the current key, chain, mesh bundle and
+ * revocations. NULL with err set when they do not fit together. */
+static struct tt_identity *cp_build_identity(struct tt_cpclient *cp, const char *bundle,
+                                             char *err, size_t errlen)
+{
+    struct tt_identity *id =
+        tt_identity_from_pem(cp->chain_pem, strlen(cp->chain_pem), cp->key_pem, cp->key_len,
+                             bundle, strlen(bundle), "control plane", err, errlen);
+    if (id == NULL)
+        return NULL;
+    if (tt_identity_set_revoked(id, (const char *const *)cp->revoked, cp->n_revoked) < 0) {
+        snprintf(err, errlen, "out of memory");
+        tt_identity_unref(id);
+        return NULL;
+    }
+    return id;
+}
+
+/* Hands the runtime what it needs once a certificate, a bundle and a policy exist. */
+static void cp_publish(struct tt_cpclient *cp, struct tt_identity *id)
+{
+    if (cp->policy == NULL || cp->version == 0) {
+        tt_identity_unref(id); /* not ready: no snapshot applied yet */
+        return;
+    }
+    tt_runtime_publish(cp->rt, id, tt_policy_ref(cp->policy));
+}
+
+/* Schedules the renewal at half of the lifetime, with +-10% jitter (DESIGN.md). */
+static void cp_schedule_renewal(struct tt_cpclient *cp)
+{
+    int64_t lifetime = cp->not_after - cp->received_unix;
+    uint32_t rnd = 0;
+
+    RAND_bytes((uint8_t *)&rnd, sizeof(rnd));
+    int64_t jitter = lifetime > 10 ? (int64_t)(rnd % (uint32_t)(lifetime / 5 + 1)) - lifetime / 10
+                                   : 0;
+    cp->renew_at = cp->received_unix + lifetime / 2 + jitter;
+    pthread_mutex_lock(&cp->lock);
+    cp->status.next_renewal_unix = cp->renew_at;
+    pthread_mutex_unlock(&cp->lock);
+}
+
+/* Asks Identity.Sign for a certificate for a new key: with the join token the first time,
+ * with the current certificate afterwards. Returns 0 or <0 with err set. */
+static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
+{
+    Tether__V1__SignRequest req = TETHER__V1__SIGN_REQUEST__INIT;
+    Tether__V1__SignResponse *resp = NULL;
+    struct tt_grpc_channel *ch = NULL;
+    struct tt_identity *conn_id = NULL;
+    char *key_pem = NULL, *token = NULL;
+    size_t key_len = 0, csr_len = 0;
+    uint8_t *csr = NULL;
+    grpc_status_code code;
+    char details[TT_GRPC_DETAILS_MAX];
+    bool renewal = cp->chain_pem != NULL && tt_now_unix() < cp->not_after;
+    int r;
+
+    r = tt_identity_keygen(&key_pem, &key_len);
+    if (r == 0)
+        r = tt_identity_csr(key_pem, key_len, cp->cfg->spiffe_id, &csr, &csr_len);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot make a key and CSR: %s", tt_strerror(r));
+        goto out;
+    }
+    req.csr_der.data = csr;
+    req.csr_der.len = csr_len;
+    req.spiffe_id = (char *)cp->cfg->spiffe_id;
+    if (renewal) {
+        /* The proof is the current certificate, presented on the mTLS connection. */
+        conn_id = tt_identity_from_pem(cp->chain_pem, strlen(cp->chain_pem), cp->key_pem,
+                                       cp->key_len, cp->control_bundle, cp->control_bundle_len,
+                                       "current certificate", err, errlen);
+        if (conn_id == NULL) {
+            r = TT_E_IDENTITY;
+            goto out;
+        }
+        r = cp_connect(cp, conn_id, TT_TLS_CLIENT, &ch, NULL, err, errlen);
+    } else {
+        r = cp_read_token(cp->cfg->join_token_path, &token, err, errlen);
+        if (r < 0)
+            goto out;
+        req.bootstrap_token = token;
+        r = cp_connect(cp, cp->anonymous, TT_TLS_CLIENT_ANONYMOUS, &ch, NULL, err, errlen);
+    }
+    if (r < 0)
+        goto out;
+
+    r = tt_grpc_call_unary(ch, CP_SIGN_PATH, &req.base, &tether__v1__sign_response__descriptor,
+                           CP_CALL_TIMEOUT_MS, (ProtobufCMessage **)&resp, &code, details,
+                           sizeof(details));
+    if (r < 0) {
+        snprintf(err, errlen, "Identity.Sign: call failed: %s", tt_strerror(r));
+        goto out;
+    }
+    if (code != GRPC_STATUS_OK) {
+        snprintf(err, errlen, "Identity.Sign refused (%s, status %d): %s",
+                 renewal ? "renewal" : "join token", (int)code, details);
+        r = code == GRPC_STATUS_UNAVAILABLE || code == GRPC_STATUS_DEADLINE_EXCEEDED
+                ? -EAGAIN
+                : TT_E_IDENTITY;
+        goto out;
+    }
+    cp_touch(cp);
+
+    /* Check the answer before it replaces anything. */
+    struct tt_identity *check = tt_identity_from_pem(
+        resp->cert_chain_pem, strlen(resp->cert_chain_pem), key_pem, key_len,
+        resp->trust_bundle_pem, strlen(resp->trust_bundle_pem), "Identity.Sign answer", err,
+        errlen);
+    if (check == NULL) {
+        r = TT_E_IDENTITY;
+        goto out;
+    }
+    if (strcmp(tt_identity_spiffe_id(check), cp->cfg->spiffe_id) != 0) {
+        snprintf(err, errlen, "Identity.Sign answered a certificate for %s, not %s",
+                 tt_identity_spiffe_id(check), cp->cfg->spiffe_id);
+        tt_identity_unref(check);
+        r = TT_E_IDENTITY;
+        goto out;
+    }
+    const struct tt_cert_info *leaf = tt_identity_leaf(check);
+    bool first = cp->chain_pem == NULL;
+
+    if (cp->key_pem != NULL) {
+        OPENSSL_cleanse(cp->key_pem, cp->key_len);
+        free(cp->key_pem);
+    }
+    free(cp->chain_pem);
+    cp->key_pem = key_pem;
+    cp->key_len = key_len;
+    key_pem = NULL;
+    cp->chain_pem = strdup(resp->cert_chain_pem);
+    cp->received_unix = tt_now_unix();
+    cp->not_after = leaf->not_after;
+    if (cp->mesh_bundle == NULL)
+        cp->mesh_bundle = strdup(resp->trust_bundle_pem);
+    tt_log(TT_LOG_INFO, first ? "certificate_issued" : "certificate_renewed",
+           TT_LS("spiffe_id", leaf->spiffe_id), TT_LS("serial", leaf->serial),
+           TT_LI("not_after", leaf->not_after),
+           TT_LS("proof", renewal ? "current certificate" : "join token"));
+    tt_identity_unref(check);
+    if (cp->chain_pem == NULL || cp->mesh_bundle == NULL) {
+        snprintf(err, errlen, "out of memory");
+        r = -ENOMEM;
+        goto out;
+    }
+    if (!first) {
+        pthread_mutex_lock(&cp->lock);
+        cp->status.rotations++;
+        pthread_mutex_unlock(&cp->lock);
+    }
+    cp_schedule_renewal(cp);
+
+    /* New connections use the new certificate at once; live ones keep theirs. */
+    struct tt_identity *id = cp_build_identity(cp, cp->mesh_bundle, err, errlen);
+    if (id != NULL)
+        cp_publish(cp, id);
+    r = 0;
+
+out:
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    tt_grpc_channel_free(ch);
+    tt_identity_unref(conn_id);
+    if (key_pem != NULL) {
+        OPENSSL_cleanse(key_pem, key_len);
+        free(key_pem);
+    }
+    free(token);
+    OPENSSL_free(csr);
+    return r;
+}
+
+static void cp_watch_close(struct tt_cpclient *cp)
+{
+    tt_grpc_client_stream_close(cp->watch);
+    tt_grpc_channel_free(cp->watch_ch);
+    tt_tlspipe_close(cp->watch_pipe);
+    cp->watch = NULL;
+    cp->watch_ch = NULL;
+    cp->watch_pipe = NULL;
+}
+
+/* Opens Discovery.Watch with the current certificate and sends the Hello that
+ * registers this sidecar's inbound addresses. */
+static int cp_watch_open(struct tt_cpclient *cp, char *err, size_t errlen)
+{
+    Tether__V1__WatchRequest wr = TETHER__V1__WATCH_REQUEST__INIT;
+    Tether__V1__Hello hello = TETHER__V1__HELLO__INIT;
+    const struct tt_config *cfg = cp->cfg;
+    char *addrs[64];
+    char node[256];
+    struct tt_identity *id;
+    int r;
+
+    id = tt_identity_from_pem(cp->chain_pem, strlen(cp->chain_pem), cp->key_pem, cp->key_len,
+                              cp->control_bundle, cp->control_bundle_len, "current certificate",
+                              err, errlen);
+    if (id == NULL)
+        return TT_E_IDENTITY;
+    r = cp_connect(cp, id, TT_TLS_CLIENT, &cp->watch_ch, &cp->watch_pipe, err, errlen);
+    tt_identity_unref(id);
+    if (r < 0)
+        return r;
+    cp->watch = tt_grpc_client_stream_open(cp->watch_ch, CP_WATCH_PATH,
+                                           &tether__v1__snapshot__descriptor);
+    if (cp->watch == NULL) {
+        snprintf(err, errlen, "cannot open Discovery.Watch");
+        cp_watch_close(cp);
+        return -EIO;
+    }
+    for (size_t i = 0; i < cfg->n_listeners && hello.n_inbound_addresses < 64; i++) {
+        if (cfg->listeners[i].kind == TT_LISTENER_INBOUND)
+            addrs[hello.n_inbound_addresses++] = (char *)cfg->listeners[i].listen.text;
+    }
+    hello.inbound_addresses = addrs;
+    if (gethostname(node, sizeof(node)) != 0)
+        snprintf(node, sizeof(node), "unknown");
+    node[sizeof(node) - 1] = '\0';
+    hello.node = node;
+    hello.last_version = cp->version;
+    wr.kind_case = TETHER__V1__WATCH_REQUEST__KIND_HELLO;
+    wr.hello = &hello;
+    r = tt_grpc_client_stream_send(cp->watch, &wr.base, CP_CALL_TIMEOUT_MS);
+    if (r < 0) {
+        snprintf(err, errlen, "Discovery.Watch: cannot send Hello: %s", tt_strerror(r));
+        cp_watch_close(cp);
+        return r;
+    }
+    return 0;
+}
+
+static void cp_free_revoked(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
+/* Turns a pushed snapshot into a runtime snapshot. Returns 0, or <0 with the reason for
+ * the NACK in err (the last good snapshot then stays). */
+static int cp_apply(struct tt_cpclient *cp, const Tether__V1__Snapshot *snap, char *err,
+                    size_t errlen)
+{
+    char source[64];
+    struct tt_policy *policy;
+    struct tt_identity *id;
+    char **revoked, **old_revoked = cp->revoked;
+    size_t old_n = cp->n_revoked;
+
+    if (snap->version == 0) {
+        snprintf(err, errlen, "snapshot without a version");
+        return TT_E_CONFIG;
+    }
+    if (snap->trust_bundle_pem == NULL || snap->trust_bundle_pem[0] == '\0') {
+        snprintf(err, errlen, "snapshot %llu: empty trust bundle", (unsigned long long)snap->version);
+        return TT_E_CONFIG;
+    }
+    snprintf(source, sizeof(source), "snapshot %llu policy", (unsigned long long)snap->version);
+    policy = tt_policy_parse(snap->policy_json ? snap->policy_json : "",
+                             snap->policy_json ? strlen(snap->policy_json) : 0, source, err,
+                             errlen);
+    if (policy == NULL)
+        return TT_E_POLICY;
+    if (tt_policy_check_tcp_enforceable(policy, cp->cfg->spiffe_id, err, errlen) < 0) {
+        tt_policy_unref(policy);
+        return TT_E_POLICY;
+    }
+
+    revoked = snap->n_revoked_serials > 0 ? calloc(snap->n_revoked_serials, sizeof(*revoked))
+                                          : NULL;
+    if (snap->n_revoked_serials > 0 && revoked == NULL)
+        goto err_nomem;
+    for (size_t i = 0; i < snap->n_revoked_serials; i++) {
+        char norm[TT_SERIAL_MAX];
+        if (tt_serial_normalize(snap->revoked_serials[i], norm, sizeof(norm)) < 0) {
+            snprintf(err, errlen, "snapshot %llu: revoked serial \"%.64s\" is not hexadecimal",
+                     (unsigned long long)snap->version, snap->revoked_serials[i]);
+            cp_free_revoked(revoked, i);
+            tt_policy_unref(policy);
+            return TT_E_CONFIG;
+        }
+        if ((revoked[i] = strdup(norm)) == NULL) {
+            cp_free_revoked(revoked, i);
+            goto err_nomem;
+        }
+    }
+
+    /* Our own certificate must chain to the new bundle, or no peer could verify us. */
+    cp->revoked = revoked;
+    cp->n_revoked = snap->n_revoked_serials;
+    id = cp_build_identity(cp, snap->trust_bundle_pem, err, errlen);
+    if (id == NULL) {
+        cp->revoked = old_revoked;
+        cp->n_revoked = old_n;
+        cp_free_revoked(revoked, snap->n_revoked_serials);
+        tt_policy_unref(policy);
+        return TT_E_IDENTITY;
+    }
+    cp_free_revoked(old_revoked, old_n);
+    char *bundle = strdup(snap->trust_bundle_pem);
+    if (bundle != NULL) {
+        free(cp->mesh_bundle);
+        cp->mesh_bundle = bundle;
+    }
+    tt_policy_unref(cp->policy);
+    cp->policy = policy;
+    cp->version = snap->version;
+    cp_publish(cp, id);
+    tt_log(TT_LOG_INFO, "snapshot_acked", TT_LU("version", snap->version),
+           TT_LS("policy_version", tt_policy_version(policy)),
+           TT_LU("revoked", snap->n_revoked_serials), TT_LU("services", snap->n_services));
+    return 0;
+
+err_nomem:
+    tt_policy_unref(policy);
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+}
+
+/* Answers a snapshot with an ACK or a NACK. */
+static int cp_ack(struct tt_cpclient *cp, uint64_t version, bool accepted, const char *reason)
+{
+    Tether__V1__WatchRequest wr = TETHER__V1__WATCH_REQUEST__INIT;
+    Tether__V1__Ack ack = TETHER__V1__ACK__INIT;
+
+    ack.version = version;
+    ack.accepted = accepted;
+    ack.reason = (char *)(reason != NULL ? reason : "");
+    wr.kind_case = TETHER__V1__WATCH_REQUEST__KIND_ACK;
+    wr.ack = &ack;
+    pthread_mutex_lock(&cp->lock);
+    if (accepted)
+        cp->status.version_applied = version;
+    else
+        cp->status.version_refused = version;
+    pthread_mutex_unlock(&cp->lock);
+    return tt_grpc_client_stream_send(cp->watch, &wr.base, CP_CALL_TIMEOUT_MS);
+}
+
+/* One step of the Watch stream: waits for a snapshot (up to the renewal time) and
+ * answers it. Returns 0 to continue, <0 when the stream ended (err set). */
+static int cp_watch_step(struct tt_cpclient *cp, char *err, size_t errlen)
+{
+    ProtobufCMessage *msg = NULL;
+    char reason[512];
+    int r = tt_grpc_client_stream_recv(cp->watch, CP_RECV_SLICE_MS, &msg);
+
+    if (r == 0)
+        return 0;
+    if (r < 0) {
+        char details[TT_GRPC_DETAILS_MAX] = "";
+        grpc_status_code code = tt_grpc_client_stream_status(cp->watch, details, sizeof(details));
+        snprintf(err, errlen, "Discovery.Watch ended (status %d): %s", (int)code, details);
+        return -EPIPE;
+    }
+    cp_touch(cp);
+    const Tether__V1__Snapshot *snap = (const Tether__V1__Snapshot *)msg;
+    uint64_t version = snap->version;
+    r = cp_apply(cp, snap, reason, sizeof(reason));
+    protobuf_c_message_free_unpacked(msg, NULL);
+    if (r < 0)
+        tt_log(TT_LOG_WARN, "snapshot_refused", TT_LU("version", version),
+               TT_LS("reason", reason), TT_LU("keeping_version", cp->version));
+    r = cp_ack(cp, version, r == 0, r == 0 ? NULL : reason);
+    if (r < 0) {
+        snprintf(err, errlen, "Discovery.Watch: cannot send the ACK: %s", tt_strerror(r));
+        return r;
+    }
+    return 0;
+}
+
+static void *cp_main(void *arg)
+{
+    struct tt_cpclient *cp = arg;
+    char err[1024];
+    int r;
+
+    while (!cp_stopping(cp)) {
+        int64_t now = tt_now_unix();
+
+        if (cp->chain_pem == NULL || now >= cp->renew_at) {
+            r = cp_sign(cp, err, sizeof(err));
+            if (r < 0) {
+                uint64_t wait = cp_next_backoff(cp);
+                tt_log(TT_LOG_WARN, "certificate_request_failed", TT_LS("error", err),
+                       TT_LU("retry_ms", wait),
+                       TT_LI("seconds_to_expiry", cp->chain_pem ? cp->not_after - now : 0));
+                cp_set_state(cp, r == TT_E_IDENTITY ? TT_CP_S_REFUSED : TT_CP_S_UNREACHABLE, err);
+                cp_sleep(cp, wait);
+                continue;
+            }
+            cp->backoff_ms = 0;
+        }
+        if (cp->watch == NULL) {
+            r = cp_watch_open(cp, err, sizeof(err));
+            if (r < 0) {
+                uint64_t wait = cp_next_backoff(cp);
+                tt_log(TT_LOG_WARN, "control_unreachable", TT_LS("error", err),
+                       TT_LU("retry_ms", wait));
+                cp_set_state(cp, TT_CP_S_UNREACHABLE, err);
+                cp_sleep(cp, wait);
+                continue;
+            }
+            cp->backoff_ms = 0;
+            cp_set_state(cp, TT_CP_S_CONNECTED, NULL);
+            tt_log(TT_LOG_INFO, "control_connected", TT_LS("control", cp->cfg->control.text),
+                   TT_LU("version", cp->version));
+        }
+        r = cp_watch_step(cp, err, sizeof(err));
+        if (r < 0) {
+            cp_watch_close(cp);
+            cp_set_state(cp, TT_CP_S_UNREACHABLE, err);
+            tt_log(TT_LOG_WARN, "control_disconnected", TT_LS("error", err));
+            cp_sleep(cp, cp_next_backoff(cp));
+        }
+    }
+    cp_watch_close(cp);
+    cp_set_state(cp, TT_CP_S_STOPPED, NULL);
+    return NULL;
+}
+
+/* Reads the files and starts the thread (see cpclient.h). */
+struct tt_cpclient *tt_cpclient_start(struct tt_runtime *rt, char *err, size_t errlen)
+{
+    const struct tt_config *cfg = rt->cfg;
+    struct tt_cpclient *cp = calloc(1, sizeof(*cp));
+    char td[256];
+    char *token = NULL;
+    int r;
+
+    if (cp == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    cp->rt = rt;
+    cp->cfg = cfg;
+    pthread_mutex_init(&cp->lock, NULL);
+    cp->status.state = TT_CP_S_CONNECTING;
+    cp->status.state_name = state_names[TT_CP_S_CONNECTING];
+
+    if (tt_spiffe_trust_domain(cfg->spiffe_id, td, sizeof(td)) < 0) {
+        snprintf(err, errlen, "--spiffe-id %s: no trust domain", cfg->spiffe_id);
+        goto err_free;
+    }
+    snprintf(cp->control_id, sizeof(cp->control_id), "spiffe://%s/ns/tether-system/sa/tether-control",
+             td);
+    r = tt_file_read(cfg->control_bundle_path, CP_FILE_MAX, &cp->control_bundle,
+                     &cp->control_bundle_len);
+    if (r < 0) {
+        snprintf(err, errlen, "--control-bundle %s: %s", cfg->control_bundle_path,
+                 tt_strerror(r));
+        goto err_free;
+    }
+    char source[600];
+    snprintf(source, sizeof(source), "--control-bundle %s", cfg->control_bundle_path);
+    cp->anonymous = tt_identity_trust_only(cp->control_bundle, cp->control_bundle_len, source,
+                                           err, errlen);
+    if (cp->anonymous == NULL)
+        goto err_free;
+    /* Fail fast on an unreadable token: it is needed for the first certificate. */
+    if (cp_read_token(cfg->join_token_path, &token, err, errlen) < 0)
+        goto err_free;
+    OPENSSL_cleanse(token, strlen(token));
+    free(token);
+    if (pthread_create(&cp->thread, NULL, cp_main, cp) != 0) {
+        snprintf(err, errlen, "cannot start the control thread");
+        goto err_free;
+    }
+    return cp;
+
+err_free:
+    tt_identity_unref(cp->anonymous);
+    free(cp->control_bundle);
+    pthread_mutex_destroy(&cp->lock);
+    free(cp);
+    return NULL;
+}
+
+/* Stops and frees the client. */
+void tt_cpclient_stop(struct tt_cpclient *cp)
+{
+    if (cp == NULL)
+        return;
+    __atomic_store_n(&cp->stop, true, __ATOMIC_RELEASE);
+    pthread_join(cp->thread, NULL);
+    tt_identity_unref(cp->anonymous);
+    free(cp->control_bundle);
+    if (cp->key_pem != NULL) {
+        OPENSSL_cleanse(cp->key_pem, cp->key_len);
+        free(cp->key_pem);
+    }
+    free(cp->chain_pem);
+    free(cp->mesh_bundle);
+    tt_policy_unref(cp->policy);
+    cp_free_revoked(cp->revoked, cp->n_revoked);
+    pthread_mutex_destroy(&cp->lock);
+    free(cp);
+}
+
+/* Copies the status under the lock. */
+void tt_cpclient_status(struct tt_cpclient *cp, struct tt_cp_status *out)
+{
+    pthread_mutex_lock(&cp->lock);
+    *out = cp->status;
+    pthread_mutex_unlock(&cp->lock);
+}

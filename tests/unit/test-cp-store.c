@@ -1,0 +1,580 @@
+/* Unit tests for control/store.c: persistence across reload, corrupt files refused with
+ * a message and left untouched, atomic writes, tokens, serials, services, policy, the
+ * version and its change callback, the sidecar registry and counters. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "errors.h"
+#include "store.h"
+#include "util.h"
+
+#define ID_A "spiffe://example.org/ns/shop/sa/web"
+#define ID_B "spiffe://example.org/ns/shop/sa/api"
+#define POLICY_OK                                                                                  \
+    "{\"default\": \"deny\", \"rules\": [{\"name\": \"r1\", \"action\": \"allow\", \"from\": "     \
+    "[\"" ID_A "\"], \"ports\": [8080]}]}"
+
+static char *make_tmpdir(void)
+{
+    char tmpl[] = "/tmp/test-cp-store-XXXXXX";
+    char *d = mkdtemp(tmpl);
+
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static void rm_rf(const char *dir)
+{
+    char cmd[512];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static struct cp_store *open_ok(const char *dir)
+{
+    char err[512] = "";
+    struct cp_store *s = cp_store_open(dir, err, sizeof(err));
+
+    if (s == NULL)
+        fail_msg("cp_store_open: %s", err);
+    return s;
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *read_file(const char *dir, const char *name)
+{
+    char path[512];
+    char *data = NULL;
+    size_t len;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (tt_file_read(path, 1 << 20, &data, &len) != 0)
+        return NULL;
+    return data;
+}
+
+/* ---- serials ---- */
+
+static void test_store_serial_normalization(void **state)
+{
+    char out[CP_SERIAL_MAX];
+
+    assert_int_equal(cp_serial_normalize("0a:1B:2c", out, sizeof(out)), 0);
+    assert_string_equal(out, "A1B2C");
+    assert_int_equal(cp_serial_normalize("00000A1B2C", out, sizeof(out)), 0);
+    assert_string_equal(out, "A1B2C");
+    assert_int_equal(cp_serial_normalize("0x0a1b2c", out, sizeof(out)), 0);
+    assert_string_equal(out, "A1B2C");
+    assert_int_equal(cp_serial_normalize("a1b2c\n", out, sizeof(out)), 0);
+    assert_string_equal(out, "A1B2C");
+    assert_int_equal(cp_serial_normalize("00:00", out, sizeof(out)), 0);
+    assert_string_equal(out, "0");
+    assert_int_equal(cp_serial_normalize("", out, sizeof(out)), -EINVAL);
+    assert_int_equal(cp_serial_normalize(":0a", out, sizeof(out)), -EINVAL);
+    assert_int_equal(cp_serial_normalize("0a::1b", out, sizeof(out)), -EINVAL);
+    assert_int_equal(cp_serial_normalize("0a:", out, sizeof(out)), -EINVAL);
+    assert_int_equal(cp_serial_normalize("0g", out, sizeof(out)), -EINVAL);
+    assert_int_equal(cp_serial_normalize("12 34", out, sizeof(out)), -EINVAL);
+    assert_int_equal(cp_serial_normalize("0x", out, sizeof(out)), -EINVAL);
+    /* 41 significant digits is more than any 160-bit serial. */
+    assert_int_equal(
+        cp_serial_normalize("10000000000000000000000000000000000000000", out, sizeof(out)),
+        -EINVAL);
+    assert_int_equal(cp_serial_normalize("ABCDEF", out, 4), -ENOSPC);
+}
+
+/* ---- atomic writes ---- */
+
+static void test_store_atomic_write(void **state)
+{
+    char *dir = make_tmpdir();
+    char path[512], tmp[520];
+    struct stat st;
+    char *text;
+
+    snprintf(path, sizeof(path), "%s/f.json", dir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    assert_int_equal(cp_atomic_write(path, "one", 3, 0600), 0);
+    assert_int_equal(cp_atomic_write(path, "second", 6, 0600), 0);
+    text = read_file(dir, "f.json");
+    assert_string_equal(text, "second");
+    free(text);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_not_equal(access(tmp, F_OK), 0); /* no temporary left behind */
+    /* A failing write (no such directory) leaves nothing and says why. */
+    snprintf(path, sizeof(path), "%s/missing/f.json", dir);
+    assert_int_equal(cp_atomic_write(path, "x", 1, 0600), -ENOENT);
+    /* A stale temporary from a crash does not get in the way. */
+    snprintf(path, sizeof(path), "%s/g.json", dir);
+    write_file(dir, "g.json.tmp", "half-writ");
+    assert_int_equal(cp_atomic_write(path, "whole", 5, 0644), 0);
+    text = read_file(dir, "g.json");
+    assert_string_equal(text, "whole");
+    free(text);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* ---- persistence ---- */
+
+static void test_store_persists_across_reload(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX], err[512];
+    const char *addrs[] = {"10.0.0.9:8080"};
+    enum cp_token_err why;
+    struct cp_snapshot *snap;
+    uint64_t v;
+    char *pol;
+    json_t *j;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 2, secret, sizeof(secret), NULL), 0);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
+    assert_int_equal(cp_store_policy_set(s, POLICY_OK, strlen(POLICY_OK), err, sizeof(err)), 0);
+    assert_int_equal(cp_store_revoke(s, "0a:bc"), 0);
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
+    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, addrs, 1, err, sizeof(err)),
+                     0);
+    assert_int_equal(cp_store_issued_add(s, "00FF", ID_A, tt_now_unix() + 3600, tt_now_unix()), 0);
+    assert_int_equal(cp_store_bundle_set(s, "PEM"), 0);
+    v = cp_store_version(s);
+    assert_true(v >= 5);
+    cp_store_free(s);
+
+    s = open_ok(dir);
+    assert_int_equal(cp_store_version(s), v);
+    /* The token has one use left, and only one. */
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_USED_UP);
+    pol = cp_store_policy_get(s);
+    assert_string_equal(pol, POLICY_OK);
+    free(pol);
+    assert_true(cp_store_is_revoked(s, "ABC"));
+    assert_true(cp_store_is_revoked(s, "00:0A:BC"));
+    assert_false(cp_store_is_revoked(s, "ABD"));
+    j = cp_store_issued_json(s);
+    assert_int_equal(json_array_size(j), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(j, 0), "serial")), "FF");
+    json_decref(j);
+    snap = cp_store_snapshot(s);
+    assert_non_null(snap);
+    assert_int_equal(snap->n_services, 2);
+    assert_int_equal(snap->n_revoked, 1);
+    assert_string_equal(snap->revoked[0], "ABC");
+    assert_string_equal(snap->policy_json, POLICY_OK);
+    cp_snapshot_free(snap);
+    /* The same bundle after a restart is not a change. */
+    assert_int_equal(cp_store_bundle_set(s, "PEM"), 0);
+    assert_int_equal(cp_store_version(s), v);
+    assert_int_equal(cp_store_bundle_set(s, "PEM2"), 0);
+    assert_int_equal(cp_store_version(s), v + 1);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_store_corrupt_file_refused(void **state)
+{
+    static const char *files[] = {"tokens.json", "revocations.json", "services.json", "issued.json",
+                                  "state.json"};
+    char *dir = make_tmpdir();
+    char err[512], *after;
+    struct cp_store *s;
+    const char *bad = "{\n  \"tokens\": [\n    {,}\n  ]\n}\n";
+
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char expect[600];
+
+        write_file(dir, files[i], bad);
+        err[0] = '\0';
+        s = cp_store_open(dir, err, sizeof(err));
+        assert_null(s);
+        snprintf(expect, sizeof(expect), "%s/%s: line 3: ", dir, files[i]);
+        if (strncmp(err, expect, strlen(expect)) != 0)
+            fail_msg("expected \"%s...\", got \"%s\"", expect, err);
+        /* Never overwritten. */
+        after = read_file(dir, files[i]);
+        assert_string_equal(after, bad);
+        free(after);
+        {
+            char path[600];
+
+            snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+            unlink(path);
+        }
+    }
+    /* Well-formed JSON with a wrong field names the field. */
+    write_file(dir, "issued.json",
+               "{\"issued\": [{\"serial\": \"0A\", \"spiffe_id\": \"" ID_A
+               "\", \"not_after\": 1, \"issued_at\": 1}, {\"serial\": 5}]}");
+    assert_null(cp_store_open(dir, err, sizeof(err)));
+    assert_non_null(strstr(err, "issued.json: issued[1].serial: expected a string"));
+    unlink(strcat(strcpy((char[600]){0}, dir), "/issued.json"));
+    /* An invalid policy file stops start-up with the parser's message. */
+    write_file(dir, "policy.json", "{\"default\": \"maybe\"}");
+    assert_null(cp_store_open(dir, err, sizeof(err)));
+    assert_non_null(strstr(err, "policy.json"));
+    assert_non_null(strstr(err, "default"));
+    rm_rf(dir);
+    free(dir);
+}
+
+/* ---- tokens ---- */
+
+static void test_store_token_single_use(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX], with_nl[CP_TOKEN_SECRET_MAX + 4];
+    enum cp_token_err why;
+    char *file;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 0, secret, sizeof(secret), NULL), 0);
+    assert_int_equal(strlen(secret), 43);
+    assert_int_equal(strspn(secret, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                    "0123456789-_"),
+                     43);
+    /* Only the hash is stored. */
+    file = read_file(dir, "tokens.json");
+    assert_non_null(file);
+    assert_null(strstr(file, secret));
+    free(file);
+    /* A token file may end with whitespace. */
+    snprintf(with_nl, sizeof(with_nl), "%s \n", secret);
+    assert_int_equal(cp_store_token_consume(s, with_nl, ID_A, &why), 0);
+    assert_int_equal(why, CP_TOKEN_OK);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_USED_UP);
+    assert_string_equal(cp_token_err_name(why), "token_used_up");
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_store_token_multi_use(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX];
+    enum cp_token_err why;
+    json_t *list;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 3, secret, sizeof(secret), NULL), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_USED_UP);
+    list = cp_store_tokens_json(s);
+    assert_int_equal(json_array_size(list), 1);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 0), "uses_left")), 0);
+    assert_int_equal(strlen(json_string_value(json_object_get(json_array_get(list, 0), "id"))), 12);
+    assert_null(json_object_get(json_array_get(list, 0), "sha256"));
+    json_decref(list);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_store_token_refusals(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX], other[CP_TOKEN_SECRET_MAX];
+    enum cp_token_err why;
+    int64_t exp = 0;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 1, secret, sizeof(secret), NULL), 0);
+    /* Unknown. */
+    assert_int_equal(cp_store_token_consume(s, "nope", ID_A, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_UNKNOWN);
+    assert_string_equal(cp_token_err_name(why), "unknown_token");
+    assert_int_equal(cp_store_token_consume(s, "", ID_A, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_UNKNOWN);
+    /* Wrong identity: refused, and the use is not spent. */
+    assert_int_equal(cp_store_token_consume(s, secret, ID_B, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_MISMATCH);
+    assert_string_equal(cp_token_err_name(why), "identity_mismatch");
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
+    /* Expired: created with a 1 s lifetime, checked after it. */
+    assert_int_equal(cp_store_token_create(s, ID_A, 1000, 1, other, sizeof(other), &exp), 0);
+    assert_true(exp >= tt_now_unix() && exp <= tt_now_unix() + 1);
+    sleep(2);
+    assert_int_equal(cp_store_token_consume(s, other, ID_A, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_EXPIRED);
+    assert_string_equal(cp_token_err_name(why), "expired_token");
+    /* Bad identities cannot get a token. */
+    assert_int_equal(cp_store_token_create(s, "spiffe://x/../y", 0, 1, other, sizeof(other), NULL),
+                     TT_E_SPIFFE);
+    assert_int_equal(cp_store_token_create(s, "http://x/y", 0, 1, other, sizeof(other), NULL),
+                     TT_E_SPIFFE);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+struct race {
+    struct cp_store *s;
+    const char *secret;
+    int wins;
+};
+
+static void *race_consume(void *arg)
+{
+    struct race *r = arg;
+    enum cp_token_err why;
+
+    for (int i = 0; i < 20; i++)
+        if (cp_store_token_consume(r->s, r->secret, ID_A, &why) == 0)
+            r->wins++;
+    return NULL;
+}
+
+/* Many threads at once never spend more uses than the token has. */
+static void test_store_token_atomic(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX];
+    struct race r[4];
+    pthread_t t[4];
+    int total = 0;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 5, secret, sizeof(secret), NULL), 0);
+    for (int i = 0; i < 4; i++) {
+        r[i] = (struct race){s, secret, 0};
+        pthread_create(&t[i], NULL, race_consume, &r[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        total += r[i].wins;
+    }
+    assert_int_equal(total, 5);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* ---- policy, services, revocations, version ---- */
+
+static uint64_t last_cb_version;
+static int cb_calls;
+
+static void on_change(void *ud, uint64_t version)
+{
+    struct cp_store *s = ud;
+
+    /* Called with the lock released: reading the store here must not deadlock. */
+    assert_int_equal(cp_store_version(s), version);
+    last_cb_version = version;
+    cb_calls++;
+}
+
+static void test_store_policy_validation_and_version(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char err[512] = "";
+    const char *bad = "{\"default\": \"deny\", \"rules\": [{\"name\": \"x\", \"action\": "
+                      "\"allow\", \"from\": [\"" ID_A "\"], \"ports\": [70000]}]}";
+    uint64_t v0 = cp_store_version(s);
+
+    cp_store_set_change_cb(s, on_change, s);
+    cb_calls = 0;
+    assert_int_equal(cp_store_policy_set(s, bad, strlen(bad), err, sizeof(err)), TT_E_POLICY);
+    assert_non_null(strstr(err, "rules[0].ports[0]"));
+    assert_null(cp_store_policy_get(s));
+    assert_int_equal(access(strcat(strcpy((char[600]){0}, dir), "/policy.json"), F_OK), -1);
+    assert_int_equal(cb_calls, 0);
+    assert_int_equal(cp_store_version(s), v0);
+
+    assert_int_equal(cp_store_policy_set(s, POLICY_OK, strlen(POLICY_OK), err, sizeof(err)), 0);
+    assert_int_equal(cb_calls, 1);
+    assert_int_equal(last_cb_version, v0 + 1);
+    /* Setting the same document again is no change. */
+    assert_int_equal(cp_store_policy_set(s, POLICY_OK, strlen(POLICY_OK), err, sizeof(err)), 0);
+    assert_int_equal(cb_calls, 1);
+
+    assert_int_equal(cp_store_revoke(s, "0xABCD"), 0);
+    assert_int_equal(cb_calls, 2);
+    assert_int_equal(cp_store_revoke(s, "ab:cd"), 1); /* already */
+    assert_int_equal(cb_calls, 2);
+    assert_int_equal(cp_store_revoke(s, "zz"), -EINVAL);
+    assert_int_equal(cp_store_version(s), v0 + 2);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_store_services(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char err[512] = "";
+    const char *a1[] = {"10.0.0.1:8080", "[::1]:9090"};
+    const char *a2[] = {"10.0.0.2:8080"};
+    struct cp_snapshot *snap;
+    json_t *list;
+    uint64_t v;
+
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
+    /* Bad address, bad identity. */
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.1", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "address 10.0.0.1"));
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.1:99999", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)),
+        -EINVAL);
+    assert_int_equal(cp_store_service_add(s, "10.0.0.1:80", "spiffe://x/a/../b", CP_SOURCE_OPERATOR,
+                                          err, sizeof(err)),
+                     TT_E_SPIFFE);
+    assert_non_null(strstr(err, "spiffe_id"));
+    /* A sidecar registers; it is kept apart from the operator's entry. */
+    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, a1, 2, err, sizeof(err)), 0);
+    list = cp_store_services_json(s);
+    assert_int_equal(json_array_size(list), 3);
+    json_decref(list);
+    /* The operator's entry wins in what sidecars receive. */
+    snap = cp_store_snapshot(s);
+    assert_int_equal(snap->n_services, 2);
+    for (size_t i = 0; i < snap->n_services; i++)
+        if (strcmp(snap->services[i].address, "10.0.0.1:8080") == 0)
+            assert_string_equal(snap->services[i].spiffe_id, ID_B);
+    cp_snapshot_free(snap);
+    /* Re-registering the same set is no change; a new set replaces the old one. */
+    v = cp_store_version(s);
+    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, a1, 2, err, sizeof(err)), 0);
+    assert_int_equal(cp_store_version(s), v);
+    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, a2, 1, err, sizeof(err)), 0);
+    assert_int_equal(cp_store_version(s), v + 1);
+    list = cp_store_services_json(s);
+    assert_int_equal(json_array_size(list), 2);
+    json_decref(list);
+    /* Removing: only the operator's entry for that address. */
+    assert_int_equal(cp_store_service_remove(s, "10.0.0.2:8080", CP_SOURCE_OPERATOR), -ENOENT);
+    assert_int_equal(cp_store_service_remove(s, "10.0.0.1:8080", CP_SOURCE_OPERATOR), 0);
+    cp_store_free(s);
+    s = open_ok(dir);
+    list = cp_store_services_json(s);
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "source")),
+                        "sidecar:n1");
+    json_decref(list);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_store_sidecars_and_counters(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    json_t *list, *row, *stats;
+
+    assert_int_equal(cp_store_sidecar_seen(s, "c1", ID_A, "127.0.0.1:5000", "node-a"), 0);
+    assert_int_equal(cp_store_sidecar_seen(s, "c2", ID_B, "127.0.0.1:5001", NULL), 0);
+    cp_store_sidecar_acked(s, "c1", 7);
+    cp_store_sidecar_nacked(s, "c2", 8, "policy: rules[0]: bad");
+    cp_store_sidecar_acked(s, "nobody", 9); /* unknown ids are ignored */
+    list = cp_store_sidecars_json(s);
+    assert_int_equal(json_array_size(list), 2);
+    row = json_array_get(list, 0);
+    assert_string_equal(json_string_value(json_object_get(row, "node")), "node-a");
+    assert_int_equal(json_integer_value(json_object_get(row, "acked_version")), 7);
+    assert_true(json_is_null(json_object_get(row, "nacked_version")));
+    row = json_array_get(list, 1);
+    assert_int_equal(json_integer_value(json_object_get(row, "nacked_version")), 8);
+    assert_string_equal(json_string_value(json_object_get(row, "nack_reason")),
+                        "policy: rules[0]: bad");
+    json_decref(list);
+    cp_store_sidecar_gone(s, "c1");
+    cp_store_count_refusal(s, "unknown_token");
+    cp_store_count_refusal(s, "unknown_token");
+    cp_store_count_refusal(s, "revoked");
+    stats = cp_store_stats_json(s);
+    assert_int_equal(json_integer_value(json_object_get(stats, "sidecars_connected")), 1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(stats, "refusals"), "unknown_token")),
+        2);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(stats, "refusals"), "revoked")), 1);
+    assert_int_equal(json_integer_value(json_object_get(stats, "refusals_total")), 3);
+    json_decref(stats);
+    /* The registry is runtime only. */
+    cp_store_free(s);
+    s = open_ok(dir);
+    list = cp_store_sidecars_json(s);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_store_issued_pruned(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    int64_t now = tt_now_unix();
+    json_t *list;
+
+    assert_int_equal(cp_store_issued_add(s, "01", ID_A, now - 2 * 86400, now - 3 * 86400), 0);
+    assert_int_equal(cp_store_issued_add(s, "02", ID_A, now + 60, now), 0);
+    assert_int_equal(cp_store_issued_add(s, "zz", ID_A, now + 60, now), -EINVAL);
+    list = cp_store_issued_json(s);
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "serial")), "2");
+    json_decref(list);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_store_serial_normalization),
+        cmocka_unit_test(test_store_atomic_write),
+        cmocka_unit_test(test_store_persists_across_reload),
+        cmocka_unit_test(test_store_corrupt_file_refused),
+        cmocka_unit_test(test_store_token_single_use),
+        cmocka_unit_test(test_store_token_multi_use),
+        cmocka_unit_test(test_store_token_refusals),
+        cmocka_unit_test(test_store_token_atomic),
+        cmocka_unit_test(test_store_policy_validation_and_version),
+        cmocka_unit_test(test_store_services),
+        cmocka_unit_test(test_store_sidecars_and_counters),
+        cmocka_unit_test(test_store_issued_pruned),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,351 @@
+/* Unit tests for tetherctl: argument errors (exit 2, a message naming the problem), and
+ * the commands against a real operator API running in a thread (exit 1 with the
+ * server's message on stderr when it refuses). The binary is TETHERCTL_PATH. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "api.h"
+#include "ca.h"
+#include "errors.h"
+#include "httpc.h"
+#include "store.h"
+
+#define ID_A "spiffe://example.org/ns/shop/sa/web"
+
+struct run {
+    int status;
+    char out[16384];
+    char err[16384];
+};
+
+static void slurp(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY);
+    ssize_t n = fd >= 0 ? read(fd, buf, len - 1) : -1;
+
+    buf[n > 0 ? n : 0] = '\0';
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Runs tetherctl with argv (NULL-terminated, without argv[0]); TETHER_API unset. */
+static void run_ctl(struct run *r, const char *const *args)
+{
+    char out_path[] = "/tmp/test-cp-ctl-out-XXXXXX", err_path[] = "/tmp/test-cp-ctl-err-XXXXXX";
+    int ofd = mkstemp(out_path), efd = mkstemp(err_path);
+    const char *argv[32] = {TETHERCTL_PATH};
+    pid_t pid;
+    int st = 0;
+
+    for (size_t i = 0; args[i]; i++)
+        argv[i + 1] = args[i];
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(ofd, 1);
+        dup2(efd, 2);
+        unsetenv("TETHER_API");
+        execv(TETHERCTL_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    slurp(out_path, r->out, sizeof(r->out));
+    slurp(err_path, r->err, sizeof(r->err));
+    close(ofd);
+    close(efd);
+    unlink(out_path);
+    unlink(err_path);
+}
+
+#define RUN(r, ...) run_ctl((r), (const char *const[]){__VA_ARGS__, NULL})
+
+/* ---- argument errors (no server needed) ---- */
+
+static void test_tetherctl_usage_errors(void **state)
+{
+    struct run r;
+
+    RUN(&r, "--help");
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "token create --spiffe-id ID"));
+    assert_non_null(strstr(r.out, "service add ADDR:PORT SPIFFE_ID"));
+
+    run_ctl(&r, (const char *const[]){NULL});
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "usage:"));
+
+    RUN(&r, "frobnicate");
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "unknown command: frobnicate"));
+
+    RUN(&r, "token", "create");
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "--spiffe-id is required"));
+
+    RUN(&r, "token", "create", "--spiffe-id");
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "--spiffe-id needs a value"));
+
+    RUN(&r, "token", "create", "--spiffe-id", ID_A, "--uses", "0");
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "--uses 0"));
+
+    RUN(&r, "token", "create", "--spiffe-id", ID_A, "--uses", "3x");
+    assert_int_equal(r.status, 2);
+
+    RUN(&r, "token", "create", "--spiffe-id", ID_A, "--bogus");
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "unexpected argument --bogus"));
+
+    RUN(&r, "policy", "set");
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "policy set FILE: missing argument"));
+
+    RUN(&r, "service", "add", "10.0.0.1:80");
+    assert_int_equal(r.status, 2);
+
+    RUN(&r, "revoke", "A", "B");
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "too many arguments"));
+
+    RUN(&r, "--api");
+    assert_int_equal(r.status, 2);
+
+    RUN(&r, "--api", "ftp://x", "sidecars");
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "--api ftp://x: expected http://HOST:PORT"));
+
+    /* Nothing listens there: a clear network error, exit 1. */
+    RUN(&r, "--api", "http://127.0.0.1:1", "sidecars");
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "cannot connect to 127.0.0.1:1"));
+}
+
+static void test_tetherctl_parse_url(void **state)
+{
+    char host[64], port[8], prefix[64], err[256];
+
+    assert_int_equal(cp_httpc_parse_url("http://127.0.0.1:15014", host, sizeof(host), port,
+                                        sizeof(port), prefix, sizeof(prefix), err, sizeof(err)),
+                     0);
+    assert_string_equal(host, "127.0.0.1");
+    assert_string_equal(port, "15014");
+    assert_string_equal(prefix, "");
+    assert_int_equal(cp_httpc_parse_url("http://[::1]:99/base/", host, sizeof(host), port,
+                                        sizeof(port), prefix, sizeof(prefix), err, sizeof(err)),
+                     0);
+    assert_string_equal(host, "::1");
+    assert_string_equal(port, "99");
+    assert_string_equal(prefix, "/base");
+    assert_int_equal(cp_httpc_parse_url("http://host", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
+                     0);
+    assert_string_equal(port, "80");
+    assert_int_equal(cp_httpc_parse_url("http://host:0", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(cp_httpc_parse_url("http://host:99999", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(cp_httpc_parse_url("http://:80", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(cp_httpc_parse_url("https://h:1", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "https"));
+}
+
+/* ---- against a real API ---- */
+
+struct harness {
+    char dir[64];
+    char url[64];
+    struct cp_store *store;
+    struct cp_ca *ca;
+    struct cp_api *api;
+    uv_loop_t loop;
+    uv_async_t stop;
+    pthread_t thread;
+};
+
+static void on_stop(uv_async_t *a)
+{
+    struct harness *h = a->data;
+
+    cp_api_close(h->api);
+    uv_close((uv_handle_t *)&h->stop, NULL);
+}
+
+static void *loop_thread(void *p)
+{
+    struct harness *h = p;
+
+    uv_run(&h->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static int setup(void **state)
+{
+    struct harness *h = calloc(1, sizeof(*h));
+    struct cp_ca_opts co = {.trust_domain = "example.org"};
+    struct cp_api_opts o = {.listen = "127.0.0.1:0"};
+    char err[512] = "";
+
+    snprintf(h->dir, sizeof(h->dir), "/tmp/test-cp-ctl-XXXXXX");
+    assert_non_null(mkdtemp(h->dir));
+    h->store = cp_store_open(h->dir, err, sizeof(err));
+    assert_non_null(h->store);
+    co.state_dir = h->dir;
+    h->ca = cp_ca_open(&co, err, sizeof(err));
+    assert_non_null(h->ca);
+    assert_int_equal(uv_loop_init(&h->loop), 0);
+    assert_int_equal(uv_async_init(&h->loop, &h->stop, on_stop), 0);
+    h->stop.data = h;
+    h->api = cp_api_start(&h->loop, &o, h->store, h->ca, err, sizeof(err));
+    assert_non_null(h->api);
+    snprintf(h->url, sizeof(h->url), "http://127.0.0.1:%d", cp_api_port(h->api));
+    assert_int_equal(pthread_create(&h->thread, NULL, loop_thread, h), 0);
+    *state = h;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct harness *h = *state;
+    char cmd[128];
+
+    uv_async_send(&h->stop);
+    pthread_join(h->thread, NULL);
+    assert_int_equal(uv_loop_close(&h->loop), 0);
+    cp_ca_free(h->ca);
+    cp_store_free(h->store);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
+    assert_int_equal(system(cmd), 0);
+    free(h);
+    return 0;
+}
+
+static void test_tetherctl_commands(void **state)
+{
+    struct harness *h = *state;
+    char path[128];
+    enum cp_token_err why;
+    struct run r;
+    size_t len;
+    FILE *f;
+
+    /* token create prints the token alone on one line. */
+    RUN(&r, "--api", h->url, "token", "create", "--spiffe-id", ID_A, "--ttl", "10m", "--uses", "2");
+    assert_int_equal(r.status, 0);
+    len = strlen(r.out);
+    assert_int_equal(len, 44);
+    assert_int_equal(r.out[43], '\n');
+    r.out[43] = '\0';
+    assert_int_equal(cp_store_token_consume(h->store, r.out, ID_A, &why), 0);
+
+    /* The server's refusal, on stderr, exit 1. */
+    RUN(&r, "--api", h->url, "token", "create", "--spiffe-id", ID_A, "--ttl", "forever");
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "ttl: expected a duration"));
+    assert_non_null(strstr(r.err, "HTTP 400"));
+
+    /* policy set with an invalid document: the parser's message. */
+    snprintf(path, sizeof(path), "%s/bad-policy.json", h->dir);
+    f = fopen(path, "w");
+    fputs("{\"default\": \"deny\", \"rules\": [], \"extra\": 1}", f);
+    fclose(f);
+    RUN(&r, "--api", h->url, "policy", "set", path);
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "extra"));
+    assert_null(cp_store_policy_get(h->store));
+    RUN(&r, "--api", h->url, "policy", "set", "/nonexistent/p.json");
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "/nonexistent/p.json"));
+
+    snprintf(path, sizeof(path), "%s/policy.in.json", h->dir);
+    f = fopen(path, "w");
+    fputs("{\"default\": \"allow\", \"rules\": []}", f);
+    fclose(f);
+    RUN(&r, "--api", h->url, "policy", "set", path);
+    assert_int_equal(r.status, 0);
+    RUN(&r, "--api", h->url, "policy", "get");
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "{\"default\": \"allow\", \"rules\": []}\n");
+
+    RUN(&r, "--api", h->url, "bundle", "get");
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, cp_ca_bundle_pem(h->ca));
+
+    RUN(&r, "--api", h->url, "revoke", "0a:ff");
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "AFF"));
+    assert_true(cp_store_is_revoked(h->store, "AFF"));
+    RUN(&r, "--api", h->url, "revoke", "nothex");
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "serial"));
+
+    RUN(&r, "--api", h->url, "service", "add", "10.1.2.3:8080", ID_A);
+    assert_int_equal(r.status, 0);
+    RUN(&r, "--api", h->url, "service", "add", "10.1.2.3", ID_A);
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "address 10.1.2.3"));
+    RUN(&r, "--api", h->url, "service", "list");
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "ADDRESS"));
+    assert_non_null(strstr(r.out, "10.1.2.3:8080"));
+    assert_non_null(strstr(r.out, ID_A));
+    RUN(&r, "--api", h->url, "--json", "service", "list");
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "\"services\""));
+
+    assert_int_equal(cp_store_sidecar_seen(h->store, "x", ID_A, "127.0.0.1:3333", "node-7"), 0);
+    cp_store_sidecar_nacked(h->store, "x", 4, "cannot apply policy");
+    RUN(&r, "--api", h->url, "sidecars");
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "node-7"));
+    assert_non_null(strstr(r.out, "cannot apply policy"));
+
+    /* TETHER_API is honoured when --api is absent. */
+    setenv("TETHER_API", h->url, 1);
+    {
+        pid_t pid = fork();
+        int st;
+
+        if (pid == 0) {
+            int devnull = open("/dev/null", O_WRONLY);
+
+            dup2(devnull, 1);
+            execl(TETHERCTL_PATH, TETHERCTL_PATH, "sidecars", (char *)NULL);
+            _exit(127);
+        }
+        assert_int_equal(waitpid(pid, &st, 0), pid);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    unsetenv("TETHER_API");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tetherctl_usage_errors),
+        cmocka_unit_test(test_tetherctl_parse_url),
+        cmocka_unit_test_setup_teardown(test_tetherctl_commands, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
