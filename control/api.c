@@ -9,8 +9,10 @@
 #include <http_parser.h>
 #include <jansson.h>
 #include <netinet/in.h>
+#include <openssl/base64.h>
 
 #include "api.h"
+#include "util.h"
 #include "errors.h"
 #include "httpd.h"
 #include "log.h"
@@ -326,7 +328,7 @@ static void post_revocation(struct cp_api *api, const struct tt_httpd_request *r
     serial = need_str(doc, "serial", resp);
     if (serial == NULL)
         goto out;
-    if (cp_serial_normalize(serial, norm, sizeof(norm)) != 0) {
+    if (tt_serial_normalize(serial, norm, sizeof(norm)) != 0) {
         reply_error(resp, 400,
                     "serial: expected a hexadecimal serial number (e.g. 0A:1B:2C or "
                     "0a1b2c)");
@@ -436,6 +438,82 @@ static void get_stats(struct cp_api *api, const struct tt_httpd_request *rq,
 typedef void (*route_fn)(struct cp_api *api, const struct tt_httpd_request *rq,
                          struct tt_httpd_response *resp);
 
+/* POST /v1/admin-certs: signs the CSR of an operator who is on the control host (the
+ * loopback API) for one of the admin identities, so that they can administer from
+ * elsewhere over mTLS. The key never leaves the operator's side. Recorded as any issued
+ * certificate, hence revocable. Refused over mTLS: a remote admin does not mint admins. */
+static void post_admin_cert(struct cp_api *api, const struct tt_httpd_request *rq,
+                            struct tt_httpd_response *resp)
+{
+    static const char *const keys[] = {"csr", "spiffe_id", "ttl", NULL};
+    struct cp_ca_cert cert = {0};
+    const char *csr_b64, *id;
+    uint8_t *der = NULL;
+    size_t der_len = 0, max;
+    uint64_t ttl_ms = 0;
+    char err[512];
+    json_t *doc, *v;
+    int rc;
+
+    if (api->mtls) {
+        reply_error(resp, 403, "admin certificates are issued only on the loopback API");
+        return;
+    }
+    if (api->ca == NULL) {
+        reply_error(resp, 503, "no CA");
+        return;
+    }
+    doc = parse_body(rq, keys, resp);
+    if (doc == NULL)
+        return;
+    csr_b64 = need_str(doc, "csr", resp);
+    if (csr_b64 == NULL)
+        goto out;
+    v = json_object_get(doc, "spiffe_id");
+    if (v != NULL && !json_is_string(v)) {
+        reply_error(resp, 400, "spiffe_id: expected a string");
+        goto out;
+    }
+    id = v != NULL ? json_string_value(v) : api->admin_ids[0];
+    if (id == NULL || !cp_api_admin_allowed(api, id)) {
+        snprintf(err, sizeof(err),
+                 "spiffe_id: %.300s is not an admin identity (see tether-control --admin-id)",
+                 id ? id : "(none)");
+        reply_error(resp, 400, err);
+        goto out;
+    }
+    v = json_object_get(doc, "ttl");
+    if (v != NULL && (!json_is_string(v) || tt_duration_parse(json_string_value(v), &ttl_ms) != 0 ||
+                      ttl_ms == 0)) {
+        reply_error(resp, 400, "ttl: expected a duration such as \"10m\", \"1h\" or \"1h30m\"");
+        goto out;
+    }
+    if (EVP_DecodedLength(&max, strlen(csr_b64)) == 0 || (der = malloc(max + 1)) == NULL ||
+        EVP_DecodeBase64(der, &der_len, max, (const uint8_t *)csr_b64, strlen(csr_b64)) == 0) {
+        reply_error(resp, 400, "csr: expected base64 of a DER PKCS#10 request");
+        goto out;
+    }
+    rc = cp_ca_sign_csr(api->ca, der, der_len, id, ttl_ms, &cert, err, sizeof(err));
+    if (rc < 0) {
+        reply_error(resp, rc == CP_CA_E_INTERNAL ? 500 : 400, err);
+        goto out;
+    }
+    if (cp_store_issued_add(api->store, cert.serial, id, cert.not_after, tt_now_unix()) < 0) {
+        reply_error(resp, 500, "saving the issued-certificate record failed");
+        goto out;
+    }
+    tt_log(TT_LOG_INFO, "admin_certificate_issued", TT_LS("spiffe_id", id),
+           TT_LS("serial", cert.serial), TT_LI("not_after", cert.not_after));
+    reply_json(resp, 201,
+               json_pack("{s:s,s:s,s:I,s:s,s:s}", "spiffe_id", id, "serial", cert.serial,
+                         "not_after_unix", (json_int_t)cert.not_after, "cert_chain_pem",
+                         cert.chain_pem, "bundle_pem", cp_ca_bundle_pem(api->ca)));
+out:
+    cp_ca_cert_done(&cert);
+    free(der);
+    json_decref(doc);
+}
+
 static const struct route {
     const char *path;
     int method;
@@ -453,6 +531,7 @@ static const struct route {
     {"/v1/services", HTTP_GET, get_services},
     {"/v1/bundle", HTTP_GET, get_bundle},
     {"/v1/sidecars", HTTP_GET, get_sidecars},
+    {"/v1/admin-certs", HTTP_POST, post_admin_cert},
     {"/stats", HTTP_GET, get_stats},
 };
 
@@ -464,9 +543,18 @@ static void on_request(void *ud, const struct tt_httpd_request *rq, struct tt_ht
     char allow[128] = "";
 
     if (api->mtls && !cp_api_admin_allowed(api, rq->peer_identity)) {
+        char msg[TT_SPIFFE_MAX + 128];
+
         tt_log(TT_LOG_WARN, "api_forbidden", TT_LS("peer", rq->peer_identity),
                TT_LS("path", rq->path));
-        reply_error(resp, 403, "an admin identity is required");
+        if (rq->peer_identity == NULL || rq->peer_identity[0] == '\0')
+            snprintf(msg, sizeof(msg), "an admin identity is required (no client certificate)");
+        else
+            snprintf(msg, sizeof(msg),
+                     "an admin identity is required: %.*s is not one (see tether-control "
+                     "--admin-id)",
+                     TT_SPIFFE_MAX, rq->peer_identity);
+        reply_error(resp, 403, msg);
         return;
     }
     for (size_t i = 0; i < TT_ARRAY_SIZE(routes); i++) {

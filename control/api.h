@@ -15,19 +15,25 @@
  *   GET  /v1/services                {"services": [...]}
  *   GET  /v1/bundle                  the roots, PEM, text/plain
  *   GET  /v1/sidecars                {"sidecars": [...]}
+ *   POST /v1/admin-certs             {"csr": base64 DER PKCS#10, "spiffe_id"?: an admin
+ *                                    identity (default the first), "ttl"?} -> 201
+ *                                    {"spiffe_id", "serial", "not_after_unix",
+ *                                    "cert_chain_pem", "bundle_pem"}; loopback API only
+ *                                    (403 over mTLS): bootstraps remote admin access
  *   GET  /stats                      counters: refusals by reason, issued, sidecars...
  *
- * Errors are {"error": "..."} with 400 (bad input; unknown JSON keys are named), 404,
- * 405 (with Allow), 413 (bodies over 1 MiB), 500.
+ * Errors are {"error": "..."} with 400 (bad input; unknown JSON keys are named), 403
+ * (mTLS without an admin identity: the message names the peer's identity), 404, 405
+ * (with Allow), 413 (bodies over 1 MiB), 500, 503 (no CA).
  *
  * Transport security. Plaintext is served only on a loopback address. Any other
  * address needs mutual TLS with an admin identity, and TLS termination is NOT done
- * here: the process that owns the TLS bridge (tether-control's main, the lead's part)
- * terminates mTLS itself and hands each plaintext connection to cp_api_adopt_fd() with
- * the client's verified SPIFFE ID; the API then answers only when
- * cp_api_admin_allowed() says yes. cp_api_start() refuses a non-loopback address
- * unless the caller declares that bridge wired (opts->mtls), so the API is never
- * exposed in plaintext by accident. */
+ * here: tether-control's main terminates mTLS (a cp_tls_acceptor, tls_acceptor.h) and
+ * hands each plaintext connection to cp_api_adopt_fd() with the client's verified
+ * SPIFFE ID on the loop thread; the API then answers only when cp_api_admin_allowed()
+ * says yes. cp_api_start() refuses a non-loopback address unless the caller declares
+ * that bridge wired (opts->mtls), so the API is never exposed in plaintext by
+ * accident. */
 #ifndef CP_API_H
 #define CP_API_H
 

@@ -250,7 +250,7 @@ static int set_random_serial(X509 *x, char *out, size_t outlen)
     BN_free(bn);
     for (size_t i = 0; i < sizeof(bytes); i++)
         snprintf(hex + 2 * i, 3, "%02X", bytes[i]);
-    return ok && cp_serial_normalize(hex, out, outlen) == 0;
+    return ok && tt_serial_normalize(hex, out, outlen) == 0;
 }
 
 static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)

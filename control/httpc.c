@@ -1,5 +1,6 @@
-/* tetherctl's blocking HTTP/1.1 client (see httpc.h). */
+/* tetherctl's blocking HTTP/1.1 client, plain or over mTLS (see httpc.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -13,7 +14,13 @@
 
 #include <http_parser.h>
 
+#include "errors.h"
 #include "httpc.h"
+#include "identity.h"
+#include "spiffe.h"
+#include "tls.h"
+#include "tlspipe.h"
+#include "util.h"
 
 int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, size_t portlen,
                        char *prefix, size_t prefixlen, char *err, size_t errlen)
@@ -21,16 +28,13 @@ int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, 
     const char *p, *hend, *pstart, *slash;
     size_t n;
 
-    if (strncmp(url, "https://", 8) == 0) {
-        snprintf(err, errlen, "--api %s: https is not supported yet (use the loopback http URL)",
-                 url);
+    bool https = cp_httpc_url_is_https(url);
+
+    if (!https && strncmp(url, "http://", 7) != 0) {
+        snprintf(err, errlen, "--api %s: expected http://HOST:PORT or https://HOST:PORT", url);
         return -EINVAL;
     }
-    if (strncmp(url, "http://", 7) != 0) {
-        snprintf(err, errlen, "--api %s: expected http://HOST:PORT", url);
-        return -EINVAL;
-    }
-    p = url + 7;
+    p = url + (https ? 8 : 7);
     slash = strchr(p, '/');
     if (*p == '[') {
         hend = strchr(p, ']');
@@ -66,7 +70,7 @@ int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, 
             goto bad;
         pstart = pe;
     } else if (*pstart == '\0' || *pstart == '/') {
-        snprintf(port, portlen, "80");
+        snprintf(port, portlen, "%s", https ? "443" : "80");
     } else {
         goto bad;
     }
@@ -80,8 +84,13 @@ int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, 
     prefix[n] = '\0';
     return 0;
 bad:
-    snprintf(err, errlen, "--api %s: expected http://HOST:PORT", url);
+    snprintf(err, errlen, "--api %s: expected %s://HOST:PORT", url, https ? "https" : "http");
     return -EINVAL;
+}
+
+bool cp_httpc_url_is_https(const char *url)
+{
+    return strncmp(url, "https://", 8) == 0;
 }
 
 /* ---- response parsing ---- */
@@ -252,30 +261,23 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-int cp_httpc_request(const char *base_url, const char *method, const char *path, const char *ctype,
-                     const char *body, size_t body_len, int timeout_ms,
-                     struct cp_httpc_response *out, char *err, size_t errlen)
+int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const char *prefix,
+                        const char *method, const char *path, const char *ctype, const char *body,
+                        size_t body_len, struct cp_httpc_response *out, char *err, size_t errlen)
 {
-    char host[256], port[8], prefix[512], head[2048], buf[16384];
+    char head[2048], buf[16384];
     struct rctx r = {.out = out, .head = strcmp(method, "HEAD") == 0};
     http_parser parser;
-    int fd, rc, n;
+    size_t total = 0;
+    int rc, n;
 
     memset(out, 0, sizeof(*out));
-    rc = cp_httpc_parse_url(base_url, host, sizeof(host), port, sizeof(port), prefix,
-                            sizeof(prefix), err, errlen);
-    if (rc != 0)
-        return rc;
-    fd = connect_to(host, port, timeout_ms, err, errlen);
-    if (fd < 0)
-        return fd;
     n = snprintf(head, sizeof(head),
-                 "%s %s%s HTTP/1.1\r\nHost: %s%s%s:%s\r\nUser-Agent: tetherctl\r\n"
+                 "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tetherctl\r\n"
                  "Accept: application/json, text/plain\r\nConnection: close\r\n"
                  "%s%s%sContent-Length: %zu\r\n\r\n",
-                 method, prefix, path, strchr(host, ':') ? "[" : "", host,
-                 strchr(host, ':') ? "]" : "", port, ctype ? "Content-Type: " : "",
-                 ctype ? ctype : "", ctype ? "\r\n" : "", body_len);
+                 method, prefix, path, host_hdr, ctype ? "Content-Type: " : "", ctype ? ctype : "",
+                 ctype ? "\r\n" : "", body_len);
     if (n < 0 || (size_t)n >= sizeof(head)) {
         snprintf(err, errlen, "request too long");
         rc = -EINVAL;
@@ -285,7 +287,7 @@ int cp_httpc_request(const char *base_url, const char *method, const char *path,
     if (rc == 0 && body_len)
         rc = write_all(fd, body, body_len);
     if (rc != 0) {
-        snprintf(err, errlen, "sending to %s:%s: %s", host, port, strerror(-rc));
+        snprintf(err, errlen, "sending to %s: %s", where, strerror(-rc));
         goto out;
     }
     http_parser_init(&parser, HTTP_RESPONSE);
@@ -298,20 +300,21 @@ int cp_httpc_request(const char *base_url, const char *method, const char *path,
             continue;
         if (got < 0) {
             rc = -errno;
-            snprintf(err, errlen, "reading from %s:%s: %s", host, port,
+            snprintf(err, errlen, "reading from %s: %s", where,
                      errno == EAGAIN ? "timed out" : strerror(errno));
             goto out;
         }
+        total += (size_t)got;
         used = http_parser_execute(&parser, &settings, buf, (size_t)got);
         if (r.too_big) {
-            snprintf(err, errlen, "response from %s:%s too large", host, port);
+            snprintf(err, errlen, "response from %s too large", where);
             rc = -EFBIG;
             goto out;
         }
         if (HTTP_PARSER_ERRNO(&parser) != HPE_OK || used != (size_t)got) {
             if (r.done)
                 break;
-            snprintf(err, errlen, "bad HTTP response from %s:%s (%s)", host, port,
+            snprintf(err, errlen, "bad HTTP response from %s (%s)", where,
                      http_errno_description(HTTP_PARSER_ERRNO(&parser)));
             rc = -EPROTO;
             goto out;
@@ -320,8 +323,9 @@ int cp_httpc_request(const char *base_url, const char *method, const char *path,
             break;
     }
     if (!r.done) {
-        snprintf(err, errlen, "%s:%s closed the connection before a complete response", host, port);
-        rc = -EPROTO;
+        snprintf(err, errlen, "%s closed the connection before a complete response%s", where,
+                 total == 0 ? " (nothing was answered)" : "");
+        rc = total == 0 ? -ECONNRESET : -EPROTO;
         goto out;
     }
     out->status = parser.status_code;
@@ -335,10 +339,155 @@ int cp_httpc_request(const char *base_url, const char *method, const char *path,
     }
     rc = 0;
 out:
-    close(fd);
     if (rc != 0)
         cp_httpc_response_done(out);
     return rc;
+}
+
+/* Blocking I/O with timeouts on fd (the plaintext end of a tlspipe is non-blocking). */
+static void set_blocking_timeouts(int fd, int timeout_ms)
+{
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    int fl = fcntl(fd, F_GETFL);
+
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+/* TLS to host:port with the operator's certificate; on success *app_fd is the plaintext
+ * end and *pipe the relay's handle. */
+static int tls_connect(const char *host, const char *port, const struct cp_httpc_tls *t,
+                       int timeout_ms, int *app_fd, struct tt_tlspipe **pipe, char *err,
+                       size_t errlen)
+{
+    char addr_text[300], td[256], expected[TT_SPIFFE_MAX + 1], ierr[512];
+    struct tt_identity *id;
+    struct tt_tls *tls = NULL;
+    struct tt_addr addr;
+    int fd = -1, rc;
+
+    if (t == NULL || t->cert_file == NULL || t->key_file == NULL || t->cacert_file == NULL ||
+        !t->cert_file[0] || !t->key_file[0] || !t->cacert_file[0]) {
+        snprintf(err, errlen, "https:// needs --cert, --key and --cacert");
+        return -EINVAL;
+    }
+    id = tt_identity_load(t->cert_file, t->key_file, t->cacert_file, ierr, sizeof(ierr));
+    if (id == NULL) {
+        snprintf(err, errlen, "%s", ierr);
+        return -EINVAL;
+    }
+    if (tt_spiffe_trust_domain(tt_identity_spiffe_id(id), td, sizeof(td)) != 0) {
+        snprintf(err, errlen, "%s: the certificate has no SPIFFE ID", t->cert_file);
+        rc = -EINVAL;
+        goto out;
+    }
+    snprintf(expected, sizeof(expected), "spiffe://%s/ns/tether-system/sa/tether-control", td);
+    snprintf(addr_text, sizeof(addr_text), "%s%s%s:%s", strchr(host, ':') ? "[" : "", host,
+             strchr(host, ':') ? "]" : "", port);
+    rc = tt_addr_parse(addr_text, 0, &addr);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s", addr_text);
+        rc = -ENOENT;
+        goto out;
+    }
+    rc = tt_tlspipe_connect(&addr, (uint64_t)timeout_ms, &fd);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot connect to %s: %s", addr_text,
+                 rc == -ETIMEDOUT ? "timed out" : strerror(-rc));
+        goto out;
+    }
+    tls = tt_tls_new(id, TT_TLS_CLIENT, expected);
+    if (tls == NULL) {
+        snprintf(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = tt_tlspipe_handshake(fd, tls, (uint64_t)timeout_ms);
+    if (rc != 0) {
+        const char *peer = tt_tls_peer_id(tls);
+
+        snprintf(err, errlen, "TLS handshake with %s failed: %s%s%s%s", addr_text, tt_strerror(rc),
+                 peer[0] ? " (server presented " : "", peer, peer[0] ? ")" : "");
+        goto out;
+    }
+    rc = tt_tlspipe_start(fd, tls, app_fd, pipe); /* owns fd and tls from here */
+    fd = -1;
+    tls = NULL;
+    if (rc != 0)
+        snprintf(err, errlen, "TLS with %s: %s", addr_text, tt_strerror(rc));
+out:
+    tt_tls_free(tls);
+    if (fd >= 0)
+        close(fd);
+    tt_identity_unref(id);
+    return rc;
+}
+
+/* Closes the plaintext end and lets the relay send its close_notify and end (bounded). */
+static void tls_finish(int app_fd, struct tt_tlspipe *pipe)
+{
+    close(app_fd);
+    for (int i = 0; i < 1000 && tt_tlspipe_running(pipe); i++)
+        usleep(1000);
+    tt_tlspipe_close(pipe);
+}
+
+int cp_httpc_call(const char *base_url, const struct cp_httpc_tls *tls, const char *method,
+                  const char *path, const char *ctype, const char *body, size_t body_len,
+                  int timeout_ms, struct cp_httpc_response *out, char *err, size_t errlen)
+{
+    char host[256], port[8], prefix[512], host_hdr[300], where[300];
+    struct tt_tlspipe *pipe = NULL;
+    bool https = cp_httpc_url_is_https(base_url);
+    int fd, rc;
+
+    memset(out, 0, sizeof(*out));
+    rc = cp_httpc_parse_url(base_url, host, sizeof(host), port, sizeof(port), prefix,
+                            sizeof(prefix), err, errlen);
+    if (rc != 0)
+        return rc;
+    snprintf(host_hdr, sizeof(host_hdr), "%s%s%s:%s", strchr(host, ':') ? "[" : "", host,
+             strchr(host, ':') ? "]" : "", port);
+    snprintf(where, sizeof(where), "%s:%s", host, port);
+    if (https) {
+        rc = tls_connect(host, port, tls, timeout_ms, &fd, &pipe, err, errlen);
+        if (rc != 0)
+            return rc;
+        set_blocking_timeouts(fd, timeout_ms);
+    } else {
+        fd = connect_to(host, port, timeout_ms, err, errlen);
+        if (fd < 0)
+            return fd;
+    }
+    rc = cp_httpc_request_fd(fd, where, host_hdr, prefix, method, path, ctype, body, body_len, out,
+                             err, errlen);
+    if (rc == -ECONNRESET && https) {
+        /* TLS 1.3: the server checks our certificate after our side of the handshake. */
+        snprintf(err, errlen,
+                 "%s closed the TLS connection without answering: the client certificate "
+                 "was refused (it must chain to the control plane's bundle and not be revoked)",
+                 where);
+    } else if (rc == -ECONNRESET) {
+        size_t len = strlen(err);
+
+        snprintf(err + len, errlen > len ? errlen - len : 0,
+                 "; off loopback the API serves only https:// (mTLS)");
+    }
+    if (https)
+        tls_finish(fd, pipe);
+    else
+        close(fd);
+    return rc;
+}
+
+int cp_httpc_request(const char *base_url, const char *method, const char *path, const char *ctype,
+                     const char *body, size_t body_len, int timeout_ms,
+                     struct cp_httpc_response *out, char *err, size_t errlen)
+{
+    return cp_httpc_call(base_url, NULL, method, path, ctype, body, body_len, timeout_ms, out, err,
+                         errlen);
 }
 
 void cp_httpc_response_done(struct cp_httpc_response *r)

@@ -1,10 +1,13 @@
 /* tether-control: the control plane's process. Flags, the state directory, the CA, the
- * operator API on a libuv loop, the sidecar API (gRPC over mTLS, sidecar_api.c), and
+ * sidecar API (gRPC over mTLS, sidecar_api.c), the operator API on a libuv loop (each
+ * --listen-api: plaintext on loopback, else mTLS with an admin certificate through a
+ * cp_tls_acceptor whose connections reach the loop through a uv_async_t), and
  * SIGTERM/SIGINT. The only place in control/ that exits.
  *
  * Exit status: 0 after a signal, 1 when a runtime start-up step fails (state, CA,
  * listeners), 2 for bad flags. */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,14 +20,17 @@
 #include "log.h"
 #include "spiffe.h"
 #include "store.h"
+#include "tls_acceptor.h"
+#include "tlspipe.h"
 #include "util.h"
 
 #ifdef CP_HAVE_SIDECAR_API
 #include "sidecar_api.h"
 #endif
 
-#define EXIT_RUNTIME 1
-#define EXIT_USAGE   2
+#define EXIT_RUNTIME      1
+#define EXIT_USAGE        2
+#define MAX_API_LISTENERS 4
 
 static const char usage[] =
     "usage: tether-control --state-dir DIR [options]\n"
@@ -32,8 +38,15 @@ static const char usage[] =
     "  --state-dir DIR            CA, tokens, policy, revocations, services, issued records\n"
     "  --trust-domain TD          SPIFFE trust domain (default cluster.local)\n"
     "  --listen-sidecars ADDR:PORT  gRPC over mTLS for sidecars (default 0.0.0.0:15012)\n"
-    "  --listen-api ADDR:PORT     operator HTTP/JSON API, loopback only (default "
-    "127.0.0.1:15014)\n"
+    "  --listen-api ADDR:PORT     operator HTTP/JSON API (default 127.0.0.1:15014); may be\n"
+    "                             given up to 4 times. Loopback addresses serve plaintext;\n"
+    "                             any other address serves mTLS only and needs a client\n"
+    "                             certificate with an admin identity (bootstrap one on\n"
+    "                             this host with `tetherctl admin-cert create` over a\n"
+    "                             loopback --listen-api)\n"
+    "  --admin-id SPIFFE_ID       an identity allowed to administer over mTLS; repeatable\n"
+    "                             (up to 8; default spiffe://TD/ns/tether-system/sa/"
+    "tether-admin)\n"
     "  --cert-ttl DURATION        lifetime of workload certificates (default 1h)\n"
     "  --ca-cert FILE --ca-key FILE [--ca-chain FILE]\n"
     "                             use this root or intermediate instead of the state's own\n"
@@ -44,10 +57,33 @@ struct flags {
     const char *state_dir;
     const char *trust_domain;
     const char *listen_sidecars;
-    const char *listen_api;
+    const char *listen_api[MAX_API_LISTENERS];
+    size_t n_listen_api;
+    const char *admin_ids[CP_API_MAX_ADMINS];
+    size_t n_admin_ids;
     const char *cert_ttl;
     const char *ca_cert, *ca_key, *ca_chain;
     const char *log_level;
+};
+
+/* One --listen-api. With mTLS, `acceptor` terminates TLS on its own threads and queues
+ * each verified connection on the control's hand-off list for the loop thread. */
+struct api_listener {
+    struct control *c;
+    const char *text;
+    struct tt_addr addr;
+    bool mtls;
+    struct cp_api *api;
+    struct cp_tls_acceptor *acceptor;
+};
+
+/* A connection on its way from a handshake thread to the loop thread. */
+struct handoff {
+    struct handoff *next;
+    struct api_listener *l;
+    int fd;
+    struct tt_tlspipe *pipe;
+    char peer_id[TT_SPIFFE_MAX + 1];
 };
 
 struct control {
@@ -55,7 +91,12 @@ struct control {
     uv_signal_t sigterm, sigint;
     struct cp_store *store;
     struct cp_ca *ca;
-    struct cp_api *api;
+    struct api_listener apis[MAX_API_LISTENERS];
+    size_t n_apis;
+    uv_async_t handoff_async;
+    bool handoff_init;
+    pthread_mutex_t handoff_lock; /* guards handoffs */
+    struct handoff *handoffs;
 #ifdef CP_HAVE_SIDECAR_API
     struct cp_sidecar_api *sidecars;
 #endif
@@ -77,7 +118,6 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--state-dir", offsetof(struct flags, state_dir)},
         {"--trust-domain", offsetof(struct flags, trust_domain)},
         {"--listen-sidecars", offsetof(struct flags, listen_sidecars)},
-        {"--listen-api", offsetof(struct flags, listen_api)},
         {"--cert-ttl", offsetof(struct flags, cert_ttl)},
         {"--ca-cert", offsetof(struct flags, ca_cert)},
         {"--ca-key", offsetof(struct flags, ca_key)},
@@ -92,6 +132,29 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(usage, stdout);
             return -1;
+        }
+        /* The repeatable ones. */
+        if (strcmp(a, "--listen-api") == 0 || strncmp(a, "--listen-api=", 13) == 0 ||
+            strcmp(a, "--admin-id") == 0 || strncmp(a, "--admin-id=", 11) == 0) {
+            bool api = a[2] == 'l';
+            const char *name = api ? "--listen-api" : "--admin-id";
+            const char *eq = strchr(a, '=');
+
+            if (eq != NULL)
+                val = eq + 1;
+            else if (i + 1 < argc)
+                val = argv[++i];
+            else
+                return die_usage(name, " needs a value");
+            if (api && f->n_listen_api == MAX_API_LISTENERS)
+                return die_usage("--listen-api: at most 4 addresses", NULL);
+            if (!api && f->n_admin_ids == CP_API_MAX_ADMINS)
+                return die_usage("--admin-id: at most 8 identities", NULL);
+            if (api)
+                f->listen_api[f->n_listen_api++] = val;
+            else
+                f->admin_ids[f->n_admin_ids++] = val;
+            continue;
         }
         for (k = 0; k < TT_ARRAY_SIZE(opts); k++) {
             size_t n = strlen(opts[k].name);
@@ -114,24 +177,91 @@ static int parse_flags(int argc, char **argv, struct flags *f)
     return 0;
 }
 
-static void on_signal_close(uv_handle_t *h)
+static void on_handle_close(uv_handle_t *h)
 {
 }
 
-/* SIGTERM/SIGINT: stop serving; the loop ends once every handle is closed. */
+/* Takes the queued connections off the hand-off list. */
+static struct handoff *handoff_take(struct control *c)
+{
+    struct handoff *list;
+
+    pthread_mutex_lock(&c->handoff_lock);
+    list = c->handoffs;
+    c->handoffs = NULL;
+    pthread_mutex_unlock(&c->handoff_lock);
+    return list;
+}
+
+/* Loop thread: serves each queued connection, oldest first (or drops it once the API is
+ * closing). */
+static void on_handoff(uv_async_t *as)
+{
+    struct control *c = as->data;
+    struct handoff *list = handoff_take(c), *rev = NULL;
+
+    while (list != NULL) { /* queued newest first */
+        struct handoff *h = list;
+
+        list = h->next;
+        h->next = rev;
+        rev = h;
+    }
+    for (struct handoff *h = rev, *next; h != NULL; h = next) {
+        next = h->next;
+        if (h->l->api == NULL) {
+            close(h->fd);
+            tt_tlspipe_close(h->pipe);
+        } else {
+            int r = cp_api_adopt_fd(h->l->api, h->fd, h->peer_id[0] ? h->peer_id : NULL);
+
+            /* The relay ends by itself when the HTTP side closes its end. */
+            tt_tlspipe_release(h->pipe);
+            if (r < 0)
+                tt_log(TT_LOG_WARN, "api_connection_refused", TT_LS("listener", h->l->text),
+                       TT_LS("peer_id", h->peer_id),
+                       TT_LS("error", r == -EBUSY ? "too many clients" : strerror(-r)));
+        }
+        free(h);
+    }
+}
+
+/* Stops one --listen-api: the acceptor first (no new connection is queued after it
+ * returns), then the API. Loop thread. */
+static void api_listener_stop(struct api_listener *l)
+{
+    cp_tls_acceptor_stop(l->acceptor);
+    l->acceptor = NULL;
+    cp_api_close(l->api);
+    l->api = NULL;
+}
+
+/* Stops every API listener, drops queued connections and closes the hand-off handle. */
+static void apis_stop(struct control *c)
+{
+    for (size_t i = 0; i < c->n_apis; i++)
+        api_listener_stop(&c->apis[i]);
+    if (c->handoff_init) {
+        on_handoff(&c->handoff_async); /* every api is NULL now: closes what is queued */
+        uv_close((uv_handle_t *)&c->handoff_async, on_handle_close);
+        c->handoff_init = false;
+    }
+}
+
+/* SIGTERM/SIGINT: stop serving; the loop ends once every handle is closed. The API
+ * listeners go first: their handshakes use the sidecar API's serving identity. */
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct control *c = s->data;
 
     tt_log(TT_LOG_INFO, "control_stopping", TT_LS("signal", signum == SIGTERM ? "TERM" : "INT"));
+    apis_stop(c);
 #ifdef CP_HAVE_SIDECAR_API
     cp_sidecar_api_stop(c->sidecars);
     c->sidecars = NULL;
 #endif
-    cp_api_close(c->api);
-    c->api = NULL;
-    uv_close((uv_handle_t *)&c->sigterm, on_signal_close);
-    uv_close((uv_handle_t *)&c->sigint, on_signal_close);
+    uv_close((uv_handle_t *)&c->sigterm, on_handle_close);
+    uv_close((uv_handle_t *)&c->sigint, on_handle_close);
 }
 
 #ifdef CP_HAVE_SIDECAR_API
@@ -169,16 +299,111 @@ static int start_sidecar_side(struct control *c, const struct tt_addr *listen, u
 #endif
 }
 
+/* The certificate an mTLS --listen-api presents: the sidecar API's serving identity. */
+static struct tt_identity *api_identity(void *ud, char *err, size_t errlen)
+{
+#ifdef CP_HAVE_SIDECAR_API
+    struct api_listener *l = ud;
+
+    return cp_sidecar_api_serving_identity(l->c->sidecars, err, errlen);
+#else
+    snprintf(err, errlen, "no serving identity (built without the sidecar API)");
+    return NULL;
+#endif
+}
+
+/* A handshake thread verified a client on an mTLS --listen-api: refuse a revoked
+ * certificate, queue the rest for the loop thread. */
+static void on_api_accept(void *ud, int app_fd, struct tt_tlspipe *pipe, const char *peer_id,
+                          const char *serial, const char *peer_addr)
+{
+    struct api_listener *l = ud;
+    struct control *c = l->c;
+    struct handoff *h;
+
+    if (serial[0] != '\0' && cp_store_is_revoked(c->store, serial)) {
+        tt_log(TT_LOG_WARN, "api_revoked_certificate", TT_LS("listener", l->text),
+               TT_LS("peer", peer_addr), TT_LS("peer_id", peer_id), TT_LS("serial", serial));
+        goto drop;
+    }
+    h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        goto drop;
+    h->l = l;
+    h->fd = app_fd;
+    h->pipe = pipe;
+    snprintf(h->peer_id, sizeof(h->peer_id), "%s", peer_id ? peer_id : "");
+    tt_log(TT_LOG_DEBUG, "api_connection", TT_LS("listener", l->text), TT_LS("peer", peer_addr),
+           TT_LS("peer_id", peer_id), TT_LS("serial", serial));
+    pthread_mutex_lock(&c->handoff_lock);
+    h->next = c->handoffs;
+    c->handoffs = h;
+    pthread_mutex_unlock(&c->handoff_lock);
+    uv_async_send(&c->handoff_async);
+    return;
+drop:
+    close(app_fd);
+    tt_tlspipe_close(pipe);
+}
+
+/* Starts the operator API on every --listen-api: plaintext on loopback, otherwise the
+ * API in mTLS mode behind a TLS acceptor that requires a client certificate verified
+ * against the bundle (role TT_TLS_SERVER). Returns 0 or EXIT_RUNTIME (after a message). */
+static int start_apis(struct control *c, const struct flags *f)
+{
+    struct cp_api_opts ao = {0};
+    char err[1024] = "";
+
+    for (size_t i = 0; i < f->n_admin_ids; i++)
+        ao.admin_ids[i] = f->admin_ids[i];
+    ao.n_admin_ids = f->n_admin_ids;
+    for (size_t i = 0; i < c->n_apis; i++) {
+        struct api_listener *l = &c->apis[i];
+
+        ao.listen = l->text;
+        ao.mtls = l->mtls;
+        l->api = cp_api_start(c->loop, &ao, c->store, c->ca, err, sizeof(err));
+        if (l->api == NULL)
+            goto fail;
+        if (l->mtls) {
+            struct cp_tls_acceptor_opts to = {
+                .listen = &l->addr,
+                .role = TT_TLS_SERVER,
+                .identity = api_identity,
+                .on_accept = on_api_accept,
+                .ud = l,
+                .name = "api",
+                .flag = "--listen-api",
+            };
+
+            if (!c->handoff_init) {
+                uv_async_init(c->loop, &c->handoff_async, on_handoff);
+                c->handoff_async.data = c;
+                c->handoff_init = true;
+            }
+            l->acceptor = cp_tls_acceptor_start(&to, err, sizeof(err));
+            if (l->acceptor == NULL)
+                goto fail;
+        }
+        tt_log(TT_LOG_INFO, "api_listening", TT_LS("addr", l->text),
+               TT_LS("transport", l->mtls ? "mtls" : "plaintext"),
+               TT_LI("port", l->mtls ? cp_tls_acceptor_port(l->acceptor) : cp_api_port(l->api)));
+    }
+    return 0;
+fail:
+    tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
+    fprintf(stderr, "tether-control: %s\n", err);
+    return EXIT_RUNTIME;
+}
+
 int main(int argc, char **argv)
 {
     struct flags f = {.trust_domain = "cluster.local",
                       .listen_sidecars = "0.0.0.0:15012",
-                      .listen_api = "127.0.0.1:15014",
                       .cert_ttl = "1h",
                       .log_level = "info"};
     struct control c = {0};
     struct cp_ca_opts co = {0};
-    struct cp_api_opts ao = {0};
     struct tt_addr sidecar_addr;
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
@@ -208,6 +433,34 @@ int main(int argc, char **argv)
     if (rc != 0)
         return die_usage("--listen-sidecars: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
                          f.listen_sidecars);
+    if (f.n_listen_api == 0)
+        f.listen_api[f.n_listen_api++] = "127.0.0.1:15014";
+    for (size_t i = 0; i < f.n_listen_api; i++) {
+        struct api_listener *l = &c.apis[c.n_apis++];
+
+        l->c = &c;
+        l->text = f.listen_api[i];
+        if (tt_addr_parse(l->text, 1, &l->addr) != 0)
+            return die_usage("--listen-api: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
+                             l->text);
+        l->mtls = !cp_api_addr_is_loopback(&l->addr);
+#ifndef CP_HAVE_SIDECAR_API
+        if (l->mtls)
+            return die_usage("--listen-api off loopback needs mTLS, which needs the sidecar API "
+                             "(not built in): ",
+                             l->text);
+#endif
+    }
+    for (size_t i = 0; i < f.n_admin_ids; i++) {
+        const char *id = f.admin_ids[i];
+        char td[256];
+
+        if (tt_spiffe_check(id, strlen(id), false) != 0 ||
+            tt_spiffe_trust_domain(id, td, sizeof(td)) != 0 || strcmp(td, f.trust_domain) != 0)
+            return die_usage("--admin-id: expected a SPIFFE ID in the trust domain "
+                             "(spiffe://TD/PATH), got ",
+                             id);
+    }
 
     c.store = cp_store_open(f.state_dir, err, sizeof(err));
     if (c.store == NULL) {
@@ -236,21 +489,20 @@ int main(int argc, char **argv)
     }
 
     c.loop = uv_default_loop();
-    ao.listen = f.listen_api;
-    c.api = cp_api_start(c.loop, &ao, c.store, c.ca, err, sizeof(err));
-    if (c.api == NULL) {
-        tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
-        fprintf(stderr, "tether-control: %s\n", err);
-        rc = EXIT_RUNTIME;
-        goto out_ca;
-    }
-    tt_log(TT_LOG_INFO, "api_listening", TT_LS("addr", f.listen_api),
-           TT_LI("port", cp_api_port(c.api)));
+    pthread_mutex_init(&c.handoff_lock, NULL);
+    /* The sidecar side first: it owns the serving identity the mTLS API presents. */
     rc = start_sidecar_side(&c, &sidecar_addr, ttl_ms);
+    if (rc != 0)
+        goto out_lock;
+    rc = start_apis(&c, &f);
     if (rc != 0) {
-        cp_api_close(c.api);
+        apis_stop(&c);
+#ifdef CP_HAVE_SIDECAR_API
+        cp_sidecar_api_stop(c.sidecars);
+        c.sidecars = NULL;
+#endif
         uv_run(c.loop, UV_RUN_DEFAULT);
-        goto out_ca;
+        goto out_lock;
     }
     uv_signal_init(c.loop, &c.sigterm);
     uv_signal_init(c.loop, &c.sigint);
@@ -265,6 +517,8 @@ int main(int argc, char **argv)
     uv_loop_close(c.loop);
     tt_log(TT_LOG_INFO, "control_stopped", TT_LS("state_dir", f.state_dir));
     rc = 0;
+out_lock:
+    pthread_mutex_destroy(&c.handoff_lock);
 out_ca:
     cp_ca_free(c.ca);
 out_store:

@@ -1,12 +1,11 @@
-/* The sidecar API: TLS acceptor, Identity.Sign and Discovery.Watch (sidecar_api.h). */
+/* The sidecar API: Identity.Sign and Discovery.Watch behind the TLS acceptor
+ * (sidecar_api.h, tls_acceptor.h). */
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -14,19 +13,17 @@
 #include "errors.h"
 #include "grpc_glue.h"
 #include "identity.h"
-#include "listener.h"
 #include "log.h"
 #include "sidecar_api.h"
 #include "spiffe.h"
 #include "store.h"
 #include "tether/v1/tether.pb-c.h"
-#include "tlspipe.h"
 #include "tls.h"
+#include "tls_acceptor.h"
+#include "tlspipe.h"
 #include "util.h"
 
-#define API_HANDSHAKE_TIMEOUT_MS   5000
-#define API_SERVING_TTL_MS         (24ULL * 3600 * 1000)
-#define API_MAX_PENDING_HANDSHAKES 256
+#define API_SERVING_TTL_MS (24ULL * 3600 * 1000)
 /* When an operator has set no policy yet, sidecars get the document DESIGN.md implies:
  * deny everything (a mesh is closed until someone opens it). */
 #define API_DEFAULT_POLICY "{\"default\": \"deny\", \"rules\": []}"
@@ -53,10 +50,7 @@ struct cp_sidecar_api {
     struct cp_ca *ca;
     struct cp_store *store;
     uint64_t cert_ttl_ms;
-    int listen_fd;
-    int port;
-    pthread_t acceptor;
-    bool stop; /* atomic */
+    struct cp_tls_acceptor *acceptor;
     struct tt_grpc_server *grpc;
 
     pthread_mutex_t lock; /* guards everything below */
@@ -65,7 +59,6 @@ struct cp_sidecar_api {
     struct api_conn *conns;
     struct watcher *watchers;
     uint64_t next_watcher;
-    unsigned pending_handshakes;
 };
 
 /* ---- Identity.Sign ----------------------------------------------------------------- */
@@ -376,122 +369,42 @@ static struct tt_identity *serving_identity(struct cp_sidecar_api *api, char *er
     return id;
 }
 
-struct handshake_job {
-    struct cp_sidecar_api *api;
-    int fd;
-    char peer_addr[64];
-};
-
-/* One connection's handshake, then its hand-over to the relay and to gRPC. */
-static void *handshake_main(void *arg)
+/* A verified connection from the acceptor: register it (to cut it when its certificate
+ * is revoked) and hand the plaintext end to gRPC. */
+static void on_accept(void *ud, int app_fd, struct tt_tlspipe *pipe, const char *peer_id,
+                      const char *serial, const char *peer_addr)
 {
-    struct handshake_job *job = arg;
-    struct cp_sidecar_api *api = job->api;
-    struct tt_tlspipe *pipe = NULL;
-    struct tt_tls *tls = NULL;
-    struct tt_identity *id;
-    struct api_conn *rec = NULL;
-    char err[512], peer_id[TT_SPIFFE_MAX + 1], serial[TT_SERIAL_MAX];
-    int app_fd, r;
+    struct cp_sidecar_api *api = ud;
+    struct api_conn *rec = calloc(1, sizeof(*rec));
 
-    id = serving_identity(api, err, sizeof(err));
-    if (id == NULL) {
-        tt_log(TT_LOG_ERROR, "serving_certificate_failed", TT_LS("error", err));
-        goto err_close;
-    }
-    tls = tt_tls_new(id, TT_TLS_SERVER_OPTIONAL_CLIENT, NULL);
-    tt_identity_unref(id);
-    if (tls == NULL)
-        goto err_close;
-    r = tt_tlspipe_handshake(job->fd, tls, API_HANDSHAKE_TIMEOUT_MS);
-    if (r < 0) {
-        tt_log(TT_LOG_WARN, "sidecar_handshake_failed", TT_LS("peer", job->peer_addr),
-               TT_LS("error", tt_strerror(r)), TT_LS("peer_id", tt_tls_peer_id(tls)),
-               TT_LS("serial", tt_tls_peer_serial(tls)));
-        goto err_free_tls;
-    }
-    snprintf(peer_id, sizeof(peer_id), "%s", tt_tls_peer_id(tls));
-    snprintf(serial, sizeof(serial), "%s", tt_tls_peer_serial(tls));
-    rec = calloc(1, sizeof(*rec));
-    if (rec == NULL)
-        goto err_free_tls;
-    r = tt_tlspipe_start(job->fd, tls, &app_fd, &pipe); /* owns fd and tls from here */
-    job->fd = -1;
-    tls = NULL;
-    if (r < 0)
-        goto err_free_rec;
-    if (tt_grpc_server_add_fd(api->grpc, app_fd, peer_id[0] ? peer_id : NULL, serial) < 0) {
+    if (rec == NULL) {
+        close(app_fd);
         tt_tlspipe_close(pipe);
-        goto err_free_rec;
+        return;
+    }
+    if (tt_grpc_server_add_fd(api->grpc, app_fd, peer_id, serial, peer_addr) < 0) {
+        tt_tlspipe_close(pipe);
+        free(rec);
+        return;
     }
     snprintf(rec->serial, sizeof(rec->serial), "%s", serial);
     rec->pipe = pipe;
     pthread_mutex_lock(&api->lock);
     rec->next = api->conns;
     api->conns = rec;
-    api->pending_handshakes--;
     pthread_mutex_unlock(&api->lock);
-    free(job);
-    tt_buf_pool_drain(); /* this thread ends: return its cached slabs */
-    return NULL;
-
-err_free_rec:
-    free(rec);
-err_free_tls:
-    tt_tls_free(tls);
-err_close:
-    if (job->fd >= 0)
-        close(job->fd);
-    pthread_mutex_lock(&api->lock);
-    api->pending_handshakes--;
-    pthread_mutex_unlock(&api->lock);
-    free(job);
-    tt_buf_pool_drain();
-    return NULL;
 }
 
-static void *acceptor_main(void *arg)
+static struct tt_identity *acceptor_identity(void *ud, char *err, size_t errlen)
 {
-    struct cp_sidecar_api *api = arg;
+    return serving_identity(ud, err, errlen);
+}
 
-    while (!__atomic_load_n(&api->stop, __ATOMIC_ACQUIRE)) {
-        struct pollfd p = {.fd = api->listen_fd, .events = POLLIN};
-        struct sockaddr_storage ss;
-        socklen_t sslen = sizeof(ss);
-        pthread_t t;
-
-        if (poll(&p, 1, 200) <= 0)
-            continue;
-        int fd =
-            accept4(api->listen_fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-            continue;
-        struct handshake_job *job = calloc(1, sizeof(*job));
-        pthread_mutex_lock(&api->lock);
-        bool busy = api->pending_handshakes >= API_MAX_PENDING_HANDSHAKES;
-        if (!busy && job != NULL)
-            api->pending_handshakes++;
-        pthread_mutex_unlock(&api->lock);
-        if (job == NULL || busy) {
-            /* Too many handshakes in flight: shed the newest rather than pile up threads. */
-            free(job);
-            close(fd);
-            continue;
-        }
-        job->api = api;
-        job->fd = fd;
-        tt_sockaddr_format((struct sockaddr *)&ss, job->peer_addr, sizeof(job->peer_addr));
-        if (pthread_create(&t, NULL, handshake_main, job) != 0) {
-            close(fd);
-            free(job);
-            pthread_mutex_lock(&api->lock);
-            api->pending_handshakes--;
-            pthread_mutex_unlock(&api->lock);
-            continue;
-        }
-        pthread_detach(t);
-    }
-    return NULL;
+/* A reference to the current serving identity (see sidecar_api.h). */
+struct tt_identity *cp_sidecar_api_serving_identity(struct cp_sidecar_api *api, char *err,
+                                                    size_t errlen)
+{
+    return serving_identity(api, err, errlen);
 }
 
 /* ---- lifecycle --------------------------------------------------------------------- */
@@ -501,9 +414,15 @@ struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *op
                                             size_t errlen)
 {
     struct cp_sidecar_api *api = calloc(1, sizeof(*api));
-    struct tt_addr addr = *opts->listen;
+    struct cp_tls_acceptor_opts ao = {
+        .listen = opts->listen,
+        .role = TT_TLS_SERVER_OPTIONAL_CLIENT,
+        .identity = acceptor_identity,
+        .on_accept = on_accept,
+        .name = "sidecar",
+        .flag = "--listen-sidecars",
+    };
     struct tt_identity *id;
-    int r;
 
     if (api == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -512,22 +431,12 @@ struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *op
     api->ca = opts->ca;
     api->store = opts->store;
     api->cert_ttl_ms = opts->cert_ttl_ms;
-    api->listen_fd = -1;
     pthread_mutex_init(&api->lock, NULL);
 
     id = serving_identity(api, err, errlen);
     if (id == NULL)
         goto err_free;
     tt_identity_unref(id);
-
-    r = tt_listener_bind(&addr, &api->listen_fd);
-    if (r == 0 && listen(api->listen_fd, 128) < 0)
-        r = -errno;
-    if (r < 0) {
-        snprintf(err, errlen, "--listen-sidecars %s: %s", opts->listen->text, tt_strerror(r));
-        goto err_free;
-    }
-    api->port = tt_addr_port(&addr);
 
     api->grpc = tt_grpc_server_new();
     static const struct tt_grpc_stream_cbs watch_cbs = {
@@ -544,16 +453,15 @@ struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *op
         snprintf(err, errlen, "cannot start the gRPC server");
         goto err_free;
     }
-    if (pthread_create(&api->acceptor, NULL, acceptor_main, api) != 0) {
-        snprintf(err, errlen, "cannot start the acceptor thread");
+    /* Last: a connection may be handed to gRPC as soon as the acceptor runs. */
+    ao.ud = api;
+    api->acceptor = cp_tls_acceptor_start(&ao, err, errlen);
+    if (api->acceptor == NULL)
         goto err_free;
-    }
     return api;
 
 err_free:
     tt_grpc_server_free(api->grpc);
-    if (api->listen_fd >= 0)
-        close(api->listen_fd);
     tt_identity_unref(api->serving);
     pthread_mutex_destroy(&api->lock);
     free(api);
@@ -563,7 +471,7 @@ err_free:
 /* The bound port. */
 int cp_sidecar_api_port(const struct cp_sidecar_api *api)
 {
-    return api->port;
+    return cp_tls_acceptor_port(api->acceptor);
 }
 
 /* Stops and frees the API. */
@@ -571,18 +479,8 @@ void cp_sidecar_api_stop(struct cp_sidecar_api *api)
 {
     if (api == NULL)
         return;
-    __atomic_store_n(&api->stop, true, __ATOMIC_RELEASE);
-    pthread_join(api->acceptor, NULL);
-    close(api->listen_fd);
-    /* Let handshakes in flight finish (they hold api); they are bounded by their timeout. */
-    for (int i = 0; i < 100; i++) {
-        pthread_mutex_lock(&api->lock);
-        unsigned pending = api->pending_handshakes;
-        pthread_mutex_unlock(&api->lock);
-        if (pending == 0)
-            break;
-        usleep(API_HANDSHAKE_TIMEOUT_MS * 10);
-    }
+    /* Waits for the handshakes in flight: none reaches gRPC after this. */
+    cp_tls_acceptor_stop(api->acceptor);
     tt_grpc_server_shutdown(api->grpc); /* every stream gets on_close */
     tt_grpc_server_free(api->grpc);
     for (struct api_conn *c = api->conns, *next; c != NULL; c = next) {

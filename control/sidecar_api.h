@@ -3,9 +3,9 @@
  * that the caller's proof supports (a bootstrap token, or the caller's current valid,
  * unrevoked certificate on this connection); Discovery.Watch pushes versioned snapshots
  * (trust bundle, policy, service table, revocations) and records each sidecar's ACK or
- * NACK. One thread accepts connections; each handshake runs on a short-lived thread and
- * each established connection on a tlspipe relay thread; the gRPC completion queue has
- * its own thread. */
+ * NACK. Connections come through a cp_tls_acceptor (tls_acceptor.h: one accepting
+ * thread, a short-lived thread per handshake); each established connection runs on a
+ * tlspipe relay thread; the gRPC completion queue has its own thread. */
 #ifndef CP_SIDECAR_API_H
 #define CP_SIDECAR_API_H
 
@@ -15,6 +15,7 @@
 struct cp_ca;
 struct cp_store;
 struct tt_addr;
+struct tt_identity;
 struct cp_sidecar_api;
 
 struct cp_sidecar_api_opts {
@@ -31,6 +32,14 @@ struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *op
 
 /* The port actually bound. */
 int cp_sidecar_api_port(const struct cp_sidecar_api *api);
+
+/* A reference to the control plane's current serving identity
+ * (spiffe://<td>/ns/tether-system/sa/tether-control), re-issued once half of its lifetime
+ * has passed: other listeners (the operator API off loopback) present the same
+ * certificate. The caller unrefs it. Returns NULL with one line in err on failure. Any
+ * thread. */
+struct tt_identity *cp_sidecar_api_serving_identity(struct cp_sidecar_api *api, char *err,
+                                                    size_t errlen);
 
 /* Pushes the store's current snapshot to every watching sidecar, and cuts the
  * connections whose certificate is now revoked. Any thread (the store's change

@@ -193,54 +193,6 @@ err_errno:
     return rc;
 }
 
-/* The one serial normalizer; see store.h. */
-int cp_serial_normalize(const char *in, char *out, size_t outlen)
-{
-    char digits[41];
-    size_t n = 0;
-    bool seen = false, last_colon = true;
-    const char *p = in;
-
-    if (in == NULL)
-        return -EINVAL;
-    while (*p == ' ' || *p == '\t')
-        p++;
-    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X'))
-        p += 2;
-    for (; *p; p++) {
-        if (*p == ':') {
-            if (last_colon)
-                return -EINVAL; /* leading or doubled colon */
-            last_colon = true;
-            continue;
-        }
-        if (!isxdigit((unsigned char)*p)) {
-            /* Trailing whitespace (a pasted line) is fine; anything else is not. */
-            while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-                p++;
-            if (*p != '\0')
-                return -EINVAL;
-            break;
-        }
-        last_colon = false;
-        seen = true;
-        if (n == 0 && *p == '0')
-            continue;
-        if (n >= sizeof(digits) - 1)
-            return -EINVAL;
-        digits[n++] = (char)toupper((unsigned char)*p);
-    }
-    if (!seen || (last_colon && p > in && p[-1] == ':'))
-        return -EINVAL;
-    if (n == 0)
-        digits[n++] = '0';
-    digits[n] = '\0';
-    if (n + 1 > outlen)
-        return -ENOSPC;
-    memcpy(out, digits, n + 1);
-    return 0;
-}
-
 const char *cp_token_err_name(enum cp_token_err e)
 {
     switch (e) {
@@ -540,7 +492,7 @@ static int load_revocations(struct cp_store *s, char *err, size_t errlen)
         if ((rc = get_str(&c, o, "serial", &serial)) != 0 ||
             (rc = get_int(&c, o, "revoked_unix", false, &r.at)) != 0)
             break;
-        if (cp_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0) {
+        if (tt_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0) {
             rc = bad_field(&c, "serial", "a hexadecimal serial number");
             break;
         }
@@ -615,7 +567,7 @@ static int load_issued(struct cp_store *s, char *err, size_t errlen)
             (rc = get_int(&c, o, "not_after", false, &e.not_after)) != 0 ||
             (rc = get_int(&c, o, "issued_at", false, &e.issued_at)) != 0)
             break;
-        if (cp_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0) {
+        if (tt_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0) {
             rc = bad_field(&c, "serial", "a hexadecimal serial number");
             break;
         }
@@ -837,8 +789,12 @@ int cp_store_token_create(struct cp_store *s, const char *spiffe_id, uint64_t tt
         return TT_E_SPIFFE;
     if (secret_len < CP_TOKEN_SECRET_MAX || ttl_ms > (uint64_t)INT32_MAX * 1000)
         return -EINVAL;
-    RAND_bytes(raw, sizeof(raw));
-    b64url(raw, sizeof(raw), secret, secret_len);
+    /* A token that starts with '-' would read as an option on a command line: draw
+     * again (costs a fraction of a bit of the 256). */
+    do {
+        RAND_bytes(raw, sizeof(raw));
+        b64url(raw, sizeof(raw), secret, secret_len);
+    } while (secret[0] == '-');
     OPENSSL_cleanse(raw, sizeof(raw));
     sha256_hex(secret, strlen(secret), t.hash);
     t.spiffe_id = strdup(spiffe_id);
@@ -942,7 +898,7 @@ int cp_store_revoke(struct cp_store *s, const char *serial)
     uint64_t v = 0;
     int rc;
 
-    if (cp_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0)
+    if (tt_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0)
         return -EINVAL;
     pthread_mutex_lock(&s->mu);
     if (revoked_locked(s, r.serial)) {
@@ -966,7 +922,7 @@ bool cp_store_is_revoked(struct cp_store *s, const char *serial)
     char norm[CP_SERIAL_MAX];
     bool r;
 
-    if (cp_serial_normalize(serial, norm, sizeof(norm)) != 0)
+    if (tt_serial_normalize(serial, norm, sizeof(norm)) != 0)
         return false;
     pthread_mutex_lock(&s->mu);
     r = revoked_locked(s, norm);
@@ -1285,7 +1241,7 @@ int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spif
     size_t w = 0;
     int rc;
 
-    if (cp_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0)
+    if (tt_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0)
         return -EINVAL;
     e.spiffe_id = strdup(spiffe_id);
     if (e.spiffe_id == NULL)

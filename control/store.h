@@ -30,13 +30,6 @@
  * of the directory. Returns 0 or -errno (the old file is untouched on failure). */
 int cp_atomic_write(const char *path, const void *data, size_t len, int mode);
 
-/* Normalizes a certificate serial as `openssl x509 -serial` prints it: optional "0x",
- * hex digits in either case, optional ':' between bytes, leading zeros ignored. Writes
- * upper-case hex without colons or leading zeros ("0" for zero) into out. Returns 0,
- * -EINVAL for anything else (empty, other characters, over 40 significant digits), or
- * -ENOSPC when out is too small. */
-int cp_serial_normalize(const char *in, char *out, size_t outlen);
-
 #define CP_TOKEN_SECRET_MAX 64 /* base64url of 32 bytes is 43 characters */
 
 /* Why a bootstrap token was refused. */
@@ -101,7 +94,7 @@ json_t *cp_store_tokens_json(struct cp_store *s);
 
 /* ---- revocations ---- */
 
-/* Revokes a serial (any form cp_serial_normalize accepts). Returns 0 when added, 1 when
+/* Revokes a serial (any form tt_serial_normalize accepts). Returns 0 when added, 1 when
  * it was already revoked, -EINVAL for a malformed serial, or -errno. Bumps the version. */
 int cp_store_revoke(struct cp_store *s, const char *serial);
 

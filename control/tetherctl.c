@@ -3,16 +3,22 @@
  * Exit status: 0 success, 1 the request failed (the server's error message or the
  * network problem on stderr), 2 usage error. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/base64.h>
+#include <openssl/mem.h>
 
 #include "httpc.h"
+#include "identity.h"
 
 #define DEFAULT_API "http://127.0.0.1:15014"
 #define TIMEOUT_MS  10000
@@ -41,9 +47,18 @@ static const char usage[] =
     "  service list            the service table\n"
     "  sidecars                connected sidecars and the snapshot versions they run\n"
     "  stats                   the control plane's counters (JSON)\n"
+    "  admin-cert create --spiffe-id ID --out PREFIX [--ttl D]\n"
+    "                          on the control host (loopback API): a certificate for an\n"
+    "                          admin identity (a key made here, never sent) into\n"
+    "                          PREFIX.crt, PREFIX.key (0600) and PREFIX.ca.crt (the bundle),\n"
+    "                          for --cert/--key/--cacert from elsewhere\n"
     "\n"
     "options:\n"
-    "  --api URL               the operator API, http://HOST:PORT\n"
+    "  --api URL               the operator API, http://HOST:PORT (loopback) or\n"
+    "                          https://HOST:PORT (any other address: mTLS)\n"
+    "  --cert FILE             https: the admin certificate ($TETHER_CERT)\n"
+    "  --key FILE              https: its private key ($TETHER_KEY)\n"
+    "  --cacert FILE           https: the control plane's trust bundle ($TETHER_CACERT)\n"
     "  --json                  print the server's JSON instead of a table\n"
     "  -h, --help              this text\n"
     "\n"
@@ -52,6 +67,7 @@ static const char usage[] =
 struct ctl {
     const char *api;
     bool json;
+    struct cp_httpc_tls tls;
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -93,7 +109,8 @@ static bool call(const struct ctl *c, const char *method, const char *path, json
         len = raw_len;
         ctype = "application/json";
     }
-    rc = cp_httpc_request(c->api, method, path, ctype, body, len, TIMEOUT_MS, r, err, sizeof(err));
+    rc = cp_httpc_call(c->api, &c->tls, method, path, ctype, body, len, TIMEOUT_MS, r, err,
+                       sizeof(err));
     if (body_doc != NULL)
         free(body);
     if (rc != 0) {
@@ -472,6 +489,148 @@ static int cmd_service_remove(const struct ctl *c, const char *addr)
     return 0;
 }
 
+/* --cert/--key/--cacert FILE (or --flag=FILE) at argv[*i]: stores it and returns true
+ * (*rc nonzero after a usage error); false for any other argument. */
+static bool tls_flag(int argc, char **argv, int *i, struct cp_httpc_tls *t, int *rc)
+{
+    static const char *const names[] = {"--cert", "--key", "--cacert"};
+    const char **dst[] = {&t->cert_file, &t->key_file, &t->cacert_file};
+    const char *a = argv[*i];
+
+    *rc = 0;
+    for (size_t k = 0; k < 3; k++) {
+        size_t n = strlen(names[k]);
+
+        if (strncmp(a, names[k], n) != 0 || (a[n] != '\0' && a[n] != '='))
+            continue;
+        if (a[n] == '=') {
+            *dst[k] = a + n + 1;
+        } else if (*i + 1 < argc) {
+            *dst[k] = argv[++*i];
+        } else {
+            *rc = usage_error("%s needs a file", a);
+        }
+        return true;
+    }
+    return false;
+}
+
+/* Writes data to path atomically with `mode` (via path.tmp). Returns 0 or prints why. */
+static int write_file(const char *path, const char *data, size_t len, mode_t mode)
+{
+    char tmp[4200];
+    size_t off = 0;
+    int fd;
+
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    unlink(tmp);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0)
+        goto fail;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            close(fd);
+            unlink(tmp);
+            goto fail;
+        }
+        off += (size_t)w;
+    }
+    if (fchmod(fd, mode) < 0 || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
+        unlink(tmp);
+        goto fail;
+    }
+    return 0;
+fail:
+    fprintf(stderr, "tetherctl: %s: %s\n", path, strerror(errno));
+    return -1;
+}
+
+/* admin-cert create: key and CSR made here, signed by the loopback API. */
+static int cmd_admin_cert_create(const struct ctl *c, int argc, char **argv)
+{
+    const char *id = NULL, *ttl = NULL, *out = NULL;
+    char path[4096], *key_pem = NULL, *b64 = NULL;
+    size_t key_len = 0, der_len = 0, b64_len;
+    uint8_t *der = NULL;
+    struct cp_httpc_response r;
+    json_t *body, *doc = NULL;
+    const char *chain, *bundle, *serial;
+    int rc = EXIT_FAIL;
+
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char **dst;
+
+        if (strcmp(a, "--spiffe-id") == 0)
+            dst = &id;
+        else if (strcmp(a, "--ttl") == 0)
+            dst = &ttl;
+        else if (strcmp(a, "--out") == 0)
+            dst = &out;
+        else
+            return usage_error("admin-cert create: unexpected argument %s", a);
+        if (i + 1 >= argc)
+            return usage_error("%s needs a value", a);
+        *dst = argv[++i];
+    }
+    if (id == NULL || out == NULL || out[0] == '\0')
+        return usage_error("admin-cert create: %s is required",
+                           id == NULL ? "--spiffe-id" : "--out");
+    if (strlen(out) > 4000)
+        return usage_error("admin-cert create: --out: too long");
+    if (tt_identity_keygen(&key_pem, &key_len) != 0) {
+        fprintf(stderr, "tetherctl: cannot generate a key\n");
+        return EXIT_FAIL;
+    }
+    if (tt_identity_csr(key_pem, key_len, id, &der, &der_len) != 0) {
+        fprintf(stderr, "tetherctl: --spiffe-id %s: not a valid SPIFFE ID\n", id);
+        goto out;
+    }
+    if (EVP_EncodedLength(&b64_len, der_len) == 0 || (b64 = malloc(b64_len)) == NULL)
+        goto out;
+    EVP_EncodeBlock((uint8_t *)b64, der, der_len);
+    body = json_pack("{s:s,s:s}", "csr", b64, "spiffe_id", id);
+    if (body == NULL)
+        goto out;
+    if (ttl)
+        json_object_set_new(body, "ttl", json_string(ttl));
+    if (!call(c, "POST", "/v1/admin-certs", body, NULL, 0, &r))
+        goto out;
+    doc = parse_response(&r);
+    cp_httpc_response_done(&r);
+    chain = json_string_value(json_object_get(doc, "cert_chain_pem"));
+    bundle = json_string_value(json_object_get(doc, "bundle_pem"));
+    serial = json_string_value(json_object_get(doc, "serial"));
+    if (chain == NULL || bundle == NULL || serial == NULL) {
+        fprintf(stderr, "tetherctl: the answer holds no certificate\n");
+        goto out;
+    }
+    snprintf(path, sizeof(path), "%s.key", out);
+    if (write_file(path, key_pem, key_len, 0600) != 0)
+        goto out;
+    snprintf(path, sizeof(path), "%s.crt", out);
+    if (write_file(path, chain, strlen(chain), 0644) != 0)
+        goto out;
+    snprintf(path, sizeof(path), "%s.ca.crt", out);
+    if (write_file(path, bundle, strlen(bundle), 0644) != 0)
+        goto out;
+    printf("%s.crt %s.key %s.ca.crt: %s (serial %s)\n", out, out, out, id, serial);
+    rc = 0;
+out:
+    json_decref(doc);
+    free(b64);
+    OPENSSL_free(der);
+    if (key_pem != NULL) {
+        OPENSSL_cleanse(key_pem, key_len);
+        free(key_pem);
+    }
+    return rc;
+}
+
 /* Checks that a command got exactly `want` arguments. */
 static bool nargs(int argc, int want, const char *cmd, int *rc)
 {
@@ -486,7 +645,10 @@ static bool nargs(int argc, int want, const char *cmd, int *rc)
 
 int main(int argc, char **argv)
 {
-    struct ctl c = {.api = getenv("TETHER_API")};
+    struct ctl c = {.api = getenv("TETHER_API"),
+                    .tls = {.cert_file = getenv("TETHER_CERT"),
+                            .key_file = getenv("TETHER_KEY"),
+                            .cacert_file = getenv("TETHER_CACERT")}};
     char **rest = calloc((size_t)argc + 1, sizeof(*rest));
     int n = 0, rc = EXIT_USAGE;
     const char *cmd, *sub;
@@ -513,6 +675,11 @@ int main(int argc, char **argv)
             c.api = argv[++i];
         } else if (strncmp(a, "--api=", 6) == 0) {
             c.api = a + 6;
+        } else if (tls_flag(argc, argv, &i, &c.tls, &rc)) {
+            if (rc != 0) {
+                free(rest);
+                return rc;
+            }
         } else {
             rest[n++] = argv[i];
         }
@@ -559,6 +726,8 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "sidecars") == 0) {
         if (nargs(n, 1, "sidecars", &rc))
             rc = list(&c, "/v1/sidecars", "sidecars", sidecars_header, sidecars_row);
+    } else if (strcmp(cmd, "admin-cert") == 0 && sub && strcmp(sub, "create") == 0) {
+        rc = cmd_admin_cert_create(&c, n - 2, rest + 2);
     } else if (strcmp(cmd, "stats") == 0) {
         if (nargs(n, 1, "stats", &rc))
             rc = cmd_get_raw(&c, "/stats");

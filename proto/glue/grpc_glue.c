@@ -133,6 +133,7 @@ struct fd_peer {
     int fd;
     char *spiffe_id; /* NULL: no certificate */
     char *serial;
+    char *address; /* the network peer, e.g. "10.0.0.7:41234" ("" if unknown) */
 };
 
 struct tt_grpc_server {
@@ -191,6 +192,10 @@ static int peer_lookup(struct tt_grpc_server *srv, grpc_call *call, struct peer_
         if (p->spiffe_id != NULL)
             out->spiffe_id = strdup(p->spiffe_id);
         out->serial = strdup(p->serial);
+        if (p->address[0] != '\0') {
+            free(out->address);
+            out->address = strdup(p->address);
+        }
         break;
     }
     pthread_mutex_unlock(&srv->lock);
@@ -772,15 +777,17 @@ err:
 
 /* Serves one plaintext connection. */
 int tt_grpc_server_add_fd(struct tt_grpc_server *srv, int fd, const char *peer_spiffe_id,
-                          const char *peer_serial)
+                          const char *peer_serial, const char *peer_address)
 {
     struct fd_peer *p, *found = NULL;
-    char *id = NULL, *serial = NULL;
+    char *id = NULL, *serial = NULL, *address = NULL;
 
     if (!srv->started || srv->shutting_down || fd < 0)
         goto err_close;
     serial = strdup(peer_serial != NULL ? peer_serial : "");
-    if (serial == NULL || (peer_spiffe_id != NULL && (id = strdup(peer_spiffe_id)) == NULL))
+    address = strdup(peer_address != NULL ? peer_address : "");
+    if (serial == NULL || address == NULL ||
+        (peer_spiffe_id != NULL && (id = strdup(peer_spiffe_id)) == NULL))
         goto err_nomem;
     pthread_mutex_lock(&srv->lock);
     /* A descriptor number is reused once gRPC closed the previous connection on it: the
@@ -796,8 +803,10 @@ int tt_grpc_server_add_fd(struct tt_grpc_server *srv, int fd, const char *peer_s
     if (found != NULL) {
         free(found->spiffe_id);
         free(found->serial);
+        free(found->address);
         found->spiffe_id = id;
         found->serial = serial;
+        found->address = address;
     }
     pthread_mutex_unlock(&srv->lock);
     if (found == NULL)
@@ -811,6 +820,7 @@ int tt_grpc_server_add_fd(struct tt_grpc_server *srv, int fd, const char *peer_s
 err_nomem:
     free(id);
     free(serial);
+    free(address);
     close(fd);
     return -ENOMEM;
 err_close:
@@ -865,6 +875,7 @@ void tt_grpc_server_free(struct tt_grpc_server *srv)
         srv->peers = p->next;
         free(p->spiffe_id);
         free(p->serial);
+        free(p->address);
         free(p);
     }
     pthread_cond_destroy(&srv->cond);

@@ -29,7 +29,7 @@ struct tt_grpc_client_stream;
 struct tt_grpc_peer {
     const char *spiffe_id; /* NULL when the peer presented no certificate */
     const char *serial;    /* its leaf serial; "" when no certificate */
-    const char *address;   /* gRPC's name of the transport, e.g. "fd:12" */
+    const char *address;   /* the network peer ("10.0.0.7:41234"), else gRPC's "fd:12" */
 };
 
 /* What a unary handler answers: set through tt_grpc_reply_message() or
@@ -79,10 +79,11 @@ int tt_grpc_server_start(struct tt_grpc_server *srv);
 
 /* Serves one connection: `fd` is the plaintext end of a connection whose peer TLS
  * verified as `peer_spiffe_id` (NULL: no certificate) with leaf `peer_serial` (NULL or
- * ""). Takes ownership of fd in every case (gRPC closes it when the connection ends); it
- * must be non-blocking. Only after start. Returns 0, -EINVAL or -ENOMEM. */
+ * ""), from network address `peer_address` (NULL or "": calls then show gRPC's own name
+ * of the transport, "fd:N"). Takes ownership of fd in every case (gRPC closes it when the
+ * connection ends); it must be non-blocking. Only after start. Returns 0, -EINVAL or -ENOMEM. */
 int tt_grpc_server_add_fd(struct tt_grpc_server *srv, int fd, const char *peer_spiffe_id,
-                          const char *peer_serial);
+                          const char *peer_serial, const char *peer_address);
 
 /* Stops accepting calls, cancels those in progress (each open stream gets on_close) and
  * waits for the completion-queue thread to end. Call from any thread but that one.

@@ -493,19 +493,23 @@ static int set_spiffe_id(struct tt_config *cfg, const char *v, char *err, size_t
 {
     if (tt_spiffe_check(v, strlen(v), false) != 0) {
         if (where != NULL)
-            return errf(err, errlen, "%s: control.spiffe_id: expected a SPIFFE ID such as "
-                        "spiffe://cluster.local/ns/NS/sa/SA, got \"%.128s\"", where, v);
-        return errf(err, errlen, "--spiffe-id %.128s: expected a SPIFFE ID such as "
-                    "spiffe://cluster.local/ns/NS/sa/SA", v);
+            return errf(err, errlen,
+                        "%s: control.spiffe_id: expected a SPIFFE ID such as "
+                        "spiffe://cluster.local/ns/NS/sa/SA, got \"%.128s\"",
+                        where, v);
+        return errf(err, errlen,
+                    "--spiffe-id %.128s: expected a SPIFFE ID such as "
+                    "spiffe://cluster.local/ns/NS/sa/SA",
+                    v);
     }
     return set_str(&cfg->spiffe_id, v) != 0 ? errf(err, errlen, "out of memory") : 0;
 }
 
 static int load_file(const char *path, struct tt_config *cfg, char *err, size_t errlen)
 {
-    static const char *const top_keys[] = {
-        "identity",        "policy",   "admin",   "workers",  "log_level",
-        "max_connections", "timeouts", "inbound", "outbound", "control", NULL};
+    static const char *const top_keys[] = {"identity",  "policy",          "admin",    "workers",
+                                           "log_level", "max_connections", "timeouts", "inbound",
+                                           "outbound",  "control",         NULL};
     static const char *const control_keys[] = {"address", "bundle", "join_token", "spiffe_id",
                                                NULL};
     static const char *const id_keys[] = {"cert", "key", "trust_bundle", NULL};
@@ -792,13 +796,16 @@ static int check_config(struct tt_config *cfg, char *err, size_t errlen)
     if (cfg->has_control) {
         /* Identity, trust and policy all come from the control plane. */
         if (cfg->policy_path != NULL)
-            return errf(err, errlen, "--policy and --control exclude each other: with a "
+            return errf(err, errlen,
+                        "--policy and --control exclude each other: with a "
                         "control plane the policy comes from it");
         if (cfg->cert_path != NULL || cfg->key_path != NULL || cfg->bundle_path != NULL)
-            return errf(err, errlen, "--identity-cert, --identity-key and --trust-bundle "
+            return errf(err, errlen,
+                        "--identity-cert, --identity-key and --trust-bundle "
                         "exclude --control: the control plane issues the identity");
         if (cfg->control_bundle_path == NULL)
-            return errf(err, errlen, "--control needs --control-bundle FILE (the roots that "
+            return errf(err, errlen,
+                        "--control needs --control-bundle FILE (the roots that "
                         "the control plane's certificate chains to)");
         if (cfg->spiffe_id == NULL)
             return errf(err, errlen, "--control needs --spiffe-id ID (the identity to ask for)");
@@ -806,7 +813,8 @@ static int check_config(struct tt_config *cfg, char *err, size_t errlen)
             return errf(err, errlen, "--control needs --join-token FILE (the bootstrap token)");
     } else if (cfg->control_bundle_path != NULL || cfg->join_token_path != NULL ||
                cfg->spiffe_id != NULL) {
-        return errf(err, errlen, "--control-bundle, --join-token and --spiffe-id need "
+        return errf(err, errlen,
+                    "--control-bundle, --join-token and --spiffe-id need "
                     "--control ADDR:PORT");
     } else if (cfg->cert_path == NULL)
         return errf(err, errlen, "missing --identity-cert (or identity.cert in the config file)");

@@ -20,32 +20,32 @@ enum tt_listener_kind {
 
 struct tt_listener_cfg {
     enum tt_listener_kind kind;
-    char name[64];            /* "inbound:127.0.0.1:16006", used in /stats and logs */
+    char name[64]; /* "inbound:127.0.0.1:16006", used in /stats and logs */
     struct tt_addr listen;
-    struct tt_addr target;    /* inbound: forward address; outbound: upstream */
-    char *expected_id;        /* outbound: server SPIFFE ID that must answer; else NULL */
+    struct tt_addr target; /* inbound: forward address; outbound: upstream */
+    char *expected_id;     /* outbound: server SPIFFE ID that must answer; else NULL */
 };
 
-#define TT_DEFAULT_ADMIN "127.0.0.1:15000"
-#define TT_DEFAULT_MAX_CONNECTIONS 16384
+#define TT_DEFAULT_ADMIN                "127.0.0.1:15000"
+#define TT_DEFAULT_MAX_CONNECTIONS      16384
 #define TT_DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
-#define TT_DEFAULT_CONNECT_TIMEOUT_MS 5000
-#define TT_DEFAULT_IDLE_TIMEOUT_MS (3600 * 1000)
-#define TT_DEFAULT_DRAIN_TIMEOUT_MS 20000
+#define TT_DEFAULT_CONNECT_TIMEOUT_MS   5000
+#define TT_DEFAULT_IDLE_TIMEOUT_MS      (3600 * 1000)
+#define TT_DEFAULT_DRAIN_TIMEOUT_MS     20000
 
 struct tt_config {
-    char *config_path;      /* --config, or NULL */
-    char *cert_path;        /* --identity-cert */
-    char *key_path;         /* --identity-key */
-    char *bundle_path;      /* --trust-bundle */
-    char *policy_path;      /* --policy, or NULL (no policy: any authenticated caller) */
-    bool has_control;       /* --control given: identity and policy come from it */
-    struct tt_addr control; /* --control */
+    char *config_path;         /* --config, or NULL */
+    char *cert_path;           /* --identity-cert */
+    char *key_path;            /* --identity-key */
+    char *bundle_path;         /* --trust-bundle */
+    char *policy_path;         /* --policy, or NULL (no policy: any authenticated caller) */
+    bool has_control;          /* --control given: identity and policy come from it */
+    struct tt_addr control;    /* --control */
     char *control_bundle_path; /* --control-bundle */
-    char *join_token_path;  /* --join-token */
-    char *spiffe_id;        /* --spiffe-id */
-    struct tt_addr admin;   /* --admin */
-    unsigned workers;       /* --workers; 0 in input means "number of cores" */
+    char *join_token_path;     /* --join-token */
+    char *spiffe_id;           /* --spiffe-id */
+    struct tt_addr admin;      /* --admin */
+    unsigned workers;          /* --workers; 0 in input means "number of cores" */
     enum tt_log_level log_level;
     unsigned max_connections;
     uint64_t handshake_timeout_ms;
@@ -62,10 +62,10 @@ struct tt_config {
  * --config FILE first when given. Defaults apply to what neither sets; workers 0
  * becomes the number of online CPUs. Requires the three identity files and at least
  * one listener; with --control, the identity files and --policy are refused and
- * --control-bundle, --join-token and --spiffe-id are required. Returns 0, TT_CONFIG_HELP after printing usage to stdout, or TT_E_CONFIG
- * with one line in err (e.g. "--inbound 127.0.0.1:99999=x: port must be 0..65535" or
- * "sidecar.json: timeouts.idle: expected a duration such as \"10s\""). On error cfg
- * holds nothing that needs freeing beyond tt_config_done(). */
+ * --control-bundle, --join-token and --spiffe-id are required. Returns 0, TT_CONFIG_HELP after
+ * printing usage to stdout, or TT_E_CONFIG with one line in err (e.g. "--inbound 127.0.0.1:99999=x:
+ * port must be 0..65535" or "sidecar.json: timeouts.idle: expected a duration such as \"10s\""). On
+ * error cfg holds nothing that needs freeing beyond tt_config_done(). */
 int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err, size_t errlen);
 
 /* Parses the value of --inbound (LISTEN=FORWARD) or --outbound

@@ -60,8 +60,8 @@ static void on_timer(uv_timer_t *timer)
 
     switch (c->state) {
     case TT_CONN_S_HANDSHAKE:
-        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_TIMEOUT,
-                              c->peer_addr, tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_TIMEOUT, c->peer_addr,
+                              tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
                               tt_tls_peer_issuer(c->tls));
         conn_close(c, TT_E_TIMEOUT, true);
         break;
@@ -338,8 +338,8 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
     if (c->state == TT_CONN_S_HANDSHAKE || c->state == TT_CONN_S_CONNECTING) {
         if (c->state == TT_CONN_S_HANDSHAKE)
             tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_PROTOCOL,
-                                  c->peer_addr, tt_tls_peer_id(c->tls),
-                                  tt_tls_peer_serial(c->tls), tt_tls_peer_issuer(c->tls));
+                                  c->peer_addr, tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                                  tt_tls_peer_issuer(c->tls));
         conn_close(c, UV_EOF, false);
         return;
     }
@@ -383,8 +383,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (c->state == TT_CONN_S_HANDSHAKE)
             tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_PROTOCOL,
-                                  c->peer_addr, tt_tls_peer_id(c->tls),
-                                  tt_tls_peer_serial(c->tls), tt_tls_peer_issuer(c->tls));
+                                  c->peer_addr, tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                                  tt_tls_peer_issuer(c->tls));
         conn_close(c, (int)nread, true);
         return;
     }
@@ -674,12 +674,12 @@ static void conn_account(struct tt_conn *c, int err)
     TT_COUNTER_ADD(lc->closed, 1);
     tt_metrics_observe(&lc->duration_us, dur_ms * 1000);
     if (peer_id[0] != '\0')
-        tt_metrics_peer_add(c->worker->metrics, peer_id, c->down.bytes_read,
-                            c->down.bytes_written, strcmp(c->verdict, "deny") == 0);
+        tt_metrics_peer_add(c->worker->metrics, peer_id, c->down.bytes_read, c->down.bytes_written,
+                            strcmp(c->verdict, "deny") == 0);
     tt_log(err == 0 || err == UV_EOF ? TT_LOG_INFO : TT_LOG_WARN, "access",
-           TT_LS("listener", c->listener->cfg->name), TT_LS("direction", inbound ? "inbound" : "outbound"),
-           TT_LS("peer_addr", c->peer_addr), TT_LS("peer_id", peer_id),
-           TT_LS("verdict", c->verdict), TT_LS("rule", c->rule),
+           TT_LS("listener", c->listener->cfg->name),
+           TT_LS("direction", inbound ? "inbound" : "outbound"), TT_LS("peer_addr", c->peer_addr),
+           TT_LS("peer_id", peer_id), TT_LS("verdict", c->verdict), TT_LS("rule", c->rule),
            TT_LU("bytes_in", c->down.bytes_read), TT_LU("bytes_out", c->down.bytes_written),
            TT_LU("upstream_bytes_in", c->up.bytes_read),
            TT_LU("upstream_bytes_out", c->up.bytes_written), TT_LU("duration_ms", dur_ms),

@@ -36,35 +36,35 @@ struct tt_side {
     struct tt_buf queued;   /* bytes waiting behind them */
     uint64_t bytes_read;
     uint64_t bytes_written;
-    bool open;              /* tcp initialized, needs uv_close */
-    bool connected;         /* accepted or connected: a reset is possible */
-    bool reading;           /* uv_read_start active */
-    bool read_eof;          /* the peer will send nothing more */
-    bool want_shutdown;     /* send FIN once the queue drains */
-    bool shutdown_sent;     /* uv_shutdown issued */
-    bool shutdown_done;     /* FIN sent */
+    bool open;          /* tcp initialized, needs uv_close */
+    bool connected;     /* accepted or connected: a reset is possible */
+    bool reading;       /* uv_read_start active */
+    bool read_eof;      /* the peer will send nothing more */
+    bool want_shutdown; /* send FIN once the queue drains */
+    bool shutdown_sent; /* uv_shutdown issued */
+    bool shutdown_done; /* FIN sent */
 };
 
 struct tt_conn {
     struct tt_conn *next, *prev; /* the worker's list */
     struct tt_worker *worker;
     struct tt_listener *listener;
-    struct tt_snapshot *snapshot;  /* taken at accept; kept for the connection's life */
+    struct tt_snapshot *snapshot; /* taken at accept; kept for the connection's life */
     enum tt_conn_state state;
-    struct tt_side down;           /* accepted from the client */
-    struct tt_side up;             /* connected to the upstream */
-    struct tt_side *tls_side;      /* &down (inbound) or &up (outbound) */
-    struct tt_side *plain_side;    /* the other one */
+    struct tt_side down;        /* accepted from the client */
+    struct tt_side up;          /* connected to the upstream */
+    struct tt_side *tls_side;   /* &down (inbound) or &up (outbound) */
+    struct tt_side *plain_side; /* the other one */
     struct tt_tls *tls;
-    uv_timer_t timer;              /* handshake, connect or idle deadline */
+    uv_timer_t timer; /* handshake, connect or idle deadline */
     uv_connect_t connect_req;
     uint64_t start_ms;
-    uint64_t phase_ms;             /* when the current state began */
+    uint64_t phase_ms; /* when the current state began */
     uint64_t last_activity_ms;
     int pending_closes;
-    int error;                     /* first error that ended the connection, or 0 */
-    const char *verdict;           /* "allow", "deny" or "error" for the access log */
-    const char *rule;              /* deciding rule name, or NULL */
+    int error;           /* first error that ended the connection, or 0 */
+    const char *verdict; /* "allow", "deny" or "error" for the access log */
+    const char *rule;    /* deciding rule name, or NULL */
     bool close_notify_sent;
     char peer_addr[64];
 };

@@ -14,6 +14,7 @@
 #include <openssl/mem.h>
 #include <openssl/rand.h>
 
+#include "buf.h"
 #include "cpclient.h"
 #include "errors.h"
 #include "grpc_glue.h"
@@ -27,15 +28,15 @@
 #include "tls.h"
 #include "util.h"
 
-#define CP_CONNECT_TIMEOUT_MS 5000
+#define CP_CONNECT_TIMEOUT_MS   5000
 #define CP_HANDSHAKE_TIMEOUT_MS 5000
-#define CP_CALL_TIMEOUT_MS 10000
-#define CP_RECV_SLICE_MS 500       /* longest blocking wait: how fast stop is noticed */
-#define CP_BACKOFF_MIN_MS 500
-#define CP_BACKOFF_MAX_MS 30000    /* DESIGN.md: retries capped at 30 s ... */
-#define CP_FILE_MAX (1024 * 1024)
-#define CP_SIGN_PATH "/tether.v1.Identity/Sign"
-#define CP_WATCH_PATH "/tether.v1.Discovery/Watch"
+#define CP_CALL_TIMEOUT_MS      10000
+#define CP_RECV_SLICE_MS        500 /* longest blocking wait: how fast stop is noticed */
+#define CP_BACKOFF_MIN_MS       500
+#define CP_BACKOFF_MAX_MS       30000 /* DESIGN.md: retries capped at 30 s ... */
+#define CP_FILE_MAX             (1024 * 1024)
+#define CP_SIGN_PATH            "/tether.v1.Identity/Sign"
+#define CP_WATCH_PATH           "/tether.v1.Discovery/Watch"
 
 struct tt_cpclient {
     struct tt_runtime *rt;
@@ -46,7 +47,7 @@ struct tt_cpclient {
     char control_id[TT_SPIFFE_MAX + 1]; /* the control plane's own SPIFFE ID */
     char *control_bundle;               /* roots its certificate chains to */
     size_t control_bundle_len;
-    struct tt_identity *anonymous;      /* trust-only identity for bootstrap */
+    struct tt_identity *anonymous; /* trust-only identity for bootstrap */
 
     /* Credentials: the key never leaves this struct (and the runtime's SSL_CTXs). */
     char *key_pem;
@@ -59,7 +60,7 @@ struct tt_cpclient {
 
     /* The last snapshot applied. */
     uint64_t version;
-    char *mesh_bundle;       /* from Sign, then from each snapshot */
+    char *mesh_bundle; /* from Sign, then from each snapshot */
     struct tt_policy *policy;
     char **revoked;
     size_t n_revoked;
@@ -199,12 +200,12 @@ static int cp_read_token(const char *path, char **token, char *err, size_t errle
 
 /* Builds the data-plane identity from the current key, chain, mesh bundle and
  * revocations. NULL with err set when they do not fit together. */
-static struct tt_identity *cp_build_identity(struct tt_cpclient *cp, const char *bundle,
-                                             char *err, size_t errlen)
+static struct tt_identity *cp_build_identity(struct tt_cpclient *cp, const char *bundle, char *err,
+                                             size_t errlen)
 {
     struct tt_identity *id =
-        tt_identity_from_pem(cp->chain_pem, strlen(cp->chain_pem), cp->key_pem, cp->key_len,
-                             bundle, strlen(bundle), "control plane", err, errlen);
+        tt_identity_from_pem(cp->chain_pem, strlen(cp->chain_pem), cp->key_pem, cp->key_len, bundle,
+                             strlen(bundle), "control plane", err, errlen);
     if (id == NULL)
         return NULL;
     if (tt_identity_set_revoked(id, (const char *const *)cp->revoked, cp->n_revoked) < 0) {
@@ -232,8 +233,8 @@ static void cp_schedule_renewal(struct tt_cpclient *cp)
     uint32_t rnd = 0;
 
     RAND_bytes((uint8_t *)&rnd, sizeof(rnd));
-    int64_t jitter = lifetime > 10 ? (int64_t)(rnd % (uint32_t)(lifetime / 5 + 1)) - lifetime / 10
-                                   : 0;
+    int64_t jitter =
+        lifetime > 10 ? (int64_t)(rnd % (uint32_t)(lifetime / 5 + 1)) - lifetime / 10 : 0;
     cp->renew_at = cp->received_unix + lifetime / 2 + jitter;
     pthread_mutex_lock(&cp->lock);
     cp->status.next_renewal_unix = cp->renew_at;
@@ -304,10 +305,10 @@ static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
     cp_touch(cp);
 
     /* Check the answer before it replaces anything. */
-    struct tt_identity *check = tt_identity_from_pem(
-        resp->cert_chain_pem, strlen(resp->cert_chain_pem), key_pem, key_len,
-        resp->trust_bundle_pem, strlen(resp->trust_bundle_pem), "Identity.Sign answer", err,
-        errlen);
+    struct tt_identity *check =
+        tt_identity_from_pem(resp->cert_chain_pem, strlen(resp->cert_chain_pem), key_pem, key_len,
+                             resp->trust_bundle_pem, strlen(resp->trust_bundle_pem),
+                             "Identity.Sign answer", err, errlen);
     if (check == NULL) {
         r = TT_E_IDENTITY;
         goto out;
@@ -403,8 +404,8 @@ static int cp_watch_open(struct tt_cpclient *cp, char *err, size_t errlen)
     tt_identity_unref(id);
     if (r < 0)
         return r;
-    cp->watch = tt_grpc_client_stream_open(cp->watch_ch, CP_WATCH_PATH,
-                                           &tether__v1__snapshot__descriptor);
+    cp->watch =
+        tt_grpc_client_stream_open(cp->watch_ch, CP_WATCH_PATH, &tether__v1__snapshot__descriptor);
     if (cp->watch == NULL) {
         snprintf(err, errlen, "cannot open Discovery.Watch");
         cp_watch_close(cp);
@@ -454,13 +455,14 @@ static int cp_apply(struct tt_cpclient *cp, const Tether__V1__Snapshot *snap, ch
         return TT_E_CONFIG;
     }
     if (snap->trust_bundle_pem == NULL || snap->trust_bundle_pem[0] == '\0') {
-        snprintf(err, errlen, "snapshot %llu: empty trust bundle", (unsigned long long)snap->version);
+        snprintf(err, errlen, "snapshot %llu: empty trust bundle",
+                 (unsigned long long)snap->version);
         return TT_E_CONFIG;
     }
     snprintf(source, sizeof(source), "snapshot %llu policy", (unsigned long long)snap->version);
-    policy = tt_policy_parse(snap->policy_json ? snap->policy_json : "",
-                             snap->policy_json ? strlen(snap->policy_json) : 0, source, err,
-                             errlen);
+    policy =
+        tt_policy_parse(snap->policy_json ? snap->policy_json : "",
+                        snap->policy_json ? strlen(snap->policy_json) : 0, source, err, errlen);
     if (policy == NULL)
         return TT_E_POLICY;
     if (tt_policy_check_tcp_enforceable(policy, cp->cfg->spiffe_id, err, errlen) < 0) {
@@ -468,8 +470,8 @@ static int cp_apply(struct tt_cpclient *cp, const Tether__V1__Snapshot *snap, ch
         return TT_E_POLICY;
     }
 
-    revoked = snap->n_revoked_serials > 0 ? calloc(snap->n_revoked_serials, sizeof(*revoked))
-                                          : NULL;
+    revoked =
+        snap->n_revoked_serials > 0 ? calloc(snap->n_revoked_serials, sizeof(*revoked)) : NULL;
     if (snap->n_revoked_serials > 0 && revoked == NULL)
         goto err_nomem;
     for (size_t i = 0; i < snap->n_revoked_serials; i++) {
@@ -561,8 +563,8 @@ static int cp_watch_step(struct tt_cpclient *cp, char *err, size_t errlen)
     r = cp_apply(cp, snap, reason, sizeof(reason));
     protobuf_c_message_free_unpacked(msg, NULL);
     if (r < 0)
-        tt_log(TT_LOG_WARN, "snapshot_refused", TT_LU("version", version),
-               TT_LS("reason", reason), TT_LU("keeping_version", cp->version));
+        tt_log(TT_LOG_WARN, "snapshot_refused", TT_LU("version", version), TT_LS("reason", reason),
+               TT_LU("keeping_version", cp->version));
     r = cp_ack(cp, version, r == 0, r == 0 ? NULL : reason);
     if (r < 0) {
         snprintf(err, errlen, "Discovery.Watch: cannot send the ACK: %s", tt_strerror(r));
@@ -618,6 +620,7 @@ static void *cp_main(void *arg)
     }
     cp_watch_close(cp);
     cp_set_state(cp, TT_CP_S_STOPPED, NULL);
+    tt_buf_pool_drain(); /* the handshakes on this thread used pooled slabs */
     return NULL;
 }
 
@@ -644,19 +647,18 @@ struct tt_cpclient *tt_cpclient_start(struct tt_runtime *rt, char *err, size_t e
         snprintf(err, errlen, "--spiffe-id %s: no trust domain", cfg->spiffe_id);
         goto err_free;
     }
-    snprintf(cp->control_id, sizeof(cp->control_id), "spiffe://%s/ns/tether-system/sa/tether-control",
-             td);
+    snprintf(cp->control_id, sizeof(cp->control_id),
+             "spiffe://%s/ns/tether-system/sa/tether-control", td);
     r = tt_file_read(cfg->control_bundle_path, CP_FILE_MAX, &cp->control_bundle,
                      &cp->control_bundle_len);
     if (r < 0) {
-        snprintf(err, errlen, "--control-bundle %s: %s", cfg->control_bundle_path,
-                 tt_strerror(r));
+        snprintf(err, errlen, "--control-bundle %s: %s", cfg->control_bundle_path, tt_strerror(r));
         goto err_free;
     }
     char source[600];
     snprintf(source, sizeof(source), "--control-bundle %s", cfg->control_bundle_path);
-    cp->anonymous = tt_identity_trust_only(cp->control_bundle, cp->control_bundle_len, source,
-                                           err, errlen);
+    cp->anonymous =
+        tt_identity_trust_only(cp->control_bundle, cp->control_bundle_len, source, err, errlen);
     if (cp->anonymous == NULL)
         goto err_free;
     /* Fail fast on an unreadable token: it is needed for the first certificate. */

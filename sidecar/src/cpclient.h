@@ -17,8 +17,8 @@ struct tt_cpclient;
 
 /* Control connection states, as /stats spells them. */
 enum tt_cp_state {
-    TT_CP_S_CONNECTING, /* no certificate yet, or (re)connecting */
-    TT_CP_S_CONNECTED,  /* Watch stream open */
+    TT_CP_S_CONNECTING,  /* no certificate yet, or (re)connecting */
+    TT_CP_S_CONNECTED,   /* Watch stream open */
     TT_CP_S_UNREACHABLE, /* last attempt failed; serving with what we have */
     TT_CP_S_REFUSED,     /* the control plane answered and refused our request */
     TT_CP_S_STOPPED,
@@ -26,14 +26,14 @@ enum tt_cp_state {
 
 struct tt_cp_status {
     enum tt_cp_state state;
-    const char *state_name;      /* "connecting", "connected", "unreachable", "refused",
-                                  * "stopped" */
-    uint64_t version_applied;    /* last snapshot version applied (ACKed) */
-    uint64_t version_refused;    /* last snapshot version refused (NACKed), 0 if none */
-    uint64_t rotations;          /* certificates received after the first */
-    int64_t last_contact_unix;   /* last message received from the control plane */
-    int64_t next_renewal_unix;   /* when the next renewal is due */
-    char last_error[512];        /* why the last attempt failed, "" if none */
+    const char *state_name;    /* "connecting", "connected", "unreachable", "refused",
+                                * "stopped" */
+    uint64_t version_applied;  /* last snapshot version applied (ACKed) */
+    uint64_t version_refused;  /* last snapshot version refused (NACKed), 0 if none */
+    uint64_t rotations;        /* certificates received after the first */
+    int64_t last_contact_unix; /* last message received from the control plane */
+    int64_t next_renewal_unix; /* when the next renewal is due */
+    char last_error[512];      /* why the last attempt failed, "" if none */
 };
 
 /* Reads --control-bundle and --join-token (errors name the file), then starts the

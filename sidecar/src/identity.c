@@ -343,6 +343,23 @@ err:
     return NULL;
 }
 
+/* Makes the bundle's certificates the identity's trust store and /certs list. Returns 0
+ * or -ENOMEM. */
+static int trust_roots(struct tt_identity *id, STACK_OF(X509) * bundle)
+{
+    id->store = X509_STORE_new();
+    id->n_roots = sk_X509_num(bundle);
+    id->roots = calloc(id->n_roots, sizeof(*id->roots));
+    if (id->store == NULL || id->roots == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < id->n_roots; i++) {
+        X509 *x = sk_X509_value(bundle, i);
+        if (tt_cert_info_fill(&id->roots[i], x) == -ENOMEM || !X509_STORE_add_cert(id->store, x))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 static void identity_free(struct tt_identity *id)
 {
     SSL_CTX_free(id->server_ctx);
@@ -430,16 +447,8 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
         goto err;
     }
 
-    id->store = X509_STORE_new();
-    id->n_roots = sk_X509_num(bundle);
-    id->roots = calloc(id->n_roots, sizeof(*id->roots));
-    if (id->store == NULL || id->roots == NULL)
+    if (trust_roots(id, bundle) < 0)
         goto err_nomem;
-    for (size_t i = 0; i < id->n_roots; i++) {
-        X509 *x = sk_X509_value(bundle, i);
-        if (tt_cert_info_fill(&id->roots[i], x) == -ENOMEM || !X509_STORE_add_cert(id->store, x))
-            goto err_nomem;
-    }
 
     int v = check_chain(id->store, chain);
     if (v == X509_V_ERR_OUT_OF_MEM)
@@ -523,16 +532,8 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
     } else if (r < 0) {
         goto err_nomem;
     }
-    id->store = X509_STORE_new();
-    id->n_roots = sk_X509_num(bundle);
-    id->roots = calloc(id->n_roots, sizeof(*id->roots));
-    if (id->store == NULL || id->roots == NULL)
+    if (trust_roots(id, bundle) < 0)
         goto err_nomem;
-    for (size_t i = 0; i < id->n_roots; i++) {
-        X509 *x = sk_X509_value(bundle, i);
-        if (tt_cert_info_fill(&id->roots[i], x) == -ENOMEM || !X509_STORE_add_cert(id->store, x))
-            goto err_nomem;
-    }
     id->client_ctx = build_ctx(NULL, 0, NULL);
     if (id->client_ctx == NULL)
         goto err_nomem;
@@ -679,7 +680,8 @@ int tt_identity_set_revoked(struct tt_identity *id, const char *const *serials, 
             goto err_free;
         kept++;
     }
-    qsort(set, kept, sizeof(*set), cmp_serial);
+    if (kept > 1)
+        qsort(set, kept, sizeof(*set), cmp_serial);
     for (size_t i = 0; i < id->n_revoked; i++)
         free(id->revoked[i]);
     free(id->revoked);

@@ -34,9 +34,8 @@ struct tt_cert_info {
  * ECDHE-AEAD suites only; session tickets enabled. `source` names the input in errors
  * (for files: "cert FILE", ...). On error returns NULL and writes one line into err
  * naming the file and the problem. Returns an identity with one reference. */
-struct tt_identity *tt_identity_from_pem(const char *cert_pem, size_t cert_len,
-                                         const char *key_pem, size_t key_len,
-                                         const char *bundle_pem, size_t bundle_len,
+struct tt_identity *tt_identity_from_pem(const char *cert_pem, size_t cert_len, const char *key_pem,
+                                         size_t key_len, const char *bundle_pem, size_t bundle_len,
                                          const char *source, char *err, size_t errlen);
 
 /* Reads the three PEM files and calls tt_identity_from_pem(); errors name the file. */

@@ -14,13 +14,36 @@
 
 #define TT_LISTEN_BACKLOG 1024
 
+/* EADDRINUSE when another socket, of this process or another, is bound to addr: a
+ * plain bind without SO_REUSEPORT conflicts with any socket on the address. */
+static int probe_unused(const struct tt_addr *addr)
+{
+    int one = 1, r = 0;
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (addr->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+        r = -errno;
+    close(fd);
+    return r;
+}
+
 /* Binds a reusable, non-blocking listening socket (see listener.h). */
-int tt_listener_bind(struct tt_addr *addr, int *fd_out)
+int tt_listener_bind(struct tt_addr *addr, bool first, int *fd_out)
 {
     int one = 1;
-    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int err;
+    int fd, err;
 
+    /* SO_REUSEPORT lets our workers share the port, but it would also let a second
+     * process with the same user join it silently and take part of the traffic: the
+     * first socket of a port makes sure nobody holds it yet. */
+    if (first && tt_addr_port(addr) != 0 && (err = probe_unused(addr)) < 0)
+        return err;
+    fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||

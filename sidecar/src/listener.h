@@ -4,13 +4,18 @@
 #ifndef TT_LISTENER_H
 #define TT_LISTENER_H
 
+#include <stdbool.h>
+
 #include "util.h"
 #include "worker.h"
 
 /* Creates, binds and returns in *fd a non-blocking SO_REUSEPORT TCP socket for addr.
- * When addr's port is 0 the kernel's choice is written back into addr (so the other
- * workers bind the same port). Returns 0 or -errno. */
-int tt_listener_bind(struct tt_addr *addr, int *fd);
+ * `first` marks the first socket of this address in the process: it fails with
+ * -EADDRINUSE when any other socket is bound there (another process sharing the port
+ * through SO_REUSEPORT would silently take part of the connections). When addr's port is
+ * 0 the kernel's choice is written back into addr (so the other workers bind the same
+ * port). Returns 0 or -errno. */
+int tt_listener_bind(struct tt_addr *addr, bool first, int *fd);
 
 /* Starts accepting on fd in worker w's loop for listener `index`. Takes ownership of
  * fd. Returns 0 or <0. */

@@ -52,11 +52,11 @@ void tt_log_fields(enum tt_log_level level, const char *event, const struct tt_l
                    size_t n);
 
 /* tt_log(TT_LOG_INFO, "listening", TT_LS("addr", a), TT_LI("port", p)); at least one field. */
-#define tt_log(level, event, ...)                                                                 \
+#define tt_log(level, event, ...)                                                                  \
     do {                                                                                           \
         if (tt_log_enabled(level)) {                                                               \
             const struct tt_log_field tt_log_f_[] = {__VA_ARGS__};                                 \
-            tt_log_fields((level), (event), tt_log_f_, sizeof(tt_log_f_) / sizeof(tt_log_f_[0])); \
+            tt_log_fields((level), (event), tt_log_f_, sizeof(tt_log_f_) / sizeof(tt_log_f_[0]));  \
         }                                                                                          \
     } while (0)
 

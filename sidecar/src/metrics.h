@@ -33,7 +33,7 @@ const char *tt_hs_reason_name(enum tt_hs_reason reason);
 enum tt_hs_reason tt_hs_reason_from_err(int err);
 
 /* Single-writer increment: a relaxed load and store, atomic for readers. */
-#define TT_COUNTER_ADD(c, n)                                                                    \
+#define TT_COUNTER_ADD(c, n)                                                                       \
     __atomic_store_n(&(c), __atomic_load_n(&(c), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
 #define TT_COUNTER_GET(c) __atomic_load_n(&(c), __ATOMIC_RELAXED)
 
@@ -65,11 +65,11 @@ struct tt_listener_counters {
     struct tt_hist duration_us;  /* whole connection lifetime */
 };
 
-#define TT_METRICS_PEERS 256    /* distinct peer identities tracked per worker */
+#define TT_METRICS_PEERS    256 /* distinct peer identities tracked per worker */
 #define TT_METRICS_FAILURES 32  /* recent handshake failures kept per worker */
 
 struct tt_peer_counters {
-    char id[256];     /* SPIFFE ID, truncated; "" marks a free slot; "other" overflow */
+    char id[256]; /* SPIFFE ID, truncated; "" marks a free slot; "other" overflow */
     uint64_t connections;
     uint64_t denied;
     uint64_t bytes_in;
@@ -119,9 +119,9 @@ void tt_metrics_peer_add(struct tt_metrics *m, const char *spiffe_id, uint64_t b
 struct tt_metrics_sum {
     size_t n_listeners;
     struct tt_listener_counters *listeners; /* n_listeners entries */
-    struct tt_peer_counters *peers;          /* merged by id */
+    struct tt_peer_counters *peers;         /* merged by id */
     size_t n_peers;
-    struct tt_hs_failure *failures;          /* newest first, at most TT_METRICS_FAILURES */
+    struct tt_hs_failure *failures; /* newest first, at most TT_METRICS_FAILURES */
     size_t n_failures;
 };
 int tt_metrics_sum(struct tt_metrics *const *workers, size_t n_workers, struct tt_metrics_sum *out);

@@ -23,17 +23,17 @@ enum tt_policy_mode {
     TT_POLICY_AUDIT,
 };
 
-#define TT_POLICY_MAX_AUDIT 8 /* audit matches recorded per verdict (more are dropped) */
+#define TT_POLICY_MAX_AUDIT    8 /* audit matches recorded per verdict (more are dropped) */
 #define TT_POLICY_RULE_DEFAULT (-1)
 
 /* The outcome of one evaluation. */
 struct tt_policy_verdict {
     bool allowed;
-    int rule;                 /* index of the deciding enforce rule, or TT_POLICY_RULE_DEFAULT */
-    const char *rule_name;    /* its name, or "default"; valid while the policy lives */
+    int rule;              /* index of the deciding enforce rule, or TT_POLICY_RULE_DEFAULT */
+    const char *rule_name; /* its name, or "default"; valid while the policy lives */
     int audit[TT_POLICY_MAX_AUDIT]; /* indices of audit rules that matched */
     int n_audit;
-    bool audit_would_deny;    /* an audit deny rule matched */
+    bool audit_would_deny; /* an audit deny rule matched */
 };
 
 /* Parses a policy document (format in DESIGN.md: "default", "rules" with "name",
@@ -59,9 +59,8 @@ void tt_policy_unref(struct tt_policy *p); /* accepts NULL */
  * decides; audit rules never decide but are reported in out->audit. With no deciding
  * match the document's default applies. `method`/`path` may be NULL for TCP (rules
  * with "methods" or "paths" then never match). Pure: touches no counters. */
-void tt_policy_check(const struct tt_policy *p, const char *caller, const char *self,
-                     uint16_t port, const char *method, const char *path,
-                     struct tt_policy_verdict *out);
+void tt_policy_check(const struct tt_policy *p, const char *caller, const char *self, uint16_t port,
+                     const char *method, const char *path, struct tt_policy_verdict *out);
 
 /* A sidecar that relays TCP without parsing HTTP never sees a method or a path, so a
  * deny rule conditioned on them could never match: the requests it names would be let

@@ -17,7 +17,7 @@
 #include "runtime.h"
 #include "util.h"
 
-#define TT_ERR_MAX 512
+#define TT_ERR_MAX       512
 #define TT_DRAIN_POLL_MS 100
 
 /* Current snapshot with a new reference (any thread). */
@@ -33,8 +33,8 @@ struct tt_snapshot *tt_runtime_snapshot(struct tt_runtime *rt)
 static struct tt_snapshot *load_snapshot(const struct tt_config *cfg, uint64_t generation,
                                          char *err, size_t errlen)
 {
-    struct tt_identity *id = tt_identity_load(cfg->cert_path, cfg->key_path, cfg->bundle_path,
-                                              err, errlen);
+    struct tt_identity *id =
+        tt_identity_load(cfg->cert_path, cfg->key_path, cfg->bundle_path, err, errlen);
     struct tt_policy *policy = NULL;
     struct tt_snapshot *s;
 
@@ -81,8 +81,8 @@ static void runtime_install(struct tt_runtime *rt, struct tt_snapshot *s)
     pthread_mutex_lock(&rt->snapshot_lock);
     struct tt_snapshot *old = rt->snapshot;
     s->generation = ++rt->generation;
-    if (old != NULL && strcmp(tt_identity_leaf(old->identity)->serial,
-                              tt_identity_leaf(s->identity)->serial) != 0)
+    if (old != NULL &&
+        strcmp(tt_identity_leaf(old->identity)->serial, tt_identity_leaf(s->identity)->serial) != 0)
         __atomic_fetch_add(&rt->rotations, 1, __ATOMIC_RELAXED);
     rt->snapshot = s;
     pthread_mutex_unlock(&rt->snapshot_lock);
@@ -184,8 +184,7 @@ static void runtime_drain(struct tt_runtime *rt, const char *why)
     if (__atomic_load_n(&rt->draining, __ATOMIC_RELAXED))
         return;
     __atomic_store_n(&rt->draining, true, __ATOMIC_RELEASE);
-    tt_log(TT_LOG_INFO, "draining", TT_LS("cause", why),
-           TT_LU("connections", live_connections(rt)),
+    tt_log(TT_LOG_INFO, "draining", TT_LS("cause", why), TT_LU("connections", live_connections(rt)),
            TT_LU("drain_timeout_ms", rt->cfg->drain_timeout_ms));
     wake_workers(rt);
     uv_timer_start(&rt->drain_timer, on_drain_timeout, rt->cfg->drain_timeout_ms, 0);
@@ -229,8 +228,8 @@ static void admin_get_view(void *ud, struct tt_stats_view *v)
         v->snapshot_generation = s->generation;
         /* Ready while not draining and the certificate can still be presented: an
          * unreachable control plane does not make a serving sidecar unready. */
-        v->ready = !v->draining && started &&
-                   tt_now_unix() < tt_identity_leaf(s->identity)->not_after;
+        v->ready =
+            !v->draining && started && tt_now_unix() < tt_identity_leaf(s->identity)->not_after;
     }
     v->control_state = "none";
     if (rt->cpclient != NULL) {
@@ -269,7 +268,8 @@ static int bind_listeners(struct tt_config *cfg, unsigned n_workers, int *fds)
 {
     for (size_t l = 0; l < cfg->n_listeners; l++) {
         for (unsigned w = 0; w < n_workers; w++) {
-            int r = tt_listener_bind(&cfg->listeners[l].listen, &fds[w * cfg->n_listeners + l]);
+            int r =
+                tt_listener_bind(&cfg->listeners[l].listen, w == 0, &fds[w * cfg->n_listeners + l]);
             if (r < 0) {
                 fprintf(stderr, "tether-sidecar: cannot listen on %s (%s): %s\n",
                         cfg->listeners[l].listen.text, cfg->listeners[l].name, tt_strerror(r));
@@ -357,9 +357,6 @@ int tt_runtime_run(const struct tt_config *cfg)
             fprintf(stderr, "tether-sidecar: %s\n", err);
             goto out;
         }
-        if (rt->snapshot->policy == NULL)
-            tt_log(TT_LOG_WARN, "no_policy",
-                   TT_LS("effect", "every caller with a valid mesh certificate is allowed"));
     }
     if (bind_all(rt) < 0)
         goto out_fds;
@@ -393,9 +390,12 @@ int tt_runtime_run(const struct tt_config *cfg)
         }
     }
     rt->exit_code = TT_EXIT_OK;
+    if (rt->snapshot != NULL && rt->snapshot->policy == NULL)
+        tt_log(TT_LOG_WARN, "no_policy",
+               TT_LS("effect", "every caller with a valid mesh certificate is allowed"));
     tt_log(TT_LOG_INFO, "started", TT_LS("admin", cfg->admin.text),
-           TT_LU("admin_port", (uint64_t)tt_admin_port(rt->admin)),
-           TT_LU("workers", rt->n_workers), TT_LU("listeners", cfg->n_listeners),
+           TT_LU("admin_port", (uint64_t)tt_admin_port(rt->admin)), TT_LU("workers", rt->n_workers),
+           TT_LU("listeners", cfg->n_listeners),
            TT_LS("mode", cfg->has_control ? "control" : "files"),
            TT_LS("control", cfg->has_control ? cfg->control.text : NULL));
     if (!cfg->has_control)

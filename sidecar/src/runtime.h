@@ -28,16 +28,16 @@ struct tt_runtime {
     uint64_t generation;
     uint64_t reloads_failed;
     int64_t started_unix;
-    unsigned live_conns; /* all workers, atomic; for --max-connections */
-    bool draining;       /* atomic: SIGTERM or /quitquitquit received */
-    bool stopping;       /* atomic: workers must close everything and exit */
-    int *listen_fds;     /* bound at start-up, n_workers x n_listeners */
+    unsigned live_conns;  /* all workers, atomic; for --max-connections */
+    bool draining;        /* atomic: SIGTERM or /quitquitquit received */
+    bool stopping;        /* atomic: workers must close everything and exit */
+    int *listen_fds;      /* bound at start-up, n_workers x n_listeners */
     bool workers_started; /* atomic */
     uint64_t rotations;   /* atomic: leaf certificate changes */
     int exit_code;
-    struct tt_cpclient *cpclient;       /* control mode only */
+    struct tt_cpclient *cpclient;        /* control mode only */
     struct tt_cp_status admin_cp_status; /* filled for one admin request */
-    uv_async_t first_snapshot;          /* control mode: start workers */
+    uv_async_t first_snapshot;           /* control mode: start workers */
     struct tt_admin *admin;
     struct tt_snapshot *admin_view_snapshot; /* held between get_view and put_view */
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -45,9 +45,9 @@ struct tt_runtime {
     uv_timer_t drain_poll;
 };
 
-#define TT_EXIT_OK 0
+#define TT_EXIT_OK      0
 #define TT_EXIT_RUNTIME 1
-#define TT_EXIT_CONFIG 2
+#define TT_EXIT_CONFIG  2
 
 /* Loads the identity and policy named by cfg, binds every listener and the admin
  * address, starts the workers and runs until drained or stopped. Errors before serving

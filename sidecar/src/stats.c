@@ -201,16 +201,14 @@ static json_t *listener_json(const struct tt_listener_cfg *cfg,
 /* The control connection's state, versions and timing (control mode only). */
 static json_t *control_json(const struct tt_cp_status *cp, int64_t now)
 {
-    return json_pack("{s:s,s:I,s:I,s:I,s:o,s:o,s:o}", "state", cp->state_name,
-                     "version_applied", (json_int_t)cp->version_applied, "version_refused",
-                     (json_int_t)cp->version_refused, "rotations", (json_int_t)cp->rotations,
-                     "last_contact_unix",
-                     cp->last_contact_unix > 0 ? json_integer(cp->last_contact_unix)
-                                               : json_null(),
-                     "seconds_since_contact",
-                     cp->last_contact_unix > 0 ? json_integer(now - cp->last_contact_unix)
-                                               : json_null(),
-                     "last_error", cp->last_error[0] ? jstr(cp->last_error) : json_null());
+    return json_pack(
+        "{s:s,s:I,s:I,s:I,s:o,s:o,s:o}", "state", cp->state_name, "version_applied",
+        (json_int_t)cp->version_applied, "version_refused", (json_int_t)cp->version_refused,
+        "rotations", (json_int_t)cp->rotations, "last_contact_unix",
+        cp->last_contact_unix > 0 ? json_integer(cp->last_contact_unix) : json_null(),
+        "seconds_since_contact",
+        cp->last_contact_unix > 0 ? json_integer(now - cp->last_contact_unix) : json_null(),
+        "last_error", cp->last_error[0] ? jstr(cp->last_error) : json_null());
 }
 
 static json_t *identity_json(const struct tt_stats_view *view, int64_t now)
@@ -219,12 +217,11 @@ static json_t *identity_json(const struct tt_stats_view *view, int64_t now)
 
     if (view->identity == NULL || (leaf = tt_identity_leaf(view->identity)) == NULL)
         return json_null();
-    return json_pack(
-        "{s:o,s:o,s:I,s:I,s:I,s:I,s:o}", "spiffe_id", jstr(leaf->spiffe_id), "serial",
-        jstr(leaf->serial), "not_before", (json_int_t)leaf->not_before, "not_after",
-        (json_int_t)leaf->not_after, "seconds_to_expiry", (json_int_t)(leaf->not_after - now),
-        "rotations", (json_int_t)view->rotations, "control_plane",
-        jstr(view->control_state ? view->control_state : "none"));
+    return json_pack("{s:o,s:o,s:I,s:I,s:I,s:I,s:o}", "spiffe_id", jstr(leaf->spiffe_id), "serial",
+                     jstr(leaf->serial), "not_before", (json_int_t)leaf->not_before, "not_after",
+                     (json_int_t)leaf->not_after, "seconds_to_expiry",
+                     (json_int_t)(leaf->not_after - now), "rotations", (json_int_t)view->rotations,
+                     "control_plane", jstr(view->control_state ? view->control_state : "none"));
 }
 
 static json_t *policy_json(const struct tt_policy *p, uint64_t allowed, uint64_t denied)

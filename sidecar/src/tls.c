@@ -53,9 +53,9 @@ struct tt_tls {
     int failed;     /* the handshake's failure code, sticky */
     enum tt_tls_role role;
     struct tt_tls_resume *resume; /* clients: where new session tickets are kept */
-    unsigned done : 1;     /* handshake complete */
-    unsigned verified : 1; /* our verifier ran in this handshake */
-    unsigned oom : 1;      /* the BIO could not buffer output */
+    unsigned done : 1;            /* handshake complete */
+    unsigned verified : 1;        /* our verifier ran in this handshake */
+    unsigned oom : 1;             /* the BIO could not buffer output */
     char peer_serial[TT_SERIAL_MAX];
 };
 

@@ -414,37 +414,54 @@ err_close:
     return rc;
 }
 
-/* Normalizes a certificate serial number written as `openssl x509 -serial` prints it
- * (optionally "serial=" prefixed), ignoring case, colons and leading zeros. */
-int tt_serial_normalize(const char *in, char *out, size_t cap)
+/* Normalizes a certificate serial number (see util.h): optional "serial=" or "0x",
+ * hex digits in either case, single colons between them, leading zeros ignored,
+ * trailing whitespace allowed. */
+int tt_serial_normalize(const char *in, char *out, size_t outlen)
 {
+    char digits[41];
     size_t n = 0;
-    bool leading = true;
+    bool seen = false, last_colon = true;
+    const char *p = in;
 
-    if (strncmp(in, "serial=", 7) == 0)
-        in += 7;
-    for (const char *p = in; *p != '\0'; p++) {
-        char c = *p;
-        if (c == ':')
-            continue;
-        if (!isxdigit((unsigned char)c))
-            return -EINVAL;
-        if (leading && c == '0')
-            continue;
-        leading = false;
-        if (n + 1 >= cap)
-            return -EINVAL;
-        out[n++] = (char)toupper((unsigned char)c);
-    }
-    if (n == 0) {
-        /* All zeros (or empty): zero is "0", nothing at all is an error. */
-        if (strspn(in, "0:") == strlen(in) && strchr(in, '0') != NULL && cap >= 2) {
-            out[0] = '0';
-            out[1] = '\0';
-            return 0;
-        }
+    if (in == NULL)
         return -EINVAL;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (strncmp(p, "serial=", 7) == 0) /* `openssl x509 -serial` output as it is */
+        p += 7;
+    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X'))
+        p += 2;
+    for (; *p; p++) {
+        if (*p == ':') {
+            if (last_colon)
+                return -EINVAL; /* leading or doubled colon */
+            last_colon = true;
+            continue;
+        }
+        if (!isxdigit((unsigned char)*p)) {
+            /* Trailing whitespace (a pasted line) is fine; anything else is not. */
+            while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+                p++;
+            if (*p != '\0')
+                return -EINVAL;
+            break;
+        }
+        last_colon = false;
+        seen = true;
+        if (n == 0 && *p == '0')
+            continue;
+        if (n >= sizeof(digits) - 1)
+            return -EINVAL;
+        digits[n++] = (char)toupper((unsigned char)*p);
     }
-    out[n] = '\0';
+    if (!seen || (last_colon && p > in && p[-1] == ':'))
+        return -EINVAL;
+    if (n == 0)
+        digits[n++] = '0';
+    digits[n] = '\0';
+    if (n + 1 > outlen)
+        return -ENOSPC;
+    memcpy(out, digits, n + 1);
     return 0;
 }

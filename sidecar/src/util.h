@@ -7,7 +7,7 @@
 #include <sys/socket.h>
 
 #define tt_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#define TT_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define TT_ARRAY_SIZE(a)                   (sizeof(a) / sizeof((a)[0]))
 
 /* Parses a duration such as "250ms", "10s", "5m", "1h", "1h30m" (units ms, s, m, h;
  * components in decreasing order; at least one) into milliseconds. Returns 0, or
@@ -46,9 +46,11 @@ uint64_t tt_now_ms(void);
 int tt_file_read(const char *path, size_t max_len, char **data, size_t *len);
 
 /* Writes the canonical form of a certificate serial number (upper-case hex, no colons, no
- * leading zeros; DESIGN.md) of `in`, which may use either case, colons, leading zeros and
- * an "serial=" prefix as `openssl x509 -serial` prints. Returns 0, or -EINVAL for
- * anything that is not hexadecimal or does not fit in cap bytes. */
-int tt_serial_normalize(const char *in, char *out, size_t cap);
+ * leading zeros, "0" for zero; DESIGN.md) of `in`, which may use either case, single
+ * colons between digits, leading zeros, a "serial=" prefix as `openssl x509 -serial`
+ * prints it or "0x", and trailing whitespace. Returns 0, -EINVAL for anything else
+ * (empty, other characters, more than 40 significant digits: RFC 5280 §4.1.2.2 allows 20
+ * octets), or -ENOSPC when out is too small. */
+int tt_serial_normalize(const char *in, char *out, size_t outlen);
 
 #endif

@@ -57,11 +57,11 @@ struct tt_worker {
     struct tt_listener *listeners; /* rt->cfg->n_listeners */
     int *listen_fds;               /* bound by the runtime, opened by the worker */
     struct tt_metrics *metrics;
-    struct tt_snapshot *snapshot;  /* newest snapshot this worker has taken */
-    struct tt_conn *conns;         /* every live connection, for drain and stop */
+    struct tt_snapshot *snapshot; /* newest snapshot this worker has taken */
+    struct tt_conn *conns;        /* every live connection, for drain and stop */
     size_t n_conns;
-    bool draining;                 /* listeners closed, waiting for connections */
-    bool stopping;                 /* closing everything, then the loop ends */
+    bool draining; /* listeners closed, waiting for connections */
+    bool stopping; /* closing everything, then the loop ends */
     /* Scratch space for the loop's single running callback: socket reads land in
      * read_buf, decrypted TLS plaintext in plain_buf. Never held across callbacks. */
     uint8_t read_buf[TT_WORKER_READ_BUF];

@@ -122,6 +122,20 @@ def test(env):
        "admin address in use: non-zero exit naming the port (rc %r, %r)" % (rc, err[:200]))
     s.close()
 
+    # A listen address another process holds (even one that set SO_REUSEPORT, as another
+    # sidecar would): refused, exit 2, never shared silently.
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    busy = s.getsockname()[1]
+    rc, out, err = run(base(**{"--inbound": "127.0.0.1:%d=127.0.0.1:9" % busy}))
+    ok(rc == 2 and str(busy) in err and "in use" in err and len(err.strip().splitlines()) == 1,
+       "listen address held by another process: exit 2 naming it (rc %r, %r)" % (
+           rc, err[:200]))
+    s.close()
+
     # A good policy file passes (so the failures above are about their content).
     p = env.sidecar("good-policy", cert, ca, inbound=[(in_port, "127.0.0.1:9")],
                     admin_port=admin_port, policy=good_policy)

@@ -488,8 +488,9 @@ static void test_config_flag_errors(void **state)
     assert_parse_error("unknown option --foo (see --help)", IDENTITY, "--foo=bar");
     assert_parse_error("unknown option -x (see --help)", IDENTITY, "-x");
     /* The control plane replaces the identity files and --policy. */
-#define CONTROL "--control", "127.0.0.1:15012", "--control-bundle", "cp.pem", "--join-token", \
-                "tok", "--spiffe-id", ID_API, "--inbound", "127.0.0.1:1=127.0.0.1:2"
+#define CONTROL                                                                                    \
+    "--control", "127.0.0.1:15012", "--control-bundle", "cp.pem", "--join-token", "tok",           \
+        "--spiffe-id", ID_API, "--inbound", "127.0.0.1:1=127.0.0.1:2"
     assert_parse_error("--control x: missing :PORT", IDENTITY, "--control", "x");
     assert_parse_error("--policy and --control exclude each other", CONTROL, "--policy", "p.json");
     assert_parse_error("exclude --control", CONTROL, "--identity-cert", "c.pem");
@@ -505,8 +506,8 @@ static void test_config_flag_errors(void **state)
     assert_parse_error("--spiffe-id spiffe://TD/x: expected a SPIFFE ID", "--control",
                        "127.0.0.1:15012", "--control-bundle", "b", "--join-token", "t",
                        "--spiffe-id", "spiffe://TD/x", "--inbound", "127.0.0.1:1=127.0.0.1:2");
-    assert_parse_error("--join-token and --spiffe-id need --control", IDENTITY, "--join-token",
-                       "x", "--inbound", "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--join-token and --spiffe-id need --control", IDENTITY, "--join-token", "x",
+                       "--inbound", "127.0.0.1:1=127.0.0.1:2");
     assert_parse_error("option --workers requires a value", IDENTITY, "--workers");
     assert_parse_error("option --help takes no value", "--help=yes");
     assert_parse_error("unexpected argument \"extra\"", IDENTITY, "extra");

@@ -84,28 +84,28 @@ static void test_store_serial_normalization(void **state)
 {
     char out[CP_SERIAL_MAX];
 
-    assert_int_equal(cp_serial_normalize("0a:1B:2c", out, sizeof(out)), 0);
+    assert_int_equal(tt_serial_normalize("0a:1B:2c", out, sizeof(out)), 0);
     assert_string_equal(out, "A1B2C");
-    assert_int_equal(cp_serial_normalize("00000A1B2C", out, sizeof(out)), 0);
+    assert_int_equal(tt_serial_normalize("00000A1B2C", out, sizeof(out)), 0);
     assert_string_equal(out, "A1B2C");
-    assert_int_equal(cp_serial_normalize("0x0a1b2c", out, sizeof(out)), 0);
+    assert_int_equal(tt_serial_normalize("0x0a1b2c", out, sizeof(out)), 0);
     assert_string_equal(out, "A1B2C");
-    assert_int_equal(cp_serial_normalize("a1b2c\n", out, sizeof(out)), 0);
+    assert_int_equal(tt_serial_normalize("a1b2c\n", out, sizeof(out)), 0);
     assert_string_equal(out, "A1B2C");
-    assert_int_equal(cp_serial_normalize("00:00", out, sizeof(out)), 0);
+    assert_int_equal(tt_serial_normalize("00:00", out, sizeof(out)), 0);
     assert_string_equal(out, "0");
-    assert_int_equal(cp_serial_normalize("", out, sizeof(out)), -EINVAL);
-    assert_int_equal(cp_serial_normalize(":0a", out, sizeof(out)), -EINVAL);
-    assert_int_equal(cp_serial_normalize("0a::1b", out, sizeof(out)), -EINVAL);
-    assert_int_equal(cp_serial_normalize("0a:", out, sizeof(out)), -EINVAL);
-    assert_int_equal(cp_serial_normalize("0g", out, sizeof(out)), -EINVAL);
-    assert_int_equal(cp_serial_normalize("12 34", out, sizeof(out)), -EINVAL);
-    assert_int_equal(cp_serial_normalize("0x", out, sizeof(out)), -EINVAL);
+    assert_int_equal(tt_serial_normalize("", out, sizeof(out)), -EINVAL);
+    assert_int_equal(tt_serial_normalize(":0a", out, sizeof(out)), -EINVAL);
+    assert_int_equal(tt_serial_normalize("0a::1b", out, sizeof(out)), -EINVAL);
+    assert_int_equal(tt_serial_normalize("0a:", out, sizeof(out)), -EINVAL);
+    assert_int_equal(tt_serial_normalize("0g", out, sizeof(out)), -EINVAL);
+    assert_int_equal(tt_serial_normalize("12 34", out, sizeof(out)), -EINVAL);
+    assert_int_equal(tt_serial_normalize("0x", out, sizeof(out)), -EINVAL);
     /* 41 significant digits is more than any 160-bit serial. */
     assert_int_equal(
-        cp_serial_normalize("10000000000000000000000000000000000000000", out, sizeof(out)),
+        tt_serial_normalize("10000000000000000000000000000000000000000", out, sizeof(out)),
         -EINVAL);
-    assert_int_equal(cp_serial_normalize("ABCDEF", out, 4), -ENOSPC);
+    assert_int_equal(tt_serial_normalize("ABCDEF", out, 4), -ENOSPC);
 }
 
 /* ---- atomic writes ---- */
@@ -275,6 +275,24 @@ static void test_store_token_single_use(void **state)
     assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), TT_E_DENIED);
     assert_int_equal(why, CP_TOKEN_USED_UP);
     assert_string_equal(cp_token_err_name(why), "token_used_up");
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Tokens never start with '-', which a command line would take for an option. With a
+ * plain base64url draw, 400 tokens would show one with probability 1 - (63/64)^400
+ * (99.8%). */
+static void test_store_token_no_leading_dash(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX];
+
+    for (int i = 0; i < 400; i++) {
+        assert_int_equal(cp_store_token_create(s, ID_A, 0, 0, secret, sizeof(secret), NULL), 0);
+        assert_true(secret[0] != '-');
+    }
     cp_store_free(s);
     rm_rf(dir);
     free(dir);
@@ -568,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_store_corrupt_file_refused),
         cmocka_unit_test(test_store_token_single_use),
         cmocka_unit_test(test_store_token_multi_use),
+        cmocka_unit_test(test_store_token_no_leading_dash),
         cmocka_unit_test(test_store_token_refusals),
         cmocka_unit_test(test_store_token_atomic),
         cmocka_unit_test(test_store_policy_validation_and_version),

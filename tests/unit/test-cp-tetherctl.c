@@ -166,8 +166,54 @@ static void test_tetherctl_parse_url(void **state)
                      -EINVAL);
     assert_int_equal(cp_httpc_parse_url("https://h:1", host, sizeof(host), port, sizeof(port),
                                         prefix, sizeof(prefix), err, sizeof(err)),
+                     0);
+    assert_string_equal(host, "h");
+    assert_string_equal(port, "1");
+    assert_true(cp_httpc_url_is_https("https://h:1"));
+    assert_false(cp_httpc_url_is_https("http://h:1"));
+    assert_int_equal(cp_httpc_parse_url("https://h", host, sizeof(host), port, sizeof(port), prefix,
+                                        sizeof(prefix), err, sizeof(err)),
+                     0);
+    assert_string_equal(port, "443");
+    assert_int_equal(cp_httpc_parse_url("https://h:x", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
                      -EINVAL);
-    assert_non_null(strstr(err, "https"));
+    assert_non_null(strstr(err, "https://HOST:PORT"));
+    assert_int_equal(cp_httpc_parse_url("ftp://h:1", host, sizeof(host), port, sizeof(port), prefix,
+                                        sizeof(prefix), err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "expected http://HOST:PORT or https://HOST:PORT"));
+}
+
+/* https:// without the three credential files fails before any connection; http://
+ * ignores them. */
+static void test_tetherctl_https_needs_credentials(void **state)
+{
+    struct cp_httpc_tls half = {
+        .cert_file = "/nonexistent.crt", .key_file = NULL, .cacert_file = "/nonexistent.pem"};
+    struct cp_httpc_tls missing = {.cert_file = "/nonexistent.crt",
+                                   .key_file = "/nonexistent.key",
+                                   .cacert_file = "/nonexistent.pem"};
+    struct cp_httpc_response r;
+    char err[512];
+
+    assert_int_equal(cp_httpc_request("https://127.0.0.1:1", "GET", "/stats", NULL, NULL, 0, 1000,
+                                      &r, err, sizeof(err)),
+                     -EINVAL);
+    assert_string_equal(err, "https:// needs --cert, --key and --cacert");
+    assert_int_equal(cp_httpc_call("https://127.0.0.1:1", &half, "GET", "/stats", NULL, NULL, 0,
+                                   1000, &r, err, sizeof(err)),
+                     -EINVAL);
+    assert_string_equal(err, "https:// needs --cert, --key and --cacert");
+    /* The files are read before connecting: the error names the file. */
+    assert_int_equal(cp_httpc_call("https://127.0.0.1:1", &missing, "GET", "/stats", NULL, NULL, 0,
+                                   1000, &r, err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "/nonexistent.crt"));
+    /* http:// with credentials: plain TCP as before. */
+    assert_true(cp_httpc_call("http://127.0.0.1:1", &missing, "GET", "/stats", NULL, NULL, 0, 1000,
+                              &r, err, sizeof(err)) < 0);
+    assert_non_null(strstr(err, "cannot connect to 127.0.0.1:1"));
 }
 
 /* ---- against a real API ---- */
@@ -344,6 +390,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tetherctl_usage_errors),
         cmocka_unit_test(test_tetherctl_parse_url),
+        cmocka_unit_test(test_tetherctl_https_needs_credentials),
         cmocka_unit_test_setup_teardown(test_tetherctl_commands, setup, teardown),
     };
 

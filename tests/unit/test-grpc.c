@@ -54,6 +54,7 @@ struct seen {
     int closed;
     grpc_status_code close_code;
     char unary_peer[256];
+    char unary_addr[64];
     int unary_peer_null;
 };
 
@@ -120,6 +121,7 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
     seen.unary_peer_null = peer->spiffe_id == NULL;
     snprintf(seen.unary_peer, sizeof(seen.unary_peer), "%s",
              peer->spiffe_id != NULL ? peer->spiffe_id : "");
+    snprintf(seen.unary_addr, sizeof(seen.unary_addr), "%s", peer->address);
     pthread_mutex_unlock(&seen.lock);
     if (strcmp(r->spiffe_id, "spiffe://td/deny") == 0) {
         tt_grpc_reply_error(reply, GRPC_STATUS_PERMISSION_DENIED, "token refused for %s",
@@ -218,7 +220,8 @@ static void *accept_server(struct accept_job *j)
     snprintf(serial, sizeof(serial), "%s", tt_tls_peer_serial(tls));
     j->result = tt_tlspipe_start(fd, tls, &app, &j->f->server_pipe);
     if (j->result == 0)
-        j->result = tt_grpc_server_add_fd(j->f->srv, app, id[0] != '\0' ? id : NULL, serial);
+        j->result =
+            tt_grpc_server_add_fd(j->f->srv, app, id[0] != '\0' ? id : NULL, serial, "127.0.0.1:1");
     return NULL;
 }
 
@@ -352,6 +355,8 @@ static void test_grpc_unary_sees_peer_identity(void **state)
     assert_string_equal(resp->trust_bundle_pem, CLIENT_ID);
     assert_int_equal(resp->not_after_unix, 3);
     assert_string_equal(seen.unary_peer, CLIENT_ID);
+    /* The network address given to add_fd, not gRPC's "fd:N". */
+    assert_string_equal(seen.unary_addr, "127.0.0.1:1");
     protobuf_c_message_free_unpacked(&resp->base, NULL);
 
     /* A second call on the same connection works too. */
@@ -741,7 +746,8 @@ static void test_grpc_server_api_misuse(void **state)
 
     assert_non_null(srv);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    assert_int_equal(tt_grpc_server_add_fd(srv, sv[0], NULL, NULL), -EINVAL); /* not started */
+    assert_int_equal(tt_grpc_server_add_fd(srv, sv[0], NULL, NULL, NULL),
+                     -EINVAL); /* not started */
     assert_int_equal(tt_grpc_server_add_unary(srv, SIGN_PATH, &tether__v1__sign_request__descriptor,
                                               on_sign, &seen),
                      0);

@@ -747,25 +747,24 @@ static void test_policy_load_file(void **state)
 static void test_policy_tcp_enforceable(void **state)
 {
     char err[512] = "";
-    struct tt_policy *p = parse_ok(
-        "{\"rules\": ["
-        "{\"name\": \"no-posts\", \"action\": \"deny\", \"from\": [\"*\"],"
-        " \"to\": [\"spiffe://td/ns/shop/sa/api\"], \"methods\": [\"POST\"]},"
-        "{\"name\": \"watch-admin\", \"action\": \"deny\", \"mode\": \"audit\","
-        " \"from\": [\"*\"], \"paths\": [\"/admin*\"]},"
-        "{\"name\": \"gets\", \"action\": \"allow\", \"from\": [\"*\"],"
-        " \"methods\": [\"GET\"]}]}");
+    struct tt_policy *p =
+        parse_ok("{\"rules\": ["
+                 "{\"name\": \"no-posts\", \"action\": \"deny\", \"from\": [\"*\"],"
+                 " \"to\": [\"spiffe://td/ns/shop/sa/api\"], \"methods\": [\"POST\"]},"
+                 "{\"name\": \"watch-admin\", \"action\": \"deny\", \"mode\": \"audit\","
+                 " \"from\": [\"*\"], \"paths\": [\"/admin*\"]},"
+                 "{\"name\": \"gets\", \"action\": \"allow\", \"from\": [\"*\"],"
+                 " \"methods\": [\"GET\"]}]}");
 
     /* The api workload cannot enforce "no-posts": refused, naming the rule. */
-    assert_int_equal(tt_policy_check_tcp_enforceable(p, "spiffe://td/ns/shop/sa/api", err,
-                                                     sizeof(err)),
-                     TT_E_POLICY);
+    assert_int_equal(
+        tt_policy_check_tcp_enforceable(p, "spiffe://td/ns/shop/sa/api", err, sizeof(err)),
+        TT_E_POLICY);
     assert_non_null(strstr(err, "rule \"no-posts\" denies by HTTP method"));
     /* Another workload: the deny rule does not apply; the audit rule and the allow rule
      * with HTTP conditions are harmless (they never let anything extra through). */
-    assert_int_equal(tt_policy_check_tcp_enforceable(p, "spiffe://td/ns/shop/sa/web", err,
-                                                     sizeof(err)),
-                     0);
+    assert_int_equal(
+        tt_policy_check_tcp_enforceable(p, "spiffe://td/ns/shop/sa/web", err, sizeof(err)), 0);
     tt_policy_unref(p);
 }
 

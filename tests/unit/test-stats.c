@@ -269,8 +269,11 @@ static void test_stats_json_listeners(void **state)
 static void test_stats_json_control(void **state)
 {
     struct fixture *f = *state;
-    struct tt_cp_status cp = {.state = TT_CP_S_UNREACHABLE, .state_name = "unreachable",
-                              .version_applied = 7, .version_refused = 8, .rotations = 3,
+    struct tt_cp_status cp = {.state = TT_CP_S_UNREACHABLE,
+                              .state_name = "unreachable",
+                              .version_applied = 7,
+                              .version_refused = 8,
+                              .rotations = 3,
                               .last_contact_unix = tt_now_unix() - 5};
     json_t *doc, *control;
 

@@ -324,6 +324,33 @@ static void test_tls_refuse_unknown_ca(void **state)
     tt_certgen_free(leaf);
 }
 
+static void test_tls_refuse_revoked(void **state)
+{
+    const char *client_serial = tt_identity_leaf(client_id)->serial;
+    const char *unrelated[] = {"1", "ABCDEF"};
+    const char *with_client[] = {"ABCDEF", client_serial, "1"};
+    struct tt_identity *sid = make_identity(server_leaf, root->cert_pem);
+
+    /* Serials that are not the client's change nothing. */
+    assert_int_equal(tt_identity_set_revoked(sid, unrelated, 2), 0);
+    assert_int_equal(tt_identity_revoked(sid, client_serial), 0);
+    struct tt_tls *c, *s;
+    connect_pair(client_id, sid, SERVER_ID, &c, &s);
+    tt_tls_free(c);
+    tt_tls_free(s);
+    tt_identity_unref(sid);
+
+    /* The client's serial among others: refused on the server. */
+    sid = make_identity(server_leaf, root->cert_pem);
+    assert_int_equal(tt_identity_set_revoked(sid, with_client, 3), 0);
+    assert_int_equal(tt_identity_revoked(sid, client_serial), 1);
+    expect_refused(client_id, sid, SERVER_ID, 0, TT_E_REVOKED);
+    /* An empty set clears it again. */
+    assert_int_equal(tt_identity_set_revoked(sid, NULL, 0), 0);
+    assert_int_equal(tt_identity_revoked(sid, client_serial), 0);
+    tt_identity_unref(sid);
+}
+
 static void test_tls_refuse_expired(void **state)
 {
     struct tt_certgen_cert *leaf = make_leaf(root, CLIENT_ID, NULL, -7200, -3600);
@@ -830,6 +857,7 @@ int main(void)
         cmocka_unit_test(test_tls_handshake_byte_by_byte),
         cmocka_unit_test(test_tls_large_transfer),
         cmocka_unit_test(test_tls_refuse_unknown_ca),
+        cmocka_unit_test(test_tls_refuse_revoked),
         cmocka_unit_test(test_tls_refuse_expired),
         cmocka_unit_test(test_tls_refuse_not_yet_valid),
         cmocka_unit_test(test_tls_refuse_expired_intermediate),
