@@ -152,6 +152,38 @@ static void test_config_control(void **state)
     assert_false(cfg.has_control);
 }
 
+static void test_config_control_file(void **state)
+{
+    struct tt_config cfg;
+    char err[512], want[256];
+    char *path = write_tmp("control.json",
+                           "{\"control\": {\"address\": \"127.0.0.1:15012\", \"bundle\": "
+                           "\"cp.pem\", \"join_token\": \"/abs/tok\", \"spiffe_id\": \"" ID_API
+                           "\"}, \"inbound\": [{\"listen\": \"127.0.0.1:16006\", \"forward\": "
+                           "\"127.0.0.1:8080\"}]}");
+
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", path, NULL), 0);
+    assert_true(cfg.has_control);
+    assert_string_equal(cfg.control.text, "127.0.0.1:15012");
+    snprintf(want, sizeof(want), "%s/cp.pem", tmpdir);
+    assert_string_equal(cfg.control_bundle_path, want);
+    assert_string_equal(cfg.join_token_path, "/abs/tok");
+    assert_string_equal(cfg.spiffe_id, ID_API);
+    tt_config_done(&cfg);
+    free(path);
+
+    path = write_tmp("control-bad.json", "{\"control\": {\"adress\": \"127.0.0.1:1\"}}");
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", path, NULL), TT_E_CONFIG);
+    assert_non_null(strstr(err, "control: unknown key \"adress\""));
+    tt_config_done(&cfg);
+    free(path);
+    path = write_tmp("control-id.json", "{\"control\": {\"spiffe_id\": \"http://x\"}}");
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", path, NULL), TT_E_CONFIG);
+    assert_non_null(strstr(err, "control.spiffe_id: expected a SPIFFE ID"));
+    tt_config_done(&cfg);
+    free(path);
+}
+
 static void test_config_flags_all(void **state)
 {
     struct tt_config cfg;
@@ -713,6 +745,7 @@ int main(void)
         cmocka_unit_test(test_config_flags_defaults),
         cmocka_unit_test(test_config_flags_all),
         cmocka_unit_test(test_config_control),
+        cmocka_unit_test(test_config_control_file),
         cmocka_unit_test(test_config_parse_listener),
         cmocka_unit_test_setup_teardown(test_config_file, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_config_flags_override_file, setup_dir, teardown_dir),
