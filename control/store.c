@@ -1088,6 +1088,20 @@ int cp_store_service_register(struct cp_store *s, const char *source, const char
             return rc;
     }
     pthread_mutex_lock(&s->mu);
+    /* An address another workload's sidecar registered stays its own: a registration is
+     * a claim the sidecar's certificate cannot prove for an IP, so a second identity
+     * never takes an address over (an operator entry or removal decides). */
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < s->services.n; j++) {
+            const struct service *e = &s->services.v[j];
+            if (strcmp(e->address, addresses[i]) == 0 && strncmp(e->source, "sidecar:", 8) == 0 &&
+                strcmp(e->spiffe_id, spiffe_id) != 0) {
+                snprintf(err, errlen, "address %s is registered by %s", addresses[i], e->spiffe_id);
+                pthread_mutex_unlock(&s->mu);
+                return -EEXIST;
+            }
+        }
+    }
     /* Same set as before: nothing to do (re-registration after a reconnect). */
     for (size_t i = 0; i < s->services.n; i++)
         if (strcmp(s->services.v[i].source, source) == 0)

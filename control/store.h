@@ -119,7 +119,9 @@ int cp_store_service_add(struct cp_store *s, const char *address, const char *sp
 int cp_store_service_remove(struct cp_store *s, const char *address, const char *source);
 
 /* Replaces every entry of `source` (a sidecar's registration) with addresses[0..n), all
- * mapped to spiffe_id. Returns 0 or an error as cp_store_service_add (nothing changed). */
+ * mapped to spiffe_id. An address that another identity's sidecar registered is refused
+ * with -EEXIST (nothing changed; err names the holder). Returns 0 or an error as
+ * cp_store_service_add (nothing changed). */
 int cp_store_service_register(struct cp_store *s, const char *source, const char *spiffe_id,
                               const char *const *addresses, size_t n, char *err, size_t errlen);
 

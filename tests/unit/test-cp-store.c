@@ -494,6 +494,11 @@ static void test_store_services(void **state)
     assert_int_equal(cp_store_version(s), v);
     assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, a2, 1, err, sizeof(err)), 0);
     assert_int_equal(cp_store_version(s), v + 1);
+    /* Another identity cannot take over an address a sidecar registered. */
+    assert_int_equal(cp_store_service_register(s, "sidecar:n2", ID_B, a2, 1, err, sizeof(err)),
+                     -EEXIST);
+    assert_non_null(strstr(err, "is registered by " ID_A));
+    assert_int_equal(cp_store_version(s), v + 1);
     list = cp_store_services_json(s);
     assert_int_equal(json_array_size(list), 2);
     json_decref(list);
