@@ -30,6 +30,8 @@ struct cp_api {
 
 /* ---- helpers ---- */
 
+/* True when addr is IPv4 127.0.0.0/8, IPv6 ::1 or an IPv4-mapped ::ffff:127.x address; false for
+ * any other address or family. Pure. */
 bool cp_api_addr_is_loopback(const struct tt_addr *addr)
 {
     if (addr->ss.ss_family == AF_INET) {
@@ -47,6 +49,8 @@ bool cp_api_addr_is_loopback(const struct tt_addr *addr)
     return false;
 }
 
+/* True when peer_spiffe_id is a valid SPIFFE ID equal to one of the API's admin identities; false
+ * when api or the ID is NULL or the ID fails tt_spiffe_check(). Pure. */
 bool cp_api_admin_allowed(const struct cp_api *api, const char *peer_spiffe_id)
 {
     if (api == NULL || peer_spiffe_id == NULL ||
@@ -588,6 +592,10 @@ static void on_request(void *ud, const struct tt_httpd_request *rq, struct tt_ht
 
 /* ---- lifecycle ---- */
 
+/* Starts the API on loop: plaintext on opts->listen (default 127.0.0.1:15014, refused unless
+ * loopback), or with opts->mtls no listener, connections coming through cp_api_adopt_fd(). Copies
+ * the admin IDs (default the trust domain's tether-admin when ca is given); store and ca are
+ * borrowed. Returns the API, or NULL with err set. Routes run on the loop's thread. */
 struct cp_api *cp_api_start(uv_loop_t *loop, const struct cp_api_opts *opts, struct cp_store *store,
                             struct cp_ca *ca, char *err, size_t errlen)
 {
@@ -652,16 +660,22 @@ err_free:
     return NULL;
 }
 
+/* Hands fd (owned from here, closed on failure) to the HTTP server as one plaintext connection from
+ * peer_spiffe_id (copied; NULL: none), which each request on an mTLS API must pass
+ * cp_api_admin_allowed() with. Returns 0 or -errno (-EBUSY when full). Loop thread only. */
 int cp_api_adopt_fd(struct cp_api *api, int fd, const char *peer_spiffe_id)
 {
     return tt_httpd_adopt_fd(api->httpd, fd, peer_spiffe_id);
 }
 
+/* Returns the port the plaintext listener bound, 0 for an mTLS API (no listener). */
 int cp_api_port(const struct cp_api *api)
 {
     return tt_httpd_port(api->httpd);
 }
 
+/* Closes the HTTP server (its connections and memory go once the loop runs the close callbacks) and
+ * frees the API and its admin IDs at once; no route runs after this. Accepts NULL. */
 void cp_api_close(struct cp_api *api)
 {
     if (api == NULL)

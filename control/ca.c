@@ -604,6 +604,8 @@ err_free:
     return NULL;
 }
 
+/* Frees the CA: its certificate, key, chain, the PEM copies and the trust domain. Accepts NULL.
+ * Strings from cp_ca_bundle_pem() and friends die with it. */
 void cp_ca_free(struct cp_ca *ca)
 {
     if (ca == NULL)
@@ -618,6 +620,8 @@ void cp_ca_free(struct cp_ca *ca)
     free(ca);
 }
 
+/* Releases an issued certificate's strings, wiping key_pem first, and zeroes *c so a second call is
+ * harmless. Accepts NULL; does not free c itself. */
 void cp_ca_cert_done(struct cp_ca_cert *c)
 {
     if (c == NULL)
@@ -769,6 +773,8 @@ out:
     return rc;
 }
 
+/* Writes spiffe://<trust_domain>/ns/tether-system/sa/tether-control into buf[len], truncated to
+ * fit. */
 void cp_ca_serving_id(const char *trust_domain, char *buf, size_t len)
 {
     snprintf(buf, len, "spiffe://%s/ns/tether-system/sa/tether-control", trust_domain);
@@ -810,21 +816,26 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
     return rc;
 }
 
+/* Returns the trust bundle (the root as PEM), owned by the CA and valid while it lives. */
 const char *cp_ca_bundle_pem(const struct cp_ca *ca)
 {
     return ca->bundle_pem;
 }
 
+/* Returns the CA's own certificate (root or intermediate) as PEM, owned by the CA and valid while
+ * it lives. */
 const char *cp_ca_cert_pem(const struct cp_ca *ca)
 {
     return ca->cert_pem;
 }
 
+/* Returns the CA's trust domain (e.g. "cluster.local"), owned by the CA. */
 const char *cp_ca_trust_domain(const struct cp_ca *ca)
 {
     return ca->trust_domain;
 }
 
+/* Returns the cap on a leaf's lifetime in milliseconds (--cert-ttl; 1 h when none was given). */
 uint64_t cp_ca_max_ttl_ms(const struct cp_ca *ca)
 {
     return ca->max_ttl_ms;

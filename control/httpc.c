@@ -22,6 +22,9 @@
 #include "tlspipe.h"
 #include "util.h"
 
+/* Splits an http:// or https:// URL into host (brackets of an IPv6 literal removed), port (default
+ * 80 or 443; 1-65535) and path prefix (trailing slashes dropped), each into the caller's buffer.
+ * Returns 0, or -EINVAL with "--api URL: ..." in err. */
 int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, size_t portlen,
                        char *prefix, size_t prefixlen, char *err, size_t errlen)
 {
@@ -88,6 +91,7 @@ bad:
     return -EINVAL;
 }
 
+/* True when url starts with "https://" (case-sensitive). Pure. */
 bool cp_httpc_url_is_https(const char *url)
 {
     return strncmp(url, "https://", 8) == 0;
@@ -261,6 +265,10 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
+/* Writes one request (Connection: close, Content-Length) to the caller's blocking fd, not closed
+ * here, and parses the response until it is complete. Returns 0 with *out filled (caller frees with
+ * cp_httpc_response_done), or -errno with err set and *out released: -EFBIG over CP_HTTPC_BODY_MAX,
+ * -EPROTO for a bad or cut reply, -ECONNRESET when nothing came. */
 int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const char *prefix,
                         const char *method, const char *path, const char *ctype, const char *body,
                         size_t body_len, struct cp_httpc_response *out, char *err, size_t errlen)
@@ -434,6 +442,10 @@ static void tls_finish(int app_fd, struct tt_tlspipe *pipe)
     tt_tlspipe_close(pipe);
 }
 
+/* Parses base_url, connects (plain TCP, or mTLS with tls through a tlspipe; timeout_ms bounds each
+ * step), runs one request with cp_httpc_request_fd() and closes the connection. Returns 0 with *out
+ * filled (free with cp_httpc_response_done), or -errno with err set; a server that closed without
+ * answering gets a hint (refused certificate, or plaintext off loopback). */
 int cp_httpc_call(const char *base_url, const struct cp_httpc_tls *tls, const char *method,
                   const char *path, const char *ctype, const char *body, size_t body_len,
                   int timeout_ms, struct cp_httpc_response *out, char *err, size_t errlen)
@@ -482,6 +494,8 @@ int cp_httpc_call(const char *base_url, const struct cp_httpc_tls *tls, const ch
     return rc;
 }
 
+/* cp_httpc_call() without TLS credentials: http:// works, https:// fails with -EINVAL. Returns as
+ * cp_httpc_call(). */
 int cp_httpc_request(const char *base_url, const char *method, const char *path, const char *ctype,
                      const char *body, size_t body_len, int timeout_ms,
                      struct cp_httpc_response *out, char *err, size_t errlen)
@@ -490,6 +504,7 @@ int cp_httpc_request(const char *base_url, const char *method, const char *path,
                          errlen);
 }
 
+/* Frees the response body and zeroes *r. Accepts NULL; does not free r itself. */
 void cp_httpc_response_done(struct cp_httpc_response *r)
 {
     if (r == NULL)

@@ -396,6 +396,9 @@ fail:
     return EXIT_RUNTIME;
 }
 
+/* tether-control's entry: parses and checks flags, opens the store and the CA, starts the sidecar
+ * API and each operator API, then runs the loop until SIGTERM or SIGINT. Returns 0 after a signal
+ * (or --help), 1 when start-up fails, 2 for bad flags. */
 int main(int argc, char **argv)
 {
     struct flags f = {.trust_domain = "cluster.local",

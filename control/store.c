@@ -193,6 +193,8 @@ err_errno:
     return rc;
 }
 
+/* Returns the reason's static name ("ok", "unknown_token", "expired_token", "token_used_up",
+ * "identity_mismatch"), "unknown" for a value outside the enum. */
 const char *cp_token_err_name(enum cp_token_err e)
 {
     switch (e) {
@@ -674,6 +676,8 @@ static void sidecar_free_fields(struct sidecar *c)
     free(c->nack_reason);
 }
 
+/* Frees the store and everything it holds, writing nothing. Accepts NULL. No other thread may still
+ * be using it. */
 void cp_store_free(struct cp_store *s)
 {
     if (s == NULL)
@@ -704,11 +708,14 @@ void cp_store_free(struct cp_store *s)
     free(s);
 }
 
+/* Returns the state directory the store was opened on, owned by the store. */
 const char *cp_store_dir(const struct cp_store *s)
 {
     return s->dir;
 }
 
+/* Installs cb with ud as the change callback (NULL removes it); later bumps call it with no lock
+ * held. Takes the store lock. */
 void cp_store_set_change_cb(struct cp_store *s, cp_store_change_cb cb, void *ud)
 {
     pthread_mutex_lock(&s->mu);
@@ -717,6 +724,7 @@ void cp_store_set_change_cb(struct cp_store *s, cp_store_change_cb cb, void *ud)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Returns the current snapshot version. Takes the store lock. */
 uint64_t cp_store_version(struct cp_store *s)
 {
     uint64_t v;
@@ -729,6 +737,9 @@ uint64_t cp_store_version(struct cp_store *s)
 
 /* ---- bundle ---- */
 
+/* Keeps a copy of pem as the bundle sidecars receive; when its SHA-256 differs from state.json's,
+ * bumps and persists the version and calls the change callback after unlocking. Returns 0, -ENOMEM,
+ * or -errno when persisting failed (the PEM is kept, digest and version are not). */
 int cp_store_bundle_set(struct cp_store *s, const char *pem)
 {
     char sha[sizeof(s->bundle_sha)];
@@ -777,6 +788,9 @@ static void b64url(const uint8_t *in, size_t len, char *out, size_t outlen)
     out[n] = '\0';
 }
 
+/* Draws a random secret (never starting with '-') into secret and persists only its SHA-256 with
+ * spiffe_id, expiry and uses in tokens.json. Returns 0 and sets *expires_unix, or TT_E_SPIFFE,
+ * -EINVAL, -ENOMEM, -errno with nothing kept (secret cleared if saving failed). */
 int cp_store_token_create(struct cp_store *s, const char *spiffe_id, uint64_t ttl_ms, unsigned uses,
                           char *secret, size_t secret_len, int64_t *expires_unix)
 {
@@ -823,6 +837,9 @@ int cp_store_token_create(struct cp_store *s, const char *spiffe_id, uint64_t tt
     return 0;
 }
 
+/* Checks the secret (trailing whitespace ignored) against the stored hashes for spiffe_id and uses
+ * it once; persisted before returning. Returns 0, TT_E_DENIED with *reason, or -errno when saving
+ * failed (use not counted). Takes the store lock, so concurrent consumers serialize. */
 int cp_store_token_consume(struct cp_store *s, const char *secret, const char *spiffe_id,
                            enum cp_token_err *reason)
 {
@@ -863,6 +880,8 @@ int cp_store_token_consume(struct cp_store *s, const char *secret, const char *s
     return rc;
 }
 
+/* Returns a new JSON array describing every token (12-digit hash prefix as id, never the secret),
+ * NULL when out of memory; the caller decrefs it. Takes the store lock. */
 json_t *cp_store_tokens_json(struct cp_store *s)
 {
     json_t *arr = json_array();
@@ -892,6 +911,9 @@ static bool revoked_locked(struct cp_store *s, const char *norm)
     return false;
 }
 
+/* Normalizes serial and adds it to revocations.json, bumping the version and calling the change
+ * callback after unlocking. Returns 0 when added, 1 when already revoked, -EINVAL for a bad serial,
+ * or -errno (nothing added). Takes the store lock. */
 int cp_store_revoke(struct cp_store *s, const char *serial)
 {
     struct revoked r = {.at = tt_now_unix()};
@@ -917,6 +939,8 @@ int cp_store_revoke(struct cp_store *s, const char *serial)
     return rc;
 }
 
+/* True when the normalized serial is in the revocation list; false for a malformed serial. Takes
+ * the store lock. */
 bool cp_store_is_revoked(struct cp_store *s, const char *serial)
 {
     char norm[CP_SERIAL_MAX];
@@ -930,6 +954,8 @@ bool cp_store_is_revoked(struct cp_store *s, const char *serial)
     return r;
 }
 
+/* Returns a new JSON array of {serial, revoked_unix}, NULL when out of memory; the caller decrefs
+ * it. Takes the store lock. */
 json_t *cp_store_revocations_json(struct cp_store *s)
 {
     json_t *arr = json_array();
@@ -979,6 +1005,9 @@ static void service_free(struct service *e)
     free(e->source);
 }
 
+/* Checks address and spiffe_id, then adds or replaces the (address, source) entry and persists
+ * services.json; an identical entry is left alone. A change bumps the version and calls the change
+ * callback after unlocking. Returns 0 or an error with err set (nothing changed). */
 int cp_store_service_add(struct cp_store *s, const char *address, const char *spiffe_id,
                          const char *source, char *err, size_t errlen)
 {
@@ -1039,6 +1068,9 @@ int cp_store_service_add(struct cp_store *s, const char *address, const char *sp
     return rc;
 }
 
+/* Removes the (address, source) entry, persists services.json, bumps the version and calls the
+ * change callback after unlocking. Returns 0, -ENOENT when there is none, or -errno (entry kept).
+ * Takes the store lock. */
 int cp_store_service_remove(struct cp_store *s, const char *address, const char *source)
 {
     uint64_t v = 0;
@@ -1072,6 +1104,10 @@ int cp_store_service_remove(struct cp_store *s, const char *address, const char 
     return rc;
 }
 
+/* Replaces every entry of source with addresses[0..n) mapped to spiffe_id, all or nothing: -EEXIST
+ * when another identity's sidecar holds an address; the same set again is a no-op. A change is
+ * persisted, bumps the version and calls the change callback after unlocking. Returns 0 or an error
+ * with err set. */
 int cp_store_service_register(struct cp_store *s, const char *source, const char *spiffe_id,
                               const char *const *addresses, size_t n, char *err, size_t errlen)
 {
@@ -1177,6 +1213,8 @@ out:
     return rc;
 }
 
+/* Returns a new JSON array of {address, spiffe_id, source}, NULL when out of memory; the caller
+ * decrefs it. Takes the store lock. */
 json_t *cp_store_services_json(struct cp_store *s)
 {
     json_t *arr = json_array();
@@ -1194,6 +1232,9 @@ json_t *cp_store_services_json(struct cp_store *s)
 
 /* ---- policy ---- */
 
+/* Validates text[0..len) with tt_policy_parse() and, when it differs from the stored one, stores a
+ * copy, persists policy.json, bumps the version and calls the change callback after unlocking.
+ * Returns 0, TT_E_POLICY with the parser's message in err, or -errno (nothing kept). */
 int cp_store_policy_set(struct cp_store *s, const char *text, size_t len, char *err, size_t errlen)
 {
     struct tt_policy *p = tt_policy_parse(text, len, "policy", err, errlen);
@@ -1235,6 +1276,8 @@ int cp_store_policy_set(struct cp_store *s, const char *text, size_t len, char *
     return rc;
 }
 
+/* Returns a heap copy of the policy document (caller frees), or NULL when none was set or the copy
+ * failed. Takes the store lock. */
 char *cp_store_policy_get(struct cp_store *s)
 {
     char *t;
@@ -1247,6 +1290,9 @@ char *cp_store_policy_get(struct cp_store *s)
 
 /* ---- issued ---- */
 
+/* Records an issued certificate (serial normalized) in issued.json, first pruning records expired
+ * for over a day. Returns 0, -EINVAL for a bad serial, -ENOMEM or -errno (nothing recorded). Does
+ * not bump the version. Takes the store lock. */
 int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spiffe_id,
                         int64_t not_after, int64_t issued_at)
 {
@@ -1282,6 +1328,8 @@ int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spif
     return rc;
 }
 
+/* Returns a new JSON array of issued certificates, each marked revoked or not, NULL when out of
+ * memory; the caller decrefs it. Takes the store lock. */
 json_t *cp_store_issued_json(struct cp_store *s)
 {
     json_t *arr = json_array();
@@ -1301,6 +1349,7 @@ json_t *cp_store_issued_json(struct cp_store *s)
 
 /* ---- snapshot ---- */
 
+/* Frees a snapshot and every string it holds. Accepts NULL. */
 void cp_snapshot_free(struct cp_snapshot *snap)
 {
     if (snap == NULL)
@@ -1339,6 +1388,9 @@ static bool snap_add(struct cp_snapshot *snap, const struct service *e)
     return d->address && d->spiffe_id;
 }
 
+/* Copies version, bundle, policy, services (operator entries first, one per address) and revoked
+ * serials under one lock hold. Returns a snapshot the caller frees with cp_snapshot_free(), or NULL
+ * on allocation failure. */
 struct cp_snapshot *cp_store_snapshot(struct cp_store *s)
 {
     struct cp_snapshot *snap = calloc(1, sizeof(*snap));
@@ -1396,6 +1448,9 @@ static void replace_str(char **dst, const char *src)
     *dst = c;
 }
 
+/* Creates or refreshes the runtime record of sidecar id (copies of spiffe_id, peer and node; NULL
+ * keeps the old value) and stamps it now. Returns 0 or -ENOMEM. Never persisted; takes the store
+ * lock. */
 int cp_store_sidecar_seen(struct cp_store *s, const char *id, const char *spiffe_id,
                           const char *peer, const char *node)
 {
@@ -1427,6 +1482,8 @@ out:
     return rc;
 }
 
+/* Records that sidecar id acknowledged version and stamps it now; an unknown id is ignored. Takes
+ * the store lock. */
 void cp_store_sidecar_acked(struct cp_store *s, const char *id, uint64_t version)
 {
     struct sidecar *c;
@@ -1440,6 +1497,8 @@ void cp_store_sidecar_acked(struct cp_store *s, const char *id, uint64_t version
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Records that sidecar id refused version, with a copy of reason (NULL: ""), and stamps it now; an
+ * unknown id is ignored. Takes the store lock. */
 void cp_store_sidecar_nacked(struct cp_store *s, const char *id, uint64_t version,
                              const char *reason)
 {
@@ -1455,6 +1514,7 @@ void cp_store_sidecar_nacked(struct cp_store *s, const char *id, uint64_t versio
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Forgets sidecar id and frees its record; an unknown id is ignored. Takes the store lock. */
 void cp_store_sidecar_gone(struct cp_store *s, const char *id)
 {
     struct sidecar *c;
@@ -1476,6 +1536,8 @@ static json_t *jstr_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
+/* Returns a new JSON array describing each connected sidecar (null for unknown fields and
+ * versions), NULL when out of memory; the caller decrefs it. Takes the store lock. */
 json_t *cp_store_sidecars_json(struct cp_store *s)
 {
     json_t *arr = json_array();
@@ -1499,6 +1561,8 @@ json_t *cp_store_sidecars_json(struct cp_store *s)
 
 /* ---- counters ---- */
 
+/* Adds one to the refusal counter for reason (copied on first use; dropped silently when that
+ * allocation fails). Takes the store lock. */
 void cp_store_count_refusal(struct cp_store *s, const char *reason)
 {
     pthread_mutex_lock(&s->mu);
@@ -1518,6 +1582,9 @@ out:
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Returns a new JSON object of counters (version, issued, tokens, sidecars, services, revocations,
+ * policy_set, refusals by reason and their total), NULL when out of memory; the caller decrefs it.
+ * Takes the store lock. */
 json_t *cp_store_stats_json(struct cp_store *s)
 {
     json_t *refusals = json_object();

@@ -643,6 +643,8 @@ static bool nargs(int argc, int want, const char *cmd, int *rc)
     return false;
 }
 
+/* tetherctl's entry: reads --api, --json and the TLS flags (or $TETHER_*) anywhere, then runs one
+ * command against the API. Returns 0 on success, 1 when the request failed, 2 for a usage error. */
 int main(int argc, char **argv)
 {
     struct ctl c = {.api = getenv("TETHER_API"),

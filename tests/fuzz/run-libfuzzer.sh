@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Real coverage-guided fuzzing of the targets in this folder with clang's libFuzzer
+# (not part of the test run). Usage: tests/fuzz/run-libfuzzer.sh [TARGET] [SECONDS]
+# (TARGET: policy, spiffe or tls; default all, 60 s each). Crashes land in
+# build-fuzz/crash-*; add the input to seeds/ once the bug is fixed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v clang >/dev/null || apt-get install -y -qq clang libclang-rt-14-dev
+if [ ! -f build-fuzz/build.ninja ]; then
+  CC=clang meson setup build-fuzz -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dc_args=-fsanitize=fuzzer-no-link \
+    -Dtests=true >/dev/null
+fi
+ninja -C build-fuzz sidecar/libtether-sidecar.a tests/tools/libtestcerts.a >/dev/null
+secs=${2:-60}
+for t in ${1:-policy spiffe tls}; do
+  extra=()
+  [ "$t" = tls ] && extra=(build-fuzz/tests/tools/libtestcerts.a)
+  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -std=gnu11 \
+    -Isidecar/src -Itests/tools -I/usr/include/android -Ibuild-fuzz/proto \
+    "tests/fuzz/fuzz-$t.c" build-fuzz/sidecar/libtether-sidecar.a "${extra[@]}" \
+    -L/usr/lib/x86_64-linux-gnu/android -Wl,-rpath,/usr/lib/x86_64-linux-gnu/android \
+    -lssl -lcrypto -luv -ljansson -lhttp_parser -lpthread -o "build-fuzz/libfuzzer-$t"
+  mkdir -p "build-fuzz/corpus-$t"
+  cp tests/fuzz/seeds/* "build-fuzz/corpus-$t/" 2>/dev/null || true
+  (cd build-fuzz && "./libfuzzer-$t" -max_total_time="$secs" "corpus-$t")
+done
