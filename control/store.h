@@ -115,7 +115,8 @@ json_t *cp_store_revocations_json(struct cp_store *s);
 int cp_store_service_add(struct cp_store *s, const char *address, const char *spiffe_id,
                          const char *source, char *err, size_t errlen);
 
-/* Removes the entry for `address` from `source`. Returns 0 or -ENOENT. */
+/* Removes the entry for `address` from `source` and persists the table. Returns 0,
+ * -ENOENT when there is no such entry, or -errno when saving services.json failed. */
 int cp_store_service_remove(struct cp_store *s, const char *address, const char *source);
 
 /* Replaces every entry of `source` (a sidecar's registration) with addresses[0..n), all
