@@ -20,7 +20,7 @@ static const char *const hs_reason_names[TT_HS__COUNT] = {
     [TT_HS_EXPIRED] = "expired",   [TT_HS_NOT_YET_VALID] = "not_yet_valid",
     [TT_HS_BAD_SAN] = "bad_san",   [TT_HS_WRONG_IDENTITY] = "wrong_identity",
     [TT_HS_REVOKED] = "revoked",   [TT_HS_TIMEOUT] = "timeout",
-    [TT_HS_PROTOCOL] = "protocol",
+    [TT_HS_PROTOCOL] = "protocol", [TT_HS_BAD_USAGE] = "bad_usage",
 };
 
 /* The peer entry that collects identities once the table is full. */
@@ -54,6 +54,8 @@ enum tt_hs_reason tt_hs_reason_from_err(int err)
         return TT_HS_WRONG_IDENTITY;
     case TT_E_REVOKED:
         return TT_HS_REVOKED;
+    case TT_E_BAD_USAGE:
+        return TT_HS_BAD_USAGE;
     case TT_E_TIMEOUT:
     case -ETIMEDOUT:
         return TT_HS_TIMEOUT;

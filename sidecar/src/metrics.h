@@ -23,6 +23,7 @@ enum tt_hs_reason {
     TT_HS_REVOKED,
     TT_HS_TIMEOUT,
     TT_HS_PROTOCOL,
+    TT_HS_BAD_USAGE, /* leaf not fit for its TLS role (key usage, extended key usage) */
     TT_HS__COUNT,
 };
 

@@ -28,6 +28,7 @@
 #include <openssl/pool.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "buf.h"
 #include "errors.h"
@@ -132,6 +133,8 @@ static int map_x509_error(int e)
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
     case X509_V_ERR_CERT_UNTRUSTED:
         return TT_E_UNKNOWN_CA;
+    case X509_V_ERR_INVALID_PURPOSE:
+        return TT_E_BAD_USAGE;
     default:
         /* A bad signature, a non-CA issuer, a path length violation...: in every case
          * the chain does not validly lead to a trusted root. */
@@ -150,6 +153,8 @@ static uint8_t alert_for(int err)
         return SSL_AD_CERTIFICATE_EXPIRED;
     case TT_E_REVOKED:
         return SSL_AD_CERTIFICATE_REVOKED;
+    case TT_E_BAD_USAGE:
+        return SSL_AD_UNSUPPORTED_CERTIFICATE;
     case -ENOMEM:
         return SSL_AD_INTERNAL_ERROR;
     default: /* not yet valid, bad SAN, wrong identity, unparsable certificate */
@@ -214,6 +219,10 @@ static int verify_peer(struct tt_tls *tls)
         r = -ENOMEM;
         goto out;
     }
+    /* The leaf must be fit for its side of TLS: a server's certificate for serverAuth, a
+     * client's for clientAuth (extended and plain key usage, when present). */
+    X509_STORE_CTX_set_purpose(sctx, role_is_client(tls->role) ? X509_PURPOSE_SSL_SERVER
+                                                               : X509_PURPOSE_SSL_CLIENT);
     if (X509_verify_cert(sctx) != 1) {
         r = map_x509_error(X509_STORE_CTX_get_error(sctx));
         goto out;

@@ -222,7 +222,8 @@ struct tt_certgen_cert *tt_certgen_new(const struct tt_certgen_opts *opts,
     } else {
         if (!add_ext_conf(x, signer_cert, NID_basic_constraints, "critical,CA:FALSE") ||
             !add_ext_conf(x, signer_cert, NID_key_usage, "critical,digitalSignature") ||
-            !add_ext_conf(x, signer_cert, NID_ext_key_usage, "serverAuth,clientAuth"))
+            !add_ext_conf(x, signer_cert, NID_ext_key_usage,
+                          opts->eku != NULL ? opts->eku : "serverAuth,clientAuth"))
             goto err;
     }
     if (!add_uri_sans(x, opts->uris, TT_CERTGEN_MAX_URIS))

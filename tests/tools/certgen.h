@@ -28,6 +28,7 @@ struct tt_certgen_opts {
     int64_t not_after;
     uint64_t serial; /* 0: 16 random bytes (a positive number) */
     int is_ca;       /* CA:TRUE, keyCertSign; leaves get serverAuth and clientAuth */
+    const char *eku; /* leaves: extendedKeyUsage value instead of "serverAuth,clientAuth" */
 };
 
 /* Generates a P-256 key and a certificate per `opts`, signed by `issuer` (NULL: self-

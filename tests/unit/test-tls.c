@@ -351,6 +351,25 @@ static void test_tls_refuse_revoked(void **state)
     tt_identity_unref(sid);
 }
 
+static void test_tls_refuse_bad_usage(void **state)
+{
+    /* A client certificate good only for servers, and a server's good only for clients. */
+    struct tt_certgen_opts co = {.cn = "c", .uris = {CLIENT_ID}, .eku = "serverAuth"};
+    struct tt_certgen_opts so = {.cn = "s", .uris = {SERVER_ID}, .eku = "clientAuth"};
+    struct tt_certgen_cert *cl = tt_certgen_new(&co, root), *sl = tt_certgen_new(&so, root);
+    assert_non_null(cl);
+    assert_non_null(sl);
+    struct tt_identity *cid = make_identity(cl, root->cert_pem);
+    struct tt_identity *sid = make_identity(sl, root->cert_pem);
+
+    expect_refused(cid, server_id, SERVER_ID, 0, TT_E_BAD_USAGE);
+    expect_refused(client_id, sid, SERVER_ID, TT_E_BAD_USAGE, 0);
+    tt_identity_unref(cid);
+    tt_identity_unref(sid);
+    tt_certgen_free(cl);
+    tt_certgen_free(sl);
+}
+
 static void test_tls_refuse_expired(void **state)
 {
     struct tt_certgen_cert *leaf = make_leaf(root, CLIENT_ID, NULL, -7200, -3600);
@@ -858,6 +877,7 @@ int main(void)
         cmocka_unit_test(test_tls_large_transfer),
         cmocka_unit_test(test_tls_refuse_unknown_ca),
         cmocka_unit_test(test_tls_refuse_revoked),
+        cmocka_unit_test(test_tls_refuse_bad_usage),
         cmocka_unit_test(test_tls_refuse_expired),
         cmocka_unit_test(test_tls_refuse_not_yet_valid),
         cmocka_unit_test(test_tls_refuse_expired_intermediate),
