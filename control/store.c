@@ -433,157 +433,116 @@ static json_t *top_array(json_t *doc, const char *key, const char *path, char *e
     return arr;
 }
 
-static int load_tokens(struct cp_store *s, char *err, size_t errlen)
+/* Parses one element of a collection file into the store. Returns 0, the error of a
+ * field check (err set through c), or -ENOMEM. */
+typedef int (*load_item_fn)(struct cp_store *s, struct lctx *c, json_t *o);
+
+/* Loads DIR/file, {"<key>": [objects]}, element by element with fn. A missing file is an
+ * empty collection. Returns 0 or <0 with err naming the file and the element. */
+static int load_collection(struct cp_store *s, const char *file, const char *key, load_item_fn fn,
+                           char *err, size_t errlen)
 {
     char path[4096];
     json_t *doc, *arr;
-    int rc = read_json(s, "tokens.json", &doc, path, sizeof(path), err, errlen);
-    struct lctx c = {path, "tokens", 0, err, errlen};
+    int rc = read_json(s, file, &doc, path, sizeof(path), err, errlen);
+    struct lctx c = {path, key, 0, err, errlen};
 
     if (rc != 0 || doc == NULL)
         return rc;
-    arr = top_array(doc, "tokens", path, err, errlen);
+    arr = top_array(doc, key, path, err, errlen);
     rc = arr ? 0 : -EINVAL;
     for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++) {
-        json_t *o = json_array_get(arr, i);
-        struct token t = {0};
-        const char *hash, *id;
-
         c.i = i;
-        if ((rc = get_str(&c, o, "sha256", &hash)) != 0 ||
-            (rc = get_str(&c, o, "spiffe_id", &id)) != 0 ||
-            (rc = get_int(&c, o, "uses_left", false, &t.uses_left)) != 0 ||
-            (rc = get_int(&c, o, "expires_unix", true, &t.expires)) != 0 ||
-            (rc = get_int(&c, o, "created_unix", false, &t.created)) != 0)
-            break;
-        if (strlen(hash) != 2 * SHA256_DIGEST_LENGTH) {
-            rc = bad_field(&c, "sha256", "64 hex digits");
-            break;
-        }
-        memcpy(t.hash, hash, sizeof(t.hash));
-        t.spiffe_id = strdup(id);
-        if (t.spiffe_id == NULL || VEC_GROW(s->tokens) != 0) {
-            free(t.spiffe_id);
+        rc = fn(s, &c, json_array_get(arr, i));
+        if (rc == -ENOMEM)
             seterr(err, errlen, "%s: out of memory", path);
-            rc = -ENOMEM;
-            break;
-        }
-        s->tokens.v[s->tokens.n++] = t;
     }
     json_decref(doc);
     return rc;
 }
 
-static int load_revocations(struct cp_store *s, char *err, size_t errlen)
+static int load_token(struct cp_store *s, struct lctx *c, json_t *o)
 {
-    char path[4096];
-    json_t *doc, *arr;
-    int rc = read_json(s, "revocations.json", &doc, path, sizeof(path), err, errlen);
-    struct lctx c = {path, "revoked", 0, err, errlen};
+    struct token t = {0};
+    const char *hash, *id;
+    int rc;
 
-    if (rc != 0 || doc == NULL)
+    if ((rc = get_str(c, o, "sha256", &hash)) != 0 || (rc = get_str(c, o, "spiffe_id", &id)) != 0 ||
+        (rc = get_int(c, o, "uses_left", false, &t.uses_left)) != 0 ||
+        (rc = get_int(c, o, "expires_unix", true, &t.expires)) != 0 ||
+        (rc = get_int(c, o, "created_unix", false, &t.created)) != 0)
         return rc;
-    arr = top_array(doc, "revoked", path, err, errlen);
-    rc = arr ? 0 : -EINVAL;
-    for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++) {
-        json_t *o = json_array_get(arr, i);
-        struct revoked r = {0};
-        const char *serial;
-
-        c.i = i;
-        if ((rc = get_str(&c, o, "serial", &serial)) != 0 ||
-            (rc = get_int(&c, o, "revoked_unix", false, &r.at)) != 0)
-            break;
-        if (tt_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0) {
-            rc = bad_field(&c, "serial", "a hexadecimal serial number");
-            break;
-        }
-        if (VEC_GROW(s->revoked) != 0) {
-            rc = -ENOMEM;
-            seterr(err, errlen, "%s: out of memory", path);
-            break;
-        }
-        s->revoked.v[s->revoked.n++] = r;
+    if (strlen(hash) != 2 * SHA256_DIGEST_LENGTH)
+        return bad_field(c, "sha256", "64 hex digits");
+    memcpy(t.hash, hash, sizeof(t.hash));
+    t.spiffe_id = strdup(id);
+    if (t.spiffe_id == NULL || VEC_GROW(s->tokens) != 0) {
+        free(t.spiffe_id);
+        return -ENOMEM;
     }
-    json_decref(doc);
-    return rc;
+    s->tokens.v[s->tokens.n++] = t;
+    return 0;
 }
 
-static int load_services(struct cp_store *s, char *err, size_t errlen)
+static int load_revoked(struct cp_store *s, struct lctx *c, json_t *o)
 {
-    char path[4096];
-    json_t *doc, *arr;
-    int rc = read_json(s, "services.json", &doc, path, sizeof(path), err, errlen);
-    struct lctx c = {path, "services", 0, err, errlen};
+    struct revoked r = {0};
+    const char *serial;
+    int rc;
 
-    if (rc != 0 || doc == NULL)
+    if ((rc = get_str(c, o, "serial", &serial)) != 0 ||
+        (rc = get_int(c, o, "revoked_unix", false, &r.at)) != 0)
         return rc;
-    arr = top_array(doc, "services", path, err, errlen);
-    rc = arr ? 0 : -EINVAL;
-    for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++) {
-        json_t *o = json_array_get(arr, i);
-        struct service e = {0};
-        const char *addr, *id, *src;
-
-        c.i = i;
-        if ((rc = get_str(&c, o, "address", &addr)) != 0 ||
-            (rc = get_str(&c, o, "spiffe_id", &id)) != 0 ||
-            (rc = get_str(&c, o, "source", &src)) != 0)
-            break;
-        e.address = strdup(addr);
-        e.spiffe_id = strdup(id);
-        e.source = strdup(src);
-        if (!e.address || !e.spiffe_id || !e.source || VEC_GROW(s->services) != 0) {
-            free(e.address);
-            free(e.spiffe_id);
-            free(e.source);
-            rc = -ENOMEM;
-            seterr(err, errlen, "%s: out of memory", path);
-            break;
-        }
-        s->services.v[s->services.n++] = e;
-    }
-    json_decref(doc);
-    return rc;
+    if (tt_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0)
+        return bad_field(c, "serial", "a hexadecimal serial number");
+    if (VEC_GROW(s->revoked) != 0)
+        return -ENOMEM;
+    s->revoked.v[s->revoked.n++] = r;
+    return 0;
 }
 
-static int load_issued(struct cp_store *s, char *err, size_t errlen)
+static int load_service(struct cp_store *s, struct lctx *c, json_t *o)
 {
-    char path[4096];
-    json_t *doc, *arr;
-    int rc = read_json(s, "issued.json", &doc, path, sizeof(path), err, errlen);
-    struct lctx c = {path, "issued", 0, err, errlen};
+    struct service e = {0};
+    const char *addr, *id, *src;
+    int rc;
 
-    if (rc != 0 || doc == NULL)
+    if ((rc = get_str(c, o, "address", &addr)) != 0 ||
+        (rc = get_str(c, o, "spiffe_id", &id)) != 0 || (rc = get_str(c, o, "source", &src)) != 0)
         return rc;
-    arr = top_array(doc, "issued", path, err, errlen);
-    rc = arr ? 0 : -EINVAL;
-    for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++) {
-        json_t *o = json_array_get(arr, i);
-        struct issued e = {0};
-        const char *serial, *id;
-
-        c.i = i;
-        if ((rc = get_str(&c, o, "serial", &serial)) != 0 ||
-            (rc = get_str(&c, o, "spiffe_id", &id)) != 0 ||
-            (rc = get_int(&c, o, "not_after", false, &e.not_after)) != 0 ||
-            (rc = get_int(&c, o, "issued_at", false, &e.issued_at)) != 0)
-            break;
-        if (tt_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0) {
-            rc = bad_field(&c, "serial", "a hexadecimal serial number");
-            break;
-        }
-        e.spiffe_id = strdup(id);
-        if (e.spiffe_id == NULL || VEC_GROW(s->issued) != 0) {
-            free(e.spiffe_id);
-            rc = -ENOMEM;
-            seterr(err, errlen, "%s: out of memory", path);
-            break;
-        }
-        s->issued.v[s->issued.n++] = e;
+    e.address = strdup(addr);
+    e.spiffe_id = strdup(id);
+    e.source = strdup(src);
+    if (!e.address || !e.spiffe_id || !e.source || VEC_GROW(s->services) != 0) {
+        free(e.address);
+        free(e.spiffe_id);
+        free(e.source);
+        return -ENOMEM;
     }
-    json_decref(doc);
-    return rc;
+    s->services.v[s->services.n++] = e;
+    return 0;
+}
+
+static int load_issue(struct cp_store *s, struct lctx *c, json_t *o)
+{
+    struct issued e = {0};
+    const char *serial, *id;
+    int rc;
+
+    if ((rc = get_str(c, o, "serial", &serial)) != 0 ||
+        (rc = get_str(c, o, "spiffe_id", &id)) != 0 ||
+        (rc = get_int(c, o, "not_after", false, &e.not_after)) != 0 ||
+        (rc = get_int(c, o, "issued_at", false, &e.issued_at)) != 0)
+        return rc;
+    if (tt_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0)
+        return bad_field(c, "serial", "a hexadecimal serial number");
+    e.spiffe_id = strdup(id);
+    if (e.spiffe_id == NULL || VEC_GROW(s->issued) != 0) {
+        free(e.spiffe_id);
+        return -ENOMEM;
+    }
+    s->issued.v[s->issued.n++] = e;
+    return 0;
 }
 
 static int load_state(struct cp_store *s, char *err, size_t errlen)
@@ -656,9 +615,12 @@ struct cp_store *cp_store_open(const char *dir, char *err, size_t errlen)
         seterr(err, errlen, "%s: %s", dir, strerror(errno));
         goto err_free;
     }
-    if (load_state(s, err, errlen) != 0 || load_tokens(s, err, errlen) != 0 ||
-        load_revocations(s, err, errlen) != 0 || load_services(s, err, errlen) != 0 ||
-        load_issued(s, err, errlen) != 0 || load_policy(s, err, errlen) != 0)
+    if (load_state(s, err, errlen) != 0 ||
+        load_collection(s, "tokens.json", "tokens", load_token, err, errlen) != 0 ||
+        load_collection(s, "revocations.json", "revoked", load_revoked, err, errlen) != 0 ||
+        load_collection(s, "services.json", "services", load_service, err, errlen) != 0 ||
+        load_collection(s, "issued.json", "issued", load_issue, err, errlen) != 0 ||
+        load_policy(s, err, errlen) != 0)
         goto err_free;
     return s;
 
