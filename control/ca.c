@@ -48,20 +48,6 @@ struct cp_ca {
     uint64_t max_ttl_ms;
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Names a refusal for logs and counters. */
 const char *cp_ca_err_reason(int err)
 {
@@ -147,25 +133,25 @@ static STACK_OF(X509) * read_certs(const char *path, char *err, size_t errlen)
     X509 *x;
 
     if (rc != 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(-rc));
+        tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return NULL;
     }
     certs = sk_X509_new_null();
     bio = BIO_new_mem_buf(data, (int)len);
     if (certs == NULL || bio == NULL) {
-        seterr(err, errlen, "%s: out of memory", path);
+        tt_errf(err, errlen, "%s: out of memory", path);
         goto err_free;
     }
     while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
         if (!sk_X509_push(certs, x)) {
             X509_free(x);
-            seterr(err, errlen, "%s: out of memory", path);
+            tt_errf(err, errlen, "%s: out of memory", path);
             goto err_free;
         }
     }
     ERR_clear_error();
     if (sk_X509_num(certs) == 0) {
-        seterr(err, errlen, "%s: no PEM certificate found", path);
+        tt_errf(err, errlen, "%s: no PEM certificate found", path);
         goto err_free;
     }
     BIO_free(bio);
@@ -188,7 +174,7 @@ static EVP_PKEY *read_key(const char *path, char *err, size_t errlen)
     BIO *bio;
 
     if (rc != 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(-rc));
+        tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return NULL;
     }
     bio = BIO_new_mem_buf(data, (int)len);
@@ -199,7 +185,7 @@ static EVP_PKEY *read_key(const char *path, char *err, size_t errlen)
     OPENSSL_cleanse(data, len);
     free(data);
     if (key == NULL)
-        seterr(err, errlen, "%s: no PEM private key found", path);
+        tt_errf(err, errlen, "%s: no PEM private key found", path);
     return key;
 }
 
@@ -320,7 +306,7 @@ static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, uint64_t
     if (not_after > ca->not_after)
         not_after = ca->not_after;
     if (not_after <= now) {
-        seterr(err, errlen, "the CA certificate has expired");
+        tt_errf(err, errlen, "the CA certificate has expired");
         X509_free(x);
         return CP_CA_E_INTERNAL;
     }
@@ -338,12 +324,12 @@ static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, uint64_t
         !add_ext(x, ca->cert, NID_subject_key_identifier, "hash") ||
         !add_ext(x, ca->cert, NID_authority_key_identifier, "keyid:always") ||
         !X509_sign(x, ca->key, EVP_sha256()) || (pem = cert_pem(x)) == NULL) {
-        seterr(err, errlen, "signing failed");
+        tt_errf(err, errlen, "signing failed");
         goto err_free;
     }
     out->chain_pem = str_concat(pem, ca->chain_pem);
     if (out->chain_pem == NULL) {
-        seterr(err, errlen, "out of memory");
+        tt_errf(err, errlen, "out of memory");
         goto err_free;
     }
     out->not_before = now - CA_BACKDATE_S;
@@ -381,7 +367,7 @@ static int make_root(struct cp_ca *ca, char *err, size_t errlen)
         ERR_clear_error();
         X509_free(x);
         EVP_PKEY_free(key);
-        seterr(err, errlen, "creating the root CA failed");
+        tt_errf(err, errlen, "creating the root CA failed");
         return CP_CA_E_INTERNAL;
     }
     ca->cert = x;
@@ -440,7 +426,7 @@ static int finish_load(struct cp_ca *ca, X509 *root, char *err, size_t errlen)
     ca->not_after = asn1_time_unix(X509_get0_notAfter(ca->cert));
     return 0;
 err_oom:
-    seterr(err, errlen, "out of memory");
+    tt_errf(err, errlen, "out of memory");
     return CP_CA_E_INTERNAL;
 }
 
@@ -460,7 +446,7 @@ static int load_given(struct cp_ca *ca, const struct cp_ca_opts *o, char *err, s
     int rc = CP_CA_E_INTERNAL;
 
     if (o->key_file == NULL) {
-        seterr(err, errlen, "--ca-cert needs --ca-key");
+        tt_errf(err, errlen, "--ca-cert needs --ca-key");
         return -EINVAL;
     }
     certs = read_certs(o->cert_file, err, errlen);
@@ -483,13 +469,13 @@ static int load_given(struct cp_ca *ca, const struct cp_ca_opts *o, char *err, s
     ca->cert = sk_X509_shift(certs);
     if (!X509_check_private_key(ca->cert, ca->key)) {
         ERR_clear_error();
-        seterr(err, errlen, "%s: the private key does not match %s", o->key_file, o->cert_file);
+        tt_errf(err, errlen, "%s: the private key does not match %s", o->key_file, o->cert_file);
         rc = -EINVAL;
         goto out;
     }
     if (X509_check_ca(ca->cert) <= 0) {
-        seterr(err, errlen, "%s: not a CA certificate (CA:TRUE with keyCertSign needed)",
-               o->cert_file);
+        tt_errf(err, errlen, "%s: not a CA certificate (CA:TRUE with keyCertSign needed)",
+                o->cert_file);
         rc = -EINVAL;
         goto out;
     }
@@ -505,10 +491,10 @@ static int load_given(struct cp_ca *ca, const struct cp_ca_opts *o, char *err, s
 
             if (!signed_by(prev, next)) {
                 X509_free(next);
-                seterr(err, errlen,
-                       "%s: the chain is broken (a certificate is not signed by the "
-                       "next one)",
-                       o->chain_file ? o->chain_file : o->cert_file);
+                tt_errf(err, errlen,
+                        "%s: the chain is broken (a certificate is not signed by the "
+                        "next one)",
+                        o->chain_file ? o->chain_file : o->cert_file);
                 rc = -EINVAL;
                 goto out;
             }
@@ -520,9 +506,9 @@ static int load_given(struct cp_ca *ca, const struct cp_ca_opts *o, char *err, s
             prev = next;
         }
         if (root == NULL) {
-            seterr(err, errlen,
-                   "%s: an intermediate CA needs its chain up to the root (--ca-chain)",
-                   o->cert_file);
+            tt_errf(err, errlen,
+                    "%s: an intermediate CA needs its chain up to the root (--ca-chain)",
+                    o->cert_file);
             rc = -EINVAL;
             goto out;
         }
@@ -544,7 +530,7 @@ struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
     int rc;
 
     if (ca == NULL) {
-        seterr(err, errlen, "out of memory");
+        tt_errf(err, errlen, "out of memory");
         return NULL;
     }
     ca->trust_domain = strdup(o->trust_domain ? o->trust_domain : "cluster.local");
@@ -563,9 +549,9 @@ struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
 
         /* One without the other is damage, not a first start: never replace it. */
         if (!file_exists(crt_path) || !file_exists(key_path)) {
-            seterr(err, errlen, "%s: missing while %s exists; refusing to create a new CA",
-                   file_exists(crt_path) ? key_path : crt_path,
-                   file_exists(crt_path) ? crt_path : key_path);
+            tt_errf(err, errlen, "%s: missing while %s exists; refusing to create a new CA",
+                    file_exists(crt_path) ? key_path : crt_path,
+                    file_exists(crt_path) ? crt_path : key_path);
             goto err_free;
         }
         g.cert_file = crt_path;
@@ -579,7 +565,7 @@ struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
         goto err_free;
     kp = key_pem(ca->key);
     if (kp == NULL || finish_load(ca, NULL, err, errlen) != 0) {
-        seterr(err, errlen, "out of memory");
+        tt_errf(err, errlen, "out of memory");
         goto err_free;
     }
     /* Key first: a crash in between leaves a key without a certificate, which the next
@@ -588,7 +574,7 @@ struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
     if (rc == 0)
         rc = cp_atomic_write(crt_path, ca->cert_pem, strlen(ca->cert_pem), 0644);
     if (rc != 0) {
-        seterr(err, errlen, "%s: %s", rc == 0 ? crt_path : key_path, strerror(-rc));
+        tt_errf(err, errlen, "%s: %s", rc == 0 ? crt_path : key_path, strerror(-rc));
         goto err_free;
     }
     OPENSSL_cleanse(kp, strlen(kp));
@@ -663,22 +649,22 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
     *names_out = NULL;
     if (exts == NULL) {
         ERR_clear_error();
-        seterr(err, errlen, "the CSR has no subjectAltName");
+        tt_errf(err, errlen, "the CSR has no subjectAltName");
         return CP_CA_E_SAN;
     }
     idx = X509v3_get_ext_by_NID(exts, NID_subject_alt_name, -1);
     if (idx < 0 || X509v3_get_ext_by_NID(exts, NID_subject_alt_name, idx) >= 0) {
         sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-        seterr(err, errlen,
-               idx < 0 ? "the CSR has no subjectAltName"
-                       : "the CSR has more than one subjectAltName extension");
+        tt_errf(err, errlen,
+                idx < 0 ? "the CSR has no subjectAltName"
+                        : "the CSR has more than one subjectAltName extension");
         return CP_CA_E_SAN;
     }
     names = X509V3_EXT_d2i(sk_X509_EXTENSION_value(exts, (size_t)idx));
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
     ERR_clear_error();
     if (names == NULL) {
-        seterr(err, errlen, "the CSR's subjectAltName does not parse");
+        tt_errf(err, errlen, "the CSR's subjectAltName does not parse");
         return CP_CA_E_SAN;
     }
     for (size_t i = 0; i < sk_GENERAL_NAME_num(names); i++) {
@@ -694,11 +680,11 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
     }
     if (n_uri != 1 || n_other != 0) {
         GENERAL_NAMES_free(names);
-        seterr(err, errlen,
-               n_other ? "the CSR carries non-URI subjectAltNames (only the SPIFFE ID is allowed)"
-               : n_uri ? "the CSR carries %d URI SANs (exactly one, the SPIFFE ID, is allowed)"
-                       : "the CSR carries no URI SAN",
-               n_uri);
+        tt_errf(err, errlen,
+                n_other ? "the CSR carries non-URI subjectAltNames (only the SPIFFE ID is allowed)"
+                : n_uri ? "the CSR carries %d URI SANs (exactly one, the SPIFFE ID, is allowed)"
+                        : "the CSR carries no URI SAN",
+                n_uri);
         return CP_CA_E_SAN;
     }
     *names_out = names;
@@ -728,30 +714,30 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
 
     memset(out, 0, sizeof(*out));
     if (spiffe_id == NULL || !in_trust_domain(ca, spiffe_id)) {
-        seterr(err, errlen, "%s is not an identity of trust domain %s",
-               spiffe_id ? spiffe_id : "(none)", ca->trust_domain);
+        tt_errf(err, errlen, "%s is not an identity of trust domain %s",
+                spiffe_id ? spiffe_id : "(none)", ca->trust_domain);
         return CP_CA_E_IDENTITY;
     }
     if (der == NULL || len == 0 || len > 65536 ||
         (req = d2i_X509_REQ(NULL, &p, (long)len)) == NULL || p != der + len) {
         ERR_clear_error();
-        seterr(err, errlen, "the CSR is not a DER PKCS#10 request");
+        tt_errf(err, errlen, "the CSR is not a DER PKCS#10 request");
         rc = CP_CA_E_CSR;
         goto out;
     }
     pub = X509_REQ_get_pubkey(req);
     if (pub == NULL) {
-        seterr(err, errlen, "the CSR's public key does not parse");
+        tt_errf(err, errlen, "the CSR's public key does not parse");
         rc = CP_CA_E_CSR;
         goto out;
     }
     if (X509_REQ_verify(req, pub) != 1) {
-        seterr(err, errlen, "the CSR's signature does not verify");
+        tt_errf(err, errlen, "the CSR's signature does not verify");
         rc = CP_CA_E_CSR_SIGNATURE;
         goto out;
     }
     if (!key_acceptable(pub)) {
-        seterr(err, errlen, "the CSR's key must be EC P-256 or RSA of at least 2048 bits");
+        tt_errf(err, errlen, "the CSR's key must be EC P-256 or RSA of at least 2048 bits");
         rc = CP_CA_E_KEY;
         goto out;
     }
@@ -759,8 +745,8 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
     if (rc != 0)
         goto out;
     if (uri_len != strlen(spiffe_id) || memcmp(uri, spiffe_id, uri_len) != 0) {
-        seterr(err, errlen, "the CSR asks for %.*s but the proof is for %s",
-               (int)(uri_len > 300 ? 300 : uri_len), uri, spiffe_id);
+        tt_errf(err, errlen, "the CSR asks for %.*s but the proof is for %s",
+                (int)(uri_len > 300 ? 300 : uri_len), uri, spiffe_id);
         rc = CP_CA_E_IDENTITY;
         goto out;
     }
@@ -790,7 +776,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
     int rc;
 
     if (key == NULL) {
-        seterr(err, errlen, "key generation failed");
+        tt_errf(err, errlen, "key generation failed");
         return CP_CA_E_INTERNAL;
     }
     cp_ca_serving_id(ca->trust_domain, id, sizeof(id));
@@ -808,7 +794,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
         out->key_pem = key_pem(key);
         if (out->key_pem == NULL) {
             cp_ca_cert_done(out);
-            seterr(err, errlen, "out of memory");
+            tt_errf(err, errlen, "out of memory");
             rc = CP_CA_E_INTERNAL;
         }
     }

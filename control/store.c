@@ -109,20 +109,6 @@ static int vec_grow(void **v, size_t *cap, size_t n, size_t size)
 
 #define VEC_GROW(vec) vec_grow((void **)&(vec).v, &(vec).cap, (vec).n, sizeof(*(vec).v))
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void sha256_hex(const void *data, size_t len, char out[2 * SHA256_DIGEST_LENGTH + 1])
 {
     uint8_t md[SHA256_DIGEST_LENGTH];
@@ -360,7 +346,7 @@ struct lctx {
 
 static int bad_field(struct lctx *c, const char *key, const char *what)
 {
-    seterr(c->err, c->errlen, "%s: %s[%zu].%s: expected %s", c->path, c->arr, c->i, key, what);
+    tt_errf(c->err, c->errlen, "%s: %s[%zu].%s: expected %s", c->path, c->arr, c->i, key, what);
     return -EINVAL;
 }
 
@@ -401,15 +387,15 @@ static int read_json(struct cp_store *s, const char *name, json_t **doc, char *p
     if (stat(path, &st) != 0) {
         if (errno == ENOENT)
             return 0;
-        seterr(err, errlen, "%s: %s", path, strerror(errno));
+        tt_errf(err, errlen, "%s: %s", path, strerror(errno));
         return -errno;
     }
     *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (*doc == NULL) {
         if (jerr.line > 0)
-            seterr(err, errlen, "%s: line %d: %s", path, jerr.line, jerr.text);
+            tt_errf(err, errlen, "%s: line %d: %s", path, jerr.line, jerr.text);
         else
-            seterr(err, errlen, "%s: %s", path, jerr.text);
+            tt_errf(err, errlen, "%s: %s", path, jerr.text);
         return -EINVAL;
     }
     return 0;
@@ -421,12 +407,12 @@ static json_t *top_array(json_t *doc, const char *key, const char *path, char *e
     json_t *arr = json_is_object(doc) ? json_object_get(doc, key) : NULL;
 
     if (!json_is_array(arr)) {
-        seterr(err, errlen, "%s: %s: expected an array in an object", path, key);
+        tt_errf(err, errlen, "%s: %s: expected an array in an object", path, key);
         return NULL;
     }
     for (size_t i = 0; i < json_array_size(arr); i++) {
         if (!json_is_object(json_array_get(arr, i))) {
-            seterr(err, errlen, "%s: %s[%zu]: expected an object", path, key, i);
+            tt_errf(err, errlen, "%s: %s[%zu]: expected an object", path, key, i);
             return NULL;
         }
     }
@@ -455,7 +441,7 @@ static int load_collection(struct cp_store *s, const char *file, const char *key
         c.i = i;
         rc = fn(s, &c, json_array_get(arr, i));
         if (rc == -ENOMEM)
-            seterr(err, errlen, "%s: out of memory", path);
+            tt_errf(err, errlen, "%s: out of memory", path);
     }
     json_decref(doc);
     return rc;
@@ -556,10 +542,10 @@ static int load_state(struct cp_store *s, char *err, size_t errlen)
     v = json_object_get(doc, "version");
     b = json_object_get(doc, "bundle_sha256");
     if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        seterr(err, errlen, "%s: version: expected a non-negative integer", path);
+        tt_errf(err, errlen, "%s: version: expected a non-negative integer", path);
         rc = -EINVAL;
     } else if (!json_is_string(b) || strlen(json_string_value(b)) >= sizeof(s->bundle_sha)) {
-        seterr(err, errlen, "%s: bundle_sha256: expected a string", path);
+        tt_errf(err, errlen, "%s: bundle_sha256: expected a string", path);
         rc = -EINVAL;
     } else {
         s->version = (uint64_t)json_integer_value(v);
@@ -582,7 +568,7 @@ static int load_policy(struct cp_store *s, char *err, size_t errlen)
     if (rc == -ENOENT)
         return 0;
     if (rc != 0) {
-        seterr(err, errlen, "%s: %s", path, strerror(-rc));
+        tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return rc;
     }
     p = tt_policy_parse(text, len, path, err, errlen);
@@ -601,18 +587,18 @@ struct cp_store *cp_store_open(const char *dir, char *err, size_t errlen)
     struct cp_store *s = calloc(1, sizeof(*s));
 
     if (s == NULL) {
-        seterr(err, errlen, "out of memory");
+        tt_errf(err, errlen, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&s->mu, NULL);
     s->dir = strdup(dir);
     s->bundle_pem = strdup("");
     if (s->dir == NULL || s->bundle_pem == NULL) {
-        seterr(err, errlen, "out of memory");
+        tt_errf(err, errlen, "out of memory");
         goto err_free;
     }
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        seterr(err, errlen, "%s: %s", dir, strerror(errno));
+        tt_errf(err, errlen, "%s: %s", dir, strerror(errno));
         goto err_free;
     }
     if (load_state(s, err, errlen) != 0 ||
@@ -938,14 +924,14 @@ static int check_service(const char *address, const char *spiffe_id, char *err, 
     int rc;
 
     if (address == NULL || (rc = tt_addr_parse(address, 0, &a)) != 0) {
-        seterr(err, errlen, "address %s: %s", address ? address : "(none)",
-               address && rc == -ENOENT ? "host does not resolve"
-                                        : "expected IP:PORT, [IPv6]:PORT or host:PORT");
+        tt_errf(err, errlen, "address %s: %s", address ? address : "(none)",
+                address && rc == -ENOENT ? "host does not resolve"
+                                         : "expected IP:PORT, [IPv6]:PORT or host:PORT");
         return address ? rc : -EINVAL;
     }
     if (spiffe_id == NULL || tt_spiffe_check(spiffe_id, strlen(spiffe_id), false) != 0) {
-        seterr(err, errlen, "spiffe_id %s: not a valid SPIFFE ID",
-               spiffe_id ? spiffe_id : "(none)");
+        tt_errf(err, errlen, "spiffe_id %s: not a valid SPIFFE ID",
+                spiffe_id ? spiffe_id : "(none)");
         return TT_E_SPIFFE;
     }
     return 0;
@@ -986,7 +972,7 @@ int cp_store_service_add(struct cp_store *s, const char *address, const char *sp
     e.source = strdup(source);
     if (!e.address || !e.spiffe_id || !e.source) {
         service_free(&e);
-        seterr(err, errlen, "out of memory");
+        tt_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     pthread_mutex_lock(&s->mu);
@@ -1024,7 +1010,7 @@ int cp_store_service_add(struct cp_store *s, const char *address, const char *sp
     }
     pthread_mutex_unlock(&s->mu);
     if (rc != 0)
-        seterr(err, errlen, "saving services.json: %s", strerror(-rc));
+        tt_errf(err, errlen, "saving services.json: %s", strerror(-rc));
     if (v)
         notify(s, v);
     return rc;
@@ -1169,7 +1155,7 @@ int cp_store_service_register(struct cp_store *s, const char *source, const char
 out:
     pthread_mutex_unlock(&s->mu);
     if (rc != 0)
-        seterr(err, errlen, "saving services.json: %s", strerror(-rc));
+        tt_errf(err, errlen, "saving services.json: %s", strerror(-rc));
     if (v)
         notify(s, v);
     return rc;
@@ -1232,7 +1218,7 @@ int cp_store_policy_set(struct cp_store *s, const char *text, size_t len, char *
     }
     pthread_mutex_unlock(&s->mu);
     if (rc != 0)
-        seterr(err, errlen, "saving policy.json: %s", strerror(-rc));
+        tt_errf(err, errlen, "saving policy.json: %s", strerror(-rc));
     if (v)
         notify(s, v);
     return rc;

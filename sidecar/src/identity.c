@@ -58,20 +58,6 @@ struct tt_identity {
     size_t n_revoked;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Copies src into dst[0..cap) NUL-terminated, truncating. */
 static void copy_trunc(char *dst, size_t cap, const char *src, size_t len)
 {
@@ -393,29 +379,29 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
 
     r = parse_certs(cert_pem, cert_len, &chain);
     if (r == TT_E_IDENTITY) {
-        set_err(err, errlen, "%s: no certificate found", cert_name);
+        tt_errf(err, errlen, "%s: no certificate found", cert_name);
         goto err;
     } else if (r == TT_E_PEM) {
-        set_err(err, errlen, "%s: invalid certificate PEM", cert_name);
+        tt_errf(err, errlen, "%s: invalid certificate PEM", cert_name);
         goto err;
     } else if (r < 0) {
         goto err_nomem;
     }
     r = parse_key(key_pem, key_len, &key);
     if (r == TT_E_IDENTITY) {
-        set_err(err, errlen, "%s: no private key found", key_name);
+        tt_errf(err, errlen, "%s: no private key found", key_name);
         goto err;
     } else if (r < 0) {
-        set_err(err, errlen, "%s: cannot parse the private key (corrupt or encrypted PEM)",
+        tt_errf(err, errlen, "%s: cannot parse the private key (corrupt or encrypted PEM)",
                 key_name);
         goto err;
     }
     r = parse_certs(bundle_pem, bundle_len, &bundle);
     if (r == TT_E_IDENTITY) {
-        set_err(err, errlen, "%s: no certificate found", bundle_name);
+        tt_errf(err, errlen, "%s: no certificate found", bundle_name);
         goto err;
     } else if (r == TT_E_PEM) {
-        set_err(err, errlen, "%s: invalid certificate PEM", bundle_name);
+        tt_errf(err, errlen, "%s: invalid certificate PEM", bundle_name);
         goto err;
     } else if (r < 0) {
         goto err_nomem;
@@ -424,7 +410,7 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
     X509 *leaf = sk_X509_value(chain, 0);
     if (!X509_check_private_key(leaf, key)) {
         ERR_clear_error();
-        set_err(err, errlen, "%s: key does not match certificate %s", key_name, cert_name);
+        tt_errf(err, errlen, "%s: key does not match certificate %s", key_name, cert_name);
         goto err;
     }
 
@@ -436,14 +422,14 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
         char first[64];
         scan_uri_sans(leaf, first, sizeof(first), &n_uri, &valid);
         if (n_uri == 0)
-            set_err(err, errlen, "%s: leaf has no spiffe:// URI SAN", cert_name);
+            tt_errf(err, errlen, "%s: leaf has no spiffe:// URI SAN", cert_name);
         else if (n_uri > 1)
-            set_err(err, errlen, "%s: leaf has %d URI SANs, expected exactly one spiffe:// ID",
+            tt_errf(err, errlen, "%s: leaf has %d URI SANs, expected exactly one spiffe:// ID",
                     cert_name, n_uri);
         else if (first[0] == '\0')
-            set_err(err, errlen, "%s: leaf has no spiffe:// URI SAN", cert_name);
+            tt_errf(err, errlen, "%s: leaf has no spiffe:// URI SAN", cert_name);
         else
-            set_err(err, errlen, "%s: leaf URI SAN is not a valid SPIFFE ID", cert_name);
+            tt_errf(err, errlen, "%s: leaf URI SAN is not a valid SPIFFE ID", cert_name);
         goto err;
     }
 
@@ -454,7 +440,7 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
     if (v == X509_V_ERR_OUT_OF_MEM)
         goto err_nomem;
     if (v != X509_V_OK) {
-        set_err(err, errlen, "%s: leaf does not chain to the trust bundle %s: %s", cert_name,
+        tt_errf(err, errlen, "%s: leaf does not chain to the trust bundle %s: %s", cert_name,
                 bundle_name, X509_verify_cert_error_string(v));
         goto err;
     }
@@ -483,7 +469,7 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
         SSL_CTX_sess_set_new_cb(id->client_ctx, tt_tls_on_new_session);
     }
     if (id->server_ctx == NULL || id->client_ctx == NULL) {
-        set_err(err, errlen, "%s: cannot build the TLS contexts from this certificate and key",
+        tt_errf(err, errlen, "%s: cannot build the TLS contexts from this certificate and key",
                 cert_name);
         goto err;
     }
@@ -497,7 +483,7 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
     return id;
 
 err_nomem:
-    set_err(err, errlen, "%s: out of memory", cert_name);
+    tt_errf(err, errlen, "%s: out of memory", cert_name);
 err:
     ERR_clear_error();
     if (bufs != NULL) {
@@ -526,7 +512,7 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
     id->refs = 1;
     r = parse_certs(bundle_pem, bundle_len, &bundle);
     if (r == TT_E_IDENTITY || r == TT_E_PEM) {
-        set_err(err, errlen, "%s: %s", source,
+        tt_errf(err, errlen, "%s: %s", source,
                 r == TT_E_PEM ? "invalid certificate PEM" : "no certificate found");
         goto err;
     } else if (r < 0) {
@@ -541,7 +527,7 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
     return id;
 
 err_nomem:
-    set_err(err, errlen, "%s: out of memory", source);
+    tt_errf(err, errlen, "%s: out of memory", source);
 err:
     ERR_clear_error();
     sk_X509_pop_free(bundle, X509_free);
@@ -578,7 +564,7 @@ struct tt_identity *tt_identity_load(const char *cert_path, const char *key_path
     for (int i = 0; i < 3; i++) {
         int r = tt_file_read(paths[i], PEM_FILE_MAX, &data[i], &len[i]);
         if (r < 0) {
-            set_err(err, errlen, "%s: %s", paths[i],
+            tt_errf(err, errlen, "%s: %s", paths[i],
                     r == -EFBIG ? "file too large for PEM" : tt_strerror(r));
             goto out;
         }

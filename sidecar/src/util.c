@@ -2,6 +2,7 @@
  * reads. No allocation except tt_file_read(); no logging. */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -464,4 +465,16 @@ int tt_serial_normalize(const char *in, char *out, size_t outlen)
         return -ENOSPC;
     memcpy(out, digits, n + 1);
     return 0;
+}
+
+/* Formats a one-line error message into err (if any room). */
+void tt_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

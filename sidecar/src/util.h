@@ -53,4 +53,8 @@ int tt_file_read(const char *path, size_t max_len, char **data, size_t *len);
  * octets), or -ENOSPC when out is too small. */
 int tt_serial_normalize(const char *in, char *out, size_t outlen);
 
+/* Writes a printf-style message into err[0..errlen) (nothing when err is NULL or errlen
+ * is 0): the one way modules fill the `char *err, size_t errlen` they are given. */
+void tt_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif
