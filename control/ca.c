@@ -24,6 +24,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca.h"
+#include "identity.h"
 #include "spiffe.h"
 #include "util.h"
 #include "store.h"
@@ -70,44 +71,6 @@ const char *cp_ca_err_reason(int err)
 }
 
 /* ---- PEM helpers ---- */
-
-static char *bio_to_string(BIO *bio)
-{
-    const uint8_t *data;
-    size_t len;
-    char *s;
-
-    if (!BIO_mem_contents(bio, &data, &len))
-        return NULL;
-    s = malloc(len + 1);
-    if (s == NULL)
-        return NULL;
-    memcpy(s, data, len);
-    s[len] = '\0';
-    return s;
-}
-
-static char *cert_pem(X509 *x)
-{
-    BIO *bio = BIO_new(BIO_s_mem());
-    char *s = NULL;
-
-    if (bio != NULL && PEM_write_bio_X509(bio, x))
-        s = bio_to_string(bio);
-    BIO_free(bio);
-    return s;
-}
-
-static char *key_pem(EVP_PKEY *key)
-{
-    BIO *bio = BIO_new(BIO_s_mem());
-    char *s = NULL;
-
-    if (bio != NULL && PEM_write_bio_PKCS8PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL))
-        s = bio_to_string(bio);
-    BIO_free(bio);
-    return s;
-}
 
 static char *str_concat(const char *a, const char *b)
 {
@@ -323,7 +286,7 @@ static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, uint64_t
         !add_ext(x, ca->cert, NID_ext_key_usage, "serverAuth,clientAuth") ||
         !add_ext(x, ca->cert, NID_subject_key_identifier, "hash") ||
         !add_ext(x, ca->cert, NID_authority_key_identifier, "keyid:always") ||
-        !X509_sign(x, ca->key, EVP_sha256()) || (pem = cert_pem(x)) == NULL) {
+        !X509_sign(x, ca->key, EVP_sha256()) || (pem = tt_pem_from_cert(x)) == NULL) {
         tt_errf(err, errlen, "signing failed");
         goto err_free;
     }
@@ -403,7 +366,7 @@ static int finish_load(struct cp_ca *ca, X509 *root, char *err, size_t errlen)
 {
     char *p;
 
-    ca->cert_pem = cert_pem(ca->cert);
+    ca->cert_pem = tt_pem_from_cert(ca->cert);
     if (ca->cert_pem == NULL)
         goto err_oom;
     if (root == NULL) {
@@ -412,14 +375,14 @@ static int finish_load(struct cp_ca *ca, X509 *root, char *err, size_t errlen)
     } else {
         ca->chain_pem = strdup(ca->cert_pem);
         for (size_t i = 0; ca->chain_pem && i < sk_X509_num(ca->chain); i++) {
-            char *one = cert_pem(sk_X509_value(ca->chain, i));
+            char *one = tt_pem_from_cert(sk_X509_value(ca->chain, i));
 
             p = one ? str_concat(ca->chain_pem, one) : NULL;
             free(one);
             free(ca->chain_pem);
             ca->chain_pem = p;
         }
-        ca->bundle_pem = cert_pem(root);
+        ca->bundle_pem = tt_pem_from_cert(root);
     }
     if (ca->chain_pem == NULL || ca->bundle_pem == NULL)
         goto err_oom;
@@ -563,7 +526,7 @@ struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
     }
     if (make_root(ca, err, errlen) != 0)
         goto err_free;
-    kp = key_pem(ca->key);
+    kp = tt_pem_from_key(ca->key, NULL);
     if (kp == NULL || finish_load(ca, NULL, err, errlen) != 0) {
         tt_errf(err, errlen, "out of memory");
         goto err_free;
@@ -791,7 +754,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
         rc = issue_leaf(&tmp, key, id, ttl_ms, out, err, errlen);
     }
     if (rc == 0) {
-        out->key_pem = key_pem(key);
+        out->key_pem = tt_pem_from_key(key, NULL);
         if (out->key_pem == NULL) {
             cp_ca_cert_done(out);
             tt_errf(err, errlen, "out of memory");

@@ -682,37 +682,66 @@ err_free:
     return -ENOMEM;
 }
 
+/* Copies a memory BIO's contents into a NUL-terminated heap string, then wipes the BIO's
+ * copy (it may hold a private key). */
+static char *bio_take_string(BIO *bio, size_t *len_out)
+{
+    const uint8_t *data;
+    size_t len;
+    char *s;
+
+    if (!BIO_mem_contents(bio, &data, &len))
+        return NULL;
+    s = malloc(len + 1);
+    if (s != NULL) {
+        memcpy(s, data, len);
+        s[len] = '\0';
+        if (len_out != NULL)
+            *len_out = len;
+    }
+    OPENSSL_cleanse((void *)data, len);
+    return s;
+}
+
+/* PEM text of a certificate. */
+char *tt_pem_from_cert(X509 *x)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *s = NULL;
+
+    if (bio != NULL && PEM_write_bio_X509(bio, x))
+        s = bio_take_string(bio, NULL);
+    BIO_free(bio);
+    ERR_clear_error();
+    return s;
+}
+
+/* PKCS#8 PEM text of a private key. */
+char *tt_pem_from_key(EVP_PKEY *key, size_t *len)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *s = NULL;
+
+    if (bio != NULL && PEM_write_bio_PKCS8PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL))
+        s = bio_take_string(bio, len);
+    BIO_free(bio);
+    ERR_clear_error();
+    return s;
+}
+
 /* Generates an ECDSA P-256 key as PKCS#8 PEM in memory. */
 int tt_identity_keygen(char **key_pem, size_t *key_len)
 {
     EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
     EVP_PKEY *pkey = EVP_PKEY_new();
-    BIO *bio = BIO_new(BIO_s_mem());
-    const uint8_t *data;
-    size_t len;
     int r = TT_E_TLS;
 
-    if (ec == NULL || pkey == NULL || bio == NULL || !EC_KEY_generate_key(ec) ||
-        !EVP_PKEY_assign_EC_KEY(pkey, ec))
+    if (ec == NULL || pkey == NULL || !EC_KEY_generate_key(ec) || !EVP_PKEY_assign_EC_KEY(pkey, ec))
         goto out;
     ec = NULL; /* owned by pkey */
-    if (!PEM_write_bio_PKCS8PrivateKey(bio, pkey, NULL, NULL, 0, NULL, NULL) ||
-        !BIO_mem_contents(bio, &data, &len))
-        goto out;
-    *key_pem = malloc(len + 1);
-    if (*key_pem == NULL) {
-        r = -ENOMEM;
-        goto out;
-    }
-    memcpy(*key_pem, data, len);
-    (*key_pem)[len] = '\0';
-    *key_len = len;
-    r = 0;
+    *key_pem = tt_pem_from_key(pkey, key_len);
+    r = *key_pem != NULL ? 0 : -ENOMEM;
 out:
-    /* The BIO held the key too: wipe it before it goes back to the allocator. */
-    if (bio != NULL && BIO_mem_contents(bio, &data, &len) && len > 0)
-        OPENSSL_cleanse((void *)data, len);
-    BIO_free(bio);
     EC_KEY_free(ec);
     EVP_PKEY_free(pkey);
     ERR_clear_error();

@@ -86,6 +86,13 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
  * published). Returns 0 or -ENOMEM (the old set stays). */
 int tt_identity_set_revoked(struct tt_identity *id, const char *const *serials, size_t n);
 
+/* PEM text of certificate `x`, or of private key `key` (PKCS#8; *len gets its length
+ * when len is not NULL), as a malloc'ed NUL-terminated string the caller frees (wipe a
+ * key's text first). The intermediate buffer is wiped. NULL on failure. Shared by the
+ * sidecar, the control plane's CA and the test certificate generator. */
+char *tt_pem_from_cert(X509 *x);
+char *tt_pem_from_key(EVP_PKEY *key, size_t *len);
+
 /* Generates a new ECDSA P-256 private key in memory; *key_pem (PKCS#8 PEM, NUL-terminated,
  * caller frees after wiping it with OPENSSL_cleanse-like care) and *key_len. The key is
  * never written anywhere else. Returns 0 or <0. */

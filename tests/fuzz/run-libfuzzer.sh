@@ -18,7 +18,7 @@ for t in ${1:-policy spiffe tls}; do
   [ "$t" = tls ] && extra=(build-fuzz/tests/tools/libtestcerts.a)
   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -std=gnu11 \
     -Isidecar/src -Itests/tools -I/usr/include/android -Ibuild-fuzz/proto \
-    "tests/fuzz/fuzz-$t.c" build-fuzz/sidecar/libtether-sidecar.a "${extra[@]}" \
+    "tests/fuzz/fuzz-$t.c" "${extra[@]}" build-fuzz/sidecar/libtether-sidecar.a \
     -L/usr/lib/x86_64-linux-gnu/android -Wl,-rpath,/usr/lib/x86_64-linux-gnu/android \
     -lssl -lcrypto -luv -ljansson -lhttp_parser -lpthread -o "build-fuzz/libfuzzer-$t"
   mkdir -p "build-fuzz/corpus-$t"

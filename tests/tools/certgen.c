@@ -21,48 +21,11 @@
 #include <openssl/x509v3.h>
 
 #include "certgen.h"
+#include "identity.h"
 
 #ifndef OPENSSL_IS_BORINGSSL
 #error "certgen.c must be compiled against BoringSSL (-I/usr/include/android)"
 #endif
-
-/* Copies a memory BIO's contents into a NUL-terminated heap string. */
-static char *bio_to_string(BIO *bio)
-{
-    const uint8_t *data;
-    size_t len;
-
-    if (!BIO_mem_contents(bio, &data, &len))
-        return NULL;
-    char *s = malloc(len + 1);
-    if (s == NULL)
-        return NULL;
-    memcpy(s, data, len);
-    s[len] = '\0';
-    return s;
-}
-
-static char *cert_to_pem(X509 *x)
-{
-    BIO *bio = BIO_new(BIO_s_mem());
-    char *s = NULL;
-
-    if (bio != NULL && PEM_write_bio_X509(bio, x))
-        s = bio_to_string(bio);
-    BIO_free(bio);
-    return s;
-}
-
-static char *key_to_pem(EVP_PKEY *key)
-{
-    BIO *bio = BIO_new(BIO_s_mem());
-    char *s = NULL;
-
-    if (bio != NULL && PEM_write_bio_PKCS8PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL))
-        s = bio_to_string(bio);
-    BIO_free(bio);
-    return s;
-}
 
 static EVP_PKEY *p256_key_new(void)
 {
@@ -165,8 +128,8 @@ void tt_certgen_free(struct tt_certgen_cert *c)
 /* Fills the PEM strings of c from its objects; `issuer` gives the rest of the chain. */
 static int fill_pem(struct tt_certgen_cert *c, const struct tt_certgen_cert *issuer)
 {
-    c->cert_pem = cert_to_pem(c->x509);
-    c->key_pem = key_to_pem(c->key);
+    c->cert_pem = tt_pem_from_cert(c->x509);
+    c->key_pem = tt_pem_from_key(c->key, NULL);
     if (c->cert_pem == NULL || c->key_pem == NULL)
         return 0;
     const char *rest = issuer != NULL && !issuer->is_root ? issuer->chain_pem : "";
@@ -351,7 +314,7 @@ struct tt_certgen_cert *tt_certgen_read(const char *prefix)
     bio = NULL;
     if (!X509_check_private_key(c->x509, c->key))
         goto err;
-    c->cert_pem = cert_to_pem(c->x509);
+    c->cert_pem = tt_pem_from_cert(c->x509);
     if (c->cert_pem == NULL)
         goto err;
     /* Self-signed: same name on both sides and signed by its own key. */
