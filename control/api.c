@@ -12,11 +12,11 @@
 #include <openssl/base64.h>
 
 #include "api.h"
-#include "util.h"
-#include "errors.h"
-#include "httpd.h"
-#include "log.h"
-#include "spiffe.h"
+#include "core/util.h"
+#include "core/errors.h"
+#include "admin/httpd.h"
+#include "core/log.h"
+#include "core/spiffe.h"
 
 struct cp_api {
     struct tt_httpd *httpd;
@@ -644,7 +644,7 @@ struct cp_api *cp_api_start(uv_loop_t *loop, const struct cp_api_opts *opts, str
             goto err_oom;
         api->n_admin_ids = 1;
     }
-    api->httpd = tt_httpd_start(loop, opts->mtls ? NULL : &addr, &hopts, on_request, api, &rc);
+    api->httpd = tt_httpd_new(loop, opts->mtls ? NULL : &addr, &hopts, on_request, api, &rc);
     if (api->httpd == NULL) {
         snprintf(err, errlen, "--listen-api %s: %s", listen, uv_strerror(rc));
         goto err_free;

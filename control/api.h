@@ -44,7 +44,7 @@
 
 #include "ca.h"
 #include "store.h"
-#include "util.h"
+#include "core/util.h"
 
 #define CP_API_BODY_MAX   (1024 * 1024)
 #define CP_API_MAX_ADMINS 8

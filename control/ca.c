@@ -24,9 +24,10 @@
 #include <openssl/x509v3.h>
 
 #include "ca.h"
-#include "identity.h"
-#include "spiffe.h"
-#include "util.h"
+#include "tls/identity.h"
+#include "tls/identity_bssl.h"
+#include "core/spiffe.h"
+#include "core/util.h"
 #include "store.h"
 
 #ifndef OPENSSL_IS_BORINGSSL

@@ -14,13 +14,13 @@
 
 #include <http_parser.h>
 
-#include "errors.h"
+#include "core/errors.h"
 #include "httpc.h"
-#include "identity.h"
-#include "spiffe.h"
-#include "tls.h"
-#include "tlspipe.h"
-#include "util.h"
+#include "tls/identity.h"
+#include "core/spiffe.h"
+#include "tls/tls.h"
+#include "control/tlspipe.h"
+#include "core/util.h"
 
 /* Splits an http:// or https:// URL into host (brackets of an IPv6 literal removed), port (default
  * 80 or 443; 1-65535) and path prefix (trailing slashes dropped), each into the caller's buffer.

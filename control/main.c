@@ -17,12 +17,12 @@
 
 #include "api.h"
 #include "ca.h"
-#include "log.h"
-#include "spiffe.h"
+#include "core/log.h"
+#include "core/spiffe.h"
 #include "store.h"
 #include "tls_acceptor.h"
-#include "tlspipe.h"
-#include "util.h"
+#include "control/tlspipe.h"
+#include "core/util.h"
 
 #ifdef CP_HAVE_SIDECAR_API
 #include "sidecar_api.h"

@@ -8,20 +8,20 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "buf.h"
+#include "core/buf.h"
 #include "ca.h"
-#include "errors.h"
+#include "core/errors.h"
 #include "grpc_glue.h"
-#include "identity.h"
-#include "log.h"
+#include "tls/identity.h"
+#include "core/log.h"
 #include "sidecar_api.h"
-#include "spiffe.h"
+#include "core/spiffe.h"
 #include "store.h"
 #include "tether/v1/tether.pb-c.h"
-#include "tls.h"
+#include "tls/tls.h"
 #include "tls_acceptor.h"
-#include "tlspipe.h"
-#include "util.h"
+#include "control/tlspipe.h"
+#include "core/util.h"
 
 #define API_SERVING_TTL_MS (24ULL * 3600 * 1000)
 /* When an operator has set no policy yet, sidecars get the document DESIGN.md implies:

@@ -16,11 +16,11 @@
 #include <openssl/sha.h>
 
 #include "ca.h"
-#include "errors.h"
-#include "policy.h"
-#include "spiffe.h"
+#include "core/errors.h"
+#include "policy/policy.h"
+#include "core/spiffe.h"
 #include "store.h"
-#include "util.h"
+#include "core/util.h"
 
 #define STORE_FILE_MAX (256 * 1024 * 1024)
 #define ISSUED_KEEP_S  86400 /* keep records this long after their not_after */

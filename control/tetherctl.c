@@ -18,7 +18,7 @@
 #include <openssl/mem.h>
 
 #include "httpc.h"
-#include "identity.h"
+#include "tls/identity.h"
 
 #define DEFAULT_API "http://127.0.0.1:15014"
 #define TIMEOUT_MS  10000

@@ -9,15 +9,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "buf.h"
-#include "errors.h"
-#include "identity.h"
-#include "listener.h"
-#include "log.h"
-#include "spiffe.h"
+#include "core/buf.h"
+#include "core/errors.h"
+#include "tls/identity.h"
+#include "net/listener.h"
+#include "core/log.h"
+#include "core/spiffe.h"
 #include "tls_acceptor.h"
-#include "tlspipe.h"
-#include "util.h"
+#include "control/tlspipe.h"
+#include "core/util.h"
 
 struct cp_tls_acceptor {
     struct cp_tls_acceptor_opts opts;

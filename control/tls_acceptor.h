@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tls.h"
+#include "tls/tls.h"
 
 #define CP_TLS_ACCEPTOR_MAX_HANDSHAKES 256
 #define CP_TLS_ACCEPTOR_HANDSHAKE_MS   5000

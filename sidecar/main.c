@@ -2,10 +2,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "config.h"
-#include "errors.h"
-#include "log.h"
-#include "runtime.h"
+#include "app/config.h"
+#include "core/errors.h"
+#include "core/log.h"
+#include "app/runtime.h"
 
 int main(int argc, char **argv)
 {

@@ -7,7 +7,12 @@
 
 #include <jansson.h>
 
-#include "policy.h"
+#include "metrics/metrics.h"
+#include "policy/policy.h"
+#include "policy/policy_json.h"
+
+/* Counts verdicts across inputs, as a worker does across pushes. */
+static struct tt_metrics *counts;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -20,11 +25,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (p == NULL)
         return 0;
+    if (counts == NULL)
+        counts = tt_metrics_new(0);
+    tt_metrics_policy_prepare(counts, p);
     for (size_t i = 0; i < 3; i++) {
         struct tt_policy_verdict v;
         tt_policy_check(p, ids[i], ids[(i + 1) % 3], (uint16_t)(8080 + i), i ? "GET" : NULL,
                         i ? "/x" : NULL, &v);
-        tt_policy_count(p, &v);
+        tt_metrics_policy_count(counts, p, &v);
         tt_policy_check_tcp_enforceable(p, ids[i], err, sizeof(err));
     }
     for (size_t i = 0; i < tt_policy_rule_count(p); i++) {

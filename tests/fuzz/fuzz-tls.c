@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "certgen.h"
-#include "identity.h"
-#include "tls.h"
+#include "tls/identity.h"
+#include "tls/tls.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -21,7 +21,8 @@
 #include <openssl/x509v3.h>
 
 #include "certgen.h"
-#include "identity.h"
+#include "tls/identity.h"
+#include "tls/identity_bssl.h"
 
 #ifndef OPENSSL_IS_BORINGSSL
 #error "certgen.c must be compiled against BoringSSL (-I/usr/include/android)"

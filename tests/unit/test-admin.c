@@ -20,9 +20,10 @@
 
 #include <cmocka.h>
 
-#include "admin.h"
-#include "identity.h"
-#include "policy.h"
+#include "admin/admin.h"
+#include "tls/identity.h"
+#include "policy/policy.h"
+#include "policy/policy_json.h"
 
 /* ---- stubs ---- */
 
@@ -164,7 +165,7 @@ static int setup(void **state)
     assert_int_equal(uv_async_init(&h->loop, &h->stop, on_stop), 0);
     h->stop.data = h;
     assert_int_equal(tt_addr_parse("127.0.0.1:0", 1, &addr), 0);
-    h->admin = tt_admin_start(&h->loop, &addr, &ops, h, &err);
+    h->admin = tt_admin_new(&h->loop, &addr, &ops, h, &err);
     assert_non_null(h->admin);
     assert_int_equal(err, 0);
     h->port = tt_admin_port(h->admin);
@@ -830,7 +831,7 @@ static void test_admin_start_errors(void **state)
     assert_int_equal(uv_loop_init(&loop), 0);
     snprintf(text, sizeof(text), "127.0.0.1:%d", h->port);
     assert_int_equal(tt_addr_parse(text, 0, &addr), 0);
-    assert_null(tt_admin_start(&loop, &addr, &ops, h, &err));
+    assert_null(tt_admin_new(&loop, &addr, &ops, h, &err));
     assert_int_equal(err, UV_EADDRINUSE);
     /* The failed server's memory goes with its close callback. */
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -840,7 +841,7 @@ static void test_admin_start_errors(void **state)
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(tt_addr_parse("192.0.2.1:0", 1, &addr), 0);
     err = 0;
-    assert_null(tt_admin_start(&loop, &addr, &ops, h, &err));
+    assert_null(tt_admin_new(&loop, &addr, &ops, h, &err));
     assert_int_equal(err, UV_EADDRNOTAVAIL);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&loop), 0);

@@ -14,8 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "errors.h"
+#include "app/config.h"
+#include "core/errors.h"
 
 #define ID_API "spiffe://cluster.local/ns/shop/sa/api"
 #define ID_DB  "spiffe://cluster.local/ns/shop/sa/db"

@@ -16,11 +16,11 @@
 #include <cmocka.h>
 
 #include "certgen.h"
-#include "identity.h"
-#include "tls.h"
+#include "tls/identity.h"
+#include "tls/tls.h"
 #include "tls_acceptor.h"
-#include "tlspipe.h"
-#include "util.h"
+#include "control/tlspipe.h"
+#include "core/util.h"
 
 #define SERVER_ID "spiffe://td.test/ns/tether-system/sa/tether-control"
 #define CLIENT_ID "spiffe://td.test/ns/tether-system/sa/tether-admin"

@@ -27,7 +27,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca.h"
-#include "util.h"
+#include "core/util.h"
 #include "certgen.h"
 #include "store.h"
 

@@ -17,9 +17,9 @@
 
 #include <cmocka.h>
 
-#include "errors.h"
+#include "core/errors.h"
 #include "store.h"
-#include "util.h"
+#include "core/util.h"
 
 #define ID_A "spiffe://example.org/ns/shop/sa/web"
 #define ID_B "spiffe://example.org/ns/shop/sa/api"

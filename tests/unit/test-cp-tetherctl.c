@@ -19,7 +19,7 @@
 
 #include "api.h"
 #include "ca.h"
-#include "errors.h"
+#include "core/errors.h"
 #include "httpc.h"
 #include "store.h"
 

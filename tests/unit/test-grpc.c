@@ -19,15 +19,15 @@
 
 #include <cmocka.h>
 
-#include "buf.h"
+#include "core/buf.h"
 #include "certgen.h"
-#include "errors.h"
+#include "core/errors.h"
 #include "grpc_glue.h"
-#include "identity.h"
+#include "tls/identity.h"
 #include "tether/v1/tether.pb-c.h"
-#include "tls.h"
-#include "tlspipe.h"
-#include "util.h"
+#include "tls/tls.h"
+#include "control/tlspipe.h"
+#include "core/util.h"
 
 #define CONTROL_ID "spiffe://td/control"
 #define CLIENT_ID  "spiffe://td/ns/web/sa/frontend"

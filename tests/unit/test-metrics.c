@@ -8,8 +8,8 @@
 
 #include <cmocka.h>
 
-#include "errors.h"
-#include "metrics.h"
+#include "core/errors.h"
+#include "metrics/metrics.h"
 
 static void test_metrics_reason_names(void **state)
 {

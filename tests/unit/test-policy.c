@@ -12,8 +12,10 @@
 
 #include <cmocka.h>
 
-#include "errors.h"
-#include "policy.h"
+#include "core/errors.h"
+#include "metrics/metrics.h"
+#include "policy/policy.h"
+#include "policy/policy_json.h"
 
 #define SHOP_WEB "spiffe://td/ns/shop/sa/web"
 #define SHOP_API "spiffe://td/ns/shop/sa/api"
@@ -239,8 +241,76 @@ static void test_policy_default(void **state)
     tt_policy_unref(p);
 }
 
+/* Verdicts are counted the way a worker counts them: in its metrics, by rule name. */
+static struct tt_rule_sum rule_counts(struct tt_metrics *mc, const char *name)
+{
+    struct tt_metrics_sum sum;
+    struct tt_rule_sum out = {0};
+    const struct tt_rule_sum *r;
+
+    assert_int_equal(tt_metrics_sum(&mc, 1, &sum), 0);
+    r = tt_metrics_sum_rule(&sum, name);
+    if (r != NULL) {
+        out.hits = r->hits;
+        out.audit_would_deny = r->audit_would_deny;
+    }
+    tt_metrics_sum_done(&sum);
+    return out;
+}
+
+static uint64_t rule_hits(struct tt_metrics *mc, const char *name)
+{
+    return rule_counts(mc, name).hits;
+}
+
+static uint64_t rule_would_deny(struct tt_metrics *mc, const char *name)
+{
+    return rule_counts(mc, name).audit_would_deny;
+}
+
+/* Counts live outside the document: a new document that keeps a rule keeps its count, even
+ * after a document without it (a push that changed something else, or a rollback). */
+static void test_policy_counts_survive_new_document(void **state)
+{
+    const char *doc_a = "{'rules': [{'name': 'web', 'action': 'allow', 'from': ['" SHOP_WEB "']}]}";
+    const char *doc_b = "{'version': 'b', 'rules': ["
+                        " {'name': 'batch', 'action': 'deny', 'from': ['" BATCH "']},"
+                        " {'name': 'web', 'action': 'allow', 'from': ['" SHOP_WEB "']}]}";
+    struct tt_metrics *mc = tt_metrics_new(0);
+    struct tt_policy *a = parse_ok(doc_a), *b, *c;
+    struct tt_policy_verdict v;
+
+    assert_int_equal(tt_metrics_policy_prepare(mc, a), 0);
+    for (int i = 0; i < 3; i++) {
+        check(a, SHOP_WEB, SHOP_API, 80, &v);
+        tt_metrics_policy_count(mc, a, &v);
+    }
+    b = parse_ok(doc_b); /* 'web' is now rule 1, not rule 0 */
+    assert_int_equal(tt_metrics_policy_prepare(mc, b), 0);
+    tt_policy_unref(a);
+    assert_int_equal(rule_hits(mc, "web"), 3);
+    assert_int_equal(rule_hits(mc, "batch"), 0);
+    check(b, SHOP_WEB, SHOP_API, 80, &v);
+    tt_metrics_policy_count(mc, b, &v);
+    check(b, BATCH, SHOP_API, 80, &v);
+    tt_metrics_policy_count(mc, b, &v);
+    assert_int_equal(rule_hits(mc, "web"), 4);
+    assert_int_equal(rule_hits(mc, "batch"), 1);
+    /* Back to a document without 'batch' and back again: nothing lost. */
+    c = parse_ok(doc_a);
+    assert_int_equal(tt_metrics_policy_prepare(mc, c), 0);
+    assert_int_equal(rule_hits(mc, "web"), 4);
+    tt_policy_unref(c);
+    tt_policy_unref(b);
+    b = parse_ok(doc_b);
+    assert_int_equal(rule_hits(mc, "batch"), 1);
+    tt_policy_unref(b);
+    tt_metrics_free(mc);
+}
+
 static void test_policy_audit(void **state)
 {
+    struct tt_metrics *mc = tt_metrics_new(0);
     struct tt_policy *p = parse_ok("{'default': 'allow', 'rules': ["
                                    " {'name': 'no-batch', 'action': 'deny', 'mode': 'audit',"
                                    "  'from': ['spiffe://td/ns/batch/*']},"
@@ -258,14 +328,14 @@ static void test_policy_audit(void **state)
     assert_int_equal(v.n_audit, 1);
     assert_int_equal(v.audit[0], 0);
     assert_true(v.audit_would_deny);
-    tt_policy_count(p, &v);
-    tt_policy_count(p, &v);
+    tt_metrics_policy_count(mc, p, &v);
+    tt_metrics_policy_count(mc, p, &v);
     tt_policy_rule_info(p, 0, &info);
     assert_string_equal(info.name, "no-batch");
     assert_int_equal(info.action, TT_POLICY_DENY);
     assert_int_equal(info.mode, TT_POLICY_AUDIT);
-    assert_int_equal(info.hits, 2);
-    assert_int_equal(info.audit_would_deny, 2);
+    assert_int_equal(rule_hits(mc, info.name), 2);
+    assert_int_equal(rule_would_deny(mc, info.name), 2);
 
     /* An audit allow match is reported but is no would-deny and does not decide. */
     check(p, SHOP_WEB, SHOP_API, 80, &v);
@@ -274,10 +344,10 @@ static void test_policy_audit(void **state)
     assert_int_equal(v.n_audit, 1);
     assert_int_equal(v.audit[0], 2);
     assert_false(v.audit_would_deny);
-    tt_policy_count(p, &v);
+    tt_metrics_policy_count(mc, p, &v);
     tt_policy_rule_info(p, 2, &info);
-    assert_int_equal(info.hits, 1);
-    assert_int_equal(info.audit_would_deny, 0);
+    assert_int_equal(rule_hits(mc, info.name), 1);
+    assert_int_equal(rule_would_deny(mc, info.name), 0);
 
     /* No match at all: nothing reported. */
     check(p, SHOPPING, SHOP_API, 80, &v);
@@ -303,10 +373,12 @@ static void test_policy_audit(void **state)
     assert_false(v.allowed);
     assert_int_equal(v.n_audit, 1);
     tt_policy_unref(p);
+    tt_metrics_free(mc);
 }
 
 static void test_policy_audit_limit(void **state)
 {
+    struct tt_metrics *mc = tt_metrics_new(0);
     char doc[4096];
     struct tt_policy_verdict v;
     struct tt_policy_rule_info info;
@@ -328,12 +400,13 @@ static void test_policy_audit_limit(void **state)
     for (i = 0; i < TT_POLICY_MAX_AUDIT; i++)
         assert_int_equal(v.audit[i], i);
     assert_true(v.allowed == false && v.audit_would_deny);
-    tt_policy_count(p, &v);
+    tt_metrics_policy_count(mc, p, &v);
     tt_policy_rule_info(p, TT_POLICY_MAX_AUDIT - 1, &info);
-    assert_int_equal(info.hits, 1);
+    assert_int_equal(rule_hits(mc, info.name), 1);
     tt_policy_rule_info(p, TT_POLICY_MAX_AUDIT, &info); /* dropped: not counted */
-    assert_int_equal(info.hits, 0);
+    assert_int_equal(rule_hits(mc, info.name), 0);
     tt_policy_unref(p);
+    tt_metrics_free(mc);
 }
 
 static void test_policy_methods_paths(void **state)
@@ -371,6 +444,7 @@ static void test_policy_methods_paths(void **state)
 
 static void test_policy_count(void **state)
 {
+    struct tt_metrics *mc = tt_metrics_new(0);
     struct tt_policy *p = parse_ok("{'rules': ["
                                    " {'name': 'allow-web', 'action': 'allow',"
                                    "  'from': ['" SHOP_WEB "']},"
@@ -382,12 +456,12 @@ static void test_policy_count(void **state)
 
     for (i = 0; i < 3; i++) {
         check(p, SHOP_WEB, SHOP_API, 80, &v);
-        tt_policy_count(p, &v);
+        tt_metrics_policy_count(mc, p, &v);
     }
     check(p, BATCH, SHOP_API, 80, &v);
-    tt_policy_count(p, &v);
+    tt_metrics_policy_count(mc, p, &v);
     check(p, SHOPPING, SHOP_API, 80, &v); /* default: counts no rule */
-    tt_policy_count(p, &v);
+    tt_metrics_policy_count(mc, p, &v);
 
     /* tt_policy_check alone touches no counter. */
     check(p, SHOP_WEB, SHOP_API, 80, &v);
@@ -396,21 +470,22 @@ static void test_policy_count(void **state)
     assert_string_equal(info.name, "allow-web");
     assert_int_equal(info.action, TT_POLICY_ALLOW);
     assert_int_equal(info.mode, TT_POLICY_ENFORCE);
-    assert_int_equal(info.hits, 3);
-    assert_int_equal(info.audit_would_deny, 0);
+    assert_int_equal(rule_hits(mc, info.name), 3);
+    assert_int_equal(rule_would_deny(mc, info.name), 0);
     tt_policy_rule_info(p, 1, &info);
-    assert_int_equal(info.hits, 1);
-    assert_int_equal(info.audit_would_deny, 0); /* enforce deny: no would-deny */
+    assert_int_equal(rule_hits(mc, info.name), 1);
+    assert_int_equal(rule_would_deny(mc, info.name), 0); /* enforce deny: no would-deny */
 
     /* A verdict with indices that are not this policy's is ignored, not trusted. */
     memset(&v, 0, sizeof(v));
     v.rule = 7;
     v.n_audit = 1;
     v.audit[0] = -5;
-    tt_policy_count(p, &v);
+    tt_metrics_policy_count(mc, p, &v);
     tt_policy_rule_info(p, 0, &info);
-    assert_int_equal(info.hits, 3);
+    assert_int_equal(rule_hits(mc, info.name), 3);
     tt_policy_unref(p);
+    tt_metrics_free(mc);
 }
 
 static void test_policy_version(void **state)
@@ -783,6 +858,7 @@ int main(void)
         cmocka_unit_test(test_policy_audit_limit),
         cmocka_unit_test(test_policy_methods_paths),
         cmocka_unit_test(test_policy_count),
+        cmocka_unit_test(test_policy_counts_survive_new_document),
         cmocka_unit_test(test_policy_version),
         cmocka_unit_test(test_policy_to_json),
         cmocka_unit_test(test_policy_refcount),

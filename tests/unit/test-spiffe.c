@@ -9,8 +9,8 @@
 
 #include <cmocka.h>
 
-#include "errors.h"
-#include "spiffe.h"
+#include "core/errors.h"
+#include "core/spiffe.h"
 
 static int check(const char *id, bool allow_no_path)
 {

@@ -15,11 +15,11 @@
 
 #include <cmocka.h>
 
-#include "identity.h"
-#include "policy.h"
-#include "cpclient.h"
-#include "stats.h"
-#include "util.h"
+#include "tls/identity.h"
+#include "policy/policy.h"
+#include "control/cpclient.h"
+#include "admin/stats.h"
+#include "core/util.h"
 
 /* ---- fakes ---- */
 
@@ -165,10 +165,18 @@ static int setup(void **state)
     f->policy.version = "v7";
     f->policy.default_allows = false;
     f->policy.rules[0] =
-        (struct tt_policy_rule_info){"web-to-api", TT_POLICY_ALLOW, TT_POLICY_ENFORCE, 8, 0};
+        (struct tt_policy_rule_info){"web-to-api", TT_POLICY_ALLOW, TT_POLICY_ENFORCE};
     f->policy.rules[1] =
-        (struct tt_policy_rule_info){"no-\"batch\"", TT_POLICY_DENY, TT_POLICY_AUDIT, 3, 2};
+        (struct tt_policy_rule_info){"no-\"batch\"", TT_POLICY_DENY, TT_POLICY_AUDIT};
     f->policy.n_rules = 2;
+    /* Rule counters live in the workers' metrics, by name, and are summed: 5 + 3 hits of
+     * the enforce rule, one audit would-deny on each worker. */
+    struct tt_policy_verdict decide = {.allowed = true, .rule = 0};
+    struct tt_policy_verdict audit = {.allowed = true, .rule = -1, .n_audit = 1, .audit = {1}};
+    for (int i = 0; i < 8; i++)
+        tt_metrics_policy_count(f->workers[i < 5 ? 0 : 1], &f->policy, &decide);
+    tt_metrics_policy_count(f->workers[0], &f->policy, &audit);
+    tt_metrics_policy_count(f->workers[1], &f->policy, &audit);
 
     *state = f;
     return 0;

@@ -21,16 +21,21 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "buf.h"
+#include "core/buf.h"
 #include "certgen.h"
-#include "errors.h"
-#include "identity.h"
-#include "tls.h"
+#include "core/errors.h"
+#include "tls/identity.h"
+#include "tls/identity_bssl.h"
+#include "tls/revocations.h"
+#include "tls/tls.h"
 
 #define SERVER_ID "spiffe://td/ns/a/sa/server"
 #define CLIENT_ID "spiffe://td/ns/b/sa/client"
 
 /* Shared material, generated once: two roots, an intermediate, and leaves. */
+/* The revocations the helpers apply to every server session (NULL: none). */
+static struct tt_revocations *server_revocations;
+
 static struct tt_certgen_cert *root, *other_root, *inter;
 static struct tt_certgen_cert *server_leaf, *client_leaf;
 static struct tt_identity *server_id, *client_id;
@@ -122,6 +127,7 @@ static void connect_pair(struct tt_identity *cid, struct tt_identity *sid, const
 
     *c = tt_tls_new(cid, TT_TLS_CLIENT, expect);
     *s = tt_tls_new(sid, TT_TLS_SERVER, NULL);
+    tt_tls_set_revocations(*s, server_revocations);
     assert_non_null(*c);
     assert_non_null(*s);
     handshake(*c, *s, &rc, &rs);
@@ -279,6 +285,7 @@ static void expect_refused(struct tt_identity *cid, struct tt_identity *sid, con
 {
     struct tt_tls *c = tt_tls_new(cid, TT_TLS_CLIENT, expect);
     struct tt_tls *s = tt_tls_new(sid, TT_TLS_SERVER, NULL);
+    tt_tls_set_revocations(s, server_revocations);
     uint8_t buf[16];
     int rc, rs;
 
@@ -328,27 +335,64 @@ static void test_tls_refuse_revoked(void **state)
 {
     const char *client_serial = tt_identity_leaf(client_id)->serial;
     const char *unrelated[] = {"1", "ABCDEF"};
-    const char *with_client[] = {"ABCDEF", client_serial, "1"};
+    const char *with_client[] = {"abcdef", client_serial, "01"};
     struct tt_identity *sid = make_identity(server_leaf, root->cert_pem);
+    size_t bad;
+    struct tt_tls *c, *s;
 
     /* Serials that are not the client's change nothing. */
-    assert_int_equal(tt_identity_set_revoked(sid, unrelated, 2), 0);
-    assert_int_equal(tt_identity_revoked(sid, client_serial), 0);
-    struct tt_tls *c, *s;
+    server_revocations = tt_revocations_new(unrelated, 2, &bad);
+    assert_non_null(server_revocations);
+    assert_false(tt_revocations_check(server_revocations, client_serial));
+    connect_pair(client_id, sid, SERVER_ID, &c, &s);
+    tt_tls_free(c);
+    tt_tls_free(s);
+    tt_revocations_unref(server_revocations);
+
+    /* The client's serial among others (any accepted spelling): refused on the server. */
+    server_revocations = tt_revocations_new(with_client, 3, &bad);
+    assert_non_null(server_revocations);
+    assert_int_equal(tt_revocations_count(server_revocations), 3);
+    assert_true(tt_revocations_check(server_revocations, client_serial));
+    expect_refused(client_id, sid, SERVER_ID, 0, TT_E_REVOKED);
+    tt_revocations_unref(server_revocations);
+
+    /* No set (NULL) revokes nothing. */
+    server_revocations = NULL;
     connect_pair(client_id, sid, SERVER_ID, &c, &s);
     tt_tls_free(c);
     tt_tls_free(s);
     tt_identity_unref(sid);
+}
 
-    /* The client's serial among others: refused on the server. */
-    sid = make_identity(server_leaf, root->cert_pem);
-    assert_int_equal(tt_identity_set_revoked(sid, with_client, 3), 0);
-    assert_int_equal(tt_identity_revoked(sid, client_serial), 1);
-    expect_refused(client_id, sid, SERVER_ID, 0, TT_E_REVOKED);
-    /* An empty set clears it again. */
-    assert_int_equal(tt_identity_set_revoked(sid, NULL, 0), 0);
-    assert_int_equal(tt_identity_revoked(sid, client_serial), 0);
-    tt_identity_unref(sid);
+static void test_tls_revocations_set(void **state)
+{
+    const char *good[] = {"0A:bc", "FF", "abc"};
+    const char *bad_one[] = {"AB", "not-hex", "CD"};
+    size_t bad = 99;
+    struct tt_revocations *a = tt_revocations_new(good, 3, &bad), *b;
+
+    assert_non_null(a);
+    assert_int_equal(tt_revocations_count(a), 2); /* 0A:bc and abc are one serial */
+    assert_true(tt_revocations_check(a, "ABC"));
+    assert_true(tt_revocations_check(a, "FF"));
+    assert_false(tt_revocations_check(a, "F"));
+    assert_false(tt_revocations_check(a, ""));
+    assert_false(tt_revocations_check(NULL, "ABC"));
+    b = tt_revocations_new(good + 1, 2, &bad);
+    assert_true(tt_revocations_equal(a, b));
+    tt_revocations_unref(b);
+    b = tt_revocations_new(good, 1, &bad);
+    assert_false(tt_revocations_equal(a, b));
+    tt_revocations_unref(b);
+    b = tt_revocations_new(NULL, 0, &bad);
+    assert_true(tt_revocations_equal(b, NULL));
+    assert_false(tt_revocations_equal(a, NULL));
+    tt_revocations_unref(b);
+    assert_null(tt_revocations_new(bad_one, 3, &bad));
+    assert_int_equal(bad, 1);
+    tt_revocations_unref(a);
+    tt_revocations_unref(NULL);
 }
 
 static void test_tls_refuse_bad_usage(void **state)
@@ -877,6 +921,7 @@ int main(void)
         cmocka_unit_test(test_tls_large_transfer),
         cmocka_unit_test(test_tls_refuse_unknown_ca),
         cmocka_unit_test(test_tls_refuse_revoked),
+        cmocka_unit_test(test_tls_revocations_set),
         cmocka_unit_test(test_tls_refuse_bad_usage),
         cmocka_unit_test(test_tls_refuse_expired),
         cmocka_unit_test(test_tls_refuse_not_yet_valid),

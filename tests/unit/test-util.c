@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util.h"
+#include "core/util.h"
 
 static void test_util_duration_valid(void **state)
 {

@@ -1,0 +1,38 @@
+/* The admin HTTP/1.1 endpoint (127.0.0.1:15000 by default): /stats (JSON, or
+ * ?format=prometheus), /ready, /live, /certs, /policy, and POST /quitquitquit. It runs
+ * on the main thread's loop and parses requests with http-parser; it never blocks and
+ * bounds what a client may send (request size, header count, connections). */
+#ifndef TT_ADMIN_H
+#define TT_ADMIN_H
+
+#include <stdbool.h>
+
+#include <uv.h>
+
+#include "admin/stats.h"
+#include "core/util.h"
+
+/* What the admin endpoint asks of the sidecar, on the loop's thread. */
+struct tt_admin_ops {
+    /* Fills *view for one request; resources stay valid until put_view. */
+    void (*get_view)(void *ud, struct tt_stats_view *view);
+    void (*put_view)(void *ud, struct tt_stats_view *view);
+    /* POST /quitquitquit: begin a graceful exit. */
+    void (*quit)(void *ud);
+};
+
+struct tt_admin;
+
+/* Binds addr and starts serving on loop. Returns the server (owned by the caller, end
+ * it with tt_admin_close) or NULL with *errp set to a -errno (e.g. UV_EADDRINUSE). */
+struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
+                              const struct tt_admin_ops *ops, void *ud, int *errp);
+
+/* Stops listening, closes every client connection and frees the server once libuv has
+ * closed the handles (after the loop runs). Accepts NULL. */
+void tt_admin_close(struct tt_admin *admin);
+
+/* The port actually bound (useful with port 0 in tests). */
+int tt_admin_port(const struct tt_admin *admin);
+
+#endif

@@ -1,0 +1,834 @@
+/* The HTTP/1.1 server core (see httpd.h): one libuv listener, one small state machine
+ * per client, http-parser for the bytes, answers queued in request order.
+ *
+ * Bounds, so that a hostile or broken client cannot hurt the process: request head and
+ * header lines (431), body (413), URL (414), clients at once (more are closed on
+ * accept), a time without progress that closes a client, and a client that pipelines
+ * faster than it reads its answers stops being read until they drain. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <http_parser.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
+#include "admin/httpd.h"
+#include "core/log.h"
+
+#define HTTPD_BACKLOG    128
+#define HTTPD_LINGER_MS  2000
+#define HTTPD_SWEEP_MS   1000
+#define HTTPD_WRITE_HIGH (1024 * 1024) /* stop parsing above this many unsent bytes */
+#define HTTPD_RBUF       16384
+
+enum httpd_client_state {
+    HTTPD_C_S_READING, /* parsing requests and answering each in order */
+    HTTPD_C_S_CLOSING, /* last answer queued (Connection: close, error); input ignored */
+    HTTPD_C_S_LINGER,  /* write side shut down; input discarded until EOF or timeout, so
+                        * that unread input does not turn our close into a reset that
+                        * destroys the answer before the client reads it */
+};
+
+struct httpd_client {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    uv_shutdown_t shutdown;
+    http_parser parser;
+    struct tt_httpd *httpd;
+    struct httpd_client *prev, *next;
+    enum httpd_client_state state;
+    char *peer_identity;
+    bool reading; /* uv_read_start in effect */
+    bool paused;  /* parser paused until the write queue drains */
+    bool eof;     /* the client shut its write side */
+    unsigned pending_writes;
+    uint64_t last_active; /* uv_now() of the last progress either way */
+    int last_outq;        /* unsent bytes in the kernel at the last sweep */
+
+    /* The request being parsed. */
+    size_t head_bytes;
+    unsigned n_headers;
+    bool in_value;
+    int reject; /* status to answer instead of routing (413, 431), or 0 */
+    size_t url_len;
+    bool url_overflow;
+    char *url;  /* url_max + 1 bytes */
+    char *body; /* grows up to body_max + 1 */
+    size_t body_len, body_cap;
+
+    /* Input not yet parsed: rbuf[roff..rlen). Only one read is outstanding and a read
+     * is processed before the next one, so one buffer per client is enough. */
+    size_t roff, rlen;
+    char rbuf[HTTPD_RBUF];
+};
+
+struct tt_httpd {
+    uv_loop_t *loop;
+    uv_tcp_t server;
+    uv_timer_t sweep;
+    struct tt_httpd_opts opts;
+    tt_httpd_route_cb route;
+    void *ud;
+    int port;
+    bool listening;
+    bool closing;
+    unsigned open_handles; /* server, timer and clients not yet closed */
+    struct httpd_client *clients;
+    size_t n_clients;
+};
+
+/* One answer on its way to the socket; the bytes follow the struct. */
+struct httpd_write {
+    uv_write_t req;
+    struct httpd_client *client;
+    void (*after_write)(void *ud);
+    void *after_write_ud;
+    size_t len;
+    char data[];
+};
+
+static void process(struct httpd_client *c);
+
+/* ---- handle lifetimes ---- */
+
+static void handle_closed(struct tt_httpd *h)
+{
+    void (*closed)(void *);
+    void *ud;
+
+    if (--h->open_handles != 0)
+        return;
+    closed = h->opts.on_closed;
+    ud = h->ud;
+    free(h);
+    if (closed)
+        closed(ud);
+}
+
+static void on_httpd_handle_close(uv_handle_t *handle)
+{
+    handle_closed(handle->data);
+}
+
+static void on_client_close(uv_handle_t *handle)
+{
+    struct httpd_client *c = tt_container_of(handle, struct httpd_client, h.handle);
+    struct tt_httpd *h = c->httpd;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    h->n_clients--;
+    free(c->peer_identity);
+    free(c->url);
+    free(c->body);
+    free(c);
+    handle_closed(h);
+}
+
+static void client_close(struct httpd_client *c)
+{
+    if (!uv_is_closing(&c->h.handle))
+        uv_close(&c->h.handle, on_client_close);
+}
+
+static void on_reject_close(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+/* ---- writing ---- */
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct httpd_client *c = tt_container_of(req, struct httpd_client, shutdown);
+
+    if (uv_is_closing(&c->h.handle))
+        return;
+    if (status < 0 || c->eof) {
+        client_close(c);
+        return;
+    }
+    c->state = HTTPD_C_S_LINGER;
+    c->last_active = uv_now(c->httpd->loop);
+}
+
+static void read_start(struct httpd_client *c);
+
+/* Every answer of a closing client is written: end the connection. */
+static void finish_close(struct httpd_client *c)
+{
+    if (c->eof || uv_shutdown(&c->shutdown, &c->h.stream, on_shutdown) != 0) {
+        client_close(c);
+        return;
+    }
+    /* Keep reading (and discarding) while the FIN goes out. */
+    read_start(c);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct httpd_write *w = tt_container_of(req, struct httpd_write, req);
+    struct httpd_client *c = w->client;
+    struct tt_httpd *h = c->httpd;
+    void (*after)(void *) = w->after_write;
+    void *after_ud = w->after_write_ud;
+
+    free(w);
+    c->pending_writes--;
+    if (uv_is_closing(&c->h.handle)) {
+        /* cancelled by a close; nothing to do but the callback below */
+    } else if (status < 0) {
+        client_close(c);
+    } else {
+        c->last_active = uv_now(h->loop);
+        if (c->state == HTTPD_C_S_CLOSING && c->pending_writes == 0) {
+            finish_close(c);
+        } else if (c->paused && c->state == HTTPD_C_S_READING &&
+                   uv_stream_get_write_queue_size(&c->h.stream) < HTTPD_WRITE_HIGH / 2) {
+            c->paused = false;
+            http_parser_pause(&c->parser, 0);
+            process(c);
+            if (!c->paused && c->state == HTTPD_C_S_READING) {
+                if (!c->eof)
+                    read_start(c);
+                else if (c->pending_writes == 0)
+                    client_close(c);
+                else
+                    c->state = HTTPD_C_S_CLOSING; /* close once the answers are out */
+            }
+        }
+    }
+    /* Last, after the answer reached the socket: the callback may close the whole
+     * server. It is freed only once this client's close callback ran, so `h` is valid. */
+    if (after)
+        after(after_ud);
+}
+
+/* The reason phrase of a status code. */
+const char *tt_httpd_status_text(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
+    }
+}
+
+/* Queues one answer. On failure the client is closed (it cannot be answered). */
+static void respond(struct httpd_client *c, const struct tt_httpd_response *ans, bool head_only)
+{
+    char head[1024];
+    size_t body_len = head_only ? 0 : ans->body_len;
+    struct httpd_write *w;
+    uv_buf_t buf;
+    int n;
+
+    n = snprintf(head, sizeof(head),
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                 "Cache-Control: no-store\r\n%sConnection: %s\r\n\r\n",
+                 ans->status, tt_httpd_status_text(ans->status),
+                 ans->ctype ? ans->ctype : "text/plain; charset=utf-8", ans->body_len,
+                 ans->extra_headers ? ans->extra_headers : "", ans->close ? "close" : "keep-alive");
+    if (n < 0 || (size_t)n >= sizeof(head))
+        goto err_close;
+    w = malloc(sizeof(*w) + (size_t)n + body_len);
+    if (w == NULL)
+        goto err_close;
+    w->client = c;
+    w->after_write = ans->after_write;
+    w->after_write_ud = ans->after_write_ud;
+    w->len = (size_t)n + body_len;
+    memcpy(w->data, head, (size_t)n);
+    if (body_len)
+        memcpy(w->data + n, ans->body, body_len);
+    buf = uv_buf_init(w->data, (unsigned)w->len);
+    if (uv_write(&w->req, &c->h.stream, &buf, 1, on_write) != 0) {
+        free(w);
+        goto err_close;
+    }
+    c->pending_writes++;
+    if (ans->close)
+        c->state = HTTPD_C_S_CLOSING;
+    return;
+
+err_close:
+    c->state = HTTPD_C_S_CLOSING;
+    client_close(c);
+    if (ans->after_write)
+        ans->after_write(ans->after_write_ud);
+}
+
+static void respond_text(struct httpd_client *c, int status, const char *text, bool close)
+{
+    struct tt_httpd_response ans = {
+        .status = status, .body = text, .body_len = strlen(text), .close = close};
+
+    respond(c, &ans, false);
+}
+
+static const char *method_name(int m)
+{
+    return http_method_str((enum http_method)m);
+}
+
+/* Hands a complete request to the route callback and queues its answer. */
+static void route_request(struct httpd_client *c, bool close)
+{
+    struct tt_httpd *h = c->httpd;
+    struct tt_httpd_request rq = {
+        .method = c->parser.method,
+        .method_name = method_name(c->parser.method),
+        .path = c->url,
+        .body = c->body ? c->body : "",
+        .body_len = c->body_len,
+        .head = c->parser.method == HTTP_HEAD,
+        .peer_identity = c->peer_identity,
+    };
+    struct tt_httpd_response resp = {0};
+    char *q;
+
+    if (c->url_overflow) {
+        respond_text(c, 414, "uri too long\n", close);
+        return;
+    }
+    q = strchr(c->url, '?');
+    if (q) {
+        *q = '\0';
+        rq.query = q + 1;
+    }
+    h->route(h->ud, &rq, &resp);
+    if (resp.status < 100 || resp.status > 999)
+        resp.status = 500;
+    resp.close = resp.close || close;
+    respond(c, &resp, rq.head);
+    if (resp.free_body)
+        free((void *)resp.body);
+}
+
+/* ---- parsing ---- */
+
+static int count_head(struct httpd_client *c, size_t len)
+{
+    c->head_bytes += len;
+    if (c->head_bytes > c->httpd->opts.head_max) {
+        c->reject = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    struct httpd_client *c = p->data;
+
+    c->head_bytes = 0;
+    c->n_headers = 0;
+    c->in_value = false;
+    c->body_len = 0;
+    if (c->body)
+        c->body[0] = '\0';
+    c->reject = 0;
+    c->url_len = 0;
+    c->url_overflow = false;
+    c->url[0] = '\0';
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    struct httpd_client *c = p->data;
+
+    if (count_head(c, len) != 0)
+        return -1;
+    if (len > c->httpd->opts.url_max - c->url_len) {
+        c->url_overflow = true;
+        return 0;
+    }
+    memcpy(c->url + c->url_len, at, len);
+    c->url_len += len;
+    c->url[c->url_len] = '\0';
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct httpd_client *c = p->data;
+
+    /* A field after a value (or the first one) starts a new header line; count it
+     * with its ": " and CRLF. Pieces of one field split across reads do not. */
+    if (c->in_value || c->n_headers == 0) {
+        c->in_value = false;
+        if (++c->n_headers > c->httpd->opts.max_headers) {
+            c->reject = 431;
+            return -1;
+        }
+        if (count_head(c, 4) != 0)
+            return -1;
+    }
+    return count_head(c, len);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct httpd_client *c = p->data;
+
+    c->in_value = true;
+    return count_head(c, len);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct httpd_client *c = p->data;
+
+    if (p->content_length != ULLONG_MAX && p->content_length > c->httpd->opts.body_max) {
+        c->reject = 413;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    struct httpd_client *c = p->data;
+    size_t need;
+
+    if (len > c->httpd->opts.body_max - c->body_len) {
+        c->reject = 413;
+        return -1;
+    }
+    need = c->body_len + len + 1;
+    if (need > c->body_cap) {
+        size_t cap = c->body_cap ? c->body_cap : 1024;
+        char *b;
+
+        while (cap < need)
+            cap *= 2;
+        b = realloc(c->body, cap);
+        if (b == NULL) {
+            c->reject = 413; /* cannot hold it: refuse rather than truncate */
+            return -1;
+        }
+        c->body = b;
+        c->body_cap = cap;
+    }
+    memcpy(c->body + c->body_len, at, len);
+    c->body_len += len;
+    c->body[c->body_len] = '\0';
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct httpd_client *c = p->data;
+    /* HTTP/1.0 always closes; 1.1 unless "Connection: close". A CONNECT or Upgrade
+     * request leaves non-HTTP bytes behind it, so it closes as well. */
+    bool close =
+        (p->http_major == 1 && p->http_minor == 0) || !http_should_keep_alive(p) || p->upgrade;
+
+    route_request(c, close);
+    if (c->state != HTTPD_C_S_READING) {
+        http_parser_pause(p, 1); /* stop at this message; the rest is ignored */
+    } else if (uv_stream_get_write_queue_size(&c->h.stream) > HTTPD_WRITE_HIGH) {
+        c->paused = true;
+        http_parser_pause(p, 1);
+    }
+    return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* Parses what is buffered, answering each complete request, until the buffer is empty,
+ * the client is closing, or the parser was paused for backpressure (reading then
+ * stops; on_write resumes). */
+static void process(struct httpd_client *c)
+{
+    while (c->roff < c->rlen && c->state == HTTPD_C_S_READING && !c->paused) {
+        size_t n =
+            http_parser_execute(&c->parser, &parser_settings, c->rbuf + c->roff, c->rlen - c->roff);
+        enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+
+        c->roff += n;
+        if (err == HPE_PAUSED) {
+            if (c->paused) {
+                uv_read_stop(&c->h.stream);
+                c->reading = false;
+            }
+            return;
+        }
+        if (err == HPE_OK && n > 0 && !c->parser.upgrade)
+            continue;
+        if (err == HPE_OK && c->state != HTTPD_C_S_READING)
+            return; /* an upgrade request was answered with close */
+        {
+            int status = c->reject ? c->reject : err == HPE_HEADER_OVERFLOW ? 431 : 400;
+
+            tt_log(TT_LOG_DEBUG, "http_bad_request", TT_LS("server", c->httpd->opts.name),
+                   TT_LI("status", status), TT_LS("error", http_errno_name(err)));
+            respond_text(c, status,
+                         status == 413   ? "request body too large\n"
+                         : status == 431 ? "request header fields too large\n"
+                                         : "bad request\n",
+                         true);
+            return;
+        }
+    }
+}
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+    struct httpd_client *c = tt_container_of(handle, struct httpd_client, h.handle);
+
+    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct httpd_client *c = tt_container_of(s, struct httpd_client, h.stream);
+
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        /* EOF or error. Answers already queued are still delivered after EOF (a client
+         * may send its requests and shut its write side at once). */
+        uv_read_stop(s);
+        c->reading = false;
+        c->eof = true;
+        if (nread == UV_EOF && c->paused && c->state == HTTPD_C_S_READING)
+            return; /* on_write goes on with the buffered requests */
+        if (nread != UV_EOF || c->pending_writes == 0 || c->state == HTTPD_C_S_LINGER)
+            client_close(c);
+        else
+            c->state = HTTPD_C_S_CLOSING;
+        return;
+    }
+    c->last_active = uv_now(c->httpd->loop);
+    if (c->state != HTTPD_C_S_READING)
+        return; /* closing or lingering: discard */
+    c->roff = 0;
+    c->rlen = (size_t)nread;
+    process(c);
+}
+
+static void read_start(struct httpd_client *c)
+{
+    if (c->reading || c->eof)
+        return;
+    if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
+        client_close(c);
+        return;
+    }
+    c->reading = true;
+}
+
+/* ---- accepting ---- */
+
+/* Accepts a connection only to close it (over the client limit, or shutting down):
+ * libuv stops accepting while a pending connection is not taken. */
+static void reject_connection(struct tt_httpd *h)
+{
+    uv_tcp_t *t = malloc(sizeof(*t));
+
+    if (t == NULL)
+        return;
+    if (uv_tcp_init(h->loop, t) != 0) {
+        free(t);
+        return;
+    }
+    uv_accept((uv_stream_t *)&h->server, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, on_reject_close);
+}
+
+/* A new client, linked into the server; its handle is initialized by the caller. */
+static struct httpd_client *client_new(struct tt_httpd *h)
+{
+    struct httpd_client *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    c->url = malloc(h->opts.url_max + 1);
+    if (c->url == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->url[0] = '\0';
+    c->httpd = h;
+    return c;
+}
+
+static void client_link(struct tt_httpd *h, struct httpd_client *c)
+{
+    c->next = h->clients;
+    if (h->clients)
+        h->clients->prev = c;
+    h->clients = c;
+    h->n_clients++;
+    h->open_handles++;
+    c->last_active = uv_now(h->loop);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+}
+
+static void client_free_unlinked(struct httpd_client *c)
+{
+    free(c->url);
+    free(c->peer_identity);
+    free(c);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct tt_httpd *h = tt_container_of(server, struct tt_httpd, server);
+    struct httpd_client *c;
+
+    if (status < 0)
+        return;
+    if (h->closing || h->n_clients >= h->opts.max_clients) {
+        reject_connection(h);
+        return;
+    }
+    c = client_new(h);
+    if (c == NULL) {
+        reject_connection(h);
+        return;
+    }
+    if (uv_tcp_init(h->loop, &c->h.tcp) != 0) {
+        client_free_unlinked(c);
+        reject_connection(h);
+        return;
+    }
+    client_link(h, c);
+    if (uv_accept(server, &c->h.stream) != 0) {
+        client_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->h.tcp, 1);
+    read_start(c);
+}
+
+/* Serves a connected socket; see httpd.h. */
+int tt_httpd_adopt_fd(struct tt_httpd *h, int fd, const char *peer_identity)
+{
+    struct httpd_client *c;
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof(ss);
+    bool inited = false;
+    int err;
+
+    if (h->closing || h->n_clients >= h->opts.max_clients) {
+        close(fd);
+        return -EBUSY;
+    }
+    if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
+    c = client_new(h);
+    if (c == NULL || (peer_identity && (c->peer_identity = strdup(peer_identity)) == NULL)) {
+        if (c)
+            client_free_unlinked(c);
+        close(fd);
+        return -ENOMEM;
+    }
+    /* TCP sockets as TCP handles (nodelay); anything else (AF_UNIX) as a pipe. */
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+        err = uv_tcp_init(h->loop, &c->h.tcp);
+        inited = err == 0;
+        if (inited && (err = uv_tcp_open(&c->h.tcp, fd)) == 0)
+            uv_tcp_nodelay(&c->h.tcp, 1);
+    } else {
+        err = uv_pipe_init(h->loop, &c->h.pipe, 0);
+        inited = err == 0;
+        if (inited)
+            err = uv_pipe_open(&c->h.pipe, fd);
+    }
+    if (err != 0) {
+        close(fd);
+        if (inited) {
+            /* An initialized handle must be closed through libuv. */
+            client_link(h, c);
+            client_close(c);
+        } else {
+            client_free_unlinked(c);
+        }
+        return err;
+    }
+    client_link(h, c);
+    read_start(c);
+    return 0;
+}
+
+/* Closes clients that made no progress for too long (idle, or stalled reading their
+ * answers). A client still draining an answer from the kernel's send buffer is making
+ * progress even though libuv sees nothing: the buffer's fill level tells. */
+static void on_sweep(uv_timer_t *t)
+{
+    struct tt_httpd *h = tt_container_of(t, struct tt_httpd, sweep);
+    uint64_t now = uv_now(h->loop);
+
+    for (struct httpd_client *c = h->clients; c; c = c->next) {
+        uint64_t limit = c->state == HTTPD_C_S_LINGER ? HTTPD_LINGER_MS : h->opts.idle_ms;
+        uv_os_fd_t fd;
+        int outq = 0;
+
+        if (uv_is_closing(&c->h.handle))
+            continue;
+        if (uv_fileno(&c->h.handle, &fd) == 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 &&
+            outq != c->last_outq) {
+            c->last_outq = outq;
+            c->last_active = now;
+        }
+        if (now - c->last_active >= limit)
+            client_close(c);
+    }
+}
+
+static void apply_defaults(struct tt_httpd_opts *o)
+{
+    if (o->head_max == 0)
+        o->head_max = 16 * 1024;
+    if (o->max_headers == 0)
+        o->max_headers = 100;
+    if (o->body_max == 0)
+        o->body_max = 64 * 1024;
+    if (o->url_max == 0)
+        o->url_max = 2047; /* a 2048-byte buffer with its NUL, as admin always had */
+    if (o->max_clients == 0)
+        o->max_clients = 64;
+    if (o->idle_ms == 0)
+        o->idle_ms = 10000;
+    if (o->name == NULL)
+        o->name = "httpd";
+}
+
+/* Starts the server; see httpd.h. On a failure after the socket was made, the memory
+ * is released by a close callback the next time the loop runs. */
+struct tt_httpd *tt_httpd_new(uv_loop_t *loop, const struct tt_addr *addr,
+                              const struct tt_httpd_opts *opts, tt_httpd_route_cb route, void *ud,
+                              int *errp)
+{
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    struct tt_httpd *h;
+    int err;
+
+    h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        err = UV_ENOMEM;
+        goto err_out;
+    }
+    h->loop = loop;
+    if (opts)
+        h->opts = *opts;
+    apply_defaults(&h->opts);
+    h->route = route;
+    h->ud = ud;
+    err = uv_timer_init(loop, &h->sweep);
+    if (err != 0)
+        goto err_free_httpd;
+    h->sweep.data = h;
+    h->open_handles = 1;
+    if (addr != NULL) {
+        err = uv_tcp_init(loop, &h->server);
+        if (err != 0)
+            goto err_close_timer;
+        h->server.data = h;
+        h->open_handles++;
+        h->listening = true;
+        err = uv_tcp_bind(&h->server, (const struct sockaddr *)&addr->ss, 0);
+        if (err != 0)
+            goto err_close_server;
+        err = uv_listen((uv_stream_t *)&h->server, HTTPD_BACKLOG, on_connection);
+        if (err != 0)
+            goto err_close_server;
+        err = uv_tcp_getsockname(&h->server, (struct sockaddr *)&ss, &sslen);
+        if (err != 0)
+            goto err_close_server;
+        h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    }
+    uv_timer_start(&h->sweep, on_sweep, HTTPD_SWEEP_MS, HTTPD_SWEEP_MS);
+    return h;
+
+err_close_server:
+    uv_close((uv_handle_t *)&h->server, on_httpd_handle_close);
+err_close_timer:
+    h->closing = true;
+    h->opts.on_closed = NULL; /* the caller never had this server */
+    uv_close((uv_handle_t *)&h->sweep, on_httpd_handle_close);
+    *errp = err;
+    return NULL;
+err_free_httpd:
+    free(h);
+err_out:
+    *errp = err;
+    return NULL;
+}
+
+/* Stops listening and closes every client; freed once libuv closed all handles. */
+void tt_httpd_close(struct tt_httpd *h)
+{
+    if (h == NULL || h->closing)
+        return;
+    h->closing = true;
+    for (struct httpd_client *c = h->clients; c; c = c->next)
+        client_close(c);
+    uv_close((uv_handle_t *)&h->sweep, on_httpd_handle_close);
+    if (h->listening)
+        uv_close((uv_handle_t *)&h->server, on_httpd_handle_close);
+}
+
+/* The bound port, in host order. */
+int tt_httpd_port(const struct tt_httpd *h)
+{
+    return h->port;
+}

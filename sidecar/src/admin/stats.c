@@ -1,0 +1,749 @@
+/* Renders /stats (JSON and Prometheus text), /certs from a view of the sidecar's state.
+ * Pure functions: they read counters (through tt_metrics_sum), the identity and the
+ * policy, and build a document; no I/O, no logging. Strings that come from peers
+ * (presented SPIFFE IDs, issuers) may be arbitrary bytes, so every string is made valid
+ * UTF-8 before it reaches jansson or the Prometheus text. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "control/cpclient.h"
+#include "tls/identity.h"
+#include "policy/policy.h"
+#include "admin/stats.h"
+#include "core/util.h"
+
+/* Length of the valid UTF-8 sequence at p (RFC 3629 §4: no overlongs, no surrogates,
+ * nothing above U+10FFFF), or 0 when the bytes there are not one. */
+static size_t utf8_len(const unsigned char *p)
+{
+    unsigned char c = p[0];
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return (p[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+
+        return p[1] >= lo && p[1] <= hi && (p[2] & 0xc0) == 0x80 ? 3 : 0;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+
+        return p[1] >= lo && p[1] <= hi && (p[2] & 0xc0) == 0x80 && (p[3] & 0xc0) == 0x80 ? 4 : 0;
+    }
+    return 0;
+}
+
+/* A JSON string for s: null for NULL (or "" when empty_null), invalid bytes as '?'. */
+static json_t *jstr_(const char *s, bool empty_null)
+{
+    json_t *v;
+    char *copy;
+    size_t n;
+
+    if (s == NULL || (empty_null && *s == '\0'))
+        return json_null();
+    v = json_string(s);
+    if (v != NULL)
+        return v;
+    /* json_string() refuses invalid UTF-8 (and fails on OOM): repair a copy. */
+    n = strlen(s);
+    copy = malloc(n + 1);
+    if (copy == NULL)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t l = utf8_len((const unsigned char *)s + i);
+
+        if (l == 0) {
+            copy[i++] = '?';
+        } else {
+            memcpy(copy + i, s + i, l);
+            i += l;
+        }
+    }
+    copy[n] = '\0';
+    v = json_string(copy);
+    free(copy);
+    return v;
+}
+
+static json_t *jstr(const char *s)
+{
+    return jstr_(s, false);
+}
+
+static json_t *jstr_opt(const char *s)
+{
+    return jstr_(s, true);
+}
+
+static json_t *jint(uint64_t v)
+{
+    return json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
+/* Appends v to arr, stealing the reference; false (and arr untouched) on failure. */
+static bool append(json_t *arr, json_t *v)
+{
+    return v != NULL && json_array_append_new(arr, v) == 0;
+}
+
+/* Estimates the q-quantile of h from its buckets as Prometheus' histogram_quantile()
+ * does: linear interpolation inside the bucket that holds the rank, the lower bound of
+ * the first bucket being 0 and the +Inf bucket answering the highest finite bound.
+ * Returns false when h is empty. */
+static bool hist_quantile(const struct tt_hist *h, double q, uint64_t *out)
+{
+    uint64_t b[TT_HIST_BUCKETS], total = 0, cum = 0;
+    double rank;
+
+    for (size_t i = 0; i < TT_HIST_BUCKETS; i++) {
+        b[i] = TT_COUNTER_GET(h->buckets[i]);
+        total += b[i];
+    }
+    if (total == 0)
+        return false;
+    rank = q * (double)total;
+    for (size_t i = 0; i < TT_HIST_BUCKETS; i++) {
+        double lower, upper;
+
+        if (b[i] == 0 || (double)(cum + b[i]) < rank) {
+            cum += b[i];
+            continue;
+        }
+        if (i == TT_HIST_BUCKETS - 1) {
+            *out = tt_hist_bounds_us[TT_HIST_BUCKETS - 2];
+            return true;
+        }
+        lower = i == 0 ? 0.0 : (double)tt_hist_bounds_us[i - 1];
+        upper = (double)tt_hist_bounds_us[i];
+        *out = (uint64_t)(lower + (upper - lower) * (rank - (double)cum) / (double)b[i] + 0.5);
+        return true;
+    }
+    *out = tt_hist_bounds_us[TT_HIST_BUCKETS - 2];
+    return true;
+}
+
+static json_t *quantile_json(const struct tt_hist *h, double q)
+{
+    uint64_t v;
+
+    return hist_quantile(h, q, &v) ? jint(v) : json_null();
+}
+
+/* {"count","sum_us","p50_us","p99_us","buckets":[{"le":bound,"count":cumulative}]} */
+static json_t *hist_json(const struct tt_hist *h)
+{
+    json_t *buckets = json_array();
+    uint64_t cum = 0;
+
+    if (buckets == NULL)
+        return NULL;
+    for (size_t i = 0; i < TT_HIST_BUCKETS; i++) {
+        json_t *le = i < TT_HIST_BUCKETS - 1 ? jint(tt_hist_bounds_us[i]) : json_string("+Inf");
+
+        cum += h->buckets[i];
+        if (!append(buckets, json_pack("{s:o,s:I}", "le", le, "count", (json_int_t)cum))) {
+            json_decref(buckets);
+            return NULL;
+        }
+    }
+    return json_pack("{s:I,s:I,s:o,s:o,s:o}", "count", (json_int_t)h->count, "sum_us",
+                     (json_int_t)h->sum_us, "p50_us", quantile_json(h, 0.50), "p99_us",
+                     quantile_json(h, 0.99), "buckets", buckets);
+}
+
+static json_t *reasons_json(const uint64_t *counts)
+{
+    json_t *o = json_object();
+
+    if (o == NULL)
+        return NULL;
+    for (int r = 0; r < TT_HS__COUNT; r++) {
+        if (json_object_set_new(o, tt_hs_reason_name(r), jint(counts[r])) != 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+static const char *kind_name(enum tt_listener_kind kind)
+{
+    return kind == TT_LISTENER_INBOUND ? "inbound" : "outbound";
+}
+
+static json_t *listener_json(const struct tt_listener_cfg *cfg,
+                             const struct tt_listener_counters *c)
+{
+    uint64_t active = c->accepted > c->closed ? c->accepted - c->closed : 0;
+    json_t *latency;
+
+    latency = json_pack("{s:o,s:o,s:o}", "handshake_us", hist_json(&c->handshake_us), "connect_us",
+                        hist_json(&c->connect_us), "duration_us", hist_json(&c->duration_us));
+    return json_pack("{s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}",
+                     "name", jstr(cfg->name), "kind", kind_name(cfg->kind), "listen",
+                     jstr(cfg->listen.text), "target", jstr(cfg->target.text), "expected_id",
+                     jstr(cfg->expected_id), "accepted", jint(c->accepted), "active", jint(active),
+                     "closed", jint(c->closed), "refused_limit", jint(c->refused_limit), "bytes_in",
+                     jint(c->bytes_in), "bytes_out", jint(c->bytes_out), "handshakes",
+                     jint(c->handshakes), "handshakes_resumed", jint(c->handshakes_resumed),
+                     "handshake_failures", reasons_json(c->hs_failures),
+                     "upstream_connect_failures", jint(c->upstream_connect_failures), "allowed",
+                     jint(c->allowed), "denied", jint(c->denied), "latency", latency);
+}
+
+/* The control connection's state, versions and timing (control mode only). */
+static json_t *control_json(const struct tt_cp_status *cp, int64_t now)
+{
+    return json_pack(
+        "{s:s,s:I,s:I,s:I,s:o,s:o,s:o}", "state", cp->state_name, "version_applied",
+        (json_int_t)cp->version_applied, "version_refused", (json_int_t)cp->version_refused,
+        "rotations", (json_int_t)cp->rotations, "last_contact_unix",
+        cp->last_contact_unix > 0 ? json_integer(cp->last_contact_unix) : json_null(),
+        "seconds_since_contact",
+        cp->last_contact_unix > 0 ? json_integer(now - cp->last_contact_unix) : json_null(),
+        "last_error", cp->last_error[0] ? jstr(cp->last_error) : json_null());
+}
+
+static json_t *identity_json(const struct tt_stats_view *view, int64_t now)
+{
+    const struct tt_cert_info *leaf;
+
+    if (view->identity == NULL || (leaf = tt_identity_leaf(view->identity)) == NULL)
+        return json_null();
+    return json_pack("{s:o,s:o,s:I,s:I,s:I,s:I,s:o}", "spiffe_id", jstr(leaf->spiffe_id), "serial",
+                     jstr(leaf->serial), "not_before", (json_int_t)leaf->not_before, "not_after",
+                     (json_int_t)leaf->not_after, "seconds_to_expiry",
+                     (json_int_t)(leaf->not_after - now), "rotations", (json_int_t)view->rotations,
+                     "control_plane", jstr(view->control_state ? view->control_state : "none"));
+}
+
+/* A rule's counters summed over the workers, by name (zero when no worker counted it). */
+static struct tt_rule_sum rule_sum(const struct tt_metrics_sum *sum, const char *name)
+{
+    const struct tt_rule_sum *r = tt_metrics_sum_rule(sum, name);
+    struct tt_rule_sum zero = {0};
+
+    return r != NULL ? *r : zero;
+}
+
+static json_t *policy_json(const struct tt_policy *p, const struct tt_metrics_sum *sum,
+                           uint64_t allowed, uint64_t denied)
+{
+    json_t *rules = json_array();
+    size_t n = p ? tt_policy_rule_count(p) : 0;
+
+    if (rules == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        struct tt_policy_rule_info ri = {0};
+
+        tt_policy_rule_info(p, i, &ri);
+        struct tt_rule_sum rs = rule_sum(sum, ri.name);
+        if (!append(rules,
+                    json_pack("{s:o,s:s,s:s,s:o,s:o}", "name", jstr(ri.name), "action",
+                              ri.action == TT_POLICY_ALLOW ? "allow" : "deny", "mode",
+                              ri.mode == TT_POLICY_AUDIT ? "audit" : "enforce", "hits",
+                              jint(rs.hits), "audit_would_deny", jint(rs.audit_would_deny)))) {
+            json_decref(rules);
+            return NULL;
+        }
+    }
+    return json_pack("{s:o,s:s,s:o,s:o,s:o}", "version",
+                     p ? jstr(tt_policy_version(p)) : json_null(), "default",
+                     p ? (tt_policy_default_allows(p) ? "allow" : "deny") : "allow-authenticated",
+                     "allowed", jint(allowed), "denied", jint(denied), "rules", rules);
+}
+
+/* RFC 3339 UTC time with milliseconds, e.g. "2024-05-01T12:00:00.123Z". */
+static void format_time_ms(int64_t unix_ms, char *buf, size_t len)
+{
+    time_t secs = (time_t)(unix_ms / 1000);
+    struct tm tm;
+
+    if (gmtime_r(&secs, &tm) == NULL) {
+        snprintf(buf, len, "%" PRId64, unix_ms);
+        return;
+    }
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(unix_ms % 1000));
+}
+
+static json_t *failure_json(const struct tt_stats_view *view, const struct tt_hs_failure *f)
+{
+    char when[64];
+    json_t *listener;
+
+    format_time_ms(f->unix_ms, when, sizeof(when));
+    if (f->listener >= 0 && (size_t)f->listener < view->n_listeners && view->listeners)
+        listener = jstr(view->listeners[f->listener].name);
+    else
+        listener = json_null();
+    return json_pack("{s:s,s:I,s:o,s:o,s:o,s:o,s:o,s:s}", "time", when, "unix_ms",
+                     (json_int_t)f->unix_ms, "listener", listener, "peer_addr",
+                     jstr_opt(f->peer_addr), "spiffe_id", jstr_opt(f->spiffe_id), "serial",
+                     jstr_opt(f->serial), "issuer", jstr_opt(f->issuer), "reason",
+                     tt_hs_reason_name(f->reason));
+}
+
+/* Counters of listener i, or zeros when the counters have fewer listeners than the
+ * configuration (never expected, but the view comes from elsewhere). */
+static const struct tt_listener_counters *counters_at(const struct tt_metrics_sum *sum, size_t i)
+{
+    static const struct tt_listener_counters zero;
+
+    return i < sum->n_listeners ? &sum->listeners[i] : &zero;
+}
+
+/* Builds the /stats document described in stats.h; NULL when out of memory. */
+json_t *tt_stats_json(const struct tt_stats_view *view)
+{
+    struct tt_metrics_sum sum;
+    uint64_t reasons[TT_HS__COUNT] = {0}, allowed = 0, denied = 0;
+    json_t *server, *listeners = NULL, *peers = NULL, *failures = NULL, *doc = NULL;
+    int64_t now = tt_now_unix();
+
+    if (tt_metrics_sum(view->workers, view->n_workers, &sum) != 0)
+        return NULL;
+
+    server = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:I,s:o}", "started_unix",
+                       (json_int_t)view->started_unix, "uptime_seconds",
+                       (json_int_t)(now - view->started_unix), "snapshot_unix",
+                       (json_int_t)view->snapshot_unix, "snapshot_age_seconds",
+                       (json_int_t)(now - view->snapshot_unix), "snapshot_generation",
+                       (json_int_t)view->snapshot_generation, "reloads_failed",
+                       (json_int_t)view->reloads_failed, "ready", (int)view->ready, "draining",
+                       (int)view->draining, "workers", (json_int_t)view->n_workers, "control_plane",
+                       jstr(view->control_state ? view->control_state : "none"));
+    listeners = json_array();
+    peers = json_array();
+    failures = json_array();
+    if (!server || !listeners || !peers || !failures)
+        goto err_free;
+
+    for (size_t i = 0; i < view->n_listeners; i++) {
+        const struct tt_listener_counters *c = counters_at(&sum, i);
+
+        for (int r = 0; r < TT_HS__COUNT; r++)
+            reasons[r] += c->hs_failures[r];
+        allowed += c->allowed;
+        denied += c->denied;
+        if (!append(listeners, listener_json(&view->listeners[i], c)))
+            goto err_free;
+    }
+    for (size_t i = 0; i < sum.n_peers; i++) {
+        const struct tt_peer_counters *p = &sum.peers[i];
+
+        if (!append(peers, json_pack("{s:o,s:I,s:I,s:I,s:I}", "spiffe_id", jstr(p->id),
+                                     "connections", (json_int_t)p->connections, "denied",
+                                     (json_int_t)p->denied, "bytes_in", (json_int_t)p->bytes_in,
+                                     "bytes_out", (json_int_t)p->bytes_out)))
+            goto err_free;
+    }
+    for (size_t i = 0; i < sum.n_failures; i++) {
+        if (!append(failures, failure_json(view, &sum.failures[i])))
+            goto err_free;
+    }
+
+    /* json_pack steals every "o" reference, on failure too. */
+    if (server != NULL && view->control != NULL)
+        json_object_set_new(server, "control", control_json(view->control, now));
+    doc =
+        json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "server", server, "identity",
+                  identity_json(view, now), "listeners", listeners, "handshake_failures",
+                  reasons_json(reasons), "policy", policy_json(view->policy, &sum, allowed, denied),
+                  "peers", peers, "recent_handshake_failures", failures);
+    tt_metrics_sum_done(&sum);
+    return doc;
+
+err_free:
+    json_decref(server);
+    json_decref(listeners);
+    json_decref(peers);
+    json_decref(failures);
+    tt_metrics_sum_done(&sum);
+    return NULL;
+}
+
+static json_t *cert_json(const struct tt_cert_info *c, int64_t now)
+{
+    return json_pack("{s:o,s:o,s:o,s:o,s:I,s:I,s:I}", "spiffe_id", jstr_opt(c->spiffe_id), "serial",
+                     jstr(c->serial), "subject", jstr(c->subject), "issuer", jstr(c->issuer),
+                     "not_before", (json_int_t)c->not_before, "not_after", (json_int_t)c->not_after,
+                     "seconds_to_expiry", (json_int_t)(c->not_after - now));
+}
+
+/* Builds the /certs document: {"leaf": {...} or null, "roots": [...]}. NULL on OOM. */
+json_t *tt_stats_certs_json(const struct tt_identity *identity)
+{
+    const struct tt_cert_info *leaf = identity ? tt_identity_leaf(identity) : NULL;
+    size_t n = identity ? tt_identity_root_count(identity) : 0;
+    int64_t now = tt_now_unix();
+    json_t *roots = json_array();
+
+    if (roots == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct tt_cert_info *r = tt_identity_root(identity, i);
+
+        if (r != NULL && !append(roots, cert_json(r, now))) {
+            json_decref(roots);
+            return NULL;
+        }
+    }
+    return json_pack("{s:o,s:o}", "leaf", leaf ? cert_json(leaf, now) : json_null(), "roots",
+                     roots);
+}
+
+/* ---- Prometheus text exposition format (version 0.0.4) ---- */
+
+/* A growing output string; `oom` sticks once an allocation failed. */
+struct sbuf {
+    char *p;
+    size_t len;
+    size_t cap;
+    bool oom;
+};
+
+static bool sb_reserve(struct sbuf *sb, size_t more)
+{
+    size_t cap;
+    char *p;
+
+    if (sb->oom)
+        return false;
+    if (sb->len + more + 1 <= sb->cap)
+        return true;
+    cap = sb->cap ? sb->cap : 4096;
+    while (cap < sb->len + more + 1)
+        cap *= 2;
+    p = realloc(sb->p, cap);
+    if (p == NULL) {
+        sb->oom = true;
+        return false;
+    }
+    sb->p = p;
+    sb->cap = cap;
+    return true;
+}
+
+static void sb_putn(struct sbuf *sb, const char *s, size_t n)
+{
+    if (!sb_reserve(sb, n))
+        return;
+    memcpy(sb->p + sb->len, s, n);
+    sb->len += n;
+    sb->p[sb->len] = '\0';
+}
+
+static void sb_puts(struct sbuf *sb, const char *s)
+{
+    sb_putn(sb, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *sb, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    /* Only short, fixed-shape lines go through here; labels use sb_label(). */
+    if (n > 0)
+        sb_putn(sb, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* Appends a label value escaped as the exposition format requires (backslash, double
+ * quote and line feed), with invalid UTF-8 bytes replaced by '?'. */
+static void sb_label_value(struct sbuf *sb, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+
+    while (*p) {
+        size_t l = utf8_len(p);
+
+        if (*p == '\\') {
+            sb_puts(sb, "\\\\");
+        } else if (*p == '"') {
+            sb_puts(sb, "\\\"");
+        } else if (*p == '\n') {
+            sb_puts(sb, "\\n");
+        } else if (l == 0) {
+            sb_puts(sb, "?");
+            l = 1;
+        } else {
+            sb_putn(sb, (const char *)p, l);
+        }
+        p += l ? l : 1;
+    }
+}
+
+/* name="value" preceded by a comma unless first. */
+static void sb_label(struct sbuf *sb, bool first, const char *name, const char *value)
+{
+    if (!first)
+        sb_puts(sb, ",");
+    sb_puts(sb, name);
+    sb_puts(sb, "=\"");
+    sb_label_value(sb, value);
+    sb_puts(sb, "\"");
+}
+
+static void sb_family(struct sbuf *sb, const char *name, const char *type, const char *help)
+{
+    sb_printf(sb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Microseconds as seconds, exactly: "1.000250". */
+static void sb_seconds(struct sbuf *sb, uint64_t us)
+{
+    sb_printf(sb, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
+}
+
+/* Per-listener counters rendered from a field of struct tt_listener_counters. */
+struct listener_metric {
+    const char *name;
+    const char *type;
+    const char *help;
+    size_t off; /* offset of the uint64_t field, or SIZE_MAX for "active" */
+};
+
+#define LC_OFF(f) offsetof(struct tt_listener_counters, f)
+
+static const struct listener_metric listener_metrics[] = {
+    {"tether_listener_connections_accepted_total", "counter", "Connections accepted.",
+     LC_OFF(accepted)},
+    {"tether_listener_connections_active", "gauge", "Connections open now.", SIZE_MAX},
+    {"tether_listener_connections_refused_limit_total", "counter",
+     "Connections closed at once because the connection limit was reached.", LC_OFF(refused_limit)},
+    {"tether_listener_bytes_in_total", "counter", "Bytes received from downstream clients.",
+     LC_OFF(bytes_in)},
+    {"tether_listener_bytes_out_total", "counter", "Bytes sent to downstream clients.",
+     LC_OFF(bytes_out)},
+    {"tether_listener_handshakes_total", "counter", "TLS handshakes completed.",
+     LC_OFF(handshakes)},
+    {"tether_listener_handshakes_resumed_total", "counter",
+     "TLS handshakes that resumed a session.", LC_OFF(handshakes_resumed)},
+    {"tether_listener_upstream_connect_failures_total", "counter",
+     "Upstream TCP connects that failed.", LC_OFF(upstream_connect_failures)},
+    {"tether_listener_policy_allowed_total", "counter", "Inbound connections allowed by policy.",
+     LC_OFF(allowed)},
+    {"tether_listener_policy_denied_total", "counter", "Inbound connections denied by policy.",
+     LC_OFF(denied)},
+};
+
+static uint64_t listener_value(const struct tt_listener_counters *c, size_t off)
+{
+    if (off == SIZE_MAX)
+        return c->accepted > c->closed ? c->accepted - c->closed : 0;
+    return *(const uint64_t *)((const char *)c + off);
+}
+
+static void prom_hist(struct sbuf *sb, const char *name, const char *help,
+                      const struct tt_stats_view *view, const struct tt_metrics_sum *sum,
+                      size_t hist_off)
+{
+    sb_family(sb, name, "histogram", help);
+    for (size_t i = 0; i < view->n_listeners; i++) {
+        const struct tt_hist *h =
+            (const struct tt_hist *)((const char *)counters_at(sum, i) + hist_off);
+        const char *lname = view->listeners[i].name;
+        uint64_t cum = 0;
+
+        for (size_t b = 0; b < TT_HIST_BUCKETS; b++) {
+            cum += h->buckets[b];
+            sb_printf(sb, "%s_bucket{", name);
+            sb_label(sb, true, "listener", lname);
+            sb_puts(sb, ",le=\"");
+            if (b < TT_HIST_BUCKETS - 1)
+                sb_printf(sb, "%g", (double)tt_hist_bounds_us[b] / 1e6);
+            else
+                sb_puts(sb, "+Inf");
+            sb_printf(sb, "\"} %" PRIu64 "\n", cum);
+        }
+        sb_printf(sb, "%s_sum{", name);
+        sb_label(sb, true, "listener", lname);
+        sb_puts(sb, "} ");
+        sb_seconds(sb, h->sum_us);
+        sb_printf(sb, "\n%s_count{", name);
+        sb_label(sb, true, "listener", lname);
+        sb_printf(sb, "} %" PRIu64 "\n", h->count);
+    }
+}
+
+static void prom_listeners(struct sbuf *sb, const struct tt_stats_view *view,
+                           const struct tt_metrics_sum *sum)
+{
+    for (size_t m = 0; m < TT_ARRAY_SIZE(listener_metrics); m++) {
+        const struct listener_metric *lm = &listener_metrics[m];
+
+        sb_family(sb, lm->name, lm->type, lm->help);
+        for (size_t i = 0; i < view->n_listeners; i++) {
+            sb_printf(sb, "%s{", lm->name);
+            sb_label(sb, true, "listener", view->listeners[i].name);
+            sb_label(sb, false, "kind", kind_name(view->listeners[i].kind));
+            sb_printf(sb, "} %" PRIu64 "\n", listener_value(counters_at(sum, i), lm->off));
+        }
+    }
+
+    sb_family(sb, "tether_listener_handshake_failures_total", "counter",
+              "TLS handshakes that failed, by reason.");
+    for (size_t i = 0; i < view->n_listeners; i++) {
+        for (int r = 0; r < TT_HS__COUNT; r++) {
+            sb_puts(sb, "tether_listener_handshake_failures_total{");
+            sb_label(sb, true, "listener", view->listeners[i].name);
+            sb_label(sb, false, "reason", tt_hs_reason_name(r));
+            sb_printf(sb, "} %" PRIu64 "\n", counters_at(sum, i)->hs_failures[r]);
+        }
+    }
+
+    prom_hist(sb, "tether_listener_handshake_duration_seconds", "TLS handshake duration.", view,
+              sum, LC_OFF(handshake_us));
+    prom_hist(sb, "tether_listener_upstream_connect_duration_seconds",
+              "Upstream TCP connect duration.", view, sum, LC_OFF(connect_us));
+    prom_hist(sb, "tether_listener_connection_duration_seconds", "Connection lifetime.", view, sum,
+              LC_OFF(duration_us));
+}
+
+static void prom_policy(struct sbuf *sb, const struct tt_stats_view *view,
+                        const struct tt_metrics_sum *sum)
+{
+    const struct tt_policy *p = view->policy;
+    size_t n = p ? tt_policy_rule_count(p) : 0;
+    uint64_t allowed = 0, denied = 0;
+
+    for (size_t i = 0; i < view->n_listeners; i++) {
+        allowed += counters_at(sum, i)->allowed;
+        denied += counters_at(sum, i)->denied;
+    }
+    sb_family(sb, "tether_policy_info", "gauge", "The policy in force (value always 1).");
+    sb_puts(sb, "tether_policy_info{");
+    sb_label(sb, true, "version", p ? tt_policy_version(p) : "");
+    sb_label(sb, false, "default",
+             p ? (tt_policy_default_allows(p) ? "allow" : "deny") : "allow-authenticated");
+    sb_puts(sb, "} 1\n");
+    sb_family(sb, "tether_policy_allowed_total", "counter", "Connections allowed by policy.");
+    sb_printf(sb, "tether_policy_allowed_total %" PRIu64 "\n", allowed);
+    sb_family(sb, "tether_policy_denied_total", "counter", "Connections denied by policy.");
+    sb_printf(sb, "tether_policy_denied_total %" PRIu64 "\n", denied);
+
+    sb_family(sb, "tether_policy_rule_hits_total", "counter", "Times a policy rule matched.");
+    for (size_t i = 0; i < n; i++) {
+        struct tt_policy_rule_info ri = {0};
+
+        tt_policy_rule_info(p, i, &ri);
+        sb_puts(sb, "tether_policy_rule_hits_total{");
+        sb_label(sb, true, "rule", ri.name);
+        sb_label(sb, false, "action", ri.action == TT_POLICY_ALLOW ? "allow" : "deny");
+        sb_label(sb, false, "mode", ri.mode == TT_POLICY_AUDIT ? "audit" : "enforce");
+        sb_printf(sb, "} %" PRIu64 "\n", rule_sum(sum, ri.name).hits);
+    }
+    sb_family(sb, "tether_policy_rule_audit_would_deny_total", "counter",
+              "Times an audit deny rule would have refused a connection.");
+    for (size_t i = 0; i < n; i++) {
+        struct tt_policy_rule_info ri = {0};
+
+        tt_policy_rule_info(p, i, &ri);
+        sb_puts(sb, "tether_policy_rule_audit_would_deny_total{");
+        sb_label(sb, true, "rule", ri.name);
+        sb_printf(sb, "} %" PRIu64 "\n", rule_sum(sum, ri.name).audit_would_deny);
+    }
+}
+
+static void prom_peers(struct sbuf *sb, const struct tt_metrics_sum *sum)
+{
+    static const struct {
+        const char *name;
+        const char *help;
+        size_t off;
+    } fams[] = {
+        {"tether_peer_connections_total", "Connections per peer identity.",
+         offsetof(struct tt_peer_counters, connections)},
+        {"tether_peer_denied_total", "Connections denied per peer identity.",
+         offsetof(struct tt_peer_counters, denied)},
+        {"tether_peer_bytes_in_total", "Bytes received per peer identity.",
+         offsetof(struct tt_peer_counters, bytes_in)},
+        {"tether_peer_bytes_out_total", "Bytes sent per peer identity.",
+         offsetof(struct tt_peer_counters, bytes_out)},
+    };
+
+    for (size_t f = 0; f < TT_ARRAY_SIZE(fams); f++) {
+        sb_family(sb, fams[f].name, "counter", fams[f].help);
+        for (size_t i = 0; i < sum->n_peers; i++) {
+            sb_printf(sb, "%s{", fams[f].name);
+            sb_label(sb, true, "peer", sum->peers[i].id);
+            sb_printf(sb, "} %" PRIu64 "\n",
+                      *(const uint64_t *)((const char *)&sum->peers[i] + fams[f].off));
+        }
+    }
+}
+
+/* Renders the view in Prometheus text format 0.0.4; malloc'ed string or NULL. */
+char *tt_stats_prometheus(const struct tt_stats_view *view)
+{
+    struct tt_metrics_sum sum;
+    struct sbuf sb = {0};
+    int64_t now = tt_now_unix();
+    const struct tt_cert_info *leaf = view->identity ? tt_identity_leaf(view->identity) : NULL;
+
+    if (tt_metrics_sum(view->workers, view->n_workers, &sum) != 0)
+        return NULL;
+
+    sb_family(&sb, "tether_up", "gauge", "Whether /ready answers 200 (1) or 503 (0).");
+    sb_printf(&sb, "tether_up %d\n", view->ready ? 1 : 0);
+    sb_family(&sb, "tether_draining", "gauge", "1 once SIGTERM was received.");
+    sb_printf(&sb, "tether_draining %d\n", view->draining ? 1 : 0);
+    sb_family(&sb, "tether_start_time_seconds", "gauge", "Process start, unix seconds.");
+    sb_printf(&sb, "tether_start_time_seconds %" PRId64 "\n", view->started_unix);
+    sb_family(&sb, "tether_snapshot_age_seconds", "gauge", "Age of the current snapshot.");
+    sb_printf(&sb, "tether_snapshot_age_seconds %" PRId64 "\n", now - view->snapshot_unix);
+    sb_family(&sb, "tether_snapshot_generation", "gauge",
+              "Snapshot generation: 1 at start, +1 per reload.");
+    sb_printf(&sb, "tether_snapshot_generation %" PRIu64 "\n", view->snapshot_generation);
+    sb_family(&sb, "tether_reloads_failed_total", "counter", "Reloads refused.");
+    sb_printf(&sb, "tether_reloads_failed_total %" PRIu64 "\n", view->reloads_failed);
+    sb_family(&sb, "tether_workers", "gauge", "Worker threads.");
+    sb_printf(&sb, "tether_workers %zu\n", view->n_workers);
+    sb_family(&sb, "tether_control_plane_info", "gauge",
+              "Control plane connection state (value always 1).");
+    sb_puts(&sb, "tether_control_plane_info{");
+    sb_label(&sb, true, "state", view->control_state ? view->control_state : "none");
+    sb_puts(&sb, "} 1\n");
+
+    if (leaf != NULL) {
+        sb_family(&sb, "tether_identity_info", "gauge",
+                  "The workload certificate in use (value always 1).");
+        sb_puts(&sb, "tether_identity_info{");
+        sb_label(&sb, true, "spiffe_id", leaf->spiffe_id);
+        sb_label(&sb, false, "serial", leaf->serial);
+        sb_puts(&sb, "} 1\n");
+        sb_family(&sb, "tether_identity_expiry_timestamp_seconds", "gauge",
+                  "Workload certificate notAfter, unix seconds.");
+        sb_printf(&sb, "tether_identity_expiry_timestamp_seconds %" PRId64 "\n", leaf->not_after);
+        sb_family(&sb, "tether_identity_seconds_to_expiry", "gauge",
+                  "Seconds until the workload certificate expires.");
+        sb_printf(&sb, "tether_identity_seconds_to_expiry %" PRId64 "\n", leaf->not_after - now);
+    }
+    sb_family(&sb, "tether_identity_rotations_total", "counter",
+              "Workload certificates replaced since start.");
+    sb_printf(&sb, "tether_identity_rotations_total %" PRIu64 "\n", view->rotations);
+
+    prom_listeners(&sb, view, &sum);
+    prom_policy(&sb, view, &sum);
+    prom_peers(&sb, &sum);
+    tt_metrics_sum_done(&sum);
+
+    if (sb.oom || sb.p == NULL) {
+        free(sb.p);
+        return NULL;
+    }
+    return sb.p;
+}

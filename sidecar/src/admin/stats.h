@@ -1,0 +1,58 @@
+/* Rendering of /stats (JSON and Prometheus text), /certs and /policy from a consistent
+ * view of the sidecar's state. Pure functions over the view: no I/O. */
+#ifndef TT_STATS_H
+#define TT_STATS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "app/config.h"
+#include "metrics/metrics.h"
+
+struct tt_identity;
+struct tt_cp_status;
+struct tt_policy;
+
+/* What the admin endpoint renders; filled by the sidecar runtime for one request. */
+struct tt_stats_view {
+    const struct tt_listener_cfg *listeners; /* n_listeners, same order as the counters */
+    size_t n_listeners;
+    struct tt_metrics *const *workers;
+    size_t n_workers;
+    const struct tt_identity *identity; /* current snapshot's identity */
+    const struct tt_policy *policy;     /* NULL when no policy is configured */
+    int64_t started_unix;               /* process start */
+    int64_t snapshot_unix;              /* when the current snapshot was built */
+    uint64_t snapshot_generation;       /* 1 at start, +1 per successful reload */
+    uint64_t reloads_failed;            /* reloads refused (bad new files) */
+    bool ready;                         /* what /ready answers */
+    bool draining;                      /* SIGTERM received */
+    const char *control_state;          /* "none" in explicit mode without control */
+    uint64_t rotations;                 /* leaf certificate changes since start */
+    const struct tt_cp_status *control; /* control mode: the client's status, else NULL */
+};
+
+/* Builds the /stats document: {"server":{...}, "identity":{spiffe_id, serial,
+ * not_before, not_after, seconds_to_expiry, rotations, control_plane},
+ * "listeners":[{name, kind, listen, target, accepted, active, refused_limit, bytes_in,
+ * bytes_out, handshakes, handshake_failures:{no_cert:..,...}, upstream_connect_failures,
+ * allowed, denied, latency:{handshake_us, connect_us, duration_us}}],
+ * "handshake_failures":{reason: total}, "policy":{version, default, allowed, denied,
+ * rules:[{name, action, mode, hits, audit_would_deny}]}, "peers":[{spiffe_id,
+ * connections, denied, bytes_in, bytes_out}], "recent_handshake_failures":[{time,
+ * listener, peer_addr, spiffe_id, serial, issuer, reason}]}. Returns a new reference or
+ * NULL when out of memory. */
+json_t *tt_stats_json(const struct tt_stats_view *view);
+
+/* Renders the same figures in Prometheus text exposition format (metric names prefixed
+ * "tether_"). Returns a malloc'ed NUL-terminated string (caller frees) or NULL. */
+char *tt_stats_prometheus(const struct tt_stats_view *view);
+
+/* The /certs document: the leaf (spiffe_id, serial, subject, issuer, not_before,
+ * not_after, seconds_to_expiry) and the trust bundle's roots. */
+json_t *tt_stats_certs_json(const struct tt_identity *identity);
+
+#endif

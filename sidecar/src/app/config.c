@@ -1,0 +1,985 @@
+/* The sidecar's configuration: a JSON file (--config) read first, then the command-line
+ * flags on top of it, then defaults and the checks that need the whole picture. Every
+ * error is one line naming the flag, or the file and key, and what was expected. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "app/config.h"
+#include "core/errors.h"
+#include "core/spiffe.h"
+
+#define CONFIG_FILE_MAX      (1024 * 1024) /* --config files larger than this are refused */
+#define CONFIG_LISTENERS_MAX 1024
+#define WORKERS_MAX          256
+#define MAX_CONNECTIONS_MAX  1000000
+
+/* Option values for long options without a short form; 'h' is --help. */
+enum {
+    OPT_CONFIG = 256,
+    OPT_IDENTITY_CERT,
+    OPT_IDENTITY_KEY,
+    OPT_TRUST_BUNDLE,
+    OPT_INBOUND,
+    OPT_OUTBOUND,
+    OPT_POLICY,
+    OPT_ADMIN,
+    OPT_WORKERS,
+    OPT_LOG_LEVEL,
+    OPT_MAX_CONNECTIONS,
+    OPT_HANDSHAKE_TIMEOUT,
+    OPT_CONNECT_TIMEOUT,
+    OPT_IDLE_TIMEOUT,
+    OPT_DRAIN_TIMEOUT,
+    OPT_CONTROL,
+    OPT_CONTROL_BUNDLE,
+    OPT_JOIN_TOKEN,
+    OPT_SPIFFE_ID,
+};
+
+static const struct option long_options[] = {
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"identity-cert", required_argument, NULL, OPT_IDENTITY_CERT},
+    {"identity-key", required_argument, NULL, OPT_IDENTITY_KEY},
+    {"trust-bundle", required_argument, NULL, OPT_TRUST_BUNDLE},
+    {"inbound", required_argument, NULL, OPT_INBOUND},
+    {"outbound", required_argument, NULL, OPT_OUTBOUND},
+    {"policy", required_argument, NULL, OPT_POLICY},
+    {"admin", required_argument, NULL, OPT_ADMIN},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+    {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
+    {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT},
+    {"control", required_argument, NULL, OPT_CONTROL},
+    {"control-bundle", required_argument, NULL, OPT_CONTROL_BUNDLE},
+    {"join-token", required_argument, NULL, OPT_JOIN_TOKEN},
+    {"spiffe-id", required_argument, NULL, OPT_SPIFFE_ID},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* Single-valued flags, indexed by option value - OPT_CONFIG; the last occurrence wins. */
+#define N_SINGLE (OPT_SPIFFE_ID - OPT_CONFIG + 1)
+
+/* What the command line said, before it is applied over the file. */
+struct flags {
+    const char *single[N_SINGLE]; /* point into argv */
+    struct {
+        enum tt_listener_kind kind;
+        const char *value;
+    } * listeners;
+    size_t n_listeners;
+    int help;
+};
+
+/* Formats the error into err and replaces control bytes so that it stays one line even
+ * when it quotes hostile input. Returns TT_E_CONFIG for `return errf(...)`. */
+__attribute__((format(printf, 3, 4))) static int errf(char *err, size_t errlen, const char *fmt,
+                                                      ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return TT_E_CONFIG;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    for (char *p = err; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    }
+    return TT_E_CONFIG;
+}
+
+/* Name of the long option with value `val`, for messages. */
+static const char *option_name(int val)
+{
+    for (const struct option *o = long_options; o->name != NULL; o++) {
+        if (o->val == val)
+            return o->name;
+    }
+    return "?";
+}
+
+/* Says why tt_addr_parse() refused `text` (rc is its return value), in a few words. */
+static const char *addr_reason(const char *text, int allow_zero_port, int rc)
+{
+    const char *port, *colon;
+    char *end;
+    unsigned long v;
+
+    if (rc == -ENOENT)
+        return "host does not resolve";
+    if (rc == -ENOMEM)
+        return "out of memory";
+    if (strlen(text) >= TT_ADDR_TEXT_MAX)
+        return "address too long";
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+
+        if (close == NULL || close[1] != ':')
+            return "expected [IPv6]:PORT";
+        if (close == text + 1)
+            return "empty host";
+        port = close + 2;
+    } else {
+        colon = strrchr(text, ':');
+        if (colon == NULL)
+            return "missing :PORT";
+        if (memchr(text, ':', (size_t)(colon - text)) != NULL)
+            return "IPv6 addresses need brackets, as in [::1]:8080";
+        if (colon == text)
+            return "empty host";
+        port = colon + 1;
+    }
+    if (*port == '\0' || strspn(port, "0123456789") != strlen(port))
+        return "expected a port number after ':'";
+    errno = 0;
+    v = strtoul(port, &end, 10);
+    if (errno != 0 || v > 65535 || (v == 0 && !allow_zero_port))
+        return allow_zero_port ? "port must be 0..65535" : "port must be 1..65535";
+    return "expected IP:PORT, [IPv6]:PORT or HOST:PORT";
+}
+
+/* Parses an unsigned decimal integer in [min, max]: digits only, no sign or spaces. */
+static int parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out)
+{
+    unsigned long v = 0;
+
+    if (*s == '\0')
+        return -EINVAL;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > (max - (unsigned long)(*s - '0')) / 10)
+            return -EINVAL;
+        v = v * 10 + (unsigned long)(*s - '0');
+    }
+    if (v < min)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* Replaces *slot with a copy of s. */
+static int set_str(char **slot, const char *s)
+{
+    char *copy = strdup(s);
+
+    if (copy == NULL)
+        return -ENOMEM;
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+/* Appends a listener to cfg, taking ownership of l->expected_id on success. */
+static int add_listener(struct tt_config *cfg, const struct tt_listener_cfg *l, char *err,
+                        size_t errlen)
+{
+    struct tt_listener_cfg *n;
+
+    if (cfg->n_listeners >= CONFIG_LISTENERS_MAX)
+        return errf(err, errlen, "too many listeners (at most %d)", CONFIG_LISTENERS_MAX);
+    n = realloc(cfg->listeners, (cfg->n_listeners + 1) * sizeof(*n));
+    if (n == NULL)
+        return errf(err, errlen, "out of memory");
+    cfg->listeners = n;
+    cfg->listeners[cfg->n_listeners++] = *l;
+    return 0;
+}
+
+/* Fills name, listen, target and expected_id of out. Messages start with `where`: a flag
+ * and its value ("--inbound L=F: forward address F: why"), or with in_file a file and array
+ * element, followed by the key ("sidecar.json: inbound[0].forward: F: why"). */
+static int fill_listener(enum tt_listener_kind kind, const char *listen, const char *target,
+                         const char *id, size_t id_len, struct tt_listener_cfg *out,
+                         const char *where, int in_file, char *err, size_t errlen)
+{
+    const char *kind_name = kind == TT_LISTENER_INBOUND ? "inbound" : "outbound";
+    const char *target_key = kind == TT_LISTENER_INBOUND ? "forward" : "upstream";
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    out->kind = kind;
+    rc = tt_addr_parse(listen, 1, &out->listen);
+    if (rc < 0 && in_file)
+        return errf(err, errlen, "%s.listen: %.300s: %s", where, listen,
+                    addr_reason(listen, 1, rc));
+    if (rc < 0)
+        return errf(err, errlen, "%s: %s", where, addr_reason(listen, 1, rc));
+    rc = tt_addr_parse(target, 0, &out->target);
+    if (rc < 0 && in_file)
+        return errf(err, errlen, "%s.%s: %.300s: %s", where, target_key, target,
+                    addr_reason(target, 0, rc));
+    if (rc < 0)
+        return errf(err, errlen, "%s: %s address %.300s: %s", where, target_key, target,
+                    addr_reason(target, 0, rc));
+    if (kind == TT_LISTENER_OUTBOUND) {
+        if (tt_spiffe_check(id, id_len, false) != 0)
+            return errf(
+                err, errlen, "%s%sinvalid SPIFFE ID \"%.*s\" (expected spiffe://TRUST-DOMAIN/PATH)",
+                where, in_file ? ".spiffe_id: " : ": ", (int)(id_len > 200 ? 200 : id_len), id);
+        out->expected_id = strndup(id, id_len);
+        if (out->expected_id == NULL)
+            return errf(err, errlen, "out of memory");
+    }
+    /* The listen text is at most a 253-byte name and a port; a long one is cut, which
+     * still leaves the name readable in /stats and logs. */
+    if (snprintf(out->name, sizeof(out->name), "%s:%s", kind_name, out->listen.text) >=
+        (int)sizeof(out->name))
+        out->name[sizeof(out->name) - 1] = '\0';
+    return 0;
+}
+
+/* Parses "LISTEN=FORWARD" (inbound) or "LISTEN=UPSTREAM@SPIFFE_ID" (outbound), as the
+ * --inbound and --outbound flags take them. The listen port may be 0; forward and upstream
+ * ports must be 1..65535; the SPIFFE ID must pass tt_spiffe_check() with a path. Returns 0
+ * (out->expected_id is heap-allocated for outbound, the caller frees it, or hands out to a
+ * tt_config) or TT_E_CONFIG with "--inbound VALUE: why" in err and nothing allocated. */
+int tt_config_parse_listener(enum tt_listener_kind kind, const char *value,
+                             struct tt_listener_cfg *out, char *err, size_t errlen)
+{
+    const char *flag = kind == TT_LISTENER_INBOUND ? "--inbound" : "--outbound";
+    char where[TT_ADDR_TEXT_MAX + 32];
+    char *copy, *eq, *at = NULL;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    snprintf(where, sizeof(where), "%s %.*s", flag, TT_ADDR_TEXT_MAX, value);
+    copy = strdup(value);
+    if (copy == NULL)
+        return errf(err, errlen, "out of memory");
+    eq = strchr(copy, '=');
+    if (eq != NULL) {
+        *eq = '\0';
+        if (kind == TT_LISTENER_OUTBOUND) {
+            at = strchr(eq + 1, '@');
+            if (at != NULL)
+                *at = '\0';
+        }
+    }
+    if (eq == NULL || copy[0] == '\0' || eq[1] == '\0' ||
+        (kind == TT_LISTENER_OUTBOUND && (at == NULL || at[1] == '\0'))) {
+        rc = errf(err, errlen, "%s: expected %s", where,
+                  kind == TT_LISTENER_INBOUND ? "LISTEN=FORWARD" : "LISTEN=UPSTREAM@SPIFFE_ID");
+        goto out_free;
+    }
+    rc = fill_listener(kind, copy, eq + 1, at ? at + 1 : NULL, at ? strlen(at + 1) : 0, out, where,
+                       0, err, errlen);
+    if (rc != 0) {
+        free(out->expected_id);
+        memset(out, 0, sizeof(*out));
+    }
+out_free:
+    free(copy);
+    return rc;
+}
+
+/* ---- the JSON file ---------------------------------------------------------------- */
+
+/* State for loading one file: its name as given (for messages) and its directory. */
+struct file_ctx {
+    const char *path;
+    char *dir; /* NULL when the path has no '/' */
+    char *err;
+    size_t errlen;
+};
+
+/* Writes a compact JSON rendering of v (cut to fit) for "got ..." in messages. */
+static void json_show(const json_t *v, char *buf, size_t len)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+
+    if (s == NULL) {
+        snprintf(buf, len, "?");
+        return;
+    }
+    if (strlen(s) > 80)
+        snprintf(buf, len, "%.77s...", s);
+    else
+        snprintf(buf, len, "%s", s);
+    free(s);
+}
+
+/* Refuses keys of obj not in the NULL-terminated list `known`. */
+static int check_keys(struct file_ctx *f, const json_t *obj, const char *where,
+                      const char *const *known)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach((json_t *)obj, key, v)
+    {
+        const char *const *k;
+
+        for (k = known; *k != NULL; k++) {
+            if (strcmp(key, *k) == 0)
+                break;
+        }
+        if (*k == NULL)
+            return errf(f->err, f->errlen, "%s: %s%sunknown key \"%.64s\"", f->path, where,
+                        where[0] ? ": " : "", key);
+    }
+    return 0;
+}
+
+/* Returns the string value of obj[key] in *out (NULL when absent), or an error when it
+ * is present but not a non-empty string. `what` names the expectation. */
+static int get_string(struct file_ctx *f, const json_t *obj, const char *key, const char *where,
+                      const char *what, const char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    char shown[96];
+
+    *out = NULL;
+    if (v == NULL)
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) == 0 ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+        json_show(v, shown, sizeof(shown));
+        return errf(f->err, f->errlen, "%s: %s%s%s: expected %s, got %s", f->path, where,
+                    where[0] ? "." : "", key, what, shown);
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* Sets *slot to the file path at obj[key], resolved against the file's directory. */
+static int get_path(struct file_ctx *f, const json_t *obj, const char *key, const char *where,
+                    char **slot)
+{
+    const char *s;
+    char *resolved;
+    int rc;
+
+    rc = get_string(f, obj, key, where, "a file name", &s);
+    if (rc != 0 || s == NULL)
+        return rc;
+    if (s[0] == '/' || f->dir == NULL) {
+        resolved = strdup(s);
+    } else if (asprintf(&resolved, "%s/%s", f->dir, s) < 0) {
+        resolved = NULL;
+    }
+    if (resolved == NULL)
+        return errf(f->err, f->errlen, "out of memory");
+    free(*slot);
+    *slot = resolved;
+    return 0;
+}
+
+/* Reads an integer in [min, max] at obj[key] into *out when present. */
+static int get_uint(struct file_ctx *f, const json_t *obj, const char *key, unsigned long min,
+                    unsigned long max, unsigned *out)
+{
+    json_t *v = json_object_get(obj, key);
+    char shown[96];
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < (json_int_t)min ||
+        json_integer_value(v) > (json_int_t)max) {
+        json_show(v, shown, sizeof(shown));
+        return errf(f->err, f->errlen, "%s: %s: expected an integer %lu..%lu, got %s", f->path, key,
+                    min, max, shown);
+    }
+    *out = (unsigned)json_integer_value(v);
+    return 0;
+}
+
+/* Reads a duration string at obj[key] into *out when present; 0 only when allow_zero. */
+static int get_duration(struct file_ctx *f, const json_t *obj, const char *key, int allow_zero,
+                        uint64_t *out)
+{
+    json_t *v = json_object_get(obj, key);
+    uint64_t ms;
+    char shown[96];
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_string(v) || tt_duration_parse(json_string_value(v), &ms) != 0 ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+        json_show(v, shown, sizeof(shown));
+        return errf(f->err, f->errlen,
+                    "%s: timeouts.%s: expected a duration such as \"10s\", got %s", f->path, key,
+                    shown);
+    }
+    if (ms == 0 && !allow_zero)
+        return errf(f->err, f->errlen, "%s: timeouts.%s: must be more than 0s", f->path, key);
+    *out = ms;
+    return 0;
+}
+
+/* Loads the "inbound" or "outbound" array of the file into cfg. */
+static int load_listeners(struct file_ctx *f, const json_t *root, enum tt_listener_kind kind,
+                          struct tt_config *cfg)
+{
+    static const char *const in_keys[] = {"listen", "forward", NULL};
+    static const char *const out_keys[] = {"listen", "upstream", "spiffe_id", NULL};
+    const char *key = kind == TT_LISTENER_INBOUND ? "inbound" : "outbound";
+    const char *target_key = kind == TT_LISTENER_INBOUND ? "forward" : "upstream";
+    json_t *arr = json_object_get(root, key), *item;
+    size_t i;
+
+    if (arr == NULL)
+        return 0;
+    if (!json_is_array(arr))
+        return errf(f->err, f->errlen, "%s: %s: expected an array of objects", f->path, key);
+    json_array_foreach(arr, i, item)
+    {
+        char where[64], w2[PATH_MAX + 64];
+        const char *listen, *target, *id = NULL;
+        struct tt_listener_cfg l;
+        int rc;
+
+        snprintf(where, sizeof(where), "%s[%zu]", key, i);
+        if (!json_is_object(item))
+            return errf(f->err, f->errlen, "%s: %s: expected an object", f->path, where);
+        rc = check_keys(f, item, where, kind == TT_LISTENER_INBOUND ? in_keys : out_keys);
+        if (rc == 0)
+            rc = get_string(f, item, "listen", where, "an address", &listen);
+        if (rc == 0)
+            rc = get_string(f, item, target_key, where, "an address", &target);
+        if (rc == 0 && kind == TT_LISTENER_OUTBOUND)
+            rc = get_string(f, item, "spiffe_id", where, "a SPIFFE ID", &id);
+        if (rc != 0)
+            return rc;
+        if (listen == NULL || target == NULL || (kind == TT_LISTENER_OUTBOUND && id == NULL))
+            return errf(f->err, f->errlen, "%s: %s: missing \"%s\"", f->path, where,
+                        listen == NULL   ? "listen"
+                        : target == NULL ? target_key
+                                         : "spiffe_id");
+        snprintf(w2, sizeof(w2), "%s: %s", f->path, where);
+        rc = fill_listener(kind, listen, target, id, id ? strlen(id) : 0, &l, w2, 1, f->err,
+                           f->errlen);
+        if (rc == 0)
+            rc = add_listener(cfg, &l, f->err, f->errlen);
+        if (rc != 0) {
+            free(l.expected_id);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Loads the JSON file at path into cfg (over the defaults already there). */
+/* Sets the control plane's address; `where` names the file, or NULL for the flag. */
+static int set_control_addr(struct tt_config *cfg, const char *v, char *err, size_t errlen,
+                            const char *where)
+{
+    int rc = tt_addr_parse(v, 0, &cfg->control);
+
+    if (rc < 0) {
+        if (where != NULL)
+            return errf(err, errlen, "%s: control.address: %s: %s", where, v,
+                        addr_reason(v, 0, rc));
+        return errf(err, errlen, "--control %s: %s", v, addr_reason(v, 0, rc));
+    }
+    cfg->has_control = true;
+    return 0;
+}
+
+/* Sets the SPIFFE ID the sidecar asks the control plane for. */
+static int set_spiffe_id(struct tt_config *cfg, const char *v, char *err, size_t errlen,
+                         const char *where)
+{
+    if (tt_spiffe_check(v, strlen(v), false) != 0) {
+        if (where != NULL)
+            return errf(err, errlen,
+                        "%s: control.spiffe_id: expected a SPIFFE ID such as "
+                        "spiffe://cluster.local/ns/NS/sa/SA, got \"%.128s\"",
+                        where, v);
+        return errf(err, errlen,
+                    "--spiffe-id %.128s: expected a SPIFFE ID such as "
+                    "spiffe://cluster.local/ns/NS/sa/SA",
+                    v);
+    }
+    return set_str(&cfg->spiffe_id, v) != 0 ? errf(err, errlen, "out of memory") : 0;
+}
+
+static int load_file(const char *path, struct tt_config *cfg, char *err, size_t errlen)
+{
+    static const char *const top_keys[] = {"identity",  "policy",          "admin",    "workers",
+                                           "log_level", "max_connections", "timeouts", "inbound",
+                                           "outbound",  "control",         NULL};
+    static const char *const control_keys[] = {"address", "bundle", "join_token", "spiffe_id",
+                                               NULL};
+    static const char *const id_keys[] = {"cert", "key", "trust_bundle", NULL};
+    static const char *const timeout_keys[] = {"handshake", "connect", "idle", "drain", NULL};
+    struct file_ctx f = {.path = path, .err = err, .errlen = errlen};
+    const char *slash, *s;
+    json_error_t jerr;
+    json_t *root = NULL, *obj;
+    char *data = NULL;
+    size_t len;
+    int rc;
+
+    rc = tt_file_read(path, CONFIG_FILE_MAX, &data, &len);
+    if (rc == -EFBIG)
+        return errf(err, errlen, "%s: larger than 1 MiB", path);
+    if (rc < 0)
+        return errf(err, errlen, "%s: cannot read: %s", path, tt_strerror(rc));
+    root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(data);
+    if (root == NULL)
+        return errf(err, errlen, "%s: line %d, column %d: %s", path, jerr.line, jerr.column,
+                    jerr.text);
+    if (!json_is_object(root)) {
+        rc = errf(err, errlen, "%s: expected a JSON object at the top", path);
+        goto out;
+    }
+    slash = strrchr(path, '/');
+    if (slash != NULL) {
+        f.dir = slash == path ? strdup("") : strndup(path, (size_t)(slash - path));
+        if (f.dir == NULL) {
+            rc = errf(err, errlen, "out of memory");
+            goto out;
+        }
+    }
+    rc = check_keys(&f, root, "", top_keys);
+    if (rc != 0)
+        goto out;
+
+    obj = json_object_get(root, "identity");
+    if (obj != NULL) {
+        if (!json_is_object(obj)) {
+            rc = errf(err, errlen, "%s: identity: expected an object with cert, key, trust_bundle",
+                      path);
+            goto out;
+        }
+        if ((rc = check_keys(&f, obj, "identity", id_keys)) != 0 ||
+            (rc = get_path(&f, obj, "cert", "identity", &cfg->cert_path)) != 0 ||
+            (rc = get_path(&f, obj, "key", "identity", &cfg->key_path)) != 0 ||
+            (rc = get_path(&f, obj, "trust_bundle", "identity", &cfg->bundle_path)) != 0)
+            goto out;
+    }
+    if ((rc = get_path(&f, root, "policy", "", &cfg->policy_path)) != 0)
+        goto out;
+    obj = json_object_get(root, "control");
+    if (obj != NULL) {
+        if (!json_is_object(obj)) {
+            rc = errf(err, errlen,
+                      "%s: control: expected an object with address, bundle, join_token, "
+                      "spiffe_id",
+                      path);
+            goto out;
+        }
+        if ((rc = check_keys(&f, obj, "control", control_keys)) != 0 ||
+            (rc = get_path(&f, obj, "bundle", "control", &cfg->control_bundle_path)) != 0 ||
+            (rc = get_path(&f, obj, "join_token", "control", &cfg->join_token_path)) != 0)
+            goto out;
+        if ((rc = get_string(&f, obj, "address", "control", "an address such as \"10.0.0.1:15012\"",
+                             &s)) != 0)
+            goto out;
+        if (s != NULL && (rc = set_control_addr(cfg, s, err, errlen, path)) != 0)
+            goto out;
+        if ((rc = get_string(&f, obj, "spiffe_id", "control", "a SPIFFE ID", &s)) != 0)
+            goto out;
+        if (s != NULL && (rc = set_spiffe_id(cfg, s, err, errlen, path)) != 0)
+            goto out;
+    }
+    if ((rc = get_string(&f, root, "admin", "", "an address such as \"127.0.0.1:15000\"", &s)) != 0)
+        goto out;
+    if (s != NULL && (rc = tt_addr_parse(s, 1, &cfg->admin)) < 0) {
+        rc = errf(err, errlen, "%s: admin: %s: %s", path, s, addr_reason(s, 1, rc));
+        goto out;
+    }
+    if ((rc = get_uint(&f, root, "workers", 1, WORKERS_MAX, &cfg->workers)) != 0 ||
+        (rc = get_uint(&f, root, "max_connections", 1, MAX_CONNECTIONS_MAX,
+                       &cfg->max_connections)) != 0)
+        goto out;
+    if ((rc = get_string(&f, root, "log_level", "", "debug, info, warn or error", &s)) != 0)
+        goto out;
+    if (s != NULL && tt_log_level_parse(s, &cfg->log_level) != 0) {
+        rc = errf(err, errlen, "%s: log_level: expected debug, info, warn or error, got \"%.64s\"",
+                  path, s);
+        goto out;
+    }
+    obj = json_object_get(root, "timeouts");
+    if (obj != NULL) {
+        if (!json_is_object(obj)) {
+            rc = errf(err, errlen, "%s: timeouts: expected an object", path);
+            goto out;
+        }
+        if ((rc = check_keys(&f, obj, "timeouts", timeout_keys)) != 0 ||
+            (rc = get_duration(&f, obj, "handshake", 0, &cfg->handshake_timeout_ms)) != 0 ||
+            (rc = get_duration(&f, obj, "connect", 0, &cfg->connect_timeout_ms)) != 0 ||
+            (rc = get_duration(&f, obj, "idle", 0, &cfg->idle_timeout_ms)) != 0 ||
+            (rc = get_duration(&f, obj, "drain", 1, &cfg->drain_timeout_ms)) != 0)
+            goto out;
+    }
+    if ((rc = load_listeners(&f, root, TT_LISTENER_INBOUND, cfg)) != 0)
+        goto out;
+    rc = load_listeners(&f, root, TT_LISTENER_OUTBOUND, cfg);
+out:
+    free(f.dir);
+    json_decref(root);
+    return rc;
+}
+
+/* ---- flags ------------------------------------------------------------------------ */
+
+/* Collects argv into fl without interpreting values. Returns 0 or TT_E_CONFIG. An error
+ * is remembered while scanning goes on, so that --help anywhere still wins. */
+static int scan_args(int argc, char **argv, struct flags *fl, char *err, size_t errlen)
+{
+    int rc = 0, c;
+
+    /* optind = 0 makes glibc reinitialise getopt completely (including its position inside
+     * a group of short options), so tests can parse several command lines in one process.
+     * '+' stops at the first operand instead of permuting argv; ':' reports a missing value
+     * as ':' rather than '?'. */
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+:h", long_options, NULL)) != -1) {
+        if (c == 'h') {
+            fl->help = 1;
+        } else if (c == OPT_INBOUND || c == OPT_OUTBOUND) {
+            void *n = realloc(fl->listeners, (fl->n_listeners + 1) * sizeof(*fl->listeners));
+
+            if (n == NULL)
+                return errf(err, errlen, "out of memory");
+            fl->listeners = n;
+            fl->listeners[fl->n_listeners].kind =
+                c == OPT_INBOUND ? TT_LISTENER_INBOUND : TT_LISTENER_OUTBOUND;
+            fl->listeners[fl->n_listeners++].value = optarg;
+        } else if (c >= OPT_CONFIG && c <= OPT_SPIFFE_ID) {
+            fl->single[c - OPT_CONFIG] = optarg;
+        } else if (rc != 0) {
+            continue; /* keep the first error, look on for --help */
+        } else if (c == ':') {
+            rc = errf(err, errlen, "option --%s requires a value", option_name(optopt));
+        } else if (optopt == 'h' && strncmp(argv[optind - 1], "--", 2) == 0) {
+            rc = errf(err, errlen, "option --help takes no value");
+        } else if (optopt != 0) {
+            rc = errf(err, errlen, "unknown option -%c (see --help)", optopt);
+        } else {
+            const char *arg = argv[optind - 1];
+            size_t n = strcspn(arg, "=");
+
+            rc = errf(err, errlen, "unknown option %.*s (see --help)", (int)(n > 100 ? 100 : n),
+                      arg);
+        }
+    }
+    if (rc == 0 && optind < argc)
+        rc = errf(err, errlen, "unexpected argument \"%.100s\" (see --help)", argv[optind]);
+    return rc;
+}
+
+/* The value of a flag as messages show it: "" for an empty one. */
+static const char *shown(const char *v)
+{
+    return v[0] == '\0' ? "\"\"" : v;
+}
+
+/* Applies the path flag `opt` (if given) to *slot. */
+static int apply_path(const struct flags *fl, int opt, char **slot, char *err, size_t errlen)
+{
+    const char *v = fl->single[opt - OPT_CONFIG];
+
+    if (v == NULL)
+        return 0;
+    if (v[0] == '\0')
+        return errf(err, errlen, "--%s \"\": expected a file name", option_name(opt));
+    if (set_str(slot, v) != 0)
+        return errf(err, errlen, "out of memory");
+    return 0;
+}
+
+/* Applies the duration flag `opt` (if given) to *ms; 0 only when allow_zero. */
+static int apply_duration(const struct flags *fl, int opt, int allow_zero, uint64_t *ms, char *err,
+                          size_t errlen)
+{
+    const char *v = fl->single[opt - OPT_CONFIG];
+    uint64_t parsed;
+
+    if (v == NULL)
+        return 0;
+    if (tt_duration_parse(v, &parsed) != 0)
+        return errf(err, errlen, "--%s %.100s: expected a duration such as \"10s\"",
+                    option_name(opt), shown(v));
+    if (parsed == 0 && !allow_zero)
+        return errf(err, errlen, "--%s %s: must be more than 0s", option_name(opt), v);
+    *ms = parsed;
+    return 0;
+}
+
+/* Applies the single-valued flags over what the file set. */
+static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err, size_t errlen)
+{
+    const char *v;
+    unsigned long n;
+    int rc;
+
+    if ((rc = apply_path(fl, OPT_IDENTITY_CERT, &cfg->cert_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_IDENTITY_KEY, &cfg->key_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_TRUST_BUNDLE, &cfg->bundle_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_POLICY, &cfg->policy_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_CONTROL_BUNDLE, &cfg->control_bundle_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_JOIN_TOKEN, &cfg->join_token_path, err, errlen)) != 0)
+        return rc;
+    if ((v = fl->single[OPT_ADMIN - OPT_CONFIG]) != NULL &&
+        (rc = tt_addr_parse(v, 1, &cfg->admin)) < 0)
+        return errf(err, errlen, "--admin %.300s: %s", shown(v), addr_reason(v, 1, rc));
+    if ((v = fl->single[OPT_CONTROL - OPT_CONFIG]) != NULL &&
+        (rc = set_control_addr(cfg, v, err, errlen, NULL)) != 0)
+        return rc;
+    if ((v = fl->single[OPT_SPIFFE_ID - OPT_CONFIG]) != NULL &&
+        (rc = set_spiffe_id(cfg, v, err, errlen, NULL)) != 0)
+        return rc;
+    if ((v = fl->single[OPT_WORKERS - OPT_CONFIG]) != NULL) {
+        if (parse_uint(v, 1, WORKERS_MAX, &n) != 0)
+            return errf(err, errlen, "--workers %.100s: expected an integer 1..%d", shown(v),
+                        WORKERS_MAX);
+        cfg->workers = (unsigned)n;
+    }
+    if ((v = fl->single[OPT_MAX_CONNECTIONS - OPT_CONFIG]) != NULL) {
+        if (parse_uint(v, 1, MAX_CONNECTIONS_MAX, &n) != 0)
+            return errf(err, errlen, "--max-connections %.100s: expected an integer 1..%d",
+                        shown(v), MAX_CONNECTIONS_MAX);
+        cfg->max_connections = (unsigned)n;
+    }
+    if ((v = fl->single[OPT_LOG_LEVEL - OPT_CONFIG]) != NULL &&
+        tt_log_level_parse(v, &cfg->log_level) != 0)
+        return errf(err, errlen, "--log-level %.100s: expected debug, info, warn or error",
+                    shown(v));
+    if ((rc = apply_duration(fl, OPT_HANDSHAKE_TIMEOUT, 0, &cfg->handshake_timeout_ms, err,
+                             errlen)) != 0 ||
+        (rc = apply_duration(fl, OPT_CONNECT_TIMEOUT, 0, &cfg->connect_timeout_ms, err, errlen)) !=
+            0 ||
+        (rc = apply_duration(fl, OPT_IDLE_TIMEOUT, 0, &cfg->idle_timeout_ms, err, errlen)) != 0 ||
+        (rc = apply_duration(fl, OPT_DRAIN_TIMEOUT, 1, &cfg->drain_timeout_ms, err, errlen)) != 0)
+        return rc;
+    for (size_t i = 0; i < fl->n_listeners; i++) {
+        struct tt_listener_cfg l;
+
+        rc = tt_config_parse_listener(fl->listeners[i].kind, fl->listeners[i].value, &l, err,
+                                      errlen);
+        if (rc == 0 && (rc = add_listener(cfg, &l, err, errlen)) != 0)
+            free(l.expected_id);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* True when a and b are the same IP and port (port 0 never clashes: the kernel picks). */
+static int same_endpoint(const struct tt_addr *a, const struct tt_addr *b)
+{
+    if (a->ss.ss_family != b->ss.ss_family || tt_addr_port(a) == 0)
+        return 0;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+/* The checks that need the whole configuration. */
+static int check_config(struct tt_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->has_control) {
+        /* Identity, trust and policy all come from the control plane. */
+        if (cfg->policy_path != NULL)
+            return errf(err, errlen,
+                        "--policy and --control exclude each other: with a "
+                        "control plane the policy comes from it");
+        if (cfg->cert_path != NULL || cfg->key_path != NULL || cfg->bundle_path != NULL)
+            return errf(err, errlen,
+                        "--identity-cert, --identity-key and --trust-bundle "
+                        "exclude --control: the control plane issues the identity");
+        if (cfg->control_bundle_path == NULL)
+            return errf(err, errlen,
+                        "--control needs --control-bundle FILE (the roots that "
+                        "the control plane's certificate chains to)");
+        if (cfg->spiffe_id == NULL)
+            return errf(err, errlen, "--control needs --spiffe-id ID (the identity to ask for)");
+        if (cfg->join_token_path == NULL)
+            return errf(err, errlen, "--control needs --join-token FILE (the bootstrap token)");
+    } else if (cfg->control_bundle_path != NULL || cfg->join_token_path != NULL ||
+               cfg->spiffe_id != NULL) {
+        return errf(err, errlen,
+                    "--control-bundle, --join-token and --spiffe-id need "
+                    "--control ADDR:PORT");
+    } else if (cfg->cert_path == NULL)
+        return errf(err, errlen, "missing --identity-cert (or identity.cert in the config file)");
+    if (!cfg->has_control && cfg->key_path == NULL)
+        return errf(err, errlen, "missing --identity-key (or identity.key in the config file)");
+    if (!cfg->has_control && cfg->bundle_path == NULL)
+        return errf(err, errlen,
+                    "missing --trust-bundle (or identity.trust_bundle in the config file)");
+    if (cfg->n_listeners == 0)
+        return errf(err, errlen, "no listeners: give --inbound or --outbound");
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const struct tt_listener_cfg *a = &cfg->listeners[i];
+
+        if (same_endpoint(&a->listen, &cfg->admin))
+            return errf(err, errlen, "duplicate listen address %s: %s and --admin %s",
+                        a->listen.text, a->name, cfg->admin.text);
+        for (size_t j = 0; j < i; j++) {
+            const struct tt_listener_cfg *b = &cfg->listeners[j];
+
+            if (same_endpoint(&a->listen, &b->listen))
+                return errf(err, errlen, "duplicate listen address %s: %s and %s", a->listen.text,
+                            b->name, a->name);
+        }
+    }
+    return 0;
+}
+
+/* Fills cfg from argv: --config FILE first (relative paths inside it resolved against its
+ * directory), then the flags over it wherever they stand on the line (--inbound and
+ * --outbound add to the file's lists), then defaults and whole-config checks. cfg is
+ * overwritten (it must not hold anything that needs freeing). Returns 0; TT_CONFIG_HELP
+ * after printing the usage to stdout; or TT_E_CONFIG with one line in err, cfg then to be
+ * released with tt_config_done(). Uses getopt_long(): not thread-safe, and argv is not
+ * permuted. */
+int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err, size_t errlen)
+{
+    struct flags fl;
+    const char *config;
+    long cpus;
+    int rc;
+
+    memset(cfg, 0, sizeof(*cfg));
+    memset(&fl, 0, sizeof(fl));
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    cfg->log_level = TT_LOG_INFO;
+    cfg->max_connections = TT_DEFAULT_MAX_CONNECTIONS;
+    cfg->handshake_timeout_ms = TT_DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    cfg->connect_timeout_ms = TT_DEFAULT_CONNECT_TIMEOUT_MS;
+    cfg->idle_timeout_ms = TT_DEFAULT_IDLE_TIMEOUT_MS;
+    cfg->drain_timeout_ms = TT_DEFAULT_DRAIN_TIMEOUT_MS;
+    if (tt_addr_parse(TT_DEFAULT_ADMIN, 1, &cfg->admin) != 0) {
+        rc = errf(err, errlen, "cannot parse the default admin address");
+        goto out;
+    }
+
+    rc = scan_args(argc, argv, &fl, err, errlen);
+    if (fl.help) {
+        tt_config_usage(stdout);
+        rc = TT_CONFIG_HELP;
+        goto out;
+    }
+    if (rc != 0)
+        goto out;
+    config = fl.single[OPT_CONFIG - OPT_CONFIG];
+    if (config != NULL) {
+        if (config[0] == '\0') {
+            rc = errf(err, errlen, "--config \"\": expected a file name");
+            goto out;
+        }
+        if (set_str(&cfg->config_path, config) != 0) {
+            rc = errf(err, errlen, "out of memory");
+            goto out;
+        }
+        if ((rc = load_file(config, cfg, err, errlen)) != 0)
+            goto out;
+    }
+    if ((rc = apply_flags(&fl, cfg, err, errlen)) != 0)
+        goto out;
+    if (cfg->workers == 0) {
+        cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->workers = cpus < 1 ? 1 : cpus > WORKERS_MAX ? WORKERS_MAX : (unsigned)cpus;
+    }
+    rc = check_config(cfg, err, errlen);
+out:
+    free(fl.listeners);
+    return rc;
+}
+
+/* Frees what cfg owns and zeroes it; accepts a zeroed cfg. */
+void tt_config_done(struct tt_config *cfg)
+{
+    free(cfg->config_path);
+    free(cfg->cert_path);
+    free(cfg->key_path);
+    free(cfg->bundle_path);
+    free(cfg->policy_path);
+    free(cfg->control_bundle_path);
+    free(cfg->join_token_path);
+    free(cfg->spiffe_id);
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        free(cfg->listeners[i].expected_id);
+    free(cfg->listeners);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+/* Prints the --help text to out. */
+void tt_config_usage(FILE *out)
+{
+    fputs(
+        "Usage: tether-sidecar [OPTIONS]\n"
+        "\n"
+        "Tether's sidecar: terminates and originates mutual TLS for one workload, letting in\n"
+        "only callers whose SPIFFE ID the policy allows. Flags override --config values\n"
+        "wherever they appear on the line; --inbound and --outbound add to the file's lists.\n"
+        "\n"
+        "Configuration file:\n"
+        "  --config FILE               JSON file with any of the settings below; relative\n"
+        "                              paths in it are relative to its directory (max 1 MiB)\n"
+        "\n"
+        "Identity (required, from flags or the file):\n"
+        "  --identity-cert FILE        PEM certificate chain, leaf first, with a spiffe:// URI "
+        "SAN\n"
+        "  --identity-key FILE         PEM private key of that certificate\n"
+        "  --trust-bundle FILE         PEM root certificates that peers must chain to\n"
+        "\n"
+        "Control plane (instead of the three identity flags and --policy):\n"
+        "  --control ADDR:PORT         tether-control's sidecar API (gRPC over mTLS, usually\n"
+        "                              port 15012): certificates, trust bundle, policy\n"
+        "  --control-bundle FILE       PEM roots that the control plane's certificate chains to\n"
+        "  --join-token FILE           bootstrap token from `tetherctl token create` (the\n"
+        "                              first certificate; renewals use the current one)\n"
+        "  --spiffe-id ID              the identity to ask for, e.g.\n"
+        "                              spiffe://cluster.local/ns/shop/sa/web\n"
+        "\n"
+        "Listeners (at least one; repeatable, kept in the order given):\n"
+        "  --inbound LISTEN=FORWARD    accept mTLS on LISTEN, relay plaintext to FORWARD\n"
+        "  --outbound LISTEN=UPSTREAM@SPIFFE_ID\n"
+        "                              accept plaintext on LISTEN, open mTLS to UPSTREAM and\n"
+        "                              require the server to be SPIFFE_ID\n"
+        "                              Addresses are IP:PORT, [IPv6]:PORT or HOST:PORT; a LISTEN\n"
+        "                              port may be 0, FORWARD and UPSTREAM ports are 1..65535\n"
+        "\n"
+        "Policy and operation:\n"
+        "  --policy FILE               JSON allow-list policy (default: none, any caller with a\n"
+        "                              valid certificate from the trust bundle is let in)\n"
+        "  --admin ADDR:PORT           admin HTTP endpoint: /stats /ready /live /certs /policy\n"
+        "                              /quitquitquit (default 127.0.0.1:15000; port 0 allowed)\n"
+        "  --workers N                 worker threads, 1..256 (default: online CPUs)\n"
+        "  --log-level LEVEL           debug, info, warn or error (default info)\n"
+        "  --max-connections N         open connections at most, 1..1000000 (default 16384)\n"
+        "\n"
+        "Timeouts (durations such as 250ms, 10s, 5m, 1h, 1h30m):\n"
+        "  --handshake-timeout D       TLS handshake must finish within D (default 10s)\n"
+        "  --connect-timeout D         TCP connect to FORWARD or UPSTREAM (default 5s)\n"
+        "  --idle-timeout D            close a connection idle both ways for D (default 1h)\n"
+        "  --drain-timeout D           on SIGTERM, let connections finish for D; 0s closes at\n"
+        "                              once (default 20s)\n"
+        "\n"
+        "  -h, --help                  print this text and exit\n"
+        "\n"
+        "Example:\n"
+        "  tether-sidecar --identity-cert web.pem --identity-key web.key \\\n"
+        "      --trust-bundle bundle.pem \\\n"
+        "      --inbound 127.0.0.1:16006=127.0.0.1:8080 \\\n"
+        "      --outbound 127.0.0.1:15001=10.0.0.7:16006@spiffe://cluster.local/ns/shop/sa/api\n",
+        out);
+}

@@ -1,0 +1,149 @@
+/* Slab-pooled byte buffers (see buf.h). Each thread keeps a small free list of
+ * TT_BUF_SLAB-sized blocks; a buffer takes one when it first needs storage and gives it
+ * back when it becomes empty, so steady-state relaying allocates nothing and idle
+ * connections hold no buffer memory. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/buf.h"
+
+#define POOL_MAX_CACHED 256 /* slabs kept per thread: 8 MiB at most */
+
+struct slab {
+    struct slab *next;
+};
+
+static __thread struct slab *pool_head;
+static __thread size_t pool_count;
+
+static void *slab_get(void)
+{
+    struct slab *s = pool_head;
+
+    if (s != NULL) {
+        pool_head = s->next;
+        pool_count--;
+        return s;
+    }
+    return malloc(TT_BUF_SLAB);
+}
+
+static void slab_put(void *p)
+{
+    struct slab *s = p;
+
+    if (pool_count >= POOL_MAX_CACHED) {
+        free(p);
+        return;
+    }
+    s->next = pool_head;
+    pool_head = s;
+    pool_count++;
+}
+
+/* Releases storage of either kind: slabs go back to the pool, larger blocks to free(). */
+static void storage_release(struct tt_buf *b)
+{
+    if (b->data == NULL)
+        return;
+    if (b->cap == TT_BUF_SLAB)
+        slab_put(b->data);
+    else
+        free(b->data);
+    b->data = NULL;
+    b->cap = 0;
+}
+
+/* Initializes an empty buffer. */
+void tt_buf_init(struct tt_buf *b)
+{
+    memset(b, 0, sizeof(*b));
+}
+
+/* Frees the buffer's storage; it is empty afterwards. */
+void tt_buf_done(struct tt_buf *b)
+{
+    storage_release(b);
+    b->off = 0;
+    b->len = 0;
+}
+
+/* Makes room for n more bytes at the tail; returns the write pointer or NULL. */
+uint8_t *tt_buf_reserve(struct tt_buf *b, size_t n)
+{
+    if (b->data == NULL) {
+        size_t cap = n <= TT_BUF_SLAB ? TT_BUF_SLAB : n;
+        b->data = cap == TT_BUF_SLAB ? slab_get() : malloc(cap);
+        if (b->data == NULL)
+            return NULL;
+        b->cap = cap;
+        b->off = 0;
+        b->len = 0;
+        return b->data;
+    }
+    if (b->off + b->len + n <= b->cap)
+        return b->data + b->off + b->len;
+    if (b->len + n <= b->cap) {
+        /* Enough room once the unread bytes move to the front. */
+        memmove(b->data, b->data + b->off, b->len);
+        b->off = 0;
+        return b->data + b->len;
+    }
+
+    size_t cap = b->cap;
+    while (cap < b->len + n)
+        cap *= 2;
+    uint8_t *p = malloc(cap);
+    if (p == NULL)
+        return NULL;
+    memcpy(p, b->data + b->off, b->len);
+    storage_release(b);
+    b->data = p;
+    b->cap = cap;
+    b->off = 0;
+    return p + b->len;
+}
+
+/* Accounts n bytes written at the reserved tail. */
+void tt_buf_commit(struct tt_buf *b, size_t n)
+{
+    b->len += n;
+}
+
+/* Appends a copy of data. */
+int tt_buf_append(struct tt_buf *b, const void *data, size_t n)
+{
+    if (n == 0)
+        return 0;
+    uint8_t *p = tt_buf_reserve(b, n);
+    if (p == NULL)
+        return -ENOMEM;
+    memcpy(p, data, n);
+    b->len += n;
+    return 0;
+}
+
+/* Drops n bytes from the front, releasing the storage once empty. */
+void tt_buf_consume(struct tt_buf *b, size_t n)
+{
+    if (n >= b->len) {
+        b->off = 0;
+        b->len = 0;
+        storage_release(b);
+        return;
+    }
+    b->off += n;
+    b->len -= n;
+}
+
+/* Frees this thread's cached slabs. */
+void tt_buf_pool_drain(void)
+{
+    while (pool_head != NULL) {
+        struct slab *s = pool_head;
+        pool_head = s->next;
+        free(s);
+    }
+    pool_count = 0;
+}

@@ -1,0 +1,52 @@
+/* tt_strerror(): one name for every error code the project returns. */
+#include <string.h>
+
+#include "core/errors.h"
+
+/* Returns a static description of `err`, a tt_err code or a negative errno. */
+const char *tt_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "success";
+    case TT_E_TLS:
+        return "TLS library error";
+    case TT_E_NO_CERT:
+        return "peer presented no certificate";
+    case TT_E_UNKNOWN_CA:
+        return "peer certificate not issued by a trusted root";
+    case TT_E_EXPIRED:
+        return "peer certificate expired";
+    case TT_E_NOT_YET_VALID:
+        return "peer certificate not yet valid";
+    case TT_E_BAD_SAN:
+        return "peer certificate lacks exactly one spiffe:// URI SAN";
+    case TT_E_WRONG_IDENTITY:
+        return "peer SPIFFE ID is not the expected one";
+    case TT_E_REVOKED:
+        return "peer certificate revoked";
+    case TT_E_PROTOCOL:
+        return "TLS protocol error";
+    case TT_E_TIMEOUT:
+        return "handshake timed out";
+    case TT_E_BAD_USAGE:
+        return "peer certificate not valid for this TLS role (key usage)";
+    case TT_E_PEM:
+        return "invalid PEM data";
+    case TT_E_KEY_MISMATCH:
+        return "private key does not match certificate";
+    case TT_E_IDENTITY:
+        return "certificate unusable as a workload identity";
+    case TT_E_POLICY:
+        return "invalid policy document";
+    case TT_E_DENIED:
+        return "denied by policy";
+    case TT_E_CONFIG:
+        return "invalid configuration";
+    case TT_E_SPIFFE:
+        return "invalid SPIFFE ID";
+    }
+    if (err < 0 && err > -4096)
+        return strerror(-err);
+    return "unknown error";
+}

@@ -1,0 +1,173 @@
+/* Counters, one set per worker thread, each written by its worker only and summed when
+ * /stats is read (DESIGN.md "Threads"). Plain counters use single-writer relaxed
+ * atomics (no lock prefix on the hot path); the string-keyed parts (per-peer counters,
+ * recent handshake failures, per-rule policy counters) sit behind a per-worker mutex
+ * that the worker takes only to add an entry and /stats takes to read. Per-rule counters
+ * are keyed by rule name, outside the policy, so they survive every push that keeps the
+ * rule. This is the one place where a metric is counted. */
+#ifndef TT_METRICS_H
+#define TT_METRICS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tls/identity.h"
+
+struct tt_policy;
+struct tt_policy_verdict;
+
+enum tt_hs_reason {
+    TT_HS_NO_CERT,
+    TT_HS_UNKNOWN_CA,
+    TT_HS_EXPIRED,
+    TT_HS_NOT_YET_VALID,
+    TT_HS_BAD_SAN,
+    TT_HS_WRONG_IDENTITY,
+    TT_HS_REVOKED,
+    TT_HS_TIMEOUT,
+    TT_HS_PROTOCOL,
+    TT_HS_BAD_USAGE, /* leaf not fit for its TLS role (key usage, extended key usage) */
+    TT_HS__COUNT,
+};
+
+/* "no_cert", "unknown_ca", ... as /stats spells them. */
+const char *tt_hs_reason_name(enum tt_hs_reason reason);
+
+/* Maps a tt_tls_handshake() error to its reason (anything unknown is TT_HS_PROTOCOL). */
+enum tt_hs_reason tt_hs_reason_from_err(int err);
+
+/* Single-writer increment: a relaxed load and store, atomic for readers. */
+#define TT_COUNTER_ADD(c, n)                                                                       \
+    __atomic_store_n(&(c), __atomic_load_n(&(c), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define TT_COUNTER_GET(c) __atomic_load_n(&(c), __ATOMIC_RELAXED)
+
+/* Upper bounds of the latency buckets in microseconds; the last bucket is +Inf. */
+#define TT_HIST_BUCKETS 17
+extern const uint64_t tt_hist_bounds_us[TT_HIST_BUCKETS - 1];
+
+struct tt_hist {
+    uint64_t buckets[TT_HIST_BUCKETS];
+    uint64_t count;
+    uint64_t sum_us;
+};
+
+/* Per listener, per worker. */
+struct tt_listener_counters {
+    uint64_t accepted;           /* connections accepted */
+    uint64_t closed;             /* connections finished (active = accepted - closed) */
+    uint64_t refused_limit;      /* closed at once: --max-connections reached */
+    uint64_t bytes_in;           /* bytes received from the downstream client */
+    uint64_t bytes_out;          /* bytes sent to the downstream client */
+    uint64_t handshakes;         /* TLS handshakes completed */
+    uint64_t handshakes_resumed; /* of which resumed a session (ticket) */
+    uint64_t hs_failures[TT_HS__COUNT];
+    uint64_t upstream_connect_failures;
+    uint64_t allowed;            /* inbound: policy allowed */
+    uint64_t denied;             /* inbound: policy denied */
+    struct tt_hist handshake_us; /* TLS handshake duration */
+    struct tt_hist connect_us;   /* upstream TCP connect duration */
+    struct tt_hist duration_us;  /* whole connection lifetime */
+};
+
+#define TT_METRICS_PEERS    256 /* distinct peer identities tracked per worker */
+#define TT_METRICS_FAILURES 32  /* recent handshake failures kept per worker */
+
+struct tt_peer_counters {
+    char id[256]; /* SPIFFE ID, truncated; "" marks a free slot; "other" overflow */
+    uint64_t connections;
+    uint64_t denied;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+};
+
+struct tt_hs_failure {
+    int64_t unix_ms;
+    int listener;
+    enum tt_hs_reason reason;
+    char peer_addr[64];
+    char spiffe_id[256];
+    char serial[TT_SERIAL_MAX];
+    char issuer[256];
+};
+
+/* One policy rule's counters on one worker. */
+struct tt_rule_counters {
+    uint64_t hits;             /* matched: decided, or observed by an audit rule */
+    uint64_t audit_would_deny; /* an audit deny rule: times it would have refused */
+    char name[];
+};
+
+struct tt_metrics {
+    size_t n_listeners;
+    struct tt_listener_counters *listeners;
+    pthread_mutex_t lock; /* guards peers, failures and the rules table's shape */
+    struct tt_peer_counters peers[TT_METRICS_PEERS];
+    size_t n_peers;
+    struct tt_hs_failure failures[TT_METRICS_FAILURES]; /* ring */
+    size_t failures_next;
+    uint64_t failures_total;
+    /* Per-rule counters: open addressing by name hash, never more than half full; the
+     * entries are never removed (a rule dropped by one push and restored by the next keeps
+     * its count). */
+    struct tt_rule_counters **rules;
+    size_t rules_cap; /* 0 or a power of two */
+    size_t n_rules;
+};
+
+/* Allocates zeroed counters for n_listeners listeners. NULL when out of memory. */
+struct tt_metrics *tt_metrics_new(size_t n_listeners);
+void tt_metrics_free(struct tt_metrics *m); /* accepts NULL */
+
+/* Records a duration in a histogram (single writer). */
+void tt_metrics_observe(struct tt_hist *h, uint64_t us);
+
+/* Counts a failed handshake on listener `li` under `reason` and records it in the
+ * recent-failures ring with what is known of the peer (any string may be "" or NULL). */
+void tt_metrics_hs_failure(struct tt_metrics *m, int li, enum tt_hs_reason reason,
+                           const char *peer_addr, const char *spiffe_id, const char *serial,
+                           const char *issuer);
+
+/* Adds a finished (or refused) connection's figures to the peer identity's counters
+ * (an identity beyond TT_METRICS_PEERS distinct ones is counted under "other"). */
+void tt_metrics_peer_add(struct tt_metrics *m, const char *spiffe_id, uint64_t bytes_in,
+                         uint64_t bytes_out, bool denied);
+
+/* Makes sure every rule of `p` has counters on this worker, so that counting its verdicts
+ * allocates nothing; the worker calls it when it takes a snapshot with a new policy.
+ * Worker thread only. Returns 0 or -ENOMEM (counting then allocates lazily). */
+int tt_metrics_policy_prepare(struct tt_metrics *m, const struct tt_policy *p);
+
+/* Counts verdict `v` of policy `p`: one hit for the deciding rule (not the default) and
+ * for each audit rule that matched, and a would-deny for each audit deny rule among them.
+ * Worker thread only; a rule without counters (p not prepared) gets them now, and is not
+ * counted if that allocation fails. */
+void tt_metrics_policy_count(struct tt_metrics *m, const struct tt_policy *p,
+                             const struct tt_policy_verdict *v);
+
+/* A rule's counters summed over the workers. */
+struct tt_rule_sum {
+    char *name;
+    uint64_t hits;
+    uint64_t audit_would_deny;
+};
+
+/* Sums of every worker's counters, for rendering. Takes each worker's lock briefly. */
+struct tt_metrics_sum {
+    size_t n_listeners;
+    struct tt_listener_counters *listeners; /* n_listeners entries */
+    struct tt_peer_counters *peers;         /* merged by id */
+    size_t n_peers;
+    struct tt_hs_failure *failures; /* newest first, at most TT_METRICS_FAILURES */
+    size_t n_failures;
+    struct tt_rule_sum *rules; /* sorted by name */
+    size_t n_rules;
+};
+int tt_metrics_sum(struct tt_metrics *const *workers, size_t n_workers, struct tt_metrics_sum *out);
+void tt_metrics_sum_done(struct tt_metrics_sum *sum);
+
+/* The summed counters of the rule called `name`, or NULL when no worker counted it. */
+const struct tt_rule_sum *tt_metrics_sum_rule(const struct tt_metrics_sum *sum, const char *name);
+
+#endif

@@ -1,0 +1,757 @@
+/* The connection state machine (conn.h). Data path rules: socket reads land in the
+ * worker's scratch buffer and are consumed before the callback returns; writes first try
+ * the socket directly and queue only what the kernel would not take, in slab-pooled
+ * buffers that are released as soon as they drain; a side stops reading while the other
+ * side's queue is over TT_CONN_QUEUE_MAX (backpressure). No SSL_ calls here: tls.c does
+ * the TLS, this file moves its bytes. */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "metrics/metrics.h"
+#include "net/conn.h"
+#include "net/worker.h"
+#include "policy/policy.h"
+#include "snapshot/snapshot.h"
+#include "tls/identity.h"
+#include "tls/revocations.h"
+#include "tls/tls.h"
+
+#define TT_CONN_QUEUE_MAX (64 * 1024) /* bytes queued for a side before its source pauses */
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void relay_progress(struct tt_conn *c);
+static void conn_close(struct tt_conn *c, int err, bool reset);
+
+static struct tt_listener_counters *conn_counters(struct tt_conn *c)
+{
+    return &c->worker->metrics->listeners[c->listener->index];
+}
+
+static const struct tt_worker_settings *conn_settings(struct tt_conn *c)
+{
+    return c->worker->settings;
+}
+
+static bool conn_is_inbound(const struct tt_conn *c)
+{
+    return c->listener->cfg->kind == TT_LISTENER_INBOUND;
+}
+
+static size_t side_queue_len(const struct tt_side *s)
+{
+    return s->inflight.len + s->queued.len;
+}
+
+static void touch(struct tt_conn *c)
+{
+    c->last_activity_ms = uv_now(&c->worker->loop);
+}
+
+/* ---- timers ------------------------------------------------------------------------ */
+
+static void on_timer(uv_timer_t *timer)
+{
+    struct tt_conn *c = tt_container_of(timer, struct tt_conn, timer);
+    uint64_t now = uv_now(&c->worker->loop);
+
+    switch (c->state) {
+    case TT_CONN_S_HANDSHAKE:
+        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_TIMEOUT, c->peer_addr,
+                              tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                              tt_tls_peer_issuer(c->tls));
+        conn_close(c, TT_E_TIMEOUT, true);
+        break;
+    case TT_CONN_S_CONNECTING:
+        TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
+        conn_close(c, UV_ETIMEDOUT, true);
+        break;
+    case TT_CONN_S_RELAY: {
+        /* The idle deadline slides with activity; re-arm for what is left of it. */
+        uint64_t idle = conn_settings(c)->idle_timeout_ms;
+        uint64_t since = now - c->last_activity_ms;
+        if (since >= idle)
+            conn_close(c, UV_ETIMEDOUT, true);
+        else
+            uv_timer_start(&c->timer, on_timer, idle - since, 0);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* Enters `state` and arms its deadline. */
+static void conn_enter(struct tt_conn *c, enum tt_conn_state state)
+{
+    const struct tt_worker_settings *cfg = conn_settings(c);
+    uint64_t timeout = 0;
+
+    c->state = state;
+    c->phase_ms = uv_now(&c->worker->loop);
+    switch (state) {
+    case TT_CONN_S_HANDSHAKE:
+        timeout = cfg->handshake_timeout_ms;
+        break;
+    case TT_CONN_S_CONNECTING:
+        timeout = cfg->connect_timeout_ms;
+        break;
+    case TT_CONN_S_RELAY:
+        timeout = cfg->idle_timeout_ms;
+        touch(c);
+        break;
+    default:
+        break;
+    }
+    if (timeout > 0)
+        uv_timer_start(&c->timer, on_timer, timeout, 0);
+}
+
+/* ---- writing ----------------------------------------------------------------------- */
+
+static void side_start_write(struct tt_conn *c, struct tt_side *s);
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct tt_side *s = tt_container_of(req, struct tt_side, write_req);
+    struct tt_conn *c = s->tcp.data;
+
+    if (c->state == TT_CONN_S_CLOSING)
+        return; /* cancelled by uv_close; buffers are freed with the connection */
+    s->bytes_written += s->inflight.len;
+    if (s == &c->down)
+        TT_COUNTER_ADD(conn_counters(c)->bytes_out, s->inflight.len);
+    tt_buf_consume(&s->inflight, s->inflight.len);
+    if (status < 0) {
+        conn_close(c, status, true);
+        return;
+    }
+    side_start_write(c, s);
+    relay_progress(c);
+}
+
+/* Hands the queued bytes to uv_write unless a write is already in flight. */
+static void side_start_write(struct tt_conn *c, struct tt_side *s)
+{
+    if (s->inflight.len > 0 || s->queued.len == 0)
+        return;
+    struct tt_buf tmp = s->inflight;
+    s->inflight = s->queued;
+    s->queued = tmp;
+
+    uv_buf_t b = uv_buf_init((char *)tt_buf_head(&s->inflight), (unsigned)s->inflight.len);
+    int r = uv_write(&s->write_req, (uv_stream_t *)&s->tcp, &b, 1, on_write);
+    if (r < 0)
+        conn_close(c, r, true);
+}
+
+/* Sends data on side s: straight to the socket when nothing is queued, the rest copied
+ * into the queue. Returns 0 or <0 (the caller closes the connection). */
+static int side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, size_t len)
+{
+    if (s->inflight.len == 0 && s->queued.len == 0) {
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        int r = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+        if (r < 0 && r != UV_EAGAIN)
+            return r;
+        if (r > 0) {
+            s->bytes_written += (uint64_t)r;
+            if (s == &c->down)
+                TT_COUNTER_ADD(conn_counters(c)->bytes_out, (uint64_t)r);
+            data += r;
+            len -= (size_t)r;
+        }
+        if (len == 0)
+            return 0;
+    }
+    if (tt_buf_append(&s->queued, data, len) < 0)
+        return -ENOMEM;
+    side_start_write(c, s);
+    return 0;
+}
+
+/* Moves the TLS engine's pending ciphertext to the TLS side's socket. */
+static int tls_flush(struct tt_conn *c)
+{
+    const uint8_t *p;
+    size_t n;
+
+    while ((n = tt_tls_pending(c->tls, &p)) > 0) {
+        int r = side_send(c, c->tls_side, p, n);
+        if (r < 0)
+            return r;
+        tt_tls_consume(c->tls, n);
+    }
+    return 0;
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct tt_side *s = tt_container_of(req, struct tt_side, shutdown_req);
+    struct tt_conn *c = s->tcp.data;
+
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (status < 0) {
+        conn_close(c, status, true);
+        return;
+    }
+    s->shutdown_done = true;
+    relay_progress(c);
+}
+
+/* Sends FIN on s once everything queued for it has been written. */
+static void side_maybe_shutdown(struct tt_conn *c, struct tt_side *s)
+{
+    if (!s->want_shutdown || s->shutdown_sent || side_queue_len(s) > 0)
+        return;
+    s->shutdown_sent = true;
+    int r = uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, on_shutdown);
+    if (r < 0)
+        conn_close(c, r, true);
+}
+
+/* ---- reading ----------------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+    struct tt_conn *c = handle->data;
+
+    buf->base = (char *)c->worker->read_buf;
+    buf->len = sizeof(c->worker->read_buf);
+}
+
+static void side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
+{
+    if (want == s->reading)
+        return;
+    int r = want ? uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read)
+                 : uv_read_stop((uv_stream_t *)&s->tcp);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    s->reading = want;
+}
+
+/* Decrypts what the TLS engine holds into the plaintext side while that side's queue has
+ * room. Returns 0 or <0. */
+static int tls_pump(struct tt_conn *c)
+{
+    struct tt_side *plain = c->plain_side;
+    uint8_t *buf = c->worker->plain_buf;
+
+    while (!c->tls_side->read_eof && side_queue_len(plain) < TT_CONN_QUEUE_MAX) {
+        int r = tt_tls_read(c->tls, buf, sizeof(c->worker->plain_buf));
+        if (r == 0)
+            break;
+        if (r == TT_TLS_EOF) {
+            /* close_notify: the peer's half-close; pass it on as a FIN. */
+            c->tls_side->read_eof = true;
+            plain->want_shutdown = true;
+            break;
+        }
+        if (r < 0)
+            return r;
+        r = side_send(c, plain, buf, (size_t)r);
+        if (r < 0)
+            return r;
+    }
+    return tls_flush(c);
+}
+
+/* Re-evaluates reading, FINs and completion after any event while relaying. */
+static void relay_progress(struct tt_conn *c)
+{
+    struct tt_side *ts = c->tls_side, *ps = c->plain_side;
+
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    if (tt_tls_input_len(c->tls) > 0 && !ts->read_eof) {
+        int r = tls_pump(c);
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+    }
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    side_maybe_shutdown(c, ps);
+    side_maybe_shutdown(c, ts);
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+
+    /* Both directions over: each side's input ended and its FIN reached the other. */
+    if (ps->read_eof && ts->shutdown_done && ts->read_eof && ps->shutdown_done) {
+        conn_close(c, 0, false);
+        return;
+    }
+    side_set_reading(c, ps, !ps->read_eof && side_queue_len(ts) < TT_CONN_QUEUE_MAX);
+    if (c->state == TT_CONN_S_RELAY)
+        side_set_reading(c, ts,
+                         !ts->read_eof && side_queue_len(ps) < TT_CONN_QUEUE_MAX &&
+                             tt_tls_input_len(c->tls) < TT_CONN_QUEUE_MAX);
+}
+
+static void handshake_progress(struct tt_conn *c);
+
+/* Bytes (or EOF) from the TLS side's socket. */
+static void tls_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
+{
+    int r = tt_tls_feed(c->tls, data, n);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    if (c->state == TT_CONN_S_HANDSHAKE) {
+        handshake_progress(c);
+        return;
+    }
+    r = tls_pump(c);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    relay_progress(c);
+}
+
+/* Bytes from the plaintext side's socket: encrypt and send. */
+static void plain_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
+{
+    int r = tt_tls_write(c->tls, data, n);
+    if (r == 0)
+        r = tls_flush(c);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    relay_progress(c);
+}
+
+/* End of input on side s (a FIN, or a TLS connection closed without close_notify). */
+static void side_read_eof(struct tt_conn *c, struct tt_side *s)
+{
+    side_set_reading(c, s, false);
+    if (c->state == TT_CONN_S_HANDSHAKE || c->state == TT_CONN_S_CONNECTING) {
+        if (c->state == TT_CONN_S_HANDSHAKE)
+            tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_PROTOCOL,
+                                  c->peer_addr, tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                                  tt_tls_peer_issuer(c->tls));
+        conn_close(c, UV_EOF, false);
+        return;
+    }
+    if (s == c->plain_side) {
+        s->read_eof = true;
+        if (!c->close_notify_sent) {
+            c->close_notify_sent = true;
+            int r = tt_tls_close_notify(c->tls);
+            if (r == 0)
+                r = tls_flush(c);
+            if (r < 0) {
+                conn_close(c, r, true);
+                return;
+            }
+        }
+        c->tls_side->want_shutdown = true;
+    } else {
+        /* Decrypt what is left before treating the FIN as the end of the stream. */
+        int r = tls_pump(c);
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+        s->read_eof = true;
+        c->plain_side->want_shutdown = true;
+    }
+    relay_progress(c);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct tt_conn *c = stream->data;
+    struct tt_side *s = (uv_tcp_t *)stream == &c->down.tcp ? &c->down : &c->up;
+
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (nread == UV_EOF) {
+        side_read_eof(c, s);
+        return;
+    }
+    if (nread < 0) {
+        if (c->state == TT_CONN_S_HANDSHAKE)
+            tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_PROTOCOL,
+                                  c->peer_addr, tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                                  tt_tls_peer_issuer(c->tls));
+        conn_close(c, (int)nread, true);
+        return;
+    }
+    if (nread == 0)
+        return;
+    s->bytes_read += (uint64_t)nread;
+    if (s == &c->down)
+        TT_COUNTER_ADD(conn_counters(c)->bytes_in, (uint64_t)nread);
+    touch(c);
+    if (s == c->tls_side)
+        tls_side_read(c, (const uint8_t *)buf->base, (size_t)nread);
+    else
+        plain_side_read(c, (const uint8_t *)buf->base, (size_t)nread);
+}
+
+/* ---- establishing ------------------------------------------------------------------ */
+
+/* Both sockets are up and the TLS session verified: relay. */
+static void conn_start_relay(struct tt_conn *c)
+{
+    conn_enter(c, TT_CONN_S_RELAY);
+    int r = tls_pump(c); /* application data that arrived with the handshake */
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    relay_progress(c);
+}
+
+static void conn_start_handshake(struct tt_conn *c);
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct tt_conn *c = tt_container_of(req, struct tt_conn, connect_req);
+
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (status < 0) {
+        TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
+        conn_close(c, status, true);
+        return;
+    }
+    tt_metrics_observe(&conn_counters(c)->connect_us,
+                       (uv_now(&c->worker->loop) - c->phase_ms) * 1000);
+    c->up.connected = true;
+    uv_tcp_nodelay(&c->up.tcp, 1);
+    if (conn_is_inbound(c))
+        conn_start_relay(c);
+    else
+        conn_start_handshake(c);
+}
+
+/* Opens the TCP connection to the listener's target. */
+static void conn_start_connect(struct tt_conn *c)
+{
+    const struct tt_addr *target = &c->listener->cfg->target;
+    int r = uv_tcp_init(&c->worker->loop, &c->up.tcp);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    c->up.tcp.data = c;
+    c->up.open = true;
+    conn_enter(c, TT_CONN_S_CONNECTING);
+    r = uv_tcp_connect(&c->connect_req, &c->up.tcp, (const struct sockaddr *)&target->ss,
+                       on_connect);
+    if (r < 0) {
+        TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
+        conn_close(c, r, true);
+    }
+}
+
+/* Inbound: consults the allow list for the verified caller. This is the one place a
+ * connection is admitted or refused by policy. Returns true when allowed. */
+static bool conn_authorize(struct tt_conn *c)
+{
+    struct tt_snapshot *snap = c->snapshot;
+    const char *caller = tt_tls_peer_id(c->tls);
+    struct tt_listener_counters *lc = conn_counters(c);
+    bool allowed = true;
+
+    if (snap->policy != NULL) {
+        struct tt_policy_verdict v;
+        tt_policy_check(snap->policy, caller, tt_identity_spiffe_id(snap->identity),
+                        tt_addr_port(&c->listener->cfg->target), NULL, NULL, &v);
+        tt_metrics_policy_count(c->worker->metrics, snap->policy, &v);
+        allowed = v.allowed;
+        c->rule = v.rule_name;
+        for (int i = 0; i < v.n_audit; i++) {
+            struct tt_policy_rule_info info;
+            tt_policy_rule_info(snap->policy, (size_t)v.audit[i], &info);
+            tt_log(TT_LOG_INFO, "policy_audit", TT_LS("listener", c->listener->cfg->name),
+                   TT_LS("peer_id", caller), TT_LS("rule", info.name),
+                   TT_LS("would", info.action == TT_POLICY_DENY ? "deny" : "allow"),
+                   TT_LS("verdict", allowed ? "allow" : "deny"));
+        }
+    } else {
+        c->rule = "no-policy";
+    }
+    if (allowed)
+        TT_COUNTER_ADD(lc->allowed, 1);
+    else
+        TT_COUNTER_ADD(lc->denied, 1);
+    c->verdict = allowed ? "allow" : "deny";
+    return allowed;
+}
+
+/* The TLS session is verified: check it against revocations that arrived during the
+ * handshake, count it, then authorize (inbound) or relay (outbound). */
+static void handshake_done(struct tt_conn *c)
+{
+    struct tt_listener_counters *lc = conn_counters(c);
+    const struct tt_snapshot *newest = c->worker->snapshot;
+
+    /* The session was verified against the revocations of the snapshot it started with;
+     * a newer set may revoke the peer already (DESIGN.md "Threads and snapshots"). */
+    if (newest->revocations != c->snapshot->revocations &&
+        tt_revocations_check(newest->revocations, tt_tls_peer_serial(c->tls))) {
+        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_REVOKED, c->peer_addr,
+                              tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                              tt_tls_peer_issuer(c->tls));
+        conn_close(c, TT_E_REVOKED, true);
+        return;
+    }
+
+    TT_COUNTER_ADD(lc->handshakes, 1);
+    if (tt_tls_resumed(c->tls))
+        TT_COUNTER_ADD(lc->handshakes_resumed, 1);
+    tt_metrics_observe(&lc->handshake_us, (uv_now(&c->worker->loop) - c->phase_ms) * 1000);
+    if (!conn_is_inbound(c)) {
+        c->verdict = "allow";
+        conn_start_relay(c);
+        return;
+    }
+    if (!conn_authorize(c)) {
+        /* A refused caller gets a reset and never a byte from the backend. */
+        conn_close(c, TT_E_DENIED, true);
+        return;
+    }
+    /* Hold the caller's early data in the kernel until the upstream answers. */
+    side_set_reading(c, c->tls_side, false);
+    if (c->state != TT_CONN_S_CLOSING)
+        conn_start_connect(c);
+}
+
+/* Drives the handshake after new input; finishes or fails it. */
+static void handshake_progress(struct tt_conn *c)
+{
+    int r = tt_tls_handshake(c->tls);
+    int fr = tls_flush(c);
+
+    if (r < 0) {
+        enum tt_hs_reason reason = tt_hs_reason_from_err(r);
+        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, reason, c->peer_addr,
+                              tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                              tt_tls_peer_issuer(c->tls));
+        /* Close gracefully so the alert tls_flush sent reaches the peer. */
+        conn_close(c, r, false);
+        return;
+    }
+    if (fr < 0) {
+        conn_close(c, fr, true);
+        return;
+    }
+    if (r == 1)
+        handshake_done(c);
+}
+
+/* Starts the TLS handshake on the TLS side (inbound: server; outbound: client). */
+static void conn_start_handshake(struct tt_conn *c)
+{
+    bool inbound = conn_is_inbound(c);
+
+    c->tls = tt_tls_new(c->snapshot->identity, inbound ? TT_TLS_SERVER : TT_TLS_CLIENT,
+                        inbound ? NULL : c->listener->cfg->expected_id);
+    if (c->tls == NULL) {
+        conn_close(c, -ENOMEM, true);
+        return;
+    }
+    tt_tls_set_revocations(c->tls, c->snapshot->revocations);
+    /* Outbound: resume with the upstream's last ticket; a full handshake otherwise. */
+    if (!inbound)
+        tt_tls_set_resume(c->tls, &c->listener->resume);
+    conn_enter(c, TT_CONN_S_HANDSHAKE);
+    side_set_reading(c, c->tls_side, true);
+    if (!inbound && c->state == TT_CONN_S_HANDSHAKE)
+        handshake_progress(c); /* the ClientHello */
+}
+
+/* Accepts one connection from the listener (see conn.h). */
+void tt_conn_accept(struct tt_listener *l)
+{
+    struct tt_worker *w = l->worker;
+    struct tt_listener_counters *lc = &w->metrics->listeners[l->index];
+    struct tt_conn *c = calloc(1, sizeof(*c));
+    uv_tcp_t *tcp;
+    int r;
+
+    if (c == NULL || w->snapshot == NULL)
+        goto err_free;
+    tcp = &c->down.tcp;
+    if (uv_tcp_init(&w->loop, tcp) < 0)
+        goto err_free;
+    c->down.open = true;
+    tcp->data = c;
+    c->worker = w;
+    c->listener = l;
+    c->start_ms = uv_now(&w->loop);
+    c->verdict = "error";
+    c->tls_side = l->cfg->kind == TT_LISTENER_INBOUND ? &c->down : &c->up;
+    c->plain_side = l->cfg->kind == TT_LISTENER_INBOUND ? &c->up : &c->down;
+    tt_buf_init(&c->down.inflight);
+    tt_buf_init(&c->down.queued);
+    tt_buf_init(&c->up.inflight);
+    tt_buf_init(&c->up.queued);
+    uv_timer_init(&w->loop, &c->timer);
+    c->up.tcp.data = c;
+
+    r = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)tcp);
+    /* From here on the connection is counted and tracked, and ends in conn_close. */
+    c->snapshot = tt_snapshot_ref(w->snapshot);
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    __atomic_store_n(&w->n_conns, w->n_conns + 1, __ATOMIC_RELAXED);
+    TT_COUNTER_ADD(lc->accepted, 1);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+
+    c->down.connected = true;
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        tt_sockaddr_format((struct sockaddr *)&ss, c->peer_addr, sizeof(c->peer_addr));
+    uv_tcp_nodelay(tcp, 1);
+
+    if (w->n_conns > w->settings->max_connections) {
+        TT_COUNTER_ADD(lc->refused_limit, 1);
+        conn_close(c, -EMFILE, true);
+        return;
+    }
+    if (l->cfg->kind == TT_LISTENER_INBOUND)
+        conn_start_handshake(c);
+    else
+        conn_start_connect(c);
+    return;
+
+err_free:
+    free(c);
+    /* Without memory for a connection, take the client off the backlog and drop it. */
+    TT_COUNTER_ADD(lc->refused_limit, 1);
+    {
+        uv_tcp_t *tmp = malloc(sizeof(*tmp));
+        if (tmp != NULL && uv_tcp_init(&w->loop, tmp) == 0) {
+            (void)uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)tmp);
+            uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
+        } else {
+            free(tmp);
+        }
+    }
+}
+
+/* ---- closing ----------------------------------------------------------------------- */
+
+static void conn_free(struct tt_conn *c)
+{
+    tt_tls_free(c->tls);
+    tt_buf_done(&c->down.inflight);
+    tt_buf_done(&c->down.queued);
+    tt_buf_done(&c->up.inflight);
+    tt_buf_done(&c->up.queued);
+    tt_snapshot_unref(c->snapshot);
+    free(c);
+}
+
+static void on_close(uv_handle_t *handle)
+{
+    struct tt_conn *c = handle->data;
+
+    if (--c->pending_closes == 0)
+        conn_free(c);
+}
+
+/* Writes the access line and the per-connection counters. */
+static void conn_account(struct tt_conn *c, int err)
+{
+    struct tt_listener_counters *lc = conn_counters(c);
+    uint64_t dur_ms = uv_now(&c->worker->loop) - c->start_ms;
+    const char *peer_id = c->tls != NULL ? tt_tls_peer_id(c->tls) : "";
+    bool inbound = conn_is_inbound(c);
+
+    TT_COUNTER_ADD(lc->closed, 1);
+    tt_metrics_observe(&lc->duration_us, dur_ms * 1000);
+    if (peer_id[0] != '\0')
+        tt_metrics_peer_add(c->worker->metrics, peer_id, c->down.bytes_read, c->down.bytes_written,
+                            strcmp(c->verdict, "deny") == 0);
+    tt_log(err == 0 || err == UV_EOF ? TT_LOG_INFO : TT_LOG_WARN, "access",
+           TT_LS("listener", c->listener->cfg->name),
+           TT_LS("direction", inbound ? "inbound" : "outbound"), TT_LS("peer_addr", c->peer_addr),
+           TT_LS("peer_id", peer_id), TT_LS("verdict", c->verdict), TT_LS("rule", c->rule),
+           TT_LU("bytes_in", c->down.bytes_read), TT_LU("bytes_out", c->down.bytes_written),
+           TT_LU("upstream_bytes_in", c->up.bytes_read),
+           TT_LU("upstream_bytes_out", c->up.bytes_written), TT_LU("duration_ms", dur_ms),
+           TT_LS("error", err == 0 || err == UV_EOF ? NULL : tt_strerror(err)));
+}
+
+static void side_close(struct tt_conn *c, struct tt_side *s, bool reset)
+{
+    if (!s->open)
+        return;
+    s->open = false;
+    c->pending_closes++;
+    /* A reset needs a connected socket; anything else is closed plainly. */
+    if (!reset || !s->connected || uv_tcp_close_reset(&s->tcp, on_close) < 0)
+        uv_close((uv_handle_t *)&s->tcp, on_close);
+}
+
+/* Ends the connection: accounting, unlinking, then asynchronous close of every handle;
+ * the memory goes in the last close callback. `reset` sends RST instead of FIN. */
+static void conn_close(struct tt_conn *c, int err, bool reset)
+{
+    struct tt_worker *w = c->worker;
+
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    c->state = TT_CONN_S_CLOSING;
+    c->error = err;
+    conn_account(c, err);
+
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    __atomic_store_n(&w->n_conns, w->n_conns - 1, __ATOMIC_RELAXED);
+
+    c->timer.data = c;
+    c->pending_closes++;
+    uv_close((uv_handle_t *)&c->timer, on_close);
+    side_close(c, &c->down, reset);
+    side_close(c, &c->up, reset);
+}
+
+/* Closes the connection if its verified peer's certificate is in `revocations`. */
+bool tt_conn_close_if_revoked(struct tt_conn *c, const struct tt_revocations *revocations)
+{
+    const char *serial;
+
+    if (c->tls == NULL || c->state == TT_CONN_S_HANDSHAKE || c->state == TT_CONN_S_CLOSING)
+        return false;
+    serial = tt_tls_peer_serial(c->tls);
+    if (!tt_revocations_check(revocations, serial))
+        return false;
+    tt_log(TT_LOG_WARN, "revoked_connection_closed", TT_LS("listener", c->listener->cfg->name),
+           TT_LS("peer_addr", c->peer_addr), TT_LS("peer_id", tt_tls_peer_id(c->tls)),
+           TT_LS("serial", serial));
+    conn_close(c, TT_E_REVOKED, true);
+    return true;
+}
+
+/* Resets both sockets now. */
+void tt_conn_abort(struct tt_conn *c)
+{
+    conn_close(c, UV_ECANCELED, true);
+}

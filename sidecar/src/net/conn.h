@@ -1,0 +1,85 @@
+/* One proxied connection: the state machine that joins a downstream socket (accepted on
+ * a listener) to an upstream socket, with TLS on one of the two sides (inbound: the
+ * downstream side is mTLS and the upstream plaintext; outbound: the reverse). This is
+ * where the handshake is driven, where the allow list is consulted, and where bytes are
+ * relayed with backpressure, half-close and timeouts. */
+#ifndef TT_CONN_H
+#define TT_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "core/buf.h"
+
+struct tt_listener;
+struct tt_worker;
+struct tt_snapshot;
+struct tt_tls;
+struct tt_revocations;
+
+enum tt_conn_state {
+    TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
+    TT_CONN_S_HANDSHAKE,  /* TLS handshake with the TLS-side peer in progress */
+    TT_CONN_S_CONNECTING, /* TCP connect to the upstream in progress */
+    TT_CONN_S_RELAY,      /* both sides open; bytes flow until both directions end */
+    TT_CONN_S_CLOSING,    /* handles closing; freed when the last close callback runs */
+};
+
+/* One TCP socket of the connection and its write queue. */
+struct tt_side {
+    uv_tcp_t tcp;
+    uv_write_t write_req;
+    uv_shutdown_t shutdown_req;
+    struct tt_buf inflight; /* bytes handed to uv_write, frozen until its callback */
+    struct tt_buf queued;   /* bytes waiting behind them */
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    bool open;          /* tcp initialized, needs uv_close */
+    bool connected;     /* accepted or connected: a reset is possible */
+    bool reading;       /* uv_read_start active */
+    bool read_eof;      /* the peer will send nothing more */
+    bool want_shutdown; /* send FIN once the queue drains */
+    bool shutdown_sent; /* uv_shutdown issued */
+    bool shutdown_done; /* FIN sent */
+};
+
+struct tt_conn {
+    struct tt_conn *next, *prev; /* the worker's list */
+    struct tt_worker *worker;
+    struct tt_listener *listener;
+    struct tt_snapshot *snapshot; /* taken at accept; kept for the connection's life */
+    enum tt_conn_state state;
+    struct tt_side down;        /* accepted from the client */
+    struct tt_side up;          /* connected to the upstream */
+    struct tt_side *tls_side;   /* &down (inbound) or &up (outbound) */
+    struct tt_side *plain_side; /* the other one */
+    struct tt_tls *tls;
+    uv_timer_t timer; /* handshake, connect or idle deadline */
+    uv_connect_t connect_req;
+    uint64_t start_ms;
+    uint64_t phase_ms; /* when the current state began */
+    uint64_t last_activity_ms;
+    int pending_closes;
+    int error;           /* first error that ended the connection, or 0 */
+    const char *verdict; /* "allow", "deny" or "error" for the access log */
+    const char *rule;    /* deciding rule name, or NULL */
+    bool close_notify_sent;
+    char peer_addr[64];
+};
+
+/* Accepts a pending connection from `listener` and starts its state machine with the
+ * worker's current snapshot and settings. Never fails loudly: on error (the worker's
+ * share of --max-connections reached, out of memory) the client is closed and the
+ * refusal counted. */
+void tt_conn_accept(struct tt_listener *listener);
+
+/* Closes the connection (reset, logged) when its verified TLS peer presented a
+ * certificate whose serial is in `revocations`. Returns true when it did. */
+bool tt_conn_close_if_revoked(struct tt_conn *c, const struct tt_revocations *revocations);
+
+/* Ends the connection now (drain timeout, worker stop), resetting both sockets. */
+void tt_conn_abort(struct tt_conn *c);
+
+#endif

@@ -1,0 +1,40 @@
+/* The parts of the identity module that speak BoringSSL types: its SSL_CTXs and trust
+ * store for tls.c, and certificate/key helpers for the control plane's CA and the test
+ * certificate generator. Only the tls/ layer and those BoringSSL owners (DESIGN.md
+ * "Parts and layout") include this header; everyone else uses identity.h. */
+#ifndef TT_IDENTITY_BSSL_H
+#define TT_IDENTITY_BSSL_H
+
+#include <stddef.h>
+
+#include <openssl/base.h>
+
+#include "tls/identity.h"
+
+/* SSL_CTXs owned by the identity; valid while a reference is held. */
+SSL_CTX *tt_identity_server_ctx(const struct tt_identity *id);
+SSL_CTX *tt_identity_client_ctx(const struct tt_identity *id);
+
+/* For tls.c's peer verifier; other modules have no use for these. The X509_STORE holding
+ * the trust bundle, valid while a reference is held. */
+X509_STORE *tt_identity_trust_store(const struct tt_identity *id);
+
+/* tls.c's new-session callback, which identity.c installs on every client context so
+ * that tickets reach the session's resumption slot (tls.h: tt_tls_set_resume). */
+int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session);
+
+/* Fills `info` from certificate `x`: the serial (upper-case hex, no colons, no leading
+ * zeros), subject and issuer (RFC 2253 one-line DNs, truncated to fit), validity and
+ * the SPIFFE ID (the first spiffe:// URI SAN, else ""). Returns 0 when `x` carries
+ * exactly one URI SAN and it is a valid SPIFFE ID with a path, else TT_E_BAD_SAN (info
+ * is filled either way), or -ENOMEM. */
+int tt_cert_info_fill(struct tt_cert_info *info, X509 *x);
+
+/* PEM text of certificate `x`, or of private key `key` (PKCS#8; *len gets its length
+ * when len is not NULL), as a malloc'ed NUL-terminated string the caller frees (wipe a
+ * key's text first). The intermediate buffer is wiped. NULL on failure. Shared by the
+ * sidecar, the control plane's CA and the test certificate generator. */
+char *tt_pem_from_cert(X509 *x);
+char *tt_pem_from_key(EVP_PKEY *key, size_t *len);
+
+#endif

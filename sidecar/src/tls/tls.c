@@ -1,0 +1,586 @@
+/* One I/O-free TLS session (see tls.h).
+ *
+ * BoringSSL talks to a custom BIO that reads ciphertext from `in` and appends ciphertext
+ * to `out`, two slab-pooled tt_bufs that hold no memory while empty. The BIO never
+ * blocks on write; a read with nothing buffered sets the retry flag, which BoringSSL
+ * reports as SSL_ERROR_WANT_READ and we as "need more input".
+ *
+ * Peer verification is our own (SSL_set_custom_verify): the chain against the identity's
+ * trust bundle with validity dates, exactly one valid spiffe:// URI SAN, the revocation
+ * set and, for clients, the expected SPIFFE ID. The verifier records the precise
+ * failure in the session, found from the SSL through ex_data, so that
+ * tt_tls_handshake() returns it rather than a generic "verify failed". */
+#include <assert.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/base.h>
+
+#ifndef OPENSSL_IS_BORINGSSL
+#error "tls.c must be compiled against BoringSSL (-I/usr/include/android)"
+#endif
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pool.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "core/buf.h"
+#include "core/errors.h"
+#include "tls/identity.h"
+#include "tls/identity_bssl.h"
+#include "tls/revocations.h"
+#include "tls/tls.h"
+
+#define VERIFY_MODE (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
+
+static int role_is_client(enum tt_tls_role role)
+{
+    return role == TT_TLS_CLIENT || role == TT_TLS_CLIENT_ANONYMOUS;
+}
+
+struct tt_tls {
+    SSL *ssl;
+    struct tt_identity *id; /* referenced for the session's lifetime */
+    struct tt_buf in;       /* ciphertext fed, not yet read by BoringSSL */
+    struct tt_buf out;      /* ciphertext produced, not yet consumed by the caller */
+    char *expected_peer;    /* clients: the SPIFFE ID the server must present */
+    char *peer_id;          /* what the peer presented; NULL until verification ran */
+    char *peer_issuer;
+    int verify_err; /* the verifier's verdict when it refused the peer, else 0 */
+    int failed;     /* the handshake's failure code, sticky */
+    enum tt_tls_role role;
+    struct tt_tls_resume *resume;       /* clients: where new session tickets are kept */
+    struct tt_revocations *revocations; /* referenced; NULL: nothing revoked */
+    unsigned done : 1;                  /* handshake complete */
+    unsigned verified : 1;              /* our verifier ran in this handshake */
+    unsigned oom : 1;                   /* the BIO could not buffer output */
+    char peer_serial[TT_SERIAL_MAX];
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static int ex_index = -1;
+static BIO_METHOD *bio_method;
+
+/* --- BIO over the two tt_bufs -------------------------------------------------------- */
+
+static int bio_read(BIO *bio, char *out, int len)
+{
+    struct tt_tls *tls = BIO_get_data(bio);
+
+    BIO_clear_retry_flags(bio);
+    if (len <= 0)
+        return 0;
+    if (tls->in.len == 0) {
+        BIO_set_retry_read(bio);
+        return -1;
+    }
+    size_t n = tls->in.len < (size_t)len ? tls->in.len : (size_t)len;
+    memcpy(out, tt_buf_head(&tls->in), n);
+    tt_buf_consume(&tls->in, n); /* the slab goes back to the pool once empty */
+    return (int)n;
+}
+
+static int bio_write(BIO *bio, const char *data, int len)
+{
+    struct tt_tls *tls = BIO_get_data(bio);
+
+    BIO_clear_retry_flags(bio);
+    if (len <= 0)
+        return 0;
+    if (tt_buf_append(&tls->out, data, (size_t)len) < 0) {
+        tls->oom = 1;
+        return -1;
+    }
+    return len;
+}
+
+static long bio_ctrl(BIO *bio, int cmd, long larg, void *parg)
+{
+    /* BoringSSL flushes after each flight; there is nothing to flush. */
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static void global_init(void)
+{
+    ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    bio_method = BIO_meth_new(BIO_TYPE_SOURCE_SINK | BIO_get_new_index(), "tt_tls");
+    if (bio_method != NULL &&
+        (!BIO_meth_set_read(bio_method, bio_read) || !BIO_meth_set_write(bio_method, bio_write) ||
+         !BIO_meth_set_ctrl(bio_method, bio_ctrl))) {
+        BIO_meth_free(bio_method);
+        bio_method = NULL;
+    }
+}
+
+/* --- Peer verification ---------------------------------------------------------------- */
+
+static int map_x509_error(int e)
+{
+    switch (e) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return TT_E_EXPIRED;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return TT_E_NOT_YET_VALID;
+    case X509_V_ERR_OUT_OF_MEM:
+        return -ENOMEM;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+        return TT_E_UNKNOWN_CA;
+    case X509_V_ERR_INVALID_PURPOSE:
+        return TT_E_BAD_USAGE;
+    default:
+        /* A bad signature, a non-CA issuer, a path length violation...: in every case
+         * the chain does not validly lead to a trusted root. */
+        return TT_E_UNKNOWN_CA;
+    }
+}
+
+static uint8_t alert_for(int err)
+{
+    switch (err) {
+    case TT_E_NO_CERT:
+        return SSL_AD_CERTIFICATE_REQUIRED;
+    case TT_E_UNKNOWN_CA:
+        return SSL_AD_UNKNOWN_CA;
+    case TT_E_EXPIRED:
+        return SSL_AD_CERTIFICATE_EXPIRED;
+    case TT_E_REVOKED:
+        return SSL_AD_CERTIFICATE_REVOKED;
+    case TT_E_BAD_USAGE:
+        return SSL_AD_UNSUPPORTED_CERTIFICATE;
+    case -ENOMEM:
+        return SSL_AD_INTERNAL_ERROR;
+    default: /* not yet valid, bad SAN, wrong identity, unparsable certificate */
+        return SSL_AD_BAD_CERTIFICATE;
+    }
+}
+
+/* Keeps what the peer presented for the getters (and /stats' recent failures). */
+static int record_peer(struct tt_tls *tls, const struct tt_cert_info *info)
+{
+    free(tls->peer_id);
+    free(tls->peer_issuer);
+    tls->peer_id = strdup(info->spiffe_id);
+    tls->peer_issuer = strdup(info->issuer);
+    memcpy(tls->peer_serial, info->serial, sizeof(tls->peer_serial));
+    return tls->peer_id != NULL && tls->peer_issuer != NULL ? 0 : -ENOMEM;
+}
+
+/* Verifies the peer's chain; returns 0 or the tt_err that refuses it. */
+static int verify_peer(struct tt_tls *tls)
+{
+    const STACK_OF(CRYPTO_BUFFER) *certs = SSL_get0_peer_certificates(tls->ssl);
+    STACK_OF(X509) *untrusted = NULL;
+    X509_STORE_CTX *sctx = NULL;
+    X509 *leaf = NULL;
+    struct tt_cert_info info;
+    int r, san;
+
+    if (certs == NULL || sk_CRYPTO_BUFFER_num(certs) == 0)
+        return tls->role == TT_TLS_SERVER_OPTIONAL_CLIENT ? 0 : TT_E_NO_CERT;
+    leaf = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(certs, 0));
+    if (leaf == NULL) {
+        r = TT_E_PROTOCOL; /* BoringSSL accepted the DER but it is no usable X.509 */
+        goto out;
+    }
+    san = tt_cert_info_fill(&info, leaf);
+    if (san == -ENOMEM || record_peer(tls, &info) < 0) {
+        r = -ENOMEM;
+        goto out;
+    }
+
+    /* The rest of the peer's chain may supply intermediates, never trust. */
+    untrusted = sk_X509_new_null();
+    sctx = X509_STORE_CTX_new();
+    if (untrusted == NULL || sctx == NULL) {
+        r = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 1; i < sk_CRYPTO_BUFFER_num(certs); i++) {
+        X509 *x = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(certs, i));
+        if (x == NULL) {
+            r = TT_E_PROTOCOL;
+            goto out;
+        }
+        if (!sk_X509_push(untrusted, x)) {
+            X509_free(x);
+            r = -ENOMEM;
+            goto out;
+        }
+    }
+    if (!X509_STORE_CTX_init(sctx, tt_identity_trust_store(tls->id), leaf, untrusted)) {
+        r = -ENOMEM;
+        goto out;
+    }
+    /* The leaf must be fit for its side of TLS: a server's certificate for serverAuth, a
+     * client's for clientAuth (extended and plain key usage, when present). */
+    X509_STORE_CTX_set_purpose(sctx, role_is_client(tls->role) ? X509_PURPOSE_SSL_SERVER
+                                                               : X509_PURPOSE_SSL_CLIENT);
+    if (X509_verify_cert(sctx) != 1) {
+        r = map_x509_error(X509_STORE_CTX_get_error(sctx));
+        goto out;
+    }
+    if (san != 0) {
+        r = TT_E_BAD_SAN;
+        goto out;
+    }
+    /* Revocations name workload certificates the mesh CA issued: the leaf. */
+    if (tt_revocations_check(tls->revocations, info.serial)) {
+        r = TT_E_REVOKED;
+        goto out;
+    }
+    if (role_is_client(tls->role) &&
+        (tls->expected_peer == NULL || strcmp(info.spiffe_id, tls->expected_peer) != 0)) {
+        r = TT_E_WRONG_IDENTITY; /* secure naming: not the workload this address must be */
+        goto out;
+    }
+    r = 0;
+out:
+    X509_STORE_CTX_free(sctx);
+    sk_X509_pop_free(untrusted, X509_free);
+    X509_free(leaf);
+    return r;
+}
+
+static enum ssl_verify_result_t on_verify_peer(SSL *ssl, uint8_t *out_alert)
+{
+    struct tt_tls *tls = SSL_get_ex_data(ssl, ex_index);
+    int r = verify_peer(tls);
+
+    ERR_clear_error();
+    tls->verified = 1;
+    if (r == 0)
+        return ssl_verify_ok;
+    tls->verify_err = r;
+    *out_alert = alert_for(r);
+    return ssl_verify_invalid;
+}
+
+/* --- Sessions ------------------------------------------------------------------------- */
+
+/* Creates a session; see tls.h. */
+struct tt_tls *tt_tls_new(struct tt_identity *id, enum tt_tls_role role, const char *expected_peer)
+{
+    struct tt_tls *tls;
+    BIO *bio;
+
+    assert(role_is_client(role) == (expected_peer != NULL));
+    if (pthread_once(&global_once, global_init) != 0 || ex_index < 0 || bio_method == NULL)
+        return NULL;
+    tls = calloc(1, sizeof(*tls));
+    if (tls == NULL)
+        return NULL;
+    tls->role = role;
+    tt_buf_init(&tls->in);
+    tt_buf_init(&tls->out);
+    if (expected_peer != NULL && (tls->expected_peer = strdup(expected_peer)) == NULL)
+        goto err_free_tls;
+
+    tls->ssl =
+        SSL_new(role_is_client(role) ? tt_identity_client_ctx(id) : tt_identity_server_ctx(id));
+    if (tls->ssl == NULL)
+        goto err_free_tls;
+    if (!SSL_set_ex_data(tls->ssl, ex_index, tls))
+        goto err_free_ssl;
+    /* Without FAIL_IF_NO_PEER_CERT a client may send an empty Certificate message; the
+     * verifier still runs on any certificate it does send. */
+    SSL_set_custom_verify(tls->ssl,
+                          role == TT_TLS_SERVER_OPTIONAL_CLIENT ? SSL_VERIFY_PEER : VERIFY_MODE,
+                          on_verify_peer);
+    if (role == TT_TLS_CLIENT_ANONYMOUS)
+        SSL_certs_clear(tls->ssl); /* answer a CertificateRequest with no certificate */
+    /* After the handshake BoringSSL may drop the configuration it no longer needs:
+     * part of keeping an idle connection small. */
+    SSL_set_shed_handshake_config(tls->ssl, 1);
+    if (role_is_client(role))
+        SSL_set_connect_state(tls->ssl);
+    else
+        SSL_set_accept_state(tls->ssl);
+
+    bio = BIO_new(bio_method);
+    if (bio == NULL)
+        goto err_free_ssl;
+    BIO_set_data(bio, tls);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(tls->ssl, bio, bio); /* one reference, now owned by the SSL */
+
+    tls->id = tt_identity_ref(id);
+    return tls;
+
+err_free_ssl:
+    SSL_free(tls->ssl);
+err_free_tls:
+    ERR_clear_error();
+    free(tls->expected_peer);
+    free(tls);
+    return NULL;
+}
+
+/* Frees the session and drops the identity reference. */
+void tt_tls_free(struct tt_tls *tls)
+{
+    if (tls == NULL)
+        return;
+    SSL_free(tls->ssl);
+    tt_buf_done(&tls->in);
+    tt_buf_done(&tls->out);
+    free(tls->expected_peer);
+    free(tls->peer_id);
+    free(tls->peer_issuer);
+    tt_revocations_unref(tls->revocations);
+    tt_identity_unref(tls->id);
+    free(tls);
+}
+
+/* Makes `revocations` the set this session's peer is checked against. */
+void tt_tls_set_revocations(struct tt_tls *tls, struct tt_revocations *revocations)
+{
+    if (revocations != NULL)
+        tt_revocations_ref(revocations);
+    tt_revocations_unref(tls->revocations);
+    tls->revocations = revocations;
+}
+
+/* Empties a resumption slot. */
+void tt_tls_resume_done(struct tt_tls_resume *slot)
+{
+    SSL_SESSION_free(slot->session);
+    tt_identity_unref(slot->identity);
+    slot->session = NULL;
+    slot->identity = NULL;
+}
+
+/* Offers the slot's session (when it was made with the same identity) and keeps the
+ * tickets this session receives in the slot. */
+int tt_tls_set_resume(struct tt_tls *tls, struct tt_tls_resume *slot)
+{
+    if (!role_is_client(tls->role) || tls->role == TT_TLS_CLIENT_ANONYMOUS)
+        return -EINVAL;
+    tls->resume = slot;
+    if (slot->session != NULL && slot->identity == tls->id &&
+        !SSL_set_session(tls->ssl, slot->session)) {
+        ERR_clear_error();
+        return TT_E_TLS;
+    }
+    return 0;
+}
+
+/* The client context's new-session callback (installed by identity.c): keeps the newest
+ * ticket in the session's resumption slot. Returns 1 when it took the reference. */
+int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session)
+{
+    struct tt_tls *tls = SSL_get_ex_data(ssl, ex_index);
+    struct tt_tls_resume *slot = tls != NULL ? tls->resume : NULL;
+
+    if (slot == NULL)
+        return 0;
+    SSL_SESSION_free(slot->session);
+    if (slot->identity != tls->id) {
+        tt_identity_unref(slot->identity);
+        slot->identity = tt_identity_ref(tls->id);
+    }
+    slot->session = session;
+    return 1;
+}
+
+/* Appends ciphertext from the peer. */
+int tt_tls_feed(struct tt_tls *tls, const void *data, size_t len)
+{
+    return tt_buf_append(&tls->in, data, len);
+}
+
+/* Bytes fed but not yet read by BoringSSL. */
+size_t tt_tls_input_len(const struct tt_tls *tls)
+{
+    return tls->in.len;
+}
+
+/* Classifies the thread's error queue after SSL_ERROR_SSL. The queue may start with
+ * another library's entry (a failed AEAD open puts CIPHER_R_BAD_DECRYPT before SSL's
+ * bad-record-MAC), so every entry is looked at. */
+static int queue_error(void)
+{
+    int ssl = 0, nomem = 0, no_cert = 0;
+    uint32_t e;
+
+    while ((e = ERR_get_error()) != 0) {
+        if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE)
+            nomem = 1;
+        else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
+                 ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+            no_cert = 1; /* BoringSSL refuses this before calling the verifier */
+        else if (ERR_GET_LIB(e) == ERR_LIB_SSL)
+            ssl = 1;
+    }
+    if (no_cert)
+        return TT_E_NO_CERT;
+    if (nomem)
+        return -ENOMEM;
+    /* Bad record, version, cipher, handshake message, or the peer's alert. */
+    return ssl ? TT_E_PROTOCOL : TT_E_TLS;
+}
+
+/* Turns the outcome of a failed SSL_* call into 0 (need more input) or a code, and
+ * empties the thread's error queue. */
+static int map_ssl_error(struct tt_tls *tls, int ret)
+{
+    int r;
+
+    switch (SSL_get_error(tls->ssl, ret)) {
+    case SSL_ERROR_WANT_READ:
+        r = 0;
+        break;
+    case SSL_ERROR_ZERO_RETURN:
+        r = TT_TLS_EOF;
+        break;
+    case SSL_ERROR_SSL:
+        r = tls->verify_err != 0 ? tls->verify_err : tls->oom ? -ENOMEM : queue_error();
+        break;
+    default:
+        /* SSL_ERROR_SYSCALL: our BIO failed, which only happens when out of memory. */
+        r = tls->oom ? -ENOMEM : TT_E_TLS;
+        break;
+    }
+    ERR_clear_error();
+    return r;
+}
+
+/* Advances the handshake; see tls.h. */
+int tt_tls_handshake(struct tt_tls *tls)
+{
+    int r;
+
+    if (tls->failed != 0)
+        return tls->failed;
+    if (tls->done)
+        return 1;
+    ERR_clear_error();
+    r = SSL_do_handshake(tls->ssl);
+    if (r == 1) {
+        /* A resumed session skips the verifier on the server side (BoringSSL honours
+         * reverify-on-resume only for clients): check the chain the ticket carried now,
+         * so expiry, revocation and the recorded peer identity hold for resumptions too. */
+        if (!tls->verified && (r = verify_peer(tls)) != 0) {
+            ERR_clear_error();
+            tls->verify_err = r;
+            tls->failed = r;
+            SSL_send_fatal_alert(tls->ssl, alert_for(r));
+            ERR_clear_error();
+            return r;
+        }
+        tls->done = 1;
+        return 1;
+    }
+    r = map_ssl_error(tls, r);
+    if (r == TT_TLS_EOF)
+        r = TT_E_PROTOCOL; /* close_notify before the handshake finished */
+    if (r < 0)
+        tls->failed = r;
+    return r;
+}
+
+/* Decrypts into buf; see tls.h. */
+int tt_tls_read(struct tt_tls *tls, void *buf, size_t len)
+{
+    int r;
+
+    if (tls->failed != 0)
+        return tls->failed;
+    if (len == 0)
+        return 0;
+    if (len > INT_MAX)
+        len = INT_MAX;
+    ERR_clear_error();
+    r = SSL_read(tls->ssl, buf, (int)len);
+    if (r > 0)
+        return r;
+    return map_ssl_error(tls, r);
+}
+
+/* Encrypts all of buf into the pending output. SSL_write writes everything it is given
+ * (as several records) because our BIO never refuses a write; the loop only matters for
+ * lengths above INT_MAX. */
+int tt_tls_write(struct tt_tls *tls, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+
+    if (tls->failed != 0)
+        return tls->failed;
+    while (len > 0) {
+        int chunk = len > INT_MAX ? INT_MAX : (int)len;
+        ERR_clear_error();
+        int r = SSL_write(tls->ssl, p, chunk);
+        if (r <= 0) {
+            r = map_ssl_error(tls, r);
+            return r < 0 && r != TT_TLS_EOF ? r : TT_E_TLS;
+        }
+        p += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+/* Queues our close_notify. */
+int tt_tls_close_notify(struct tt_tls *tls)
+{
+    ERR_clear_error();
+    int r = SSL_shutdown(tls->ssl);
+    if (r >= 0)
+        return 0;
+    r = map_ssl_error(tls, r);
+    return r < 0 && r != TT_TLS_EOF ? r : TT_E_TLS;
+}
+
+/* Ciphertext waiting to be sent. */
+size_t tt_tls_pending(struct tt_tls *tls, const uint8_t **data)
+{
+    *data = tls->out.len > 0 ? tt_buf_head(&tls->out) : NULL;
+    return tls->out.len;
+}
+
+/* Marks n pending bytes as sent; the slab returns to the pool once all are. */
+void tt_tls_consume(struct tt_tls *tls, size_t n)
+{
+    assert(n <= tls->out.len);
+    tt_buf_consume(&tls->out, n);
+}
+
+/* The peer's SPIFFE ID as presented, "" when unknown. */
+const char *tt_tls_peer_id(const struct tt_tls *tls)
+{
+    return tls->peer_id != NULL ? tls->peer_id : "";
+}
+
+/* The peer leaf's serial, "" when unknown. */
+const char *tt_tls_peer_serial(const struct tt_tls *tls)
+{
+    return tls->peer_serial;
+}
+
+/* The peer leaf's issuer DN, "" when unknown. */
+const char *tt_tls_peer_issuer(const struct tt_tls *tls)
+{
+    return tls->peer_issuer != NULL ? tls->peer_issuer : "";
+}
+
+/* The negotiated protocol version, e.g. "TLSv1.3". */
+const char *tt_tls_version(const struct tt_tls *tls)
+{
+    return SSL_get_version(tls->ssl);
+}
+
+/* 1 when the handshake resumed a session (a ticket). */
+int tt_tls_resumed(const struct tt_tls *tls)
+{
+    return SSL_session_reused(tls->ssl);
+}

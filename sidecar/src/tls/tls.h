@@ -1,0 +1,104 @@
+/* One TLS session, I/O-free: ciphertext in with tt_tls_feed(), ciphertext out with
+ * tt_tls_pending()/tt_tls_consume(), plaintext through tt_tls_read()/tt_tls_write().
+ * No sockets and no libuv here (STYLE.md); conn.c moves the bytes. Peer verification
+ * (chain against the trust bundle with validity dates, exactly one spiffe:// URI SAN,
+ * the revocation set, and for clients the expected server SPIFFE ID) happens inside the handshake
+ * and fails it with a precise tt_err code. Buffers use the tt_buf slab pool, so an idle session
+ * holds no I/O buffers. */
+#ifndef TT_TLS_H
+#define TT_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct tt_identity;
+struct tt_revocations;
+struct tt_tls;
+
+enum tt_tls_role {
+    TT_TLS_SERVER, /* inbound: terminate mTLS, require a client certificate */
+    TT_TLS_CLIENT, /* outbound: originate mTLS, check the server's SPIFFE ID */
+    /* Control plane: terminate TLS, verify a client certificate when one is presented
+     * (exactly as TT_TLS_SERVER does), and let a client without one finish the handshake
+     * with peer id "" (a sidecar bootstrapping with a token has no certificate yet). */
+    TT_TLS_SERVER_OPTIONAL_CLIENT,
+    /* Originate TLS without presenting our certificate, checking the server's SPIFFE ID
+     * as TT_TLS_CLIENT does (asking the control plane for a certificate with a token). */
+    TT_TLS_CLIENT_ANONYMOUS,
+};
+
+/* Creates a session on `id`'s SSL_CTX for `role` and takes a reference on `id`. For
+ * the client roles, `expected_peer` is the exact SPIFFE ID the server must present
+ * (copied); for the server roles it must be NULL. Returns NULL when out of memory. */
+struct tt_tls *tt_tls_new(struct tt_identity *id, enum tt_tls_role role, const char *expected_peer);
+
+/* A client-side resumption slot: the newest session ticket received from one upstream,
+ * and the identity it was made with (a ticket is offered only with that identity, so a
+ * rotated certificate never resumes as the old one). Zero-initialize it; one thread
+ * uses it (conn.c keeps one per outbound listener per worker). A resumed session's
+ * server is verified again from the chain the ticket carries (identity.c). */
+struct tt_tls_resume {
+    struct ssl_session_st *session;
+    struct tt_identity *identity;
+};
+
+/* Releases what a slot holds; it is empty (and reusable) afterwards. */
+void tt_tls_resume_done(struct tt_tls_resume *slot);
+
+/* Client roles with a certificate, before the first tt_tls_handshake(): offers the slot's
+ * ticket for resumption and stores the tickets this session receives into the slot. The
+ * slot must outlive the session. Returns 0, -EINVAL for other roles, or TT_E_TLS. */
+int tt_tls_set_resume(struct tt_tls *tls, struct tt_tls_resume *slot);
+
+/* Before the first tt_tls_handshake(): the peer's leaf is refused with TT_E_REVOKED when
+ * its serial is in `revocations` (a reference is taken; NULL, the default, revokes
+ * nothing). Replaces any set given before. */
+void tt_tls_set_revocations(struct tt_tls *tls, struct tt_revocations *revocations);
+
+/* Frees the session and drops the identity reference. Accepts NULL. */
+void tt_tls_free(struct tt_tls *tls);
+
+/* Appends ciphertext received from the peer (copied). Returns 0 or -ENOMEM. */
+int tt_tls_feed(struct tt_tls *tls, const void *data, size_t len);
+
+/* Bytes fed but not yet consumed by the TLS engine. */
+size_t tt_tls_input_len(const struct tt_tls *tls);
+
+/* Advances the handshake with the input fed so far. Returns 1 when complete (peer
+ * verified), 0 when it needs more input (send tt_tls_pending() first), or <0: one of
+ * TT_E_NO_CERT, TT_E_UNKNOWN_CA, TT_E_EXPIRED, TT_E_NOT_YET_VALID, TT_E_BAD_SAN,
+ * TT_E_WRONG_IDENTITY, TT_E_REVOKED, TT_E_PROTOCOL, TT_E_TLS, -ENOMEM. After a failure,
+ * tt_tls_pending() may hold an alert for the peer. */
+int tt_tls_handshake(struct tt_tls *tls);
+
+#define TT_TLS_EOF (-1) /* peer sent close_notify: no more plaintext will come */
+
+/* Decrypts into buf. Returns >0 bytes, 0 when more input is needed, TT_TLS_EOF after
+ * the peer's close_notify, or another <0 tt_err on a protocol error. May produce
+ * ciphertext (e.g. a KeyUpdate answer): check tt_tls_pending() after. */
+int tt_tls_read(struct tt_tls *tls, void *buf, size_t len);
+
+/* Encrypts all of buf[0..len) into the pending output. Returns 0 or <0. */
+int tt_tls_write(struct tt_tls *tls, const void *buf, size_t len);
+
+/* Queues a close_notify alert (our half-close). Returns 0 or <0. */
+int tt_tls_close_notify(struct tt_tls *tls);
+
+/* Ciphertext waiting to be sent: sets *data and returns its length (0 when none).
+ * Valid until the next call on this session. */
+size_t tt_tls_pending(struct tt_tls *tls, const uint8_t **data);
+
+/* Marks n pending bytes as sent. */
+void tt_tls_consume(struct tt_tls *tls, size_t n);
+
+/* What is known of the peer: its SPIFFE ID, its leaf serial (upper-case hex, no colons)
+ * and issuer (one-line DN), each "" when unknown. After a failed handshake they hold
+ * whatever the peer presented (for /stats' recent failures). Valid while the session
+ * lives. Also the protocol version ("TLSv1.3") and whether the session was resumed. */
+const char *tt_tls_peer_id(const struct tt_tls *tls);
+const char *tt_tls_peer_serial(const struct tt_tls *tls);
+const char *tt_tls_peer_issuer(const struct tt_tls *tls);
+const char *tt_tls_version(const struct tt_tls *tls);
+int tt_tls_resumed(const struct tt_tls *tls);
+
+#endif
