@@ -623,7 +623,7 @@ static int cmd_admin_cert_create(const struct ctl *c, int argc, char **argv)
 out:
     json_decref(doc);
     free(b64);
-    OPENSSL_free(der);
+    free(der);
     if (key_pem != NULL) {
         OPENSSL_cleanse(key_pem, key_len);
         free(key_pem);

@@ -9,7 +9,7 @@
 
 #include <jansson.h>
 
-#include "app/config.h"
+#include "net/listener-t.h"
 #include "metrics/metrics.h"
 
 struct tt_identity;

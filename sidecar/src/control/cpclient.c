@@ -11,9 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/mem.h>
-#include <openssl/rand.h>
-
 #include "control/cpclient.h"
 #include "control/tlspipe.h"
 #include "core/buf.h"
@@ -26,6 +23,7 @@
 #include "snapshot/services.h"
 #include "snapshot/snapshot.h"
 #include "tether/v1/tether.pb-c.h"
+#include "tls/crypto.h"
 #include "tls/identity.h"
 #include "tls/revocations.h"
 #include "tls/tls.h"
@@ -245,7 +243,7 @@ static void cp_schedule_renewal(struct tt_cpclient *cp)
     int64_t lifetime = cp->not_after - cp->received_unix;
     uint32_t rnd = 0;
 
-    RAND_bytes((uint8_t *)&rnd, sizeof(rnd));
+    tt_crypto_random(&rnd, sizeof(rnd));
     int64_t jitter =
         lifetime > 10 ? (int64_t)(rnd % (uint32_t)(lifetime / 5 + 1)) - lifetime / 10 : 0;
     cp->renew_at = cp->received_unix + lifetime / 2 + jitter;
@@ -337,7 +335,7 @@ static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
     bool first = cp->chain_pem == NULL;
 
     if (cp->key_pem != NULL) {
-        OPENSSL_cleanse(cp->key_pem, cp->key_len);
+        tt_crypto_wipe(cp->key_pem, cp->key_len);
         free(cp->key_pem);
     }
     free(cp->chain_pem);
@@ -383,11 +381,11 @@ out:
     tt_grpc_channel_free(ch);
     tt_identity_unref(conn_id);
     if (key_pem != NULL) {
-        OPENSSL_cleanse(key_pem, key_len);
+        tt_crypto_wipe(key_pem, key_len);
         free(key_pem);
     }
     free(token);
-    OPENSSL_free(csr);
+    free(csr);
     return r;
 }
 
@@ -708,7 +706,7 @@ static void cp_free_fields(struct tt_cpclient *cp)
     tt_identity_unref(cp->anonymous);
     free(cp->control_bundle);
     if (cp->key_pem != NULL) {
-        OPENSSL_cleanse(cp->key_pem, cp->key_len);
+        tt_crypto_wipe(cp->key_pem, cp->key_len);
         free(cp->key_pem);
     }
     free(cp->chain_pem);
@@ -775,7 +773,7 @@ struct tt_cpclient *tt_cpclient_new(const struct tt_cpclient_opts *opts, char *e
     /* Fail fast on an unreadable token: it is needed for the first certificate. */
     if (cp_read_token(cp->join_token_path, &token, err, errlen) < 0)
         goto err_free;
-    OPENSSL_cleanse(token, strlen(token));
+    tt_crypto_wipe(token, strlen(token));
     free(token);
     return cp;
 

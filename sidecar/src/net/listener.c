@@ -9,7 +9,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "net/conn.h"
-#include "net/worker.h"
+#include "net/worker-t.h"
 #include "net/listener.h"
 
 #define TT_LISTEN_BACKLOG 1024

@@ -743,10 +743,17 @@ int tt_identity_csr(const char *key_pem, size_t key_len, const char *spiffe_id, 
     n = i2d_X509_REQ(req, &out);
     if (n <= 0)
         goto out;
-    *der = out;
+    /* Handed out as plain heap memory: callers need no BoringSSL allocator. */
+    *der = malloc((size_t)n);
+    if (*der == NULL) {
+        r = -ENOMEM;
+        goto out;
+    }
+    memcpy(*der, out, (size_t)n);
     *der_len = (size_t)n;
     r = 0;
 out:
+    OPENSSL_free(out);
     X509_EXTENSION_free(ext);
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
     ASN1_IA5STRING_free(uri);

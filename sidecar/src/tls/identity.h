@@ -62,8 +62,8 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
 int tt_identity_keygen(char **key_pem, size_t *key_len);
 
 /* Builds a PKCS#10 certificate request (DER) for `spiffe_id` (one URI SAN, empty subject),
- * signed by the key in key_pem. *der is allocated with OPENSSL_malloc (free with
- * OPENSSL_free). Returns 0, TT_E_SPIFFE for an invalid ID, TT_E_PEM, or <0. */
+ * signed by the key in key_pem. *der is allocated with malloc (the caller frees it). Returns 0,
+ * TT_E_SPIFFE for an invalid ID, TT_E_PEM, or <0. */
 int tt_identity_csr(const char *key_pem, size_t key_len, const char *spiffe_id, uint8_t **der,
                     size_t *der_len);
 

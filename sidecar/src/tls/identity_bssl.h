@@ -9,7 +9,8 @@
 
 #include <openssl/base.h>
 
-#include "tls/identity.h"
+struct tt_cert_info;
+struct tt_identity;
 
 /* SSL_CTXs owned by the identity; valid while a reference is held. */
 SSL_CTX *tt_identity_server_ctx(const struct tt_identity *id);

@@ -1,0 +1,40 @@
+/* Listener types (HAProxy's -t.h style): what a configured listener is, filled by
+ * app/config and read by the workers, connections and /stats, and a worker's listening
+ * socket. Types only; listener.h has the functions. */
+#ifndef TT_LISTENER_T_H
+#define TT_LISTENER_T_H
+
+#include <stdbool.h>
+
+#include <uv.h>
+
+#include "core/util.h"
+#include "tls/tls.h"
+
+enum tt_listener_kind {
+    TT_LISTENER_INBOUND,  /* terminate mTLS on listen, relay plaintext to target */
+    TT_LISTENER_OUTBOUND, /* accept plaintext on listen, originate mTLS to target */
+};
+
+/* One configured listener. */
+struct tt_listener_cfg {
+    enum tt_listener_kind kind;
+    char name[64]; /* "inbound:127.0.0.1:16006", used in /stats and logs */
+    struct tt_addr listen;
+    struct tt_addr target; /* inbound: forward address; outbound: upstream */
+    char *expected_id;     /* outbound: server SPIFFE ID that must answer; else NULL */
+};
+
+struct tt_worker;
+
+/* A listening socket of one worker. */
+struct tt_listener {
+    uv_tcp_t tcp;
+    struct tt_worker *worker;
+    int index;                         /* into the worker's listener configs and counters */
+    const struct tt_listener_cfg *cfg; /* owned by the runtime's configuration */
+    struct tt_tls_resume resume;       /* outbound: the upstream's newest session ticket */
+    bool open;
+};
+
+#endif
