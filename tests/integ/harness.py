@@ -257,13 +257,20 @@ class EchoServer:
     """TCP backend. mode "echo": echoes everything; after the client's EOF it sends
     b"\\nEOF-SHA256:" + sha256(received) + b"\\n" and closes (proves half-close both
     ways). mode "banner": sends banner on accept, then echoes (a leak detector). mode
-    "source:N": sends N pseudo-random bytes (seeded) then closes."""
+    "source:N": sends N pseudo-random bytes (seeded) then closes. mode "slowsink:S": a small
+    receive window, nothing read for S seconds, then reads of 8 KiB with a pause after each
+    (the relay in front stays backed up until the end), to EOF; answers b"RECEIVED:" +
+    count + b":" + sha256 + b"\n"."""
 
     def __init__(self, mode="echo", banner=b"BANNER-FROM-BACKEND\n"):
         self.mode = mode
         self.banner = banner
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if mode.startswith("slowsink:"):
+            # A small receive window (inherited by accepted sockets) so the relay in front
+            # backs up at once instead of the kernel absorbing megabytes.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
@@ -297,6 +304,19 @@ class EchoServer:
                 c.shutdown(socket.SHUT_WR)
                 while c.recv(65536):
                     pass
+                return
+            if self.mode.startswith("slowsink:"):
+                time.sleep(float(self.mode.split(":")[1]))
+                h, n = hashlib.sha256(), 0
+                while True:
+                    d = c.recv(8192)
+                    if not d:
+                        break
+                    h.update(d)
+                    n += len(d)
+                    time.sleep(0.0005)
+                c.sendall(b"RECEIVED:%d:%s\n" % (n, h.hexdigest().encode()))
+                c.shutdown(socket.SHUT_WR)
                 return
             if self.mode == "banner":
                 c.sendall(self.banner)

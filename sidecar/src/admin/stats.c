@@ -354,6 +354,11 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
     /* json_pack steals every "o" reference, on failure too. */
     if (server != NULL && view->control != NULL)
         json_object_set_new(server, "control", control_json(view->control, now));
+    if (server != NULL)
+        json_object_set_new(
+            server, "buffers",
+            json_pack("{s:I,s:I}", "slabs_allocated", (json_int_t)view->buffer_slabs_allocated,
+                      "oversize_allocations", (json_int_t)view->buffer_oversize_allocations));
     doc =
         json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "server", server, "identity",
                   identity_json(view, now), "listeners", listeners, "handshake_failures",

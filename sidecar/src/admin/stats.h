@@ -32,6 +32,8 @@ struct tt_stats_view {
     bool draining;                      /* SIGTERM received */
     const char *control_state;          /* "none" in explicit mode without control */
     uint64_t rotations;                 /* leaf certificate changes since start */
+    uint64_t buffer_slabs_allocated;    /* core/buf.h: tt_buf_pool_stats */
+    uint64_t buffer_oversize_allocations;
     const struct tt_cp_status *control; /* control mode: the client's status, else NULL */
 };
 

@@ -13,6 +13,7 @@
 #include "admin/admin.h"
 #include "app/runtime.h"
 #include "control/cpclient.h"
+#include "core/buf.h"
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -210,6 +211,10 @@ static void admin_get_view(void *ud, struct tt_stats_view *v)
     v->started_unix = rt->started_unix;
     v->reloads_failed = rt->reloads_failed;
     v->rotations = tt_snapshot_slot_rotations(&rt->slot);
+    struct tt_buf_pool_stats pool;
+    tt_buf_pool_stats(&pool);
+    v->buffer_slabs_allocated = pool.slabs_allocated;
+    v->buffer_oversize_allocations = pool.oversize_allocations;
     v->draining = rt->draining;
     if (s != NULL) {
         v->identity = s->identity;

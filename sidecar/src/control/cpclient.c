@@ -462,7 +462,7 @@ static struct tt_services *cp_build_services(const Tether__V1__Snapshot *snap, s
     }
     services = tt_services_new(entries, snap->n_services, skipped, msg, sizeof(msg));
     if (services == NULL)
-        snprintf(err, errlen, "snapshot %llu: %s", (unsigned long long)snap->version, msg);
+        snprintf(err, errlen, "snapshot %llu: %.400s", (unsigned long long)snap->version, msg);
     free(entries);
     return services;
 }

@@ -17,6 +17,18 @@ struct slab {
 static __thread struct slab *pool_head;
 static __thread size_t pool_count;
 
+/* Process-wide, relaxed atomics: only a pool miss or an oversize buffer counts. */
+static uint64_t slabs_allocated;
+static uint64_t oversize_allocations;
+
+/* malloc for a buffer larger than a slab, counted. */
+static void *oversize_alloc(size_t n)
+{
+
+    __atomic_fetch_add(&oversize_allocations, 1, __ATOMIC_RELAXED);
+    return malloc(n);
+}
+
 static void *slab_get(void)
 {
     struct slab *s = pool_head;
@@ -26,6 +38,7 @@ static void *slab_get(void)
         pool_count--;
         return s;
     }
+    __atomic_fetch_add(&slabs_allocated, 1, __ATOMIC_RELAXED);
     return malloc(TT_BUF_SLAB);
 }
 
@@ -74,7 +87,7 @@ uint8_t *tt_buf_reserve(struct tt_buf *b, size_t n)
 {
     if (b->data == NULL) {
         size_t cap = n <= TT_BUF_SLAB ? TT_BUF_SLAB : n;
-        b->data = cap == TT_BUF_SLAB ? slab_get() : malloc(cap);
+        b->data = cap == TT_BUF_SLAB ? slab_get() : oversize_alloc(cap);
         if (b->data == NULL)
             return NULL;
         b->cap = cap;
@@ -94,7 +107,7 @@ uint8_t *tt_buf_reserve(struct tt_buf *b, size_t n)
     size_t cap = b->cap;
     while (cap < b->len + n)
         cap *= 2;
-    uint8_t *p = malloc(cap);
+    uint8_t *p = oversize_alloc(cap);
     if (p == NULL)
         return NULL;
     memcpy(p, b->data + b->off, b->len);
@@ -135,6 +148,41 @@ void tt_buf_consume(struct tt_buf *b, size_t n)
     }
     b->off += n;
     b->len -= n;
+}
+
+/* Moves storage and bytes from src to the empty dst. */
+void tt_buf_move(struct tt_buf *dst, struct tt_buf *src)
+{
+    storage_release(dst);
+    *dst = *src;
+    memset(src, 0, sizeof(*src));
+}
+
+/* The writable tail, without growing the storage. */
+uint8_t *tt_buf_tail(struct tt_buf *b, size_t *avail)
+{
+    if (b->data == NULL && tt_buf_reserve(b, 1) == NULL)
+        return NULL;
+    if (b->off > 0 && b->cap - b->off - b->len < b->off) {
+        memmove(b->data, b->data + b->off, b->len);
+        b->off = 0;
+    }
+    *avail = b->cap - b->off - b->len;
+    return b->data + b->off + b->len;
+}
+
+/* Releases the storage of a buffer that received nothing. */
+void tt_buf_settle(struct tt_buf *b)
+{
+    if (b->len == 0)
+        tt_buf_consume(b, 0);
+}
+
+/* Reads the process-wide allocation counters. */
+void tt_buf_pool_stats(struct tt_buf_pool_stats *out)
+{
+    out->slabs_allocated = __atomic_load_n(&slabs_allocated, __ATOMIC_RELAXED);
+    out->oversize_allocations = __atomic_load_n(&oversize_allocations, __ATOMIC_RELAXED);
 }
 
 /* Frees this thread's cached slabs. */

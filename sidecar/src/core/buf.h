@@ -42,7 +42,30 @@ static inline const uint8_t *tt_buf_head(const struct tt_buf *b)
     return b->data + b->off;
 }
 
+/* Moves src's bytes and storage into dst, which must be empty (no copy); src is empty
+ * afterwards. */
+void tt_buf_move(struct tt_buf *dst, struct tt_buf *src);
+
+/* The tail of the buffer for a read into it: storage is taken (a slab) if the buffer has
+ * none, and unread bytes move to the front when that makes the tail larger. Sets *avail to
+ * the tail's size (0 when the buffer is full: it never grows here) and returns the tail,
+ * or NULL when out of memory. Follow with tt_buf_commit(), then tt_buf_settle(). */
+uint8_t *tt_buf_tail(struct tt_buf *b, size_t *avail);
+
+/* Gives the storage back when the buffer holds no bytes (after a tt_buf_tail() that
+ * received nothing). */
+void tt_buf_settle(struct tt_buf *b);
+
 /* Frees the calling thread's cached slabs (call before a thread exits). */
 void tt_buf_pool_drain(void);
+
+/* Allocations the buffers made from the system, process-wide since start: slabs (when a
+ * thread's pool was empty) and oversize blocks (a buffer grown past one slab). Steady-state
+ * relaying makes neither. */
+struct tt_buf_pool_stats {
+    uint64_t slabs_allocated;
+    uint64_t oversize_allocations;
+};
+void tt_buf_pool_stats(struct tt_buf_pool_stats *out);
 
 #endif

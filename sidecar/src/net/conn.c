@@ -1,9 +1,16 @@
-/* The connection state machine (conn.h). Data path rules: socket reads land in the
- * worker's scratch buffer and are consumed before the callback returns; writes first try
- * the socket directly and queue only what the kernel would not take, in slab-pooled
- * buffers that are released as soon as they drain; a side stops reading while the other
- * side's queue is over TT_CONN_QUEUE_MAX (backpressure). No SSL_ calls here: tls.c does
- * the TLS, this file moves its bytes. */
+/* The connection state machine (conn.h). Data path rules:
+ * - ciphertext from the TLS side's socket is read straight into the TLS engine's input
+ *   buffer (tt_tls_input_tail), which the engine's BIO hands to BoringSSL: no copy of ours;
+ * - plaintext-side reads land in the worker's scratch buffer, at most TT_CONN_PLAIN_READ
+ *   bytes, so that their ciphertext fits one pooled slab, and are encrypted before the
+ *   callback returns;
+ * - writes first try the socket directly; what the kernel does not take is handed to the
+ *   side's queue: the TLS engine's output buffer itself is moved there (tt_buf_move), never
+ *   copied, and decrypted plaintext is appended only while it fits the queue's slab;
+ * - so relaying allocates nothing once the thread's slab pool is warm (the pool's counters
+ *   in /stats show it), and a side stops reading while the other side's queue is full
+ *   (backpressure).
+ * No SSL_ calls here: tls.c does the TLS, this file moves its bytes. */
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -23,6 +30,10 @@
 #include "tls/tls.h"
 
 #define TT_CONN_QUEUE_MAX (64 * 1024) /* bytes queued for a side before its source pauses */
+/* TLS 1.3 adds 22 bytes per record of at most 16 KiB (RFC 8446 §5.2): a plaintext read of
+ * this size encrypts into two records that fit one slab. */
+#define TT_CONN_PLAIN_READ (TT_BUF_SLAB - 128)
+#define TT_TLS_RECORD_MAX  16384 /* most plaintext one tt_tls_read returns */
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void relay_progress(struct tt_conn *c);
@@ -175,19 +186,44 @@ static int side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, 
     return 0;
 }
 
-/* Moves the TLS engine's pending ciphertext to the TLS side's socket. */
+/* Sends the bytes of *buf on side s like side_send, but what the kernel does not take is
+ * moved into an empty queue with its storage, not copied; *buf is empty afterwards.
+ * Returns 0 or <0 (the caller closes the connection). */
+static int side_send_buf(struct tt_conn *c, struct tt_side *s, struct tt_buf *buf)
+{
+    if (s->inflight.len == 0 && s->queued.len == 0) {
+        uv_buf_t b = uv_buf_init((char *)tt_buf_head(buf), (unsigned)buf->len);
+        int r = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+        if (r < 0 && r != UV_EAGAIN)
+            return r;
+        if (r > 0) {
+            s->bytes_written += (uint64_t)r;
+            if (s == &c->down)
+                TT_COUNTER_ADD(conn_counters(c)->bytes_out, (uint64_t)r);
+            tt_buf_consume(buf, (size_t)r);
+        }
+    }
+    if (buf->len == 0)
+        return 0;
+    if (s->queued.len == 0) {
+        tt_buf_move(&s->queued, buf);
+    } else {
+        /* Rare: more ciphertext while a queue waits (an alert, a KeyUpdate answer). */
+        int r = tt_buf_append(&s->queued, tt_buf_head(buf), buf->len);
+        tt_buf_consume(buf, buf->len);
+        if (r < 0)
+            return -ENOMEM;
+    }
+    side_start_write(c, s);
+    return 0;
+}
+
+/* Moves the TLS engine's pending ciphertext to the TLS side's socket or its queue. */
 static int tls_flush(struct tt_conn *c)
 {
-    const uint8_t *p;
-    size_t n;
+    struct tt_buf *out = tt_tls_output(c->tls);
 
-    while ((n = tt_tls_pending(c->tls, &p)) > 0) {
-        int r = side_send(c, c->tls_side, p, n);
-        if (r < 0)
-            return r;
-        tt_tls_consume(c->tls, n);
-    }
-    return 0;
+    return out->len > 0 ? side_send_buf(c, c->tls_side, out) : 0;
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -218,12 +254,19 @@ static void side_maybe_shutdown(struct tt_conn *c, struct tt_side *s)
 
 /* ---- reading ----------------------------------------------------------------------- */
 
+/* The TLS side reads into the engine's input buffer, the plaintext side into the worker's
+ * scratch buffer. A zero-length buffer makes libuv report UV_ENOBUFS. */
 static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
     struct tt_conn *c = handle->data;
+    size_t avail = 0;
 
-    buf->base = (char *)c->worker->read_buf;
-    buf->len = sizeof(c->worker->read_buf);
+    if (handle == (uv_handle_t *)&c->tls_side->tcp) {
+        uint8_t *p = tt_tls_input_tail(c->tls, &avail);
+        *buf = uv_buf_init((char *)p, p != NULL ? (unsigned)avail : 0);
+        return;
+    }
+    *buf = uv_buf_init((char *)c->worker->read_buf, TT_CONN_PLAIN_READ);
 }
 
 static void side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
@@ -240,20 +283,28 @@ static void side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
 }
 
 /* Decrypts what the TLS engine holds into the plaintext side while that side's queue has
- * room. Returns 0 or <0. */
+ * room. Returns 1 when it stopped for backpressure (input may be left), 0 when the input
+ * is used up or the peer's close_notify arrived, or <0. */
 static int tls_pump(struct tt_conn *c)
 {
     struct tt_side *plain = c->plain_side;
     uint8_t *buf = c->worker->plain_buf;
+    int stopped = 1, r;
 
-    while (!c->tls_side->read_eof && side_queue_len(plain) < TT_CONN_QUEUE_MAX) {
-        int r = tt_tls_read(c->tls, buf, sizeof(c->worker->plain_buf));
-        if (r == 0)
+    /* Decrypted bytes the socket does not take are appended to the plaintext side's queue:
+     * only while one more record still fits its slab, so the queue never outgrows it. */
+    while (!c->tls_side->read_eof && plain->queued.len <= TT_BUF_SLAB - TT_TLS_RECORD_MAX &&
+           side_queue_len(plain) < TT_CONN_QUEUE_MAX) {
+        r = tt_tls_read(c->tls, buf, sizeof(c->worker->plain_buf));
+        if (r == 0) {
+            stopped = 0;
             break;
+        }
         if (r == TT_TLS_EOF) {
             /* close_notify: the peer's half-close; pass it on as a FIN. */
             c->tls_side->read_eof = true;
             plain->want_shutdown = true;
+            stopped = 0;
             break;
         }
         if (r < 0)
@@ -262,7 +313,22 @@ static int tls_pump(struct tt_conn *c)
         if (r < 0)
             return r;
     }
-    return tls_flush(c);
+    if (c->tls_side->read_eof)
+        stopped = 0;
+    r = tls_flush(c);
+    return r < 0 ? r : stopped;
+}
+
+/* After the TLS side's FIN: once everything it sent before is decrypted, its input is over
+ * (also when the FIN cut a record short: nothing more can complete it). */
+static void tls_side_eof_settle(struct tt_conn *c, int pumped)
+{
+    struct tt_side *ts = c->tls_side;
+
+    if (ts->sock_eof && !ts->read_eof && pumped == 0) {
+        ts->read_eof = true;
+        c->plain_side->want_shutdown = true;
+    }
 }
 
 /* Re-evaluates reading, FINs and completion after any event while relaying. */
@@ -272,12 +338,13 @@ static void relay_progress(struct tt_conn *c)
 
     if (c->state != TT_CONN_S_RELAY)
         return;
-    if (tt_tls_input_len(c->tls) > 0 && !ts->read_eof) {
+    if ((tt_tls_input_len(c->tls) > 0 || ts->sock_eof) && !ts->read_eof) {
         int r = tls_pump(c);
         if (r < 0) {
             conn_close(c, r, true);
             return;
         }
+        tls_side_eof_settle(c, r);
     }
     if (c->state != TT_CONN_S_RELAY)
         return;
@@ -291,23 +358,23 @@ static void relay_progress(struct tt_conn *c)
         conn_close(c, 0, false);
         return;
     }
-    side_set_reading(c, ps, !ps->read_eof && side_queue_len(ts) < TT_CONN_QUEUE_MAX);
+    /* Plaintext is read while the TLS side has no queue waiting behind its write in
+     * flight (each read's ciphertext becomes that queue); ciphertext while the plaintext
+     * side has room and the engine's input slab is at most half full. */
+    side_set_reading(c, ps, !ps->read_eof && ts->queued.len == 0);
     if (c->state == TT_CONN_S_RELAY)
         side_set_reading(c, ts,
-                         !ts->read_eof && side_queue_len(ps) < TT_CONN_QUEUE_MAX &&
-                             tt_tls_input_len(c->tls) < TT_CONN_QUEUE_MAX);
+                         !ts->read_eof && !ts->sock_eof && side_queue_len(ps) < TT_CONN_QUEUE_MAX &&
+                             tt_tls_input_len(c->tls) <= TT_BUF_SLAB / 2);
 }
 
 static void handshake_progress(struct tt_conn *c);
 
-/* Bytes (or EOF) from the TLS side's socket. */
-static void tls_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
+/* Ciphertext from the TLS side's socket, already in the engine's input buffer. */
+static void tls_side_read(struct tt_conn *c)
 {
-    int r = tt_tls_feed(c->tls, data, n);
-    if (r < 0) {
-        conn_close(c, r, true);
-        return;
-    }
+    int r;
+
     if (c->state == TT_CONN_S_HANDSHAKE) {
         handshake_progress(c);
         return;
@@ -359,14 +426,15 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
         }
         c->tls_side->want_shutdown = true;
     } else {
-        /* Decrypt what is left before treating the FIN as the end of the stream. */
+        /* The stream ends once what arrived before the FIN is decrypted, which may wait
+         * for the plaintext side's queue to drain (relay_progress goes on pumping). */
+        s->sock_eof = true;
         int r = tls_pump(c);
         if (r < 0) {
             conn_close(c, r, true);
             return;
         }
-        s->read_eof = true;
-        c->plain_side->want_shutdown = true;
+        tls_side_eof_settle(c, r);
     }
     relay_progress(c);
 }
@@ -378,6 +446,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
     if (c->state == TT_CONN_S_CLOSING)
         return;
+    if (s == c->tls_side)
+        tt_tls_input_commit(c->tls, nread > 0 ? (size_t)nread : 0);
     if (nread == UV_EOF) {
         side_read_eof(c, s);
         return;
@@ -397,7 +467,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         TT_COUNTER_ADD(conn_counters(c)->bytes_in, (uint64_t)nread);
     touch(c);
     if (s == c->tls_side)
-        tls_side_read(c, (const uint8_t *)buf->base, (size_t)nread);
+        tls_side_read(c);
     else
         plain_side_read(c, (const uint8_t *)buf->base, (size_t)nread);
 }

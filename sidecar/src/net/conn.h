@@ -40,6 +40,7 @@ struct tt_side {
     bool connected;     /* accepted or connected: a reset is possible */
     bool reading;       /* uv_read_start active */
     bool read_eof;      /* the peer will send nothing more */
+    bool sock_eof;      /* TLS side: FIN received; input may still wait for decryption */
     bool want_shutdown; /* send FIN once the queue drains */
     bool shutdown_sent; /* uv_shutdown issued */
     bool shutdown_done; /* FIN sent */

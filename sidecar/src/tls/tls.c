@@ -399,6 +399,25 @@ int tt_tls_feed(struct tt_tls *tls, const void *data, size_t len)
     return tt_buf_append(&tls->in, data, len);
 }
 
+/* The input buffer's free tail, for a socket read. */
+uint8_t *tt_tls_input_tail(struct tt_tls *tls, size_t *avail)
+{
+    return tt_buf_tail(&tls->in, avail);
+}
+
+/* Accounts bytes read into the input tail. */
+void tt_tls_input_commit(struct tt_tls *tls, size_t n)
+{
+    tt_buf_commit(&tls->in, n);
+    tt_buf_settle(&tls->in);
+}
+
+/* The pending ciphertext buffer itself. */
+struct tt_buf *tt_tls_output(struct tt_tls *tls)
+{
+    return &tls->out;
+}
+
 /* Bytes fed but not yet read by BoringSSL. */
 size_t tt_tls_input_len(const struct tt_tls *tls)
 {
@@ -479,6 +498,13 @@ int tt_tls_handshake(struct tt_tls *tls)
             return r;
         }
         tls->done = 1;
+        /* A BoringSSL server holds its NewSessionTickets back until the first write; a
+         * write of nothing sends them now, so they reach the client before it might
+         * close its side, and never ride on top of a full-slab write later. */
+        if (!role_is_client(tls->role)) {
+            (void)SSL_write(tls->ssl, "", 0);
+            ERR_clear_error();
+        }
         return 1;
     }
     r = map_ssl_error(tls, r);

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct tt_buf;
 struct tt_identity;
 struct tt_revocations;
 struct tt_tls;
@@ -60,6 +61,17 @@ void tt_tls_free(struct tt_tls *tls);
 
 /* Appends ciphertext received from the peer (copied). Returns 0 or -ENOMEM. */
 int tt_tls_feed(struct tt_tls *tls, const void *data, size_t len);
+
+/* Reading ciphertext straight into the session's input buffer, without a copy: returns
+ * where up to *avail bytes may be written (a pooled slab; *avail is 0 when the buffer is
+ * full), or NULL when out of memory. Follow with tt_tls_input_commit() (also with 0 when
+ * the read brought nothing, so an idle session holds no buffer). */
+uint8_t *tt_tls_input_tail(struct tt_tls *tls, size_t *avail);
+void tt_tls_input_commit(struct tt_tls *tls, size_t n);
+
+/* The pending ciphertext as a buffer, for a caller that hands it to its write queue
+ * without a copy (tt_buf_move) or consumes part of it; same bytes as tt_tls_pending(). */
+struct tt_buf *tt_tls_output(struct tt_tls *tls);
 
 /* Bytes fed but not yet consumed by the TLS engine. */
 size_t tt_tls_input_len(const struct tt_tls *tls);
