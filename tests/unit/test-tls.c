@@ -184,6 +184,9 @@ static void test_tls_handshake_and_data(void **state)
     pump(c, s);
     assert_int_equal(tt_tls_read(s, buf, sizeof(buf)), TT_TLS_EOF);
     assert_int_equal(tt_tls_read(s, buf, sizeof(buf)), TT_TLS_EOF);
+    /* The end of the stream is no errno (it was -1, which -EPERM is too). */
+    assert_true(TT_TLS_EOF < -1000 && TT_TLS_EOF != -EPERM);
+    assert_non_null(strstr(tt_strerror(TT_TLS_EOF), "closed"));
     assert_int_equal(tt_tls_write(s, "bye", 3), 0);
     expect_data(s, c, "bye", 3);
     assert_int_equal(tt_tls_close_notify(s), 0);

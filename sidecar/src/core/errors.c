@@ -29,6 +29,8 @@ const char *tt_strerror(int err)
         return "TLS protocol error";
     case TT_E_TIMEOUT:
         return "handshake timed out";
+    case TT_E_TLS_CLOSED:
+        return "peer closed the TLS stream";
     case TT_E_BAD_USAGE:
         return "peer certificate not valid for this TLS role (key usage)";
     case TT_E_PEM:

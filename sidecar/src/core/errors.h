@@ -16,6 +16,7 @@ enum tt_err {
     TT_E_PROTOCOL = -1009,       /* TLS protocol error (bad record, version, alert...) */
     TT_E_TIMEOUT = -1010,        /* handshake did not finish in time */
     TT_E_BAD_USAGE = -1011,      /* peer leaf not fit for its TLS role (key usage, EKU) */
+    TT_E_TLS_CLOSED = -1012,     /* the peer ended the TLS stream (close_notify) */
     TT_E_PEM = -1020,            /* a PEM file could not be parsed */
     TT_E_KEY_MISMATCH = -1021,   /* private key does not match the certificate */
     TT_E_IDENTITY = -1022,       /* certificate unusable as a workload identity */

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/errors.h"
+
 struct tt_buf;
 struct tt_identity;
 struct tt_revocations;
@@ -83,7 +85,9 @@ size_t tt_tls_input_len(const struct tt_tls *tls);
  * tt_tls_pending() may hold an alert for the peer. */
 int tt_tls_handshake(struct tt_tls *tls);
 
-#define TT_TLS_EOF (-1) /* peer sent close_notify: no more plaintext will come */
+/* The peer sent close_notify: no more plaintext will come. A code of its own in the
+ * project's error space (it was -1, which is also -EPERM). */
+#define TT_TLS_EOF TT_E_TLS_CLOSED
 
 /* Decrypts into buf. Returns >0 bytes, 0 when more input is needed, TT_TLS_EOF after
  * the peer's close_notify, or another <0 tt_err on a protocol error. May produce
