@@ -15,6 +15,7 @@
 #include "util.h"
 #include "errors.h"
 #include "httpd.h"
+#include "identity.h"
 #include "log.h"
 #include "spiffe.h"
 
@@ -323,7 +324,7 @@ static void post_revocation(struct cp_api *api, const struct tt_httpd_request *r
 {
     static const char *const keys[] = {"serial", NULL};
     json_t *doc = parse_body(rq, keys, resp);
-    char norm[CP_SERIAL_MAX];
+    char norm[TT_SERIAL_MAX];
     const char *serial;
     int rc;
 

@@ -312,7 +312,7 @@ err_free:
 static int make_root(struct cp_ca *ca, char *err, size_t errlen)
 {
     char cn[300];
-    char serial[CP_SERIAL_MAX];
+    char serial[TT_SERIAL_MAX];
     int64_t now = (int64_t)time(NULL);
     X509 *x = X509_new();
     EVP_PKEY *key = p256_key_new();

@@ -10,9 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef CP_SERIAL_MAX
-#define CP_SERIAL_MAX 80 /* upper-case hex serial plus NUL, comfortably (also in store.h) */
-#endif
+#include "identity.h" /* TT_SERIAL_MAX */
 
 /* Why a CSR was refused (or signing failed). Reasons have names for logs and /stats. */
 enum cp_ca_err {
@@ -57,7 +55,7 @@ void cp_ca_free(struct cp_ca *ca);
 struct cp_ca_cert {
     char *chain_pem;            /* the leaf, then the intermediates (no root) */
     char *key_pem;              /* only for cp_ca_issue_serving(): the new key, PKCS#8 PEM */
-    char serial[CP_SERIAL_MAX]; /* upper-case hex, no colons, no leading zeros */
+    char serial[TT_SERIAL_MAX]; /* upper-case hex, no colons, no leading zeros */
     int64_t not_before;         /* unix seconds */
     int64_t not_after;
 };

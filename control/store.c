@@ -17,6 +17,7 @@
 
 #include "ca.h"
 #include "errors.h"
+#include "identity.h"
 #include "policy.h"
 #include "spiffe.h"
 #include "store.h"
@@ -34,7 +35,7 @@ struct token {
 };
 
 struct revoked {
-    char serial[CP_SERIAL_MAX];
+    char serial[TT_SERIAL_MAX];
     int64_t at;
 };
 
@@ -45,7 +46,7 @@ struct service {
 };
 
 struct issued {
-    char serial[CP_SERIAL_MAX];
+    char serial[TT_SERIAL_MAX];
     char *spiffe_id;
     int64_t not_after;
     int64_t issued_at;
@@ -891,7 +892,7 @@ int cp_store_revoke(struct cp_store *s, const char *serial)
  * the store lock. */
 bool cp_store_is_revoked(struct cp_store *s, const char *serial)
 {
-    char norm[CP_SERIAL_MAX];
+    char norm[TT_SERIAL_MAX];
     bool r;
 
     if (tt_serial_normalize(serial, norm, sizeof(norm)) != 0)

@@ -22,10 +22,6 @@
 
 /* ---- helpers shared by the control plane ---- */
 
-#ifndef CP_SERIAL_MAX
-#define CP_SERIAL_MAX 80 /* upper-case hex serial plus NUL, comfortably (also in ca.h) */
-#endif
-
 /* Writes data to path atomically: path.tmp with `mode`, fsync, rename over path, fsync
  * of the directory. Returns 0 or -errno (the old file is untouched on failure). */
 int cp_atomic_write(const char *path, const void *data, size_t len, int mode);

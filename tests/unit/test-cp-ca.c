@@ -226,7 +226,7 @@ static void test_ca_sign_happy_path(void **state)
     EXTENDED_KEY_USAGE *eku;
     BIGNUM *bn;
     char *hex;
-    char norm[CP_SERIAL_MAX];
+    char norm[TT_SERIAL_MAX];
     time_t now = time(NULL);
     int days, secs;
 

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "errors.h"
+#include "identity.h"
 #include "store.h"
 #include "util.h"
 
@@ -82,7 +83,7 @@ static char *read_file(const char *dir, const char *name)
 
 static void test_store_serial_normalization(void **state)
 {
-    char out[CP_SERIAL_MAX];
+    char out[TT_SERIAL_MAX];
 
     assert_int_equal(tt_serial_normalize("0a:1B:2c", out, sizeof(out)), 0);
     assert_string_equal(out, "A1B2C");
