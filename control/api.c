@@ -500,7 +500,7 @@ static void post_admin_cert(struct cp_api *api, const struct tt_httpd_request *r
     }
     rc = cp_ca_sign_csr(api->ca, der, der_len, id, ttl_ms, &cert, err, sizeof(err));
     if (rc < 0) {
-        reply_error(resp, rc == CP_CA_E_INTERNAL ? 500 : 400, err);
+        reply_error(resp, rc == TT_E_CA_INTERNAL ? 500 : 400, err);
         goto out;
     }
     if (cp_store_issued_add(api->store, cert.serial, id, cert.not_after, tt_now_unix()) < 0) {

@@ -53,17 +53,17 @@ struct cp_ca {
 const char *cp_ca_err_reason(int err)
 {
     switch (err) {
-    case CP_CA_E_CSR:
+    case TT_E_CSR:
         return "bad_csr";
-    case CP_CA_E_CSR_SIGNATURE:
+    case TT_E_CSR_SIGNATURE:
         return "bad_csr_signature";
-    case CP_CA_E_KEY:
+    case TT_E_CSR_KEY:
         return "weak_key";
-    case CP_CA_E_SAN:
+    case TT_E_CSR_SAN:
         return "bad_san";
-    case CP_CA_E_IDENTITY:
+    case TT_E_CSR_IDENTITY:
         return "identity_mismatch";
-    case CP_CA_E_INTERNAL:
+    case TT_E_CA_INTERNAL:
         return "internal";
     default:
         return "unknown";
@@ -271,7 +271,7 @@ static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, uint64_t
     if (not_after <= now) {
         tt_errf(err, errlen, "the CA certificate has expired");
         X509_free(x);
-        return CP_CA_E_INTERNAL;
+        return TT_E_CA_INTERNAL;
     }
     memset(out, 0, sizeof(*out));
     if (x == NULL || !X509_set_version(x, X509_VERSION_3) ||
@@ -305,7 +305,7 @@ err_free:
     ERR_clear_error();
     free(pem);
     X509_free(x);
-    return CP_CA_E_INTERNAL;
+    return TT_E_CA_INTERNAL;
 }
 
 /* Creates a new self-signed root for the trust domain. */
@@ -331,7 +331,7 @@ static int make_root(struct cp_ca *ca, char *err, size_t errlen)
         X509_free(x);
         EVP_PKEY_free(key);
         tt_errf(err, errlen, "creating the root CA failed");
-        return CP_CA_E_INTERNAL;
+        return TT_E_CA_INTERNAL;
     }
     ca->cert = x;
     ca->key = key;
@@ -390,7 +390,7 @@ static int finish_load(struct cp_ca *ca, X509 *root, char *err, size_t errlen)
     return 0;
 err_oom:
     tt_errf(err, errlen, "out of memory");
-    return CP_CA_E_INTERNAL;
+    return TT_E_CA_INTERNAL;
 }
 
 static bool file_exists(const char *path)
@@ -406,7 +406,7 @@ static int load_given(struct cp_ca *ca, const struct cp_ca_opts *o, char *err, s
 {
     STACK_OF(X509) *certs = NULL, *more = NULL;
     X509 *root = NULL, *prev;
-    int rc = CP_CA_E_INTERNAL;
+    int rc = TT_E_CA_INTERNAL;
 
     if (o->key_file == NULL) {
         tt_errf(err, errlen, "--ca-cert needs --ca-key");
@@ -601,7 +601,7 @@ static bool key_acceptable(EVP_PKEY *pub)
 }
 
 /* Finds the CSR's single URI SAN. Returns 0 and points *uri and *len into the names, or
- * CP_CA_E_SAN with a reason. */
+ * TT_E_CSR_SAN with a reason. */
 static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, size_t *len,
                    char *err, size_t errlen)
 {
@@ -613,7 +613,7 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
     if (exts == NULL) {
         ERR_clear_error();
         tt_errf(err, errlen, "the CSR has no subjectAltName");
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     idx = X509v3_get_ext_by_NID(exts, NID_subject_alt_name, -1);
     if (idx < 0 || X509v3_get_ext_by_NID(exts, NID_subject_alt_name, idx) >= 0) {
@@ -621,14 +621,14 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
         tt_errf(err, errlen,
                 idx < 0 ? "the CSR has no subjectAltName"
                         : "the CSR has more than one subjectAltName extension");
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     names = X509V3_EXT_d2i(sk_X509_EXTENSION_value(exts, (size_t)idx));
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
     ERR_clear_error();
     if (names == NULL) {
         tt_errf(err, errlen, "the CSR's subjectAltName does not parse");
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     for (size_t i = 0; i < sk_GENERAL_NAME_num(names); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
@@ -648,7 +648,7 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
                 : n_uri ? "the CSR carries %d URI SANs (exactly one, the SPIFFE ID, is allowed)"
                         : "the CSR carries no URI SAN",
                 n_uri);
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     *names_out = names;
     return 0;
@@ -679,29 +679,29 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
     if (spiffe_id == NULL || !in_trust_domain(ca, spiffe_id)) {
         tt_errf(err, errlen, "%s is not an identity of trust domain %s",
                 spiffe_id ? spiffe_id : "(none)", ca->trust_domain);
-        return CP_CA_E_IDENTITY;
+        return TT_E_CSR_IDENTITY;
     }
     if (der == NULL || len == 0 || len > 65536 ||
         (req = d2i_X509_REQ(NULL, &p, (long)len)) == NULL || p != der + len) {
         ERR_clear_error();
         tt_errf(err, errlen, "the CSR is not a DER PKCS#10 request");
-        rc = CP_CA_E_CSR;
+        rc = TT_E_CSR;
         goto out;
     }
     pub = X509_REQ_get_pubkey(req);
     if (pub == NULL) {
         tt_errf(err, errlen, "the CSR's public key does not parse");
-        rc = CP_CA_E_CSR;
+        rc = TT_E_CSR;
         goto out;
     }
     if (X509_REQ_verify(req, pub) != 1) {
         tt_errf(err, errlen, "the CSR's signature does not verify");
-        rc = CP_CA_E_CSR_SIGNATURE;
+        rc = TT_E_CSR_SIGNATURE;
         goto out;
     }
     if (!key_acceptable(pub)) {
         tt_errf(err, errlen, "the CSR's key must be EC P-256 or RSA of at least 2048 bits");
-        rc = CP_CA_E_KEY;
+        rc = TT_E_CSR_KEY;
         goto out;
     }
     rc = csr_uri(req, &names, &uri, &uri_len, err, errlen);
@@ -710,7 +710,7 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
     if (uri_len != strlen(spiffe_id) || memcmp(uri, spiffe_id, uri_len) != 0) {
         tt_errf(err, errlen, "the CSR asks for %.*s but the proof is for %s",
                 (int)(uri_len > 300 ? 300 : uri_len), uri, spiffe_id);
-        rc = CP_CA_E_IDENTITY;
+        rc = TT_E_CSR_IDENTITY;
         goto out;
     }
     rc = issue_leaf(ca, pub, spiffe_id, ttl_ms, out, err, errlen);
@@ -740,7 +740,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
 
     if (key == NULL) {
         tt_errf(err, errlen, "key generation failed");
-        return CP_CA_E_INTERNAL;
+        return TT_E_CA_INTERNAL;
     }
     cp_ca_serving_id(ca->trust_domain, id, sizeof(id));
     /* The serving certificate is not a workload's: --cert-ttl does not cap it. Issuing
@@ -758,7 +758,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
         if (out->key_pem == NULL) {
             cp_ca_cert_done(out);
             tt_errf(err, errlen, "out of memory");
-            rc = CP_CA_E_INTERNAL;
+            rc = TT_E_CA_INTERNAL;
         }
     }
     EVP_PKEY_free(key);
