@@ -84,84 +84,56 @@ static char *str_concat(const char *a, const char *b)
     return s;
 }
 
-/* Reads every certificate of a PEM file into a new stack. NULL with err set on failure
- * or when the file holds none. */
+/* Reads every certificate of a PEM file (tt_pem_parse_certs) into a new stack. NULL with
+ * err naming the file on failure or when it holds none. */
 static STACK_OF(X509) * read_certs(const char *path, char *err, size_t errlen)
 {
     char *data = NULL;
     size_t len;
     int rc = tt_file_read(path, CA_PEM_MAX, &data, &len);
     STACK_OF(X509) *certs = NULL;
-    BIO *bio = NULL;
-    X509 *x;
 
     if (rc != 0) {
         tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return NULL;
     }
-    certs = sk_X509_new_null();
-    bio = BIO_new_mem_buf(data, (int)len);
-    if (certs == NULL || bio == NULL) {
-        tt_errf(err, errlen, "%s: out of memory", path);
-        goto err_free;
-    }
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        if (!sk_X509_push(certs, x)) {
-            X509_free(x);
-            tt_errf(err, errlen, "%s: out of memory", path);
-            goto err_free;
-        }
-    }
-    ERR_clear_error();
-    if (sk_X509_num(certs) == 0) {
+    rc = tt_pem_parse_certs(data, len, &certs);
+    free(data);
+    if (rc == TT_E_IDENTITY)
         tt_errf(err, errlen, "%s: no PEM certificate found", path);
-        goto err_free;
-    }
-    BIO_free(bio);
-    free(data);
-    return certs;
-
-err_free:
-    BIO_free(bio);
-    sk_X509_pop_free(certs, X509_free);
-    free(data);
-    return NULL;
+    else if (rc == TT_E_PEM)
+        tt_errf(err, errlen, "%s: a PEM certificate block does not parse", path);
+    else if (rc != 0)
+        tt_errf(err, errlen, "%s: %s", path, tt_strerror(rc));
+    return rc == 0 ? certs : NULL;
 }
 
+/* Reads the private key of a PEM file (tt_pem_parse_key), wiping the file's text. NULL with
+ * err naming the file on failure. */
 static EVP_PKEY *read_key(const char *path, char *err, size_t errlen)
 {
     char *data = NULL;
     size_t len;
     int rc = tt_file_read(path, CA_PEM_MAX, &data, &len);
     EVP_PKEY *key = NULL;
-    BIO *bio;
 
     if (rc != 0) {
         tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return NULL;
     }
-    bio = BIO_new_mem_buf(data, (int)len);
-    if (bio != NULL)
-        key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
-    ERR_clear_error();
-    BIO_free(bio);
+    rc = tt_pem_parse_key(data, len, &key);
     OPENSSL_cleanse(data, len);
     free(data);
-    if (key == NULL)
+    if (rc == TT_E_IDENTITY)
         tt_errf(err, errlen, "%s: no PEM private key found", path);
-    return key;
-}
-
-/* ---- time ---- */
-
-static int64_t asn1_time_unix(const ASN1_TIME *t)
-{
-    int days = 0, secs = 0;
-
-    /* ASN1_TIME_diff(NULL = now): t - now. */
-    if (!ASN1_TIME_diff(&days, &secs, NULL, t))
-        return 0;
-    return (int64_t)time(NULL) + (int64_t)days * 86400 + secs;
+    else if (rc == TT_E_PEM)
+        tt_errf(err, errlen,
+                "%s: the PEM private key does not parse (encrypted keys are not "
+                "supported)",
+                path);
+    else if (rc != 0)
+        tt_errf(err, errlen, "%s: %s", path, tt_strerror(rc));
+    return rc == 0 ? key : NULL;
 }
 
 /* ---- building certificates ---- */
@@ -386,7 +358,7 @@ static int finish_load(struct cp_ca *ca, X509 *root, char *err, size_t errlen)
     }
     if (ca->chain_pem == NULL || ca->bundle_pem == NULL)
         goto err_oom;
-    ca->not_after = asn1_time_unix(X509_get0_notAfter(ca->cert));
+    ca->not_after = tt_asn1_time_unix(X509_get0_notAfter(ca->cert));
     return 0;
 err_oom:
     tt_errf(err, errlen, "out of memory");

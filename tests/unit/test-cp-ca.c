@@ -575,6 +575,14 @@ static void test_ca_refuses_half_state(void **state)
     assert_int_equal(cp_atomic_write(path, "garbage\n", 8, 0644), 0);
     assert_null(cp_ca_open(&o, err, sizeof(err)));
     assert_non_null(strstr(err, "no PEM certificate"));
+    /* So is a certificate block that does not parse. */
+    {
+        static const char bad[] = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+
+        assert_int_equal(cp_atomic_write(path, bad, strlen(bad), 0644), 0);
+        assert_null(cp_ca_open(&o, err, sizeof(err)));
+        assert_non_null(strstr(err, "ca.crt: a PEM certificate block does not parse"));
+    }
     rm_rf(dir);
     free(dir);
 }
