@@ -27,7 +27,7 @@
 #include "identity.h"
 #include "spiffe.h"
 #include "util.h"
-#include "store.h"
+#include "store_file.h"
 
 #ifndef OPENSSL_IS_BORINGSSL
 #error "control/ca.c must be compiled against BoringSSL (-I/usr/include/android)"

@@ -30,7 +30,7 @@
 #include "errors.h"
 #include "util.h"
 #include "certgen.h"
-#include "store.h"
+#include "store_file.h"
 
 #define TD   "example.org"
 #define ID_A "spiffe://example.org/ns/shop/sa/web"
