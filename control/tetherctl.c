@@ -3,15 +3,12 @@
  * Exit status: 0 success, 1 the request failed (the server's error message or the
  * network problem on stderr), 2 usage error. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/base64.h>
@@ -19,6 +16,7 @@
 
 #include "httpc.h"
 #include "identity.h"
+#include "store_file.h"
 
 #define DEFAULT_API "http://127.0.0.1:15014"
 #define TIMEOUT_MS  10000
@@ -515,38 +513,15 @@ static bool tls_flag(int argc, char **argv, int *i, struct cp_httpc_tls *t, int 
     return false;
 }
 
-/* Writes data to path atomically with `mode` (via path.tmp). Returns 0 or prints why. */
-static int write_file(const char *path, const char *data, size_t len, mode_t mode)
+/* Writes data to path with the control plane's one atomic writer (the directory is
+ * fsync'ed too). Returns 0, or -errno after printing why. */
+static int write_file(const char *path, const char *data, size_t len, int mode)
 {
-    char tmp[4200];
-    size_t off = 0;
-    int fd;
+    int rc = cp_atomic_write(path, data, len, mode);
 
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    unlink(tmp);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-    if (fd < 0)
-        goto fail;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            close(fd);
-            unlink(tmp);
-            goto fail;
-        }
-        off += (size_t)w;
-    }
-    if (fchmod(fd, mode) < 0 || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
-        unlink(tmp);
-        goto fail;
-    }
-    return 0;
-fail:
-    fprintf(stderr, "tetherctl: %s: %s\n", path, strerror(errno));
-    return -1;
+    if (rc != 0)
+        fprintf(stderr, "tetherctl: %s: %s\n", path, strerror(-rc));
+    return rc;
 }
 
 /* admin-cert create: key and CSR made here, signed by the loopback API. */

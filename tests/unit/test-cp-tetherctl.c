@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -385,6 +386,58 @@ static void test_tetherctl_commands(void **state)
     unsetenv("TETHER_API");
 }
 
+/* admin-cert create writes PREFIX.key (0600), PREFIX.crt and PREFIX.ca.crt (0644) with the
+ * control plane's atomic writer: exact modes whatever the umask, a stale temporary replaced
+ * and none left behind, and a write failure named with its file. */
+static void test_tetherctl_admin_cert_files(void **state)
+{
+    struct harness *h = *state;
+    static const char *const names[] = {"adm.key", "adm.crt", "adm.ca.crt"};
+    static const int modes[] = {0600, 0644, 0644};
+    char prefix[128], path[256], buf[8192];
+    struct stat st;
+    struct run r;
+    mode_t old;
+    FILE *f;
+
+    snprintf(prefix, sizeof(prefix), "%s/adm", h->dir);
+    snprintf(path, sizeof(path), "%s.crt.tmp", prefix);
+    f = fopen(path, "w"); /* a crash's leftover */
+    assert_non_null(f);
+    fputs("half", f);
+    fclose(f);
+    old = umask(077);
+    RUN(&r, "--api", h->url, "admin-cert", "create", "--spiffe-id",
+        "spiffe://example.org/ns/tether-system/sa/tether-admin", "--out", prefix);
+    umask(old);
+    if (r.status != 0)
+        fail_msg("admin-cert create: %d: %s", r.status, r.err);
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", h->dir, names[i]);
+        assert_int_equal(stat(path, &st), 0);
+        if ((int)(st.st_mode & 0777) != modes[i])
+            fail_msg("%s: mode %o, expected %o", path, st.st_mode & 0777, modes[i]);
+        snprintf(path, sizeof(path), "%s/%s.tmp", h->dir, names[i]);
+        assert_int_not_equal(access(path, F_OK), 0);
+    }
+    snprintf(path, sizeof(path), "%s.ca.crt", prefix);
+    slurp(path, buf, sizeof(buf));
+    assert_string_equal(buf, cp_ca_bundle_pem(h->ca));
+    snprintf(path, sizeof(path), "%s.crt", prefix);
+    slurp(path, buf, sizeof(buf));
+    assert_int_equal(strncmp(buf, "-----BEGIN CERTIFICATE-----", 27), 0);
+    snprintf(path, sizeof(path), "%s.key", prefix);
+    slurp(path, buf, sizeof(buf));
+    assert_int_equal(strncmp(buf, "-----BEGIN PRIVATE KEY-----", 27), 0);
+
+    snprintf(prefix, sizeof(prefix), "%s/missing/adm", h->dir);
+    RUN(&r, "--api", h->url, "admin-cert", "create", "--spiffe-id",
+        "spiffe://example.org/ns/tether-system/sa/tether-admin", "--out", prefix);
+    assert_int_equal(r.status, 1);
+    snprintf(path, sizeof(path), "tetherctl: %s.key: No such file or directory", prefix);
+    assert_non_null(strstr(r.err, path));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -392,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_tetherctl_parse_url),
         cmocka_unit_test(test_tetherctl_https_needs_credentials),
         cmocka_unit_test_setup_teardown(test_tetherctl_commands, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tetherctl_admin_cert_files, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
