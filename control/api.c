@@ -1,5 +1,4 @@
 /* The operator API (see api.h): routes over the shared HTTP core, JSON with jansson. */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include "httpd.h"
 #include "identity.h"
 #include "log.h"
+#include "query.h"
 #include "spiffe.h"
 
 struct cp_api {
@@ -150,58 +150,6 @@ static const char *need_str(json_t *doc, const char *key, struct tt_httpd_respon
         return NULL;
     }
     return json_string_value(v);
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Finds `name` in a query string and percent-decodes its value into out. Returns
- * false when absent or malformed. */
-static bool query_get(const char *q, const char *name, char *out, size_t outlen)
-{
-    size_t nlen = strlen(name);
-
-    while (q && *q) {
-        const char *end = strchr(q, '&');
-        size_t n = end ? (size_t)(end - q) : strlen(q);
-
-        if (n > nlen && strncmp(q, name, nlen) == 0 && q[nlen] == '=') {
-            size_t o = 0;
-
-            for (size_t i = nlen + 1; i < n; i++) {
-                int ch = (unsigned char)q[i];
-
-                if (ch == '%') {
-                    int hi, lo;
-
-                    if (i + 2 >= n)
-                        return false;
-                    hi = hexval(q[i + 1]);
-                    lo = hexval(q[i + 2]);
-                    if (hi < 0 || lo < 0)
-                        return false;
-                    ch = hi * 16 + lo;
-                    i += 2;
-                } else if (ch == '+') {
-                    ch = ' ';
-                }
-                if (ch == 0 || o + 1 >= outlen)
-                    return false;
-                out[o++] = (char)ch;
-            }
-            out[o] = '\0';
-            return true;
-        }
-        q = end ? end + 1 : NULL;
-    }
-    return false;
 }
 
 /* ---- routes ---- */
@@ -391,8 +339,23 @@ static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq
 {
     char addr[TT_ADDR_TEXT_MAX];
     char msg[TT_ADDR_TEXT_MAX + 64];
+    int rc = cp_query_get(rq->query, "address", addr, sizeof(addr));
 
-    if (!query_get(rq->query, "address", addr, sizeof(addr)) || addr[0] == '\0') {
+    if (rc == -EINVAL) {
+        reply_error(resp, 400,
+                    "query: address: malformed percent-escape (expected %XX, two hex digits, "
+                    "and no %00)");
+        return;
+    }
+    if (rc == -EEXIST) {
+        reply_error(resp, 400, "query: address: given more than once (expected one address)");
+        return;
+    }
+    if (rc == -ENOSPC) {
+        reply_error(resp, 400, "query: address: too long for an ADDR:PORT");
+        return;
+    }
+    if (rc != 0 || addr[0] == '\0') {
         reply_error(resp, 400, "query: address=ADDR:PORT required");
         return;
     }

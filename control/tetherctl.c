@@ -16,6 +16,7 @@
 
 #include "httpc.h"
 #include "identity.h"
+#include "query.h"
 #include "store_file.h"
 
 #define DEFAULT_API "http://127.0.0.1:15014"
@@ -462,21 +463,13 @@ static int cmd_service_add(const struct ctl *c, const char *addr, const char *id
 
 static int cmd_service_remove(const struct ctl *c, const char *addr)
 {
+    static const char base[] = "/v1/services?address=";
     struct cp_httpc_response r;
     char path[1024];
-    size_t o;
 
-    o = (size_t)snprintf(path, sizeof(path), "/v1/services?address=");
-    for (const char *p = addr; *p && o + 4 < sizeof(path); p++) {
-        unsigned char ch = (unsigned char)*p;
-
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-            ch == '.' || ch == '-' || ch == '_')
-            path[o++] = (char)ch;
-        else
-            o += (size_t)snprintf(path + o, sizeof(path) - o, "%%%02X", ch);
-    }
-    path[o] = '\0';
+    memcpy(path, base, sizeof(base));
+    if (cp_query_escape(addr, path + sizeof(base) - 1, sizeof(path) - sizeof(base) + 1) != 0)
+        return usage_error("service remove: %.64s...: too long for an address", addr);
     if (!call(c, "DELETE", path, NULL, NULL, 0, &r))
         return EXIT_FAIL;
     if (c->json)

@@ -322,11 +322,26 @@ static void test_api_services(void **state)
     doc = req(h, "DELETE", "/v1/services?address=%5B%3A%3A1%5D%3A8080", NULL, &st, NULL);
     assert_int_equal(st, 404);
     json_decref(doc);
+    /* Malformed or ambiguous queries are refused, each with its reason. */
     doc = req(h, "DELETE", "/v1/services?address=%zz", NULL, &st, NULL);
     assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "address: malformed percent-escape"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services?address=10.0.0.1%3", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "address: malformed percent-escape"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services?address=a:1&address=b:2", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "address: given more than once"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services?addr=10.0.0.1:80", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_string_equal(err_of(doc), "query: address=ADDR:PORT required");
     json_decref(doc);
     doc = req(h, "DELETE", "/v1/services", NULL, &st, NULL);
     assert_int_equal(st, 400);
+    assert_string_equal(err_of(doc), "query: address=ADDR:PORT required");
     json_decref(doc);
 }
 

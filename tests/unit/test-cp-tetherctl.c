@@ -184,6 +184,24 @@ static void test_tetherctl_parse_url(void **state)
                                         sizeof(prefix), err, sizeof(err)),
                      -EINVAL);
     assert_non_null(strstr(err, "expected http://HOST:PORT or https://HOST:PORT"));
+    /* http-parser's URL grammar: no user, query or fragment, no empty port or host. */
+    {
+        static const char *const bad[] = {"http://u@h:1", "http://h:1/p?x=1", "http://h:1#f",
+                                          "http://host:", "http://[::1:80",   "http://h h:1",
+                                          "http://"};
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            err[0] = '\0';
+            if (cp_httpc_parse_url(bad[i], host, sizeof(host), port, sizeof(port), prefix,
+                                   sizeof(prefix), err, sizeof(err)) != -EINVAL)
+                fail_msg("%s: accepted", bad[i]);
+            assert_non_null(strstr(err, bad[i]));
+        }
+    }
+    assert_int_equal(cp_httpc_parse_url("http://h:1/a/b//", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
+                     0);
+    assert_string_equal(prefix, "/a/b");
 }
 
 /* https:// without the three credential files fails before any connection; http://
@@ -359,6 +377,14 @@ static void test_tetherctl_commands(void **state)
     RUN(&r, "--api", h->url, "--json", "service", "list");
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "\"services\""));
+    /* remove percent-encodes the address into the query ([, :, ] included). */
+    RUN(&r, "--api", h->url, "service", "add", "[::1]:9090", ID_A);
+    assert_int_equal(r.status, 0);
+    RUN(&r, "--api", h->url, "service", "remove", "[::1]:9090");
+    assert_int_equal(r.status, 0);
+    RUN(&r, "--api", h->url, "service", "remove", "[::1]:9090");
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "no operator service entry for [::1]:9090"));
 
     assert_int_equal(cp_store_sidecar_seen(h->store, "x", ID_A, "127.0.0.1:3333", "node-7"), 0);
     cp_store_sidecar_nacked(h->store, "x", 4, "cannot apply policy");
