@@ -20,6 +20,7 @@
 
 #include "api.h"
 #include "ca.h"
+#include "cpapifix.h"
 #include "errors.h"
 #include "httpc.h"
 #include "store.h"
@@ -237,77 +238,26 @@ static void test_tetherctl_https_needs_credentials(void **state)
 
 /* ---- against a real API ---- */
 
-struct harness {
-    char dir[64];
-    char url[64];
-    struct cp_store *store;
-    struct cp_ca *ca;
-    struct cp_api *api;
-    uv_loop_t loop;
-    uv_async_t stop;
-    pthread_t thread;
-};
-
-static void on_stop(uv_async_t *a)
-{
-    struct harness *h = a->data;
-
-    cp_api_close(h->api);
-    uv_close((uv_handle_t *)&h->stop, NULL);
-}
-
-static void *loop_thread(void *p)
-{
-    struct harness *h = p;
-
-    uv_run(&h->loop, UV_RUN_DEFAULT);
-    return NULL;
-}
-
 static int setup(void **state)
 {
-    struct harness *h = calloc(1, sizeof(*h));
-    struct cp_ca_opts co = {.trust_domain = "example.org"};
-    struct cp_api_opts o = {.listen = "127.0.0.1:0"};
-    char err[512] = "";
+    struct cp_apifix *h = calloc(1, sizeof(*h));
 
-    snprintf(h->dir, sizeof(h->dir), "/tmp/test-cp-ctl-XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    h->store = cp_store_open(h->dir, err, sizeof(err));
-    assert_non_null(h->store);
-    co.state_dir = h->dir;
-    h->ca = cp_ca_open(&co, err, sizeof(err));
-    assert_non_null(h->ca);
-    assert_int_equal(uv_loop_init(&h->loop), 0);
-    assert_int_equal(uv_async_init(&h->loop, &h->stop, on_stop), 0);
-    h->stop.data = h;
-    h->api = cp_api_start(&h->loop, &o, h->store, h->ca, err, sizeof(err));
-    assert_non_null(h->api);
-    snprintf(h->url, sizeof(h->url), "http://127.0.0.1:%d", cp_api_port(h->api));
-    assert_int_equal(pthread_create(&h->thread, NULL, loop_thread, h), 0);
+    assert_non_null(h);
+    cp_apifix_start(h, "test-cp-ctl", NULL);
     *state = h;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct harness *h = *state;
-    char cmd[128];
-
-    uv_async_send(&h->stop);
-    pthread_join(h->thread, NULL);
-    assert_int_equal(uv_loop_close(&h->loop), 0);
-    cp_ca_free(h->ca);
-    cp_store_free(h->store);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
-    assert_int_equal(system(cmd), 0);
-    free(h);
+    cp_apifix_stop(*state);
+    free(*state);
     return 0;
 }
 
 static void test_tetherctl_commands(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     char path[128];
     enum cp_token_err why;
     struct run r;
@@ -417,7 +367,7 @@ static void test_tetherctl_commands(void **state)
  * and none left behind, and a write failure named with its file. */
 static void test_tetherctl_admin_cert_files(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     static const char *const names[] = {"adm.key", "adm.crt", "adm.ca.crt"};
     static const int modes[] = {0600, 0644, 0644};
     char prefix[128], path[256], buf[8192];
