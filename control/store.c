@@ -12,6 +12,7 @@
 #include "errors.h"
 #include "policy.h"
 #include "store_file.h"
+#include "store.h"
 #include "store_int.h"
 #include "util.h"
 

@@ -18,7 +18,10 @@
  * to_json: the file writer and the API listing both call it, and where the API shows
  * something else (tokens hide the hash and add "expired"; issued records add "revoked")
  * the listing starts from that serialiser's object and edits keys. Functions named
- * *_locked expect the caller to hold s->mu. */
+ * *_locked expect the caller to hold s->mu.
+ *
+ * This header does not include store.h, so that the store's modules form no include
+ * cycle: each store*.c includes store.h for the public declarations it implements. */
 #ifndef CP_STORE_INT_H
 #define CP_STORE_INT_H
 
@@ -30,7 +33,6 @@
 #include <jansson.h>
 
 #include "identity.h" /* TT_SERIAL_MAX */
-#include "store.h"
 
 #define CP__SHA256_HEX 65 /* 64 hex digits of a SHA-256 digest plus NUL */
 
@@ -106,7 +108,7 @@ struct cp_store {
     CP__VEC(struct cp__issued) issued;
     CP__VEC(struct cp__sidecar) sidecars;
     CP__VEC(struct cp__refusal) refusals;
-    cp_store_change_cb cb;
+    void (*cb)(void *ud, uint64_t version); /* a cp_store_change_cb */
     void *cb_ud;
 };
 

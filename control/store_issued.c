@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store.h"
 #include "store_int.h"
 #include "util.h"
 

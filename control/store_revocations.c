@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "store.h"
 #include "store_int.h"
 #include "util.h"
 

@@ -8,6 +8,7 @@
 
 #include "errors.h"
 #include "spiffe.h"
+#include "store.h"
 #include "store_int.h"
 #include "util.h"
 
