@@ -3,16 +3,17 @@
  * in each other. Only control/store*.c include it; everyone else uses store.h.
  *
  * Who owns what:
- *   store.c           the struct and its lock, open/free, version bump and notify
- *                     (state.json), the trust bundle, the policy document, the snapshot
- *                     copy, refusal counters and /stats
- *   store_file.c      paths in the state directory, the atomic writer, the collection
- *                     file reader with errors naming file, element and key, the writer
- *   store_tokens.c    bootstrap tokens (tokens.json)
- *   store_revocations.c   revoked serials (revocations.json)
- *   store_services.c  the registry of service entries (services.json)
- *   store_issued.c    issued-certificate records (issued.json)
- *   store_sidecars.c  connected sidecars (runtime only, never persisted)
+ *   store.c              the struct and its lock, open/free, version bump and notify
+ *                        (state.json), the trust bundle, the policy document, the
+ *                        snapshot copy, refusal counters and /stats
+ *   store_file.c         paths in the state directory, the atomic writer, the
+ *                        collection file reader (errors name file, element and key) and
+ *                        writer
+ *   store_tokens.c       bootstrap tokens (tokens.json)
+ *   store_revocations.c  revoked serials (revocations.json)
+ *   store_services.c     the registry of service entries (services.json)
+ *   store_issued.c       issued-certificate records (issued.json)
+ *   store_sidecars.c     connected sidecars (runtime only, never persisted)
  *
  * Every persisted collection has exactly one serialiser of an item, its cp__coll's
  * to_json: the file writer and the API listing both call it, and where the API shows
