@@ -66,17 +66,14 @@ int cp__store_bump_locked(struct cp_store *s)
     return rc;
 }
 
-/* Calls the change callback, read under the lock, with the lock released. */
-void cp__store_notify(struct cp_store *s, uint64_t version)
+/* Reads the change callback, releases the lock, then calls it with version when that is not 0. */
+void cp__store_unlock_notify(struct cp_store *s, uint64_t version)
 {
-    cp_store_change_cb cb;
-    void *ud;
+    cp_store_change_cb cb = s->cb;
+    void *ud = s->cb_ud;
 
-    pthread_mutex_lock(&s->mu);
-    cb = s->cb;
-    ud = s->cb_ud;
     pthread_mutex_unlock(&s->mu);
-    if (cb)
+    if (cb != NULL && version != 0)
         cb(ud, version);
 }
 
@@ -242,9 +239,7 @@ int cp_store_bundle_set(struct cp_store *s, const char *pem)
         else
             v = s->version;
     }
-    pthread_mutex_unlock(&s->mu);
-    if (v)
-        cp__store_notify(s, v);
+    cp__store_unlock_notify(s, v);
     return rc;
 }
 
@@ -294,11 +289,9 @@ int cp_store_policy_set(struct cp_store *s, const char *text, size_t len, char *
     } else {
         free(copy);
     }
-    pthread_mutex_unlock(&s->mu);
+    cp__store_unlock_notify(s, v);
     if (rc != 0)
         tt_errf(err, errlen, "saving policy.json: %s", strerror(-rc));
-    if (v)
-        cp__store_notify(s, v);
     return rc;
 }
 

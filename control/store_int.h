@@ -120,9 +120,10 @@ struct cp_store {
  * -errno (version unchanged). Lock held. */
 int cp__store_bump_locked(struct cp_store *s);
 
-/* Calls the change callback with version. Takes the lock only to read the callback:
- * call it after releasing s->mu. */
-void cp__store_notify(struct cp_store *s, uint64_t version);
+/* Ends a change: releases s->mu (held by the caller) and, when version is not 0 (the
+ * change bumped it), calls the change callback with it, read before the release, so no
+ * lock is held during the call. */
+void cp__store_unlock_notify(struct cp_store *s, uint64_t version);
 
 /* Writes the lower-case hex SHA-256 of data[0..len) into out. */
 void cp__sha256_hex(const void *data, size_t len, char out[CP__SHA256_HEX]);

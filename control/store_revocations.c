@@ -71,9 +71,7 @@ int cp_store_revoke(struct cp_store *s, const char *serial)
         else
             v = s->version;
     }
-    pthread_mutex_unlock(&s->mu);
-    if (v)
-        cp__store_notify(s, v);
+    cp__store_unlock_notify(s, v);
     return rc;
 }
 

@@ -156,11 +156,9 @@ int cp_store_service_add(struct cp_store *s, const char *address, const char *sp
     } else {
         service_free(&e);
     }
-    pthread_mutex_unlock(&s->mu);
+    cp__store_unlock_notify(s, v);
     if (rc != 0)
         tt_errf(err, errlen, "saving services.json: %s", strerror(-rc));
-    if (v)
-        cp__store_notify(s, v);
     return rc;
 }
 
@@ -194,9 +192,7 @@ int cp_store_service_remove(struct cp_store *s, const char *address, const char 
             v = s->version;
         }
     }
-    pthread_mutex_unlock(&s->mu);
-    if (v)
-        cp__store_notify(s, v);
+    cp__store_unlock_notify(s, v);
     return rc;
 }
 
@@ -301,11 +297,9 @@ int cp_store_service_register(struct cp_store *s, const char *source, const char
         v = s->version;
     }
 out:
-    pthread_mutex_unlock(&s->mu);
+    cp__store_unlock_notify(s, v);
     if (rc != 0)
         tt_errf(err, errlen, "saving services.json: %s", strerror(-rc));
-    if (v)
-        cp__store_notify(s, v);
     return rc;
 }
 
