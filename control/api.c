@@ -1,5 +1,4 @@
 /* The operator API (see api.h): routes over the shared HTTP core, JSON with jansson. */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,14 +8,16 @@
 #include <http_parser.h>
 #include <jansson.h>
 #include <netinet/in.h>
-#include <openssl/base64.h>
 
 #include "api.h"
 #include "core/util.h"
+#include "tls/crypto.h"
 #include "core/errors.h"
 #include "admin/httpd.h"
 #include "core/log.h"
 #include "core/spiffe.h"
+#include "tls/identity.h"
+#include "query.h"
 
 struct cp_api {
     struct tt_httpd *httpd;
@@ -151,58 +152,6 @@ static const char *need_str(json_t *doc, const char *key, struct tt_httpd_respon
     return json_string_value(v);
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Finds `name` in a query string and percent-decodes its value into out. Returns
- * false when absent or malformed. */
-static bool query_get(const char *q, const char *name, char *out, size_t outlen)
-{
-    size_t nlen = strlen(name);
-
-    while (q && *q) {
-        const char *end = strchr(q, '&');
-        size_t n = end ? (size_t)(end - q) : strlen(q);
-
-        if (n > nlen && strncmp(q, name, nlen) == 0 && q[nlen] == '=') {
-            size_t o = 0;
-
-            for (size_t i = nlen + 1; i < n; i++) {
-                int ch = (unsigned char)q[i];
-
-                if (ch == '%') {
-                    int hi, lo;
-
-                    if (i + 2 >= n)
-                        return false;
-                    hi = hexval(q[i + 1]);
-                    lo = hexval(q[i + 2]);
-                    if (hi < 0 || lo < 0)
-                        return false;
-                    ch = hi * 16 + lo;
-                    i += 2;
-                } else if (ch == '+') {
-                    ch = ' ';
-                }
-                if (ch == 0 || o + 1 >= outlen)
-                    return false;
-                out[o++] = (char)ch;
-            }
-            out[o] = '\0';
-            return true;
-        }
-        q = end ? end + 1 : NULL;
-    }
-    return false;
-}
-
 /* ---- routes ---- */
 
 static void get_policy(struct cp_api *api, const struct tt_httpd_request *rq,
@@ -323,7 +272,7 @@ static void post_revocation(struct cp_api *api, const struct tt_httpd_request *r
 {
     static const char *const keys[] = {"serial", NULL};
     json_t *doc = parse_body(rq, keys, resp);
-    char norm[CP_SERIAL_MAX];
+    char norm[TT_SERIAL_MAX];
     const char *serial;
     int rc;
 
@@ -390,8 +339,23 @@ static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq
 {
     char addr[TT_ADDR_TEXT_MAX];
     char msg[TT_ADDR_TEXT_MAX + 64];
+    int rc = cp_query_get(rq->query, "address", addr, sizeof(addr));
 
-    if (!query_get(rq->query, "address", addr, sizeof(addr)) || addr[0] == '\0') {
+    if (rc == -EINVAL) {
+        reply_error(resp, 400,
+                    "query: address: malformed percent-escape (expected %XX, two hex digits, "
+                    "and no %00)");
+        return;
+    }
+    if (rc == -EEXIST) {
+        reply_error(resp, 400, "query: address: given more than once (expected one address)");
+        return;
+    }
+    if (rc == -ENOSPC) {
+        reply_error(resp, 400, "query: address: too long for an ADDR:PORT");
+        return;
+    }
+    if (rc != 0 || addr[0] == '\0') {
         reply_error(resp, 400, "query: address=ADDR:PORT required");
         return;
     }
@@ -453,7 +417,7 @@ static void post_admin_cert(struct cp_api *api, const struct tt_httpd_request *r
     struct cp_ca_cert cert = {0};
     const char *csr_b64, *id;
     uint8_t *der = NULL;
-    size_t der_len = 0, max;
+    size_t der_len = 0;
     uint64_t ttl_ms = 0;
     char err[512];
     json_t *doc, *v;
@@ -492,14 +456,13 @@ static void post_admin_cert(struct cp_api *api, const struct tt_httpd_request *r
         reply_error(resp, 400, "ttl: expected a duration such as \"10m\", \"1h\" or \"1h30m\"");
         goto out;
     }
-    if (EVP_DecodedLength(&max, strlen(csr_b64)) == 0 || (der = malloc(max + 1)) == NULL ||
-        EVP_DecodeBase64(der, &der_len, max, (const uint8_t *)csr_b64, strlen(csr_b64)) == 0) {
+    if (tt_crypto_base64_decode(csr_b64, strlen(csr_b64), &der, &der_len) < 0) {
         reply_error(resp, 400, "csr: expected base64 of a DER PKCS#10 request");
         goto out;
     }
     rc = cp_ca_sign_csr(api->ca, der, der_len, id, ttl_ms, &cert, err, sizeof(err));
     if (rc < 0) {
-        reply_error(resp, rc == CP_CA_E_INTERNAL ? 500 : 400, err);
+        reply_error(resp, rc == TT_E_CA_INTERNAL ? 500 : 400, err);
         goto out;
     }
     if (cp_store_issued_add(api->store, cert.serial, id, cert.not_after, tt_now_unix()) < 0) {

@@ -11,7 +11,8 @@
  *   POST /v1/revocations             {"serial"} -> 201 (200 when already revoked)
  *   GET  /v1/revocations             {"revocations": [...]}
  *   POST /v1/services                {"address", "spiffe_id"} -> 201
- *   DELETE /v1/services?address=A    200, or 404
+ *   DELETE /v1/services?address=A    200, or 404; 400 when address is missing, given twice
+ *                                    or holds a malformed %-escape (query.h)
  *   GET  /v1/services                {"services": [...]}
  *   GET  /v1/bundle                  the roots, PEM, text/plain
  *   GET  /v1/sidecars                {"sidecars": [...]}

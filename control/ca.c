@@ -28,7 +28,7 @@
 #include "tls/identity_bssl.h"
 #include "core/spiffe.h"
 #include "core/util.h"
-#include "store.h"
+#include "store_file.h"
 
 #ifndef OPENSSL_IS_BORINGSSL
 #error "control/ca.c must be compiled against BoringSSL (-I/usr/include/android)"
@@ -54,17 +54,17 @@ struct cp_ca {
 const char *cp_ca_err_reason(int err)
 {
     switch (err) {
-    case CP_CA_E_CSR:
+    case TT_E_CSR:
         return "bad_csr";
-    case CP_CA_E_CSR_SIGNATURE:
+    case TT_E_CSR_SIGNATURE:
         return "bad_csr_signature";
-    case CP_CA_E_KEY:
+    case TT_E_CSR_KEY:
         return "weak_key";
-    case CP_CA_E_SAN:
+    case TT_E_CSR_SAN:
         return "bad_san";
-    case CP_CA_E_IDENTITY:
+    case TT_E_CSR_IDENTITY:
         return "identity_mismatch";
-    case CP_CA_E_INTERNAL:
+    case TT_E_CA_INTERNAL:
         return "internal";
     default:
         return "unknown";
@@ -85,84 +85,56 @@ static char *str_concat(const char *a, const char *b)
     return s;
 }
 
-/* Reads every certificate of a PEM file into a new stack. NULL with err set on failure
- * or when the file holds none. */
+/* Reads every certificate of a PEM file (tt_pem_parse_certs) into a new stack. NULL with
+ * err naming the file on failure or when it holds none. */
 static STACK_OF(X509) * read_certs(const char *path, char *err, size_t errlen)
 {
     char *data = NULL;
     size_t len;
     int rc = tt_file_read(path, CA_PEM_MAX, &data, &len);
     STACK_OF(X509) *certs = NULL;
-    BIO *bio = NULL;
-    X509 *x;
 
     if (rc != 0) {
         tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return NULL;
     }
-    certs = sk_X509_new_null();
-    bio = BIO_new_mem_buf(data, (int)len);
-    if (certs == NULL || bio == NULL) {
-        tt_errf(err, errlen, "%s: out of memory", path);
-        goto err_free;
-    }
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        if (!sk_X509_push(certs, x)) {
-            X509_free(x);
-            tt_errf(err, errlen, "%s: out of memory", path);
-            goto err_free;
-        }
-    }
-    ERR_clear_error();
-    if (sk_X509_num(certs) == 0) {
+    rc = tt_pem_parse_certs(data, len, &certs);
+    free(data);
+    if (rc == TT_E_IDENTITY)
         tt_errf(err, errlen, "%s: no PEM certificate found", path);
-        goto err_free;
-    }
-    BIO_free(bio);
-    free(data);
-    return certs;
-
-err_free:
-    BIO_free(bio);
-    sk_X509_pop_free(certs, X509_free);
-    free(data);
-    return NULL;
+    else if (rc == TT_E_PEM)
+        tt_errf(err, errlen, "%s: a PEM certificate block does not parse", path);
+    else if (rc != 0)
+        tt_errf(err, errlen, "%s: %s", path, tt_strerror(rc));
+    return rc == 0 ? certs : NULL;
 }
 
+/* Reads the private key of a PEM file (tt_pem_parse_key), wiping the file's text. NULL with
+ * err naming the file on failure. */
 static EVP_PKEY *read_key(const char *path, char *err, size_t errlen)
 {
     char *data = NULL;
     size_t len;
     int rc = tt_file_read(path, CA_PEM_MAX, &data, &len);
     EVP_PKEY *key = NULL;
-    BIO *bio;
 
     if (rc != 0) {
         tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
         return NULL;
     }
-    bio = BIO_new_mem_buf(data, (int)len);
-    if (bio != NULL)
-        key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
-    ERR_clear_error();
-    BIO_free(bio);
+    rc = tt_pem_parse_key(data, len, &key);
     OPENSSL_cleanse(data, len);
     free(data);
-    if (key == NULL)
+    if (rc == TT_E_IDENTITY)
         tt_errf(err, errlen, "%s: no PEM private key found", path);
-    return key;
-}
-
-/* ---- time ---- */
-
-static int64_t asn1_time_unix(const ASN1_TIME *t)
-{
-    int days = 0, secs = 0;
-
-    /* ASN1_TIME_diff(NULL = now): t - now. */
-    if (!ASN1_TIME_diff(&days, &secs, NULL, t))
-        return 0;
-    return (int64_t)time(NULL) + (int64_t)days * 86400 + secs;
+    else if (rc == TT_E_PEM)
+        tt_errf(err, errlen,
+                "%s: the PEM private key does not parse (encrypted keys are not "
+                "supported)",
+                path);
+    else if (rc != 0)
+        tt_errf(err, errlen, "%s: %s", path, tt_strerror(rc));
+    return rc == 0 ? key : NULL;
 }
 
 /* ---- building certificates ---- */
@@ -272,7 +244,7 @@ static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, uint64_t
     if (not_after <= now) {
         tt_errf(err, errlen, "the CA certificate has expired");
         X509_free(x);
-        return CP_CA_E_INTERNAL;
+        return TT_E_CA_INTERNAL;
     }
     memset(out, 0, sizeof(*out));
     if (x == NULL || !X509_set_version(x, X509_VERSION_3) ||
@@ -306,14 +278,14 @@ err_free:
     ERR_clear_error();
     free(pem);
     X509_free(x);
-    return CP_CA_E_INTERNAL;
+    return TT_E_CA_INTERNAL;
 }
 
 /* Creates a new self-signed root for the trust domain. */
 static int make_root(struct cp_ca *ca, char *err, size_t errlen)
 {
     char cn[300];
-    char serial[CP_SERIAL_MAX];
+    char serial[TT_SERIAL_MAX];
     int64_t now = (int64_t)time(NULL);
     X509 *x = X509_new();
     EVP_PKEY *key = p256_key_new();
@@ -332,7 +304,7 @@ static int make_root(struct cp_ca *ca, char *err, size_t errlen)
         X509_free(x);
         EVP_PKEY_free(key);
         tt_errf(err, errlen, "creating the root CA failed");
-        return CP_CA_E_INTERNAL;
+        return TT_E_CA_INTERNAL;
     }
     ca->cert = x;
     ca->key = key;
@@ -387,11 +359,11 @@ static int finish_load(struct cp_ca *ca, X509 *root, char *err, size_t errlen)
     }
     if (ca->chain_pem == NULL || ca->bundle_pem == NULL)
         goto err_oom;
-    ca->not_after = asn1_time_unix(X509_get0_notAfter(ca->cert));
+    ca->not_after = tt_asn1_time_unix(X509_get0_notAfter(ca->cert));
     return 0;
 err_oom:
     tt_errf(err, errlen, "out of memory");
-    return CP_CA_E_INTERNAL;
+    return TT_E_CA_INTERNAL;
 }
 
 static bool file_exists(const char *path)
@@ -407,7 +379,7 @@ static int load_given(struct cp_ca *ca, const struct cp_ca_opts *o, char *err, s
 {
     STACK_OF(X509) *certs = NULL, *more = NULL;
     X509 *root = NULL, *prev;
-    int rc = CP_CA_E_INTERNAL;
+    int rc = TT_E_CA_INTERNAL;
 
     if (o->key_file == NULL) {
         tt_errf(err, errlen, "--ca-cert needs --ca-key");
@@ -602,7 +574,7 @@ static bool key_acceptable(EVP_PKEY *pub)
 }
 
 /* Finds the CSR's single URI SAN. Returns 0 and points *uri and *len into the names, or
- * CP_CA_E_SAN with a reason. */
+ * TT_E_CSR_SAN with a reason. */
 static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, size_t *len,
                    char *err, size_t errlen)
 {
@@ -614,7 +586,7 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
     if (exts == NULL) {
         ERR_clear_error();
         tt_errf(err, errlen, "the CSR has no subjectAltName");
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     idx = X509v3_get_ext_by_NID(exts, NID_subject_alt_name, -1);
     if (idx < 0 || X509v3_get_ext_by_NID(exts, NID_subject_alt_name, idx) >= 0) {
@@ -622,14 +594,14 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
         tt_errf(err, errlen,
                 idx < 0 ? "the CSR has no subjectAltName"
                         : "the CSR has more than one subjectAltName extension");
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     names = X509V3_EXT_d2i(sk_X509_EXTENSION_value(exts, (size_t)idx));
     sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
     ERR_clear_error();
     if (names == NULL) {
         tt_errf(err, errlen, "the CSR's subjectAltName does not parse");
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     for (size_t i = 0; i < sk_GENERAL_NAME_num(names); i++) {
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
@@ -649,7 +621,7 @@ static int csr_uri(X509_REQ *req, GENERAL_NAMES **names_out, const char **uri, s
                 : n_uri ? "the CSR carries %d URI SANs (exactly one, the SPIFFE ID, is allowed)"
                         : "the CSR carries no URI SAN",
                 n_uri);
-        return CP_CA_E_SAN;
+        return TT_E_CSR_SAN;
     }
     *names_out = names;
     return 0;
@@ -680,29 +652,29 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
     if (spiffe_id == NULL || !in_trust_domain(ca, spiffe_id)) {
         tt_errf(err, errlen, "%s is not an identity of trust domain %s",
                 spiffe_id ? spiffe_id : "(none)", ca->trust_domain);
-        return CP_CA_E_IDENTITY;
+        return TT_E_CSR_IDENTITY;
     }
     if (der == NULL || len == 0 || len > 65536 ||
         (req = d2i_X509_REQ(NULL, &p, (long)len)) == NULL || p != der + len) {
         ERR_clear_error();
         tt_errf(err, errlen, "the CSR is not a DER PKCS#10 request");
-        rc = CP_CA_E_CSR;
+        rc = TT_E_CSR;
         goto out;
     }
     pub = X509_REQ_get_pubkey(req);
     if (pub == NULL) {
         tt_errf(err, errlen, "the CSR's public key does not parse");
-        rc = CP_CA_E_CSR;
+        rc = TT_E_CSR;
         goto out;
     }
     if (X509_REQ_verify(req, pub) != 1) {
         tt_errf(err, errlen, "the CSR's signature does not verify");
-        rc = CP_CA_E_CSR_SIGNATURE;
+        rc = TT_E_CSR_SIGNATURE;
         goto out;
     }
     if (!key_acceptable(pub)) {
         tt_errf(err, errlen, "the CSR's key must be EC P-256 or RSA of at least 2048 bits");
-        rc = CP_CA_E_KEY;
+        rc = TT_E_CSR_KEY;
         goto out;
     }
     rc = csr_uri(req, &names, &uri, &uri_len, err, errlen);
@@ -711,7 +683,7 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
     if (uri_len != strlen(spiffe_id) || memcmp(uri, spiffe_id, uri_len) != 0) {
         tt_errf(err, errlen, "the CSR asks for %.*s but the proof is for %s",
                 (int)(uri_len > 300 ? 300 : uri_len), uri, spiffe_id);
-        rc = CP_CA_E_IDENTITY;
+        rc = TT_E_CSR_IDENTITY;
         goto out;
     }
     rc = issue_leaf(ca, pub, spiffe_id, ttl_ms, out, err, errlen);
@@ -741,7 +713,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
 
     if (key == NULL) {
         tt_errf(err, errlen, "key generation failed");
-        return CP_CA_E_INTERNAL;
+        return TT_E_CA_INTERNAL;
     }
     cp_ca_serving_id(ca->trust_domain, id, sizeof(id));
     /* The serving certificate is not a workload's: --cert-ttl does not cap it. Issuing
@@ -759,7 +731,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
         if (out->key_pem == NULL) {
             cp_ca_cert_done(out);
             tt_errf(err, errlen, "out of memory");
-            rc = CP_CA_E_INTERNAL;
+            rc = TT_E_CA_INTERNAL;
         }
     }
     EVP_PKEY_free(key);

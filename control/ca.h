@@ -10,22 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef CP_SERIAL_MAX
-#define CP_SERIAL_MAX 80 /* upper-case hex serial plus NUL, comfortably (also in store.h) */
-#endif
+#include "core/errors.h"   /* the TT_E_CSR... codes it returns */
+#include "tls/identity.h" /* TT_SERIAL_MAX */
 
-/* Why a CSR was refused (or signing failed). Reasons have names for logs and /stats. */
-enum cp_ca_err {
-    CP_CA_E_CSR = -2001,           /* not a DER PKCS#10 request */
-    CP_CA_E_CSR_SIGNATURE = -2002, /* the request's self-signature does not verify */
-    CP_CA_E_KEY = -2003,           /* key not EC P-256 nor RSA >= 2048 */
-    CP_CA_E_SAN = -2004,           /* not exactly one URI SAN (or other SAN kinds) */
-    CP_CA_E_IDENTITY = -2005,      /* the URI SAN is not the authorized SPIFFE ID */
-    CP_CA_E_INTERNAL = -2006,      /* BoringSSL or allocation failure */
-};
-
-/* "bad_csr", "bad_csr_signature", "weak_key", "bad_san", "identity_mismatch",
- * "internal"; "unknown" for anything else. Static strings. */
+/* Why a CSR was refused, or signing failed: the project's error codes TT_E_CSR,
+ * TT_E_CSR_SIGNATURE, TT_E_CSR_KEY, TT_E_CSR_SAN, TT_E_CSR_IDENTITY and TT_E_CA_INTERNAL
+ * (errors.h; tt_strerror() describes them). Their reason names for logs and /stats:
+ * "bad_csr", "bad_csr_signature", "weak_key", "bad_san", "identity_mismatch",
+ * "internal"; "unknown" for any other code. Static strings. */
 const char *cp_ca_err_reason(int err);
 
 struct cp_ca;
@@ -57,7 +49,7 @@ void cp_ca_free(struct cp_ca *ca);
 struct cp_ca_cert {
     char *chain_pem;            /* the leaf, then the intermediates (no root) */
     char *key_pem;              /* only for cp_ca_issue_serving(): the new key, PKCS#8 PEM */
-    char serial[CP_SERIAL_MAX]; /* upper-case hex, no colons, no leading zeros */
+    char serial[TT_SERIAL_MAX]; /* upper-case hex, no colons, no leading zeros */
     int64_t not_before;         /* unix seconds */
     int64_t not_after;
 };
@@ -70,15 +62,15 @@ void cp_ca_cert_done(struct cp_ca_cert *c);
  * digitalSignature (plus keyEncipherment for RSA), serverAuth + clientAuth, CA:FALSE,
  * SKI/AKI, a random 128-bit serial, not_before now - 60 s, and not_after now +
  * min(ttl_ms or the cap, the cap) but never after the CA's own not_after. spiffe_id
- * must belong to the CA's trust domain (else CP_CA_E_IDENTITY). Returns 0 and fills
- * *out, or a cp_ca_err with a one-line reason in err. */
+ * must belong to the CA's trust domain (else TT_E_CSR_IDENTITY). Returns 0 and fills
+ * *out, or a tt_err code of the CA (see cp_ca_err_reason) with a one-line reason in err. */
 int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char *spiffe_id,
                    uint64_t ttl_ms, struct cp_ca_cert *out, char *err, size_t errlen);
 
 /* Issues the control plane's own serving certificate
  * (spiffe://<td>/ns/tether-system/sa/tether-control) with a fresh P-256 key, valid for
- * ttl_ms (capped by the CA's not_after). Returns 0 and fills *out (key_pem set) or a
- * cp_ca_err. */
+ * ttl_ms (capped by the CA's not_after). Returns 0 and fills *out (key_pem set) or
+ * TT_E_CA_INTERNAL. */
 int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *out, char *err,
                         size_t errlen);
 

@@ -22,69 +22,53 @@
 #include "control/tlspipe.h"
 #include "core/util.h"
 
-/* Splits an http:// or https:// URL into host (brackets of an IPv6 literal removed), port (default
- * 80 or 443; 1-65535) and path prefix (trailing slashes dropped), each into the caller's buffer.
- * Returns 0, or -EINVAL with "--api URL: ..." in err. */
+/* Copies field f of URL u (parsed from url) into out[outlen]. Returns false when it does not
+ * fit. */
+static bool url_field(const char *url, const struct http_parser_url *u,
+                      enum http_parser_url_fields f, char *out, size_t outlen)
+{
+    size_t n = (u->field_set & (1 << f)) ? u->field_data[f].len : 0;
+
+    if (n >= outlen)
+        return false;
+    memcpy(out, url + u->field_data[f].off, n);
+    out[n] = '\0';
+    return true;
+}
+
+/* Splits an http:// or https:// URL with http_parser_parse_url into host (brackets of an IPv6
+ * literal removed), port (default 80 or 443; 1-65535) and path prefix (trailing slashes dropped),
+ * each into the caller's buffer. A user, query or fragment is refused. Returns 0, or -EINVAL with
+ * "--api URL: ..." in err. */
 int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, size_t portlen,
                        char *prefix, size_t prefixlen, char *err, size_t errlen)
 {
-    const char *p, *hend, *pstart, *slash;
-    size_t n;
-
+    static const uint16_t refused = (1 << UF_USERINFO) | (1 << UF_QUERY) | (1 << UF_FRAGMENT);
     bool https = cp_httpc_url_is_https(url);
+    struct http_parser_url u;
+    size_t n;
 
     if (!https && strncmp(url, "http://", 7) != 0) {
         snprintf(err, errlen, "--api %s: expected http://HOST:PORT or https://HOST:PORT", url);
         return -EINVAL;
     }
-    p = url + (https ? 8 : 7);
-    slash = strchr(p, '/');
-    if (*p == '[') {
-        hend = strchr(p, ']');
-        if (hend == NULL || (slash && hend > slash))
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(url, strlen(url), 0, &u) != 0 || (u.field_set & refused) != 0 ||
+        !(u.field_set & (1 << UF_HOST)) || u.field_data[UF_HOST].len == 0 ||
+        !url_field(url, &u, UF_HOST, host, hostlen))
+        goto bad;
+    if (u.field_set & (1 << UF_PORT)) {
+        if (u.port == 0 || (size_t)snprintf(port, portlen, "%u", u.port) >= portlen)
             goto bad;
-        n = (size_t)(hend - p - 1);
-        if (n == 0 || n >= hostlen)
-            goto bad;
-        memcpy(host, p + 1, n);
-        host[n] = '\0';
-        pstart = hend + 1;
-    } else {
-        pstart = p;
-        while (*pstart && *pstart != ':' && *pstart != '/')
-            pstart++;
-        n = (size_t)(pstart - p);
-        if (n == 0 || n >= hostlen)
-            goto bad;
-        memcpy(host, p, n);
-        host[n] = '\0';
-    }
-    if (*pstart == ':') {
-        const char *pe = pstart + 1;
-
-        while (*pe >= '0' && *pe <= '9')
-            pe++;
-        n = (size_t)(pe - pstart - 1);
-        if (n == 0 || n > 5 || n >= portlen || (*pe != '\0' && *pe != '/'))
-            goto bad;
-        memcpy(port, pstart + 1, n);
-        port[n] = '\0';
-        if (atoi(port) < 1 || atoi(port) > 65535)
-            goto bad;
-        pstart = pe;
-    } else if (*pstart == '\0' || *pstart == '/') {
-        snprintf(port, portlen, "%s", https ? "443" : "80");
-    } else {
+    } else if ((size_t)snprintf(port, portlen, "%s", https ? "443" : "80") >= portlen) {
         goto bad;
     }
-    /* A path prefix without its trailing slash. */
-    n = strlen(pstart);
-    while (n > 0 && pstart[n - 1] == '/')
-        n--;
-    if (n >= prefixlen)
+    if (!url_field(url, &u, UF_PATH, prefix, prefixlen))
         goto bad;
-    memcpy(prefix, pstart, n);
-    prefix[n] = '\0';
+    /* A path prefix without its trailing slashes. */
+    n = strlen(prefix);
+    while (n > 0 && prefix[n - 1] == '/')
+        prefix[--n] = '\0';
     return 0;
 bad:
     snprintf(err, errlen, "--api %s: expected %s://HOST:PORT", url, https ? "https" : "http");

@@ -57,7 +57,8 @@ int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const c
 void cp_httpc_response_done(struct cp_httpc_response *r);
 
 /* Splits base_url (http:// or https://; the port defaults to 80 or 443) into host, port
- * and path prefix. Returns 0 or -EINVAL (with err: "--api URL: ..."). Exposed for tests. */
+ * and path prefix, with http-parser's URL parser; a user, query or fragment in it is refused.
+ * Returns 0 or -EINVAL (with err: "--api URL: ..."). Exposed for tests. */
 int cp_httpc_parse_url(const char *url, char *host, size_t hostlen, char *port, size_t portlen,
                        char *prefix, size_t prefixlen, char *err, size_t errlen);
 

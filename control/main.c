@@ -23,10 +23,8 @@
 #include "tls_acceptor.h"
 #include "control/tlspipe.h"
 #include "core/util.h"
-
-#ifdef CP_HAVE_SIDECAR_API
 #include "sidecar_api.h"
-#endif
+#include "core/util.h"
 
 #define EXIT_RUNTIME      1
 #define EXIT_USAGE        2
@@ -97,9 +95,7 @@ struct control {
     bool handoff_init;
     pthread_mutex_t handoff_lock; /* guards handoffs */
     struct handoff *handoffs;
-#ifdef CP_HAVE_SIDECAR_API
     struct cp_sidecar_api *sidecars;
-#endif
 };
 
 static int die_usage(const char *msg, const char *arg)
@@ -256,15 +252,12 @@ static void on_signal(uv_signal_t *s, int signum)
 
     tt_log(TT_LOG_INFO, "control_stopping", TT_LS("signal", signum == SIGTERM ? "TERM" : "INT"));
     apis_stop(c);
-#ifdef CP_HAVE_SIDECAR_API
     cp_sidecar_api_stop(c->sidecars);
     c->sidecars = NULL;
-#endif
     uv_close((uv_handle_t *)&c->sigterm, on_handle_close);
     uv_close((uv_handle_t *)&c->sigint, on_handle_close);
 }
 
-#ifdef CP_HAVE_SIDECAR_API
 /* The store changed what sidecars receive: push it (any thread). */
 static void on_store_change(void *ud, uint64_t version)
 {
@@ -273,13 +266,10 @@ static void on_store_change(void *ud, uint64_t version)
     if (c->sidecars)
         cp_sidecar_api_push(c->sidecars);
 }
-#endif
 
-/* Starts the gRPC side for sidecars on --listen-sidecars. Without sidecar_api.c built
- * in, says so and serves the operator API only. Returns 0 or EXIT_RUNTIME. */
+/* Starts the gRPC side for sidecars on --listen-sidecars. Returns 0 or EXIT_RUNTIME. */
 static int start_sidecar_side(struct control *c, const struct tt_addr *listen, uint64_t ttl_ms)
 {
-#ifdef CP_HAVE_SIDECAR_API
     struct cp_sidecar_api_opts so = {
         .listen = listen, .ca = c->ca, .store = c->store, .cert_ttl_ms = ttl_ms};
     char err[512] = "";
@@ -293,23 +283,14 @@ static int start_sidecar_side(struct control *c, const struct tt_addr *listen, u
     tt_log(TT_LOG_INFO, "sidecar_api_listening", TT_LS("addr", listen->text),
            TT_LI("port", cp_sidecar_api_port(c->sidecars)));
     return 0;
-#else
-    tt_log(TT_LOG_WARN, "sidecar_api_not_built", TT_LS("addr", listen->text));
-    return 0;
-#endif
 }
 
 /* The certificate an mTLS --listen-api presents: the sidecar API's serving identity. */
 static struct tt_identity *api_identity(void *ud, char *err, size_t errlen)
 {
-#ifdef CP_HAVE_SIDECAR_API
     struct api_listener *l = ud;
 
     return cp_sidecar_api_serving_identity(l->c->sidecars, err, errlen);
-#else
-    snprintf(err, errlen, "no serving identity (built without the sidecar API)");
-    return NULL;
-#endif
 }
 
 /* A handshake thread verified a client on an mTLS --listen-api: refuse a revoked
@@ -447,12 +428,6 @@ int main(int argc, char **argv)
             return die_usage("--listen-api: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
                              l->text);
         l->mtls = !cp_api_addr_is_loopback(&l->addr);
-#ifndef CP_HAVE_SIDECAR_API
-        if (l->mtls)
-            return die_usage("--listen-api off loopback needs mTLS, which needs the sidecar API "
-                             "(not built in): ",
-                             l->text);
-#endif
     }
     for (size_t i = 0; i < f.n_admin_ids; i++) {
         const char *id = f.admin_ids[i];
@@ -500,10 +475,8 @@ int main(int argc, char **argv)
     rc = start_apis(&c, &f);
     if (rc != 0) {
         apis_stop(&c);
-#ifdef CP_HAVE_SIDECAR_API
         cp_sidecar_api_stop(c.sidecars);
         c.sidecars = NULL;
-#endif
         uv_run(c.loop, UV_RUN_DEFAULT);
         goto out_lock;
     }

@@ -136,7 +136,7 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
                        err, sizeof(err));
     if (r < 0) {
         sign_refuse(api, reply,
-                    r == CP_CA_E_INTERNAL ? GRPC_STATUS_INTERNAL : GRPC_STATUS_INVALID_ARGUMENT,
+                    r == TT_E_CA_INTERNAL ? GRPC_STATUS_INTERNAL : GRPC_STATUS_INVALID_ARGUMENT,
                     cp_ca_err_reason(r), peer, asked, err);
         return;
     }

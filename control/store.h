@@ -20,15 +20,7 @@
 
 #include <jansson.h>
 
-/* ---- helpers shared by the control plane ---- */
-
-#ifndef CP_SERIAL_MAX
-#define CP_SERIAL_MAX 80 /* upper-case hex serial plus NUL, comfortably (also in ca.h) */
-#endif
-
-/* Writes data to path atomically: path.tmp with `mode`, fsync, rename over path, fsync
- * of the directory. Returns 0 or -errno (the old file is untouched on failure). */
-int cp_atomic_write(const char *path, const void *data, size_t len, int mode);
+#include "store_file.h" /* cp_atomic_write, which every state file goes through */
 
 #define CP_TOKEN_SECRET_MAX 64 /* base64url of 32 bytes is 43 characters */
 

@@ -3,22 +3,20 @@
  * Exit status: 0 success, 1 the request failed (the server's error message or the
  * network problem on stderr), 2 usage error. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <jansson.h>
-#include <openssl/base64.h>
-#include <openssl/mem.h>
 
 #include "httpc.h"
+#include "tls/crypto.h"
 #include "tls/identity.h"
+#include "query.h"
+#include "store_file.h"
 
 #define DEFAULT_API "http://127.0.0.1:15014"
 #define TIMEOUT_MS  10000
@@ -464,21 +462,13 @@ static int cmd_service_add(const struct ctl *c, const char *addr, const char *id
 
 static int cmd_service_remove(const struct ctl *c, const char *addr)
 {
+    static const char base[] = "/v1/services?address=";
     struct cp_httpc_response r;
     char path[1024];
-    size_t o;
 
-    o = (size_t)snprintf(path, sizeof(path), "/v1/services?address=");
-    for (const char *p = addr; *p && o + 4 < sizeof(path); p++) {
-        unsigned char ch = (unsigned char)*p;
-
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-            ch == '.' || ch == '-' || ch == '_')
-            path[o++] = (char)ch;
-        else
-            o += (size_t)snprintf(path + o, sizeof(path) - o, "%%%02X", ch);
-    }
-    path[o] = '\0';
+    memcpy(path, base, sizeof(base));
+    if (cp_query_escape(addr, path + sizeof(base) - 1, sizeof(path) - sizeof(base) + 1) != 0)
+        return usage_error("service remove: %.64s...: too long for an address", addr);
     if (!call(c, "DELETE", path, NULL, NULL, 0, &r))
         return EXIT_FAIL;
     if (c->json)
@@ -515,38 +505,15 @@ static bool tls_flag(int argc, char **argv, int *i, struct cp_httpc_tls *t, int 
     return false;
 }
 
-/* Writes data to path atomically with `mode` (via path.tmp). Returns 0 or prints why. */
-static int write_file(const char *path, const char *data, size_t len, mode_t mode)
+/* Writes data to path with the control plane's one atomic writer (the directory is
+ * fsync'ed too). Returns 0, or -errno after printing why. */
+static int write_file(const char *path, const char *data, size_t len, int mode)
 {
-    char tmp[4200];
-    size_t off = 0;
-    int fd;
+    int rc = cp_atomic_write(path, data, len, mode);
 
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    unlink(tmp);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-    if (fd < 0)
-        goto fail;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            close(fd);
-            unlink(tmp);
-            goto fail;
-        }
-        off += (size_t)w;
-    }
-    if (fchmod(fd, mode) < 0 || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
-        unlink(tmp);
-        goto fail;
-    }
-    return 0;
-fail:
-    fprintf(stderr, "tetherctl: %s: %s\n", path, strerror(errno));
-    return -1;
+    if (rc != 0)
+        fprintf(stderr, "tetherctl: %s: %s\n", path, strerror(-rc));
+    return rc;
 }
 
 /* admin-cert create: key and CSR made here, signed by the loopback API. */
@@ -554,7 +521,7 @@ static int cmd_admin_cert_create(const struct ctl *c, int argc, char **argv)
 {
     const char *id = NULL, *ttl = NULL, *out = NULL;
     char path[4096], *key_pem = NULL, *b64 = NULL;
-    size_t key_len = 0, der_len = 0, b64_len;
+    size_t key_len = 0, der_len = 0;
     uint8_t *der = NULL;
     struct cp_httpc_response r;
     json_t *body, *doc = NULL;
@@ -590,9 +557,8 @@ static int cmd_admin_cert_create(const struct ctl *c, int argc, char **argv)
         fprintf(stderr, "tetherctl: --spiffe-id %s: not a valid SPIFFE ID\n", id);
         goto out;
     }
-    if (EVP_EncodedLength(&b64_len, der_len) == 0 || (b64 = malloc(b64_len)) == NULL)
+    if ((b64 = tt_crypto_base64_encode(der, der_len)) == NULL)
         goto out;
-    EVP_EncodeBlock((uint8_t *)b64, der, der_len);
     body = json_pack("{s:s,s:s}", "csr", b64, "spiffe_id", id);
     if (body == NULL)
         goto out;
@@ -625,7 +591,7 @@ out:
     free(b64);
     free(der);
     if (key_pem != NULL) {
-        OPENSSL_cleanse(key_pem, key_len);
+        tt_crypto_wipe(key_pem, key_len);
         free(key_pem);
     }
     return rc;

@@ -24,6 +24,7 @@
 #include "tls/identity.h"
 #include "policy/policy.h"
 #include "policy/policy_json.h"
+#include "httpfix.h"
 
 /* ---- stubs ---- */
 
@@ -76,10 +77,8 @@ __attribute__((weak)) const struct tt_cert_info *tt_identity_root(const struct t
 /* ---- the server side, in its own thread ---- */
 
 struct harness {
-    uv_loop_t loop;
-    uv_async_t stop;
+    struct tt_httpfix_loop lp;
     struct tt_admin *admin;
-    pthread_t thread;
     int port;
     int ready;       /* what /ready answers; read on the loop thread */
     int quit_calls;  /* atomics: written on the loop thread */
@@ -128,24 +127,11 @@ static void ops_quit(void *ud)
 
 static const struct tt_admin_ops ops = {ops_get_view, ops_put_view, ops_quit};
 
-static void on_stop_close(uv_handle_t *hd)
+static void on_stop(void *ud)
 {
-}
-
-static void on_stop(uv_async_t *a)
-{
-    struct harness *h = a->data;
+    struct harness *h = ud;
 
     tt_admin_close(h->admin);
-    uv_close((uv_handle_t *)&h->stop, on_stop_close);
-}
-
-static void *loop_thread(void *p)
-{
-    struct harness *h = p;
-
-    uv_run(&h->loop, UV_RUN_DEFAULT);
-    return NULL;
 }
 
 static int setup(void **state)
@@ -161,16 +147,14 @@ static int setup(void **state)
     h->metrics = tt_metrics_new(1);
     assert_non_null(h->metrics);
     TT_COUNTER_ADD(h->metrics->listeners[0].accepted, 17);
-    assert_int_equal(uv_loop_init(&h->loop), 0);
-    assert_int_equal(uv_async_init(&h->loop, &h->stop, on_stop), 0);
-    h->stop.data = h;
+    tt_httpfix_loop_init(&h->lp, on_stop, h);
     assert_int_equal(tt_addr_parse("127.0.0.1:0", 1, &addr), 0);
-    h->admin = tt_admin_new(&h->loop, &addr, &ops, h, &err);
+    h->admin = tt_admin_new(&h->lp.loop, &addr, &ops, h, &err);
     assert_non_null(h->admin);
     assert_int_equal(err, 0);
     h->port = tt_admin_port(h->admin);
     assert_true(h->port > 0);
-    assert_int_equal(pthread_create(&h->thread, NULL, loop_thread, h), 0);
+    tt_httpfix_loop_start(&h->lp);
     *state = h;
     return 0;
 }
@@ -179,150 +163,22 @@ static int teardown(void **state)
 {
     struct harness *h = *state;
 
-    uv_async_send(&h->stop);
-    pthread_join(h->thread, NULL);
     /* Every handle closed and every client freed, or this fails with UV_EBUSY. */
-    assert_int_equal(uv_loop_close(&h->loop), 0);
+    assert_int_equal(tt_httpfix_loop_stop(&h->lp), 0);
     assert_int_equal(h->get_views, h->put_views);
     tt_metrics_free(h->metrics);
     free(h);
     return 0;
 }
 
-/* ---- the client side ---- */
-
-struct client {
-    int fd;
-    size_t len;
-    char buf[(1 << 20) + 1];
-};
-
-struct response {
-    int status;
-    char head[8192];
-    char *body; /* NUL-terminated, malloc'ed */
-    size_t body_len;
-};
-
-static struct client *client_connect(int port, int rcvbuf)
-{
-    struct client *c = malloc(sizeof(*c));
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    struct timeval tv = {.tv_sec = 15};
-
-    assert_non_null(c);
-    c->len = 0;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(c->fd >= 0);
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (rcvbuf > 0)
-        setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    assert_int_equal(connect(c->fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    return c;
-}
-
-static struct client *client_new(int port)
-{
-    return client_connect(port, 0);
-}
-
-static void client_free(struct client *c)
-{
-    close(c->fd);
-    free(c);
-}
-
-static void client_send(struct client *c, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return; /* the server may close early (431, 413): reading tells */
-        data += n;
-        len -= (size_t)n;
-    }
-}
-
-static void client_sends(struct client *c, const char *s)
-{
-    client_send(c, s, strlen(s));
-}
-
-/* Reads more into the buffer; returns bytes read, 0 on EOF, -1 on error/timeout. */
-static ssize_t client_fill(struct client *c)
-{
-    ssize_t n;
-
-    assert_true(c->len < sizeof(c->buf) - 1);
-    do {
-        n = recv(c->fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len, 0);
-    } while (n < 0 && errno == EINTR);
-    if (n > 0)
-        c->len += (size_t)n;
-    return n;
-}
-
-/* Reads one response (Content-Length framed); returns false on EOF before one. */
-static bool read_response(struct client *c, struct response *r, bool head_request)
-{
-    char *end, *cl;
-    size_t head_len, need;
-
-    memset(r, 0, sizeof(*r));
-    for (;;) {
-        c->buf[c->len] = '\0';
-        end = c->len ? strstr(c->buf, "\r\n\r\n") : NULL;
-        if (end)
-            break;
-        if (client_fill(c) <= 0)
-            return false;
-    }
-    head_len = (size_t)(end - c->buf) + 4;
-    assert_true(head_len < sizeof(r->head));
-    memcpy(r->head, c->buf, head_len);
-    r->head[head_len] = '\0';
-    assert_int_equal(sscanf(r->head, "HTTP/1.1 %d ", &r->status), 1);
-    cl = strcasestr(r->head, "\r\nContent-Length: ");
-    assert_non_null(cl);
-    r->body_len = head_request ? 0 : strtoul(cl + 18, NULL, 10);
-    need = head_len + r->body_len;
-    while (c->len < need)
-        assert_true(client_fill(c) > 0);
-    r->body = malloc(r->body_len + 1);
-    assert_non_null(r->body);
-    memcpy(r->body, c->buf + head_len, r->body_len);
-    r->body[r->body_len] = '\0';
-    memmove(c->buf, c->buf + need, c->len - need);
-    c->len -= need;
-    return true;
-}
-
-static void response_done(struct response *r)
-{
-    free(r->body);
-    r->body = NULL;
-}
-
-/* True when the server closes the connection (EOF or reset) without more bytes. */
-static bool closed_by_server(struct client *c)
-{
-    ssize_t n = client_fill(c);
-
-    return n == 0 || (n < 0 && errno == ECONNRESET);
-}
-
 /* One request on a fresh connection. */
-static void roundtrip(struct harness *h, const char *req, struct response *r)
+static void roundtrip(struct harness *h, const char *req, struct tt_httpfix_response *r)
 {
-    struct client *c = client_new(h->port);
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
 
-    client_sends(c, req);
-    assert_true(read_response(c, r, false));
-    client_free(c);
+    tt_httpfix_sends(c, req);
+    assert_true(tt_httpfix_read_response(c, r, false));
+    tt_httpfix_client_free(c);
 }
 
 #define GET(path) "GET " path " HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -332,45 +188,45 @@ static void roundtrip(struct harness *h, const char *req, struct response *r)
 static void test_admin_live(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
 
-    client_sends(c, GET("/live"));
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, GET("/live"));
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "live\n");
     assert_non_null(strstr(r.head, "Connection: keep-alive\r\n"));
     assert_non_null(strstr(r.head, "Content-Type: text/plain"));
-    response_done(&r);
+    tt_httpfix_response_done(&r);
     /* Keep-alive: the same connection serves a second request. */
-    client_sends(c, GET("/live"));
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, GET("/live"));
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 200);
-    response_done(&r);
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    tt_httpfix_client_free(c);
 }
 
 static void test_admin_ready_states(void **state)
 {
     struct harness *h = *state;
-    struct response r;
+    struct tt_httpfix_response r;
 
     roundtrip(h, GET("/ready"), &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ready\n");
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 
     __atomic_store_n(&h->ready, 0, __ATOMIC_SEQ_CST);
     roundtrip(h, GET("/ready"), &r);
     assert_int_equal(r.status, 503);
     assert_string_equal(r.body, "not ready\n");
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_stats_json(void **state)
 {
     struct harness *h = *state;
-    struct response r;
+    struct tt_httpfix_response r;
     json_error_t jerr;
     json_t *doc, *ls;
 
@@ -385,36 +241,36 @@ static void test_admin_stats_json(void **state)
     assert_int_equal(json_integer_value(json_object_get(json_array_get(ls, 0), "accepted")), 17);
     assert_non_null(strchr(r.body, '\n')); /* pretty-printed */
     json_decref(doc);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 
     /* format=json says the same explicitly, among other parameters. */
     roundtrip(h, GET("/stats?x=1&format=json"), &r);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.head, "application/json"));
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_stats_prometheus(void **state)
 {
     struct harness *h = *state;
-    struct response r;
+    struct tt_httpfix_response r;
 
     roundtrip(h, GET("/stats?format=prometheus"), &r);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.head, "Content-Type: text/plain; version=0.0.4"));
     assert_non_null(strstr(r.body, "tether_listener_connections_accepted_total{listener=\"inbound:"
                                    "127.0.0.1:16006\",kind=\"inbound\"} 17\n"));
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 
     roundtrip(h, GET("/stats?format=xml"), &r);
     assert_int_equal(r.status, 400);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_certs_and_policy(void **state)
 {
     struct harness *h = *state;
-    struct response r;
+    struct tt_httpfix_response r;
     json_t *doc;
 
     roundtrip(h, GET("/certs"), &r);
@@ -423,7 +279,7 @@ static void test_admin_certs_and_policy(void **state)
     assert_non_null(doc);
     assert_true(json_is_null(json_object_get(doc, "leaf")));
     json_decref(doc);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 
     roundtrip(h, GET("/policy"), &r);
     assert_int_equal(r.status, 200);
@@ -432,7 +288,7 @@ static void test_admin_certs_and_policy(void **state)
     assert_non_null(json_object_get(doc, "policy"));
     assert_true(json_is_null(json_object_get(doc, "policy")));
     json_decref(doc);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 
     __atomic_store_n(&h->with_policy, 1, __ATOMIC_SEQ_CST);
     roundtrip(h, GET("/policy"), &r);
@@ -440,66 +296,66 @@ static void test_admin_certs_and_policy(void **state)
     doc = json_loads(r.body, 0, NULL);
     assert_int_equal(json_integer_value(json_object_get(doc, "marker")), 42);
     json_decref(doc);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_not_found(void **state)
 {
     struct harness *h = *state;
-    struct response r;
+    struct tt_httpfix_response r;
     char req[4096];
 
     roundtrip(h, GET("/nope"), &r);
     assert_int_equal(r.status, 404);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
     roundtrip(h, GET("/stats/"), &r);
     assert_int_equal(r.status, 404);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 
     /* A URL longer than any route. */
     snprintf(req, sizeof(req), "GET /%03000d HTTP/1.1\r\n\r\n", 1);
     roundtrip(h, req, &r);
     assert_int_equal(r.status, 414);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_wrong_method(void **state)
 {
     struct harness *h = *state;
-    struct response r;
+    struct tt_httpfix_response r;
 
     roundtrip(h, "POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &r);
     assert_int_equal(r.status, 405);
     assert_non_null(strstr(r.head, "\r\nAllow: GET, HEAD\r\n"));
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 
     roundtrip(h, GET("/quitquitquit"), &r);
     assert_int_equal(r.status, 405);
     assert_non_null(strstr(r.head, "\r\nAllow: POST\r\n"));
-    response_done(&r);
+    tt_httpfix_response_done(&r);
     assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 0);
 
     roundtrip(h, "DELETE /live HTTP/1.1\r\n\r\n", &r);
     assert_int_equal(r.status, 405);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_head(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
 
     /* HEAD answers the headers only; the next response follows right after them. */
-    client_sends(c, "HEAD /live HTTP/1.1\r\n\r\n" GET("/ready"));
-    assert_true(read_response(c, &r, true));
+    tt_httpfix_sends(c, "HEAD /live HTTP/1.1\r\n\r\n" GET("/ready"));
+    assert_true(tt_httpfix_read_response(c, &r, true));
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.head, "Content-Length: 5\r\n"));
-    response_done(&r);
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_string_equal(r.body, "ready\n");
-    response_done(&r);
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    tt_httpfix_client_free(c);
 }
 
 static void wait_for(int *counter, int value)
@@ -511,12 +367,12 @@ static void wait_for(int *counter, int value)
 static void test_admin_quit(void **state)
 {
     struct harness *h = *state;
-    struct response r;
+    struct tt_httpfix_response r;
 
     roundtrip(h, "POST /quitquitquit HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok\n");
-    response_done(&r);
+    tt_httpfix_response_done(&r);
     wait_for(&h->quit_calls, 1);
     assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 1);
 }
@@ -524,60 +380,60 @@ static void test_admin_quit(void **state)
 static void test_admin_quit_closes_admin(void **state)
 {
     struct harness *h = *state;
-    struct client *idle = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *idle = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
 
     /* The runtime's quit closes the admin: the answer still arrives, every client is
      * closed and the loop runs out of handles (teardown joins it). */
-    client_sends(idle, GET("/live"));
-    assert_true(read_response(idle, &r, false));
-    response_done(&r);
+    tt_httpfix_sends(idle, GET("/live"));
+    assert_true(tt_httpfix_read_response(idle, &r, false));
+    tt_httpfix_response_done(&r);
     __atomic_store_n(&h->quit_closes, 1, __ATOMIC_SEQ_CST);
     roundtrip(h, "POST /quitquitquit HTTP/1.1\r\n\r\n", &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok\n");
-    response_done(&r);
+    tt_httpfix_response_done(&r);
     wait_for(&h->quit_calls, 1);
     assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 1);
-    assert_true(closed_by_server(idle));
-    client_free(idle);
+    assert_true(tt_httpfix_closed_by_server(idle));
+    tt_httpfix_client_free(idle);
 }
 
 static void test_admin_garbage(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
     static const char junk[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n";
 
-    client_send(c, junk, sizeof(junk) - 1);
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_send(c, junk, sizeof(junk) - 1);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 400);
     assert_non_null(strstr(r.head, "Connection: close\r\n"));
-    response_done(&r);
-    assert_true(closed_by_server(c));
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_closed_by_server(c));
+    tt_httpfix_client_free(c);
 
     /* A bad header line after a good request line. */
-    c = client_new(h->port);
-    client_sends(c, "GET /live HTTP/1.1\r\nBad Header\r\n\r\n");
-    assert_true(read_response(c, &r, false));
+    c = tt_httpfix_connect(h->port, 0);
+    tt_httpfix_sends(c, "GET /live HTTP/1.1\r\nBad Header\r\n\r\n");
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 400);
-    response_done(&r);
-    assert_true(closed_by_server(c));
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_closed_by_server(c));
+    tt_httpfix_client_free(c);
 
     /* The server survives both. */
     roundtrip(h, GET("/live"), &r);
     assert_int_equal(r.status, 200);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_oversized_headers(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
     static char req[24000];
     const size_t big = 20000;
     static const char prefix[] = "GET /live HTTP/1.1\r\nX-Big: ";
@@ -587,77 +443,77 @@ static void test_admin_oversized_headers(void **state)
     memcpy(req, prefix, off);
     memset(req + off, 'a', big);
     strcpy(req + off + big, "\r\n\r\n");
-    client_sends(c, req);
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, req);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 431);
-    response_done(&r);
-    assert_true(closed_by_server(c));
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_closed_by_server(c));
+    tt_httpfix_client_free(c);
 
     /* Too many header lines, each small. */
-    c = client_new(h->port);
+    c = tt_httpfix_connect(h->port, 0);
     n = sprintf(req, "GET /live HTTP/1.1\r\n");
     for (int i = 0; i < 150; i++)
         n += sprintf(req + n, "X-%d: v\r\n", i);
     strcpy(req + n, "\r\n");
-    client_sends(c, req);
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, req);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 431);
-    response_done(&r);
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    tt_httpfix_client_free(c);
 }
 
 static void test_admin_body_too_large(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
     char chunk[8192 + 32];
     int n;
 
-    client_sends(c, "POST /quitquitquit HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, "POST /quitquitquit HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 413);
-    response_done(&r);
-    assert_true(closed_by_server(c));
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_closed_by_server(c));
+    tt_httpfix_client_free(c);
 
     /* Chunked, so the size is only known while it arrives. */
-    c = client_new(h->port);
-    client_sends(c, "POST /quitquitquit HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    c = tt_httpfix_connect(h->port, 0);
+    tt_httpfix_sends(c, "POST /quitquitquit HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
     n = sprintf(chunk, "2000\r\n");
     memset(chunk + n, 'z', 8192);
     strcpy(chunk + n + 8192, "\r\n");
     for (int i = 0; i < 9; i++)
-        client_sends(c, chunk);
-    assert_true(read_response(c, &r, false));
+        tt_httpfix_sends(c, chunk);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 413);
-    response_done(&r);
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    tt_httpfix_client_free(c);
     assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 0);
 }
 
 static void test_admin_pipelined(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
 
-    client_sends(c, GET("/live") GET("/ready") GET("/nope"));
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, GET("/live") GET("/ready") GET("/nope"));
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_string_equal(r.body, "live\n");
-    response_done(&r);
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_string_equal(r.body, "ready\n");
-    response_done(&r);
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 404);
-    response_done(&r);
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    tt_httpfix_client_free(c);
 }
 
 struct sender {
-    struct client *c;
+    struct tt_httpfix_client *c;
     const char *data;
     size_t len;
 };
@@ -666,7 +522,7 @@ static void *sender_thread(void *p)
 {
     struct sender *snd = p;
 
-    client_send(snd->c, snd->data, snd->len);
+    tt_httpfix_send(snd->c, snd->data, snd->len);
     return NULL;
 }
 
@@ -674,8 +530,8 @@ static void test_admin_pipelined_backpressure(void **state)
 {
     struct harness *h = *state;
     /* A small receive window keeps the kernel from absorbing all the answers. */
-    struct client *c = client_connect(h->port, 16384);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 16384);
+    struct tt_httpfix_response r;
     const int n = 400;
     size_t len = strlen(GET("/stats"));
     char *reqs = malloc(len * n + 1);
@@ -713,110 +569,110 @@ static void test_admin_pipelined_backpressure(void **state)
 
     /* Reading lets it resume: every request is answered, in order. */
     for (int i = 0; i < n; i++) {
-        assert_true(read_response(c, &r, false));
+        assert_true(tt_httpfix_read_response(c, &r, false));
         assert_int_equal(r.status, 200);
         assert_true(r.body_len > 20000);
-        response_done(&r);
+        tt_httpfix_response_done(&r);
     }
     pthread_join(t, NULL);
     free(reqs);
-    client_sends(c, GET("/live"));
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, GET("/live"));
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_string_equal(r.body, "live\n");
-    response_done(&r);
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    tt_httpfix_client_free(c);
 }
 
 static void test_admin_connection_close(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
 
     /* The request after "Connection: close" is not answered. */
-    client_sends(c, "GET /live HTTP/1.1\r\nConnection: close\r\n\r\n" GET("/ready"));
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_sends(c, "GET /live HTTP/1.1\r\nConnection: close\r\n\r\n" GET("/ready"));
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.head, "Connection: close\r\n"));
-    response_done(&r);
-    assert_true(closed_by_server(c));
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_closed_by_server(c));
     assert_int_equal(c->len, 0);
-    client_free(c);
+    tt_httpfix_client_free(c);
 
     /* HTTP/1.0 closes, even when it asks for keep-alive. */
-    c = client_new(h->port);
-    client_sends(c, "GET /live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-    assert_true(read_response(c, &r, false));
+    c = tt_httpfix_connect(h->port, 0);
+    tt_httpfix_sends(c, "GET /live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.head, "Connection: close\r\n"));
-    response_done(&r);
-    assert_true(closed_by_server(c));
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_closed_by_server(c));
+    tt_httpfix_client_free(c);
 }
 
 static void test_admin_half_close(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
-    struct response r;
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
+    struct tt_httpfix_response r;
 
     /* A client that sends its requests and shuts its side still gets its answers. */
-    client_sends(c, GET("/live") GET("/stats"));
+    tt_httpfix_sends(c, GET("/live") GET("/stats"));
     shutdown(c->fd, SHUT_WR);
-    assert_true(read_response(c, &r, false));
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_string_equal(r.body, "live\n");
-    response_done(&r);
-    assert_true(read_response(c, &r, false));
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_read_response(c, &r, false));
     assert_int_equal(r.status, 200);
-    response_done(&r);
-    assert_true(closed_by_server(c));
-    client_free(c);
+    tt_httpfix_response_done(&r);
+    assert_true(tt_httpfix_closed_by_server(c));
+    tt_httpfix_client_free(c);
 }
 
 static void test_admin_client_limit(void **state)
 {
     struct harness *h = *state;
-    struct client *cs[64];
-    struct client *extra;
-    struct response r;
+    struct tt_httpfix_client *cs[64];
+    struct tt_httpfix_client *extra;
+    struct tt_httpfix_response r;
 
     for (int i = 0; i < 64; i++) {
-        cs[i] = client_new(h->port);
-        client_sends(cs[i], GET("/live")); /* answered: accepted and counted */
-        assert_true(read_response(cs[i], &r, false));
-        response_done(&r);
+        cs[i] = tt_httpfix_connect(h->port, 0);
+        tt_httpfix_sends(cs[i], GET("/live")); /* answered: accepted and counted */
+        assert_true(tt_httpfix_read_response(cs[i], &r, false));
+        tt_httpfix_response_done(&r);
     }
-    extra = client_new(h->port);
-    assert_true(closed_by_server(extra));
-    client_free(extra);
+    extra = tt_httpfix_connect(h->port, 0);
+    assert_true(tt_httpfix_closed_by_server(extra));
+    tt_httpfix_client_free(extra);
 
     /* A slot freed is a slot usable again. */
-    client_free(cs[0]);
+    tt_httpfix_client_free(cs[0]);
     usleep(100000);
-    cs[0] = client_new(h->port);
-    client_sends(cs[0], GET("/live"));
-    assert_true(read_response(cs[0], &r, false));
+    cs[0] = tt_httpfix_connect(h->port, 0);
+    tt_httpfix_sends(cs[0], GET("/live"));
+    assert_true(tt_httpfix_read_response(cs[0], &r, false));
     assert_int_equal(r.status, 200);
-    response_done(&r);
+    tt_httpfix_response_done(&r);
     for (int i = 0; i < 64; i++)
-        client_free(cs[i]);
+        tt_httpfix_client_free(cs[i]);
 }
 
 static void test_admin_idle_timeout(void **state)
 {
     struct harness *h = *state;
-    struct client *c = client_new(h->port);
+    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
     struct timeval t0, t1;
     double secs;
 
     /* Half a request, then silence: closed after about 10 s. */
-    client_sends(c, "GET /live HTTP/1.1\r\n");
+    tt_httpfix_sends(c, "GET /live HTTP/1.1\r\n");
     gettimeofday(&t0, NULL);
-    assert_true(closed_by_server(c));
+    assert_true(tt_httpfix_closed_by_server(c));
     gettimeofday(&t1, NULL);
     secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_usec - t0.tv_usec) / 1e6;
     assert_true(secs >= 9.0 && secs <= 13.0);
-    client_free(c);
+    tt_httpfix_client_free(c);
 }
 
 static void test_admin_start_errors(void **state)

@@ -22,6 +22,7 @@
 #include "api.h"
 #include "ca.h"
 #include "core/errors.h"
+#include "cpapifix.h"
 #include "httpc.h"
 #include "store.h"
 
@@ -31,91 +32,25 @@
     "{\"default\": \"deny\", \"rules\": [{\"name\": \"r1\", \"action\": \"allow\", \"from\": "     \
     "[\"" ID_A "\"], \"ports\": [8080]}]}"
 
-struct harness {
-    char dir[64];
-    char url[64];
-    struct cp_store *store;
-    struct cp_ca *ca;
-    struct cp_api *api;
-    uv_loop_t loop;
-    uv_async_t stop;
-    pthread_t thread;
-};
-
-static void on_stop(uv_async_t *a)
-{
-    struct harness *h = a->data;
-
-    cp_api_close(h->api);
-    uv_close((uv_handle_t *)&h->stop, NULL);
-}
-
-static void *loop_thread(void *p)
-{
-    struct harness *h = p;
-
-    uv_run(&h->loop, UV_RUN_DEFAULT);
-    return NULL;
-}
-
-static void open_state(struct harness *h)
-{
-    struct cp_ca_opts co = {.trust_domain = "example.org"};
-    char err[512] = "";
-
-    snprintf(h->dir, sizeof(h->dir), "/tmp/test-cp-api-XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    h->store = cp_store_open(h->dir, err, sizeof(err));
-    assert_non_null(h->store);
-    co.state_dir = h->dir;
-    h->ca = cp_ca_open(&co, err, sizeof(err));
-    assert_non_null(h->ca);
-}
-
-static void close_state(struct harness *h)
-{
-    char cmd[128];
-
-    cp_ca_free(h->ca);
-    cp_store_free(h->store);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
-    assert_int_equal(system(cmd), 0);
-}
-
 static int setup(void **state)
 {
-    struct harness *h = calloc(1, sizeof(*h));
-    struct cp_api_opts o = {.listen = "127.0.0.1:0"};
-    char err[512] = "";
+    struct cp_apifix *h = calloc(1, sizeof(*h));
 
     assert_non_null(h);
-    open_state(h);
-    assert_int_equal(uv_loop_init(&h->loop), 0);
-    assert_int_equal(uv_async_init(&h->loop, &h->stop, on_stop), 0);
-    h->stop.data = h;
-    h->api = cp_api_start(&h->loop, &o, h->store, h->ca, err, sizeof(err));
-    if (h->api == NULL)
-        fail_msg("cp_api_start: %s", err);
-    snprintf(h->url, sizeof(h->url), "http://127.0.0.1:%d", cp_api_port(h->api));
-    assert_int_equal(pthread_create(&h->thread, NULL, loop_thread, h), 0);
+    cp_apifix_start(h, "test-cp-api", NULL);
     *state = h;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct harness *h = *state;
-
-    uv_async_send(&h->stop);
-    pthread_join(h->thread, NULL);
-    assert_int_equal(uv_loop_close(&h->loop), 0);
-    close_state(h);
-    free(h);
+    cp_apifix_stop(*state);
+    free(*state);
     return 0;
 }
 
 /* One request; returns the parsed JSON body (or NULL when not JSON) and the status. */
-static json_t *req(struct harness *h, const char *method, const char *path, const char *body,
+static json_t *req(struct cp_apifix *h, const char *method, const char *path, const char *body,
                    int *status, struct cp_httpc_response *raw)
 {
     struct cp_httpc_response r;
@@ -145,7 +80,7 @@ static const char *err_of(json_t *doc)
 
 static void test_api_tokens(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     enum cp_token_err why;
     json_t *doc, *list;
     char secret[128];
@@ -186,7 +121,7 @@ static void test_api_tokens(void **state)
 
 static void test_api_token_errors(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     json_t *doc;
     int st;
 
@@ -232,7 +167,7 @@ static void test_api_token_errors(void **state)
 
 static void test_api_policy_validation(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     const char *bad = "{\"default\": \"deny\", \"rules\": [{\"name\": \"x\", \"action\": "
                       "\"allow\", \"from\": [\"" ID_A "\"], \"portz\": [80]}]}";
     struct cp_httpc_response raw;
@@ -268,7 +203,7 @@ static void test_api_policy_validation(void **state)
 
 static void test_api_revocations(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     json_t *doc;
     int st;
 
@@ -296,7 +231,7 @@ static void test_api_revocations(void **state)
 
 static void test_api_services(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     json_t *doc;
     int st;
 
@@ -322,17 +257,32 @@ static void test_api_services(void **state)
     doc = req(h, "DELETE", "/v1/services?address=%5B%3A%3A1%5D%3A8080", NULL, &st, NULL);
     assert_int_equal(st, 404);
     json_decref(doc);
+    /* Malformed or ambiguous queries are refused, each with its reason. */
     doc = req(h, "DELETE", "/v1/services?address=%zz", NULL, &st, NULL);
     assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "address: malformed percent-escape"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services?address=10.0.0.1%3", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "address: malformed percent-escape"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services?address=a:1&address=b:2", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "address: given more than once"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services?addr=10.0.0.1:80", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_string_equal(err_of(doc), "query: address=ADDR:PORT required");
     json_decref(doc);
     doc = req(h, "DELETE", "/v1/services", NULL, &st, NULL);
     assert_int_equal(st, 400);
+    assert_string_equal(err_of(doc), "query: address=ADDR:PORT required");
     json_decref(doc);
 }
 
 static void test_api_bundle_sidecars_stats(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     struct cp_httpc_response raw;
     json_t *doc;
     int st;
@@ -374,7 +324,7 @@ static void test_api_bundle_sidecars_stats(void **state)
 
 static void test_api_not_found_and_methods(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     struct cp_httpc_response raw;
     json_t *doc;
     int st;
@@ -417,7 +367,7 @@ static void test_api_not_found_and_methods(void **state)
 
 static void test_api_body_limit(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     size_t n = CP_API_BODY_MAX + 10;
     char *big = malloc(n + 1);
     json_t *doc;
@@ -442,29 +392,30 @@ static void test_api_body_limit(void **state)
 
 static void test_api_refuses_non_loopback(void **state)
 {
-    struct harness h = {0};
+    struct cp_apifix h;
     struct cp_api_opts o = {.listen = "0.0.0.0:0"};
     char err[512] = "";
     struct tt_addr a;
+    uv_loop_t loop;
 
-    open_state(&h);
-    assert_int_equal(uv_loop_init(&h.loop), 0);
-    assert_null(cp_api_start(&h.loop, &o, h.store, h.ca, err, sizeof(err)));
+    cp_apifix_open_state(&h, "test-cp-api");
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_null(cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err)));
     assert_string_equal(err,
                         "--listen-api 0.0.0.0:0: non-loopback addresses need mTLS (not yet wired)");
     o.listen = "[::]:0";
-    assert_null(cp_api_start(&h.loop, &o, h.store, h.ca, err, sizeof(err)));
+    assert_null(cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err)));
     assert_non_null(strstr(err, "need mTLS"));
     o.listen = "localhost:0";
     /* "localhost" resolves to a loopback address: allowed. */
-    h.api = cp_api_start(&h.loop, &o, h.store, h.ca, err, sizeof(err));
+    h.api = cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err));
     assert_non_null(h.api);
     cp_api_close(h.api);
     o.listen = "bogus";
-    assert_null(cp_api_start(&h.loop, &o, h.store, h.ca, err, sizeof(err)));
+    assert_null(cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err)));
     assert_non_null(strstr(err, "--listen-api bogus"));
-    assert_int_equal(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(&h.loop), 0);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
 
     assert_int_equal(tt_addr_parse("127.1.2.3:1", 0, &a), 0);
     assert_true(cp_api_addr_is_loopback(&a));
@@ -472,70 +423,67 @@ static void test_api_refuses_non_loopback(void **state)
     assert_true(cp_api_addr_is_loopback(&a));
     assert_int_equal(tt_addr_parse("10.0.0.1:1", 0, &a), 0);
     assert_false(cp_api_addr_is_loopback(&a));
-    close_state(&h);
+    cp_apifix_close_state(&h);
 }
 
-/* Sends a request on one end of a socketpair whose other end the API adopted, runs the
- * loop until the answer is complete (Connection: close), returns the status. */
-static int pair_request(uv_loop_t *loop, struct cp_api *api, const char *peer, char *out,
-                        size_t outlen)
+struct adopt {
+    struct cp_api *api;
+    int fd;
+    const char *peer;
+    int rc;
+};
+
+static void adopt_on_loop(void *ud)
 {
-    static const char rq[] = "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    struct adopt *a = ud;
+
+    a->rc = cp_api_adopt_fd(a->api, a->fd, a->peer);
+}
+
+/* Sends GET /stats on one end of a socketpair whose other end the API adopted on its loop
+ * thread, as the TLS bridge does, and reads the answer into *r. Returns the status. */
+static int pair_request(struct cp_apifix *h, const char *peer, struct tt_httpfix_response *r)
+{
+    struct tt_httpfix_client *c;
+    struct adopt a;
     int sv[2];
-    size_t got = 0;
-    int status = 0;
 
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    assert_int_equal(cp_api_adopt_fd(api, sv[0], peer), 0);
-    assert_int_equal(write(sv[1], rq, sizeof(rq) - 1), (ssize_t)(sizeof(rq) - 1));
-    for (int i = 0; i < 2000; i++) {
-        ssize_t n;
-
-        uv_run(loop, UV_RUN_NOWAIT);
-        n = recv(sv[1], out + got, outlen - 1 - got, MSG_DONTWAIT);
-        if (n == 0)
-            break;
-        if (n > 0)
-            got += (size_t)n;
-        else
-            usleep(1000);
-    }
-    out[got] = '\0';
-    close(sv[1]);
-    sscanf(out, "HTTP/1.1 %d", &status);
-    return status;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+    a = (struct adopt){h->api, sv[0], peer, -1};
+    tt_httpfix_loop_call(&h->lp, adopt_on_loop, &a);
+    assert_int_equal(a.rc, 0);
+    c = tt_httpfix_client_adopt(sv[1]);
+    tt_httpfix_sends(c, "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(tt_httpfix_read_response(c, r, false));
+    assert_true(tt_httpfix_closed_by_server(c));
+    tt_httpfix_client_free(c);
+    return r->status;
 }
 
 static void test_api_mtls_adopted_admin_check(void **state)
 {
-    struct harness h = {0};
+    static const char admin[] = "spiffe://example.org/ns/tether-system/sa/tether-admin";
     struct cp_api_opts o = {.listen = "0.0.0.0:15014", .mtls = true};
-    char err[512] = "", buf[8192];
+    struct tt_httpfix_response r;
+    struct cp_apifix h;
 
-    open_state(&h);
-    assert_int_equal(uv_loop_init(&h.loop), 0);
-    h.api = cp_api_start(&h.loop, &o, h.store, h.ca, err, sizeof(err));
-    assert_non_null(h.api);
+    cp_apifix_start(&h, "test-cp-api", &o);
     assert_int_equal(cp_api_port(h.api), 0); /* it does not listen itself */
-    assert_true(
-        cp_api_admin_allowed(h.api, "spiffe://example.org/ns/tether-system/sa/tether-admin"));
+    assert_true(cp_api_admin_allowed(h.api, admin));
     assert_false(cp_api_admin_allowed(h.api, ID_A));
     assert_false(cp_api_admin_allowed(h.api, NULL));
     assert_false(
         cp_api_admin_allowed(h.api, "spiffe://example.org/ns/tether-system/sa/tether-admin/"));
 
-    assert_int_equal(pair_request(&h.loop, h.api,
-                                  "spiffe://example.org/ns/tether-system/sa/tether-admin", buf,
-                                  sizeof(buf)),
-                     200);
-    assert_non_null(strstr(buf, "\"refusals\""));
-    assert_int_equal(pair_request(&h.loop, h.api, ID_A, buf, sizeof(buf)), 403);
-    assert_non_null(strstr(buf, "admin identity"));
-    assert_int_equal(pair_request(&h.loop, h.api, NULL, buf, sizeof(buf)), 403);
-    cp_api_close(h.api);
-    assert_int_equal(uv_run(&h.loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(&h.loop), 0);
-    close_state(&h);
+    assert_int_equal(pair_request(&h, admin, &r), 200);
+    assert_non_null(strstr(r.body, "\"refusals\""));
+    tt_httpfix_response_done(&r);
+    assert_int_equal(pair_request(&h, ID_A, &r), 403);
+    assert_non_null(strstr(r.body, "admin identity"));
+    tt_httpfix_response_done(&r);
+    assert_int_equal(pair_request(&h, NULL, &r), 403);
+    tt_httpfix_response_done(&r);
+    cp_apifix_stop(&h);
 }
 
 int main(void)

@@ -28,8 +28,9 @@
 
 #include "ca.h"
 #include "core/util.h"
+#include "core/errors.h"
 #include "certgen.h"
-#include "store.h"
+#include "store_file.h"
 
 #define TD   "example.org"
 #define ID_A "spiffe://example.org/ns/shop/sa/web"
@@ -226,7 +227,7 @@ static void test_ca_sign_happy_path(void **state)
     EXTENDED_KEY_USAGE *eku;
     BIGNUM *bn;
     char *hex;
-    char norm[CP_SERIAL_MAX];
+    char norm[TT_SERIAL_MAX];
     time_t now = time(NULL);
     int days, secs;
 
@@ -297,20 +298,20 @@ static void test_ca_refuses_other_identity(void **state)
     uint8_t *der = csr_for(ID_B, &len);
 
     assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)),
-                     CP_CA_E_IDENTITY);
+                     TT_E_CSR_IDENTITY);
     assert_non_null(strstr(err, ID_B));
     assert_non_null(strstr(err, ID_A));
     assert_null(out.chain_pem);
-    assert_string_equal(cp_ca_err_reason(CP_CA_E_IDENTITY), "identity_mismatch");
+    assert_string_equal(cp_ca_err_reason(TT_E_CSR_IDENTITY), "identity_mismatch");
     /* An identity outside the CA's trust domain is never signed, whatever the proof. */
     OPENSSL_free(der);
     der = csr_for("spiffe://other.org/ns/shop/sa/web", &len);
     assert_int_equal(cp_ca_sign_csr(ca, der, len, "spiffe://other.org/ns/shop/sa/web", 0, &out, err,
                                     sizeof(err)),
-                     CP_CA_E_IDENTITY);
+                     TT_E_CSR_IDENTITY);
     assert_non_null(strstr(err, "trust domain " TD));
     assert_int_equal(cp_ca_sign_csr(ca, der, len, NULL, 0, &out, err, sizeof(err)),
-                     CP_CA_E_IDENTITY);
+                     TT_E_CSR_IDENTITY);
     OPENSSL_free(der);
     cp_ca_free(ca);
     rm_rf(dir);
@@ -330,18 +331,18 @@ static void test_ca_refuses_bad_sans(void **state)
     uint8_t *der;
 
     der = make_csr(k, two, 2, NULL, &len);
-    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), CP_CA_E_SAN);
+    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR_SAN);
     assert_non_null(strstr(err, "2 URI SANs"));
     OPENSSL_free(der);
     der = make_csr(k, dup, 2, NULL, &len);
-    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), CP_CA_E_SAN);
+    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR_SAN);
     OPENSSL_free(der);
     der = make_csr(k, two, 1, "web.example.org", &len);
-    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), CP_CA_E_SAN);
+    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR_SAN);
     assert_non_null(strstr(err, "non-URI"));
     OPENSSL_free(der);
     der = make_csr(k, two, 0, NULL, &len);
-    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), CP_CA_E_SAN);
+    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR_SAN);
     assert_non_null(strstr(err, "no subjectAltName"));
     OPENSSL_free(der);
     EVP_PKEY_free(k);
@@ -364,25 +365,24 @@ static void test_ca_refuses_bad_signature_and_garbage(void **state)
      * structure intact (an ECDSA INTEGER's last byte). */
     der[len - 1] ^= 0x01;
     assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)),
-                     CP_CA_E_CSR_SIGNATURE);
+                     TT_E_CSR_SIGNATURE);
     assert_non_null(strstr(err, "signature"));
     der[len - 1] ^= 0x01;
     /* Truncated, trailing garbage, empty, random. */
-    assert_int_equal(cp_ca_sign_csr(ca, der, len - 5, ID_A, 0, &out, err, sizeof(err)),
-                     CP_CA_E_CSR);
+    assert_int_equal(cp_ca_sign_csr(ca, der, len - 5, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR);
     {
         uint8_t *longer = malloc(len + 1);
 
         memcpy(longer, der, len);
         longer[len] = 0;
         assert_int_equal(cp_ca_sign_csr(ca, longer, len + 1, ID_A, 0, &out, err, sizeof(err)),
-                         CP_CA_E_CSR);
+                         TT_E_CSR);
         free(longer);
     }
-    assert_int_equal(cp_ca_sign_csr(ca, der, 0, ID_A, 0, &out, err, sizeof(err)), CP_CA_E_CSR);
+    assert_int_equal(cp_ca_sign_csr(ca, der, 0, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR);
     memset(junk, 0x30, sizeof(junk));
     assert_int_equal(cp_ca_sign_csr(ca, junk, sizeof(junk), ID_A, 0, &out, err, sizeof(err)),
-                     CP_CA_E_CSR);
+                     TT_E_CSR);
     /* And the intact one still signs. */
     assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), 0);
     cp_ca_cert_done(&out);
@@ -406,12 +406,12 @@ static void test_ca_key_types(void **state)
 
     k = ec_key(NID_secp384r1);
     der = make_csr(k, uris, 1, NULL, &len);
-    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), CP_CA_E_KEY);
+    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR_KEY);
     OPENSSL_free(der);
     EVP_PKEY_free(k);
     k = rsa_key(1024);
     der = make_csr(k, uris, 1, NULL, &len);
-    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), CP_CA_E_KEY);
+    assert_int_equal(cp_ca_sign_csr(ca, der, len, ID_A, 0, &out, err, sizeof(err)), TT_E_CSR_KEY);
     OPENSSL_free(der);
     EVP_PKEY_free(k);
     /* RSA 2048 is fine and gets keyEncipherment too. */
@@ -575,6 +575,14 @@ static void test_ca_refuses_half_state(void **state)
     assert_int_equal(cp_atomic_write(path, "garbage\n", 8, 0644), 0);
     assert_null(cp_ca_open(&o, err, sizeof(err)));
     assert_non_null(strstr(err, "no PEM certificate"));
+    /* So is a certificate block that does not parse. */
+    {
+        static const char bad[] = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+
+        assert_int_equal(cp_atomic_write(path, bad, strlen(bad), 0644), 0);
+        assert_null(cp_ca_open(&o, err, sizeof(err)));
+        assert_non_null(strstr(err, "ca.crt: a PEM certificate block does not parse"));
+    }
     rm_rf(dir);
     free(dir);
 }
@@ -615,6 +623,45 @@ static void test_ca_serving_certificate(void **state)
     free(dir);
 }
 
+/* The CA's refusals are codes of the project's one error space: below -1000, distinct from
+ * every other code, each described by tt_strerror() (not "unknown error", not an errno's
+ * text) and named for logs and /stats by cp_ca_err_reason() as operators' scripts know them. */
+static void test_ca_error_codes(void **state)
+{
+    static const struct {
+        int code;
+        const char *reason;
+    } codes[] = {
+        {TT_E_CSR, "bad_csr"},
+        {TT_E_CSR_SIGNATURE, "bad_csr_signature"},
+        {TT_E_CSR_KEY, "weak_key"},
+        {TT_E_CSR_SAN, "bad_san"},
+        {TT_E_CSR_IDENTITY, "identity_mismatch"},
+        {TT_E_CA_INTERNAL, "internal"},
+    };
+    static const int others[] = {TT_E_TLS,    TT_E_BAD_SAN, TT_E_PEM,    TT_E_IDENTITY, TT_E_POLICY,
+                                 TT_E_DENIED, TT_E_CONFIG,  TT_E_SPIFFE, TT_E_REVOKED,  -EINVAL};
+
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        const char *msg = tt_strerror(codes[i].code);
+
+        assert_true(codes[i].code < -1000);
+        assert_string_equal(cp_ca_err_reason(codes[i].code), codes[i].reason);
+        assert_string_not_equal(msg, "unknown error");
+        assert_string_not_equal(msg, strerror(-codes[i].code)); /* "Unknown error 1060" */
+        for (size_t j = 0; j < i; j++) {
+            assert_int_not_equal(codes[i].code, codes[j].code);
+            assert_string_not_equal(msg, tt_strerror(codes[j].code));
+        }
+        for (size_t j = 0; j < sizeof(others) / sizeof(others[0]); j++) {
+            assert_int_not_equal(codes[i].code, others[j]);
+            assert_string_not_equal(msg, tt_strerror(others[j]));
+        }
+    }
+    assert_string_equal(cp_ca_err_reason(-EINVAL), "unknown");
+    assert_string_equal(cp_ca_err_reason(TT_E_POLICY), "unknown");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -629,6 +676,7 @@ int main(void)
         cmocka_unit_test(test_ca_intermediate),
         cmocka_unit_test(test_ca_refuses_half_state),
         cmocka_unit_test(test_ca_serving_certificate),
+        cmocka_unit_test(test_ca_error_codes),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

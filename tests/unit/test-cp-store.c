@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "core/errors.h"
+#include "tls/identity.h"
 #include "store.h"
 #include "core/util.h"
 
@@ -82,7 +83,7 @@ static char *read_file(const char *dir, const char *name)
 
 static void test_store_serial_normalization(void **state)
 {
-    char out[CP_SERIAL_MAX];
+    char out[TT_SERIAL_MAX];
 
     assert_int_equal(tt_serial_normalize("0a:1B:2c", out, sizeof(out)), 0);
     assert_string_equal(out, "A1B2C");
@@ -197,6 +198,197 @@ static void test_store_persists_across_reload(void **state)
     assert_int_equal(cp_store_version(s), v);
     assert_int_equal(cp_store_bundle_set(s, "PEM2"), 0);
     assert_int_equal(cp_store_version(s), v + 1);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Asserts that o is an object with exactly the keys of the NULL-terminated list. */
+static void assert_keys(json_t *o, const char *const *keys)
+{
+    size_t n = 0;
+
+    assert_true(json_is_object(o));
+    for (; keys[n] != NULL; n++)
+        if (json_object_get(o, keys[n]) == NULL)
+            fail_msg("key \"%s\" missing in %s", keys[n], json_dumps(o, JSON_COMPACT));
+    assert_int_equal(json_object_size(o), n);
+}
+
+/* The one item of collection file DIR/name {"<key>": [...]} at index i (borrowed from *doc,
+ * which the caller decrefs). */
+static json_t *file_item(const char *dir, const char *name, const char *key, size_t i, json_t **doc)
+{
+    char path[600];
+    json_error_t jerr;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    *doc = json_load_file(path, 0, &jerr);
+    if (*doc == NULL)
+        fail_msg("%s: %s", path, jerr.text);
+    return json_array_get(json_object_get(*doc, key), i);
+}
+
+/* Every field of every persisted collection survives save then load, and saving what was
+ * loaded writes the same items again; the API listings show what the files hold (tokens
+ * without the hash, with "id" and "expired"; issued records with "revoked"). */
+static void test_store_round_trip_keeps_every_field(void **state)
+{
+    static const char *const token_file_keys[] = {"sha256",       "spiffe_id",    "uses_left",
+                                                  "expires_unix", "created_unix", NULL};
+    static const char *const token_api_keys[] = {
+        "id", "spiffe_id", "uses_left", "expires_unix", "created_unix", "expired", NULL};
+    static const char *const revoked_keys[] = {"serial", "revoked_unix", NULL};
+    static const char *const service_keys[] = {"address", "spiffe_id", "source", NULL};
+    static const char *const issued_file_keys[] = {"serial", "spiffe_id", "not_after", "issued_at",
+                                                   NULL};
+    static const char *const issued_api_keys[] = {"serial",    "spiffe_id", "not_after",
+                                                  "issued_at", "revoked",   NULL};
+    static const struct {
+        const char *file, *key;
+    } files[] = {{"tokens.json", "tokens"},
+                 {"revocations.json", "revoked"},
+                 {"services.json", "services"},
+                 {"issued.json", "issued"}};
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX], other[CP_TOKEN_SECRET_MAX], err[512];
+    const char *addrs[] = {"10.0.0.9:8080"};
+    int64_t t0 = tt_now_unix(), exp = 0, t1;
+    json_t *before[4], *after[4], *saved[4], *doc, *o, *f;
+    enum cp_token_err why;
+    const char *key;
+    uint64_t v;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 3600 * 1000, 3, secret, sizeof(secret), &exp),
+                     0);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
+    assert_int_equal(cp_store_token_create(s, ID_B, 0, 1, other, sizeof(other), NULL), 0);
+    assert_int_equal(cp_store_revoke(s, "0a:bc"), 0);
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
+    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, addrs, 1, err, sizeof(err)),
+                     0);
+    assert_int_equal(cp_store_issued_add(s, "0A:BC", ID_A, t0 + 3600, t0 - 5), 0);
+    assert_int_equal(cp_store_issued_add(s, "00FF", ID_B, t0 + 7200, t0 - 7), 0);
+    assert_int_equal(cp_store_bundle_set(s, "PEM"), 0);
+    t1 = tt_now_unix();
+    v = cp_store_version(s);
+
+    before[0] = cp_store_tokens_json(s);
+    before[1] = cp_store_revocations_json(s);
+    before[2] = cp_store_services_json(s);
+    before[3] = cp_store_issued_json(s);
+
+    /* What the API shows, field by field. */
+    o = json_array_get(before[0], 0);
+    assert_keys(o, token_api_keys);
+    assert_string_equal(json_string_value(json_object_get(o, "spiffe_id")), ID_A);
+    assert_int_equal(json_integer_value(json_object_get(o, "uses_left")), 2);
+    assert_int_equal(json_integer_value(json_object_get(o, "expires_unix")), exp);
+    assert_true(json_integer_value(json_object_get(o, "created_unix")) >= t0);
+    assert_true(json_integer_value(json_object_get(o, "created_unix")) <= t1);
+    assert_true(json_is_false(json_object_get(o, "expired")));
+    assert_string_equal(json_object_iter_key(json_object_iter(o)), "id"); /* "id" first */
+    o = json_array_get(before[0], 1);
+    assert_keys(o, token_api_keys);
+    assert_true(json_is_null(json_object_get(o, "expires_unix")));
+    o = json_array_get(before[1], 0);
+    assert_keys(o, revoked_keys);
+    assert_string_equal(json_string_value(json_object_get(o, "serial")), "ABC");
+    assert_true(json_integer_value(json_object_get(o, "revoked_unix")) >= t0);
+    assert_int_equal(json_array_size(before[2]), 2);
+    o = json_array_get(before[2], 1);
+    assert_keys(o, service_keys);
+    assert_string_equal(json_string_value(json_object_get(o, "address")), "10.0.0.9:8080");
+    assert_string_equal(json_string_value(json_object_get(o, "spiffe_id")), ID_A);
+    assert_string_equal(json_string_value(json_object_get(o, "source")), "sidecar:n1");
+    o = json_array_get(before[3], 0);
+    assert_keys(o, issued_api_keys);
+    assert_string_equal(json_string_value(json_object_get(o, "serial")), "ABC");
+    assert_string_equal(json_string_value(json_object_get(o, "spiffe_id")), ID_A);
+    assert_int_equal(json_integer_value(json_object_get(o, "not_after")), t0 + 3600);
+    assert_int_equal(json_integer_value(json_object_get(o, "issued_at")), t0 - 5);
+    assert_true(json_is_true(json_object_get(o, "revoked")));
+    assert_true(json_is_false(json_object_get(json_array_get(before[3], 1), "revoked")));
+
+    /* The files hold the same items in their own format: the API's view of a token is the
+     * file's item with the hash replaced by its first 12 digits, plus "expired". */
+    f = file_item(dir, "tokens.json", "tokens", 0, &doc);
+    assert_keys(f, token_file_keys);
+    o = json_array_get(before[0], 0);
+    assert_int_equal(strncmp(json_string_value(json_object_get(f, "sha256")),
+                             json_string_value(json_object_get(o, "id")), 12),
+                     0);
+    json_object_foreach(f, key, o)
+    {
+        if (strcmp(key, "sha256") != 0)
+            assert_true(json_equal(o, json_object_get(json_array_get(before[0], 0), key)));
+    }
+    json_decref(doc);
+    f = file_item(dir, "issued.json", "issued", 0, &doc);
+    assert_keys(f, issued_file_keys);
+    json_object_foreach(f, key, o)
+    {
+        assert_true(json_equal(o, json_object_get(json_array_get(before[3], 0), key)));
+    }
+    json_decref(doc);
+    f = file_item(dir, "revocations.json", "revoked", 0, &doc);
+    assert_true(json_equal(f, json_array_get(before[1], 0)));
+    json_decref(doc);
+    f = file_item(dir, "services.json", "services", 1, &doc);
+    assert_true(json_equal(f, json_array_get(before[2], 1)));
+    json_decref(doc);
+    for (size_t i = 0; i < 4; i++) {
+        file_item(dir, files[i].file, files[i].key, 0, &doc);
+        saved[i] = json_deep_copy(json_object_get(doc, files[i].key));
+        assert_non_null(saved[i]);
+        json_decref(doc);
+    }
+    cp_store_free(s);
+
+    /* Loaded back: the same listings, the same version. */
+    s = open_ok(dir);
+    assert_int_equal(cp_store_version(s), v);
+    after[0] = cp_store_tokens_json(s);
+    after[1] = cp_store_revocations_json(s);
+    after[2] = cp_store_services_json(s);
+    after[3] = cp_store_issued_json(s);
+    for (size_t i = 0; i < 4; i++) {
+        if (!json_equal(before[i], after[i]))
+            fail_msg("%s changed across a reload:\n%s\n%s", files[i].file,
+                     json_dumps(before[i], JSON_COMPACT), json_dumps(after[i], JSON_COMPACT));
+        json_decref(before[i]);
+        json_decref(after[i]);
+    }
+
+    /* Saving what was loaded writes the same items again (each file rewritten by one more
+     * change; the old items come first). */
+    assert_int_equal(cp_store_token_consume(s, other, ID_B, &why), 0);
+    assert_int_equal(cp_store_revoke(s, "0d"), 0);
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.2:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
+    assert_int_equal(cp_store_issued_add(s, "0E", ID_A, t0 + 60, t0), 0);
+    for (size_t i = 0; i < 4; i++) {
+        json_t *now;
+
+        file_item(dir, files[i].file, files[i].key, 0, &f);
+        now = json_object_get(f, files[i].key);
+
+        for (size_t j = 0; j < json_array_size(saved[i]); j++) {
+            json_t *want = json_array_get(saved[i], j);
+
+            if (i == 0 && j == 1) /* the token just consumed */
+                json_object_set_new(want, "uses_left", json_integer(0));
+            if (!json_equal(want, json_array_get(now, j)))
+                fail_msg("%s[%zu] changed by load and save:\n%s\n%s", files[i].file, j,
+                         json_dumps(want, JSON_COMPACT),
+                         json_dumps(json_array_get(now, j), JSON_COMPACT));
+        }
+        assert_int_equal(json_array_size(now), json_array_size(saved[i]) + (i == 0 ? 0 : 1));
+        json_decref(f);
+        json_decref(saved[i]);
+    }
     cp_store_free(s);
     rm_rf(dir);
     free(dir);
@@ -588,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_store_serial_normalization),
         cmocka_unit_test(test_store_atomic_write),
         cmocka_unit_test(test_store_persists_across_reload),
+        cmocka_unit_test(test_store_round_trip_keeps_every_field),
         cmocka_unit_test(test_store_corrupt_file_refused),
         cmocka_unit_test(test_store_token_single_use),
         cmocka_unit_test(test_store_token_multi_use),

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include "api.h"
 #include "ca.h"
 #include "core/errors.h"
+#include "cpapifix.h"
 #include "httpc.h"
 #include "store.h"
 
@@ -183,6 +185,24 @@ static void test_tetherctl_parse_url(void **state)
                                         sizeof(prefix), err, sizeof(err)),
                      -EINVAL);
     assert_non_null(strstr(err, "expected http://HOST:PORT or https://HOST:PORT"));
+    /* http-parser's URL grammar: no user, query or fragment, no empty port or host. */
+    {
+        static const char *const bad[] = {"http://u@h:1", "http://h:1/p?x=1", "http://h:1#f",
+                                          "http://host:", "http://[::1:80",   "http://h h:1",
+                                          "http://"};
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            err[0] = '\0';
+            if (cp_httpc_parse_url(bad[i], host, sizeof(host), port, sizeof(port), prefix,
+                                   sizeof(prefix), err, sizeof(err)) != -EINVAL)
+                fail_msg("%s: accepted", bad[i]);
+            assert_non_null(strstr(err, bad[i]));
+        }
+    }
+    assert_int_equal(cp_httpc_parse_url("http://h:1/a/b//", host, sizeof(host), port, sizeof(port),
+                                        prefix, sizeof(prefix), err, sizeof(err)),
+                     0);
+    assert_string_equal(prefix, "/a/b");
 }
 
 /* https:// without the three credential files fails before any connection; http://
@@ -218,77 +238,26 @@ static void test_tetherctl_https_needs_credentials(void **state)
 
 /* ---- against a real API ---- */
 
-struct harness {
-    char dir[64];
-    char url[64];
-    struct cp_store *store;
-    struct cp_ca *ca;
-    struct cp_api *api;
-    uv_loop_t loop;
-    uv_async_t stop;
-    pthread_t thread;
-};
-
-static void on_stop(uv_async_t *a)
-{
-    struct harness *h = a->data;
-
-    cp_api_close(h->api);
-    uv_close((uv_handle_t *)&h->stop, NULL);
-}
-
-static void *loop_thread(void *p)
-{
-    struct harness *h = p;
-
-    uv_run(&h->loop, UV_RUN_DEFAULT);
-    return NULL;
-}
-
 static int setup(void **state)
 {
-    struct harness *h = calloc(1, sizeof(*h));
-    struct cp_ca_opts co = {.trust_domain = "example.org"};
-    struct cp_api_opts o = {.listen = "127.0.0.1:0"};
-    char err[512] = "";
+    struct cp_apifix *h = calloc(1, sizeof(*h));
 
-    snprintf(h->dir, sizeof(h->dir), "/tmp/test-cp-ctl-XXXXXX");
-    assert_non_null(mkdtemp(h->dir));
-    h->store = cp_store_open(h->dir, err, sizeof(err));
-    assert_non_null(h->store);
-    co.state_dir = h->dir;
-    h->ca = cp_ca_open(&co, err, sizeof(err));
-    assert_non_null(h->ca);
-    assert_int_equal(uv_loop_init(&h->loop), 0);
-    assert_int_equal(uv_async_init(&h->loop, &h->stop, on_stop), 0);
-    h->stop.data = h;
-    h->api = cp_api_start(&h->loop, &o, h->store, h->ca, err, sizeof(err));
-    assert_non_null(h->api);
-    snprintf(h->url, sizeof(h->url), "http://127.0.0.1:%d", cp_api_port(h->api));
-    assert_int_equal(pthread_create(&h->thread, NULL, loop_thread, h), 0);
+    assert_non_null(h);
+    cp_apifix_start(h, "test-cp-ctl", NULL);
     *state = h;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct harness *h = *state;
-    char cmd[128];
-
-    uv_async_send(&h->stop);
-    pthread_join(h->thread, NULL);
-    assert_int_equal(uv_loop_close(&h->loop), 0);
-    cp_ca_free(h->ca);
-    cp_store_free(h->store);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
-    assert_int_equal(system(cmd), 0);
-    free(h);
+    cp_apifix_stop(*state);
+    free(*state);
     return 0;
 }
 
 static void test_tetherctl_commands(void **state)
 {
-    struct harness *h = *state;
+    struct cp_apifix *h = *state;
     char path[128];
     enum cp_token_err why;
     struct run r;
@@ -358,6 +327,14 @@ static void test_tetherctl_commands(void **state)
     RUN(&r, "--api", h->url, "--json", "service", "list");
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "\"services\""));
+    /* remove percent-encodes the address into the query ([, :, ] included). */
+    RUN(&r, "--api", h->url, "service", "add", "[::1]:9090", ID_A);
+    assert_int_equal(r.status, 0);
+    RUN(&r, "--api", h->url, "service", "remove", "[::1]:9090");
+    assert_int_equal(r.status, 0);
+    RUN(&r, "--api", h->url, "service", "remove", "[::1]:9090");
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "no operator service entry for [::1]:9090"));
 
     assert_int_equal(cp_store_sidecar_seen(h->store, "x", ID_A, "127.0.0.1:3333", "node-7"), 0);
     cp_store_sidecar_nacked(h->store, "x", 4, "cannot apply policy");
@@ -385,6 +362,58 @@ static void test_tetherctl_commands(void **state)
     unsetenv("TETHER_API");
 }
 
+/* admin-cert create writes PREFIX.key (0600), PREFIX.crt and PREFIX.ca.crt (0644) with the
+ * control plane's atomic writer: exact modes whatever the umask, a stale temporary replaced
+ * and none left behind, and a write failure named with its file. */
+static void test_tetherctl_admin_cert_files(void **state)
+{
+    struct cp_apifix *h = *state;
+    static const char *const names[] = {"adm.key", "adm.crt", "adm.ca.crt"};
+    static const int modes[] = {0600, 0644, 0644};
+    char prefix[128], path[256], buf[8192];
+    struct stat st;
+    struct run r;
+    mode_t old;
+    FILE *f;
+
+    snprintf(prefix, sizeof(prefix), "%s/adm", h->dir);
+    snprintf(path, sizeof(path), "%s.crt.tmp", prefix);
+    f = fopen(path, "w"); /* a crash's leftover */
+    assert_non_null(f);
+    fputs("half", f);
+    fclose(f);
+    old = umask(077);
+    RUN(&r, "--api", h->url, "admin-cert", "create", "--spiffe-id",
+        "spiffe://example.org/ns/tether-system/sa/tether-admin", "--out", prefix);
+    umask(old);
+    if (r.status != 0)
+        fail_msg("admin-cert create: %d: %s", r.status, r.err);
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", h->dir, names[i]);
+        assert_int_equal(stat(path, &st), 0);
+        if ((int)(st.st_mode & 0777) != modes[i])
+            fail_msg("%s: mode %o, expected %o", path, st.st_mode & 0777, modes[i]);
+        snprintf(path, sizeof(path), "%s/%s.tmp", h->dir, names[i]);
+        assert_int_not_equal(access(path, F_OK), 0);
+    }
+    snprintf(path, sizeof(path), "%s.ca.crt", prefix);
+    slurp(path, buf, sizeof(buf));
+    assert_string_equal(buf, cp_ca_bundle_pem(h->ca));
+    snprintf(path, sizeof(path), "%s.crt", prefix);
+    slurp(path, buf, sizeof(buf));
+    assert_int_equal(strncmp(buf, "-----BEGIN CERTIFICATE-----", 27), 0);
+    snprintf(path, sizeof(path), "%s.key", prefix);
+    slurp(path, buf, sizeof(buf));
+    assert_int_equal(strncmp(buf, "-----BEGIN PRIVATE KEY-----", 27), 0);
+
+    snprintf(prefix, sizeof(prefix), "%s/missing/adm", h->dir);
+    RUN(&r, "--api", h->url, "admin-cert", "create", "--spiffe-id",
+        "spiffe://example.org/ns/tether-system/sa/tether-admin", "--out", prefix);
+    assert_int_equal(r.status, 1);
+    snprintf(path, sizeof(path), "tetherctl: %s.key: No such file or directory", prefix);
+    assert_non_null(strstr(r.err, path));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -392,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_tetherctl_parse_url),
         cmocka_unit_test(test_tetherctl_https_needs_credentials),
         cmocka_unit_test_setup_teardown(test_tetherctl_commands, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tetherctl_admin_cert_files, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -364,6 +365,52 @@ static void test_identity_certgen_files(void **state)
     tt_certgen_free(ca);
 }
 
+/* The shared PEM readers the control plane's CA uses: every certificate of a text in order,
+ * the key, and each failure with its own code; and ASN1 times as unix seconds. */
+static void test_identity_pem_parse_exported(void **state)
+{
+    char text[16384], corrupt[16384];
+    STACK_OF(X509) *certs = NULL;
+    EVP_PKEY *key = NULL;
+    ASN1_TIME *t;
+    const char *body;
+
+    snprintf(text, sizeof(text), "a comment\n%sbetween\n%s", leaf->cert_pem, root->cert_pem);
+    assert_int_equal(tt_pem_parse_certs(text, strlen(text), &certs), 0);
+    assert_int_equal(sk_X509_num(certs), 2);
+    assert_int_equal(X509_cmp(sk_X509_value(certs, 0), leaf->x509), 0);
+    assert_int_equal(X509_cmp(sk_X509_value(certs, 1), root->x509), 0);
+    sk_X509_pop_free(certs, X509_free);
+    certs = NULL;
+    assert_int_equal(tt_pem_parse_certs("no pem here\n", 12, &certs), TT_E_IDENTITY);
+    assert_null(certs);
+    /* A block whose base64 is damaged is an error, even after a good one. */
+    body = strstr(root->cert_pem, "\n") + 1;
+    snprintf(corrupt, sizeof(corrupt), "%s-----BEGIN CERTIFICATE-----\n!!%s", leaf->cert_pem,
+             body + 2);
+    assert_int_equal(tt_pem_parse_certs(corrupt, strlen(corrupt), &certs), TT_E_PEM);
+    assert_null(certs);
+
+    assert_int_equal(tt_pem_parse_key(leaf->key_pem, strlen(leaf->key_pem), &key), 0);
+    assert_int_equal(EVP_PKEY_cmp(key, leaf->key), 1);
+    EVP_PKEY_free(key);
+    key = NULL;
+    assert_int_equal(tt_pem_parse_key(leaf->cert_pem, strlen(leaf->cert_pem), &key), TT_E_IDENTITY);
+    assert_null(key);
+
+    t = ASN1_TIME_set(NULL, (time_t)1700000123);
+    assert_non_null(t);
+    assert_int_equal(tt_asn1_time_unix(t), 1700000123);
+    ASN1_TIME_free(t);
+    t = ASN1_TIME_set(NULL, (time_t)4102444800); /* 2100-01-01: GeneralizedTime */
+    assert_non_null(t);
+    assert_int_equal(tt_asn1_time_unix(t), 4102444800);
+    ASN1_TIME_free(t);
+    assert_int_equal(tt_asn1_time_unix(X509_get0_notAfter(leaf->x509)),
+                     tt_asn1_time_unix(X509_get0_notBefore(leaf->x509)) + 3900);
+    assert_int_equal(tt_asn1_time_unix(NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -376,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_identity_pem_errors),
         cmocka_unit_test(test_identity_load_files),
         cmocka_unit_test(test_identity_certgen_files),
+        cmocka_unit_test(test_identity_pem_parse_exported),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -47,6 +47,18 @@ const char *tt_strerror(int err)
         return "invalid configuration";
     case TT_E_SPIFFE:
         return "invalid SPIFFE ID";
+    case TT_E_CSR:
+        return "not a DER PKCS#10 certificate request";
+    case TT_E_CSR_SIGNATURE:
+        return "certificate request signature does not verify";
+    case TT_E_CSR_KEY:
+        return "certificate request key is not EC P-256 nor RSA of at least 2048 bits";
+    case TT_E_CSR_SAN:
+        return "certificate request lacks exactly one URI SAN";
+    case TT_E_CSR_IDENTITY:
+        return "certificate request is for an identity the proof does not support";
+    case TT_E_CA_INTERNAL:
+        return "certificate authority internal error";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

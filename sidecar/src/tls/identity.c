@@ -680,6 +680,29 @@ char *tt_pem_from_key(EVP_PKEY *key, size_t *len)
     return s;
 }
 
+/* The shared PEM readers (identity.h): this module's own parsers, exported. */
+int tt_pem_parse_certs(const char *pem, size_t len, STACK_OF(X509) * *out)
+{
+    return parse_certs(pem, len, out);
+}
+
+/* See tt_pem_parse_certs. */
+int tt_pem_parse_key(const char *pem, size_t len, EVP_PKEY **out)
+{
+    return parse_key(pem, len, out);
+}
+
+/* Unix seconds of t: its distance from the epoch as an ASN1_TIME. 0 when t is NULL or the
+ * epoch cannot be allocated. */
+int64_t tt_asn1_time_unix(const ASN1_TIME *t)
+{
+    ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
+    int64_t v = asn1_time_unix(t, epoch);
+
+    ASN1_TIME_free(epoch);
+    return v;
+}
+
 /* Generates an ECDSA P-256 key as PKCS#8 PEM in memory. */
 int tt_identity_keygen(char **key_pem, size_t *key_len)
 {

@@ -6,8 +6,10 @@
 #define TT_IDENTITY_BSSL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/base.h>
+#include <openssl/x509.h>
 
 struct tt_cert_info;
 struct tt_identity;
@@ -37,5 +39,21 @@ int tt_cert_info_fill(struct tt_cert_info *info, X509 *x);
  * sidecar, the control plane's CA and the test certificate generator. */
 char *tt_pem_from_cert(X509 *x);
 char *tt_pem_from_key(EVP_PKEY *key, size_t *len);
+
+/* The one PEM reader of certificates and keys, shared by the sidecar, the control plane's
+ * CA and the test tools; neither reads a file nor prompts for a password (an encrypted
+ * key fails). tt_pem_parse_certs parses every certificate in pem[0..len) into a new
+ * STACK_OF(X509) in *out that the caller frees with sk_X509_pop_free(.., X509_free); text
+ * between and after the PEM blocks is ignored. Returns 0, TT_E_PEM for a block that does
+ * not parse, TT_E_IDENTITY when there is no certificate at all, or -ENOMEM; *out is
+ * untouched on failure. tt_pem_parse_key parses the first private key (EC or RSA, PKCS#8
+ * or traditional) into *out, the caller's to EVP_PKEY_free. Returns 0, TT_E_IDENTITY when
+ * there is none, TT_E_PEM when it does not parse, or -ENOMEM. */
+int tt_pem_parse_certs(const char *pem, size_t len, STACK_OF(X509) **out);
+int tt_pem_parse_key(const char *pem, size_t len, EVP_PKEY **out);
+
+/* Unix seconds of an ASN1_TIME (a certificate's notBefore or notAfter), computed without
+ * the local clock or time zone. 0 when t is NULL or cannot be read. */
+int64_t tt_asn1_time_unix(const ASN1_TIME *t);
 
 #endif

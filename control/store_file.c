@@ -1,0 +1,257 @@
+/* Files of the state directory (see store_int.h): paths, the one atomic writer, and the
+ * reader and writer of collection files {"<key>": [items]}. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store_file.h"
+#include "store_int.h"
+#include "core/util.h"
+
+/* Opens the directory that holds path and fsyncs it, so a rename into it is durable.
+ * Returns 0 or -errno. */
+static int fsync_parent(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    int dfd, rc = 0;
+
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else if ((size_t)(slash - path) >= sizeof(dir))
+        return -ENAMETOOLONG;
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    if (fsync(dfd) != 0)
+        rc = -errno;
+    close(dfd);
+    return rc;
+}
+
+/* Atomic replace of a file; see store_file.h. */
+int cp_atomic_write(const char *path, const void *data, size_t len, int mode)
+{
+    char tmp[4096];
+    size_t off = 0;
+    int fd, rc;
+
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+        return -ENAMETOOLONG;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -errno;
+    /* The umask may have narrowed a wider mode, and a stale temporary may have another
+     * one: the file must end up with exactly `mode`. */
+    if (fchmod(fd, (mode_t)mode) != 0)
+        goto err_close;
+    while (off < len) {
+        ssize_t n = write(fd, (const char *)data + off, len - off);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            goto err_close;
+        }
+        off += (size_t)n;
+    }
+    if (fsync(fd) != 0)
+        goto err_close;
+    if (close(fd) != 0)
+        goto err_unlink;
+    if (rename(tmp, path) != 0)
+        goto err_unlink;
+    return fsync_parent(path);
+
+err_close:
+    rc = -errno;
+    close(fd);
+    unlink(tmp);
+    return rc;
+err_unlink:
+    rc = -errno;
+    unlink(tmp);
+    return rc;
+}
+
+/* Writes DIR/name into buf[len]. Returns 0 or -ENAMETOOLONG. */
+int cp__store_path(const struct cp_store *s, const char *name, char *buf, size_t len)
+{
+    return (size_t)snprintf(buf, len, "%s/%s", s->dir, name) < len ? 0 : -ENAMETOOLONG;
+}
+
+/* Serialises doc (consumed), indented with a final newline, into DIR/name with mode 0600.
+ * Returns 0 or -errno. */
+int cp__store_write_json(struct cp_store *s, const char *name, json_t *doc)
+{
+    char path[4096];
+    char *text = NULL, *t2;
+    size_t len;
+    int rc;
+
+    if (doc == NULL)
+        return -ENOMEM;
+    rc = cp__store_path(s, name, path, sizeof(path));
+    if (rc != 0)
+        goto out;
+    rc = -ENOMEM;
+    text = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (text == NULL)
+        goto out;
+    len = strlen(text);
+    t2 = realloc(text, len + 2);
+    if (t2 == NULL)
+        goto out;
+    text = t2;
+    text[len++] = '\n';
+    text[len] = '\0';
+    rc = cp_atomic_write(path, text, len, 0600);
+out:
+    free(text);
+    json_decref(doc);
+    return rc;
+}
+
+/* Builds the array of v[0..n) through c->to_json and view; NULL when any item fails. */
+json_t *cp__coll_array(const struct cp__coll *c, const void *v, size_t n, cp__view_fn view,
+                       void *ud)
+{
+    json_t *arr = json_array();
+
+    for (size_t i = 0; arr != NULL && i < n; i++) {
+        const void *item = (const char *)v + i * c->size;
+        json_t *o = c->to_json(item);
+
+        if (o != NULL && view != NULL)
+            o = view(o, item, ud);
+        if (json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
+/* Persists v[0..n) as {"<c->key>": [...]} in DIR/<c->file>. Returns 0 or -errno. */
+int cp__coll_save(struct cp_store *s, const struct cp__coll *c, const void *v, size_t n)
+{
+    json_t *arr = cp__coll_array(c, v, n, NULL, NULL);
+
+    return cp__store_write_json(s, c->file, arr ? json_pack("{s:o}", c->key, arr) : NULL);
+}
+
+/* Sets the "PATH: ARR[I].KEY: expected WHAT" message. Returns -EINVAL. */
+int cp__bad_field(struct cp__lctx *c, const char *key, const char *what)
+{
+    tt_errf(c->err, c->errlen, "%s: %s[%zu].%s: expected %s", c->path, c->arr, c->i, key, what);
+    return -EINVAL;
+}
+
+/* Points *out at the string under key (owned by o). Returns 0 or -EINVAL with err set. */
+int cp__get_str(struct cp__lctx *c, json_t *o, const char *key, const char **out)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (!json_is_string(v))
+        return cp__bad_field(c, key, "a string");
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* Reads the non-negative integer under key (null or absent: 0 when nullable). Returns 0 or
+ * -EINVAL with err set. */
+int cp__get_int(struct cp__lctx *c, json_t *o, const char *key, bool nullable, int64_t *out)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (nullable && (v == NULL || json_is_null(v))) {
+        *out = 0;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return cp__bad_field(
+            c, key, nullable ? "a non-negative integer or null" : "a non-negative integer");
+    *out = json_integer_value(v);
+    return 0;
+}
+
+/* Loads DIR/name as JSON, rejecting duplicate keys; a missing file gives *doc NULL and 0.
+ * Returns 0 or <0 with err naming the file. */
+int cp__store_read_json(struct cp_store *s, const char *name, json_t **doc, char *path,
+                        size_t pathlen, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    struct stat st;
+    int rc;
+
+    *doc = NULL;
+    rc = cp__store_path(s, name, path, pathlen);
+    if (rc != 0) {
+        tt_errf(err, errlen, "%s/%s: %s", s->dir, name, strerror(-rc));
+        return rc;
+    }
+    if (stat(path, &st) != 0) {
+        rc = -errno;
+        if (rc == -ENOENT)
+            return 0;
+        tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (*doc == NULL) {
+        if (jerr.line > 0)
+            tt_errf(err, errlen, "%s: line %d: %s", path, jerr.line, jerr.text);
+        else
+            tt_errf(err, errlen, "%s: %s", path, jerr.text);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Returns the array under key in {"<key>": [objects]}, or NULL with err set. */
+static json_t *top_array(json_t *doc, const char *key, const char *path, char *err, size_t errlen)
+{
+    json_t *arr = json_is_object(doc) ? json_object_get(doc, key) : NULL;
+
+    if (!json_is_array(arr)) {
+        tt_errf(err, errlen, "%s: %s: expected an array in an object", path, key);
+        return NULL;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        if (!json_is_object(json_array_get(arr, i))) {
+            tt_errf(err, errlen, "%s: %s[%zu]: expected an object", path, key, i);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+/* Loads DIR/<c->file> through c->from_json, element by element. Returns 0 or <0 with err. */
+int cp__coll_load(struct cp_store *s, const struct cp__coll *c, char *err, size_t errlen)
+{
+    char path[4096];
+    json_t *doc, *arr;
+    int rc = cp__store_read_json(s, c->file, &doc, path, sizeof(path), err, errlen);
+    struct cp__lctx lc = {path, c->key, 0, err, errlen};
+
+    if (rc != 0 || doc == NULL)
+        return rc;
+    arr = top_array(doc, c->key, path, err, errlen);
+    rc = arr ? 0 : -EINVAL;
+    for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++) {
+        lc.i = i;
+        rc = c->from_json(s, &lc, json_array_get(arr, i));
+        if (rc == -ENOMEM)
+            tt_errf(err, errlen, "%s: out of memory", path);
+    }
+    json_decref(doc);
+    return rc;
+}

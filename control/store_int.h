@@ -1,0 +1,215 @@
+/* The store's private header (libuv's internal.h style): the shared struct behind the one
+ * mutex, the record of each collection, and the cp__ functions the store's modules call
+ * in each other. Only control/store*.c include it; everyone else uses store.h.
+ *
+ * Who owns what:
+ *   store.c              the struct and its lock, open/free, version bump and notify
+ *                        (state.json), the trust bundle, the policy document, the
+ *                        snapshot copy, refusal counters and /stats
+ *   store_file.c         paths in the state directory, the atomic writer, the
+ *                        collection file reader (errors name file, element and key) and
+ *                        writer
+ *   store_tokens.c       bootstrap tokens (tokens.json)
+ *   store_revocations.c  revoked serials (revocations.json)
+ *   store_services.c     the registry of service entries (services.json)
+ *   store_issued.c       issued-certificate records (issued.json)
+ *   store_sidecars.c     connected sidecars (runtime only, never persisted)
+ *
+ * Every persisted collection has exactly one serialiser of an item, its cp__coll's
+ * to_json: the file writer and the API listing both call it, and where the API shows
+ * something else (tokens hide the hash and add "expired"; issued records add "revoked")
+ * the listing starts from that serialiser's object and edits keys. Functions named
+ * *_locked expect the caller to hold s->mu.
+ *
+ * This header does not include store.h, so that the store's modules form no include
+ * cycle: each store*.c includes store.h for the public declarations it implements. */
+#ifndef CP_STORE_INT_H
+#define CP_STORE_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "tls/identity.h" /* TT_SERIAL_MAX */
+
+#define CP__SHA256_HEX 65 /* 64 hex digits of a SHA-256 digest plus NUL */
+
+/* A growable array of T: v[0..n) used, cap allocated. */
+#define CP__VEC(T)                                                                                 \
+    struct {                                                                                       \
+        T *v;                                                                                      \
+        size_t n, cap;                                                                             \
+    }
+
+/* Makes room for one more element of *vec. Returns 0 or -ENOMEM (vec unchanged). */
+#define CP__VEC_GROW(vec) cp__vec_grow((void **)&(vec).v, &(vec).cap, (vec).n, sizeof(*(vec).v))
+int cp__vec_grow(void **v, size_t *cap, size_t n, size_t size);
+
+/* One bootstrap token; only the hash of its secret is kept. */
+struct cp__token {
+    char hash[CP__SHA256_HEX]; /* lower-case hex SHA-256 of the secret */
+    char *spiffe_id;
+    int64_t uses_left;
+    int64_t expires; /* unix seconds; 0: never */
+    int64_t created;
+};
+
+/* One revoked serial. */
+struct cp__revoked {
+    char serial[TT_SERIAL_MAX]; /* normalized */
+    int64_t at;                 /* unix seconds */
+};
+
+/* One service entry: an address and the identity that must answer there, by source. */
+struct cp__service {
+    char *address; /* as given, checked with tt_addr_parse */
+    char *spiffe_id;
+    char *source; /* CP_SOURCE_OPERATOR or "sidecar:<id>" */
+};
+
+/* One issued certificate. */
+struct cp__issued {
+    char serial[TT_SERIAL_MAX]; /* normalized */
+    char *spiffe_id;
+    int64_t not_after; /* unix seconds */
+    int64_t issued_at;
+};
+
+/* One connected sidecar (runtime only). NULL strings are unknown. */
+struct cp__sidecar {
+    char *id;
+    char *spiffe_id;
+    char *peer;
+    char *node;
+    uint64_t acked; /* 0: none yet */
+    uint64_t nacked;
+    char *nack_reason;
+    int64_t last_seen;
+};
+
+/* How often Sign requests were refused for one reason. */
+struct cp__refusal {
+    char *reason;
+    uint64_t n;
+};
+
+struct cp_store {
+    pthread_mutex_t mu; /* guards everything below but dir (immutable) */
+    char *dir;
+    uint64_t version; /* persisted in state.json before the change it counts */
+    char bundle_sha[CP__SHA256_HEX];
+    char *bundle_pem; /* "" until set */
+    char *policy;     /* the document's text, or NULL */
+    CP__VEC(struct cp__token) tokens;
+    CP__VEC(struct cp__revoked) revoked;
+    CP__VEC(struct cp__service) services;
+    CP__VEC(struct cp__issued) issued;
+    CP__VEC(struct cp__sidecar) sidecars;
+    CP__VEC(struct cp__refusal) refusals;
+    void (*cb)(void *ud, uint64_t version); /* a cp_store_change_cb */
+    void *cb_ud;
+};
+
+/* ---- store.c ---- */
+
+/* Bumps s->version and persists it in state.json. The version goes to disk before the
+ * change it counts, so a crash in between never makes it go backwards. Returns 0 or
+ * -errno (version unchanged). Lock held. */
+int cp__store_bump_locked(struct cp_store *s);
+
+/* Ends a change: releases s->mu (held by the caller) and, when version is not 0 (the
+ * change bumped it), calls the change callback with it, read before the release, so no
+ * lock is held during the call. */
+void cp__store_unlock_notify(struct cp_store *s, uint64_t version);
+
+/* Writes the lower-case hex SHA-256 of data[0..len) into out. */
+void cp__sha256_hex(const void *data, size_t len, char out[CP__SHA256_HEX]);
+
+/* ---- store_file.c ---- */
+
+/* Where a collection loader is: file path, array key, element index, and the caller's
+ * error buffer. */
+struct cp__lctx {
+    const char *path;
+    const char *arr;
+    size_t i;
+    char *err;
+    size_t errlen;
+};
+
+/* A persisted collection: DIR/<file> holds {"<key>": [item, ...]}. */
+struct cp__coll {
+    const char *file; /* "tokens.json" */
+    const char *key;  /* "tokens" */
+    size_t size;      /* sizeof one in-memory item */
+    /* The one serialiser of an item, as the file holds it. New reference, NULL when out
+     * of memory. */
+    json_t *(*to_json)(const void *item);
+    /* Parses one element (checking every field with cp__get_str/cp__get_int) and
+     * appends it to the store. Returns 0, the field check's error (err set through c),
+     * or -ENOMEM. */
+    int (*from_json)(struct cp_store *s, struct cp__lctx *c, json_t *o);
+};
+
+/* Writes DIR/name into buf. Returns 0 or -ENAMETOOLONG. */
+int cp__store_path(const struct cp_store *s, const char *name, char *buf, size_t len);
+
+/* How the API shows an item: takes the serialiser's object `obj` (consumed) and returns
+ * the object to show (obj itself edited, or a new one built from it), NULL when out of
+ * memory. ud is cp__coll_array's. */
+typedef json_t *(*cp__view_fn)(json_t *obj, const void *item, void *ud);
+
+/* The JSON array of items v[0..n) (each c->size bytes) by c->to_json, each then passed
+ * through view(obj, item, ud) when view is not NULL. New reference, or NULL when out of
+ * memory (never a partial array). */
+json_t *cp__coll_array(const struct cp__coll *c, const void *v, size_t n, cp__view_fn view,
+                       void *ud);
+
+/* Persists items v[0..n) as DIR/<c->file> with cp_atomic_write (mode 0600). Returns 0,
+ * -ENOMEM (nothing written) or the writer's -errno. */
+int cp__coll_save(struct cp_store *s, const struct cp__coll *c, const void *v, size_t n);
+
+/* Loads DIR/<c->file> element by element with c->from_json. A missing file is an empty
+ * collection. Returns 0 or <0 with err naming the file and, for a bad element, its index
+ * and key ("DIR/issued.json: issued[2].serial: expected a string"). */
+int cp__coll_load(struct cp_store *s, const struct cp__coll *c, char *err, size_t errlen);
+
+/* Reads DIR/name as JSON into *doc (new reference); *doc is NULL when the file does not
+ * exist. path[pathlen] receives its path for the caller's messages. Returns 0 or <0 with
+ * err naming the file (and the line of a syntax error). */
+int cp__store_read_json(struct cp_store *s, const char *name, json_t **doc, char *path,
+                        size_t pathlen, char *err, size_t errlen);
+
+/* Writes doc (consumed; NULL is taken as out of memory) as DIR/name, indented, with a
+ * final newline, through cp_atomic_write with mode 0600. Returns 0 or -errno. */
+int cp__store_write_json(struct cp_store *s, const char *name, json_t *doc);
+
+/* Field readers for from_json: the string, or the non-negative integer (with nullable,
+ * null or absent reads as 0) under key. Return 0, or -EINVAL with err set to
+ * "PATH: ARR[I].KEY: expected ...". */
+int cp__get_str(struct cp__lctx *c, json_t *o, const char *key, const char **out);
+int cp__get_int(struct cp__lctx *c, json_t *o, const char *key, bool nullable, int64_t *out);
+
+/* Sets err to "PATH: ARR[I].KEY: expected WHAT" and returns -EINVAL. */
+int cp__bad_field(struct cp__lctx *c, const char *key, const char *what);
+
+/* ---- the collections ---- */
+
+extern const struct cp__coll cp__tokens_coll;   /* store_tokens.c */
+extern const struct cp__coll cp__revoked_coll;  /* store_revocations.c */
+extern const struct cp__coll cp__services_coll; /* store_services.c */
+extern const struct cp__coll cp__issued_coll;   /* store_issued.c */
+
+/* True when the normalized serial is revoked. Lock held. (store_revocations.c) */
+bool cp__revoked_locked(struct cp_store *s, const char *norm);
+
+/* Free every item and the array of each collection (store_*.c). */
+void cp__tokens_free(struct cp_store *s);
+void cp__services_free(struct cp_store *s);
+void cp__issued_free(struct cp_store *s);
+void cp__sidecars_free(struct cp_store *s);
+
+#endif
