@@ -17,7 +17,7 @@
 #include "core/log.h"
 #include "core/spiffe.h"
 #include "tls/identity.h"
-#include "query.h"
+#include "core/query.h"
 
 struct cp_api {
     struct tt_httpd *httpd;
@@ -339,7 +339,7 @@ static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq
 {
     char addr[TT_ADDR_TEXT_MAX];
     char msg[TT_ADDR_TEXT_MAX + 64];
-    int rc = cp_query_get(rq->query, "address", addr, sizeof(addr));
+    int rc = tt_query_get(rq->query, "address", addr, sizeof(addr));
 
     if (rc == -EINVAL) {
         reply_error(resp, 400,

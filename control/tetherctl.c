@@ -15,7 +15,7 @@
 #include "httpc.h"
 #include "tls/crypto.h"
 #include "tls/identity.h"
-#include "query.h"
+#include "core/query.h"
 #include "store_file.h"
 
 #define DEFAULT_API "http://127.0.0.1:15014"
@@ -467,7 +467,7 @@ static int cmd_service_remove(const struct ctl *c, const char *addr)
     char path[1024];
 
     memcpy(path, base, sizeof(base));
-    if (cp_query_escape(addr, path + sizeof(base) - 1, sizeof(path) - sizeof(base) + 1) != 0)
+    if (tt_query_escape(addr, path + sizeof(base) - 1, sizeof(path) - sizeof(base) + 1) != 0)
         return usage_error("service remove: %.64s...: too long for an address", addr);
     if (!call(c, "DELETE", path, NULL, NULL, 0, &r))
         return EXIT_FAIL;

@@ -265,6 +265,35 @@ static void test_admin_stats_prometheus(void **state)
     roundtrip(h, GET("/stats?format=xml"), &r);
     assert_int_equal(r.status, 400);
     tt_httpfix_response_done(&r);
+
+    /* The target is split by http-parser: another parameter first, a percent-encoded
+     * value, a fragment, the absolute form. */
+    static const char *const prom[] = {
+        GET("/stats?x=1&format=prometheus"),
+        GET("/stats?format=%70rometheus"),
+        GET("/stats?format=prometheus#frag"),
+        GET("http://localhost/stats?format=prometheus"),
+    };
+    for (size_t i = 0; i < sizeof(prom) / sizeof(prom[0]); i++) {
+        roundtrip(h, prom[i], &r);
+        if (r.status != 200 || strstr(r.head, "text/plain") == NULL)
+            fail_msg("%s: %d %s", prom[i], r.status, r.head);
+        tt_httpfix_response_done(&r);
+    }
+    /* The path alone decides the route: a query never leaks into it. */
+    roundtrip(h, GET("/live?stats"), &r);
+    assert_int_equal(r.status, 200);
+    tt_httpfix_response_done(&r);
+    /* Malformed: a bad escape, a repeated key, a target that is no URL. */
+    roundtrip(h, GET("/stats?format=%zz"), &r);
+    assert_int_equal(r.status, 400);
+    tt_httpfix_response_done(&r);
+    roundtrip(h, GET("/stats?format=json&format=prometheus"), &r);
+    assert_int_equal(r.status, 400);
+    tt_httpfix_response_done(&r);
+    roundtrip(h, GET("?format=json"), &r);
+    assert_int_equal(r.status, 400);
+    tt_httpfix_response_done(&r);
 }
 
 static void test_admin_certs_and_policy(void **state)

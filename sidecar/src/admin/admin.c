@@ -7,6 +7,7 @@
  * (413), 64 clients at once (more are closed on accept), 10 s without progress closes a
  * client, and a client that pipelines faster than it reads its answers stops being read
  * until they drain. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <http_parser.h>
 
 #include "admin/admin.h"
+#include "core/query.h"
 #include "admin/httpd.h"
 #include "core/log.h"
 #include "policy/policy.h"
@@ -88,33 +90,15 @@ static void put_view(struct tt_admin *a, struct tt_stats_view *view)
         a->ops.put_view(a->ud, view);
 }
 
-/* Finds the value of `format` in a query string; returns false when it is absent. */
-static bool query_format(const char *q, char *out, size_t len)
-{
-    while (q && *q) {
-        const char *end = strchr(q, '&');
-        size_t n = end ? (size_t)(end - q) : strlen(q);
-
-        if (n >= 7 && strncmp(q, "format=", 7) == 0) {
-            n -= 7;
-            if (n >= len)
-                n = len - 1;
-            memcpy(out, q + 7, n);
-            out[n] = '\0';
-            return true;
-        }
-        q = end ? end + 1 : NULL;
-    }
-    return false;
-}
-
 static void route_stats(struct tt_admin *a, const struct request *rq)
 {
     struct tt_stats_view view;
     char format[32] = "json";
     char *text;
 
-    query_format(rq->query, format, sizeof(format));
+    int qr = tt_query_get(rq->query, "format", format, sizeof(format));
+    if (qr == -ENOENT)
+        strcpy(format, "json");
     if (strcmp(format, "json") != 0 && strcmp(format, "prometheus") != 0) {
         set_text(rq->resp, 400, "unknown format (json, prometheus)\n");
         return;

@@ -326,17 +326,27 @@ static void route_request(struct httpd_client *c, bool close)
         .peer_identity = c->peer_identity,
     };
     struct tt_httpd_response resp = {0};
-    char *q;
+    struct http_parser_url u;
 
     if (c->url_overflow) {
         respond_text(c, 414, "uri too long\n", close);
         return;
     }
-    q = strchr(c->url, '?');
-    if (q) {
-        *q = '\0';
-        rq.query = q + 1;
+    /* The request target split by http-parser: path and query (a fragment, which a client
+     * should not send, is dropped); a target it cannot parse or without a path is refused.
+     * Both parts are cut out of c->url in place, query first since it lies behind the path. */
+    http_parser_url_init(&u);
+    if (http_parser_parse_url(c->url, strlen(c->url), 0, &u) != 0 ||
+        !(u.field_set & (1 << UF_PATH))) {
+        respond_text(c, 400, "bad request target\n", true);
+        return;
     }
+    if (u.field_set & (1 << UF_QUERY)) {
+        c->url[u.field_data[UF_QUERY].off + u.field_data[UF_QUERY].len] = '\0';
+        rq.query = c->url + u.field_data[UF_QUERY].off;
+    }
+    c->url[u.field_data[UF_PATH].off + u.field_data[UF_PATH].len] = '\0';
+    rq.path = c->url + u.field_data[UF_PATH].off;
     h->route(h->ud, &rq, &resp);
     if (resp.status < 100 || resp.status > 999)
         resp.status = 500;

@@ -1,9 +1,9 @@
-/* URL query strings for the operator API and tetherctl: finding one key's value
+/* URL query strings for the operator API, the admin endpoint and tetherctl: finding one key's value
  * (percent-decoded) and writing a value percent-encoded. The URL itself is split into
  * path and query by http-parser (http_parser_parse_url); this takes the query part. Pure:
  * no allocation, no I/O. */
-#ifndef CP_QUERY_H
-#define CP_QUERY_H
+#ifndef TT_QUERY_H
+#define TT_QUERY_H
 
 #include <stddef.h>
 
@@ -17,11 +17,11 @@
  *   -EEXIST  key is given more than once (ambiguous: refused rather than one picked);
  *   -ENOSPC  the decoded value does not fit in out.
  * out is "" on every error. Other parameters are not checked. */
-int cp_query_get(const char *query, const char *key, char *out, size_t outlen);
+int tt_query_get(const char *query, const char *key, char *out, size_t outlen);
 
 /* Writes `value` percent-encoded for a query into out[outlen]: unreserved characters
  * (RFC 3986 §2.3: ALPHA DIGIT - . _ ~) as they are, every other byte as %XX (upper-case
  * hex). Returns 0, or -ENOSPC when it does not fit (out is then ""). */
-int cp_query_escape(const char *value, char *out, size_t outlen);
+int tt_query_escape(const char *value, char *out, size_t outlen);
 
 #endif

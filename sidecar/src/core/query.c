@@ -4,7 +4,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "query.h"
+#include "core/query.h"
 
 static int hexval(int c)
 {
@@ -50,7 +50,7 @@ static int decode(const char *v, size_t n, char *out, size_t outlen)
 }
 
 /* Finds key's single value and decodes it; see query.h. */
-int cp_query_get(const char *query, const char *key, char *out, size_t outlen)
+int tt_query_get(const char *query, const char *key, char *out, size_t outlen)
 {
     size_t klen = strlen(key);
     const char *q = query, *val = NULL;
@@ -81,7 +81,7 @@ int cp_query_get(const char *query, const char *key, char *out, size_t outlen)
 }
 
 /* Percent-encodes value into out; see query.h. */
-int cp_query_escape(const char *value, char *out, size_t outlen)
+int tt_query_escape(const char *value, char *out, size_t outlen)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t o = 0;
