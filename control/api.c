@@ -559,8 +559,8 @@ static void on_request(void *ud, const struct tt_httpd_request *rq, struct tt_ht
  * loopback), or with opts->mtls no listener, connections coming through cp_api_adopt_fd(). Copies
  * the admin IDs (default the trust domain's tether-admin when ca is given); store and ca are
  * borrowed. Returns the API, or NULL with err set. Routes run on the loop's thread. */
-struct cp_api *cp_api_start(uv_loop_t *loop, const struct cp_api_opts *opts, struct cp_store *store,
-                            struct cp_ca *ca, char *err, size_t errlen)
+struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struct cp_store *store,
+                          struct cp_ca *ca, char *err, size_t errlen)
 {
     const char *listen = opts->listen ? opts->listen : "127.0.0.1:15014";
     struct tt_httpd_opts hopts = {

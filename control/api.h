@@ -32,7 +32,7 @@
  * here: tether-control's main terminates mTLS (a cp_tls_acceptor, tls_acceptor.h) and
  * hands each plaintext connection to cp_api_adopt_fd() with the client's verified
  * SPIFFE ID on the loop thread; the API then answers only when cp_api_admin_allowed()
- * says yes. cp_api_start() refuses a non-loopback address unless the caller declares
+ * says yes. cp_api_new() refuses a non-loopback address unless the caller declares
  * that bridge wired (opts->mtls), so the API is never exposed in plaintext by
  * accident. */
 #ifndef CP_API_H
@@ -68,8 +68,8 @@ struct cp_api_opts {
  * then /v1/bundle answers 503). Returns the API or NULL with err set, e.g.
  * "--listen-api 0.0.0.0:15014: non-loopback addresses need mTLS (not yet wired)" or
  * "--listen-api 127.0.0.1:15014: address already in use". */
-struct cp_api *cp_api_start(uv_loop_t *loop, const struct cp_api_opts *opts, struct cp_store *store,
-                            struct cp_ca *ca, char *err, size_t errlen);
+struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struct cp_store *store,
+                          struct cp_ca *ca, char *err, size_t errlen);
 
 /* Serves one connection whose mTLS the caller terminated: fd is the plaintext side
  * (e.g. a socketpair end), peer_spiffe_id the client's verified identity (NULL when it

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/errors.h"   /* the TT_E_CSR... codes it returns */
+#include "core/errors.h"  /* the TT_E_CSR... codes it returns */
 #include "tls/identity.h" /* TT_SERIAL_MAX */
 
 /* Why a CSR was refused, or signing failed: the project's error codes TT_E_CSR,

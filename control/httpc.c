@@ -404,7 +404,7 @@ static int tls_connect(const char *host, const char *port, const struct cp_httpc
                  peer[0] ? " (server presented " : "", peer, peer[0] ? ")" : "");
         goto out;
     }
-    rc = tt_tlspipe_start(fd, tls, app_fd, pipe); /* owns fd and tls from here */
+    rc = tt_tlspipe_new(fd, tls, app_fd, pipe); /* owns fd and tls from here */
     fd = -1;
     tls = NULL;
     if (rc != 0)

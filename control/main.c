@@ -226,7 +226,7 @@ static void on_handoff(uv_async_t *as)
  * returns), then the API. Loop thread. */
 static void api_listener_stop(struct api_listener *l)
 {
-    cp_tls_acceptor_stop(l->acceptor);
+    cp_tls_acceptor_free(l->acceptor);
     l->acceptor = NULL;
     cp_api_close(l->api);
     l->api = NULL;
@@ -252,7 +252,7 @@ static void on_signal(uv_signal_t *s, int signum)
 
     tt_log(TT_LOG_INFO, "control_stopping", TT_LS("signal", signum == SIGTERM ? "TERM" : "INT"));
     apis_stop(c);
-    cp_sidecar_api_stop(c->sidecars);
+    cp_sidecar_api_free(c->sidecars);
     c->sidecars = NULL;
     uv_close((uv_handle_t *)&c->sigterm, on_handle_close);
     uv_close((uv_handle_t *)&c->sigint, on_handle_close);
@@ -274,7 +274,7 @@ static int start_sidecar_side(struct control *c, const struct tt_addr *listen, u
         .listen = listen, .ca = c->ca, .store = c->store, .cert_ttl_ms = ttl_ms};
     char err[512] = "";
 
-    c->sidecars = cp_sidecar_api_start(&so, err, sizeof(err));
+    c->sidecars = cp_sidecar_api_new(&so, err, sizeof(err));
     if (c->sidecars == NULL) {
         tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
         return EXIT_RUNTIME;
@@ -343,7 +343,7 @@ static int start_apis(struct control *c, const struct flags *f)
 
         ao.listen = l->text;
         ao.mtls = l->mtls;
-        l->api = cp_api_start(c->loop, &ao, c->store, c->ca, err, sizeof(err));
+        l->api = cp_api_new(c->loop, &ao, c->store, c->ca, err, sizeof(err));
         if (l->api == NULL)
             goto fail;
         if (l->mtls) {
@@ -362,7 +362,7 @@ static int start_apis(struct control *c, const struct flags *f)
                 c->handoff_async.data = c;
                 c->handoff_init = true;
             }
-            l->acceptor = cp_tls_acceptor_start(&to, err, sizeof(err));
+            l->acceptor = cp_tls_acceptor_new(&to, err, sizeof(err));
             if (l->acceptor == NULL)
                 goto fail;
         }
@@ -475,7 +475,7 @@ int main(int argc, char **argv)
     rc = start_apis(&c, &f);
     if (rc != 0) {
         apis_stop(&c);
-        cp_sidecar_api_stop(c.sidecars);
+        cp_sidecar_api_free(c.sidecars);
         c.sidecars = NULL;
         uv_run(c.loop, UV_RUN_DEFAULT);
         goto out_lock;

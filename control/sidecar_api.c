@@ -410,8 +410,8 @@ struct tt_identity *cp_sidecar_api_serving_identity(struct cp_sidecar_api *api, 
 /* ---- lifecycle --------------------------------------------------------------------- */
 
 /* Starts the API (see sidecar_api.h). */
-struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *opts, char *err,
-                                            size_t errlen)
+struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts, char *err,
+                                          size_t errlen)
 {
     struct cp_sidecar_api *api = calloc(1, sizeof(*api));
     struct cp_tls_acceptor_opts ao = {
@@ -455,7 +455,7 @@ struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *op
     }
     /* Last: a connection may be handed to gRPC as soon as the acceptor runs. */
     ao.ud = api;
-    api->acceptor = cp_tls_acceptor_start(&ao, err, errlen);
+    api->acceptor = cp_tls_acceptor_new(&ao, err, errlen);
     if (api->acceptor == NULL)
         goto err_free;
     return api;
@@ -475,12 +475,12 @@ int cp_sidecar_api_port(const struct cp_sidecar_api *api)
 }
 
 /* Stops and frees the API. */
-void cp_sidecar_api_stop(struct cp_sidecar_api *api)
+void cp_sidecar_api_free(struct cp_sidecar_api *api)
 {
     if (api == NULL)
         return;
     /* Waits for the handshakes in flight: none reaches gRPC after this. */
-    cp_tls_acceptor_stop(api->acceptor);
+    cp_tls_acceptor_free(api->acceptor);
     tt_grpc_server_shutdown(api->grpc); /* every stream gets on_close */
     tt_grpc_server_free(api->grpc);
     for (struct api_conn *c = api->conns, *next; c != NULL; c = next) {

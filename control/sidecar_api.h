@@ -27,8 +27,8 @@ struct cp_sidecar_api_opts {
 
 /* Binds the address, issues the serving certificate and starts serving. The CA and the
  * store must outlive the API. Returns NULL with one line in err on failure. */
-struct cp_sidecar_api *cp_sidecar_api_start(const struct cp_sidecar_api_opts *opts, char *err,
-                                            size_t errlen);
+struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts, char *err,
+                                          size_t errlen);
 
 /* The port actually bound. */
 int cp_sidecar_api_port(const struct cp_sidecar_api *api);
@@ -47,6 +47,6 @@ struct tt_identity *cp_sidecar_api_serving_identity(struct cp_sidecar_api *api, 
 void cp_sidecar_api_push(struct cp_sidecar_api *api);
 
 /* Stops accepting, ends every stream and connection and frees the API. Accepts NULL. */
-void cp_sidecar_api_stop(struct cp_sidecar_api *api);
+void cp_sidecar_api_free(struct cp_sidecar_api *api);
 
 #endif

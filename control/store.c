@@ -7,7 +7,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-
 #include "core/errors.h"
 #include "policy/policy.h"
 #include "core/spiffe.h"

@@ -77,7 +77,7 @@ static void *handshake_main(void *arg)
     }
     snprintf(peer_id, sizeof(peer_id), "%s", tt_tls_peer_id(tls));
     snprintf(serial, sizeof(serial), "%s", tt_tls_peer_serial(tls));
-    r = tt_tlspipe_start(job->fd, tls, &app_fd, &pipe); /* owns fd and tls from here */
+    r = tt_tlspipe_new(job->fd, tls, &app_fd, &pipe); /* owns fd and tls from here */
     job->fd = -1;
     tls = NULL;
     if (r < 0) {
@@ -142,8 +142,8 @@ static void *acceptor_main(void *arg)
 }
 
 /* Binds, listens and starts the acceptor thread (see tls_acceptor.h). */
-struct cp_tls_acceptor *cp_tls_acceptor_start(const struct cp_tls_acceptor_opts *opts, char *err,
-                                              size_t errlen)
+struct cp_tls_acceptor *cp_tls_acceptor_new(const struct cp_tls_acceptor_opts *opts, char *err,
+                                            size_t errlen)
 {
     struct cp_tls_acceptor *a;
     struct tt_addr addr = *opts->listen;
@@ -201,7 +201,7 @@ int cp_tls_acceptor_port(const struct cp_tls_acceptor *a)
 }
 
 /* Stops, waits for handshakes in flight and frees the acceptor. */
-void cp_tls_acceptor_stop(struct cp_tls_acceptor *a)
+void cp_tls_acceptor_free(struct cp_tls_acceptor *a)
 {
     if (a == NULL)
         return;

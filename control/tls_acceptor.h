@@ -2,7 +2,7 @@
  * and the operator API off loopback): one thread polls the listening socket and accepts;
  * each handshake runs on a short-lived thread (at most CP_TLS_ACCEPTOR_MAX_HANDSHAKES at
  * once, further connections are closed at once) bounded by a timeout, with
- * tt_tlspipe_handshake(); an established session is handed to tt_tlspipe_start() and the
+ * tt_tlspipe_handshake(); an established session is handed to tt_tlspipe_new() and the
  * plaintext end to the caller's callback. The TLS side stays on tlspipe's relay thread. */
 #ifndef CP_TLS_ACCEPTOR_H
 #define CP_TLS_ACCEPTOR_H
@@ -45,8 +45,8 @@ struct cp_tls_acceptor_opts {
 
 /* Binds and listens on opts->listen and starts the acceptor thread. Returns NULL with
  * one line in err ("--listen-api 10.0.0.1:15014: Address already in use") on failure. */
-struct cp_tls_acceptor *cp_tls_acceptor_start(const struct cp_tls_acceptor_opts *opts, char *err,
-                                              size_t errlen);
+struct cp_tls_acceptor *cp_tls_acceptor_new(const struct cp_tls_acceptor_opts *opts, char *err,
+                                            size_t errlen);
 
 /* The port actually bound. */
 int cp_tls_acceptor_port(const struct cp_tls_acceptor *a);
@@ -54,6 +54,6 @@ int cp_tls_acceptor_port(const struct cp_tls_acceptor *a);
 /* Stops accepting, closes the listening socket, waits for the handshakes in flight (each
  * bounded by its timeout; no callback runs after this returns) and frees the acceptor.
  * Connections already handed over are not touched. Accepts NULL. */
-void cp_tls_acceptor_stop(struct cp_tls_acceptor *a);
+void cp_tls_acceptor_free(struct cp_tls_acceptor *a);
 
 #endif

@@ -56,9 +56,9 @@ void cp_apifix_start(struct cp_apifix *f, const char *name, const struct cp_api_
 
     cp_apifix_open_state(f, name);
     tt_httpfix_loop_init(&f->lp, on_stop, f);
-    f->api = cp_api_start(&f->lp.loop, opts ? opts : &plain, f->store, f->ca, err, sizeof(err));
+    f->api = cp_api_new(&f->lp.loop, opts ? opts : &plain, f->store, f->ca, err, sizeof(err));
     if (f->api == NULL)
-        fail_msg("cp_api_start: %s", err);
+        fail_msg("cp_api_new: %s", err);
     if (cp_api_port(f->api) > 0)
         snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%d", cp_api_port(f->api));
     tt_httpfix_loop_start(&f->lp);

@@ -152,7 +152,7 @@ static struct cp_tls_acceptor *start(struct fixture *f, enum tt_tls_role role)
     struct cp_tls_acceptor *a;
 
     assert_int_equal(tt_addr_parse("127.0.0.1:0", 1, &addr), 0);
-    a = cp_tls_acceptor_start(&o, err, sizeof(err));
+    a = cp_tls_acceptor_new(&o, err, sizeof(err));
     assert_non_null(a);
     assert_true(cp_tls_acceptor_port(a) > 0);
     return a;
@@ -179,7 +179,7 @@ static int client(struct cp_tls_acceptor *a, struct tt_identity *id, enum tt_tls
         close(fd);
         return r;
     }
-    assert_int_equal(tt_tlspipe_start(fd, tls, app_fd, pipe), 0);
+    assert_int_equal(tt_tlspipe_new(fd, tls, app_fd, pipe), 0);
     return 0;
 }
 
@@ -216,7 +216,7 @@ static void test_acceptor_client_certificate(void **state)
     assert_memory_equal(buf, "pong", 4);
     close(cfd);
     tt_tlspipe_close(cpipe);
-    cp_tls_acceptor_stop(a);
+    cp_tls_acceptor_free(a);
 }
 
 static void test_acceptor_requires_client_certificate(void **state)
@@ -235,7 +235,7 @@ static void test_acceptor_requires_client_certificate(void **state)
         tt_tlspipe_close(cpipe);
     }
     assert_int_equal(wait_accepted(f, 300), 0);
-    cp_tls_acceptor_stop(a);
+    cp_tls_acceptor_free(a);
 }
 
 static void test_acceptor_optional_client_certificate(void **state)
@@ -251,7 +251,7 @@ static void test_acceptor_optional_client_certificate(void **state)
     assert_string_equal(f->serial, "");
     close(cfd);
     tt_tlspipe_close(cpipe);
-    cp_tls_acceptor_stop(a);
+    cp_tls_acceptor_free(a);
 }
 
 static void test_acceptor_no_serving_identity(void **state)
@@ -265,7 +265,7 @@ static void test_acceptor_no_serving_identity(void **state)
     a = start(f, TT_TLS_SERVER);
     assert_true(client(a, f->client_id, TT_TLS_CLIENT, &cfd, &cpipe) < 0);
     assert_int_equal(wait_accepted(f, 200), 0);
-    cp_tls_acceptor_stop(a);
+    cp_tls_acceptor_free(a);
 }
 
 /* Plaintext garbage instead of a ClientHello: refused, nothing handed over, and stop()
@@ -293,7 +293,7 @@ static void test_acceptor_garbage_and_silent_clients(void **state)
         assert_true(memcmp(buf, "HTTP", n < 4 ? (size_t)n : 4) != 0);
     }
     assert_int_equal(wait_accepted(f, 200), 0);
-    cp_tls_acceptor_stop(a); /* waits for the silent client's handshake to time out */
+    cp_tls_acceptor_free(a); /* waits for the silent client's handshake to time out */
     close(g);
     close(s);
     assert_int_equal(f->accepted, 0);
@@ -313,20 +313,20 @@ static void test_acceptor_bad_options(void **state)
     char text[64], err[256] = "";
 
     assert_int_equal(tt_addr_parse("127.0.0.1:0", 1, &addr), 0);
-    assert_null(cp_tls_acceptor_start(&o, err, sizeof(err)));
+    assert_null(cp_tls_acceptor_new(&o, err, sizeof(err)));
     assert_non_null(strstr(err, "bad options"));
     o.role = TT_TLS_SERVER;
     o.identity = NULL;
-    assert_null(cp_tls_acceptor_start(&o, err, sizeof(err)));
+    assert_null(cp_tls_acceptor_new(&o, err, sizeof(err)));
     /* An address not on this host (TEST-NET-1): the flag and the address are named. */
     o.identity = get_identity;
     snprintf(text, sizeof(text), "192.0.2.1:%d", cp_tls_acceptor_port(a));
     assert_int_equal(tt_addr_parse(text, 0, &addr), 0);
-    b = cp_tls_acceptor_start(&o, err, sizeof(err));
+    b = cp_tls_acceptor_new(&o, err, sizeof(err));
     assert_null(b);
     assert_non_null(strstr(err, "--listen-test 192.0.2.1:"));
-    cp_tls_acceptor_stop(a);
-    cp_tls_acceptor_stop(NULL);
+    cp_tls_acceptor_free(a);
+    cp_tls_acceptor_free(NULL);
 }
 
 int main(void)

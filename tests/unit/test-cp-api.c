@@ -400,19 +400,19 @@ static void test_api_refuses_non_loopback(void **state)
 
     cp_apifix_open_state(&h, "test-cp-api");
     assert_int_equal(uv_loop_init(&loop), 0);
-    assert_null(cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err)));
+    assert_null(cp_api_new(&loop, &o, h.store, h.ca, err, sizeof(err)));
     assert_string_equal(err,
                         "--listen-api 0.0.0.0:0: non-loopback addresses need mTLS (not yet wired)");
     o.listen = "[::]:0";
-    assert_null(cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err)));
+    assert_null(cp_api_new(&loop, &o, h.store, h.ca, err, sizeof(err)));
     assert_non_null(strstr(err, "need mTLS"));
     o.listen = "localhost:0";
     /* "localhost" resolves to a loopback address: allowed. */
-    h.api = cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err));
+    h.api = cp_api_new(&loop, &o, h.store, h.ca, err, sizeof(err));
     assert_non_null(h.api);
     cp_api_close(h.api);
     o.listen = "bogus";
-    assert_null(cp_api_start(&loop, &o, h.store, h.ca, err, sizeof(err)));
+    assert_null(cp_api_new(&loop, &o, h.store, h.ca, err, sizeof(err)));
     assert_non_null(strstr(err, "--listen-api bogus"));
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(uv_loop_close(&loop), 0);

@@ -218,7 +218,7 @@ static void *accept_server(struct accept_job *j)
     }
     snprintf(id, sizeof(id), "%s", tt_tls_peer_id(tls));
     snprintf(serial, sizeof(serial), "%s", tt_tls_peer_serial(tls));
-    j->result = tt_tlspipe_start(fd, tls, &app, &j->f->server_pipe);
+    j->result = tt_tlspipe_new(fd, tls, &app, &j->f->server_pipe);
     if (j->result == 0)
         j->result =
             tt_grpc_server_add_fd(j->f->srv, app, id[0] != '\0' ? id : NULL, serial, "127.0.0.1:1");
@@ -244,7 +244,7 @@ static int connect_client(struct fixture *f, enum tt_tls_role server_role,
     assert_non_null(tls);
     r = tt_tlspipe_handshake(fd, tls, TIMEOUT_MS);
     if (r == 0) {
-        r = tt_tlspipe_start(fd, tls, &app, &f->client_pipe);
+        r = tt_tlspipe_new(fd, tls, &app, &f->client_pipe);
         if (r == 0) {
             f->ch = tt_grpc_channel_new_from_fd(app);
             assert_non_null(f->ch);
@@ -683,8 +683,8 @@ static void test_tlspipe_relay_half_close(void **state)
     pthread_join(t, NULL);
     assert_int_equal(h.r, 0);
     assert_string_equal(tt_tls_peer_id(stls), CLIENT_ID);
-    assert_int_equal(tt_tlspipe_start(sfd, stls, &sapp, &sp), 0);
-    assert_int_equal(tt_tlspipe_start(cfd, ctls, &capp, &cp), 0);
+    assert_int_equal(tt_tlspipe_new(sfd, stls, &sapp, &sp), 0);
+    assert_int_equal(tt_tlspipe_new(cfd, ctls, &capp, &cp), 0);
 
     /* Client -> server: a large write (more than the relay's buffers) then EOF. */
     memset(big, 'x', sizeof(big));

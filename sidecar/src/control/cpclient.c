@@ -167,7 +167,7 @@ static int cp_connect(struct tt_cpclient *cp, struct tt_identity *id, enum tt_tl
         close(fd);
         return r;
     }
-    r = tt_tlspipe_start(fd, tls, &app_fd, pipe);
+    r = tt_tlspipe_new(fd, tls, &app_fd, pipe);
     if (r < 0) {
         snprintf(err, errlen, "TLS relay: %s", tt_strerror(r));
         return r;

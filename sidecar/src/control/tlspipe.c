@@ -363,7 +363,7 @@ static void *relay_main(void *arg)
 }
 
 /* Starts the relay thread; see tlspipe.h. */
-int tt_tlspipe_start(int net_fd, struct tt_tls *tls, int *app_fd, struct tt_tlspipe **pipe)
+int tt_tlspipe_new(int net_fd, struct tt_tls *tls, int *app_fd, struct tt_tlspipe **pipe)
 {
     struct tt_tlspipe *p;
     pthread_attr_t attr;

@@ -36,7 +36,7 @@ int tt_tlspipe_handshake(int net_fd, struct tt_tls *tls, uint64_t timeout_ms);
  * application sees EOF or an error on app_fd. When `pipe` is not NULL, *pipe receives a
  * handle to force that end; release it with tt_tlspipe_close() (or
  * tt_tlspipe_release()). Returns -errno (socketpair, pthread_create) or -ENOMEM. */
-int tt_tlspipe_start(int net_fd, struct tt_tls *tls, int *app_fd, struct tt_tlspipe **pipe);
+int tt_tlspipe_new(int net_fd, struct tt_tls *tls, int *app_fd, struct tt_tlspipe **pipe);
 
 /* Ends the relay now if it still runs (the network socket is shut down both ways, with
  * no close_notify: used to cut off a revoked peer) and releases the handle. Callable from
