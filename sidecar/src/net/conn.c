@@ -161,26 +161,37 @@ static void side_start_write(struct tt_conn *c, struct tt_side *s)
         conn_close(c, r, true);
 }
 
+/* Writes data[0..len) on side s straight to the socket when nothing is queued there (a
+ * queued byte must go first). Returns the bytes the kernel took (0 when it took none or
+ * a queue waits), or <0 (the caller closes the connection). */
+static ssize_t side_try_write(struct tt_conn *c, struct tt_side *s, const uint8_t *data,
+                              size_t len)
+{
+    if (s->inflight.len > 0 || s->queued.len > 0)
+        return 0;
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int r = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+    if (r == UV_EAGAIN)
+        return 0;
+    if (r < 0)
+        return r;
+    s->bytes_written += (uint64_t)r;
+    if (s == &c->down)
+        TT_COUNTER_ADD(conn_counters(c)->bytes_out, (uint64_t)r);
+    return r;
+}
+
 /* Sends data on side s: straight to the socket when nothing is queued, the rest copied
  * into the queue. Returns 0 or <0 (the caller closes the connection). */
 static int side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, size_t len)
 {
-    if (s->inflight.len == 0 && s->queued.len == 0) {
-        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-        int r = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
-        if (r < 0 && r != UV_EAGAIN)
-            return r;
-        if (r > 0) {
-            s->bytes_written += (uint64_t)r;
-            if (s == &c->down)
-                TT_COUNTER_ADD(conn_counters(c)->bytes_out, (uint64_t)r);
-            data += r;
-            len -= (size_t)r;
-        }
-        if (len == 0)
-            return 0;
-    }
-    if (tt_buf_append(&s->queued, data, len) < 0)
+    ssize_t r = side_try_write(c, s, data, len);
+
+    if (r < 0)
+        return (int)r;
+    if ((size_t)r == len)
+        return 0;
+    if (tt_buf_append(&s->queued, data + r, len - (size_t)r) < 0)
         return -ENOMEM;
     side_start_write(c, s);
     return 0;
@@ -191,27 +202,20 @@ static int side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, 
  * Returns 0 or <0 (the caller closes the connection). */
 static int side_send_buf(struct tt_conn *c, struct tt_side *s, struct tt_buf *buf)
 {
-    if (s->inflight.len == 0 && s->queued.len == 0) {
-        uv_buf_t b = uv_buf_init((char *)tt_buf_head(buf), (unsigned)buf->len);
-        int r = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
-        if (r < 0 && r != UV_EAGAIN)
-            return r;
-        if (r > 0) {
-            s->bytes_written += (uint64_t)r;
-            if (s == &c->down)
-                TT_COUNTER_ADD(conn_counters(c)->bytes_out, (uint64_t)r);
-            tt_buf_consume(buf, (size_t)r);
-        }
-    }
+    ssize_t r = side_try_write(c, s, tt_buf_head(buf), buf->len);
+
+    if (r < 0)
+        return (int)r;
+    tt_buf_consume(buf, (size_t)r);
     if (buf->len == 0)
         return 0;
     if (s->queued.len == 0) {
         tt_buf_move(&s->queued, buf);
     } else {
         /* Rare: more ciphertext while a queue waits (an alert, a KeyUpdate answer). */
-        int r = tt_buf_append(&s->queued, tt_buf_head(buf), buf->len);
+        int ar = tt_buf_append(&s->queued, tt_buf_head(buf), buf->len);
         tt_buf_consume(buf, buf->len);
-        if (r < 0)
+        if (ar < 0)
             return -ENOMEM;
     }
     side_start_write(c, s);
