@@ -352,6 +352,20 @@ static void identity_free(struct tt_identity *id)
     free(id);
 }
 
+/* parse_certs() with the message for a failure written into err, naming `name`. Returns
+ * 0, -ENOMEM (no message), or TT_E_IDENTITY / TT_E_PEM with the message. */
+static int parse_certs_named(const char *pem, size_t len, const char *name, STACK_OF(X509) **out,
+                             char *err, size_t errlen)
+{
+    int r = parse_certs(pem, len, out);
+
+    if (r == TT_E_IDENTITY)
+        tt_errf(err, errlen, "%s: no certificate found", name);
+    else if (r == TT_E_PEM)
+        tt_errf(err, errlen, "%s: invalid certificate PEM", name);
+    return r;
+}
+
 /* The work of tt_identity_from_pem() and tt_identity_load(), with a name for each input
  * to use in errors. */
 static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
@@ -371,16 +385,11 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
         goto err_nomem;
     id->refs = 1;
 
-    r = parse_certs(cert_pem, cert_len, &chain);
-    if (r == TT_E_IDENTITY) {
-        tt_errf(err, errlen, "%s: no certificate found", cert_name);
-        goto err;
-    } else if (r == TT_E_PEM) {
-        tt_errf(err, errlen, "%s: invalid certificate PEM", cert_name);
-        goto err;
-    } else if (r < 0) {
+    r = parse_certs_named(cert_pem, cert_len, cert_name, &chain, err, errlen);
+    if (r == -ENOMEM)
         goto err_nomem;
-    }
+    if (r < 0)
+        goto err;
     r = parse_key(key_pem, key_len, &key);
     if (r == TT_E_IDENTITY) {
         tt_errf(err, errlen, "%s: no private key found", key_name);
@@ -390,16 +399,11 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
                 key_name);
         goto err;
     }
-    r = parse_certs(bundle_pem, bundle_len, &bundle);
-    if (r == TT_E_IDENTITY) {
-        tt_errf(err, errlen, "%s: no certificate found", bundle_name);
-        goto err;
-    } else if (r == TT_E_PEM) {
-        tt_errf(err, errlen, "%s: invalid certificate PEM", bundle_name);
-        goto err;
-    } else if (r < 0) {
+    r = parse_certs_named(bundle_pem, bundle_len, bundle_name, &bundle, err, errlen);
+    if (r == -ENOMEM)
         goto err_nomem;
-    }
+    if (r < 0)
+        goto err;
 
     X509 *leaf = sk_X509_value(chain, 0);
     if (!X509_check_private_key(leaf, key)) {
@@ -504,14 +508,11 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
     if (id == NULL)
         goto err_nomem;
     id->refs = 1;
-    r = parse_certs(bundle_pem, bundle_len, &bundle);
-    if (r == TT_E_IDENTITY || r == TT_E_PEM) {
-        tt_errf(err, errlen, "%s: %s", source,
-                r == TT_E_PEM ? "invalid certificate PEM" : "no certificate found");
-        goto err;
-    } else if (r < 0) {
+    r = parse_certs_named(bundle_pem, bundle_len, source, &bundle, err, errlen);
+    if (r == -ENOMEM)
         goto err_nomem;
-    }
+    if (r < 0)
+        goto err;
     if (trust_roots(id, bundle) < 0)
         goto err_nomem;
     id->client_ctx = build_ctx(NULL, 0, NULL);
