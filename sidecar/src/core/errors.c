@@ -47,6 +47,8 @@ const char *tt_strerror(int err)
         return "invalid configuration";
     case TT_E_SPIFFE:
         return "invalid SPIFFE ID";
+    case TT_E_CONN_LIMIT:
+        return "connection limit";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

@@ -1,6 +1,6 @@
 /* Tether's error codes: 0 is success, -errno (libuv's UV_E* are the same) for system
- * errors, and the project's own codes below -1000 for TLS, identity, policy and
- * configuration failures. tt_strerror() names both kinds. */
+ * errors, and the project's own codes below -1000 for TLS, identity, policy,
+ * configuration and admission failures. tt_strerror() names both kinds. */
 #ifndef TT_ERRORS_H
 #define TT_ERRORS_H
 
@@ -24,6 +24,7 @@ enum tt_err {
     TT_E_DENIED = -1031,         /* connection refused by policy */
     TT_E_CONFIG = -1040,         /* configuration invalid */
     TT_E_SPIFFE = -1050,         /* string is not a valid SPIFFE ID */
+    TT_E_CONN_LIMIT = -1060,     /* connection refused: --max-connections reached */
 };
 
 /* Returns a static, human-readable description of `err` (a tt_err or a -errno). */

@@ -698,7 +698,7 @@ void tt_conn_accept(struct tt_listener *l)
 
     if (w->n_conns > w->settings->max_connections) {
         TT_COUNTER_ADD(lc->refused_limit, 1);
-        conn_close(c, -EMFILE, true);
+        conn_close(c, TT_E_CONN_LIMIT, true);
         return;
     }
     if (l->cfg->kind == TT_LISTENER_INBOUND)
