@@ -612,9 +612,12 @@ def tls_attempt(port, cert=None, ca=None, send=b"ping\n", timeout=5):
 
 
 class Proc:
-    """A process started by the Env: stdout and stderr in files; stopped by pid."""
+    """A process started by the Env: stdout and stderr in files; stopped by pid.
 
-    def __init__(self, env, name, argv, cwd=None, stdin=subprocess.DEVNULL):
+    nofile=(soft, hard) starts it with that RLIMIT_NOFILE (through prlimit(1), which
+    execs the command: the pid is the process's own)."""
+
+    def __init__(self, env, name, argv, cwd=None, stdin=subprocess.DEVNULL, nofile=None):
         self.env = env
         self.name = name
         self.argv = argv
@@ -622,6 +625,8 @@ class Proc:
         self.err_path = os.path.join(env.dir, name + ".stderr")
         self._out = open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
+        if nofile is not None:
+            argv = ["prlimit", "--nofile=%d:%d" % tuple(nofile), "--"] + list(argv)
         self.p = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=stdin,
                                   cwd=cwd or env.dir, start_new_session=True)
         self.pid = self.p.pid
@@ -663,10 +668,27 @@ class Proc:
         with open(self.err_path, "rb") as f:
             return f.read().decode(errors="replace")
 
+    def fds(self):
+        """{fd number: what it points to} of the running process."""
+        d = "/proc/%d/fd" % self.pid
+        out = {}
+        for n in os.listdir(d):
+            try:
+                out[int(n)] = os.readlink(os.path.join(d, n))
+            except OSError:
+                pass  # closed meanwhile
+        return out
+
+    def cpu_seconds(self):
+        """User + system CPU time the process has used so far."""
+        with open("/proc/%d/stat" % self.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 class Sidecar(Proc):
-    def __init__(self, env, name, argv, admin_port):
-        super().__init__(env, name, argv)
+    def __init__(self, env, name, argv, admin_port, nofile=None):
+        super().__init__(env, name, argv, nofile=nofile)
         self.admin_port = admin_port
 
     def get(self, path, timeout=5):
@@ -975,9 +997,11 @@ class Env:
         return self.write(name, data)
 
     def sidecar(self, name, cert, bundle, inbound=(), outbound=(), policy=None, extra=(),
-                admin_port=None, wait=True, workers=2, log_level="info", key=None):
+                admin_port=None, wait=True, workers=2, log_level="info", key=None,
+                nofile=None):
         """Starts tether-sidecar. inbound: [(listen_port, forward_addr)]; outbound:
-        [(listen_port, upstream_addr, spiffe_id)]. bundle: a path or a root Cert."""
+        [(listen_port, upstream_addr, spiffe_id)]. bundle: a path or a root Cert.
+        nofile: (soft, hard) RLIMIT_NOFILE to start it with."""
         if self.sidecar_bin is None:
             raise TestFailure("TT_SIDECAR is not set")
         admin_port = admin_port or free_port()
@@ -994,8 +1018,9 @@ class Env:
         if policy:
             argv += ["--policy", policy]
         argv += list(extra)
-        sc = Sidecar(self, name, argv, admin_port)
-        log("started %s pid %d: %s" % (name, sc.pid, " ".join(argv[1:])))
+        sc = Sidecar(self, name, argv, admin_port, nofile=nofile)
+        log("started %s pid %d%s: %s" % (name, sc.pid, " (nofile %d:%d)" % tuple(nofile)
+                                         if nofile else "", " ".join(argv[1:])))
         if wait:
             sc.wait_ready()
         return sc

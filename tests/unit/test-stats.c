@@ -121,6 +121,9 @@ static int setup(void **state)
     f->workers[1]->listeners[1].denied = 1;
     f->workers[1]->listeners[1].refused_limit = 3;
     f->workers[0]->listeners[1].upstream_connect_failures = 6;
+    a->accept_failures = 4;
+    b->accept_failures = 1;
+    b->refused_fd_shortage = 2;
     tt_metrics_observe(&a->handshake_us, 90);   /* bucket le=100 */
     tt_metrics_observe(&b->handshake_us, 200);  /* le=250 */
     tt_metrics_observe(&b->handshake_us, 3000); /* le=5000 */
@@ -148,6 +151,8 @@ static int setup(void **state)
     f->view.reloads_failed = 1;
     f->view.ready = true;
     f->view.control_state = "none";
+    f->view.max_connections = 94;
+    f->view.open_files_limit = 256;
 
     snprintf(f->identity.leaf.spiffe_id, sizeof(f->identity.leaf.spiffe_id),
              "spiffe://td/ns/shop/sa/api");
@@ -233,6 +238,9 @@ static void test_stats_json_listeners(void **state)
     assert_int_equal(jget_int(l1, "denied"), 1);
     assert_int_equal(jget_int(l1, "refused_limit"), 3);
     assert_int_equal(jget_int(l1, "upstream_connect_failures"), 6);
+    assert_int_equal(jget_int(l0, "accept_failures"), 5);
+    assert_int_equal(jget_int(l0, "refused_fd_shortage"), 2);
+    assert_int_equal(jget_int(l1, "accept_failures"), 0);
 
     hf = json_object_get(l0, "handshake_failures");
     assert_int_equal(jget_int(hf, "expired"), 1);
@@ -325,6 +333,14 @@ static void test_stats_json_server_and_nulls(void **state)
     assert_true(jget_int(server, "uptime_seconds") <= 102);
     assert_true(json_is_true(json_object_get(server, "ready")));
     assert_true(json_is_false(json_object_get(server, "draining")));
+    assert_int_equal(jget_int(server, "max_connections"), 94);
+    assert_int_equal(jget_int(server, "open_files_limit"), 256);
+    json_decref(doc);
+    f->view.open_files_limit = UINT64_MAX; /* no limit at all */
+    doc = tt_stats_json(&f->view);
+    assert_non_null(doc);
+    server = json_object_get(doc, "server");
+    assert_true(json_is_null(json_object_get(server, "open_files_limit")));
 
     /* No identity, no policy. */
     assert_true(json_is_null(json_object_get(doc, "identity")));
@@ -565,6 +581,13 @@ static void test_stats_prometheus_lines(void **state)
     assert_contains(text, "\ntether_snapshot_generation 3\n");
     assert_contains(text, "\ntether_reloads_failed_total 1\n");
     assert_contains(text, "\ntether_identity_rotations_total 2\n");
+    assert_contains(text, "\ntether_max_connections 94\n");
+    assert_contains(text, "\ntether_open_files_limit 256\n");
+    assert_contains(text, "\ntether_listener_accept_failures_total{listener=\"inbound:127.0.0.1:"
+                          "16006\",kind=\"inbound\"} 5\n");
+    assert_contains(text,
+                    "\ntether_listener_connections_refused_fd_shortage_total{listener=\"inbound:"
+                    "127.0.0.1:16006\",kind=\"inbound\"} 2\n");
     /* Every family is announced once. */
     {
         const char *p = text;

@@ -1,5 +1,7 @@
-/* The HTTP/1.1 server core (see httpd.h): one libuv listener, one small state machine
- * per client, http-parser for the bytes, answers queued in request order.
+/* The HTTP/1.1 server core (see httpd.h): one listening socket (net/acceptor.h: when the
+ * process has no descriptor left, a waiting client is still served on the acceptor's
+ * reserved one), one small state machine per client, http-parser for the bytes, answers
+ * queued in request order.
  *
  * Bounds, so that a hostile or broken client cannot hurt the process: request head and
  * header lines (431), body (413), URL (414), clients at once (more are closed on
@@ -14,10 +16,13 @@
 
 #include <http_parser.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include "admin/httpd.h"
 #include "core/log.h"
+#include "net/acceptor.h"
 
 #define HTTPD_BACKLOG    128
 #define HTTPD_LINGER_MS  2000
@@ -72,7 +77,7 @@ struct httpd_client {
 
 struct tt_httpd {
     uv_loop_t *loop;
-    uv_tcp_t server;
+    struct tt_acceptor acceptor; /* with an address only (listening) */
     uv_timer_t sweep;
     struct tt_httpd_opts opts;
     tt_httpd_route_cb route;
@@ -80,7 +85,7 @@ struct tt_httpd {
     int port;
     bool listening;
     bool closing;
-    unsigned open_handles; /* server, timer and clients not yet closed */
+    unsigned open_handles; /* acceptor, timer and clients not yet closed */
     struct httpd_client *clients;
     size_t n_clients;
 };
@@ -139,13 +144,15 @@ static void on_client_close(uv_handle_t *handle)
 
 static void client_close(struct httpd_client *c)
 {
-    if (!uv_is_closing(&c->h.handle))
-        uv_close(&c->h.handle, on_client_close);
-}
+    struct tt_httpd *h = c->httpd;
 
-static void on_reject_close(uv_handle_t *handle)
-{
-    free(handle);
+    if (uv_is_closing(&c->h.handle))
+        return;
+    uv_close(&c->h.handle, on_client_close);
+    /* The socket is closed now: if a shortage lent the acceptor's reserve to this client,
+     * take the number back before another thread does. */
+    if (h->listening)
+        tt_acceptor_replenish(&h->acceptor);
 }
 
 /* ---- writing ---- */
@@ -581,22 +588,6 @@ static void read_start(struct httpd_client *c)
 
 /* ---- accepting ---- */
 
-/* Accepts a connection only to close it (over the client limit, or shutting down):
- * libuv stops accepting while a pending connection is not taken. */
-static void reject_connection(struct tt_httpd *h)
-{
-    uv_tcp_t *t = malloc(sizeof(*t));
-
-    if (t == NULL)
-        return;
-    if (uv_tcp_init(h->loop, t) != 0) {
-        free(t);
-        return;
-    }
-    uv_accept((uv_stream_t *)&h->server, (uv_stream_t *)t);
-    uv_close((uv_handle_t *)t, on_reject_close);
-}
-
 /* A new client, linked into the server; its handle is initialized by the caller. */
 static struct httpd_client *client_new(struct tt_httpd *h)
 {
@@ -634,34 +625,61 @@ static void client_free_unlinked(struct httpd_client *c)
     free(c);
 }
 
-static void on_connection(uv_stream_t *server, int status)
+/* A connection from the listening socket; over the client limit (or shutting down) it is
+ * closed at once. */
+static void on_accept(struct tt_acceptor *a, int fd)
 {
-    struct tt_httpd *h = tt_container_of(server, struct tt_httpd, server);
+    struct tt_httpd *h = a->data;
     struct httpd_client *c;
 
-    if (status < 0)
-        return;
     if (h->closing || h->n_clients >= h->opts.max_clients) {
-        reject_connection(h);
+        close(fd);
         return;
     }
     c = client_new(h);
     if (c == NULL) {
-        reject_connection(h);
+        close(fd);
         return;
     }
     if (uv_tcp_init(h->loop, &c->h.tcp) != 0) {
         client_free_unlinked(c);
-        reject_connection(h);
+        close(fd);
         return;
     }
     client_link(h, c);
-    if (uv_accept(server, &c->h.stream) != 0) {
+    if (uv_tcp_open(&c->h.tcp, fd) != 0) {
+        close(fd);
         client_close(c);
         return;
     }
     uv_tcp_nodelay(&c->h.tcp, 1);
     read_start(c);
+}
+
+static void on_acceptor_closed(struct tt_acceptor *a)
+{
+    handle_closed(a->data);
+}
+
+/* A listening socket on addr, as uv_tcp_bind() and uv_listen() would make it
+ * (SO_REUSEADDR; IPv6 also reaches IPv4). Returns the descriptor or -errno. */
+static int listen_on(const struct tt_addr *addr)
+{
+    int one = 1, off = 0, err;
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        (addr->ss.ss_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)) < 0) ||
+        bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
+        listen(fd, HTTPD_BACKLOG) < 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
 }
 
 /* Serves a connected socket; see httpd.h. */
@@ -760,16 +778,16 @@ static void apply_defaults(struct tt_httpd_opts *o)
         o->name = "httpd";
 }
 
-/* Starts the server; see httpd.h. On a failure after the socket was made, the memory
- * is released by a close callback the next time the loop runs. */
+/* Starts the server; see httpd.h. On a failure after the timer was made, the memory is
+ * released by a close callback the next time the loop runs. */
 struct tt_httpd *tt_httpd_new(uv_loop_t *loop, const struct tt_addr *addr,
                               const struct tt_httpd_opts *opts, tt_httpd_route_cb route, void *ud,
                               int *errp)
 {
     struct sockaddr_storage ss;
-    int sslen = sizeof(ss);
+    socklen_t sslen = sizeof(ss);
     struct tt_httpd *h;
-    int err;
+    int err, fd;
 
     h = calloc(1, sizeof(*h));
     if (h == NULL) {
@@ -788,29 +806,35 @@ struct tt_httpd *tt_httpd_new(uv_loop_t *loop, const struct tt_addr *addr,
     h->sweep.data = h;
     h->open_handles = 1;
     if (addr != NULL) {
-        err = uv_tcp_init(loop, &h->server);
-        if (err != 0)
+        fd = listen_on(addr);
+        if (fd < 0) {
+            err = fd;
             goto err_close_timer;
-        h->server.data = h;
-        h->open_handles++;
-        h->listening = true;
-        err = uv_tcp_bind(&h->server, (const struct sockaddr *)&addr->ss, 0);
-        if (err != 0)
-            goto err_close_server;
-        err = uv_listen((uv_stream_t *)&h->server, HTTPD_BACKLOG, on_connection);
-        if (err != 0)
-            goto err_close_server;
-        err = uv_tcp_getsockname(&h->server, (struct sockaddr *)&ss, &sslen);
-        if (err != 0)
-            goto err_close_server;
+        }
+        if (getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0) {
+            err = -errno;
+            close(fd);
+            goto err_close_timer;
+        }
         h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                  : ((struct sockaddr_in *)&ss)->sin_port);
+        /* Admin requests are rare and small: during a descriptor shortage, serve the
+         * waiting one on the reserve rather than turn it away. */
+        h->acceptor.name = h->opts.name;
+        h->acceptor.worker = -1;
+        h->acceptor.shortage = TT_ACCEPTOR_SERVE;
+        h->acceptor.on_accept = on_accept;
+        h->acceptor.on_closed = on_acceptor_closed;
+        h->acceptor.data = h;
+        err = tt_acceptor_start(&h->acceptor, loop, fd);
+        if (err != 0)
+            goto err_close_timer;
+        h->open_handles++;
+        h->listening = true;
     }
     uv_timer_start(&h->sweep, on_sweep, HTTPD_SWEEP_MS, HTTPD_SWEEP_MS);
     return h;
 
-err_close_server:
-    uv_close((uv_handle_t *)&h->server, on_httpd_handle_close);
 err_close_timer:
     h->closing = true;
     h->opts.on_closed = NULL; /* the caller never had this server */
@@ -834,7 +858,7 @@ void tt_httpd_close(struct tt_httpd *h)
         client_close(c);
     uv_close((uv_handle_t *)&h->sweep, on_httpd_handle_close);
     if (h->listening)
-        uv_close((uv_handle_t *)&h->server, on_httpd_handle_close);
+        tt_acceptor_close(&h->acceptor);
 }
 
 /* The bound port, in host order. */

@@ -334,7 +334,14 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
             reasons[r] += c->hs_failures[r];
         allowed += c->allowed;
         denied += c->denied;
-        if (!append(listeners, listener_json(&view->listeners[i], c)))
+        json_t *lj = listener_json(&view->listeners[i], c);
+
+        /* Descriptor shortages (net/acceptor.h), after the keys /stats always had. */
+        if (lj != NULL) {
+            json_object_set_new(lj, "accept_failures", jint(c->accept_failures));
+            json_object_set_new(lj, "refused_fd_shortage", jint(c->refused_fd_shortage));
+        }
+        if (!append(listeners, lj))
             goto err_free;
     }
     for (size_t i = 0; i < sum.n_peers; i++) {
@@ -354,6 +361,12 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
     /* json_pack steals every "o" reference, on failure too. */
     if (server != NULL && view->control != NULL)
         json_object_set_new(server, "control", control_json(view->control, now));
+    if (server != NULL) {
+        json_object_set_new(server, "max_connections", jint(view->max_connections));
+        json_object_set_new(server, "open_files_limit",
+                            view->open_files_limit == UINT64_MAX ? json_null()
+                                                                 : jint(view->open_files_limit));
+    }
     if (server != NULL)
         json_object_set_new(
             server, "buffers",
@@ -543,6 +556,12 @@ static const struct listener_metric listener_metrics[] = {
      LC_OFF(allowed)},
     {"tether_listener_policy_denied_total", "counter", "Inbound connections denied by policy.",
      LC_OFF(denied)},
+    {"tether_listener_accept_failures_total", "counter",
+     "Accepts that failed for want of file descriptors or memory (each pauses accepting).",
+     LC_OFF(accept_failures)},
+    {"tether_listener_connections_refused_fd_shortage_total", "counter",
+     "Connections reset at once on the reserved descriptor during a descriptor shortage.",
+     LC_OFF(refused_fd_shortage)},
 };
 
 static uint64_t listener_value(const struct tt_listener_counters *c, size_t off)
@@ -717,6 +736,13 @@ char *tt_stats_prometheus(const struct tt_stats_view *view)
     sb_printf(&sb, "tether_reloads_failed_total %" PRIu64 "\n", view->reloads_failed);
     sb_family(&sb, "tether_workers", "gauge", "Worker threads.");
     sb_printf(&sb, "tether_workers %zu\n", view->n_workers);
+    sb_family(&sb, "tether_max_connections", "gauge",
+              "Connections admitted at once (--max-connections, capped to the open-files limit).");
+    sb_printf(&sb, "tether_max_connections %" PRIu64 "\n", view->max_connections);
+    if (view->open_files_limit != UINT64_MAX) {
+        sb_family(&sb, "tether_open_files_limit", "gauge", "Soft RLIMIT_NOFILE of the process.");
+        sb_printf(&sb, "tether_open_files_limit %" PRIu64 "\n", view->open_files_limit);
+    }
     sb_family(&sb, "tether_control_plane_info", "gauge",
               "Control plane connection state (value always 1).");
     sb_puts(&sb, "tether_control_plane_info{");

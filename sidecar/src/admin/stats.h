@@ -30,6 +30,8 @@ struct tt_stats_view {
     uint64_t reloads_failed;            /* reloads refused (bad new files) */
     bool ready;                         /* what /ready answers */
     bool draining;                      /* SIGTERM received */
+    uint64_t max_connections;           /* admitted at once: the workers' shares summed */
+    uint64_t open_files_limit;          /* soft RLIMIT_NOFILE; UINT64_MAX: none */
     const char *control_state;          /* "none" in explicit mode without control */
     uint64_t rotations;                 /* leaf certificate changes since start */
     uint64_t buffer_slabs_allocated;    /* core/buf.h: tt_buf_pool_stats */
@@ -37,11 +39,13 @@ struct tt_stats_view {
     const struct tt_cp_status *control; /* control mode: the client's status, else NULL */
 };
 
-/* Builds the /stats document: {"server":{...}, "identity":{spiffe_id, serial,
+/* Builds the /stats document: {"server":{..., max_connections, open_files_limit},
+ * "identity":{spiffe_id, serial,
  * not_before, not_after, seconds_to_expiry, rotations, control_plane},
  * "listeners":[{name, kind, listen, target, accepted, active, refused_limit, bytes_in,
  * bytes_out, handshakes, handshake_failures:{no_cert:..,...}, upstream_connect_failures,
- * allowed, denied, latency:{handshake_us, connect_us, duration_us}}],
+ * allowed, denied, latency:{handshake_us, connect_us, duration_us}, accept_failures,
+ * refused_fd_shortage}],
  * "handshake_failures":{reason: total}, "policy":{version, default, allowed, denied,
  * rules:[{name, action, mode, hits, audit_would_deny}]}, "peers":[{spiffe_id,
  * connections, denied, bytes_in, bytes_out}], "recent_handshake_failures":[{time,

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -38,6 +39,7 @@ struct tt_runtime {
     bool workers_started;               /* main thread: start_workers ran */
     uint64_t reloads_failed;
     int64_t started_unix;
+    uint64_t nofile; /* soft RLIMIT_NOFILE after start-up raised it; UINT64_MAX: none */
     bool draining;   /* SIGTERM or /quitquitquit received (main thread) */
     bool stopping;   /* workers must close everything and exit (main thread) */
     int *listen_fds; /* bound at start-up, workers x listeners */
@@ -216,6 +218,8 @@ static void admin_get_view(void *ud, struct tt_stats_view *v)
     v->buffer_slabs_allocated = pool.slabs_allocated;
     v->buffer_oversize_allocations = pool.oversize_allocations;
     v->draining = rt->draining;
+    v->max_connections = (uint64_t)rt->settings.max_connections * rt->cfg->workers;
+    v->open_files_limit = rt->nofile;
     if (s != NULL) {
         v->identity = s->identity;
         v->policy = s->policy;
@@ -256,6 +260,70 @@ static const struct tt_admin_ops admin_ops = {
 };
 
 /* ---- start-up ---------------------------------------------------------------------- */
+
+/* Each worker's share of the connections (see runtime.h). */
+unsigned tt_runtime_worker_share(unsigned requested, uint64_t nofile, unsigned workers,
+                                 size_t n_listeners, uint64_t *reserve, bool *capped)
+{
+    uint64_t kept =
+        TT_FD_RESERVE_BASE + (uint64_t)workers * (TT_FD_RESERVE_PER_WORKER + n_listeners);
+    uint64_t share = ((uint64_t)requested + workers - 1) / workers;
+    uint64_t fits;
+
+    if (reserve != NULL)
+        *reserve = kept;
+    *capped = false;
+    if (nofile == UINT64_MAX)
+        return (unsigned)share;
+    fits = nofile > kept ? (nofile - kept) / 2 / workers : 0;
+    if (share > fits) {
+        share = fits > 0 ? fits : 1;
+        *capped = true;
+    }
+    return (unsigned)share;
+}
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit (a process that may hold thousands of
+ * connections should not live with a shell's 1024) and returns the soft limit now in
+ * force, UINT64_MAX for none. A refusal is logged and the old limit kept. */
+static uint64_t raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return UINT64_MAX;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+        int err = setrlimit(RLIMIT_NOFILE, &want) == 0 ? 0 : -errno;
+
+        if (err == 0)
+            rl.rlim_cur = rl.rlim_max;
+        else
+            tt_log(TT_LOG_WARN, "open_files_limit_kept", TT_LU("open_files_limit", rl.rlim_cur),
+                   TT_LU("hard_limit", rl.rlim_max), TT_LS("error", tt_strerror(err)));
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+}
+
+/* Each worker's share of --max-connections, capped to what the descriptors allow; says
+ * so once when it caps. */
+static unsigned connection_share(struct tt_runtime *rt)
+{
+    const struct tt_config *cfg = rt->cfg;
+    uint64_t reserve;
+    bool capped;
+    unsigned share = tt_runtime_worker_share(cfg->max_connections, rt->nofile, cfg->workers,
+                                             cfg->n_listeners, &reserve, &capped);
+
+    if (capped)
+        tt_log(TT_LOG_WARN, "max_connections_capped", TT_LU("requested", cfg->max_connections),
+               TT_LU("max_connections", (uint64_t)share * cfg->workers),
+               TT_LU("open_files_limit", rt->nofile), TT_LU("reserved_fds", reserve),
+               TT_LU("workers", cfg->workers),
+               TT_LS("reason", "each connection holds two sockets; raise the hard open-files "
+                               "limit (ulimit -Hn, LimitNOFILE=) to admit more"));
+    return share;
+}
 
 /* Starts every worker; the slot holds a snapshot. A failure stops the process. */
 static void start_workers(struct tt_runtime *rt)
@@ -382,8 +450,6 @@ int tt_runtime_run(const struct tt_config *cfg)
         .listeners = cfg->listeners,
         .n_listeners = cfg->n_listeners,
         .slot = &rt->slot,
-        /* Each worker admits its share, so no counter is shared between them. */
-        .max_connections = (cfg->max_connections + cfg->workers - 1) / cfg->workers,
         .handshake_timeout_ms = cfg->handshake_timeout_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
@@ -431,6 +497,10 @@ int tt_runtime_run(const struct tt_config *cfg)
             goto out_loop;
         }
     }
+    /* Once nothing can fail any more (a configuration error stays one line on stderr) and
+     * before any worker starts: each admits its share, so no counter is shared. */
+    rt->nofile = raise_nofile();
+    rt->settings.max_connections = connection_share(rt);
     rt->exit_code = TT_EXIT_OK;
     if (!cfg->has_control && cfg->policy_path == NULL)
         tt_log(TT_LOG_WARN, "no_policy",
@@ -439,7 +509,9 @@ int tt_runtime_run(const struct tt_config *cfg)
            TT_LU("admin_port", (uint64_t)tt_admin_port(rt->admin)), TT_LU("workers", cfg->workers),
            TT_LU("listeners", cfg->n_listeners),
            TT_LS("mode", cfg->has_control ? "control" : "files"),
-           TT_LS("control", cfg->has_control ? cfg->control.text : NULL));
+           TT_LS("control", cfg->has_control ? cfg->control.text : NULL),
+           TT_LU("max_connections", (uint64_t)rt->settings.max_connections * cfg->workers),
+           TT_LU("open_files_limit", rt->nofile));
     if (!cfg->has_control)
         start_workers(rt);
     uv_run(&rt->loop, UV_RUN_DEFAULT);

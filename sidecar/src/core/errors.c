@@ -59,6 +59,8 @@ const char *tt_strerror(int err)
         return "certificate request is for an identity the proof does not support";
     case TT_E_CA_INTERNAL:
         return "certificate authority internal error";
+    case TT_E_CONN_LIMIT:
+        return "connection limit";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

@@ -1,6 +1,6 @@
 /* Tether's error codes: 0 is success, -errno (libuv's UV_E* are the same) for system
- * errors, and the project's own codes below -1000 for TLS, identity, policy and
- * configuration failures. tt_strerror() names both kinds. */
+ * errors, and the project's own codes below -1000 for TLS, identity, policy,
+ * configuration and admission failures. tt_strerror() names both kinds. */
 #ifndef TT_ERRORS_H
 #define TT_ERRORS_H
 
@@ -31,6 +31,7 @@ enum tt_err {
     TT_E_CSR_SAN = -1063,       /* not exactly one URI SAN, or SANs of other kinds */
     TT_E_CSR_IDENTITY = -1064,  /* the SPIFFE ID is not the one the caller's proof supports */
     TT_E_CA_INTERNAL = -1065,   /* the CA failed: BoringSSL or allocation failure */
+    TT_E_CONN_LIMIT = -1070,    /* connection refused: --max-connections reached */
 };
 
 /* Returns a static, human-readable description of `err` (a tt_err or a -errno). */

@@ -69,6 +69,10 @@ struct tt_listener_counters {
     struct tt_hist handshake_us; /* TLS handshake duration */
     struct tt_hist connect_us;   /* upstream TCP connect duration */
     struct tt_hist duration_us;  /* whole connection lifetime */
+
+    /* Descriptor shortages (net/acceptor.h). */
+    uint64_t accept_failures;     /* accept(2) failed: no descriptor (EMFILE, ENFILE) or memory */
+    uint64_t refused_fd_shortage; /* accepted on the reserved descriptor and reset meanwhile */
 };
 
 #define TT_METRICS_PEERS    256 /* distinct peer identities tracked per worker */

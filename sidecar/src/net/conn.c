@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/errors.h"
 #include "core/log.h"
@@ -650,8 +651,8 @@ static void conn_start_handshake(struct tt_conn *c)
         handshake_progress(c); /* the ClientHello */
 }
 
-/* Accepts one connection from the listener (see conn.h). */
-void tt_conn_accept(struct tt_listener *l)
+/* Adopts one accepted connection from the listener (see conn.h). */
+void tt_conn_accept(struct tt_listener *l, int fd)
 {
     struct tt_worker *w = l->worker;
     struct tt_listener_counters *lc = &w->metrics->listeners[l->index];
@@ -660,10 +661,10 @@ void tt_conn_accept(struct tt_listener *l)
     int r;
 
     if (c == NULL || w->snapshot == NULL)
-        goto err_free;
+        goto err_refuse;
     tcp = &c->down.tcp;
     if (uv_tcp_init(&w->loop, tcp) < 0)
-        goto err_free;
+        goto err_refuse;
     c->down.open = true;
     tcp->data = c;
     c->worker = w;
@@ -679,7 +680,9 @@ void tt_conn_accept(struct tt_listener *l)
     uv_timer_init(&w->loop, &c->timer);
     c->up.tcp.data = c;
 
-    r = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)tcp);
+    r = uv_tcp_open(tcp, fd);
+    if (r < 0)
+        close(fd); /* not adopted: the handle closes without it */
     /* From here on the connection is counted and tracked, and ends in conn_close. */
     c->snapshot = tt_snapshot_ref(w->snapshot);
     c->next = w->conns;
@@ -702,7 +705,7 @@ void tt_conn_accept(struct tt_listener *l)
 
     if (w->n_conns > w->settings->max_connections) {
         TT_COUNTER_ADD(lc->refused_limit, 1);
-        conn_close(c, -EMFILE, true);
+        conn_close(c, TT_E_CONN_LIMIT, true);
         return;
     }
     if (l->cfg->kind == TT_LISTENER_INBOUND)
@@ -711,19 +714,11 @@ void tt_conn_accept(struct tt_listener *l)
         conn_start_connect(c);
     return;
 
-err_free:
+err_refuse:
+    /* Without memory for a connection (or before the first snapshot), drop the client. */
     free(c);
-    /* Without memory for a connection, take the client off the backlog and drop it. */
+    close(fd);
     TT_COUNTER_ADD(lc->refused_limit, 1);
-    {
-        uv_tcp_t *tmp = malloc(sizeof(*tmp));
-        if (tmp != NULL && uv_tcp_init(&w->loop, tmp) == 0) {
-            (void)uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)tmp);
-            uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
-        } else {
-            free(tmp);
-        }
-    }
 }
 
 /* ---- closing ----------------------------------------------------------------------- */

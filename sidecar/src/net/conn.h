@@ -70,11 +70,12 @@ struct tt_conn {
     char peer_addr[64];
 };
 
-/* Accepts a pending connection from `listener` and starts its state machine with the
- * worker's current snapshot and settings. Never fails loudly: on error (the worker's
- * share of --max-connections reached, out of memory) the client is closed and the
- * refusal counted. */
-void tt_conn_accept(struct tt_listener *listener);
+/* Takes fd, a socket the listener just accepted (owned from here on, closed on every
+ * path), and starts its state machine with the worker's current snapshot and settings.
+ * Never fails loudly: on error (the worker's share of --max-connections reached: reset
+ * and logged as TT_E_CONN_LIMIT; out of memory) the client is closed and the refusal
+ * counted. */
+void tt_conn_accept(struct tt_listener *listener, int fd);
 
 /* Closes the connection (reset, logged) when its verified TLS peer presented a
  * certificate whose serial is in `revocations`. Returns true when it did. */

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "core/util.h"
+#include "net/acceptor.h"
 #include "tls/tls.h"
 
 enum tt_listener_kind {
@@ -29,7 +30,7 @@ struct tt_worker;
 
 /* A listening socket of one worker. */
 struct tt_listener {
-    uv_tcp_t tcp;
+    struct tt_acceptor acceptor; /* the socket, accepted with a backoff on fd shortages */
     struct tt_worker *worker;
     int index;                         /* into the worker's listener configs and counters */
     const struct tt_listener_cfg *cfg; /* owned by the runtime's configuration */

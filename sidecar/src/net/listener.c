@@ -1,4 +1,5 @@
-/* Listening sockets and the accept callback (listener.h). */
+/* Listening sockets and where their connections go (listener.h); the accepting itself,
+ * with its backoff when descriptors run out, is the acceptor's (acceptor.h). */
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -6,11 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "core/errors.h"
-#include "core/log.h"
+#include "metrics/metrics.h"
+#include "net/acceptor.h"
 #include "net/conn.h"
-#include "net/worker-t.h"
 #include "net/listener.h"
+#include "net/worker-t.h"
 
 #define TT_LISTEN_BACKLOG 1024
 
@@ -69,39 +70,41 @@ err_close:
     return err;
 }
 
-static void on_connection(uv_stream_t *server, int status)
+static void on_accept(struct tt_acceptor *a, int fd)
 {
-    struct tt_listener *l = tt_container_of(server, struct tt_listener, tcp);
-
-    if (status < 0) {
-        tt_log(TT_LOG_WARN, "accept_failed", TT_LS("listener", l->cfg->name),
-               TT_LS("error", tt_strerror(status)));
-        return;
-    }
-    tt_conn_accept(l);
+    tt_conn_accept(a->data, fd);
 }
 
 /* Adopts fd into w's loop and starts listening (see listener.h). */
 int tt_listener_start(struct tt_listener *l, struct tt_worker *w, int index,
                       const struct tt_listener_cfg *cfg, int fd)
 {
+    struct tt_listener_counters *lc = &w->metrics->listeners[index];
     int r;
 
     l->worker = w;
     l->index = index;
     l->cfg = cfg;
-    r = uv_tcp_init(&w->loop, &l->tcp);
-    if (r < 0) {
+    if (listen(fd, TT_LISTEN_BACKLOG) < 0) {
+        r = -errno;
         close(fd);
         return r;
     }
+    /* Refused connections during a shortage are reset at once (the connection limit keeps
+     * descriptors in reserve for the admin endpoint, which gets its own acceptor). */
+    l->acceptor.name = cfg->name;
+    l->acceptor.worker = (int)w->index;
+    l->acceptor.shortage = TT_ACCEPTOR_DROP;
+    l->acceptor.on_accept = on_accept;
+    l->acceptor.on_closed = NULL;
+    l->acceptor.data = l;
+    l->acceptor.failures = &lc->accept_failures;
+    l->acceptor.dropped = &lc->refused_fd_shortage;
+    r = tt_acceptor_start(&l->acceptor, &w->loop, fd);
+    if (r < 0)
+        return r;
     l->open = true;
-    r = uv_tcp_open(&l->tcp, fd);
-    if (r < 0) {
-        close(fd);
-        return r;
-    }
-    return uv_listen((uv_stream_t *)&l->tcp, TT_LISTEN_BACKLOG, on_connection);
+    return 0;
 }
 
 /* Closes the listening socket; pending connections in its backlog are dropped. */
@@ -110,5 +113,5 @@ void tt_listener_close(struct tt_listener *l)
     if (!l->open)
         return;
     l->open = false;
-    uv_close((uv_handle_t *)&l->tcp, NULL);
+    tt_acceptor_close(&l->acceptor);
 }

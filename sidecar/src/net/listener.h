@@ -17,8 +17,11 @@
  * port). Returns 0 or -errno. */
 int tt_listener_bind(struct tt_addr *addr, bool first, int *fd);
 
-/* Starts accepting on fd in worker w's loop, as listener `index` configured by cfg.
- * Takes ownership of fd. Returns 0 or <0 (close the listener either way). */
+/* Starts listening on fd in worker w's loop, as listener `index` configured by cfg: each
+ * connection goes to tt_conn_accept(); when descriptors run out, accepting pauses with a
+ * backoff (acceptor.h), counted in the listener's accept_failures and
+ * refused_fd_shortage. Takes ownership of fd. Returns 0, or <0 with fd closed (closing
+ * the listener is then a no-op). */
 int tt_listener_start(struct tt_listener *l, struct tt_worker *w, int index,
                       const struct tt_listener_cfg *cfg, int fd);
 
