@@ -165,8 +165,7 @@ static void side_start_write(struct tt_conn *c, struct tt_side *s)
 /* Writes data[0..len) on side s straight to the socket when nothing is queued there (a
  * queued byte must go first). Returns the bytes the kernel took (0 when it took none or
  * a queue waits), or <0 (the caller closes the connection). */
-static ssize_t side_try_write(struct tt_conn *c, struct tt_side *s, const uint8_t *data,
-                              size_t len)
+static ssize_t side_try_write(struct tt_conn *c, struct tt_side *s, const uint8_t *data, size_t len)
 {
     if (s->inflight.len > 0 || s->queued.len > 0)
         return 0;

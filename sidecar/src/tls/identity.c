@@ -354,7 +354,7 @@ static void identity_free(struct tt_identity *id)
 
 /* parse_certs() with the message for a failure written into err, naming `name`. Returns
  * 0, -ENOMEM (no message), or TT_E_IDENTITY / TT_E_PEM with the message. */
-static int parse_certs_named(const char *pem, size_t len, const char *name, STACK_OF(X509) **out,
+static int parse_certs_named(const char *pem, size_t len, const char *name, STACK_OF(X509) * *out,
                              char *err, size_t errlen)
 {
     int r = parse_certs(pem, len, out);

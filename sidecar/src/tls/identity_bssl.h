@@ -49,7 +49,7 @@ char *tt_pem_from_key(EVP_PKEY *key, size_t *len);
  * untouched on failure. tt_pem_parse_key parses the first private key (EC or RSA, PKCS#8
  * or traditional) into *out, the caller's to EVP_PKEY_free. Returns 0, TT_E_IDENTITY when
  * there is none, TT_E_PEM when it does not parse, or -ENOMEM. */
-int tt_pem_parse_certs(const char *pem, size_t len, STACK_OF(X509) **out);
+int tt_pem_parse_certs(const char *pem, size_t len, STACK_OF(X509) * *out);
 int tt_pem_parse_key(const char *pem, size_t len, EVP_PKEY **out);
 
 /* Unix seconds of an ASN1_TIME (a certificate's notBefore or notAfter), computed without
