@@ -392,7 +392,7 @@ int main(int argc, char **argv)
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
     uint64_t ttl_ms;
-    int rc;
+    int rc, state_lock_fd = -1; /* held until exit: the state directory is ours */
 
     signal(SIGPIPE, SIG_IGN);
     rc = parse_flags(argc, argv, &f);
@@ -440,6 +440,14 @@ int main(int argc, char **argv)
                              id);
     }
 
+    /* One control plane per state directory: a second one would overwrite the first's
+     * files (last writer wins) or race it creating the CA. */
+    rc = cp_state_dir_lock(f.state_dir, &state_lock_fd, err, sizeof(err));
+    if (rc < 0) {
+        tt_log(TT_LOG_ERROR, "state_locked", TT_LS("error", err));
+        fprintf(stderr, "tether-control: %s\n", err);
+        return rc == -EBUSY ? EXIT_USAGE : EXIT_RUNTIME;
+    }
     c.store = cp_store_open(f.state_dir, err, sizeof(err));
     if (c.store == NULL) {
         tt_log(TT_LOG_ERROR, "state_invalid", TT_LS("error", err));

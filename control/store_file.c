@@ -1,5 +1,6 @@
 /* Files of the state directory (see store_int.h): paths, the one atomic writer, and the
  * reader and writer of collection files {"<key>": [items]}. */
+#include <sys/file.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -254,4 +255,53 @@ int cp__coll_load(struct cp_store *s, const struct cp__coll *c, char *err, size_
     }
     json_decref(doc);
     return rc;
+}
+
+/* Locks the state directory for this process (see store_file.h). */
+int cp_state_dir_lock(const char *dir, int *fd_out, char *err, size_t errlen)
+{
+    char path[4096], pid[32];
+    int fd, r;
+
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        r = -errno;
+        tt_errf(err, errlen, "%s: %s", dir, strerror(-r));
+        return r;
+    }
+    if ((size_t)snprintf(path, sizeof(path), "%s/lock", dir) >= sizeof(path)) {
+        tt_errf(err, errlen, "%s: path too long", dir);
+        return -ENAMETOOLONG;
+    }
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        r = -errno;
+        tt_errf(err, errlen, "%s: %s", path, strerror(-r));
+        return r;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        r = -errno;
+        if (r == -EWOULDBLOCK) {
+            ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+            pid[n > 0 ? n : 0] = '\0';
+            pid[strcspn(pid, "\n")] = '\0';
+            tt_errf(err, errlen,
+                    "state directory %s is in use by another tether-control (pid %s); one "
+                    "control plane per state directory",
+                    dir, pid[0] ? pid : "unknown");
+            r = -EBUSY;
+        } else {
+            tt_errf(err, errlen, "%s: flock: %s", path, strerror(-r));
+        }
+        close(fd);
+        return r;
+    }
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+        r = -errno;
+        tt_errf(err, errlen, "%s: %s", path, strerror(-r));
+        close(fd);
+        return r;
+    }
+    *fd_out = fd;
+    return 0;
 }

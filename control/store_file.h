@@ -12,4 +12,11 @@
  * is reported after the rename happened). */
 int cp_atomic_write(const char *path, const void *data, size_t len, int mode);
 
+/* Makes sure only one tether-control uses the state directory `dir` (created with mode
+ * 0700 when missing): takes an exclusive flock on dir/lock (mode 0600) and writes this
+ * process's pid into it. The lock lasts until *fd_out is closed or the process ends.
+ * Returns 0, -EBUSY with err naming the directory and the holder's pid when another
+ * process holds it, or -errno with err set. */
+int cp_state_dir_lock(const char *dir, int *fd_out, char *err, size_t errlen);
+
 #endif
