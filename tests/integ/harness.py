@@ -1042,6 +1042,19 @@ class Env:
             c.wait_up()
         return c
 
+    def sidecar_pair(self, backend_addr, workers=1):
+        """client -> web (outbound, port returned) -> mTLS -> api (inbound) -> backend_addr,
+        with certificates from a new root and no policy. Returns (web, api, out_port)."""
+        ca = self.certs.ca("pair-ca")
+        web_id, api_id = spiffe("shop", "web"), spiffe("shop", "api")
+        web = self.certs.leaf("web", ca, [web_id])
+        api = self.certs.leaf("api", ca, [api_id])
+        in_port, out_port = free_port(), free_port()
+        api_sc = self.sidecar("api", api, ca, inbound=[(in_port, backend_addr)], workers=workers)
+        web_sc = self.sidecar("web", web, ca, outbound=[(out_port, "127.0.0.1:%d" % in_port,
+                                                         api_id)], workers=workers)
+        return web_sc, api_sc, out_port
+
     def cp_sidecar(self, name, control, spiffe_id, token, inbound=(), outbound=(),
                    bundle=None, extra=(), admin_port=None, wait=True, workers=2,
                    log_level="info"):

@@ -38,15 +38,8 @@ def transfer(port, size, seed):
 
 def test(env):
     ok = h.Checks()
-    ca = env.certs.ca("ca")
-    web_id, api_id = h.spiffe("shop", "web"), h.spiffe("shop", "api")
-    web = env.certs.leaf("web", ca, [web_id])
-    api = env.certs.leaf("api", ca, [api_id])
     echo = env.echo("echo")
-    in_port, out_port = h.free_port(), h.free_port()
-    api_sc = env.sidecar("api", api, ca, inbound=[(in_port, echo.addr)], workers=1)
-    web_sc = env.sidecar("web", web, ca, outbound=[(out_port, "127.0.0.1:%d" % in_port,
-                                                    api_id)], workers=1)
+    web_sc, api_sc, out_port = env.sidecar_pair(echo.addr)
     big = (30 if under_asan() else 100) * MB
 
     ok(transfer(out_port, 8 * MB, 1), "warm-up: 8 MB each way intact")

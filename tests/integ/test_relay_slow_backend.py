@@ -48,15 +48,8 @@ def send_then_close(port, payload, seed):
 
 def test(env):
     ok = h.Checks()
-    ca = env.certs.ca("ca")
-    web_id, api_id = h.spiffe("shop", "web"), h.spiffe("shop", "api")
-    web = env.certs.leaf("web", ca, [web_id])
-    api = env.certs.leaf("api", ca, [api_id])
     sink = env.echo("slowsink:0.1")
-    in_port, out_port = h.free_port(), h.free_port()
-    api_sc = env.sidecar("api", api, ca, inbound=[(in_port, sink.addr)], workers=1)
-    web_sc = env.sidecar("web", web, ca, outbound=[(out_port, "127.0.0.1:%d" % in_port,
-                                                    api_id)], workers=1)
+    web_sc, api_sc, out_port = env.sidecar_pair(sink.addr)
     for i in range(ROUNDS):
         payload = h.pattern_bytes(MB + i * 40961 + 7, seed=40 + i)
         want = b"RECEIVED:%d:%s\n" % (len(payload), hashlib.sha256(payload).hexdigest().encode())
