@@ -18,12 +18,14 @@
 #include "core/spiffe.h"
 #include "tls/identity.h"
 #include "core/query.h"
+#include "operator_token.h"
 
 struct cp_api {
     struct tt_httpd *httpd;
     struct cp_store *store;
     struct cp_ca *ca;
     bool mtls;
+    char operator_token[CP_OPERATOR_TOKEN_MAX]; /* plaintext APIs: the credential to carry */
     char *admin_ids[CP_API_MAX_ADMINS];
     size_t n_admin_ids;
     char allow_hdr[160]; /* the 405 answer's Allow line, copied by httpd at once */
@@ -210,6 +212,12 @@ static void post_token(struct cp_api *api, const struct tt_httpd_request *rq,
         goto out;
     if (tt_spiffe_check(id, strlen(id), false) != 0) {
         reply_error(resp, 400, "spiffe_id: not a valid SPIFFE ID (spiffe://<trust-domain>/<path>)");
+        goto out;
+    }
+    if (tt_spiffe_reserved(id)) {
+        tt_log(TT_LOG_WARN, "api_token_refused", TT_LS("spiffe_id", id),
+               TT_LS("reason", "reserved_identity"));
+        reply_error(resp, 400, CP_RESERVED_REFUSAL);
         goto out;
     }
     if (api->ca != NULL) {
@@ -465,7 +473,8 @@ static void post_admin_cert(struct cp_api *api, const struct tt_httpd_request *r
         reply_error(resp, rc == TT_E_CA_INTERNAL ? 500 : 400, err);
         goto out;
     }
-    if (cp_store_issued_add(api->store, cert.serial, id, cert.not_after, tt_now_unix()) < 0) {
+    if (cp_store_issued_add(api->store, cert.serial, id, cert.not_after, tt_now_unix(),
+                            CP_VIA_ADMIN_CERT) < 0) {
         reply_error(resp, 500, "saving the issued-certificate record failed");
         goto out;
     }
@@ -502,6 +511,54 @@ static const struct route {
     {"/stats", HTTP_GET, get_stats},
 };
 
+/* True for the requests anyone may make: reading the trust bundle and the CRL, which are
+ * public by nature (a peer needs them to verify the mesh). */
+static bool request_is_public(const struct tt_httpd_request *rq, int method)
+{
+    return method == HTTP_GET &&
+           (strcmp(rq->path, "/v1/bundle") == 0 || strcmp(rq->path, "/v1/crl") == 0);
+}
+
+/* Authenticates a request: over mTLS the caller's certificate must carry an admin identity,
+ * on a plaintext (loopback) API the request must carry the operator credential; public
+ * requests pass either way. Answers 401/403 and returns false when the caller may not. */
+static bool request_authorized(struct cp_api *api, const struct tt_httpd_request *rq, int method,
+                               struct tt_httpd_response *resp)
+{
+    char msg[TT_SPIFFE_MAX + 128];
+
+    if (request_is_public(rq, method))
+        return true;
+    if (!api->mtls) {
+        if (cp_operator_token_matches(api->operator_token, rq->authorization))
+            return true;
+        tt_log(TT_LOG_WARN, "api_unauthorized", TT_LS("path", rq->path),
+               TT_LS("method", rq->method_name),
+               TT_LS("reason", rq->authorization ? "wrong credential" : "no credential"));
+        resp->extra_headers = "WWW-Authenticate: Bearer realm=\"tether-control\"\r\n";
+        reply_error(resp, 401,
+                    rq->authorization
+                        ? "the operator credential is wrong: send \"Authorization: Bearer\" "
+                          "with the token in the state directory's operator.token"
+                        : "an operator credential is required: \"Authorization: Bearer\" with "
+                          "the token in the state directory's operator.token (tetherctl reads "
+                          "it with --state-dir DIR or TETHER_STATE_DIR)");
+        return false;
+    }
+    if (cp_api_admin_allowed(api, rq->peer_identity))
+        return true;
+    tt_log(TT_LOG_WARN, "api_forbidden", TT_LS("peer", rq->peer_identity), TT_LS("path", rq->path));
+    if (rq->peer_identity == NULL || rq->peer_identity[0] == '\0')
+        snprintf(msg, sizeof(msg), "an admin identity is required (no client certificate)");
+    else
+        snprintf(msg, sizeof(msg),
+                 "an admin identity is required: %.*s is not one (see tether-control "
+                 "--admin-id)",
+                 TT_SPIFFE_MAX, rq->peer_identity);
+    reply_error(resp, 403, msg);
+    return false;
+}
+
 static void on_request(void *ud, const struct tt_httpd_request *rq, struct tt_httpd_response *resp)
 {
     struct cp_api *api = ud;
@@ -509,21 +566,8 @@ static void on_request(void *ud, const struct tt_httpd_request *rq, struct tt_ht
     bool path_known = false;
     char allow[128] = "";
 
-    if (api->mtls && !cp_api_admin_allowed(api, rq->peer_identity)) {
-        char msg[TT_SPIFFE_MAX + 128];
-
-        tt_log(TT_LOG_WARN, "api_forbidden", TT_LS("peer", rq->peer_identity),
-               TT_LS("path", rq->path));
-        if (rq->peer_identity == NULL || rq->peer_identity[0] == '\0')
-            snprintf(msg, sizeof(msg), "an admin identity is required (no client certificate)");
-        else
-            snprintf(msg, sizeof(msg),
-                     "an admin identity is required: %.*s is not one (see tether-control "
-                     "--admin-id)",
-                     TT_SPIFFE_MAX, rq->peer_identity);
-        reply_error(resp, 403, msg);
+    if (!request_authorized(api, rq, method, resp))
         return;
-    }
     for (size_t i = 0; i < TT_ARRAY_SIZE(routes); i++) {
         if (strcmp(routes[i].path, rq->path) != 0)
             continue;
@@ -582,6 +626,11 @@ struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struc
                      "--listen-api %s: non-loopback addresses need mTLS (not yet wired)", listen);
             return NULL;
         }
+        if (opts->operator_token == NULL || strlen(opts->operator_token) >= CP_OPERATOR_TOKEN_MAX) {
+            snprintf(err, errlen, "--listen-api %s: a plaintext API needs the operator credential",
+                     listen);
+            return NULL;
+        }
     }
     api = calloc(1, sizeof(*api));
     if (api == NULL) {
@@ -591,6 +640,8 @@ struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struc
     api->store = store;
     api->ca = ca;
     api->mtls = opts->mtls;
+    if (!opts->mtls)
+        snprintf(api->operator_token, sizeof(api->operator_token), "%s", opts->operator_token);
     for (size_t i = 0; i < opts->n_admin_ids && i < CP_API_MAX_ADMINS; i++) {
         api->admin_ids[api->n_admin_ids] = strdup(opts->admin_ids[i]);
         if (api->admin_ids[api->n_admin_ids] == NULL)
@@ -619,6 +670,7 @@ err_oom:
 err_free:
     for (size_t i = 0; i < api->n_admin_ids; i++)
         free(api->admin_ids[i]);
+    tt_crypto_wipe(api->operator_token, sizeof(api->operator_token));
     free(api);
     return NULL;
 }
@@ -647,5 +699,6 @@ void cp_api_close(struct cp_api *api)
     tt_httpd_close(api->httpd);
     for (size_t i = 0; i < api->n_admin_ids; i++)
         free(api->admin_ids[i]);
+    tt_crypto_wipe(api->operator_token, sizeof(api->operator_token));
     free(api);
 }

@@ -23,11 +23,14 @@
  *                                    (403 over mTLS): bootstraps remote admin access
  *   GET  /stats                      counters: refusals by reason, issued, sidecars...
  *
- * Errors are {"error": "..."} with 400 (bad input; unknown JSON keys are named), 403
+ * Errors are {"error": "..."} with 400 (bad input; unknown JSON keys are named), 401
+ * (plaintext without the operator credential, with WWW-Authenticate: Bearer), 403
  * (mTLS without an admin identity: the message names the peer's identity), 404, 405
  * (with Allow), 413 (bodies over 1 MiB), 500, 503 (no CA).
  *
- * Transport security. Plaintext is served only on a loopback address. Any other
+ * Authentication. On a loopback address every request except GET /v1/bundle and GET
+ * /v1/crl carries the operator credential (operator_token.h): loopback alone proves
+ * nothing, since every local user can connect there. Any other
  * address needs mutual TLS with an admin identity, and TLS termination is NOT done
  * here: tether-control's main terminates mTLS (a cp_tls_acceptor, tls_acceptor.h) and
  * hands each plaintext connection to cp_api_adopt_fd() with the client's verified
@@ -58,6 +61,10 @@ struct cp_api_opts {
      * itself; connections arrive through cp_api_adopt_fd() and each needs an admin
      * identity. false: listen on `listen` in plaintext, loopback only. */
     bool mtls;
+    /* Plaintext only, required there: the operator credential every request but GET
+     * /v1/bundle and GET /v1/crl must carry as "Authorization: Bearer" (operator_token.h);
+     * copied. */
+    const char *operator_token;
     /* SPIFFE IDs allowed to administer over mTLS; none given:
      * spiffe://<trust domain>/ns/tether-system/sa/tether-admin. */
     const char *admin_ids[CP_API_MAX_ADMINS];

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/errors.h"  /* the TT_E_CSR... codes it returns */
+#include "core/spiffe.h"  /* TT_SPIFFE_RESERVED_NS */
 #include "tls/identity.h" /* TT_SERIAL_MAX */
 
 /* Why a CSR was refused, or signing failed: the project's error codes TT_E_CSR,
@@ -19,6 +20,13 @@
  * "bad_csr", "bad_csr_signature", "weak_key", "bad_san", "identity_mismatch",
  * "internal"; "unknown" for any other code. Static strings. */
 const char *cp_ca_err_reason(int err);
+
+/* The answer to a request for a reserved identity (tt_spiffe_reserved()) on the workload
+ * signing path: token creation, Identity.Sign and renewals all refuse them. */
+#define CP_RESERVED_REFUSAL                                                                        \
+    "spiffe_id: ns/" TT_SPIFFE_RESERVED_NS " is reserved for the control plane (its serving "      \
+    "identity and the admin identities): no token or workload certificate is issued for it; "      \
+    "admin certificates come only from `tetherctl admin-cert create` on the control host"
 
 struct cp_ca;
 

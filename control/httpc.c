@@ -254,10 +254,12 @@ static int write_all(int fd, const char *data, size_t len)
  * cp_httpc_response_done), or -errno with err set and *out released: -EFBIG over CP_HTTPC_BODY_MAX,
  * -EPROTO for a bad or cut reply, -ECONNRESET when nothing came. */
 int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const char *prefix,
-                        const char *method, const char *path, const char *ctype, const char *body,
-                        size_t body_len, struct cp_httpc_response *out, char *err, size_t errlen)
+                        const char *bearer, const char *method, const char *path, const char *ctype,
+                        const char *body, size_t body_len, struct cp_httpc_response *out, char *err,
+                        size_t errlen)
 {
     char head[2048], buf[16384];
+    bool auth = bearer != NULL && bearer[0] != '\0';
     struct rctx r = {.out = out, .head = strcmp(method, "HEAD") == 0};
     http_parser parser;
     size_t total = 0;
@@ -267,9 +269,10 @@ int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const c
     n = snprintf(head, sizeof(head),
                  "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tetherctl\r\n"
                  "Accept: application/json, text/plain\r\nConnection: close\r\n"
-                 "%s%s%sContent-Length: %zu\r\n\r\n",
-                 method, prefix, path, host_hdr, ctype ? "Content-Type: " : "", ctype ? ctype : "",
-                 ctype ? "\r\n" : "", body_len);
+                 "%s%s%s%s%s%sContent-Length: %zu\r\n\r\n",
+                 method, prefix, path, host_hdr, auth ? "Authorization: Bearer " : "",
+                 auth ? bearer : "", auth ? "\r\n" : "", ctype ? "Content-Type: " : "",
+                 ctype ? ctype : "", ctype ? "\r\n" : "", body_len);
     if (n < 0 || (size_t)n >= sizeof(head)) {
         snprintf(err, errlen, "request too long");
         rc = -EINVAL;
@@ -280,6 +283,10 @@ int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const c
         rc = write_all(fd, body, body_len);
     if (rc != 0) {
         snprintf(err, errlen, "sending to %s: %s", where, strerror(-rc));
+        /* The server hung up before reading: for the caller, the same as closing without
+         * a byte (e.g. a TLS server that refused our certificate after the handshake). */
+        if (rc == -EPIPE)
+            rc = -ECONNRESET;
         goto out;
     }
     http_parser_init(&parser, HTTP_RESPONSE);
@@ -457,8 +464,8 @@ int cp_httpc_call(const char *base_url, const struct cp_httpc_tls *tls, const ch
         if (fd < 0)
             return fd;
     }
-    rc = cp_httpc_request_fd(fd, where, host_hdr, prefix, method, path, ctype, body, body_len, out,
-                             err, errlen);
+    rc = cp_httpc_request_fd(fd, where, host_hdr, prefix, !https && tls ? tls->bearer : NULL,
+                             method, path, ctype, body, body_len, out, err, errlen);
     if (rc == -ECONNRESET && https) {
         /* TLS 1.3: the server checks our certificate after our side of the handshake. */
         snprintf(err, errlen,

@@ -27,6 +27,10 @@ struct cp_httpc_tls {
     const char *cert_file;
     const char *key_file;
     const char *cacert_file;
+    /* http:// only (on https:// the certificate is the credential): the operator
+     * credential (tether-control's <state-dir>/operator.token), sent as
+     * "Authorization: Bearer"; NULL sends none. */
+    const char *bearer;
 };
 
 /* Sends `method` `path` (which may hold a query) to the server of base_url
@@ -48,11 +52,13 @@ int cp_httpc_request(const char *base_url, const char *method, const char *path,
 
 /* Runs one request over the connected, blocking stream fd (the caller's, not closed;
  * its timeouts apply): `where` names the server in errors, host_hdr is the Host header
- * value, prefix the URL's path prefix. Returns as cp_httpc_call(); -ECONNRESET when the
- * server closed the connection without sending a byte. */
+ * value, prefix the URL's path prefix, bearer the operator credential (NULL: none).
+ * Returns as cp_httpc_call(); -ECONNRESET when the server closed the connection without
+ * sending a byte (before or after it read the request). */
 int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const char *prefix,
-                        const char *method, const char *path, const char *ctype, const char *body,
-                        size_t body_len, struct cp_httpc_response *out, char *err, size_t errlen);
+                        const char *bearer, const char *method, const char *path, const char *ctype,
+                        const char *body, size_t body_len, struct cp_httpc_response *out, char *err,
+                        size_t errlen);
 
 void cp_httpc_response_done(struct cp_httpc_response *r);
 

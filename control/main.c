@@ -19,12 +19,13 @@
 #include "ca.h"
 #include "core/log.h"
 #include "core/spiffe.h"
+#include "tls/crypto.h"
 #include "store.h"
 #include "tls_acceptor.h"
 #include "control/tlspipe.h"
 #include "core/util.h"
+#include "operator_token.h"
 #include "sidecar_api.h"
-#include "core/util.h"
 
 #define EXIT_RUNTIME      1
 #define EXIT_USAGE        2
@@ -33,7 +34,9 @@
 static const char usage[] =
     "usage: tether-control --state-dir DIR [options]\n"
     "\n"
-    "  --state-dir DIR            CA, tokens, policy, revocations, services, issued records\n"
+    "  --state-dir DIR            CA, tokens, policy, revocations, services, issued records,\n"
+    "                             and operator.token: the credential the loopback API\n"
+    "                             asks for (made at first start, mode 0600)\n"
     "  --trust-domain TD          SPIFFE trust domain (default cluster.local)\n"
     "  --listen-sidecars ADDR:PORT  gRPC over mTLS for sidecars (default 0.0.0.0:15012)\n"
     "  --listen-api ADDR:PORT     operator HTTP/JSON API (default 127.0.0.1:15014); may be\n"
@@ -42,7 +45,8 @@ static const char usage[] =
     "                             certificate with an admin identity (bootstrap one on\n"
     "                             this host with `tetherctl admin-cert create` over a\n"
     "                             loopback --listen-api)\n"
-    "  --admin-id SPIFFE_ID       an identity allowed to administer over mTLS; repeatable\n"
+    "  --admin-id SPIFFE_ID       an identity allowed to administer over mTLS, in\n"
+    "                             spiffe://TD/ns/tether-system/ (reserved); repeatable\n"
     "                             (up to 8; default spiffe://TD/ns/tether-system/sa/"
     "tether-admin)\n"
     "  --cert-ttl DURATION        lifetime of workload certificates (default 1h)\n"
@@ -96,6 +100,7 @@ struct control {
     pthread_mutex_t handoff_lock; /* guards handoffs */
     struct handoff *handoffs;
     struct cp_sidecar_api *sidecars;
+    char operator_token[CP_OPERATOR_TOKEN_MAX]; /* the loopback APIs' credential */
 };
 
 static int die_usage(const char *msg, const char *arg)
@@ -338,6 +343,7 @@ static int start_apis(struct control *c, const struct flags *f)
     for (size_t i = 0; i < f->n_admin_ids; i++)
         ao.admin_ids[i] = f->admin_ids[i];
     ao.n_admin_ids = f->n_admin_ids;
+    ao.operator_token = c->operator_token;
     for (size_t i = 0; i < c->n_apis; i++) {
         struct api_listener *l = &c->apis[i];
 
@@ -374,6 +380,26 @@ static int start_apis(struct control *c, const struct flags *f)
 fail:
     tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
     fprintf(stderr, "tether-control: %s\n", err);
+    return EXIT_RUNTIME;
+}
+
+/* Revokes the certificates for reserved identities that the workload signing path issued
+ * before it refused them (store.h: cp_store_revoke_reserved), saying how many. Returns 0 or
+ * EXIT_RUNTIME after a message. */
+static int revoke_reserved(struct cp_store *store)
+{
+    size_t n = 0;
+    int rc = cp_store_revoke_reserved(store, &n);
+
+    if (n > 0)
+        tt_log(TT_LOG_WARN, "reserved_certificates_revoked", TT_LU("count", n),
+               TT_LS("why", "issued for ns/" TT_SPIFFE_RESERVED_NS
+                            " outside `tetherctl admin-cert create`; re-create admin "
+                            "certificates with it"));
+    if (rc == 0)
+        return 0;
+    tt_log(TT_LOG_ERROR, "state_write_failed", TT_LS("error", strerror(-rc)));
+    fprintf(stderr, "tether-control: revoking reserved-identity certificates: %s\n", strerror(-rc));
     return EXIT_RUNTIME;
 }
 
@@ -438,6 +464,13 @@ int main(int argc, char **argv)
             return die_usage("--admin-id: expected a SPIFFE ID in the trust domain "
                              "(spiffe://TD/PATH), got ",
                              id);
+        /* Only the reserved namespace cannot be minted through a token: an admin anywhere
+         * else could be impersonated by any workload that gets a certificate there. */
+        if (!tt_spiffe_reserved(id))
+            return die_usage("--admin-id: admin identities must be in the reserved namespace "
+                             "spiffe://TD/ns/" TT_SPIFFE_RESERVED_NS "/... (workloads can be "
+                             "issued any other identity), got ",
+                             id);
     }
 
     /* One control plane per state directory: a second one would overwrite the first's
@@ -447,6 +480,12 @@ int main(int argc, char **argv)
         tt_log(TT_LOG_ERROR, "state_locked", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
         return rc == -EBUSY ? EXIT_USAGE : EXIT_RUNTIME;
+    }
+    rc = cp_operator_token_ensure(f.state_dir, c.operator_token, err, sizeof(err));
+    if (rc < 0) {
+        tt_log(TT_LOG_ERROR, "operator_token_invalid", TT_LS("error", err));
+        fprintf(stderr, "tether-control: %s\n", err);
+        return EXIT_RUNTIME;
     }
     c.store = cp_store_open(f.state_dir, err, sizeof(err));
     if (c.store == NULL) {
@@ -467,6 +506,9 @@ int main(int argc, char **argv)
         rc = EXIT_RUNTIME;
         goto out_store;
     }
+    rc = revoke_reserved(c.store);
+    if (rc != 0)
+        goto out_ca;
     rc = cp_store_bundle_set(c.store, cp_ca_bundle_pem(c.ca));
     if (rc != 0) {
         tt_log(TT_LOG_ERROR, "state_write_failed", TT_LS("error", strerror(-rc)));
@@ -507,5 +549,6 @@ out_ca:
     cp_ca_free(c.ca);
 out_store:
     cp_store_free(c.store);
+    tt_crypto_wipe(c.operator_token, sizeof(c.operator_token));
     return rc;
 }

@@ -92,6 +92,11 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
                     "spiffe_id is not a valid SPIFFE ID");
         return;
     }
+    if (tt_spiffe_reserved(asked)) { /* whatever the proof: see DESIGN.md */
+        sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, "reserved_identity", peer, asked,
+                    CP_RESERVED_REFUSAL);
+        return;
+    }
     if (req->bootstrap_token != NULL && req->bootstrap_token[0] != '\0') {
         /* Proof (a): an operator's token for exactly this identity. */
         enum cp_token_err why = CP_TOKEN_OK;
@@ -140,7 +145,8 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
                     cp_ca_err_reason(r), peer, asked, err);
         return;
     }
-    if (cp_store_issued_add(api->store, cert.serial, asked, cert.not_after, tt_now_unix()) < 0)
+    if (cp_store_issued_add(api->store, cert.serial, asked, cert.not_after, tt_now_unix(),
+                            strcmp(proof, "certificate") == 0 ? CP_VIA_RENEWAL : CP_VIA_TOKEN) < 0)
         tt_log(TT_LOG_ERROR, "issued_record_failed", TT_LS("serial", cert.serial),
                TT_LS("spiffe_id", asked));
     resp.cert_chain_pem = cert.chain_pem;
@@ -161,6 +167,7 @@ static void watcher_send(struct watcher *w, const struct cp_snapshot *snap)
 {
     Tether__V1__Snapshot msg = TETHER__V1__SNAPSHOT__INIT;
     Tether__V1__ServiceEntry *entries = NULL, **entry_ptrs = NULL;
+    Tether__V1__Revocation *revs = NULL, **rev_ptrs = NULL;
 
     if (!w->hello || w->sent_version >= snap->version)
         return;
@@ -169,6 +176,20 @@ static void watcher_send(struct watcher *w, const struct cp_snapshot *snap)
     msg.policy_json = snap->policy_json != NULL ? snap->policy_json : API_DEFAULT_POLICY;
     msg.revoked_serials = snap->revoked;
     msg.n_revoked_serials = snap->n_revoked;
+    if (snap->n_revoked > 0) {
+        revs = calloc(snap->n_revoked, sizeof(*revs));
+        rev_ptrs = calloc(snap->n_revoked, sizeof(*rev_ptrs));
+        if (revs == NULL || rev_ptrs == NULL)
+            goto out;
+        for (size_t i = 0; i < snap->n_revoked; i++) {
+            tether__v1__revocation__init(&revs[i]);
+            revs[i].serial = snap->revoked[i];
+            revs[i].not_after_unix = snap->revoked_not_after[i];
+            rev_ptrs[i] = &revs[i];
+        }
+        msg.revocations = rev_ptrs;
+        msg.n_revocations = snap->n_revoked;
+    }
     if (snap->n_services > 0) {
         entries = calloc(snap->n_services, sizeof(*entries));
         entry_ptrs = calloc(snap->n_services, sizeof(*entry_ptrs));
@@ -188,6 +209,8 @@ static void watcher_send(struct watcher *w, const struct cp_snapshot *snap)
 out:
     free(entries);
     free(entry_ptrs);
+    free(revs);
+    free(rev_ptrs);
 }
 
 /* Pushes the store's snapshot to every watcher and cuts revoked peers off. */

@@ -313,6 +313,7 @@ void cp_snapshot_free(struct cp_snapshot *snap)
     for (size_t i = 0; i < snap->n_revoked; i++)
         free(snap->revoked[i]);
     free(snap->revoked);
+    free(snap->revoked_not_after);
     free(snap);
 }
 
@@ -353,7 +354,9 @@ struct cp_snapshot *cp_store_snapshot(struct cp_store *s)
     snap->policy_json = s->policy ? strdup(s->policy) : NULL;
     snap->services = calloc(s->services.n + 1, sizeof(*snap->services));
     snap->revoked = calloc(s->revoked.n + 1, sizeof(*snap->revoked));
-    ok = snap->bundle_pem && (!s->policy || snap->policy_json) && snap->services && snap->revoked;
+    snap->revoked_not_after = calloc(s->revoked.n + 1, sizeof(*snap->revoked_not_after));
+    ok = snap->bundle_pem && (!s->policy || snap->policy_json) && snap->services && snap->revoked &&
+         snap->revoked_not_after;
     /* Operator entries first, so they win over a sidecar's claim on the same address. */
     for (size_t i = 0; ok && i < s->services.n; i++)
         if (strcmp(s->services.v[i].source, CP_SOURCE_OPERATOR) == 0)
@@ -363,6 +366,10 @@ struct cp_snapshot *cp_store_snapshot(struct cp_store *s)
             ok = snap_add(snap, &s->services.v[i]);
     for (size_t i = 0; ok && i < s->revoked.n; i++) {
         snap->revoked[i] = strdup(s->revoked.v[i].serial);
+        /* Revocations from before not_after was kept: the issue record may still know. */
+        snap->revoked_not_after[i] = s->revoked.v[i].not_after
+                                         ? s->revoked.v[i].not_after
+                                         : cp__issued_not_after_locked(s, s->revoked.v[i].serial);
         snap->n_revoked++;
         ok = snap->revoked[i] != NULL;
     }

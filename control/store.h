@@ -133,10 +133,21 @@ char *cp_store_policy_get(struct cp_store *s);
 
 /* ---- issued certificates ---- */
 
-/* Records an issue. Records expired for more than a day are pruned on later writes.
- * Returns 0 or -errno. */
+/* How a certificate was issued, as its record says ("via"). */
+#define CP_VIA_TOKEN      "token"      /* Identity.Sign with a bootstrap token */
+#define CP_VIA_RENEWAL    "renewal"    /* Identity.Sign with the current certificate */
+#define CP_VIA_ADMIN_CERT "admin-cert" /* POST /v1/admin-certs on the loopback API */
+
+/* Records an issue made `via` one of the CP_VIA_* paths. Records expired for more than a
+ * day are pruned on later writes. Returns 0 or -errno. */
 int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spiffe_id,
-                        int64_t not_after, int64_t issued_at);
+                        int64_t not_after, int64_t issued_at, const char *via);
+
+/* Revokes every unexpired certificate for a reserved identity (tt_spiffe_reserved()) that
+ * was not issued through the authenticated admin-cert path: those the signing path issued
+ * before it refused the reserved namespace, and records too old to say how they were
+ * issued. Sets *n_revoked. Returns 0 or -errno (what was revoked before stays revoked). */
+int cp_store_revoke_reserved(struct cp_store *s, size_t *n_revoked);
 
 /* [{"serial", "spiffe_id", "not_after", "issued_at", "revoked": bool}]. New ref. */
 json_t *cp_store_issued_json(struct cp_store *s);
@@ -155,7 +166,8 @@ struct cp_snapshot {
     char *policy_json;                 /* NULL when no policy was set */
     struct cp_service_entry *services; /* operator entries win over sidecar ones */
     size_t n_services;
-    char **revoked; /* normalized serials */
+    char **revoked;             /* normalized serials */
+    int64_t *revoked_not_after; /* [n_revoked]: each certificate's not-after; 0: unknown */
     size_t n_revoked;
 };
 

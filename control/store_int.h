@@ -61,6 +61,7 @@ struct cp__token {
 struct cp__revoked {
     char serial[TT_SERIAL_MAX]; /* normalized */
     int64_t at;                 /* unix seconds */
+    int64_t not_after;          /* the certificate's, from its issue record; 0: unknown */
 };
 
 /* One service entry: an address and the identity that must answer there, by source. */
@@ -76,6 +77,7 @@ struct cp__issued {
     char *spiffe_id;
     int64_t not_after; /* unix seconds */
     int64_t issued_at;
+    char via[16]; /* a CP_VIA_* name (store.h); "" in records from before it was kept */
 };
 
 /* One connected sidecar (runtime only). NULL strings are unknown. */
@@ -205,6 +207,10 @@ extern const struct cp__coll cp__issued_coll;   /* store_issued.c */
 
 /* True when the normalized serial is revoked. Lock held. (store_revocations.c) */
 bool cp__revoked_locked(struct cp_store *s, const char *norm);
+
+/* The not-after its issue record gives the certificate with normalized serial `norm`, or 0
+ * when no record is kept. Lock held. (store_issued.c) */
+int64_t cp__issued_not_after_locked(struct cp_store *s, const char *norm);
 
 /* Free every item and the array of each collection (store_*.c). */
 void cp__tokens_free(struct cp_store *s);

@@ -7,12 +7,19 @@
 #include "store_int.h"
 #include "core/util.h"
 
-/* The one serialiser of a revocation: {"serial", "revoked_unix"}, for the file and the API. */
+/* The one serialiser of a revocation: {"serial", "revoked_unix", "not_after"} (not_after
+ * absent when unknown), for the file and the API. */
 static json_t *revoked_json(const void *item)
 {
     const struct cp__revoked *r = item;
+    json_t *o = json_pack("{s:s,s:I}", "serial", r->serial, "revoked_unix", (json_int_t)r->at);
 
-    return json_pack("{s:s,s:I}", "serial", r->serial, "revoked_unix", (json_int_t)r->at);
+    if (o != NULL && r->not_after != 0 &&
+        json_object_set_new(o, "not_after", json_integer(r->not_after)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 static int revoked_from_json(struct cp_store *s, struct cp__lctx *c, json_t *o)
@@ -23,6 +30,9 @@ static int revoked_from_json(struct cp_store *s, struct cp__lctx *c, json_t *o)
 
     if ((rc = cp__get_str(c, o, "serial", &serial)) != 0 ||
         (rc = cp__get_int(c, o, "revoked_unix", false, &r.at)) != 0)
+        return rc;
+    if (json_object_get(o, "not_after") != NULL &&
+        (rc = cp__get_int(c, o, "not_after", false, &r.not_after)) != 0)
         return rc;
     if (tt_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0)
         return cp__bad_field(c, "serial", "a hexadecimal serial number");
@@ -61,6 +71,7 @@ int cp_store_revoke(struct cp_store *s, const char *serial)
     if (tt_serial_normalize(serial, r.serial, sizeof(r.serial)) != 0)
         return -EINVAL;
     pthread_mutex_lock(&s->mu);
+    r.not_after = cp__issued_not_after_locked(s, r.serial);
     if (cp__revoked_locked(s, r.serial)) {
         rc = 1;
     } else if ((rc = CP__VEC_GROW(s->revoked)) == 0 && (rc = cp__store_bump_locked(s)) == 0) {

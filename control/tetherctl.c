@@ -16,13 +16,15 @@
 #include "tls/crypto.h"
 #include "tls/identity.h"
 #include "core/query.h"
+#include "operator_token.h"
 #include "store_file.h"
 
-#define DEFAULT_API "http://127.0.0.1:15014"
-#define TIMEOUT_MS  10000
-#define FILE_MAX    (1024 * 1024)
-#define EXIT_FAIL   1
-#define EXIT_USAGE  2
+#define DEFAULT_API       "http://127.0.0.1:15014"
+#define DEFAULT_STATE_DIR "/var/lib/tether"
+#define TIMEOUT_MS        10000
+#define FILE_MAX          (1024 * 1024)
+#define EXIT_FAIL         1
+#define EXIT_USAGE        2
 
 static const char usage[] =
     "usage: tetherctl [--api URL] [--json] COMMAND [ARGS]\n"
@@ -54,6 +56,9 @@ static const char usage[] =
     "options:\n"
     "  --api URL               the operator API, http://HOST:PORT (loopback) or\n"
     "                          https://HOST:PORT (any other address: mTLS)\n"
+    "  --state-dir DIR         http://: tether-control's state directory, whose\n"
+    "                          operator.token is the credential the loopback API asks\n"
+    "                          for ($TETHER_STATE_DIR, default " DEFAULT_STATE_DIR ")\n"
     "  --cert FILE             https: the admin certificate ($TETHER_CERT)\n"
     "  --key FILE              https: its private key ($TETHER_KEY)\n"
     "  --cacert FILE           https: the control plane's trust bundle ($TETHER_CACERT)\n"
@@ -66,6 +71,9 @@ struct ctl {
     const char *api;
     bool json;
     struct cp_httpc_tls tls;
+    const char *state_dir;
+    char token[CP_OPERATOR_TOKEN_MAX]; /* tls.bearer points here once read */
+    char token_err[512];               /* why it could not be read, for a 401's hint */
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -123,6 +131,8 @@ static bool call(const struct ctl *c, const char *method, const char *path, json
             fprintf(stderr, "tetherctl: %s (HTTP %d)\n", json_string_value(e), r->status);
         else
             fprintf(stderr, "tetherctl: %s %s: HTTP %d %.200s\n", method, path, r->status, r->body);
+        if (r->status == 401 && c->token_err[0] != '\0')
+            fprintf(stderr, "tetherctl: no operator credential was sent: %s\n", c->token_err);
         json_decref(doc);
         cp_httpc_response_done(r);
         return false;
@@ -609,6 +619,19 @@ static bool nargs(int argc, int want, const char *cmd, int *rc)
     return false;
 }
 
+/* Reads the operator credential from the state directory for an http:// API (over
+ * https:// the certificate is the credential). A credential that cannot be read is not an
+ * error yet: GET /v1/bundle needs none, and a 401 prints why none was sent. */
+static void load_operator_token(struct ctl *c)
+{
+    const char *dir = c->state_dir && c->state_dir[0] ? c->state_dir : DEFAULT_STATE_DIR;
+
+    if (cp_httpc_url_is_https(c->api))
+        return;
+    if (cp_operator_token_read(dir, c->token, c->token_err, sizeof(c->token_err)) == 0)
+        c->tls.bearer = c->token;
+}
+
 /* tetherctl's entry: reads --api, --json and the TLS flags (or $TETHER_*) anywhere, then runs one
  * command against the API. Returns 0 on success, 1 when the request failed, 2 for a usage error. */
 int main(int argc, char **argv)
@@ -625,6 +648,7 @@ int main(int argc, char **argv)
         return EXIT_FAIL;
     if (c.api == NULL || c.api[0] == '\0')
         c.api = DEFAULT_API;
+    c.state_dir = getenv("TETHER_STATE_DIR");
     /* Global options anywhere before "--"; everything else is the command. */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -643,6 +667,14 @@ int main(int argc, char **argv)
             c.api = argv[++i];
         } else if (strncmp(a, "--api=", 6) == 0) {
             c.api = a + 6;
+        } else if (strcmp(a, "--state-dir") == 0) {
+            if (i + 1 >= argc) {
+                free(rest);
+                return usage_error("%s needs a directory", a);
+            }
+            c.state_dir = argv[++i];
+        } else if (strncmp(a, "--state-dir=", 12) == 0) {
+            c.state_dir = a + 12;
         } else if (tls_flag(argc, argv, &i, &c.tls, &rc)) {
             if (rc != 0) {
                 free(rest);
@@ -657,6 +689,7 @@ int main(int argc, char **argv)
         free(rest);
         return EXIT_USAGE;
     }
+    load_operator_token(&c);
     cmd = rest[0];
     sub = n > 1 ? rest[1] : NULL;
     if (strcmp(cmd, "token") == 0 && sub && strcmp(sub, "create") == 0) {
@@ -706,5 +739,6 @@ int main(int argc, char **argv)
         rc = usage_error("unknown command: %s", what);
     }
     free(rest);
+    tt_crypto_wipe(c.token, sizeof(c.token));
     return rc;
 }

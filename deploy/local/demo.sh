@@ -61,7 +61,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ctl() { "$tetherctl" --api "http://127.0.0.1:$cp_api" "$@"; }
+# The operator credential is the state directory's operator.token (tetherctl --state-dir).
+ctl() { "$tetherctl" --api "http://127.0.0.1:$cp_api" --state-dir "$work/control-state" "$@"; }
 
 wait_http() { # URL: waits up to 10 s for a 200
     for _ in $(seq 100); do
@@ -105,7 +106,7 @@ echo "== control plane: tether-control (sidecar API 127.0.0.1:$cp_sidecars, oper
     --listen-sidecars "127.0.0.1:$cp_sidecars" --listen-api "127.0.0.1:$cp_api" \
     --cert-ttl 20s 2>"$work/control.log" &
 pids+=($!)
-wait_http "http://127.0.0.1:$cp_api/stats"
+wait_http "http://127.0.0.1:$cp_api/v1/bundle" # open without the credential
 ctl bundle get >"$work/bundle.pem"
 echo "  trust bundle: $(openssl x509 -in "$work/bundle.pem" -noout -subject 2>/dev/null)"
 policy "$work/policy.json"

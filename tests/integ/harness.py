@@ -546,11 +546,11 @@ def echo_exact(port, payload, timeout=30, expect_prefix=b""):
     return bytes(got)
 
 
-def http_get(port, path="/", timeout=10, host="127.0.0.1"):
+def http_get(port, path="/", timeout=10, host="127.0.0.1", headers=None):
     """GET http://host:port/path -> (status, body bytes). Status 0 for a connection error."""
+    req = urllib.request.Request("http://%s:%d%s" % (host, port, path), headers=headers or {})
     try:
-        with urllib.request.urlopen("http://%s:%d%s" % (host, port, path),
-                                    timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -845,7 +845,7 @@ class Control(Proc):
             if not self.alive():
                 raise TestFailure("%s exited with %s; stderr:\n%s" % (
                     self.name, self.p.returncode, self.stderr()[-3000:]))
-            st, _ = http_get(self.api_port, "/stats", timeout=1)
+            st, _ = http_get(self.api_port, "/stats", timeout=1, headers=self.auth())
             if st != 200:
                 return False
             connect(self.sidecar_port, 1).close()
@@ -878,11 +878,27 @@ class Control(Proc):
             os.kill(self.pid, signal.SIGKILL)
         check(self.wait(5) is not None, "%s did not die on SIGKILL" % self.name)
 
-    def ctl(self, *args, check_rc=True, timeout=15, as_json=False):
-        """Runs tetherctl --api <this control> [--json] ARGS; returns the CompletedProcess
-        (stdout/stderr decoded), or the parsed JSON stdout when as_json."""
-        argv = [self.env.tetherctl_bin, "--api", self.api] + (["--json"] if as_json else [])
-        argv += [str(a) for a in args]
+    def operator_token(self):
+        """The loopback API's credential (<state-dir>/operator.token), or None."""
+        try:
+            with open(os.path.join(self.state_dir, "operator.token")) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    def auth(self):
+        """Headers that carry the operator credential, for raw HTTP to the API."""
+        t = self.operator_token()
+        return {"Authorization": "Bearer " + t} if t else {}
+
+    def ctl(self, *args, check_rc=True, timeout=15, as_json=False, user=None):
+        """Runs tetherctl --api <this control> --state-dir <its state> [--json] ARGS (as
+        `user` with runuser when given); returns the CompletedProcess (stdout/stderr
+        decoded), or the parsed JSON stdout when as_json."""
+        argv = [self.env.tetherctl_bin, "--api", self.api, "--state-dir", self.state_dir]
+        argv += (["--json"] if as_json else []) + [str(a) for a in args]
+        if user is not None:
+            argv = ["runuser", "-u", user, "--"] + argv
         r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=timeout)
         r.stdout = r.stdout.decode(errors="replace")
@@ -920,7 +936,7 @@ class Control(Proc):
         return self.ctl("policy", "set", path)
 
     def stats(self):
-        st, body = http_get(self.api_port, "/stats", timeout=5)
+        st, body = http_get(self.api_port, "/stats", timeout=5, headers=self.auth())
         check(st == 200, "%s: /stats returned %d: %r" % (self.name, st, body[:200]))
         return json.loads(body)
 

@@ -23,7 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 ADMIN = "spiffe://cluster.local/ns/tether-system/sa/tether-admin"
-OPS = "spiffe://cluster.local/ns/ops/sa/alice"
+OPS = "spiffe://cluster.local/ns/tether-system/sa/ops-alice"
+
+
+STATE_DIR = None  # the control plane's, once it runs
 
 
 def ctl(env, api, *args, creds=None, extra_env=None):
@@ -35,6 +38,8 @@ def ctl(env, api, *args, creds=None, extra_env=None):
     e = dict(os.environ)
     for k in ("TETHER_API", "TETHER_CERT", "TETHER_KEY", "TETHER_CACERT"):
         e.pop(k, None)
+    if STATE_DIR:  # the loopback API's credential (https:// ignores it)
+        e["TETHER_STATE_DIR"] = STATE_DIR
     e.update(extra_env or {})
     r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
                        env=e)
@@ -57,8 +62,10 @@ def test(env):
     ok = h.Checks()
     mport = h.free_port()
     mtls = "https://127.0.0.1:%d" % mport
+    global STATE_DIR
     control = env.control(extra=["--listen-api", "0.0.0.0:%d" % mport,
                                  "--admin-id", ADMIN, "--admin-id", OPS])
+    STATE_DIR = control.state_dir
     h.wait_for(lambda: h.connect(mport, 1).close() is None, 10, 0.05, "the mTLS port")
     started = [e for e in control.events("api_listening")]
     ok(any(e.get("transport") == "mtls" and e.get("port") == mport for e in started) and
@@ -167,6 +174,12 @@ def test(env):
                        stderr=subprocess.PIPE, timeout=10)
     ok(r.returncode == 2 and b"--admin-id" in r.stderr,
        "an --admin-id outside the trust domain is a usage error")
+    # Outside the reserved namespace any workload could be issued the admin identity.
+    r = subprocess.run([env.control_bin, "--state-dir", env.path("x"), "--admin-id",
+                        "spiffe://cluster.local/ns/ops/sa/alice"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=10)
+    ok(r.returncode == 2 and b"--admin-id" in r.stderr and b"tether-system" in r.stderr,
+       "an --admin-id outside ns/tether-system is a usage error: %r" % r.stderr[-300:])
     ok.done()
 
 

@@ -27,6 +27,9 @@ void cp_apifix_open_state(struct cp_apifix *f, const char *name)
     f->ca = cp_ca_open(&co, err, sizeof(err));
     if (f->ca == NULL)
         fail_msg("cp_ca_open: %s", err);
+    if (cp_operator_token_ensure(f->dir, f->token, err, sizeof(err)) != 0)
+        fail_msg("cp_operator_token_ensure: %s", err);
+    f->creds.bearer = f->token;
 }
 
 /* Frees CA and store, removes the directory. */
@@ -51,12 +54,16 @@ static void on_stop(void *ud)
 /* State, then the API in its loop thread. */
 void cp_apifix_start(struct cp_apifix *f, const char *name, const struct cp_api_opts *opts)
 {
-    struct cp_api_opts plain = {.listen = "127.0.0.1:0"};
+    struct cp_api_opts o = {.listen = "127.0.0.1:0"};
     char err[512] = "";
 
     cp_apifix_open_state(f, name);
+    if (opts != NULL)
+        o = *opts;
+    if (o.operator_token == NULL)
+        o.operator_token = f->token;
     tt_httpfix_loop_init(&f->lp, on_stop, f);
-    f->api = cp_api_new(&f->lp.loop, opts ? opts : &plain, f->store, f->ca, err, sizeof(err));
+    f->api = cp_api_new(&f->lp.loop, &o, f->store, f->ca, err, sizeof(err));
     if (f->api == NULL)
         fail_msg("cp_api_new: %s", err);
     if (cp_api_port(f->api) > 0)

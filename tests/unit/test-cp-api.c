@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,6 +25,7 @@
 #include "core/errors.h"
 #include "cpapifix.h"
 #include "httpc.h"
+#include "operator_token.h"
 #include "store.h"
 
 #define ID_A "spiffe://example.org/ns/shop/sa/web"
@@ -57,8 +59,8 @@ static json_t *req(struct cp_apifix *h, const char *method, const char *path, co
     char err[256] = "";
     json_t *doc;
 
-    if (cp_httpc_request(h->url, method, path, body ? "application/json" : NULL, body,
-                         body ? strlen(body) : 0, 5000, &r, err, sizeof(err)) != 0)
+    if (cp_httpc_call(h->url, &h->creds, method, path, body ? "application/json" : NULL, body,
+                      body ? strlen(body) : 0, 5000, &r, err, sizeof(err)) != 0)
         fail_msg("%s %s: %s", method, path, err);
     *status = r.status;
     doc = json_loadb(r.body, r.body_len, 0, NULL);
@@ -304,8 +306,9 @@ static void test_api_bundle_sidecars_stats(void **state)
     json_decref(doc);
 
     cp_store_count_refusal(h->store, "expired_token");
-    assert_int_equal(cp_store_issued_add(h->store, "AB", ID_A, tt_now_unix() + 60, tt_now_unix()),
-                     0);
+    assert_int_equal(
+        cp_store_issued_add(h->store, "AB", ID_A, tt_now_unix() + 60, tt_now_unix(), CP_VIA_TOKEN),
+        0);
     doc = req(h, "GET", "/stats", NULL, &st, NULL);
     assert_int_equal(st, 200);
     assert_int_equal(
@@ -338,8 +341,7 @@ static void test_api_not_found_and_methods(void **state)
     json_decref(doc);
     /* The client above does not show headers: read the Allow line off a raw socket. */
     {
-        static const char rq[] = "DELETE /v1/policy HTTP/1.1\r\nHost: x\r\nConnection: "
-                                 "close\r\n\r\n";
+        char rq[512];
         struct sockaddr_in sin = {.sin_family = AF_INET,
                                   .sin_port = htons((uint16_t)cp_api_port(h->api))};
         char buf[4096];
@@ -347,9 +349,13 @@ static void test_api_not_found_and_methods(void **state)
         ssize_t n;
         int fd = socket(AF_INET, SOCK_STREAM, 0);
 
+        snprintf(rq, sizeof(rq),
+                 "DELETE /v1/policy HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+                 "%s\r\nConnection: close\r\n\r\n",
+                 h->token);
         sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-        assert_int_equal(write(fd, rq, sizeof(rq) - 1), (ssize_t)(sizeof(rq) - 1));
+        assert_int_equal(write(fd, rq, strlen(rq)), (ssize_t)strlen(rq));
         while ((n = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
             got += (size_t)n;
         buf[got] = '\0';
@@ -388,6 +394,117 @@ static void test_api_body_limit(void **state)
     free(big);
 }
 
+/* ---- authentication ---- */
+
+/* A local user without the state directory's credential: every request but the public
+ * reads is refused with 401, whatever it tries, and nothing changes. */
+static void test_api_operator_credential(void **state)
+{
+    struct cp_apifix *h = *state;
+    static const char *const attempts[][3] = {
+        {"POST", "/v1/tokens", "{\"spiffe_id\":\"spiffe://example.org/ns/a/sa/b\"}"},
+        {"PUT", "/v1/policy", "{\"default\":\"allow\",\"rules\":[]}"},
+        {"POST", "/v1/revocations", "{\"serial\":\"0A\"}"},
+        {"GET", "/v1/tokens", NULL},
+        {"GET", "/stats", NULL},
+        {"DELETE", "/v1/policy", NULL}, /* 401 before 405: no hint of what exists */
+    };
+    const char *const wrong[] = {NULL, "Bearer nope", "Basic abc", "Bearer", ""};
+    struct cp_httpc_tls creds = {0};
+    struct cp_httpc_response r;
+    char err[256], bad_token[CP_OPERATOR_TOKEN_MAX];
+    json_t *doc;
+    int st;
+
+    snprintf(bad_token, sizeof(bad_token), "%s", h->token);
+    bad_token[0] = bad_token[0] == 'a' ? 'b' : 'a'; /* same length, one character off */
+    for (size_t w = 0; w < TT_ARRAY_SIZE(wrong) + 1; w++) {
+        creds.bearer = w < TT_ARRAY_SIZE(wrong) ? wrong[w] : bad_token;
+        if (creds.bearer != NULL && strncmp(creds.bearer, "Bearer", 6) == 0)
+            creds.bearer = creds.bearer[6] ? creds.bearer + 7 : "";
+        for (size_t i = 0; i < TT_ARRAY_SIZE(attempts); i++) {
+            const char *body = attempts[i][2];
+
+            assert_int_equal(cp_httpc_call(h->url, &creds, attempts[i][0], attempts[i][1],
+                                           body ? "application/json" : NULL, body,
+                                           body ? strlen(body) : 0, 5000, &r, err, sizeof(err)),
+                             0);
+            assert_int_equal(r.status, 401);
+            doc = json_loadb(r.body, r.body_len, 0, NULL);
+            assert_non_null(strstr(err_of(doc), "operator"));
+            assert_non_null(strstr(err_of(doc), "operator.token"));
+            json_decref(doc);
+            cp_httpc_response_done(&r);
+        }
+    }
+    /* Nothing happened: no token, no policy, no revocation. */
+    doc = req(h, "GET", "/v1/tokens", NULL, &st, NULL);
+    assert_int_equal(st, 200);
+    assert_int_equal(json_array_size(json_object_get(doc, "tokens")), 0);
+    json_decref(doc);
+    doc = req(h, "GET", "/v1/policy", NULL, &st, NULL);
+    assert_int_equal(st, 404);
+    json_decref(doc);
+    doc = req(h, "GET", "/v1/revocations", NULL, &st, NULL);
+    assert_int_equal(json_array_size(json_object_get(doc, "revocations")), 0);
+    json_decref(doc);
+    /* The bundle is public. */
+    creds.bearer = NULL;
+    assert_int_equal(cp_httpc_call(h->url, &creds, "GET", "/v1/bundle", NULL, NULL, 0, 5000, &r,
+                                   err, sizeof(err)),
+                     0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "BEGIN CERTIFICATE"));
+    cp_httpc_response_done(&r);
+}
+
+/* The credential file: made 0600 once and then kept; a file others can read, a link, or
+ * one without a token is refused with a message naming it. */
+static void test_operator_token_file(void **state)
+{
+    char dir[] = "/tmp/test-cp-optoken-XXXXXX", path[128], cmd[160];
+    char a[CP_OPERATOR_TOKEN_MAX], b[CP_OPERATOR_TOKEN_MAX], err[512];
+    struct stat st;
+    FILE *fp;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/operator.token", dir);
+    assert_int_equal(cp_operator_token_read(dir, a, err, sizeof(err)), -ENOENT);
+    assert_non_null(strstr(err, path));
+    assert_int_equal(cp_operator_token_ensure(dir, a, err, sizeof(err)), 0);
+    assert_int_equal(strlen(a), 64);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(cp_operator_token_ensure(dir, b, err, sizeof(err)), 0);
+    assert_string_equal(a, b);
+    assert_int_equal(cp_operator_token_read(dir, b, err, sizeof(err)), 0);
+    assert_string_equal(a, b);
+    assert_true(cp_operator_token_matches(a, (snprintf(b, sizeof(b), "Bearer %s", a), b)));
+    assert_true(cp_operator_token_matches(a, (snprintf(b, sizeof(b), "bearer %s", a), b)));
+    assert_false(cp_operator_token_matches(a, a));
+    assert_false(cp_operator_token_matches(a, NULL));
+    b[strlen(b) - 1] = '\0';
+    assert_false(cp_operator_token_matches(a, b));
+
+    assert_int_equal(chmod(path, 0644), 0);
+    assert_int_equal(cp_operator_token_ensure(dir, b, err, sizeof(err)), -EPERM);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "0644"));
+    assert_int_equal(chmod(path, 0600), 0);
+    fp = fopen(path, "w");
+    fputs("short\n", fp);
+    fclose(fp);
+    assert_int_equal(cp_operator_token_ensure(dir, b, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "expected one token"));
+    unlink(path);
+    assert_int_equal(symlink("/etc/hostname", path), 0);
+    assert_true(cp_operator_token_ensure(dir, b, err, sizeof(err)) < 0);
+    assert_non_null(strstr(err, path));
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* ---- transport security ---- */
 
 static void test_api_refuses_non_loopback(void **state)
@@ -399,6 +516,7 @@ static void test_api_refuses_non_loopback(void **state)
     uv_loop_t loop;
 
     cp_apifix_open_state(&h, "test-cp-api");
+    o.operator_token = h.token;
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_null(cp_api_new(&loop, &o, h.store, h.ca, err, sizeof(err)));
     assert_string_equal(err,
@@ -497,6 +615,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_api_bundle_sidecars_stats, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_not_found_and_methods, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_body_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_api_operator_credential, setup, teardown),
+        cmocka_unit_test(test_operator_token_file),
         cmocka_unit_test(test_api_refuses_non_loopback),
         cmocka_unit_test(test_api_mtls_adopted_admin_check),
     };

@@ -164,7 +164,8 @@ static void test_store_persists_across_reload(void **state)
         cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
     assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, addrs, 1, err, sizeof(err)),
                      0);
-    assert_int_equal(cp_store_issued_add(s, "00FF", ID_A, tt_now_unix() + 3600, tt_now_unix()), 0);
+    assert_int_equal(
+        cp_store_issued_add(s, "00FF", ID_A, tt_now_unix() + 3600, tt_now_unix(), CP_VIA_TOKEN), 0);
     assert_int_equal(cp_store_bundle_set(s, "PEM"), 0);
     v = cp_store_version(s);
     assert_true(v >= 5);
@@ -240,10 +241,10 @@ static void test_store_round_trip_keeps_every_field(void **state)
         "id", "spiffe_id", "uses_left", "expires_unix", "created_unix", "expired", NULL};
     static const char *const revoked_keys[] = {"serial", "revoked_unix", NULL};
     static const char *const service_keys[] = {"address", "spiffe_id", "source", NULL};
-    static const char *const issued_file_keys[] = {"serial", "spiffe_id", "not_after", "issued_at",
-                                                   NULL};
-    static const char *const issued_api_keys[] = {"serial",    "spiffe_id", "not_after",
-                                                  "issued_at", "revoked",   NULL};
+    static const char *const issued_file_keys[] = {"serial",    "spiffe_id", "not_after",
+                                                   "issued_at", "via",       NULL};
+    static const char *const issued_api_keys[] = {"serial",  "spiffe_id", "not_after", "issued_at",
+                                                  "revoked", "via",       NULL};
     static const struct {
         const char *file, *key;
     } files[] = {{"tokens.json", "tokens"},
@@ -269,8 +270,8 @@ static void test_store_round_trip_keeps_every_field(void **state)
         cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
     assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, addrs, 1, err, sizeof(err)),
                      0);
-    assert_int_equal(cp_store_issued_add(s, "0A:BC", ID_A, t0 + 3600, t0 - 5), 0);
-    assert_int_equal(cp_store_issued_add(s, "00FF", ID_B, t0 + 7200, t0 - 7), 0);
+    assert_int_equal(cp_store_issued_add(s, "0A:BC", ID_A, t0 + 3600, t0 - 5, CP_VIA_TOKEN), 0);
+    assert_int_equal(cp_store_issued_add(s, "00FF", ID_B, t0 + 7200, t0 - 7, CP_VIA_TOKEN), 0);
     assert_int_equal(cp_store_bundle_set(s, "PEM"), 0);
     t1 = tt_now_unix();
     v = cp_store_version(s);
@@ -368,7 +369,7 @@ static void test_store_round_trip_keeps_every_field(void **state)
     assert_int_equal(cp_store_revoke(s, "0d"), 0);
     assert_int_equal(
         cp_store_service_add(s, "10.0.0.2:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
-    assert_int_equal(cp_store_issued_add(s, "0E", ID_A, t0 + 60, t0), 0);
+    assert_int_equal(cp_store_issued_add(s, "0E", ID_A, t0 + 60, t0, CP_VIA_TOKEN), 0);
     for (size_t i = 0; i < 4; i++) {
         json_t *now;
 
@@ -762,13 +763,81 @@ static void test_store_issued_pruned(void **state)
     int64_t now = tt_now_unix();
     json_t *list;
 
-    assert_int_equal(cp_store_issued_add(s, "01", ID_A, now - 2 * 86400, now - 3 * 86400), 0);
-    assert_int_equal(cp_store_issued_add(s, "02", ID_A, now + 60, now), 0);
-    assert_int_equal(cp_store_issued_add(s, "zz", ID_A, now + 60, now), -EINVAL);
+    assert_int_equal(
+        cp_store_issued_add(s, "01", ID_A, now - 2 * 86400, now - 3 * 86400, CP_VIA_TOKEN), 0);
+    assert_int_equal(cp_store_issued_add(s, "02", ID_A, now + 60, now, CP_VIA_TOKEN), 0);
+    assert_int_equal(cp_store_issued_add(s, "zz", ID_A, now + 60, now, CP_VIA_TOKEN), -EINVAL);
     list = cp_store_issued_json(s);
     assert_int_equal(json_array_size(list), 1);
     assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "serial")), "2");
     json_decref(list);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Certificates for reserved identities that did not come through the admin-cert path are
+ * revoked (records from before "via" was kept included); admin certificates, workload
+ * certificates and expired ones are left alone. A revocation carries the certificate's
+ * not-after into the snapshot. */
+static void test_store_revoke_reserved(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s;
+    int64_t now = tt_now_unix();
+    struct cp_snapshot *snap;
+    char text[2048];
+    size_t n = 99;
+
+    (void)state;
+    /* An issued.json from before "via": a tether-control certificate from a token. */
+    snprintf(text, sizeof(text),
+             "{\"issued\": [{\"serial\": \"0C\", \"spiffe_id\": "
+             "\"spiffe://example.org/ns/tether-system/sa/tether-control\", \"not_after\": %lld, "
+             "\"issued_at\": %lld}]}",
+             (long long)(now + 3600), (long long)now);
+    write_file(dir, "issued.json", text);
+    s = open_ok(dir);
+    assert_int_equal(cp_store_issued_add(s, "0A", "spiffe://example.org/ns/tether-system/sa/x",
+                                         now + 600, now, CP_VIA_TOKEN),
+                     0);
+    assert_int_equal(cp_store_issued_add(s, "0B", "spiffe://example.org/ns/tether-system/sa/x",
+                                         now + 600, now, CP_VIA_RENEWAL),
+                     0);
+    assert_int_equal(cp_store_issued_add(s, "AD",
+                                         "spiffe://example.org/ns/tether-system/sa/"
+                                         "tether-admin",
+                                         now + 600, now, CP_VIA_ADMIN_CERT),
+                     0);
+    assert_int_equal(cp_store_issued_add(s, "0E", "spiffe://example.org/ns/tether-system/sa/y",
+                                         now + 120, now - 7200, CP_VIA_TOKEN),
+                     0);
+    assert_int_equal(cp_store_issued_add(s, "0F", ID_A, now + 600, now, CP_VIA_TOKEN), 0);
+    assert_int_equal(cp_store_revoke_reserved(s, &n), 0);
+    assert_int_equal(n, 4);
+    assert_true(cp_store_is_revoked(s, "0A"));
+    assert_true(cp_store_is_revoked(s, "0B"));
+    assert_true(cp_store_is_revoked(s, "0C"));
+    assert_true(cp_store_is_revoked(s, "0E"));
+    assert_false(cp_store_is_revoked(s, "AD"));
+    assert_false(cp_store_is_revoked(s, "0F"));
+    /* Once is enough: the next start finds nothing new. */
+    assert_int_equal(cp_store_revoke_reserved(s, &n), 0);
+    assert_int_equal(n, 0);
+    /* Each pushed revocation says until when it matters; an unknown serial says 0. */
+    assert_int_equal(cp_store_revoke(s, "77"), 0);
+    snap = cp_store_snapshot(s);
+    assert_non_null(snap);
+    assert_int_equal(snap->n_revoked, 5);
+    for (size_t i = 0; i < snap->n_revoked; i++) {
+        if (strcmp(snap->revoked[i], "C") == 0)
+            assert_int_equal(snap->revoked_not_after[i], now + 3600);
+        else if (strcmp(snap->revoked[i], "A") == 0)
+            assert_int_equal(snap->revoked_not_after[i], now + 600);
+        else if (strcmp(snap->revoked[i], "77") == 0)
+            assert_int_equal(snap->revoked_not_after[i], 0);
+    }
+    cp_snapshot_free(snap);
     cp_store_free(s);
     rm_rf(dir);
     free(dir);
@@ -791,6 +860,7 @@ int main(void)
         cmocka_unit_test(test_store_services),
         cmocka_unit_test(test_store_sidecars_and_counters),
         cmocka_unit_test(test_store_issued_pruned),
+        cmocka_unit_test(test_store_revoke_reserved),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -244,6 +244,7 @@ static int setup(void **state)
 
     assert_non_null(h);
     cp_apifix_start(h, "test-cp-ctl", NULL);
+    setenv("TETHER_STATE_DIR", h->dir, 1); /* tetherctl's credential, for the children */
     *state = h;
     return 0;
 }

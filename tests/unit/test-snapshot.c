@@ -227,10 +227,52 @@ static void test_snapshot_worker_takes_newest(void **state)
     tt_snapshot_slot_done(&slot);
 }
 
+/* The set a sidecar keeps only grows: a later push without a serial keeps it until its
+ * certificate expires; a malformed serial refuses the whole push. */
+static void test_revocations_merge_grow_only(void **state)
+{
+    const struct tt_revocation first[] = {{"0a:bc", 2000}, {"FF", 0}, {"01", 1500}};
+    const struct tt_revocation later[] = {{"DD", 5000}, {"ABC", 2500}};
+    const struct tt_revocation bad_push[] = {{"12", 0}, {"xyz", 0}};
+    struct tt_revocations *a, *b, *c;
+    size_t bad;
+
+    (void)state;
+    a = tt_revocations_merge(NULL, first, 3, 1000, &bad);
+    assert_non_null(a);
+    assert_int_equal(tt_revocations_count(a), 3);
+    /* A push that leaves them out (a rogue or a confused control plane): still there, and
+     * the one whose certificate expired at 1500 is dropped at 1600. */
+    b = tt_revocations_merge(a, later, 2, 1600, &bad);
+    assert_non_null(b);
+    assert_true(tt_revocations_check(b, "ABC"));
+    assert_true(tt_revocations_check(b, "FF"));
+    assert_true(tt_revocations_check(b, "DD"));
+    assert_false(tt_revocations_check(b, "1"));
+    assert_int_equal(tt_revocations_count(b), 3);
+    /* An empty push changes nothing until expiry; unknown not-afters stay for good. */
+    c = tt_revocations_merge(b, NULL, 0, 2400, &bad);
+    assert_true(tt_revocations_equal(b, c));
+    tt_revocations_unref(c);
+    c = tt_revocations_merge(b, NULL, 0, 1000000, &bad);
+    assert_int_equal(tt_revocations_count(c), 1);
+    assert_true(tt_revocations_check(c, "FF"));
+    tt_revocations_unref(c);
+    /* ABC was pushed with 2000 then 2500: the later date wins. */
+    c = tt_revocations_merge(b, NULL, 0, 2200, &bad);
+    assert_true(tt_revocations_check(c, "ABC"));
+    tt_revocations_unref(c);
+    assert_null(tt_revocations_merge(b, bad_push, 2, 1600, &bad));
+    assert_int_equal(bad, 1);
+    tt_revocations_unref(a);
+    tt_revocations_unref(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_snapshot_members_replaced_on_their_own),
+        cmocka_unit_test(test_revocations_merge_grow_only),
         cmocka_unit_test(test_snapshot_worker_takes_newest),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

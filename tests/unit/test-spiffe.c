@@ -205,13 +205,33 @@ static void test_spiffe_trust_domain(void **state)
     assert_int_equal(tt_spiffe_trust_domain(NULL, buf, sizeof(buf)), TT_E_SPIFFE);
 }
 
+/* The control plane's namespace, however an attacker spells a neighbour of it. */
+static void test_spiffe_reserved(void **state)
+{
+    (void)state;
+    assert_true(tt_spiffe_reserved("spiffe://td/ns/tether-system/sa/tether-control"));
+    assert_true(tt_spiffe_reserved("spiffe://td/ns/tether-system/sa/tether-admin"));
+    assert_true(tt_spiffe_reserved("spiffe://other.td/ns/tether-system"));
+    assert_true(tt_spiffe_reserved("spiffe://td/ns/tether-system/x/y/z"));
+    assert_false(tt_spiffe_reserved("spiffe://td/ns/tether-systems/sa/x"));
+    assert_false(tt_spiffe_reserved("spiffe://td/ns/tether/sa/x"));
+    assert_false(tt_spiffe_reserved("spiffe://td/ns/Tether-System/sa/x"));
+    assert_false(tt_spiffe_reserved("spiffe://td/x/ns/tether-system/sa/x"));
+    assert_false(tt_spiffe_reserved("spiffe://td/ns/shop/sa/tether-system"));
+    assert_false(tt_spiffe_reserved("spiffe://td"));
+    assert_false(tt_spiffe_reserved(NULL));
+    /* Invalid IDs are not "reserved" either: they are refused earlier as invalid. */
+    assert_false(tt_spiffe_reserved("spiffe://td/ns/x/../tether-system/sa/a"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spiffe_valid_ids),    cmocka_unit_test(test_spiffe_no_path),
-        cmocka_unit_test(test_spiffe_hostile_ids),  cmocka_unit_test(test_spiffe_embedded_nul),
-        cmocka_unit_test(test_spiffe_length_limit), cmocka_unit_test(test_spiffe_pattern_check),
-        cmocka_unit_test(test_spiffe_match),        cmocka_unit_test(test_spiffe_trust_domain),
+        cmocka_unit_test(test_spiffe_reserved),      cmocka_unit_test(test_spiffe_valid_ids),
+        cmocka_unit_test(test_spiffe_no_path),       cmocka_unit_test(test_spiffe_hostile_ids),
+        cmocka_unit_test(test_spiffe_embedded_nul),  cmocka_unit_test(test_spiffe_length_limit),
+        cmocka_unit_test(test_spiffe_pattern_check), cmocka_unit_test(test_spiffe_match),
+        cmocka_unit_test(test_spiffe_trust_domain),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,6 +7,7 @@
  * header lines (431), body (413), URL (414), clients at once (more are closed on
  * accept), a time without progress that closes a client, and a client that pipelines
  * faster than it reads its answers stops being read until they drain. */
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -29,6 +30,12 @@
 #define HTTPD_SWEEP_MS   1000
 #define HTTPD_WRITE_HIGH (1024 * 1024) /* stop parsing above this many unsent bytes */
 #define HTTPD_RBUF       16384
+#define HTTPD_FIELD_MAX  16   /* longer field names are none of the captured ones */
+#define HTTPD_VALUE_MAX  1024 /* a captured header's value; longer -> 431 */
+
+/* The headers handed to routes (tt_httpd_request), by index into httpd_client.hdrs. */
+static const char *const captured_names[] = {"host", "authorization", "origin", "content-type"};
+#define HTTPD_N_CAPTURED 4
 
 enum httpd_client_state {
     HTTPD_C_S_READING, /* parsing requests and answering each in order */
@@ -62,7 +69,17 @@ struct httpd_client {
     size_t head_bytes;
     unsigned n_headers;
     bool in_value;
-    int reject; /* status to answer instead of routing (413, 431), or 0 */
+    int reject; /* status to answer instead of routing (400, 413, 431), or 0 */
+    /* The field name being read (lower-cased, truncated: only short names matter) and
+     * which captured header its value goes to (-1: none). */
+    char field[HTTPD_FIELD_MAX + 1];
+    size_t field_len;
+    int capture;
+    struct httpd_header {
+        bool seen;
+        size_t len;
+        char value[HTTPD_VALUE_MAX + 1];
+    } hdrs[HTTPD_N_CAPTURED];
     size_t url_len;
     bool url_overflow;
     char *url;  /* url_max + 1 bytes */
@@ -320,6 +337,12 @@ static const char *method_name(int m)
 }
 
 /* Hands a complete request to the route callback and queues its answer. */
+/* A captured header's value, or NULL when the request did not carry it. */
+static const char *captured(const struct httpd_client *c, size_t i)
+{
+    return c->hdrs[i].seen ? c->hdrs[i].value : NULL;
+}
+
 static void route_request(struct httpd_client *c, bool close)
 {
     struct tt_httpd *h = c->httpd;
@@ -331,6 +354,10 @@ static void route_request(struct httpd_client *c, bool close)
         .body_len = c->body_len,
         .head = c->parser.method == HTTP_HEAD,
         .peer_identity = c->peer_identity,
+        .host = captured(c, 0),
+        .authorization = captured(c, 1),
+        .origin = captured(c, 2),
+        .content_type = captured(c, 3),
     };
     struct tt_httpd_response resp = {0};
     struct http_parser_url u;
@@ -389,6 +416,10 @@ static int on_message_begin(http_parser *p)
     c->url_len = 0;
     c->url_overflow = false;
     c->url[0] = '\0';
+    c->field_len = 0;
+    c->capture = -1;
+    for (size_t i = 0; i < HTTPD_N_CAPTURED; i++)
+        c->hdrs[i].seen = false;
     return 0;
 }
 
@@ -416,6 +447,8 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
      * with its ": " and CRLF. Pieces of one field split across reads do not. */
     if (c->in_value || c->n_headers == 0) {
         c->in_value = false;
+        c->field_len = 0;
+        c->capture = -1;
         if (++c->n_headers > c->httpd->opts.max_headers) {
             c->reject = 431;
             return -1;
@@ -423,20 +456,70 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         if (count_head(c, 4) != 0)
             return -1;
     }
+    for (size_t i = 0; i < len; i++) {
+        if (c->field_len < sizeof(c->field) - 1)
+            c->field[c->field_len] = (char)tolower((unsigned char)at[i]);
+        c->field_len++;
+    }
     return count_head(c, len);
+}
+
+/* The first piece of a value: decides whether this header is one that routes see. A
+ * second copy of a captured header is refused (which Host or credential would count?). */
+static int header_capture_begin(struct httpd_client *c)
+{
+    c->capture = -1;
+    if (c->field_len >= sizeof(c->field))
+        return 0;
+    for (size_t i = 0; i < HTTPD_N_CAPTURED; i++) {
+        if (c->field_len == strlen(captured_names[i]) &&
+            memcmp(c->field, captured_names[i], c->field_len) == 0) {
+            if (c->hdrs[i].seen) {
+                c->reject = 400;
+                return -1;
+            }
+            c->hdrs[i].seen = true;
+            c->hdrs[i].len = 0;
+            c->hdrs[i].value[0] = '\0';
+            c->capture = (int)i;
+            break;
+        }
+    }
+    return 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct httpd_client *c = p->data;
 
+    if (!c->in_value && header_capture_begin(c) != 0)
+        return -1;
     c->in_value = true;
+    if (c->capture >= 0) {
+        struct httpd_header *hd = &c->hdrs[c->capture];
+
+        if (len > HTTPD_VALUE_MAX - hd->len) {
+            c->reject = 431;
+            return -1;
+        }
+        memcpy(hd->value + hd->len, at, len);
+        hd->len += len;
+        hd->value[hd->len] = '\0';
+    }
     return count_head(c, len);
 }
 
 static int on_headers_complete(http_parser *p)
 {
     struct httpd_client *c = p->data;
+
+    for (size_t i = 0; i < HTTPD_N_CAPTURED; i++) { /* optional whitespace after a value */
+        struct httpd_header *hd = &c->hdrs[i];
+
+        while (hd->seen && hd->len > 0 &&
+               (hd->value[hd->len - 1] == ' ' || hd->value[hd->len - 1] == '\t'))
+            hd->value[--hd->len] = '\0';
+    }
 
     if (p->content_length != ULLONG_MAX && p->content_length > c->httpd->opts.body_max) {
         c->reject = 413;

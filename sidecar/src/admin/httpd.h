@@ -26,6 +26,12 @@ struct tt_httpd_request {
     /* For connections given with tt_httpd_adopt_fd(): the peer identity it was given
      * with (e.g. the SPIFFE ID a TLS bridge verified); NULL for accepted sockets. */
     const char *peer_identity;
+    /* The headers routes decide on, each NULL when absent (a second copy of any of them
+     * is refused with 400 before routing): */
+    const char *host;          /* Host */
+    const char *authorization; /* Authorization */
+    const char *origin;        /* Origin */
+    const char *content_type;  /* Content-Type */
 };
 
 /* The answer the route callback fills in. Zeroed before the call. */

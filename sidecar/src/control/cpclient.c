@@ -78,6 +78,7 @@ struct tt_cpclient {
     struct tt_grpc_channel *watch_ch;
     struct tt_grpc_client_stream *watch;
     struct tt_tlspipe *watch_pipe;
+    char watch_serial[TT_SERIAL_MAX]; /* the control plane's certificate on the stream */
 
     pthread_mutex_t lock; /* guards status */
     struct tt_cp_status status;
@@ -142,8 +143,8 @@ static uint64_t cp_next_backoff(struct tt_cpclient *cp)
 /* Opens a TLS connection to the control plane as `id` (its certificate, or none for the
  * anonymous role) and a gRPC channel over it. The pipe handle is returned when wanted. */
 static int cp_connect(struct tt_cpclient *cp, struct tt_identity *id, enum tt_tls_role role,
-                      struct tt_grpc_channel **ch, struct tt_tlspipe **pipe, char *err,
-                      size_t errlen)
+                      struct tt_grpc_channel **ch, struct tt_tlspipe **pipe, char *serial,
+                      char *err, size_t errlen)
 {
     struct tt_tls *tls;
     int fd, app_fd, r;
@@ -167,6 +168,17 @@ static int cp_connect(struct tt_cpclient *cp, struct tt_identity *id, enum tt_tl
         close(fd);
         return r;
     }
+    /* The pushed revocations apply to the control plane too: a certificate for its
+     * identity that was stolen or mis-issued, once revoked, is a stranger. */
+    if (tt_revocations_check(cp->revocations, tt_tls_peer_serial(tls))) {
+        snprintf(err, errlen, "the control plane at %s presented certificate %s, which is revoked",
+                 cp->control.text, tt_tls_peer_serial(tls));
+        tt_tls_free(tls);
+        close(fd);
+        return TT_E_REVOKED;
+    }
+    if (serial != NULL)
+        snprintf(serial, TT_SERIAL_MAX, "%s", tt_tls_peer_serial(tls));
     r = tt_tlspipe_new(fd, tls, &app_fd, pipe);
     if (r < 0) {
         snprintf(err, errlen, "TLS relay: %s", tt_strerror(r));
@@ -287,13 +299,13 @@ static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
             r = TT_E_IDENTITY;
             goto out;
         }
-        r = cp_connect(cp, conn_id, TT_TLS_CLIENT, &ch, NULL, err, errlen);
+        r = cp_connect(cp, conn_id, TT_TLS_CLIENT, &ch, NULL, NULL, err, errlen);
     } else {
         r = cp_read_token(cp->join_token_path, &token, err, errlen);
         if (r < 0)
             goto out;
         req.bootstrap_token = token;
-        r = cp_connect(cp, cp->anonymous, TT_TLS_CLIENT_ANONYMOUS, &ch, NULL, err, errlen);
+        r = cp_connect(cp, cp->anonymous, TT_TLS_CLIENT_ANONYMOUS, &ch, NULL, NULL, err, errlen);
     }
     if (r < 0)
         goto out;
@@ -414,7 +426,8 @@ static int cp_watch_open(struct tt_cpclient *cp, char *err, size_t errlen)
                               err, errlen);
     if (id == NULL)
         return TT_E_IDENTITY;
-    r = cp_connect(cp, id, TT_TLS_CLIENT, &cp->watch_ch, &cp->watch_pipe, err, errlen);
+    r = cp_connect(cp, id, TT_TLS_CLIENT, &cp->watch_ch, &cp->watch_pipe, cp->watch_serial, err,
+                   errlen);
     tt_identity_unref(id);
     if (r < 0)
         return r;
@@ -467,6 +480,41 @@ static struct tt_services *cp_build_services(const Tether__V1__Snapshot *snap, s
     return services;
 }
 
+/* The revocation set after `snap`: what this sidecar held plus what was pushed (each
+ * serial with its certificate's not-after; older control planes send serials only), minus
+ * certificates that expired. A control plane can add serials, never remove one
+ * (revocations.h: tt_revocations_merge). Returns 0 with *out, or <0 with err set. */
+static int cp_merge_revocations(struct tt_cpclient *cp, const Tether__V1__Snapshot *snap,
+                                struct tt_revocations **out, char *err, size_t errlen)
+{
+    bool with_dates = snap->n_revocations > 0;
+    size_t n = with_dates ? snap->n_revocations : snap->n_revoked_serials, bad;
+    struct tt_revocation *add = n > 0 ? calloc(n, sizeof(*add)) : NULL;
+    int r;
+
+    if (n > 0 && add == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        add[i].serial = with_dates ? snap->revocations[i]->serial : snap->revoked_serials[i];
+        add[i].not_after = with_dates ? snap->revocations[i]->not_after_unix : 0;
+    }
+    *out = tt_revocations_merge(cp->revocations, add, n, tt_now_unix(), &bad);
+    if (*out != NULL) {
+        r = 0;
+    } else if (bad < n) {
+        snprintf(err, errlen, "snapshot %llu: revoked serial \"%.64s\" is not hexadecimal",
+                 (unsigned long long)snap->version, add[bad].serial);
+        r = TT_E_CONFIG;
+    } else {
+        snprintf(err, errlen, "out of memory");
+        r = -ENOMEM;
+    }
+    free(add);
+    return r;
+}
+
 /* Turns a pushed snapshot into the members that changed and publishes them. Every member
  * is checked before anything is replaced. Returns 0, or <0 with the reason for the NACK in
  * err (the last good snapshot then stays). */
@@ -480,7 +528,7 @@ static int cp_apply(struct tt_cpclient *cp, const Tether__V1__Snapshot *snap, ch
     struct tt_identity *identity = NULL;
     char *bundle = NULL, *text = NULL;
     unsigned replace = 0;
-    size_t bad, skipped = 0;
+    size_t skipped = 0;
     int r;
 
     if (snap->version == 0) {
@@ -510,16 +558,9 @@ static int cp_apply(struct tt_cpclient *cp, const Tether__V1__Snapshot *snap, ch
     }
 
     /* Revocations and services: replaced when they differ from what runs. */
-    revocations = tt_revocations_new((const char *const *)snap->revoked_serials,
-                                     snap->n_revoked_serials, &bad);
-    if (revocations == NULL && bad < snap->n_revoked_serials) {
-        snprintf(err, errlen, "snapshot %llu: revoked serial \"%.64s\" is not hexadecimal",
-                 (unsigned long long)snap->version, snap->revoked_serials[bad]);
-        r = TT_E_CONFIG;
+    r = cp_merge_revocations(cp, snap, &revocations, err, errlen);
+    if (r < 0)
         goto err;
-    }
-    if (revocations == NULL)
-        goto err_nomem;
     if (cp->version == 0 || !tt_revocations_equal(revocations, cp->revocations))
         replace |= TT_SNAP_REVOCATIONS;
     services = cp_build_services(snap, &skipped, err, errlen);
@@ -645,6 +686,11 @@ static int cp_watch_step(struct tt_cpclient *cp, char *err, size_t errlen)
     if (r < 0) {
         snprintf(err, errlen, "Discovery.Watch: cannot send the ACK: %s", tt_strerror(r));
         return r;
+    }
+    if (tt_revocations_check(cp->revocations, cp->watch_serial)) {
+        snprintf(err, errlen, "the control plane's certificate %s is now revoked",
+                 cp->watch_serial);
+        return TT_E_REVOKED;
     }
     return 0;
 }

@@ -133,3 +133,23 @@ int tt_spiffe_trust_domain(const char *id, char *buf, size_t len)
     buf[td] = '\0';
     return 0;
 }
+
+/* Reserved-namespace test: the path after the trust domain is "/ns/tether-system" exactly or
+ * starts with "/ns/tether-system/". The ID is validated first, so no spelling of the path
+ * ("..", "%2F", "//") can hide the prefix. */
+bool tt_spiffe_reserved(const char *id)
+{
+    static const char prefix[] = "/ns/" TT_SPIFFE_RESERVED_NS;
+    size_t idlen, td;
+    const char *path;
+
+    if (id == NULL)
+        return false;
+    idlen = strnlen(id, TT_SPIFFE_MAX + 1);
+    if (tt_spiffe_check(id, idlen, true) != 0)
+        return false;
+    td = td_span(id, idlen);
+    path = id + SCHEME_LEN + td;
+    return strncmp(path, prefix, sizeof(prefix) - 1) == 0 &&
+           (path[sizeof(prefix) - 1] == '\0' || path[sizeof(prefix) - 1] == '/');
+}

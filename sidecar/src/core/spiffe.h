@@ -32,4 +32,12 @@ bool tt_spiffe_match(const char *pattern, const char *id);
  * TT_E_SPIFFE when it does not fit or the ID is invalid. */
 int tt_spiffe_trust_domain(const char *id, char *buf, size_t len);
 
+/* The namespace reserved for the control plane (DESIGN.md "Trust between the parts"): its
+ * serving identity and the admin identities live under spiffe://<td>/ns/tether-system/. */
+#define TT_SPIFFE_RESERVED_NS "tether-system"
+
+/* True when id is a valid SPIFFE ID whose path is /ns/tether-system or below it, in any
+ * trust domain. Pure. */
+bool tt_spiffe_reserved(const char *id);
+
 #endif

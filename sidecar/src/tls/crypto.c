@@ -15,6 +15,12 @@ void tt_crypto_wipe(void *p, size_t n)
         OPENSSL_cleanse(p, n);
 }
 
+/* Constant-time comparison: BoringSSL's CRYPTO_memcmp. */
+bool tt_crypto_equal(const void *a, const void *b, size_t n)
+{
+    return CRYPTO_memcmp(a, b, n) == 0;
+}
+
 /* Secure random bytes. */
 void tt_crypto_random(void *buf, size_t n)
 {

@@ -3,11 +3,15 @@
 #ifndef TT_CRYPTO_H
 #define TT_CRYPTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 /* Overwrites p[0..n) with zeros in a way the compiler cannot drop (keys, tokens). */
 void tt_crypto_wipe(void *p, size_t n);
+
+/* True when a[0..n) equals b[0..n), in time that depends on n only (secrets). */
+bool tt_crypto_equal(const void *a, const void *b, size_t n);
 
 /* Fills buf[0..n) from the system's cryptographically secure generator. Aborts the process
  * if the generator fails (BoringSSL's behaviour: there is no safe fallback). */

@@ -1,5 +1,5 @@
-/* Revocation sets (revocations.h): a sorted array of normalized serials, searched with
- * bsearch. */
+/* Revocation sets (revocations.h): a sorted array of normalized serials, each with its
+ * certificate's not-after, searched with bsearch. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,59 +10,115 @@
 struct tt_revocations {
     int refs; /* atomic */
     size_t n;
-    char **serials; /* sorted, unique */
+    struct revoked {
+        char *serial;      /* normalized */
+        int64_t not_after; /* the certificate's; 0: unknown, kept for good */
+    } * v;                 /* sorted by serial, unique */
 };
 
-static int cmp_serial(const void *a, const void *b)
+static int cmp_revoked(const void *a, const void *b)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    return strcmp(((const struct revoked *)a)->serial, ((const struct revoked *)b)->serial);
 }
 
 static void revocations_free(struct tt_revocations *r)
 {
     for (size_t i = 0; i < r->n; i++)
-        free(r->serials[i]);
-    free(r->serials);
+        free(r->v[i].serial);
+    free(r->v);
     free(r);
 }
 
-/* Builds a set (see revocations.h). */
-struct tt_revocations *tt_revocations_new(const char *const *serials, size_t n, size_t *err_index)
+/* True when an entry no longer matters: its certificate expired before `now` (and so
+ * cannot be presented any more). now 0 keeps everything. */
+static bool revoked_expired(int64_t not_after, int64_t now)
+{
+    return now != 0 && not_after != 0 && not_after < now;
+}
+
+/* Appends a copy of (serial, not_after) to r (room for it was allocated). */
+static int revoked_append(struct tt_revocations *r, const char *norm, int64_t not_after)
+{
+    if ((r->v[r->n].serial = strdup(norm)) == NULL)
+        return -1;
+    r->v[r->n++].not_after = not_after;
+    return 0;
+}
+
+/* Sorts and drops duplicates, keeping the later not-after of two (0, unknown, is the
+ * latest of all). */
+static void revoked_sort_unique(struct tt_revocations *r)
+{
+    size_t kept = 1;
+
+    if (r->n < 2)
+        return;
+    qsort(r->v, r->n, sizeof(*r->v), cmp_revoked);
+    for (size_t i = 1; i < r->n; i++) {
+        struct revoked *last = &r->v[kept - 1];
+
+        if (strcmp(r->v[i].serial, last->serial) != 0) {
+            r->v[kept++] = r->v[i];
+            continue;
+        }
+        if (last->not_after != 0 && (r->v[i].not_after == 0 || r->v[i].not_after > last->not_after))
+            last->not_after = r->v[i].not_after;
+        free(r->v[i].serial);
+    }
+    r->n = kept;
+}
+
+/* Builds held + add minus what expired (see revocations.h). */
+struct tt_revocations *tt_revocations_merge(const struct tt_revocations *held,
+                                            const struct tt_revocation *add, size_t n, int64_t now,
+                                            size_t *err_index)
 {
     struct tt_revocations *r = calloc(1, sizeof(*r));
+    size_t cap = tt_revocations_count(held) + n;
     char norm[TT_SERIAL_MAX];
 
     *err_index = n;
     if (r == NULL)
         return NULL;
     r->refs = 1;
-    if (n > 0 && (r->serials = calloc(n, sizeof(*r->serials))) == NULL)
+    if (cap > 0 && (r->v = calloc(cap, sizeof(*r->v))) == NULL)
         goto err_free;
+    for (size_t i = 0; i < tt_revocations_count(held); i++) {
+        if (!revoked_expired(held->v[i].not_after, now) &&
+            revoked_append(r, held->v[i].serial, held->v[i].not_after) != 0)
+            goto err_free;
+    }
     for (size_t i = 0; i < n; i++) {
-        if (tt_serial_normalize(serials[i], norm, sizeof(norm)) < 0) {
+        if (tt_serial_normalize(add[i].serial, norm, sizeof(norm)) < 0) {
             *err_index = i;
             goto err_free;
         }
-        if ((r->serials[r->n] = strdup(norm)) == NULL)
+        if (!revoked_expired(add[i].not_after, now) &&
+            revoked_append(r, norm, add[i].not_after < 0 ? 0 : add[i].not_after) != 0)
             goto err_free;
-        r->n++;
     }
-    if (r->n > 1) {
-        qsort(r->serials, r->n, sizeof(*r->serials), cmp_serial);
-        size_t kept = 1;
-        for (size_t i = 1; i < r->n; i++) {
-            if (strcmp(r->serials[i], r->serials[kept - 1]) == 0)
-                free(r->serials[i]);
-            else
-                r->serials[kept++] = r->serials[i];
-        }
-        r->n = kept;
-    }
+    revoked_sort_unique(r);
     return r;
 
 err_free:
     revocations_free(r);
     return NULL;
+}
+
+/* Builds a set of serials with unknown not-afters (see revocations.h). */
+struct tt_revocations *tt_revocations_new(const char *const *serials, size_t n, size_t *err_index)
+{
+    struct tt_revocation *add = n > 0 ? calloc(n, sizeof(*add)) : NULL;
+    struct tt_revocations *r;
+
+    *err_index = n;
+    if (n > 0 && add == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        add[i].serial = serials[i];
+    r = tt_revocations_merge(NULL, add, n, 0, err_index);
+    free(add);
+    return r;
 }
 
 /* Takes a reference; any thread. */
@@ -82,9 +138,11 @@ void tt_revocations_unref(struct tt_revocations *r)
 /* Membership of a normalized serial. */
 bool tt_revocations_check(const struct tt_revocations *r, const char *serial)
 {
+    struct revoked key = {.serial = (char *)serial};
+
     if (r == NULL || r->n == 0 || serial == NULL || serial[0] == '\0')
         return false;
-    return bsearch(&serial, r->serials, r->n, sizeof(*r->serials), cmp_serial) != NULL;
+    return bsearch(&key, r->v, r->n, sizeof(*r->v), cmp_revoked) != NULL;
 }
 
 /* Size of the set. */
@@ -101,7 +159,7 @@ bool tt_revocations_equal(const struct tt_revocations *a, const struct tt_revoca
     if (n != tt_revocations_count(b))
         return false;
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(a->serials[i], b->serials[i]) != 0)
+        if (strcmp(a->v[i].serial, b->v[i].serial) != 0 || a->v[i].not_after != b->v[i].not_after)
             return false;
     }
     return true;
