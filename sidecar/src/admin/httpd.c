@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <http_parser.h>
@@ -63,6 +64,13 @@ struct httpd_client {
     unsigned n_headers;
     bool in_value;
     int reject; /* status to answer instead of routing (413, 431), or 0 */
+    /* Content-Type: the header name being read (to spot it) and the value kept. */
+    char field[16];
+    size_t field_len;
+    bool in_ctype;
+    bool ctype_seen;
+    size_t ctype_len;
+    char ctype[128];
     size_t url_len;
     bool url_overflow;
     char *url;  /* url_max + 1 bytes */
@@ -311,7 +319,15 @@ static void respond_text(struct httpd_client *c, int status, const char *text, b
     struct tt_httpd_response ans = {
         .status = status, .body = text, .body_len = strlen(text), .close = close};
 
+    if (c->httpd->opts.error_body != NULL) {
+        char msg[128];
+
+        snprintf(msg, sizeof(msg), "%.*s", (int)strcspn(text, "\n"), text);
+        c->httpd->opts.error_body(msg, &ans);
+    }
     respond(c, &ans, false);
+    if (ans.free_body)
+        free((void *)ans.body);
 }
 
 static const char *method_name(int m)
@@ -331,6 +347,7 @@ static void route_request(struct httpd_client *c, bool close)
         .body_len = c->body_len,
         .head = c->parser.method == HTTP_HEAD,
         .peer_identity = c->peer_identity,
+        .content_type = c->ctype_seen ? c->ctype : NULL,
     };
     struct tt_httpd_response resp = {0};
     struct http_parser_url u;
@@ -389,6 +406,9 @@ static int on_message_begin(http_parser *p)
     c->url_len = 0;
     c->url_overflow = false;
     c->url[0] = '\0';
+    c->field_len = 0;
+    c->in_ctype = false;
+    c->ctype_seen = false;
     return 0;
 }
 
@@ -422,7 +442,11 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         }
         if (count_head(c, 4) != 0)
             return -1;
+        c->field_len = 0;
     }
+    /* Only the name's first bytes are kept: enough to tell Content-Type. */
+    for (size_t i = 0; i < len && c->field_len < sizeof(c->field); i++)
+        c->field[c->field_len++] = at[i];
     return count_head(c, len);
 }
 
@@ -430,7 +454,23 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct httpd_client *c = p->data;
 
+    if (!c->in_value) {
+        c->in_ctype = c->field_len == 12 && strncasecmp(c->field, "content-type", 12) == 0;
+        if (c->in_ctype) {
+            c->ctype_seen = true;
+            c->ctype_len = 0;
+            c->ctype[0] = '\0';
+        }
+    }
     c->in_value = true;
+    if (c->in_ctype) {
+        size_t n =
+            len < sizeof(c->ctype) - 1 - c->ctype_len ? len : sizeof(c->ctype) - 1 - c->ctype_len;
+
+        memcpy(c->ctype + c->ctype_len, at, n);
+        c->ctype_len += n;
+        c->ctype[c->ctype_len] = '\0';
+    }
     return count_head(c, len);
 }
 
