@@ -227,7 +227,8 @@ int cp__bad_field(struct cp__lctx *c, const char *key, const char *what);
 /* Replays DIR/journal.log (if any) over the loaded collections: each line goes to
  * cp__tokens_apply or cp__issued_apply by its "op". A last line without its newline is
  * a write cut short by a crash: it is dropped and cut off the file. Returns 0 or <0 with
- * err naming the file and line ("DIR/journal.log: line 3: ..."). */
+ * err naming the file and line ("DIR/journal.log: line 3: ..." or
+ * "DIR/journal.log: line[3].sha256: expected a string"). */
 int cp__journal_load(struct cp_store *s, char *err, size_t errlen);
 
 /* Appends rec (consumed; NULL is taken as out of memory) as one line and fdatasyncs it.

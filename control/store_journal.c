@@ -66,7 +66,7 @@ int cp__journal_load(struct cp_store *s, char *err, size_t errlen)
     char path[4096];
     char *data = NULL, *line, *nl;
     size_t len;
-    struct cp__lctx lc = {path, "journal", 0, err, errlen};
+    struct cp__lctx lc = {path, "line", 0, err, errlen}; /* "line[3].sha256: ..." */
     int rc;
 
     s->journal.fd = -1;
