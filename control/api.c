@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <arpa/inet.h>
 #include <http_parser.h>
@@ -102,6 +103,68 @@ static void reply_error(struct tt_httpd_response *resp, int status, const char *
     reply_json(resp, status, json_pack("{s:s}", "error", msg));
 }
 
+/* Answers a store change that failed with rc: -EINVAL is the caller's bad input (400 with
+ * einval_msg); anything else could not be saved (a full disk...): 503 with "saving WHAT:
+ * <the errno's text>", the change not made. */
+static void reply_save_error(struct tt_httpd_response *resp, int rc, const char *what,
+                             const char *einval_msg)
+{
+    char msg[300];
+
+    if (rc == -EINVAL) {
+        reply_error(resp, 400, einval_msg);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "saving %s: %s (nothing was changed)", what,
+             rc < 0 && rc > -4096 ? strerror(-rc) : tt_strerror(rc));
+    tt_log(TT_LOG_ERROR, "api_save_failed", TT_LS("error", msg));
+    reply_error(resp, 503, msg);
+}
+
+/* The server's own refusals (413, 431, 400...) as JSON like every other error; the 413
+ * says the limit. */
+static void on_error_body(const char *msg, struct tt_httpd_response *resp)
+{
+    char text[160];
+
+    if (resp->status == 413)
+        snprintf(text, sizeof(text),
+                 "request body too large: the operator API takes at most %d KiB",
+                 CP_API_BODY_MAX / 1024);
+    else
+        snprintf(text, sizeof(text), "%s", msg);
+    reply_error(resp, resp->status, text);
+}
+
+/* True when a Content-Type value names application/json (parameters such as charset
+ * allowed, case ignored). Pure. */
+static bool ctype_is_json(const char *v)
+{
+    size_t n;
+
+    if (v == NULL)
+        return false;
+    v += strspn(v, " \t");
+    n = strcspn(v, "; \t");
+    return n == 16 && strncasecmp(v, "application/json", 16) == 0;
+}
+
+/* A request that carries a body (POST, PUT or any non-empty body) must say it is JSON:
+ * answers 415 and returns false otherwise. */
+static bool body_type_ok(const struct tt_httpd_request *rq, struct tt_httpd_response *resp)
+{
+    char msg[200];
+
+    if (rq->method != HTTP_POST && rq->method != HTTP_PUT && rq->body_len == 0)
+        return true;
+    if (ctype_is_json(rq->content_type))
+        return true;
+    snprintf(msg, sizeof(msg), "Content-Type: expected application/json, got %.100s",
+             rq->content_type ? rq->content_type : "none");
+    reply_error(resp, 415, msg);
+    return false;
+}
+
 /* Parses the body as a JSON object whose keys are all in `allowed` (NULL-terminated).
  * Returns the object or NULL after answering 400. */
 static json_t *parse_body(const struct tt_httpd_request *rq, const char *const *allowed,
@@ -185,7 +248,7 @@ static void put_policy(struct cp_api *api, const struct tt_httpd_request *rq,
     }
     if (rc != 0) {
         tt_log(TT_LOG_ERROR, "api_policy_save_failed", TT_LS("error", err));
-        reply_error(resp, 500, err);
+        reply_error(resp, 503, err);
         return;
     }
     tt_log(TT_LOG_INFO, "api_policy_set", TT_LU("version", cp_store_version(api->store)));
@@ -200,7 +263,7 @@ static void post_token(struct cp_api *api, const struct tt_httpd_request *rq,
     char secret[CP_TOKEN_SECRET_MAX];
     const char *id;
     json_t *v;
-    uint64_t ttl_ms = 0;
+    uint64_t ttl_ms;
     json_int_t uses = 1;
     int64_t expires = 0;
     int rc;
@@ -231,12 +294,19 @@ static void post_token(struct cp_api *api, const struct tt_httpd_request *rq,
             goto out;
         }
     }
+    /* No ttl: CP_TOKEN_TTL_DEFAULT_MS (24h); "0" (or any zero duration): no expiry. */
     v = json_object_get(doc, "ttl");
-    if (v != NULL && (!json_is_string(v) || tt_duration_parse(json_string_value(v), &ttl_ms) != 0 ||
-                      ttl_ms == 0)) {
-        reply_error(resp, 400, "ttl: expected a duration such as \"10m\", \"1h\" or \"1h30m\"");
+    ttl_ms = CP_TOKEN_TTL_DEFAULT_MS;
+    if (v != NULL &&
+        (!json_is_string(v) || (strcmp(json_string_value(v), "0") != 0 &&
+                                tt_duration_parse(json_string_value(v), &ttl_ms) != 0))) {
+        reply_error(resp, 400,
+                    "ttl: expected a duration such as \"10m\", \"1h\" or \"1h30m\", or \"0\" for "
+                    "none");
         goto out;
     }
+    if (v != NULL && strcmp(json_string_value(v), "0") == 0)
+        ttl_ms = 0;
     v = json_object_get(doc, "uses");
     if (v != NULL) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1000000) {
@@ -248,8 +318,7 @@ static void post_token(struct cp_api *api, const struct tt_httpd_request *rq,
     rc = cp_store_token_create(api->store, id, ttl_ms, (unsigned)uses, secret, sizeof(secret),
                                &expires);
     if (rc != 0) {
-        reply_error(resp, rc == -EINVAL ? 400 : 500,
-                    rc == -EINVAL ? "ttl: too long" : "saving tokens.json failed");
+        reply_save_error(resp, rc, CP_STORE_JOURNAL, "ttl: too long");
         goto out;
     }
     /* Never log the secret. */
@@ -267,6 +336,49 @@ static void get_tokens(struct cp_api *api, const struct tt_httpd_request *rq,
                        struct tt_httpd_response *resp)
 {
     reply_json(resp, 200, json_pack("{s:o}", "tokens", cp_store_tokens_json(api->store)));
+}
+
+/* DELETE /v1/tokens?id=PREFIX: the token whose listed id starts with PREFIX. */
+static void delete_token(struct cp_api *api, const struct tt_httpd_request *rq,
+                         struct tt_httpd_response *resp)
+{
+    char prefix[80], id[16], msg[200];
+    int rc = tt_query_get(rq->query, "id", prefix, sizeof(prefix));
+
+    if (rc != 0 || prefix[0] == '\0') {
+        reply_error(resp, 400,
+                    rc == -EEXIST   ? "query: id: given more than once (expected one token id)"
+                    : rc == -EINVAL ? "query: id: malformed percent-escape"
+                    : rc == -ENOSPC ? "query: id: longer than a token id (64 hex digits)"
+                                    : "query: id=ID required (the hex id `tetherctl token list` "
+                                      "shows, or at least its first 4 digits)");
+        return;
+    }
+    rc = cp_store_token_delete(api->store, prefix, id, sizeof(id));
+    if (rc == -EINVAL) {
+        snprintf(msg, sizeof(msg), "id: %.64s: expected %d to 64 hex digits of a token id", prefix,
+                 CP_TOKEN_ID_MIN);
+        reply_error(resp, 400, msg);
+        return;
+    }
+    if (rc == -ENOENT) {
+        snprintf(msg, sizeof(msg), "no token with id %.64s (used-up and expired tokens are gone)",
+                 prefix);
+        reply_error(resp, 404, msg);
+        return;
+    }
+    if (rc == -EEXIST) {
+        snprintf(msg, sizeof(msg),
+                 "id %.64s is ambiguous: several tokens start with it; give more digits", prefix);
+        reply_error(resp, 409, msg);
+        return;
+    }
+    if (rc != 0) {
+        reply_save_error(resp, rc, CP_STORE_JOURNAL, "");
+        return;
+    }
+    tt_log(TT_LOG_INFO, "api_token_deleted", TT_LS("id", id));
+    reply_json(resp, 200, json_pack("{s:s}", "deleted", id));
 }
 
 static void get_identities(struct cp_api *api, const struct tt_httpd_request *rq,
@@ -297,7 +409,7 @@ static void post_revocation(struct cp_api *api, const struct tt_httpd_request *r
     }
     rc = cp_store_revoke(api->store, norm);
     if (rc < 0) {
-        reply_error(resp, 500, "saving revocations.json failed");
+        reply_save_error(resp, rc, "the revocation", "serial: malformed");
         goto out;
     }
     tt_log(TT_LOG_INFO, "api_revoked", TT_LS("serial", norm), TT_LI("already", rc == 1));
@@ -331,7 +443,7 @@ static void post_service(struct cp_api *api, const struct tt_httpd_request *rq,
         goto out;
     rc = cp_store_service_add(api->store, addr, id, CP_SOURCE_OPERATOR, err, sizeof(err));
     if (rc != 0) {
-        reply_error(resp, rc == -EINVAL || rc == -ENOENT || rc == TT_E_SPIFFE ? 400 : 500, err);
+        reply_error(resp, rc == -EINVAL || rc == -ENOENT || rc == TT_E_SPIFFE ? 400 : 503, err);
         goto out;
     }
     tt_log(TT_LOG_INFO, "api_service_added", TT_LS("address", addr), TT_LS("spiffe_id", id));
@@ -367,9 +479,14 @@ static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq
         reply_error(resp, 400, "query: address=ADDR:PORT required");
         return;
     }
-    if (cp_store_service_remove(api->store, addr, CP_SOURCE_OPERATOR) != 0) {
+    rc = cp_store_service_remove(api->store, addr, CP_SOURCE_OPERATOR);
+    if (rc == -ENOENT) {
         snprintf(msg, sizeof(msg), "no operator service entry for %s", addr);
         reply_error(resp, 404, msg);
+        return;
+    }
+    if (rc != 0) {
+        reply_save_error(resp, rc, "services.json", "");
         return;
     }
     tt_log(TT_LOG_INFO, "api_service_removed", TT_LS("address", addr));
@@ -499,6 +616,7 @@ static const struct route {
     {"/v1/policy", HTTP_PUT, put_policy},
     {"/v1/tokens", HTTP_POST, post_token},
     {"/v1/tokens", HTTP_GET, get_tokens},
+    {"/v1/tokens", HTTP_DELETE, delete_token},
     {"/v1/identities", HTTP_GET, get_identities},
     {"/v1/revocations", HTTP_POST, post_revocation},
     {"/v1/revocations", HTTP_GET, get_revocations},
@@ -573,7 +691,8 @@ static void on_request(void *ud, const struct tt_httpd_request *rq, struct tt_ht
             continue;
         path_known = true;
         if (routes[i].method == method) {
-            routes[i].fn(api, rq, resp);
+            if (body_type_ok(rq, resp))
+                routes[i].fn(api, rq, resp);
             return;
         }
     }
@@ -607,8 +726,11 @@ struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struc
                           struct cp_ca *ca, char *err, size_t errlen)
 {
     const char *listen = opts->listen ? opts->listen : "127.0.0.1:15014";
-    struct tt_httpd_opts hopts = {
-        .body_max = CP_API_BODY_MAX, .max_clients = 128, .idle_ms = 30000, .name = "api"};
+    struct tt_httpd_opts hopts = {.body_max = CP_API_BODY_MAX,
+                                  .max_clients = 128,
+                                  .idle_ms = 30000,
+                                  .name = "api",
+                                  .error_body = on_error_body};
     struct tt_addr addr;
     struct cp_api *api;
     int rc;

@@ -5,8 +5,13 @@
  *   GET  /v1/policy                  the document as stored (404 when none)
  *   PUT  /v1/policy                  validated by the sidecar's parser; 400 {"error"}
  *   POST /v1/tokens                  {"spiffe_id", "ttl"?: "1h", "uses"?: 1} -> 201
- *                                    {"token", "spiffe_id", "expires_unix", "uses"}
- *   GET  /v1/tokens                  {"tokens": [...]} (never the secrets)
+ *                                    {"token", "spiffe_id", "expires_unix", "uses"};
+ *                                    ttl defaults to 24h, "0" means no expiry
+ *   GET  /v1/tokens                  {"tokens": [...]} the live ones (never the secrets;
+ *                                    used-up and expired tokens are pruned)
+ *   DELETE /v1/tokens?id=ID          200 {"deleted": id}: the live token whose id (as
+ *                                    listed) starts with ID (4..64 hex digits); 404 none,
+ *                                    409 ambiguous (nothing deleted), 400 malformed
  *   GET  /v1/identities              {"identities": [...]} issued certificates
  *   POST /v1/revocations             {"serial"} -> 201 (200 when already revoked)
  *   GET  /v1/revocations             {"revocations": [...]}
@@ -23,10 +28,16 @@
  *                                    (403 over mTLS): bootstraps remote admin access
  *   GET  /stats                      counters: refusals by reason, issued, sidecars...
  *
- * Errors are {"error": "..."} with 400 (bad input; unknown JSON keys are named), 401
- * (plaintext without the operator credential, with WWW-Authenticate: Bearer), 403
- * (mTLS without an admin identity: the message names the peer's identity), 404, 405
- * (with Allow), 413 (bodies over 1 MiB), 500, 503 (no CA).
+ * Bodies are JSON: a POST or PUT (or any request with a body) must say
+ * `Content-Type: application/json` (parameters such as charset allowed), else 415.
+ * A body may be at most CP_API_BODY_MAX, 64 KiB, else 413.
+ *
+ * Errors are {"error": "..."}, the server's own refusals (400, 413, 414, 431) included,
+ * with 400 (bad input; unknown JSON keys are named), 401 (plaintext without the operator
+ * credential, with WWW-Authenticate: Bearer), 403 (mTLS without an admin identity: the
+ * message names the peer's identity), 404, 405 (with Allow), 409, 413 (bodies over
+ * 64 KiB), 415, 500, 503 (no CA; or a change that could not be saved, e.g. on a full
+ * disk: "saving journal.log: No space left on device (nothing was changed)").
  *
  * Authentication. On a loopback address every request except GET /v1/bundle and GET
  * /v1/crl carries the operator credential (operator_token.h): loopback alone proves
@@ -50,7 +61,7 @@
 #include "store.h"
 #include "core/util.h"
 
-#define CP_API_BODY_MAX   (1024 * 1024)
+#define CP_API_BODY_MAX   (64 * 1024) /* request bodies; more is answered 413 */
 #define CP_API_MAX_ADMINS 8
 
 struct cp_api;

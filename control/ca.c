@@ -457,6 +457,9 @@ out:
     return rc;
 }
 
+/* The state directory's CA files, created together (cp_atomic_create_set). */
+static const char *const ca_files[2] = {"ca.key", "ca.crt"};
+
 /* Opens (loads or creates) the CA; see ca.h. */
 struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
 {
@@ -480,6 +483,10 @@ struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
     }
     snprintf(crt_path, sizeof(crt_path), "%s/ca.crt", o->state_dir);
     snprintf(key_path, sizeof(key_path), "%s/ca.key", o->state_dir);
+    /* A creation cut short by a crash: completed when it got as far as its commit, else
+     * discarded (then no CA file exists and a new one is made below). */
+    if (cp_atomic_set_recover(o->state_dir, "ca", ca_files, 2, err, errlen) != 0)
+        goto err_free;
     if (file_exists(crt_path) || file_exists(key_path)) {
         struct cp_ca_opts g = *o;
 
@@ -504,14 +511,17 @@ struct cp_ca *cp_ca_open(const struct cp_ca_opts *o, char *err, size_t errlen)
         tt_errf(err, errlen, "out of memory");
         goto err_free;
     }
-    /* Key first: a crash in between leaves a key without a certificate, which the next
-     * start reports instead of silently making another CA. */
-    rc = cp_atomic_write(key_path, kp, strlen(kp), 0600);
-    if (rc == 0)
-        rc = cp_atomic_write(crt_path, ca->cert_pem, strlen(ca->cert_pem), 0644);
-    if (rc != 0) {
-        tt_errf(err, errlen, "%s: %s", rc == 0 ? crt_path : key_path, strerror(-rc));
-        goto err_free;
+    /* Both files together: a crash at any point leaves no CA or a matching pair, never
+     * a key without its certificate (which the next start would refuse). */
+    {
+        const struct cp_file_part parts[2] = {
+            {"ca.key", kp, strlen(kp), 0600},
+            {"ca.crt", ca->cert_pem, strlen(ca->cert_pem), 0644},
+        };
+
+        rc = cp_atomic_create_set(o->state_dir, "ca", parts, 2, err, errlen);
+        if (rc != 0)
+            goto err_free;
     }
     OPENSSL_cleanse(kp, strlen(kp));
     free(kp);

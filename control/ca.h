@@ -45,7 +45,9 @@ struct cp_ca_opts {
 
 /* Opens the CA: with opts->cert_file, loads that CA (and checks the key matches and the
  * chain links up to a self-signed root); else loads STATE_DIR/ca.crt and ca.key if
- * both exist, or creates a new root there (ca.key mode 0600, both written atomically).
+ * both exist, or creates a new root there (ca.key mode 0600; the two files are created
+ * together, cp_atomic_create_set, so a crash leaves no CA or both). A key without its
+ * certificate, or one that does not match it, is an error naming both files.
  * Returns the CA, or NULL with a message naming the file and the problem in err. */
 struct cp_ca *cp_ca_open(const struct cp_ca_opts *opts, char *err, size_t errlen);
 

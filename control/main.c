@@ -481,12 +481,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "tether-control: %s\n", err);
         return rc == -EBUSY ? EXIT_USAGE : EXIT_RUNTIME;
     }
-    rc = cp_operator_token_ensure(f.state_dir, c.operator_token, err, sizeof(err));
-    if (rc < 0) {
-        tt_log(TT_LOG_ERROR, "operator_token_invalid", TT_LS("error", err));
-        fprintf(stderr, "tether-control: %s\n", err);
-        return EXIT_RUNTIME;
-    }
     c.store = cp_store_open(f.state_dir, err, sizeof(err));
     if (c.store == NULL) {
         tt_log(TT_LOG_ERROR, "state_invalid", TT_LS("error", err));
@@ -505,6 +499,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "tether-control: %s\n", err);
         rc = EXIT_RUNTIME;
         goto out_store;
+    }
+    /* The credential last: a start refused over a bad state directory leaves it as it was. */
+    rc = cp_operator_token_ensure(f.state_dir, c.operator_token, err, sizeof(err));
+    if (rc < 0) {
+        tt_log(TT_LOG_ERROR, "operator_token_invalid", TT_LS("error", err));
+        fprintf(stderr, "tether-control: %s\n", err);
+        rc = EXIT_RUNTIME;
+        goto out_ca;
     }
     rc = revoke_reserved(c.store);
     if (rc != 0)

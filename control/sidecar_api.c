@@ -82,7 +82,7 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
     const Tether__V1__SignRequest *req = (const Tether__V1__SignRequest *)msg;
     Tether__V1__SignResponse resp = TETHER__V1__SIGN_RESPONSE__INIT;
     const char *asked = req->spiffe_id != NULL ? req->spiffe_id : "";
-    const char *proof;
+    const char *proof, *token = NULL;
     struct cp_ca_cert cert = {0};
     char err[512];
     int r;
@@ -98,17 +98,16 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
         return;
     }
     if (req->bootstrap_token != NULL && req->bootstrap_token[0] != '\0') {
-        /* Proof (a): an operator's token for exactly this identity. */
+        /* Proof (a): an operator's token for exactly this identity. Only checked here:
+         * it is used when the certificate is recorded, so a refused CSR costs no use. */
         enum cp_token_err why = CP_TOKEN_OK;
-        r = cp_store_token_consume(api->store, req->bootstrap_token, asked, &why);
-        if (r < 0) {
-            const char *reason = r == TT_E_DENIED ? cp_token_err_name(why) : "internal";
+        if (cp_store_token_check(api->store, req->bootstrap_token, asked, &why) < 0) {
             snprintf(err, sizeof(err), "bootstrap token refused for %s", asked);
-            sign_refuse(api, reply,
-                        r == TT_E_DENIED ? GRPC_STATUS_PERMISSION_DENIED : GRPC_STATUS_INTERNAL,
-                        reason, peer, asked, err);
+            sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, cp_token_err_name(why), peer,
+                        asked, err);
             return;
         }
+        token = req->bootstrap_token;
         proof = "bootstrap_token";
     } else if (req->k8s_sa_token != NULL && req->k8s_sa_token[0] != '\0') {
         /* Proof (c), Kubernetes service-account tokens, comes with the Kubernetes work. */
@@ -145,10 +144,28 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
                     cp_ca_err_reason(r), peer, asked, err);
         return;
     }
-    if (cp_store_issued_add(api->store, cert.serial, asked, cert.not_after, tt_now_unix(),
-                            strcmp(proof, "certificate") == 0 ? CP_VIA_RENEWAL : CP_VIA_TOKEN) < 0)
-        tt_log(TT_LOG_ERROR, "issued_record_failed", TT_LS("serial", cert.serial),
-               TT_LS("spiffe_id", asked));
+    /* Nothing is handed out that is not recorded (else it could not be found to revoke):
+     * the record, and the token's use with it, are saved first. */
+    if (token != NULL) {
+        enum cp_token_err why = CP_TOKEN_OK;
+        r = cp_store_issued_add_token(api->store, cert.serial, asked, cert.not_after, tt_now_unix(),
+                                      token, &why);
+        if (r == TT_E_DENIED) {
+            snprintf(err, sizeof(err), "bootstrap token refused for %s", asked);
+            sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, cp_token_err_name(why), peer,
+                        asked, err);
+            goto out;
+        }
+    } else {
+        r = cp_store_issued_add(api->store, cert.serial, asked, cert.not_after, tt_now_unix(),
+                                CP_VIA_RENEWAL);
+    }
+    if (r < 0) {
+        snprintf(err, sizeof(err), "saving %s: %s (certificate %s not issued)", CP_STORE_JOURNAL,
+                 strerror(-r), cert.serial);
+        sign_refuse(api, reply, GRPC_STATUS_UNAVAILABLE, "store_unavailable", peer, asked, err);
+        goto out;
+    }
     resp.cert_chain_pem = cert.chain_pem;
     resp.trust_bundle_pem = (char *)cp_ca_bundle_pem(api->ca);
     resp.not_after_unix = cert.not_after;
@@ -157,6 +174,7 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
     tt_log(TT_LOG_INFO, "certificate_signed", TT_LS("spiffe_id", asked),
            TT_LS("serial", cert.serial), TT_LI("not_after", cert.not_after), TT_LS("proof", proof),
            TT_LS("peer", peer->address));
+out:
     cp_ca_cert_done(&cert);
 }
 

@@ -129,6 +129,7 @@ struct cp_store *cp_store_open(const char *dir, char *err, size_t errlen)
         return NULL;
     }
     pthread_mutex_init(&s->mu, NULL);
+    s->journal.fd = -1;
     s->dir = strdup(dir);
     s->bundle_pem = strdup("");
     if (s->dir == NULL || s->bundle_pem == NULL) {
@@ -142,8 +143,14 @@ struct cp_store *cp_store_open(const char *dir, char *err, size_t errlen)
     if (load_state(s, err, errlen) != 0 || cp__coll_load(s, &cp__tokens_coll, err, errlen) != 0 ||
         cp__coll_load(s, &cp__revoked_coll, err, errlen) != 0 ||
         cp__coll_load(s, &cp__services_coll, err, errlen) != 0 ||
-        cp__coll_load(s, &cp__issued_coll, err, errlen) != 0 || load_policy(s, err, errlen) != 0)
+        cp__coll_load(s, &cp__issued_coll, err, errlen) != 0 ||
+        cp__journal_load(s, err, errlen) != 0 || load_policy(s, err, errlen) != 0)
         goto err_free;
+    /* Used-up and expired tokens and long-expired records go now; the files lose them at
+     * the next compaction. */
+    cp__tokens_prune_locked(s, tt_now_unix());
+    cp__issued_prune_locked(s, tt_now_unix());
+    cp__journal_maybe_compact_locked(s);
     return s;
 
 err_free:
@@ -157,6 +164,7 @@ void cp_store_free(struct cp_store *s)
 {
     if (s == NULL)
         return;
+    cp__journal_close(s);
     cp__tokens_free(s);
     free(s->revoked.v);
     cp__services_free(s);
@@ -412,15 +420,19 @@ json_t *cp_store_stats_json(struct cp_store *s)
     json_t *refusals = json_object();
     json_t *doc;
     uint64_t total = 0;
+    size_t live_tokens = 0;
+    int64_t now = tt_now_unix();
 
     pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->tokens.n; i++)
+        live_tokens += !cp__token_dead(&s->tokens.v[i], now);
     for (size_t i = 0; refusals && i < s->refusals.n; i++) {
         json_object_set_new(refusals, s->refusals.v[i].reason,
                             json_integer((json_int_t)s->refusals.v[i].n));
         total += s->refusals.v[i].n;
     }
     doc = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:o}", "version", (json_int_t)s->version,
-                    "issued", (json_int_t)s->issued.n, "tokens", (json_int_t)s->tokens.n,
+                    "issued", (json_int_t)s->issued.n, "tokens", (json_int_t)live_tokens,
                     "sidecars_connected", (json_int_t)s->sidecars.n, "services",
                     (json_int_t)s->services.n, "revocations", (json_int_t)s->revoked.n,
                     "policy_set", s->policy != NULL, "refusals_total", (json_int_t)total,

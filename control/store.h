@@ -1,12 +1,19 @@
 /* The control plane's state (DESIGN.md "Control plane"): tokens, policy, revocations,
  * service entries and issued-certificate records, one JSON file per collection in the
  * state directory, each written atomically (temporary file, fsync, rename, fsync of the
- * directory). The in-memory model sits behind one mutex: the gRPC thread and the API
- * loop may call any function here concurrently. Start-up refuses a corrupt file with a
- * message naming it and never overwrites it.
+ * directory). Tokens and issued certificates change on every Sign, so their changes are
+ * instead appended to a journal, one fsync'd line each, and folded into their files when
+ * the journal has grown to a few times the live records: creating or using a token costs
+ * the same with 10,000 stored as with 10. The in-memory model sits behind one mutex: the
+ * gRPC thread and the API loop may call any function here concurrently. Start-up refuses
+ * a corrupt file with a message naming it and never overwrites it.
+ *
+ * A change that cannot be saved (a full disk) is not made: the function returns -errno,
+ * the files keep what they held, and memory matches them.
  *
  * Files: tokens.json, policy.json (the document itself), revocations.json,
- * services.json, issued.json, state.json (the snapshot version and the bundle digest).
+ * services.json, issued.json, state.json (the snapshot version and the bundle digest),
+ * journal.log (token and issue records since tokens.json and issued.json were written).
  *
  * `version` counts changes to what sidecars receive (bundle, policy, services,
  * revocations); it only grows, survives restarts, and every bump calls the change
@@ -23,6 +30,12 @@
 #include "store_file.h" /* cp_atomic_write, which every state file goes through */
 
 #define CP_TOKEN_SECRET_MAX 64 /* base64url of 32 bytes is 43 characters */
+/* A token's lifetime when its creator gives none (the API's default; 0 means none). */
+#define CP_TOKEN_TTL_DEFAULT_MS (24ULL * 3600 * 1000)
+/* The shortest token id prefix cp_store_token_delete takes (as git takes 4 digits). */
+#define CP_TOKEN_ID_MIN 4
+/* The file that token and issue changes are saved in, for callers' messages. */
+#define CP_STORE_JOURNAL "journal.log"
 
 /* Why a bootstrap token was refused. */
 enum cp_token_err {
@@ -73,16 +86,35 @@ int cp_store_bundle_set(struct cp_store *s, const char *pem);
 int cp_store_token_create(struct cp_store *s, const char *spiffe_id, uint64_t ttl_ms, unsigned uses,
                           char *secret, size_t secret_len, int64_t *expires_unix);
 
-/* Checks a presented secret (trailing whitespace ignored) for spiffe_id and, when it
- * is good, uses it once, persisted before returning. Atomic against concurrent
- * consumers. Returns 0 (*reason CP_TOKEN_OK), TT_E_DENIED with *reason set, or -errno
- * when persisting failed (the use is then not counted and the caller must refuse). */
+/* Checks a presented secret (trailing whitespace ignored) for spiffe_id without using
+ * it: Sign checks first, signs, then uses the token with cp_store_issued_add_token, so
+ * a refused CSR costs no use. Returns 0 (*reason CP_TOKEN_OK) or TT_E_DENIED with
+ * *reason set. */
+int cp_store_token_check(struct cp_store *s, const char *secret, const char *spiffe_id,
+                         enum cp_token_err *reason);
+
+/* Checks a presented secret as cp_store_token_check and, when it is good, uses it once,
+ * persisted (journal) before returning. Atomic against concurrent consumers. Returns 0
+ * (*reason CP_TOKEN_OK), TT_E_DENIED with *reason set, or -errno when persisting failed
+ * (the use is then not counted and the caller must refuse). */
 int cp_store_token_consume(struct cp_store *s, const char *secret, const char *spiffe_id,
                            enum cp_token_err *reason);
 
-/* [{"id" (first 12 hex digits of the hash), "spiffe_id", "uses_left", "expires_unix"
- * (null: never), "created_unix", "expired": bool}]; no secrets. New reference. */
+/* Deletes the live token whose id (hex digits of its hash, as the listing shows them)
+ * starts with `prefix` (CP_TOKEN_ID_MIN..64 hex digits, any case). Writes the token's
+ * listed id into id_out[>= 13] on success. Returns 0, -EINVAL (not such a prefix),
+ * -ENOENT (no live token matches), -EEXIST (more than one does; nothing deleted), or
+ * -errno when persisting failed (nothing deleted). */
+int cp_store_token_delete(struct cp_store *s, const char *prefix, char *id_out, size_t id_len);
+
+/* The live tokens: [{"id" (first 12 hex digits of the hash), "spiffe_id", "uses_left",
+ * "expires_unix" (null: never), "created_unix", "expired": false}]; no secrets. Used-up
+ * and expired tokens are not listed (they are pruned). New reference. */
 json_t *cp_store_tokens_json(struct cp_store *s);
+
+/* Folds the journal into tokens.json and issued.json now (it also happens by itself as
+ * the journal grows). Returns 0 or -errno (the journal is kept; nothing is lost). */
+int cp_store_compact(struct cp_store *s);
 
 /* ---- revocations ---- */
 
@@ -138,8 +170,10 @@ char *cp_store_policy_get(struct cp_store *s);
 #define CP_VIA_RENEWAL    "renewal"    /* Identity.Sign with the current certificate */
 #define CP_VIA_ADMIN_CERT "admin-cert" /* POST /v1/admin-certs on the loopback API */
 
-/* Records an issue made `via` one of the CP_VIA_* paths. Records expired for more than a
- * day are pruned on later writes. Returns 0 or -errno. */
+/* Records an issue made `via` one of the CP_VIA_* paths, persisted (journal) before
+ * returning: a certificate whose record could not be saved must not be handed out.
+ * Records expired for more than a day are pruned. Returns 0, -EINVAL for a malformed
+ * serial or via, or -errno (nothing recorded). */
 int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spiffe_id,
                         int64_t not_after, int64_t issued_at, const char *via);
 
@@ -149,7 +183,17 @@ int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spif
  * issued. Sets *n_revoked. Returns 0 or -errno (what was revoked before stays revoked). */
 int cp_store_revoke_reserved(struct cp_store *s, size_t *n_revoked);
 
-/* [{"serial", "spiffe_id", "not_after", "issued_at", "revoked": bool}]. New ref. */
+/* Records an issue (via CP_VIA_TOKEN) and uses the bootstrap token `secret` once, in one
+ * journal record, so either both are saved or neither. The token is checked again here (another Sign may
+ * have used it up since cp_store_token_check). Returns 0, TT_E_DENIED with *reason set
+ * (nothing recorded: the certificate must not be handed out), -EINVAL for a malformed
+ * serial, or -errno when persisting failed (nothing recorded, no use counted). */
+int cp_store_issued_add_token(struct cp_store *s, const char *serial, const char *spiffe_id,
+                              int64_t not_after, int64_t issued_at, const char *secret,
+                              enum cp_token_err *reason);
+
+/* [{"serial", "spiffe_id", "not_after", "issued_at", "revoked": bool}], without records
+ * expired for more than a day. New ref. */
 json_t *cp_store_issued_json(struct cp_store *s);
 
 /* ---- what a sidecar receives ---- */

@@ -3,6 +3,7 @@
 #include <sys/file.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,7 @@
 
 /* Opens the directory that holds path and fsyncs it, so a rename into it is durable.
  * Returns 0 or -errno. */
-static int fsync_parent(const char *path)
+int cp__fsync_parent(const char *path)
 {
     char dir[4096];
     const char *slash = strrchr(path, '/');
@@ -70,7 +71,7 @@ int cp_atomic_write(const char *path, const void *data, size_t len, int mode)
         goto err_unlink;
     if (rename(tmp, path) != 0)
         goto err_unlink;
-    return fsync_parent(path);
+    return cp__fsync_parent(path);
 
 err_close:
     rc = -errno;
@@ -80,6 +81,142 @@ err_close:
 err_unlink:
     rc = -errno;
     unlink(tmp);
+    return rc;
+}
+
+/* ---- sets of files created together ---- */
+
+/* Test hook, for tests/integ/test_control_ca_atomic.py only: with the environment variable
+ * TETHER_TEST_HOOK_KILL_AT_STEP=N the process kills itself (SIGKILL, as a crash) at step
+ * N of cp_atomic_create_set(). Never set in production. */
+static void test_hook_step(int step)
+{
+    const char *v = getenv("TETHER_TEST_HOOK_KILL_AT_STEP");
+
+    if (v != NULL && atoi(v) == step)
+        raise(SIGKILL);
+}
+
+/* Removes dir/sub/<name> and dir/sub/<name>.tmp for each name, then dir/sub. Returns 0 or
+ * -errno of rmdir (ENOENT is success). */
+static int remove_staging(const char *dir, const char *sub, const char *const *names, size_t n)
+{
+    char path[4096];
+
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/%s/%s", dir, sub, names[i]);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/%s/%s.tmp", dir, sub, names[i]);
+        unlink(path);
+    }
+    snprintf(path, sizeof(path), "%s/%s", dir, sub);
+    return rmdir(path) == 0 || errno == ENOENT ? 0 : -errno;
+}
+
+/* Moves every part left in dir/<set>.new into dir, then removes <set>.new. */
+static int finish_set(const char *dir, const char *set, const char *const *names, size_t n,
+                      char *err, size_t errlen)
+{
+    char from[4096], to[4096], sub[300];
+    struct stat st;
+    int rc;
+
+    snprintf(sub, sizeof(sub), "%s.new", set);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(from, sizeof(from), "%s/%s/%s", dir, sub, names[i]);
+        snprintf(to, sizeof(to), "%s/%s", dir, names[i]);
+        if (stat(from, &st) != 0)
+            continue; /* moved before the crash */
+        if (stat(to, &st) == 0) {
+            tt_errf(err, errlen,
+                    "%s and %s both exist: not left by an interrupted creation; move one away",
+                    from, to);
+            return -EEXIST;
+        }
+        if (rename(from, to) != 0) {
+            rc = -errno;
+            tt_errf(err, errlen, "%s: %s", to, strerror(-rc));
+            return rc;
+        }
+        test_hook_step(10 + (int)i);
+    }
+    snprintf(to, sizeof(to), "%s/x", dir);
+    rc = cp__fsync_parent(to);
+    if (rc == 0)
+        rc = remove_staging(dir, sub, names, n);
+    if (rc == 0)
+        rc = cp__fsync_parent(to);
+    if (rc != 0)
+        tt_errf(err, errlen, "%s/%s: %s", dir, sub, strerror(-rc));
+    return rc;
+}
+
+/* Finishes or discards an interrupted set creation; see store_file.h. */
+int cp_atomic_set_recover(const char *dir, const char *set, const char *const *names, size_t n,
+                          char *err, size_t errlen)
+{
+    char path[4096], sub[300];
+    struct stat st;
+    int rc;
+
+    snprintf(sub, sizeof(sub), "%s.new.tmp", set);
+    rc = remove_staging(dir, sub, names, n);
+    if (rc != 0) {
+        tt_errf(err, errlen, "%s/%s: %s", dir, sub, strerror(-rc));
+        return rc;
+    }
+    snprintf(path, sizeof(path), "%s/%s.new", dir, set);
+    if (stat(path, &st) != 0)
+        return 0;
+    return finish_set(dir, set, names, n, err, errlen);
+}
+
+/* Creates the set's files together; see store_file.h. */
+int cp_atomic_create_set(const char *dir, const char *set, const struct cp_file_part *parts,
+                         size_t n, char *err, size_t errlen)
+{
+    char tmp[4096], committed[4096], path[4200];
+    const char *names[8];
+    int rc;
+
+    if (n > sizeof(names) / sizeof(names[0]))
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        names[i] = parts[i].name;
+    snprintf(tmp, sizeof(tmp), "%s/%s.new.tmp", dir, set);
+    snprintf(committed, sizeof(committed), "%s/%s.new", dir, set);
+    remove_staging(dir, strrchr(tmp, '/') + 1, names, n);
+    if (mkdir(tmp, 0700) != 0) {
+        rc = -errno;
+        tt_errf(err, errlen, "%s: %s", tmp, strerror(-rc));
+        return rc;
+    }
+    test_hook_step(1);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/%s", tmp, parts[i].name);
+        rc = cp_atomic_write(path, parts[i].data, parts[i].len, parts[i].mode);
+        if (rc != 0) {
+            tt_errf(err, errlen, "%s: %s", path, strerror(-rc));
+            goto err_remove;
+        }
+        test_hook_step(2 + (int)i);
+    }
+    /* The commit: from here on the set exists, and recovery completes it. */
+    if (rename(tmp, committed) != 0) {
+        rc = -errno;
+        tt_errf(err, errlen, "%s: %s", committed, strerror(-rc));
+        goto err_remove;
+    }
+    test_hook_step(9);
+    rc = cp__fsync_parent(committed);
+    if (rc != 0) {
+        tt_errf(err, errlen, "%s: %s", dir, strerror(-rc));
+        return rc;
+    }
+    return finish_set(dir, set, names, n, err, errlen);
+
+err_remove:
+    remove_staging(dir, strrchr(tmp, '/') + 1, names, n);
     return rc;
 }
 

@@ -9,10 +9,13 @@
  *   store_file.c         paths in the state directory, the atomic writer, the
  *                        collection file reader (errors name file, element and key) and
  *                        writer
- *   store_tokens.c       bootstrap tokens (tokens.json)
+ *   store_journal.c      the append-only journal (journal.log) of token and issue
+ *                        records: replay at open, one fsync'd line per change,
+ *                        compaction into tokens.json and issued.json
+ *   store_tokens.c       bootstrap tokens (tokens.json + journal), their hash index
  *   store_revocations.c  revoked serials (revocations.json)
  *   store_services.c     the registry of service entries (services.json)
- *   store_issued.c       issued-certificate records (issued.json)
+ *   store_issued.c       issued-certificate records (issued.json + journal)
  *   store_sidecars.c     connected sidecars (runtime only, never persisted)
  *
  * Every persisted collection has exactly one serialiser of an item, its cp__coll's
@@ -48,13 +51,23 @@
 #define CP__VEC_GROW(vec) cp__vec_grow((void **)&(vec).v, &(vec).cap, (vec).n, sizeof(*(vec).v))
 int cp__vec_grow(void **v, size_t *cap, size_t n, size_t size);
 
-/* One bootstrap token; only the hash of its secret is kept. */
+/* One bootstrap token; only the hash of its secret is kept. A token with no use left or
+ * past its expiry is dead: refused, not listed, and dropped at the next load or
+ * compaction. */
 struct cp__token {
     char hash[CP__SHA256_HEX]; /* lower-case hex SHA-256 of the secret */
     char *spiffe_id;
     int64_t uses_left;
     int64_t expires; /* unix seconds; 0: never */
     int64_t created;
+};
+
+/* The journal (store_journal.c): DIR/journal.log, one JSON object per line. */
+struct cp__journal {
+    int fd;          /* open for appending once the first record is written; -1 before */
+    int64_t size;    /* bytes of complete records in the file */
+    size_t records;  /* records in the file (since the last compaction) */
+    size_t retry_at; /* after a failed compaction: records before the next try */
 };
 
 /* One revoked serial. */
@@ -106,6 +119,13 @@ struct cp_store {
     char *bundle_pem; /* "" until set */
     char *policy;     /* the document's text, or NULL */
     CP__VEC(struct cp__token) tokens;
+    /* Open-addressing index over tokens.v by hash: slot holds position + 1, 0 is empty;
+     * cap is a power of two at least twice tokens.n. Rebuilt when tokens are removed. */
+    struct {
+        size_t *slot;
+        size_t cap;
+    } token_idx;
+    struct cp__journal journal;
     CP__VEC(struct cp__revoked) revoked;
     CP__VEC(struct cp__service) services;
     CP__VEC(struct cp__issued) issued;
@@ -156,6 +176,10 @@ struct cp__coll {
     int (*from_json)(struct cp_store *s, struct cp__lctx *c, json_t *o);
 };
 
+/* Fsyncs the directory that holds path, so that a file created or renamed there stays
+ * after a crash. Returns 0 or -errno. */
+int cp__fsync_parent(const char *path);
+
 /* Writes DIR/name into buf. Returns 0 or -ENAMETOOLONG. */
 int cp__store_path(const struct cp_store *s, const char *name, char *buf, size_t len);
 
@@ -198,12 +222,81 @@ int cp__get_int(struct cp__lctx *c, json_t *o, const char *key, bool nullable, i
 /* Sets err to "PATH: ARR[I].KEY: expected WHAT" and returns -EINVAL. */
 int cp__bad_field(struct cp__lctx *c, const char *key, const char *what);
 
+/* ---- store_journal.c ---- */
+
+#define CP__JOURNAL_FILE "journal.log"
+
+/* Replays DIR/journal.log (if any) over the loaded collections: each line goes to
+ * cp__tokens_apply or cp__issued_apply by its "op". A last line without its newline is
+ * a write cut short by a crash: it is dropped and cut off the file. Returns 0 or <0 with
+ * err naming the file and line ("DIR/journal.log: line 3: ..." or
+ * "DIR/journal.log: line[3].sha256: expected a string"). */
+int cp__journal_load(struct cp_store *s, char *err, size_t errlen);
+
+/* Appends rec (consumed; NULL is taken as out of memory) as one line and fdatasyncs it.
+ * On failure the file is cut back to its previous length, so no partial record stays,
+ * and -errno is returned (the caller must not apply the change). Lock held. */
+int cp__journal_append_locked(struct cp_store *s, json_t *rec);
+
+/* Rewrites tokens.json and issued.json from memory (dead tokens and long-expired
+ * records dropped) and empties the journal. Replaying a journal over the files it was
+ * compacted into gives the same state, so a crash at any point loses nothing. Returns 0
+ * or -errno (the journal is then kept). Lock held. */
+int cp__journal_compact_locked(struct cp_store *s);
+
+/* Compacts when the journal holds more than CP__JOURNAL_FACTOR times the live records
+ * (and at least CP__JOURNAL_MIN), so its cost per change stays constant. A failed
+ * compaction is retried later; the change that triggered it is already durable. Lock
+ * held. */
+void cp__journal_maybe_compact_locked(struct cp_store *s);
+
+#define CP__JOURNAL_FACTOR 4
+#define CP__JOURNAL_MIN    1024
+
+/* Closes the journal's descriptor. */
+void cp__journal_close(struct cp_store *s);
+
 /* ---- the collections ---- */
 
 extern const struct cp__coll cp__tokens_coll;   /* store_tokens.c */
 extern const struct cp__coll cp__revoked_coll;  /* store_revocations.c */
 extern const struct cp__coll cp__services_coll; /* store_services.c */
 extern const struct cp__coll cp__issued_coll;   /* store_issued.c */
+
+/* Applies one journal record of a token ("token_create", "token_use", "token_delete")
+ * or the token part of an "issue" record; replaying is idempotent. Returns 0, -EINVAL
+ * with err set through c, or -ENOMEM. (store_tokens.c) */
+int cp__tokens_apply(struct cp_store *s, struct cp__lctx *c, const char *op, json_t *rec);
+
+/* Applies an "issue" record's certificate (added unless its serial is known). Returns
+ * as cp__tokens_apply. (store_issued.c) */
+int cp__issued_apply(struct cp_store *s, struct cp__lctx *c, json_t *rec);
+
+/* Drops dead tokens (cp__token_dead) and rebuilds the index. Returns 0 or -ENOMEM
+ * (the index is then rebuilt at the next removal; lookups fall back to a scan). Lock
+ * held or no other thread. (store_tokens.c) */
+int cp__tokens_prune_locked(struct cp_store *s, int64_t now);
+
+/* True when t has no use left or is past its expiry at now. */
+bool cp__token_dead(const struct cp__token *t, int64_t now);
+
+/* Drops records expired for more than a day. Lock held. (store_issued.c) */
+void cp__issued_prune_locked(struct cp_store *s, int64_t now);
+
+/* Finds the live or dead token whose hash is `hash`, NULL if none. Lock held. */
+struct cp__token *cp__token_find_locked(struct cp_store *s, const char hash[CP__SHA256_HEX]);
+
+/* Checks the presented secret for spiffe_id at now: sets *hash to its SHA-256 and
+ * returns the token, or NULL with *reason set. Lock held. */
+struct cp__token *cp__token_check_locked(struct cp_store *s, const char *secret,
+                                         const char *spiffe_id, char hash[CP__SHA256_HEX],
+                                         int *reason);
+
+/* The {"sha256", "uses_left"} part of a record that uses token t once. New reference. */
+json_t *cp__token_use_json(const struct cp__token *t);
+
+/* The one serialiser of an issued record (store_issued.c), as issued.json holds it. */
+json_t *cp__issued_item_json(const struct cp__issued *e);
 
 /* True when the normalized serial is revoked. Lock held. (store_revocations.c) */
 bool cp__revoked_locked(struct cp_store *s, const char *norm);

@@ -1,9 +1,11 @@
-/* Issued-certificate records (see store.h): issued.json. Records do not bump the version
- * (sidecars do not receive them); long-expired ones are pruned on the next write. */
+/* Issued-certificate records (see store.h): issued.json plus "issue" records in the
+ * journal (store_journal.c). Records do not bump the version (sidecars do not receive
+ * them); long-expired ones are not listed and are pruned at load and compaction. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/errors.h"
 #include "store.h"
 #include "store_int.h"
 #include "core/spiffe.h"
@@ -12,10 +14,10 @@
 #define ISSUED_KEEP_S 86400 /* keep records this long after their not_after */
 
 /* The one serialiser of a record: {"serial", "spiffe_id", "not_after", "issued_at", "via"},
- * as issued.json holds it ("via" absent in records from before it was kept). */
-static json_t *issued_json(const void *item)
+ * as issued.json and an "issue" record hold it ("via" absent in records from before it
+ * was kept). */
+json_t *cp__issued_item_json(const struct cp__issued *e)
 {
-    const struct cp__issued *e = item;
     json_t *o =
         json_pack("{s:s,s:s,s:I,s:I}", "serial", e->serial, "spiffe_id", e->spiffe_id, "not_after",
                   (json_int_t)e->not_after, "issued_at", (json_int_t)e->issued_at);
@@ -27,6 +29,12 @@ static json_t *issued_json(const void *item)
     return o;
 }
 
+static json_t *issued_json(const void *item)
+{
+    return cp__issued_item_json(item);
+}
+
+/* Parses a record and appends it (a replayed duplicate goes at the next prune). */
 static int issued_from_json(struct cp_store *s, struct cp__lctx *c, json_t *o)
 {
     struct cp__issued e = {0};
@@ -70,16 +78,68 @@ void cp__issued_free(struct cp_store *s)
     free(s->issued.v);
 }
 
-/* Records an issued certificate (serial normalized) in issued.json, first pruning records expired
- * for over a day. Returns 0, -EINVAL for a bad serial, -ENOMEM or -errno (nothing recorded). Does
- * not bump the version. Takes the store lock. */
-int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spiffe_id,
-                        int64_t not_after, int64_t issued_at, const char *via)
+/* Applies an "issue" record's certificate; see store_int.h. */
+int cp__issued_apply(struct cp_store *s, struct cp__lctx *c, json_t *rec)
+{
+    json_t *o = json_object_get(rec, "issued");
+
+    if (!json_is_object(o))
+        return cp__bad_field(c, "issued", "an object");
+    return issued_from_json(s, c, o);
+}
+
+/* True when the record expired more than ISSUED_KEEP_S ago at now. */
+static bool issued_stale(const struct cp__issued *e, int64_t now)
+{
+    return e->not_after + ISSUED_KEEP_S < now;
+}
+
+static int by_serial_then_position(const void *a, const void *b)
+{
+    const struct cp__issued *x = *(const struct cp__issued *const *)a;
+    const struct cp__issued *y = *(const struct cp__issued *const *)b;
+    int c = strcmp(x->serial, y->serial);
+
+    return c != 0 ? c : (x > y) - (x < y);
+}
+
+/* Drops records expired for more than a day and later copies of a serial (a journal
+ * replayed over the file it was compacted into repeats records), keeping the order of
+ * the others: O(n log n). Without memory for the sort, only the stale ones go. */
+void cp__issued_prune_locked(struct cp_store *s, int64_t now)
+{
+    struct cp__issued **by = malloc((s->issued.n + 1) * sizeof(*by));
+    size_t w = 0;
+
+    for (size_t i = 0; by != NULL && i < s->issued.n; i++)
+        by[i] = &s->issued.v[i];
+    if (by != NULL) {
+        qsort(by, s->issued.n, sizeof(*by), by_serial_then_position);
+        for (size_t i = 1; i < s->issued.n; i++)
+            if (strcmp(by[i]->serial, by[i - 1]->serial) == 0)
+                by[i]->not_after = INT64_MIN / 2; /* a copy: drop below */
+        free(by);
+    }
+    for (size_t i = 0; i < s->issued.n; i++) {
+        if (issued_stale(&s->issued.v[i], now))
+            free(s->issued.v[i].spiffe_id);
+        else
+            s->issued.v[w++] = s->issued.v[i];
+    }
+    s->issued.n = w;
+}
+
+/* Records an issued certificate (serial normalized) and, with secret, uses that token once, in one
+ * journal record. Returns 0, TT_E_DENIED with *reason, -EINVAL for a bad serial, -ENOMEM or -errno
+ * (nothing recorded, no use counted). Does not bump the version. Takes the store lock. */
+static int issue(struct cp_store *s, const char *serial, const char *spiffe_id, int64_t not_after,
+                 int64_t issued_at, const char *via, const char *secret, enum cp_token_err *reason)
 {
     struct cp__issued e = {.not_after = not_after, .issued_at = issued_at};
-    int64_t now = tt_now_unix();
-    size_t w = 0;
-    int rc;
+    char hash[CP__SHA256_HEX];
+    struct cp__token *t = NULL;
+    json_t *rec;
+    int why = CP_TOKEN_OK, rc;
 
     if (tt_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0 || via == NULL ||
         strlen(via) >= sizeof(e.via))
@@ -89,24 +149,61 @@ int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spif
     if (e.spiffe_id == NULL)
         return -ENOMEM;
     pthread_mutex_lock(&s->mu);
-    /* Prune records long expired so the file does not grow without bound. */
-    for (size_t i = 0; i < s->issued.n; i++) {
-        if (s->issued.v[i].not_after + ISSUED_KEEP_S < now)
-            free(s->issued.v[i].spiffe_id);
-        else
-            s->issued.v[w++] = s->issued.v[i];
+    if (secret != NULL) {
+        /* Checked again under this lock hold: another Sign may have used it up since. */
+        t = cp__token_check_locked(s, secret, spiffe_id, hash, &why);
+        if (t == NULL) {
+            rc = TT_E_DENIED;
+            goto out;
+        }
     }
-    s->issued.n = w;
     rc = CP__VEC_GROW(s->issued);
-    if (rc == 0) {
-        s->issued.v[s->issued.n++] = e;
-        rc = cp__coll_save(s, &cp__issued_coll, s->issued.v, s->issued.n);
-        if (rc != 0)
-            s->issued.n--;
-    }
-    pthread_mutex_unlock(&s->mu);
     if (rc != 0)
-        free(e.spiffe_id);
+        goto out;
+    rec = json_pack("{s:s,s:o}", "op", "issue", "issued", cp__issued_item_json(&e));
+    if (rec != NULL && t != NULL && json_object_set_new(rec, "token", cp__token_use_json(t)) != 0) {
+        json_decref(rec);
+        rec = NULL;
+    }
+    rc = cp__journal_append_locked(s, rec);
+    if (rc != 0)
+        goto out;
+    s->issued.v[s->issued.n++] = e;
+    e.spiffe_id = NULL;
+    if (t != NULL)
+        t->uses_left--;
+    cp__journal_maybe_compact_locked(s);
+out:
+    pthread_mutex_unlock(&s->mu);
+    free(e.spiffe_id);
+    if (reason != NULL)
+        *reason = (enum cp_token_err)why;
+    return rc;
+}
+
+/* Records an issued certificate made `via` a CP_VIA_* path, journaled before returning. Returns 0,
+ * -EINVAL for a bad serial or via, -ENOMEM or -errno (nothing recorded). Takes the store lock. */
+int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spiffe_id,
+                        int64_t not_after, int64_t issued_at, const char *via)
+{
+    return issue(s, serial, spiffe_id, not_after, issued_at, via, NULL, NULL);
+}
+
+/* Records an issued certificate and one use of the token `secret` in one journal record; see
+ * store.h. Takes the store lock. */
+int cp_store_issued_add_token(struct cp_store *s, const char *serial, const char *spiffe_id,
+                              int64_t not_after, int64_t issued_at, const char *secret,
+                              enum cp_token_err *reason)
+{
+    enum cp_token_err why = CP_TOKEN_UNKNOWN;
+    int rc;
+
+    if (secret == NULL) {
+        *reason = CP_TOKEN_UNKNOWN;
+        return TT_E_DENIED;
+    }
+    rc = issue(s, serial, spiffe_id, not_after, issued_at, CP_VIA_TOKEN, secret, &why);
+    *reason = why;
     return rc;
 }
 
@@ -123,14 +220,28 @@ static json_t *issued_view(json_t *obj, const void *item, void *ud)
     return obj;
 }
 
-/* Returns a new JSON array of issued certificates, each marked revoked or not, NULL when out of
- * memory; the caller decrefs it. Takes the store lock. */
+/* Returns a new JSON array of issued certificates but those expired for more than a day, each
+ * marked revoked or not, NULL when out of memory; the caller decrefs it. Takes the store lock. */
 json_t *cp_store_issued_json(struct cp_store *s)
 {
-    json_t *arr;
+    int64_t now = tt_now_unix();
+    json_t *arr = json_array();
 
     pthread_mutex_lock(&s->mu);
-    arr = cp__coll_array(&cp__issued_coll, s->issued.v, s->issued.n, issued_view, s);
+    for (size_t i = 0; arr != NULL && i < s->issued.n; i++) {
+        const struct cp__issued *e = &s->issued.v[i];
+        json_t *o;
+
+        if (issued_stale(e, now))
+            continue;
+        o = issued_json(e);
+        if (o != NULL)
+            o = issued_view(o, e, s);
+        if (json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
     pthread_mutex_unlock(&s->mu);
     return arr;
 }

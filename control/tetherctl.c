@@ -34,7 +34,10 @@ static const char usage[] =
     "commands:\n"
     "  token create --spiffe-id ID [--ttl D] [--uses N]\n"
     "                          create a bootstrap token; prints the token alone\n"
-    "  token list              tokens (never their secrets)\n"
+    "                          (--ttl defaults to 24h; --ttl 0: it never expires)\n"
+    "  token list              live tokens (never their secrets)\n"
+    "  token delete ID         delete a token by the ID token list shows (or a\n"
+    "                          prefix of at least 4 digits that names one token)\n"
     "  policy set FILE         validate and install a policy document (- for stdin)\n"
     "  policy get              print the current policy document\n"
     "  bundle get              print the trust bundle (the roots, PEM)\n"
@@ -470,6 +473,29 @@ static int cmd_service_add(const struct ctl *c, const char *addr, const char *id
     return 0;
 }
 
+static int cmd_token_delete(const struct ctl *c, const char *id)
+{
+    static const char base[] = "/v1/tokens?id=";
+    struct cp_httpc_response r;
+    char path[256];
+
+    memcpy(path, base, sizeof(base));
+    if (tt_query_escape(id, path + sizeof(base) - 1, sizeof(path) - sizeof(base) + 1) != 0)
+        return usage_error("token delete %.80s: too long for a token id", id);
+    if (!call(c, "DELETE", path, NULL, NULL, 0, &r))
+        return EXIT_FAIL;
+    if (c->json) {
+        print_body(&r);
+    } else {
+        json_t *doc = json_loadb(r.body, r.body_len, 0, NULL);
+
+        printf("deleted token %s\n", sval(doc, "deleted"));
+        json_decref(doc);
+    }
+    cp_httpc_response_done(&r);
+    return 0;
+}
+
 static int cmd_service_remove(const struct ctl *c, const char *addr)
 {
     static const char base[] = "/v1/services?address=";
@@ -697,6 +723,9 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "token") == 0 && sub && strcmp(sub, "list") == 0) {
         if (nargs(n, 2, "token list", &rc))
             rc = list(&c, "/v1/tokens", "tokens", tokens_header, tokens_row);
+    } else if (strcmp(cmd, "token") == 0 && sub && strcmp(sub, "delete") == 0) {
+        if (nargs(n, 3, "token delete ID", &rc))
+            rc = cmd_token_delete(&c, rest[2]);
     } else if (strcmp(cmd, "policy") == 0 && sub && strcmp(sub, "set") == 0) {
         if (nargs(n, 3, "policy set FILE", &rc))
             rc = cmd_policy_set(&c, rest[2]);

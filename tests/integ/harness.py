@@ -1190,3 +1190,30 @@ class Checks:
         if self.failures:
             raise TestFailure("%d check(s) failed:\n  - %s" % (
                 len(self.failures), "\n  - ".join(self.failures)))
+
+
+def tt_sign(control, spiffe_id, token=None, cert=None, bad_csr=False, out=None, count=0,
+            bundle=None, timeout=30):
+    """Calls Identity.Sign with tests/tools/tt-sign ($TT_SIGN): with a token file, or with
+    cert=(crt, key) for a renewal; bad_csr sends a CSR whose signature does not verify;
+    out=PREFIX writes PREFIX.crt/.key. Returns the parsed JSON line ({"code", "details",
+    "serial"}, or with count the benchmark summary)."""
+    tool = os.environ.get("TT_SIGN", "")
+    check(tool and os.access(tool, os.X_OK), "TT_SIGN=%r is not an executable" % tool)
+    argv = [tool, "--control", control.addr, "--bundle", bundle or control.bundle(),
+            "--spiffe-id", spiffe_id]
+    if token:
+        argv += ["--token-file", token]
+    if cert:
+        argv += ["--cert", cert[0], "--key", cert[1]]
+    if bad_csr:
+        argv.append("--bad-csr")
+    if out:
+        argv += ["--out", out]
+    if count:
+        argv += ["--count", str(count)]
+    r = run(argv, timeout=timeout, check_rc=False)
+    lines = [ln for ln in r.stdout.decode(errors="replace").splitlines() if ln.startswith("{")]
+    check(r.returncode in (0, 1) and lines, "tt-sign failed (%d): %s" % (
+        r.returncode, r.stderr.decode(errors="replace")[-1000:]))
+    return json.loads(lines[-1])

@@ -101,10 +101,16 @@ static void test_api_tokens(void **state)
     assert_int_equal(cp_store_token_consume(h->store, secret, ID_B, &why), TT_E_DENIED);
     assert_int_equal(cp_store_token_consume(h->store, secret, ID_A, &why), 0);
 
-    /* Defaults: one use, no expiry. */
+    /* Defaults: one use, 24 hours. */
     doc = req(h, "POST", "/v1/tokens", "{\"spiffe_id\": \"" ID_B "\"}", &st, NULL);
     assert_int_equal(st, 201);
     assert_int_equal(json_integer_value(json_object_get(doc, "uses")), 1);
+    assert_true(json_integer_value(json_object_get(doc, "expires_unix")) >= tt_now_unix() + 86399);
+    assert_true(json_integer_value(json_object_get(doc, "expires_unix")) <= tt_now_unix() + 86401);
+    json_decref(doc);
+    /* "ttl": "0": no expiry. */
+    doc = req(h, "POST", "/v1/tokens", "{\"spiffe_id\": \"" ID_B "\", \"ttl\": \"0\"}", &st, NULL);
+    assert_int_equal(st, 201);
     assert_true(json_is_null(json_object_get(doc, "expires_unix")));
     json_decref(doc);
 
@@ -117,8 +123,93 @@ static void test_api_tokens(void **state)
         assert_null(strstr(raw.body, secret));
         cp_httpc_response_done(&raw);
     }
-    assert_int_equal(json_array_size(json_object_get(list, "tokens")), 2);
+    assert_int_equal(json_array_size(json_object_get(list, "tokens")), 3);
     json_decref(list);
+}
+
+/* DELETE /v1/tokens?id=: by the listed id or a prefix of it; the token is then refused. */
+static void test_api_token_delete(void **state)
+{
+    struct cp_apifix *h = *state;
+    enum cp_token_err why;
+    json_t *doc, *list;
+    char secret[128], id[16], path[64];
+    int st;
+
+    doc = req(h, "POST", "/v1/tokens", "{\"spiffe_id\": \"" ID_A "\", \"uses\": 5}", &st, NULL);
+    assert_int_equal(st, 201);
+    snprintf(secret, sizeof(secret), "%s", json_string_value(json_object_get(doc, "token")));
+    json_decref(doc);
+    list = req(h, "GET", "/v1/tokens", NULL, &st, NULL);
+    snprintf(id, sizeof(id), "%s",
+             json_string_value(
+                 json_object_get(json_array_get(json_object_get(list, "tokens"), 0), "id")));
+    json_decref(list);
+    assert_int_equal(strlen(id), 12);
+
+    doc = req(h, "DELETE", "/v1/tokens?id=zz", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "hex digits"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/tokens", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "id=ID required"));
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/tokens?id=0000000000000", NULL, &st, NULL);
+    assert_true(st == 404 || st == 409);
+    json_decref(doc);
+
+    /* The first 6 digits are enough (one token). */
+    snprintf(path, sizeof(path), "/v1/tokens?id=%.6s", id);
+    doc = req(h, "DELETE", path, NULL, &st, NULL);
+    assert_int_equal(st, 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "deleted")), id);
+    json_decref(doc);
+    assert_int_equal(cp_store_token_check(h->store, secret, ID_A, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_UNKNOWN);
+    doc = req(h, "DELETE", path, NULL, &st, NULL);
+    assert_int_equal(st, 404);
+    json_decref(doc);
+    list = req(h, "GET", "/v1/tokens", NULL, &st, NULL);
+    assert_int_equal(json_array_size(json_object_get(list, "tokens")), 0);
+    json_decref(list);
+}
+
+/* A body must be declared JSON: 415 with a JSON error otherwise; charset is fine. */
+static void test_api_content_type(void **state)
+{
+    static const char body[] = "{\"spiffe_id\": \"" ID_A "\"}";
+    static const struct {
+        const char *ctype;
+        int want;
+    } cases[] = {
+        {NULL, 415},
+        {"text/plain", 415},
+        {"application/x-www-form-urlencoded", 415},
+        {"application/jsonx", 415},
+        {"application/json", 201},
+        {"Application/JSON; charset=utf-8", 201},
+    };
+    struct cp_apifix *h = *state;
+    char err[256];
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct cp_httpc_response r;
+        json_t *doc;
+
+        if (cp_httpc_call(h->url, &h->creds, "POST", "/v1/tokens", cases[i].ctype, body,
+                          strlen(body), 5000, &r, err, sizeof(err)) != 0)
+            fail_msg("POST: %s", err);
+        if (r.status != cases[i].want)
+            fail_msg("Content-Type %s: %d, want %d", cases[i].ctype ? cases[i].ctype : "(none)",
+                     r.status, cases[i].want);
+        doc = json_loadb(r.body, r.body_len, 0, NULL);
+        assert_non_null(doc);
+        if (cases[i].want == 415)
+            assert_non_null(strstr(err_of(doc), "expected application/json"));
+        json_decref(doc);
+        cp_httpc_response_done(&r);
+    }
 }
 
 static void test_api_token_errors(void **state)
@@ -375,6 +466,8 @@ static void test_api_body_limit(void **state)
 {
     struct cp_apifix *h = *state;
     size_t n = CP_API_BODY_MAX + 10;
+
+    assert_int_equal(CP_API_BODY_MAX, 64 * 1024); /* the documented limit */
     char *big = malloc(n + 1);
     json_t *doc;
     int st;
@@ -384,6 +477,9 @@ static void test_api_body_limit(void **state)
     big[0] = '{';
     doc = req(h, "PUT", "/v1/policy", big, &st, NULL);
     assert_int_equal(st, 413);
+    /* JSON like every other error, saying the limit. */
+    assert_non_null(doc);
+    assert_non_null(strstr(err_of(doc), "at most 64 KiB"));
     json_decref(doc);
     /* Just under the limit is parsed (and refused as a policy, not as a size). */
     big[CP_API_BODY_MAX - 1] = '}';
@@ -609,6 +705,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_api_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_token_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_api_token_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_api_content_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_policy_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_revocations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_services, setup, teardown),

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -314,7 +316,9 @@ static void test_store_round_trip_keeps_every_field(void **state)
     assert_true(json_is_false(json_object_get(json_array_get(before[3], 1), "revoked")));
 
     /* The files hold the same items in their own format: the API's view of a token is the
-     * file's item with the hash replaced by its first 12 digits, plus "expired". */
+     * file's item with the hash replaced by its first 12 digits, plus "expired". Token
+     * and issue changes are in the journal until it is compacted into the files. */
+    assert_int_equal(cp_store_compact(s), 0);
     f = file_item(dir, "tokens.json", "tokens", 0, &doc);
     assert_keys(f, token_file_keys);
     o = json_array_get(before[0], 0);
@@ -370,6 +374,7 @@ static void test_store_round_trip_keeps_every_field(void **state)
     assert_int_equal(
         cp_store_service_add(s, "10.0.0.2:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
     assert_int_equal(cp_store_issued_add(s, "0E", ID_A, t0 + 60, t0, CP_VIA_TOKEN), 0);
+    assert_int_equal(cp_store_compact(s), 0);
     for (size_t i = 0; i < 4; i++) {
         json_t *now;
 
@@ -379,14 +384,14 @@ static void test_store_round_trip_keeps_every_field(void **state)
         for (size_t j = 0; j < json_array_size(saved[i]); j++) {
             json_t *want = json_array_get(saved[i], j);
 
-            if (i == 0 && j == 1) /* the token just consumed */
-                json_object_set_new(want, "uses_left", json_integer(0));
+            if (i == 0 && j == 1) /* the token just used up: pruned at compaction */
+                continue;
             if (!json_equal(want, json_array_get(now, j)))
                 fail_msg("%s[%zu] changed by load and save:\n%s\n%s", files[i].file, j,
                          json_dumps(want, JSON_COMPACT),
                          json_dumps(json_array_get(now, j), JSON_COMPACT));
         }
-        assert_int_equal(json_array_size(now), json_array_size(saved[i]) + (i == 0 ? 0 : 1));
+        assert_int_equal(json_array_size(now), json_array_size(saved[i]) + (i == 0 ? -1 : 1));
         json_decref(f);
         json_decref(saved[i]);
     }
@@ -456,7 +461,13 @@ static void test_store_token_single_use(void **state)
     assert_int_equal(strspn(secret, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                                     "0123456789-_"),
                      43);
-    /* Only the hash is stored. */
+    /* Only the hash is stored, in the journal and once compacted. */
+    file = read_file(dir, "journal.log");
+    assert_non_null(file);
+    assert_non_null(strstr(file, "token_create"));
+    assert_null(strstr(file, secret));
+    free(file);
+    assert_int_equal(cp_store_compact(s), 0);
     file = read_file(dir, "tokens.json");
     assert_non_null(file);
     assert_null(strstr(file, secret));
@@ -504,9 +515,13 @@ static void test_store_token_multi_use(void **state)
         assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
     assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), TT_E_DENIED);
     assert_int_equal(why, CP_TOKEN_USED_UP);
+    /* Used up: no longer listed (pruned), while another token is. */
+    assert_int_equal(cp_store_token_create(s, ID_B, 0, 1, secret, sizeof(secret), NULL), 0);
     list = cp_store_tokens_json(s);
     assert_int_equal(json_array_size(list), 1);
-    assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 0), "uses_left")), 0);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "spiffe_id")),
+                        ID_B);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 0), "uses_left")), 1);
     assert_int_equal(strlen(json_string_value(json_object_get(json_array_get(list, 0), "id"))), 12);
     assert_null(json_object_get(json_array_get(list, 0), "sha256"));
     json_decref(list);
@@ -776,6 +791,283 @@ static void test_store_issued_pruned(void **state)
     free(dir);
 }
 
+/* ---- the journal ---- */
+
+/* Tokens, uses and issues go to journal.log, one line each, and are replayed at open; a
+ * line cut short by a crash is dropped; compaction moves them into the files and
+ * replaying the old journal over those files again changes nothing. */
+static void test_store_journal_replay_and_compaction(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX], path[600], *j1;
+    enum cp_token_err why;
+    int64_t now = tt_now_unix();
+    json_t *a, *b;
+    FILE *f;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 3, secret, sizeof(secret), NULL), 0);
+    assert_int_equal(cp_store_issued_add_token(s, "0A", ID_A, now + 60, now, secret, &why), 0);
+    assert_int_equal(cp_store_issued_add(s, "0B", ID_A, now + 60, now, CP_VIA_TOKEN), 0);
+    cp_store_free(s);
+    j1 = read_file(dir, "journal.log");
+    assert_non_null(j1);
+    assert_null(read_file(dir, "tokens.json")); /* nothing rewritten per change */
+
+    /* A crash in the middle of a record: the partial line is dropped and cut off. */
+    snprintf(path, sizeof(path), "%s/journal.log", dir);
+    f = fopen(path, "a");
+    fputs("{\"op\": \"token_use\", \"sha2", f);
+    fclose(f);
+    s = open_ok(dir);
+    a = cp_store_tokens_json(s);
+    assert_int_equal(json_array_size(a), 1);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(a, 0), "uses_left")), 2);
+    b = cp_store_issued_json(s);
+    assert_int_equal(json_array_size(b), 2);
+    json_decref(b);
+    {
+        char *cut = read_file(dir, "journal.log");
+
+        assert_string_equal(cut, j1);
+        free(cut);
+    }
+    /* Compacted, then the old journal put back (a crash before it was emptied). */
+    assert_int_equal(cp_store_compact(s), 0);
+    {
+        char *empty = read_file(dir, "journal.log");
+
+        assert_string_equal(empty, "");
+        free(empty);
+    }
+    cp_store_free(s);
+    f = fopen(path, "w");
+    fputs(j1, f);
+    fclose(f);
+    s = open_ok(dir);
+    b = cp_store_tokens_json(s);
+    assert_true(json_equal(a, b));
+    json_decref(b);
+    b = cp_store_issued_json(s);
+    assert_int_equal(json_array_size(b), 2); /* not twice */
+    json_decref(b);
+    json_decref(a);
+    /* The token's last uses still count once each. */
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), 0);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), TT_E_DENIED);
+    cp_store_free(s);
+
+    /* A corrupt complete line is refused with the file and line, and left alone. */
+    f = fopen(path, "a");
+    fputs("{\"op\": \"token_use\", \"sha256\": 5}\n", f);
+    fclose(f);
+    {
+        char err[512] = "";
+
+        assert_null(cp_store_open(dir, err, sizeof(err)));
+        assert_non_null(strstr(err, "journal.log: line[6].sha256: expected a string"));
+    }
+    free(j1);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Sign checks the token, signs, then records the certificate and the use together: a
+ * check never uses it; a token used up between check and record refuses the record. */
+static void test_store_token_used_only_with_its_record(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX];
+    enum cp_token_err why;
+    int64_t now = tt_now_unix();
+    json_t *l;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 1, secret, sizeof(secret), NULL), 0);
+    for (int i = 0; i < 3; i++) /* e.g. refused CSRs: checked, never used */
+        assert_int_equal(cp_store_token_check(s, secret, ID_A, &why), 0);
+    assert_int_equal(cp_store_token_check(s, secret, ID_B, &why), TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_MISMATCH);
+    assert_int_equal(cp_store_issued_add_token(s, "01", ID_A, now + 60, now, secret, &why), 0);
+    /* A second Sign that checked before the first recorded: its record is refused. */
+    assert_int_equal(cp_store_issued_add_token(s, "02", ID_A, now + 60, now, secret, &why),
+                     TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_USED_UP);
+    assert_int_equal(cp_store_issued_add_token(s, "03", ID_A, now + 60, now, "nope", &why),
+                     TT_E_DENIED);
+    assert_int_equal(why, CP_TOKEN_UNKNOWN);
+    l = cp_store_issued_json(s);
+    assert_int_equal(json_array_size(l), 1);
+    json_decref(l);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A save that fails (here the file size limit, as a full disk would) changes nothing:
+ * not memory, not the files; the journal keeps no partial line. */
+static void test_store_failed_save_changes_nothing(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    char secret[CP_TOKEN_SECRET_MAX], other[CP_TOKEN_SECRET_MAX], path[600];
+    enum cp_token_err why;
+    int64_t now = tt_now_unix();
+    struct rlimit old, lim;
+    struct stat st;
+    json_t *t0, *i0, *t1, *i1;
+
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 5, secret, sizeof(secret), NULL), 0);
+    assert_int_equal(cp_store_issued_add(s, "0A", ID_A, now + 60, now, CP_VIA_TOKEN), 0);
+    t0 = cp_store_tokens_json(s);
+    i0 = cp_store_issued_json(s);
+    snprintf(path, sizeof(path), "%s/journal.log", dir);
+    assert_int_equal(stat(path, &st), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = (rlim_t)st.st_size + 10; /* no room for a whole record */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    assert_int_equal(cp_store_token_create(s, ID_A, 0, 1, other, sizeof(other), NULL), -EFBIG);
+    assert_int_equal(other[0], '\0');
+    assert_int_equal(cp_store_issued_add_token(s, "0B", ID_A, now + 60, now, secret, &why), -EFBIG);
+    assert_int_equal(cp_store_issued_add(s, "0C", ID_A, now + 60, now, CP_VIA_TOKEN), -EFBIG);
+    assert_int_equal(cp_store_token_consume(s, secret, ID_A, &why), -EFBIG);
+    setrlimit(RLIMIT_FSIZE, &old);
+    struct stat st2;
+    assert_int_equal(stat(path, &st2), 0);
+    assert_int_equal(st2.st_size, st.st_size);
+    t1 = cp_store_tokens_json(s);
+    i1 = cp_store_issued_json(s);
+    assert_true(json_equal(t0, t1));
+    assert_true(json_equal(i0, i1));
+    json_decref(t1);
+    json_decref(i1);
+    cp_store_free(s);
+    /* And after a restart. */
+    s = open_ok(dir);
+    t1 = cp_store_tokens_json(s);
+    i1 = cp_store_issued_json(s);
+    assert_true(json_equal(t0, t1));
+    assert_true(json_equal(i0, i1));
+    json_decref(t0);
+    json_decref(i0);
+    json_decref(t1);
+    json_decref(i1);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+#define HASH(p) p "00000000000000000000000000000000000000000000000000000000000"
+
+/* Delete by id prefix: an ambiguous prefix deletes nothing; dead tokens and the old
+ * tokens.json format (an upgrade) load; expired and used-up ones are pruned. */
+static void test_store_token_delete_and_prune(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s;
+    char id[16];
+    json_t *l;
+    char text[2048];
+
+    snprintf(text, sizeof(text),
+             "{\"tokens\": ["
+             "{\"sha256\": \"%s\", \"spiffe_id\": \"" ID_A "\", \"uses_left\": 2, "
+             "\"expires_unix\": null, \"created_unix\": 1},"
+             "{\"sha256\": \"%s\", \"spiffe_id\": \"" ID_A "\", \"uses_left\": 1, "
+             "\"expires_unix\": null, \"created_unix\": 1},"
+             "{\"sha256\": \"%s\", \"spiffe_id\": \"" ID_A "\", \"uses_left\": 0, "
+             "\"expires_unix\": null, \"created_unix\": 1},"
+             "{\"sha256\": \"%s\", \"spiffe_id\": \"" ID_A "\", \"uses_left\": 4, "
+             "\"expires_unix\": 5, \"created_unix\": 1}]}\n",
+             HASH("abcd1"), HASH("abcd2"), HASH("abcd3"), HASH("abcd4"));
+    write_file(dir, "tokens.json", text);
+    s = open_ok(dir);
+    l = cp_store_tokens_json(s);
+    assert_int_equal(json_array_size(l), 2); /* used up and expired: pruned */
+    json_decref(l);
+    assert_int_equal(cp_store_token_delete(s, "abc", id, sizeof(id)), -EINVAL);
+    assert_int_equal(cp_store_token_delete(s, "abcg", id, sizeof(id)), -EINVAL);
+    assert_int_equal(cp_store_token_delete(s, "ABCD", id, sizeof(id)), -EEXIST);
+    assert_int_equal(cp_store_token_delete(s, "abcd3", id, sizeof(id)), -ENOENT);
+    assert_int_equal(cp_store_token_delete(s, "ABCD2", id, sizeof(id)), 0);
+    assert_string_equal(id, "abcd20000000");
+    assert_int_equal(cp_store_token_delete(s, "abcd", id, sizeof(id)), 0);
+    assert_string_equal(id, "abcd10000000");
+    l = cp_store_tokens_json(s);
+    assert_int_equal(json_array_size(l), 0);
+    json_decref(l);
+    cp_store_free(s);
+    s = open_ok(dir);
+    l = cp_store_tokens_json(s);
+    assert_int_equal(json_array_size(l), 0); /* the deletions were saved */
+    json_decref(l);
+    assert_int_equal(cp_store_compact(s), 0);
+    cp_store_free(s);
+    {
+        char *file = read_file(dir, "tokens.json");
+
+        assert_null(strstr(file, "abcd"));
+        free(file);
+    }
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Files created together: every state a crash can leave is finished or discarded by
+ * recovery; a part both staged and in place is refused. */
+static void test_store_file_set_recovery(void **state)
+{
+    static const char *const names[] = {"ca.key", "ca.crt"};
+    const struct cp_file_part parts[] = {{"ca.key", "K", 1, 0600}, {"ca.crt", "C", 1, 0644}};
+    char *dir = make_tmpdir();
+    char err[512], path[600];
+    struct stat st;
+    char *t;
+
+    /* A whole creation. */
+    assert_int_equal(cp_atomic_create_set(dir, "ca", parts, 2, err, sizeof(err)), 0);
+    snprintf(path, sizeof(path), "%s/ca.key", dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    snprintf(path, sizeof(path), "%s/ca.new", dir);
+    assert_int_not_equal(stat(path, &st), 0);
+
+    /* Staged but not committed: discarded. */
+    rm_rf(dir);
+    mkdir(dir, 0700);
+    snprintf(path, sizeof(path), "%s/ca.new.tmp", dir);
+    mkdir(path, 0700);
+    write_file(path, "ca.key", "K");
+    assert_int_equal(cp_atomic_set_recover(dir, "ca", names, 2, err, sizeof(err)), 0);
+    assert_int_not_equal(stat(path, &st), 0);
+    assert_null(read_file(dir, "ca.key"));
+
+    /* Committed, one part moved: completed. */
+    snprintf(path, sizeof(path), "%s/ca.new", dir);
+    mkdir(path, 0700);
+    write_file(path, "ca.crt", "C");
+    write_file(dir, "ca.key", "K");
+    assert_int_equal(cp_atomic_set_recover(dir, "ca", names, 2, err, sizeof(err)), 0);
+    t = read_file(dir, "ca.crt");
+    assert_string_equal(t, "C");
+    free(t);
+    assert_int_not_equal(stat(path, &st), 0);
+
+    /* A part both staged and in place: not a crash's doing, refused, both kept. */
+    mkdir(path, 0700);
+    write_file(path, "ca.crt", "C2");
+    assert_int_equal(cp_atomic_set_recover(dir, "ca", names, 2, err, sizeof(err)), -EEXIST);
+    assert_non_null(strstr(err, "both exist"));
+    t = read_file(dir, "ca.crt");
+    assert_string_equal(t, "C");
+    free(t);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* Certificates for reserved identities that did not come through the admin-cert path are
  * revoked (records from before "via" was kept included); admin certificates, workload
  * certificates and expired ones are left alone. A revocation carries the certificate's
@@ -861,6 +1153,11 @@ int main(void)
         cmocka_unit_test(test_store_sidecars_and_counters),
         cmocka_unit_test(test_store_issued_pruned),
         cmocka_unit_test(test_store_revoke_reserved),
+        cmocka_unit_test(test_store_journal_replay_and_compaction),
+        cmocka_unit_test(test_store_token_used_only_with_its_record),
+        cmocka_unit_test(test_store_failed_save_changes_nothing),
+        cmocka_unit_test(test_store_token_delete_and_prune),
+        cmocka_unit_test(test_store_file_set_recovery),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

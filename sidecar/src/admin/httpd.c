@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <http_parser.h>
@@ -328,7 +329,15 @@ static void respond_text(struct httpd_client *c, int status, const char *text, b
     struct tt_httpd_response ans = {
         .status = status, .body = text, .body_len = strlen(text), .close = close};
 
+    if (c->httpd->opts.error_body != NULL) {
+        char msg[128];
+
+        snprintf(msg, sizeof(msg), "%.*s", (int)strcspn(text, "\n"), text);
+        c->httpd->opts.error_body(msg, &ans);
+    }
     respond(c, &ans, false);
+    if (ans.free_body)
+        free((void *)ans.body);
 }
 
 static const char *method_name(int m)

@@ -61,6 +61,11 @@ struct tt_httpd_opts {
     unsigned max_clients; /* connections at once; more are closed at accept [64] */
     uint64_t idle_ms;     /* no progress either way for this long closes a client [10 s] */
     const char *name;     /* names the server in debug logs ["httpd"] */
+    /* Optional: fills the answer to a request the server refuses by itself (400, 413,
+     * 414, 431) in the caller's format, e.g. JSON. resp arrives with status, close and
+     * the server's text body set; msg is that one-line reason without its newline. The
+     * hook may replace ctype and body (with free_body). NULL: the text answer. */
+    void (*error_body)(const char *msg, struct tt_httpd_response *resp);
     /* Called once, on the loop's thread, when a started server has been freed after
      * tt_httpd_close() (every handle closed, no callback pending): the route `ud` may
      * be released there. Optional. */
