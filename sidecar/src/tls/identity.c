@@ -45,6 +45,21 @@
 #define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
 #define CURVES        "X25519:P-256"
 
+/* Signature algorithms, both the ones we sign with and the ones we accept from a peer
+ * (DESIGN.md: no SHA-1). BoringSSL's default verify list still ends in RSA-PKCS1-SHA1 and
+ * lacks Ed25519: a TLS 1.2 client could sign its CertificateVerify with SHA-1, and an
+ * Ed25519 peer found nothing it could sign with in our CertificateRequest. The same list
+ * goes into the ClientHello, the CertificateRequest and our own signing choice, in order
+ * of preference. */
+static const uint16_t sigalgs[] = {
+    SSL_SIGN_ECDSA_SECP256R1_SHA256, SSL_SIGN_ED25519,
+    SSL_SIGN_RSA_PSS_RSAE_SHA256,    SSL_SIGN_RSA_PKCS1_SHA256,
+    SSL_SIGN_ECDSA_SECP384R1_SHA384, SSL_SIGN_RSA_PSS_RSAE_SHA384,
+    SSL_SIGN_RSA_PKCS1_SHA384,       SSL_SIGN_ECDSA_SECP521R1_SHA512,
+    SSL_SIGN_RSA_PSS_RSAE_SHA512,    SSL_SIGN_RSA_PKCS1_SHA512,
+};
+#define N_SIGALGS (sizeof(sigalgs) / sizeof(sigalgs[0]))
+
 struct tt_identity {
     int refs; /* atomic */
     SSL_CTX *server_ctx;
@@ -306,6 +321,8 @@ static SSL_CTX *build_ctx(CRYPTO_BUFFER *const *chain, size_t n, EVP_PKEY *key)
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
         !SSL_CTX_set_strict_cipher_list(ctx, TLS12_CIPHERS) ||
         !SSL_CTX_set1_curves_list(ctx, CURVES) ||
+        !SSL_CTX_set_verify_algorithm_prefs(ctx, sigalgs, N_SIGALGS) ||
+        !SSL_CTX_set_signing_algorithm_prefs(ctx, sigalgs, N_SIGALGS) ||
         (chain != NULL && !SSL_CTX_set_chain_and_key(ctx, chain, n, key, NULL)))
         goto err;
     /* Both sides present a certificate and require one from the peer (mTLS). */
