@@ -170,11 +170,13 @@ class CertFactory:
     def _p(self, name, ext):
         return os.path.join(self.dir, name + "." + ext)
 
-    def ca(self, name, parent=None, days=3650):
-        """A root CA, or an intermediate signed by parent."""
+    def ca(self, name, parent=None, days=3650, cn=None):
+        """A root CA, or an intermediate signed by parent. cn: the subject's CN (roots from
+        tt-certgen are all "Tether test CA" otherwise; openssl ones are named by name)."""
         crt, key = self._p(name, "crt"), self._p(name, "key")
         if parent is None and self.certgen:
-            r = run([self.certgen, "ca", "--out", os.path.join(self.dir, name)], check_rc=False)
+            r = run([self.certgen, "ca", "--out", os.path.join(self.dir, name)] +
+                    (["--cn", cn] if cn else []), check_rc=False)
             if r.returncode == 0 and os.path.exists(crt) and os.path.exists(key):
                 return Cert(name, crt, key)
             log("tt-certgen ca failed (%d), using openssl: %s" % (
@@ -185,7 +187,7 @@ class CertFactory:
         if parent is None:
             run(["openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
                  "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
-                 "-days", str(days), "-subj", "/O=tether-test/CN=" + name, "-sha256",
+                 "-days", str(days), "-subj", "/O=tether-test/CN=" + (cn or name), "-sha256",
                  "-addext", "basicConstraints=critical,CA:TRUE",
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
             return Cert(name, crt, key)
@@ -269,8 +271,10 @@ class CertFactory:
         # openssl ca reads the revoked serials from its database (index.txt).
         with open(os.path.join(work, "index.txt"), "w") as f:
             for s in serials:
+                hexs = norm_serial(s)
+                hexs = "0" * (len(hexs) % 2) + hexs  # openssl wants whole bytes
                 f.write("R\t%s\t%s\t%s\tunknown\t/CN=revoked-%s\n" % (
-                    _asn1_time(86400)[2:], _asn1_time(-7200)[2:], norm_serial(s), s))
+                    _asn1_time(86400)[2:], _asn1_time(-7200)[2:], hexs, hexs))
         cfg = os.path.join(work, "ca.cnf")
         with open(cfg, "w") as f:
             f.write("[ca]\ndefault_ca=tt\n[tt]\ndatabase=%s/index.txt\n"

@@ -369,6 +369,23 @@ static void identity_free(struct tt_identity *id)
     free(id);
 }
 
+/* A trust bundle holds certificates only. A CRL appended to it used to be skipped without
+ * a word (and the certificates it revoked got through), so a bundle with a CRL block is
+ * refused, pointing to where CRLs go. Returns 0, or TT_E_PEM with the message in err. */
+static int refuse_crl_blocks(const char *pem, size_t len, const char *name, char *err,
+                             size_t errlen)
+{
+    static const char crl_begin[] = "-----BEGIN X509 CRL-----";
+
+    if (memmem(pem, len, crl_begin, sizeof(crl_begin) - 1) == NULL)
+        return 0;
+    tt_errf(err, errlen,
+            "%s: the trust bundle holds a CRL (\"%s\"); a bundle holds root certificates only: "
+            "give CRLs with --crl FILE (identity.crls in the config file)",
+            name, crl_begin);
+    return TT_E_PEM;
+}
+
 /* parse_certs() with the message for a failure written into err, naming `name`. Returns
  * 0, -ENOMEM (no message), or TT_E_IDENTITY / TT_E_PEM with the message. */
 static int parse_certs_named(const char *pem, size_t len, const char *name, STACK_OF(X509) * *out,
@@ -416,6 +433,8 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
                 key_name);
         goto err;
     }
+    if (refuse_crl_blocks(bundle_pem, bundle_len, bundle_name, err, errlen) < 0)
+        goto err;
     r = parse_certs_named(bundle_pem, bundle_len, bundle_name, &bundle, err, errlen);
     if (r == -ENOMEM)
         goto err_nomem;
@@ -525,6 +544,8 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
     if (id == NULL)
         goto err_nomem;
     id->refs = 1;
+    if (refuse_crl_blocks(bundle_pem, bundle_len, source, err, errlen) < 0)
+        goto err;
     r = parse_certs_named(bundle_pem, bundle_len, source, &bundle, err, errlen);
     if (r == -ENOMEM)
         goto err_nomem;
@@ -708,6 +729,18 @@ int tt_pem_parse_certs(const char *pem, size_t len, STACK_OF(X509) * *out)
 int tt_pem_parse_key(const char *pem, size_t len, EVP_PKEY **out)
 {
     return parse_key(pem, len, out);
+}
+
+/* The serial format of tt_cert_info (identity_bssl.h). */
+void tt_serial_format(const ASN1_INTEGER *serial, char *out, size_t cap)
+{
+    format_serial(serial, out, cap);
+}
+
+/* The DN format of tt_cert_info (identity_bssl.h). */
+int tt_name_format(const X509_NAME *name, char *out, size_t cap)
+{
+    return format_name(name, out, cap);
 }
 
 /* Unix seconds of t: its distance from the epoch as an ASN1_TIME. 0 when t is NULL or the
