@@ -333,6 +333,7 @@ static int tls_pump(struct tt_conn *c)
         }
         if (r == TT_TLS_EOF) {
             /* close_notify: the peer's half-close; pass it on as a FIN. */
+            side_ended(c, c->tls_side, 0);
             c->tls_side->read_eof = true;
             plain->want_shutdown = true;
             stopped = 0;
