@@ -172,9 +172,11 @@ def test(env):
     hold = h.connect(lim_port, 5)
     time.sleep(0.2)
     n = len(lim.access_logs())
-    extra = h.connect(lim_port, 5)
+    try:
+        h.connect(lim_port, 5).close()
+    except OSError:
+        pass  # the reset may already answer the connect
     line = wait_line(lim, n, "limit line")
-    extra.close()
     hold.close()
     ok(line.get("error") == "connection limit",
        "refused by --max-connections: error %r" % line.get("error"))
