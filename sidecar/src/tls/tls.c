@@ -254,8 +254,10 @@ static int verify_peer(struct tt_tls *tls)
     int r, san;
 
     if (certs == NULL || sk_CRYPTO_BUFFER_num(certs) == 0) {
+        if (tls->role == TT_TLS_SERVER_OPTIONAL_CLIENT)
+            return 0;
         tt_errf(tls->detail, sizeof(tls->detail), "the peer sent no certificate");
-        return tls->role == TT_TLS_SERVER_OPTIONAL_CLIENT ? 0 : TT_E_NO_CERT;
+        return TT_E_NO_CERT;
     }
     r = verify_chain(tls, certs, &pc);
     leaf = pc.leaf;
