@@ -512,6 +512,54 @@ static void get_bundle(struct cp_api *api, const struct tt_httpd_request *rq,
     resp->body_len = strlen(resp->body);
 }
 
+/* GET /v1/crl: the revocations as a CRL signed by the CA (cp_ca_crl), PEM as text, or DER
+ * as application/pkix-crl (RFC 2585) with ?format=der. Open like the bundle: it is public. */
+static void get_crl(struct cp_api *api, const struct tt_httpd_request *rq,
+                    struct tt_httpd_response *resp)
+{
+    json_t *list = cp_store_revocations_json(api->store), *item;
+    struct cp_ca_revoked *revoked = NULL;
+    char format[8], err[256];
+    uint8_t *der = NULL;
+    char *pem = NULL;
+    size_t n = 0, i, der_len = 0;
+    int rc = tt_query_get(rq->query, "format", format, sizeof(format));
+    bool want_der = rc == 0 && strcmp(format, "der") == 0;
+
+    if (rc != -ENOENT && !want_der && !(rc == 0 && strcmp(format, "pem") == 0)) {
+        reply_error(resp, 400, "query: format: expected pem (the default) or der");
+        goto out;
+    }
+    if (api->ca == NULL) {
+        reply_error(resp, 503, "no CA loaded");
+        goto out;
+    }
+    if (list == NULL || (revoked = calloc(json_array_size(list) + 1, sizeof(*revoked))) == NULL) {
+        reply_error(resp, 500, "out of memory");
+        goto out;
+    }
+    json_array_foreach(list, i, item)
+    {
+        revoked[n].serial = json_string_value(json_object_get(item, "serial"));
+        revoked[n].revoked_unix = json_integer_value(json_object_get(item, "revoked_unix"));
+        if (revoked[n].serial != NULL)
+            n++;
+    }
+    if (cp_ca_crl(api->ca, revoked, n, want_der ? NULL : &pem, want_der ? &der : NULL, &der_len,
+                  err, sizeof(err)) != 0) {
+        reply_error(resp, 500, err);
+        goto out;
+    }
+    resp->status = 200;
+    resp->ctype = want_der ? "application/pkix-crl" : "text/plain; charset=utf-8";
+    resp->body = want_der ? (const char *)der : pem;
+    resp->body_len = want_der ? der_len : strlen(pem);
+    resp->free_body = true;
+out:
+    free(revoked);
+    json_decref(list);
+}
+
 static void get_sidecars(struct cp_api *api, const struct tt_httpd_request *rq,
                          struct tt_httpd_response *resp)
 {
@@ -624,6 +672,7 @@ static const struct route {
     {"/v1/services", HTTP_DELETE, delete_service},
     {"/v1/services", HTTP_GET, get_services},
     {"/v1/bundle", HTTP_GET, get_bundle},
+    {"/v1/crl", HTTP_GET, get_crl},
     {"/v1/sidecars", HTTP_GET, get_sidecars},
     {"/v1/admin-certs", HTTP_POST, post_admin_cert},
     {"/stats", HTTP_GET, get_stats},

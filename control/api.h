@@ -20,6 +20,9 @@
  *                                    or holds a malformed %-escape (query.h)
  *   GET  /v1/services                {"services": [...]}
  *   GET  /v1/bundle                  the roots, PEM, text/plain
+ *   GET  /v1/crl[?format=der]        the revocations as a CRL signed by the CA (valid 24 h,
+ *                                    CP_CA_CRL_VALIDITY_S), PEM text/plain, or DER
+ *                                    application/pkix-crl; open like the bundle
  *   GET  /v1/sidecars                {"sidecars": [...]}
  *   POST /v1/admin-certs             {"csr": base64 DER PKCS#10, "spiffe_id"?: an admin
  *                                    identity (default the first), "ttl"?} -> 201

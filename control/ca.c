@@ -772,3 +772,124 @@ uint64_t cp_ca_max_ttl_ms(const struct cp_ca *ca)
 {
     return ca->max_ttl_ms;
 }
+
+/* ---- CRL ---- */
+
+/* Adds revoked entry r to crl. Returns 0, or TT_E_CA_INTERNAL with err set. */
+static int crl_add_revoked(X509_CRL *crl, const struct cp_ca_revoked *r, char *err, size_t errlen)
+{
+    X509_REVOKED *rev = X509_REVOKED_new();
+    char norm[TT_SERIAL_MAX];
+    BIGNUM *bn = NULL;
+    ASN1_INTEGER *serial = NULL;
+    ASN1_TIME *when = NULL;
+    int rc = TT_E_CA_INTERNAL;
+
+    if (tt_serial_normalize(r->serial, norm, sizeof(norm)) != 0 || !BN_hex2bn(&bn, norm)) {
+        tt_errf(err, errlen, "revoked serial \"%.80s\" is not hexadecimal", r->serial);
+        goto out;
+    }
+    serial = BN_to_ASN1_INTEGER(bn, NULL);
+    when = ASN1_TIME_set(NULL, (time_t)r->revoked_unix);
+    if (rev == NULL || serial == NULL || when == NULL ||
+        !X509_REVOKED_set_serialNumber(rev, serial) ||
+        !X509_REVOKED_set_revocationDate(rev, when) || !X509_CRL_add0_revoked(crl, rev)) {
+        tt_errf(err, errlen, "out of memory");
+        goto out;
+    }
+    rev = NULL; /* the CRL's now */
+    rc = 0;
+out:
+    X509_REVOKED_free(rev);
+    ASN1_INTEGER_free(serial);
+    ASN1_TIME_free(when);
+    BN_free(bn);
+    return rc;
+}
+
+/* Adds the CRL number (RFC 5280 §5.2.3) and the authority key identifier (§5.2.1). */
+static bool crl_add_extensions(X509_CRL *crl, X509 *issuer, int64_t number)
+{
+    ASN1_INTEGER *n = ASN1_INTEGER_new();
+    X509V3_CTX v3;
+    X509_EXTENSION *akid;
+    bool ok = n != NULL && ASN1_INTEGER_set_uint64(n, (uint64_t)number) &&
+              X509_CRL_add1_ext_i2d(crl, NID_crl_number, n, 0, 0) == 1;
+
+    ASN1_INTEGER_free(n);
+    X509V3_set_ctx(&v3, issuer, NULL, NULL, crl, 0);
+    akid =
+        ok ? X509V3_EXT_nconf_nid(NULL, &v3, NID_authority_key_identifier, "keyid:always") : NULL;
+    ok = akid != NULL && X509_CRL_add_ext(crl, akid, -1);
+    X509_EXTENSION_free(akid);
+    return ok;
+}
+
+/* Signs a CRL of the revoked serials (see ca.h). */
+int cp_ca_crl(struct cp_ca *ca, const struct cp_ca_revoked *revoked, size_t n, char **pem,
+              uint8_t **der, size_t *der_len, char *err, size_t errlen)
+{
+    X509_CRL *crl = X509_CRL_new();
+    int64_t now = tt_now_unix();
+    ASN1_TIME *t = NULL;
+    BIO *bio = NULL;
+    uint8_t *out = NULL;
+    int len, rc = TT_E_CA_INTERNAL;
+
+    if (pem != NULL)
+        *pem = NULL;
+    if (der != NULL)
+        *der = NULL;
+    if (crl == NULL || !X509_CRL_set_version(crl, X509_CRL_VERSION_2) ||
+        !X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca->cert)) ||
+        (t = ASN1_TIME_set(NULL, (time_t)now)) == NULL || !X509_CRL_set1_lastUpdate(crl, t) ||
+        ASN1_TIME_set(t, (time_t)(now + CP_CA_CRL_VALIDITY_S)) == NULL ||
+        !X509_CRL_set1_nextUpdate(crl, t) || !crl_add_extensions(crl, ca->cert, now)) {
+        tt_errf(err, errlen, "cannot build the CRL");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (crl_add_revoked(crl, &revoked[i], err, errlen) != 0)
+            goto out;
+    }
+    if (!X509_CRL_sort(crl) ||
+        !X509_CRL_sign(crl, ca->key,
+                       EVP_PKEY_id(ca->key) == EVP_PKEY_ED25519 ? NULL : EVP_sha256())) {
+        tt_errf(err, errlen, "cannot sign the CRL");
+        goto out;
+    }
+    if (pem != NULL) {
+        const uint8_t *data;
+        size_t plen;
+
+        bio = BIO_new(BIO_s_mem());
+        if (bio == NULL || !PEM_write_bio_X509_CRL(bio, crl) ||
+            !BIO_mem_contents(bio, &data, &plen) || (*pem = malloc(plen + 1)) == NULL) {
+            tt_errf(err, errlen, "out of memory");
+            goto out;
+        }
+        memcpy(*pem, data, plen);
+        (*pem)[plen] = '\0';
+    }
+    if (der != NULL) {
+        len = i2d_X509_CRL(crl, &out);
+        if (len <= 0 || (*der = malloc((size_t)len)) == NULL) {
+            tt_errf(err, errlen, "out of memory");
+            goto out;
+        }
+        memcpy(*der, out, (size_t)len);
+        *der_len = (size_t)len;
+    }
+    rc = 0;
+out:
+    if (rc != 0 && pem != NULL) {
+        free(*pem);
+        *pem = NULL;
+    }
+    OPENSSL_free(out);
+    BIO_free(bio);
+    ASN1_TIME_free(t);
+    X509_CRL_free(crl);
+    ERR_clear_error();
+    return rc;
+}

@@ -84,6 +84,27 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
 int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *out, char *err,
                         size_t errlen);
 
+/* One revoked certificate for cp_ca_crl(): its serial (any form tt_serial_normalize
+ * accepts) and when it was revoked (unix seconds). */
+struct cp_ca_revoked {
+    const char *serial;
+    int64_t revoked_unix;
+};
+
+/* How long a CRL from cp_ca_crl() is valid: nextUpdate = thisUpdate + this. Whoever
+ * consumes it (nginx ssl_crl, HAProxy crl-file) must fetch a new one before then, or
+ * refuses every client of this CA ("CRL has expired"). */
+#define CP_CA_CRL_VALIDITY_S (24 * 3600)
+
+/* Signs a CRL (RFC 5280 §5, version 2) listing revoked[0..n), issued by the CA's signing
+ * certificate (the root, or the intermediate given with --ca-cert): thisUpdate now,
+ * nextUpdate now + CP_CA_CRL_VALIDITY_S, a CRL number (thisUpdate in unix seconds, so it
+ * grows) and the authority key identifier. *pem (NUL-terminated) and *der are malloc'ed,
+ * the caller frees them; either pointer may be NULL when that form is not wanted. Returns
+ * 0, or TT_E_CA_INTERNAL with a reason in err (a serial that does not parse included). */
+int cp_ca_crl(struct cp_ca *ca, const struct cp_ca_revoked *revoked, size_t n, char **pem,
+              uint8_t **der, size_t *der_len, char *err, size_t errlen);
+
 /* The serving identity for `trust_domain` written into buf. */
 void cp_ca_serving_id(const char *trust_domain, char *buf, size_t len);
 

@@ -41,6 +41,9 @@ static const char usage[] =
     "  policy set FILE         validate and install a policy document (- for stdin)\n"
     "  policy get              print the current policy document\n"
     "  bundle get              print the trust bundle (the roots, PEM)\n"
+    "  crl get                 print the revocations as a CRL signed by the CA (PEM; for\n"
+    "                          nginx ssl_crl, HAProxy crl-file; valid 24 h: fetch it again\n"
+    "                          well before)\n"
     "  revoke SERIAL           revoke a certificate (hex serial; case, colons ignored)\n"
     "  revocations             list revoked serials\n"
     "  identities              list issued certificates\n"
@@ -735,6 +738,9 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "bundle") == 0 && sub && strcmp(sub, "get") == 0) {
         if (nargs(n, 2, "bundle get", &rc))
             rc = cmd_get_raw(&c, "/v1/bundle");
+    } else if (strcmp(cmd, "crl") == 0 && sub && strcmp(sub, "get") == 0) {
+        if (nargs(n, 2, "crl get", &rc))
+            rc = cmd_get_raw(&c, "/v1/crl");
     } else if (strcmp(cmd, "revoke") == 0) {
         if (nargs(n, 2, "revoke SERIAL", &rc))
             rc = cmd_revoke(&c, rest[1]);

@@ -170,11 +170,13 @@ class CertFactory:
     def _p(self, name, ext):
         return os.path.join(self.dir, name + "." + ext)
 
-    def ca(self, name, parent=None, days=3650):
-        """A root CA, or an intermediate signed by parent."""
+    def ca(self, name, parent=None, days=3650, cn=None):
+        """A root CA, or an intermediate signed by parent. cn: the subject's CN (roots from
+        tt-certgen are all "Tether test CA" otherwise; openssl ones are named by name)."""
         crt, key = self._p(name, "crt"), self._p(name, "key")
         if parent is None and self.certgen:
-            r = run([self.certgen, "ca", "--out", os.path.join(self.dir, name)], check_rc=False)
+            r = run([self.certgen, "ca", "--out", os.path.join(self.dir, name)] +
+                    (["--cn", cn] if cn else []), check_rc=False)
             if r.returncode == 0 and os.path.exists(crt) and os.path.exists(key):
                 return Cert(name, crt, key)
             log("tt-certgen ca failed (%d), using openssl: %s" % (
@@ -185,7 +187,7 @@ class CertFactory:
         if parent is None:
             run(["openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
                  "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
-                 "-days", str(days), "-subj", "/O=tether-test/CN=" + name, "-sha256",
+                 "-days", str(days), "-subj", "/O=tether-test/CN=" + (cn or name), "-sha256",
                  "-addext", "basicConstraints=critical,CA:TRUE",
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
             return Cert(name, crt, key)
@@ -193,16 +195,26 @@ class CertFactory:
         # An intermediate's "chain" for leaves: the intermediate itself.
         return Cert(name, crt, key, ca=parent)
 
+    # Key types of leaves: tt-certgen's --key-type and the openssl req -newkey arguments.
+    KEY_TYPES = {
+        "p256": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "p384": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        "rsa2048": ["-newkey", "rsa:2048"],
+        "ed25519": ["-newkey", "ed25519"],
+    }
+
     def leaf(self, name, ca, ids, not_before=-3600, not_after=30 * 86400, uris=None,
-             dns=None):
+             dns=None, key_type="p256"):
         """A leaf signed by ca with URI SANs ids (list; [] for none). not_before/not_after
         are offsets in seconds from now. When ca is an intermediate, the .crt file holds
-        leaf + intermediate. uris: extra non-SPIFFE URI SANs."""
+        leaf + intermediate. uris: extra non-SPIFFE URI SANs. key_type: one of KEY_TYPES."""
         crt, key = self._p(name, "crt"), self._p(name, "key")
         ids = list(ids)
+        check(key_type in self.KEY_TYPES, "unknown key type %r" % key_type)
         simple = (self.certgen and ca.ca is None and 1 <= len(ids) and not uris and not dns)
         if simple:
-            cmd = [self.certgen, "leaf", "--ca", os.path.splitext(ca.crt)[0]]
+            cmd = [self.certgen, "leaf", "--ca", os.path.splitext(ca.crt)[0],
+                   "--key-type", key_type]
             for i in ids:
                 cmd += ["--spiffe-id", i]
             cmd += ["--not-before", str(not_before), "--not-after", str(not_after),
@@ -219,18 +231,19 @@ class CertFactory:
                "extendedKeyUsage=serverAuth,clientAuth\n")
         if sans:
             ext += "subjectAltName=" + ",".join(sans) + "\n"
-        self._sign(name, ca, ids, ext, not_before, not_after, is_ca=False)
+        self._sign(name, ca, ids, ext, not_before, not_after, is_ca=False,
+                   newkey=self.KEY_TYPES[key_type])
         if ca.ca is not None:  # intermediate: append it to the leaf
             with open(crt, "a") as out, open(ca.crt) as f:
                 out.write(f.read())
         return Cert(name, crt, key, ids, ca=ca, chain=crt)
 
-    def _sign(self, name, ca, ids, ext, not_before, not_after, is_ca):
+    def _sign(self, name, ca, ids, ext, not_before, not_after, is_ca, newkey=None):
         crt, key = self._p(name, "crt"), self._p(name, "key")
         work = tempfile.mkdtemp(prefix="ca-", dir=self.dir)
         csr = os.path.join(work, "req.csr")
-        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", key, "-out", csr, "-subj", "/O=tether-test/CN=" + name])
+        run(["openssl", "req", "-new"] + (newkey or self.KEY_TYPES["p256"]) +
+            ["-nodes", "-keyout", key, "-out", csr, "-subj", "/O=tether-test/CN=" + name])
         open(os.path.join(work, "index.txt"), "w").close()
         cfg = os.path.join(work, "ca.cnf")
         with open(cfg, "w") as f:
@@ -247,6 +260,35 @@ class CertFactory:
              ca.key, "-in", csr, "-out", crt, "-extensions", "ext", "-startdate",
              _asn1_time(not_before), "-enddate", _asn1_time(not_after)])
         shutil.rmtree(work, ignore_errors=True)
+
+
+    def crl(self, name, ca, serials=(), this_update=-3600, next_update=7 * 86400, der=False):
+        """A CRL signed by ca (a Cert with its key) listing serials (hex strings), made by
+        the openssl CLI; this_update/next_update are offsets in seconds from now. Writes
+        name.crl (PEM, or DER when der) and returns its path."""
+        out = self._p(name, "crl")
+        work = tempfile.mkdtemp(prefix="crl-", dir=self.dir)
+        # openssl ca reads the revoked serials from its database (index.txt).
+        with open(os.path.join(work, "index.txt"), "w") as f:
+            for s in serials:
+                hexs = norm_serial(s)
+                hexs = "0" * (len(hexs) % 2) + hexs  # openssl wants whole bytes
+                f.write("R\t%s\t%s\t%s\tunknown\t/CN=revoked-%s\n" % (
+                    _asn1_time(86400)[2:], _asn1_time(-7200)[2:], hexs, hexs))
+        cfg = os.path.join(work, "ca.cnf")
+        with open(cfg, "w") as f:
+            f.write("[ca]\ndefault_ca=tt\n[tt]\ndatabase=%s/index.txt\n"
+                    "default_md=sha256\ncrlnumber=%s/crlnumber\n" % (work, work))
+        with open(os.path.join(work, "crlnumber"), "w") as f:
+            f.write("01\n")
+        pem = os.path.join(work, "crl.pem")
+        run(["openssl", "ca", "-gencrl", "-batch", "-config", cfg, "-cert", ca.crt,
+             "-keyfile", ca.key, "-out", pem,
+             "-crl_lastupdate", _asn1_time(this_update),
+             "-crl_nextupdate", _asn1_time(next_update)])
+        run(["openssl", "crl", "-in", pem, "-out", out] + (["-outform", "DER"] if der else []))
+        shutil.rmtree(work, ignore_errors=True)
+        return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,6 +42,43 @@ err:
     return NULL;
 }
 
+/* A new private key of `type` ("p256" when NULL, "p384", "rsa2048", "ed25519"), or NULL
+ * for an unknown type or a failure. */
+static EVP_PKEY *key_new(const char *type)
+{
+    EVP_PKEY *key = NULL;
+
+    if (type == NULL || strcmp(type, "p256") == 0)
+        return p256_key_new();
+    if (strcmp(type, "p384") == 0) {
+        EC_KEY *ec = EC_KEY_new_by_curve_name(NID_secp384r1);
+        key = EVP_PKEY_new();
+        if (ec == NULL || key == NULL || !EC_KEY_generate_key(ec) ||
+            !EVP_PKEY_assign_EC_KEY(key, ec)) {
+            EC_KEY_free(ec);
+            EVP_PKEY_free(key);
+            return NULL;
+        }
+        return key;
+    }
+    if (strcmp(type, "rsa2048") == 0 || strcmp(type, "ed25519") == 0) {
+        int id = type[0] == 'r' ? EVP_PKEY_RSA : EVP_PKEY_ED25519;
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_id(id, NULL);
+        if (ctx != NULL && EVP_PKEY_keygen_init(ctx) == 1 &&
+            (id != EVP_PKEY_RSA || EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, 2048) == 1))
+            EVP_PKEY_keygen(ctx, &key);
+        EVP_PKEY_CTX_free(ctx);
+        return key;
+    }
+    return NULL;
+}
+
+/* The digest to sign with `key`: none for Ed25519 (it hashes by itself), else SHA-256. */
+static const EVP_MD *sign_md(EVP_PKEY *key)
+{
+    return EVP_PKEY_id(key) == EVP_PKEY_ED25519 ? NULL : EVP_sha256();
+}
+
 static int set_serial(X509 *x, uint64_t serial)
 {
     uint8_t bytes[16];
@@ -157,7 +194,7 @@ struct tt_certgen_cert *tt_certgen_new(const struct tt_certgen_opts *opts,
         nb = -300;
         na = 3600;
     }
-    c->key = p256_key_new();
+    c->key = key_new(opts->key_type);
     c->x509 = X509_new();
     if (c->key == NULL || c->x509 == NULL)
         goto err;
@@ -192,7 +229,7 @@ struct tt_certgen_cert *tt_certgen_new(const struct tt_certgen_opts *opts,
     }
     if (!add_uri_sans(x, opts->uris, TT_CERTGEN_MAX_URIS))
         goto err;
-    if (!X509_sign(x, signer_key, EVP_sha256()))
+    if (!X509_sign(x, signer_key, sign_md(signer_key)))
         goto err;
     c->is_root = issuer == NULL;
     if (!fill_pem(c, issuer))
@@ -201,6 +238,77 @@ struct tt_certgen_cert *tt_certgen_new(const struct tt_certgen_opts *opts,
 err:
     tt_certgen_free(c);
     return NULL;
+}
+
+/* Adds one revoked entry for the hexadecimal serial `hex`, revoked an hour ago. Returns 1,
+ * or 0 when `hex` is no hexadecimal number or on failure. */
+static int crl_add_serial(X509_CRL *crl, const char *hex)
+{
+    X509_REVOKED *rev = X509_REVOKED_new();
+    BIGNUM *bn = NULL;
+    ASN1_INTEGER *ai = NULL;
+    ASN1_TIME *when = NULL;
+    int ok = 0;
+
+    if (rev == NULL || hex[0] == '\0' || hex[strspn(hex, "0123456789abcdefABCDEF")] != '\0' ||
+        !BN_hex2bn(&bn, hex))
+        goto out;
+    ai = BN_to_ASN1_INTEGER(bn, NULL);
+    when = X509_gmtime_adj(NULL, -3600);
+    if (ai == NULL || when == NULL || !X509_REVOKED_set_serialNumber(rev, ai) ||
+        !X509_REVOKED_set_revocationDate(rev, when) || !X509_CRL_add0_revoked(crl, rev))
+        goto out;
+    rev = NULL; /* owned by the CRL */
+    ok = 1;
+out:
+    X509_REVOKED_free(rev);
+    ASN1_INTEGER_free(ai);
+    ASN1_TIME_free(when);
+    BN_free(bn);
+    return ok;
+}
+
+/* A CRL of `issuer` listing the serials (see certgen.h). */
+char *tt_certgen_crl(const struct tt_certgen_cert *issuer, const char *const *serials, size_t n,
+                     int64_t this_update, int64_t next_update)
+{
+    X509_CRL *crl = X509_CRL_new();
+    ASN1_TIME *t = NULL;
+    BIO *bio = NULL;
+    char *pem = NULL;
+    const uint8_t *data;
+    size_t len;
+
+    if (crl == NULL || !X509_CRL_set_version(crl, X509_CRL_VERSION_2) ||
+        !X509_CRL_set_issuer_name(crl, X509_get_subject_name(issuer->x509)))
+        goto out;
+    t = X509_gmtime_adj(NULL, (long)this_update);
+    if (t == NULL || !X509_CRL_set1_lastUpdate(crl, t))
+        goto out;
+    if (next_update != 0 &&
+        (X509_gmtime_adj(t, (long)next_update) == NULL || !X509_CRL_set1_nextUpdate(crl, t)))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (!crl_add_serial(crl, serials[i]))
+            goto out;
+    }
+    X509_CRL_sort(crl);
+    if (!X509_CRL_sign(crl, issuer->key, sign_md(issuer->key)))
+        goto out;
+    bio = BIO_new(BIO_s_mem());
+    if (bio == NULL || !PEM_write_bio_X509_CRL(bio, crl) || !BIO_mem_contents(bio, &data, &len))
+        goto out;
+    pem = malloc(len + 1);
+    if (pem != NULL) {
+        memcpy(pem, data, len);
+        pem[len] = '\0';
+    }
+out:
+    BIO_free(bio);
+    ASN1_TIME_free(t);
+    X509_CRL_free(crl);
+    ERR_clear_error();
+    return pem;
 }
 
 /* A CA valid for ten years from an hour ago. */

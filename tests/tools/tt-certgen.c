@@ -3,6 +3,7 @@
  *   tt-certgen ca --out DIR/name [--ca DIR/parent] [--cn CN]
  *   tt-certgen leaf --ca DIR/ca --out DIR/name [--spiffe-id ID [--spiffe-id ID2]]
  *                   [--cn CN] [--not-before SECS] [--not-after SECS] [--serial HEX]
+ *                   [--key-type p256|p384|rsa2048|ed25519]
  *
  * Each writes name.crt (the certificate, followed by its intermediates) and name.key
  * (PKCS#8, mode 0600). Times are seconds relative to now (negative: in the past). */
@@ -21,6 +22,7 @@ static void usage(void)
             "                     [--not-after S]\n"
             "       tt-certgen leaf --ca PREFIX --out PREFIX [--spiffe-id ID]... [--cn CN]\n"
             "                     [--not-before S] [--not-after S] [--serial HEX]\n"
+            "                     [--key-type p256|p384|rsa2048|ed25519]\n"
             "writes PREFIX.crt and PREFIX.key; times are seconds relative to now\n");
 }
 
@@ -84,6 +86,11 @@ int main(int argc, char **argv)
             if (parse_i64(v, &o.not_after) < 0)
                 goto bad_value;
             have_na = 1;
+        } else if (strcmp(a, "--key-type") == 0) {
+            if (strcmp(v, "p256") != 0 && strcmp(v, "p384") != 0 && strcmp(v, "rsa2048") != 0 &&
+                strcmp(v, "ed25519") != 0)
+                goto bad_value;
+            o.key_type = v;
         } else if (strcmp(a, "--serial") == 0) {
             char *end;
             errno = 0;

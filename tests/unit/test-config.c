@@ -152,6 +152,38 @@ static void test_config_control(void **state)
     assert_false(cfg.has_control);
 }
 
+/* --crl is repeatable and adds to identity.crls (resolved against the file's directory);
+ * a bad value or --crl with --control is refused with a message naming it. */
+static void test_config_crls(void **state)
+{
+    struct tt_config cfg;
+    char err[512], want[256];
+    char *path = write_tmp("crls.json", "{\"identity\": {\"crls\": [\"a.crl\", \"/abs/b.crl\"]}}");
+
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", path, IDENTITY, "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", "--crl", "c.crl", NULL),
+                     0);
+    assert_int_equal(cfg.n_crls, 3);
+    snprintf(want, sizeof(want), "%s/a.crl", tmpdir);
+    assert_string_equal(cfg.crl_paths[0], want);
+    assert_string_equal(cfg.crl_paths[1], "/abs/b.crl");
+    assert_string_equal(cfg.crl_paths[2], "c.crl");
+    tt_config_done(&cfg);
+    free(path);
+
+    path = write_tmp("crls-bad.json", "{\"identity\": {\"crls\": \"a.crl\"}}");
+    assert_parse_error("identity.crls: expected an array of file names", "--config", path);
+    free(path);
+    path = write_tmp("crls-bad2.json", "{\"identity\": {\"crls\": [\"\"]}}");
+    assert_parse_error("identity.crls[0]: expected a file name", "--config", path);
+    free(path);
+    assert_parse_error("--crl \"\": expected a file name", IDENTITY, "--inbound",
+                       "127.0.0.1:1=127.0.0.1:2", "--crl", "");
+    assert_parse_error("--crl x.crl: not with --control", "--control", "127.0.0.1:15012",
+                       "--control-bundle", "cp.pem", "--join-token", "t", "--spiffe-id", ID_API,
+                       "--inbound", "127.0.0.1:1=127.0.0.1:2", "--crl", "x.crl");
+}
+
 static void test_config_control_file(void **state)
 {
     struct tt_config cfg;
@@ -746,6 +778,7 @@ int main(void)
         cmocka_unit_test(test_config_flags_all),
         cmocka_unit_test(test_config_control),
         cmocka_unit_test(test_config_control_file),
+        cmocka_unit_test(test_config_crls),
         cmocka_unit_test(test_config_parse_listener),
         cmocka_unit_test_setup_teardown(test_config_file, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_config_flags_override_file, setup_dir, teardown_dir),

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "tls/crl.h"
 #include "tls/identity.h"
 #include "policy/policy.h"
 #include "control/cpclient.h"
@@ -50,6 +51,18 @@ __attribute__((weak)) const struct tt_cert_info *tt_identity_root(const struct t
                                                                   size_t i)
 {
     return i < id->n_roots ? &id->roots[i] : NULL;
+}
+
+/* No CRLs in these views: fakes keep the CRL module (and through it the real identity
+ * module, whose functions would replace the fakes above) out of the link. */
+__attribute__((weak)) size_t tt_crls_count(const struct tt_crls *crls)
+{
+    return 0;
+}
+
+__attribute__((weak)) const struct tt_crl_info *tt_crls_info(const struct tt_crls *crls, size_t i)
+{
+    return NULL;
 }
 
 __attribute__((weak)) const char *tt_policy_version(const struct tt_policy *p)

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "control/cpclient.h"
+#include "tls/crl.h"
 #include "tls/identity.h"
 #include "policy/policy.h"
 #include "admin/stats.h"
@@ -301,6 +302,29 @@ static const struct tt_listener_counters *counters_at(const struct tt_metrics_su
     return i < sum->n_listeners ? &sum->listeners[i] : &zero;
 }
 
+/* Adds "crls" (what each CRL is) and "warnings" (the CRLs past their nextUpdate) to doc. */
+static void add_crls(json_t *doc, const struct tt_crls *crls, int64_t now)
+{
+    json_t *list = json_array(), *warnings = json_array();
+
+    for (size_t i = 0; list != NULL && warnings != NULL && i < tt_crls_count(crls); i++) {
+        const struct tt_crl_info *ci = tt_crls_info(crls, i);
+        bool expired = ci->next_update != 0 && ci->next_update < now;
+
+        append(list, json_pack("{s:o,s:o,s:I,s:o,s:I,s:b}", "source", jstr(ci->source), "issuer",
+                               jstr(ci->issuer), "this_update", (json_int_t)ci->this_update,
+                               "next_update",
+                               ci->next_update != 0 ? jint((uint64_t)ci->next_update) : json_null(),
+                               "revoked", (json_int_t)ci->revoked, "expired", (int)expired));
+        if (expired)
+            append(warnings, json_sprintf("CRL %s of %s is past its nextUpdate (%" PRId64
+                                          "s ago): its serials stay refused; replace it",
+                                          ci->source, ci->issuer, now - ci->next_update));
+    }
+    json_object_set_new(doc, "crls", list != NULL ? list : json_null());
+    json_object_set_new(doc, "warnings", warnings != NULL ? warnings : json_null());
+}
+
 /* Builds the /stats document described in stats.h; NULL when out of memory. */
 json_t *tt_stats_json(const struct tt_stats_view *view)
 {
@@ -377,6 +401,8 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
                   identity_json(view, now), "listeners", listeners, "handshake_failures",
                   reasons_json(reasons), "policy", policy_json(view->policy, &sum, allowed, denied),
                   "peers", peers, "recent_handshake_failures", failures);
+    if (doc != NULL)
+        add_crls(doc, view->crls, now);
     tt_metrics_sum_done(&sum);
     return doc;
 

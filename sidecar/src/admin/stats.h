@@ -13,6 +13,7 @@
 #include "metrics/metrics.h"
 
 struct tt_identity;
+struct tt_crls;
 struct tt_cp_status;
 struct tt_policy;
 
@@ -37,6 +38,7 @@ struct tt_stats_view {
     uint64_t buffer_slabs_allocated;    /* core/buf.h: tt_buf_pool_stats */
     uint64_t buffer_oversize_allocations;
     const struct tt_cp_status *control; /* control mode: the client's status, else NULL */
+    const struct tt_crls *crls;         /* the snapshot's CRLs (--crl), NULL for none */
 };
 
 /* Builds the /stats document: {"server":{..., max_connections, open_files_limit},
@@ -49,8 +51,9 @@ struct tt_stats_view {
  * "handshake_failures":{reason: total}, "policy":{version, default, allowed, denied,
  * rules:[{name, action, mode, hits, audit_would_deny}]}, "peers":[{spiffe_id,
  * connections, denied, bytes_in, bytes_out}], "recent_handshake_failures":[{time,
- * listener, peer_addr, spiffe_id, serial, issuer, reason}]}. Returns a new reference or
- * NULL when out of memory. */
+ * listener, peer_addr, spiffe_id, serial, issuer, reason}], "crls":[{source, issuer,
+ * this_update, next_update, revoked, expired}], "warnings":["..."]} (warnings: one line
+ * per CRL past its nextUpdate). Returns a new reference or NULL when out of memory. */
 json_t *tt_stats_json(const struct tt_stats_view *view);
 
 /* Renders the same figures in Prometheus text exposition format (metric names prefixed

@@ -42,6 +42,7 @@ enum {
     OPT_CONTROL_BUNDLE,
     OPT_JOIN_TOKEN,
     OPT_SPIFFE_ID,
+    OPT_CRL, /* repeatable: not among the single-valued flags */
 };
 
 static const struct option long_options[] = {
@@ -64,6 +65,7 @@ static const struct option long_options[] = {
     {"control-bundle", required_argument, NULL, OPT_CONTROL_BUNDLE},
     {"join-token", required_argument, NULL, OPT_JOIN_TOKEN},
     {"spiffe-id", required_argument, NULL, OPT_SPIFFE_ID},
+    {"crl", required_argument, NULL, OPT_CRL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -79,6 +81,8 @@ struct flags {
         const char *value;
     } * listeners;
     size_t n_listeners;
+    const char **crls; /* --crl values, point into argv */
+    size_t n_crls;
     int help;
 };
 
@@ -376,6 +380,58 @@ static int get_path(struct file_ctx *f, const json_t *obj, const char *key, cons
     return 0;
 }
 
+/* Appends a copy of `path` to cfg's CRL files. Returns 0 or -ENOMEM. */
+static int add_crl(struct tt_config *cfg, const char *path)
+{
+    char **n = realloc(cfg->crl_paths, (cfg->n_crls + 1) * sizeof(*n));
+
+    if (n == NULL)
+        return -ENOMEM;
+    cfg->crl_paths = n;
+    if ((n[cfg->n_crls] = strdup(path)) == NULL)
+        return -ENOMEM;
+    cfg->n_crls++;
+    return 0;
+}
+
+/* Reads identity.crls, an array of file names (resolved against the file's directory), into
+ * cfg's CRL files when present. */
+static int get_crls(struct file_ctx *f, const json_t *identity, struct tt_config *cfg)
+{
+    json_t *arr = json_object_get(identity, "crls"), *v;
+    size_t i;
+    char shown[96];
+
+    if (arr == NULL)
+        return 0;
+    if (!json_is_array(arr)) {
+        json_show(arr, shown, sizeof(shown));
+        return errf(f->err, f->errlen, "%s: identity.crls: expected an array of file names, got %s",
+                    f->path, shown);
+    }
+    json_array_foreach(arr, i, v)
+    {
+        char *resolved = NULL;
+        const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+
+        if (s == NULL || s[0] == '\0' || strlen(s) != json_string_length(v)) {
+            json_show(v, shown, sizeof(shown));
+            return errf(f->err, f->errlen, "%s: identity.crls[%zu]: expected a file name, got %s",
+                        f->path, i, shown);
+        }
+        if (s[0] == '/' || f->dir == NULL)
+            resolved = strdup(s);
+        else if (asprintf(&resolved, "%s/%s", f->dir, s) < 0)
+            resolved = NULL;
+        if (resolved == NULL || add_crl(cfg, resolved) < 0) {
+            free(resolved);
+            return errf(f->err, f->errlen, "out of memory");
+        }
+        free(resolved);
+    }
+    return 0;
+}
+
 /* Reads an integer in [min, max] at obj[key] into *out when present. */
 static int get_uint(struct file_ctx *f, const json_t *obj, const char *key, unsigned long min,
                     unsigned long max, unsigned *out)
@@ -512,7 +568,7 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "outbound",  "control",         NULL};
     static const char *const control_keys[] = {"address", "bundle", "join_token", "spiffe_id",
                                                NULL};
-    static const char *const id_keys[] = {"cert", "key", "trust_bundle", NULL};
+    static const char *const id_keys[] = {"cert", "key", "trust_bundle", "crls", NULL};
     static const char *const timeout_keys[] = {"handshake", "connect", "idle", "drain", NULL};
     struct file_ctx f = {.path = path, .err = err, .errlen = errlen};
     const char *slash, *s;
@@ -558,7 +614,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
         if ((rc = check_keys(&f, obj, "identity", id_keys)) != 0 ||
             (rc = get_path(&f, obj, "cert", "identity", &cfg->cert_path)) != 0 ||
             (rc = get_path(&f, obj, "key", "identity", &cfg->key_path)) != 0 ||
-            (rc = get_path(&f, obj, "trust_bundle", "identity", &cfg->bundle_path)) != 0)
+            (rc = get_path(&f, obj, "trust_bundle", "identity", &cfg->bundle_path)) != 0 ||
+            (rc = get_crls(&f, obj, cfg)) != 0)
             goto out;
     }
     if ((rc = get_path(&f, root, "policy", "", &cfg->policy_path)) != 0)
@@ -651,6 +708,13 @@ static int scan_args(int argc, char **argv, struct flags *fl, char *err, size_t 
             fl->listeners[fl->n_listeners].kind =
                 c == OPT_INBOUND ? TT_LISTENER_INBOUND : TT_LISTENER_OUTBOUND;
             fl->listeners[fl->n_listeners++].value = optarg;
+        } else if (c == OPT_CRL) {
+            const char **n = realloc(fl->crls, (fl->n_crls + 1) * sizeof(*fl->crls));
+
+            if (n == NULL)
+                return errf(err, errlen, "out of memory");
+            fl->crls = n;
+            fl->crls[fl->n_crls++] = optarg;
         } else if (c >= OPT_CONFIG && c <= OPT_SPIFFE_ID) {
             fl->single[c - OPT_CONFIG] = optarg;
         } else if (rc != 0) {
@@ -758,6 +822,12 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
         (rc = apply_duration(fl, OPT_IDLE_TIMEOUT, 0, &cfg->idle_timeout_ms, err, errlen)) != 0 ||
         (rc = apply_duration(fl, OPT_DRAIN_TIMEOUT, 1, &cfg->drain_timeout_ms, err, errlen)) != 0)
         return rc;
+    for (size_t i = 0; i < fl->n_crls; i++) {
+        if (fl->crls[i][0] == '\0')
+            return errf(err, errlen, "--crl \"\": expected a file name");
+        if (add_crl(cfg, fl->crls[i]) < 0)
+            return errf(err, errlen, "out of memory");
+    }
     for (size_t i = 0; i < fl->n_listeners; i++) {
         struct tt_listener_cfg l;
 
@@ -811,6 +881,11 @@ static int check_config(struct tt_config *cfg, char *err, size_t errlen)
             return errf(err, errlen, "--control needs --spiffe-id ID (the identity to ask for)");
         if (cfg->join_token_path == NULL)
             return errf(err, errlen, "--control needs --join-token FILE (the bootstrap token)");
+        if (cfg->n_crls > 0)
+            return errf(err, errlen,
+                        "--crl %s: not with --control: the control plane pushes its "
+                        "revocations (CRLs are for --trust-bundle mode)",
+                        cfg->crl_paths[0]);
     } else if (cfg->control_bundle_path != NULL || cfg->join_token_path != NULL ||
                cfg->spiffe_id != NULL) {
         return errf(err, errlen,
@@ -901,6 +976,7 @@ int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err
     rc = check_config(cfg, err, errlen);
 out:
     free(fl.listeners);
+    free(fl.crls);
     return rc;
 }
 
@@ -911,6 +987,9 @@ void tt_config_done(struct tt_config *cfg)
     free(cfg->cert_path);
     free(cfg->key_path);
     free(cfg->bundle_path);
+    for (size_t i = 0; i < cfg->n_crls; i++)
+        free(cfg->crl_paths[i]);
+    free(cfg->crl_paths);
     free(cfg->policy_path);
     free(cfg->control_bundle_path);
     free(cfg->join_token_path);
@@ -929,7 +1008,8 @@ void tt_config_usage(FILE *out)
         "\n"
         "Tether's sidecar: terminates and originates mutual TLS for one workload, letting in\n"
         "only callers whose SPIFFE ID the policy allows. Flags override --config values\n"
-        "wherever they appear on the line; --inbound and --outbound add to the file's lists.\n"
+        "wherever they appear on the line; --inbound, --outbound and --crl add to the file's "
+        "lists.\n"
         "\n"
         "Configuration file:\n"
         "  --config FILE               JSON file with any of the settings below; relative\n"
@@ -940,6 +1020,10 @@ void tt_config_usage(FILE *out)
         "SAN\n"
         "  --identity-key FILE         PEM private key of that certificate\n"
         "  --trust-bundle FILE         PEM root certificates that peers must chain to\n"
+        "  --crl FILE                  certificate revocation list, PEM or DER (repeatable;\n"
+        "                              file key identity.crls): a peer whose chain holds a\n"
+        "                              certificate its issuer's CRL lists is refused; reloaded\n"
+        "                              on SIGHUP\n"
         "\n"
         "Control plane (instead of the three identity flags and --policy):\n"
         "  --control ADDR:PORT         tether-control's sidecar API (gRPC over mTLS, usually\n"

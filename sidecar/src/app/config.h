@@ -1,6 +1,6 @@
 /* The sidecar's configuration: from a JSON file (--config FILE) and/or flags. Flags
  * given on the command line override the file's values; repeatable flags (--inbound,
- * --outbound) add to the file's lists. Every error names the flag or the file and key
+ * --outbound, --crl) add to the file's lists. Every error names the flag or the file and key
  * and what was expected, in one line. */
 #ifndef TT_CONFIG_H
 #define TT_CONFIG_H
@@ -26,6 +26,8 @@ struct tt_config {
     char *cert_path;           /* --identity-cert */
     char *key_path;            /* --identity-key */
     char *bundle_path;         /* --trust-bundle */
+    char **crl_paths;          /* --crl, identity.crls: CRL files */
+    size_t n_crls;             /* entries in crl_paths */
     char *policy_path;         /* --policy, or NULL (no policy: any authenticated caller) */
     bool has_control;          /* --control given: identity and policy come from it */
     struct tt_addr control;    /* --control */

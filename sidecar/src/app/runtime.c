@@ -22,6 +22,7 @@
 #include "net/worker.h"
 #include "policy/policy.h"
 #include "snapshot/snapshot.h"
+#include "tls/crl.h"
 #include "tls/identity.h"
 
 #define TT_ERR_MAX       512
@@ -54,16 +55,37 @@ struct tt_runtime {
     uv_timer_t drain_poll;
 };
 
-/* Loads the identity and policy files as a snapshot update, or fails with err set. */
+/* Says once per load that a CRL is past its nextUpdate (README "Revocation lists": its
+ * serials stay refused, but it should be replaced). */
+static void warn_expired_crls(const struct tt_crls *crls)
+{
+    int64_t now = tt_now_unix();
+
+    for (size_t i = 0; i < tt_crls_count(crls); i++) {
+        const struct tt_crl_info *ci = tt_crls_info(crls, i);
+        if (ci->next_update != 0 && ci->next_update < now)
+            tt_log(TT_LOG_WARN, "crl_expired", TT_LS("crl", ci->source),
+                   TT_LS("issuer", ci->issuer), TT_LI("next_update", ci->next_update),
+                   TT_LS("effect", "its serials stay refused; replace the CRL and send SIGHUP"));
+    }
+}
+
+/* Loads the identity, CRL and policy files as a snapshot update, or fails with err set. */
 static int load_files(const struct tt_config *cfg, struct tt_snapshot_update *u, char *err,
                       size_t errlen)
 {
     struct tt_identity *id =
         tt_identity_load(cfg->cert_path, cfg->key_path, cfg->bundle_path, err, errlen);
     struct tt_policy *policy = NULL;
+    struct tt_crls *crls = NULL;
 
     if (id == NULL)
         return TT_E_IDENTITY;
+    crls = tt_crls_load((const char *const *)cfg->crl_paths, cfg->n_crls, id, err, errlen);
+    if (crls == NULL) {
+        tt_identity_unref(id);
+        return TT_E_IDENTITY;
+    }
     if (cfg->policy_path != NULL) {
         policy = tt_policy_load_file(cfg->policy_path, err, errlen);
         if (policy == NULL)
@@ -75,14 +97,17 @@ static int load_files(const struct tt_config *cfg, struct tt_snapshot_update *u,
             goto err_policy;
     }
     memset(u, 0, sizeof(*u));
-    u->replace = TT_SNAP_IDENTITY | TT_SNAP_POLICY;
+    u->replace = TT_SNAP_IDENTITY | TT_SNAP_POLICY | TT_SNAP_CRLS;
     u->identity = id;
     u->policy = policy;
+    u->crls = crls;
+    warn_expired_crls(crls);
     return 0;
 
 err_policy:
     tt_policy_unref(policy);
 err_identity:
+    tt_crls_unref(crls);
     tt_identity_unref(id);
     return TT_E_POLICY;
 }
@@ -223,6 +248,7 @@ static void admin_get_view(void *ud, struct tt_stats_view *v)
     if (s != NULL) {
         v->identity = s->identity;
         v->policy = s->policy;
+        v->crls = s->crls;
         v->snapshot_unix = s->created_unix;
         v->snapshot_generation = s->generation;
         /* Ready while not draining and the certificate can still be presented: an

@@ -26,6 +26,7 @@
 #include "net/worker-t.h"
 #include "policy/policy.h"
 #include "snapshot/snapshot.h"
+#include "tls/crl.h"
 #include "tls/identity.h"
 #include "tls/revocations.h"
 #include "tls/tls.h"
@@ -65,6 +66,33 @@ static void touch(struct tt_conn *c)
     c->last_activity_ms = uv_now(&c->worker->loop);
 }
 
+/* The access line's name of side s. */
+static const char *side_name(const struct tt_conn *c, const struct tt_side *s)
+{
+    return s == &c->down ? "client" : "upstream";
+}
+
+/* Side s ended its stream (FIN) or failed (reset_err: a read or write error it caused,
+ * e.g. UV_ECONNRESET; 0 for a FIN): the first such event says who closed the connection. */
+static void side_ended(struct tt_conn *c, const struct tt_side *s, int reset_err)
+{
+    if (c->closed_by == NULL)
+        c->closed_by = side_name(c, s);
+    if (c->reset_by == NULL &&
+        (reset_err == UV_ECONNRESET || reset_err == UV_ECONNREFUSED || reset_err == UV_EPIPE))
+        c->reset_by = side_name(c, s);
+}
+
+/* The handshake failed for `reason`: counted with what the peer presented, and kept for
+ * the access line. */
+static void conn_hs_failed(struct tt_conn *c, enum tt_hs_reason reason)
+{
+    c->hs_reason = (int)reason;
+    tt_metrics_hs_failure(c->worker->metrics, c->listener->index, reason, c->peer_addr,
+                          tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
+                          tt_tls_peer_issuer(c->tls));
+}
+
 /* ---- timers ------------------------------------------------------------------------ */
 
 static void on_timer(uv_timer_t *timer)
@@ -74,9 +102,7 @@ static void on_timer(uv_timer_t *timer)
 
     switch (c->state) {
     case TT_CONN_S_HANDSHAKE:
-        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_TIMEOUT, c->peer_addr,
-                              tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
-                              tt_tls_peer_issuer(c->tls));
+        conn_hs_failed(c, TT_HS_TIMEOUT);
         conn_close(c, TT_E_TIMEOUT, true);
         break;
     case TT_CONN_S_CONNECTING:
@@ -140,6 +166,7 @@ static void on_write(uv_write_t *req, int status)
         TT_COUNTER_ADD(conn_counters(c)->bytes_out, s->inflight.len);
     tt_buf_consume(&s->inflight, s->inflight.len);
     if (status < 0) {
+        side_ended(c, s, status);
         conn_close(c, status, true);
         return;
     }
@@ -306,6 +333,7 @@ static int tls_pump(struct tt_conn *c)
         }
         if (r == TT_TLS_EOF) {
             /* close_notify: the peer's half-close; pass it on as a FIN. */
+            side_ended(c, c->tls_side, 0);
             c->tls_side->read_eof = true;
             plain->want_shutdown = true;
             stopped = 0;
@@ -408,11 +436,10 @@ static void plain_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
 static void side_read_eof(struct tt_conn *c, struct tt_side *s)
 {
     side_set_reading(c, s, false);
+    side_ended(c, s, 0);
     if (c->state == TT_CONN_S_HANDSHAKE || c->state == TT_CONN_S_CONNECTING) {
         if (c->state == TT_CONN_S_HANDSHAKE)
-            tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_PROTOCOL,
-                                  c->peer_addr, tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
-                                  tt_tls_peer_issuer(c->tls));
+            conn_hs_failed(c, TT_HS_PROTOCOL);
         conn_close(c, UV_EOF, false);
         return;
     }
@@ -457,10 +484,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
+        side_ended(c, s, (int)nread);
         if (c->state == TT_CONN_S_HANDSHAKE)
-            tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_PROTOCOL,
-                                  c->peer_addr, tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
-                                  tt_tls_peer_issuer(c->tls));
+            conn_hs_failed(c, TT_HS_PROTOCOL);
         conn_close(c, (int)nread, true);
         return;
     }
@@ -500,6 +526,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     if (status < 0) {
         TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
+        side_ended(c, &c->up, status);
         conn_close(c, status, true);
         return;
     }
@@ -575,13 +602,13 @@ static void handshake_done(struct tt_conn *c)
     struct tt_listener_counters *lc = conn_counters(c);
     const struct tt_snapshot *newest = c->worker->snapshot;
 
-    /* The session was verified against the revocations of the snapshot it started with;
-     * a newer set may revoke the peer already (DESIGN.md "Threads and snapshots"). */
-    if (newest->revocations != c->snapshot->revocations &&
-        tt_revocations_check(newest->revocations, tt_tls_peer_serial(c->tls))) {
-        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, TT_HS_REVOKED, c->peer_addr,
-                              tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
-                              tt_tls_peer_issuer(c->tls));
+    /* The session was verified against the revocations and CRLs of the snapshot it
+     * started with; newer ones may revoke the peer already (DESIGN.md "Threads and
+     * snapshots"). */
+    if ((newest->revocations != c->snapshot->revocations &&
+         tt_revocations_check(newest->revocations, tt_tls_peer_serial(c->tls))) ||
+        (newest->crls != c->snapshot->crls && tt_tls_check_crls(c->tls, newest->crls) < 0)) {
+        conn_hs_failed(c, TT_HS_REVOKED);
         conn_close(c, TT_E_REVOKED, true);
         return;
     }
@@ -613,10 +640,7 @@ static void handshake_progress(struct tt_conn *c)
     int fr = tls_flush(c);
 
     if (r < 0) {
-        enum tt_hs_reason reason = tt_hs_reason_from_err(r);
-        tt_metrics_hs_failure(c->worker->metrics, c->listener->index, reason, c->peer_addr,
-                              tt_tls_peer_id(c->tls), tt_tls_peer_serial(c->tls),
-                              tt_tls_peer_issuer(c->tls));
+        conn_hs_failed(c, tt_hs_reason_from_err(r));
         /* Close gracefully so the alert tls_flush sent reaches the peer. */
         conn_close(c, r, false);
         return;
@@ -641,6 +665,7 @@ static void conn_start_handshake(struct tt_conn *c)
         return;
     }
     tt_tls_set_revocations(c->tls, c->snapshot->revocations);
+    tt_tls_set_crls(c->tls, c->snapshot->crls);
     /* Outbound: resume with the upstream's last ticket; a full handshake otherwise. */
     if (!inbound)
         tt_tls_set_resume(c->tls, &c->listener->resume);
@@ -670,6 +695,7 @@ void tt_conn_accept(struct tt_listener *l, int fd)
     c->listener = l;
     c->start_ms = uv_now(&w->loop);
     c->verdict = "error";
+    c->hs_reason = -1;
     c->tls_side = l->cfg->kind == TT_LISTENER_INBOUND ? &c->down : &c->up;
     c->plain_side = l->cfg->kind == TT_LISTENER_INBOUND ? &c->up : &c->down;
     tt_buf_init(&c->down.inflight);
@@ -747,6 +773,7 @@ static void conn_account(struct tt_conn *c, int err)
     struct tt_listener_counters *lc = conn_counters(c);
     uint64_t dur_ms = uv_now(&c->worker->loop) - c->start_ms;
     const char *peer_id = c->tls != NULL ? tt_tls_peer_id(c->tls) : "";
+    const char *detail = c->tls != NULL ? tt_tls_error_detail(c->tls) : "";
     bool inbound = conn_is_inbound(c);
 
     TT_COUNTER_ADD(lc->closed, 1);
@@ -761,7 +788,11 @@ static void conn_account(struct tt_conn *c, int err)
            TT_LU("bytes_in", c->down.bytes_read), TT_LU("bytes_out", c->down.bytes_written),
            TT_LU("upstream_bytes_in", c->up.bytes_read),
            TT_LU("upstream_bytes_out", c->up.bytes_written), TT_LU("duration_ms", dur_ms),
-           TT_LS("error", err == 0 || err == UV_EOF ? NULL : tt_strerror(err)));
+           TT_LS("error", err == 0 || err == UV_EOF ? NULL : tt_strerror(err)),
+           TT_LS("reason", c->hs_reason >= 0 ? tt_hs_reason_name(c->hs_reason) : NULL),
+           TT_LS("detail", detail[0] != '\0' ? detail : NULL),
+           TT_LS("closed_by", c->closed_by != NULL ? c->closed_by : "proxy"),
+           TT_LS("reset_by", c->reset_by));
 }
 
 static void side_close(struct tt_conn *c, struct tt_side *s, bool reset)
@@ -783,6 +814,18 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
 
     if (c->state == TT_CONN_S_CLOSING)
         return;
+    /* Outbound over TLS 1.3, our handshake completes before the upstream has checked our
+     * certificate: a TLS failure before it confirmed (its alert) is a refused handshake,
+     * not an allowed connection (README "Logs"). */
+    if (c->state == TT_CONN_S_RELAY && !conn_is_inbound(c) && err <= TT_E_TLS &&
+        err >= TT_E_TLS_CLOSED && !tt_tls_peer_confirmed(c->tls)) {
+        c->verdict = "error";
+        conn_hs_failed(c, tt_hs_reason_from_err(err));
+    }
+    if (c->hs_reason >= 0 && c->tls != NULL && tt_tls_peer_alert(c->tls) >= 0)
+        side_ended(c, c->tls_side, 0); /* the peer's alert ended it */
+    if (reset && c->reset_by == NULL)
+        c->reset_by = "proxy";
     c->state = TT_CONN_S_CLOSING;
     c->error = err;
     conn_account(c, err);
@@ -815,6 +858,20 @@ bool tt_conn_close_if_revoked(struct tt_conn *c, const struct tt_revocations *re
     tt_log(TT_LOG_WARN, "revoked_connection_closed", TT_LS("listener", c->listener->cfg->name),
            TT_LS("peer_addr", c->peer_addr), TT_LS("peer_id", tt_tls_peer_id(c->tls)),
            TT_LS("serial", serial));
+    conn_close(c, TT_E_REVOKED, true);
+    return true;
+}
+
+/* Closes the connection if a CRL of `crls` revokes its verified peer's chain. */
+bool tt_conn_close_if_crl_revoked(struct tt_conn *c, const struct tt_crls *crls)
+{
+    if (c->tls == NULL || c->state == TT_CONN_S_HANDSHAKE || c->state == TT_CONN_S_CLOSING ||
+        tt_tls_check_crls(c->tls, crls) != TT_E_REVOKED)
+        return false;
+    tt_log(TT_LOG_WARN, "revoked_connection_closed", TT_LS("listener", c->listener->cfg->name),
+           TT_LS("peer_addr", c->peer_addr), TT_LS("peer_id", tt_tls_peer_id(c->tls)),
+           TT_LS("serial", tt_tls_peer_serial(c->tls)),
+           TT_LS("detail", tt_tls_error_detail(c->tls)));
     conn_close(c, TT_E_REVOKED, true);
     return true;
 }

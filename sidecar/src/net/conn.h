@@ -18,6 +18,7 @@ struct tt_worker;
 struct tt_snapshot;
 struct tt_tls;
 struct tt_revocations;
+struct tt_crls;
 
 enum tt_conn_state {
     TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
@@ -63,9 +64,12 @@ struct tt_conn {
     uint64_t phase_ms; /* when the current state began */
     uint64_t last_activity_ms;
     int pending_closes;
-    int error;           /* first error that ended the connection, or 0 */
-    const char *verdict; /* "allow", "deny" or "error" for the access log */
-    const char *rule;    /* deciding rule name, or NULL */
+    int error;             /* first error that ended the connection, or 0 */
+    const char *verdict;   /* "allow", "deny" or "error" for the access log */
+    const char *rule;      /* deciding rule name, or NULL */
+    int hs_reason;         /* the handshake failed: its enum tt_hs_reason, else -1 */
+    const char *closed_by; /* "client" or "upstream": that side ended first; NULL: the proxy */
+    const char *reset_by;  /* "client", "upstream" or "proxy": who reset; NULL: no reset */
     bool close_notify_sent;
     char peer_addr[64];
 };
@@ -80,6 +84,10 @@ void tt_conn_accept(struct tt_listener *listener, int fd);
 /* Closes the connection (reset, logged) when its verified TLS peer presented a
  * certificate whose serial is in `revocations`. Returns true when it did. */
 bool tt_conn_close_if_revoked(struct tt_conn *c, const struct tt_revocations *revocations);
+
+/* Closes the connection (reset, logged) when a CRL of `crls` revokes a certificate of its
+ * verified TLS peer's chain (a reload brought new CRLs). Returns true when it did. */
+bool tt_conn_close_if_crl_revoked(struct tt_conn *c, const struct tt_crls *crls);
 
 /* Ends the connection now (drain timeout, worker stop), resetting both sockets. */
 void tt_conn_abort(struct tt_conn *c);

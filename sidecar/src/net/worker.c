@@ -41,6 +41,12 @@ static void worker_refresh_snapshot(struct tt_worker *w)
             tt_conn_close_if_revoked(c, s->revocations);
         }
     }
+    if (old != NULL && s->crls != old->crls) {
+        for (struct tt_conn *c = w->conns, *next; c != NULL; c = next) {
+            next = c->next;
+            tt_conn_close_if_crl_revoked(c, s->crls);
+        }
+    }
     tt_snapshot_unref(old);
 }
 

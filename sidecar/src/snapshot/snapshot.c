@@ -7,6 +7,7 @@
 #include "policy/policy.h"
 #include "snapshot/services.h"
 #include "snapshot/snapshot.h"
+#include "tls/crl.h"
 #include "tls/identity.h"
 #include "tls/revocations.h"
 
@@ -24,6 +25,7 @@ void tt_snapshot_unref(struct tt_snapshot *s)
         return;
     tt_identity_unref(s->identity);
     tt_revocations_unref(s->revocations);
+    tt_crls_unref(s->crls);
     tt_policy_unref(s->policy);
     tt_services_unref(s->services);
     free(s);
@@ -34,6 +36,7 @@ static void update_drop(struct tt_snapshot_update *u)
 {
     tt_identity_unref(u->identity);
     tt_revocations_unref(u->revocations);
+    tt_crls_unref(u->crls);
     tt_policy_unref(u->policy);
     tt_services_unref(u->services);
     memset(u, 0, sizeof(*u));
@@ -96,6 +99,8 @@ int64_t tt_snapshot_slot_publish(struct tt_snapshot_slot *slot, struct tt_snapsh
     s->services = u->replace & TT_SNAP_SERVICES
                       ? u->services
                       : REF_OR_NULL(tt_services_ref, old ? old->services : NULL);
+    s->crls =
+        u->replace & TT_SNAP_CRLS ? u->crls : REF_OR_NULL(tt_crls_ref, old ? old->crls : NULL);
     memset(u, 0, sizeof(*u));
     if (s->identity == NULL) {
         pthread_mutex_unlock(&slot->lock);

@@ -7,6 +7,7 @@
  *                (replaced only when the certificate or the roots change, so session
  *                tickets survive every other push);
  *   revocations  the serials the control plane revoked (the trust member's changing part);
+ *   crls         the CRL files given with --crl (the trust member's CRLs, tls/crl.h);
  *   policy       the parsed allow list (no counters inside: metrics/ keys them by rule);
  *   services     the service table (empty in explicit mode).
  *
@@ -25,6 +26,7 @@
 
 struct tt_identity;
 struct tt_revocations;
+struct tt_crls;
 struct tt_policy;
 struct tt_services;
 
@@ -34,6 +36,7 @@ struct tt_snapshot {
     int64_t created_unix;
     struct tt_identity *identity;       /* never NULL */
     struct tt_revocations *revocations; /* NULL: nothing revoked */
+    struct tt_crls *crls;               /* NULL: no CRLs */
     struct tt_policy *policy;           /* NULL: any authenticated caller is allowed */
     struct tt_services *services;       /* NULL: the empty table */
 };
@@ -46,6 +49,7 @@ void tt_snapshot_unref(struct tt_snapshot *s); /* accepts NULL */
 #define TT_SNAP_REVOCATIONS (1u << 1)
 #define TT_SNAP_POLICY      (1u << 2)
 #define TT_SNAP_SERVICES    (1u << 3)
+#define TT_SNAP_CRLS        (1u << 4)
 
 /* What a publisher changes: for each bit in `replace`, the member's new value (one
  * reference each, handed to the slot; NULL allowed except for the identity). Members not
@@ -56,6 +60,7 @@ struct tt_snapshot_update {
     struct tt_revocations *revocations;
     struct tt_policy *policy;
     struct tt_services *services;
+    struct tt_crls *crls;
 };
 
 /* Called after each publish with the new snapshot (valid during the call), on the

@@ -45,6 +45,21 @@
 #define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
 #define CURVES        "X25519:P-256"
 
+/* Signature algorithms, both the ones we sign with and the ones we accept from a peer
+ * (DESIGN.md: no SHA-1). BoringSSL's default verify list still ends in RSA-PKCS1-SHA1 and
+ * lacks Ed25519: a TLS 1.2 client could sign its CertificateVerify with SHA-1, and an
+ * Ed25519 peer found nothing it could sign with in our CertificateRequest. The same list
+ * goes into the ClientHello, the CertificateRequest and our own signing choice, in order
+ * of preference. */
+static const uint16_t sigalgs[] = {
+    SSL_SIGN_ECDSA_SECP256R1_SHA256, SSL_SIGN_ED25519,
+    SSL_SIGN_RSA_PSS_RSAE_SHA256,    SSL_SIGN_RSA_PKCS1_SHA256,
+    SSL_SIGN_ECDSA_SECP384R1_SHA384, SSL_SIGN_RSA_PSS_RSAE_SHA384,
+    SSL_SIGN_RSA_PKCS1_SHA384,       SSL_SIGN_ECDSA_SECP521R1_SHA512,
+    SSL_SIGN_RSA_PSS_RSAE_SHA512,    SSL_SIGN_RSA_PKCS1_SHA512,
+};
+#define N_SIGALGS (sizeof(sigalgs) / sizeof(sigalgs[0]))
+
 struct tt_identity {
     int refs; /* atomic */
     SSL_CTX *server_ctx;
@@ -306,6 +321,8 @@ static SSL_CTX *build_ctx(CRYPTO_BUFFER *const *chain, size_t n, EVP_PKEY *key)
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
         !SSL_CTX_set_strict_cipher_list(ctx, TLS12_CIPHERS) ||
         !SSL_CTX_set1_curves_list(ctx, CURVES) ||
+        !SSL_CTX_set_verify_algorithm_prefs(ctx, sigalgs, N_SIGALGS) ||
+        !SSL_CTX_set_signing_algorithm_prefs(ctx, sigalgs, N_SIGALGS) ||
         (chain != NULL && !SSL_CTX_set_chain_and_key(ctx, chain, n, key, NULL)))
         goto err;
     /* Both sides present a certificate and require one from the peer (mTLS). */
@@ -350,6 +367,23 @@ static void identity_free(struct tt_identity *id)
     X509_STORE_free(id->store);
     free(id->roots);
     free(id);
+}
+
+/* A trust bundle holds certificates only. A CRL appended to it used to be skipped without
+ * a word (and the certificates it revoked got through), so a bundle with a CRL block is
+ * refused, pointing to where CRLs go. Returns 0, or TT_E_PEM with the message in err. */
+static int refuse_crl_blocks(const char *pem, size_t len, const char *name, char *err,
+                             size_t errlen)
+{
+    static const char crl_begin[] = "-----BEGIN X509 CRL-----";
+
+    if (memmem(pem, len, crl_begin, sizeof(crl_begin) - 1) == NULL)
+        return 0;
+    tt_errf(err, errlen,
+            "%s: the trust bundle holds a CRL (\"%s\"); a bundle holds root certificates only: "
+            "give CRLs with --crl FILE (identity.crls in the config file)",
+            name, crl_begin);
+    return TT_E_PEM;
 }
 
 /* parse_certs() with the message for a failure written into err, naming `name`. Returns
@@ -399,6 +433,8 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
                 key_name);
         goto err;
     }
+    if (refuse_crl_blocks(bundle_pem, bundle_len, bundle_name, err, errlen) < 0)
+        goto err;
     r = parse_certs_named(bundle_pem, bundle_len, bundle_name, &bundle, err, errlen);
     if (r == -ENOMEM)
         goto err_nomem;
@@ -508,6 +544,8 @@ struct tt_identity *tt_identity_trust_only(const char *bundle_pem, size_t bundle
     if (id == NULL)
         goto err_nomem;
     id->refs = 1;
+    if (refuse_crl_blocks(bundle_pem, bundle_len, source, err, errlen) < 0)
+        goto err;
     r = parse_certs_named(bundle_pem, bundle_len, source, &bundle, err, errlen);
     if (r == -ENOMEM)
         goto err_nomem;
@@ -691,6 +729,18 @@ int tt_pem_parse_certs(const char *pem, size_t len, STACK_OF(X509) * *out)
 int tt_pem_parse_key(const char *pem, size_t len, EVP_PKEY **out)
 {
     return parse_key(pem, len, out);
+}
+
+/* The serial format of tt_cert_info (identity_bssl.h). */
+void tt_serial_format(const ASN1_INTEGER *serial, char *out, size_t cap)
+{
+    format_serial(serial, out, cap);
+}
+
+/* The DN format of tt_cert_info (identity_bssl.h). */
+int tt_name_format(const X509_NAME *name, char *out, size_t cap)
+{
+    return format_name(name, out, cap);
 }
 
 /* Unix seconds of t: its distance from the epoch as an ASN1_TIME. 0 when t is NULL or the

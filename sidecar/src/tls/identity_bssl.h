@@ -52,6 +52,12 @@ char *tt_pem_from_key(EVP_PKEY *key, size_t *len);
 int tt_pem_parse_certs(const char *pem, size_t len, STACK_OF(X509) * *out);
 int tt_pem_parse_key(const char *pem, size_t len, EVP_PKEY **out);
 
+/* A serial number as Tether prints it (`openssl x509 -serial`: upper-case hex, no colons,
+ * no leading zeros) into out[0..cap), and a name as a one-line RFC 2253 DN (truncated to
+ * fit; returns 0 or -ENOMEM). The formats of tt_cert_info, shared with the CRL module. */
+void tt_serial_format(const ASN1_INTEGER *serial, char *out, size_t cap);
+int tt_name_format(const X509_NAME *name, char *out, size_t cap);
+
 /* Unix seconds of an ASN1_TIME (a certificate's notBefore or notAfter), computed without
  * the local clock or time zone. 0 when t is NULL or cannot be read. */
 int64_t tt_asn1_time_unix(const ASN1_TIME *t);

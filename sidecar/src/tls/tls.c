@@ -32,6 +32,8 @@
 
 #include "core/buf.h"
 #include "core/errors.h"
+#include "core/util.h"
+#include "tls/crl.h"
 #include "tls/identity.h"
 #include "tls/identity_bssl.h"
 #include "tls/revocations.h"
@@ -57,10 +59,14 @@ struct tt_tls {
     enum tt_tls_role role;
     struct tt_tls_resume *resume;       /* clients: where new session tickets are kept */
     struct tt_revocations *revocations; /* referenced; NULL: nothing revoked */
+    struct tt_crls *crls;               /* referenced; NULL: no CRLs */
     unsigned done : 1;                  /* handshake complete */
     unsigned verified : 1;              /* our verifier ran in this handshake */
     unsigned oom : 1;                   /* the BIO could not buffer output */
+    unsigned confirmed : 1;             /* the peer sent a record after the handshake */
     char peer_serial[TT_SERIAL_MAX];
+    char detail[TT_TLS_DETAIL_MAX]; /* why the handshake failed, "" until it did */
+    int peer_alert;                 /* the fatal alert the peer sent, -1 for none */
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -176,79 +182,124 @@ static int record_peer(struct tt_tls *tls, const struct tt_cert_info *info)
     return tls->peer_id != NULL && tls->peer_issuer != NULL ? 0 : -ENOMEM;
 }
 
-/* Verifies the peer's chain; returns 0 or the tt_err that refuses it. */
+/* A verified peer chain: what verify_chain() builds and chain_done() releases. */
+struct peer_chain {
+    X509 *leaf;
+    STACK_OF(X509) * untrusted;
+    X509_STORE_CTX *sctx;
+};
+
+static void chain_done(struct peer_chain *pc)
+{
+    X509_STORE_CTX_free(pc->sctx);
+    sk_X509_pop_free(pc->untrusted, X509_free);
+    X509_free(pc->leaf);
+    memset(pc, 0, sizeof(*pc));
+}
+
+/* Parses the peer's certificates (certs, leaf first, at least one) and verifies the chain
+ * against the trust bundle, with dates and the key usage of the peer's TLS role. Returns 0
+ * (X509_STORE_CTX_get0_chain(pc->sctx) is the verified chain), or the tt_err that refuses
+ * it with tls->detail set. pc is filled in either way: release it with chain_done(). */
+static int verify_chain(struct tt_tls *tls, const STACK_OF(CRYPTO_BUFFER) * certs,
+                        struct peer_chain *pc)
+{
+    memset(pc, 0, sizeof(*pc));
+    pc->leaf = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(certs, 0));
+    if (pc->leaf == NULL) {
+        /* BoringSSL accepted the DER but it is no usable X.509 */
+        tt_errf(tls->detail, sizeof(tls->detail), "the peer's certificate does not parse");
+        return TT_E_PROTOCOL;
+    }
+    /* The rest of the peer's chain may supply intermediates, never trust. */
+    pc->untrusted = sk_X509_new_null();
+    pc->sctx = X509_STORE_CTX_new();
+    if (pc->untrusted == NULL || pc->sctx == NULL)
+        return -ENOMEM;
+    for (size_t i = 1; i < sk_CRYPTO_BUFFER_num(certs); i++) {
+        X509 *x = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(certs, i));
+        if (x == NULL) {
+            tt_errf(tls->detail, sizeof(tls->detail),
+                    "certificate %zu of the peer's chain does not parse", i);
+            return TT_E_PROTOCOL;
+        }
+        if (!sk_X509_push(pc->untrusted, x)) {
+            X509_free(x);
+            return -ENOMEM;
+        }
+    }
+    if (!X509_STORE_CTX_init(pc->sctx, tt_identity_trust_store(tls->id), pc->leaf, pc->untrusted))
+        return -ENOMEM;
+    /* The leaf must be fit for its side of TLS: a server's certificate for serverAuth, a
+     * client's for clientAuth (extended and plain key usage, when present). */
+    X509_STORE_CTX_set_purpose(pc->sctx, role_is_client(tls->role) ? X509_PURPOSE_SSL_SERVER
+                                                                   : X509_PURPOSE_SSL_CLIENT);
+    if (X509_verify_cert(pc->sctx) != 1) {
+        int e = X509_STORE_CTX_get_error(pc->sctx);
+        tt_errf(tls->detail, sizeof(tls->detail), "%s (chain depth %d)",
+                X509_verify_cert_error_string(e), X509_STORE_CTX_get_error_depth(pc->sctx));
+        return map_x509_error(e);
+    }
+    return 0;
+}
+
+/* Verifies the peer's chain; returns 0 or the tt_err that refuses it, with tls->detail
+ * saying why. */
 static int verify_peer(struct tt_tls *tls)
 {
     const STACK_OF(CRYPTO_BUFFER) *certs = SSL_get0_peer_certificates(tls->ssl);
-    STACK_OF(X509) *untrusted = NULL;
-    X509_STORE_CTX *sctx = NULL;
-    X509 *leaf = NULL;
+    struct peer_chain pc;
+    X509 *leaf;
     struct tt_cert_info info;
     int r, san;
 
-    if (certs == NULL || sk_CRYPTO_BUFFER_num(certs) == 0)
-        return tls->role == TT_TLS_SERVER_OPTIONAL_CLIENT ? 0 : TT_E_NO_CERT;
-    leaf = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(certs, 0));
-    if (leaf == NULL) {
-        r = TT_E_PROTOCOL; /* BoringSSL accepted the DER but it is no usable X.509 */
-        goto out;
+    if (certs == NULL || sk_CRYPTO_BUFFER_num(certs) == 0) {
+        if (tls->role == TT_TLS_SERVER_OPTIONAL_CLIENT)
+            return 0;
+        tt_errf(tls->detail, sizeof(tls->detail), "the peer sent no certificate");
+        return TT_E_NO_CERT;
     }
+    r = verify_chain(tls, certs, &pc);
+    leaf = pc.leaf;
+    if (leaf == NULL)
+        goto out;
     san = tt_cert_info_fill(&info, leaf);
     if (san == -ENOMEM || record_peer(tls, &info) < 0) {
         r = -ENOMEM;
         goto out;
     }
-
-    /* The rest of the peer's chain may supply intermediates, never trust. */
-    untrusted = sk_X509_new_null();
-    sctx = X509_STORE_CTX_new();
-    if (untrusted == NULL || sctx == NULL) {
-        r = -ENOMEM;
+    if (r != 0)
         goto out;
-    }
-    for (size_t i = 1; i < sk_CRYPTO_BUFFER_num(certs); i++) {
-        X509 *x = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(certs, i));
-        if (x == NULL) {
-            r = TT_E_PROTOCOL;
-            goto out;
-        }
-        if (!sk_X509_push(untrusted, x)) {
-            X509_free(x);
-            r = -ENOMEM;
-            goto out;
-        }
-    }
-    if (!X509_STORE_CTX_init(sctx, tt_identity_trust_store(tls->id), leaf, untrusted)) {
-        r = -ENOMEM;
-        goto out;
-    }
-    /* The leaf must be fit for its side of TLS: a server's certificate for serverAuth, a
-     * client's for clientAuth (extended and plain key usage, when present). */
-    X509_STORE_CTX_set_purpose(sctx, role_is_client(tls->role) ? X509_PURPOSE_SSL_SERVER
-                                                               : X509_PURPOSE_SSL_CLIENT);
-    if (X509_verify_cert(sctx) != 1) {
-        r = map_x509_error(X509_STORE_CTX_get_error(sctx));
-        goto out;
-    }
     if (san != 0) {
+        tt_errf(tls->detail, sizeof(tls->detail),
+                "the leaf lacks exactly one spiffe:// URI SAN with a valid SPIFFE ID");
         r = TT_E_BAD_SAN;
         goto out;
     }
     /* Revocations name workload certificates the mesh CA issued: the leaf. */
     if (tt_revocations_check(tls->revocations, info.serial)) {
+        tt_errf(tls->detail, sizeof(tls->detail), "serial %s is revoked by the control plane",
+                info.serial);
         r = TT_E_REVOKED;
         goto out;
     }
+    /* CRLs may revoke any certificate of the chain, intermediates included. */
+    r = tt_crls_check_chain(tls->crls,
+                            (const struct stack_st_X509 *)X509_STORE_CTX_get0_chain(pc.sctx),
+                            tls->detail, sizeof(tls->detail));
+    if (r != 0)
+        goto out;
     if (role_is_client(tls->role) &&
         (tls->expected_peer == NULL || strcmp(info.spiffe_id, tls->expected_peer) != 0)) {
+        tt_errf(tls->detail, sizeof(tls->detail), "the server is %s, expected %s",
+                info.spiffe_id[0] != '\0' ? info.spiffe_id : "(no SPIFFE ID)",
+                tls->expected_peer != NULL ? tls->expected_peer : "(none)");
         r = TT_E_WRONG_IDENTITY; /* secure naming: not the workload this address must be */
         goto out;
     }
     r = 0;
 out:
-    X509_STORE_CTX_free(sctx);
-    sk_X509_pop_free(untrusted, X509_free);
-    X509_free(leaf);
+    chain_done(&pc);
     return r;
 }
 
@@ -281,6 +332,7 @@ struct tt_tls *tt_tls_new(struct tt_identity *id, enum tt_tls_role role, const c
     if (tls == NULL)
         return NULL;
     tls->role = role;
+    tls->peer_alert = -1;
     tt_buf_init(&tls->in);
     tt_buf_init(&tls->out);
     if (expected_peer != NULL && (tls->expected_peer = strdup(expected_peer)) == NULL)
@@ -338,6 +390,7 @@ void tt_tls_free(struct tt_tls *tls)
     free(tls->peer_id);
     free(tls->peer_issuer);
     tt_revocations_unref(tls->revocations);
+    tt_crls_unref(tls->crls);
     tt_identity_unref(tls->id);
     free(tls);
 }
@@ -349,6 +402,41 @@ void tt_tls_set_revocations(struct tt_tls *tls, struct tt_revocations *revocatio
         tt_revocations_ref(revocations);
     tt_revocations_unref(tls->revocations);
     tls->revocations = revocations;
+}
+
+/* Makes `crls` the CRLs this session's peer chain is checked against. */
+void tt_tls_set_crls(struct tt_tls *tls, struct tt_crls *crls)
+{
+    if (crls != NULL)
+        tt_crls_ref(crls);
+    tt_crls_unref(tls->crls);
+    tls->crls = crls;
+}
+
+/* Checks the verified peer's chain against `crls` again (see tls.h). */
+int tt_tls_check_crls(struct tt_tls *tls, const struct tt_crls *crls)
+{
+    const STACK_OF(CRYPTO_BUFFER) *certs = SSL_get0_peer_certificates(tls->ssl);
+    struct peer_chain pc;
+    char detail[TT_TLS_DETAIL_MAX];
+    int r;
+
+    if (tt_crls_count(crls) == 0 || certs == NULL || sk_CRYPTO_BUFFER_num(certs) == 0)
+        return 0;
+    /* The chain is rebuilt as the handshake built it (same trust store); a chain that no
+     * longer verifies (it expired meanwhile) is not this function's business. */
+    memcpy(detail, tls->detail, sizeof(detail));
+    r = verify_chain(tls, certs, &pc);
+    if (r == 0)
+        r = tt_crls_check_chain(crls,
+                                (const struct stack_st_X509 *)X509_STORE_CTX_get0_chain(pc.sctx),
+                                detail, sizeof(detail));
+    else
+        r = r == -ENOMEM ? -ENOMEM : 0;
+    chain_done(&pc);
+    ERR_clear_error();
+    memcpy(tls->detail, detail, sizeof(detail));
+    return r;
 }
 
 /* Empties a resumption slot. */
@@ -382,6 +470,8 @@ int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session)
     struct tt_tls *tls = SSL_get_ex_data(ssl, ex_index);
     struct tt_tls_resume *slot = tls != NULL ? tls->resume : NULL;
 
+    if (tls != NULL)
+        tls->confirmed = 1; /* a ticket: the server accepted our half of the handshake */
     if (slot == NULL)
         return 0;
     SSL_SESSION_free(slot->session);
@@ -424,22 +514,48 @@ size_t tt_tls_input_len(const struct tt_tls *tls)
     return tls->in.len;
 }
 
-/* Classifies the thread's error queue after SSL_ERROR_SSL. The queue may start with
- * another library's entry (a failed AEAD open puts CIPHER_R_BAD_DECRYPT before SSL's
- * bad-record-MAC), so every entry is looked at. */
-static int queue_error(void)
+/* Says in tls->detail what the TLS library reported: the alert the peer sent, else the
+ * library's reason (e.g. NO_COMMON_SIGNATURE_ALGORITHMS), lower-cased. */
+static void record_library_error(struct tt_tls *tls, uint32_t e)
+{
+    int reason = ERR_GET_REASON(e);
+    const char *text = ERR_reason_error_string(e);
+    char lower[96];
+    size_t i;
+
+    if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+        tls->peer_alert = reason - SSL_AD_REASON_OFFSET;
+        tt_errf(tls->detail, sizeof(tls->detail), "the peer sent the alert \"%s\"",
+                SSL_alert_desc_string_long(reason - SSL_AD_REASON_OFFSET));
+        return;
+    }
+    for (i = 0; text != NULL && text[i] != '\0' && i + 1 < sizeof(lower); i++)
+        lower[i] = text[i] >= 'A' && text[i] <= 'Z' ? (char)(text[i] - 'A' + 'a') : text[i];
+    lower[i] = '\0';
+    tt_errf(tls->detail, sizeof(tls->detail), "TLS library: %s",
+            text != NULL ? lower : "unknown error");
+}
+
+/* Classifies the thread's error queue after SSL_ERROR_SSL and says why in tls->detail. The
+ * queue may start with another library's entry (a failed AEAD open puts
+ * CIPHER_R_BAD_DECRYPT before SSL's bad-record-MAC), so every entry is looked at. */
+static int queue_error(struct tt_tls *tls)
 {
     int ssl = 0, nomem = 0, no_cert = 0;
     uint32_t e;
 
     while ((e = ERR_get_error()) != 0) {
-        if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE)
+        if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE) {
             nomem = 1;
-        else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
-                 ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+        } else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
+                   ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
             no_cert = 1; /* BoringSSL refuses this before calling the verifier */
-        else if (ERR_GET_LIB(e) == ERR_LIB_SSL)
+            tt_errf(tls->detail, sizeof(tls->detail), "the peer sent no certificate");
+        } else if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
+            if (!ssl && !no_cert)
+                record_library_error(tls, e);
             ssl = 1;
+        }
     }
     if (no_cert)
         return TT_E_NO_CERT;
@@ -463,7 +579,7 @@ static int map_ssl_error(struct tt_tls *tls, int ret)
         r = TT_TLS_EOF;
         break;
     case SSL_ERROR_SSL:
-        r = tls->verify_err != 0 ? tls->verify_err : tls->oom ? -ENOMEM : queue_error();
+        r = tls->verify_err != 0 ? tls->verify_err : tls->oom ? -ENOMEM : queue_error(tls);
         break;
     default:
         /* SSL_ERROR_SYSCALL: our BIO failed, which only happens when out of memory. */
@@ -508,8 +624,10 @@ int tt_tls_handshake(struct tt_tls *tls)
         return 1;
     }
     r = map_ssl_error(tls, r);
-    if (r == TT_TLS_EOF)
+    if (r == TT_TLS_EOF) {
         r = TT_E_PROTOCOL; /* close_notify before the handshake finished */
+        tt_errf(tls->detail, sizeof(tls->detail), "the peer closed TLS during the handshake");
+    }
     if (r < 0)
         tls->failed = r;
     return r;
@@ -528,8 +646,10 @@ int tt_tls_read(struct tt_tls *tls, void *buf, size_t len)
         len = INT_MAX;
     ERR_clear_error();
     r = SSL_read(tls->ssl, buf, (int)len);
-    if (r > 0)
+    if (r > 0) {
+        tls->confirmed = 1;
         return r;
+    }
     return map_ssl_error(tls, r);
 }
 
@@ -603,6 +723,27 @@ const char *tt_tls_peer_issuer(const struct tt_tls *tls)
 const char *tt_tls_version(const struct tt_tls *tls)
 {
     return SSL_get_version(tls->ssl);
+}
+
+/* Why the handshake failed, "" when it did not (see tls.h). */
+const char *tt_tls_error_detail(const struct tt_tls *tls)
+{
+    return tls->detail;
+}
+
+/* The alert the peer ended the session with, -1 for none. */
+int tt_tls_peer_alert(const struct tt_tls *tls)
+{
+    return tls->peer_alert;
+}
+
+/* Whether the peer has shown that it accepted the handshake (see tls.h). */
+bool tt_tls_peer_confirmed(const struct tt_tls *tls)
+{
+    if (!tls->done)
+        return false;
+    /* In TLS 1.2 the server's Finished comes after it checked our certificate. */
+    return tls->confirmed || !role_is_client(tls->role) || SSL_version(tls->ssl) < TLS1_3_VERSION;
 }
 
 /* 1 when the handshake resumed a session (a ticket). */

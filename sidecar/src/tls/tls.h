@@ -8,12 +8,14 @@
 #ifndef TT_TLS_H
 #define TT_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core/errors.h"
 
 struct tt_buf;
+struct tt_crls;
 struct tt_identity;
 struct tt_revocations;
 struct tt_tls;
@@ -57,6 +59,17 @@ int tt_tls_set_resume(struct tt_tls *tls, struct tt_tls_resume *slot);
  * its serial is in `revocations` (a reference is taken; NULL, the default, revokes
  * nothing). Replaces any set given before. */
 void tt_tls_set_revocations(struct tt_tls *tls, struct tt_revocations *revocations);
+
+/* Before the first tt_tls_handshake(): every certificate of the peer's verified chain
+ * (the trust anchor excepted) is refused with TT_E_REVOKED when a CRL of its issuer in
+ * `crls` lists it (crl.h; a reference is taken; NULL, the default, checks nothing).
+ * Replaces any set given before. */
+void tt_tls_set_crls(struct tt_tls *tls, struct tt_crls *crls);
+
+/* After a completed handshake: checks the peer's chain against `crls` (a newer set than
+ * the session started with: a reload, or a live connection being re-checked). Returns 0,
+ * TT_E_REVOKED with tt_tls_error_detail() saying which CRL lists what, or -ENOMEM. */
+int tt_tls_check_crls(struct tt_tls *tls, const struct tt_crls *crls);
 
 /* Frees the session and drops the identity reference. Accepts NULL. */
 void tt_tls_free(struct tt_tls *tls);
@@ -116,5 +129,23 @@ const char *tt_tls_peer_serial(const struct tt_tls *tls);
 const char *tt_tls_peer_issuer(const struct tt_tls *tls);
 const char *tt_tls_version(const struct tt_tls *tls);
 int tt_tls_resumed(const struct tt_tls *tls);
+
+/* After a failed handshake (or tt_tls_check_crls refusal): one line saying why, in more
+ * words than the error code: the X.509 error and the depth it applies to, the CRL that
+ * lists the serial, the identity that was presented instead of the expected one, the alert
+ * the peer sent, or the TLS library's reason (e.g. "TLS library:
+ * no_common_signature_algorithms"). "" when nothing failed. Valid while the session lives. */
+#define TT_TLS_DETAIL_MAX 384
+const char *tt_tls_error_detail(const struct tt_tls *tls);
+
+/* The TLS alert (RFC 8446 §6) the peer ended the session with, -1 when it sent none. */
+int tt_tls_peer_alert(const struct tt_tls *tls);
+
+/* Whether the peer has shown that it accepted the handshake. A TLS 1.3 client finishes
+ * before the server has checked the client's certificate (RFC 8446 §4.4.4: the server may
+ * still refuse it with an alert); it knows it was accepted once a record arrives after
+ * the handshake (a session ticket or data). Servers, and TLS 1.2 clients (the server's
+ * Finished follows its check), are confirmed when the handshake completes. */
+bool tt_tls_peer_confirmed(const struct tt_tls *tls);
 
 #endif
