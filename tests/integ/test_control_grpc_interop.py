@@ -158,6 +158,19 @@ def test(env):
            "--python_out", stubs, "--grpc_python_out", stubs,
            os.path.join(ROOT, "proto", "tether", "v1", "tether.proto")])
 
+    # Bad names and bounds are refused at start, naming the flag (exit 2).
+    for args, flag in ((["--serving-name", "*.example.org"], "--serving-name"),
+                       (["--serving-name", "a..b"], "--serving-name"),
+                       (["--sidecar-max-connections", "0"], "--sidecar-max-connections"),
+                       (["--sidecar-max-per-source", "many"], "--sidecar-max-per-source"),
+                       (["--sidecar-handshake-timeout", "0"], "--sidecar-handshake-timeout"),
+                       (["--sidecar-first-call-timeout", "soon"],
+                        "--sidecar-first-call-timeout")):
+        r = subprocess.run([env.control_bin, "--state-dir", env.path("bad-state")] + args,
+                           capture_output=True, text=True, timeout=10)
+        check(r.returncode == 2 and flag in r.stderr,
+              "%s: exit %d, %r" % (" ".join(args), r.returncode, r.stderr.strip()[:160]))
+
     cp = env.control()
     bundle = cp.bundle()
     for target, name in (("localhost:%d" % cp.sidecar_port, "interop"),
