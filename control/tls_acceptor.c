@@ -43,11 +43,12 @@ enum reason {
     R_EVICTED,
     R_HANDSHAKE_TIMEOUT,
     R_FIRST_CALL_TIMEOUT,
+    R_BRIDGE_FAILED, /* no descriptors (or memory) for the socketpair of a verified peer */
     R_COUNT,
 };
 static const char *const reason_names[R_COUNT] = {
     "conn_limit_per_source", "conn_limit",         "conn_evicted",
-    "handshake_timeout",     "first_call_timeout",
+    "handshake_timeout",     "first_call_timeout", "bridge_failed",
 };
 
 enum tconn_state {
@@ -189,6 +190,7 @@ static void on_housekeeping(uv_timer_t *t)
            TT_LU(reason_names[R_EVICTED], a->shed[R_EVICTED]),
            TT_LU(reason_names[R_HANDSHAKE_TIMEOUT], a->shed[R_HANDSHAKE_TIMEOUT]),
            TT_LU(reason_names[R_FIRST_CALL_TIMEOUT], a->shed[R_FIRST_CALL_TIMEOUT]),
+           TT_LU(reason_names[R_BRIDGE_FAILED], a->shed[R_BRIDGE_FAILED]),
            TT_LU("duration_ms", a->shed_last_ms - a->shed_start_ms),
            TT_LU("connections", a->n_conns));
     a->shedding = false;
@@ -442,9 +444,9 @@ static void conn_established(struct tconn *c)
 
     r = socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
     if (r < 0) {
-        r = -errno;
-        tt_log(TT_LOG_ERROR, "bridge_failed", TT_LS("listener", a->name),
-               TT_LS("peer", c->peer_addr), TT_LS("error", tt_strerror(r)));
+        /* Counted and logged once per episode, like the other shed connections: a flood
+         * that takes every descriptor would otherwise write one line per connection. */
+        shed(a, R_BRIDGE_FAILED, c->peer_addr);
         conn_close(c, false);
         return;
     }

@@ -23,7 +23,8 @@
  *     has no call marked (in its handshake or waiting for its first call) is closed to
  *     make room, "conn_evicted"; when every one has a call, the newcomer is refused,
  *     "conn_limit".
- * Descriptor shortages at accept are counted as "accept_failed" and "accept_dropped".
+ * Descriptor shortages are counted as "accept_failed" and "accept_dropped" (at accept) and
+ * "bridge_failed" (no socketpair for a verified connection, which is then closed).
  * Closed-by-bound connections are reset (RST), so they cost no TIME_WAIT here. */
 #ifndef CP_TLS_ACCEPTOR_H
 #define CP_TLS_ACCEPTOR_H
