@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <arpa/inet.h>
+
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
@@ -190,7 +192,29 @@ static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)
     return ok;
 }
 
-static int add_uri_san(X509 *x, const char *uri)
+/* A DNS name or IP literal as a GENERAL_NAME (GEN_IPADD for an address inet_pton reads,
+ * GEN_DNS otherwise), or NULL when out of memory. */
+static GENERAL_NAME *host_name(const char *name)
+{
+    GENERAL_NAME *gn = GENERAL_NAME_new();
+    uint8_t ip[16];
+    int iplen = inet_pton(AF_INET, name, ip) == 1 ? 4 : inet_pton(AF_INET6, name, ip) == 1 ? 16 : 0;
+    ASN1_STRING *s = iplen ? ASN1_OCTET_STRING_new() : ASN1_IA5STRING_new();
+
+    if (gn == NULL || s == NULL ||
+        !ASN1_STRING_set(s, iplen ? (const void *)ip : (const void *)name,
+                         iplen ? iplen : (int)strlen(name))) {
+        GENERAL_NAME_free(gn);
+        ASN1_STRING_free(s);
+        return NULL;
+    }
+    GENERAL_NAME_set0_value(gn, iplen ? GEN_IPADD : GEN_DNS, s);
+    return gn;
+}
+
+/* Adds the subjectAltName extension: the URI `uri`, then each of hosts[0..n_hosts) (DNS
+ * names or IP literals). Returns 1, or 0 on failure. */
+static int add_sans(X509 *x, const char *uri, const char *const *hosts, size_t n_hosts)
 {
     GENERAL_NAMES *names = sk_GENERAL_NAME_new_null();
     GENERAL_NAME *gn = GENERAL_NAME_new();
@@ -204,6 +228,12 @@ static int add_uri_san(X509 *x, const char *uri)
     if (!sk_GENERAL_NAME_push(names, gn))
         goto out;
     gn = NULL;
+    for (size_t i = 0; i < n_hosts; i++) {
+        gn = host_name(hosts[i]);
+        if (gn == NULL || !sk_GENERAL_NAME_push(names, gn))
+            goto out;
+        gn = NULL;
+    }
     ok = X509_add1_ext_i2d(x, NID_subject_alt_name, names, 0, X509V3_ADD_DEFAULT);
 out:
     ASN1_IA5STRING_free(s);
@@ -222,9 +252,11 @@ static int set_name(X509_NAME *name, const char *o, const char *cn)
     return 1;
 }
 
-/* Builds and signs a leaf for `uri` over `pub`. Fills out (chain_pem, serial, times). */
-static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, uint64_t ttl_ms,
-                      struct cp_ca_cert *out, char *err, size_t errlen)
+/* Builds and signs a leaf for `uri` (plus the DNS/IP names hosts[0..n_hosts)) over `pub`.
+ * Fills out (chain_pem, serial, times). */
+static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, const char *const *hosts,
+                      size_t n_hosts, uint64_t ttl_ms, struct cp_ca_cert *out, char *err,
+                      size_t errlen)
 {
     int64_t now = (int64_t)time(NULL);
     uint64_t ttl_s;
@@ -253,7 +285,8 @@ static int issue_leaf(struct cp_ca *ca, EVP_PKEY *pub, const char *uri, uint64_t
         !X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) ||
         !ASN1_TIME_set(X509_getm_notBefore(x), (time_t)(now - CA_BACKDATE_S)) ||
         !ASN1_TIME_set(X509_getm_notAfter(x), (time_t)not_after) || !X509_set_pubkey(x, pub) ||
-        !add_uri_san(x, uri) || !add_ext(x, ca->cert, NID_basic_constraints, "critical,CA:FALSE") ||
+        !add_sans(x, uri, hosts, n_hosts) ||
+        !add_ext(x, ca->cert, NID_basic_constraints, "critical,CA:FALSE") ||
         !add_ext(x, ca->cert, NID_key_usage,
                  rsa ? "critical,digitalSignature,keyEncipherment" : "critical,digitalSignature") ||
         !add_ext(x, ca->cert, NID_ext_key_usage, "serverAuth,clientAuth") ||
@@ -696,13 +729,42 @@ int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char 
         rc = TT_E_CSR_IDENTITY;
         goto out;
     }
-    rc = issue_leaf(ca, pub, spiffe_id, ttl_ms, out, err, errlen);
+    rc = issue_leaf(ca, pub, spiffe_id, NULL, 0, ttl_ms, out, err, errlen);
 out:
     ERR_clear_error();
     GENERAL_NAMES_free(names);
     EVP_PKEY_free(pub);
     X509_REQ_free(req);
     return rc;
+}
+
+/* Checks a --serving-name (see ca.h). */
+int cp_ca_check_serving_name(const char *name)
+{
+    uint8_t ip[16];
+    size_t len = strlen(name), label = 0;
+
+    if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1)
+        return 0;
+    if (len == 0 || len > 253 || name[len - 1] == '.')
+        return -EINVAL;
+    /* RFC 1123 §2.1 host names: letters, digits and hyphens in dot-separated labels of 1
+     * to 63 characters that neither start nor end with a hyphen. */
+    for (size_t i = 0; i <= len; i++) {
+        char ch = name[i];
+
+        if (ch == '.' || ch == '\0') {
+            if (label == 0 || name[i - 1] == '-')
+                return -EINVAL;
+            label = 0;
+            continue;
+        }
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch == '-' && label > 0)) ||
+            ++label > 63)
+            return -EINVAL;
+    }
+    return 0;
 }
 
 /* Writes spiffe://<trust_domain>/ns/tether-system/sa/tether-control into buf[len], truncated to
@@ -713,8 +775,8 @@ void cp_ca_serving_id(const char *trust_domain, char *buf, size_t len)
 }
 
 /* Issues the control plane's serving certificate with a new key; see ca.h. */
-int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *out, char *err,
-                        size_t errlen)
+int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, const char *const *names, size_t n_names,
+                        struct cp_ca_cert *out, char *err, size_t errlen)
 {
     char id[512];
     EVP_PKEY *key = p256_key_new();
@@ -734,7 +796,7 @@ int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *ou
         struct cp_ca tmp = *ca;
 
         tmp.max_ttl_ms = ttl_ms;
-        rc = issue_leaf(&tmp, key, id, ttl_ms, out, err, errlen);
+        rc = issue_leaf(&tmp, key, id, names, n_names, ttl_ms, out, err, errlen);
     }
     if (rc == 0) {
         out->key_pem = tt_pem_from_key(key, NULL);

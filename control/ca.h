@@ -77,12 +77,19 @@ void cp_ca_cert_done(struct cp_ca_cert *c);
 int cp_ca_sign_csr(struct cp_ca *ca, const uint8_t *der, size_t len, const char *spiffe_id,
                    uint64_t ttl_ms, struct cp_ca_cert *out, char *err, size_t errlen);
 
-/* Issues the control plane's own serving certificate
- * (spiffe://<td>/ns/tether-system/sa/tether-control) with a fresh P-256 key, valid for
- * ttl_ms (capped by the CA's not_after). Returns 0 and fills *out (key_pem set) or
- * TT_E_CA_INTERNAL. */
-int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, struct cp_ca_cert *out, char *err,
-                        size_t errlen);
+/* Issues the control plane's own serving certificate with a fresh P-256 key, valid for
+ * ttl_ms (capped by the CA's not_after). Its subjectAltName holds the URI
+ * spiffe://<td>/ns/tether-system/sa/tether-control (what sidecars check), then
+ * names[0..n_names) as DNS names, or IP addresses for those that are IPv4/IPv6 literals
+ * (what a standard TLS client such as gRPC's checks; each must pass
+ * cp_ca_check_serving_name). Returns 0 and fills *out (key_pem set) or TT_E_CA_INTERNAL. */
+int cp_ca_issue_serving(struct cp_ca *ca, uint64_t ttl_ms, const char *const *names, size_t n_names,
+                        struct cp_ca_cert *out, char *err, size_t errlen);
+
+/* Whether `name` may be a serving-certificate name: an IPv4 or IPv6 literal (no brackets),
+ * or a host name of letters, digits and hyphens in dot-separated labels (RFC 1123; no
+ * wildcard, no trailing dot, at most 253 bytes). Returns 0 or -EINVAL. Pure. */
+int cp_ca_check_serving_name(const char *name);
 
 /* One revoked certificate for cp_ca_crl(): its serial (any form tt_serial_normalize
  * accepts) and when it was revoked (unix seconds). */

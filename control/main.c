@@ -1,8 +1,8 @@
 /* tether-control: the control plane's process. Flags, the state directory, the CA, the
  * sidecar API (gRPC over mTLS, sidecar_api.c), the operator API on a libuv loop (each
  * --listen-api: plaintext on loopback, else mTLS with an admin certificate through a
- * cp_tls_acceptor whose connections reach the loop through a uv_async_t), and
- * SIGTERM/SIGINT. The only place in control/ that exits.
+ * cp_tls_acceptor, whose loop thread hands connections to this loop through a
+ * uv_async_t), and SIGTERM/SIGINT. The only place in control/ that exits.
  *
  * Exit status: 0 after a signal, 1 when a runtime start-up step fails (state, CA,
  * listeners), 2 for bad flags. */
@@ -17,12 +17,12 @@
 
 #include "api.h"
 #include "ca.h"
+#include "core/errors.h"
 #include "core/log.h"
 #include "core/spiffe.h"
 #include "tls/crypto.h"
 #include "store.h"
 #include "tls_acceptor.h"
-#include "control/tlspipe.h"
 #include "core/util.h"
 #include "operator_token.h"
 #include "sidecar_api.h"
@@ -30,6 +30,18 @@
 #define EXIT_RUNTIME      1
 #define EXIT_USAGE        2
 #define MAX_API_LISTENERS 4
+#define MAX_SERVING_NAMES 16
+/* Descriptors kept for everything but sidecar connections (gRPC's and libuv's own, the
+ * state files, the acceptors' reserves), and per operator API listener. */
+#define FD_RESERVE_BASE    64
+#define FD_RESERVE_PER_API 16
+/* The sidecar port's bounds (tls_acceptor.h), unless flags say otherwise. */
+#define SIDECAR_MAX_CONNS_DEFAULT  10000
+#define SIDECAR_MAX_PER_SOURCE     256
+#define SIDECAR_HANDSHAKE_DEFAULT  "10s"
+#define SIDECAR_FIRST_CALL_DEFAULT "10s"
+#define API_MAX_CONNS              256
+#define API_MAX_PER_SOURCE         64
 
 static const char usage[] =
     "usage: tether-control --state-dir DIR [options]\n"
@@ -50,6 +62,21 @@ static const char usage[] =
     "                             (up to 8; default spiffe://TD/ns/tether-system/sa/"
     "tether-admin)\n"
     "  --cert-ttl DURATION        lifetime of workload certificates (default 1h)\n"
+    "  --serving-name NAME        a DNS name or IP address in the control plane's serving\n"
+    "                             certificate (for standard gRPC clients); repeatable (up\n"
+    "                             to 16). Default: localhost, 127.0.0.1, ::1, the\n"
+    "                             --listen-sidecars address unless a wildcard,\n"
+    "                             tether-control.tether-system.svc and\n"
+    "                             tether-control.tether-system.svc.cluster.local\n"
+    "  --sidecar-max-connections N  connections on --listen-sidecars at once (default 10000,\n"
+    "                             lowered to what the open-files limit allows, 3 per\n"
+    "                             connection); when full, the oldest one without a\n"
+    "                             successful call is closed to make room\n"
+    "  --sidecar-max-per-source N   connections from one source IP address (default 256)\n"
+    "  --sidecar-handshake-timeout DURATION  for a TLS handshake (default 10s)\n"
+    "  --sidecar-first-call-timeout DURATION  from the handshake to the first successful\n"
+    "                             gRPC call (Sign, or a Watch opened); 0 for none\n"
+    "                             (default 10s)\n"
     "  --ca-cert FILE --ca-key FILE [--ca-chain FILE]\n"
     "                             use this root or intermediate instead of the state's own\n"
     "  --log-level LEVEL          debug, info, warn, error (default info)\n"
@@ -64,6 +91,10 @@ struct flags {
     const char *admin_ids[CP_API_MAX_ADMINS];
     size_t n_admin_ids;
     const char *cert_ttl;
+    const char *serving_names[MAX_SERVING_NAMES];
+    size_t n_serving_names;
+    const char *sidecar_max_conns, *sidecar_max_per_source;
+    const char *sidecar_handshake, *sidecar_first_call;
     const char *ca_cert, *ca_key, *ca_chain;
     const char *log_level;
 };
@@ -79,12 +110,11 @@ struct api_listener {
     struct cp_tls_acceptor *acceptor;
 };
 
-/* A connection on its way from a handshake thread to the loop thread. */
+/* A connection on its way from an acceptor's loop thread to this loop's thread. */
 struct handoff {
     struct handoff *next;
     struct api_listener *l;
     int fd;
-    struct tt_tlspipe *pipe;
     char peer_id[TT_SPIFFE_MAX + 1];
 };
 
@@ -120,6 +150,10 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--trust-domain", offsetof(struct flags, trust_domain)},
         {"--listen-sidecars", offsetof(struct flags, listen_sidecars)},
         {"--cert-ttl", offsetof(struct flags, cert_ttl)},
+        {"--sidecar-max-connections", offsetof(struct flags, sidecar_max_conns)},
+        {"--sidecar-max-per-source", offsetof(struct flags, sidecar_max_per_source)},
+        {"--sidecar-handshake-timeout", offsetof(struct flags, sidecar_handshake)},
+        {"--sidecar-first-call-timeout", offsetof(struct flags, sidecar_first_call)},
         {"--ca-cert", offsetof(struct flags, ca_cert)},
         {"--ca-key", offsetof(struct flags, ca_key)},
         {"--ca-chain", offsetof(struct flags, ca_chain)},
@@ -135,6 +169,18 @@ static int parse_flags(int argc, char **argv, struct flags *f)
             return -1;
         }
         /* The repeatable ones. */
+        if (strcmp(a, "--serving-name") == 0 || strncmp(a, "--serving-name=", 15) == 0) {
+            if (a[14] == '=')
+                val = a + 15;
+            else if (i + 1 < argc)
+                val = argv[++i];
+            else
+                return die_usage("--serving-name", " needs a value");
+            if (f->n_serving_names == MAX_SERVING_NAMES)
+                return die_usage("--serving-name: at most 16 names", NULL);
+            f->serving_names[f->n_serving_names++] = val;
+            continue;
+        }
         if (strcmp(a, "--listen-api") == 0 || strncmp(a, "--listen-api=", 13) == 0 ||
             strcmp(a, "--admin-id") == 0 || strncmp(a, "--admin-id=", 11) == 0) {
             bool api = a[2] == 'l';
@@ -212,12 +258,10 @@ static void on_handoff(uv_async_t *as)
         next = h->next;
         if (h->l->api == NULL) {
             close(h->fd);
-            tt_tlspipe_close(h->pipe);
         } else {
+            /* The acceptor's relay ends when the HTTP side closes its end. */
             int r = cp_api_adopt_fd(h->l->api, h->fd, h->peer_id[0] ? h->peer_id : NULL);
 
-            /* The relay ends by itself when the HTTP side closes its end. */
-            tt_tlspipe_release(h->pipe);
             if (r < 0)
                 tt_log(TT_LOG_WARN, "api_connection_refused", TT_LS("listener", h->l->text),
                        TT_LS("peer_id", h->peer_id),
@@ -272,13 +316,19 @@ static void on_store_change(void *ud, uint64_t version)
         cp_sidecar_api_push(c->sidecars);
 }
 
-/* Starts the gRPC side for sidecars on --listen-sidecars. Returns 0 or EXIT_RUNTIME. */
-static int start_sidecar_side(struct control *c, const struct tt_addr *listen, uint64_t ttl_ms)
+/* Starts the gRPC side for sidecars on --listen-sidecars with the transport bounds and
+ * serving names in `so` (listen, ca, store and cert_ttl_ms are set here). Returns 0 or
+ * EXIT_RUNTIME. */
+static int start_sidecar_side(struct control *c, const struct tt_addr *listen, uint64_t ttl_ms,
+                              struct cp_sidecar_api_opts *so_in)
 {
-    struct cp_sidecar_api_opts so = {
-        .listen = listen, .ca = c->ca, .store = c->store, .cert_ttl_ms = ttl_ms};
+    struct cp_sidecar_api_opts so = *so_in;
     char err[512] = "";
 
+    so.listen = listen;
+    so.ca = c->ca;
+    so.store = c->store;
+    so.cert_ttl_ms = ttl_ms;
     c->sidecars = cp_sidecar_api_new(&so, err, sizeof(err));
     if (c->sidecars == NULL) {
         tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
@@ -286,7 +336,9 @@ static int start_sidecar_side(struct control *c, const struct tt_addr *listen, u
     }
     cp_store_set_change_cb(c->store, on_store_change, c);
     tt_log(TT_LOG_INFO, "sidecar_api_listening", TT_LS("addr", listen->text),
-           TT_LI("port", cp_sidecar_api_port(c->sidecars)));
+           TT_LI("port", cp_sidecar_api_port(c->sidecars)), TT_LU("max_connections", so.max_conns),
+           TT_LU("max_per_source", so.max_per_source), TT_LU("handshake_ms", so.handshake_ms),
+           TT_LU("first_call_ms", so.first_call_ms));
     return 0;
 }
 
@@ -298,10 +350,10 @@ static struct tt_identity *api_identity(void *ud, char *err, size_t errlen)
     return cp_sidecar_api_serving_identity(l->c->sidecars, err, errlen);
 }
 
-/* A handshake thread verified a client on an mTLS --listen-api: refuse a revoked
- * certificate, queue the rest for the loop thread. */
-static void on_api_accept(void *ud, int app_fd, struct tt_tlspipe *pipe, const char *peer_id,
-                          const char *serial, const char *peer_addr)
+/* The acceptor's loop thread verified a client on an mTLS --listen-api: refuse a revoked
+ * certificate, queue the rest for this loop's thread. */
+static void on_api_accept(void *ud, int app_fd, const char *peer_id, const char *serial,
+                          const char *peer_addr)
 {
     struct api_listener *l = ud;
     struct control *c = l->c;
@@ -317,7 +369,6 @@ static void on_api_accept(void *ud, int app_fd, struct tt_tlspipe *pipe, const c
         goto drop;
     h->l = l;
     h->fd = app_fd;
-    h->pipe = pipe;
     snprintf(h->peer_id, sizeof(h->peer_id), "%s", peer_id ? peer_id : "");
     tt_log(TT_LOG_DEBUG, "api_connection", TT_LS("listener", l->text), TT_LS("peer", peer_addr),
            TT_LS("peer_id", peer_id), TT_LS("serial", serial));
@@ -329,7 +380,14 @@ static void on_api_accept(void *ud, int app_fd, struct tt_tlspipe *pipe, const c
     return;
 drop:
     close(app_fd);
-    tt_tlspipe_close(pipe);
+}
+
+/* Counts what a --listen-api acceptor shed among the store's refusals (GET /stats). */
+static void on_api_shed(void *ud, const char *reason)
+{
+    struct api_listener *l = ud;
+
+    cp_store_count_refusal(l->c->store, reason);
 }
 
 /* Starts the operator API on every --listen-api: plaintext on loopback, otherwise the
@@ -358,9 +416,12 @@ static int start_apis(struct control *c, const struct flags *f)
                 .role = TT_TLS_SERVER,
                 .identity = api_identity,
                 .on_accept = on_api_accept,
+                .count = on_api_shed,
                 .ud = l,
                 .name = "api",
                 .flag = "--listen-api",
+                .max_conns = API_MAX_CONNS,
+                .max_per_source = API_MAX_PER_SOURCE,
             };
 
             if (!c->handoff_init) {
@@ -403,6 +464,117 @@ static int revoke_reserved(struct cp_store *store)
     return EXIT_RUNTIME;
 }
 
+/* Adds name to names[*n] unless it is there already (cap MAX_SERVING_NAMES + 1). */
+static void add_name(const char **names, size_t *n, const char *name)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(names[i], name) == 0)
+            return;
+    if (*n < MAX_SERVING_NAMES + 1)
+        names[(*n)++] = name;
+}
+
+/* The serving certificate's names: each --serving-name, or else the defaults (see the
+ * usage text), with the --listen-sidecars host unless it is a wildcard; `host` is the
+ * caller's buffer for it. Returns 0, or EXIT_USAGE after a message naming the bad one. */
+static int serving_names(const struct flags *f, char *host, size_t hostlen, const char **names,
+                         size_t *n)
+{
+    static const char *const defaults[] = {"localhost", "127.0.0.1", "::1",
+                                           "tether-control.tether-system.svc",
+                                           "tether-control.tether-system.svc.cluster.local"};
+    const char *colon = strrchr(f->listen_sidecars, ':');
+    size_t len = colon != NULL ? (size_t)(colon - f->listen_sidecars) : 0;
+
+    *n = 0;
+    for (size_t i = 0; i < f->n_serving_names; i++) {
+        if (cp_ca_check_serving_name(f->serving_names[i]) != 0)
+            return die_usage("--serving-name: expected a DNS name (letters, digits, hyphens "
+                             "and dots; no wildcard) or an IP address, got ",
+                             f->serving_names[i]);
+        add_name(names, n, f->serving_names[i]);
+    }
+    if (*n > 0)
+        return 0;
+    for (size_t i = 0; i < TT_ARRAY_SIZE(defaults); i++)
+        add_name(names, n, defaults[i]);
+    /* "[::1]:15012" -> "::1", "10.0.0.5:15012" -> "10.0.0.5"; not 0.0.0.0 or ::. */
+    if (len >= 2 && f->listen_sidecars[0] == '[' && f->listen_sidecars[len - 1] == ']')
+        snprintf(host, hostlen, "%.*s", (int)(len - 2), f->listen_sidecars + 1);
+    else
+        snprintf(host, hostlen, "%.*s", (int)len, f->listen_sidecars);
+    if (strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0 &&
+        cp_ca_check_serving_name(host) == 0)
+        add_name(names, n, host);
+    return 0;
+}
+
+/* Parses the sidecar port's bounds into so and fits the connection bound to the open-files
+ * limit (raised to the hard limit first): the default is lowered to what fits, with one
+ * line; an explicit --sidecar-max-connections above it is kept, with one line (the
+ * acceptor then rides out descriptor shortages, tls_acceptor.h). Returns 0 or EXIT_USAGE. */
+static int sidecar_bounds(const struct flags *f, size_t n_api, struct cp_sidecar_api_opts *so)
+{
+    const char *hs = f->sidecar_handshake ? f->sidecar_handshake : SIDECAR_HANDSHAKE_DEFAULT;
+    const char *fc = f->sidecar_first_call ? f->sidecar_first_call : SIDECAR_FIRST_CALL_DEFAULT;
+    uint64_t nofile, hard, kept = FD_RESERVE_BASE + FD_RESERVE_PER_API * n_api, fits;
+    unsigned long v;
+    char *end;
+    int err;
+
+    if (tt_duration_parse(hs, &so->handshake_ms) != 0 || so->handshake_ms == 0)
+        return die_usage("--sidecar-handshake-timeout: expected a duration above 0 (e.g. 10s), "
+                         "got ",
+                         hs);
+    if (strcmp(fc, "0") != 0 && (tt_duration_parse(fc, &so->first_call_ms) != 0))
+        return die_usage("--sidecar-first-call-timeout: expected a duration (e.g. 10s) or 0, "
+                         "got ",
+                         fc);
+    so->max_conns = SIDECAR_MAX_CONNS_DEFAULT;
+    so->max_per_source = SIDECAR_MAX_PER_SOURCE;
+    if (f->sidecar_max_conns != NULL) {
+        errno = 0;
+        v = strtoul(f->sidecar_max_conns, &end, 10);
+        if (errno != 0 || *end != '\0' || end == f->sidecar_max_conns || v == 0 || v > 1000000)
+            return die_usage("--sidecar-max-connections: expected a number from 1 to 1000000, "
+                             "got ",
+                             f->sidecar_max_conns);
+        so->max_conns = (unsigned)v;
+    }
+    if (f->sidecar_max_per_source != NULL) {
+        errno = 0;
+        v = strtoul(f->sidecar_max_per_source, &end, 10);
+        if (errno != 0 || *end != '\0' || end == f->sidecar_max_per_source || v == 0 || v > 1000000)
+            return die_usage("--sidecar-max-per-source: expected a number from 1 to 1000000, "
+                             "got ",
+                             f->sidecar_max_per_source);
+        so->max_per_source = (unsigned)v;
+    }
+
+    err = tt_nofile_raise(&nofile, &hard);
+    if (err < 0)
+        tt_log(TT_LOG_WARN, "open_files_limit_kept", TT_LU("open_files_limit", nofile),
+               TT_LU("hard_limit", hard), TT_LS("error", tt_strerror(err)));
+    if (nofile == UINT64_MAX)
+        return 0;
+    fits = nofile > kept + CP_TLS_FDS_PER_CONN ? (nofile - kept) / CP_TLS_FDS_PER_CONN : 1;
+    if (so->max_conns <= fits)
+        return 0;
+    tt_log(TT_LOG_WARN,
+           f->sidecar_max_conns != NULL ? "max_connections_above_open_files"
+                                        : "max_connections_capped",
+           TT_LS("listener", "sidecar"), TT_LU("requested", so->max_conns),
+           TT_LU("max_connections", f->sidecar_max_conns != NULL ? so->max_conns : fits),
+           TT_LU("open_files_limit", nofile), TT_LU("reserved_fds", kept),
+           TT_LS("reason", "each sidecar connection holds three descriptors; raise the hard "
+                           "open-files limit (ulimit -Hn, LimitNOFILE=) to admit more"));
+    if (f->sidecar_max_conns == NULL)
+        so->max_conns = (unsigned)fits;
+    if (so->max_per_source > so->max_conns)
+        so->max_per_source = so->max_conns;
+    return 0;
+}
+
 /* tether-control's entry: parses and checks flags, opens the store and the CA, starts the sidecar
  * API and each operator API, then runs the loop until SIGTERM or SIGINT. Returns 0 after a signal
  * (or --help), 1 when start-up fails, 2 for bad flags. */
@@ -414,6 +586,9 @@ int main(int argc, char **argv)
                       .log_level = "info"};
     struct control c = {0};
     struct cp_ca_opts co = {0};
+    struct cp_sidecar_api_opts so = {0};
+    const char *names[MAX_SERVING_NAMES + 1];
+    char listen_host[300];
     struct tt_addr sidecar_addr;
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
@@ -443,6 +618,10 @@ int main(int argc, char **argv)
     if (rc != 0)
         return die_usage("--listen-sidecars: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
                          f.listen_sidecars);
+    rc = serving_names(&f, listen_host, sizeof(listen_host), names, &so.n_serving_names);
+    if (rc != 0)
+        return rc;
+    so.serving_names = names;
     if (f.n_listen_api == 0)
         f.listen_api[f.n_listen_api++] = "127.0.0.1:15014";
     for (size_t i = 0; i < f.n_listen_api; i++) {
@@ -472,6 +651,10 @@ int main(int argc, char **argv)
                              "issued any other identity), got ",
                              id);
     }
+
+    rc = sidecar_bounds(&f, f.n_listen_api, &so);
+    if (rc != 0)
+        return rc;
 
     /* One control plane per state directory: a second one would overwrite the first's
      * files (last writer wins) or race it creating the CA. */
@@ -521,7 +704,7 @@ int main(int argc, char **argv)
     c.loop = uv_default_loop();
     pthread_mutex_init(&c.handoff_lock, NULL);
     /* The sidecar side first: it owns the serving identity the mTLS API presents. */
-    rc = start_sidecar_side(&c, &sidecar_addr, ttl_ms);
+    rc = start_sidecar_side(&c, &sidecar_addr, ttl_ms, &so);
     if (rc != 0)
         goto out_lock;
     rc = start_apis(&c, &f);

@@ -20,20 +20,12 @@
 #include "tether/v1/tether.pb-c.h"
 #include "tls/tls.h"
 #include "tls_acceptor.h"
-#include "control/tlspipe.h"
 #include "core/util.h"
 
 #define API_SERVING_TTL_MS (24ULL * 3600 * 1000)
 /* When an operator has set no policy yet, sidecars get the document DESIGN.md implies:
  * deny everything (a mesh is closed until someone opens it). */
 #define API_DEFAULT_POLICY "{\"default\": \"deny\", \"rules\": []}"
-
-/* One established TLS connection: kept to cut it off when its certificate is revoked. */
-struct api_conn {
-    struct api_conn *next;
-    struct tt_tlspipe *pipe;
-    char serial[TT_SERIAL_MAX];
-};
 
 /* One open Discovery.Watch stream. */
 struct watcher {
@@ -50,13 +42,14 @@ struct cp_sidecar_api {
     struct cp_ca *ca;
     struct cp_store *store;
     uint64_t cert_ttl_ms;
+    const char **serving_names; /* DNS/IP names of the serving certificate (copied) */
+    size_t n_serving_names;
     struct cp_tls_acceptor *acceptor;
     struct tt_grpc_server *grpc;
 
     pthread_mutex_t lock; /* guards everything below */
     struct tt_identity *serving;
     int64_t serving_renew_at;
-    struct api_conn *conns;
     struct watcher *watchers;
     uint64_t next_watcher;
 };
@@ -171,6 +164,8 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
     resp.not_after_unix = cert.not_after;
     resp.serial = cert.serial;
     tt_grpc_reply_message(reply, &resp.base);
+    /* A call that did what it came for: the connection is no longer idle-after-TLS. */
+    cp_tls_acceptor_mark_called(api->acceptor, peer->address);
     tt_log(TT_LOG_INFO, "certificate_signed", TT_LS("spiffe_id", asked),
            TT_LS("serial", cert.serial), TT_LI("not_after", cert.not_after), TT_LS("proof", proof),
            TT_LS("peer", peer->address));
@@ -247,21 +242,9 @@ void cp_sidecar_api_push(struct cp_sidecar_api *api)
         }
         watcher_send(w, snap);
     }
-    /* A revocation also closes the connection itself, not only the stream on it. */
-    for (struct api_conn **pp = &api->conns; *pp != NULL;) {
-        struct api_conn *c = *pp;
-        bool revoked = c->serial[0] != '\0' && cp_store_is_revoked(api->store, c->serial);
-        if (revoked || !tt_tlspipe_running(c->pipe)) {
-            if (revoked)
-                tt_log(TT_LOG_INFO, "revoked_connection_closed", TT_LS("serial", c->serial));
-            *pp = c->next;
-            tt_tlspipe_close(c->pipe);
-            free(c);
-            continue;
-        }
-        pp = &c->next;
-    }
     pthread_mutex_unlock(&api->lock);
+    /* A revocation also closes the connection itself, not only the stream on it. */
+    cp_tls_acceptor_sweep(api->acceptor);
     cp_snapshot_free(snap);
 }
 
@@ -295,6 +278,7 @@ static void on_watch_open(void *ud, struct tt_grpc_stream *st, const struct tt_g
     api->watchers = w;
     pthread_mutex_unlock(&api->lock);
     tt_grpc_stream_set_data(st, w);
+    cp_tls_acceptor_mark_called(api->acceptor, peer->address);
     cp_store_sidecar_seen(api->store, w->key, w->spiffe_id, peer->address, "");
     tt_log(TT_LOG_INFO, "watch_opened", TT_LS("spiffe_id", w->spiffe_id),
            TT_LS("serial", w->serial), TT_LS("stream", w->key));
@@ -391,7 +375,8 @@ static struct tt_identity *serving_identity(struct cp_sidecar_api *api, char *er
     }
     pthread_mutex_unlock(&api->lock);
 
-    if (cp_ca_issue_serving(api->ca, API_SERVING_TTL_MS, &cert, err, errlen) < 0)
+    if (cp_ca_issue_serving(api->ca, API_SERVING_TTL_MS, api->serving_names, api->n_serving_names,
+                            &cert, err, errlen) < 0)
         return NULL;
     const char *bundle = cp_ca_bundle_pem(api->ca);
     id = tt_identity_from_pem(cert.chain_pem, strlen(cert.chain_pem), cert.key_pem,
@@ -410,30 +395,28 @@ static struct tt_identity *serving_identity(struct cp_sidecar_api *api, char *er
     return id;
 }
 
-/* A verified connection from the acceptor: register it (to cut it when its certificate
- * is revoked) and hand the plaintext end to gRPC. */
-static void on_accept(void *ud, int app_fd, struct tt_tlspipe *pipe, const char *peer_id,
-                      const char *serial, const char *peer_addr)
+/* A verified connection from the acceptor (its loop thread): hand the plaintext end to
+ * gRPC. */
+static void on_accept(void *ud, int app_fd, const char *peer_id, const char *serial,
+                      const char *peer_addr)
 {
     struct cp_sidecar_api *api = ud;
-    struct api_conn *rec = calloc(1, sizeof(*rec));
 
-    if (rec == NULL) {
-        close(app_fd);
-        tt_tlspipe_close(pipe);
-        return;
-    }
-    if (tt_grpc_server_add_fd(api->grpc, app_fd, peer_id, serial, peer_addr) < 0) {
-        tt_tlspipe_close(pipe);
-        free(rec);
-        return;
-    }
-    snprintf(rec->serial, sizeof(rec->serial), "%s", serial);
-    rec->pipe = pipe;
-    pthread_mutex_lock(&api->lock);
-    rec->next = api->conns;
-    api->conns = rec;
-    pthread_mutex_unlock(&api->lock);
+    tt_grpc_server_add_fd(api->grpc, app_fd, peer_id, serial, peer_addr); /* owns app_fd */
+}
+
+static bool acceptor_revoked(void *ud, const char *serial)
+{
+    struct cp_sidecar_api *api = ud;
+
+    return cp_store_is_revoked(api->store, serial);
+}
+
+static void acceptor_count(void *ud, const char *reason)
+{
+    struct cp_sidecar_api *api = ud;
+
+    cp_store_count_refusal(api->store, reason);
 }
 
 static struct tt_identity *acceptor_identity(void *ud, char *err, size_t errlen)
@@ -450,6 +433,13 @@ struct tt_identity *cp_sidecar_api_serving_identity(struct cp_sidecar_api *api, 
 
 /* ---- lifecycle --------------------------------------------------------------------- */
 
+static void serving_names_free(struct cp_sidecar_api *api)
+{
+    for (size_t i = 0; i < api->n_serving_names; i++)
+        free((char *)api->serving_names[i]);
+    free(api->serving_names);
+}
+
 /* Starts the API (see sidecar_api.h). */
 struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts, char *err,
                                           size_t errlen)
@@ -458,10 +448,17 @@ struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts
     struct cp_tls_acceptor_opts ao = {
         .listen = opts->listen,
         .role = TT_TLS_SERVER_OPTIONAL_CLIENT,
+        .alpn = "h2", /* gRPC clients require it (RFC 7540 §3.3); ours offer none */
         .identity = acceptor_identity,
         .on_accept = on_accept,
+        .revoked = acceptor_revoked,
+        .count = acceptor_count,
         .name = "sidecar",
         .flag = "--listen-sidecars",
+        .handshake_ms = opts->handshake_ms,
+        .first_call_ms = opts->first_call_ms,
+        .max_conns = opts->max_conns,
+        .max_per_source = opts->max_per_source,
     };
     struct tt_identity *id;
 
@@ -473,6 +470,19 @@ struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts
     api->store = opts->store;
     api->cert_ttl_ms = opts->cert_ttl_ms;
     pthread_mutex_init(&api->lock, NULL);
+    api->serving_names = calloc(opts->n_serving_names + 1, sizeof(*api->serving_names));
+    if (api->serving_names == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto err_free;
+    }
+    for (size_t i = 0; i < opts->n_serving_names; i++) {
+        api->serving_names[i] = strdup(opts->serving_names[i]);
+        if (api->serving_names[i] == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto err_free;
+        }
+        api->n_serving_names++;
+    }
 
     id = serving_identity(api, err, errlen);
     if (id == NULL)
@@ -504,6 +514,7 @@ struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts
 err_free:
     tt_grpc_server_free(api->grpc);
     tt_identity_unref(api->serving);
+    serving_names_free(api);
     pthread_mutex_destroy(&api->lock);
     free(api);
     return NULL;
@@ -520,16 +531,14 @@ void cp_sidecar_api_free(struct cp_sidecar_api *api)
 {
     if (api == NULL)
         return;
-    /* Waits for the handshakes in flight: none reaches gRPC after this. */
-    cp_tls_acceptor_free(api->acceptor);
+    /* gRPC first: once its thread has ended no handler can reach the acceptor; a
+     * connection the acceptor hands over meanwhile is refused (closed). Then the loop
+     * thread ends with every connection. */
     tt_grpc_server_shutdown(api->grpc); /* every stream gets on_close */
+    cp_tls_acceptor_free(api->acceptor);
     tt_grpc_server_free(api->grpc);
-    for (struct api_conn *c = api->conns, *next; c != NULL; c = next) {
-        next = c->next;
-        tt_tlspipe_close(c->pipe);
-        free(c);
-    }
     tt_identity_unref(api->serving);
+    serving_names_free(api);
     pthread_mutex_destroy(&api->lock);
     free(api);
 }

@@ -3,9 +3,10 @@
  * that the caller's proof supports (a bootstrap token, or the caller's current valid,
  * unrevoked certificate on this connection); Discovery.Watch pushes versioned snapshots
  * (trust bundle, policy, service table, revocations) and records each sidecar's ACK or
- * NACK. Connections come through a cp_tls_acceptor (tls_acceptor.h: one accepting
- * thread, a short-lived thread per handshake); each established connection runs on a
- * tlspipe relay thread; the gRPC completion queue has its own thread. */
+ * NACK. Connections come through a cp_tls_acceptor (tls_acceptor.h: TLS on one event-loop
+ * thread, with handshake and first-call deadlines and bounds on connections per source
+ * and in all; ALPN h2); a call that succeeds (a certificate signed, a Watch opened) marks
+ * its connection as called. The gRPC completion queue has its own thread. */
 #ifndef CP_SIDECAR_API_H
 #define CP_SIDECAR_API_H
 
@@ -23,6 +24,13 @@ struct cp_sidecar_api_opts {
     struct cp_ca *ca;
     struct cp_store *store;
     uint64_t cert_ttl_ms; /* lifetime of the certificates it issues */
+    /* DNS names and IP literals the serving certificate carries besides its SPIFFE ID
+     * (cp_ca_issue_serving; copied). */
+    const char *const *serving_names;
+    size_t n_serving_names;
+    /* The transport's bounds (tls_acceptor.h; 0: its defaults, no first-call deadline). */
+    uint64_t handshake_ms, first_call_ms;
+    unsigned max_conns, max_per_source;
 };
 
 /* Binds the address, issues the serving certificate and starts serving. The CA and the

@@ -10,6 +10,8 @@ packages=(
   meson ninja-build pkg-config gcc
   # run and test
   openssl ca-certificates curl python3 iproute2 procps haproxy nginx libnginx-mod-stream
+  # a standard gRPC client for the control plane's interop test (DEPS.md)
+  python3-grpcio python3-grpc-tools
 )
 if [ "${1:-}" = "--bench" ]; then
   packages+=(wrk)

@@ -8,7 +8,9 @@
 # and direct (no proxy). Per chain: requests/s and p50/p99 latency at 50 keep-alive
 # connections, requests/s with a new connection per request (Connection: close), MB/s
 # for one 100 MB download; then each pair's RSS idle and with 5,000 idle mTLS
-# connections between its two proxies. Prints a table (medians over the rounds).
+# connections between its two proxies. Prints a table (medians over the rounds). Then the
+# control plane's RSS per held sidecar Watch connection and its thread count with 500 and
+# 2,000 held (control_conns.py; CONTROL_CONNS to change the counts).
 #
 # Usage: tests/bench/run.sh [BUILD_DIR]      (default build-bench, --buildtype=release)
 # Environment: ROUNDS (3), DURATION (wrk seconds per measurement, 5), CONNS (50),
@@ -33,6 +35,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
     command -v haproxy >/dev/null || need+=(haproxy)
     command -v curl >/dev/null || need+=(curl)
+    /usr/bin/python3 -c 'import grpc, grpc_tools' 2>/dev/null || need+=(python3-grpcio python3-grpc-tools)
     if [ ${#need[@]} -gt 0 ]; then
         say "installing ${need[*]}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -45,7 +48,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     bt=$(meson introspect --buildoptions "$build" | python3 -c \
         'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"][0])')
     [ "$bt" = release ] || { say "$build has buildtype=$bt; want release (meson configure $build --buildtype=release)"; exit 2; }
-    ninja -C "$build" sidecar/tether-sidecar >/dev/null
+    ninja -C "$build" sidecar/tether-sidecar control/tether-control control/tetherctl >/dev/null
 fi
 sidecar=$build/sidecar/tether-sidecar
 [ -x "$sidecar" ] || { say "$sidecar missing"; exit 2; }
@@ -393,3 +396,8 @@ print("targets: tether req/s >= nginx: %s; tether p99 <= nginx: %s; idle RSS per
           "yes" if all(rss["rss_busy"].get(s) and (rss["rss_busy"][s] - rss["rss_idle"][s])
                        / idle_n < 20 for s in ("tether_in", "tether_out")) else "NO"))
 PY
+
+say "control plane: RSS per held sidecar connection"
+# shellcheck disable=SC2086 # CONTROL_CONNS is a list of counts
+/usr/bin/python3 "$here/control_conns.py" "$build" ${CONTROL_CONNS:-500 2000} ||
+    say "control plane figures failed"

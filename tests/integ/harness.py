@@ -866,8 +866,8 @@ class Control(Proc):
     """A tether-control process with its state directory and its two ports. restart()
     starts it again with the same arguments (same state, same ports)."""
 
-    def __init__(self, env, name, argv, state_dir, sidecar_port, api_port):
-        super().__init__(env, name, argv)
+    def __init__(self, env, name, argv, state_dir, sidecar_port, api_port, nofile=None):
+        super().__init__(env, name, argv, nofile=nofile)
         self.state_dir = state_dir
         self.sidecar_port = sidecar_port
         self.api_port = api_port
@@ -1084,9 +1084,10 @@ class Env:
         return sc
 
     def control(self, name="control", cert_ttl="1h", trust_domain="cluster.local",
-                state_dir=None, extra=(), wait=True):
+                state_dir=None, extra=(), wait=True, nofile=None):
         """Starts tether-control on two free loopback ports with a state directory (a new
-        one under the Env's directory unless state_dir is given)."""
+        one under the Env's directory unless state_dir is given). nofile: (soft, hard)
+        RLIMIT_NOFILE to start it with (not kept by restart())."""
         if self.control_bin is None:
             raise TestFailure("TT_CONTROL / TT_TETHERCTL are not set")
         state_dir = state_dir or self.path(name + "-state")
@@ -1094,7 +1095,7 @@ class Env:
         argv = [self.control_bin, "--state-dir", state_dir, "--trust-domain", trust_domain,
                 "--listen-sidecars", "127.0.0.1:%d" % sp, "--listen-api", "127.0.0.1:%d" % ap,
                 "--cert-ttl", cert_ttl] + list(extra)
-        c = Control(self, name, argv, state_dir, sp, ap)
+        c = Control(self, name, argv, state_dir, sp, ap, nofile=nofile)
         log("started %s pid %d: %s" % (name, c.pid, " ".join(argv[1:])))
         if wait:
             c.wait_up()

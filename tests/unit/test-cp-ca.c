@@ -598,14 +598,36 @@ static void test_ca_serving_certificate(void **state)
     BIO *b;
     EVP_PKEY *k;
 
-    assert_int_equal(cp_ca_issue_serving(ca, 24 * 3600 * 1000ULL, &out, err, sizeof(err)), 0);
+    static const char *const hosts[] = {"localhost", "127.0.0.1", "::1",
+                                        "tether-control.tether-system.svc"};
+    static const uint8_t v4[4] = {127, 0, 0, 1}, v6[16] = {[15] = 1};
+
+    assert_int_equal(cp_ca_issue_serving(ca, 24 * 3600 * 1000ULL, hosts, 4, &out, err, sizeof(err)),
+                     0);
     cp_ca_serving_id(TD, id, sizeof(id));
     assert_string_equal(id, "spiffe://" TD "/ns/tether-system/sa/tether-control");
     leaf = first_cert(out.chain_pem);
+    /* The URI first (what sidecars check), then the names a standard client checks. */
     names = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
+    assert_int_equal(sk_GENERAL_NAME_num(names), 5);
+    assert_int_equal(sk_GENERAL_NAME_value(names, 0)->type, GEN_URI);
     assert_string_equal((const char *)ASN1_STRING_get0_data(sk_GENERAL_NAME_value(names, 0)->d.ia5),
                         id);
+    assert_int_equal(sk_GENERAL_NAME_value(names, 1)->type, GEN_DNS);
+    assert_string_equal((const char *)ASN1_STRING_get0_data(sk_GENERAL_NAME_value(names, 1)->d.ia5),
+                        "localhost");
+    assert_int_equal(sk_GENERAL_NAME_value(names, 2)->type, GEN_IPADD);
+    assert_int_equal(ASN1_STRING_length(sk_GENERAL_NAME_value(names, 2)->d.ip), 4);
+    assert_memory_equal(ASN1_STRING_get0_data(sk_GENERAL_NAME_value(names, 2)->d.ip), v4, 4);
+    assert_int_equal(sk_GENERAL_NAME_value(names, 3)->type, GEN_IPADD);
+    assert_int_equal(ASN1_STRING_length(sk_GENERAL_NAME_value(names, 3)->d.ip), 16);
+    assert_memory_equal(ASN1_STRING_get0_data(sk_GENERAL_NAME_value(names, 3)->d.ip), v6, 16);
+    assert_int_equal(sk_GENERAL_NAME_value(names, 4)->type, GEN_DNS);
     GENERAL_NAMES_free(names);
+    assert_int_equal(X509_check_host(leaf, "localhost", 9, 0, NULL), 1);
+    assert_int_equal(X509_check_host(leaf, "example.com", 11, 0, NULL), 0);
+    assert_int_equal(X509_check_ip_asc(leaf, "127.0.0.1", 0), 1);
+    assert_int_equal(X509_check_ip_asc(leaf, "::1", 0), 1);
     /* The serving certificate is not capped by --cert-ttl (a minute here). */
     assert_true(out.not_after > (int64_t)time(NULL) + 3600);
     assert_non_null(out.key_pem);
@@ -621,6 +643,29 @@ static void test_ca_serving_certificate(void **state)
     cp_ca_free(ca);
     rm_rf(dir);
     free(dir);
+}
+
+/* --serving-name values: host names and IP literals pass, anything else is refused. */
+static void test_ca_serving_name_check(void **state)
+{
+    static const char *const good[] = {
+        "localhost",     "127.0.0.1", "::1",
+        "fe80::1",       "a",         "tether-control.tether-system.svc.cluster.local",
+        "x1.EXAMPLE.org"};
+    static const char *const bad[] = {"",       "*.example.org", "-a.org",      "a-.org",
+                                      "a..org", "a.org.",        "[::1]",       "a_b.org",
+                                      "a b",    "1.2.3.4:80",    "spiffe://x/y"};
+    char long_label[80];
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        assert_int_equal(cp_ca_check_serving_name(good[i]), 0);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cp_ca_check_serving_name(bad[i]), -EINVAL);
+    memset(long_label, 'a', 64);
+    long_label[64] = '\0';
+    assert_int_equal(cp_ca_check_serving_name(long_label), -EINVAL);
+    long_label[63] = '\0';
+    assert_int_equal(cp_ca_check_serving_name(long_label), 0);
 }
 
 /* The CA's refusals are codes of the project's one error space: below -1000, distinct from
@@ -676,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_ca_intermediate),
         cmocka_unit_test(test_ca_refuses_half_state),
         cmocka_unit_test(test_ca_serving_certificate),
+        cmocka_unit_test(test_ca_serving_name_check),
         cmocka_unit_test(test_ca_error_codes),
     };
 

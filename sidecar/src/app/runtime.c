@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -309,26 +308,17 @@ unsigned tt_runtime_worker_share(unsigned requested, uint64_t nofile, unsigned w
     return (unsigned)share;
 }
 
-/* Raises the soft RLIMIT_NOFILE to the hard limit (a process that may hold thousands of
- * connections should not live with a shell's 1024) and returns the soft limit now in
- * force, UINT64_MAX for none. A refusal is logged and the old limit kept. */
+/* Raises the soft RLIMIT_NOFILE to the hard limit (tt_nofile_raise) and returns the soft
+ * limit now in force, UINT64_MAX for none. A refusal is logged and the old limit kept. */
 static uint64_t raise_nofile(void)
 {
-    struct rlimit rl;
+    uint64_t soft, hard;
+    int err = tt_nofile_raise(&soft, &hard);
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        return UINT64_MAX;
-    if (rl.rlim_cur < rl.rlim_max) {
-        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
-        int err = setrlimit(RLIMIT_NOFILE, &want) == 0 ? 0 : -errno;
-
-        if (err == 0)
-            rl.rlim_cur = rl.rlim_max;
-        else
-            tt_log(TT_LOG_WARN, "open_files_limit_kept", TT_LU("open_files_limit", rl.rlim_cur),
-                   TT_LU("hard_limit", rl.rlim_max), TT_LS("error", tt_strerror(err)));
-    }
-    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+    if (err < 0)
+        tt_log(TT_LOG_WARN, "open_files_limit_kept", TT_LU("open_files_limit", soft),
+               TT_LU("hard_limit", hard), TT_LS("error", tt_strerror(err)));
+    return soft;
 }
 
 /* Each worker's share of --max-connections, capped to what the descriptors allow; says

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -477,4 +478,28 @@ void tt_errf(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+}
+
+/* Raises the soft open-files limit to the hard one (see util.h). */
+int tt_nofile_raise(uint64_t *soft, uint64_t *hard)
+{
+    struct rlimit rl;
+    int err = 0;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        err = -errno;
+        rl.rlim_cur = rl.rlim_max = RLIM_INFINITY;
+    } else if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl.rlim_cur = rl.rlim_max;
+        else
+            err = -errno;
+    }
+    if (soft != NULL)
+        *soft = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+    if (hard != NULL)
+        *hard = rl.rlim_max == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_max;
+    return err;
 }

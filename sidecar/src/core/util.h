@@ -58,6 +58,13 @@ int tt_file_read(const char *path, size_t max_len, char **data, size_t *len);
  * octets), or -ENOSPC when out is too small. */
 int tt_serial_normalize(const char *in, char *out, size_t outlen);
 
+/* Raises the process's soft RLIMIT_NOFILE to its hard limit (a process that may hold
+ * thousands of connections should not live with a shell's 1024). Sets *soft to the soft
+ * limit in force afterwards and *hard to the hard limit (UINT64_MAX for none; either may
+ * be NULL). Returns 0, or -errno when getrlimit/setrlimit refused (the old limit stays;
+ * the caller says so). Shared by the sidecar and tether-control. */
+int tt_nofile_raise(uint64_t *soft, uint64_t *hard);
+
 /* Writes a printf-style message into err[0..errlen) (nothing when err is NULL or errlen
  * is 0): the one way modules fill the `char *err, size_t errlen` they are given. */
 void tt_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -502,6 +502,8 @@ static struct tt_identity *identity_build(const char *cert_pem, size_t cert_len,
                                        SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
         SSL_CTX_sess_set_new_cb(id->client_ctx, tt_tls_on_new_session);
     }
+    if (id->server_ctx != NULL) /* ALPN only for sessions that ask (tt_tls_set_alpn) */
+        SSL_CTX_set_alpn_select_cb(id->server_ctx, tt_tls_on_alpn_select, NULL);
     if (id->server_ctx == NULL || id->client_ctx == NULL) {
         tt_errf(err, errlen, "%s: cannot build the TLS contexts from this certificate and key",
                 cert_name);

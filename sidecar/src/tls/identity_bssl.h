@@ -26,6 +26,11 @@ X509_STORE *tt_identity_trust_store(const struct tt_identity *id);
  * that tickets reach the session's resumption slot (tls.h: tt_tls_set_resume). */
 int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session);
 
+/* tls.c's ALPN selection, which identity.c installs on every server context: it selects
+ * the protocol a session was given with tt_tls_set_alpn() and ignores ALPN otherwise. */
+int tt_tls_on_alpn_select(SSL *ssl, const uint8_t **out, uint8_t *outlen, const uint8_t *in,
+                          unsigned inlen, void *arg);
+
 /* Fills `info` from certificate `x`: the serial (upper-case hex, no colons, no leading
  * zeros), subject and issuer (RFC 2253 one-line DNs, truncated to fit), validity and
  * the SPIFFE ID (the first spiffe:// URI SAN, else ""). Returns 0 when `x` carries

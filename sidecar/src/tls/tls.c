@@ -60,6 +60,7 @@ struct tt_tls {
     struct tt_tls_resume *resume;       /* clients: where new session tickets are kept */
     struct tt_revocations *revocations; /* referenced; NULL: nothing revoked */
     struct tt_crls *crls;               /* referenced; NULL: no CRLs */
+    const char *alpn;                   /* servers: the protocol to select, or NULL */
     unsigned done : 1;                  /* handshake complete */
     unsigned verified : 1;              /* our verifier ran in this handshake */
     unsigned oom : 1;                   /* the BIO could not buffer output */
@@ -481,6 +482,56 @@ int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session)
     }
     slot->session = session;
     return 1;
+}
+
+/* Sets the ALPN protocol a server session selects (see tls.h). */
+int tt_tls_set_alpn(struct tt_tls *tls, const char *proto)
+{
+    if (role_is_client(tls->role) || proto == NULL || proto[0] == '\0' || strlen(proto) > 255)
+        return -EINVAL;
+    tls->alpn = proto;
+    return 0;
+}
+
+/* The server contexts' ALPN callback (identity_bssl.h): selects the session's protocol
+ * when the client offers it; otherwise the handshake goes on without ALPN, as it does for
+ * a client that offers none (RFC 7301 §3.2 allows a server to ignore the extension). */
+int tt_tls_on_alpn_select(SSL *ssl, const uint8_t **out, uint8_t *outlen, const uint8_t *in,
+                          unsigned inlen, void *arg)
+{
+    struct tt_tls *tls = SSL_get_ex_data(ssl, ex_index);
+    size_t want = tls != NULL && tls->alpn != NULL ? strlen(tls->alpn) : 0;
+
+    (void)arg;
+    for (unsigned i = 0; want > 0 && i < inlen;) {
+        unsigned n = in[i];
+
+        if (i + 1 + n > inlen)
+            break;
+        if (n == want && memcmp(in + i + 1, tls->alpn, n) == 0) {
+            *out = in + i + 1;
+            *outlen = (uint8_t)n;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        i += 1 + n;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+/* The negotiated ALPN protocol (see tls.h). */
+void tt_tls_alpn(const struct tt_tls *tls, char *buf, size_t len)
+{
+    const uint8_t *p = NULL;
+    unsigned n = 0;
+
+    SSL_get0_alpn_selected(tls->ssl, &p, &n);
+    if (len == 0)
+        return;
+    if (n >= len)
+        n = (unsigned)len - 1;
+    if (n > 0)
+        memcpy(buf, p, n);
+    buf[n] = '\0';
 }
 
 /* Appends ciphertext from the peer. */
