@@ -33,6 +33,7 @@ struct tt_admin {
     struct tt_admin_ops ops;
     void *ud;
     int port;
+    unsigned scope; /* TT_ADMIN_ROUTES_* */
 };
 
 /* One request being answered. */
@@ -182,10 +183,14 @@ static const struct route {
     const char *path;
     bool post; /* POST only; otherwise GET and HEAD */
     void (*fn)(struct tt_admin *a, const struct request *rq);
+    unsigned scope; /* the scoped servers that answer it too (TT_ADMIN_ROUTES_*) */
 } routes[] = {
-    {"/stats", false, route_stats},   {"/ready", false, route_ready},
-    {"/live", false, route_live},     {"/certs", false, route_certs},
-    {"/policy", false, route_policy}, {"/quitquitquit", true, route_quit},
+    {"/stats", false, route_stats, TT_ADMIN_ROUTES_METRICS},
+    {"/ready", false, route_ready, TT_ADMIN_ROUTES_HEALTH},
+    {"/live", false, route_live, TT_ADMIN_ROUTES_HEALTH},
+    {"/certs", false, route_certs, 0},
+    {"/policy", false, route_policy, 0},
+    {"/quitquitquit", true, route_quit, 0},
 };
 
 static void on_request(void *ud, const struct tt_httpd_request *hrq, struct tt_httpd_response *resp)
@@ -197,7 +202,8 @@ static void on_request(void *ud, const struct tt_httpd_request *hrq, struct tt_h
         const struct route *r = &routes[i];
         bool ok;
 
-        if (strcmp(hrq->path, r->path) != 0)
+        if (strcmp(hrq->path, r->path) != 0 ||
+            (a->scope != TT_ADMIN_ROUTES_ALL && (r->scope & a->scope) == 0))
             continue;
         ok = r->post ? hrq->method == HTTP_POST
                      : (hrq->method == HTTP_GET || hrq->method == HTTP_HEAD);
@@ -223,6 +229,14 @@ static void on_httpd_closed(void *ud)
 struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
                               const struct tt_admin_ops *ops, void *ud, int *errp)
 {
+    return tt_admin_new_scoped(loop, addr, ops, ud, TT_ADMIN_ROUTES_ALL, errp);
+}
+
+/* Binds addr and serves the routes of `scope` (admin.h). */
+struct tt_admin *tt_admin_new_scoped(uv_loop_t *loop, const struct tt_addr *addr,
+                                     const struct tt_admin_ops *ops, void *ud, unsigned scope,
+                                     int *errp)
+{
     struct tt_httpd_opts hopts = {
         .head_max = ADMIN_HEAD_MAX,
         .max_headers = ADMIN_MAX_HEADERS,
@@ -230,7 +244,9 @@ struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
         .url_max = ADMIN_URL_MAX,
         .max_clients = ADMIN_MAX_CLIENTS,
         .idle_ms = ADMIN_IDLE_MS,
-        .name = "admin",
+        .name = scope == TT_ADMIN_ROUTES_HEALTH    ? "health"
+                : scope == TT_ADMIN_ROUTES_METRICS ? "metrics"
+                                                   : "admin",
         .on_closed = on_httpd_closed,
     };
     struct tt_admin *a = calloc(1, sizeof(*a));
@@ -242,6 +258,7 @@ struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
     if (ops)
         a->ops = *ops;
     a->ud = ud;
+    a->scope = scope;
     a->httpd = tt_httpd_new(loop, addr, &hopts, on_request, a, errp);
     if (a->httpd == NULL) {
         free(a); /* on failure httpd never calls on_closed */
