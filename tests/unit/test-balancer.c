@@ -23,7 +23,7 @@ struct fixture {
 static void make(struct fixture *f, size_t n)
 {
     struct tt_service_entry e[4];
-    char eps[4][32];
+    char eps[4][48];
     char err[256];
     struct tt_addr va;
 

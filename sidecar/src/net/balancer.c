@@ -15,7 +15,8 @@ struct slot {
     struct tt_addr_key key;
     struct tt_addr addr;
     uint64_t active, picks, connect_failures, ejections, ewma_us, ejected_until_ms;
-    unsigned streak; /* consecutive connect failures */
+    unsigned streak;         /* consecutive connect failures */
+    uint64_t last_sample_ms; /* when ewma_us was last fed */
 };
 
 struct tt_balancer {
@@ -90,10 +91,15 @@ static struct slot *find(struct tt_balancer *b, const struct tt_addr *addr, bool
 }
 
 /* The cost of sending one more connection to s: (active + 1) x latency, latencies under
- * the floor counted as the floor (a local network's jitter is no preference). */
-static uint64_t cost(const struct slot *s)
+ * the floor counted as the floor (a local network's jitter is no preference). The
+ * latency halves for every TT_BALANCER_DECAY_MS without a new sample, so an endpoint
+ * that was slow once is tried again (it is fed only when picked). */
+static uint64_t cost(const struct slot *s, uint64_t now_ms)
 {
-    uint64_t lat = s->ewma_us < TT_BALANCER_LATENCY_FLOOR ? TT_BALANCER_LATENCY_FLOOR : s->ewma_us;
+    uint64_t age =
+        now_ms > s->last_sample_ms ? (now_ms - s->last_sample_ms) / TT_BALANCER_DECAY_MS : 0;
+    uint64_t ewma = age >= 63 ? 0 : s->ewma_us >> age;
+    uint64_t lat = ewma < TT_BALANCER_LATENCY_FLOOR ? TT_BALANCER_LATENCY_FLOOR : ewma;
     return (s->active + 1) * lat;
 }
 
@@ -133,7 +139,7 @@ int tt_balancer_pick(struct tt_balancer *b, const struct tt_service *svc, uint64
         int y = cand[next_random(b) % (uint64_t)(n - 1)];
         if (y == x)
             y = cand[n - 1]; /* two distinct choices */
-        uint64_t cx = cost(slots[x]), cy = cost(slots[y]);
+        uint64_t cx = cost(slots[x], now_ms), cy = cost(slots[y], now_ms);
         pick = cx < cy ? x : cy < cx ? y : (next_random(b) & 1) ? x : y;
     }
     SET(slots[pick]->active, slots[pick]->active + 1);
@@ -149,6 +155,7 @@ void tt_balancer_connected(struct tt_balancer *b, const struct tt_addr *ep, uint
     if (s == NULL)
         return;
     SET(s->ewma_us, s->ewma_us == 0 ? latency_us : (s->ewma_us * 3 + latency_us) / 4);
+    s->last_sample_ms = tt_now_ms();
     s->streak = 0;
 }
 

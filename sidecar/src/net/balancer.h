@@ -20,7 +20,8 @@ struct tt_service;
 #define TT_BALANCER_ENDPOINTS_MAX 1024 /* endpoints remembered per worker */
 #define TT_BALANCER_BACKOFF_MS    1000 /* first ejection; doubles per consecutive failure */
 #define TT_BALANCER_BACKOFF_MAX   30000
-#define TT_BALANCER_LATENCY_FLOOR 1000 /* us: latencies under this count as equal */
+#define TT_BALANCER_LATENCY_FLOOR 5000 /* us: latencies under this count as equal */
+#define TT_BALANCER_DECAY_MS      1000 /* an unfed latency average halves this often */
 
 /* What /stats shows of one endpoint on one worker. */
 struct tt_balancer_stats {
