@@ -21,6 +21,7 @@
 #include <http_parser.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -62,9 +63,10 @@ struct httpd_client {
     struct httpd_client *prev, *next;
     enum httpd_client_state state;
     char *peer_identity;
-    bool reading; /* uv_read_start in effect */
-    bool paused;  /* parser paused until the write queue drains */
-    bool eof;     /* the client shut its write side */
+    bool reading;    /* uv_read_start in effect */
+    bool paused;     /* parser paused until the write queue drains */
+    bool eof;        /* the client shut its write side */
+    bool seen_input; /* it has sent at least one byte */
     unsigned pending_writes;
     uint64_t last_active; /* uv_now() of the last progress either way */
     int last_outq;        /* unsent bytes in the kernel at the last sweep */
@@ -203,7 +205,6 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     }
     c->state = HTTPD_C_S_LINGER;
     c->last_active = uv_now(c->httpd->loop);
-    c->wait_seq = 0; /* it has had its answer: the first to make room at a bound */
 }
 
 static void read_start(struct httpd_client *c);
@@ -797,16 +798,13 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* nread bytes in c->rbuf (or EOF, or an error as a UV_E* code). */
+static void client_input(struct httpd_client *c, ssize_t nread)
 {
-    struct httpd_client *c = tt_container_of(s, struct httpd_client, h.stream);
-
-    if (nread == 0)
-        return;
     if (nread < 0) {
         /* EOF or error. Answers already queued are still delivered after EOF (a client
          * may send its requests and shut its write side at once). */
-        uv_read_stop(s);
+        uv_read_stop(&c->h.stream);
         c->reading = false;
         c->eof = true;
         if (nread == UV_EOF && c->paused && c->state == HTTPD_C_S_READING)
@@ -820,9 +818,33 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->state != HTTPD_C_S_READING)
         return; /* closing or lingering: discard (no progress: it must not keep a linger) */
     c->last_active = uv_now(c->httpd->loop);
+    c->seen_input = true;
     c->roff = 0;
     c->rlen = (size_t)nread;
     process(c);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread != 0)
+        client_input(tt_container_of(s, struct httpd_client, h.stream), nread);
+}
+
+/* Reads what a new client sent with its connection before the loop ever polls it: a
+ * request that came with the connection (as a real client's does) is answered at once,
+ * so that a flood of newcomers cannot push it out of its slot before it was read. */
+static void read_now(struct httpd_client *c, int fd)
+{
+    ssize_t n;
+
+    if (!c->reading || uv_is_closing(&c->h.handle))
+        return;
+    n = recv(fd, c->rbuf, sizeof(c->rbuf), MSG_DONTWAIT);
+    if (n > 0)
+        client_input(c, n);
+    else if (n == 0)
+        client_input(c, UV_EOF);
+    /* An error (EAGAIN: nothing yet) is left to libuv's read. */
 }
 
 static void read_start(struct httpd_client *c)
@@ -915,16 +937,28 @@ static bool client_evictable(const struct httpd_client *c)
            (c->state == HTTPD_C_S_READING && !c->paused && c->pending_writes == 0);
 }
 
+/* The order in which evictable clients make room: those that lingers (they had their
+ * answer), then those that sent something but no complete request or sit between
+ * requests, and last those that have not sent a byte (a new client's request may still be
+ * on its way); within a rank, the one that has waited longest. True when a goes first. */
+static bool evicts_before(const struct httpd_client *a, const struct httpd_client *b)
+{
+    unsigned ra = a->state == HTTPD_C_S_LINGER ? 0 : a->seen_input ? 1 : 2;
+    unsigned rb = b->state == HTTPD_C_S_LINGER ? 0 : b->seen_input ? 1 : 2;
+
+    return ra != rb ? ra < rb : a->wait_seq < b->wait_seq;
+}
+
 static bool same_source(const struct httpd_client *a, const struct httpd_client *b)
 {
     return a->src_family != 0 && a->src_family == b->src_family &&
            memcmp(a->src_addr, b->src_addr, a->src_family == AF_INET ? 4 : 16) == 0;
 }
 
-/* Makes room for the client nc (not yet linked): at the per-source bound the longest
- * waiting evictable client of its source is closed, else at the total bound the longest
- * waiting of all. Returns false when a bound is reached and no client there may be
- * closed: nc must be refused. */
+/* Makes room for the client nc (not yet linked): at the per-source bound the first
+ * evictable client of its source (evicts_before) is closed, else at the total bound the
+ * first of all. Returns false when a bound is reached and no client there may be closed:
+ * nc must be refused. */
 static bool make_room(struct tt_httpd *h, const struct httpd_client *nc)
 {
     struct httpd_client *oldest = NULL, *oldest_src = NULL, *victim;
@@ -941,9 +975,9 @@ static bool make_room(struct tt_httpd *h, const struct httpd_client *nc)
         from_src += same;
         if (!client_evictable(c))
             continue;
-        if (oldest == NULL || c->wait_seq < oldest->wait_seq)
+        if (oldest == NULL || evicts_before(c, oldest))
             oldest = c;
-        if (same && (oldest_src == NULL || c->wait_seq < oldest_src->wait_seq))
+        if (same && (oldest_src == NULL || evicts_before(c, oldest_src)))
             oldest_src = c;
     }
     per_source = nc->src_family != 0 && from_src >= h->opts.max_per_source;
@@ -996,6 +1030,7 @@ static void on_accept(struct tt_acceptor *a, int fd)
     }
     uv_tcp_nodelay(&c->h.tcp, 1);
     read_start(c);
+    read_now(c, fd);
 }
 
 static void on_acceptor_closed(struct tt_acceptor *a)
@@ -1004,8 +1039,9 @@ static void on_acceptor_closed(struct tt_acceptor *a)
 }
 
 /* A listening socket on addr, as uv_tcp_bind() and uv_listen() would make it
- * (SO_REUSEADDR; IPv6 also reaches IPv4). Returns the descriptor or -errno. */
-static int listen_on(const struct tt_addr *addr)
+ * (SO_REUSEADDR; IPv6 also reaches IPv4), with TCP_DEFER_ACCEPT for defer_s seconds when
+ * defer_s > 0. Returns the descriptor or -errno. */
+static int listen_on(const struct tt_addr *addr, int defer_s)
 {
     int one = 1, off = 0, err;
     int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -1015,6 +1051,8 @@ static int listen_on(const struct tt_addr *addr)
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         (addr->ss.ss_family == AF_INET6 &&
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)) < 0) ||
+        (defer_s > 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof(defer_s)) < 0) ||
         bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
         listen(fd, HTTPD_BACKLOG) < 0) {
         err = -errno;
@@ -1080,6 +1118,7 @@ int tt_httpd_adopt_fd(struct tt_httpd *h, int fd, const char *peer_identity)
     }
     client_link(h, c);
     read_start(c);
+    read_now(c, fd);
     return 0;
 }
 
@@ -1170,7 +1209,9 @@ struct tt_httpd *tt_httpd_new(uv_loop_t *loop, const struct tt_addr *addr,
     h->sweep.data = h;
     h->open_handles = 1;
     if (addr != NULL) {
-        fd = listen_on(addr);
+        /* A silent connection waits in the kernel for about a second rather than in a
+         * slot; one whose request came with it is read at accept (read_now). */
+        fd = listen_on(addr, h->opts.defer_accept ? 1 : 0);
         if (fd < 0) {
             err = fd;
             goto err_close_timer;

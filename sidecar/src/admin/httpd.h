@@ -81,6 +81,11 @@ struct tt_httpd_opts {
      * is closed. Between keep-alive requests idle_ms applies. */
     uint64_t head_timeout_ms;
     uint64_t body_timeout_ms;
+    /* Accept a connection only once it has sent something, or after about a second
+     * (TCP_DEFER_ACCEPT: the kernel holds a silent one meanwhile, the head deadline runs
+     * from the accept), and read what it sent at once: a request that arrives with its
+     * connection is answered before newcomers could push it out of its slot. */
+    bool defer_accept;
     /* DNS rebinding (a web page whose host name an attacker re-points at this address,
      * so that the victim's browser sends it requests as if same-origin): when set, a
      * request whose Host header names anything but localhost or a loopback address
