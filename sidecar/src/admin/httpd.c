@@ -18,11 +18,11 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <http_parser.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
@@ -937,7 +937,7 @@ static bool client_evictable(const struct httpd_client *c)
            (c->state == HTTPD_C_S_READING && !c->paused && c->pending_writes == 0);
 }
 
-/* The order in which evictable clients make room: those that lingers (they had their
+/* The order in which evictable clients make room: those that linger (they had their
  * answer), then those that sent something but no complete request or sit between
  * requests, and last those that have not sent a byte (a new client's request may still be
  * on its way); within a rank, the one that has waited longest. True when a goes first. */
