@@ -27,10 +27,10 @@ def bearer_args(ctl):
         return ["-H", "Authorization: Bearer " + f.read().strip()]
 
 
-def api_call(ctl, method, path, host, body=None):
+def api_call(ctl, method, path, host, body=None, credential=True):
     """(status, body bytes) of one raw API request through curl with that Host."""
     args = ["curl", "-s", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}", "-X", method,
-            "-H", "Host: " + host] + bearer_args(ctl)
+            "-H", "Host: " + host] + (bearer_args(ctl) if credential else [])
     if body is not None:
         args += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
     args.append(ctl.api + path)
@@ -69,6 +69,12 @@ def test(env):
             ok(st == 421 and list(doc) == ["error"] and "DNS rebinding" in doc["error"],
                "%s %s with Host %s -> 421 and only a JSON error (%r %r)" % (
                    method, path, host, st, out[:140]))
+    # Without the credential too: the Host is refused first, so the page learns nothing
+    # (not even that a credential is wanted).
+    st, out = api_call(ctl, "POST", "/v1/tokens", evil, {"spiffe_id": h.spiffe("shop", "x")},
+                       credential=False)
+    ok(st == 421, "POST /v1/tokens with Host %s and no credential -> 421 (%r %r)" % (
+        evil, st, out[:100]))
     ok(state(ctl) == before, "tokens, policy and revocations unchanged after the rebinding "
        "attempts (tetherctl)")
     ok(ctl.events("http_host_refused"), "the refused Hosts are logged (http_host_refused)")
