@@ -5,7 +5,8 @@
  * Bounds, so that a hostile or broken client cannot hurt the sidecar (enforced by httpd
  * with these values): request head 16 KiB and 100 header lines (431), body 64 KiB (413),
  * 64 clients at once and 16 from one address (at a bound the client that has waited
- * longest for a complete request is closed to make room), a request head within 5 s and
+ * longest for a complete request is closed to make room; a connection is accepted once it
+ * has sent something, and what it sent is read at once), a request head within 5 s and
  * a body within 10 s however slowly they trickle in, 10 s without progress closes a
  * client, and a client that pipelines faster than it reads its answers stops being read
  * until they drain.
@@ -210,17 +211,27 @@ static void route_quit(struct tt_admin *a, const struct request *rq)
 
 static const struct route {
     const char *path;
-    bool post;   /* POST only; otherwise GET and HEAD */
-    bool remote; /* served on a non-loopback address too (read-only, nothing secret) */
+    bool post; /* POST only; otherwise GET and HEAD */
     void (*fn)(struct tt_admin *a, const struct request *rq);
 } routes[] = {
-    {"/stats", false, true, route_stats},    {"/ready", false, true, route_ready},
-    {"/live", false, true, route_live},      {"/certs", false, false, route_certs},
-    {"/policy", false, false, route_policy}, {"/quitquitquit", true, false, route_quit},
+    {"/stats", false, route_stats},   {"/ready", false, route_ready},
+    {"/live", false, route_live},     {"/certs", false, route_certs},
+    {"/policy", false, route_policy}, {"/quitquitquit", true, route_quit},
 };
 
-/* The paths httpd answers whatever the Host on a non-loopback address: the remote ones. */
+/* The routes served on a non-loopback address too (read-only, nothing secret), and there
+ * whatever the Host (httpd's host_open_paths). */
 static const char *const remote_paths[] = {"/stats", "/ready", "/live", NULL};
+
+/* True when path is one of remote_paths. */
+static bool remote_route(const char *path)
+{
+    for (const char *const *p = remote_paths; *p; p++) {
+        if (strcmp(*p, path) == 0)
+            return true;
+    }
+    return false;
+}
 
 /* True when a Content-Type names one of the types an HTML form can send without a CORS
  * preflight (WHATWG Fetch, "CORS-safelisted request-header"): media type before any
@@ -270,7 +281,8 @@ static void on_request(void *ud, const struct tt_httpd_request *hrq, struct tt_h
 
         if (strcmp(hrq->path, r->path) != 0)
             continue;
-        if (!hrq->via_loopback && !r->remote && !(a->flags & TT_ADMIN_F_REMOTE_CONTROL)) {
+        if (!hrq->via_loopback && !(a->flags & TT_ADMIN_F_REMOTE_CONTROL) &&
+            !remote_route(r->path)) {
             refuse(resp, hrq, 403,
                    "this route is served only on a loopback address: the admin endpoint "
                    "serves /ready, /live and /stats on other addresses unless the sidecar "
