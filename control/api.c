@@ -829,6 +829,7 @@ struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struc
             goto err_oom;
         api->n_admin_ids = 1;
     }
+    hopts.host_check = !opts->mtls; /* refuse DNS rebinding onto the loopback listener */
     api->httpd = tt_httpd_new(loop, opts->mtls ? NULL : &addr, &hopts, on_request, api, &rc);
     if (api->httpd == NULL) {
         snprintf(err, errlen, "--listen-api %s: %s", listen, uv_strerror(rc));
