@@ -38,19 +38,7 @@ struct cp_api {
  * any other address or family. Pure. */
 bool cp_api_addr_is_loopback(const struct tt_addr *addr)
 {
-    if (addr->ss.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&addr->ss;
-
-        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-    }
-    if (addr->ss.ss_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)&addr->ss)->sin6_addr;
-
-        if (IN6_IS_ADDR_LOOPBACK(a))
-            return true;
-        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
-    }
-    return false;
+    return tt_httpd_addr_is_loopback((const struct sockaddr *)&addr->ss);
 }
 
 /* True when peer_spiffe_id is a valid SPIFFE ID equal to one of the API's admin identities; false
@@ -829,6 +817,7 @@ struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struc
             goto err_oom;
         api->n_admin_ids = 1;
     }
+    hopts.host_check = !opts->mtls; /* refuse DNS rebinding onto the loopback listener */
     api->httpd = tt_httpd_new(loop, opts->mtls ? NULL : &addr, &hopts, on_request, api, &rc);
     if (api->httpd == NULL) {
         snprintf(err, errlen, "--listen-api %s: %s", listen, uv_strerror(rc));

@@ -599,8 +599,8 @@ def http_get(port, path="/", timeout=10, host="127.0.0.1", headers=None):
 
 
 def http_post(port, path, timeout=10):
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=b"",
-                                 method="POST")
+    """POST with no body (and so no Content-Type: the admin endpoint refuses form types)."""
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()

@@ -3,8 +3,10 @@
  *
  * The identity and policy getters are weak stubs (the views here carry a fake policy
  * or none), so the test does not depend on identity.o or policy.o. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -149,7 +151,7 @@ static int setup(void **state)
     TT_COUNTER_ADD(h->metrics->listeners[0].accepted, 17);
     tt_httpfix_loop_init(&h->lp, on_stop, h);
     assert_int_equal(tt_addr_parse("127.0.0.1:0", 1, &addr), 0);
-    h->admin = tt_admin_new(&h->lp.loop, &addr, &ops, h, &err);
+    h->admin = tt_admin_new(&h->lp.loop, &addr, &ops, h, 0, &err);
     assert_non_null(h->admin);
     assert_int_equal(err, 0);
     h->port = tt_admin_port(h->admin);
@@ -658,50 +660,292 @@ static void test_admin_half_close(void **state)
     tt_httpfix_client_free(c);
 }
 
-static void test_admin_client_limit(void **state)
+/* A client connected to the admin from the loopback address src (e.g. "127.0.0.2"), so
+ * that a test can play several sources. */
+static struct tt_httpfix_client *connect_from(int port, const char *src)
 {
-    struct harness *h = *state;
-    struct tt_httpfix_client *cs[64];
-    struct tt_httpfix_client *extra;
-    struct tt_httpfix_response r;
+    struct sockaddr_in from = {.sin_family = AF_INET};
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-    for (int i = 0; i < 64; i++) {
-        cs[i] = tt_httpfix_connect(h->port, 0);
-        tt_httpfix_sends(cs[i], GET("/live")); /* answered: accepted and counted */
-        assert_true(tt_httpfix_read_response(cs[i], &r, false));
-        tt_httpfix_response_done(&r);
-    }
-    extra = tt_httpfix_connect(h->port, 0);
-    assert_true(tt_httpfix_closed_by_server(extra));
-    tt_httpfix_client_free(extra);
-
-    /* A slot freed is a slot usable again. */
-    tt_httpfix_client_free(cs[0]);
-    usleep(100000);
-    cs[0] = tt_httpfix_connect(h->port, 0);
-    tt_httpfix_sends(cs[0], GET("/live"));
-    assert_true(tt_httpfix_read_response(cs[0], &r, false));
-    assert_int_equal(r.status, 200);
-    tt_httpfix_response_done(&r);
-    for (int i = 0; i < 64; i++)
-        tt_httpfix_client_free(cs[i]);
+    assert_true(fd >= 0);
+    assert_int_equal(inet_pton(AF_INET, src, &from.sin_addr), 1);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&from, sizeof(from)), 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    return tt_httpfix_client_adopt(fd);
 }
 
-static void test_admin_idle_timeout(void **state)
+/* True when the server closes c (EOF or reset) within ms milliseconds; c must have no
+ * answer left unread. */
+static bool closed_within(struct tt_httpfix_client *c, int ms)
+{
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+
+    if (poll(&p, 1, ms) <= 0)
+        return false;
+    return tt_httpfix_closed_by_server(c);
+}
+
+/* GET /live on c answers 200. */
+static void assert_live(struct tt_httpfix_client *c)
+{
+    struct tt_httpfix_response r;
+
+    tt_httpfix_sends(c, GET("/live"));
+    assert_true(tt_httpfix_read_response(c, &r, false));
+    assert_int_equal(r.status, 200);
+    tt_httpfix_response_done(&r);
+}
+
+/* Slowloris from four addresses fills all 64 slots (16 each, the per-source bound) with
+ * connections that never finish a request: a newcomer is still answered at once, and
+ * each newcomer closes the slow connection that has waited longest. */
+static void test_admin_slots_total(void **state)
 {
     struct harness *h = *state;
-    struct tt_httpfix_client *c = tt_httpfix_connect(h->port, 0);
-    struct timeval t0, t1;
-    double secs;
+    struct tt_httpfix_client *slow[64], *c[3];
+    char src[32];
 
-    /* Half a request, then silence: closed after about 10 s. */
-    tt_httpfix_sends(c, "GET /live HTTP/1.1\r\n");
-    gettimeofday(&t0, NULL);
-    assert_true(tt_httpfix_closed_by_server(c));
+    for (int i = 0; i < 64; i++) {
+        snprintf(src, sizeof(src), "127.0.0.%d", 2 + i / 16);
+        slow[i] = connect_from(h->port, src);
+        tt_httpfix_sends(slow[i], "GET /live HTTP/1.1\r\n"); /* and never the rest */
+    }
+    usleep(200000);
+    for (int i = 0; i < 64; i++)
+        assert_false(closed_within(slow[i], 0)); /* all held: within both bounds */
+
+    /* Newcomers that stay (keep-alive): each needs a slot of its own. */
+    for (int k = 0; k < 3; k++) {
+        snprintf(src, sizeof(src), "127.0.0.%d", 10 + k);
+        c[k] = connect_from(h->port, src);
+        assert_live(c[k]);
+        assert_true(closed_within(slow[k], 1000)); /* the oldest made room */
+    }
+    assert_false(closed_within(slow[3], 0));
+    assert_false(closed_within(slow[63], 0));
+    for (int k = 0; k < 3; k++) {
+        assert_live(c[k]);
+        tt_httpfix_client_free(c[k]);
+    }
+    for (int i = 0; i < 64; i++)
+        tt_httpfix_client_free(slow[i]);
+}
+
+/* 50 slow connections from one address: it keeps 16 slots (its newest), the others are
+ * closed, and another address's keep-alive connection is never pushed out. */
+static void test_admin_slots_per_source(void **state)
+{
+    struct harness *h = *state;
+    struct tt_httpfix_client *slow[50], *mine = connect_from(h->port, "127.0.0.1");
+    int open = 0;
+
+    assert_live(mine); /* then idle between requests: a connection others may not take */
+    for (int i = 0; i < 50; i++) {
+        slow[i] = connect_from(h->port, "127.0.0.2");
+        tt_httpfix_sends(slow[i], "G");
+    }
+    usleep(300000);
+    for (int i = 0; i < 50; i++) {
+        bool closed = closed_within(slow[i], 0);
+
+        open += !closed;
+        assert_true(closed == (i < 34)); /* the oldest 34 made room, in order */
+    }
+    assert_int_equal(open, 16);
+    assert_live(mine);
+    for (int i = 0; i < 50; i++)
+        tt_httpfix_client_free(slow[i]);
+    tt_httpfix_client_free(mine);
+}
+
+/* Seconds since t0. */
+static double since(const struct timeval *t0)
+{
+    struct timeval t1;
+
     gettimeofday(&t1, NULL);
-    secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_usec - t0.tv_usec) / 1e6;
-    assert_true(secs >= 9.0 && secs <= 13.0);
-    tt_httpfix_client_free(c);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_usec - t0->tv_usec) / 1e6;
+}
+
+/* The deadlines, with every client trickling a byte every 300 ms so that none is ever
+ * idle: a request head within 5 s of the accept (silent, or trickled), a body within
+ * 10 s of its head, a client that had its answer and lingers within 2 s, and a keep-alive
+ * connection between requests after 10 s without a byte (the idle time). */
+static void test_admin_deadlines(void **state)
+{
+    enum { SILENT, HEAD, BODY, LINGER, IDLE, N };
+    /* A silent connection is accepted only after the kernel's TCP_DEFER_ACCEPT (about
+     * 1 to 3 s), and its head deadline runs from there. */
+    static const double lo[N] = {5.0, 5.0, 10.0, 1.9, 10.0};
+    static const double hi[N] = {9.5, 6.5, 11.5, 3.5, 11.5};
+    struct harness *h = *state;
+    struct tt_httpfix_client *c[N];
+    struct tt_httpfix_response r;
+    struct timeval t0;
+    double closed_at[N] = {0};
+    int left = N;
+
+    for (int i = 0; i < N; i++)
+        c[i] = tt_httpfix_connect(h->port, 0);
+    gettimeofday(&t0, NULL);
+    tt_httpfix_sends(c[HEAD], "GET /live HTTP/1.1\r\nX-Slow: ");
+    tt_httpfix_sends(c[BODY], "POST /quitquitquit HTTP/1.1\r\nHost: localhost\r\n"
+                              "Content-Length: 1000\r\n\r\n");
+    tt_httpfix_sends(c[LINGER], "GARBAGE\r\n\r\n");
+    assert_true(tt_httpfix_read_response(c[LINGER], &r, false));
+    assert_int_equal(r.status, 400);
+    tt_httpfix_response_done(&r);
+    assert_live(c[IDLE]);
+
+    while (left > 0 && since(&t0) < 14.0) {
+        usleep(300000);
+        for (int i = 0; i < N; i++) {
+            if (closed_at[i] != 0)
+                continue;
+            /* A lingering client already has the server's FIN: it learns of the close
+             * when a byte it sends meets a reset. */
+            if (i != SILENT && i != IDLE && send(c[i]->fd, "a", 1, MSG_NOSIGNAL) < 0 &&
+                (errno == EPIPE || errno == ECONNRESET)) {
+                closed_at[i] = since(&t0);
+                left--;
+            } else if (i != LINGER && closed_within(c[i], 0)) {
+                closed_at[i] = since(&t0);
+                left--;
+            }
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        print_message("client %d closed after %.2f s\n", i, closed_at[i]);
+        if (closed_at[i] < lo[i] || closed_at[i] > hi[i])
+            fail_msg("client %d closed at %.2f s, expected %.1f..%.1f", i, closed_at[i], lo[i],
+                     hi[i]);
+        tt_httpfix_client_free(c[i]);
+    }
+    assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 0);
+}
+
+/* DNS rebinding: on a loopback address only requests for localhost or a loopback
+ * address are answered; a page at evil.example re-pointed at 127.0.0.1 gets 421 and a
+ * JSON error, before any route runs (its POST /quitquitquit does nothing). */
+static void test_admin_host_check(void **state)
+{
+    static const char *const good[] = {
+        "localhost",   "localhost:15000", "LocalHost", "localhost.", "127.0.0.1",
+        "127.0.0.1:1", "127.9.8.7:65535", "[::1]",     "[::1]:80",   "[::ffff:127.0.0.1]:80",
+    };
+    static const char *const bad[] = {
+        "evil.example",
+        "evil.example:15000",
+        "127.0.0.1.evil.example",
+        "localhost.evil.example",
+        "10.0.0.1",
+        "192.0.2.1:15000",
+        "[::2]",
+        "[fe80::1]:80",
+        "0x7f.0.0.1",
+        "2130706433",
+        "127.1",
+        "localhost:",
+        "localhost:x",
+        "localhost:123456",
+        "[::1",
+        "[::1]x",
+        "",
+        "[]",
+        "a:1:2",
+        "::1",
+    };
+    struct harness *h = *state;
+    struct tt_httpfix_response r;
+    char req[512];
+
+    for (size_t i = 0; i < TT_ARRAY_SIZE(good); i++) {
+        snprintf(req, sizeof(req), "GET /policy HTTP/1.1\r\nHost: %s\r\n\r\n", good[i]);
+        roundtrip(h, req, &r);
+        if (r.status != 200)
+            fail_msg("Host %s: %d", good[i], r.status);
+        tt_httpfix_response_done(&r);
+    }
+    for (size_t i = 0; i < TT_ARRAY_SIZE(bad); i++) {
+        snprintf(req, sizeof(req), "GET /ready HTTP/1.1\r\nHost: %s\r\n\r\n", bad[i]);
+        roundtrip(h, req, &r);
+        if (r.status != 421)
+            fail_msg("Host \"%s\": %d, expected 421", bad[i], r.status);
+        assert_non_null(strstr(r.head, "Content-Type: application/json\r\n"));
+        assert_non_null(strstr(r.body, "\"error\": \"Host header"));
+        assert_non_null(strstr(r.body, "DNS rebinding"));
+        tt_httpfix_response_done(&r);
+    }
+    /* The refused value is shown, escaped: the answer stays JSON. */
+    roundtrip(h, "GET /ready HTTP/1.1\r\nHost: \"evil\\\r\n\r\n", &r);
+    assert_int_equal(r.status, 421);
+    assert_non_null(strstr(r.body, "\"error\": \"Host header \\\"\\\"evil\\\\\\\" refused"));
+    tt_httpfix_response_done(&r);
+
+    /* The attack that matters, and two Hosts (which one would count?). */
+    roundtrip(h, "POST /quitquitquit HTTP/1.1\r\nHost: evil.example:15000\r\n\r\n", &r);
+    assert_int_equal(r.status, 421);
+    tt_httpfix_response_done(&r);
+    roundtrip(h, "POST /quitquitquit HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n",
+              &r);
+    assert_int_equal(r.status, 400);
+    tt_httpfix_response_done(&r);
+    usleep(100000);
+    assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 0);
+
+    /* HTTP/1.0 without Host: no browser sends it, so it passes. */
+    roundtrip(h, "GET /ready HTTP/1.0\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    tt_httpfix_response_done(&r);
+}
+
+/* Cross-site request forgery: what a web page can make a browser send to
+ * POST /quitquitquit (a form, or fetch() in no-cors mode; both carry Origin) is refused
+ * with 403 and a JSON error, and the sidecar does not quit; curl's plain POST works. */
+static void test_admin_csrf(void **state)
+{
+    static const char *const forged[] = {
+        "Origin: http://evil.example\r\n",
+        "Origin: null\r\n",
+        "Origin: http://localhost:15000\r\n", /* even the same origin: a browser's */
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=b",
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 0\r\n",
+        "Content-Type: TEXT/PLAIN;charset=UTF-8\r\nContent-Length: 1\r\n\r\nx",
+        "Content-Type:  text/plain \r\n",
+    };
+    struct harness *h = *state;
+    struct tt_httpfix_response r;
+    char req[512];
+
+    for (size_t i = 0; i < TT_ARRAY_SIZE(forged); i++) {
+        bool has_body = strstr(forged[i], "\r\n\r\n") != NULL;
+
+        snprintf(req, sizeof(req), "POST /quitquitquit HTTP/1.1\r\nHost: localhost:%d\r\n%s%s",
+                 h->port, forged[i], has_body ? "" : "\r\n");
+        roundtrip(h, req, &r);
+        if (r.status != 403)
+            fail_msg("forged POST %zu: %d, expected 403", i, r.status);
+        assert_non_null(strstr(r.head, "Content-Type: application/json\r\n"));
+        assert_non_null(strstr(r.body, "\"error\": \"refused: a request that changes state"));
+        tt_httpfix_response_done(&r);
+    }
+    usleep(100000);
+    assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 0);
+
+    /* A read with Origin is fine (nothing changes), and so is a JSON POST. */
+    roundtrip(h, "GET /ready HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\n\r\n", &r);
+    assert_int_equal(r.status, 200);
+    tt_httpfix_response_done(&r);
+    roundtrip(h,
+              "POST /quitquitquit HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+              "application/json\r\nContent-Length: 2\r\n\r\n{}",
+              &r);
+    assert_int_equal(r.status, 200);
+    tt_httpfix_response_done(&r);
+    wait_for(&h->quit_calls, 1);
+    assert_int_equal(__atomic_load_n(&h->quit_calls, __ATOMIC_SEQ_CST), 1);
 }
 
 static void test_admin_start_errors(void **state)
@@ -716,7 +960,7 @@ static void test_admin_start_errors(void **state)
     assert_int_equal(uv_loop_init(&loop), 0);
     snprintf(text, sizeof(text), "127.0.0.1:%d", h->port);
     assert_int_equal(tt_addr_parse(text, 0, &addr), 0);
-    assert_null(tt_admin_new(&loop, &addr, &ops, h, &err));
+    assert_null(tt_admin_new(&loop, &addr, &ops, h, 0, &err));
     assert_int_equal(err, UV_EADDRINUSE);
     /* The failed server's memory goes with its close callback. */
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -726,7 +970,7 @@ static void test_admin_start_errors(void **state)
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(tt_addr_parse("192.0.2.1:0", 1, &addr), 0);
     err = 0;
-    assert_null(tt_admin_new(&loop, &addr, &ops, h, &err));
+    assert_null(tt_admin_new(&loop, &addr, &ops, h, 0, &err));
     assert_int_equal(err, UV_EADDRNOTAVAIL);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&loop), 0);
@@ -754,8 +998,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_pipelined_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_connection_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_half_close, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_admin_client_limit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_admin_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_slots_total, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_slots_per_source, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_deadlines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_host_check, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_csrf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_start_errors, setup, teardown),
     };
 

@@ -658,6 +658,53 @@ static void test_config_repeated_calls(void **state)
     tt_config_done(&cfg);
 }
 
+/* --admin-allow-remote-control and admin_allow_remote_control: off unless given. */
+static void test_config_admin_remote_control(void **state)
+{
+    struct tt_config cfg;
+    char err[512];
+    char *on = write_tmp("on.json", "{\"admin_allow_remote_control\": true}");
+    char *off = write_tmp("off.json", "{\"admin_allow_remote_control\": false}");
+
+    assert_int_equal(parse(&cfg, err, sizeof(err), IDENTITY, "--admin", "0.0.0.0:15000",
+                           "--inbound", "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_false(cfg.admin_remote_control);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), IDENTITY, "--admin-allow-remote-control",
+                           "--inbound", "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_true(cfg.admin_remote_control);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", on, IDENTITY, "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_true(cfg.admin_remote_control);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", off, IDENTITY, "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_false(cfg.admin_remote_control);
+    tt_config_done(&cfg);
+    /* The flag wins over the file, as every flag does. */
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", off, IDENTITY,
+                           "--admin-allow-remote-control", "--inbound", "127.0.0.1:1=127.0.0.1:2",
+                           NULL),
+                     0);
+    assert_true(cfg.admin_remote_control);
+    tt_config_done(&cfg);
+
+    assert_parse_error("option --admin-allow-remote-control takes no value", IDENTITY,
+                       "--admin-allow-remote-control=yes");
+    expect_file_error("{\"admin_allow_remote_control\": \"yes\"}",
+                      "sidecar.json: admin_allow_remote_control: expected true or false, got "
+                      "\"yes\"");
+    expect_file_error("{\"admin_allow_remote_control\": 1}",
+                      "sidecar.json: admin_allow_remote_control: expected true or false, got 1");
+    free(on);
+    free(off);
+}
+
 /* Runs parse() with stdout sent to a file; returns what was printed (heap). */
 static char *capture_parse(int *rc, ...)
 {
@@ -732,6 +779,7 @@ static void test_config_usage_complete(void **state)
         "--policy FILE",
         "--admin ADDR:PORT",
         "default 127.0.0.1:15000",
+        "--admin-allow-remote-control",
         "--workers N",
         "default: online CPUs",
         "--log-level LEVEL",
@@ -804,6 +852,7 @@ int main(void)
         cmocka_unit_test(test_config_help),
         cmocka_unit_test(test_config_usage_complete),
         cmocka_unit_test(test_config_example_parses),
+        cmocka_unit_test_setup_teardown(test_config_admin_remote_control, setup_dir, teardown_dir),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

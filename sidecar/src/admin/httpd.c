@@ -4,9 +4,11 @@
  * queued in request order.
  *
  * Bounds, so that a hostile or broken client cannot hurt the process: request head and
- * header lines (431), body (413), URL (414), clients at once (more are closed on
- * accept), a time without progress that closes a client, and a client that pipelines
- * faster than it reads its answers stops being read until they drain. */
+ * header lines (431), body (413), URL (414), clients at once in total and per source
+ * address (at a bound, the client that has waited longest for a complete request makes
+ * room), deadlines for a request's head and body however slowly it trickles in (the
+ * slowloris attack), a time without progress that closes a client, and a client that
+ * pipelines faster than it reads its answers stops being read until they drain. */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -16,9 +18,11 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <http_parser.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
@@ -59,12 +63,25 @@ struct httpd_client {
     struct httpd_client *prev, *next;
     enum httpd_client_state state;
     char *peer_identity;
-    bool reading; /* uv_read_start in effect */
-    bool paused;  /* parser paused until the write queue drains */
-    bool eof;     /* the client shut its write side */
+    bool reading;    /* uv_read_start in effect */
+    bool paused;     /* parser paused until the write queue drains */
+    bool eof;        /* the client shut its write side */
+    bool seen_input; /* it has sent at least one byte */
     unsigned pending_writes;
     uint64_t last_active; /* uv_now() of the last progress either way */
     int last_outq;        /* unsent bytes in the kernel at the last sweep */
+    /* Where the connection comes from and where it went: for the per-source bound (a
+     * zero family: none, as for a unix socket) and the Host check. */
+    sa_family_t src_family;
+    unsigned char src_addr[16];
+    bool via_loopback;
+    /* Deadlines: since when a request head (0: none awaited under a deadline) or a body
+     * (0: none) is awaited. */
+    uint64_t head_since;
+    uint64_t body_since;
+    /* Order in which clients began to wait for their current request (at connect, and
+     * after each complete one): at a bound the smallest makes room. */
+    uint64_t wait_seq;
 
     /* The request being parsed. */
     size_t head_bytes;
@@ -106,6 +123,7 @@ struct tt_httpd {
     unsigned open_handles; /* acceptor, timer and clients not yet closed */
     struct httpd_client *clients;
     size_t n_clients;
+    uint64_t wait_seq; /* the last httpd_client.wait_seq given out */
 };
 
 /* One answer on its way to the socket; the bytes follow the struct. */
@@ -269,6 +287,8 @@ const char *tt_httpd_status_text(int status)
         return "URI Too Long";
     case 415:
         return "Unsupported Media Type";
+    case 421:
+        return "Misdirected Request";
     case 431:
         return "Request Header Fields Too Large";
     case 500:
@@ -340,6 +360,131 @@ static void respond_text(struct httpd_client *c, int status, const char *text, b
         free((void *)ans.body);
 }
 
+/* ---- the Host check (DNS rebinding) ---- */
+
+/* What a Host header value names. */
+enum host_kind {
+    HOST_BAD,      /* not host[:port] (empty, a bad port, an unclosed bracket...) */
+    HOST_NAME,     /* a DNS name other than localhost */
+    HOST_LOOPBACK, /* localhost, 127.0.0.0/8, [::1] or [::ffff:127.x.y.z] */
+    HOST_IP,       /* any other IP literal */
+};
+
+/* True for loopback addresses; see httpd.h. */
+bool tt_httpd_addr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+/* Classifies a Host header value, uri-host [ ":" port ] (RFC 9110 §7.2) with an IPv6
+ * literal in brackets. IPv4 literals are dotted quads only (browsers send them so); any
+ * other spelling is a name. Pure. */
+static enum host_kind host_classify(const char *host)
+{
+    const char *start = host, *end, *port;
+    bool v6 = host[0] == '[';
+    char name[64];
+    size_t n;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } u = {0};
+
+    if (v6) {
+        start = host + 1;
+        end = strchr(start, ']');
+        if (end == NULL)
+            return HOST_BAD;
+        port = end + 1;
+    } else {
+        end = strchr(host, ':');
+        if (end == NULL)
+            end = host + strlen(host);
+        port = end;
+    }
+    if (*port == ':') {
+        n = strspn(port + 1, "0123456789");
+        if (n == 0 || n > 5 || port[1 + n] != '\0')
+            return HOST_BAD;
+    } else if (*port != '\0') {
+        return HOST_BAD;
+    }
+    n = (size_t)(end - start);
+    if (n == 0)
+        return HOST_BAD;
+    if (n >= sizeof(name))
+        return v6 ? HOST_BAD : HOST_NAME; /* longer than any IP literal */
+    memcpy(name, start, n);
+    name[n] = '\0';
+    if (v6) {
+        if (inet_pton(AF_INET6, name, &u.in6.sin6_addr) != 1)
+            return HOST_BAD;
+        u.sa.sa_family = AF_INET6;
+    } else if (strcasecmp(name, "localhost") == 0 || strcasecmp(name, "localhost.") == 0) {
+        return HOST_LOOPBACK;
+    } else if (inet_pton(AF_INET, name, &u.in.sin_addr) == 1) {
+        u.sa.sa_family = AF_INET;
+    } else {
+        return HOST_NAME;
+    }
+    return tt_httpd_addr_is_loopback(&u.sa) ? HOST_LOOPBACK : HOST_IP;
+}
+
+/* True when path is one of the server's host_open_paths. */
+static bool host_path_open(const struct tt_httpd *h, const char *path)
+{
+    for (const char *const *p = h->opts.host_open_paths; p && *p; p++) {
+        if (strcmp(*p, path) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The Host rule of httpd.h (opts.host_check) for one request. */
+static bool host_allowed(const struct tt_httpd *h, const struct tt_httpd_request *rq)
+{
+    enum host_kind k;
+
+    if (rq->host == NULL)
+        return true; /* HTTP/1.0: no Host, and no browser sends such a request */
+    if (!rq->via_loopback && host_path_open(h, rq->path))
+        return true;
+    k = host_classify(rq->host);
+    return k == HOST_LOOPBACK || (k == HOST_IP && !rq->via_loopback);
+}
+
+/* Answers 421 with a JSON error that names the refused Host, and logs it once. */
+static void refuse_host(struct httpd_client *c, const struct tt_httpd_request *rq, bool close)
+{
+    char shown[101], body[512];
+    size_t pos;
+    struct tt_httpd_response ans = {.status = 421, .ctype = "application/json", .close = close};
+
+    snprintf(shown, sizeof(shown), "%s", rq->host); /* at most 100 bytes of it */
+    tt_log(TT_LOG_WARN, "http_host_refused", TT_LS("server", c->httpd->opts.name),
+           TT_LS("host", shown), TT_LS("method", rq->method_name), TT_LS("path", rq->path));
+    pos = (size_t)snprintf(body, sizeof(body), "{\"error\": \"Host header \\\"");
+    tt_json_escape(body, sizeof(body), &pos, shown);
+    snprintf(body + pos, sizeof(body) - pos,
+             "\\\" refused: this server answers only requests for localhost or %s (a "
+             "protection against DNS rebinding)\"}\n",
+             rq->via_loopback ? "a loopback address" : "an IP address");
+    ans.body = body;
+    ans.body_len = strlen(body);
+    respond(c, &ans, rq->head);
+}
+
 static const char *method_name(int m)
 {
     return http_method_str((enum http_method)m);
@@ -390,6 +535,12 @@ static void route_request(struct httpd_client *c, bool close)
     }
     c->url[u.field_data[UF_PATH].off + u.field_data[UF_PATH].len] = '\0';
     rq.path = c->url + u.field_data[UF_PATH].off;
+    rq.via_loopback = c->via_loopback;
+    /* Before the route and its authentication: a rebinding page must learn nothing. */
+    if (h->opts.host_check && !host_allowed(h, &rq)) {
+        refuse_host(c, &rq, close);
+        return;
+    }
     h->route(h->ud, &rq, &resp);
     if (resp.status < 100 || resp.status > 999)
         resp.status = 500;
@@ -415,6 +566,10 @@ static int on_message_begin(http_parser *p)
 {
     struct httpd_client *c = p->data;
 
+    /* The first request's head deadline runs from the connection, a later one's from
+     * its first byte (between requests, idle_ms applies). */
+    if (c->head_since == 0)
+        c->head_since = uv_now(c->httpd->loop);
     c->head_bytes = 0;
     c->n_headers = 0;
     c->in_value = false;
@@ -534,6 +689,8 @@ static int on_headers_complete(http_parser *p)
         c->reject = 413;
         return -1;
     }
+    c->head_since = 0;
+    c->body_since = uv_now(c->httpd->loop);
     return 0;
 }
 
@@ -575,6 +732,8 @@ static int on_message_complete(http_parser *p)
     bool close =
         (p->http_major == 1 && p->http_minor == 0) || !http_should_keep_alive(p) || p->upgrade;
 
+    c->body_since = 0;
+    c->wait_seq = ++c->httpd->wait_seq; /* its answer is queued next: the wait starts again */
     route_request(c, close);
     if (c->state != HTTPD_C_S_READING) {
         http_parser_pause(p, 1); /* stop at this message; the rest is ignored */
@@ -639,16 +798,13 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* nread bytes in c->rbuf (or EOF, or an error as a UV_E* code). */
+static void client_input(struct httpd_client *c, ssize_t nread)
 {
-    struct httpd_client *c = tt_container_of(s, struct httpd_client, h.stream);
-
-    if (nread == 0)
-        return;
     if (nread < 0) {
         /* EOF or error. Answers already queued are still delivered after EOF (a client
          * may send its requests and shut its write side at once). */
-        uv_read_stop(s);
+        uv_read_stop(&c->h.stream);
         c->reading = false;
         c->eof = true;
         if (nread == UV_EOF && c->paused && c->state == HTTPD_C_S_READING)
@@ -659,12 +815,36 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             c->state = HTTPD_C_S_CLOSING;
         return;
     }
-    c->last_active = uv_now(c->httpd->loop);
     if (c->state != HTTPD_C_S_READING)
-        return; /* closing or lingering: discard */
+        return; /* closing or lingering: discard (no progress: it must not keep a linger) */
+    c->last_active = uv_now(c->httpd->loop);
+    c->seen_input = true;
     c->roff = 0;
     c->rlen = (size_t)nread;
     process(c);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread != 0)
+        client_input(tt_container_of(s, struct httpd_client, h.stream), nread);
+}
+
+/* Reads what a new client sent with its connection before the loop ever polls it: a
+ * request that came with the connection (as a real client's does) is answered at once,
+ * so that a flood of newcomers cannot push it out of its slot before it was read. */
+static void read_now(struct httpd_client *c, int fd)
+{
+    ssize_t n;
+
+    if (!c->reading || uv_is_closing(&c->h.handle))
+        return;
+    n = recv(fd, c->rbuf, sizeof(c->rbuf), MSG_DONTWAIT);
+    if (n > 0)
+        client_input(c, n);
+    else if (n == 0)
+        client_input(c, UV_EOF);
+    /* An error (EAGAIN: nothing yet) is left to libuv's read. */
 }
 
 static void read_start(struct httpd_client *c)
@@ -706,6 +886,8 @@ static void client_link(struct tt_httpd *h, struct httpd_client *c)
     h->n_clients++;
     h->open_handles++;
     c->last_active = uv_now(h->loop);
+    c->head_since = c->last_active;
+    c->wait_seq = ++h->wait_seq;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
 }
@@ -717,19 +899,121 @@ static void client_free_unlinked(struct httpd_client *c)
     free(c);
 }
 
-/* A connection from the listening socket; over the client limit (or shutting down) it is
- * closed at once. */
+/* The addresses of a connected socket that matter here: the peer's, as the source for
+ * the per-source bound (family 0 when it has none, as a unix socket), and whether the
+ * local end is a loopback address (a unix socket counts as local). */
+static void conn_addrs(int fd, struct httpd_client *c)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    c->src_family = 0;
+    c->via_loopback = getsockname(fd, (struct sockaddr *)&ss, &len) != 0 ||
+                      ss.ss_family == AF_UNIX ||
+                      tt_httpd_addr_is_loopback((const struct sockaddr *)&ss);
+    len = sizeof(ss);
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        c->src_family = AF_INET;
+        memcpy(c->src_addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+
+        /* An IPv4 client of a dual-stack socket is the same source as over IPv4. */
+        c->src_family = IN6_IS_ADDR_V4MAPPED(a) ? AF_INET : AF_INET6;
+        memcpy(c->src_addr, IN6_IS_ADDR_V4MAPPED(a) ? &a->s6_addr[12] : a->s6_addr,
+               c->src_family == AF_INET ? 4 : 16);
+    }
+}
+
+/* True when closing c now loses nothing it was promised: it waits for (the rest of) a
+ * request and has no answer on its way, or it has had its answer and lingers. */
+static bool client_evictable(const struct httpd_client *c)
+{
+    if (uv_is_closing(&c->h.handle))
+        return false;
+    return c->state == HTTPD_C_S_LINGER ||
+           (c->state == HTTPD_C_S_READING && !c->paused && c->pending_writes == 0);
+}
+
+/* The order in which evictable clients make room: those that linger (they had their
+ * answer), then those that sent something but no complete request or sit between
+ * requests, and last those that have not sent a byte (a new client's request may still be
+ * on its way); within a rank, the one that has waited longest. True when a goes first. */
+static bool evicts_before(const struct httpd_client *a, const struct httpd_client *b)
+{
+    unsigned ra = a->state == HTTPD_C_S_LINGER ? 0 : a->seen_input ? 1 : 2;
+    unsigned rb = b->state == HTTPD_C_S_LINGER ? 0 : b->seen_input ? 1 : 2;
+
+    return ra != rb ? ra < rb : a->wait_seq < b->wait_seq;
+}
+
+static bool same_source(const struct httpd_client *a, const struct httpd_client *b)
+{
+    return a->src_family != 0 && a->src_family == b->src_family &&
+           memcmp(a->src_addr, b->src_addr, a->src_family == AF_INET ? 4 : 16) == 0;
+}
+
+/* Makes room for the client nc (not yet linked): at the per-source bound the first
+ * evictable client of its source (evicts_before) is closed, else at the total bound the
+ * first of all. Returns false when a bound is reached and no client there may be closed:
+ * nc must be refused. */
+static bool make_room(struct tt_httpd *h, const struct httpd_client *nc)
+{
+    struct httpd_client *oldest = NULL, *oldest_src = NULL, *victim;
+    size_t live = 0, from_src = 0;
+    bool per_source;
+
+    for (struct httpd_client *c = h->clients; c; c = c->next) {
+        bool same;
+
+        if (uv_is_closing(&c->h.handle))
+            continue;
+        live++;
+        same = same_source(c, nc);
+        from_src += same;
+        if (!client_evictable(c))
+            continue;
+        if (oldest == NULL || evicts_before(c, oldest))
+            oldest = c;
+        if (same && (oldest_src == NULL || evicts_before(c, oldest_src)))
+            oldest_src = c;
+    }
+    per_source = nc->src_family != 0 && from_src >= h->opts.max_per_source;
+    if (per_source)
+        victim = oldest_src; /* one fewer in total as well */
+    else if (live >= h->opts.max_clients)
+        victim = oldest;
+    else
+        return true;
+    if (victim == NULL)
+        return false;
+    tt_log(TT_LOG_DEBUG, "http_client_evicted", TT_LS("server", h->opts.name),
+           TT_LS("bound", per_source ? "per_source" : "total"));
+    client_close(victim);
+    return true;
+}
+
+/* A connection from the listening socket; when no room can be made (or shutting down)
+ * it is closed at once. */
 static void on_accept(struct tt_acceptor *a, int fd)
 {
     struct tt_httpd *h = a->data;
     struct httpd_client *c;
 
-    if (h->closing || h->n_clients >= h->opts.max_clients) {
+    if (h->closing) {
         close(fd);
         return;
     }
     c = client_new(h);
     if (c == NULL) {
+        close(fd);
+        return;
+    }
+    conn_addrs(fd, c);
+    if (!make_room(h, c)) {
+        client_free_unlinked(c);
         close(fd);
         return;
     }
@@ -746,6 +1030,7 @@ static void on_accept(struct tt_acceptor *a, int fd)
     }
     uv_tcp_nodelay(&c->h.tcp, 1);
     read_start(c);
+    read_now(c, fd);
 }
 
 static void on_acceptor_closed(struct tt_acceptor *a)
@@ -754,8 +1039,9 @@ static void on_acceptor_closed(struct tt_acceptor *a)
 }
 
 /* A listening socket on addr, as uv_tcp_bind() and uv_listen() would make it
- * (SO_REUSEADDR; IPv6 also reaches IPv4). Returns the descriptor or -errno. */
-static int listen_on(const struct tt_addr *addr)
+ * (SO_REUSEADDR; IPv6 also reaches IPv4), with TCP_DEFER_ACCEPT for defer_s seconds when
+ * defer_s > 0. Returns the descriptor or -errno. */
+static int listen_on(const struct tt_addr *addr, int defer_s)
 {
     int one = 1, off = 0, err;
     int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -765,6 +1051,8 @@ static int listen_on(const struct tt_addr *addr)
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         (addr->ss.ss_family == AF_INET6 &&
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)) < 0) ||
+        (defer_s > 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof(defer_s)) < 0) ||
         bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
         listen(fd, HTTPD_BACKLOG) < 0) {
         err = -errno;
@@ -783,7 +1071,7 @@ int tt_httpd_adopt_fd(struct tt_httpd *h, int fd, const char *peer_identity)
     bool inited = false;
     int err;
 
-    if (h->closing || h->n_clients >= h->opts.max_clients) {
+    if (h->closing) {
         close(fd);
         return -EBUSY;
     }
@@ -798,6 +1086,12 @@ int tt_httpd_adopt_fd(struct tt_httpd *h, int fd, const char *peer_identity)
             client_free_unlinked(c);
         close(fd);
         return -ENOMEM;
+    }
+    conn_addrs(fd, c);
+    if (!make_room(h, c)) {
+        client_free_unlinked(c);
+        close(fd);
+        return -EBUSY;
     }
     /* TCP sockets as TCP handles (nodelay); anything else (AF_UNIX) as a pipe. */
     if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
@@ -824,6 +1118,7 @@ int tt_httpd_adopt_fd(struct tt_httpd *h, int fd, const char *peer_identity)
     }
     client_link(h, c);
     read_start(c);
+    read_now(c, fd);
     return 0;
 }
 
@@ -847,8 +1142,18 @@ static void on_sweep(uv_timer_t *t)
             c->last_outq = outq;
             c->last_active = now;
         }
-        if (now - c->last_active >= limit)
+        if (now - c->last_active >= limit) {
             client_close(c);
+            continue;
+        }
+        if (c->state != HTTPD_C_S_READING || c->paused)
+            continue;
+        if ((c->head_since != 0 && now - c->head_since >= h->opts.head_timeout_ms) ||
+            (c->body_since != 0 && now - c->body_since >= h->opts.body_timeout_ms)) {
+            tt_log(TT_LOG_DEBUG, "http_deadline", TT_LS("server", h->opts.name),
+                   TT_LS("part", c->head_since != 0 ? "head" : "body"));
+            client_close(c);
+        }
     }
 }
 
@@ -864,8 +1169,14 @@ static void apply_defaults(struct tt_httpd_opts *o)
         o->url_max = 2047; /* a 2048-byte buffer with its NUL, as admin always had */
     if (o->max_clients == 0)
         o->max_clients = 64;
+    if (o->max_per_source == 0 || o->max_per_source > o->max_clients)
+        o->max_per_source = o->max_clients;
     if (o->idle_ms == 0)
         o->idle_ms = 10000;
+    if (o->head_timeout_ms == 0)
+        o->head_timeout_ms = 10000;
+    if (o->body_timeout_ms == 0)
+        o->body_timeout_ms = 30000;
     if (o->name == NULL)
         o->name = "httpd";
 }
@@ -898,7 +1209,9 @@ struct tt_httpd *tt_httpd_new(uv_loop_t *loop, const struct tt_addr *addr,
     h->sweep.data = h;
     h->open_handles = 1;
     if (addr != NULL) {
-        fd = listen_on(addr);
+        /* A silent connection waits in the kernel for about a second rather than in a
+         * slot; one whose request came with it is read at accept (read_now). */
+        fd = listen_on(addr, h->opts.defer_accept ? 1 : 0);
         if (fd < 0) {
             err = fd;
             goto err_close_timer;

@@ -1,14 +1,17 @@
 /* A small HTTP/1.1 server core on libuv + http-parser, shared by the sidecar's admin
  * endpoint and the control plane's operator API: accept, parse, bounds (head size,
- * header count, body size, clients), keep-alive, pipelining with backpressure, an idle
- * sweep, and ordered responses. What to answer is the caller's: one route callback per
- * complete request. Everything runs on the loop's thread; it never blocks. */
+ * header count, body size, clients in total and per source address, deadlines for a
+ * request's head and body), keep-alive, pipelining with backpressure, an idle sweep, an
+ * optional Host check against DNS rebinding, and ordered responses. What to answer is the
+ * caller's: one route callback per complete request. Everything runs on the loop's thread;
+ * it never blocks. */
 #ifndef TT_HTTPD_H
 #define TT_HTTPD_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <uv.h>
 
@@ -22,6 +25,9 @@ struct tt_httpd_request {
     const char *query;       /* after '?', or NULL */
     const char *body;        /* NUL-terminated; "" when there is none */
     size_t body_len;
+    /* The connection reached a loopback address of this host (or is a unix socket); false
+     * when it came to any other local address (e.g. the pod's IP on a 0.0.0.0 listener). */
+    bool via_loopback;
     bool head; /* HEAD: the answer's body is dropped by the server */
     /* For connections given with tt_httpd_adopt_fd(): the peer identity it was given
      * with (e.g. the SPIFFE ID a TLS bridge verified); NULL for accepted sockets. */
@@ -58,9 +64,41 @@ struct tt_httpd_opts {
     unsigned max_headers; /* header lines [100] -> 431 */
     size_t body_max;      /* request body bytes [64 KiB] -> 413 */
     size_t url_max;       /* [2048] -> 414 */
-    unsigned max_clients; /* connections at once; more are closed at accept [64] */
-    uint64_t idle_ms;     /* no progress either way for this long closes a client [10 s] */
-    const char *name;     /* names the server in debug logs ["httpd"] */
+    /* Connections at once [64]. At the bound a new connection takes the place of the
+     * client that has waited longest for a complete request (a slow or silent client, or
+     * one idle between keep-alive requests); only when every client has an answer on its
+     * way is the new connection closed at accept. So slow clients cannot hold every slot:
+     * each newcomer pushes the oldest of them out. */
+    unsigned max_clients;
+    /* Connections at once from one peer address [max_clients]; at the bound the same
+     * rule, among that address's clients only, so that one address cannot push out the
+     * others. Adopted unix sockets have no address and count only in max_clients. */
+    unsigned max_per_source;
+    uint64_t idle_ms; /* no progress either way for this long closes a client [10 s] */
+    /* Deadlines, however slowly the bytes trickle in: a request head must be complete
+     * this long after the connection was made (first request) or after its first byte
+     * (later ones) [10 s]; a body this long after its head [30 s]. Past one the client
+     * is closed. Between keep-alive requests idle_ms applies. */
+    uint64_t head_timeout_ms;
+    uint64_t body_timeout_ms;
+    /* Accept a connection only once it has sent something, or after about a second
+     * (TCP_DEFER_ACCEPT: the kernel holds a silent one meanwhile, the head deadline runs
+     * from the accept), and read what it sent at once: a request that arrives with its
+     * connection is answered before newcomers could push it out of its slot. */
+    bool defer_accept;
+    /* DNS rebinding (a web page whose host name an attacker re-points at this address,
+     * so that the victim's browser sends it requests as if same-origin): when set, a
+     * request whose Host header names anything but localhost or a loopback address
+     * (127.0.0.0/8, [::1]; with or without :port) is answered 421 with a JSON error
+     * before the route callback runs. On a connection that reached a non-loopback address
+     * an IP literal is accepted too (that is how such an address is named; a rebinding
+     * page always sends a DNS name), and the paths in host_open_paths (NULL-terminated;
+     * e.g. kubelet's probes, which send Host: <pod IP>:<port> or whatever the probe says)
+     * are not checked there. A request without Host (HTTP/1.0) passes; a second Host is a
+     * 400. */
+    bool host_check;
+    const char *const *host_open_paths;
+    const char *name; /* names the server in debug logs ["httpd"] */
     /* Optional: fills the answer to a request the server refuses by itself (400, 413,
      * 414, 431) in the caller's format, e.g. JSON. resp arrives with status, close and
      * the server's text body set; msg is that one-line reason without its newline. The
@@ -96,6 +134,10 @@ void tt_httpd_close(struct tt_httpd *h);
 
 /* The port actually bound (useful with port 0 in tests); 0 without a listener. */
 int tt_httpd_port(const struct tt_httpd *h);
+
+/* True when sa is an IPv4 127.0.0.0/8, IPv6 ::1 or IPv4-mapped ::ffff:127.x address;
+ * false for any other address or family. Pure. */
+bool tt_httpd_addr_is_loopback(const struct sockaddr *sa);
 
 /* The reason phrase for a status code ("Not Found"). */
 const char *tt_httpd_status_text(int status);

@@ -33,6 +33,7 @@ enum {
     OPT_OUTBOUND,
     OPT_POLICY,
     OPT_ADMIN,
+    OPT_ADMIN_REMOTE_CONTROL, /* takes no value: stored as "" when given */
     OPT_WORKERS,
     OPT_LOG_LEVEL,
     OPT_MAX_CONNECTIONS,
@@ -64,6 +65,7 @@ static const struct option long_options[] = {
     {"outbound", required_argument, NULL, OPT_OUTBOUND},
     {"policy", required_argument, NULL, OPT_POLICY},
     {"admin", required_argument, NULL, OPT_ADMIN},
+    {"admin-allow-remote-control", no_argument, NULL, OPT_ADMIN_REMOTE_CONTROL},
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
@@ -576,6 +578,23 @@ static int get_uint(struct file_ctx *f, const json_t *obj, const char *key, unsi
     return 0;
 }
 
+/* Reads a boolean at obj[key] into *out when present. */
+static int get_bool(struct file_ctx *f, const json_t *obj, const char *key, bool *out)
+{
+    json_t *v = json_object_get(obj, key);
+    char shown[96];
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_boolean(v)) {
+        json_show(v, shown, sizeof(shown));
+        return errf(f->err, f->errlen, "%s: %s: expected true or false, got %s", f->path, key,
+                    shown);
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
 /* Reads a duration string at obj[key] into *out when present; 0 only when allow_zero. */
 static int get_duration(struct file_ctx *f, const json_t *obj, const char *key, int allow_zero,
                         uint64_t *out)
@@ -698,6 +717,7 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "inbound",
                                            "outbound",
                                            "control",
+                                           "admin_allow_remote_control",
                                            "transparent",
                                            "pod_ip",
                                            "workload_ports",
@@ -790,6 +810,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
         rc = errf(err, errlen, "%s: admin: %s: %s", path, s, addr_reason(s, 1, rc));
         goto out;
     }
+    if ((rc = get_bool(&f, root, "admin_allow_remote_control", &cfg->admin_remote_control)) != 0)
+        goto out;
     if ((rc = get_uint(&f, root, "workers", 1, WORKERS_MAX, &cfg->workers)) != 0 ||
         (rc = get_uint(&f, root, "max_connections", 1, MAX_CONNECTIONS_MAX,
                        &cfg->max_connections)) != 0)
@@ -868,13 +890,15 @@ static int scan_args(int argc, char **argv, struct flags *fl, char *err, size_t 
         } else if (c == OPT_TRANSPARENT) {
             fl->transparent = 1;
         } else if (c >= OPT_CONFIG && c <= OPT_SPIFFE_ID) {
-            fl->single[c - OPT_CONFIG] = optarg;
+            fl->single[c - OPT_CONFIG] = optarg ? optarg : "";
         } else if (rc != 0) {
             continue; /* keep the first error, look on for --help */
         } else if (c == ':') {
             rc = errf(err, errlen, "option --%s requires a value", option_name(optopt));
         } else if (optopt == 'h' && strncmp(argv[optind - 1], "--", 2) == 0) {
             rc = errf(err, errlen, "option --help takes no value");
+        } else if (optopt == OPT_ADMIN_REMOTE_CONTROL) {
+            rc = errf(err, errlen, "option --%s takes no value", option_name(optopt));
         } else if (optopt != 0) {
             rc = errf(err, errlen, "unknown option -%c (see --help)", optopt);
         } else {
@@ -1078,6 +1102,8 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
     if ((v = fl->single[OPT_ADMIN - OPT_CONFIG]) != NULL &&
         (rc = tt_addr_parse(v, 1, &cfg->admin)) < 0)
         return errf(err, errlen, "--admin %.300s: %s", shown(v), addr_reason(v, 1, rc));
+    if (fl->single[OPT_ADMIN_REMOTE_CONTROL - OPT_CONFIG] != NULL)
+        cfg->admin_remote_control = true;
     if ((v = fl->single[OPT_CONTROL - OPT_CONFIG]) != NULL &&
         (rc = set_control_addr(cfg, v, err, errlen, NULL)) != 0)
         return rc;
@@ -1464,7 +1490,12 @@ void tt_config_usage(FILE *out)
         "  --policy FILE               JSON allow-list policy (default: none, any caller with a\n"
         "                              valid certificate from the trust bundle is let in)\n"
         "  --admin ADDR:PORT           admin HTTP endpoint: /stats /ready /live /certs /policy\n"
-        "                              /quitquitquit (default 127.0.0.1:15000; port 0 allowed)\n"
+        "                              /quitquitquit (default 127.0.0.1:15000; port 0 allowed);\n"
+        "                              on an address other than loopback only /ready /live\n"
+        "                              /stats are served there\n"
+        "  --admin-allow-remote-control\n"
+        "                              serve /certs /policy /quitquitquit on such an address\n"
+        "                              too, to anyone who can reach it\n"
         "  --workers N                 worker threads, 1..256 (default: online CPUs)\n"
         "  --log-level LEVEL           debug, info, warn or error (default info)\n"
         "  --max-connections N         open connections at most, 1..1000000 (default 16384)\n"

@@ -36,6 +36,7 @@ struct tt_config {
     char *join_token_path;     /* --join-token */
     char *spiffe_id;           /* --spiffe-id */
     struct tt_addr admin;      /* --admin */
+    bool admin_remote_control; /* --admin-allow-remote-control */
     unsigned workers;          /* --workers; 0 in input means "number of cores" */
     enum tt_log_level log_level;
     unsigned max_connections;

@@ -492,14 +492,14 @@ static int start_pod_servers(struct tt_runtime *rt)
     int r = 0;
 
     rt->health =
-        tt_admin_new_scoped(&rt->loop, &cfg->health, &admin_ops, rt, TT_ADMIN_ROUTES_HEALTH, &r);
+        tt_admin_new_scoped(&rt->loop, &cfg->health, &admin_ops, rt, 0, TT_ADMIN_ROUTES_HEALTH, &r);
     if (rt->health == NULL) {
         fprintf(stderr, "tether-sidecar: cannot serve health on %s: %s\n", cfg->health.text,
                 tt_strerror(r));
         return r;
     }
-    rt->metrics =
-        tt_admin_new_scoped(&rt->loop, &cfg->metrics, &admin_ops, rt, TT_ADMIN_ROUTES_METRICS, &r);
+    rt->metrics = tt_admin_new_scoped(&rt->loop, &cfg->metrics, &admin_ops, rt, 0,
+                                      TT_ADMIN_ROUTES_METRICS, &r);
     if (rt->metrics == NULL) {
         fprintf(stderr, "tether-sidecar: cannot serve metrics on %s: %s\n", cfg->metrics.text,
                 tt_strerror(r));
@@ -550,7 +550,8 @@ int tt_runtime_run(const struct tt_config *cfg)
     if (rt->workers == NULL || rt->worker_metrics == NULL || rt->balancers == NULL ||
         uv_loop_init(&rt->loop) < 0)
         goto out_fds;
-    rt->admin = tt_admin_new(&rt->loop, &cfg->admin, &admin_ops, rt, &r);
+    rt->admin = tt_admin_new(&rt->loop, &cfg->admin, &admin_ops, rt,
+                             cfg->admin_remote_control ? TT_ADMIN_F_REMOTE_CONTROL : 0, &r);
     if (rt->admin == NULL) {
         fprintf(stderr, "tether-sidecar: cannot serve --admin %s: %s\n", cfg->admin.text,
                 tt_strerror(r));
@@ -592,6 +593,15 @@ int tt_runtime_run(const struct tt_config *cfg)
     if (!cfg->has_control && cfg->policy_path == NULL)
         tt_log(TT_LOG_WARN, "no_policy",
                TT_LS("effect", "every caller with a valid mesh certificate is allowed"));
+    if (tt_admin_addr_is_remote(&cfg->admin))
+        tt_log(TT_LOG_WARN, "admin_not_loopback", TT_LS("admin", cfg->admin.text),
+               TT_LS("effect", cfg->admin_remote_control
+                                   ? "every admin route, /quitquitquit included, is served to "
+                                     "anyone who can reach this address "
+                                     "(--admin-allow-remote-control)"
+                                   : "only /ready, /live and /stats are served on addresses "
+                                     "other than loopback (--admin-allow-remote-control serves "
+                                     "the rest there too)"));
     tt_log(TT_LOG_INFO, "started", TT_LS("admin", cfg->admin.text),
            TT_LU("admin_port", (uint64_t)tt_admin_port(rt->admin)), TT_LU("workers", cfg->workers),
            TT_LU("listeners", cfg->n_listeners),
