@@ -20,7 +20,10 @@ unchanged workload would see it:
   a server-first protocol answers after the detection timeout;
 - kubelet-style probes to POD_IP:15021 (/ready, /live; /stats is not there) and a scrape
   of POD_IP:15020 (JSON and Prometheus) work with the capture installed;
-- a connection dialled straight at 15001 (not redirected) is refused, not looped.
+- a connection dialled straight at 15001 (not redirected) is refused, not looped;
+- deleting the outbound (then the inbound) REDIRECT rule makes /ready fail within the
+  capture check's interval, /stats name the direction and tether-iptables check the
+  rule; reinstalling makes both pass again.
 Needs root, ip, iptables, setpriv and tcpdump: exits 77 (skip) without them. Everything
 is stopped by pid and every namespace deleted by name on the way out."""
 
@@ -222,7 +225,7 @@ def test(env):
                                              "7000:echo"])
         h.wait_for(lambda: "ready" in open(hub_srv.out_path).read(), 10, what="hub server")
         start_sidecar(env, "a", certs["a"], ca, pol_open, services)
-        start_sidecar(env, "b", certs["b"], ca, pol_b, [])
+        start_sidecar(env, "b", certs["b"], ca, pol_b, ["--capture-check-interval", "1s"])
         start_sidecar(env, "c", certs["c"], ca, pol_open,
                       services + ["--outbound-unknown", "deny"])
         sc_d = start_sidecar(env, "d", certs["d"], ca, pol_open,
@@ -324,6 +327,37 @@ def test(env):
         ok(not good, "a connection straight to 15001 is refused, not relayed")
         ok(listener(stats("a"), "outbound")["not_redirected"] >= 1,
            "and counted as not_redirected")
+
+        # --- /ready follows the capture: each redirect deleted, then restored ----------
+        cap = stats("b")["transparent"]["capture"]
+        ok(cap["ready"] and cap["outbound"] == "ok" and cap["inbound"] == "ok",
+           "B's capture check passes with the rules in place (%r)" % cap)
+        for direction, chain, name, port in (
+                ("outbound", "TETHER_REDIRECT", "outbound-redirect", 15001),
+                ("inbound", "TETHER_IN_REDIRECT", "inbound-redirect", 15006)):
+            in_ns(ns("b"), "iptables", "-t", "nat", "-D", chain, "-p", "tcp", "-m", "comment",
+                  "--comment", "tether:" + name, "-j", "REDIRECT", "--to-ports", str(port))
+            t0 = time.monotonic()
+            h.wait_for(lambda: http(ns("b"), "http://127.0.0.1:15000/ready")[0] == "503", 5,
+                       what="/ready fails without %s" % name)
+            took = time.monotonic() - t0
+            code, _ = http(HUB, "http://%s:15021/ready" % PODS["b"])
+            cap = stats("b")["transparent"]["capture"]
+            other = "inbound" if direction == "outbound" else "outbound"
+            ok(code == "503" and took < 3.5 and cap[direction] == "failed" and
+               cap[other] == "ok" and not cap["ready"],
+               "%s deleted: /ready fails within the check interval (%.1fs, kubelet sees %s) "
+               "and /stats names the %s direction (%r)" % (name, took, code, direction, cap))
+            r = in_ns(ns("b"), script, "check", "--ipv4-only", check=False)
+            out = (r.stdout + r.stderr).decode(errors="replace")
+            ok(r.returncode == 1 and ("missing rule " + name) in out,
+               "tether-iptables check names %s (%r)" % (name, out.strip()[:200]))
+            in_ns(ns("b"), script, "install", "--ipv4-only")
+            h.wait_for(lambda: http(ns("b"), "http://127.0.0.1:15000/ready")[0] == "200", 5,
+                       what="/ready recovers after %s is restored" % name)
+            cap = stats("b")["transparent"]["capture"]
+            ok(cap["ready"] and cap[direction] == "ok",
+               "%s restored: /ready passes again (%r)" % (name, cap))
 
         # --- one endpoint stopped: ejection, calls keep succeeding --------------------
         sc_d.stop()

@@ -17,6 +17,7 @@
 #include "app/config.h"
 #include "core/errors.h"
 #include "core/spiffe.h"
+#include "net/canary.h"
 
 #define CONFIG_FILE_MAX      (1024 * 1024) /* --config files larger than this are refused */
 #define CONFIG_LISTENERS_MAX 1024
@@ -50,6 +51,7 @@ enum {
     OPT_OUTBOUND_UNKNOWN,
     OPT_INBOUND_MODE,
     OPT_DETECT_TIMEOUT,
+    OPT_CHECK_INTERVAL,
     OPT_SPIFFE_ID,
     OPT_CRL, /* repeatable: not among the single-valued flags */
     OPT_SERVICE,
@@ -86,6 +88,7 @@ static const struct option long_options[] = {
     {"outbound-unknown", required_argument, NULL, OPT_OUTBOUND_UNKNOWN},
     {"inbound-mode", required_argument, NULL, OPT_INBOUND_MODE},
     {"inbound-detect-timeout", required_argument, NULL, OPT_DETECT_TIMEOUT},
+    {"capture-check-interval", required_argument, NULL, OPT_CHECK_INTERVAL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -451,7 +454,8 @@ static int load_transparent(struct file_ctx *f, const json_t *root, struct tt_co
     } strs[] = {{"pod_ip", OPT_POD_IP},
                 {"outbound_unknown", OPT_OUTBOUND_UNKNOWN},
                 {"inbound_mode", OPT_INBOUND_MODE},
-                {"inbound_detect_timeout", OPT_DETECT_TIMEOUT}};
+                {"inbound_detect_timeout", OPT_DETECT_TIMEOUT},
+                {"capture_check_interval", OPT_CHECK_INTERVAL}};
     static const struct {
         const char *key;
         int opt;
@@ -725,6 +729,7 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "outbound_unknown",
                                            "inbound_mode",
                                            "inbound_detect_timeout",
+                                           "capture_check_interval",
                                            "services",
                                            NULL};
     static const char *const control_keys[] = {"address", "bundle", "join_token", "spiffe_id",
@@ -1029,6 +1034,13 @@ static int set_transparent(struct tt_config *cfg, int opt, const char *v, const 
             return errf(err, errlen, "%s %.100s: expected a duration such as \"500ms\"", where, v);
         t->detect_ms = ms;
         return 0;
+    case OPT_CHECK_INTERVAL:
+        if (tt_duration_parse(v, &ms) != 0)
+            return errf(err, errlen, "%s %.100s: expected a duration such as \"5s\" (0s: off)",
+                        where, v);
+        t->check_interval_ms = ms;
+        t->check_interval_set = true;
+        return 0;
     default:
         return errf(err, errlen, "internal: unknown transparent option");
     }
@@ -1064,7 +1076,8 @@ static int apply_transparent_flags(const struct flags *fl, struct tt_config *cfg
                                    size_t errlen)
 {
     static const int opts[] = {OPT_POD_IP,           OPT_WORKLOAD_PORTS, OPT_OPAQUE_PORTS,
-                               OPT_OUTBOUND_UNKNOWN, OPT_INBOUND_MODE,   OPT_DETECT_TIMEOUT};
+                               OPT_OUTBOUND_UNKNOWN, OPT_INBOUND_MODE,   OPT_DETECT_TIMEOUT,
+                               OPT_CHECK_INTERVAL};
     char where[64];
     int rc;
 
@@ -1250,6 +1263,8 @@ static int setup_transparent(struct tt_config *cfg, char *err, size_t errlen)
 
     if (t->detect_ms == 0)
         t->detect_ms = TT_DEFAULT_DETECT_TIMEOUT_MS;
+    if (!t->check_interval_set)
+        t->check_interval_ms = TT_DEFAULT_CHECK_INTERVAL_MS;
     if (t->pod_ip.len == 0 && first_global_address(&t->pod_ip) < 0)
         return errf(err, errlen,
                     "--transparent: no global address in this network namespace; give --pod-ip");
@@ -1267,6 +1282,9 @@ static int setup_transparent(struct tt_config *cfg, char *err, size_t errlen)
         if ((rc = add_listener(cfg, &l, err, errlen)) != 0)
             return rc;
     }
+    if (tt_addr_parse(TT_CANARY_OUTBOUND, TT_ADDR_NUMERIC, &t->canary_outbound) < 0)
+        return errf(err, errlen, "internal: %s", TT_CANARY_OUTBOUND);
+    t->canary_inbound = with_port(&t->pod_ip, TT_CANARY_INBOUND_PORT);
     cfg->health = with_port(&t->pod_ip, TT_TRANSPARENT_HEALTH_PORT);
     cfg->metrics = with_port(&t->pod_ip, TT_TRANSPARENT_METRICS_PORT);
     return 0;
@@ -1282,10 +1300,12 @@ static int check_config(struct tt_config *cfg, char *err, size_t errlen)
     if (!cfg->transparent.enabled &&
         (cfg->transparent.pod_ip.len != 0 || cfg->transparent.n_workload_ports != 0 ||
          cfg->transparent.n_opaque_ports != 0 || cfg->transparent.outbound_deny ||
-         cfg->transparent.permissive || cfg->transparent.detect_ms != 0))
+         cfg->transparent.permissive || cfg->transparent.detect_ms != 0 ||
+         cfg->transparent.check_interval_set))
         return errf(err, errlen,
                     "--pod-ip, --workload-ports, --opaque-ports, --outbound-unknown, "
-                    "--inbound-mode and --inbound-detect-timeout need --transparent");
+                    "--inbound-mode, --inbound-detect-timeout and --capture-check-interval need "
+                    "--transparent");
     if (cfg->n_services > 0) {
         char serr[256];
         struct tt_services *t = NULL;
@@ -1526,6 +1546,10 @@ void tt_config_usage(FILE *out)
         "                              too, told apart by their first bytes (key inbound_mode)\n"
         "  --inbound-detect-timeout D  permissive: a caller silent for D is plaintext (default\n"
         "                              500ms; key inbound_detect_timeout)\n"
+        "  --capture-check-interval D  how often /ready's capture check runs: probes through\n"
+        "                              192.0.2.1:15009 and POD_IP:15008, which tether-iptables\n"
+        "                              redirects; 0s turns it off (default 5s; key\n"
+        "                              capture_check_interval)\n"
         "  --service ADDR:PORT=SPIFFE_ID | VIP:PORT=ENDPOINT:PORT@SPIFFE_ID\n"
         "                              a service table entry without a control plane\n"
         "                              (repeatable; key services: [{service, endpoint,\n"

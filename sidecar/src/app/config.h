@@ -58,6 +58,8 @@ struct tt_config {
 #define TT_TRANSPARENT_METRICS_PORT  15020
 #define TT_TRANSPARENT_HEALTH_PORT   15021
 #define TT_DEFAULT_DETECT_TIMEOUT_MS 500
+#define TT_DEFAULT_CHECK_INTERVAL_MS 5000
+#define TT_CAPTURE_PROBE_TIMEOUT_MS  1000
 
 #define TT_CONFIG_HELP 1 /* tt_config_parse_args(): --help was printed */
 

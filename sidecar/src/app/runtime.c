@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "admin/admin.h"
+#include "app/capture.h"
 #include "app/runtime.h"
 #include "control/cpclient.h"
 #include "core/buf.h"
@@ -52,6 +53,8 @@ struct tt_runtime {
     struct tt_admin *admin;
     struct tt_admin *health;                 /* transparent: POD_IP:15021, /ready and /live */
     struct tt_admin *metrics;                /* transparent: POD_IP:15020, /stats */
+    struct tt_capture *capture;              /* transparent: the capture check, or NULL */
+    struct tt_capture_status capture_status; /* filled for one admin request */
     struct tt_snapshot *admin_view_snapshot; /* held between get_view and put_view */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
@@ -180,6 +183,8 @@ static void runtime_stop(struct tt_runtime *rt)
     tt_snapshot_slot_set_wake(&rt->slot, NULL, NULL);
     for (unsigned i = 0; i < rt->n_workers; i++)
         tt_worker_stop(&rt->workers[i]);
+    tt_capture_close(rt->capture);
+    rt->capture = NULL;
     tt_admin_close(rt->admin);
     tt_admin_close(rt->health);
     tt_admin_close(rt->metrics);
@@ -271,6 +276,12 @@ static void admin_get_view(void *ud, struct tt_stats_view *v)
          * unreachable control plane does not make a serving sidecar unready. */
         v->ready =
             !v->draining && started && tt_now_unix() < tt_identity_leaf(s->identity)->not_after;
+    }
+    if (rt->capture != NULL) {
+        tt_capture_status(rt->capture, &rt->capture_status);
+        v->capture = &rt->capture_status;
+        /* A pod whose capture does not work must not take traffic (DESIGN.md). */
+        v->ready = v->ready && rt->capture_status.ready;
     }
     v->control_state = "none";
     if (rt->cpclient != NULL) {
@@ -389,6 +400,16 @@ static void start_workers(struct tt_runtime *rt)
         rt->exit_code = TT_EXIT_RUNTIME;
         runtime_stop(rt);
         return;
+    }
+    if (cfg->transparent.enabled && cfg->transparent.check_interval_ms > 0) {
+        rt->capture = tt_capture_start(
+            &rt->loop, &cfg->transparent.canary_outbound, &cfg->transparent.canary_inbound,
+            cfg->transparent.check_interval_ms, TT_CAPTURE_PROBE_TIMEOUT_MS);
+        if (rt->capture == NULL) {
+            rt->exit_code = TT_EXIT_RUNTIME;
+            runtime_stop(rt);
+            return;
+        }
     }
     for (size_t l = 0; l < cfg->n_listeners; l++)
         tt_log(TT_LOG_INFO, "listening", TT_LS("listener", cfg->listeners[l].name),

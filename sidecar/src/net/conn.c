@@ -24,6 +24,7 @@
 #include "core/util.h"
 #include "metrics/metrics.h"
 #include "net/balancer.h"
+#include "net/canary.h"
 #include "net/conn.h"
 #include "net/listener-t.h"
 #include "net/origdst.h"
@@ -834,6 +835,16 @@ static void conn_start_handshake(struct tt_conn *c)
     conn_start_handshake_with(c, NULL, 0);
 }
 
+/* True when a and b are one IP and port (IPv4-mapped IPv6 equal to its IPv4). */
+static bool same_address(const struct tt_addr *a, const struct tt_addr *b)
+{
+    struct tt_addr_key ka, kb;
+
+    return tt_addr_key_of((const struct sockaddr *)&a->ss, &ka) &&
+           tt_addr_key_of((const struct sockaddr *)&b->ss, &kb) &&
+           memcmp(&ka, &kb, sizeof(ka)) == 0;
+}
+
 static bool port_listed(const uint16_t *ports, size_t n, uint16_t port)
 {
     for (size_t i = 0; i < n; i++) {
@@ -898,6 +909,17 @@ static bool conn_route_transparent(struct tt_conn *c, int fd)
     if (r < 0 || !redirected) {
         TT_COUNTER_ADD(lc->not_redirected, 1);
         conn_close(c, TT_E_NOT_REDIRECTED, true);
+        return false;
+    }
+    if (conn_is_inbound(c) ? tt_addr_port(&c->target) == TT_CANARY_INBOUND_PORT
+                           : same_address(&c->target, &t->canary_outbound)) {
+        /* The capture check's probe (app/capture.h): the rules work in this direction. */
+        uv_buf_t b = uv_buf_init((char *)TT_CANARY_ANSWER, (unsigned)strlen(TT_CANARY_ANSWER));
+        TT_COUNTER_ADD(lc->canary, 1);
+        c->route = "canary";
+        c->verdict = "allow";
+        (void)uv_try_write((uv_stream_t *)&c->down.tcp, &b, 1);
+        conn_close(c, 0, false);
         return false;
     }
     if (conn_is_inbound(c)) {
@@ -1053,6 +1075,8 @@ static void conn_account(struct tt_conn *c, int err)
 
     TT_COUNTER_ADD(lc->closed, 1);
     tt_metrics_observe(&lc->duration_us, dur_ms * 1000);
+    if (c->route != NULL && strcmp(c->route, "canary") == 0)
+        return; /* the capture check's probes, every few seconds: counted, not logged */
     if (peer_id[0] != '\0')
         tt_metrics_peer_add(c->worker->metrics, peer_id, c->down.bytes_read, c->down.bytes_written,
                             strcmp(c->verdict, "deny") == 0);

@@ -39,6 +39,10 @@ struct tt_transparent_cfg {
     size_t n_workload_ports;
     uint16_t *opaque_ports; /* --opaque-ports: server-first, no detection wait */
     size_t n_opaque_ports;
+    struct tt_addr canary_outbound; /* net/canary.h: answered on 15001 */
+    struct tt_addr canary_inbound;  /* pod_ip:TT_CANARY_INBOUND_PORT: answered on 15006 */
+    uint64_t check_interval_ms;     /* capture check; 0: off (/ready ignores the capture) */
+    bool check_interval_set;        /* given by flag or file */
 };
 
 struct tt_worker;
