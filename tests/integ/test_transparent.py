@@ -50,6 +50,9 @@ TAG = "tp%d" % (os.getpid() % 100000)
 HUB = TAG + "-hub"
 PODS = {"a": "10.88.0.1", "b": "10.88.0.2", "c": "10.88.0.3", "d": "10.88.0.4"}
 HUB_IP = "10.88.0.254"
+PODS6 = {"a": "fd00:88::1", "b": "fd00:88::2", "c": "fd00:88::3", "d": "fd00:88::4"}
+HUB_IP6 = "fd00:88::fe"
+FAM = []  # tether-iptables family options: none (both) where IPv6 works, else --ipv4-only
 VIP = "10.96.0.10"
 MARKER = b"MARKER-9f8e7d-SECRET-PAYLOAD"
 
@@ -58,8 +61,13 @@ HELPER = r'''
 import socket, sys, threading, time
 
 def serve(name, port, mode):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+    try:  # dual stack where IPv6 works: the sidecar relays to 127.0.0.1 or ::1
+        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("::", port))
+    except OSError:
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+    s.listen(64)
     def one(c):
         with c:
             if mode == "banner":
@@ -146,6 +154,8 @@ def setup_net(script):
     in_ns(HUB, "ip", "link", "add", "br0", "type", "bridge")
     in_ns(HUB, "ip", "addr", "add", HUB_IP + "/24", "dev", "br0")
     in_ns(HUB, "ip", "link", "set", "br0", "up")
+    if not FAM:
+        in_ns(HUB, "ip", "-6", "addr", "add", HUB_IP6 + "/64", "dev", "br0", "nodad")
     for pod, ip in PODS.items():
         n = ns(pod)
         sh("ip", "netns", "add", n)
@@ -156,8 +166,10 @@ def setup_net(script):
         in_ns(n, "ip", "addr", "add", ip + "/24", "dev", "eth0")
         in_ns(n, "ip", "link", "set", "eth0", "up")
         in_ns(n, "ip", "route", "add", "default", "via", HUB_IP)
-        in_ns(n, script, "install", "--ipv4-only")
-        r = in_ns(n, script, "check", "--ipv4-only", check=False)
+        if not FAM:
+            in_ns(n, "ip", "-6", "addr", "add", PODS6[pod] + "/64", "dev", "eth0", "nodad")
+        in_ns(n, script, "install", *FAM)
+        r = in_ns(n, script, "check", *FAM, check=False)
         h.check(r.returncode == 0, "tether-iptables check in %s: %s" % (n, r.stdout))
 
 
@@ -208,12 +220,17 @@ def test(env):
     pol_open = env.policy("policy-open.json", {"default": "allow", "rules": []})
     os.chmod(pol_b, 0o644)
     os.chmod(pol_open, 0o644)
-    services = ["--service", "%s:8080=%s" % (PODS["b"], ids["b"]),
+    services = ["--service", "[%s]:8080=%s" % (PODS6["b"], ids["b"]),
+                "--service", "%s:8080=%s" % (PODS["b"], ids["b"]),
                 "--service", "%s:8080=%s" % (PODS["d"], ids["d"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP, PODS["b"], ids["b"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP, PODS["d"], ids["d"])]
     tcpdump = None
     try:
+        r = subprocess.run(["sysctl", "-n", "net.ipv6.conf.all.disable_ipv6"],
+                           capture_output=True)
+        if r.returncode != 0 or r.stdout.strip() != b"0":
+            FAM.append("--ipv4-only")
         setup_net(script)
         for pod in ("b", "d"):
             argv = ["ip", "netns", "exec", ns(pod)] + WORKLOAD + [
@@ -250,6 +267,17 @@ def test(env):
                k: inb[k] for k in ("handshakes", "allowed", "denied")})
         ok(any(p["spiffe_id"] == ids["a"] for p in st_b["peers"]),
            "B saw A's SPIFFE ID as the caller")
+        if not FAM:
+            # IPv6 pod to pod: the original destination from IP6T_SO_ORIGINAL_DST.
+            good, answer = call(env, "a", PODS6["b"], 8080, MARKER.decode() + "-v6")
+            ok(answer == "from b: " + MARKER.decode() + "-v6",
+               "A calls B's IPv6 address unchanged and gets B's answer (%r)" % answer)
+            inb6 = [l for l in stats("b")["listeners"]
+                    if l["name"].startswith("transparent-inbound:[::]")][0]
+            ok(inb6["handshakes"] >= 1 and inb6["allowed"] >= 1,
+               "B's IPv6 inbound capture terminated mTLS and allowed A")
+        else:
+            h.log("IPv6 disabled here: the IPv6 pod-to-pod case is skipped")
         # C is not on B's allow list.
         good, answer = call(env, "c", PODS["b"], 8080, "from-c")
         ok(not answer.startswith("from b"), "C's call to B is refused (%r)" % answer)
@@ -348,11 +376,11 @@ def test(env):
                cap[other] == "ok" and not cap["ready"],
                "%s deleted: /ready fails within the check interval (%.1fs, kubelet sees %s) "
                "and /stats names the %s direction (%r)" % (name, took, code, direction, cap))
-            r = in_ns(ns("b"), script, "check", "--ipv4-only", check=False)
+            r = in_ns(ns("b"), script, "check", *FAM, check=False)
             out = (r.stdout + r.stderr).decode(errors="replace")
             ok(r.returncode == 1 and ("missing rule " + name) in out,
                "tether-iptables check names %s (%r)" % (name, out.strip()[:200]))
-            in_ns(ns("b"), script, "install", "--ipv4-only")
+            in_ns(ns("b"), script, "install", *FAM)
             h.wait_for(lambda: http(ns("b"), "http://127.0.0.1:15000/ready")[0] == "200", 5,
                        what="/ready recovers after %s is restored" % name)
             cap = stats("b")["transparent"]["capture"]
