@@ -54,6 +54,8 @@ PODS6 = {"a": "fd00:88::1", "b": "fd00:88::2", "c": "fd00:88::3", "d": "fd00:88:
 HUB_IP6 = "fd00:88::fe"
 FAM = []  # tether-iptables family options: none (both) where IPv6 works, else --ipv4-only
 VIP = "10.96.0.10"
+VIP2 = "10.96.0.11"     # endpoints B and a black hole (no host: its connect times out)
+BLACKHOLE = "10.88.0.99"
 MARKER = b"MARKER-9f8e7d-SECRET-PAYLOAD"
 
 # Workloads and clients (standard library only), run inside the namespaces.
@@ -224,7 +226,9 @@ def test(env):
                 "--service", "%s:8080=%s" % (PODS["b"], ids["b"]),
                 "--service", "%s:8080=%s" % (PODS["d"], ids["d"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP, PODS["b"], ids["b"]),
-                "--service", "%s:80=%s:8080@%s" % (VIP, PODS["d"], ids["d"])]
+                "--service", "%s:80=%s:8080@%s" % (VIP, PODS["d"], ids["d"]),
+                "--service", "%s:80=%s:8080@%s" % (VIP2, PODS["b"], ids["b"]),
+                "--service", "%s:80=%s:8080@%s" % (VIP2, BLACKHOLE, ids["d"])]
     tcpdump = None
     try:
         r = subprocess.run(["sysctl", "-n", "net.ipv6.conf.all.disable_ipv6"],
@@ -386,6 +390,19 @@ def test(env):
             cap = stats("b")["transparent"]["capture"]
             ok(cap["ready"] and cap[direction] == "ok",
                "%s restored: /ready passes again (%r)" % (name, cap))
+
+        # --- an endpoint whose connect times out (--connect-timeout 2s) ---------------
+        answers = []
+        for i in range(8):
+            good, answer = call(env, "a", VIP2, 80, "bh-%d" % i)
+            answers.append(answer)
+            ep = (stats("a") or {}).get("endpoints", {}).get("%s:8080" % BLACKHOLE, {})
+            if ep.get("connect_failures", 0) >= 1 and i >= 2:
+                break
+        ok(all(a == "from b: bh-%d" % i for i, a in enumerate(answers)),
+           "calls to a VIP with a black-holed endpoint all succeed via B (%r)" % answers)
+        ok(ep.get("connect_failures") == 1 and ep.get("ejected"),
+           "the black hole timed out once and is ejected (%r)" % ep)
 
         # --- one endpoint stopped: ejection, calls keep succeeding --------------------
         sc_d.stop()

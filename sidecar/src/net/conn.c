@@ -40,8 +40,9 @@
 #define TT_CONN_QUEUE_MAX (64 * 1024) /* bytes queued for a side before its source pauses */
 /* TLS 1.3 adds 22 bytes per record of at most 16 KiB (RFC 8446 §5.2): a plaintext read of
  * this size encrypts into two records that fit one slab. */
-#define TT_CONN_PLAIN_READ (TT_BUF_SLAB - 128)
-#define TT_TLS_RECORD_MAX  16384 /* most plaintext one tt_tls_read returns */
+#define TT_CONN_PLAIN_READ       (TT_BUF_SLAB - 128)
+#define TT_TLS_RECORD_MAX        16384 /* most plaintext one tt_tls_read returns */
+#define TT_CONN_CONNECT_ATTEMPTS 4     /* endpoints a balanced connection tries at most */
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_free(struct tt_conn *c);
@@ -599,7 +600,9 @@ static void on_connect(uv_connect_t *req, int status)
 {
     struct tt_conn *c = tt_container_of(req, struct tt_conn, connect_req);
 
-    if (c->state == TT_CONN_S_CLOSING)
+    /* Cancelled: the socket was closed by us (the connection ends, or a timed-out
+     * connect moves on to another endpoint), which already decided what follows. */
+    if (c->state == TT_CONN_S_CLOSING || status == UV_ECANCELED)
         return;
     if (status < 0) {
         conn_connect_failed(c, status);
@@ -659,6 +662,9 @@ static void conn_connect_failed(struct tt_conn *c, int status)
         c->balancer_active = false;
         if (c->endpoint < 64)
             c->tried |= 1ull << c->endpoint;
+        /* Bounded: endpoints past the 64th cannot be marked tried. */
+        if (++c->attempts >= TT_CONN_CONNECT_ATTEMPTS)
+            goto give_up;
         tt_log(TT_LOG_WARN, "endpoint_connect_failed", TT_LS("listener", c->listener->cfg->name),
                TT_LS("endpoint", c->target.text), TT_LS("spiffe_id", c->expected_id),
                TT_LS("error", tt_strerror(status)));
@@ -670,6 +676,7 @@ static void conn_connect_failed(struct tt_conn *c, int status)
             uv_close((uv_handle_t *)&c->up.tcp, on_retry_closed);
             return;
         }
+    give_up:
         status = TT_E_NO_ENDPOINT;
     }
     side_ended(c, &c->up, status);

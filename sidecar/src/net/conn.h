@@ -82,6 +82,7 @@ struct tt_conn {
     const struct tt_service *service; /* transparent outbound: the balanced service */
     int endpoint;                     /* its endpoint picked, -1 for none */
     uint64_t tried;                   /* endpoints that failed to connect, bit per index */
+    unsigned attempts;                /* connects that failed so far */
     bool balancer_active;             /* the balancer counts this connection on endpoint */
     bool plain;                       /* no TLS on either side (passthrough, plaintext) */
     const char *route;                /* transparent: "mesh", "passthrough", "plaintext" */
