@@ -30,7 +30,9 @@
  *   GET  /v1/crl[?format=der]        the revocations as a CRL signed by the CA (valid 24 h,
  *                                    CP_CA_CRL_VALIDITY_S), PEM text/plain, or DER
  *                                    application/pkix-crl; open like the bundle
- *   GET  /v1/sidecars                {"sidecars": [...]}
+ *   GET  /v1/sidecars                {"sidecars": [...]}, each with "registered" (the
+ *                                    endpoints its registration holds) and "refused"
+ *                                    ([{"address", "reason", "detail"}])
  *   POST /v1/admin-certs             {"csr": base64 DER PKCS#10, "spiffe_id"?: an admin
  *                                    identity (default the first), "ttl"?} -> 201
  *                                    {"spiffe_id", "serial", "not_after_unix",

@@ -15,7 +15,8 @@ the test's choice:
   entries under that service address, and `tetherctl service list` shows them with their
   source; `tetherctl service add ADDR SPIFFE_ID` still works and wins over a registration
   for that address;
-- a Tether sidecar's own registration (its inbound listener) is accepted.
+- a Tether sidecar's own registration (its inbound listener) is accepted, and it
+  acknowledges the snapshot that carries the VIP.
 
 Against the old code the first two attacks succeed (any address was accepted, and the
 first claim kept it forever) and the VIP cannot be expressed."""
@@ -292,6 +293,20 @@ def test(env):
                "the sidecar's registration")
     rec = sidecar_rec(cp, sid)
     check(rec.get("refused") == [], "nothing of a real sidecar's registration refused: %s" % rec)
+    # It builds the table with the VIP (cpclient maps service_address): ACK, no NACK.
+    version = cp.stats()["version"]
+    try:
+        h.wait_for(lambda: (sidecar_rec(cp, sid) or {}).get("acked_version") == version, 10,
+                   0.1, "the sidecar's ACK of version %d" % version)
+    except h.TestFailure as e:
+        check(False, "%s: %s" % (e, sidecar_rec(cp, sid)))
+    check(sidecar_rec(cp, sid).get("nacked_version") is None,
+          "the snapshot with the VIP is not refused: %s" % sidecar_rec(cp, sid))
+    # Under ASan: no report from the control plane on its way out (leaks included).
+    cp.stop(timeout=15)
+    err = cp.stderr()
+    check("Sanitizer" not in err and "runtime error:" not in err,
+          "tether-control exits clean: %s" % err[err.find("Sanitizer") - 200:][:1500])
     check.done()
 
 
