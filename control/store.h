@@ -194,8 +194,10 @@ void cp_store_set_clock(struct cp_store *s, uint64_t (*now_ms)(void *ud), void *
  * stream registered before. Each address must be an IP literal with a port; a wildcard
  * IP (0.0.0.0, ::) stands for the observed IP; any other IP than the observed one is
  * refused ("not_observed_ip"). An address another identity holds is refused
- * ("held_by_other") while that identity's stream is open, and taken over once it has
- * ended (grace or not); the same identity takes its address back seamlessly. Each
+ * ("held_by_other") while that identity's stream is open; once that stream has ended
+ * (grace or not) the claim replaces it, at once for a stream still open (its claims are
+ * kept and tried again) or at its next Hello; the same identity takes its address back
+ * seamlessly. Each
  * refusal counts CP_REFUSAL_REGISTRATION; the sidecar's record lists what it holds and
  * what was refused, with the reason. Returns the number of addresses refused, or -ENOMEM.
  * Bumps the version when what sidecars receive changes. */
@@ -294,7 +296,8 @@ void cp_store_sidecar_acked(struct cp_store *s, const char *id, uint64_t version
 void cp_store_sidecar_nacked(struct cp_store *s, const char *id, uint64_t version,
                              const char *reason);
 
-/* The stream ended. */
+/* The stream ended: its registrations start their grace period, and other streams'
+ * claims refused because this one held the address take it (the version bumps). */
 void cp_store_sidecar_gone(struct cp_store *s, const char *id);
 
 /* [{"id", "spiffe_id", "peer", "node", "acked_version", "nacked_version",

@@ -124,6 +124,8 @@ struct cp__sidecar {
     int64_t last_seen;
     json_t *registered; /* array of the endpoints its registration holds, or NULL */
     json_t *refused;    /* array of {"address", "reason", "detail"} refused, or NULL */
+    char **claims;      /* the addresses its Hello registered, as sent */
+    size_t n_claims;
 };
 
 /* How often Sign requests were refused for one reason. */
@@ -333,9 +335,16 @@ bool cp__revoked_locked(struct cp_store *s, const char *norm);
  * when no record is kept. Lock held. (store_issued.c) */
 int64_t cp__issued_not_after_locked(struct cp_store *s, const char *norm);
 
-/* The stream `holder` ended: its registrations start their grace period. Lock held.
- * (store_services.c) */
-void cp__regs_stream_gone_locked(struct cp_store *s, const char *holder);
+/* The stream `holder` ended: its registrations start their grace period, and open
+ * streams that were refused one of its addresses (held_by_other) try their claims again,
+ * so another identity takes the address over at once. *v gets the new version when what
+ * sidecars receive changed. Lock held. (store_services.c) */
+void cp__regs_stream_gone_locked(struct cp_store *s, const char *holder, uint64_t *v);
+
+/* Keeps copies of sidecar `id`'s claimed addresses[0..n) in its record (an unknown id,
+ * or no memory, keeps none). Lock held. (store_sidecars.c) */
+void cp__sidecar_set_claims_locked(struct cp_store *s, const char *id, const char *const *addresses,
+                                   size_t n);
 
 /* Records what sidecar `id`'s registration holds and what was refused (both consumed;
  * NULL is an empty array) in its runtime record; an unknown id drops them. Lock held.

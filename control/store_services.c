@@ -626,13 +626,15 @@ static const char *claim_resolve(const char *claim, const struct sockaddr_storag
     return NULL;
 }
 
-/* Adds {"address", "reason", "detail"} to refused and counts the refusal. Lock held. */
-static void refuse_locked(struct cp_store *s, json_t *refused, const char *address,
+/* Adds {"address", "reason", "detail"} to refused and, when count, counts the refusal.
+ * Lock held. */
+static void refuse_locked(struct cp_store *s, json_t *refused, bool count, const char *address,
                           const char *reason, const char *detail)
 {
     json_array_append_new(refused, json_pack("{s:s,s:s,s:s}", "address", address ? address : "",
                                              "reason", reason, "detail", detail));
-    cp__count_refusal_locked(s, CP_REFUSAL_REGISTRATION);
+    if (count)
+        cp__count_refusal_locked(s, CP_REFUSAL_REGISTRATION);
 }
 
 /* Removes registration i. Lock held. */
@@ -651,9 +653,13 @@ static bool in_list(char (*list)[TT_ADDR_TEXT_MAX], const bool *ok, size_t n, co
     return false;
 }
 
-/* Replaces holder's registration with what of addresses[0..n) it may hold (see store.h). */
-int cp_store_registration_set(struct cp_store *s, const char *holder, const char *spiffe_id,
-                              const char *observed, const char *const *addresses, size_t n)
+/* The registration rules (see cp_store_registration_set) for holder's claims
+ * addresses[0..n): updates the registrations and holder's sidecar record, counts the
+ * refusals when count (not when a claim is tried again). *v gets the new version when
+ * what sidecars receive changed. Returns the number refused, or -ENOMEM. Lock held. */
+static int registration_apply_locked(struct cp_store *s, const char *holder, const char *spiffe_id,
+                                     const char *observed, const char *const *addresses, size_t n,
+                                     bool count, uint64_t *v)
 {
     char(*norm)[TT_ADDR_TEXT_MAX] = calloc(n + 1, sizeof(*norm));
     bool *ok = calloc(n + 1, sizeof(*ok));
@@ -662,7 +668,6 @@ int cp_store_registration_set(struct cp_store *s, const char *holder, const char
     struct tt_addr obs;
     bool have_obs = observed != NULL && tt_addr_parse(observed, TT_ADDR_NUMERIC, &obs) == 0;
     bool changed = false;
-    uint64_t v = 0;
     int n_refused = 0;
     char detail[256];
 
@@ -675,7 +680,6 @@ int cp_store_registration_set(struct cp_store *s, const char *holder, const char
     }
     if (have_obs)
         ip_of(&obs, &obs_ip);
-    pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < n; i++) {
         const char *reason = NULL;
         struct cp__reg *r;
@@ -695,7 +699,7 @@ int cp_store_registration_set(struct cp_store *s, const char *holder, const char
             reason = "held_by_other";
         }
         if (reason != NULL) {
-            refuse_locked(s, refused, addresses[i], reason, detail);
+            refuse_locked(s, refused, count, addresses[i], reason, detail);
             n_refused++;
             continue;
         }
@@ -713,7 +717,7 @@ int cp_store_registration_set(struct cp_store *s, const char *holder, const char
     if (changed && cp__store_bump_locked(s) != 0) {
         for (size_t i = 0; i < n; i++)
             if (ok[i]) {
-                refuse_locked(s, refused, addresses[i], "store_unavailable",
+                refuse_locked(s, refused, count, addresses[i], "store_unavailable",
                               "the snapshot version could not be saved");
                 ok[i] = false;
                 n_refused++;
@@ -721,7 +725,7 @@ int cp_store_registration_set(struct cp_store *s, const char *holder, const char
         changed = false;
     }
     if (changed)
-        v = s->version;
+        *v = s->version;
     for (size_t i = s->regs.n; i-- > 0;)
         if (strcmp(s->regs.v[i].holder, holder) == 0 && !in_list(norm, ok, n, s->regs.v[i].address))
             reg_remove_locked(s, i);
@@ -755,22 +759,69 @@ int cp_store_registration_set(struct cp_store *s, const char *holder, const char
         json_array_append_new(registered, json_string(norm[i]));
     }
     cp__sidecar_set_registration_locked(s, holder, registered, refused);
-    cp__store_unlock_notify(s, v);
     free(norm);
     free(ok);
     return n_refused;
 }
 
-/* Starts the grace period of holder's registrations. Lock held. */
-void cp__regs_stream_gone_locked(struct cp_store *s, const char *holder)
+/* Replaces holder's registration with what of addresses[0..n) it may hold (see store.h). */
+int cp_store_registration_set(struct cp_store *s, const char *holder, const char *spiffe_id,
+                              const char *observed, const char *const *addresses, size_t n)
+{
+    uint64_t v = 0;
+    int rc;
+
+    pthread_mutex_lock(&s->mu);
+    /* Kept with the sidecar, to try again what another stream held once that one ends. */
+    cp__sidecar_set_claims_locked(s, holder, addresses, n);
+    rc = registration_apply_locked(s, holder, spiffe_id, observed, addresses, n, true, &v);
+    cp__store_unlock_notify(s, v);
+    return rc;
+}
+
+/* True when sidecar c has a claim refused because another stream held it. */
+static bool waits_for_address(const struct cp__sidecar *c)
+{
+    json_t *e;
+    size_t i;
+
+    json_array_foreach(c->refused, i, e)
+    {
+        if (strcmp(json_string_value(json_object_get(e, "reason")), "held_by_other") == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Tries again the claims of every open stream that was refused an address another stream
+ * held (their holder may just have ended): such a claim replaces the old registration
+ * once its stream is gone. Refusals are not counted twice. Lock held. */
+static void regs_retry_locked(struct cp_store *s, uint64_t *v)
+{
+    for (size_t i = 0; i < s->sidecars.n; i++) {
+        struct cp__sidecar *c = &s->sidecars.v[i];
+
+        if (c->spiffe_id != NULL && waits_for_address(c))
+            registration_apply_locked(s, c->id, c->spiffe_id, c->peer,
+                                      (const char *const *)c->claims, c->n_claims, false, v);
+    }
+}
+
+/* Starts the grace period of holder's registrations and lets streams waiting for one of
+ * its addresses take it (see store_int.h). Lock held. */
+void cp__regs_stream_gone_locked(struct cp_store *s, const char *holder, uint64_t *v)
 {
     uint64_t now = now_locked(s);
+    bool any = false;
 
     for (size_t i = 0; i < s->regs.n; i++)
         if (s->regs.v[i].live && strcmp(s->regs.v[i].holder, holder) == 0) {
             s->regs.v[i].live = false;
             s->regs.v[i].gone_ms = now;
+            any = true;
         }
+    if (any)
+        regs_retry_locked(s, v);
 }
 
 static bool reg_expired(const struct cp__reg *r, uint64_t now, uint64_t grace)

@@ -17,6 +17,9 @@ static void sidecar_free_fields(struct cp__sidecar *c)
     free(c->nack_reason);
     json_decref(c->registered);
     json_decref(c->refused);
+    for (size_t i = 0; i < c->n_claims; i++)
+        free(c->claims[i]);
+    free(c->claims);
 }
 
 /* Frees every record's strings and the array. */
@@ -131,14 +134,35 @@ void cp__sidecar_set_registration_locked(struct cp_store *s, const char *id, jso
     c->refused = refused;
 }
 
-/* Forgets sidecar id and frees its record, and starts the grace period of what it
- * registered; an unknown id is ignored. Takes the store lock. */
+/* Keeps copies of sidecar id's claims (see store_int.h). Lock held. */
+void cp__sidecar_set_claims_locked(struct cp_store *s, const char *id, const char *const *addresses,
+                                   size_t n)
+{
+    struct cp__sidecar *c = find_sidecar(s, id);
+    char **copy = c != NULL ? calloc(n + 1, sizeof(*copy)) : NULL;
+    size_t k = 0;
+
+    if (copy == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (addresses[i] != NULL && (copy[k] = strdup(addresses[i])) != NULL)
+            k++;
+    for (size_t i = 0; i < c->n_claims; i++)
+        free(c->claims[i]);
+    free(c->claims);
+    c->claims = copy;
+    c->n_claims = k;
+}
+
+/* Forgets sidecar id and frees its record, starts the grace period of what it registered
+ * and lets waiting streams take its addresses (pushing the change after unlocking); an
+ * unknown id is ignored. Takes the store lock. */
 void cp_store_sidecar_gone(struct cp_store *s, const char *id)
 {
     struct cp__sidecar *c;
+    uint64_t v = 0;
 
     pthread_mutex_lock(&s->mu);
-    cp__regs_stream_gone_locked(s, id);
     c = find_sidecar(s, id);
     if (c != NULL) {
         size_t at = (size_t)(c - s->sidecars.v);
@@ -147,7 +171,9 @@ void cp_store_sidecar_gone(struct cp_store *s, const char *id)
         memmove(c, c + 1, (s->sidecars.n - at - 1) * sizeof(*c));
         s->sidecars.n--;
     }
-    pthread_mutex_unlock(&s->mu);
+    /* After the record is gone, so that its own claims are not tried again. */
+    cp__regs_stream_gone_locked(s, id, &v);
+    cp__store_unlock_notify(s, v);
 }
 
 static json_t *jstr_or_null(const char *s)

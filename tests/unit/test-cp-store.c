@@ -847,8 +847,11 @@ static json_t *sidecar_rec(struct cp_store *s, const char *id, json_t **list)
     size_t i;
 
     *list = cp_store_sidecars_json(s);
-    json_array_foreach(*list, i, o) if (strcmp(json_string_value(json_object_get(o, "id")), id) ==
-                                        0) return o;
+    json_array_foreach(*list, i, o)
+    {
+        if (strcmp(json_string_value(json_object_get(o, "id")), id) == 0)
+            return o;
+    }
     fail_msg("no sidecar %s", id);
     return NULL;
 }
@@ -916,9 +919,17 @@ static void test_store_registrations(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "reason")), "held_by_other");
     assert_non_null(strstr(json_string_value(json_object_get(o, "detail")), ID_A));
     json_decref(list);
-    /* w1's stream ends: the other identity takes the address at once (no grace wait). */
+    /* w1's stream ends: w2, still open, takes the address at once (no grace wait, no new
+     * Hello), and the refusal is not counted again. */
+    v = cp_store_version(s);
     cp_store_sidecar_gone(s, "w1");
-    assert_int_equal(cp_store_registration_set(s, "w2", ID_B, "10.0.0.5:40001", claim2, 1), 0);
+    assert_int_equal(cp_store_version(s), v + 1);
+    assert_int_equal(reg_refusals(s), 3);
+    o = sidecar_rec(s, "w2", &list);
+    assert_int_equal(json_array_size(json_object_get(o, "refused")), 0);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(o, "registered"), 0)),
+                        "10.0.0.5:8080");
+    json_decref(list);
     snap = cp_store_snapshot(s);
     assert_string_equal(snap_find(snap, "", "10.0.0.5:8080")->spiffe_id, ID_B);
     /* w1's other address is in its grace period, still pushed. */
