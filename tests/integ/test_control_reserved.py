@@ -209,7 +209,8 @@ def test(env):
     ctl.ctl("revoke", intruder.serial())
     version = ctl.stats()["version"]
     h.wait_for(lambda: any(e.get("spiffe_id") == api_id and
-                           (e.get("acked_version") or 0) >= version for e in ctl.sidecars()), 15, what="the revocation to be acked")
+                           (e.get("acked_version") or 0) >= version for e in ctl.sidecars()),
+               15, what="the revocation to be acked")
     ok(tls_echo(in_port, intruder, ca.crt) == b"", "revoked, the intruder is refused")
 
     # 4. A fake control plane with the revoked certificate on the control plane's address.
@@ -236,7 +237,8 @@ def test(env):
                what="the sidecar to reconnect to the restored control plane")
     version = ctl.stats()["version"]
     h.wait_for(lambda: any(e.get("spiffe_id") == api_id and
-                           (e.get("acked_version") or 0) >= version for e in ctl.sidecars()), 15, what="the restored snapshot to be acked")
+                           (e.get("acked_version") or 0) >= version for e in ctl.sidecars()),
+               15, what="the restored snapshot to be acked")
     ok(intruder.serial() not in [x["serial"] for x in
                                  ctl.ctl("revocations", as_json=True)["revocations"]],
        "the restored control plane has forgotten the intruder's revocation")
