@@ -414,32 +414,136 @@ static void get_revocations(struct cp_api *api, const struct tt_httpd_request *r
     reply_json(resp, 200, json_pack("{s:o}", "revocations", cp_store_revocations_json(api->store)));
 }
 
+/* The status of a service table change that failed with rc. */
+static int service_status(int rc)
+{
+    return rc == -EINVAL || rc == -ENOENT || rc == TT_E_SPIFFE ? 400 : 503;
+}
+
+/* Reads body["endpoints"] into eps[*n] (at most max). Returns true, or false after a 400
+ * naming the bad element. */
+static bool read_endpoints(json_t *arr, struct cp_endpoint_spec *eps, size_t max, size_t *n,
+                           struct tt_httpd_response *resp)
+{
+    char msg[200];
+    json_t *ep;
+    size_t i;
+
+    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > max) {
+        snprintf(msg, sizeof(msg),
+                 "endpoints: expected an array of 1 to %zu {\"address\", \"spiffe_id\"}", max);
+        reply_error(resp, 400, msg);
+        return false;
+    }
+    json_array_foreach(arr, i, ep)
+    {
+        const char *key, *bad = NULL;
+        json_t *v;
+
+        if (!json_is_object(ep)) {
+            snprintf(msg, sizeof(msg),
+                     "endpoints[%zu]: expected an object {\"address\", \"spiffe_id\"}", i);
+            reply_error(resp, 400, msg);
+            return false;
+        }
+        json_object_foreach(ep, key, v)
+        {
+            if (strcmp(key, "address") != 0 && strcmp(key, "spiffe_id") != 0) {
+                snprintf(msg, sizeof(msg), "endpoints[%zu]: unknown key \"%.64s\"", i, key);
+                reply_error(resp, 400, msg);
+                return false;
+            }
+        }
+        if (!json_is_string(json_object_get(ep, "address")))
+            bad = "address";
+        else if (!json_is_string(json_object_get(ep, "spiffe_id")))
+            bad = "spiffe_id";
+        if (bad != NULL) {
+            snprintf(msg, sizeof(msg), "endpoints[%zu].%s: expected a string", i, bad);
+            reply_error(resp, 400, msg);
+            return false;
+        }
+        eps[i].address = json_string_value(json_object_get(ep, "address"));
+        eps[i].spiffe_id = json_string_value(json_object_get(ep, "spiffe_id"));
+    }
+    *n = i;
+    return true;
+}
+
+/* POST /v1/services: {"address", "spiffe_id"} is one endpoint at that address (a bare
+ * endpoint); {"address", "endpoints": [{"address", "spiffe_id"}]} is a service whose
+ * endpoints are those (replacing what it had). */
 static void post_service(struct cp_api *api, const struct tt_httpd_request *rq,
                          struct tt_httpd_response *resp)
 {
-    static const char *const keys[] = {"address", "spiffe_id", NULL};
+    static const char *const keys[] = {"address", "spiffe_id", "endpoints", NULL};
     json_t *doc = parse_body(rq, keys, resp);
-    const char *addr, *id;
+    struct cp_endpoint_spec eps[CP_API_MAX_ENDPOINTS];
+    json_t *arr;
+    const char *addr, *id = NULL;
     char err[512] = "";
+    size_t n = 0;
     int rc;
 
     if (doc == NULL)
         return;
     addr = need_str(doc, "address", resp);
-    id = addr ? need_str(doc, "spiffe_id", resp) : NULL;
-    if (addr == NULL || id == NULL)
+    if (addr == NULL)
         goto out;
-    rc = cp_store_service_add(api->store, addr, id, CP_SOURCE_OPERATOR, err, sizeof(err));
-    if (rc != 0) {
-        reply_error(resp, rc == -EINVAL || rc == -ENOENT || rc == TT_E_SPIFFE ? 400 : 503, err);
+    arr = json_object_get(doc, "endpoints");
+    if (arr != NULL && json_object_get(doc, "spiffe_id") != NULL) {
+        reply_error(resp, 400,
+                    "give either spiffe_id (one endpoint at address) or endpoints, not both");
         goto out;
     }
-    tt_log(TT_LOG_INFO, "api_service_added", TT_LS("address", addr), TT_LS("spiffe_id", id));
-    reply_json(
-        resp, 201,
-        json_pack("{s:s,s:s,s:s}", "address", addr, "spiffe_id", id, "source", CP_SOURCE_OPERATOR));
+    if (arr == NULL && (id = need_str(doc, "spiffe_id", resp)) == NULL)
+        goto out;
+    if (arr != NULL && !read_endpoints(arr, eps, CP_API_MAX_ENDPOINTS, &n, resp))
+        goto out;
+    rc = arr != NULL
+             ? cp_store_service_set(api->store, addr, eps, n, CP_SOURCE_OPERATOR, err, sizeof(err))
+             : cp_store_service_add(api->store, addr, id, CP_SOURCE_OPERATOR, err, sizeof(err));
+    if (rc != 0) {
+        reply_error(resp, service_status(rc), err);
+        goto out;
+    }
+    tt_log(TT_LOG_INFO, "api_service_added", TT_LS("address", addr),
+           TT_LS("spiffe_id", id ? id : ""), TT_LU("endpoints", arr ? n : 1));
+    if (arr == NULL)
+        reply_json(resp, 201,
+                   json_pack("{s:s,s:s,s:s}", "address", addr, "spiffe_id", id, "source",
+                             CP_SOURCE_OPERATOR));
+    else
+        reply_json(resp, 201,
+                   json_pack("{s:s,s:O,s:s}", "address", addr, "endpoints", arr, "source",
+                             CP_SOURCE_OPERATOR));
 out:
     json_decref(doc);
+}
+
+/* Reads the one query parameter `key` as an address into buf. Returns true, or false after
+ * a 400 that names it. */
+static bool query_addr(const struct tt_httpd_request *rq, const char *key, char *buf, size_t len,
+                       struct tt_httpd_response *resp)
+{
+    int rc = tt_query_get(rq->query, key, buf, len);
+    char msg[200];
+
+    if (rc == -EINVAL)
+        snprintf(msg, sizeof(msg),
+                 "query: %s: malformed percent-escape (expected %%XX, two hex digits, and no "
+                 "%%00)",
+                 key);
+    else if (rc == -EEXIST)
+        snprintf(msg, sizeof(msg), "query: %s: given more than once (expected one address)", key);
+    else if (rc == -ENOSPC)
+        snprintf(msg, sizeof(msg), "query: %s: too long for an ADDR:PORT", key);
+    else if (rc != 0 || buf[0] == '\0')
+        snprintf(msg, sizeof(msg), "query: %s=ADDR:PORT required", key);
+    else
+        return true;
+    reply_error(resp, 400, msg);
+    return false;
 }
 
 static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq,
@@ -447,26 +551,10 @@ static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq
 {
     char addr[TT_ADDR_TEXT_MAX];
     char msg[TT_ADDR_TEXT_MAX + 64];
-    int rc = tt_query_get(rq->query, "address", addr, sizeof(addr));
+    int rc;
 
-    if (rc == -EINVAL) {
-        reply_error(resp, 400,
-                    "query: address: malformed percent-escape (expected %XX, two hex digits, "
-                    "and no %00)");
+    if (!query_addr(rq, "address", addr, sizeof(addr), resp))
         return;
-    }
-    if (rc == -EEXIST) {
-        reply_error(resp, 400, "query: address: given more than once (expected one address)");
-        return;
-    }
-    if (rc == -ENOSPC) {
-        reply_error(resp, 400, "query: address: too long for an ADDR:PORT");
-        return;
-    }
-    if (rc != 0 || addr[0] == '\0') {
-        reply_error(resp, 400, "query: address=ADDR:PORT required");
-        return;
-    }
     rc = cp_store_service_remove(api->store, addr, CP_SOURCE_OPERATOR);
     if (rc == -ENOENT) {
         snprintf(msg, sizeof(msg), "no operator service entry for %s", addr);
@@ -479,6 +567,63 @@ static void delete_service(struct cp_api *api, const struct tt_httpd_request *rq
     }
     tt_log(TT_LOG_INFO, "api_service_removed", TT_LS("address", addr));
     reply_json(resp, 200, json_pack("{s:s}", "removed", addr));
+}
+
+/* POST /v1/services/endpoints: {"service", "address", "spiffe_id"} adds an endpoint to the
+ * service (created when missing) or changes its identity. */
+static void post_endpoint(struct cp_api *api, const struct tt_httpd_request *rq,
+                          struct tt_httpd_response *resp)
+{
+    static const char *const keys[] = {"service", "address", "spiffe_id", NULL};
+    json_t *doc = parse_body(rq, keys, resp);
+    const char *svc, *addr = NULL, *id = NULL;
+    char err[512] = "";
+    int rc;
+
+    if (doc == NULL)
+        return;
+    if ((svc = need_str(doc, "service", resp)) == NULL ||
+        (addr = need_str(doc, "address", resp)) == NULL ||
+        (id = need_str(doc, "spiffe_id", resp)) == NULL)
+        goto out;
+    rc = cp_store_service_endpoint_add(api->store, svc, addr, id, CP_SOURCE_OPERATOR, err,
+                                       sizeof(err));
+    if (rc != 0) {
+        reply_error(resp, service_status(rc), err);
+        goto out;
+    }
+    tt_log(TT_LOG_INFO, "api_endpoint_added", TT_LS("service", svc), TT_LS("address", addr),
+           TT_LS("spiffe_id", id));
+    reply_json(resp, 201,
+               json_pack("{s:s,s:s,s:s}", "service", svc, "address", addr, "spiffe_id", id));
+out:
+    json_decref(doc);
+}
+
+/* DELETE /v1/services/endpoints?service=S&address=A: removes one endpoint (the service
+ * goes with its last one). */
+static void delete_endpoint(struct cp_api *api, const struct tt_httpd_request *rq,
+                            struct tt_httpd_response *resp)
+{
+    char svc[TT_ADDR_TEXT_MAX], addr[TT_ADDR_TEXT_MAX];
+    char msg[2 * TT_ADDR_TEXT_MAX + 64];
+    int rc;
+
+    if (!query_addr(rq, "service", svc, sizeof(svc), resp) ||
+        !query_addr(rq, "address", addr, sizeof(addr), resp))
+        return;
+    rc = cp_store_service_endpoint_remove(api->store, svc, addr, CP_SOURCE_OPERATOR);
+    if (rc == -ENOENT) {
+        snprintf(msg, sizeof(msg), "no operator service %s with endpoint %s", svc, addr);
+        reply_error(resp, 404, msg);
+        return;
+    }
+    if (rc != 0) {
+        reply_save_error(resp, rc, "services.json", "");
+        return;
+    }
+    tt_log(TT_LOG_INFO, "api_endpoint_removed", TT_LS("service", svc), TT_LS("address", addr));
+    reply_json(resp, 200, json_pack("{s:s,s:s}", "service", svc, "removed", addr));
 }
 
 static void get_services(struct cp_api *api, const struct tt_httpd_request *rq,
@@ -659,6 +804,8 @@ static const struct route {
     {"/v1/services", HTTP_POST, post_service},
     {"/v1/services", HTTP_DELETE, delete_service},
     {"/v1/services", HTTP_GET, get_services},
+    {"/v1/services/endpoints", HTTP_POST, post_endpoint},
+    {"/v1/services/endpoints", HTTP_DELETE, delete_endpoint},
     {"/v1/bundle", HTTP_GET, get_bundle},
     {"/v1/crl", HTTP_GET, get_crl},
     {"/v1/sidecars", HTTP_GET, get_sidecars},

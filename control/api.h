@@ -15,15 +15,24 @@
  *   GET  /v1/identities              {"identities": [...]} issued certificates
  *   POST /v1/revocations             {"serial"} -> 201 (200 when already revoked)
  *   GET  /v1/revocations             {"revocations": [...]}
- *   POST /v1/services                {"address", "spiffe_id"} -> 201
+ *   POST /v1/services                {"address", "spiffe_id"}: one endpoint at address;
+ *                                    or {"address", "endpoints": [{"address",
+ *                                    "spiffe_id"}, ...]} (1..CP_API_MAX_ENDPOINTS): a
+ *                                    service (VIP) with those endpoints -> 201
  *   DELETE /v1/services?address=A    200, or 404; 400 when address is missing, given twice
  *                                    or holds a malformed %-escape (query.h)
- *   GET  /v1/services                {"services": [...]}
+ *   POST /v1/services/endpoints      {"service", "address", "spiffe_id"} -> 201: adds an
+ *                                    endpoint (the service is created when missing)
+ *   DELETE /v1/services/endpoints?service=S&address=A  200, or 404
+ *   GET  /v1/services                {"services": [...]} operator entries and
+ *                                    registrations, each with "source" and "endpoints"
  *   GET  /v1/bundle                  the roots, PEM, text/plain
  *   GET  /v1/crl[?format=der]        the revocations as a CRL signed by the CA (valid 24 h,
  *                                    CP_CA_CRL_VALIDITY_S), PEM text/plain, or DER
  *                                    application/pkix-crl; open like the bundle
- *   GET  /v1/sidecars                {"sidecars": [...]}
+ *   GET  /v1/sidecars                {"sidecars": [...]}, each with "registered" (the
+ *                                    endpoints its registration holds) and "refused"
+ *                                    ([{"address", "reason", "detail"}])
  *   POST /v1/admin-certs             {"csr": base64 DER PKCS#10, "spiffe_id"?: an admin
  *                                    identity (default the first), "ttl"?} -> 201
  *                                    {"spiffe_id", "serial", "not_after_unix",
@@ -64,8 +73,9 @@
 #include "store.h"
 #include "core/util.h"
 
-#define CP_API_BODY_MAX   (64 * 1024) /* request bodies; more is answered 413 */
-#define CP_API_MAX_ADMINS 8
+#define CP_API_BODY_MAX      (64 * 1024) /* request bodies; more is answered 413 */
+#define CP_API_MAX_ADMINS    8
+#define CP_API_MAX_ENDPOINTS 256 /* endpoints in one POST /v1/services */
 
 struct cp_api;
 

@@ -79,6 +79,10 @@ static const char usage[] =
     "                             (default 10s)\n"
     "  --ca-cert FILE --ca-key FILE [--ca-chain FILE]\n"
     "                             use this root or intermediate instead of the state's own\n"
+    "  --registration-grace DURATION  how long a sidecar's registration of the endpoints\n"
+    "                             it serves outlives its Watch stream (default 60s; 0 for\n"
+    "                             none); the same identity reconnecting keeps it, another\n"
+    "                             identity may take the address once the stream is gone\n"
     "  --log-level LEVEL          debug, info, warn, error (default info)\n"
     "  -h, --help                 this text\n";
 
@@ -97,6 +101,7 @@ struct flags {
     const char *sidecar_handshake, *sidecar_first_call;
     const char *ca_cert, *ca_key, *ca_chain;
     const char *log_level;
+    const char *registration_grace;
 };
 
 /* One --listen-api. With mTLS, `acceptor` terminates TLS on its own threads and queues
@@ -130,6 +135,7 @@ struct control {
     pthread_mutex_t handoff_lock; /* guards handoffs */
     struct handoff *handoffs;
     struct cp_sidecar_api *sidecars;
+    uv_timer_t reg_timer;                       /* drops registrations past their grace period */
     char operator_token[CP_OPERATOR_TOKEN_MAX]; /* the loopback APIs' credential */
 };
 
@@ -158,6 +164,7 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--ca-key", offsetof(struct flags, ca_key)},
         {"--ca-chain", offsetof(struct flags, ca_chain)},
         {"--log-level", offsetof(struct flags, log_level)},
+        {"--registration-grace", offsetof(struct flags, registration_grace)},
     };
 
     for (int i = 1; i < argc; i++) {
@@ -305,6 +312,15 @@ static void on_signal(uv_signal_t *s, int signum)
     c->sidecars = NULL;
     uv_close((uv_handle_t *)&c->sigterm, on_handle_close);
     uv_close((uv_handle_t *)&c->sigint, on_handle_close);
+    uv_close((uv_handle_t *)&c->reg_timer, on_handle_close);
+}
+
+/* Drops registrations whose grace period is over (the store pushes the change). */
+static void on_reg_timer(uv_timer_t *t)
+{
+    struct control *c = t->data;
+
+    cp_store_registrations_expire(c->store);
 }
 
 /* The store changed what sidecars receive: push it (any thread). */
@@ -583,7 +599,8 @@ int main(int argc, char **argv)
     struct flags f = {.trust_domain = "cluster.local",
                       .listen_sidecars = "0.0.0.0:15012",
                       .cert_ttl = "1h",
-                      .log_level = "info"};
+                      .log_level = "info",
+                      .registration_grace = "60s"};
     struct control c = {0};
     struct cp_ca_opts co = {0};
     struct cp_sidecar_api_opts so = {0};
@@ -592,7 +609,7 @@ int main(int argc, char **argv)
     struct tt_addr sidecar_addr;
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
-    uint64_t ttl_ms;
+    uint64_t ttl_ms, grace_ms, tick_ms;
     int rc, state_lock_fd = -1; /* held until exit: the state directory is ours */
 
     signal(SIGPIPE, SIG_IGN);
@@ -610,6 +627,9 @@ int main(int argc, char **argv)
     if (tt_duration_parse(f.cert_ttl, &ttl_ms) != 0 || ttl_ms < 1000)
         return die_usage("--cert-ttl: expected a duration of at least 1s (e.g. 10s, 1h), got ",
                          f.cert_ttl);
+    if (tt_duration_parse(f.registration_grace, &grace_ms) != 0)
+        return die_usage("--registration-grace: expected a duration (e.g. 60s, 0s), got ",
+                         f.registration_grace);
     if ((f.ca_cert == NULL) != (f.ca_key == NULL))
         return die_usage("--ca-cert and --ca-key go together", NULL);
     if (f.ca_chain != NULL && f.ca_cert == NULL)
@@ -715,6 +735,12 @@ int main(int argc, char **argv)
         uv_run(c.loop, UV_RUN_DEFAULT);
         goto out_lock;
     }
+    cp_store_set_registration_grace(c.store, grace_ms);
+    uv_timer_init(c.loop, &c.reg_timer);
+    c.reg_timer.data = &c;
+    /* A registration goes at most a tick after its grace: a quarter of it, 100ms..1s. */
+    tick_ms = grace_ms / 4 < 100 ? 100 : grace_ms / 4 > 1000 ? 1000 : grace_ms / 4;
+    uv_timer_start(&c.reg_timer, on_reg_timer, tick_ms, tick_ms);
     uv_signal_init(c.loop, &c.sigterm);
     uv_signal_init(c.loop, &c.sigint);
     c.sigterm.data = &c;

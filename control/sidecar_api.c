@@ -212,6 +212,7 @@ static void watcher_send(struct watcher *w, const struct cp_snapshot *snap)
             tether__v1__service_entry__init(&entries[i]);
             entries[i].address = snap->services[i].address;
             entries[i].spiffe_id = snap->services[i].spiffe_id;
+            entries[i].service_address = snap->services[i].service_address;
             entry_ptrs[i] = &entries[i];
         }
         msg.services = entry_ptrs;
@@ -284,22 +285,25 @@ static void on_watch_open(void *ud, struct tt_grpc_stream *st, const struct tt_g
            TT_LS("serial", w->serial), TT_LS("stream", w->key));
 }
 
-/* The Hello: registration of the inbound addresses the sidecar serves. A sidecar may
- * register only addresses for its own (attested) identity; an address an operator entry
- * already maps to another identity is not taken over (operator entries win). */
+/* The Hello: registration of the inbound addresses the sidecar serves, accepted only at
+ * the IP its connection comes from (as the acceptor observed it, never as the sidecar
+ * claims) and under the identity its certificate proves (cp_store_registration_set);
+ * what is refused is logged, counted and listed with the sidecar. */
 static void watch_hello(struct cp_sidecar_api *api, struct watcher *w,
                         const Tether__V1__Hello *hello)
 {
-    char source[TT_SPIFFE_MAX + 16], err[512];
+    const char *observed = tt_grpc_stream_peer(w->st)->address;
+    int refused;
 
-    cp_store_sidecar_seen(api->store, w->key, w->spiffe_id, tt_grpc_stream_peer(w->st)->address,
+    cp_store_sidecar_seen(api->store, w->key, w->spiffe_id, observed,
                           hello->node != NULL ? hello->node : "");
-    snprintf(source, sizeof(source), "sidecar:%s", w->spiffe_id);
-    if (cp_store_service_register(api->store, source, w->spiffe_id,
-                                  (const char *const *)hello->inbound_addresses,
-                                  hello->n_inbound_addresses, err, sizeof(err)) < 0)
+    refused = cp_store_registration_set(api->store, w->key, w->spiffe_id, observed,
+                                        (const char *const *)hello->inbound_addresses,
+                                        hello->n_inbound_addresses);
+    if (refused != 0)
         tt_log(TT_LOG_WARN, "registration_refused", TT_LS("spiffe_id", w->spiffe_id),
-               TT_LS("error", err));
+               TT_LS("peer", observed), TT_LS("stream", w->key), TT_LI("refused", refused),
+               TT_LS("see", "tetherctl sidecars"));
     pthread_mutex_lock(&api->lock);
     w->hello = true;
     pthread_mutex_unlock(&api->lock);

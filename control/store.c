@@ -129,6 +129,7 @@ struct cp_store *cp_store_open(const char *dir, char *err, size_t errlen)
         return NULL;
     }
     pthread_mutex_init(&s->mu, NULL);
+    s->reg_grace_ms = CP_REG_GRACE_DEFAULT_MS;
     s->journal.fd = -1;
     s->dir = strdup(dir);
     s->bundle_pem = strdup("");
@@ -316,6 +317,7 @@ void cp_snapshot_free(struct cp_snapshot *snap)
     for (size_t i = 0; i < snap->n_services; i++) {
         free(snap->services[i].address);
         free(snap->services[i].spiffe_id);
+        free(snap->services[i].service_address);
     }
     free(snap->services);
     for (size_t i = 0; i < snap->n_revoked; i++)
@@ -325,30 +327,9 @@ void cp_snapshot_free(struct cp_snapshot *snap)
     free(snap);
 }
 
-static bool snap_has(const struct cp_snapshot *snap, const char *address)
-{
-    for (size_t i = 0; i < snap->n_services; i++)
-        if (strcmp(snap->services[i].address, address) == 0)
-            return true;
-    return false;
-}
-
-static bool snap_add(struct cp_snapshot *snap, const struct cp__service *e)
-{
-    struct cp_service_entry *d;
-
-    if (snap_has(snap, e->address))
-        return true;
-    d = &snap->services[snap->n_services];
-    d->address = strdup(e->address);
-    d->spiffe_id = strdup(e->spiffe_id);
-    snap->n_services++;
-    return d->address && d->spiffe_id;
-}
-
-/* Copies version, bundle, policy, services (operator entries first, one per address) and revoked
- * serials under one lock hold. Returns a snapshot the caller frees with cp_snapshot_free(), or NULL
- * on allocation failure. */
+/* Copies version, bundle, policy, services (cp__services_snapshot_locked: operator entries win)
+ * and revoked serials under one lock hold. Returns a snapshot the caller frees with
+ * cp_snapshot_free(), or NULL on allocation failure. */
 struct cp_snapshot *cp_store_snapshot(struct cp_store *s)
 {
     struct cp_snapshot *snap = calloc(1, sizeof(*snap));
@@ -360,18 +341,10 @@ struct cp_snapshot *cp_store_snapshot(struct cp_store *s)
     snap->version = s->version;
     snap->bundle_pem = strdup(s->bundle_pem);
     snap->policy_json = s->policy ? strdup(s->policy) : NULL;
-    snap->services = calloc(s->services.n + 1, sizeof(*snap->services));
     snap->revoked = calloc(s->revoked.n + 1, sizeof(*snap->revoked));
     snap->revoked_not_after = calloc(s->revoked.n + 1, sizeof(*snap->revoked_not_after));
-    ok = snap->bundle_pem && (!s->policy || snap->policy_json) && snap->services && snap->revoked &&
-         snap->revoked_not_after;
-    /* Operator entries first, so they win over a sidecar's claim on the same address. */
-    for (size_t i = 0; ok && i < s->services.n; i++)
-        if (strcmp(s->services.v[i].source, CP_SOURCE_OPERATOR) == 0)
-            ok = snap_add(snap, &s->services.v[i]);
-    for (size_t i = 0; ok && i < s->services.n; i++)
-        if (strcmp(s->services.v[i].source, CP_SOURCE_OPERATOR) != 0)
-            ok = snap_add(snap, &s->services.v[i]);
+    ok = snap->bundle_pem && (!s->policy || snap->policy_json) && snap->revoked &&
+         snap->revoked_not_after && cp__services_snapshot_locked(s, snap) == 0;
     for (size_t i = 0; ok && i < s->revoked.n; i++) {
         snap->revoked[i] = strdup(s->revoked.v[i].serial);
         /* Revocations from before not_after was kept: the issue record may still know. */
@@ -392,14 +365,13 @@ struct cp_snapshot *cp_store_snapshot(struct cp_store *s)
 /* ---- counters ---- */
 
 /* Adds one to the refusal counter for reason (copied on first use; dropped silently when that
- * allocation fails). Takes the store lock. */
-void cp_store_count_refusal(struct cp_store *s, const char *reason)
+ * allocation fails). Lock held. */
+void cp__count_refusal_locked(struct cp_store *s, const char *reason)
 {
-    pthread_mutex_lock(&s->mu);
     for (size_t i = 0; i < s->refusals.n; i++) {
         if (strcmp(s->refusals.v[i].reason, reason) == 0) {
             s->refusals.v[i].n++;
-            goto out;
+            return;
         }
     }
     if (CP__VEC_GROW(s->refusals) == 0) {
@@ -408,7 +380,13 @@ void cp_store_count_refusal(struct cp_store *s, const char *reason)
         if (r != NULL)
             s->refusals.v[s->refusals.n++] = (struct cp__refusal){r, 1};
     }
-out:
+}
+
+/* Adds one to the refusal counter for reason. Takes the store lock. */
+void cp_store_count_refusal(struct cp_store *s, const char *reason)
+{
+    pthread_mutex_lock(&s->mu);
+    cp__count_refusal_locked(s, reason);
     pthread_mutex_unlock(&s->mu);
 }
 

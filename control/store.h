@@ -130,27 +130,88 @@ json_t *cp_store_revocations_json(struct cp_store *s);
 
 /* ---- service table ---- */
 
-#define CP_SOURCE_OPERATOR "operator"
+/* A service is an address and port workloads dial (a VIP such as a Kubernetes ClusterIP)
+ * with endpoints, each an address and the SPIFFE ID that must answer there; a bare
+ * endpoint is a service of one. Operator services are persisted (services.json; an
+ * entry of the older form {"address", "spiffe_id", "source"} is a bare endpoint, and
+ * registrations older versions saved there are dropped at load: sidecars register again
+ * when they reconnect). Registrations are runtime only. Operator entries win: a
+ * registration for an address an operator entry names (as a service or as an endpoint)
+ * is kept but not pushed. */
 
-/* Adds or replaces the entry for `address` from `source` ("operator" or
- * "sidecar:<id>"). The address is checked with tt_addr_parse (its text kept as given)
- * and the identity with tt_spiffe_check. Returns 0, -EINVAL / -ENOENT (address),
- * TT_E_SPIFFE, or -errno; a message in err. Bumps the version on change. */
+#define CP_SOURCE_OPERATOR     "operator"
+#define CP_SOURCE_REGISTRATION "registration"
+/* How long a registration outlives its Watch stream unless set otherwise. */
+#define CP_REG_GRACE_DEFAULT_MS (60ULL * 1000)
+/* The refusal counter (cp_store_stats_json "refusals") of refused registrations. */
+#define CP_REFUSAL_REGISTRATION "registration_refused"
+
+/* One endpoint as callers give it. */
+struct cp_endpoint_spec {
+    const char *address;
+    const char *spiffe_id;
+};
+
+/* Adds or replaces the bare endpoint `address` -> spiffe_id from `source` (a service of
+ * one). The address is checked with tt_addr_parse (its text kept as given) and the
+ * identity with tt_spiffe_check. Returns 0, -EINVAL / -ENOENT (address), TT_E_SPIFFE, or
+ * -errno; a message in err. Bumps the version on change. */
 int cp_store_service_add(struct cp_store *s, const char *address, const char *spiffe_id,
                          const char *source, char *err, size_t errlen);
 
-/* Removes the entry for `address` from `source` and persists the table. Returns 0,
- * -ENOENT when there is no such entry, or -errno when saving services.json failed. */
+/* Adds or replaces the service `address` from `source` with endpoints eps[0..n) (n >= 1;
+ * an endpoint listed twice must have one identity). Checked and persisted as
+ * cp_store_service_add; err names the bad endpoint ("endpoints[1].address: ..."). */
+int cp_store_service_set(struct cp_store *s, const char *address,
+                         const struct cp_endpoint_spec *eps, size_t n, const char *source,
+                         char *err, size_t errlen);
+
+/* Adds (or changes the identity of) endpoint `ep` of service `address` from `source`,
+ * creating the service when there is none. Adding to a bare endpoint's address makes it
+ * a service whose first endpoint is the old bare one. Returns as cp_store_service_set. */
+int cp_store_service_endpoint_add(struct cp_store *s, const char *address, const char *ep,
+                                  const char *spiffe_id, const char *source, char *err,
+                                  size_t errlen);
+
+/* Removes endpoint `ep` from service `address` of `source`; the service goes with its
+ * last endpoint. Returns 0, -ENOENT (no such service or endpoint), or -errno. */
+int cp_store_service_endpoint_remove(struct cp_store *s, const char *address, const char *ep,
+                                     const char *source);
+
+/* Removes the service (or bare endpoint) `address` of `source` and persists the table.
+ * Returns 0, -ENOENT when there is no such entry, or -errno when saving failed. */
 int cp_store_service_remove(struct cp_store *s, const char *address, const char *source);
 
-/* Replaces every entry of `source` (a sidecar's registration) with addresses[0..n), all
- * mapped to spiffe_id. An address that another identity's sidecar registered is refused
- * with -EEXIST (nothing changed; err names the holder). Returns 0 or an error as
- * cp_store_service_add (nothing changed). */
-int cp_store_service_register(struct cp_store *s, const char *source, const char *spiffe_id,
-                              const char *const *addresses, size_t n, char *err, size_t errlen);
+/* How long a registration outlives its stream (default CP_REG_GRACE_DEFAULT_MS). */
+void cp_store_set_registration_grace(struct cp_store *s, uint64_t ms);
 
-/* [{"address", "spiffe_id", "source"}]. New reference. */
+/* The registrations' clock, in milliseconds (default tt_now_ms); tests inject one. */
+void cp_store_set_clock(struct cp_store *s, uint64_t (*now_ms)(void *ud), void *ud);
+
+/* Sidecar stream `holder` (as cp_store_sidecar_seen's id), whose certificate proves
+ * spiffe_id and whose connection comes from `observed` ("IP:PORT" as the acceptor saw
+ * it), registers addresses[0..n) as the endpoints it serves; this replaces what the
+ * stream registered before. Each address must be an IP literal with a port; a wildcard
+ * IP (0.0.0.0, ::) stands for the observed IP; any other IP than the observed one is
+ * refused ("not_observed_ip"). An address another identity holds is refused
+ * ("held_by_other") while that identity's stream is open; once that stream has ended
+ * (grace or not) the claim replaces it, at once for a stream still open (its claims are
+ * kept and tried again) or at its next Hello; the same identity takes its address back
+ * seamlessly. Each
+ * refusal counts CP_REFUSAL_REGISTRATION; the sidecar's record lists what it holds and
+ * what was refused, with the reason. Returns the number of addresses refused, or -ENOMEM.
+ * Bumps the version when what sidecars receive changes. */
+int cp_store_registration_set(struct cp_store *s, const char *holder, const char *spiffe_id,
+                              const char *observed, const char *const *addresses, size_t n);
+
+/* Drops registrations whose stream ended more than the grace period ago. Returns how
+ * many were dropped (the version is bumped when any was). */
+size_t cp_store_registrations_expire(struct cp_store *s);
+
+/* [{"address", "spiffe_id" (null for a service with endpoints), "source", "endpoints":
+ * [{"address", "spiffe_id"}]}] operator services first, then registrations, which add
+ * "sidecar" (the stream), "state" ("live" or "grace"), "grace_left_ms" and "shadowed"
+ * (true when an operator entry covers the address). New reference. */
 json_t *cp_store_services_json(struct cp_store *s);
 
 /* ---- policy ---- */
@@ -184,8 +245,8 @@ int cp_store_issued_add(struct cp_store *s, const char *serial, const char *spif
 int cp_store_revoke_reserved(struct cp_store *s, size_t *n_revoked);
 
 /* Records an issue (via CP_VIA_TOKEN) and uses the bootstrap token `secret` once, in one
- * journal record, so either both are saved or neither. The token is checked again here (another Sign may
- * have used it up since cp_store_token_check). Returns 0, TT_E_DENIED with *reason set
+ * journal record, so either both are saved or neither. The token is checked again here (another
+ * Sign may have used it up since cp_store_token_check). Returns 0, TT_E_DENIED with *reason set
  * (nothing recorded: the certificate must not be handed out), -EINVAL for a malformed
  * serial, or -errno when persisting failed (nothing recorded, no use counted). */
 int cp_store_issued_add_token(struct cp_store *s, const char *serial, const char *spiffe_id,
@@ -199,8 +260,9 @@ json_t *cp_store_issued_json(struct cp_store *s);
 /* ---- what a sidecar receives ---- */
 
 struct cp_service_entry {
-    char *address;
-    char *spiffe_id;
+    char *address;         /* the endpoint */
+    char *spiffe_id;       /* the identity that must answer there */
+    char *service_address; /* the service it belongs to; "" for a bare endpoint */
 };
 
 /* An immutable copy of everything a Discovery snapshot carries. */
@@ -208,7 +270,7 @@ struct cp_snapshot {
     uint64_t version;
     char *bundle_pem;                  /* "" when no bundle was set */
     char *policy_json;                 /* NULL when no policy was set */
-    struct cp_service_entry *services; /* operator entries win over sidecar ones */
+    struct cp_service_entry *services; /* operator entries win over registrations */
     size_t n_services;
     char **revoked;             /* normalized serials */
     int64_t *revoked_not_after; /* [n_revoked]: each certificate's not-after; 0: unknown */
@@ -234,11 +296,13 @@ void cp_store_sidecar_acked(struct cp_store *s, const char *id, uint64_t version
 void cp_store_sidecar_nacked(struct cp_store *s, const char *id, uint64_t version,
                              const char *reason);
 
-/* The stream ended. */
+/* The stream ended: its registrations start their grace period, and other streams'
+ * claims refused because this one held the address take it (the version bumps). */
 void cp_store_sidecar_gone(struct cp_store *s, const char *id);
 
 /* [{"id", "spiffe_id", "peer", "node", "acked_version", "nacked_version",
- * "nack_reason", "last_seen_unix"}]. New reference. */
+ * "nack_reason", "last_seen_unix", "registered": [address], "refused": [{"address",
+ * "reason", "detail"}]}]. New reference. */
 json_t *cp_store_sidecars_json(struct cp_store *s);
 
 /* ---- counters ---- */

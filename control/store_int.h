@@ -77,11 +77,30 @@ struct cp__revoked {
     int64_t not_after;          /* the certificate's, from its issue record; 0: unknown */
 };
 
-/* One service entry: an address and the identity that must answer there, by source. */
-struct cp__service {
+/* One endpoint of a service: an address and the identity that must answer there. */
+struct cp__endpoint {
     char *address; /* as given, checked with tt_addr_parse */
     char *spiffe_id;
-    char *source; /* CP_SOURCE_OPERATOR or "sidecar:<id>" */
+};
+
+/* One persisted service: the address workloads dial and its endpoints (at least one). A
+ * bare endpoint is a service of one whose endpoint is its own address (`bare`). */
+struct cp__service {
+    char *address; /* as given, checked with tt_addr_parse */
+    char *source;  /* CP_SOURCE_OPERATOR (later: Kubernetes) */
+    bool bare;
+    CP__VEC(struct cp__endpoint) eps;
+};
+
+/* One sidecar's registration of an endpoint it serves (runtime only, store_services.c):
+ * bound to the IP its Watch connection came from and to its certificate's identity; it
+ * lives while its stream does and for the grace period after. */
+struct cp__reg {
+    char *address;    /* normalized IP:PORT (tt_addr text), the observed IP */
+    char *spiffe_id;  /* the identity the stream's certificate proves */
+    char *holder;     /* the stream's key (cp_store_sidecar_seen's id) */
+    bool live;        /* the holder's stream is open */
+    uint64_t gone_ms; /* the store clock when the stream ended (when !live) */
 };
 
 /* One issued certificate. */
@@ -103,6 +122,10 @@ struct cp__sidecar {
     uint64_t nacked;
     char *nack_reason;
     int64_t last_seen;
+    json_t *registered; /* array of the endpoints its registration holds, or NULL */
+    json_t *refused;    /* array of {"address", "reason", "detail"} refused, or NULL */
+    char **claims;      /* the addresses its Hello registered, as sent */
+    size_t n_claims;
 };
 
 /* How often Sign requests were refused for one reason. */
@@ -128,6 +151,10 @@ struct cp_store {
     struct cp__journal journal;
     CP__VEC(struct cp__revoked) revoked;
     CP__VEC(struct cp__service) services;
+    CP__VEC(struct cp__reg) regs;
+    uint64_t reg_grace_ms;        /* how long a registration outlives its stream */
+    uint64_t (*now_ms)(void *ud); /* the registrations' clock (tests inject one) */
+    void *now_ud;
     CP__VEC(struct cp__issued) issued;
     CP__VEC(struct cp__sidecar) sidecars;
     CP__VEC(struct cp__refusal) refusals;
@@ -146,6 +173,9 @@ int cp__store_bump_locked(struct cp_store *s);
  * change bumped it), calls the change callback with it, read before the release, so no
  * lock is held during the call. */
 void cp__store_unlock_notify(struct cp_store *s, uint64_t version);
+
+/* Adds one to the refusal counter for reason. Lock held. */
+void cp__count_refusal_locked(struct cp_store *s, const char *reason);
 
 /* Writes the lower-case hex SHA-256 of data[0..len) into out. */
 void cp__sha256_hex(const void *data, size_t len, char out[CP__SHA256_HEX]);
@@ -304,6 +334,29 @@ bool cp__revoked_locked(struct cp_store *s, const char *norm);
 /* The not-after its issue record gives the certificate with normalized serial `norm`, or 0
  * when no record is kept. Lock held. (store_issued.c) */
 int64_t cp__issued_not_after_locked(struct cp_store *s, const char *norm);
+
+/* The stream `holder` ended: its registrations start their grace period, and open
+ * streams that were refused one of its addresses (held_by_other) try their claims again,
+ * so another identity takes the address over at once. *v gets the new version when what
+ * sidecars receive changed. Lock held. (store_services.c) */
+void cp__regs_stream_gone_locked(struct cp_store *s, const char *holder, uint64_t *v);
+
+/* Keeps copies of sidecar `id`'s claimed addresses[0..n) in its record (an unknown id,
+ * or no memory, keeps none). Lock held. (store_sidecars.c) */
+void cp__sidecar_set_claims_locked(struct cp_store *s, const char *id, const char *const *addresses,
+                                   size_t n);
+
+/* Records what sidecar `id`'s registration holds and what was refused (both consumed;
+ * NULL is an empty array) in its runtime record; an unknown id drops them. Lock held.
+ * (store_sidecars.c) */
+void cp__sidecar_set_registration_locked(struct cp_store *s, const char *id, json_t *registered,
+                                         json_t *refused);
+
+/* Appends the snapshot's service entries: operator services (one entry per endpoint),
+ * then registrations no operator entry covers. Returns 0 or -ENOMEM. Lock held.
+ * (store_services.c) */
+struct cp_snapshot;
+int cp__services_snapshot_locked(struct cp_store *s, struct cp_snapshot *snap);
 
 /* Free every item and the array of each collection (store_*.c). */
 void cp__tokens_free(struct cp_store *s);

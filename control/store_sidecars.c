@@ -15,6 +15,11 @@ static void sidecar_free_fields(struct cp__sidecar *c)
     free(c->peer);
     free(c->node);
     free(c->nack_reason);
+    json_decref(c->registered);
+    json_decref(c->refused);
+    for (size_t i = 0; i < c->n_claims; i++)
+        free(c->claims[i]);
+    free(c->claims);
 }
 
 /* Frees every record's strings and the array. */
@@ -112,10 +117,50 @@ void cp_store_sidecar_nacked(struct cp_store *s, const char *id, uint64_t versio
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Forgets sidecar id and frees its record; an unknown id is ignored. Takes the store lock. */
+/* Records sidecar id's registration outcome (see store_int.h). Lock held. */
+void cp__sidecar_set_registration_locked(struct cp_store *s, const char *id, json_t *registered,
+                                         json_t *refused)
+{
+    struct cp__sidecar *c = find_sidecar(s, id);
+
+    if (c == NULL) {
+        json_decref(registered);
+        json_decref(refused);
+        return;
+    }
+    json_decref(c->registered);
+    json_decref(c->refused);
+    c->registered = registered;
+    c->refused = refused;
+}
+
+/* Keeps copies of sidecar id's claims (see store_int.h). Lock held. */
+void cp__sidecar_set_claims_locked(struct cp_store *s, const char *id, const char *const *addresses,
+                                   size_t n)
+{
+    struct cp__sidecar *c = find_sidecar(s, id);
+    char **copy = c != NULL ? calloc(n + 1, sizeof(*copy)) : NULL;
+    size_t k = 0;
+
+    if (copy == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (addresses[i] != NULL && (copy[k] = strdup(addresses[i])) != NULL)
+            k++;
+    for (size_t i = 0; i < c->n_claims; i++)
+        free(c->claims[i]);
+    free(c->claims);
+    c->claims = copy;
+    c->n_claims = k;
+}
+
+/* Forgets sidecar id and frees its record, starts the grace period of what it registered
+ * and lets waiting streams take its addresses (pushing the change after unlocking); an
+ * unknown id is ignored. Takes the store lock. */
 void cp_store_sidecar_gone(struct cp_store *s, const char *id)
 {
     struct cp__sidecar *c;
+    uint64_t v = 0;
 
     pthread_mutex_lock(&s->mu);
     c = find_sidecar(s, id);
@@ -126,7 +171,9 @@ void cp_store_sidecar_gone(struct cp_store *s, const char *id)
         memmove(c, c + 1, (s->sidecars.n - at - 1) * sizeof(*c));
         s->sidecars.n--;
     }
-    pthread_mutex_unlock(&s->mu);
+    /* After the record is gone, so that its own claims are not tried again. */
+    cp__regs_stream_gone_locked(s, id, &v);
+    cp__store_unlock_notify(s, v);
 }
 
 static json_t *jstr_or_null(const char *s)
@@ -139,18 +186,24 @@ static json_t *juint_or_null(uint64_t v)
     return v ? json_integer((json_int_t)v) : json_null();
 }
 
+static json_t *jarray_copy(json_t *a)
+{
+    return a != NULL ? json_deep_copy(a) : json_array();
+}
+
 /* The one serialiser of a connected sidecar: {"id", "spiffe_id", "peer", "node",
- * "acked_version", "nacked_version", "nack_reason", "last_seen_unix"}, null for what is
- * unknown. */
+ * "acked_version", "nacked_version", "nack_reason", "last_seen_unix", "registered",
+ * "refused"}, null for what is unknown. */
 static json_t *sidecar_json(const void *item)
 {
     const struct cp__sidecar *c = item;
 
-    return json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:I}", "id", c->id, "spiffe_id",
+    return json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:I,s:o,s:o}", "id", c->id, "spiffe_id",
                      jstr_or_null(c->spiffe_id), "peer", jstr_or_null(c->peer), "node",
                      jstr_or_null(c->node), "acked_version", juint_or_null(c->acked),
                      "nacked_version", juint_or_null(c->nacked), "nack_reason",
-                     jstr_or_null(c->nack_reason), "last_seen_unix", (json_int_t)c->last_seen);
+                     jstr_or_null(c->nack_reason), "last_seen_unix", (json_int_t)c->last_seen,
+                     "registered", jarray_copy(c->registered), "refused", jarray_copy(c->refused));
 }
 
 /* Runtime only: no file and no parser, only the array builder's serialiser. */

@@ -49,9 +49,16 @@ static const char usage[] =
     "  identities              list issued certificates\n"
     "  service add ADDR:PORT SPIFFE_ID\n"
     "                          map an address to the identity that must answer there\n"
+    "                          (one endpoint at that address)\n"
+    "  service add VIP:PORT --endpoint IP:PORT=SPIFFE_ID [--endpoint ...]\n"
+    "                          a service address with its endpoints (replaces them)\n"
+    "  service endpoint add VIP:PORT IP:PORT SPIFFE_ID\n"
+    "  service endpoint remove VIP:PORT IP:PORT\n"
     "  service remove ADDR:PORT\n"
-    "  service list            the service table\n"
-    "  sidecars                connected sidecars and the snapshot versions they run\n"
+    "  service list            the service table: each entry's endpoints and source\n"
+    "                          (operator, registration) and a registration's state\n"
+    "  sidecars                connected sidecars, the snapshot versions they run, the\n"
+    "                          endpoints each registered and those refused (and why)\n"
     "  stats                   the control plane's counters (JSON)\n"
     "  admin-cert create --spiffe-id ID --out PREFIX [--ttl D]\n"
     "                          on the control host (loopback API): a certificate for an\n"
@@ -230,12 +237,28 @@ static int list(const struct ctl *c, const char *path, const char *key, void (*h
 
 static void services_header(void)
 {
-    printf("%-30s %-60s %s\n", "ADDRESS", "SPIFFE ID", "SOURCE");
+    printf("%-30s %-30s %-60s %s\n", "ADDRESS", "ENDPOINT", "SPIFFE ID", "SOURCE");
 }
 
+/* One line per endpoint; a registration says whether its stream is open ("live"), in its
+ * grace period, or covered by an operator entry ("shadowed"). */
 static void services_row(json_t *o)
 {
-    printf("%-30s %-60s %s\n", sval(o, "address"), sval(o, "spiffe_id"), sval(o, "source"));
+    json_t *eps = json_object_get(o, "endpoints"), *ep;
+    char src[96];
+    size_t i;
+
+    snprintf(src, sizeof(src), "%s", sval(o, "source"));
+    if (json_is_string(json_object_get(o, "state")))
+        snprintf(src, sizeof(src), "%s (%s%s)", sval(o, "source"), sval(o, "state"),
+                 json_is_true(json_object_get(o, "shadowed")) ? ", shadowed" : "");
+    if (json_array_size(eps) == 0) {
+        printf("%-30s %-30s %-60s %s\n", sval(o, "address"), sval(o, "address"),
+               sval(o, "spiffe_id"), src);
+        return;
+    }
+    json_array_foreach(eps, i, ep) printf("%-30s %-30s %-60s %s\n", sval(o, "address"),
+                                          sval(ep, "address"), sval(ep, "spiffe_id"), src);
 }
 
 static void sidecars_header(void)
@@ -251,8 +274,14 @@ static void sidecars_row(json_t *o)
     ival(o, "acked_version", acked, sizeof(acked));
     ival(o, "nacked_version", nacked, sizeof(nacked));
     time_val(o, "last_seen_unix", seen, sizeof(seen));
+    json_t *reg = json_object_get(o, "registered"), *bad = json_object_get(o, "refused"), *e;
+    size_t i;
+
     printf("%-50s %-22s %-12s %-7s %-7s %-20s %s\n", sval(o, "spiffe_id"), sval(o, "peer"),
            sval(o, "node"), acked, nacked, seen, sval(o, "nack_reason"));
+    json_array_foreach(reg, i, e) printf("    registered %s\n", json_string_value(e));
+    json_array_foreach(bad, i, e) printf("    refused    %s: %s (%s)\n", sval(e, "address"),
+                                         sval(e, "reason"), sval(e, "detail"));
 }
 
 static void tokens_header(void)
@@ -461,19 +490,81 @@ static int cmd_revoke(const struct ctl *c, const char *serial)
     return 0;
 }
 
-static int cmd_service_add(const struct ctl *c, const char *addr, const char *id)
+/* Sends body to method path and prints `done` (or the answer with --json). */
+static int simple_call(const struct ctl *c, const char *method, const char *path, json_t *body,
+                       const char *done)
 {
     struct cp_httpc_response r;
 
-    if (!call(c, "POST", "/v1/services", json_pack("{s:s,s:s}", "address", addr, "spiffe_id", id),
-              NULL, 0, &r))
+    if (!call(c, method, path, body, NULL, 0, &r))
         return EXIT_FAIL;
     if (c->json)
         print_body(&r);
     else
-        printf("service %s -> %s\n", addr, id);
+        printf("%s\n", done);
     cp_httpc_response_done(&r);
     return 0;
+}
+
+/* service add ADDR SPIFFE_ID, or service add VIP --endpoint IP:PORT=SPIFFE_ID... (argv after
+ * "add"). */
+static int cmd_service_add(const struct ctl *c, int argc, char **argv)
+{
+    json_t *eps;
+    char done[600];
+
+    if (argc == 2 && strncmp(argv[1], "--", 2) != 0) {
+        snprintf(done, sizeof(done), "service %s -> %s", argv[0], argv[1]);
+        return simple_call(c, "POST", "/v1/services",
+                           json_pack("{s:s,s:s}", "address", argv[0], "spiffe_id", argv[1]), done);
+    }
+    if (argc < 3)
+        return usage_error("service add: expected ADDR:PORT SPIFFE_ID or VIP:PORT --endpoint "
+                           "IP:PORT=SPIFFE_ID [--endpoint ...]");
+    eps = json_array();
+    for (int i = 1; i < argc; i += 2) {
+        const char *eq = i + 1 < argc ? strchr(argv[i + 1], '=') : NULL;
+
+        if (strcmp(argv[i], "--endpoint") != 0 || eq == NULL || eq == argv[i + 1]) {
+            json_decref(eps);
+            return usage_error("service add %s: expected --endpoint IP:PORT=SPIFFE_ID, got %s%s%s",
+                               argv[0], argv[i], i + 1 < argc ? " " : "",
+                               i + 1 < argc ? argv[i + 1] : "");
+        }
+        json_array_append_new(eps, json_pack("{s:s%,s:s}", "address", argv[i + 1],
+                                             (size_t)(eq - argv[i + 1]), "spiffe_id", eq + 1));
+    }
+    snprintf(done, sizeof(done), "service %s with %d endpoint(s)", argv[0], (argc - 1) / 2);
+    return simple_call(c, "POST", "/v1/services",
+                       json_pack("{s:s,s:o}", "address", argv[0], "endpoints", eps), done);
+}
+
+/* service endpoint add VIP EP ID | service endpoint remove VIP EP (argv after "endpoint"). */
+static int cmd_service_endpoint(const struct ctl *c, int argc, char **argv)
+{
+    char path[1024], done[600];
+    int off;
+
+    if (argc == 4 && strcmp(argv[0], "add") == 0) {
+        snprintf(done, sizeof(done), "service %s: endpoint %s -> %s", argv[1], argv[2], argv[3]);
+        return simple_call(c, "POST", "/v1/services/endpoints",
+                           json_pack("{s:s,s:s,s:s}", "service", argv[1], "address", argv[2],
+                                     "spiffe_id", argv[3]),
+                           done);
+    }
+    if (argc == 3 && strcmp(argv[0], "remove") == 0) {
+        off = snprintf(path, sizeof(path), "/v1/services/endpoints?service=");
+        if (tt_query_escape(argv[1], path + off, sizeof(path) - (size_t)off) != 0)
+            return usage_error("service endpoint remove: %.64s...: too long", argv[1]);
+        off += (int)strlen(path + off);
+        off += snprintf(path + off, sizeof(path) - (size_t)off, "&address=");
+        if (tt_query_escape(argv[2], path + off, sizeof(path) - (size_t)off) != 0)
+            return usage_error("service endpoint remove: %.64s...: too long", argv[2]);
+        snprintf(done, sizeof(done), "service %s: endpoint %s removed", argv[1], argv[2]);
+        return simple_call(c, "DELETE", path, NULL, done);
+    }
+    return usage_error("service endpoint: expected add VIP:PORT IP:PORT SPIFFE_ID or remove "
+                       "VIP:PORT IP:PORT");
 }
 
 static int cmd_token_delete(const struct ctl *c, const char *id)
@@ -751,8 +842,9 @@ int main(int argc, char **argv)
         if (nargs(n, 1, "identities", &rc))
             rc = list(&c, "/v1/identities", "identities", identities_header, identities_row);
     } else if (strcmp(cmd, "service") == 0 && sub && strcmp(sub, "add") == 0) {
-        if (nargs(n, 4, "service add ADDR:PORT SPIFFE_ID", &rc))
-            rc = cmd_service_add(&c, rest[2], rest[3]);
+        rc = cmd_service_add(&c, n - 2, rest + 2);
+    } else if (strcmp(cmd, "service") == 0 && sub && strcmp(sub, "endpoint") == 0) {
+        rc = cmd_service_endpoint(&c, n - 2, rest + 2);
     } else if (strcmp(cmd, "service") == 0 && sub && strcmp(sub, "remove") == 0) {
         if (nargs(n, 3, "service remove ADDR:PORT", &rc))
             rc = cmd_service_remove(&c, rest[2]);

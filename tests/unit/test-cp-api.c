@@ -322,6 +322,87 @@ static void test_api_revocations(void **state)
     json_decref(doc);
 }
 
+/* A service address with endpoints through the API: created, listed with its endpoints,
+ * endpoints added and removed one by one; bad bodies are named. */
+static void test_api_service_endpoints(void **state)
+{
+    struct cp_apifix *h = *state;
+    json_t *doc, *svc;
+    int st;
+
+    doc = req(h, "POST", "/v1/services",
+              "{\"address\": \"10.96.0.10:80\", \"endpoints\": [{\"address\": \"10.1.0.1:8080\", "
+              "\"spiffe_id\": \"" ID_A
+              "\"}, {\"address\": \"10.1.0.2:8080\", \"spiffe_id\": \"" ID_A "\"}]}",
+              &st, NULL);
+    assert_int_equal(st, 201);
+    assert_int_equal(json_array_size(json_object_get(doc, "endpoints")), 2);
+    json_decref(doc);
+    /* Both forms at once, an empty list, a bad element, an unknown key: 400, named. */
+    doc = req(h, "POST", "/v1/services",
+              "{\"address\": \"10.96.0.11:80\", \"spiffe_id\": \"" ID_A "\", \"endpoints\": []}",
+              &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "not both"));
+    json_decref(doc);
+    doc = req(h, "POST", "/v1/services", "{\"address\": \"10.96.0.11:80\", \"endpoints\": []}", &st,
+              NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "endpoints: expected an array of 1 to"));
+    json_decref(doc);
+    doc = req(h, "POST", "/v1/services",
+              "{\"address\": \"10.96.0.11:80\", \"endpoints\": [{\"address\": \"10.1.0.1:8080\"}]}",
+              &st, NULL);
+    assert_int_equal(st, 400);
+    assert_string_equal(err_of(doc), "endpoints[0].spiffe_id: expected a string");
+    json_decref(doc);
+    doc = req(h, "POST", "/v1/services",
+              "{\"address\": \"10.96.0.11:80\", \"endpoints\": [{\"address\": \"x:1\", "
+              "\"spiffe_id\": \"" ID_A "\", \"port\": 1}]}",
+              &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "endpoints[0]: unknown key \"port\""));
+    json_decref(doc);
+    doc = req(h, "POST", "/v1/services",
+              "{\"address\": \"10.96.0.11:80\", \"endpoints\": [{\"address\": \"10.1.0.1\", "
+              "\"spiffe_id\": \"" ID_A "\"}]}",
+              &st, NULL);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(err_of(doc), "endpoints[0].address 10.1.0.1"));
+    json_decref(doc);
+    /* One more endpoint, then one fewer. */
+    doc = req(h, "POST", "/v1/services/endpoints",
+              "{\"service\": \"10.96.0.10:80\", \"address\": \"10.1.0.3:8080\", \"spiffe_id\": "
+              "\"" ID_A "\"}",
+              &st, NULL);
+    assert_int_equal(st, 201);
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services/endpoints?service=10.96.0.10%3A80&address=10.1.0.1%3A8080",
+              NULL, &st, NULL);
+    assert_int_equal(st, 200);
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services/endpoints?service=10.96.0.10%3A80&address=10.1.0.1%3A8080",
+              NULL, &st, NULL);
+    assert_int_equal(st, 404);
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services/endpoints?service=10.96.0.10%3A80", NULL, &st, NULL);
+    assert_int_equal(st, 400);
+    assert_string_equal(err_of(doc), "query: address=ADDR:PORT required");
+    json_decref(doc);
+    doc = req(h, "GET", "/v1/services", NULL, &st, NULL);
+    assert_int_equal(json_array_size(json_object_get(doc, "services")), 1);
+    svc = json_array_get(json_object_get(doc, "services"), 0);
+    assert_string_equal(json_string_value(json_object_get(svc, "source")), "operator");
+    svc = json_object_get(svc, "endpoints");
+    assert_int_equal(json_array_size(svc), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(svc, 1), "address")),
+                        "10.1.0.3:8080");
+    json_decref(doc);
+    doc = req(h, "DELETE", "/v1/services?address=10.96.0.10%3A80", NULL, &st, NULL);
+    assert_int_equal(st, 200);
+    json_decref(doc);
+}
+
 static void test_api_services(void **state)
 {
     struct cp_apifix *h = *state;
@@ -710,6 +791,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_api_policy_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_revocations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_services, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_api_service_endpoints, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_bundle_sidecars_stats, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_not_found_and_methods, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_body_limit, setup, teardown),

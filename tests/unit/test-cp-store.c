@@ -151,7 +151,7 @@ static void test_store_persists_across_reload(void **state)
     char *dir = make_tmpdir();
     struct cp_store *s = open_ok(dir);
     char secret[CP_TOKEN_SECRET_MAX], err[512];
-    const char *addrs[] = {"10.0.0.9:8080"};
+    const struct cp_endpoint_spec eps[] = {{"10.0.0.9:8080", ID_A}, {"10.0.0.10:8080", ID_B}};
     enum cp_token_err why;
     struct cp_snapshot *snap;
     uint64_t v;
@@ -164,8 +164,8 @@ static void test_store_persists_across_reload(void **state)
     assert_int_equal(cp_store_revoke(s, "0a:bc"), 0);
     assert_int_equal(
         cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
-    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, addrs, 1, err, sizeof(err)),
-                     0);
+    assert_int_equal(
+        cp_store_service_set(s, "10.96.0.10:80", eps, 2, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
     assert_int_equal(
         cp_store_issued_add(s, "00FF", ID_A, tt_now_unix() + 3600, tt_now_unix(), CP_VIA_TOKEN), 0);
     assert_int_equal(cp_store_bundle_set(s, "PEM"), 0);
@@ -191,7 +191,12 @@ static void test_store_persists_across_reload(void **state)
     json_decref(j);
     snap = cp_store_snapshot(s);
     assert_non_null(snap);
-    assert_int_equal(snap->n_services, 2);
+    /* The bare entry, then the service's two endpoints under its address. */
+    assert_int_equal(snap->n_services, 3);
+    assert_string_equal(snap->services[0].service_address, "");
+    assert_string_equal(snap->services[1].service_address, "10.96.0.10:80");
+    assert_string_equal(snap->services[1].address, "10.0.0.9:8080");
+    assert_string_equal(snap->services[2].spiffe_id, ID_B);
     assert_int_equal(snap->n_revoked, 1);
     assert_string_equal(snap->revoked[0], "ABC");
     assert_string_equal(snap->policy_json, POLICY_OK);
@@ -242,7 +247,9 @@ static void test_store_round_trip_keeps_every_field(void **state)
     static const char *const token_api_keys[] = {
         "id", "spiffe_id", "uses_left", "expires_unix", "created_unix", "expired", NULL};
     static const char *const revoked_keys[] = {"serial", "revoked_unix", NULL};
-    static const char *const service_keys[] = {"address", "spiffe_id", "source", NULL};
+    static const char *const service_api_keys[] = {"address", "spiffe_id", "source", "endpoints",
+                                                   NULL};
+    static const char *const service_file_keys[] = {"address", "endpoints", "source", NULL};
     static const char *const issued_file_keys[] = {"serial",    "spiffe_id", "not_after",
                                                    "issued_at", "via",       NULL};
     static const char *const issued_api_keys[] = {"serial",  "spiffe_id", "not_after", "issued_at",
@@ -256,7 +263,7 @@ static void test_store_round_trip_keeps_every_field(void **state)
     char *dir = make_tmpdir();
     struct cp_store *s = open_ok(dir);
     char secret[CP_TOKEN_SECRET_MAX], other[CP_TOKEN_SECRET_MAX], err[512];
-    const char *addrs[] = {"10.0.0.9:8080"};
+    const struct cp_endpoint_spec eps[] = {{"10.0.0.9:8080", ID_A}};
     int64_t t0 = tt_now_unix(), exp = 0, t1;
     json_t *before[4], *after[4], *saved[4], *doc, *o, *f;
     enum cp_token_err why;
@@ -270,8 +277,8 @@ static void test_store_round_trip_keeps_every_field(void **state)
     assert_int_equal(cp_store_revoke(s, "0a:bc"), 0);
     assert_int_equal(
         cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
-    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, addrs, 1, err, sizeof(err)),
-                     0);
+    assert_int_equal(
+        cp_store_service_set(s, "10.96.0.10:80", eps, 1, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
     assert_int_equal(cp_store_issued_add(s, "0A:BC", ID_A, t0 + 3600, t0 - 5, CP_VIA_TOKEN), 0);
     assert_int_equal(cp_store_issued_add(s, "00FF", ID_B, t0 + 7200, t0 - 7, CP_VIA_TOKEN), 0);
     assert_int_equal(cp_store_bundle_set(s, "PEM"), 0);
@@ -302,10 +309,13 @@ static void test_store_round_trip_keeps_every_field(void **state)
     assert_true(json_integer_value(json_object_get(o, "revoked_unix")) >= t0);
     assert_int_equal(json_array_size(before[2]), 2);
     o = json_array_get(before[2], 1);
-    assert_keys(o, service_keys);
+    assert_keys(o, service_api_keys);
+    assert_string_equal(json_string_value(json_object_get(o, "address")), "10.96.0.10:80");
+    assert_true(json_is_null(json_object_get(o, "spiffe_id")));
+    assert_string_equal(json_string_value(json_object_get(o, "source")), CP_SOURCE_OPERATOR);
+    o = json_array_get(json_object_get(o, "endpoints"), 0);
     assert_string_equal(json_string_value(json_object_get(o, "address")), "10.0.0.9:8080");
     assert_string_equal(json_string_value(json_object_get(o, "spiffe_id")), ID_A);
-    assert_string_equal(json_string_value(json_object_get(o, "source")), "sidecar:n1");
     o = json_array_get(before[3], 0);
     assert_keys(o, issued_api_keys);
     assert_string_equal(json_string_value(json_object_get(o, "serial")), "ABC");
@@ -342,7 +352,11 @@ static void test_store_round_trip_keeps_every_field(void **state)
     assert_true(json_equal(f, json_array_get(before[1], 0)));
     json_decref(doc);
     f = file_item(dir, "services.json", "services", 1, &doc);
-    assert_true(json_equal(f, json_array_get(before[2], 1)));
+    assert_keys(f, service_file_keys);
+    o = json_deep_copy(json_array_get(before[2], 1)); /* the API adds "spiffe_id": null */
+    json_object_del(o, "spiffe_id");
+    assert_true(json_equal(f, o));
+    json_decref(o);
     json_decref(doc);
     for (size_t i = 0; i < 4; i++) {
         file_item(dir, files[i].file, files[i].key, 0, &doc);
@@ -660,16 +674,33 @@ static void test_store_policy_validation_and_version(void **state)
     free(dir);
 }
 
+#define ID_C "spiffe://example.org/ns/shop/sa/db"
+
+/* The snapshot entry for endpoint `address` under service `svc` ("" bare), or NULL. */
+static const struct cp_service_entry *snap_find(const struct cp_snapshot *snap, const char *svc,
+                                                const char *address)
+{
+    for (size_t i = 0; i < snap->n_services; i++)
+        if (strcmp(snap->services[i].address, address) == 0 &&
+            strcmp(snap->services[i].service_address, svc) == 0)
+            return &snap->services[i];
+    return NULL;
+}
+
+/* Operator services: a bare endpoint (today's form), a VIP with endpoints, endpoint add and
+ * remove, bad input named, persistence, and an older services.json still loading. */
 static void test_store_services(void **state)
 {
     char *dir = make_tmpdir();
     struct cp_store *s = open_ok(dir);
     char err[512] = "";
-    const char *a1[] = {"10.0.0.1:8080", "[::1]:9090"};
-    const char *a2[] = {"10.0.0.2:8080"};
+    const struct cp_endpoint_spec two[] = {{"10.1.0.1:8080", ID_A}, {"10.1.0.2:8080", ID_A}};
+    const struct cp_endpoint_spec clash[] = {{"10.1.0.1:8080", ID_A}, {"10.1.0.1:8080", ID_B}};
+    const struct cp_endpoint_spec badep[] = {{"10.1.0.1:8080", ID_A}, {"10.1.0.3", ID_A}};
     struct cp_snapshot *snap;
-    json_t *list;
+    json_t *list, *o;
     uint64_t v;
+    char *text;
 
     assert_int_equal(
         cp_store_service_add(s, "10.0.0.1:8080", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
@@ -684,41 +715,283 @@ static void test_store_services(void **state)
                                           err, sizeof(err)),
                      TT_E_SPIFFE);
     assert_non_null(strstr(err, "spiffe_id"));
-    /* A sidecar registers; it is kept apart from the operator's entry. */
-    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, a1, 2, err, sizeof(err)), 0);
-    list = cp_store_services_json(s);
-    assert_int_equal(json_array_size(list), 3);
-    json_decref(list);
-    /* The operator's entry wins in what sidecars receive. */
-    snap = cp_store_snapshot(s);
-    assert_int_equal(snap->n_services, 2);
-    for (size_t i = 0; i < snap->n_services; i++)
-        if (strcmp(snap->services[i].address, "10.0.0.1:8080") == 0)
-            assert_string_equal(snap->services[i].spiffe_id, ID_B);
-    cp_snapshot_free(snap);
-    /* Re-registering the same set is no change; a new set replaces the old one. */
+    /* A VIP with two endpoints; bad endpoints are named and change nothing. */
     v = cp_store_version(s);
-    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, a1, 2, err, sizeof(err)), 0);
+    assert_int_equal(
+        cp_store_service_set(s, "10.96.0.10:80", clash, 2, CP_SOURCE_OPERATOR, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "two identities"));
+    assert_int_equal(
+        cp_store_service_set(s, "10.96.0.10:80", badep, 2, CP_SOURCE_OPERATOR, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "endpoints[1].address 10.1.0.3"));
+    assert_int_equal(
+        cp_store_service_set(s, "10.96.0.10:80", two, 0, CP_SOURCE_OPERATOR, err, sizeof(err)),
+        -EINVAL);
     assert_int_equal(cp_store_version(s), v);
-    assert_int_equal(cp_store_service_register(s, "sidecar:n1", ID_A, a2, 1, err, sizeof(err)), 0);
+    assert_int_equal(
+        cp_store_service_set(s, "10.96.0.10:80", two, 2, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
     assert_int_equal(cp_store_version(s), v + 1);
-    /* Another identity cannot take over an address a sidecar registered. */
-    assert_int_equal(cp_store_service_register(s, "sidecar:n2", ID_B, a2, 1, err, sizeof(err)),
-                     -EEXIST);
-    assert_non_null(strstr(err, "is registered by " ID_A));
+    /* The same again is no change. */
+    assert_int_equal(
+        cp_store_service_set(s, "10.96.0.10:80", two, 2, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
     assert_int_equal(cp_store_version(s), v + 1);
+    snap = cp_store_snapshot(s);
+    assert_int_equal(snap->n_services, 3);
+    assert_non_null(snap_find(snap, "", "10.0.0.1:8080"));
+    assert_non_null(snap_find(snap, "10.96.0.10:80", "10.1.0.1:8080"));
+    assert_non_null(snap_find(snap, "10.96.0.10:80", "10.1.0.2:8080"));
+    cp_snapshot_free(snap);
+    /* Endpoints one by one: a third, then the first two go; the last takes the service. */
+    assert_int_equal(cp_store_service_endpoint_add(s, "10.96.0.10:80", "10.1.0.3:8080", ID_A,
+                                                   CP_SOURCE_OPERATOR, err, sizeof(err)),
+                     0);
+    assert_int_equal(cp_store_service_endpoint_add(s, "10.96.0.10:80", "10.1.0.3:8080", "not an id",
+                                                   CP_SOURCE_OPERATOR, err, sizeof(err)),
+                     TT_E_SPIFFE);
+    assert_int_equal(
+        cp_store_service_endpoint_remove(s, "10.96.0.10:80", "10.1.0.9:8080", CP_SOURCE_OPERATOR),
+        -ENOENT);
+    assert_int_equal(
+        cp_store_service_endpoint_remove(s, "10.96.0.11:80", "10.1.0.1:8080", CP_SOURCE_OPERATOR),
+        -ENOENT);
+    assert_int_equal(
+        cp_store_service_endpoint_remove(s, "10.96.0.10:80", "10.1.0.1:8080", CP_SOURCE_OPERATOR),
+        0);
     list = cp_store_services_json(s);
     assert_int_equal(json_array_size(list), 2);
+    o = json_array_get(list, 1);
+    assert_true(json_is_null(json_object_get(o, "spiffe_id")));
+    assert_int_equal(json_array_size(json_object_get(o, "endpoints")), 2);
+    /* A bare entry lists its one endpoint too. */
+    o = json_array_get(list, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "spiffe_id")), ID_B);
+    assert_int_equal(json_array_size(json_object_get(o, "endpoints")), 1);
     json_decref(list);
-    /* Removing: only the operator's entry for that address. */
+    /* Persisted: a reload gives the same table. */
+    cp_store_free(s);
+    s = open_ok(dir);
+    snap = cp_store_snapshot(s);
+    assert_int_equal(snap->n_services, 3);
+    assert_non_null(snap_find(snap, "10.96.0.10:80", "10.1.0.3:8080"));
+    cp_snapshot_free(snap);
+    assert_int_equal(
+        cp_store_service_endpoint_remove(s, "10.96.0.10:80", "10.1.0.2:8080", CP_SOURCE_OPERATOR),
+        0);
+    assert_int_equal(
+        cp_store_service_endpoint_remove(s, "10.96.0.10:80", "10.1.0.3:8080", CP_SOURCE_OPERATOR),
+        0);
+    list = cp_store_services_json(s);
+    assert_int_equal(json_array_size(list), 1);
+    json_decref(list);
     assert_int_equal(cp_store_service_remove(s, "10.0.0.2:8080", CP_SOURCE_OPERATOR), -ENOENT);
     assert_int_equal(cp_store_service_remove(s, "10.0.0.1:8080", CP_SOURCE_OPERATOR), 0);
     cp_store_free(s);
+
+    /* A services.json an older version wrote: bare entries load, its saved registrations
+     * are dropped (registrations are runtime now). */
+    write_file(
+        dir, "services.json",
+        "{\"services\": [{\"address\": \"10.0.0.1:8080\", \"spiffe_id\": \"" ID_B
+        "\", \"source\": \"operator\"}, {\"address\": \"10.0.0.9:8080\", \"spiffe_id\": \"" ID_A
+        "\", \"source\": \"sidecar:" ID_A "\"}]}\n");
     s = open_ok(dir);
     list = cp_store_services_json(s);
     assert_int_equal(json_array_size(list), 1);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "source")),
-                        "sidecar:n1");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "address")),
+                        "10.0.0.1:8080");
+    json_decref(list);
+    /* ... and a bare entry is still written in that form. */
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.2:8080", ID_A, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
+    text = read_file(dir, "services.json");
+    assert_non_null(strstr(text, "\"spiffe_id\": \"" ID_A "\""));
+    assert_null(strstr(text, "endpoints"));
+    free(text);
+    cp_store_free(s);
+    /* A service whose endpoints are malformed is refused at load, naming the file. */
+    write_file(dir, "services.json",
+               "{\"services\": [{\"address\": \"10.96.0.1:80\", \"endpoints\": [], \"source\": "
+               "\"operator\"}]}\n");
+    assert_null(cp_store_open(dir, err, sizeof(err)));
+    assert_non_null(strstr(err, "services.json"));
+    assert_non_null(strstr(err, "endpoints"));
+    rm_rf(dir);
+    free(dir);
+}
+
+struct fake_clock {
+    uint64_t ms;
+};
+
+static uint64_t fake_now(void *ud)
+{
+    return ((struct fake_clock *)ud)->ms;
+}
+
+/* The refusal counter's value in the store's stats. */
+static json_int_t reg_refusals(struct cp_store *s)
+{
+    json_t *st = cp_store_stats_json(s);
+    json_int_t n = json_integer_value(
+        json_object_get(json_object_get(st, "refusals"), CP_REFUSAL_REGISTRATION));
+
+    json_decref(st);
+    return n;
+}
+
+/* The sidecar record of stream id in the listing (borrowed from *list). */
+static json_t *sidecar_rec(struct cp_store *s, const char *id, json_t **list)
+{
+    json_t *o;
+    size_t i;
+
+    *list = cp_store_sidecars_json(s);
+    json_array_foreach(*list, i, o)
+    {
+        if (strcmp(json_string_value(json_object_get(o, "id")), id) == 0)
+            return o;
+    }
+    fail_msg("no sidecar %s", id);
+    return NULL;
+}
+
+/* Registrations as an attacker tries them: an IP that is not the connection's, an address
+ * another identity holds on an open stream; then the takeover once that stream is gone,
+ * the same identity coming back within the grace period, expiry, wildcards, IPv6, and the
+ * operator's entry winning. */
+static void test_store_registrations(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    struct fake_clock clk = {.ms = 1000};
+    const char *claim1[] = {"10.0.0.5:8080", "0.0.0.0:9090", "10.0.0.6:8080", "web:80",
+                            "10.0.0.5:8080"};
+    const char *claim2[] = {"10.0.0.5:8080"};
+    const char *claim3[] = {"10.0.0.5:9090"};
+    const char *claim6[] = {"[::]:80", "[fd00::6]:81"};
+    const char *claim7[] = {"10.0.0.7:80"};
+    struct cp_snapshot *snap;
+    const struct cp_service_entry *e;
+    json_t *list, *o;
+    char err[512];
+    uint64_t v;
+
+    cp_store_set_clock(s, fake_now, &clk);
+    cp_store_set_registration_grace(s, 60000);
+    assert_int_equal(cp_store_sidecar_seen(s, "w1", ID_A, "10.0.0.5:40000", "pod-a"), 0);
+    v = cp_store_version(s);
+    /* Another IP, a host name: refused and counted; a wildcard is the observed IP; a
+     * duplicate is taken once. */
+    assert_int_equal(cp_store_registration_set(s, "w1", ID_A, "10.0.0.5:40000", claim1, 5), 2);
+    assert_int_equal(reg_refusals(s), 2);
+    assert_int_equal(cp_store_version(s), v + 1);
+    o = sidecar_rec(s, "w1", &list);
+    assert_int_equal(json_array_size(json_object_get(o, "registered")), 2);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(o, "registered"), 1)),
+                        "10.0.0.5:9090");
+    o = json_object_get(o, "refused");
+    assert_int_equal(json_array_size(o), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(o, 0), "address")),
+                        "10.0.0.6:8080");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(o, 0), "reason")),
+                        "not_observed_ip");
+    assert_non_null(
+        strstr(json_string_value(json_object_get(json_array_get(o, 0), "detail")), "10.0.0.5"));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(o, 1), "reason")),
+                        "bad_address");
+    json_decref(list);
+    snap = cp_store_snapshot(s);
+    assert_int_equal(snap->n_services, 2);
+    e = snap_find(snap, "", "10.0.0.5:9090");
+    assert_non_null(e);
+    assert_string_equal(e->spiffe_id, ID_A);
+    cp_snapshot_free(snap);
+
+    /* A second identity at the same IP (a new pod reusing it) while w1's stream is open:
+     * refused. */
+    assert_int_equal(cp_store_sidecar_seen(s, "w2", ID_B, "10.0.0.5:40001", ""), 0);
+    v = cp_store_version(s);
+    assert_int_equal(cp_store_registration_set(s, "w2", ID_B, "10.0.0.5:40001", claim2, 1), 1);
+    assert_int_equal(reg_refusals(s), 3);
+    assert_int_equal(cp_store_version(s), v);
+    o = json_array_get(json_object_get(sidecar_rec(s, "w2", &list), "refused"), 0);
+    assert_string_equal(json_string_value(json_object_get(o, "reason")), "held_by_other");
+    assert_non_null(strstr(json_string_value(json_object_get(o, "detail")), ID_A));
+    json_decref(list);
+    /* w1's stream ends: w2, still open, takes the address at once (no grace wait, no new
+     * Hello), and the refusal is not counted again. */
+    v = cp_store_version(s);
+    cp_store_sidecar_gone(s, "w1");
+    assert_int_equal(cp_store_version(s), v + 1);
+    assert_int_equal(reg_refusals(s), 3);
+    o = sidecar_rec(s, "w2", &list);
+    assert_int_equal(json_array_size(json_object_get(o, "refused")), 0);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(o, "registered"), 0)),
+                        "10.0.0.5:8080");
+    json_decref(list);
+    snap = cp_store_snapshot(s);
+    assert_string_equal(snap_find(snap, "", "10.0.0.5:8080")->spiffe_id, ID_B);
+    /* w1's other address is in its grace period, still pushed. */
+    assert_string_equal(snap_find(snap, "", "10.0.0.5:9090")->spiffe_id, ID_A);
+    cp_snapshot_free(snap);
+    list = cp_store_services_json(s);
+    o = json_array_get(list, 1); /* in registration order: :8080, then :9090 */
+    assert_string_equal(json_string_value(json_object_get(o, "address")), "10.0.0.5:9090");
+    assert_string_equal(json_string_value(json_object_get(o, "source")), CP_SOURCE_REGISTRATION);
+    assert_string_equal(json_string_value(json_object_get(o, "state")), "grace");
+    assert_int_equal(json_integer_value(json_object_get(o, "grace_left_ms")), 60000);
+    json_decref(list);
+
+    /* The same identity reconnects within the grace: it keeps its entry, no change pushed. */
+    clk.ms += 30000;
+    assert_int_equal(cp_store_registrations_expire(s), 0);
+    assert_int_equal(cp_store_sidecar_seen(s, "w3", ID_A, "10.0.0.5:40002", ""), 0);
+    v = cp_store_version(s);
+    assert_int_equal(cp_store_registration_set(s, "w3", ID_A, "10.0.0.5:40002", claim3, 1), 0);
+    assert_int_equal(cp_store_version(s), v);
+    /* It goes again; one tick short of the grace it stays, at the grace it is dropped. */
+    cp_store_sidecar_gone(s, "w3");
+    clk.ms += 59999;
+    assert_int_equal(cp_store_registrations_expire(s), 0);
+    clk.ms += 1;
+    assert_int_equal(cp_store_registrations_expire(s), 1);
+    assert_int_equal(cp_store_version(s), v + 1);
+    snap = cp_store_snapshot(s);
+    assert_int_equal(snap->n_services, 1);
+    assert_null(snap_find(snap, "", "10.0.0.5:9090"));
+    cp_snapshot_free(snap);
+
+    /* IPv6: a wildcard is the observed IP; the sidecar's own other IP is refused. An
+     * IPv4-mapped peer address is its IPv4 address. */
+    assert_int_equal(cp_store_sidecar_seen(s, "w6", ID_C, "[fd00::5]:4000", ""), 0);
+    assert_int_equal(cp_store_registration_set(s, "w6", ID_C, "[fd00::5]:4000", claim6, 2), 1);
+    assert_int_equal(cp_store_sidecar_seen(s, "w7", ID_C, "[::ffff:10.0.0.7]:4000", ""), 0);
+    assert_int_equal(cp_store_registration_set(s, "w7", ID_C, "[::ffff:10.0.0.7]:4000", claim7, 1),
+                     0);
+    /* No observed address: nothing is accepted. */
+    assert_int_equal(cp_store_registration_set(s, "w8", ID_C, NULL, claim7, 1), 1);
+    snap = cp_store_snapshot(s);
+    assert_non_null(snap_find(snap, "", "[fd00::5]:80"));
+    assert_null(snap_find(snap, "", "[fd00::6]:81"));
+    assert_non_null(snap_find(snap, "", "10.0.0.7:80"));
+    cp_snapshot_free(snap);
+
+    /* The operator's entry wins: the registration is kept but not pushed. */
+    assert_int_equal(
+        cp_store_service_add(s, "10.0.0.5:8080", ID_C, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
+    snap = cp_store_snapshot(s);
+    e = snap_find(snap, "", "10.0.0.5:8080");
+    assert_string_equal(e->spiffe_id, ID_C);
+    for (size_t i = 0; i < snap->n_services; i++)
+        assert_false(strcmp(snap->services[i].address, "10.0.0.5:8080") == 0 &&
+                     strcmp(snap->services[i].spiffe_id, ID_B) == 0);
+    cp_snapshot_free(snap);
+    list = cp_store_services_json(s);
+    o = json_array_get(list, 1); /* after the operator's one entry */
+    assert_string_equal(json_string_value(json_object_get(o, "address")), "10.0.0.5:8080");
+    assert_true(json_is_true(json_object_get(o, "shadowed")));
+    assert_string_equal(json_string_value(json_object_get(o, "state")), "live");
     json_decref(list);
     cp_store_free(s);
     rm_rf(dir);
@@ -1150,6 +1423,7 @@ int main(void)
         cmocka_unit_test(test_store_token_atomic),
         cmocka_unit_test(test_store_policy_validation_and_version),
         cmocka_unit_test(test_store_services),
+        cmocka_unit_test(test_store_registrations),
         cmocka_unit_test(test_store_sidecars_and_counters),
         cmocka_unit_test(test_store_issued_pruned),
         cmocka_unit_test(test_store_revoke_reserved),

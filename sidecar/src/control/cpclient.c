@@ -470,6 +470,7 @@ static struct tt_services *cp_build_services(const Tether__V1__Snapshot *snap, s
         return NULL;
     }
     for (size_t i = 0; i < snap->n_services; i++) {
+        entries[i].service = snap->services[i]->service_address; /* "" when bare */
         entries[i].endpoint = snap->services[i]->address;
         entries[i].spiffe_id = snap->services[i]->spiffe_id;
     }

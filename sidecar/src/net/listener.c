@@ -55,6 +55,10 @@ int tt_listener_bind(struct tt_addr *addr, bool first, int *fd_out)
         goto err_close;
     if (bind(fd, (struct sockaddr *)&addr->ss, addr->len) < 0)
         goto err_close;
+    /* Listening from here: connections that arrive before the worker's loop runs wait in
+     * the backlog instead of being refused (/ready may already say yes). */
+    if (listen(fd, TT_LISTEN_BACKLOG) < 0)
+        goto err_close;
     if (tt_addr_port(addr) == 0) {
         socklen_t len = sizeof(addr->ss);
         if (getsockname(fd, (struct sockaddr *)&addr->ss, &len) < 0)
@@ -85,11 +89,6 @@ int tt_listener_start(struct tt_listener *l, struct tt_worker *w, int index,
     l->worker = w;
     l->index = index;
     l->cfg = cfg;
-    if (listen(fd, TT_LISTEN_BACKLOG) < 0) {
-        r = -errno;
-        close(fd);
-        return r;
-    }
     /* Refused connections during a shortage are reset at once (the connection limit keeps
      * descriptors in reserve for the admin endpoint, which gets its own acceptor). */
     l->acceptor.name = cfg->name;

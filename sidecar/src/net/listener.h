@@ -9,7 +9,8 @@
 #include "core/util.h"
 #include "net/listener-t.h"
 
-/* Creates, binds and returns in *fd a non-blocking SO_REUSEPORT TCP socket for addr.
+/* Creates, binds, listens on and returns in *fd a non-blocking SO_REUSEPORT TCP socket
+ * for addr (so a connection made before the worker runs waits, never refused).
  * `first` marks the first socket of this address in the process: it fails with
  * -EADDRINUSE when any other socket is bound there (another process sharing the port
  * through SO_REUSEPORT would silently take part of the connections). When addr's port is
