@@ -587,7 +587,22 @@ static void test_config_flag_errors(void **state)
     assert_parse_error("missing --trust-bundle (or identity.trust_bundle in the config file)",
                        "--identity-cert", "c", "--identity-key", "k", "--inbound",
                        "127.0.0.1:1=127.0.0.1:2");
-    assert_parse_error("no listeners: give --inbound or --outbound", IDENTITY);
+    assert_parse_error("no listeners: give --inbound, --outbound or --transparent", IDENTITY);
+    /* Transparent mode's flags: each bad value named, and none of them without the mode. */
+    assert_parse_error("--outbound-unknown allow: expected passthrough or deny", IDENTITY,
+                       "--transparent", "--pod-ip", "10.0.0.2", "--outbound-unknown", "allow");
+    assert_parse_error("--inbound-mode lax: expected strict or permissive", IDENTITY,
+                       "--transparent", "--pod-ip", "10.0.0.2", "--inbound-mode", "lax");
+    assert_parse_error("--workload-ports 80,0: expected ports P[,P...], each 1..65535", IDENTITY,
+                       "--transparent", "--pod-ip", "10.0.0.2", "--workload-ports", "80,0");
+    assert_parse_error("--pod-ip 10.0.0.999: expected an IPv4 or IPv6 address", IDENTITY,
+                       "--transparent", "--pod-ip", "10.0.0.999");
+    assert_parse_error("need --transparent", IDENTITY, "--inbound", "127.0.0.1:0=127.0.0.1:80",
+                       "--outbound-unknown", "deny");
+    assert_parse_error("--service 10.0.0.2:80: expected ADDR:PORT=SPIFFE_ID", IDENTITY, "--inbound",
+                       "127.0.0.1:0=127.0.0.1:80", "--service", "10.0.0.2:80");
+    assert_parse_error("--service/services: services[0].spiffe_id: expected a SPIFFE ID", IDENTITY,
+                       "--inbound", "127.0.0.1:0=127.0.0.1:80", "--service", "10.0.0.2:80=nope");
     assert_parse_error("duplicate listen address 127.0.0.1:16006", IDENTITY, "--inbound",
                        "127.0.0.1:16006=127.0.0.1:8080", "--outbound",
                        "127.0.0.1:16006=127.0.0.1:9@" ID_API);

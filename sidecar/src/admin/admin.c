@@ -48,6 +48,7 @@ struct tt_admin {
     void *ud;
     unsigned flags; /* TT_ADMIN_F_* */
     int port;
+    unsigned scope; /* TT_ADMIN_ROUTES_* */
 };
 
 /* One request being answered. */
@@ -213,10 +214,14 @@ static const struct route {
     const char *path;
     bool post; /* POST only; otherwise GET and HEAD */
     void (*fn)(struct tt_admin *a, const struct request *rq);
+    unsigned scope; /* the scoped servers that answer it too (TT_ADMIN_ROUTES_*) */
 } routes[] = {
-    {"/stats", false, route_stats},   {"/ready", false, route_ready},
-    {"/live", false, route_live},     {"/certs", false, route_certs},
-    {"/policy", false, route_policy}, {"/quitquitquit", true, route_quit},
+    {"/stats", false, route_stats, TT_ADMIN_ROUTES_METRICS},
+    {"/ready", false, route_ready, TT_ADMIN_ROUTES_HEALTH},
+    {"/live", false, route_live, TT_ADMIN_ROUTES_HEALTH},
+    {"/certs", false, route_certs, 0},
+    {"/policy", false, route_policy, 0},
+    {"/quitquitquit", true, route_quit, 0},
 };
 
 /* The routes served on a non-loopback address too (read-only, nothing secret), and there
@@ -279,7 +284,8 @@ static void on_request(void *ud, const struct tt_httpd_request *hrq, struct tt_h
         const char *why;
         bool ok;
 
-        if (strcmp(hrq->path, r->path) != 0)
+        if (strcmp(hrq->path, r->path) != 0 ||
+            (a->scope != TT_ADMIN_ROUTES_ALL && (r->scope & a->scope) == 0))
             continue;
         if (!hrq->via_loopback && !(a->flags & TT_ADMIN_F_REMOTE_CONTROL) &&
             !remote_route(r->path)) {
@@ -318,6 +324,14 @@ static void on_httpd_closed(void *ud)
 struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
                               const struct tt_admin_ops *ops, void *ud, unsigned flags, int *errp)
 {
+    return tt_admin_new_scoped(loop, addr, ops, ud, flags, TT_ADMIN_ROUTES_ALL, errp);
+}
+
+/* Binds addr and serves the routes of `scope` (admin.h). */
+struct tt_admin *tt_admin_new_scoped(uv_loop_t *loop, const struct tt_addr *addr,
+                                     const struct tt_admin_ops *ops, void *ud, unsigned flags,
+                                     unsigned scope, int *errp)
+{
     struct tt_httpd_opts hopts = {
         .head_max = ADMIN_HEAD_MAX,
         .max_headers = ADMIN_MAX_HEADERS,
@@ -331,7 +345,9 @@ struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
         .defer_accept = true,
         .host_check = true,
         .host_open_paths = remote_paths,
-        .name = "admin",
+        .name = scope == TT_ADMIN_ROUTES_HEALTH    ? "health"
+                : scope == TT_ADMIN_ROUTES_METRICS ? "metrics"
+                                                   : "admin",
         .on_closed = on_httpd_closed,
     };
     struct tt_admin *a = calloc(1, sizeof(*a));
@@ -343,6 +359,7 @@ struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
     if (ops)
         a->ops = *ops;
     a->ud = ud;
+    a->scope = scope;
     a->flags = flags;
     a->httpd = tt_httpd_new(loop, addr, &hopts, on_request, a, errp);
     if (a->httpd == NULL) {

@@ -36,6 +36,16 @@ struct tt_admin;
 struct tt_admin *tt_admin_new(uv_loop_t *loop, const struct tt_addr *addr,
                               const struct tt_admin_ops *ops, void *ud, unsigned flags, int *errp);
 
+/* Which routes a server answers (others are 404). */
+#define TT_ADMIN_ROUTES_ALL     0u
+#define TT_ADMIN_ROUTES_HEALTH  1u /* /ready and /live only: kubelet's probes at the pod address */
+#define TT_ADMIN_ROUTES_METRICS 2u /* GET /stats only: scrapes at the pod address */
+
+/* tt_admin_new() answering only the routes of `scope` (TT_ADMIN_ROUTES_*). */
+struct tt_admin *tt_admin_new_scoped(uv_loop_t *loop, const struct tt_addr *addr,
+                                     const struct tt_admin_ops *ops, void *ud, unsigned flags,
+                                     unsigned scope, int *errp);
+
 /* Stops listening, closes every client connection and frees the server once libuv has
  * closed the handles (after the loop runs). Accepts NULL. */
 void tt_admin_close(struct tt_admin *admin);

@@ -15,6 +15,7 @@
 #include "tls/identity.h"
 #include "policy/policy.h"
 #include "admin/stats.h"
+#include "net/balancer.h"
 #include "core/util.h"
 
 /* Length of the valid UTF-8 sequence at p (RFC 3629 §4: no overlongs, no surrogates,
@@ -325,6 +326,91 @@ static void add_crls(json_t *doc, const struct tt_crls *crls, int64_t now)
     json_object_set_new(doc, "warnings", warnings != NULL ? warnings : json_null());
 }
 
+/* Adds one worker's figures of endpoint st into the "endpoints" object. */
+static void endpoint_add(json_t *endpoints, const struct tt_balancer_stats *st, uint64_t now_ms)
+{
+    json_t *e = json_object_get(endpoints, st->addr.text);
+    bool ejected = st->ejected_until_ms > now_ms;
+
+    if (e == NULL) {
+        e = json_pack("{s:I,s:I,s:I,s:I,s:I,s:b,s:I}", "active", (json_int_t)0, "picks",
+                      (json_int_t)0, "connect_failures", (json_int_t)0, "ejections", (json_int_t)0,
+                      "ewma_connect_us", (json_int_t)0, "ejected", 0, "ejected_ms_left",
+                      (json_int_t)0);
+        if (e == NULL || json_object_set_new(endpoints, st->addr.text, e) < 0)
+            return;
+    }
+#define ADD(key, v)                                                                                \
+    json_object_set_new(e, key, jint((uint64_t)json_integer_value(json_object_get(e, key)) + (v)))
+    ADD("active", st->active);
+    ADD("picks", st->picks);
+    ADD("connect_failures", st->connect_failures);
+    ADD("ejections", st->ejections);
+#undef ADD
+    if (st->ewma_connect_us > (uint64_t)json_integer_value(json_object_get(e, "ewma_connect_us")))
+        json_object_set_new(e, "ewma_connect_us", jint(st->ewma_connect_us));
+    if (ejected) {
+        json_object_set_new(e, "ejected", json_true());
+        uint64_t left = st->ejected_until_ms - now_ms;
+        if (left > (uint64_t)json_integer_value(json_object_get(e, "ejected_ms_left")))
+            json_object_set_new(e, "ejected_ms_left", jint(left));
+    }
+}
+
+/* Transparent mode's parts of /stats: "transparent" {outbound_unknown, inbound_mode,
+ * pod_ip, capture:{ready, outbound, inbound, checked_unix}}, "endpoints" {ADDR:
+ * {active, picks, connect_failures, ejections, ewma_connect_us, ejected,
+ * ejected_ms_left}} summed over the workers (an endpoint counts as ejected when any
+ * worker ejected it), and "destinations" {KEY: {passthrough, denied, plaintext}}
+ * (outbound keys are IP:PORT, inbound plaintext keys are ports). */
+static void add_transparent(json_t *doc, const struct tt_stats_view *view)
+{
+    const struct tt_transparent_cfg *t = view->transparent;
+    json_t *endpoints = json_object(), *dests = json_object(), *tj;
+    struct tt_dest_counters *buf = malloc(TT_METRICS_DESTS * sizeof(*buf));
+    uint64_t now_ms = tt_now_ms();
+
+    tj = json_pack("{s:s,s:s,s:o}", "outbound_unknown", t->outbound_deny ? "deny" : "passthrough",
+                   "inbound_mode", t->permissive ? "permissive" : "strict", "pod_ip",
+                   jstr(t->pod_ip.text));
+    if (tj != NULL && view->capture != NULL)
+        json_object_set_new(tj, "capture",
+                            json_pack("{s:b,s:s,s:s,s:I}", "ready", (int)view->capture->ready,
+                                      "outbound", view->capture->outbound, "inbound",
+                                      view->capture->inbound, "checked_unix",
+                                      (json_int_t)view->capture->checked_unix));
+    for (size_t w = 0; w < view->n_workers && endpoints != NULL; w++) {
+        const struct tt_balancer *b = view->balancers != NULL ? view->balancers[w] : NULL;
+        struct tt_balancer_stats st;
+        for (size_t i = 0; i < tt_balancer_capacity(b); i++) {
+            if (tt_balancer_stats_at(b, i, &st))
+                endpoint_add(endpoints, &st, now_ms);
+        }
+    }
+    static const char *const names[TT_DEST__COUNT] = {"passthrough", "denied", "plaintext"};
+    for (size_t w = 0; w < view->n_workers && buf != NULL && dests != NULL; w++) {
+        size_t n = tt_metrics_dests_copy(view->workers[w], buf, TT_METRICS_DESTS);
+        for (size_t i = 0; i < n; i++) {
+            json_t *d = json_object_get(dests, buf[i].key);
+            if (d == NULL) {
+                d = json_pack("{s:I,s:I,s:I}", "passthrough", (json_int_t)0, "denied",
+                              (json_int_t)0, "plaintext", (json_int_t)0);
+                if (d == NULL || json_object_set_new(dests, buf[i].key, d) < 0)
+                    continue;
+            }
+            for (int k = 0; k < TT_DEST__COUNT; k++)
+                json_object_set_new(
+                    d, names[k],
+                    jint((uint64_t)json_integer_value(json_object_get(d, names[k])) +
+                         buf[i].counts[k]));
+        }
+    }
+    free(buf);
+    json_object_set_new(doc, "transparent", tj != NULL ? tj : json_null());
+    json_object_set_new(doc, "endpoints", endpoints != NULL ? endpoints : json_null());
+    json_object_set_new(doc, "destinations", dests != NULL ? dests : json_null());
+}
+
 /* Builds the /stats document described in stats.h; NULL when out of memory. */
 json_t *tt_stats_json(const struct tt_stats_view *view)
 {
@@ -364,6 +450,15 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
         if (lj != NULL) {
             json_object_set_new(lj, "accept_failures", jint(c->accept_failures));
             json_object_set_new(lj, "refused_fd_shortage", jint(c->refused_fd_shortage));
+            if (view->listeners[i].transparent) {
+                json_object_set_new(lj, "transparent", json_true());
+                json_object_set_new(lj, "not_redirected", jint(c->not_redirected));
+                json_object_set_new(lj, "passthrough", jint(c->passthrough));
+                json_object_set_new(lj, "unknown_denied", jint(c->unknown_denied));
+                json_object_set_new(lj, "plaintext", jint(c->plaintext));
+                json_object_set_new(lj, "endpoint_retries", jint(c->endpoint_retries));
+                json_object_set_new(lj, "canary", jint(c->canary));
+            }
         }
         if (!append(listeners, lj))
             goto err_free;
@@ -403,6 +498,8 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
                   "peers", peers, "recent_handshake_failures", failures);
     if (doc != NULL)
         add_crls(doc, view->crls, now);
+    if (doc != NULL && view->transparent != NULL)
+        add_transparent(doc, view);
     tt_metrics_sum_done(&sum);
     return doc;
 
@@ -588,6 +685,19 @@ static const struct listener_metric listener_metrics[] = {
     {"tether_listener_connections_refused_fd_shortage_total", "counter",
      "Connections reset at once on the reserved descriptor during a descriptor shortage.",
      LC_OFF(refused_fd_shortage)},
+    {"tether_listener_not_redirected_total", "counter",
+     "Transparent: connections refused for want of an original destination.",
+     LC_OFF(not_redirected)},
+    {"tether_listener_passthrough_total", "counter",
+     "Transparent: outbound connections outside the mesh relayed in plaintext.",
+     LC_OFF(passthrough)},
+    {"tether_listener_unknown_denied_total", "counter",
+     "Transparent: outbound connections outside the mesh refused.", LC_OFF(unknown_denied)},
+    {"tether_listener_plaintext_total", "counter",
+     "Transparent, permissive: inbound callers without TLS let in.", LC_OFF(plaintext)},
+    {"tether_listener_endpoint_retries_total", "counter",
+     "Transparent: connects retried on another endpoint after a failure.",
+     LC_OFF(endpoint_retries)},
 };
 
 static uint64_t listener_value(const struct tt_listener_counters *c, size_t off)

@@ -16,6 +16,15 @@ struct tt_identity;
 struct tt_crls;
 struct tt_cp_status;
 struct tt_policy;
+struct tt_balancer;
+
+/* Transparent mode's capture check (the readiness probe's latest result). */
+struct tt_capture_status {
+    bool ready;           /* both directions captured at the last check */
+    const char *outbound; /* "ok", "failed" or "unchecked" */
+    const char *inbound;
+    int64_t checked_unix; /* 0: not yet */
+};
 
 /* What the admin endpoint renders; filled by the sidecar runtime for one request. */
 struct tt_stats_view {
@@ -37,8 +46,11 @@ struct tt_stats_view {
     uint64_t rotations;                 /* leaf certificate changes since start */
     uint64_t buffer_slabs_allocated;    /* core/buf.h: tt_buf_pool_stats */
     uint64_t buffer_oversize_allocations;
-    const struct tt_cp_status *control; /* control mode: the client's status, else NULL */
-    const struct tt_crls *crls;         /* the snapshot's CRLs (--crl), NULL for none */
+    const struct tt_cp_status *control;           /* control mode: the client's status, else NULL */
+    const struct tt_crls *crls;                   /* the snapshot's CRLs (--crl), NULL for none */
+    const struct tt_transparent_cfg *transparent; /* transparent mode, else NULL */
+    struct tt_balancer *const *balancers;         /* n_workers, transparent mode */
+    const struct tt_capture_status *capture;      /* transparent mode, else NULL */
 };
 
 /* Builds the /stats document: {"server":{..., max_connections, open_files_limit},

@@ -3,6 +3,8 @@
  * error is one line naming the flag, or the file and key, and what was expected. */
 #include <errno.h>
 #include <getopt.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include "app/config.h"
 #include "core/errors.h"
 #include "core/spiffe.h"
+#include "net/canary.h"
 
 #define CONFIG_FILE_MAX      (1024 * 1024) /* --config files larger than this are refused */
 #define CONFIG_LISTENERS_MAX 1024
@@ -42,8 +45,17 @@ enum {
     OPT_CONTROL,
     OPT_CONTROL_BUNDLE,
     OPT_JOIN_TOKEN,
+    OPT_POD_IP,
+    OPT_WORKLOAD_PORTS,
+    OPT_OPAQUE_PORTS,
+    OPT_OUTBOUND_UNKNOWN,
+    OPT_INBOUND_MODE,
+    OPT_DETECT_TIMEOUT,
+    OPT_CHECK_INTERVAL,
     OPT_SPIFFE_ID,
     OPT_CRL, /* repeatable: not among the single-valued flags */
+    OPT_SERVICE,
+    OPT_TRANSPARENT, /* no value */
 };
 
 static const struct option long_options[] = {
@@ -68,6 +80,15 @@ static const struct option long_options[] = {
     {"join-token", required_argument, NULL, OPT_JOIN_TOKEN},
     {"spiffe-id", required_argument, NULL, OPT_SPIFFE_ID},
     {"crl", required_argument, NULL, OPT_CRL},
+    {"service", required_argument, NULL, OPT_SERVICE},
+    {"transparent", no_argument, NULL, OPT_TRANSPARENT},
+    {"pod-ip", required_argument, NULL, OPT_POD_IP},
+    {"workload-ports", required_argument, NULL, OPT_WORKLOAD_PORTS},
+    {"opaque-ports", required_argument, NULL, OPT_OPAQUE_PORTS},
+    {"outbound-unknown", required_argument, NULL, OPT_OUTBOUND_UNKNOWN},
+    {"inbound-mode", required_argument, NULL, OPT_INBOUND_MODE},
+    {"inbound-detect-timeout", required_argument, NULL, OPT_DETECT_TIMEOUT},
+    {"capture-check-interval", required_argument, NULL, OPT_CHECK_INTERVAL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -85,6 +106,9 @@ struct flags {
     size_t n_listeners;
     const char **crls; /* --crl values, point into argv */
     size_t n_crls;
+    const char **services; /* --service values, point into argv */
+    size_t n_services;
+    int transparent;
     int help;
 };
 
@@ -396,6 +420,111 @@ static int add_crl(struct tt_config *cfg, const char *path)
     return 0;
 }
 
+/* Appends a service entry to cfg, taking ownership of the three strings (service may be
+ * NULL). Returns 0 or TT_E_CONFIG (out of memory), freeing them. */
+static int add_service(struct tt_config *cfg, char *service, char *endpoint, char *id, char *err,
+                       size_t errlen)
+{
+    struct tt_service_entry *n = NULL;
+
+    if (endpoint != NULL && id != NULL)
+        n = realloc(cfg->services, (cfg->n_services + 1) * sizeof(*n));
+    if (n == NULL) {
+        free(service);
+        free(endpoint);
+        free(id);
+        return errf(err, errlen, "out of memory");
+    }
+    cfg->services = n;
+    n[cfg->n_services++] = (struct tt_service_entry){service, endpoint, id};
+    return 0;
+}
+
+static int set_transparent(struct tt_config *cfg, int opt, const char *v, const char *where,
+                           char *err, size_t errlen);
+
+/* Reads the file's "services" array ([{"service": VIP (optional), "endpoint": ADDR,
+ * "spiffe_id": ID}]) into cfg's list, and the transparent-mode keys. */
+static int load_transparent(struct file_ctx *f, const json_t *root, struct tt_config *cfg)
+{
+    static const char *const svc_keys[] = {"service", "endpoint", "spiffe_id", NULL};
+    static const struct {
+        const char *key;
+        int opt;
+    } strs[] = {{"pod_ip", OPT_POD_IP},
+                {"outbound_unknown", OPT_OUTBOUND_UNKNOWN},
+                {"inbound_mode", OPT_INBOUND_MODE},
+                {"inbound_detect_timeout", OPT_DETECT_TIMEOUT},
+                {"capture_check_interval", OPT_CHECK_INTERVAL}};
+    static const struct {
+        const char *key;
+        int opt;
+    } lists[] = {{"workload_ports", OPT_WORKLOAD_PORTS}, {"opaque_ports", OPT_OPAQUE_PORTS}};
+    json_t *v = json_object_get(root, "transparent"), *arr, *item;
+    char where[PATH_MAX + 64], shown[96];
+    size_t i;
+    int rc;
+
+    if (v != NULL && !json_is_boolean(v))
+        return errf(f->err, f->errlen, "%s: transparent: expected true or false", f->path);
+    if (v != NULL)
+        cfg->transparent.enabled = json_is_true(v);
+    for (i = 0; i < TT_ARRAY_SIZE(strs); i++) {
+        const char *s;
+        if ((rc = get_string(f, root, strs[i].key, "", "a string", &s)) != 0)
+            return rc;
+        snprintf(where, sizeof(where), "%s: %s:", f->path, strs[i].key);
+        if (s != NULL && (rc = set_transparent(cfg, strs[i].opt, s, where, f->err, f->errlen)) != 0)
+            return rc;
+    }
+    for (i = 0; i < TT_ARRAY_SIZE(lists); i++) {
+        char text[1024] = "";
+        size_t k, len = 0;
+        arr = json_object_get(root, lists[i].key);
+        if (arr == NULL)
+            continue;
+        snprintf(where, sizeof(where), "%s: %s:", f->path, lists[i].key);
+        json_array_foreach(arr, k, item)
+        {
+            if (!json_is_integer(item) || len > sizeof(text) - 16)
+                break;
+            len += (size_t)snprintf(text + len, sizeof(text) - len, "%s%lld", k ? "," : "",
+                                    (long long)json_integer_value(item));
+        }
+        if (!json_is_array(arr) || k != json_array_size(arr)) {
+            json_show(arr, shown, sizeof(shown));
+            return errf(f->err, f->errlen, "%s expected an array of ports 1..65535, got %s", where,
+                        shown);
+        }
+        if ((rc = set_transparent(cfg, lists[i].opt, text, where, f->err, f->errlen)) != 0)
+            return rc;
+    }
+    arr = json_object_get(root, "services");
+    if (arr == NULL)
+        return 0;
+    if (!json_is_array(arr))
+        return errf(f->err, f->errlen, "%s: services: expected an array of objects", f->path);
+    json_array_foreach(arr, i, item)
+    {
+        const char *svc = NULL, *ep = NULL, *id = NULL;
+        snprintf(where, sizeof(where), "services[%zu]", i);
+        if (!json_is_object(item))
+            return errf(f->err, f->errlen, "%s: %s: expected an object", f->path, where);
+        if ((rc = check_keys(f, item, where, svc_keys)) != 0 ||
+            (rc = get_string(f, item, "service", where, "an address", &svc)) != 0 ||
+            (rc = get_string(f, item, "endpoint", where, "an address", &ep)) != 0 ||
+            (rc = get_string(f, item, "spiffe_id", where, "a SPIFFE ID", &id)) != 0)
+            return rc;
+        if (ep == NULL || id == NULL)
+            return errf(f->err, f->errlen, "%s: %s: missing \"%s\"", f->path, where,
+                        ep == NULL ? "endpoint" : "spiffe_id");
+        if ((rc = add_service(cfg, svc ? strdup(svc) : NULL, strdup(ep), strdup(id), f->err,
+                              f->errlen)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* Reads identity.crls, an array of file names (resolved against the file's directory), into
  * cfg's CRL files when present. */
 static int get_crls(struct file_ctx *f, const json_t *identity, struct tt_config *cfg)
@@ -593,6 +722,15 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "outbound",
                                            "control",
                                            "admin_allow_remote_control",
+                                           "transparent",
+                                           "pod_ip",
+                                           "workload_ports",
+                                           "opaque_ports",
+                                           "outbound_unknown",
+                                           "inbound_mode",
+                                           "inbound_detect_timeout",
+                                           "capture_check_interval",
+                                           "services",
                                            NULL};
     static const char *const control_keys[] = {"address", "bundle", "join_token", "spiffe_id",
                                                NULL};
@@ -706,6 +844,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
     if ((rc = load_listeners(&f, root, TT_LISTENER_INBOUND, cfg)) != 0)
         goto out;
     rc = load_listeners(&f, root, TT_LISTENER_OUTBOUND, cfg);
+    if (rc == 0)
+        rc = load_transparent(&f, root, cfg);
 out:
     free(f.dir);
     json_decref(root);
@@ -745,6 +885,15 @@ static int scan_args(int argc, char **argv, struct flags *fl, char *err, size_t 
                 return errf(err, errlen, "out of memory");
             fl->crls = n;
             fl->crls[fl->n_crls++] = optarg;
+        } else if (c == OPT_SERVICE) {
+            const char **n = realloc(fl->services, (fl->n_services + 1) * sizeof(*fl->services));
+
+            if (n == NULL)
+                return errf(err, errlen, "out of memory");
+            fl->services = n;
+            fl->services[fl->n_services++] = optarg;
+        } else if (c == OPT_TRANSPARENT) {
+            fl->transparent = 1;
         } else if (c >= OPT_CONFIG && c <= OPT_SPIFFE_ID) {
             fl->single[c - OPT_CONFIG] = optarg ? optarg : "";
         } else if (rc != 0) {
@@ -808,6 +957,147 @@ static int apply_duration(const struct flags *fl, int opt, int allow_zero, uint6
     return 0;
 }
 
+/* Parses a list of ports "P[,P...]" (each 1..65535) into a new array. `where` names the
+ * flag or key for the message. */
+static int parse_ports(const char *v, uint16_t **out, size_t *n_out, const char *where, char *err,
+                       size_t errlen)
+{
+    char *copy = strdup(v), *save = NULL, *tok;
+    uint16_t *ports = NULL;
+    size_t n = 0;
+    unsigned long port;
+
+    if (copy == NULL)
+        return errf(err, errlen, "out of memory");
+    for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+        uint16_t *np;
+        if (parse_uint(tok, 1, 65535, &port) != 0) {
+            errf(err, errlen, "%s %.100s: expected ports P[,P...], each 1..65535", where, v);
+            goto err;
+        }
+        if ((np = realloc(ports, (n + 1) * sizeof(*np))) == NULL) {
+            errf(err, errlen, "out of memory");
+            goto err;
+        }
+        ports = np;
+        ports[n++] = (uint16_t)port;
+    }
+    if (n == 0) {
+        errf(err, errlen, "%s \"%.100s\": expected ports P[,P...], each 1..65535", where, v);
+        goto err;
+    }
+    free(copy);
+    free(*out);
+    *out = ports;
+    *n_out = n;
+    return 0;
+err:
+    free(copy);
+    free(ports);
+    return TT_E_CONFIG;
+}
+
+/* Sets one transparent-mode setting from its text (a flag's value or a file's string):
+ * opt says which. `where` names the flag or key. */
+static int set_transparent(struct tt_config *cfg, int opt, const char *v, const char *where,
+                           char *err, size_t errlen)
+{
+    struct tt_transparent_cfg *t = &cfg->transparent;
+    uint64_t ms;
+    int rc;
+
+    switch (opt) {
+    case OPT_POD_IP: {
+        char text[TT_ADDR_TEXT_MAX + 8];
+        snprintf(text, sizeof(text), strchr(v, ':') != NULL ? "[%.*s]:0" : "%.*s:0",
+                 TT_ADDR_TEXT_MAX - 1, v);
+        if ((rc = tt_addr_parse(text, TT_ADDR_NUMERIC | TT_ADDR_ZERO_PORT, &t->pod_ip)) < 0)
+            return errf(err, errlen, "%s %.100s: expected an IPv4 or IPv6 address", where, v);
+        return 0;
+    }
+    case OPT_WORKLOAD_PORTS:
+        return parse_ports(v, &t->workload_ports, &t->n_workload_ports, where, err, errlen);
+    case OPT_OPAQUE_PORTS:
+        return parse_ports(v, &t->opaque_ports, &t->n_opaque_ports, where, err, errlen);
+    case OPT_OUTBOUND_UNKNOWN:
+        if (strcmp(v, "passthrough") != 0 && strcmp(v, "deny") != 0)
+            return errf(err, errlen, "%s %.100s: expected passthrough or deny", where, v);
+        t->outbound_deny = strcmp(v, "deny") == 0;
+        return 0;
+    case OPT_INBOUND_MODE:
+        if (strcmp(v, "strict") != 0 && strcmp(v, "permissive") != 0)
+            return errf(err, errlen, "%s %.100s: expected strict or permissive", where, v);
+        t->permissive = strcmp(v, "permissive") == 0;
+        return 0;
+    case OPT_DETECT_TIMEOUT:
+        if (tt_duration_parse(v, &ms) != 0 || ms == 0)
+            return errf(err, errlen, "%s %.100s: expected a duration such as \"500ms\"", where, v);
+        t->detect_ms = ms;
+        return 0;
+    case OPT_CHECK_INTERVAL:
+        if (tt_duration_parse(v, &ms) != 0)
+            return errf(err, errlen, "%s %.100s: expected a duration such as \"5s\" (0s: off)",
+                        where, v);
+        t->check_interval_ms = ms;
+        t->check_interval_set = true;
+        return 0;
+    default:
+        return errf(err, errlen, "internal: unknown transparent option");
+    }
+}
+
+/* Parses a --service value: "ADDR:PORT=SPIFFE_ID" (an endpoint, a service of one) or
+ * "VIP:PORT=ENDPOINT:PORT@SPIFFE_ID" (one endpoint of the service at VIP) into cfg's list
+ * (checked as a whole by check_config). */
+static int add_service_flag(struct tt_config *cfg, const char *v, char *err, size_t errlen)
+{
+    const char *eq = strchr(v, '=');
+    const char *at = eq != NULL ? strchr(eq + 1, '@') : NULL;
+    char *service = NULL, *endpoint, *id;
+
+    if (eq == NULL || eq == v || eq[1] == '\0' || (at != NULL && (at == eq + 1 || at[1] == '\0')))
+        return errf(err, errlen,
+                    "--service %.200s: expected ADDR:PORT=SPIFFE_ID or "
+                    "VIP:PORT=ENDPOINT:PORT@SPIFFE_ID",
+                    v);
+    if (at != NULL) {
+        service = strndup(v, (size_t)(eq - v));
+        endpoint = strndup(eq + 1, (size_t)(at - eq - 1));
+        id = strdup(at + 1);
+    } else {
+        endpoint = strndup(v, (size_t)(eq - v));
+        id = strdup(eq + 1);
+    }
+    return add_service(cfg, service, endpoint, id, err, errlen);
+}
+
+/* Applies the transparent-mode flags and --service over what the file set. */
+static int apply_transparent_flags(const struct flags *fl, struct tt_config *cfg, char *err,
+                                   size_t errlen)
+{
+    static const int opts[] = {OPT_POD_IP,           OPT_WORKLOAD_PORTS, OPT_OPAQUE_PORTS,
+                               OPT_OUTBOUND_UNKNOWN, OPT_INBOUND_MODE,   OPT_DETECT_TIMEOUT,
+                               OPT_CHECK_INTERVAL};
+    char where[64];
+    int rc;
+
+    if (fl->transparent)
+        cfg->transparent.enabled = true;
+    for (size_t i = 0; i < TT_ARRAY_SIZE(opts); i++) {
+        const char *v = fl->single[opts[i] - OPT_CONFIG];
+        if (v == NULL)
+            continue;
+        snprintf(where, sizeof(where), "--%s", option_name(opts[i]));
+        if ((rc = set_transparent(cfg, opts[i], v, where, err, errlen)) != 0)
+            return rc;
+    }
+    for (size_t i = 0; i < fl->n_services; i++) {
+        if ((rc = add_service_flag(cfg, fl->services[i], err, errlen)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* Applies the single-valued flags over what the file set. */
 static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err, size_t errlen)
 {
@@ -862,6 +1152,8 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
         if (add_crl(cfg, fl->crls[i]) < 0)
             return errf(err, errlen, "out of memory");
     }
+    if ((rc = apply_transparent_flags(fl, cfg, err, errlen)) != 0)
+        return rc;
     for (size_t i = 0; i < fl->n_listeners; i++) {
         struct tt_listener_cfg l;
 
@@ -894,9 +1186,138 @@ static int same_endpoint(const struct tt_addr *a, const struct tt_addr *b)
     return 0;
 }
 
+/* The namespace's first global address (IPv4 first, then IPv6; not loopback nor
+ * link-local) into *out with port 0. Returns 0 or -ENOENT. */
+static int first_global_address(struct tt_addr *out)
+{
+    struct ifaddrs *ifa, *i;
+    int rc = -ENOENT;
+
+    if (getifaddrs(&ifa) < 0)
+        return -errno;
+    for (int fam = AF_INET; rc != 0 && fam != 0; fam = fam == AF_INET ? AF_INET6 : 0) {
+        for (i = ifa; i != NULL && rc != 0; i = i->ifa_next) {
+            if (i->ifa_addr == NULL || i->ifa_addr->sa_family != fam ||
+                (i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP))
+                continue;
+            if (fam == AF_INET6 &&
+                IN6_IS_ADDR_LINKLOCAL(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr))
+                continue;
+            memset(out, 0, sizeof(*out));
+            memcpy(&out->ss, i->ifa_addr,
+                   fam == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+            out->len = fam == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+            ((struct sockaddr_in *)&out->ss)->sin_port = 0; /* same offset in sockaddr_in6 */
+            if (fam == AF_INET6)
+                ((struct sockaddr_in6 *)&out->ss)->sin6_scope_id = 0;
+            tt_sockaddr_format((struct sockaddr *)&out->ss, out->text, sizeof(out->text));
+            rc = 0;
+        }
+    }
+    freeifaddrs(ifa);
+    return rc;
+}
+
+/* addr with its port replaced. */
+static struct tt_addr with_port(const struct tt_addr *addr, uint16_t port)
+{
+    struct tt_addr a = *addr;
+
+    if (a.ss.ss_family == AF_INET)
+        ((struct sockaddr_in *)&a.ss)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)&a.ss)->sin6_port = htons(port);
+    tt_sockaddr_format((struct sockaddr *)&a.ss, a.text, sizeof(a.text));
+    return a;
+}
+
+/* True when this namespace can listen on IPv6 (the module is loaded, not disabled). */
+static bool ipv6_usable(void)
+{
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int one = 1, fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool ok;
+
+    if (fd < 0)
+        return false;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Transparent mode: the pod address (given or found), the capture listeners (15001 and
+ * 15006 on every address of each usable family), health and metrics at the pod address. */
+static int setup_transparent(struct tt_config *cfg, char *err, size_t errlen)
+{
+    static const struct {
+        enum tt_listener_kind kind;
+        const char *listen;
+    } caps[] = {{TT_LISTENER_OUTBOUND, "0.0.0.0:15001"},
+                {TT_LISTENER_INBOUND, "0.0.0.0:15006"},
+                {TT_LISTENER_OUTBOUND, "[::]:15001"},
+                {TT_LISTENER_INBOUND, "[::]:15006"}};
+    struct tt_transparent_cfg *t = &cfg->transparent;
+    bool v6 = ipv6_usable();
+    int rc;
+
+    if (t->detect_ms == 0)
+        t->detect_ms = TT_DEFAULT_DETECT_TIMEOUT_MS;
+    if (!t->check_interval_set)
+        t->check_interval_ms = TT_DEFAULT_CHECK_INTERVAL_MS;
+    if (t->pod_ip.len == 0 && first_global_address(&t->pod_ip) < 0)
+        return errf(err, errlen,
+                    "--transparent: no global address in this network namespace; give --pod-ip");
+    for (size_t i = 0; i < TT_ARRAY_SIZE(caps); i++) {
+        struct tt_listener_cfg l;
+        if (caps[i].listen[0] == '[' && !v6)
+            continue;
+        memset(&l, 0, sizeof(l));
+        l.kind = caps[i].kind;
+        l.transparent = true;
+        if (tt_addr_parse(caps[i].listen, TT_ADDR_NUMERIC, &l.listen) < 0)
+            return errf(err, errlen, "internal: %s", caps[i].listen);
+        snprintf(l.name, sizeof(l.name), "transparent-%s:%.40s",
+                 l.kind == TT_LISTENER_INBOUND ? "inbound" : "outbound", l.listen.text);
+        if ((rc = add_listener(cfg, &l, err, errlen)) != 0)
+            return rc;
+    }
+    if (tt_addr_parse(TT_CANARY_OUTBOUND, TT_ADDR_NUMERIC, &t->canary_outbound) < 0)
+        return errf(err, errlen, "internal: %s", TT_CANARY_OUTBOUND);
+    t->canary_inbound = with_port(&t->pod_ip, TT_CANARY_INBOUND_PORT);
+    cfg->health = with_port(&t->pod_ip, TT_TRANSPARENT_HEALTH_PORT);
+    cfg->metrics = with_port(&t->pod_ip, TT_TRANSPARENT_METRICS_PORT);
+    return 0;
+}
+
 /* The checks that need the whole configuration. */
 static int check_config(struct tt_config *cfg, char *err, size_t errlen)
 {
+    int rc;
+
+    if (cfg->transparent.enabled && (rc = setup_transparent(cfg, err, errlen)) != 0)
+        return rc;
+    if (!cfg->transparent.enabled &&
+        (cfg->transparent.pod_ip.len != 0 || cfg->transparent.n_workload_ports != 0 ||
+         cfg->transparent.n_opaque_ports != 0 || cfg->transparent.outbound_deny ||
+         cfg->transparent.permissive || cfg->transparent.detect_ms != 0 ||
+         cfg->transparent.check_interval_set))
+        return errf(err, errlen,
+                    "--pod-ip, --workload-ports, --opaque-ports, --outbound-unknown, "
+                    "--inbound-mode, --inbound-detect-timeout and --capture-check-interval need "
+                    "--transparent");
+    if (cfg->n_services > 0) {
+        char serr[256];
+        struct tt_services *t = NULL;
+        if (cfg->has_control)
+            return errf(err, errlen,
+                        "--service (services) and --control exclude each other: with a control "
+                        "plane the service table comes from it");
+        t = tt_services_new(cfg->services, cfg->n_services, NULL, serr, sizeof(serr));
+        if (t == NULL)
+            return errf(err, errlen, "--service/services: %s", serr);
+        tt_services_unref(t);
+    }
     if (cfg->has_control) {
         /* Identity, trust and policy all come from the control plane. */
         if (cfg->policy_path != NULL)
@@ -933,7 +1354,7 @@ static int check_config(struct tt_config *cfg, char *err, size_t errlen)
         return errf(err, errlen,
                     "missing --trust-bundle (or identity.trust_bundle in the config file)");
     if (cfg->n_listeners == 0)
-        return errf(err, errlen, "no listeners: give --inbound or --outbound");
+        return errf(err, errlen, "no listeners: give --inbound, --outbound or --transparent");
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct tt_listener_cfg *a = &cfg->listeners[i];
 
@@ -1011,6 +1432,7 @@ int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err
 out:
     free(fl.listeners);
     free(fl.crls);
+    free(fl.services);
     return rc;
 }
 
@@ -1031,6 +1453,14 @@ void tt_config_done(struct tt_config *cfg)
     for (size_t i = 0; i < cfg->n_listeners; i++)
         free(cfg->listeners[i].expected_id);
     free(cfg->listeners);
+    free(cfg->transparent.workload_ports);
+    free(cfg->transparent.opaque_ports);
+    for (size_t i = 0; i < cfg->n_services; i++) {
+        free((char *)cfg->services[i].service);
+        free((char *)cfg->services[i].endpoint);
+        free((char *)cfg->services[i].spiffe_id);
+    }
+    free(cfg->services);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -1096,6 +1526,34 @@ void tt_config_usage(FILE *out)
         "  --idle-timeout D            close a connection idle both ways for D (default 1h)\n"
         "  --drain-timeout D           on SIGTERM, let connections finish for D; 0s closes at\n"
         "                              once (default 20s)\n"
+        "\n"
+        "Transparent mode (capture by tether-iptables; the sidecar runs as UID 1337):\n"
+        "  --transparent               listen on 15001 (outbound capture) and 15006 (inbound\n"
+        "                              capture); health (/ready, /live) on POD_IP:15021 and\n"
+        "                              metrics (/stats) on POD_IP:15020 (file key transparent)\n"
+        "  --pod-ip IP                 the pod's address (default: the namespace's first global\n"
+        "                              address; key pod_ip)\n"
+        "  --workload-ports P[,P...]   ports registered with the control plane as endpoints at\n"
+        "                              POD_IP (key workload_ports)\n"
+        "  --opaque-ports P[,P...]     server-first ports: no detection wait; in permissive mode\n"
+        "                              they stay mTLS-only (key opaque_ports)\n"
+        "  --outbound-unknown passthrough|deny\n"
+        "                              destinations outside the service table: relayed in\n"
+        "                              plaintext or refused (default passthrough; key\n"
+        "                              outbound_unknown)\n"
+        "  --inbound-mode strict|permissive\n"
+        "                              strict: mTLS only (default); permissive: plaintext callers\n"
+        "                              too, told apart by their first bytes (key inbound_mode)\n"
+        "  --inbound-detect-timeout D  permissive: a caller silent for D is plaintext (default\n"
+        "                              500ms; key inbound_detect_timeout)\n"
+        "  --capture-check-interval D  how often /ready's capture check runs: probes through\n"
+        "                              192.0.2.1:15009 and POD_IP:15008, which tether-iptables\n"
+        "                              redirects; 0s turns it off (default 5s; key\n"
+        "                              capture_check_interval)\n"
+        "  --service ADDR:PORT=SPIFFE_ID | VIP:PORT=ENDPOINT:PORT@SPIFFE_ID\n"
+        "                              a service table entry without a control plane\n"
+        "                              (repeatable; key services: [{service, endpoint,\n"
+        "                              spiffe_id}])\n"
         "\n"
         "  -h, --help                  print this text and exit\n"
         "\n"

@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "net/listener.h"
+#include "snapshot/services.h"
 
 #define TT_DEFAULT_ADMIN                "127.0.0.1:15000"
 #define TT_DEFAULT_MAX_CONNECTIONS      16384
@@ -45,7 +46,20 @@ struct tt_config {
     uint64_t drain_timeout_ms;
     struct tt_listener_cfg *listeners; /* inbound and outbound, in the order given */
     size_t n_listeners;
+    struct tt_transparent_cfg transparent; /* --transparent and its flags */
+    struct tt_addr health;                 /* transparent: pod_ip:15021 (/ready, /live) */
+    struct tt_addr metrics;                /* transparent: pod_ip:15020 (/stats) */
+    struct tt_service_entry *services;     /* --service, "services": file mode's table */
+    size_t n_services;                     /* (strings owned) */
 };
+
+#define TT_TRANSPARENT_OUTBOUND_PORT 15001
+#define TT_TRANSPARENT_INBOUND_PORT  15006
+#define TT_TRANSPARENT_METRICS_PORT  15020
+#define TT_TRANSPARENT_HEALTH_PORT   15021
+#define TT_DEFAULT_DETECT_TIMEOUT_MS 500
+#define TT_DEFAULT_CHECK_INTERVAL_MS 5000
+#define TT_CAPTURE_PROBE_TIMEOUT_MS  1000
 
 #define TT_CONFIG_HELP 1 /* tt_config_parse_args(): --help was printed */
 

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "admin/admin.h"
+#include "app/capture.h"
 #include "app/runtime.h"
 #include "control/cpclient.h"
 #include "core/buf.h"
@@ -20,6 +21,7 @@
 #include "net/listener.h"
 #include "net/worker.h"
 #include "policy/policy.h"
+#include "snapshot/services.h"
 #include "snapshot/snapshot.h"
 #include "tls/crl.h"
 #include "tls/identity.h"
@@ -34,6 +36,7 @@ struct tt_runtime {
     struct tt_worker_settings settings; /* what every worker is handed */
     struct tt_worker *workers;          /* cfg->workers */
     struct tt_metrics **worker_metrics; /* the started workers' counters, for /stats */
+    struct tt_balancer **balancers;     /* transparent: the started workers' balancers */
     unsigned n_workers;                 /* workers initialized so far */
     unsigned n_wakeable;                /* atomic: workers the publish callback may wake */
     bool workers_started;               /* main thread: start_workers ran */
@@ -48,6 +51,10 @@ struct tt_runtime {
     struct tt_cp_status admin_cp_status; /* filled for one admin request */
     uv_async_t first_snapshot;           /* control mode: start the workers */
     struct tt_admin *admin;
+    struct tt_admin *health;                 /* transparent: POD_IP:15021, /ready and /live */
+    struct tt_admin *metrics;                /* transparent: POD_IP:15020, /stats */
+    struct tt_capture *capture;              /* transparent: the capture check, or NULL */
+    struct tt_capture_status capture_status; /* filled for one admin request */
     struct tt_snapshot *admin_view_snapshot; /* held between get_view and put_view */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
@@ -100,6 +107,13 @@ static int load_files(const struct tt_config *cfg, struct tt_snapshot_update *u,
     u->identity = id;
     u->policy = policy;
     u->crls = crls;
+    if (cfg->n_services > 0) {
+        /* Checked by the configuration already; a failure here is memory. */
+        u->services = tt_services_new(cfg->services, cfg->n_services, NULL, err, errlen);
+        if (u->services == NULL)
+            goto err_policy;
+        u->replace |= TT_SNAP_SERVICES;
+    }
     warn_expired_crls(crls);
     return 0;
 
@@ -169,8 +183,12 @@ static void runtime_stop(struct tt_runtime *rt)
     tt_snapshot_slot_set_wake(&rt->slot, NULL, NULL);
     for (unsigned i = 0; i < rt->n_workers; i++)
         tt_worker_stop(&rt->workers[i]);
+    tt_capture_close(rt->capture);
+    rt->capture = NULL;
     tt_admin_close(rt->admin);
-    rt->admin = NULL;
+    tt_admin_close(rt->health);
+    tt_admin_close(rt->metrics);
+    rt->admin = rt->health = rt->metrics = NULL;
     uv_close((uv_handle_t *)&rt->first_snapshot, NULL);
     uv_close((uv_handle_t *)&rt->sig_term, NULL);
     uv_close((uv_handle_t *)&rt->sig_int, NULL);
@@ -244,6 +262,10 @@ static void admin_get_view(void *ud, struct tt_stats_view *v)
     v->draining = rt->draining;
     v->max_connections = (uint64_t)rt->settings.max_connections * rt->cfg->workers;
     v->open_files_limit = rt->nofile;
+    if (rt->cfg->transparent.enabled) {
+        v->transparent = &rt->cfg->transparent;
+        v->balancers = rt->balancers;
+    }
     if (s != NULL) {
         v->identity = s->identity;
         v->policy = s->policy;
@@ -254,6 +276,12 @@ static void admin_get_view(void *ud, struct tt_stats_view *v)
          * unreachable control plane does not make a serving sidecar unready. */
         v->ready =
             !v->draining && started && tt_now_unix() < tt_identity_leaf(s->identity)->not_after;
+    }
+    if (rt->capture != NULL) {
+        tt_capture_status(rt->capture, &rt->capture_status);
+        v->capture = &rt->capture_status;
+        /* A pod whose capture does not work must not take traffic (DESIGN.md). */
+        v->ready = v->ready && rt->capture_status.ready;
     }
     v->control_state = "none";
     if (rt->cpclient != NULL) {
@@ -356,6 +384,7 @@ static void start_workers(struct tt_runtime *rt)
             break;
         }
         rt->worker_metrics[i] = w->metrics;
+        rt->balancers[i] = w->balancer;
         rt->n_workers = i + 1;
         /* Wakeable from here on: a publish from now wakes it; one before is taken when
          * its thread starts. */
@@ -371,6 +400,16 @@ static void start_workers(struct tt_runtime *rt)
         rt->exit_code = TT_EXIT_RUNTIME;
         runtime_stop(rt);
         return;
+    }
+    if (cfg->transparent.enabled && cfg->transparent.check_interval_ms > 0) {
+        rt->capture = tt_capture_start(
+            &rt->loop, &cfg->transparent.canary_outbound, &cfg->transparent.canary_inbound,
+            cfg->transparent.check_interval_ms, TT_CAPTURE_PROBE_TIMEOUT_MS);
+        if (rt->capture == NULL) {
+            rt->exit_code = TT_EXIT_RUNTIME;
+            runtime_stop(rt);
+            return;
+        }
     }
     for (size_t l = 0; l < cfg->n_listeners; l++)
         tt_log(TT_LOG_INFO, "listening", TT_LS("listener", cfg->listeners[l].name),
@@ -418,7 +457,9 @@ static int bind_all(struct tt_runtime *rt)
 static struct tt_cpclient *make_cpclient(struct tt_runtime *rt, char *err, size_t errlen)
 {
     const struct tt_config *cfg = rt->cfg;
-    const char **inbound = calloc(cfg->n_listeners + 1, sizeof(*inbound));
+    size_t n_workload = cfg->transparent.enabled ? cfg->transparent.n_workload_ports : 0;
+    const char **inbound = calloc(cfg->n_listeners + n_workload + 1, sizeof(*inbound));
+    char(*workload)[TT_ADDR_TEXT_MAX] = calloc(n_workload + 1, sizeof(*workload));
     struct tt_cpclient_opts opts = {
         .control = &cfg->control,
         .control_bundle_path = cfg->control_bundle_path,
@@ -429,22 +470,63 @@ static struct tt_cpclient *make_cpclient(struct tt_runtime *rt, char *err, size_
     };
     struct tt_cpclient *cp;
 
-    if (inbound == NULL) {
+    if (inbound == NULL || workload == NULL) {
+        free(inbound);
+        free(workload);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     for (size_t i = 0; i < cfg->n_listeners; i++) {
-        if (cfg->listeners[i].kind == TT_LISTENER_INBOUND)
+        if (cfg->listeners[i].kind == TT_LISTENER_INBOUND && !cfg->listeners[i].transparent)
             inbound[opts.n_inbound_addresses++] = cfg->listeners[i].listen.text;
+    }
+    /* Transparent mode registers the workload's ports at the pod address: what callers
+     * dial, which the capture sends to 15006. */
+    for (size_t i = 0; i < n_workload; i++) {
+        const struct tt_addr *ip = &cfg->transparent.pod_ip;
+        char host[TT_ADDR_TEXT_MAX - 8];
+        snprintf(host, sizeof(host), "%.*s", (int)sizeof(host) - 1, ip->text);
+        char *colon = strrchr(host, ':'); /* "10.0.0.2:0" or "[fd00::2]:0" */
+        if (colon != NULL)
+            *colon = '\0';
+        snprintf(workload[i], sizeof(workload[i]), "%s:%u", host,
+                 (unsigned)cfg->transparent.workload_ports[i]);
+        inbound[opts.n_inbound_addresses++] = workload[i];
     }
     cp = tt_cpclient_new(&opts, err, errlen);
     free(inbound);
+    free(workload);
     if (cp != NULL && tt_cpclient_start(cp) < 0) {
         snprintf(err, errlen, "cannot start the control thread");
         tt_cpclient_free(cp);
         cp = NULL;
     }
     return cp;
+}
+
+/* Transparent mode: health (/ready, /live) and metrics (/stats) at the pod address, for
+ * kubelet and scrapers (tether-iptables never captures 15020 and 15021). Prints the
+ * failure. */
+static int start_pod_servers(struct tt_runtime *rt)
+{
+    const struct tt_config *cfg = rt->cfg;
+    int r = 0;
+
+    rt->health =
+        tt_admin_new_scoped(&rt->loop, &cfg->health, &admin_ops, rt, 0, TT_ADMIN_ROUTES_HEALTH, &r);
+    if (rt->health == NULL) {
+        fprintf(stderr, "tether-sidecar: cannot serve health on %s: %s\n", cfg->health.text,
+                tt_strerror(r));
+        return r;
+    }
+    rt->metrics = tt_admin_new_scoped(&rt->loop, &cfg->metrics, &admin_ops, rt, 0,
+                                      TT_ADMIN_ROUTES_METRICS, &r);
+    if (rt->metrics == NULL) {
+        fprintf(stderr, "tether-sidecar: cannot serve metrics on %s: %s\n", cfg->metrics.text,
+                tt_strerror(r));
+        return r;
+    }
+    return 0;
 }
 
 /* Runs the sidecar (see runtime.h). */
@@ -469,6 +551,7 @@ int tt_runtime_run(const struct tt_config *cfg)
         .handshake_timeout_ms = cfg->handshake_timeout_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
+        .transparent = &cfg->transparent,
     };
     if (!cfg->has_control) {
         if (load_files(cfg, &first, err, sizeof(err)) < 0) {
@@ -484,13 +567,22 @@ int tt_runtime_run(const struct tt_config *cfg)
         goto out_fds;
     rt->workers = calloc(cfg->workers, sizeof(*rt->workers));
     rt->worker_metrics = calloc(cfg->workers, sizeof(*rt->worker_metrics));
-    if (rt->workers == NULL || rt->worker_metrics == NULL || uv_loop_init(&rt->loop) < 0)
+    rt->balancers = calloc(cfg->workers, sizeof(*rt->balancers));
+    if (rt->workers == NULL || rt->worker_metrics == NULL || rt->balancers == NULL ||
+        uv_loop_init(&rt->loop) < 0)
         goto out_fds;
     rt->admin = tt_admin_new(&rt->loop, &cfg->admin, &admin_ops, rt,
                              cfg->admin_remote_control ? TT_ADMIN_F_REMOTE_CONTROL : 0, &r);
     if (rt->admin == NULL) {
         fprintf(stderr, "tether-sidecar: cannot serve --admin %s: %s\n", cfg->admin.text,
                 tt_strerror(r));
+        goto out_loop;
+    }
+    if (cfg->transparent.enabled && start_pod_servers(rt) < 0) {
+        tt_admin_close(rt->admin);
+        tt_admin_close(rt->health);
+        tt_admin_close(rt->metrics);
+        uv_run(&rt->loop, UV_RUN_DEFAULT);
         goto out_loop;
     }
     uv_async_init(&rt->loop, &rt->first_snapshot, on_first_snapshot);
@@ -560,6 +652,7 @@ out_fds:
     free(rt->listen_fds);
     free(rt->workers);
     free(rt->worker_metrics);
+    free(rt->balancers);
 out:
     tt_snapshot_slot_done(&rt->slot);
     return rt->exit_code;

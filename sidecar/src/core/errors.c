@@ -61,6 +61,12 @@ const char *tt_strerror(int err)
         return "certificate authority internal error";
     case TT_E_CONN_LIMIT:
         return "connection limit";
+    case TT_E_NOT_REDIRECTED:
+        return "not redirected by the capture rules (no original destination)";
+    case TT_E_UNKNOWN_DEST:
+        return "destination outside the mesh refused (--outbound-unknown deny)";
+    case TT_E_NO_ENDPOINT:
+        return "no endpoint of the service could be connected";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

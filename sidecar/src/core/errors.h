@@ -25,13 +25,16 @@ enum tt_err {
     TT_E_CONFIG = -1040,         /* configuration invalid */
     TT_E_SPIFFE = -1050,         /* string is not a valid SPIFFE ID */
     /* The control plane's CA refusing a certificate request (control/ca.h). */
-    TT_E_CSR = -1060,           /* not a DER PKCS#10 request */
-    TT_E_CSR_SIGNATURE = -1061, /* the request's self-signature does not verify */
-    TT_E_CSR_KEY = -1062,       /* the request's key is not EC P-256 nor RSA >= 2048 */
-    TT_E_CSR_SAN = -1063,       /* not exactly one URI SAN, or SANs of other kinds */
-    TT_E_CSR_IDENTITY = -1064,  /* the SPIFFE ID is not the one the caller's proof supports */
-    TT_E_CA_INTERNAL = -1065,   /* the CA failed: BoringSSL or allocation failure */
-    TT_E_CONN_LIMIT = -1070,    /* connection refused: --max-connections reached */
+    TT_E_CSR = -1060,            /* not a DER PKCS#10 request */
+    TT_E_CSR_SIGNATURE = -1061,  /* the request's self-signature does not verify */
+    TT_E_CSR_KEY = -1062,        /* the request's key is not EC P-256 nor RSA >= 2048 */
+    TT_E_CSR_SAN = -1063,        /* not exactly one URI SAN, or SANs of other kinds */
+    TT_E_CSR_IDENTITY = -1064,   /* the SPIFFE ID is not the one the caller's proof supports */
+    TT_E_CA_INTERNAL = -1065,    /* the CA failed: BoringSSL or allocation failure */
+    TT_E_CONN_LIMIT = -1070,     /* connection refused: --max-connections reached */
+    TT_E_NOT_REDIRECTED = -1071, /* transparent: no original destination (not redirected) */
+    TT_E_UNKNOWN_DEST = -1072,   /* transparent: non-mesh destination refused (deny) */
+    TT_E_NO_ENDPOINT = -1073,    /* transparent: no endpoint of the service could be reached */
 };
 
 /* Returns a static, human-readable description of `err` (a tt_err or a -errno). */

@@ -206,6 +206,46 @@ void tt_metrics_peer_add(struct tt_metrics *m, const char *spiffe_id, uint64_t b
     pthread_mutex_unlock(&m->lock);
 }
 
+/* Counts a destination event (metrics.h). */
+void tt_metrics_dest_add(struct tt_metrics *m, const char *key, enum tt_dest_event event)
+{
+    char k[sizeof(((struct tt_dest_counters *)0)->key)];
+    struct tt_dest_counters *d = NULL;
+
+    copy_str(k, sizeof(k), key);
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->n_dests && d == NULL; i++) {
+        if (strcmp(m->dests[i].key, k) == 0)
+            d = &m->dests[i];
+    }
+    if (d == NULL && m->n_dests >= TT_METRICS_DESTS - 1) {
+        copy_str(k, sizeof(k), PEER_OTHER);
+        for (size_t i = 0; i < m->n_dests && d == NULL; i++) {
+            if (strcmp(m->dests[i].key, k) == 0)
+                d = &m->dests[i];
+        }
+    }
+    if (d == NULL) {
+        d = &m->dests[m->n_dests++];
+        memset(d, 0, sizeof(*d));
+        copy_str(d->key, sizeof(d->key), k);
+    }
+    d->counts[event]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* Copies the destination counters (metrics.h). */
+size_t tt_metrics_dests_copy(struct tt_metrics *m, struct tt_dest_counters *out, size_t max)
+{
+    size_t n;
+
+    pthread_mutex_lock(&m->lock);
+    n = m->n_dests < max ? m->n_dests : max;
+    memcpy(out, m->dests, n * sizeof(*out));
+    pthread_mutex_unlock(&m->lock);
+    return n;
+}
+
 /* struct tt_listener_counters is made of uint64_t only (tt_hist included), so summing
  * it word by word covers every field, including ones added later. */
 _Static_assert(sizeof(struct tt_listener_counters) % sizeof(uint64_t) == 0,

@@ -73,10 +73,32 @@ struct tt_listener_counters {
     /* Descriptor shortages (net/acceptor.h). */
     uint64_t accept_failures;     /* accept(2) failed: no descriptor (EMFILE, ENFILE) or memory */
     uint64_t refused_fd_shortage; /* accepted on the reserved descriptor and reset meanwhile */
+
+    /* Transparent mode (15001, 15006). */
+    uint64_t not_redirected;   /* dialled the capture port directly, or no original dst: refused */
+    uint64_t passthrough;      /* outbound to a destination outside the mesh, relayed plaintext */
+    uint64_t unknown_denied;   /* outbound to a destination outside the mesh, refused */
+    uint64_t plaintext;        /* inbound, permissive: callers without TLS let in */
+    uint64_t endpoint_retries; /* outbound: a failed connect retried on another endpoint */
+    uint64_t canary;           /* readiness probe connections answered */
 };
 
 #define TT_METRICS_PEERS    256 /* distinct peer identities tracked per worker */
 #define TT_METRICS_FAILURES 32  /* recent handshake failures kept per worker */
+#define TT_METRICS_DESTS    256 /* distinct destinations (or ports) counted per worker */
+
+/* What happened to a connection for a destination outside the mesh, or on a port. */
+enum tt_dest_event {
+    TT_DEST_PASSTHROUGH, /* outbound, relayed plaintext: keyed by IP:PORT */
+    TT_DEST_DENIED,      /* outbound, refused (--outbound-unknown deny): keyed by IP:PORT */
+    TT_DEST_PLAINTEXT,   /* inbound, plaintext caller (permissive): keyed by port */
+    TT_DEST__COUNT,
+};
+
+struct tt_dest_counters {
+    char key[64]; /* "10.0.0.9:80" or "8080"; "other" once the table is full */
+    uint64_t counts[TT_DEST__COUNT];
+};
 
 struct tt_peer_counters {
     char id[256]; /* SPIFFE ID, truncated; "" marks a free slot; "other" overflow */
@@ -109,6 +131,8 @@ struct tt_metrics {
     pthread_mutex_t lock; /* guards peers, failures and the rules table's shape */
     struct tt_peer_counters peers[TT_METRICS_PEERS];
     size_t n_peers;
+    struct tt_dest_counters dests[TT_METRICS_DESTS]; /* under lock */
+    size_t n_dests;
     struct tt_hs_failure failures[TT_METRICS_FAILURES]; /* ring */
     size_t failures_next;
     uint64_t failures_total;
@@ -137,6 +161,14 @@ void tt_metrics_hs_failure(struct tt_metrics *m, int li, enum tt_hs_reason reaso
  * (an identity beyond TT_METRICS_PEERS distinct ones is counted under "other"). */
 void tt_metrics_peer_add(struct tt_metrics *m, const char *spiffe_id, uint64_t bytes_in,
                          uint64_t bytes_out, bool denied);
+
+/* Counts `event` for destination or port `key` (truncated to fit; beyond
+ * TT_METRICS_DESTS distinct keys counted under "other"). */
+void tt_metrics_dest_add(struct tt_metrics *m, const char *key, enum tt_dest_event event);
+
+/* Copies this worker's destination counters into out[0..max) under its lock; returns how
+ * many. Any thread. */
+size_t tt_metrics_dests_copy(struct tt_metrics *m, struct tt_dest_counters *out, size_t max);
 
 /* Makes sure every rule of `p` has counters on this worker, so that counting its verdicts
  * allocates nothing; the worker calls it when it takes a snapshot with a new policy.

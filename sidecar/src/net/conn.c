@@ -13,6 +13,8 @@
  * No SSL_ calls here: tls.c does the TLS, this file moves its bytes. */
 #include <assert.h>
 #include <errno.h>
+#include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -21,10 +23,14 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "metrics/metrics.h"
+#include "net/balancer.h"
+#include "net/canary.h"
 #include "net/conn.h"
 #include "net/listener-t.h"
+#include "net/origdst.h"
 #include "net/worker-t.h"
 #include "policy/policy.h"
+#include "snapshot/services.h"
 #include "snapshot/snapshot.h"
 #include "tls/crl.h"
 #include "tls/identity.h"
@@ -34,12 +40,16 @@
 #define TT_CONN_QUEUE_MAX (64 * 1024) /* bytes queued for a side before its source pauses */
 /* TLS 1.3 adds 22 bytes per record of at most 16 KiB (RFC 8446 §5.2): a plaintext read of
  * this size encrypts into two records that fit one slab. */
-#define TT_CONN_PLAIN_READ (TT_BUF_SLAB - 128)
-#define TT_TLS_RECORD_MAX  16384 /* most plaintext one tt_tls_read returns */
+#define TT_CONN_PLAIN_READ       (TT_BUF_SLAB - 128)
+#define TT_TLS_RECORD_MAX        16384 /* most plaintext one tt_tls_read returns */
+#define TT_CONN_CONNECT_ATTEMPTS 4     /* endpoints a balanced connection tries at most */
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void conn_free(struct tt_conn *c);
 static void relay_progress(struct tt_conn *c);
 static void conn_close(struct tt_conn *c, int err, bool reset);
+static void conn_connect_failed(struct tt_conn *c, int status);
+static void detect_done(struct tt_conn *c, const uint8_t *data, size_t n);
 
 static struct tt_listener_counters *conn_counters(struct tt_conn *c)
 {
@@ -106,8 +116,10 @@ static void on_timer(uv_timer_t *timer)
         conn_close(c, TT_E_TIMEOUT, true);
         break;
     case TT_CONN_S_CONNECTING:
-        TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
-        conn_close(c, UV_ETIMEDOUT, true);
+        conn_connect_failed(c, UV_ETIMEDOUT);
+        break;
+    case TT_CONN_S_DETECT:
+        detect_done(c, NULL, 0); /* said nothing: a server-first protocol, plaintext */
         break;
     case TT_CONN_S_RELAY: {
         /* The idle deadline slides with activity; re-arm for what is left of it. */
@@ -138,6 +150,9 @@ static void conn_enter(struct tt_conn *c, enum tt_conn_state state)
         break;
     case TT_CONN_S_CONNECTING:
         timeout = cfg->connect_timeout_ms;
+        break;
+    case TT_CONN_S_DETECT:
+        timeout = cfg->transparent->detect_ms;
         break;
     case TT_CONN_S_RELAY:
         timeout = cfg->idle_timeout_ms;
@@ -292,7 +307,7 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     struct tt_conn *c = handle->data;
     size_t avail = 0;
 
-    if (handle == (uv_handle_t *)&c->tls_side->tcp) {
+    if (c->tls_side != NULL && handle == (uv_handle_t *)&c->tls_side->tcp) {
         uint8_t *p = tt_tls_input_tail(c->tls, &avail);
         *buf = uv_buf_init((char *)p, p != NULL ? (unsigned)avail : 0);
         return;
@@ -363,6 +378,33 @@ static void tls_side_eof_settle(struct tt_conn *c, int pumped)
     }
 }
 
+static struct tt_side *other_side(struct tt_conn *c, const struct tt_side *s)
+{
+    return s == &c->down ? &c->up : &c->down;
+}
+
+/* relay_progress() of a relay without TLS (passthrough, a permissive plaintext caller):
+ * each side is read while the other's queue has room, and its FIN passed on once the
+ * other's queue drained. */
+static void plain_relay_progress(struct tt_conn *c)
+{
+    struct tt_side *sides[2] = {&c->down, &c->up};
+
+    for (int i = 0; i < 2 && c->state == TT_CONN_S_RELAY; i++)
+        side_maybe_shutdown(c, sides[i]);
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    if (c->down.read_eof && c->up.read_eof && c->down.shutdown_done && c->up.shutdown_done) {
+        conn_close(c, 0, false);
+        return;
+    }
+    for (int i = 0; i < 2 && c->state == TT_CONN_S_RELAY; i++) {
+        struct tt_side *s = sides[i];
+        side_set_reading(c, s,
+                         !s->read_eof && side_queue_len(other_side(c, s)) < TT_CONN_QUEUE_MAX);
+    }
+}
+
 /* Re-evaluates reading, FINs and completion after any event while relaying. */
 static void relay_progress(struct tt_conn *c)
 {
@@ -370,6 +412,10 @@ static void relay_progress(struct tt_conn *c)
 
     if (c->state != TT_CONN_S_RELAY)
         return;
+    if (c->plain) {
+        plain_relay_progress(c);
+        return;
+    }
     if ((tt_tls_input_len(c->tls) > 0 || ts->sock_eof) && !ts->read_eof) {
         int r = tls_pump(c);
         if (r < 0) {
@@ -401,6 +447,18 @@ static void relay_progress(struct tt_conn *c)
 }
 
 static void handshake_progress(struct tt_conn *c);
+
+/* Bytes read on side s of a plaintext relay: to the other side. */
+static void plain_relay_read(struct tt_conn *c, struct tt_side *s, const uint8_t *data, size_t n)
+{
+    int r = side_send(c, other_side(c, s), data, n);
+
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    relay_progress(c);
+}
 
 /* Ciphertext from the TLS side's socket, already in the engine's input buffer. */
 static void tls_side_read(struct tt_conn *c)
@@ -443,7 +501,18 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
         conn_close(c, UV_EOF, false);
         return;
     }
-    if (s == c->plain_side) {
+    if (c->state == TT_CONN_S_DETECT) {
+        detect_done(c, NULL, 0); /* a FIN first: no TLS; the relay sees the FIN next */
+        if (c->state != TT_CONN_S_CLOSING) {
+            s->read_eof = true;
+            c->up.want_shutdown = true;
+        }
+        return;
+    }
+    if (c->plain) {
+        s->read_eof = true;
+        other_side(c, s)->want_shutdown = true;
+    } else if (s == c->plain_side) {
         s->read_eof = true;
         if (!c->close_notify_sent) {
             c->close_notify_sent = true;
@@ -496,7 +565,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (s == &c->down)
         TT_COUNTER_ADD(conn_counters(c)->bytes_in, (uint64_t)nread);
     touch(c);
-    if (s == c->tls_side)
+    if (c->state == TT_CONN_S_DETECT)
+        detect_done(c, (const uint8_t *)buf->base, (size_t)nread);
+    else if (c->plain)
+        plain_relay_read(c, s, (const uint8_t *)buf->base, (size_t)nread);
+    else if (s == c->tls_side)
         tls_side_read(c);
     else
         plain_side_read(c, (const uint8_t *)buf->base, (size_t)nread);
@@ -508,6 +581,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 static void conn_start_relay(struct tt_conn *c)
 {
     conn_enter(c, TT_CONN_S_RELAY);
+    if (c->plain) {
+        side_start_write(c, &c->up); /* what a plaintext caller sent while detected */
+        relay_progress(c);
+        return;
+    }
     int r = tls_pump(c); /* application data that arrived with the handshake */
     if (r < 0) {
         conn_close(c, r, true);
@@ -522,29 +600,101 @@ static void on_connect(uv_connect_t *req, int status)
 {
     struct tt_conn *c = tt_container_of(req, struct tt_conn, connect_req);
 
-    if (c->state == TT_CONN_S_CLOSING)
+    /* Cancelled: the socket was closed by us (the connection ends, or a timed-out
+     * connect moves on to another endpoint), which already decided what follows. */
+    if (c->state == TT_CONN_S_CLOSING || status == UV_ECANCELED)
         return;
     if (status < 0) {
-        TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
-        side_ended(c, &c->up, status);
-        conn_close(c, status, true);
+        conn_connect_failed(c, status);
         return;
     }
-    tt_metrics_observe(&conn_counters(c)->connect_us,
-                       (uv_now(&c->worker->loop) - c->phase_ms) * 1000);
+    uint64_t connect_us = (uv_now(&c->worker->loop) - c->phase_ms) * 1000;
+    tt_metrics_observe(&conn_counters(c)->connect_us, connect_us);
+    if (c->balancer_active)
+        tt_balancer_connected(c->worker->balancer, &c->target, connect_us);
     c->up.connected = true;
     uv_tcp_nodelay(&c->up.tcp, 1);
-    if (conn_is_inbound(c))
+    if (conn_is_inbound(c) || c->plain)
         conn_start_relay(c);
     else
         conn_start_handshake(c);
 }
 
-/* Opens the TCP connection to the listener's target. */
+/* Transparent outbound to a service: picks the endpoint to try next into c->target and
+ * c->expected_id. Returns false when none is left (every endpoint tried). */
+static bool conn_pick_endpoint(struct tt_conn *c)
+{
+    int k = tt_balancer_pick(c->worker->balancer, c->service, c->tried, tt_now_ms());
+
+    if (k < 0)
+        return false;
+    c->endpoint = k;
+    c->balancer_active = true;
+    c->target = c->service->endpoints[k].addr;
+    c->expected_id = c->service->endpoints[k].spiffe_id;
+    return true;
+}
+
+static void conn_start_connect(struct tt_conn *c);
+
+/* The failed upstream socket is closed: connect to the next endpoint, unless the
+ * connection ended meanwhile. */
+static void on_retry_closed(uv_handle_t *handle)
+{
+    struct tt_conn *c = handle->data;
+
+    if (--c->pending_closes == 0 && c->state == TT_CONN_S_CLOSING) {
+        conn_free(c);
+        return;
+    }
+    if (c->state != TT_CONN_S_CLOSING)
+        conn_start_connect(c);
+}
+
+/* The upstream connect failed (status) or timed out: counted; a balanced connection
+ * ejects that endpoint and tries another one (its socket is closed first), anything else
+ * is closed. */
+static void conn_connect_failed(struct tt_conn *c, int status)
+{
+    TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
+    if (c->balancer_active) {
+        tt_balancer_failed(c->worker->balancer, &c->target, tt_now_ms());
+        c->balancer_active = false;
+        if (c->endpoint < 64)
+            c->tried |= 1ull << c->endpoint;
+        /* Bounded: endpoints past the 64th cannot be marked tried. */
+        if (++c->attempts >= TT_CONN_CONNECT_ATTEMPTS)
+            goto give_up;
+        tt_log(TT_LOG_WARN, "endpoint_connect_failed", TT_LS("listener", c->listener->cfg->name),
+               TT_LS("endpoint", c->target.text), TT_LS("spiffe_id", c->expected_id),
+               TT_LS("error", tt_strerror(status)));
+        if (conn_pick_endpoint(c)) {
+            TT_COUNTER_ADD(conn_counters(c)->endpoint_retries, 1);
+            uv_timer_stop(&c->timer);
+            c->up.open = false;
+            c->pending_closes++;
+            uv_close((uv_handle_t *)&c->up.tcp, on_retry_closed);
+            return;
+        }
+    give_up:
+        status = TT_E_NO_ENDPOINT;
+    }
+    side_ended(c, &c->up, status);
+    conn_close(c, status, true);
+}
+
+/* Opens the TCP connection to c->target (a balanced service picks it first). */
 static void conn_start_connect(struct tt_conn *c)
 {
-    const struct tt_addr *target = &c->listener->cfg->target;
-    int r = uv_tcp_init(&c->worker->loop, &c->up.tcp);
+    const struct tt_addr *target;
+    int r;
+
+    if (c->service != NULL && !c->balancer_active && !conn_pick_endpoint(c)) {
+        conn_close(c, TT_E_NO_ENDPOINT, true);
+        return;
+    }
+    target = &c->target;
+    r = uv_tcp_init(&c->worker->loop, &c->up.tcp);
     if (r < 0) {
         conn_close(c, r, true);
         return;
@@ -554,10 +704,8 @@ static void conn_start_connect(struct tt_conn *c)
     conn_enter(c, TT_CONN_S_CONNECTING);
     r = uv_tcp_connect(&c->connect_req, &c->up.tcp, (const struct sockaddr *)&target->ss,
                        on_connect);
-    if (r < 0) {
-        TT_COUNTER_ADD(conn_counters(c)->upstream_connect_failures, 1);
-        conn_close(c, r, true);
-    }
+    if (r < 0)
+        conn_connect_failed(c, r);
 }
 
 /* Inbound: consults the allow list for the verified caller. This is the one place a
@@ -565,14 +713,15 @@ static void conn_start_connect(struct tt_conn *c)
 static bool conn_authorize(struct tt_conn *c)
 {
     struct tt_snapshot *snap = c->snapshot;
-    const char *caller = tt_tls_peer_id(c->tls);
+    /* A plaintext caller (permissive mode) has no identity: no rule's "from" matches. */
+    const char *caller = c->tls != NULL ? tt_tls_peer_id(c->tls) : NULL;
     struct tt_listener_counters *lc = conn_counters(c);
     bool allowed = true;
 
     if (snap->policy != NULL) {
         struct tt_policy_verdict v;
         tt_policy_check(snap->policy, caller, tt_identity_spiffe_id(snap->identity),
-                        tt_addr_port(&c->listener->cfg->target), NULL, NULL, &v);
+                        tt_addr_port(&c->target), NULL, NULL, &v);
         tt_metrics_policy_count(c->worker->metrics, snap->policy, &v);
         allowed = v.allowed;
         c->rule = v.rule_name;
@@ -653,26 +802,174 @@ static void handshake_progress(struct tt_conn *c)
         handshake_done(c);
 }
 
-/* Starts the TLS handshake on the TLS side (inbound: server; outbound: client). */
-static void conn_start_handshake(struct tt_conn *c)
+/* Starts the TLS handshake on the TLS side (inbound: server; outbound: client), with
+ * early[0..n) the first bytes the client sent, already read (permissive detection). */
+static void conn_start_handshake_with(struct tt_conn *c, const uint8_t *early, size_t n)
 {
     bool inbound = conn_is_inbound(c);
 
     c->tls = tt_tls_new(c->snapshot->identity, inbound ? TT_TLS_SERVER : TT_TLS_CLIENT,
-                        inbound ? NULL : c->listener->cfg->expected_id);
+                        inbound ? NULL : c->expected_id);
     if (c->tls == NULL) {
         conn_close(c, -ENOMEM, true);
         return;
     }
     tt_tls_set_revocations(c->tls, c->snapshot->revocations);
     tt_tls_set_crls(c->tls, c->snapshot->crls);
-    /* Outbound: resume with the upstream's last ticket; a full handshake otherwise. */
-    if (!inbound)
+    /* Outbound: resume with the upstream's last ticket; a full handshake otherwise. A
+     * transparent listener reaches many upstreams: no ticket is shared between them. */
+    if (!inbound && !c->listener->cfg->transparent)
         tt_tls_set_resume(c->tls, &c->listener->resume);
+    if (n > 0) {
+        size_t avail = 0;
+        uint8_t *p = tt_tls_input_tail(c->tls, &avail);
+        if (p == NULL || avail < n) {
+            tt_tls_input_commit(c->tls, 0);
+            conn_close(c, -ENOMEM, true);
+            return;
+        }
+        memcpy(p, early, n);
+        tt_tls_input_commit(c->tls, n);
+    }
     conn_enter(c, TT_CONN_S_HANDSHAKE);
     side_set_reading(c, c->tls_side, true);
-    if (!inbound && c->state == TT_CONN_S_HANDSHAKE)
-        handshake_progress(c); /* the ClientHello */
+    if ((!inbound || n > 0) && c->state == TT_CONN_S_HANDSHAKE)
+        handshake_progress(c); /* our ClientHello, or the client's read already */
+}
+
+static void conn_start_handshake(struct tt_conn *c)
+{
+    conn_start_handshake_with(c, NULL, 0);
+}
+
+/* True when a and b are one IP and port (IPv4-mapped IPv6 equal to its IPv4). */
+static bool same_address(const struct tt_addr *a, const struct tt_addr *b)
+{
+    struct tt_addr_key ka, kb;
+
+    return tt_addr_key_of((const struct sockaddr *)&a->ss, &ka) &&
+           tt_addr_key_of((const struct sockaddr *)&b->ss, &kb) &&
+           memcmp(&ka, &kb, sizeof(ka)) == 0;
+}
+
+static bool port_listed(const uint16_t *ports, size_t n, uint16_t port)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ports[i] == port)
+            return true;
+    }
+    return false;
+}
+
+/* Permissive inbound: the first bytes (none: the client said nothing within the
+ * detection timeout, or sent a FIN) tell TLS from plaintext. A TLS record of type
+ * handshake (0x16, version 0x03..) is a ClientHello: the handshake proceeds with the
+ * bytes read. Anything else is a plaintext caller: counted per port, admitted by the
+ * policy's default alone (it has no identity), and relayed with those bytes first. */
+static void detect_done(struct tt_conn *c, const uint8_t *data, size_t n)
+{
+    struct tt_listener_counters *lc = conn_counters(c);
+    char port[8];
+
+    uv_timer_stop(&c->timer);
+    side_set_reading(c, &c->down, false);
+    if (c->state != TT_CONN_S_DETECT)
+        return;
+    if (n > 0 && data[0] == 0x16 && (n < 2 || data[1] == 0x03)) {
+        c->tls_side = &c->down;
+        c->plain_side = &c->up;
+        c->state = TT_CONN_S_ACCEPTED;
+        conn_start_handshake_with(c, data, n);
+        return;
+    }
+    c->plain = true;
+    c->route = "plaintext";
+    c->state = TT_CONN_S_ACCEPTED;
+    TT_COUNTER_ADD(lc->plaintext, 1);
+    snprintf(port, sizeof(port), "%u", (unsigned)tt_addr_port(&c->target));
+    tt_metrics_dest_add(c->worker->metrics, port, TT_DEST_PLAINTEXT);
+    if (n > 0 && tt_buf_append(&c->up.queued, data, n) < 0) {
+        conn_close(c, -ENOMEM, true);
+        return;
+    }
+    if (!conn_authorize(c)) {
+        conn_close(c, TT_E_DENIED, true);
+        return;
+    }
+    conn_start_connect(c);
+}
+
+/* Transparent mode: routes c by its original destination (DESIGN.md "How a connection
+ * flows"). Inbound goes to the workload at that address (the pod's, on the port the caller
+ * dialled), after detection in permissive mode; outbound to a service is balanced over
+ * its endpoints, to an endpoint dialled as is, each with its identity required; anything
+ * else passes through in plaintext or is refused (--outbound-unknown). A connection that
+ * was not redirected (the capture port dialled directly) is refused: relaying it would
+ * loop into the sidecar. Returns false when c was refused (closed). */
+static bool conn_route_transparent(struct tt_conn *c, int fd)
+{
+    const struct tt_transparent_cfg *t = conn_settings(c)->transparent;
+    struct tt_listener_counters *lc = conn_counters(c);
+    bool redirected = false;
+    int r = tt_origdst_get(fd, &c->target, &redirected);
+
+    if (r < 0 || !redirected) {
+        TT_COUNTER_ADD(lc->not_redirected, 1);
+        conn_close(c, TT_E_NOT_REDIRECTED, true);
+        return false;
+    }
+    if (conn_is_inbound(c) ? tt_addr_port(&c->target) == TT_CANARY_INBOUND_PORT
+                           : same_address(&c->target, &t->canary_outbound)) {
+        /* The capture check's probe (app/capture.h): the rules work in this direction. */
+        uv_buf_t b = uv_buf_init((char *)TT_CANARY_ANSWER, (unsigned)strlen(TT_CANARY_ANSWER));
+        TT_COUNTER_ADD(lc->canary, 1);
+        c->route = "canary";
+        c->verdict = "allow";
+        (void)uv_try_write((uv_stream_t *)&c->down.tcp, &b, 1);
+        conn_close(c, 0, false);
+        return false;
+    }
+    if (conn_is_inbound(c)) {
+        /* The workload on the port the caller dialled, over loopback: the capture rules
+         * send the proxy's own connections to its pod address back into 15006 (a pod
+         * calling itself), so relaying to the pod address would loop (README). */
+        uint16_t port = tt_addr_port(&c->target);
+        char text[32];
+        snprintf(text, sizeof(text),
+                 c->target.ss.ss_family == AF_INET6 ? "[::1]:%u" : "127.0.0.1:%u", (unsigned)port);
+        if (tt_addr_parse(text, TT_ADDR_NUMERIC, &c->target) < 0) {
+            conn_close(c, -EINVAL, true);
+            return false;
+        }
+        c->route = "mesh";
+        if (t->permissive &&
+            !port_listed(t->opaque_ports, t->n_opaque_ports, tt_addr_port(&c->target))) {
+            c->tls_side = c->plain_side = NULL; /* until the first bytes tell */
+            conn_enter(c, TT_CONN_S_DETECT);
+            side_set_reading(c, &c->down, true);
+        }
+        return c->state != TT_CONN_S_CLOSING;
+    }
+    c->service = tt_services_lookup(c->snapshot->services, (const struct sockaddr *)&c->target.ss);
+    if (c->service != NULL) {
+        c->route = "mesh";
+        return true;
+    }
+    if (t->outbound_deny) {
+        TT_COUNTER_ADD(lc->unknown_denied, 1);
+        tt_metrics_dest_add(c->worker->metrics, c->target.text, TT_DEST_DENIED);
+        c->verdict = "deny";
+        c->route = "denied";
+        conn_close(c, TT_E_UNKNOWN_DEST, true);
+        return false;
+    }
+    TT_COUNTER_ADD(lc->passthrough, 1);
+    tt_metrics_dest_add(c->worker->metrics, c->target.text, TT_DEST_PASSTHROUGH);
+    c->plain = true;
+    c->route = "passthrough";
+    c->verdict = "allow";
+    c->tls_side = c->plain_side = NULL;
+    return true;
 }
 
 /* Adopts one accepted connection from the listener (see conn.h). */
@@ -698,6 +995,9 @@ void tt_conn_accept(struct tt_listener *l, int fd)
     c->hs_reason = -1;
     c->tls_side = l->cfg->kind == TT_LISTENER_INBOUND ? &c->down : &c->up;
     c->plain_side = l->cfg->kind == TT_LISTENER_INBOUND ? &c->up : &c->down;
+    c->target = l->cfg->target;
+    c->expected_id = l->cfg->expected_id;
+    c->endpoint = -1;
     tt_buf_init(&c->down.inflight);
     tt_buf_init(&c->down.queued);
     tt_buf_init(&c->up.inflight);
@@ -733,7 +1033,11 @@ void tt_conn_accept(struct tt_listener *l, int fd)
         conn_close(c, TT_E_CONN_LIMIT, true);
         return;
     }
-    if (l->cfg->kind == TT_LISTENER_INBOUND)
+    if (l->cfg->transparent && !conn_route_transparent(c, fd))
+        return;
+    if (c->state == TT_CONN_S_DETECT)
+        return;
+    if (l->cfg->kind == TT_LISTENER_INBOUND && !c->plain)
         conn_start_handshake(c);
     else
         conn_start_connect(c);
@@ -778,6 +1082,8 @@ static void conn_account(struct tt_conn *c, int err)
 
     TT_COUNTER_ADD(lc->closed, 1);
     tt_metrics_observe(&lc->duration_us, dur_ms * 1000);
+    if (c->route != NULL && strcmp(c->route, "canary") == 0)
+        return; /* the capture check's probes, every few seconds: counted, not logged */
     if (peer_id[0] != '\0')
         tt_metrics_peer_add(c->worker->metrics, peer_id, c->down.bytes_read, c->down.bytes_written,
                             strcmp(c->verdict, "deny") == 0);
@@ -792,7 +1098,9 @@ static void conn_account(struct tt_conn *c, int err)
            TT_LS("reason", c->hs_reason >= 0 ? tt_hs_reason_name(c->hs_reason) : NULL),
            TT_LS("detail", detail[0] != '\0' ? detail : NULL),
            TT_LS("closed_by", c->closed_by != NULL ? c->closed_by : "proxy"),
-           TT_LS("reset_by", c->reset_by));
+           TT_LS("reset_by", c->reset_by), TT_LS("route", c->route),
+           TT_LS("upstream", c->listener->cfg->transparent ? c->target.text : NULL),
+           TT_LS("upstream_id", c->listener->cfg->transparent ? c->expected_id : NULL));
 }
 
 static void side_close(struct tt_conn *c, struct tt_side *s, bool reset)
@@ -817,7 +1125,7 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
     /* Outbound over TLS 1.3, our handshake completes before the upstream has checked our
      * certificate: a TLS failure before it confirmed (its alert) is a refused handshake,
      * not an allowed connection (README "Logs"). */
-    if (c->state == TT_CONN_S_RELAY && !conn_is_inbound(c) && err <= TT_E_TLS &&
+    if (c->state == TT_CONN_S_RELAY && !conn_is_inbound(c) && c->tls != NULL && err <= TT_E_TLS &&
         err >= TT_E_TLS_CLOSED && !tt_tls_peer_confirmed(c->tls)) {
         c->verdict = "error";
         conn_hs_failed(c, tt_hs_reason_from_err(err));
@@ -828,6 +1136,10 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
         c->reset_by = "proxy";
     c->state = TT_CONN_S_CLOSING;
     c->error = err;
+    if (c->balancer_active) {
+        tt_balancer_released(w->balancer, &c->target);
+        c->balancer_active = false;
+    }
     conn_account(c, err);
 
     if (c->prev != NULL)

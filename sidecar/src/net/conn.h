@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "core/buf.h"
+#include "core/util.h"
 
 struct tt_listener;
 struct tt_worker;
@@ -19,9 +20,11 @@ struct tt_snapshot;
 struct tt_tls;
 struct tt_revocations;
 struct tt_crls;
+struct tt_service;
 
 enum tt_conn_state {
     TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
+    TT_CONN_S_DETECT,     /* permissive inbound: waiting for the first bytes (TLS or not) */
     TT_CONN_S_HANDSHAKE,  /* TLS handshake with the TLS-side peer in progress */
     TT_CONN_S_CONNECTING, /* TCP connect to the upstream in progress */
     TT_CONN_S_RELAY,      /* both sides open; bytes flow until both directions end */
@@ -72,6 +75,17 @@ struct tt_conn {
     const char *reset_by;  /* "client", "upstream" or "proxy": who reset; NULL: no reset */
     bool close_notify_sent;
     char peer_addr[64];
+    /* Where the upstream side connects and who must answer there: the listener's target
+     * and expected_id, or in transparent mode what the original destination gives. */
+    struct tt_addr target;
+    const char *expected_id;          /* outbound: borrowed from the listener or the snapshot */
+    const struct tt_service *service; /* transparent outbound: the balanced service */
+    int endpoint;                     /* its endpoint picked, -1 for none */
+    uint64_t tried;                   /* endpoints that failed to connect, bit per index */
+    unsigned attempts;                /* connects that failed so far */
+    bool balancer_active;             /* the balancer counts this connection on endpoint */
+    bool plain;                       /* no TLS on either side (passthrough, plaintext) */
+    const char *route;                /* transparent: "mesh", "passthrough", "plaintext" */
 };
 
 /* Takes fd, a socket the listener just accepted (owned from here on, closed on every

@@ -24,6 +24,25 @@ struct tt_listener_cfg {
     struct tt_addr listen;
     struct tt_addr target; /* inbound: forward address; outbound: upstream */
     char *expected_id;     /* outbound: server SPIFFE ID that must answer; else NULL */
+    bool transparent;      /* target and identity come from each connection's original
+                            * destination (transparent mode's 15001 and 15006) */
+};
+
+/* Transparent mode's settings (--transparent and the flags beside it). */
+struct tt_transparent_cfg {
+    bool enabled;
+    bool outbound_deny;       /* --outbound-unknown deny: refuse non-mesh destinations */
+    bool permissive;          /* --inbound-mode permissive: plaintext callers let in too */
+    uint64_t detect_ms;       /* permissive: a silent client is plaintext after this */
+    struct tt_addr pod_ip;    /* --pod-ip, port 0 */
+    uint16_t *workload_ports; /* --workload-ports: registered as endpoints at pod_ip */
+    size_t n_workload_ports;
+    uint16_t *opaque_ports; /* --opaque-ports: server-first, no detection wait */
+    size_t n_opaque_ports;
+    struct tt_addr canary_outbound; /* net/canary.h: answered on 15001 */
+    struct tt_addr canary_inbound;  /* pod_ip:TT_CANARY_INBOUND_PORT: answered on 15006 */
+    uint64_t check_interval_ms;     /* capture check; 0: off (/ready ignores the capture) */
+    bool check_interval_set;        /* given by flag or file */
 };
 
 struct tt_worker;

@@ -14,6 +14,7 @@
 
 struct tt_conn;
 struct tt_metrics;
+struct tt_balancer;
 struct tt_snapshot;
 struct tt_snapshot_slot;
 
@@ -27,6 +28,7 @@ struct tt_worker_settings {
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;
+    const struct tt_transparent_cfg *transparent; /* never NULL; .enabled in that mode */
 };
 
 /* Bytes a socket read may deliver at once (the plaintext side's reads land in the
@@ -42,6 +44,7 @@ struct tt_worker {
     struct tt_listener *listeners; /* settings->n_listeners */
     int *listen_fds;               /* bound by the runtime, opened by the worker */
     struct tt_metrics *metrics;
+    struct tt_balancer *balancer; /* transparent outbound: this worker's endpoint state */
     struct tt_snapshot *snapshot; /* newest snapshot this worker has taken */
     uint64_t generation;          /* its generation; atomic for readers */
     struct tt_conn *conns;        /* every live connection, for drain and stop */

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "metrics/metrics.h"
+#include "net/balancer.h"
 #include "net/conn.h"
 #include "net/listener.h"
 #include "net/worker.h"
@@ -103,13 +104,18 @@ int tt_worker_init(struct tt_worker *w, unsigned index, const struct tt_worker_s
         goto err_loop;
     w->metrics = tt_metrics_new(n);
     w->listeners = calloc(n ? n : 1, sizeof(*w->listeners));
-    if (w->metrics == NULL || w->listeners == NULL) {
+    if (settings->transparent != NULL && settings->transparent->enabled)
+        w->balancer = tt_balancer_new(tt_now_ms() * 2654435761u + index + 1);
+    if (w->metrics == NULL || w->listeners == NULL ||
+        (settings->transparent != NULL && settings->transparent->enabled && w->balancer == NULL)) {
         r = -ENOMEM;
         goto err_mem;
     }
     return 0;
 
 err_mem:
+    tt_balancer_free(w->balancer);
+    w->balancer = NULL;
     tt_metrics_free(w->metrics);
     free(w->listeners);
     w->metrics = NULL;
@@ -189,6 +195,8 @@ void tt_worker_done(struct tt_worker *w)
     tt_snapshot_unref(w->snapshot);
     w->snapshot = NULL;
     tt_metrics_free(w->metrics);
+    tt_balancer_free(w->balancer);
+    w->balancer = NULL;
     for (size_t i = 0; i < w->settings->n_listeners; i++) {
         tt_tls_resume_done(&w->listeners[i].resume);
         if (w->listen_fds[i] >= 0)

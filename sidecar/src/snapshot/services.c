@@ -12,15 +12,8 @@
 #include "core/spiffe.h"
 #include "snapshot/services.h"
 
-/* An address reduced to what identifies it: IPv4-mapped IPv6 becomes IPv4. */
-struct addr_key {
-    uint8_t family; /* 4 or 6 */
-    uint8_t ip[16];
-    uint16_t port;
-};
-
 struct svc {
-    struct addr_key key;
+    struct tt_addr_key key;
     struct tt_service pub;
 };
 
@@ -34,14 +27,15 @@ struct tt_services {
 
 /* One checked builder entry. */
 struct item {
-    struct addr_key skey, ekey;
+    struct tt_addr_key skey, ekey;
     struct tt_addr saddr, eaddr;
     const char *spiffe_id;
     size_t index; /* in the builder's input, for messages and a stable order */
     bool bare;
 };
 
-static bool key_of(const struct sockaddr *sa, struct addr_key *k)
+/* The key of sa (services.h). */
+bool tt_addr_key_of(const struct sockaddr *sa, struct tt_addr_key *k)
 {
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
@@ -68,7 +62,7 @@ static bool key_of(const struct sockaddr *sa, struct addr_key *k)
     return false;
 }
 
-static int key_cmp(const struct addr_key *a, const struct addr_key *b)
+static int key_cmp(const struct tt_addr_key *a, const struct tt_addr_key *b)
 {
     if (a->family != b->family)
         return a->family < b->family ? -1 : 1;
@@ -101,11 +95,11 @@ static void services_free(struct tt_services *s)
 }
 
 /* Parses an IP-literal address with a non-zero port into out and its key. */
-static bool parse_ip(const char *text, struct tt_addr *out, struct addr_key *key)
+static bool parse_ip(const char *text, struct tt_addr *out, struct tt_addr_key *key)
 {
     if (text == NULL || tt_addr_parse(text, TT_ADDR_NUMERIC, out) < 0)
         return false;
-    key_of((const struct sockaddr *)&out->ss, key);
+    tt_addr_key_of((const struct sockaddr *)&out->ss, key);
     return key->port != 0;
 }
 
@@ -184,8 +178,8 @@ static int add_service(struct tt_services *s, const struct item *items, size_t n
             return -1;
         }
         for (size_t j = first; j < s->n_endpoints; j++) {
-            struct addr_key jk;
-            key_of((const struct sockaddr *)&s->endpoints[j].addr.ss, &jk);
+            struct tt_addr_key jk;
+            tt_addr_key_of((const struct sockaddr *)&s->endpoints[j].addr.ss, &jk);
             if (key_cmp(&jk, &it->ekey) != 0)
                 continue;
             if (strcmp(s->endpoints[j].spiffe_id, it->spiffe_id) != 0) {
@@ -288,7 +282,7 @@ const struct tt_service *tt_services_lookup(const struct tt_services *s, const s
     struct svc probe;
     const struct svc *hit;
 
-    if (s == NULL || s->n == 0 || sa == NULL || !key_of(sa, &probe.key))
+    if (s == NULL || s->n == 0 || sa == NULL || !tt_addr_key_of(sa, &probe.key))
         return NULL;
     hit = bsearch(&probe, s->svcs, s->n, sizeof(*s->svcs), svc_cmp);
     return hit != NULL ? &hit->pub : NULL;
@@ -318,9 +312,9 @@ bool tt_services_equal(const struct tt_services *a, const struct tt_services *b)
         if (key_cmp(&x->key, &y->key) != 0 || x->pub.n_endpoints != y->pub.n_endpoints)
             return false;
         for (size_t j = 0; j < x->pub.n_endpoints; j++) {
-            struct addr_key kx, ky;
-            key_of((const struct sockaddr *)&x->pub.endpoints[j].addr.ss, &kx);
-            key_of((const struct sockaddr *)&y->pub.endpoints[j].addr.ss, &ky);
+            struct tt_addr_key kx, ky;
+            tt_addr_key_of((const struct sockaddr *)&x->pub.endpoints[j].addr.ss, &kx);
+            tt_addr_key_of((const struct sockaddr *)&y->pub.endpoints[j].addr.ss, &ky);
             if (key_cmp(&kx, &ky) != 0 ||
                 strcmp(x->pub.endpoints[j].spiffe_id, y->pub.endpoints[j].spiffe_id) != 0)
                 return false;

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/util.h"
 
@@ -36,6 +37,17 @@ struct tt_service_entry {
 };
 
 struct tt_services;
+
+/* An address reduced to what identifies it: IPv4-mapped IPv6 becomes IPv4 (zeroed
+ * padding, so keys compare and hash as bytes). */
+struct tt_addr_key {
+    uint8_t family; /* 4 or 6 */
+    uint8_t ip[16];
+    uint16_t port;
+};
+
+/* Fills *k from sa (AF_INET or AF_INET6). Returns false for another family. */
+bool tt_addr_key_of(const struct sockaddr *sa, struct tt_addr_key *k);
 
 /* Builds a table from entries[0..n): entries with the same service address become that
  * service's endpoints (in the order given, duplicates of the same endpoint and identity
