@@ -29,6 +29,7 @@ is stopped by pid and every namespace deleted by name on the way out."""
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -364,11 +365,16 @@ def test(env):
         cap = stats("b")["transparent"]["capture"]
         ok(cap["ready"] and cap["outbound"] == "ok" and cap["inbound"] == "ok",
            "B's capture check passes with the rules in place (%r)" % cap)
-        for direction, chain, name, port in (
-                ("outbound", "TETHER_REDIRECT", "outbound-redirect", 15001),
-                ("inbound", "TETHER_IN_REDIRECT", "inbound-redirect", 15006)):
-            in_ns(ns("b"), "iptables", "-t", "nat", "-D", chain, "-p", "tcp", "-m", "comment",
-                  "--comment", "tether:" + name, "-j", "REDIRECT", "--to-ports", str(port))
+        for direction, name in (("outbound", "outbound-redirect"),
+                                ("outbound", "outbound-capture"),
+                                ("inbound", "inbound-redirect")):
+            # Delete the rule as iptables-save shows it ("-A ..." becomes "-D ...").
+            saved = in_ns(ns("b"), "iptables-save", "-t", "nat").stdout.decode()
+            spec = [ln for ln in saved.splitlines() if '"tether:%s"' % name in ln]
+            ok(len(spec) == 1, "one rule %s in the table (%r)" % (name, spec))
+            args = shlex.split(spec[0])
+            args[0] = "-D"
+            in_ns(ns("b"), "iptables", "-t", "nat", *args)
             t0 = time.monotonic()
             h.wait_for(lambda: http(ns("b"), "http://127.0.0.1:15000/ready")[0] == "503", 5,
                        what="/ready fails without %s" % name)

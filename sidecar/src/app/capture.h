@@ -2,7 +2,7 @@
  * "Transparent mode"): the sidecar runs without capabilities and cannot read the rule
  * table, so it checks the capture by its effect. At start and every interval it connects,
  * as itself (UID 1337), to the outbound canary (192.0.2.1:15009, which tether-iptables
- * sends through the same REDIRECT to 15001 as the workload's traffic) and to its own pod
+ * sends through the workload's own capture rules to 15001) and to its own pod
  * address on the inbound canary port (15008, sent through the REDIRECT to 15006); the
  * sidecar's listeners answer a canary connection with TT_CANARY_ANSWER. A direction whose
  * probe does not get that answer within the timeout has failed, and /ready fails with
