@@ -3,8 +3,8 @@
 
 A "hub" namespace holds a bridge; pods A (caller), B (server), C (caller not on B's
 allow list) and D (second replica of a service, permissive) hang off it by veth pairs
-(10.88.0.0/24). Each pod runs deploy/iptables/tether-iptables (branch ipt; TT_IPTABLES
-or ../wt-ipt) and a sidecar in --transparent mode as UID 1337 with certificates from
+(10.88.0.0/24). Each pod runs deploy/iptables/tether-iptables (or $TT_IPTABLES) and a
+sidecar in --transparent mode as UID 1337 with certificates from
 CertFactory and a service table given by --service (no control plane); workloads and
 clients run as UID 4242 and dial plain addresses. Proves, as the attacker or the
 unchanged workload would see it:
@@ -42,7 +42,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT_CANDIDATES = [
     os.environ.get("TT_IPTABLES", ""),
     os.path.join(HERE, "..", "..", "deploy", "iptables", "tether-iptables"),
-    "/work/wt-ipt/deploy/iptables/tether-iptables",
 ]
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 WORKLOAD = ["setpriv", "--reuid", "4242", "--regid", "4242", "--clear-groups"]
