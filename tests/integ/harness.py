@@ -443,11 +443,12 @@ class HttpBackend:
 
 
 class TlsServer:
-    """A TLS server (Python ssl) with a given certificate: for wrong-identity tests.
-    Requires a client certificate when ca is given. Sends `greeting` after the
-    handshake and echoes."""
+    """A TLS server (Python ssl) with a given certificate: for wrong-identity tests and
+    fake peers. Requires a client certificate when ca is given. Sends `greeting` after the
+    handshake, echoes, and keeps in `received` every byte a client sent after its
+    handshake. Listens on 127.0.0.1:port (0: any free port)."""
 
-    def __init__(self, cert, ca=None, greeting=b"HELLO-FROM-TLS-SERVER\n"):
+    def __init__(self, cert, ca=None, greeting=b"HELLO-FROM-TLS-SERVER\n", port=0):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert.crt, cert.key)
         if ca:
@@ -455,9 +456,10 @@ class TlsServer:
             self.ctx.verify_mode = ssl.CERT_REQUIRED
         self.greeting = greeting
         self.handshakes = 0
+        self.received = b""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._loop, daemon=True).start()
@@ -484,6 +486,7 @@ class TlsServer:
                 d = s.recv(65536)
                 if not d:
                     break
+                self.received += d
                 s.sendall(d)
         except (OSError, ssl.SSLError):
             pass
@@ -491,6 +494,10 @@ class TlsServer:
             c.close()
 
     def stop(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the port is free
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
@@ -992,6 +999,30 @@ class Control(Proc):
 
     def events(self, name):
         return [r for r in self.logs() if r.get("event") == name]
+
+
+# Debian's python3-grpcio and python3-grpc-tools (DEPS.md) live with the system python,
+# which is not necessarily the one running the tests.
+DEBIAN_PYTHON = "/usr/bin/python3"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def grpc_stubs(env):
+    """Python gRPC stubs generated from proto/tether/v1/tether.proto into the Env's
+    directory; returns that directory (for DEBIAN_PYTHON's sys.path). Exits with SKIP when
+    DEBIAN_PYTHON cannot import grpc and grpc_tools."""
+    r = subprocess.run([DEBIAN_PYTHON, "-c", "import grpc, grpc_tools.protoc"],
+                       capture_output=True)
+    if r.returncode != 0:
+        print("SKIP: %s cannot import grpc and grpc_tools (apt-get install python3-grpcio "
+              "python3-grpc-tools; deploy/install-deps.sh does)" % DEBIAN_PYTHON)
+        sys.exit(SKIP)
+    stubs = env.path("stubs")
+    os.makedirs(stubs)
+    proto = os.path.join(REPO_ROOT, "proto")
+    run([DEBIAN_PYTHON, "-m", "grpc_tools.protoc", "-I", proto, "--python_out", stubs,
+         "--grpc_python_out", stubs, os.path.join(proto, "tether", "v1", "tether.proto")])
+    return stubs
 
 
 class Env:

@@ -23,10 +23,8 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,63 +35,12 @@ CONTROL_ID = "spiffe://%s/ns/tether-system/sa/tether-control" % TD
 ADMIN_ID = "spiffe://%s/ns/tether-system/sa/tether-admin" % TD
 
 
-class RogueControl:
-    """A TLS server on the control plane's address presenting `cert`: it records whether
-    a client that finished the handshake sent any bytes (a gRPC client starts with the
-    HTTP/2 preface "PRI * HTTP/2.0")."""
-
-    def __init__(self, port, cert):
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert.crt, cert.key)
-        self.handshakes = 0
-        self.received = b""
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(16)
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
-        c.settimeout(5)
-        try:
-            s = self.ctx.wrap_socket(c, server_side=True)
-            self.handshakes += 1
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                self.received += d
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            c.close()
-
-    def stop(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the port is free
-        except OSError:
-            pass
-        self.sock.close()
-
-
-def tls_echo(port, cert, ca_crt):
-    """One request through the inbound listener with a client certificate; returns what
-    came back (b"" when refused)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.load_cert_chain(cert.crt, cert.key)
+def tls_echo(port, cert):
+    """One line through the inbound listener with a client certificate; returns what came
+    back up to the first newline (b"" when refused)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            with ctx.wrap_socket(raw) as s:
+        with h.connect(port, timeout=5) as raw:
+            with h.tls_client_ctx(cert).wrap_socket(raw) as s:
                 s.sendall(b"hello through the mesh\n")
                 got = b""
                 while b"\n" not in got:
@@ -199,7 +146,7 @@ def test(env):
     api = env.cp_sidecar("api", ctl, api_id, ctl.token(api_id, "api"),
                          inbound=[(in_port, echo.addr)], workers=1)
     intruder = env.certs.leaf("intruder", ca, [h.spiffe("shop", "intruder")])
-    got = h.wait_for(lambda: tls_echo(in_port, intruder, ca.crt) or None, 10,
+    got = h.wait_for(lambda: tls_echo(in_port, intruder) or None, 10,
                      what="the caller to get through before its revocation")
     ok(got.startswith(b"hello through the mesh"), "before the revocation it gets through")
     ctl.stop()
@@ -211,11 +158,13 @@ def test(env):
     h.wait_for(lambda: any(e.get("spiffe_id") == api_id and
                            (e.get("acked_version") or 0) >= version for e in ctl.sidecars()),
                15, what="the revocation to be acked")
-    ok(tls_echo(in_port, intruder, ca.crt) == b"", "revoked, the intruder is refused")
+    ok(tls_echo(in_port, intruder) == b"", "revoked, the intruder is refused")
 
     # 4. A fake control plane with the revoked certificate on the control plane's address.
     ctl.stop()
-    fake = RogueControl(ctl.sidecar_port, rogue)
+    # It records whether a client that finished the handshake sent any bytes (a gRPC
+    # client starts with the HTTP/2 preface "PRI * HTTP/2.0").
+    fake = h.TlsServer(rogue, greeting=b"", port=ctl.sidecar_port)
     try:
         h.wait_for(lambda: any("revoked" in e.get("error", "") and rogue.serial() in
                                e.get("error", "") for e in api.events("control_unreachable")),
@@ -242,7 +191,7 @@ def test(env):
     ok(intruder.serial() not in [x["serial"] for x in
                                  ctl.ctl("revocations", as_json=True)["revocations"]],
        "the restored control plane has forgotten the intruder's revocation")
-    ok(tls_echo(in_port, intruder, ca.crt) == b"",
+    ok(tls_echo(in_port, intruder) == b"",
        "the sidecar still refuses the intruder: its revocations only grow")
     ok(api.alive() and ctl.alive(), "all processes still running")
     ok.done()

@@ -33,8 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-DEBIAN_PYTHON = "/usr/bin/python3"  # DEPS.md: Debian's python3-grpcio lives there
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEBIAN_PYTHON = h.DEBIAN_PYTHON
 GRACE_S = 3
 
 
@@ -166,23 +165,9 @@ def listed(cp, address, source):
     return [e for e in doc["services"] if e["address"] == address and e["source"] == source]
 
 
-def have_grpc():
-    r = subprocess.run([DEBIAN_PYTHON, "-c", "import grpc, grpc_tools.protoc"],
-                       capture_output=True)
-    return r.returncode == 0
-
-
 def test(env):
     check = h.Checks()
-    if not have_grpc():
-        print("SKIP: %s cannot import grpc and grpc_tools (apt-get install python3-grpcio "
-              "python3-grpc-tools; deploy/install-deps.sh does)" % DEBIAN_PYTHON)
-        sys.exit(h.SKIP)
-    stubs = env.path("stubs")
-    os.makedirs(stubs)
-    h.run([DEBIAN_PYTHON, "-m", "grpc_tools.protoc", "-I", os.path.join(ROOT, "proto"),
-           "--python_out", stubs, "--grpc_python_out", stubs,
-           os.path.join(ROOT, "proto", "tether", "v1", "tether.proto")])
+    stubs = h.grpc_stubs(env)
 
     r = subprocess.run([env.control_bin, "--state-dir", env.path("bad-state"),
                         "--registration-grace", "soon"], capture_output=True, text=True,

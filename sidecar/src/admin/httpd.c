@@ -39,8 +39,13 @@
 #define HTTPD_VALUE_MAX  1024 /* a captured header's value; longer -> 431 */
 
 /* The headers handed to routes (tt_httpd_request), by index into httpd_client.hdrs. */
-static const char *const captured_names[] = {"host", "authorization", "origin", "content-type"};
-#define HTTPD_N_CAPTURED 4
+enum httpd_captured { HDR_HOST, HDR_AUTHORIZATION, HDR_ORIGIN, HDR_CONTENT_TYPE, HTTPD_N_CAPTURED };
+static const char *const captured_names[HTTPD_N_CAPTURED] = {
+    [HDR_HOST] = "host",
+    [HDR_AUTHORIZATION] = "authorization",
+    [HDR_ORIGIN] = "origin",
+    [HDR_CONTENT_TYPE] = "content-type",
+};
 
 enum httpd_client_state {
     HTTPD_C_S_READING, /* parsing requests and answering each in order */
@@ -508,10 +513,10 @@ static void route_request(struct httpd_client *c, bool close)
         .body_len = c->body_len,
         .head = c->parser.method == HTTP_HEAD,
         .peer_identity = c->peer_identity,
-        .host = captured(c, 0),
-        .authorization = captured(c, 1),
-        .origin = captured(c, 2),
-        .content_type = captured(c, 3),
+        .host = captured(c, HDR_HOST),
+        .authorization = captured(c, HDR_AUTHORIZATION),
+        .origin = captured(c, HDR_ORIGIN),
+        .content_type = captured(c, HDR_CONTENT_TYPE),
     };
     struct tt_httpd_response resp = {0};
     struct http_parser_url u;
