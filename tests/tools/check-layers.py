@@ -22,7 +22,7 @@ LIBS = {
                   ["sidecar/src/tls/", "control/ca.c", "control/store_tokens.c"]),
     "libuv": (re.compile(r"/uv\.h$|/uv/"),
               ["sidecar/src/net/", "sidecar/src/admin/", "sidecar/src/app/", "sidecar/main.c",
-               "control/main.c", "control/api.c", "control/tls_acceptor.c",
+               "control/main.c", "control/api.c", "control/tls_acceptor.c", "control/webhook.c",
                "control/sidecar_api.c"]),
     "jansson": (re.compile(r"/jansson(_config)?\.h$"),
                 ["sidecar/src/policy/", "sidecar/src/admin/", "sidecar/src/app/",
