@@ -348,6 +348,11 @@ def test(env):
     ok(rc == 1 and "/spec/initContainers/1/sidecarMode: unknown field" in out and
        "/spec/initContainers/0/securityContext/runAsUser" in out,
        "the validator fails an unknown field and a wrong type:\n" + out)
+    # Under ASan: no report from the control plane on its way out (leaks included).
+    c.stop(timeout=15)
+    err = c.stderr()
+    ok("Sanitizer" not in err and "runtime error:" not in err,
+       "tether-control exits clean: %s" % err[err.find("Sanitizer") - 200:][:1500])
     ok.done()
 
 
