@@ -160,8 +160,9 @@ bad:
     return -EINVAL;
 }
 
-/* Parses a Kubernetes quantity ("100m", "1.5", "128Mi", "1e3", "2G") into *out. Returns
- * 0 or -EINVAL. Pure. */
+/* Parses a Kubernetes quantity ("100m", "1.5", "128Mi", "1e3", "2G": a decimal number,
+ * then a binary or decimal suffix or a decimal exponent) into *out. Returns 0 for a
+ * positive finite quantity, else -EINVAL. Pure. */
 static int parse_quantity(const char *s, double *out)
 {
     static const struct {
@@ -182,41 +183,43 @@ static int parse_quantity(const char *s, double *out)
                {"Pi", 1125899906842624.0},
                {"Ei", 1152921504606846976.0}};
     const char *p = s;
-    int digits = 0;
-    char *end;
-    double v;
+    size_t digits = 0;
+    char num[64];
+    double v, mult = -1;
 
     if (*p == '+')
         p++;
-    while ((*p >= '0' && *p <= '9') || *p == '.') {
-        if (*p != '.')
-            digits++;
+    while (*p >= '0' && *p <= '9')
+        p++, digits++;
+    if (*p == '.') {
         p++;
+        while (*p >= '0' && *p <= '9')
+            p++, digits++;
     }
-    if (digits == 0 || strchr(strchr(s, '.') ? strchr(s, '.') + 1 : "", '.'))
+    if (digits == 0 || (size_t)(p - s) >= sizeof(num))
         return -EINVAL;
-    v = strtod(s, &end);
-    if (end != p)
-        return -EINVAL;
-    if (*p == 'e' || *p == 'E') {
-        char *e2;
-        long ex = strtol(p + 1, &e2, 10);
-        if (e2 == p + 1 || *e2 || ex > 18 || ex < -9 ||
-            (p[1] != '+' && p[1] != '-' && (p[1] < '0' || p[1] > '9')))
+    memcpy(num, s, p - s);
+    num[p - s] = '\0';
+    v = strtod(num, NULL);
+    if ((p[0] == 'e' || p[0] == 'E') && p[1] && strchr("+-0123456789", p[1])) {
+        /* A decimal exponent, e.g. 1e3; a bare E is the exa suffix. */
+        const char *e = p + 1 + (p[1] == '+' || p[1] == '-');
+        int ex = 0;
+        if (*e == '\0' || strspn(e, "0123456789") != strlen(e) || strlen(e) > 2)
             return -EINVAL;
-        double m = 1;
-        for (long i = 0; i < (ex < 0 ? -ex : ex); i++)
-            m *= 10;
-        *out = ex < 0 ? v / m : v * m;
-        return *out > 0 ? 0 : -EINVAL;
+        ex = atoi(e) * (p[1] == '-' ? -1 : 1);
+        mult = 1;
+        for (int i = 0; i < (ex < 0 ? -ex : ex); i++)
+            mult = ex < 0 ? mult / 10 : mult * 10;
+    } else {
+        for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++)
+            if (strcmp(p, sfx[i].sfx) == 0)
+                mult = sfx[i].mult;
     }
-    for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
-        if (strcmp(p, sfx[i].sfx) == 0) {
-            *out = v * sfx[i].mult;
-            return *out > 0 ? 0 : -EINVAL;
-        }
-    }
-    return -EINVAL;
+    if (mult < 0)
+        return -EINVAL;
+    *out = v * mult;
+    return *out > 0 && *out < 1e30 ? 0 : -EINVAL;
 }
 
 /* The string value of annotation key in annotations (an object or NULL), or NULL. */

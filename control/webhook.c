@@ -72,7 +72,7 @@ int cp_webhook_review(const char *body, size_t len, const struct cp_inject_opts 
 {
     json_error_t jerr;
     json_t *doc, *rq, *object, *patch = NULL, *kind, *resource;
-    const char *uid, *api, *k, *op;
+    const char *uid, *api, *k, *op, *res;
     char msg[600], why[500];
     enum cp_inject_verdict v;
     int status = 200;
@@ -105,12 +105,8 @@ int cp_webhook_review(const char *body, size_t len, const struct cp_inject_opts 
     resource = json_object_get(rq, "resource");
     /* Only the creation of a pod is injected; the webhook's rules ask for nothing else,
      * so anything else is let through untouched. */
-    if ((op && strcmp(op, "CREATE") != 0) ||
-        (resource && (!json_is_object(resource) ||
-                      strcmp(json_string_value(json_object_get(resource, "resource"))
-                                 ? json_string_value(json_object_get(resource, "resource"))
-                                 : "",
-                             "pods") != 0)) ||
+    res = json_string_value(json_object_get(resource, "resource"));
+    if ((op && strcmp(op, "CREATE") != 0) || (resource && (!res || strcmp(res, "pods") != 0)) ||
         json_object_get(rq, "subResource")) {
         snprintf(reason, reasonlen, "not the creation of a pod: let through");
         *out = review_response(uid, true, NULL, NULL);

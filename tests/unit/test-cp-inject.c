@@ -305,6 +305,23 @@ static void test_inject_annotations(void **state)
     json_decref(out);
     json_decref(pod);
 
+    /* Quantities in every form Kubernetes takes. */
+    pod = pod_with("\"tether.io/proxy-cpu\":\"1e-1\",\"tether.io/proxy-cpu-limit\":\"1.5\","
+                   "\"tether.io/proxy-memory\":\"+64M\",\"tether.io/proxy-memory-limit\":"
+                   "\"0.5Gi\"");
+    if (inject(pod, &out, why) != CP_INJECT_INJECTED)
+        fail_msg("%s", why);
+    {
+        json_t *want = load("{\"requests\":{\"cpu\":\"1e-1\",\"memory\":\"+64M\"},\"limits\":{"
+                            "\"cpu\":\"1.5\",\"memory\":\"0.5Gi\"}}");
+        assert_true(json_equal(
+            want, json_object_get(init_named(json_object_get(out, "spec"), "tether-proxy"),
+                                  "resources")));
+        json_decref(want);
+    }
+    json_decref(out);
+    json_decref(pod);
+
     /* Only some inbound ports captured; strict mode says nothing. */
     pod = pod_with("\"tether.io/include-inbound-ports\":\"81\",\"tether.io/inbound-mode\":"
                    "\"strict\",\"tether.io/proxy-cpu-limit\":\"500m\"");
@@ -354,6 +371,12 @@ static void test_inject_annotation_refusals(void **state)
         {"\"tether.io/proxy-cpu\":\"0\"", "tether.io/proxy-cpu"},
         {"\"tether.io/proxy-memory\":\"1Qi\"", "tether.io/proxy-memory"},
         {"\"tether.io/proxy-memory-limit\":\"1..2\"", "tether.io/proxy-memory-limit"},
+        {"\"tether.io/proxy-memory-limit\":\"1e\"", "tether.io/proxy-memory-limit"},
+        {"\"tether.io/proxy-memory-limit\":\"1e3x\"", "tether.io/proxy-memory-limit"},
+        {"\"tether.io/proxy-memory-limit\":\".\"", "tether.io/proxy-memory-limit"},
+        {"\"tether.io/proxy-memory-limit\":\"1 Gi\"", "tether.io/proxy-memory-limit"},
+        {"\"tether.io/proxy-cpu\":\"2e0\",\"tether.io/proxy-cpu-limit\":\"1500m\"",
+         "tether.io/proxy-cpu: 2e0 is above tether.io/proxy-cpu-limit 1500m"},
         {"\"tether.io/proxy-cpu\":\"1\",\"tether.io/proxy-cpu-limit\":\"500m\"",
          "tether.io/proxy-cpu: 1 is above tether.io/proxy-cpu-limit 500m"},
         {"\"tether.io/proxy-memory\":\"1Gi\",\"tether.io/proxy-memory-limit\":\"1G\"",
