@@ -26,6 +26,7 @@
 #include "core/util.h"
 #include "operator_token.h"
 #include "sidecar_api.h"
+#include "webhook.h"
 
 #define EXIT_RUNTIME      1
 #define EXIT_USAGE        2
@@ -83,6 +84,15 @@ static const char usage[] =
     "                             it serves outlives its Watch stream (default 60s; 0 for\n"
     "                             none); the same identity reconnecting keeps it, another\n"
     "                             identity may take the address once the stream is gone\n"
+    "  --listen-webhook ADDR:PORT the sidecar-injection admission webhook, POST /inject\n"
+    "                             over HTTPS with the serving certificate (off by default;\n"
+    "                             in Kubernetes 0.0.0.0:15017 behind Service port 443)\n"
+    "  --sidecar-image IMAGE      the image the webhook injects (default " CP_INJECT_DEFAULT_IMAGE
+    ")\n"
+    "  --inject-control-address HOST:PORT  the sidecar API as injected sidecars reach it\n"
+    "                             (default " CP_INJECT_DEFAULT_CONTROL ")\n"
+    "  --jwt-audience AUD         the audience of the service-account tokens sidecars\n"
+    "                             present (default " CP_INJECT_DEFAULT_AUDIENCE ")\n"
     "  --log-level LEVEL          debug, info, warn, error (default info)\n"
     "  -h, --help                 this text\n";
 
@@ -102,6 +112,7 @@ struct flags {
     const char *ca_cert, *ca_key, *ca_chain;
     const char *log_level;
     const char *registration_grace;
+    const char *listen_webhook, *sidecar_image, *inject_control_address, *jwt_audience;
 };
 
 /* One --listen-api. With mTLS, `acceptor` terminates TLS on its own threads and queues
@@ -118,7 +129,7 @@ struct api_listener {
 /* A connection on its way from an acceptor's loop thread to this loop's thread. */
 struct handoff {
     struct handoff *next;
-    struct api_listener *l;
+    struct api_listener *l; /* NULL: for the webhook */
     int fd;
     char peer_id[TT_SPIFFE_MAX + 1];
 };
@@ -135,6 +146,8 @@ struct control {
     pthread_mutex_t handoff_lock; /* guards handoffs */
     struct handoff *handoffs;
     struct cp_sidecar_api *sidecars;
+    struct cp_webhook *webhook; /* --listen-webhook, or NULL */
+    struct cp_tls_acceptor *webhook_acceptor;
     uv_timer_t reg_timer;                       /* drops registrations past their grace period */
     char operator_token[CP_OPERATOR_TOKEN_MAX]; /* the loopback APIs' credential */
 };
@@ -165,6 +178,10 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--ca-chain", offsetof(struct flags, ca_chain)},
         {"--log-level", offsetof(struct flags, log_level)},
         {"--registration-grace", offsetof(struct flags, registration_grace)},
+        {"--listen-webhook", offsetof(struct flags, listen_webhook)},
+        {"--sidecar-image", offsetof(struct flags, sidecar_image)},
+        {"--inject-control-address", offsetof(struct flags, inject_control_address)},
+        {"--jwt-audience", offsetof(struct flags, jwt_audience)},
     };
 
     for (int i = 1; i < argc; i++) {
@@ -263,7 +280,13 @@ static void on_handoff(uv_async_t *as)
     }
     for (struct handoff *h = rev, *next; h != NULL; h = next) {
         next = h->next;
-        if (h->l->api == NULL) {
+        if (h->l == NULL) {
+            int r = c->webhook ? cp_webhook_adopt_fd(c->webhook, h->fd) : (close(h->fd), 0);
+
+            if (r < 0)
+                tt_log(TT_LOG_WARN, "webhook_connection_refused",
+                       TT_LS("error", r == -EBUSY ? "too many clients" : strerror(-r)));
+        } else if (h->l->api == NULL) {
             close(h->fd);
         } else {
             /* The acceptor's relay ends when the HTTP side closes its end. */
@@ -293,6 +316,10 @@ static void apis_stop(struct control *c)
 {
     for (size_t i = 0; i < c->n_apis; i++)
         api_listener_stop(&c->apis[i]);
+    cp_tls_acceptor_free(c->webhook_acceptor);
+    c->webhook_acceptor = NULL;
+    cp_webhook_close(c->webhook);
+    c->webhook = NULL;
     if (c->handoff_init) {
         on_handoff(&c->handoff_async); /* every api is NULL now: closes what is queued */
         uv_close((uv_handle_t *)&c->handoff_async, on_handle_close);
@@ -460,6 +487,89 @@ fail:
     return EXIT_RUNTIME;
 }
 
+/* The webhook presents the sidecar API's serving certificate (its DNS names from
+ * --serving-name: the Service's, tether-control.tether-system.svc, by default). */
+static struct tt_identity *webhook_identity(void *ud, char *err, size_t errlen)
+{
+    struct control *c = ud;
+
+    return cp_sidecar_api_serving_identity(c->sidecars, err, errlen);
+}
+
+/* The acceptor's loop thread finished a handshake on --listen-webhook: queue the
+ * connection for this loop's thread. */
+static void on_webhook_accept(void *ud, int app_fd, const char *peer_id, const char *serial,
+                              const char *peer_addr)
+{
+    struct control *c = ud;
+    struct handoff *h = calloc(1, sizeof(*h));
+
+    if (h == NULL) {
+        close(app_fd);
+        return;
+    }
+    h->fd = app_fd;
+    pthread_mutex_lock(&c->handoff_lock);
+    h->next = c->handoffs;
+    c->handoffs = h;
+    pthread_mutex_unlock(&c->handoff_lock);
+    uv_async_send(&c->handoff_async);
+}
+
+static void on_webhook_shed(void *ud, const char *reason)
+{
+    struct control *c = ud;
+
+    cp_store_count_refusal(c->store, reason);
+}
+
+/* Starts --listen-webhook when given: the webhook on this loop behind a TLS acceptor
+ * (server authentication only: the API server presents no client certificate unless
+ * configured to, and one that chains to our CA is verified). Returns 0 or EXIT_RUNTIME
+ * (after a message). */
+static int start_webhook(struct control *c, const struct flags *f, const struct tt_addr *addr)
+{
+    struct cp_inject_opts io = {.image = f->sidecar_image,
+                                .control_address = f->inject_control_address,
+                                .trust_domain = f->trust_domain,
+                                .jwt_audience = f->jwt_audience};
+    struct cp_tls_acceptor_opts to = {
+        .listen = addr,
+        .role = TT_TLS_SERVER_OPTIONAL_CLIENT,
+        .identity = webhook_identity,
+        .on_accept = on_webhook_accept,
+        .count = on_webhook_shed,
+        .ud = c,
+        .name = "webhook",
+        .flag = "--listen-webhook",
+        .max_conns = API_MAX_CONNS,
+        .max_per_source = API_MAX_CONNS,
+    };
+    char err[1024] = "";
+
+    if (f->listen_webhook == NULL)
+        return 0;
+    c->webhook = cp_webhook_new(c->loop, &io, c->ca, err, sizeof(err));
+    if (c->webhook == NULL)
+        goto fail;
+    if (!c->handoff_init) {
+        uv_async_init(c->loop, &c->handoff_async, on_handoff);
+        c->handoff_async.data = c;
+        c->handoff_init = true;
+    }
+    c->webhook_acceptor = cp_tls_acceptor_new(&to, err, sizeof(err));
+    if (c->webhook_acceptor == NULL)
+        goto fail;
+    tt_log(TT_LOG_INFO, "webhook_listening", TT_LS("addr", f->listen_webhook),
+           TT_LI("port", cp_tls_acceptor_port(c->webhook_acceptor)),
+           TT_LS("image", f->sidecar_image ? f->sidecar_image : CP_INJECT_DEFAULT_IMAGE));
+    return 0;
+fail:
+    tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
+    fprintf(stderr, "tether-control: --listen-webhook: %s\n", err);
+    return EXIT_RUNTIME;
+}
+
 /* Revokes the certificates for reserved identities that the workload signing path issued
  * before it refused them (store.h: cp_store_revoke_reserved), saying how many. Returns 0 or
  * EXIT_RUNTIME after a message. */
@@ -606,7 +716,7 @@ int main(int argc, char **argv)
     struct cp_sidecar_api_opts so = {0};
     const char *names[MAX_SERVING_NAMES + 1];
     char listen_host[300];
-    struct tt_addr sidecar_addr;
+    struct tt_addr sidecar_addr, webhook_addr;
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
     uint64_t ttl_ms, grace_ms, tick_ms;
@@ -638,6 +748,9 @@ int main(int argc, char **argv)
     if (rc != 0)
         return die_usage("--listen-sidecars: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
                          f.listen_sidecars);
+    if (f.listen_webhook != NULL && tt_addr_parse(f.listen_webhook, 1, &webhook_addr) != 0)
+        return die_usage("--listen-webhook: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
+                         f.listen_webhook);
     rc = serving_names(&f, listen_host, sizeof(listen_host), names, &so.n_serving_names);
     if (rc != 0)
         return rc;
@@ -728,6 +841,8 @@ int main(int argc, char **argv)
     if (rc != 0)
         goto out_lock;
     rc = start_apis(&c, &f);
+    if (rc == 0)
+        rc = start_webhook(&c, &f, &webhook_addr);
     if (rc != 0) {
         apis_stop(&c);
         cp_sidecar_api_free(c.sidecars);

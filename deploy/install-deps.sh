@@ -7,11 +7,14 @@ packages=(
   # build
   android-libboringssl-dev libuv1-dev libnghttp2-dev libjansson-dev libgrpc-dev
   libcmocka-dev libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev
+  libyaml-dev
   meson ninja-build pkg-config gcc
   # run and test
   openssl ca-certificates curl python3 iproute2 procps haproxy nginx libnginx-mod-stream
   # a standard gRPC client for the control plane's interop test (DEPS.md)
   python3-grpcio python3-grpc-tools
+  # YAML reader for the injection test's independent check of tetherctl's output
+  python3-yaml
   # capture rules (iptables-nft and iptables-legacy both) and captures of pod traffic
   iptables tcpdump
 )

@@ -22,7 +22,7 @@ LIBS = {
                   ["sidecar/src/tls/", "control/ca.c", "control/store_tokens.c"]),
     "libuv": (re.compile(r"/uv\.h$|/uv/"),
               ["sidecar/src/net/", "sidecar/src/admin/", "sidecar/src/app/", "sidecar/main.c",
-               "control/main.c", "control/api.c", "control/tls_acceptor.c",
+               "control/main.c", "control/api.c", "control/tls_acceptor.c", "control/webhook.c",
                "control/sidecar_api.c"]),
     "jansson": (re.compile(r"/jansson(_config)?\.h$"),
                 ["sidecar/src/policy/", "sidecar/src/admin/", "sidecar/src/app/",
@@ -35,6 +35,7 @@ LIBS = {
                     ["sidecar/src/admin/httpd.c", "sidecar/src/admin/admin.c", "control/api.c",
                      "control/httpc.c"]),
     "nghttp2": (re.compile(r"/nghttp2/"), ["sidecar/src/http/"]),
+    "libyaml": (re.compile(r"/include/yaml\.h$"), ["control/yaml.c"]),
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
