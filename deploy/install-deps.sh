@@ -12,6 +12,8 @@ packages=(
   openssl ca-certificates curl python3 iproute2 procps haproxy nginx libnginx-mod-stream
   # a standard gRPC client for the control plane's interop test (DEPS.md)
   python3-grpcio python3-grpc-tools
+  # keys and signed service-account tokens (JWTs) for the control plane's JWT test
+  python3-cryptography
   # capture rules (iptables-nft and iptables-legacy both) and captures of pod traffic
   iptables tcpdump
 )
