@@ -24,6 +24,7 @@
 #include "store.h"
 #include "tls_acceptor.h"
 #include "core/util.h"
+#include "jwks.h"
 #include "operator_token.h"
 #include "sidecar_api.h"
 #include "webhook.h"
@@ -91,8 +92,16 @@ static const char usage[] =
     ")\n"
     "  --inject-control-address HOST:PORT  the sidecar API as injected sidecars reach it\n"
     "                             (default " CP_INJECT_DEFAULT_CONTROL ")\n"
-    "  --jwt-audience AUD         the audience of the service-account tokens sidecars\n"
-    "                             present (default " CP_INJECT_DEFAULT_AUDIENCE ")\n"
+    "  --jwks FILE                accept Kubernetes projected service-account tokens as\n"
+    "                             proof in Identity.Sign, signed (ES256 or RS256) by a key\n"
+    "                             of this JWK Set (the API server's /openid/v1/jwks); a\n"
+    "                             token for namespace NS and service account SA gets\n"
+    "                             spiffe://TD/ns/NS/sa/SA. Read again when it changes\n"
+    "  --jwt-audience AUD         the audience the tokens must carry (required with --jwks);\n"
+    "                             also the audience of the token the webhook injects\n"
+    "                             (default there " CP_INJECT_DEFAULT_AUDIENCE ")\n"
+    "  --jwt-issuer ISS           the issuer they must carry (default: any; e.g.\n"
+    "                             https://kubernetes.default.svc.cluster.local)\n"
     "  --log-level LEVEL          debug, info, warn, error (default info)\n"
     "  -h, --help                 this text\n";
 
@@ -112,7 +121,8 @@ struct flags {
     const char *ca_cert, *ca_key, *ca_chain;
     const char *log_level;
     const char *registration_grace;
-    const char *listen_webhook, *sidecar_image, *inject_control_address, *jwt_audience;
+    const char *listen_webhook, *sidecar_image, *inject_control_address;
+    const char *jwks, *jwt_audience, *jwt_issuer;
 };
 
 /* One --listen-api. With mTLS, `acceptor` terminates TLS on its own threads and queues
@@ -182,6 +192,8 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--sidecar-image", offsetof(struct flags, sidecar_image)},
         {"--inject-control-address", offsetof(struct flags, inject_control_address)},
         {"--jwt-audience", offsetof(struct flags, jwt_audience)},
+        {"--jwks", offsetof(struct flags, jwks)},
+        {"--jwt-issuer", offsetof(struct flags, jwt_issuer)},
     };
 
     for (int i = 1; i < argc; i++) {
@@ -701,6 +713,35 @@ static int sidecar_bounds(const struct flags *f, size_t n_api, struct cp_sidecar
     return 0;
 }
 
+/* --jwks, --jwt-audience and --jwt-issuer into `so`: the JWK Set is read now (a bad file
+ * is a usage error naming the file and the key); --jwks needs --jwt-audience, --jwt-issuer
+ * needs --jwks. Returns 0 or EXIT_USAGE after a message. */
+static int jwt_flags(const struct flags *f, struct cp_sidecar_api_opts *so)
+{
+    char err[1024];
+
+    if (f->jwks == NULL) {
+        /* --jwt-audience alone still names the audience the webhook injects. */
+        if (f->jwt_issuer != NULL)
+            return die_usage("--jwt-issuer needs --jwks FILE", NULL);
+        return 0;
+    }
+    if (f->jwt_audience == NULL || f->jwt_audience[0] == '\0')
+        return die_usage("--jwks needs --jwt-audience AUD (the audience the service-account "
+                         "tokens are projected for)",
+                         NULL);
+    if (f->jwt_issuer != NULL && f->jwt_issuer[0] == '\0')
+        return die_usage("--jwt-issuer: expected the issuer (iss) of the tokens, got nothing",
+                         NULL);
+    so->jwks = cp_jwks_file_open(f->jwks, err, sizeof(err));
+    if (so->jwks == NULL)
+        return die_usage(err, NULL);
+    so->jwt_audience = f->jwt_audience;
+    so->jwt_issuer = f->jwt_issuer;
+    so->trust_domain = f->trust_domain;
+    return 0;
+}
+
 /* tether-control's entry: parses and checks flags, opens the store and the CA, starts the sidecar
  * API and each operator API, then runs the loop until SIGTERM or SIGINT. Returns 0 after a signal
  * (or --help), 1 when start-up fails, 2 for bad flags. */
@@ -788,6 +829,9 @@ int main(int argc, char **argv)
     rc = sidecar_bounds(&f, f.n_listen_api, &so);
     if (rc != 0)
         return rc;
+    rc = jwt_flags(&f, &so);
+    if (rc != 0)
+        return rc;
 
     /* One control plane per state directory: a second one would overwrite the first's
      * files (last writer wins) or race it creating the CA. */
@@ -795,12 +839,14 @@ int main(int argc, char **argv)
     if (rc < 0) {
         tt_log(TT_LOG_ERROR, "state_locked", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
+        cp_jwks_file_free(so.jwks);
         return rc == -EBUSY ? EXIT_USAGE : EXIT_RUNTIME;
     }
     c.store = cp_store_open(f.state_dir, err, sizeof(err));
     if (c.store == NULL) {
         tt_log(TT_LOG_ERROR, "state_invalid", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
+        cp_jwks_file_free(so.jwks);
         return EXIT_RUNTIME;
     }
     co.state_dir = f.state_dir;
@@ -865,6 +911,10 @@ int main(int argc, char **argv)
     tt_log(TT_LOG_INFO, "control_started", TT_LS("trust_domain", f.trust_domain),
            TT_LS("state_dir", f.state_dir), TT_LS("cert_ttl", f.cert_ttl),
            TT_LU("version", cp_store_version(c.store)));
+    if (so.jwks != NULL)
+        tt_log(TT_LOG_INFO, "jwt_proof_accepted", TT_LS("jwks", f.jwks),
+               TT_LS("audience", f.jwt_audience),
+               TT_LS("issuer", f.jwt_issuer != NULL ? f.jwt_issuer : "(any)"));
     uv_run(c.loop, UV_RUN_DEFAULT);
     uv_loop_close(c.loop);
     tt_log(TT_LOG_INFO, "control_stopped", TT_LS("state_dir", f.state_dir));
@@ -875,6 +925,7 @@ out_ca:
     cp_ca_free(c.ca);
 out_store:
     cp_store_free(c.store);
+    cp_jwks_file_free(so.jwks);
     tt_crypto_wipe(c.operator_token, sizeof(c.operator_token));
     return rc;
 }

@@ -15,6 +15,8 @@ packages=(
   python3-grpcio python3-grpc-tools
   # YAML reader for the injection test's independent check of tetherctl's output
   python3-yaml
+  # keys and signed service-account tokens (JWTs) for the control plane's JWT test
+  python3-cryptography
   # capture rules (iptables-nft and iptables-legacy both) and captures of pod traffic
   iptables tcpdump
 )

@@ -464,6 +464,7 @@ static struct tt_cpclient *make_cpclient(struct tt_runtime *rt, char *err, size_
         .control = &cfg->control,
         .control_bundle_path = cfg->control_bundle_path,
         .join_token_path = cfg->join_token_path,
+        .jwt_path = cfg->jwt_path,
         .spiffe_id = cfg->spiffe_id,
         .inbound_addresses = inbound,
         .slot = &rt->slot,
