@@ -151,7 +151,9 @@ def listener(st, kind):
     return [l for l in st["listeners"] if l["name"].startswith("transparent-%s:0.0.0.0" % kind)][0]
 
 
-def setup_net(script):
+def setup_net(script, pods=None, capture=True):
+    """The hub namespace with its bridge and one namespace per pod (default PODS) on it;
+    with capture, tether-iptables installed (and checked) in each pod."""
     sh("ip", "netns", "add", HUB)
     in_ns(HUB, "ip", "link", "set", "lo", "up")
     in_ns(HUB, "ip", "link", "add", "br0", "type", "bridge")
@@ -159,7 +161,7 @@ def setup_net(script):
     in_ns(HUB, "ip", "link", "set", "br0", "up")
     if not FAM:
         in_ns(HUB, "ip", "-6", "addr", "add", HUB_IP6 + "/64", "dev", "br0", "nodad")
-    for pod, ip in PODS.items():
+    for pod, ip in (pods or PODS).items():
         n = ns(pod)
         sh("ip", "netns", "add", n)
         in_ns(n, "ip", "link", "set", "lo", "up")
@@ -171,13 +173,15 @@ def setup_net(script):
         in_ns(n, "ip", "route", "add", "default", "via", HUB_IP)
         if not FAM:
             in_ns(n, "ip", "-6", "addr", "add", PODS6[pod] + "/64", "dev", "eth0", "nodad")
+        if not capture:
+            continue
         in_ns(n, script, "install", *FAM)
         r = in_ns(n, script, "check", *FAM, check=False)
         h.check(r.returncode == 0, "tether-iptables check in %s: %s" % (n, r.stdout))
 
 
-def teardown_net():
-    for pod in PODS:
+def teardown_net(pods=None):
+    for pod in pods or PODS:
         subprocess.run(["ip", "netns", "del", ns(pod)], capture_output=True)
     subprocess.run(["ip", "netns", "del", HUB], capture_output=True)
 
