@@ -577,6 +577,7 @@ int tt_runtime_run(const struct tt_config *cfg)
     if (rt->admin == NULL) {
         fprintf(stderr, "tether-sidecar: cannot serve --admin %s: %s\n", cfg->admin.text,
                 tt_strerror(r));
+        uv_run(&rt->loop, UV_RUN_DEFAULT); /* the failed server's closes free it */
         goto out_loop;
     }
     if (cfg->transparent.enabled && start_pod_servers(rt) < 0) {
