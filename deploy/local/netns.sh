@@ -3,7 +3,7 @@
 # each pod is a namespace with a veth pair to the bridge (eth0 inside the pod, v-NAME in
 # the hub), an address in a private /24 and a default route via the hub. Everything made
 # is recorded under $NETNS_STATE so that it can be undone by name and by pid:
-#   $NETNS_STATE/netns        one namespace name a line, written before it is made
+#   $NETNS_STATE/netns        one namespace name a line, each one this made
 #   $NETNS_STATE/pids/NAME    "PID STARTTIME" of a background process (netns_spawn)
 #   $NETNS_STATE/log/NAME.log its stdout and stderr
 # The caller sets NETNS_STATE (a directory) before calling any of these.
@@ -44,8 +44,8 @@ nsx() {
 # gateway), recorded for netns_teardown.
 netns_hub() {
     local n=$1 cidr=$2
-    echo "$n" >>"$NETNS_STATE/netns"
     ip netns add "$n"
+    echo "$n" >>"$NETNS_STATE/netns"
     nsx "$n" ip link set lo up
     nsx "$n" ip link add br0 type bridge
     nsx "$n" ip addr add "$cidr" dev br0
@@ -56,8 +56,8 @@ netns_hub() {
 # HUB's bridge by veth v-SHORT (SHORT at most 13 characters), default route via GATEWAY.
 netns_pod() {
     local hub=$1 n=$2 short=$3 cidr=$4 gw=$5
-    echo "$n" >>"$NETNS_STATE/netns"
     ip netns add "$n"
+    echo "$n" >>"$NETNS_STATE/netns"
     nsx "$n" ip link set lo up
     nsx "$hub" ip link add "v-$short" type veth peer name eth0 netns "$n"
     nsx "$hub" ip link set "v-$short" master br0 up
