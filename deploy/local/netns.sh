@@ -66,12 +66,14 @@ netns_pod() {
     nsx "$n" ip route add default via "$gw"
 }
 
-# netns_capture NS SCRIPT: installs the capture rules (IPv4) in NS with tether-iptables
-# SCRIPT and checks them; returns non-zero with the script's words on stderr if not.
+# netns_capture NS SCRIPT [OPTION...]: installs the capture rules (IPv4) in NS with
+# tether-iptables SCRIPT and its OPTIONs and checks them; returns non-zero with the
+# script's words on stderr if not.
 netns_capture() {
     local n=$1 script=$2
-    nsx "$n" "$script" install --ipv4-only >/dev/null
-    nsx "$n" "$script" check --ipv4-only >/dev/null
+    shift 2
+    nsx "$n" "$script" install --ipv4-only "$@" >/dev/null
+    nsx "$n" "$script" check --ipv4-only "$@" >/dev/null
 }
 
 # netns_spawn NAME CMD...: starts program CMD (not a shell function) in the background (stdin /dev/null, output to
