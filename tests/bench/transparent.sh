@@ -281,4 +281,20 @@ print("per round (keep-alive req/s): " + "; ".join(
 t, e, h = (float(r[1]) for r in rows)
 print("targets: transparent >= explicit: %s (%.2fx); transparent > haproxy: %s (%.2fx)" % (
     "yes" if t >= e else "NO", t / e if e else 0, "yes" if t > h else "NO", t / h if h else 0))
+
+
+def ratios(kind, a, b):
+    """Median over rounds of a/b, each round's pair measured minutes apart at most: steadier
+    than a ratio of medians when other work on the machine comes and goes."""
+    ra = {i: x[0] for i, x in enumerate(d[a][kind])}
+    rb = {i: x[0] for i, x in enumerate(d[b][kind])}
+    rs = [ra[i] / rb[i] for i in ra if i in rb and rb[i] > 0]
+    return med(rs), rs
+
+
+for kind in ("keepalive", "close"):
+    for other in ("tether-explicit", "haproxy-transparent"):
+        m, rs = ratios(kind, "tether-transparent", other)
+        print("%s: tether-transparent / %s per round: %s; median %.2fx" % (
+            kind, other, ", ".join("%.2f" % r for r in rs), m))
 PY

@@ -5,9 +5,10 @@ Runs `deploy/local/mesh up BUILD` with its own prefix, pod range and service ran
 (MESH_PREFIX tm<pid>-, MESH_NET 10.90.N, MESH_VIP_NET 10.98.N), so it never meets a user's
 mesh (tmesh-, 10.89.0) or the transparent tests (tp<pid>, 10.88.0). Proves:
 - `up` exits 0 and its labelled output reports every step as done: the pod-to-pod call by
-  plain IP, the service address balanced over two replicas, the refused caller, the
-  policy change (denied, then allowed again), a rotation (old serial -> new), the killed
-  replica with 0 failed calls, a bridge capture with TLS records and no marker, /stats;
+  plain IP, the service address balanced over two replicas, a call to a third service,
+  the refused caller, the policy change (denied, then allowed again), a rotation (old
+  serial -> new), the killed replica with 0 failed calls, a bridge capture with TLS
+  records and no marker, /stats;
 - the mesh is left running: its namespaces exist and its recorded processes live;
 - a second `up` takes the first mesh down (every process of the first is gone) and
   succeeds again;
@@ -39,6 +40,7 @@ ENV = dict(os.environ, MESH_PREFIX=PREFIX, MESH_NET="10.90.%d" % N,
 STEPS = [
     ("pod to pod by plain IP", "answer: hello from api-1 (mTLS between the sidecars"),
     ("service address over two replicas", "all 10 answered: api-1 "),
+    ("a third service", "and api-1's workload calls the db service http://"),
     ("refused caller", "  refused; api-1 counts "),
     ("policy change", "s after tetherctl policy set"),
     ("policy restored", "  allowed again: hello from api-1"),
