@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Network-namespace "pods" on one machine, for deploy/local/mesh and
 # tests/bench/transparent.sh (sourced, not run). A hub namespace holds a bridge br0;
 # each pod is a namespace with a veth pair to the bridge (eth0 inside the pod, v-NAME in
