@@ -9,6 +9,9 @@ through the bridge, so the control plane observes each sidecar's own pod address
 - A's workload calls B's IP:8080 unchanged and gets B's answer: A's sidecar found the
   registered endpoint in the pushed service table and required B's identity (B's policy
   counts it);
+- an operator's VIP listing B's address shadows B's registration; A still reaches B by
+  B's address (an endpoint dialled directly requires its identity) and through the VIP,
+  both over mTLS;
 - C's sidecar claims an address that is not its own (an --inbound listener on
   127.0.0.1:9090): refused, counted as registration_refused, and shown with its reason
   in `tetherctl sidecars`; the address never reaches the service table.
@@ -37,6 +40,13 @@ def ctl(env, state, *args):
         raise h.TestFailure("tetherctl %s: %s" % (" ".join(map(str, args)),
                                                  r.stderr.decode(errors="replace")))
     return r.stdout.decode(errors="replace")
+
+
+def sidecars_regs(env, state, address):
+    """The service list's registration entries for address."""
+    listed = json.loads(ctl(env, state, "--json", "service", "list"))
+    items = listed.get("services", listed) if isinstance(listed, dict) else listed
+    return [e for e in items if e.get("source") == "registration" and e.get("address") == address]
 
 
 def start_cp_sidecar(env, pod, sid, token, bundle, extra):
@@ -147,6 +157,27 @@ def test(env):
             li.get("handshakes", 0) >= 1 for li in st_b["listeners"]
             if li["name"].startswith("transparent-inbound")),
            "B saw an mTLS handshake and counted rule a-to-b (%s)" % rules[:300])
+
+        # An operator's VIP over B's address shadows B's registration; dialled directly,
+        # B's address is still an endpoint with B's identity, so A's call stays mTLS.
+        hs_before = sum(li.get("handshakes", 0) for li in tp.stats("b")["listeners"]
+                        if li["name"].startswith("transparent-inbound"))
+        ctl(env, state, "service", "add", "%s:80" % tp.VIP, "--endpoint",
+            "%s=%s" % (b_addr, ids["b"]))
+        h.wait_for(lambda: any(e.get("shadowed") for e in sidecars_regs(env, state, b_addr)),
+                   10, what="B's registration shadowed by the operator's VIP")
+
+        def direct_and_vip():
+            good, d = tp.call(env, "a", tp.PODS["b"], 8080, "direct")
+            good2, v = tp.call(env, "a", tp.VIP, 80, "vip")
+            return (d, v) if good and good2 and d and v else None
+        got = h.wait_for(direct_and_vip, 15, what="A's calls to B's address and to the VIP")
+        ok(got == ("from b: direct", "from b: vip"),
+           "with the VIP in place A still reaches B by address and through the VIP (%r)" % (got,))
+        hs_after = sum(li.get("handshakes", 0) for li in tp.stats("b")["listeners"]
+                       if li["name"].startswith("transparent-inbound"))
+        ok(hs_after >= hs_before + 2,
+           "both calls arrived over mTLS at B (handshakes %d -> %d)" % (hs_before, hs_after))
         ok(cp.alive(), "the control plane is still running")
     finally:
         tp.teardown_net()

@@ -60,7 +60,7 @@ static void test_services_build_and_lookup(void **state)
 
     assert_non_null(s);
     assert_int_equal(skipped, 1);
-    assert_int_equal(tt_services_count(s), 3);
+    assert_int_equal(tt_services_count(s), 5); /* and the VIP's two endpoints as themselves */
 
     svc = find(s, v4("10.96.0.10", 80));
     assert_non_null(svc);
@@ -80,17 +80,64 @@ static void test_services_build_and_lookup(void **state)
     assert_non_null(find(s, v6("fd00::7", 8443)));
     assert_ptr_equal(find(s, v6("::ffff:10.96.0.10", 80)), find(s, v4("10.96.0.10", 80)));
 
-    /* Misses: another port, another address, an endpoint of a service, the empty table. */
+    /* An endpoint of a service dialled directly: itself, with its own identity. */
+    svc = find(s, v4("10.1.0.5", 8080));
+    assert_non_null(svc);
+    assert_string_equal(svc->address.text, "10.1.0.5:8080");
+    assert_int_equal(svc->n_endpoints, 1);
+    assert_string_equal(svc->endpoints[0].addr.text, "10.1.0.5:8080");
+    assert_string_equal(svc->endpoints[0].spiffe_id, API);
+
+    /* Misses: another port, another address, the empty table. */
     assert_null(find(s, v4("10.96.0.10", 81)));
     assert_null(find(s, v4("10.96.0.11", 80)));
-    assert_null(find(s, v4("10.1.0.5", 8080)));
+    assert_null(find(s, v4("10.1.0.5", 8081)));
     assert_null(find(NULL, v4("10.96.0.10", 80)));
-    assert_null(tt_services_get(s, 3));
+    assert_null(tt_services_get(s, 5));
 
     /* Listed in address order. */
-    assert_string_equal(tt_services_get(s, 0)->address.text, "10.1.0.9:5432");
-    assert_string_equal(tt_services_get(s, 1)->address.text, "10.96.0.10:80");
-    assert_string_equal(tt_services_get(s, 2)->address.text, "[fd00::7]:8443");
+    assert_string_equal(tt_services_get(s, 0)->address.text, "10.1.0.5:8080");
+    assert_string_equal(tt_services_get(s, 1)->address.text, "10.1.0.6:8080");
+    assert_string_equal(tt_services_get(s, 2)->address.text, "10.1.0.9:5432");
+    assert_string_equal(tt_services_get(s, 3)->address.text, "10.96.0.10:80");
+    assert_string_equal(tt_services_get(s, 4)->address.text, "[fd00::7]:8443");
+    tt_services_unref(s);
+}
+
+/* An endpoint's own address: a service address or a bare entry there wins, and an address
+ * two services list with two identities is not matched when dialled directly. */
+static void test_services_endpoint_addresses(void **state)
+{
+    const struct tt_service_entry e[] = {
+        {"10.96.0.1:80", "10.96.0.2:80", API}, /* an endpoint that is also a VIP */
+        {"10.96.0.2:80", "10.1.0.7:8080", DB},
+        {"10.96.0.3:80", "10.1.0.8:8080", API}, /* a bare entry says otherwise */
+        {NULL, "10.1.0.8:8080", DB},
+        {"10.96.0.4:80", "10.1.0.9:8080", API}, /* two identities for one address */
+        {"10.96.0.5:80", "10.1.0.9:8080", DB},
+        {"10.96.0.6:80", "10.1.0.10:8080", API}, /* one identity in two services */
+        {"10.96.0.7:80", "10.1.0.10:8080", API},
+    };
+    char err[256] = "";
+    struct tt_services *s = tt_services_new(e, 8, NULL, err, sizeof(err));
+    const struct tt_service *svc;
+
+    (void)state;
+    assert_non_null(s);
+    svc = find(s, v4("10.96.0.2", 80));
+    assert_non_null(svc);
+    assert_string_equal(svc->endpoints[0].addr.text, "10.1.0.7:8080"); /* the VIP */
+    svc = find(s, v4("10.1.0.8", 8080));
+    assert_non_null(svc);
+    assert_int_equal(svc->n_endpoints, 1);
+    assert_string_equal(svc->endpoints[0].spiffe_id, DB); /* the bare entry */
+    assert_null(find(s, v4("10.1.0.9", 8080)));
+    svc = find(s, v4("10.1.0.10", 8080));
+    assert_non_null(svc);
+    assert_int_equal(svc->n_endpoints, 1);
+    assert_string_equal(svc->endpoints[0].spiffe_id, API);
+    /* 7 VIPs, the bare entry, 10.1.0.7 and 10.1.0.10 as themselves. */
+    assert_int_equal(tt_services_count(s), 10);
     tt_services_unref(s);
 }
 
@@ -152,6 +199,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_services_build_and_lookup),
+        cmocka_unit_test(test_services_endpoint_addresses),
         cmocka_unit_test(test_services_errors),
         cmocka_unit_test(test_services_equal),
     };

@@ -205,6 +205,60 @@ static int add_service(struct tt_services *s, const struct item *items, size_t n
     return 0;
 }
 
+/* Orders items by endpoint address, then identity: groups one address's listings. */
+static int endpoint_cmp(const void *a, const void *b)
+{
+    const struct item *x = *(const struct item *const *)a, *y = *(const struct item *const *)b;
+    int r = key_cmp(&x->ekey, &y->ekey);
+    return r != 0 ? r : strcmp(x->spiffe_id, y->spiffe_id);
+}
+
+/* Orders items by service address only (for bsearch over items sorted by item_cmp). */
+static int skey_cmp(const void *key, const void *elem)
+{
+    return key_cmp(key, &((const struct item *)elem)->skey);
+}
+
+/* Makes each endpoint of a service reachable at its own address too ("an endpoint address
+ * is dialled as is, with its identity required"): appends to items[0..n_items), sorted by
+ * item_cmp and with room for twice as many, one bare item per endpoint address that is
+ * neither a service address nor a bare entry already and that every service lists with
+ * the same identity (an address listed with two identities has no one identity to require
+ * when dialled directly, so it stays unmatched). Returns the new count, or 0 with
+ * -ENOMEM in *rc. */
+static size_t add_endpoint_items(struct item *items, size_t n_items, int *rc)
+{
+    const struct item **eps = malloc(n_items * sizeof(*eps));
+    size_t n_eps = 0, n = n_items;
+
+    if (eps == NULL) {
+        *rc = -ENOMEM;
+        return 0;
+    }
+    for (size_t i = 0; i < n_items; i++)
+        if (!items[i].bare)
+            eps[n_eps++] = &items[i];
+    qsort(eps, n_eps, sizeof(*eps), endpoint_cmp);
+    for (size_t start = 0, end; start < n_eps; start = end) {
+        bool one_identity = true;
+
+        for (end = start + 1; end < n_eps && key_cmp(&eps[end]->ekey, &eps[start]->ekey) == 0;
+             end++)
+            one_identity = one_identity && strcmp(eps[end]->spiffe_id, eps[start]->spiffe_id) == 0;
+        if (!one_identity ||
+            bsearch(&eps[start]->ekey, items, n_items, sizeof(*items), skey_cmp) != NULL)
+            continue;
+        items[n] = *eps[start];
+        items[n].bare = true;
+        items[n].saddr = items[n].eaddr;
+        items[n].skey = items[n].ekey;
+        n++;
+    }
+    free(eps);
+    *rc = 0;
+    return n;
+}
+
 /* Builds a table (see services.h). */
 struct tt_services *tt_services_new(const struct tt_service_entry *entries, size_t n,
                                     size_t *skipped, char *err, size_t errlen)
@@ -220,9 +274,10 @@ struct tt_services *tt_services_new(const struct tt_service_entry *entries, size
     s->refs = 1;
     if (n == 0)
         return s;
-    items = calloc(n, sizeof(*items));
-    s->svcs = calloc(n, sizeof(*s->svcs));
-    s->endpoints = calloc(n, sizeof(*s->endpoints));
+    /* Each entry may also make a service of one at its endpoint address. */
+    items = calloc(2 * n, sizeof(*items));
+    s->svcs = calloc(2 * n, sizeof(*s->svcs));
+    s->endpoints = calloc(2 * n, sizeof(*s->endpoints));
     if (items == NULL || s->svcs == NULL || s->endpoints == NULL)
         goto err_nomem;
 
@@ -235,6 +290,16 @@ struct tt_services *tt_services_new(const struct tt_service_entry *entries, size
         n_items += (size_t)r;
     }
     qsort(items, n_items, sizeof(*items), item_cmp);
+    if (n_items > 0) {
+        int rc;
+        size_t with_endpoints = add_endpoint_items(items, n_items, &rc);
+        if (rc < 0)
+            goto err_nomem;
+        if (with_endpoints != n_items) {
+            n_items = with_endpoints;
+            qsort(items, n_items, sizeof(*items), item_cmp);
+        }
+    }
     for (size_t start = 0, end; start < n_items; start = end) {
         for (end = start + 1; end < n_items && key_cmp(&items[end].skey, &items[start].skey) == 0;
              end++)

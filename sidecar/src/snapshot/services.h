@@ -51,7 +51,10 @@ bool tt_addr_key_of(const struct sockaddr *sa, struct tt_addr_key *k);
 
 /* Builds a table from entries[0..n): entries with the same service address become that
  * service's endpoints (in the order given, duplicates of the same endpoint and identity
- * kept once); a bare entry is a service of one at its endpoint address. Addresses must be
+ * kept once); a bare entry is a service of one at its endpoint address, and so is every
+ * endpoint of a service (dialled directly, it requires its own identity) unless its address
+ * is a service address or a bare entry itself, or services list it with two identities
+ * (then it is not matched). Addresses must be
  * IP literals with a port 1..65535: an entry naming a host ("db.local:5432", which the
  * control plane accepts for operators) cannot be matched against a captured destination,
  * so it is left out and counted in *skipped (may be NULL). Errors: a malformed address or
