@@ -8,7 +8,8 @@ sidecar in --transparent mode as UID 1337 with certificates from
 CertFactory and a service table given by --service (no control plane); workloads and
 clients run as UID 4242 and dial plain addresses. Proves, as the attacker or the
 unchanged workload would see it:
-- A calls B's IP:port unchanged and gets B's answer through mTLS; C is refused (policy)
+- A calls B's IP:port unchanged and gets B's answer through mTLS (later calls resume the
+  TLS session with a ticket kept for that endpoint); C is refused (policy)
   and counted; a marker sent A -> B never appears on the bridge (tcpdump) while TLS
   application records do;
 - A calls a service VIP with endpoints B and D: calls spread over both; D's sidecar
@@ -276,6 +277,13 @@ def test(env):
                k: inb[k] for k in ("handshakes", "allowed", "denied")})
         ok(any(p["spiffe_id"] == ids["a"] for p in st_b["peers"]),
            "B saw A's SPIFFE ID as the caller")
+        # A's next connections to B resume the session (a ticket kept per endpoint).
+        for i in range(3):
+            call(env, "a", PODS["b"], 8080, "again-%d" % i)
+        inb2 = listener(stats("b"), "inbound")
+        ok(inb2["handshakes_resumed"] >= 2,
+           "A's later calls to B resume TLS (%d of %d handshakes resumed)" % (
+               inb2["handshakes_resumed"], inb2["handshakes"]))
         if not FAM:
             # IPv6 pod to pod: the original destination from IP6T_SO_ORIGINAL_DST.
             good, answer = call(env, "a", PODS6["b"], 8080, MARKER.decode() + "-v6")

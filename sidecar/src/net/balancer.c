@@ -7,6 +7,7 @@
 
 #include "net/balancer.h"
 #include "snapshot/services.h"
+#include "tls/tls.h"
 
 #define TABLE_SIZE (TT_BALANCER_ENDPOINTS_MAX * 2) /* at most half full */
 
@@ -15,8 +16,9 @@ struct slot {
     struct tt_addr_key key;
     struct tt_addr addr;
     uint64_t active, picks, connect_failures, ejections, ewma_us, ejected_until_ms;
-    unsigned streak;         /* consecutive connect failures */
-    uint64_t last_sample_ms; /* when ewma_us was last fed */
+    unsigned streak;             /* consecutive connect failures */
+    uint64_t last_sample_ms;     /* when ewma_us was last fed */
+    struct tt_tls_resume resume; /* worker thread only: the endpoint's session ticket */
 };
 
 struct tt_balancer {
@@ -41,6 +43,9 @@ struct tt_balancer *tt_balancer_new(uint64_t seed)
 /* Frees a balancer; accepts NULL. */
 void tt_balancer_free(struct tt_balancer *b)
 {
+    for (size_t i = 0; b != NULL && i < TABLE_SIZE; i++)
+        if (b->slots[i].used)
+            tt_tls_resume_done(&b->slots[i].resume);
     free(b);
 }
 
@@ -211,4 +216,12 @@ bool tt_balancer_stats_at(const struct tt_balancer *b, size_t i, struct tt_balan
     out->ewma_connect_us = GET(s->ewma_us);
     out->ejected_until_ms = GET(s->ejected_until_ms);
     return true;
+}
+
+/* The endpoint's ticket slot (balancer.h). */
+struct tt_tls_resume *tt_balancer_resume_slot(struct tt_balancer *b, const struct tt_addr *ep)
+{
+    struct slot *s = find(b, ep, true);
+
+    return s != NULL ? &s->resume : NULL;
 }

@@ -5,7 +5,8 @@
  * failure, up to a bound). One balancer per worker, used only by its thread: no locks on
  * the data path. /stats reads the per-endpoint figures from another thread through
  * relaxed atomics; entries are never moved or removed, so such a read is always of a
- * whole, live entry. No sockets, no libuv. */
+ * whole, live entry. Each entry also keeps the endpoint's newest session ticket. No
+ * sockets, no libuv. */
 #ifndef TT_BALANCER_H
 #define TT_BALANCER_H
 
@@ -16,6 +17,7 @@
 #include "core/util.h"
 
 struct tt_service;
+struct tt_tls_resume;
 
 #define TT_BALANCER_ENDPOINTS_MAX 1024 /* endpoints remembered per worker */
 #define TT_BALANCER_BACKOFF_MS    1000 /* first ejection; doubles per consecutive failure */
@@ -61,6 +63,12 @@ void tt_balancer_failed(struct tt_balancer *b, const struct tt_addr *ep, uint64_
 
 /* A connection to `ep` that connected has ended: releases its active count. */
 void tt_balancer_released(struct tt_balancer *b, const struct tt_addr *ep);
+
+/* The session-ticket slot of endpoint `ep` (tls.h), created with the endpoint's entry:
+ * transparent outbound resumes TLS per endpoint, as explicit outbound does per listener.
+ * Worker thread only; valid until tt_balancer_free(), which releases it. NULL when the
+ * table of endpoints is full. */
+struct tt_tls_resume *tt_balancer_resume_slot(struct tt_balancer *b, const struct tt_addr *ep);
 
 /* Endpoints known to this balancer, for /stats (any thread): i in [0, count). Fills *out
  * and returns true for a slot in use. */

@@ -817,9 +817,15 @@ static void conn_start_handshake_with(struct tt_conn *c, const uint8_t *early, s
     tt_tls_set_revocations(c->tls, c->snapshot->revocations);
     tt_tls_set_crls(c->tls, c->snapshot->crls);
     /* Outbound: resume with the upstream's last ticket; a full handshake otherwise. A
-     * transparent listener reaches many upstreams: no ticket is shared between them. */
-    if (!inbound && !c->listener->cfg->transparent)
+     * transparent listener reaches many upstreams: its tickets are kept per endpoint, in
+     * the worker's balancer, never shared between endpoints. */
+    if (!inbound && !c->listener->cfg->transparent) {
         tt_tls_set_resume(c->tls, &c->listener->resume);
+    } else if (!inbound && c->balancer_active) {
+        struct tt_tls_resume *slot = tt_balancer_resume_slot(c->worker->balancer, &c->target);
+        if (slot != NULL)
+            tt_tls_set_resume(c->tls, slot);
+    }
     if (n > 0) {
         size_t avail = 0;
         uint8_t *p = tt_tls_input_tail(c->tls, &avail);
