@@ -17,6 +17,8 @@
 
 #include "api.h"
 #include "ca.h"
+#include "k8s_client.h"
+#include "k8s_watch.h"
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/spiffe.h"
@@ -83,6 +85,20 @@ static const char usage[] =
     "                             it serves outlives its Watch stream (default 60s; 0 for\n"
     "                             none); the same identity reconnecting keeps it, another\n"
     "                             identity may take the address once the stream is gone\n"
+    "  --kubernetes               fill the service table from the cluster: watch Services,\n"
+    "                             EndpointSlices and Pods (ClusterIP:port -> ready pod\n"
+    "                             IP:targetPort -> spiffe://TD/ns/<pod ns>/sa/<service\n"
+    "                             account>). In a pod: the API server from\n"
+    "                             KUBERNETES_SERVICE_HOST/PORT, the service account's token\n"
+    "                             and CA under " CP_K8S_SA_DIR "\n"
+    "  --kubernetes-api URL       (testing, out of cluster) the API server, https://HOST:PORT\n"
+    "  --kubernetes-token-file FILE  (testing, out of cluster) the bearer token, read again\n"
+    "                             for every connection\n"
+    "  --kubernetes-ca-file FILE  (testing, out of cluster) the CA of the API server\n"
+    "  --webhook-config NAME      with --kubernetes: at start, and whenever the bundle\n"
+    "                             changes, set the caBundle of webhook " CP_K8S_WEBHOOK_ENTRY "\n"
+    "                             in MutatingWebhookConfiguration NAME (one PATCH; needs only\n"
+    "                             the patch verb on that object)\n"
     "  --log-level LEVEL          debug, info, warn, error (default info)\n"
     "  -h, --help                 this text\n";
 
@@ -102,6 +118,8 @@ struct flags {
     const char *ca_cert, *ca_key, *ca_chain;
     const char *log_level;
     const char *registration_grace;
+    bool kubernetes;
+    const char *kubeconfig, *k8s_api, *k8s_token_file, *k8s_ca_file, *webhook_config;
 };
 
 /* One --listen-api. With mTLS, `acceptor` terminates TLS on its own threads and queues
@@ -136,6 +154,7 @@ struct control {
     struct handoff *handoffs;
     struct cp_sidecar_api *sidecars;
     uv_timer_t reg_timer;                       /* drops registrations past their grace period */
+    struct cp_k8s_watch *k8s;                   /* --kubernetes: the cluster's services */
     char operator_token[CP_OPERATOR_TOKEN_MAX]; /* the loopback APIs' credential */
 };
 
@@ -165,6 +184,11 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--ca-chain", offsetof(struct flags, ca_chain)},
         {"--log-level", offsetof(struct flags, log_level)},
         {"--registration-grace", offsetof(struct flags, registration_grace)},
+        {"--kubeconfig", offsetof(struct flags, kubeconfig)},
+        {"--kubernetes-api", offsetof(struct flags, k8s_api)},
+        {"--kubernetes-token-file", offsetof(struct flags, k8s_token_file)},
+        {"--kubernetes-ca-file", offsetof(struct flags, k8s_ca_file)},
+        {"--webhook-config", offsetof(struct flags, webhook_config)},
     };
 
     for (int i = 1; i < argc; i++) {
@@ -174,6 +198,10 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(usage, stdout);
             return -1;
+        }
+        if (strcmp(a, "--kubernetes") == 0) {
+            f->kubernetes = true;
+            continue;
         }
         /* The repeatable ones. */
         if (strcmp(a, "--serving-name") == 0 || strncmp(a, "--serving-name=", 15) == 0) {
@@ -310,6 +338,8 @@ static void on_signal(uv_signal_t *s, int signum)
     apis_stop(c);
     cp_sidecar_api_free(c->sidecars);
     c->sidecars = NULL;
+    cp_k8s_watch_stop(c->k8s); /* joins its threads: the store callback below may run till then */
+    c->k8s = NULL;
     uv_close((uv_handle_t *)&c->sigterm, on_handle_close);
     uv_close((uv_handle_t *)&c->sigint, on_handle_close);
     uv_close((uv_handle_t *)&c->reg_timer, on_handle_close);
@@ -330,6 +360,7 @@ static void on_store_change(void *ud, uint64_t version)
 
     if (c->sidecars)
         cp_sidecar_api_push(c->sidecars);
+    cp_k8s_watch_bundle_changed(c->k8s);
 }
 
 /* Starts the gRPC side for sidecars on --listen-sidecars with the transport bounds and
@@ -525,6 +556,72 @@ static int serving_names(const struct flags *f, char *host, size_t hostlen, cons
     return 0;
 }
 
+/* True for a DNS subdomain name as Kubernetes names objects (RFC 1123: lower-case
+ * letters, digits, '-' and '.', alphanumeric at both ends, at most 253). */
+static bool k8s_object_name(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 253 || s[0] == '-' || s[0] == '.' || s[n - 1] == '-' || s[n - 1] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-' ||
+              s[i] == '.'))
+            return false;
+    return true;
+}
+
+/* Builds the Kubernetes API client from the flags: --kubernetes-api and its files, else
+ * in-cluster (KUBERNETES_SERVICE_HOST/PORT, the service account's token and CA). Returns
+ * the client, or NULL after a usage message (*rc = EXIT_USAGE). */
+static struct cp_k8s_client *k8s_client_from_flags(const struct flags *f, int *rc)
+{
+    struct cp_k8s_client_opts o = {.timeout_ms = 5000};
+    const char *host = getenv("KUBERNETES_SERVICE_HOST"), *port = getenv("KUBERNETES_SERVICE_PORT");
+    char url[600], err[512];
+    struct cp_k8s_client *k;
+
+    *rc = EXIT_USAGE;
+    if (f->k8s_api != NULL) {
+        snprintf(url, sizeof(url), "%s", f->k8s_api);
+    } else if (host != NULL && host[0] && port != NULL && port[0]) {
+        bool v6 = strchr(host, ':') != NULL;
+
+        snprintf(url, sizeof(url), "https://%s%s%s:%s", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    } else {
+        die_usage("--kubernetes: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set "
+                  "(not in a pod?); give --kubernetes-api URL or --kubeconfig FILE",
+                  NULL);
+        return NULL;
+    }
+    o.server = url;
+    o.token_file = f->k8s_token_file ? f->k8s_token_file : CP_K8S_TOKEN_FILE;
+    o.ca_file = f->k8s_ca_file ? f->k8s_ca_file : CP_K8S_CA_FILE;
+    k = cp_k8s_client_new(&o, err, sizeof(err));
+    if (k == NULL)
+        die_usage("--kubernetes: ", err);
+    return k;
+}
+
+/* Starts the Kubernetes watcher with client k (taken). Returns 0 or EXIT_RUNTIME. */
+static int start_k8s(struct control *c, const struct flags *f, struct cp_k8s_client *k)
+{
+    struct cp_k8s_watch_opts o = {.client = k,
+                                  .store = c->store,
+                                  .trust_domain = f->trust_domain,
+                                  .webhook_config = f->webhook_config};
+    char err[512];
+
+    c->k8s = cp_k8s_watch_start(&o, err, sizeof(err));
+    if (c->k8s == NULL) {
+        tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
+        return EXIT_RUNTIME;
+    }
+    tt_log(TT_LOG_INFO, "kubernetes_watching", TT_LS("api", cp_k8s_client_where(k)),
+           TT_LS("webhook_config", f->webhook_config));
+    return 0;
+}
+
 /* Parses the sidecar port's bounds into so and fits the connection bound to the open-files
  * limit (raised to the hard limit first): the default is lowered to what fits, with one
  * line; an explicit --sidecar-max-connections above it is kept, with one line (the
@@ -607,6 +704,7 @@ int main(int argc, char **argv)
     const char *names[MAX_SERVING_NAMES + 1];
     char listen_host[300];
     struct tt_addr sidecar_addr;
+    struct cp_k8s_client *k8s = NULL;
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
     uint64_t ttl_ms, grace_ms, tick_ms;
@@ -675,6 +773,22 @@ int main(int argc, char **argv)
     rc = sidecar_bounds(&f, f.n_listen_api, &so);
     if (rc != 0)
         return rc;
+    if (f.webhook_config != NULL && !f.kubernetes && f.kubeconfig == NULL)
+        return die_usage("--webhook-config needs --kubernetes (or --kubeconfig)", NULL);
+    if (f.webhook_config != NULL && !k8s_object_name(f.webhook_config))
+        return die_usage("--webhook-config: expected an object name (lower-case letters, "
+                         "digits, '-' and '.'), got ",
+                         f.webhook_config);
+    if (!f.kubernetes && f.kubeconfig == NULL &&
+        (f.k8s_api != NULL || f.k8s_token_file != NULL || f.k8s_ca_file != NULL))
+        return die_usage("--kubernetes-api, --kubernetes-token-file and --kubernetes-ca-file "
+                         "need --kubernetes",
+                         NULL);
+    if (f.kubernetes || f.kubeconfig != NULL) {
+        k8s = k8s_client_from_flags(&f, &rc);
+        if (k8s == NULL)
+            return rc;
+    }
 
     /* One control plane per state directory: a second one would overwrite the first's
      * files (last writer wins) or race it creating the CA. */
@@ -682,12 +796,14 @@ int main(int argc, char **argv)
     if (rc < 0) {
         tt_log(TT_LOG_ERROR, "state_locked", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
+        cp_k8s_client_free(k8s);
         return rc == -EBUSY ? EXIT_USAGE : EXIT_RUNTIME;
     }
     c.store = cp_store_open(f.state_dir, err, sizeof(err));
     if (c.store == NULL) {
         tt_log(TT_LOG_ERROR, "state_invalid", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
+        cp_k8s_client_free(k8s);
         return EXIT_RUNTIME;
     }
     co.state_dir = f.state_dir;
@@ -735,6 +851,17 @@ int main(int argc, char **argv)
         uv_run(c.loop, UV_RUN_DEFAULT);
         goto out_lock;
     }
+    if (k8s != NULL) {
+        rc = start_k8s(&c, &f, k8s); /* takes k8s */
+        k8s = NULL;
+        if (rc != 0) {
+            apis_stop(&c);
+            cp_sidecar_api_free(c.sidecars);
+            c.sidecars = NULL;
+            uv_run(c.loop, UV_RUN_DEFAULT);
+            goto out_lock;
+        }
+    }
     cp_store_set_registration_grace(c.store, grace_ms);
     uv_timer_init(c.loop, &c.reg_timer);
     c.reg_timer.data = &c;
@@ -759,6 +886,7 @@ out_lock:
 out_ca:
     cp_ca_free(c.ca);
 out_store:
+    cp_k8s_client_free(k8s);
     cp_store_free(c.store);
     tt_crypto_wipe(c.operator_token, sizeof(c.operator_token));
     return rc;
