@@ -35,6 +35,7 @@ LIBS = {
                     ["sidecar/src/admin/httpd.c", "sidecar/src/admin/admin.c", "control/api.c",
                      "control/httpc.c"]),
     "nghttp2": (re.compile(r"/nghttp2/"), ["sidecar/src/http/"]),
+    "libyaml": (re.compile(r"/include/yaml\.h$"), ["control/yaml.c"]),
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
