@@ -1,6 +1,7 @@
 /* The Kubernetes API client: HTTPS with a bearer token or client certificate (see
  * k8s_client.h). */
 #include <errno.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,4 +274,227 @@ out:
     free(cert);
     free_secret(key);
     return rc;
+}
+
+/* ---- kubeconfig ---- */
+
+/* The element of the array `list` (key `what`) whose "name" is name, or NULL. */
+static json_t *named(json_t *list, const char *name)
+{
+    json_t *e;
+    size_t i;
+
+    json_array_foreach(list, i, e)
+    {
+        const char *n = json_string_value(json_object_get(e, "name"));
+
+        if (n != NULL && strcmp(n, name) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/* A path from the kubeconfig: absolute as given, relative resolved against dir. */
+static char *resolve(const char *dir, const char *p)
+{
+    char *out;
+
+    if (p[0] == '/')
+        return strdup(p);
+    if (asprintf(&out, "%s/%s", dir, p) < 0)
+        return NULL;
+    return out;
+}
+
+/* Decodes the base64 value v into a NUL-terminated heap string. NULL on bad base64. */
+static char *b64_string(const char *v)
+{
+    uint8_t *raw = NULL;
+    size_t n = 0;
+    char *s;
+
+    if (tt_crypto_base64_decode(v, strlen(v), &raw, &n) != 0)
+        return NULL;
+    s = malloc(n + 1);
+    if (s != NULL) {
+        memcpy(s, raw, n);
+        s[n] = '\0';
+    }
+    tt_crypto_wipe(raw, n);
+    free(raw);
+    return s;
+}
+
+/* One string member of obj: the file (resolved, in *file) or the -data (decoded, in *data).
+ * Returns 0 (neither is fine), or -EINVAL with err. */
+static int file_or_data(json_t *obj, const char *fkey, const char *dkey, const char *dir,
+                        const char *where, char **file, char **data, char *err, size_t errlen)
+{
+    json_t *f = json_object_get(obj, fkey), *d = json_object_get(obj, dkey);
+
+    if ((f != NULL && !json_is_string(f)) || (d != NULL && !json_is_string(d))) {
+        tt_errf(err, errlen, "%s: %s and %s must be strings", where, fkey, dkey);
+        return -EINVAL;
+    }
+    if (d != NULL) {
+        *data = b64_string(json_string_value(d));
+        if (*data == NULL) {
+            tt_errf(err, errlen, "%s.%s: not base64", where, dkey);
+            return -EINVAL;
+        }
+    } else if (f != NULL) {
+        *file = resolve(dir, json_string_value(f));
+        if (*file == NULL)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Reads the current context of a kubeconfig (see k8s_client.h). */
+int cp_k8s_kubeconfig_load(json_t *doc, const char *path, struct cp_k8s_kubeconfig *kc, char *err,
+                           size_t errlen)
+{
+    static const char *const refused[] = {"exec", "auth-provider", "username", "password",
+                                          "as",   "impersonate"};
+    const char *cur = json_string_value(json_object_get(doc, "current-context"));
+    char *pcopy = strdup(path), *dir = pcopy ? dirname(pcopy) : NULL;
+    char where[600];
+    json_t *ctx, *cluster, *user, *v;
+    const char *cname, *uname;
+    int rc = -EINVAL;
+
+    memset(kc, 0, sizeof(*kc));
+    if (dir == NULL) {
+        free(pcopy);
+        return -ENOMEM;
+    }
+    if (!json_is_object(doc)) {
+        tt_errf(err, errlen, "%s: expected a kubeconfig (kind: Config)", path);
+        goto out;
+    }
+    if (cur == NULL || cur[0] == '\0') {
+        tt_errf(err, errlen, "%s: current-context: required", path);
+        goto out;
+    }
+    ctx = json_object_get(named(json_object_get(doc, "contexts"), cur), "context");
+    if (!json_is_object(ctx)) {
+        tt_errf(err, errlen, "%s: contexts: no context named \"%s\" (the current-context)", path,
+                cur);
+        goto out;
+    }
+    cname = json_string_value(json_object_get(ctx, "cluster"));
+    uname = json_string_value(json_object_get(ctx, "user"));
+    cluster =
+        cname ? json_object_get(named(json_object_get(doc, "clusters"), cname), "cluster") : NULL;
+    if (!json_is_object(cluster)) {
+        tt_errf(err, errlen, "%s: clusters: no cluster named \"%s\" (context %s)", path,
+                cname ? cname : "", cur);
+        goto out;
+    }
+    snprintf(where, sizeof(where), "%s: clusters[name=%s].cluster", path, cname);
+    v = json_object_get(cluster, "server");
+    if (!json_is_string(v)) {
+        tt_errf(err, errlen, "%s.server: required (https://HOST:PORT)", where);
+        goto out;
+    }
+    if (json_is_true(json_object_get(cluster, "insecure-skip-tls-verify")) ||
+        json_object_get(cluster, "tls-server-name") != NULL ||
+        json_object_get(cluster, "proxy-url") != NULL) {
+        tt_errf(err, errlen,
+                "%s: insecure-skip-tls-verify, tls-server-name and proxy-url are not supported",
+                where);
+        goto out;
+    }
+    if ((kc->server = strdup(json_string_value(v))) == NULL)
+        goto nomem;
+    if ((rc = file_or_data(cluster, "certificate-authority", "certificate-authority-data", dir,
+                           where, &kc->ca_file, &kc->ca_pem, err, errlen)) != 0)
+        goto out;
+    if (kc->ca_file == NULL && kc->ca_pem == NULL) {
+        tt_errf(err, errlen, "%s: certificate-authority or certificate-authority-data: required",
+                where);
+        rc = -EINVAL;
+        goto out;
+    }
+    rc = -EINVAL;
+    user = uname ? json_object_get(named(json_object_get(doc, "users"), uname), "user") : NULL;
+    snprintf(where, sizeof(where), "%s: users[name=%s].user", path, uname ? uname : "");
+    if (!json_is_object(user)) {
+        tt_errf(err, errlen, "%s: no such user (context %s)", where, cur);
+        goto out;
+    }
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        if (json_object_get(user, refused[i]) != NULL) {
+            tt_errf(err, errlen,
+                    "%s.%s: not supported (use a token, tokenFile or a client "
+                    "certificate)",
+                    where, refused[i]);
+            goto out;
+        }
+    v = json_object_get(user, "token");
+    if (v != NULL && (!json_is_string(v) || (kc->token = strdup(json_string_value(v))) == NULL)) {
+        tt_errf(err, errlen, "%s.token: expected a string", where);
+        goto out;
+    }
+    v = json_object_get(user, "tokenFile");
+    if (kc->token == NULL && v != NULL &&
+        (!json_is_string(v) || (kc->token_file = resolve(dir, json_string_value(v))) == NULL)) {
+        tt_errf(err, errlen, "%s.tokenFile: expected a string", where);
+        goto out;
+    }
+    if ((rc = file_or_data(user, "client-certificate", "client-certificate-data", dir, where,
+                           &kc->cert_file, &kc->cert_pem, err, errlen)) != 0 ||
+        (rc = file_or_data(user, "client-key", "client-key-data", dir, where, &kc->key_file,
+                           &kc->key_pem, err, errlen)) != 0)
+        goto out;
+    rc = -EINVAL;
+    if ((kc->cert_file || kc->cert_pem) != (kc->key_file || kc->key_pem)) {
+        tt_errf(err, errlen, "%s: client-certificate(-data) and client-key(-data) go together",
+                where);
+        goto out;
+    }
+    if (kc->token == NULL && kc->token_file == NULL && kc->cert_file == NULL &&
+        kc->cert_pem == NULL) {
+        tt_errf(err, errlen, "%s: no credential (token, tokenFile or client-certificate)", where);
+        goto out;
+    }
+    rc = 0;
+    goto out;
+nomem:
+    rc = -ENOMEM;
+    tt_errf(err, errlen, "out of memory");
+out:
+    if (rc != 0)
+        cp_k8s_kubeconfig_done(kc);
+    free(pcopy);
+    return rc;
+}
+
+/* Points o's server and credentials at kc's. */
+void cp_k8s_kubeconfig_opts(const struct cp_k8s_kubeconfig *kc, struct cp_k8s_client_opts *o)
+{
+    o->server = kc->server;
+    o->ca_file = kc->ca_file;
+    o->ca_pem = kc->ca_pem;
+    o->token = kc->token;
+    o->token_file = kc->token_file;
+    o->cert_file = kc->cert_file;
+    o->cert_pem = kc->cert_pem;
+    o->key_file = kc->key_file;
+    o->key_pem = kc->key_pem;
+}
+
+/* Frees the kubeconfig's strings, wiping the secrets. */
+void cp_k8s_kubeconfig_done(struct cp_k8s_kubeconfig *kc)
+{
+    free(kc->server);
+    free(kc->ca_file);
+    free(kc->ca_pem);
+    free_secret(kc->token);
+    free(kc->token_file);
+    free(kc->cert_file);
+    free(kc->cert_pem);
+    free(kc->key_file);
+    free_secret(kc->key_pem);
+    memset(kc, 0, sizeof(*kc));
 }

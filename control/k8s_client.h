@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "httpc.h"
 
 /* The in-cluster defaults (the service account's mount). */
@@ -44,6 +46,30 @@ struct cp_k8s_slot {
     {                                                                                              \
         PTHREAD_MUTEX_INITIALIZER, -1, false                                                       \
     }
+
+/* What a kubeconfig says about its current context, as opts for cp_k8s_client_new: the
+ * heap strings it owns (file paths resolved against the kubeconfig's folder, *-data
+ * decoded from base64). */
+struct cp_k8s_kubeconfig {
+    char *server, *ca_file, *ca_pem, *token, *token_file, *cert_file, *cert_pem, *key_file,
+        *key_pem;
+};
+
+/* Reads the kubeconfig `doc` (the first document of the file at `path`, parsed): the
+ * current-context's cluster (server, certificate-authority or certificate-authority-data)
+ * and user (token, tokenFile, or client-certificate(-data) with client-key(-data)) into
+ * *kc. What Tether cannot honour is refused rather than ignored: insecure-skip-tls-verify,
+ * tls-server-name, exec and auth-provider plugins, username/password, a proxy-url.
+ * Returns 0 (free with cp_k8s_kubeconfig_done) or -EINVAL / -ENOMEM with err naming the
+ * file and key ("kube.yaml: users[name=dev].user: ..."). */
+int cp_k8s_kubeconfig_load(json_t *doc, const char *path, struct cp_k8s_kubeconfig *kc, char *err,
+                           size_t errlen);
+
+/* Fills the credential fields of *o from *kc (pointers into kc). */
+void cp_k8s_kubeconfig_opts(const struct cp_k8s_kubeconfig *kc, struct cp_k8s_client_opts *o);
+
+/* Frees what *kc holds (secrets wiped) and zeroes it. */
+void cp_k8s_kubeconfig_done(struct cp_k8s_kubeconfig *kc);
 
 /* Checks opts (an https:// server URL with a port, a CA) and copies them. Returns the
  * client or NULL with err set ("--kubernetes-api URL: ..."). */

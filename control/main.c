@@ -19,6 +19,7 @@
 #include "ca.h"
 #include "k8s_client.h"
 #include "k8s_watch.h"
+#include "yaml.h"
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/spiffe.h"
@@ -91,6 +92,9 @@ static const char usage[] =
     "                             account>). In a pod: the API server from\n"
     "                             KUBERNETES_SERVICE_HOST/PORT, the service account's token\n"
     "                             and CA under " CP_K8S_SA_DIR "\n"
+    "  --kubeconfig FILE          --kubernetes with the API server and credentials of FILE's\n"
+    "                             current-context (server, certificate-authority(-data),\n"
+    "                             token, tokenFile or client-certificate/key(-data))\n"
     "  --kubernetes-api URL       (testing, out of cluster) the API server, https://HOST:PORT\n"
     "  --kubernetes-token-file FILE  (testing, out of cluster) the bearer token, read again\n"
     "                             for every connection\n"
@@ -571,6 +575,44 @@ static bool k8s_object_name(const char *s)
     return true;
 }
 
+/* The client of --kubeconfig FILE's current context, or NULL after a usage message. */
+static struct cp_k8s_client *k8s_client_from_kubeconfig(const char *path)
+{
+    struct cp_k8s_client_opts o = {.timeout_ms = 5000};
+    struct cp_k8s_kubeconfig kc;
+    struct cp_k8s_client *k = NULL;
+    json_t *docs = NULL;
+    char *text = NULL, err[1024];
+    size_t len = 0;
+    int rc = tt_file_read(path, 1024 * 1024, &text, &len);
+
+    if (rc != 0) {
+        snprintf(err, sizeof(err), "%s: %s", path,
+                 rc == -EFBIG ? "larger than 1 MiB" : strerror(-rc));
+        goto fail;
+    }
+    if (cp_yaml_parse(text, len, path, &docs, err, sizeof(err)) != 0)
+        goto fail;
+    if (cp_k8s_kubeconfig_load(json_array_get(docs, 0), path, &kc, err, sizeof(err)) != 0)
+        goto fail;
+    cp_k8s_kubeconfig_opts(&kc, &o);
+    k = cp_k8s_client_new(&o, err, sizeof(err));
+    cp_k8s_kubeconfig_done(&kc);
+    if (k == NULL)
+        goto fail;
+    json_decref(docs);
+    tt_crypto_wipe(text, len);
+    free(text);
+    return k;
+fail:
+    json_decref(docs);
+    if (text != NULL)
+        tt_crypto_wipe(text, len);
+    free(text);
+    die_usage("--kubeconfig: ", err);
+    return NULL;
+}
+
 /* Builds the Kubernetes API client from the flags: --kubernetes-api and its files, else
  * in-cluster (KUBERNETES_SERVICE_HOST/PORT, the service account's token and CA). Returns
  * the client, or NULL after a usage message (*rc = EXIT_USAGE). */
@@ -582,6 +624,8 @@ static struct cp_k8s_client *k8s_client_from_flags(const struct flags *f, int *r
     struct cp_k8s_client *k;
 
     *rc = EXIT_USAGE;
+    if (f->kubeconfig != NULL)
+        return k8s_client_from_kubeconfig(f->kubeconfig);
     if (f->k8s_api != NULL) {
         snprintf(url, sizeof(url), "%s", f->k8s_api);
     } else if (host != NULL && host[0] && port != NULL && port[0]) {
@@ -779,6 +823,11 @@ int main(int argc, char **argv)
         return die_usage("--webhook-config: expected an object name (lower-case letters, "
                          "digits, '-' and '.'), got ",
                          f.webhook_config);
+    if (f.kubeconfig != NULL &&
+        (f.k8s_api != NULL || f.k8s_token_file != NULL || f.k8s_ca_file != NULL))
+        return die_usage("--kubeconfig gives the API server and credentials: not with "
+                         "--kubernetes-api, --kubernetes-token-file or --kubernetes-ca-file",
+                         NULL);
     if (!f.kubernetes && f.kubeconfig == NULL &&
         (f.k8s_api != NULL || f.k8s_token_file != NULL || f.k8s_ca_file != NULL))
         return die_usage("--kubernetes-api, --kubernetes-token-file and --kubernetes-ca-file "

@@ -192,10 +192,11 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class ApiServer:
-    """The stand-in. cert: a harness Cert for 127.0.0.1/localhost; token: the bearer
-    token it expects (change with set_token)."""
+    """The stand-in. cert: a harness Cert for localhost; token: the bearer token it
+    expects (change with set_token); client_ca: a Cert whose client certificates also
+    authenticate (as kube-apiserver's --client-ca-file)."""
 
-    def __init__(self, cert, token):
+    def __init__(self, cert, token, client_ca=None):
         self.lock = threading.Condition()
         self.token = token
         self.rv = 100
@@ -213,6 +214,9 @@ class ApiServer:
         srv = _Server(("127.0.0.1", 0), self._handler())
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert.crt, cert.key)
+        if client_ca is not None:
+            ctx.load_verify_locations(client_ca.crt)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
         self.srv = srv
         self.port = srv.server_address[1]
@@ -326,8 +330,10 @@ class ApiServer:
                 u = urllib.parse.urlsplit(self.path)
                 q = dict(urllib.parse.parse_qsl(u.query, keep_blank_values=True))
                 with api.lock:
-                    ok = self.headers.get("Authorization") == "Bearer " + api.token
+                    ok = (self.headers.get("Authorization") == "Bearer " + api.token or
+                          bool(self.connection.getpeercert()))
                     rec = {"method": self.command, "path": u.path, "query": q, "auth_ok": ok,
+                           "client_cert": bool(self.connection.getpeercert()),
                            "ctype": self.headers.get("Content-Type"), "body": body,
                            "time": time.monotonic()}
                     api.requests.append(rec)

@@ -83,7 +83,8 @@ def test(env):
     kube_ca = env.certs.ca("kube-ca")
     kube_cert = env.certs.leaf("kube-apiserver", kube_ca, [], dns=["localhost"])
     token_file = env.write("kube-token", "token-one\n", mode=0o600)
-    api = ks.ApiServer(kube_cert, "token-one")
+    kube_users = env.certs.ca("kube-users")
+    api = ks.ApiServer(kube_cert, "token-one", client_ca=kube_users)
     api.page_max = 2
     api.add_webhook_config("tether-inject")
 
@@ -326,6 +327,14 @@ def test(env):
     finally:
         watcher.stop()
 
+    # Under ASan: no report from the control plane on its way out (leaks included); its
+    # requests are not mixed with the next control planes' below.
+    sc.stop()
+    cp.stop(timeout=15)
+    err = cp.stderr()
+    check("Sanitizer" not in err and "runtime error:" not in err,
+          "tether-control exits clean: %s" % err[err.find("Sanitizer") - 200:][:1500])
+
     # A control plane with another CA: its bundle is patched in.
     ca2 = env.certs.ca("cp-ca2", cn="Tether second CA")
     n = len(api.patches)
@@ -338,6 +347,73 @@ def test(env):
                            ["clientConfig"]["caBundle"]).decode()
     check(got.strip() == pem2.strip(), "the new bundle replaced the old one in the webhook")
     cp2.stop(timeout=15)
+
+    # --kubeconfig: the current context's cluster and user, with a client certificate
+    # (certificate-authority-data, client-*-data) or a token file (paths relative to the
+    # kubeconfig's folder); another context is ignored.
+    user = env.certs.leaf("kube-user", kube_users, [], dns=["tether-control"])
+
+    def b64(path):
+        with open(path, "rb") as f:
+            return base64.b64encode(f.read()).decode()
+
+    os.makedirs(env.path("kc"), exist_ok=True)
+    env.write("kc/token", "token-two\n", mode=0o600)
+    env.write("kc/ca.crt", open(kube_ca.crt).read())
+    kc_cert = env.write("kc/cert.yaml", """apiVersion: v1
+kind: Config
+current-context: test
+clusters:
+- name: stand-in
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+- name: elsewhere
+  cluster:
+    server: https://localhost:1
+    insecure-skip-tls-verify: true
+contexts:
+- name: test
+  context: {cluster: stand-in, user: tether}
+- name: other
+  context: {cluster: elsewhere, user: tether}
+users:
+- name: tether
+  user:
+    client-certificate-data: %s
+    client-key-data: %s
+""" % (api.url, b64(kube_ca.crt), b64(user.crt), b64(user.key)))
+    kc_token = env.write("kc/token.yaml", json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "c", "cluster": {"server": api.url,
+                                               "certificate-authority": "ca.crt"}}],
+        "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"tokenFile": "token"}}]}))
+    for name, kc, cert_auth in (("control-kc1", kc_cert, True), ("control-kc2", kc_token, False)):
+        t0 = time.monotonic()
+        cpk = env.control(name=name, extra=["--kubeconfig", kc])
+        try:
+            h.wait_for(lambda: [e for e in cpk.ctl("service", "list", as_json=True)["services"]
+                                if e["address"] == db and e["source"] == "kubernetes"],
+                       15, 0.1, "the table through --kubeconfig")
+            h.log("ok: --kubeconfig %s fills the table" % os.path.basename(kc))
+        except h.TestFailure as e:
+            check(False, "--kubeconfig %s: %s; %s" % (kc, e, cpk.events("kubernetes_error")[:2]))
+        reqs = api.recorded(lambda r: r["time"] > t0)
+        check(reqs and all(r["auth_ok"] and r["client_cert"] == cert_auth for r in reqs),
+              "--kubeconfig %s authenticates with its %s" % (
+                  os.path.basename(kc), "client certificate" if cert_auth else "token file"))
+        cpk.stop(timeout=15)
+        check("Sanitizer" not in cpk.stderr(), "%s exits clean" % name)
+    bad = env.write("kc/bad.yaml", "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+                    "contexts:\n- name: x\n  context: {cluster: c, user: u}\nclusters:\n"
+                    "- name: c\n  cluster: {server: 'https://localhost:1', "
+                    "insecure-skip-tls-verify: true}\nusers:\n- name: u\n  user: {token: t}\n")
+    r = subprocess.run([env.control_bin, "--state-dir", env.path("bad-state"), "--kubeconfig",
+                        bad], capture_output=True, text=True, timeout=10)
+    check(r.returncode == 2 and "insecure-skip-tls-verify" in r.stderr and "bad.yaml" in r.stderr,
+          "a kubeconfig that turns verification off is refused naming file and key: %d %r" %
+          (r.returncode, r.stderr[-300:]))
 
     # Attack: an API server whose certificate does not chain to the CA given.
     other_ca = env.certs.ca("other-ca")
@@ -353,11 +429,6 @@ def test(env):
           "nothing from an API server that is not believed")
     cp3.stop(timeout=15)
 
-    # Under ASan: no report from the control plane on its way out (leaks included).
-    cp.stop(timeout=15)
-    err = cp.stderr()
-    check("Sanitizer" not in err and "runtime error:" not in err,
-          "tether-control exits clean: %s" % err[err.find("Sanitizer") - 200:][:1500])
     api.stop()
     check.done()
 
