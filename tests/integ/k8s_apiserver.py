@@ -211,6 +211,7 @@ class ApiServer:
         self.streams = []  # open watch queues: (resource, queue)
         self.webhook_configs = {}
         self.patches = []
+        self.published = []  # every object version served, for shape validation
         srv = _Server(("127.0.0.1", 0), self._handler())
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert.crt, cert.key)
@@ -244,6 +245,7 @@ class ApiServer:
             obj = copy.deepcopy(obj)
             obj["metadata"]["resourceVersion"] = str(self.rv)
             key = self._key(obj)
+            self.published.append(obj)
             if etype == "DELETED":
                 self.objects[resource].pop(key, None)
             else:
@@ -296,6 +298,12 @@ class ApiServer:
     def add_webhook_config(self, name):
         with self.lock:
             self.webhook_configs[name] = mutating_webhook_config(name)
+
+    def served_objects(self):
+        """Every object version this server stored (as watch events serve them, with kind
+        and apiVersion) and the webhook configurations, for a schema check."""
+        with self.lock:
+            return copy.deepcopy(self.published + list(self.webhook_configs.values()))
 
     def recorded(self, pred=lambda r: True):
         with self.lock:
