@@ -441,6 +441,15 @@ static void on_api_shed(void *ud, const char *reason)
     cp_store_count_refusal(l->c->store, reason);
 }
 
+/* GET /stats's "kubernetes" (the watcher's state) with --kubernetes; NULL without. Loop
+ * thread (c->k8s changes only there). */
+static json_t *k8s_stats(void *ud)
+{
+    struct control *c = ud;
+
+    return c->k8s ? json_pack("{s:o}", "kubernetes", cp_k8s_watch_status_json(c->k8s)) : NULL;
+}
+
 /* Starts the operator API on every --listen-api: plaintext on loopback, otherwise the
  * API in mTLS mode behind a TLS acceptor that requires a client certificate verified
  * against the bundle (role TT_TLS_SERVER). Returns 0 or EXIT_RUNTIME (after a message). */
@@ -453,6 +462,8 @@ static int start_apis(struct control *c, const struct flags *f)
         ao.admin_ids[i] = f->admin_ids[i];
     ao.n_admin_ids = f->n_admin_ids;
     ao.operator_token = c->operator_token;
+    ao.stats_extra = k8s_stats;
+    ao.stats_ud = c;
     for (size_t i = 0; i < c->n_apis; i++) {
         struct api_listener *l = &c->apis[i];
 

@@ -322,6 +322,13 @@ def test(env):
               [(r["method"], r["path"]) for r in api.recorded(
                   lambda r: r["path"].startswith(ks.WEBHOOKS))])
 
+        # GET /stats shows the watcher's state.
+        k = cp.stats().get("kubernetes", {})
+        res = k.get("resources", {})
+        check(k.get("synced") is True and set(res) == {"services", "endpointslices", "pods"} and
+              all(r["gone"] >= 1 and r["lists"] >= 3 and r["watches"] >= 4
+                  for r in res.values()) and k.get("webhook", {}).get("ca_bundle_set") is True,
+              "/stats shows the watches, relists and the webhook: %s" % k)
         # The sidecar acknowledged everything (no NACK of a cluster table).
         rec = tcs.sidecar_rec(cp, sid("probe", "sidecar"))
         check(rec and rec.get("nacked_version") is None, "no snapshot was refused: %s" % rec)
