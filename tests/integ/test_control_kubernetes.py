@@ -87,6 +87,7 @@ def test(env):
     kube_users = env.certs.ca("kube-users")
     api = ks.ApiServer(kube_cert, "token-one", client_ca=kube_users)
     api.page_max = 2
+    api.bookmark_every = 0.2
     api.add_webhook_config("tether-inject")
 
     # The cluster before the control plane starts: a Service "db" with one ready
@@ -144,6 +145,15 @@ def test(env):
               "watches ask for bookmarks from the list's resourceVersion: %s" %
               [w["query"] for w in watches])
 
+        # A headless Service over the same pod: its ready endpoint as a bare entry (the
+        # sidecar must accept it beside the same endpoint under db's ClusterIP).
+        api.add(ks.SERVICES, ks.service("db-hl", "data", "None", [("pg", 5432, 5432)]))
+        api.add(ks.SLICES, ks.endpoint_slice("db-hl-z1", "data", "db-hl", [
+            ks.endpoint("10.244.2.10", "db-0", "data")], [("pg", 5432)]))
+        reached(lambda s: has(s, "10.244.2.10:5432", "", sid("data", "postgres")) and
+                has(s, "10.244.2.10:5432", db),
+                "a headless Service's endpoint is a bare entry")
+
         # 2. A Service created.
         vip = "10.96.0.10:80"
         api.add(ks.PODS, ks.pod("web-1", "shop", "10.244.1.1", service_account="web"))
@@ -196,6 +206,8 @@ def test(env):
                              for o in api.objects[res].values()] or [0])
                    for res in (ks.SERVICES, ks.SLICES, ks.PODS)}
         h.wait_for(lambda: api.open_streams() == 3, 10, 0.05, "three open watches")
+        time.sleep(0.6)  # a few bookmarks on every stream (one each 0.2s)
+        rv_drop = api.rv
         t_drop = time.monotonic()
         api.drop_streams()
         api.add(ks.PODS, ks.pod("api-1", "shop", "10.244.1.5", service_account="api"))
@@ -216,6 +228,13 @@ def test(env):
                   for r in rewatch),
               "each re-watch starts from the last resourceVersion seen (%s): %s" %
               (last_rv, [(r["path"], r["query"].get("resourceVersion")) for r in rewatch]))
+        first = {}
+        for r in rewatch:
+            first.setdefault(r["path"], r)
+        check(len(first) == 3 and
+              all(int(r["query"]["resourceVersion"]) == rv_drop for r in first.values()),
+              "bookmarks carried every watch's resourceVersion to the latest (%d): %s" %
+              (rv_drop, [(r["path"], r["query"].get("resourceVersion")) for r in rewatch]))
 
         # 7. 410 Gone as an HTTP status: the watches are held (503) while the cluster
         # changes unseen and the history is compacted.
