@@ -276,6 +276,25 @@ out:
     return rc;
 }
 
+/* RFC 1123 names (see k8s_client.h). */
+bool cp_k8s_name_valid(const char *s, size_t max, bool dots)
+{
+    size_t n = s ? strlen(s) : 0;
+
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+
+        if (!alnum && c != '-' && !(dots && c == '.'))
+            return false;
+        if (!alnum && (i == 0 || i == n - 1))
+            return false;
+    }
+    return true;
+}
+
 /* ---- kubeconfig ---- */
 
 /* The element of the array `list` (key `what`) whose "name" is name, or NULL. */

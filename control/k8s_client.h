@@ -71,6 +71,11 @@ void cp_k8s_kubeconfig_opts(const struct cp_k8s_kubeconfig *kc, struct cp_k8s_cl
 /* Frees what *kc holds (secrets wiped) and zeroes it. */
 void cp_k8s_kubeconfig_done(struct cp_k8s_kubeconfig *kc);
 
+/* True for a Kubernetes object name of at most max bytes (RFC 1123): lower-case letters,
+ * digits and '-', alphanumeric at both ends, and with `dots` also '.' (a DNS subdomain:
+ * most names, service accounts; without: a DNS label, namespaces). Pure. */
+bool cp_k8s_name_valid(const char *s, size_t max, bool dots);
+
 /* Checks opts (an https:// server URL with a port, a CA) and copies them. Returns the
  * client or NULL with err set ("--kubernetes-api URL: ..."). */
 struct cp_k8s_client *cp_k8s_client_new(const struct cp_k8s_client_opts *o, char *err,

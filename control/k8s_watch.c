@@ -109,7 +109,8 @@ static bool meta_key(json_t *obj, char *key, size_t keylen, const char **ns, con
 
     *ns = str_at(md, "namespace", MAX_NAME);
     *name = str_at(md, "name", MAX_NAME);
-    if (*ns == NULL || *name == NULL || (*ns)[0] == '\0' || (*name)[0] == '\0')
+    /* Names as the API server allows them: a '/' would confuse keys and identities. */
+    if (!cp_k8s_name_valid(*ns, 63, false) || !cp_k8s_name_valid(*name, MAX_NAME, true))
         return false;
     return (size_t)snprintf(key, keylen, "%s/%s", *ns, *name) < keylen;
 }
@@ -208,7 +209,7 @@ static json_t *extract_service(json_t *obj, char *key, size_t keylen, const char
     if (ips == NULL || ports == NULL)
         goto fail;
     if (!meta_key(obj, key, keylen, &ns, &name)) {
-        *why = "metadata.namespace and metadata.name are required";
+        *why = "metadata.namespace and metadata.name must be valid names";
         goto fail;
     }
     if (!headless && json_is_array(list) && json_array_size(list) <= 2) {
@@ -262,7 +263,7 @@ static json_t *extract_slice(json_t *obj, char *key, size_t keylen, const char *
     if (ports == NULL || eps == NULL)
         goto fail;
     if (!meta_key(obj, key, keylen, &ns, &name)) {
-        *why = "metadata.namespace and metadata.name are required";
+        *why = "metadata.namespace and metadata.name must be valid names";
         goto fail;
     }
     if (svc == NULL || type == NULL || (strcmp(type, "IPv4") != 0 && strcmp(type, "IPv6") != 0)) {
@@ -298,8 +299,10 @@ static json_t *extract_slice(json_t *obj, char *key, size_t keylen, const char *
         json_t *out, *a;
         char pk[2 * MAX_NAME + 2];
 
-        if (json_is_false(ready) || kind == NULL || strcmp(kind, "Pod") != 0 || pod == NULL ||
-            !json_is_array(addrs) || json_array_size(addrs) > MAX_EP_ADDRS)
+        if (json_is_false(ready) || kind == NULL || strcmp(kind, "Pod") != 0 ||
+            !cp_k8s_name_valid(pod, MAX_NAME, true) ||
+            (pns != NULL && !cp_k8s_name_valid(pns, 63, false)) || !json_is_array(addrs) ||
+            json_array_size(addrs) > MAX_EP_ADDRS)
             continue;
         snprintf(pk, sizeof(pk), "%s/%s", pns ? pns : ns, pod);
         out = json_array();
@@ -325,12 +328,18 @@ static json_t *extract_pod(json_t *obj, char *key, size_t keylen, const char **w
     const char *ns, *name, *sa = str_at(spec, "serviceAccountName", MAX_NAME);
 
     if (!meta_key(obj, key, keylen, &ns, &name)) {
-        *why = "metadata.namespace and metadata.name are required";
+        *why = "metadata.namespace and metadata.name must be valid names";
         return NULL;
     }
     if (sa == NULL || sa[0] == '\0')
         sa = str_at(spec, "serviceAccount", MAX_NAME); /* the deprecated alias */
-    return json_pack("{s:s}", "sa", sa && sa[0] ? sa : "default");
+    if (sa == NULL || sa[0] == '\0')
+        sa = "default";
+    if (!cp_k8s_name_valid(sa, MAX_NAME, true)) {
+        *why = "spec.serviceAccountName is not a valid name";
+        return NULL;
+    }
+    return json_pack("{s:s}", "sa", sa);
 }
 
 /* ---- the table ---- */

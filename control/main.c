@@ -571,21 +571,6 @@ static int serving_names(const struct flags *f, char *host, size_t hostlen, cons
     return 0;
 }
 
-/* True for a DNS subdomain name as Kubernetes names objects (RFC 1123: lower-case
- * letters, digits, '-' and '.', alphanumeric at both ends, at most 253). */
-static bool k8s_object_name(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n > 253 || s[0] == '-' || s[0] == '.' || s[n - 1] == '-' || s[n - 1] == '.')
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-' ||
-              s[i] == '.'))
-            return false;
-    return true;
-}
-
 /* The client of --kubeconfig FILE's current context, or NULL after a usage message. */
 static struct cp_k8s_client *k8s_client_from_kubeconfig(const char *path)
 {
@@ -830,7 +815,7 @@ int main(int argc, char **argv)
         return rc;
     if (f.webhook_config != NULL && !f.kubernetes && f.kubeconfig == NULL)
         return die_usage("--webhook-config needs --kubernetes (or --kubeconfig)", NULL);
-    if (f.webhook_config != NULL && !k8s_object_name(f.webhook_config))
+    if (f.webhook_config != NULL && !cp_k8s_name_valid(f.webhook_config, 253, true))
         return die_usage("--webhook-config: expected an object name (lower-case letters, "
                          "digits, '-' and '.'), got ",
                          f.webhook_config);
