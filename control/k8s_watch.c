@@ -951,8 +951,7 @@ static void *wh_main(void *arg)
     uint64_t backoff = 0, wait_ms = 0;
 
     for (;;) {
-        struct cp_snapshot *snap;
-        char err[512];
+        char err[512], *bundle;
         int rc;
 
         pthread_mutex_lock(&w->wh_mu);
@@ -977,21 +976,22 @@ static void *wh_main(void *arg)
         w->wh_dirty = false;
         pthread_mutex_unlock(&w->wh_mu);
         wait_ms = 0;
-        snap = cp_store_snapshot(w->store);
-        if (snap == NULL) {
+        bundle = cp_store_bundle_get(w->store);
+        if (bundle == NULL) {
             wait_ms = backoff_next(w, &backoff);
             continue;
         }
-        if (snap->bundle_pem[0] == '\0' ||
-            (w->wh_patched != NULL && strcmp(w->wh_patched, snap->bundle_pem) == 0)) {
-            cp_snapshot_free(snap);
+        /* wh_patched is this thread's own: read without the lock. */
+        if (bundle[0] == '\0' || (w->wh_patched != NULL && strcmp(w->wh_patched, bundle) == 0)) {
+            free(bundle);
             continue;
         }
-        rc = webhook_patch(w, snap->bundle_pem, err, sizeof(err));
+        rc = webhook_patch(w, bundle, err, sizeof(err));
         pthread_mutex_lock(&w->wh_mu);
         if (rc == 0) {
             free(w->wh_patched);
-            w->wh_patched = strdup(snap->bundle_pem);
+            w->wh_patched = bundle;
+            bundle = NULL;
             w->wh_patches++;
             w->wh_error[0] = '\0';
         } else {
@@ -999,7 +999,7 @@ static void *wh_main(void *arg)
             snprintf(w->wh_error, sizeof(w->wh_error), "%.250s", err);
         }
         pthread_mutex_unlock(&w->wh_mu);
-        cp_snapshot_free(snap);
+        free(bundle);
         if (rc == 0) {
             backoff = 0;
             tt_log(TT_LOG_INFO, "webhook_ca_bundle_set", TT_LS("webhook_config", w->webhook),

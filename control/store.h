@@ -76,6 +76,9 @@ uint64_t cp_store_version(struct cp_store *s);
  * differs from the one recorded in state.json. Returns 0 or -errno. */
 int cp_store_bundle_set(struct cp_store *s, const char *pem);
 
+/* A copy of the bundle PEM ("" when none was set; caller frees), NULL when out of memory. */
+char *cp_store_bundle_get(struct cp_store *s);
+
 /* ---- tokens ---- */
 
 /* Creates a bootstrap token for spiffe_id (checked with tt_spiffe_check), valid for
