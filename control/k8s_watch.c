@@ -409,11 +409,15 @@ static void ip_port(const char *ip, int port, char *out, size_t outlen)
 static void add_ep(struct table *t, const char *addr, const char *id)
 {
     struct cp_endpoint_spec *v = grow(t->eps, &t->cap_eps, t->n_eps, sizeof(*v), &t->nomem);
-    const char *a = keep(t, addr), *i = keep(t, id);
+    const char *a, *i;
 
-    if (v == NULL || a == NULL || i == NULL)
+    if (v == NULL)
         return;
-    t->eps = v;
+    t->eps = v; /* at once: realloc may have moved it */
+    a = keep(t, addr);
+    i = keep(t, id);
+    if (a == NULL || i == NULL)
+        return;
     t->eps[t->n_eps].address = a;
     t->eps[t->n_eps].spiffe_id = i;
     t->n_eps++;
@@ -424,11 +428,15 @@ static void add_svc(struct table *t, const char *addr, const char *name, bool ba
                     size_t n)
 {
     struct cp_service_spec *v = grow(t->svcs, &t->cap, t->n, sizeof(*v), &t->nomem);
-    const char *a = keep(t, addr), *nm = keep(t, name);
+    const char *a, *nm;
 
-    if (v == NULL || a == NULL || nm == NULL)
+    if (v == NULL)
         return;
-    t->svcs = v;
+    t->svcs = v; /* at once: realloc may have moved it */
+    a = keep(t, addr);
+    nm = keep(t, name);
+    if (a == NULL || nm == NULL)
+        return;
     t->svcs[t->n] = (struct cp_service_spec){a, nm, bare, (void *)(uintptr_t)first, n};
     t->n++;
 }
