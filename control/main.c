@@ -157,8 +157,9 @@ struct control {
     pthread_mutex_t handoff_lock; /* guards handoffs */
     struct handoff *handoffs;
     struct cp_sidecar_api *sidecars;
-    uv_timer_t reg_timer;                       /* drops registrations past their grace period */
-    struct cp_k8s_watch *k8s;                   /* --kubernetes: the cluster's services */
+    uv_timer_t reg_timer;     /* drops registrations past their grace period */
+    struct cp_k8s_watch *k8s; /* --kubernetes: the cluster's services */
+    pthread_mutex_t k8s_lock; /* guards k8s against the store callback on other threads */
     char operator_token[CP_OPERATOR_TOKEN_MAX]; /* the loopback APIs' credential */
 };
 
@@ -332,6 +333,19 @@ static void apis_stop(struct control *c)
     }
 }
 
+/* Stops the Kubernetes watcher: no store callback sees it once the lock is released, and
+ * its threads are joined before it is freed. Loop thread. */
+static void k8s_stop(struct control *c)
+{
+    struct cp_k8s_watch *w;
+
+    pthread_mutex_lock(&c->k8s_lock);
+    w = c->k8s;
+    c->k8s = NULL;
+    pthread_mutex_unlock(&c->k8s_lock);
+    cp_k8s_watch_stop(w);
+}
+
 /* SIGTERM/SIGINT: stop serving; the loop ends once every handle is closed. The API
  * listeners go first: their handshakes use the sidecar API's serving identity. */
 static void on_signal(uv_signal_t *s, int signum)
@@ -340,10 +354,11 @@ static void on_signal(uv_signal_t *s, int signum)
 
     tt_log(TT_LOG_INFO, "control_stopping", TT_LS("signal", signum == SIGTERM ? "TERM" : "INT"));
     apis_stop(c);
+    /* Before the sidecar API: the watcher's threads change the store, whose callback
+     * pushes through c->sidecars (joined here, so none runs after). */
+    k8s_stop(c);
     cp_sidecar_api_free(c->sidecars);
     c->sidecars = NULL;
-    cp_k8s_watch_stop(c->k8s); /* joins its threads: the store callback below may run till then */
-    c->k8s = NULL;
     uv_close((uv_handle_t *)&c->sigterm, on_handle_close);
     uv_close((uv_handle_t *)&c->sigint, on_handle_close);
     uv_close((uv_handle_t *)&c->reg_timer, on_handle_close);
@@ -364,7 +379,9 @@ static void on_store_change(void *ud, uint64_t version)
 
     if (c->sidecars)
         cp_sidecar_api_push(c->sidecars);
+    pthread_mutex_lock(&c->k8s_lock);
     cp_k8s_watch_bundle_changed(c->k8s);
+    pthread_mutex_unlock(&c->k8s_lock);
 }
 
 /* Starts the gRPC side for sidecars on --listen-sidecars with the transport bounds and
@@ -650,13 +667,17 @@ static int start_k8s(struct control *c, const struct flags *f, struct cp_k8s_cli
                                   .store = c->store,
                                   .trust_domain = f->trust_domain,
                                   .webhook_config = f->webhook_config};
+    struct cp_k8s_watch *w;
     char err[512];
 
-    c->k8s = cp_k8s_watch_start(&o, err, sizeof(err));
-    if (c->k8s == NULL) {
+    w = cp_k8s_watch_start(&o, err, sizeof(err));
+    if (w == NULL) {
         tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
         return EXIT_RUNTIME;
     }
+    pthread_mutex_lock(&c->k8s_lock);
+    c->k8s = w;
+    pthread_mutex_unlock(&c->k8s_lock);
     tt_log(TT_LOG_INFO, "kubernetes_watching", TT_LS("api", cp_k8s_client_where(k)),
            TT_LS("webhook_config", f->webhook_config));
     return 0;
@@ -884,6 +905,7 @@ int main(int argc, char **argv)
 
     c.loop = uv_default_loop();
     pthread_mutex_init(&c.handoff_lock, NULL);
+    pthread_mutex_init(&c.k8s_lock, NULL);
     /* The sidecar side first: it owns the serving identity the mTLS API presents. */
     rc = start_sidecar_side(&c, &sidecar_addr, ttl_ms, &so);
     if (rc != 0)
@@ -928,6 +950,7 @@ int main(int argc, char **argv)
     rc = 0;
 out_lock:
     pthread_mutex_destroy(&c.handoff_lock);
+    pthread_mutex_destroy(&c.k8s_lock);
 out_ca:
     cp_ca_free(c.ca);
 out_store:
