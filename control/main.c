@@ -27,8 +27,10 @@
 #include "store.h"
 #include "tls_acceptor.h"
 #include "core/util.h"
+#include "jwks.h"
 #include "operator_token.h"
 #include "sidecar_api.h"
+#include "webhook.h"
 
 #define EXIT_RUNTIME      1
 #define EXIT_USAGE        2
@@ -86,6 +88,23 @@ static const char usage[] =
     "                             it serves outlives its Watch stream (default 60s; 0 for\n"
     "                             none); the same identity reconnecting keeps it, another\n"
     "                             identity may take the address once the stream is gone\n"
+    "  --listen-webhook ADDR:PORT the sidecar-injection admission webhook, POST /inject\n"
+    "                             over HTTPS with the serving certificate (off by default;\n"
+    "                             in Kubernetes 0.0.0.0:15017 behind Service port 443)\n"
+    "  --sidecar-image IMAGE      the image the webhook injects (default " CP_INJECT_DEFAULT_IMAGE
+    ")\n"
+    "  --inject-control-address HOST:PORT  the sidecar API as injected sidecars reach it\n"
+    "                             (default " CP_INJECT_DEFAULT_CONTROL ")\n"
+    "  --jwks FILE                accept Kubernetes projected service-account tokens as\n"
+    "                             proof in Identity.Sign, signed (ES256 or RS256) by a key\n"
+    "                             of this JWK Set (the API server's /openid/v1/jwks); a\n"
+    "                             token for namespace NS and service account SA gets\n"
+    "                             spiffe://TD/ns/NS/sa/SA. Read again when it changes\n"
+    "  --jwt-audience AUD         the audience the tokens must carry (required with --jwks);\n"
+    "                             also the audience of the token the webhook injects\n"
+    "                             (default there " CP_INJECT_DEFAULT_AUDIENCE ")\n"
+    "  --jwt-issuer ISS           the issuer they must carry (default: any; e.g.\n"
+    "                             https://kubernetes.default.svc.cluster.local)\n"
     "  --kubernetes               fill the service table from the cluster: watch Services,\n"
     "                             EndpointSlices and Pods (ClusterIP:port -> ready pod\n"
     "                             IP:targetPort -> spiffe://TD/ns/<pod ns>/sa/<service\n"
@@ -124,6 +143,8 @@ struct flags {
     const char *registration_grace;
     bool kubernetes;
     const char *kubeconfig, *k8s_api, *k8s_token_file, *k8s_ca_file, *webhook_config;
+    const char *listen_webhook, *sidecar_image, *inject_control_address;
+    const char *jwks, *jwt_audience, *jwt_issuer;
 };
 
 /* One --listen-api. With mTLS, `acceptor` terminates TLS on its own threads and queues
@@ -140,7 +161,7 @@ struct api_listener {
 /* A connection on its way from an acceptor's loop thread to this loop's thread. */
 struct handoff {
     struct handoff *next;
-    struct api_listener *l;
+    struct api_listener *l; /* NULL: for the webhook */
     int fd;
     char peer_id[TT_SPIFFE_MAX + 1];
 };
@@ -157,6 +178,8 @@ struct control {
     pthread_mutex_t handoff_lock; /* guards handoffs */
     struct handoff *handoffs;
     struct cp_sidecar_api *sidecars;
+    struct cp_webhook *webhook; /* --listen-webhook, or NULL */
+    struct cp_tls_acceptor *webhook_acceptor;
     uv_timer_t reg_timer;     /* drops registrations past their grace period */
     struct cp_k8s_watch *k8s; /* --kubernetes: the cluster's services */
     pthread_mutex_t k8s_lock; /* guards k8s against the store callback on other threads */
@@ -194,6 +217,12 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--kubernetes-token-file", offsetof(struct flags, k8s_token_file)},
         {"--kubernetes-ca-file", offsetof(struct flags, k8s_ca_file)},
         {"--webhook-config", offsetof(struct flags, webhook_config)},
+        {"--listen-webhook", offsetof(struct flags, listen_webhook)},
+        {"--sidecar-image", offsetof(struct flags, sidecar_image)},
+        {"--inject-control-address", offsetof(struct flags, inject_control_address)},
+        {"--jwt-audience", offsetof(struct flags, jwt_audience)},
+        {"--jwks", offsetof(struct flags, jwks)},
+        {"--jwt-issuer", offsetof(struct flags, jwt_issuer)},
     };
 
     for (int i = 1; i < argc; i++) {
@@ -296,7 +325,13 @@ static void on_handoff(uv_async_t *as)
     }
     for (struct handoff *h = rev, *next; h != NULL; h = next) {
         next = h->next;
-        if (h->l->api == NULL) {
+        if (h->l == NULL) {
+            int r = c->webhook ? cp_webhook_adopt_fd(c->webhook, h->fd) : (close(h->fd), 0);
+
+            if (r < 0)
+                tt_log(TT_LOG_WARN, "webhook_connection_refused",
+                       TT_LS("error", r == -EBUSY ? "too many clients" : strerror(-r)));
+        } else if (h->l->api == NULL) {
             close(h->fd);
         } else {
             /* The acceptor's relay ends when the HTTP side closes its end. */
@@ -326,6 +361,10 @@ static void apis_stop(struct control *c)
 {
     for (size_t i = 0; i < c->n_apis; i++)
         api_listener_stop(&c->apis[i]);
+    cp_tls_acceptor_free(c->webhook_acceptor);
+    c->webhook_acceptor = NULL;
+    cp_webhook_close(c->webhook);
+    c->webhook = NULL;
     if (c->handoff_init) {
         on_handoff(&c->handoff_async); /* every api is NULL now: closes what is queued */
         uv_close((uv_handle_t *)&c->handoff_async, on_handle_close);
@@ -520,6 +559,89 @@ static int start_apis(struct control *c, const struct flags *f)
 fail:
     tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
     fprintf(stderr, "tether-control: %s\n", err);
+    return EXIT_RUNTIME;
+}
+
+/* The webhook presents the sidecar API's serving certificate (its DNS names from
+ * --serving-name: the Service's, tether-control.tether-system.svc, by default). */
+static struct tt_identity *webhook_identity(void *ud, char *err, size_t errlen)
+{
+    struct control *c = ud;
+
+    return cp_sidecar_api_serving_identity(c->sidecars, err, errlen);
+}
+
+/* The acceptor's loop thread finished a handshake on --listen-webhook: queue the
+ * connection for this loop's thread. */
+static void on_webhook_accept(void *ud, int app_fd, const char *peer_id, const char *serial,
+                              const char *peer_addr)
+{
+    struct control *c = ud;
+    struct handoff *h = calloc(1, sizeof(*h));
+
+    if (h == NULL) {
+        close(app_fd);
+        return;
+    }
+    h->fd = app_fd;
+    pthread_mutex_lock(&c->handoff_lock);
+    h->next = c->handoffs;
+    c->handoffs = h;
+    pthread_mutex_unlock(&c->handoff_lock);
+    uv_async_send(&c->handoff_async);
+}
+
+static void on_webhook_shed(void *ud, const char *reason)
+{
+    struct control *c = ud;
+
+    cp_store_count_refusal(c->store, reason);
+}
+
+/* Starts --listen-webhook when given: the webhook on this loop behind a TLS acceptor
+ * (server authentication only: the API server presents no client certificate unless
+ * configured to, and one that chains to our CA is verified). Returns 0 or EXIT_RUNTIME
+ * (after a message). */
+static int start_webhook(struct control *c, const struct flags *f, const struct tt_addr *addr)
+{
+    struct cp_inject_opts io = {.image = f->sidecar_image,
+                                .control_address = f->inject_control_address,
+                                .trust_domain = f->trust_domain,
+                                .jwt_audience = f->jwt_audience};
+    struct cp_tls_acceptor_opts to = {
+        .listen = addr,
+        .role = TT_TLS_SERVER_OPTIONAL_CLIENT,
+        .identity = webhook_identity,
+        .on_accept = on_webhook_accept,
+        .count = on_webhook_shed,
+        .ud = c,
+        .name = "webhook",
+        .flag = "--listen-webhook",
+        .max_conns = API_MAX_CONNS,
+        .max_per_source = API_MAX_CONNS,
+    };
+    char err[1024] = "";
+
+    if (f->listen_webhook == NULL)
+        return 0;
+    c->webhook = cp_webhook_new(c->loop, &io, c->ca, err, sizeof(err));
+    if (c->webhook == NULL)
+        goto fail;
+    if (!c->handoff_init) {
+        uv_async_init(c->loop, &c->handoff_async, on_handoff);
+        c->handoff_async.data = c;
+        c->handoff_init = true;
+    }
+    c->webhook_acceptor = cp_tls_acceptor_new(&to, err, sizeof(err));
+    if (c->webhook_acceptor == NULL)
+        goto fail;
+    tt_log(TT_LOG_INFO, "webhook_listening", TT_LS("addr", f->listen_webhook),
+           TT_LI("port", cp_tls_acceptor_port(c->webhook_acceptor)),
+           TT_LS("image", f->sidecar_image ? f->sidecar_image : CP_INJECT_DEFAULT_IMAGE));
+    return 0;
+fail:
+    tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
+    fprintf(stderr, "tether-control: --listen-webhook: %s\n", err);
     return EXIT_RUNTIME;
 }
 
@@ -749,6 +871,35 @@ static int sidecar_bounds(const struct flags *f, size_t n_api, struct cp_sidecar
     return 0;
 }
 
+/* --jwks, --jwt-audience and --jwt-issuer into `so`: the JWK Set is read now (a bad file
+ * is a usage error naming the file and the key); --jwks needs --jwt-audience, --jwt-issuer
+ * needs --jwks. Returns 0 or EXIT_USAGE after a message. */
+static int jwt_flags(const struct flags *f, struct cp_sidecar_api_opts *so)
+{
+    char err[1024];
+
+    if (f->jwks == NULL) {
+        /* --jwt-audience alone still names the audience the webhook injects. */
+        if (f->jwt_issuer != NULL)
+            return die_usage("--jwt-issuer needs --jwks FILE", NULL);
+        return 0;
+    }
+    if (f->jwt_audience == NULL || f->jwt_audience[0] == '\0')
+        return die_usage("--jwks needs --jwt-audience AUD (the audience the service-account "
+                         "tokens are projected for)",
+                         NULL);
+    if (f->jwt_issuer != NULL && f->jwt_issuer[0] == '\0')
+        return die_usage("--jwt-issuer: expected the issuer (iss) of the tokens, got nothing",
+                         NULL);
+    so->jwks = cp_jwks_file_open(f->jwks, err, sizeof(err));
+    if (so->jwks == NULL)
+        return die_usage(err, NULL);
+    so->jwt_audience = f->jwt_audience;
+    so->jwt_issuer = f->jwt_issuer;
+    so->trust_domain = f->trust_domain;
+    return 0;
+}
+
 /* tether-control's entry: parses and checks flags, opens the store and the CA, starts the sidecar
  * API and each operator API, then runs the loop until SIGTERM or SIGINT. Returns 0 after a signal
  * (or --help), 1 when start-up fails, 2 for bad flags. */
@@ -764,7 +915,7 @@ int main(int argc, char **argv)
     struct cp_sidecar_api_opts so = {0};
     const char *names[MAX_SERVING_NAMES + 1];
     char listen_host[300];
-    struct tt_addr sidecar_addr;
+    struct tt_addr sidecar_addr, webhook_addr;
     struct cp_k8s_client *k8s = NULL;
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
@@ -797,6 +948,9 @@ int main(int argc, char **argv)
     if (rc != 0)
         return die_usage("--listen-sidecars: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
                          f.listen_sidecars);
+    if (f.listen_webhook != NULL && tt_addr_parse(f.listen_webhook, 1, &webhook_addr) != 0)
+        return die_usage("--listen-webhook: expected IP:PORT, [IPv6]:PORT or host:PORT, got ",
+                         f.listen_webhook);
     rc = serving_names(&f, listen_host, sizeof(listen_host), names, &so.n_serving_names);
     if (rc != 0)
         return rc;
@@ -850,10 +1004,15 @@ int main(int argc, char **argv)
         return die_usage("--kubernetes-api, --kubernetes-token-file and --kubernetes-ca-file "
                          "need --kubernetes",
                          NULL);
+    rc = jwt_flags(&f, &so);
+    if (rc != 0)
+        return rc;
     if (f.kubernetes || f.kubeconfig != NULL) {
         k8s = k8s_client_from_flags(&f, &rc);
-        if (k8s == NULL)
+        if (k8s == NULL) {
+            cp_jwks_file_free(so.jwks);
             return rc;
+        }
     }
 
     /* One control plane per state directory: a second one would overwrite the first's
@@ -863,6 +1022,7 @@ int main(int argc, char **argv)
         tt_log(TT_LOG_ERROR, "state_locked", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
         cp_k8s_client_free(k8s);
+        cp_jwks_file_free(so.jwks);
         return rc == -EBUSY ? EXIT_USAGE : EXIT_RUNTIME;
     }
     c.store = cp_store_open(f.state_dir, err, sizeof(err));
@@ -870,6 +1030,7 @@ int main(int argc, char **argv)
         tt_log(TT_LOG_ERROR, "state_invalid", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
         cp_k8s_client_free(k8s);
+        cp_jwks_file_free(so.jwks);
         return EXIT_RUNTIME;
     }
     co.state_dir = f.state_dir;
@@ -911,6 +1072,8 @@ int main(int argc, char **argv)
     if (rc != 0)
         goto out_lock;
     rc = start_apis(&c, &f);
+    if (rc == 0)
+        rc = start_webhook(&c, &f, &webhook_addr);
     if (rc != 0) {
         apis_stop(&c);
         cp_sidecar_api_free(c.sidecars);
@@ -944,6 +1107,10 @@ int main(int argc, char **argv)
     tt_log(TT_LOG_INFO, "control_started", TT_LS("trust_domain", f.trust_domain),
            TT_LS("state_dir", f.state_dir), TT_LS("cert_ttl", f.cert_ttl),
            TT_LU("version", cp_store_version(c.store)));
+    if (so.jwks != NULL)
+        tt_log(TT_LOG_INFO, "jwt_proof_accepted", TT_LS("jwks", f.jwks),
+               TT_LS("audience", f.jwt_audience),
+               TT_LS("issuer", f.jwt_issuer != NULL ? f.jwt_issuer : "(any)"));
     uv_run(c.loop, UV_RUN_DEFAULT);
     uv_loop_close(c.loop);
     tt_log(TT_LOG_INFO, "control_stopped", TT_LS("state_dir", f.state_dir));
@@ -956,6 +1123,7 @@ out_ca:
 out_store:
     cp_k8s_client_free(k8s);
     cp_store_free(c.store);
+    cp_jwks_file_free(so.jwks);
     tt_crypto_wipe(c.operator_token, sizeof(c.operator_token));
     return rc;
 }

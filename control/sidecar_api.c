@@ -12,6 +12,8 @@
 #include "ca.h"
 #include "core/errors.h"
 #include "grpc_glue.h"
+#include "jwks.h"
+#include "jwt.h"
 #include "tls/identity.h"
 #include "core/log.h"
 #include "sidecar_api.h"
@@ -46,6 +48,8 @@ struct cp_sidecar_api {
     size_t n_serving_names;
     struct cp_tls_acceptor *acceptor;
     struct tt_grpc_server *grpc;
+    struct cp_jwks_file *jwks; /* NULL: service-account tokens are not accepted */
+    char *jwt_audience, *jwt_issuer, *trust_domain;
 
     pthread_mutex_t lock; /* guards everything below */
     struct tt_identity *serving;
@@ -68,6 +72,56 @@ static void sign_refuse(struct cp_sidecar_api *api, struct tt_grpc_reply *reply,
     tt_grpc_reply_error(reply, code, "%s: %s", reason, msg);
 }
 
+/* Proof (c): verifies a service-account token (jwt.h) with the --jwks keys (read again
+ * first if the file changed) and checks that it maps to exactly `asked`. Returns 0, or
+ * -1 after refusing the call (counted by reason). */
+static int sign_check_jwt(struct cp_sidecar_api *api, struct tt_grpc_reply *reply,
+                          const struct tt_grpc_peer *peer, const char *asked, const char *token)
+{
+    struct cp_jwt_check chk = {.audience = api->jwt_audience,
+                               .issuer = api->jwt_issuer,
+                               .trust_domain = api->trust_domain,
+                               .now = tt_now_unix()};
+    char mapped[TT_SPIFFE_MAX + 1], detail[400], err[1024];
+    enum cp_jwt_err why;
+    int r;
+
+    if (api->jwks == NULL) {
+        sign_refuse(api, reply, GRPC_STATUS_UNIMPLEMENTED, "unsupported_proof", peer, asked,
+                    "this control plane takes no Kubernetes service-account tokens (start it "
+                    "with --jwks and --jwt-audience)");
+        return -1;
+    }
+    r = cp_jwks_file_refresh(api->jwks, err, sizeof(err));
+    if (r > 0)
+        tt_log(TT_LOG_INFO, "jwks_reloaded", TT_LS("file", cp_jwks_file_path(api->jwks)),
+               TT_LS("keys", err));
+    else if (r < 0)
+        tt_log(TT_LOG_WARN, "jwks_reload_failed", TT_LS("error", err),
+               TT_LS("keeping", "the keys read before"));
+    why = cp_jwt_verify(api->jwks, token, strlen(token), &chk, mapped, sizeof(mapped), detail,
+                        sizeof(detail));
+    if (why != CP_JWT_OK) {
+        snprintf(err, sizeof(err), "service-account token refused: %s", detail);
+        sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, cp_jwt_err_name(why), peer, asked,
+                    err);
+        return -1;
+    }
+    if (tt_spiffe_reserved(mapped)) { /* never, whatever the token says (DESIGN.md) */
+        sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, "reserved_identity", peer, asked,
+                    CP_RESERVED_REFUSAL);
+        return -1;
+    }
+    if (strcmp(mapped, asked) != 0) {
+        snprintf(err, sizeof(err), "the service-account token proves %.240s, not %.240s", mapped,
+                 asked);
+        sign_refuse(api, reply, GRPC_STATUS_PERMISSION_DENIED, "identity_mismatch", peer, asked,
+                    err);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMessage *msg,
                     struct tt_grpc_reply *reply)
 {
@@ -75,7 +129,7 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
     const Tether__V1__SignRequest *req = (const Tether__V1__SignRequest *)msg;
     Tether__V1__SignResponse resp = TETHER__V1__SIGN_RESPONSE__INIT;
     const char *asked = req->spiffe_id != NULL ? req->spiffe_id : "";
-    const char *proof, *token = NULL;
+    const char *proof, *token = NULL, *via = CP_VIA_TOKEN;
     struct cp_ca_cert cert = {0};
     char err[512];
     int r;
@@ -103,16 +157,20 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
         token = req->bootstrap_token;
         proof = "bootstrap_token";
     } else if (req->k8s_sa_token != NULL && req->k8s_sa_token[0] != '\0') {
-        /* Proof (c), Kubernetes service-account tokens, comes with the Kubernetes work. */
-        sign_refuse(api, reply, GRPC_STATUS_UNIMPLEMENTED, "unsupported_proof", peer, asked,
-                    "Kubernetes service-account tokens are not accepted yet");
-        return;
+        /* Proof (c): a Kubernetes service-account token. Not single-use: valid for any
+         * number of Signs until it expires, as kubelet's projected tokens are. */
+        if (sign_check_jwt(api, reply, peer, asked, req->k8s_sa_token) < 0)
+            return;
+        proof = "k8s_sa_token";
+        via = CP_VIA_K8S_JWT;
     } else {
         /* Proof (b): renewal with the current certificate on this connection; TLS has
          * already checked its chain and validity dates. */
+        via = CP_VIA_RENEWAL;
         if (peer->spiffe_id == NULL) {
             sign_refuse(api, reply, GRPC_STATUS_UNAUTHENTICATED, "no_proof", peer, asked,
-                        "give a bootstrap token or present the current certificate");
+                        "give a bootstrap token or a service-account token, or present the "
+                        "current certificate");
             return;
         }
         if (cp_store_is_revoked(api->store, peer->serial)) {
@@ -150,8 +208,7 @@ static void on_sign(void *ud, const struct tt_grpc_peer *peer, const ProtobufCMe
             goto out;
         }
     } else {
-        r = cp_store_issued_add(api->store, cert.serial, asked, cert.not_after, tt_now_unix(),
-                                CP_VIA_RENEWAL);
+        r = cp_store_issued_add(api->store, cert.serial, asked, cert.not_after, tt_now_unix(), via);
     }
     if (r < 0) {
         snprintf(err, sizeof(err), "saving %s: %s (certificate %s not issued)", CP_STORE_JOURNAL,
@@ -437,8 +494,12 @@ struct tt_identity *cp_sidecar_api_serving_identity(struct cp_sidecar_api *api, 
 
 /* ---- lifecycle --------------------------------------------------------------------- */
 
-static void serving_names_free(struct cp_sidecar_api *api)
+/* Frees the strings the API copied from its options. */
+static void free_copies(struct cp_sidecar_api *api)
 {
+    free(api->jwt_audience);
+    free(api->jwt_issuer);
+    free(api->trust_domain);
     for (size_t i = 0; i < api->n_serving_names; i++)
         free((char *)api->serving_names[i]);
     free(api->serving_names);
@@ -474,6 +535,14 @@ struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts
     api->store = opts->store;
     api->cert_ttl_ms = opts->cert_ttl_ms;
     pthread_mutex_init(&api->lock, NULL);
+    api->jwks = opts->jwks;
+    if (opts->jwks != NULL &&
+        ((api->jwt_audience = strdup(opts->jwt_audience)) == NULL ||
+         (opts->jwt_issuer != NULL && (api->jwt_issuer = strdup(opts->jwt_issuer)) == NULL) ||
+         (api->trust_domain = strdup(opts->trust_domain)) == NULL)) {
+        snprintf(err, errlen, "out of memory");
+        goto err_free;
+    }
     api->serving_names = calloc(opts->n_serving_names + 1, sizeof(*api->serving_names));
     if (api->serving_names == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -518,7 +587,7 @@ struct cp_sidecar_api *cp_sidecar_api_new(const struct cp_sidecar_api_opts *opts
 err_free:
     tt_grpc_server_free(api->grpc);
     tt_identity_unref(api->serving);
-    serving_names_free(api);
+    free_copies(api);
     pthread_mutex_destroy(&api->lock);
     free(api);
     return NULL;
@@ -542,7 +611,7 @@ void cp_sidecar_api_free(struct cp_sidecar_api *api)
     cp_tls_acceptor_free(api->acceptor);
     tt_grpc_server_free(api->grpc);
     tt_identity_unref(api->serving);
-    serving_names_free(api);
+    free_copies(api);
     pthread_mutex_destroy(&api->lock);
     free(api);
 }

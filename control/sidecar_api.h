@@ -1,7 +1,8 @@
 /* The control plane's sidecar API (DESIGN.md "Control plane"): gRPC over our own mutual
  * TLS on --listen-sidecars (15012). Identity.Sign issues a certificate for the identity
- * that the caller's proof supports (a bootstrap token, or the caller's current valid,
- * unrevoked certificate on this connection); Discovery.Watch pushes versioned snapshots
+ * that the caller's proof supports (a bootstrap token, a Kubernetes service-account token
+ * verified with the --jwks keys (jwt.h), or the caller's current valid, unrevoked
+ * certificate on this connection); Discovery.Watch pushes versioned snapshots
  * (trust bundle, policy, service table, revocations) and records each sidecar's ACK or
  * NACK. Connections come through a cp_tls_acceptor (tls_acceptor.h: TLS on one event-loop
  * thread, with handshake and first-call deadlines and bounds on connections per source
@@ -14,6 +15,7 @@
 #include <stdint.h>
 
 struct cp_ca;
+struct cp_jwks_file;
 struct cp_store;
 struct tt_addr;
 struct tt_identity;
@@ -31,6 +33,12 @@ struct cp_sidecar_api_opts {
     /* The transport's bounds (tls_acceptor.h; 0: its defaults, no first-call deadline). */
     uint64_t handshake_ms, first_call_ms;
     unsigned max_conns, max_per_source;
+    /* Kubernetes service-account tokens (jwt.h): accepted when jwks is set (it must
+     * outlive the API), for jwt_audience (required then) and, when set, jwt_issuer; they
+     * map into trust_domain. Strings are copied. */
+    struct cp_jwks_file *jwks;
+    const char *jwt_audience, *jwt_issuer;
+    const char *trust_domain;
 };
 
 /* Binds the address, issues the serving certificate and starts serving. The CA and the

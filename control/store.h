@@ -257,6 +257,7 @@ char *cp_store_policy_get(struct cp_store *s);
 #define CP_VIA_TOKEN      "token"      /* Identity.Sign with a bootstrap token */
 #define CP_VIA_RENEWAL    "renewal"    /* Identity.Sign with the current certificate */
 #define CP_VIA_ADMIN_CERT "admin-cert" /* POST /v1/admin-certs on the loopback API */
+#define CP_VIA_K8S_JWT    "k8s-jwt"    /* Identity.Sign with a service-account token */
 
 /* Records an issue made `via` one of the CP_VIA_* paths, persisted (journal) before
  * returning: a certificate whose record could not be saved must not be handed out.

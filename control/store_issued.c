@@ -49,7 +49,7 @@ static int issued_from_json(struct cp_store *s, struct cp__lctx *c, json_t *o)
     if (json_object_get(o, "via") != NULL && (rc = cp__get_str(c, o, "via", &via)) != 0)
         return rc;
     if (strlen(via) >= sizeof(e.via))
-        return cp__bad_field(c, "via", "\"token\", \"renewal\" or \"admin-cert\"");
+        return cp__bad_field(c, "via", "\"token\", \"renewal\", \"admin-cert\" or \"k8s-jwt\"");
     memcpy(e.via, via, strlen(via) + 1);
     if (tt_serial_normalize(serial, e.serial, sizeof(e.serial)) != 0)
         return cp__bad_field(c, "serial", "a hexadecimal serial number");

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,8 @@
 #include <jansson.h>
 
 #include "httpc.h"
+#include "inject.h"
+#include "yaml.h"
 #include "tls/crypto.h"
 #include "tls/identity.h"
 #include "core/query.h"
@@ -60,6 +63,13 @@ static const char usage[] =
     "  sidecars                connected sidecars, the snapshot versions they run, the\n"
     "                          endpoints each registered and those refused (and why)\n"
     "  stats                   the control plane's counters (JSON)\n"
+    "  inject -f FILE|- [--sidecar-image I] [--control-address HOST:PORT]\n"
+    "         [--trust-domain TD] [--jwt-audience AUD] [--bundle FILE]\n"
+    "                          inject the sidecar into the Pods, Deployments, StatefulSets,\n"
+    "                          DaemonSets, ReplicaSets, Jobs and CronJobs of a manifest\n"
+    "                          (multi-document YAML in, YAML out; JSON in, JSON out; other\n"
+    "                          kinds pass through); the same pod the webhook makes. The\n"
+    "                          bundle defaults to GET /v1/bundle from the API\n"
     "  admin-cert create --spiffe-id ID --out PREFIX [--ttl D]\n"
     "                          on the control host (loopback API): a certificate for an\n"
     "                          admin identity (a key made here, never sent) into\n"
@@ -739,6 +749,141 @@ static bool nargs(int argc, int want, const char *cmd, int *rc)
     return false;
 }
 
+/* Injects one document (cp_inject_object) into *out; a skipped workload is noted on
+ * stderr, a refusal printed. Returns 0 or EXIT_FAIL. */
+static int inject_one(const json_t *doc, const struct cp_inject_opts *o, json_t **out)
+{
+    char why[700];
+    enum cp_inject_verdict v = cp_inject_object(doc, o, out, why, sizeof(why));
+    const char *kind = json_string_value(json_object_get(doc, "kind"));
+    static const char *const quiet[] = {"Pod",       "Deployment", "StatefulSet",
+                                        "DaemonSet", "ReplicaSet", "Job",
+                                        "CronJob",   "List",       NULL};
+    bool workload = false;
+
+    if (v == CP_INJECT_REFUSED) {
+        fprintf(stderr, "tetherctl: inject: %s (nothing was written)\n", why);
+        return EXIT_FAIL;
+    }
+    for (size_t i = 0; kind && quiet[i]; i++)
+        workload |= strcmp(kind, quiet[i]) == 0;
+    if (v == CP_INJECT_SKIPPED && workload)
+        fprintf(stderr, "tetherctl: inject: %s\n", why);
+    return 0;
+}
+
+/* tetherctl inject: reads a manifest, injects every workload in it, writes it out in
+ * the format it came in. Nothing is written when any document is refused. */
+static int cmd_inject(const struct ctl *c, int argc, char **argv)
+{
+    struct cp_inject_opts o = {0};
+    const char *file = NULL, *bundle_file = NULL;
+    char *text = NULL, *bundle = NULL, *outtext = NULL, err[600];
+    json_t *docs = NULL, *outdocs = NULL, *doc;
+    size_t len, i;
+    bool json_in, json_list = false;
+    int rc = EXIT_FAIL;
+
+    for (int j = 0; j < argc; j++) {
+        const char *a = argv[j];
+        static const struct {
+            const char *flag;
+            size_t off;
+        } flags[] = {{"--sidecar-image", offsetof(struct cp_inject_opts, image)},
+                     {"--control-address", offsetof(struct cp_inject_opts, control_address)},
+                     {"--trust-domain", offsetof(struct cp_inject_opts, trust_domain)},
+                     {"--jwt-audience", offsetof(struct cp_inject_opts, jwt_audience)}};
+        const char **slot = NULL;
+
+        if (strcmp(a, "-f") == 0 || strcmp(a, "--filename") == 0)
+            slot = &file;
+        else if (strcmp(a, "--bundle") == 0)
+            slot = &bundle_file;
+        for (size_t k = 0; !slot && k < sizeof(flags) / sizeof(flags[0]); k++)
+            if (strcmp(a, flags[k].flag) == 0)
+                slot = (const char **)((char *)&o + flags[k].off);
+        if (!slot)
+            return usage_error("inject: unexpected argument %s", a);
+        if (j + 1 >= argc || argv[j + 1][0] == '\0')
+            return usage_error("%s needs a value", a);
+        *slot = argv[++j];
+    }
+    if (!file)
+        return usage_error("inject: -f FILE (or - for stdin) is required");
+    if (bundle_file) {
+        bundle = read_input(bundle_file, &len);
+        if (!bundle)
+            return EXIT_FAIL;
+    } else {
+        struct cp_httpc_response r;
+        if (!call(c, "GET", "/v1/bundle", NULL, NULL, 0, &r)) {
+            fprintf(stderr,
+                    "tetherctl: inject: the bundle comes from the API (or --bundle FILE)\n");
+            return EXIT_FAIL;
+        }
+        bundle = strndup(r.body, r.body_len);
+        cp_httpc_response_done(&r);
+        if (!bundle)
+            return EXIT_FAIL;
+    }
+    o.bundle_pem = bundle;
+    if (cp_inject_opts_check(&o, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tetherctl: inject: %s\n", err);
+        goto out;
+    }
+    text = read_input(file, &len);
+    if (!text)
+        goto out;
+    i = strspn(text, " \t\r\n");
+    json_in = text[i] == '{' || text[i] == '[';
+    if (json_in) {
+        json_error_t jerr;
+        doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!doc) {
+            fprintf(stderr, "tetherctl: %s:%d:%d: %s\n", file, jerr.line, jerr.column, jerr.text);
+            goto out;
+        }
+        json_list = json_is_array(doc);
+        docs = json_list ? doc : json_pack("[o]", doc);
+    } else if (cp_yaml_parse(text, len, file, &docs, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tetherctl: %s\n", err);
+        goto out;
+    }
+    outdocs = json_array();
+    if (!docs || !outdocs)
+        goto out;
+    json_array_foreach(docs, i, doc)
+    {
+        json_t *res;
+        if (json_is_null(doc) && !json_in)
+            continue; /* an empty YAML document */
+        if (inject_one(doc, &o, &res) != 0)
+            goto out;
+        json_array_append_new(outdocs, res);
+    }
+    if (json_in) {
+        /* The shape it came in: one object, or an array of them. */
+        outtext = json_dumps(json_list ? outdocs : json_array_get(outdocs, 0),
+                             JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    } else if (cp_yaml_emit(outdocs, &outtext, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tetherctl: inject: %s\n", err);
+        goto out;
+    }
+    if (!outtext)
+        goto out;
+    fputs(outtext, stdout);
+    if (json_in)
+        fputc('\n', stdout);
+    rc = fflush(stdout) == 0 ? 0 : EXIT_FAIL;
+out:
+    free(outtext);
+    json_decref(docs);
+    json_decref(outdocs);
+    free(text);
+    free(bundle);
+    return rc;
+}
+
 /* Reads the operator credential from the state directory for an http:// API (over
  * https:// the certificate is the credential). A credential that cannot be read is not an
  * error yet: GET /v1/bundle needs none, and a 401 prints why none was sent. */
@@ -856,6 +1001,8 @@ int main(int argc, char **argv)
             rc = list(&c, "/v1/sidecars", "sidecars", sidecars_header, sidecars_row);
     } else if (strcmp(cmd, "admin-cert") == 0 && sub && strcmp(sub, "create") == 0) {
         rc = cmd_admin_cert_create(&c, n - 2, rest + 2);
+    } else if (strcmp(cmd, "inject") == 0) {
+        rc = cmd_inject(&c, n - 1, rest + 1);
     } else if (strcmp(cmd, "stats") == 0) {
         if (nargs(n, 1, "stats", &rc))
             rc = cmd_get_raw(&c, "/stats");

@@ -16,6 +16,10 @@ packages=(
   # the Kubernetes shape check of test objects (tests/tools/k8s-validate.js, npm's
   # kubernetes-models)
   nodejs npm
+  # YAML reader for the injection test's independent check of tetherctl's output
+  python3-yaml
+  # keys and signed service-account tokens (JWTs) for the control plane's JWT test
+  python3-cryptography
   # capture rules (iptables-nft and iptables-legacy both) and captures of pod traffic
   iptables tcpdump
 )

@@ -234,23 +234,7 @@ run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms erro
     out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${extra[@]}" \
         "http://127.0.0.1:${port[$chain]}/" 2>&1) || true
     echo "$out" >"$work/wrk-$chain-$kind-$round.txt"
-    python3 - "$chain" "$kind" "$round" >>"$res" <<PY
-import re, sys
-t = open("$work/wrk-$chain-$kind-$round.txt").read()
-def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
-    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
-rps = re.search(r"Requests/sec:\s+([\d.]+)", t)
-p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M)
-p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M)
-err = 0
-m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
-if m: err += sum(map(int, m.groups()))
-m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-if m: err += int(m.group(1))
-print(sys.argv[1], sys.argv[2], sys.argv[3], rps.group(1) if rps else "nan",
-      ms(p50.group(1)) if p50 else "nan", ms(p99.group(1)) if p99 else "nan", err)
-PY
+    echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$work/wrk-$chain-$kind-$round.txt")" >>"$res"
 }
 run_transfer() { # CHAIN ROUND
     local chain=$1 round=$2 out

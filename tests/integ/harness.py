@@ -1147,10 +1147,11 @@ class Env:
 
     def cp_sidecar(self, name, control, spiffe_id, token, inbound=(), outbound=(),
                    bundle=None, extra=(), admin_port=None, wait=True, workers=2,
-                   log_level="info"):
+                   log_level="info", jwt=None):
         """Starts tether-sidecar in control mode (--control, --control-bundle, --join-token,
         --spiffe-id). control: a Control (or an "ADDR:PORT" string, then bundle is
-        required); token: a token file path; inbound: [(listen_port, forward_addr)];
+        required); token: a token file path (or None with jwt: a service-account token
+        file, given as --jwt-file instead); inbound: [(listen_port, forward_addr)];
         outbound: [(listen_port, upstream_addr, spiffe_id)]."""
         if self.sidecar_bin is None:
             raise TestFailure("TT_SIDECAR is not set")
@@ -1158,8 +1159,9 @@ class Env:
         addr = control.addr if isinstance(control, Control) else control
         if bundle is None:
             bundle = control.bundle()
-        argv = [self.sidecar_bin, "--control", addr, "--control-bundle", bundle,
-                "--join-token", token, "--spiffe-id", spiffe_id,
+        proof = ["--jwt-file", jwt] if jwt else ["--join-token", token]
+        argv = [self.sidecar_bin, "--control", addr, "--control-bundle", bundle] + proof + [
+                "--spiffe-id", spiffe_id,
                 "--admin", "127.0.0.1:%d" % admin_port, "--workers", str(workers),
                 "--log-level", log_level]
         for lp, fwd in inbound:
@@ -1267,8 +1269,9 @@ class Checks:
 
 
 def tt_sign(control, spiffe_id, token=None, cert=None, bad_csr=False, out=None, count=0,
-            bundle=None, timeout=30):
-    """Calls Identity.Sign with tests/tools/tt-sign ($TT_SIGN): with a token file, or with
+            bundle=None, timeout=30, jwt=None):
+    """Calls Identity.Sign with tests/tools/tt-sign ($TT_SIGN): with a token file, a
+    service-account token file (jwt=PATH, sent as k8s_sa_token), or with
     cert=(crt, key) for a renewal; bad_csr sends a CSR whose signature does not verify;
     out=PREFIX writes PREFIX.crt/.key. Returns the parsed JSON line ({"code", "details",
     "serial"}, or with count the benchmark summary)."""
@@ -1278,6 +1281,8 @@ def tt_sign(control, spiffe_id, token=None, cert=None, bad_csr=False, out=None, 
             "--spiffe-id", spiffe_id]
     if token:
         argv += ["--token-file", token]
+    if jwt:
+        argv += ["--jwt-file", jwt]
     if cert:
         argv += ["--cert", cert[0], "--key", cert[1]]
     if bad_csr:

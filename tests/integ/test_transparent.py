@@ -28,6 +28,7 @@ Needs root, ip, iptables, setpriv and tcpdump: exits 77 (skip) without them. Eve
 is stopped by pid and every namespace deleted by name on the way out."""
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -150,7 +151,9 @@ def listener(st, kind):
     return [l for l in st["listeners"] if l["name"].startswith("transparent-%s:0.0.0.0" % kind)][0]
 
 
-def setup_net(script):
+def setup_net(script, pods=None, capture=True):
+    """The hub namespace with its bridge and one namespace per pod (default PODS) on it;
+    with capture, tether-iptables installed (and checked) in each pod."""
     sh("ip", "netns", "add", HUB)
     in_ns(HUB, "ip", "link", "set", "lo", "up")
     in_ns(HUB, "ip", "link", "add", "br0", "type", "bridge")
@@ -158,7 +161,7 @@ def setup_net(script):
     in_ns(HUB, "ip", "link", "set", "br0", "up")
     if not FAM:
         in_ns(HUB, "ip", "-6", "addr", "add", HUB_IP6 + "/64", "dev", "br0", "nodad")
-    for pod, ip in PODS.items():
+    for pod, ip in (pods or PODS).items():
         n = ns(pod)
         sh("ip", "netns", "add", n)
         in_ns(n, "ip", "link", "set", "lo", "up")
@@ -170,13 +173,15 @@ def setup_net(script):
         in_ns(n, "ip", "route", "add", "default", "via", HUB_IP)
         if not FAM:
             in_ns(n, "ip", "-6", "addr", "add", PODS6[pod] + "/64", "dev", "eth0", "nodad")
+        if not capture:
+            continue
         in_ns(n, script, "install", *FAM)
         r = in_ns(n, script, "check", *FAM, check=False)
         h.check(r.returncode == 0, "tether-iptables check in %s: %s" % (n, r.stdout))
 
 
-def teardown_net():
-    for pod in PODS:
+def teardown_net(pods=None):
+    for pod in pods or PODS:
         subprocess.run(["ip", "netns", "del", ns(pod)], capture_output=True)
     subprocess.run(["ip", "netns", "del", HUB], capture_output=True)
 
@@ -411,6 +416,7 @@ def test(env):
 
         # --- one endpoint stopped: ejection, calls keep succeeding --------------------
         sc_d.stop()
+        t_stopped = time.monotonic()
         failures = 0
         answers = []
         # Until the balancer has tried D once (P2C picks it at random), at most 30 calls.
@@ -425,8 +431,14 @@ def test(env):
            % answers)
         st_a = stats("a")
         ep_d = st_a["endpoints"].get("%s:8080" % PODS["d"], {})
-        ok(ep_d.get("ejections", 0) >= 1 and ep_d.get("connect_failures", 0) <= 1,
-           "/stats shows D's endpoint ejected after at most one failed connect (%r)" % ep_d)
+        # An ejection lasts 1 s and doubles per consecutive failure, so within T seconds
+        # of D going away the balancer may retry it at most 1 + log2(1 + T) times (slow
+        # builds take more than a second for the calls above); more means an ejected
+        # endpoint was picked.
+        allowed = 1 + int(math.log2(1 + (time.monotonic() - t_stopped)))
+        ok(ep_d.get("ejections", 0) >= 1 and 1 <= ep_d.get("connect_failures", 0) <= allowed,
+           "/stats shows D's endpoint ejected, at most %d failed connect(s) in %.1f s (%r)"
+           % (allowed, time.monotonic() - t_stopped, ep_d))
         ok(listener(st_a, "outbound")["endpoint_retries"] >= 1,
            "the failed connect was retried on the other endpoint")
         ok.done()

@@ -19,10 +19,11 @@ LAYERS = ["core", "tls", "policy", "snapshot", "metrics", "net", "control", "adm
 # relative to the source root; a trailing "/" owns a folder.
 LIBS = {
     "BoringSSL": (re.compile(r"/android/openssl/"),
-                  ["sidecar/src/tls/", "control/ca.c", "control/store_tokens.c"]),
+                  ["sidecar/src/tls/", "control/ca.c", "control/store_tokens.c",
+                   "control/jwks.c"]),
     "libuv": (re.compile(r"/uv\.h$|/uv/"),
               ["sidecar/src/net/", "sidecar/src/admin/", "sidecar/src/app/", "sidecar/main.c",
-               "control/main.c", "control/api.c", "control/tls_acceptor.c",
+               "control/main.c", "control/api.c", "control/tls_acceptor.c", "control/webhook.c",
                "control/sidecar_api.c"]),
     "jansson": (re.compile(r"/jansson(_config)?\.h$"),
                 ["sidecar/src/policy/", "sidecar/src/admin/", "sidecar/src/app/",

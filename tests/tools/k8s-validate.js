@@ -148,10 +148,11 @@ const POD_PATHS = {
 };
 
 // Checks the API server makes on a pod spec that the schema cannot express.
-function podChecks(spec, ptr, err) {
+// claims: the names of a StatefulSet's volumeClaimTemplates (volumes too).
+function podChecks(spec, ptr, err, claims) {
     if (!spec || typeof spec !== "object") return;
     const names = new Set();
-    const vols = new Set((spec.volumes || []).map((v) => v && v.name));
+    const vols = new Set((spec.volumes || []).map((v) => v && v.name).concat(claims));
     const dns1123 = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
     const lists = [["initContainers", true], ["containers", false]];
     for (const [field, isInit] of lists) {
@@ -239,7 +240,10 @@ function validateObject(root, file, obj, where) {
     if (pp) {
         let spec = obj;
         for (const k of pp) spec = spec && spec[k];
-        podChecks(spec, "/" + pp.join("/"), err);
+        const claims = obj.kind === "StatefulSet" && Array.isArray(obj.spec.volumeClaimTemplates)
+                           ? obj.spec.volumeClaimTemplates.map((t) => t && t.metadata && t.metadata.name)
+                           : [];
+        podChecks(spec, "/" + pp.join("/"), err, claims);
     }
     return n;
 }

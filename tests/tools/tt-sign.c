@@ -1,10 +1,13 @@
 /* tt-sign: a test client of tether-control's Identity.Sign, for integration tests and the
  * Sign benchmark. It makes a P-256 key and a CSR, connects (TLS, checking the control
- * plane's serving identity) anonymously with a bootstrap token or with a certificate for
- * a renewal, and calls Sign, once or --count times on one connection.
+ * plane's serving identity) anonymously with a bootstrap token or a Kubernetes
+ * service-account token (--jwt-file, sent as k8s_sa_token as it is in the file, bar
+ * trailing whitespace), or with a certificate for a renewal, and calls Sign, once or
+ * --count times on one connection.
  *
  *   tt-sign --control ADDR:PORT --bundle FILE --spiffe-id ID
- *           [--token-file FILE | --cert FILE --key FILE] [--bad-csr] [--out PREFIX]
+ *           [--token-file FILE | --jwt-file FILE | --cert FILE --key FILE] [--bad-csr]
+ *           [--out PREFIX]
  *           [--count N]
  *
  * --bad-csr sends a CSR whose signature does not verify (an attacker's refused request).
@@ -91,7 +94,7 @@ static struct tt_grpc_channel *connect_control(const char *addr_text, struct tt_
 int main(int argc, char **argv)
 {
     const char *control = NULL, *bundle_path = NULL, *id = NULL, *token_path = NULL;
-    const char *cert_path = NULL, *key_path = NULL, *out = NULL;
+    const char *cert_path = NULL, *key_path = NULL, *out = NULL, *jwt_path = NULL;
     char *bundle, *token = NULL, *key_pem = NULL, err[512], td[256], control_id[512];
     Tether__V1__SignRequest req = TETHER__V1__SIGN_REQUEST__INIT;
     struct tt_identity *conn_id;
@@ -120,6 +123,8 @@ int main(int argc, char **argv)
             dst = &id;
         else if (strcmp(argv[i], "--token-file") == 0)
             dst = &token_path;
+        else if (strcmp(argv[i], "--jwt-file") == 0)
+            dst = &jwt_path;
         else if (strcmp(argv[i], "--cert") == 0)
             dst = &cert_path;
         else if (strcmp(argv[i], "--key") == 0)
@@ -137,13 +142,14 @@ int main(int argc, char **argv)
         *dst = argv[++i];
     }
     if (control == NULL || bundle_path == NULL || id == NULL ||
-        (token_path == NULL && (cert_path == NULL || key_path == NULL))) {
-        fprintf(stderr, "tt-sign: --control, --bundle, --spiffe-id and --token-file or "
-                        "--cert/--key are required\n");
+        (token_path == NULL && jwt_path == NULL && (cert_path == NULL || key_path == NULL))) {
+        fprintf(stderr, "tt-sign: --control, --bundle, --spiffe-id and --token-file, --jwt-file "
+                        "or --cert/--key are required\n");
         return 2;
     }
     if ((bundle = read_text(bundle_path)) == NULL ||
-        (token_path != NULL && (token = read_text(token_path)) == NULL))
+        (token_path != NULL && (token = read_text(token_path)) == NULL) ||
+        (jwt_path != NULL && (token = read_text(jwt_path)) == NULL))
         return 2;
     if (tt_spiffe_trust_domain(id, td, sizeof(td)) != 0) {
         fprintf(stderr, "tt-sign: --spiffe-id %s: no trust domain\n", id);
@@ -172,7 +178,10 @@ int main(int argc, char **argv)
     req.csr_der.data = csr;
     req.csr_der.len = csr_len;
     req.spiffe_id = (char *)id;
-    req.bootstrap_token = token;
+    if (jwt_path != NULL)
+        req.k8s_sa_token = token;
+    else
+        req.bootstrap_token = token;
     calls = count > 0 ? count : 1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (long i = 0; i < calls; i++) {
@@ -187,8 +196,16 @@ int main(int argc, char **argv)
         if (code == GRPC_STATUS_OK)
             ok++;
         if (count == 0) {
-            printf("{\"code\": %d, \"details\": \"%s\", \"serial\": \"%s\"}\n", (int)code,
-                   code == GRPC_STATUS_OK ? "" : details, resp ? resp->serial : "");
+            /* Details are the server's words: quotes and backslashes escaped, control
+             * characters dropped, so the line stays JSON. */
+            printf("{\"code\": %d, \"details\": \"", (int)code);
+            for (const char *p = code == GRPC_STATUS_OK ? "" : details; *p != '\0'; p++) {
+                if (*p == '"' || *p == '\\')
+                    putchar('\\');
+                if ((unsigned char)*p >= 0x20)
+                    putchar(*p);
+            }
+            printf("\", \"serial\": \"%s\"}\n", resp ? resp->serial : "");
             if (resp != NULL && out != NULL &&
                 (write_text(out, "crt", resp->cert_chain_pem, 0644) != 0 ||
                  write_text(out, "key", key_pem, 0600) != 0))

@@ -145,11 +145,22 @@ static void test_config_control(void **state)
     assert_string_equal(cfg.control.text, "127.0.0.1:15012");
     assert_string_equal(cfg.control_bundle_path, "cp.pem");
     assert_string_equal(cfg.join_token_path, "tok.txt");
+    assert_null(cfg.jwt_path);
     assert_string_equal(cfg.spiffe_id, ID_API);
     assert_null(cfg.cert_path);
     assert_null(cfg.policy_path);
     tt_config_done(&cfg);
     assert_false(cfg.has_control);
+
+    /* A Kubernetes service-account token instead of the join token. */
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--control", "127.0.0.1:15012",
+                           "--control-bundle", "cp.pem", "--jwt-file", "/var/run/sa/token",
+                           "--spiffe-id", ID_API, "--inbound", "127.0.0.1:16006=127.0.0.1:8080",
+                           NULL),
+                     0);
+    assert_string_equal(cfg.jwt_path, "/var/run/sa/token");
+    assert_null(cfg.join_token_path);
+    tt_config_done(&cfg);
 }
 
 /* --crl is repeatable and adds to identity.crls (resolved against the file's directory);
@@ -201,6 +212,23 @@ static void test_config_control_file(void **state)
     assert_string_equal(cfg.control_bundle_path, want);
     assert_string_equal(cfg.join_token_path, "/abs/tok");
     assert_string_equal(cfg.spiffe_id, ID_API);
+    tt_config_done(&cfg);
+    free(path);
+
+    path = write_tmp("control-jwt.json",
+                     "{\"control\": {\"address\": \"127.0.0.1:15012\", \"bundle\": "
+                     "\"cp.pem\", \"jwt_file\": \"sa/token\", \"spiffe_id\": \"" ID_API
+                     "\"}, \"inbound\": [{\"listen\": \"127.0.0.1:16006\", \"forward\": "
+                     "\"127.0.0.1:8080\"}]}");
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", path, NULL), 0);
+    snprintf(want, sizeof(want), "%s/sa/token", tmpdir);
+    assert_string_equal(cfg.jwt_path, want);
+    assert_null(cfg.join_token_path);
+    tt_config_done(&cfg);
+    /* Both proofs, one from the file and one from a flag: refused. */
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", path, "--join-token", "t", NULL),
+                     TT_E_CONFIG);
+    assert_non_null(strstr(err, "--join-token and --jwt-file exclude each other"));
     tt_config_done(&cfg);
     free(path);
 
@@ -570,8 +598,16 @@ static void test_config_flag_errors(void **state)
     assert_parse_error("--spiffe-id spiffe://TD/x: expected a SPIFFE ID", "--control",
                        "127.0.0.1:15012", "--control-bundle", "b", "--join-token", "t",
                        "--spiffe-id", "spiffe://TD/x", "--inbound", "127.0.0.1:1=127.0.0.1:2");
-    assert_parse_error("--join-token and --spiffe-id need --control", IDENTITY, "--join-token", "x",
-                       "--inbound", "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--join-token, --jwt-file and --spiffe-id need --control", IDENTITY,
+                       "--join-token", "x", "--inbound", "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--join-token, --jwt-file and --spiffe-id need --control", IDENTITY,
+                       "--jwt-file", "x", "--inbound", "127.0.0.1:1=127.0.0.1:2");
+    /* Exactly one proof for the first certificate. */
+    assert_parse_error("--control needs --join-token FILE (a bootstrap token) or --jwt-file",
+                       "--control", "127.0.0.1:15012", "--control-bundle", "b", "--spiffe-id",
+                       ID_API, "--inbound", "127.0.0.1:1=127.0.0.1:2");
+    assert_parse_error("--join-token and --jwt-file exclude each other", CONTROL, "--jwt-file",
+                       "sa.jwt");
     assert_parse_error("option --workers requires a value", IDENTITY, "--workers");
     assert_parse_error("option --help takes no value", "--help=yes");
     assert_parse_error("unexpected argument \"extra\"", IDENTITY, "extra");

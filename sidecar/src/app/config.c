@@ -45,6 +45,7 @@ enum {
     OPT_CONTROL,
     OPT_CONTROL_BUNDLE,
     OPT_JOIN_TOKEN,
+    OPT_JWT_FILE,
     OPT_POD_IP,
     OPT_WORKLOAD_PORTS,
     OPT_OPAQUE_PORTS,
@@ -78,6 +79,7 @@ static const struct option long_options[] = {
     {"control", required_argument, NULL, OPT_CONTROL},
     {"control-bundle", required_argument, NULL, OPT_CONTROL_BUNDLE},
     {"join-token", required_argument, NULL, OPT_JOIN_TOKEN},
+    {"jwt-file", required_argument, NULL, OPT_JWT_FILE},
     {"spiffe-id", required_argument, NULL, OPT_SPIFFE_ID},
     {"crl", required_argument, NULL, OPT_CRL},
     {"service", required_argument, NULL, OPT_SERVICE},
@@ -732,8 +734,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "capture_check_interval",
                                            "services",
                                            NULL};
-    static const char *const control_keys[] = {"address", "bundle", "join_token", "spiffe_id",
-                                               NULL};
+    static const char *const control_keys[] = {"address",  "bundle",    "join_token",
+                                               "jwt_file", "spiffe_id", NULL};
     static const char *const id_keys[] = {"cert", "key", "trust_bundle", "crls", NULL};
     static const char *const timeout_keys[] = {"handshake", "connect", "idle", "drain", NULL};
     struct file_ctx f = {.path = path, .err = err, .errlen = errlen};
@@ -790,14 +792,15 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
     if (obj != NULL) {
         if (!json_is_object(obj)) {
             rc = errf(err, errlen,
-                      "%s: control: expected an object with address, bundle, join_token, "
-                      "spiffe_id",
+                      "%s: control: expected an object with address, bundle, join_token or "
+                      "jwt_file, spiffe_id",
                       path);
             goto out;
         }
         if ((rc = check_keys(&f, obj, "control", control_keys)) != 0 ||
             (rc = get_path(&f, obj, "bundle", "control", &cfg->control_bundle_path)) != 0 ||
-            (rc = get_path(&f, obj, "join_token", "control", &cfg->join_token_path)) != 0)
+            (rc = get_path(&f, obj, "join_token", "control", &cfg->join_token_path)) != 0 ||
+            (rc = get_path(&f, obj, "jwt_file", "control", &cfg->jwt_path)) != 0)
             goto out;
         if ((rc = get_string(&f, obj, "address", "control", "an address such as \"10.0.0.1:15012\"",
                              &s)) != 0)
@@ -1110,7 +1113,8 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
         (rc = apply_path(fl, OPT_TRUST_BUNDLE, &cfg->bundle_path, err, errlen)) != 0 ||
         (rc = apply_path(fl, OPT_POLICY, &cfg->policy_path, err, errlen)) != 0 ||
         (rc = apply_path(fl, OPT_CONTROL_BUNDLE, &cfg->control_bundle_path, err, errlen)) != 0 ||
-        (rc = apply_path(fl, OPT_JOIN_TOKEN, &cfg->join_token_path, err, errlen)) != 0)
+        (rc = apply_path(fl, OPT_JOIN_TOKEN, &cfg->join_token_path, err, errlen)) != 0 ||
+        (rc = apply_path(fl, OPT_JWT_FILE, &cfg->jwt_path, err, errlen)) != 0)
         return rc;
     if ((v = fl->single[OPT_ADMIN - OPT_CONFIG]) != NULL &&
         (rc = tt_addr_parse(v, 1, &cfg->admin)) < 0)
@@ -1334,17 +1338,24 @@ static int check_config(struct tt_config *cfg, char *err, size_t errlen)
                         "the control plane's certificate chains to)");
         if (cfg->spiffe_id == NULL)
             return errf(err, errlen, "--control needs --spiffe-id ID (the identity to ask for)");
-        if (cfg->join_token_path == NULL)
-            return errf(err, errlen, "--control needs --join-token FILE (the bootstrap token)");
+        /* Exactly one proof for the first certificate. */
+        if (cfg->join_token_path == NULL && cfg->jwt_path == NULL)
+            return errf(err, errlen,
+                        "--control needs --join-token FILE (a bootstrap token) or --jwt-file "
+                        "FILE (a Kubernetes service-account token)");
+        if (cfg->join_token_path != NULL && cfg->jwt_path != NULL)
+            return errf(err, errlen,
+                        "--join-token and --jwt-file exclude each other: give one proof "
+                        "(control.join_token or control.jwt_file in the config file)");
         if (cfg->n_crls > 0)
             return errf(err, errlen,
                         "--crl %s: not with --control: the control plane pushes its "
                         "revocations (CRLs are for --trust-bundle mode)",
                         cfg->crl_paths[0]);
     } else if (cfg->control_bundle_path != NULL || cfg->join_token_path != NULL ||
-               cfg->spiffe_id != NULL) {
+               cfg->jwt_path != NULL || cfg->spiffe_id != NULL) {
         return errf(err, errlen,
-                    "--control-bundle, --join-token and --spiffe-id need "
+                    "--control-bundle, --join-token, --jwt-file and --spiffe-id need "
                     "--control ADDR:PORT");
     } else if (cfg->cert_path == NULL)
         return errf(err, errlen, "missing --identity-cert (or identity.cert in the config file)");
@@ -1449,6 +1460,7 @@ void tt_config_done(struct tt_config *cfg)
     free(cfg->policy_path);
     free(cfg->control_bundle_path);
     free(cfg->join_token_path);
+    free(cfg->jwt_path);
     free(cfg->spiffe_id);
     for (size_t i = 0; i < cfg->n_listeners; i++)
         free(cfg->listeners[i].expected_id);
@@ -1495,6 +1507,12 @@ void tt_config_usage(FILE *out)
         "  --control-bundle FILE       PEM roots that the control plane's certificate chains to\n"
         "  --join-token FILE           bootstrap token from `tetherctl token create` (the\n"
         "                              first certificate; renewals use the current one)\n"
+        "  --jwt-file FILE             or a Kubernetes projected service-account token (a JWT;\n"
+        "                              the control plane needs --jwks): read again at every\n"
+        "                              request, as kubelet rotates it; used for the first\n"
+        "                              certificate and whenever renewal with the current\n"
+        "                              one is refused or it has expired. Exactly one of\n"
+        "                              --join-token and --jwt-file\n"
         "  --spiffe-id ID              the identity to ask for, e.g.\n"
         "                              spiffe://cluster.local/ns/shop/sa/web\n"
         "\n"

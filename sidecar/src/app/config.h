@@ -34,6 +34,7 @@ struct tt_config {
     struct tt_addr control;    /* --control */
     char *control_bundle_path; /* --control-bundle */
     char *join_token_path;     /* --join-token */
+    char *jwt_path;            /* --jwt-file: a service-account token (or join_token_path) */
     char *spiffe_id;           /* --spiffe-id */
     struct tt_addr admin;      /* --admin */
     bool admin_remote_control; /* --admin-allow-remote-control */
@@ -67,10 +68,11 @@ struct tt_config {
  * --config FILE first when given. Defaults apply to what neither sets; workers 0
  * becomes the number of online CPUs. Requires the three identity files and at least
  * one listener; with --control, the identity files and --policy are refused and
- * --control-bundle, --join-token and --spiffe-id are required. Returns 0, TT_CONFIG_HELP after
- * printing usage to stdout, or TT_E_CONFIG with one line in err (e.g. "--inbound 127.0.0.1:99999=x:
- * port must be 0..65535" or "sidecar.json: timeouts.idle: expected a duration such as \"10s\""). On
- * error cfg holds nothing that needs freeing beyond tt_config_done(). */
+ * --control-bundle, --spiffe-id and exactly one of --join-token and --jwt-file are required.
+ * Returns 0, TT_CONFIG_HELP after printing usage to stdout, or TT_E_CONFIG with one line in err
+ * (e.g. "--inbound 127.0.0.1:99999=x: port must be 0..65535" or "sidecar.json: timeouts.idle:
+ * expected a duration such as \"10s\""). On error cfg holds nothing that needs freeing beyond
+ * tt_config_done(). */
 int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err, size_t errlen);
 
 /* Parses the value of --inbound (LISTEN=FORWARD) or --outbound

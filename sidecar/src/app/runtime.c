@@ -464,6 +464,7 @@ static struct tt_cpclient *make_cpclient(struct tt_runtime *rt, char *err, size_
         .control = &cfg->control,
         .control_bundle_path = cfg->control_bundle_path,
         .join_token_path = cfg->join_token_path,
+        .jwt_path = cfg->jwt_path,
         .spiffe_id = cfg->spiffe_id,
         .inbound_addresses = inbound,
         .slot = &rt->slot,
@@ -576,6 +577,7 @@ int tt_runtime_run(const struct tt_config *cfg)
     if (rt->admin == NULL) {
         fprintf(stderr, "tether-sidecar: cannot serve --admin %s: %s\n", cfg->admin.text,
                 tt_strerror(r));
+        uv_run(&rt->loop, UV_RUN_DEFAULT); /* the failed server's closes free it */
         goto out_loop;
     }
     if (cfg->transparent.enabled && start_pod_servers(rt) < 0) {

@@ -35,13 +35,16 @@
 #define CP_BACKOFF_MIN_MS       500
 #define CP_BACKOFF_MAX_MS       30000 /* DESIGN.md: retries capped at 30 s ... */
 #define CP_FILE_MAX             (1024 * 1024)
+#define CP_TOKEN_MAX            4096  /* a join token file */
+#define CP_JWT_FILE_MAX         16384 /* a service-account token file (tether-control's bound) */
 #define CP_SIGN_PATH            "/tether.v1.Identity/Sign"
 #define CP_WATCH_PATH           "/tether.v1.Discovery/Watch"
 
 struct tt_cpclient {
     /* Copied from tt_cpclient_opts. */
     struct tt_addr control;
-    char *join_token_path;
+    char *join_token_path; /* one of these two is set */
+    char *jwt_path;
     char *spiffe_id;
     char **inbound_addresses;
     size_t n_inbound_addresses;
@@ -196,22 +199,34 @@ static int cp_connect(struct tt_cpclient *cp, struct tt_identity *id, enum tt_tl
     return 0;
 }
 
-/* Reads the join token file; a token file may end with whitespace (DESIGN.md). */
-static int cp_read_token(const char *path, char **token, char *err, size_t errlen)
+/* Reads the proof for a Sign without a certificate: the join token, or the service-account
+ * token (read afresh at every call: kubelet rotates it). Either may have whitespace around
+ * it (DESIGN.md); inside, none. Sets *jwt to say which it is. */
+static int cp_read_token(struct tt_cpclient *cp, char **token, bool *jwt, char *err, size_t errlen)
 {
+    const char *path = cp->jwt_path != NULL ? cp->jwt_path : cp->join_token_path;
+    const char *flag = cp->jwt_path != NULL ? "--jwt-file" : "--join-token";
+    size_t max = cp->jwt_path != NULL ? CP_JWT_FILE_MAX : CP_TOKEN_MAX;
     char *data;
-    size_t len;
-    int r = tt_file_read(path, 4096, &data, &len);
+    size_t len, skip = 0;
+    int r = tt_file_read(path, max, &data, &len);
 
+    *jwt = cp->jwt_path != NULL;
     if (r < 0) {
-        snprintf(err, errlen, "--join-token %s: %s", path, tt_strerror(r));
+        snprintf(err, errlen, "%s %s: %s", flag, path,
+                 r == -EFBIG ? "larger than the bound on a token" : tt_strerror(r));
         return r;
     }
-    while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' ' ||
-                       data[len - 1] == '\t'))
+    while (len > 0 && strchr(" \t\r\n", data[len - 1]) != NULL)
         data[--len] = '\0';
-    if (len == 0 || strpbrk(data, " \t\r\n") != NULL) {
-        snprintf(err, errlen, "--join-token %s: expected the token alone on one line", path);
+    while (skip < len && strchr(" \t\r\n", data[skip]) != NULL)
+        skip++;
+    if (skip > 0)
+        memmove(data, data + skip, len - skip + 1);
+    len -= skip;
+    if (len == 0 || strpbrk(data, " \t\r\n") != NULL || strlen(data) != len) {
+        snprintf(err, errlen, "%s %s: expected the token alone on one line", flag, path);
+        tt_crypto_wipe(data, len);
         free(data);
         return TT_E_CONFIG;
     }
@@ -264,9 +279,10 @@ static void cp_schedule_renewal(struct tt_cpclient *cp)
     pthread_mutex_unlock(&cp->lock);
 }
 
-/* Asks Identity.Sign for a certificate for a new key: with the join token the first time,
- * with the current certificate afterwards. Returns 0 or <0 with err set. */
-static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
+/* Asks Identity.Sign for a certificate for a new key: with the current certificate when
+ * `renewal`, else with the join token or the service-account token. Returns 0 or <0 with
+ * err set. */
+static int cp_sign(struct tt_cpclient *cp, bool renewal, char *err, size_t errlen)
 {
     Tether__V1__SignRequest req = TETHER__V1__SIGN_REQUEST__INIT;
     Tether__V1__SignResponse *resp = NULL;
@@ -277,7 +293,8 @@ static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
     uint8_t *csr = NULL;
     grpc_status_code code;
     char details[TT_GRPC_DETAILS_MAX];
-    bool renewal = cp->chain_pem != NULL && tt_now_unix() < cp->not_after;
+    bool jwt = false;
+    const char *proof = "current certificate";
     int r;
 
     r = tt_identity_keygen(&key_pem, &key_len);
@@ -301,10 +318,14 @@ static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
         }
         r = cp_connect(cp, conn_id, TT_TLS_CLIENT, &ch, NULL, NULL, err, errlen);
     } else {
-        r = cp_read_token(cp->join_token_path, &token, err, errlen);
+        r = cp_read_token(cp, &token, &jwt, err, errlen);
         if (r < 0)
             goto out;
-        req.bootstrap_token = token;
+        if (jwt)
+            req.k8s_sa_token = token;
+        else
+            req.bootstrap_token = token;
+        proof = jwt ? "service-account token" : "join token";
         r = cp_connect(cp, cp->anonymous, TT_TLS_CLIENT_ANONYMOUS, &ch, NULL, NULL, err, errlen);
     }
     if (r < 0)
@@ -318,8 +339,8 @@ static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
         goto out;
     }
     if (code != GRPC_STATUS_OK) {
-        snprintf(err, errlen, "Identity.Sign refused (%s, status %d): %s",
-                 renewal ? "renewal" : "join token", (int)code, details);
+        snprintf(err, errlen, "Identity.Sign refused (%s, status %d): %s", proof, (int)code,
+                 details);
         r = code == GRPC_STATUS_UNAVAILABLE || code == GRPC_STATUS_DEADLINE_EXCEEDED
                 ? -EAGAIN
                 : TT_E_IDENTITY;
@@ -361,8 +382,7 @@ static int cp_sign(struct tt_cpclient *cp, char *err, size_t errlen)
         cp->mesh_bundle = strdup(resp->trust_bundle_pem);
     tt_log(TT_LOG_INFO, first ? "certificate_issued" : "certificate_renewed",
            TT_LS("spiffe_id", leaf->spiffe_id), TT_LS("serial", leaf->serial),
-           TT_LI("not_after", leaf->not_after),
-           TT_LS("proof", renewal ? "current certificate" : "join token"));
+           TT_LI("not_after", leaf->not_after), TT_LS("proof", proof));
     tt_identity_unref(check);
     if (cp->chain_pem == NULL || cp->mesh_bundle == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -396,6 +416,8 @@ out:
         tt_crypto_wipe(key_pem, key_len);
         free(key_pem);
     }
+    if (token != NULL)
+        tt_crypto_wipe(token, strlen(token));
     free(token);
     free(csr);
     return r;
@@ -706,7 +728,16 @@ static void *cp_main(void *arg)
         int64_t now = tt_now_unix();
 
         if (cp->chain_pem == NULL || now >= cp->renew_at) {
-            r = cp_sign(cp, err, sizeof(err));
+            bool renewal = cp->chain_pem != NULL && now < cp->not_after;
+
+            r = cp_sign(cp, renewal, err, sizeof(err));
+            /* A service-account token stays a proof after the certificate fails as one
+             * (refused, or the control plane lost its record): try it before waiting. */
+            if (r < 0 && renewal && cp->jwt_path != NULL && !cp_stopping(cp)) {
+                tt_log(TT_LOG_WARN, "certificate_renewal_failed", TT_LS("error", err),
+                       TT_LS("next", "service-account token"));
+                r = cp_sign(cp, false, err, sizeof(err));
+            }
             if (r < 0) {
                 uint64_t wait = cp_next_backoff(cp);
                 tt_log(TT_LOG_WARN, "certificate_request_failed", TT_LS("error", err),
@@ -767,6 +798,7 @@ static void cp_free_fields(struct tt_cpclient *cp)
         free(cp->inbound_addresses[i]);
     free(cp->inbound_addresses);
     free(cp->join_token_path);
+    free(cp->jwt_path);
     free(cp->spiffe_id);
     pthread_mutex_destroy(&cp->lock);
     free(cp);
@@ -778,6 +810,7 @@ struct tt_cpclient *tt_cpclient_new(const struct tt_cpclient_opts *opts, char *e
     struct tt_cpclient *cp = calloc(1, sizeof(*cp));
     char td[256], source[600];
     char *token = NULL;
+    bool jwt;
     int r;
 
     if (cp == NULL) {
@@ -789,10 +822,14 @@ struct tt_cpclient *tt_cpclient_new(const struct tt_cpclient_opts *opts, char *e
     cp->status.state_name = state_names[TT_CP_S_CONNECTING];
     cp->control = *opts->control;
     cp->slot = opts->slot;
-    cp->join_token_path = strdup(opts->join_token_path);
+    if (opts->jwt_path != NULL)
+        cp->jwt_path = strdup(opts->jwt_path);
+    else
+        cp->join_token_path = strdup(opts->join_token_path);
     cp->spiffe_id = strdup(opts->spiffe_id);
     cp->inbound_addresses = calloc(opts->n_inbound_addresses + 1, sizeof(char *));
-    if (cp->join_token_path == NULL || cp->spiffe_id == NULL || cp->inbound_addresses == NULL)
+    if ((cp->join_token_path == NULL && cp->jwt_path == NULL) || cp->spiffe_id == NULL ||
+        cp->inbound_addresses == NULL)
         goto err_nomem;
     for (size_t i = 0; i < opts->n_inbound_addresses; i++) {
         if ((cp->inbound_addresses[i] = strdup(opts->inbound_addresses[i])) == NULL)
@@ -818,7 +855,7 @@ struct tt_cpclient *tt_cpclient_new(const struct tt_cpclient_opts *opts, char *e
     if (cp->anonymous == NULL)
         goto err_free;
     /* Fail fast on an unreadable token: it is needed for the first certificate. */
-    if (cp_read_token(cp->join_token_path, &token, err, errlen) < 0)
+    if (cp_read_token(cp, &token, &jwt, err, errlen) < 0)
         goto err_free;
     tt_crypto_wipe(token, strlen(token));
     free(token);

@@ -1,7 +1,9 @@
 /* The sidecar's control-plane client (DESIGN.md "Certificates and trust"): the only gRPC
  * user in the sidecar. On its own thread it creates the private key in memory, asks
- * Identity.Sign for a certificate (bootstrap token first, then renewal with the current
- * certificate at half of the lifetime with jitter, retries with capped backoff), keeps one
+ * Identity.Sign for a certificate (bootstrap token or Kubernetes service-account token
+ * first, then renewal with the current certificate at half of the lifetime with jitter,
+ * falling back to the service-account token, read afresh, when that renewal fails or the
+ * certificate has expired; retries with capped backoff), keeps one
  * Discovery.Watch stream open (re-established after any failure), registers the inbound
  * addresses this sidecar serves, turns each pushed snapshot into the members that changed
  * and publishes them through the snapshot slot (snapshot.h), then acknowledges it, or
@@ -23,7 +25,8 @@ struct tt_snapshot_slot;
 struct tt_cpclient_opts {
     const struct tt_addr *control;        /* --control */
     const char *control_bundle_path;      /* --control-bundle */
-    const char *join_token_path;          /* --join-token */
+    const char *join_token_path;          /* --join-token, or NULL with jwt_path */
+    const char *jwt_path;                 /* --jwt-file, or NULL with join_token_path */
     const char *spiffe_id;                /* --spiffe-id */
     const char *const *inbound_addresses; /* registered with Discovery.Watch's Hello */
     size_t n_inbound_addresses;
@@ -51,8 +54,9 @@ struct tt_cp_status {
     char last_error[512];      /* why the last attempt failed, "" if none */
 };
 
-/* Reads --control-bundle and checks that --join-token is readable (errors name the
- * file). Returns the client (not started) or NULL with one line in err. */
+/* Reads --control-bundle and checks that the --join-token or --jwt-file (exactly one is
+ * given) is readable (errors name the file). Returns the client (not started) or NULL with one line
+ * in err. */
 struct tt_cpclient *tt_cpclient_new(const struct tt_cpclient_opts *opts, char *err, size_t errlen);
 
 /* Starts the control thread. Returns 0 or <0. */
