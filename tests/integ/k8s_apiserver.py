@@ -291,6 +291,14 @@ class ApiServer:
                 if resource is None or r == resource:
                     q.put("EXPIRE")
 
+    def send_raw(self, resource, data):
+        """Writes data (bytes, as is) into the open watches of resource: for tests of what
+        a client does with a line that is not an event, or one too large."""
+        with self.lock:
+            for r, q in self.streams:
+                if r == resource:
+                    q.put(("RAW", data))
+
     def open_streams(self, resource=None):
         with self.lock:
             return sum(1 for r, _ in self.streams if resource is None or r == resource)
@@ -459,6 +467,12 @@ class ApiServer:
                             self.close_connection = True
                             self.connection.shutdown(socket.SHUT_RDWR)
                             return
+                        if isinstance(ev, tuple) and ev[0] == "RAW":
+                            for i in range(0, len(ev[1]), 1 << 20):
+                                part = ev[1][i:i + (1 << 20)]
+                                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                            self.wfile.flush()
+                            continue
                         if ev == "EXPIRE":
                             self._chunk({"type": "ERROR", "object": status(
                                 410, "Expired", "too old resource version")})

@@ -307,6 +307,27 @@ def test(env):
         check(set(last) >= set(paths) and all(last.values()),
               "the rotated token is used: %s" % last)
 
+        # Attacks from the API server's side: a line that is not an event, then one larger
+        # than the 2 MiB bound. Each ends that watch and makes a new list; the table stays.
+        v_before = cp.stats()["version"]
+        for what, data in (("a line that is not JSON", b"{not json\n"),
+                           ("a 3 MiB event", b'{"type":"ADDED","object":{"x":"' +
+                            b"a" * (3 << 20) + b'"}}\n')):
+            h.wait_for(lambda: api.open_streams(ks.SERVICES) == 1, 15, 0.05, "a services watch")
+            t_bad = time.monotonic()
+            api.send_raw(ks.SERVICES, data)
+            h.wait_for(lambda: api.recorded(lambda r: r["time"] > t_bad and
+                                            r["path"] == "/api/v1/services" and
+                                            "watch" not in r["query"]),
+                       20, 0.05, "a new list of services after %s" % what)
+            check(cp.alive(), "tether-control survives %s" % what)
+        reached(lambda s: has(s, "10.244.1.8:8000", "10.96.0.60:80") and
+                has(s, "10.244.2.10:5432", db),
+                "the table is intact after the bad events")
+        check(cp.stats()["version"] == v_before,
+              "the relists gave the same table: the version did not move (%d, %d)" %
+              (v_before, cp.stats()["version"]))
+
         # 10. Sources kept apart: an operator entry and the cluster's side by side.
         cp.ctl("service", "add", "10.96.0.99:80", sid("ops", "legacy"))
         listed = cp.ctl("service", "list", as_json=True)["services"]
