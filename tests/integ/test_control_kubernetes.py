@@ -26,7 +26,10 @@ and a real tether-sidecar in control mode applies every version the control plan
   with the control plane's bundle, never a GET; a control plane with another CA patches
   again with its bundle;
 - attacks: an API server whose certificate does not chain to the given CA is not
-  believed (no table, the error logged); bad flags are refused with exit 2."""
+  believed (no table, the error logged); a watch line that is not JSON and an event over
+  the 2 MiB bound end the watch and make a new list, the table and its version unmoved;
+  a kubeconfig that turns verification off and bad flags are refused with exit 2;
+- every object the stand-in served passes kubernetes-models' schemas (k8s-validate.js)."""
 
 import base64
 import json
