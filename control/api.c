@@ -30,6 +30,8 @@ struct cp_api {
     char *admin_ids[CP_API_MAX_ADMINS];
     size_t n_admin_ids;
     char allow_hdr[160]; /* the 405 answer's Allow line, copied by httpd at once */
+    json_t *(*stats_extra)(void *ud);
+    void *stats_ud;
 };
 
 /* ---- helpers ---- */
@@ -706,6 +708,13 @@ static void get_stats(struct cp_api *api, const struct tt_httpd_request *rq,
 
     if (doc && api->ca)
         json_object_set_new(doc, "trust_domain", json_string(cp_ca_trust_domain(api->ca)));
+    if (doc && api->stats_extra) {
+        json_t *extra = api->stats_extra(api->stats_ud);
+
+        if (extra != NULL)
+            json_object_update(doc, extra);
+        json_decref(extra);
+    }
     reply_json(resp, 200, doc);
 }
 
@@ -948,6 +957,8 @@ struct cp_api *cp_api_new(uv_loop_t *loop, const struct cp_api_opts *opts, struc
     api->mtls = opts->mtls;
     if (!opts->mtls)
         snprintf(api->operator_token, sizeof(api->operator_token), "%s", opts->operator_token);
+    api->stats_extra = opts->stats_extra;
+    api->stats_ud = opts->stats_ud;
     for (size_t i = 0; i < opts->n_admin_ids && i < CP_API_MAX_ADMINS; i++) {
         api->admin_ids[api->n_admin_ids] = strdup(opts->admin_ids[i]);
         if (api->admin_ids[api->n_admin_ids] == NULL)

@@ -93,6 +93,10 @@ struct cp_api_opts {
      * spiffe://<trust domain>/ns/tether-system/sa/tether-admin. */
     const char *admin_ids[CP_API_MAX_ADMINS];
     size_t n_admin_ids;
+    /* Optional: more of GET /stats, called on the loop's thread; each key of the object
+     * it returns (a new reference, or NULL) is added to the document. */
+    json_t *(*stats_extra)(void *ud);
+    void *stats_ud;
 };
 
 /* Starts the API on loop over `store` and `ca` (both outlive the API; ca may be NULL,

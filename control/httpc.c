@@ -90,6 +90,8 @@ struct rctx {
     bool done;
     bool too_big;
     bool head; /* a HEAD request: the answer has no body whatever its length says */
+    const struct cp_httpc_req *rq; /* its on_body, when set, takes a 2xx body */
+    int cb_rc;                     /* what on_body returned when it stopped the parser */
     char field[32];
     size_t field_len;
 };
@@ -129,6 +131,15 @@ static int on_body(http_parser *p, const char *at, size_t len)
     struct rctx *r = p->data;
     struct cp_httpc_response *o = r->out;
 
+    if (r->rq != NULL && r->rq->on_body != NULL && p->status_code / 100 == 2) {
+        int rc = r->rq->on_body(r->rq->body_ud, at, len);
+
+        if (rc < 0) {
+            r->cb_rc = rc;
+            return -1;
+        }
+        return 0;
+    }
     if (o->body_len + len > CP_HTTPC_BODY_MAX) {
         r->too_big = true;
         return -1;
@@ -199,7 +210,8 @@ static const http_parser_settings settings = {
     .on_message_complete = on_message_complete,
 };
 
-static int connect_to(const char *host, const char *port, int timeout_ms, char *err, size_t errlen)
+/* Connects a blocking TCP socket with timeouts (see httpc.h). */
+int cp_httpc_connect(const char *host, const char *port, int timeout_ms, char *err, size_t errlen)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res, *ai;
@@ -249,40 +261,58 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-/* Writes one request (Connection: close, Content-Length) to the caller's blocking fd, not closed
- * here, and parses the response until it is complete. Returns 0 with *out filled (caller frees with
- * cp_httpc_response_done), or -errno with err set and *out released: -EFBIG over CP_HTTPC_BODY_MAX,
- * -EPROTO for a bad or cut reply, -ECONNRESET when nothing came. */
-int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const char *prefix,
-                        const char *bearer, const char *method, const char *path, const char *ctype,
-                        const char *body, size_t body_len, struct cp_httpc_response *out, char *err,
-                        size_t errlen)
+/* The plain fd as a cp_httpc_io. */
+static ssize_t fd_read(void *ud, void *buf, size_t len)
 {
-    char head[2048], buf[16384];
+    ssize_t n;
+
+    do
+        n = recv(*(int *)ud, buf, len, 0);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+static int fd_write(void *ud, const void *buf, size_t len)
+{
+    return write_all(*(int *)ud, buf, len);
+}
+
+/* Writes one request (Connection: close, Content-Length) through io and parses the response until
+ * it is complete (see httpc.h). Returns 0 with *out filled (caller frees with
+ * cp_httpc_response_done), or -errno with err set and *out released: -EFBIG over
+ * CP_HTTPC_BODY_MAX, -EPROTO for a bad or cut reply, -ECONNRESET when nothing came, or what
+ * rq->on_body returned. */
+int cp_httpc_exchange(const struct cp_httpc_io *io, const struct cp_httpc_req *rq,
+                      struct cp_httpc_response *out, char *err, size_t errlen)
+{
+    char head[4096], buf[16384];
+    const char *bearer = rq->bearer, *ctype = rq->ctype;
     bool auth = bearer != NULL && bearer[0] != '\0';
-    struct rctx r = {.out = out, .head = strcmp(method, "HEAD") == 0};
+    struct rctx r = {.out = out, .head = strcmp(rq->method, "HEAD") == 0, .rq = rq};
     http_parser parser;
     size_t total = 0;
     int rc, n;
 
     memset(out, 0, sizeof(*out));
     n = snprintf(head, sizeof(head),
-                 "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tetherctl\r\n"
+                 "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n"
                  "Accept: application/json, text/plain\r\nConnection: close\r\n"
                  "%s%s%s%s%s%sContent-Length: %zu\r\n\r\n",
-                 method, prefix, path, host_hdr, auth ? "Authorization: Bearer " : "",
-                 auth ? bearer : "", auth ? "\r\n" : "", ctype ? "Content-Type: " : "",
-                 ctype ? ctype : "", ctype ? "\r\n" : "", body_len);
+                 rq->method, rq->prefix, rq->path, rq->host_hdr,
+                 rq->user_agent ? rq->user_agent : "tetherctl",
+                 auth ? "Authorization: Bearer " : "", auth ? bearer : "", auth ? "\r\n" : "",
+                 ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "",
+                 rq->body_len);
     if (n < 0 || (size_t)n >= sizeof(head)) {
         snprintf(err, errlen, "request too long");
         rc = -EINVAL;
         goto out;
     }
-    rc = write_all(fd, head, (size_t)n);
-    if (rc == 0 && body_len)
-        rc = write_all(fd, body, body_len);
+    rc = io->write(io->ud, head, (size_t)n);
+    if (rc == 0 && rq->body_len)
+        rc = io->write(io->ud, rq->body, rq->body_len);
     if (rc != 0) {
-        snprintf(err, errlen, "sending to %s: %s", where, strerror(-rc));
+        snprintf(err, errlen, "sending to %s: %s", rq->where, strerror(-rc));
         /* The server hung up before reading: for the caller, the same as closing without
          * a byte (e.g. a TLS server that refused our certificate after the handshake). */
         if (rc == -EPIPE)
@@ -292,28 +322,32 @@ int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const c
     http_parser_init(&parser, HTTP_RESPONSE);
     parser.data = &r;
     for (;;) {
-        ssize_t got = recv(fd, buf, sizeof(buf), 0);
+        ssize_t got = io->read(io->ud, buf, sizeof(buf));
         size_t used;
 
-        if (got < 0 && errno == EINTR)
-            continue;
         if (got < 0) {
-            rc = -errno;
-            snprintf(err, errlen, "reading from %s: %s", where,
-                     errno == EAGAIN ? "timed out" : strerror(errno));
+            rc = (int)got;
+            snprintf(err, errlen, "reading from %s: %s", rq->where,
+                     rc == -EAGAIN ? "timed out" : strerror(-rc));
             goto out;
         }
         total += (size_t)got;
         used = http_parser_execute(&parser, &settings, buf, (size_t)got);
+        if (r.cb_rc != 0) {
+            rc = r.cb_rc;
+            snprintf(err, errlen, "%s: the streamed body was refused (%s)", rq->where,
+                     strerror(-rc));
+            goto out;
+        }
         if (r.too_big) {
-            snprintf(err, errlen, "response from %s too large", where);
+            snprintf(err, errlen, "response from %s too large", rq->where);
             rc = -EFBIG;
             goto out;
         }
         if (HTTP_PARSER_ERRNO(&parser) != HPE_OK || used != (size_t)got) {
             if (r.done)
                 break;
-            snprintf(err, errlen, "bad HTTP response from %s (%s)", where,
+            snprintf(err, errlen, "bad HTTP response from %s (%s)", rq->where,
                      http_errno_description(HTTP_PARSER_ERRNO(&parser)));
             rc = -EPROTO;
             goto out;
@@ -322,7 +356,7 @@ int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const c
             break;
     }
     if (!r.done) {
-        snprintf(err, errlen, "%s closed the connection before a complete response%s", where,
+        snprintf(err, errlen, "%s closed the connection before a complete response%s", rq->where,
                  total == 0 ? " (nothing was answered)" : "");
         rc = total == 0 ? -ECONNRESET : -EPROTO;
         goto out;
@@ -341,6 +375,26 @@ out:
     if (rc != 0)
         cp_httpc_response_done(out);
     return rc;
+}
+
+/* One request over the caller's blocking fd (see httpc.h): cp_httpc_exchange() on it. */
+int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const char *prefix,
+                        const char *bearer, const char *method, const char *path, const char *ctype,
+                        const char *body, size_t body_len, struct cp_httpc_response *out, char *err,
+                        size_t errlen)
+{
+    struct cp_httpc_io io = {fd_read, fd_write, &fd};
+    struct cp_httpc_req rq = {.where = where,
+                              .host_hdr = host_hdr,
+                              .prefix = prefix,
+                              .bearer = bearer,
+                              .method = method,
+                              .path = path,
+                              .ctype = ctype,
+                              .body = body,
+                              .body_len = body_len};
+
+    return cp_httpc_exchange(&io, &rq, out, err, errlen);
 }
 
 /* Blocking I/O with timeouts on fd (the plaintext end of a tlspipe is non-blocking). */
@@ -460,7 +514,7 @@ int cp_httpc_call(const char *base_url, const struct cp_httpc_tls *tls, const ch
             return rc;
         set_blocking_timeouts(fd, timeout_ms);
     } else {
-        fd = connect_to(host, port, timeout_ms, err, errlen);
+        fd = cp_httpc_connect(host, port, timeout_ms, err, errlen);
         if (fd < 0)
             return fd;
     }

@@ -1,4 +1,5 @@
-/* A tiny blocking HTTP/1.1 client for tetherctl: one request per connection
+/* A tiny blocking HTTP/1.1 client for tetherctl and the control plane's Kubernetes
+ * client (k8s_client.c): one request per connection
  * (Content-Length, Connection: close), the response parsed with http-parser. http://
  * is plain TCP (the operator API on loopback); https:// is mutual TLS with the
  * operator's admin certificate (the API off loopback), through the sidecar's TLS
@@ -9,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #define CP_HTTPC_BODY_MAX (16 * 1024 * 1024)
 
@@ -61,6 +63,37 @@ int cp_httpc_request_fd(int fd, const char *where, const char *host_hdr, const c
                         size_t errlen);
 
 void cp_httpc_response_done(struct cp_httpc_response *r);
+
+/* Where a request's bytes go: a connected stream, plain or TLS, blocking with timeouts. */
+struct cp_httpc_io {
+    ssize_t (*read)(void *ud, void *buf, size_t len);    /* >0, 0 at the end, or -errno */
+    int (*write)(void *ud, const void *buf, size_t len); /* all of it: 0 or -errno */
+    void *ud;
+};
+
+/* One request. `where` names the server in errors, host_hdr is the Host header, prefix the
+ * URL's path prefix, bearer a credential for "Authorization: Bearer" (NULL: none). */
+struct cp_httpc_req {
+    const char *where, *host_hdr, *prefix, *bearer;
+    const char *method, *path, *ctype;
+    const char *body;
+    size_t body_len;
+    const char *user_agent; /* NULL: "tetherctl" */
+    /* When set, the body of a 2xx response is handed over as it arrives (chunked encoding
+     * already removed) instead of collected in out->body; a negative return stops the
+     * exchange, which then returns it. Other statuses are collected as usual. */
+    int (*on_body)(void *ud, const char *data, size_t len);
+    void *body_ud;
+};
+
+/* Sends rq through io and reads the response (see cp_httpc_request_fd for the returns;
+ * also what on_body returned when it stopped the exchange). */
+int cp_httpc_exchange(const struct cp_httpc_io *io, const struct cp_httpc_req *rq,
+                      struct cp_httpc_response *out, char *err, size_t errlen);
+
+/* Connects a blocking TCP socket to host:port with send and receive timeouts of
+ * timeout_ms. Returns the fd, or -errno with err set ("cannot connect to ..."). */
+int cp_httpc_connect(const char *host, const char *port, int timeout_ms, char *err, size_t errlen);
 
 /* Splits base_url (http:// or https://; the port defaults to 80 or 443) into host, port
  * and path prefix, with http-parser's URL parser; a user, query or fragment in it is refused.

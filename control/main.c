@@ -17,6 +17,9 @@
 
 #include "api.h"
 #include "ca.h"
+#include "k8s_client.h"
+#include "k8s_watch.h"
+#include "yaml.h"
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/spiffe.h"
@@ -102,6 +105,23 @@ static const char usage[] =
     "                             (default there " CP_INJECT_DEFAULT_AUDIENCE ")\n"
     "  --jwt-issuer ISS           the issuer they must carry (default: any; e.g.\n"
     "                             https://kubernetes.default.svc.cluster.local)\n"
+    "  --kubernetes               fill the service table from the cluster: watch Services,\n"
+    "                             EndpointSlices and Pods (ClusterIP:port -> ready pod\n"
+    "                             IP:targetPort -> spiffe://TD/ns/<pod ns>/sa/<service\n"
+    "                             account>). In a pod: the API server from\n"
+    "                             KUBERNETES_SERVICE_HOST/PORT, the service account's token\n"
+    "                             and CA under " CP_K8S_SA_DIR "\n"
+    "  --kubeconfig FILE          --kubernetes with the API server and credentials of FILE's\n"
+    "                             current-context (server, certificate-authority(-data),\n"
+    "                             token, tokenFile or client-certificate/key(-data))\n"
+    "  --kubernetes-api URL       (testing, out of cluster) the API server, https://HOST:PORT\n"
+    "  --kubernetes-token-file FILE  (testing, out of cluster) the bearer token, read again\n"
+    "                             for every connection\n"
+    "  --kubernetes-ca-file FILE  (testing, out of cluster) the CA of the API server\n"
+    "  --webhook-config NAME      with --kubernetes: at start, and whenever the bundle\n"
+    "                             changes, set the caBundle of webhook " CP_K8S_WEBHOOK_ENTRY "\n"
+    "                             in MutatingWebhookConfiguration NAME (one PATCH; needs only\n"
+    "                             the patch verb on that object)\n"
     "  --log-level LEVEL          debug, info, warn, error (default info)\n"
     "  -h, --help                 this text\n";
 
@@ -121,6 +141,8 @@ struct flags {
     const char *ca_cert, *ca_key, *ca_chain;
     const char *log_level;
     const char *registration_grace;
+    bool kubernetes;
+    const char *kubeconfig, *k8s_api, *k8s_token_file, *k8s_ca_file, *webhook_config;
     const char *listen_webhook, *sidecar_image, *inject_control_address;
     const char *jwks, *jwt_audience, *jwt_issuer;
 };
@@ -158,7 +180,9 @@ struct control {
     struct cp_sidecar_api *sidecars;
     struct cp_webhook *webhook; /* --listen-webhook, or NULL */
     struct cp_tls_acceptor *webhook_acceptor;
-    uv_timer_t reg_timer;                       /* drops registrations past their grace period */
+    uv_timer_t reg_timer;     /* drops registrations past their grace period */
+    struct cp_k8s_watch *k8s; /* --kubernetes: the cluster's services */
+    pthread_mutex_t k8s_lock; /* guards k8s against the store callback on other threads */
     char operator_token[CP_OPERATOR_TOKEN_MAX]; /* the loopback APIs' credential */
 };
 
@@ -188,6 +212,11 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"--ca-chain", offsetof(struct flags, ca_chain)},
         {"--log-level", offsetof(struct flags, log_level)},
         {"--registration-grace", offsetof(struct flags, registration_grace)},
+        {"--kubeconfig", offsetof(struct flags, kubeconfig)},
+        {"--kubernetes-api", offsetof(struct flags, k8s_api)},
+        {"--kubernetes-token-file", offsetof(struct flags, k8s_token_file)},
+        {"--kubernetes-ca-file", offsetof(struct flags, k8s_ca_file)},
+        {"--webhook-config", offsetof(struct flags, webhook_config)},
         {"--listen-webhook", offsetof(struct flags, listen_webhook)},
         {"--sidecar-image", offsetof(struct flags, sidecar_image)},
         {"--inject-control-address", offsetof(struct flags, inject_control_address)},
@@ -203,6 +232,10 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(usage, stdout);
             return -1;
+        }
+        if (strcmp(a, "--kubernetes") == 0) {
+            f->kubernetes = true;
+            continue;
         }
         /* The repeatable ones. */
         if (strcmp(a, "--serving-name") == 0 || strncmp(a, "--serving-name=", 15) == 0) {
@@ -339,6 +372,19 @@ static void apis_stop(struct control *c)
     }
 }
 
+/* Stops the Kubernetes watcher: no store callback sees it once the lock is released, and
+ * its threads are joined before it is freed. Loop thread. */
+static void k8s_stop(struct control *c)
+{
+    struct cp_k8s_watch *w;
+
+    pthread_mutex_lock(&c->k8s_lock);
+    w = c->k8s;
+    c->k8s = NULL;
+    pthread_mutex_unlock(&c->k8s_lock);
+    cp_k8s_watch_stop(w);
+}
+
 /* SIGTERM/SIGINT: stop serving; the loop ends once every handle is closed. The API
  * listeners go first: their handshakes use the sidecar API's serving identity. */
 static void on_signal(uv_signal_t *s, int signum)
@@ -347,6 +393,9 @@ static void on_signal(uv_signal_t *s, int signum)
 
     tt_log(TT_LOG_INFO, "control_stopping", TT_LS("signal", signum == SIGTERM ? "TERM" : "INT"));
     apis_stop(c);
+    /* Before the sidecar API: the watcher's threads change the store, whose callback
+     * pushes through c->sidecars (joined here, so none runs after). */
+    k8s_stop(c);
     cp_sidecar_api_free(c->sidecars);
     c->sidecars = NULL;
     uv_close((uv_handle_t *)&c->sigterm, on_handle_close);
@@ -369,6 +418,9 @@ static void on_store_change(void *ud, uint64_t version)
 
     if (c->sidecars)
         cp_sidecar_api_push(c->sidecars);
+    pthread_mutex_lock(&c->k8s_lock);
+    cp_k8s_watch_bundle_changed(c->k8s);
+    pthread_mutex_unlock(&c->k8s_lock);
 }
 
 /* Starts the gRPC side for sidecars on --listen-sidecars with the transport bounds and
@@ -445,6 +497,15 @@ static void on_api_shed(void *ud, const char *reason)
     cp_store_count_refusal(l->c->store, reason);
 }
 
+/* GET /stats's "kubernetes" (the watcher's state) with --kubernetes; NULL without. Loop
+ * thread (c->k8s changes only there). */
+static json_t *k8s_stats(void *ud)
+{
+    struct control *c = ud;
+
+    return c->k8s ? json_pack("{s:o}", "kubernetes", cp_k8s_watch_status_json(c->k8s)) : NULL;
+}
+
 /* Starts the operator API on every --listen-api: plaintext on loopback, otherwise the
  * API in mTLS mode behind a TLS acceptor that requires a client certificate verified
  * against the bundle (role TT_TLS_SERVER). Returns 0 or EXIT_RUNTIME (after a message). */
@@ -457,6 +518,8 @@ static int start_apis(struct control *c, const struct flags *f)
         ao.admin_ids[i] = f->admin_ids[i];
     ao.n_admin_ids = f->n_admin_ids;
     ao.operator_token = c->operator_token;
+    ao.stats_extra = k8s_stats;
+    ao.stats_ud = c;
     for (size_t i = 0; i < c->n_apis; i++) {
         struct api_listener *l = &c->apis[i];
 
@@ -647,6 +710,101 @@ static int serving_names(const struct flags *f, char *host, size_t hostlen, cons
     return 0;
 }
 
+/* The client of --kubeconfig FILE's current context, or NULL after a usage message. */
+static struct cp_k8s_client *k8s_client_from_kubeconfig(const char *path)
+{
+    struct cp_k8s_client_opts o = {.timeout_ms = 5000};
+    struct cp_k8s_kubeconfig kc;
+    struct cp_k8s_client *k = NULL;
+    json_t *docs = NULL;
+    char *text = NULL, err[1024];
+    size_t len = 0;
+    int rc = tt_file_read(path, 1024 * 1024, &text, &len);
+
+    if (rc != 0) {
+        snprintf(err, sizeof(err), "%s: %s", path,
+                 rc == -EFBIG ? "larger than 1 MiB" : strerror(-rc));
+        goto fail;
+    }
+    if (cp_yaml_parse(text, len, path, &docs, err, sizeof(err)) != 0)
+        goto fail;
+    if (cp_k8s_kubeconfig_load(json_array_get(docs, 0), path, &kc, err, sizeof(err)) != 0)
+        goto fail;
+    cp_k8s_kubeconfig_opts(&kc, &o);
+    k = cp_k8s_client_new(&o, err, sizeof(err));
+    cp_k8s_kubeconfig_done(&kc);
+    if (k == NULL)
+        goto fail;
+    json_decref(docs);
+    tt_crypto_wipe(text, len);
+    free(text);
+    return k;
+fail:
+    json_decref(docs);
+    if (text != NULL)
+        tt_crypto_wipe(text, len);
+    free(text);
+    die_usage("--kubeconfig: ", err);
+    return NULL;
+}
+
+/* Builds the Kubernetes API client from the flags: --kubernetes-api and its files, else
+ * in-cluster (KUBERNETES_SERVICE_HOST/PORT, the service account's token and CA). Returns
+ * the client, or NULL after a usage message (*rc = EXIT_USAGE). */
+static struct cp_k8s_client *k8s_client_from_flags(const struct flags *f, int *rc)
+{
+    struct cp_k8s_client_opts o = {.timeout_ms = 5000};
+    const char *host = getenv("KUBERNETES_SERVICE_HOST"), *port = getenv("KUBERNETES_SERVICE_PORT");
+    char url[600], err[512];
+    struct cp_k8s_client *k;
+
+    *rc = EXIT_USAGE;
+    if (f->kubeconfig != NULL)
+        return k8s_client_from_kubeconfig(f->kubeconfig);
+    if (f->k8s_api != NULL) {
+        snprintf(url, sizeof(url), "%s", f->k8s_api);
+    } else if (host != NULL && host[0] && port != NULL && port[0]) {
+        bool v6 = strchr(host, ':') != NULL;
+
+        snprintf(url, sizeof(url), "https://%s%s%s:%s", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    } else {
+        die_usage("--kubernetes: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set "
+                  "(not in a pod?); give --kubernetes-api URL or --kubeconfig FILE",
+                  NULL);
+        return NULL;
+    }
+    o.server = url;
+    o.token_file = f->k8s_token_file ? f->k8s_token_file : CP_K8S_TOKEN_FILE;
+    o.ca_file = f->k8s_ca_file ? f->k8s_ca_file : CP_K8S_CA_FILE;
+    k = cp_k8s_client_new(&o, err, sizeof(err));
+    if (k == NULL)
+        die_usage("--kubernetes: ", err);
+    return k;
+}
+
+/* Starts the Kubernetes watcher with client k (taken). Returns 0 or EXIT_RUNTIME. */
+static int start_k8s(struct control *c, const struct flags *f, struct cp_k8s_client *k)
+{
+    struct cp_k8s_watch_opts o = {.client = k,
+                                  .store = c->store,
+                                  .trust_domain = f->trust_domain,
+                                  .webhook_config = f->webhook_config};
+    struct cp_k8s_watch *w;
+    char err[512];
+
+    w = cp_k8s_watch_start(&o, err, sizeof(err));
+    if (w == NULL) {
+        tt_log(TT_LOG_ERROR, "control_start_failed", TT_LS("error", err));
+        return EXIT_RUNTIME;
+    }
+    pthread_mutex_lock(&c->k8s_lock);
+    c->k8s = w;
+    pthread_mutex_unlock(&c->k8s_lock);
+    tt_log(TT_LOG_INFO, "kubernetes_watching", TT_LS("api", cp_k8s_client_where(k)),
+           TT_LS("webhook_config", f->webhook_config));
+    return 0;
+}
+
 /* Parses the sidecar port's bounds into so and fits the connection bound to the open-files
  * limit (raised to the hard limit first): the default is lowered to what fits, with one
  * line; an explicit --sidecar-max-connections above it is kept, with one line (the
@@ -758,6 +916,7 @@ int main(int argc, char **argv)
     const char *names[MAX_SERVING_NAMES + 1];
     char listen_host[300];
     struct tt_addr sidecar_addr, webhook_addr;
+    struct cp_k8s_client *k8s = NULL;
     enum tt_log_level level;
     char td_id[600], err[1024] = "";
     uint64_t ttl_ms, grace_ms, tick_ms;
@@ -829,9 +988,32 @@ int main(int argc, char **argv)
     rc = sidecar_bounds(&f, f.n_listen_api, &so);
     if (rc != 0)
         return rc;
+    if (f.webhook_config != NULL && !f.kubernetes && f.kubeconfig == NULL)
+        return die_usage("--webhook-config needs --kubernetes (or --kubeconfig)", NULL);
+    if (f.webhook_config != NULL && !cp_k8s_name_valid(f.webhook_config, 253, true))
+        return die_usage("--webhook-config: expected an object name (lower-case letters, "
+                         "digits, '-' and '.'), got ",
+                         f.webhook_config);
+    if (f.kubeconfig != NULL &&
+        (f.k8s_api != NULL || f.k8s_token_file != NULL || f.k8s_ca_file != NULL))
+        return die_usage("--kubeconfig gives the API server and credentials: not with "
+                         "--kubernetes-api, --kubernetes-token-file or --kubernetes-ca-file",
+                         NULL);
+    if (!f.kubernetes && f.kubeconfig == NULL &&
+        (f.k8s_api != NULL || f.k8s_token_file != NULL || f.k8s_ca_file != NULL))
+        return die_usage("--kubernetes-api, --kubernetes-token-file and --kubernetes-ca-file "
+                         "need --kubernetes",
+                         NULL);
     rc = jwt_flags(&f, &so);
     if (rc != 0)
         return rc;
+    if (f.kubernetes || f.kubeconfig != NULL) {
+        k8s = k8s_client_from_flags(&f, &rc);
+        if (k8s == NULL) {
+            cp_jwks_file_free(so.jwks);
+            return rc;
+        }
+    }
 
     /* One control plane per state directory: a second one would overwrite the first's
      * files (last writer wins) or race it creating the CA. */
@@ -839,6 +1021,7 @@ int main(int argc, char **argv)
     if (rc < 0) {
         tt_log(TT_LOG_ERROR, "state_locked", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
+        cp_k8s_client_free(k8s);
         cp_jwks_file_free(so.jwks);
         return rc == -EBUSY ? EXIT_USAGE : EXIT_RUNTIME;
     }
@@ -846,6 +1029,7 @@ int main(int argc, char **argv)
     if (c.store == NULL) {
         tt_log(TT_LOG_ERROR, "state_invalid", TT_LS("error", err));
         fprintf(stderr, "tether-control: %s\n", err);
+        cp_k8s_client_free(k8s);
         cp_jwks_file_free(so.jwks);
         return EXIT_RUNTIME;
     }
@@ -882,6 +1066,7 @@ int main(int argc, char **argv)
 
     c.loop = uv_default_loop();
     pthread_mutex_init(&c.handoff_lock, NULL);
+    pthread_mutex_init(&c.k8s_lock, NULL);
     /* The sidecar side first: it owns the serving identity the mTLS API presents. */
     rc = start_sidecar_side(&c, &sidecar_addr, ttl_ms, &so);
     if (rc != 0)
@@ -895,6 +1080,17 @@ int main(int argc, char **argv)
         c.sidecars = NULL;
         uv_run(c.loop, UV_RUN_DEFAULT);
         goto out_lock;
+    }
+    if (k8s != NULL) {
+        rc = start_k8s(&c, &f, k8s); /* takes k8s */
+        k8s = NULL;
+        if (rc != 0) {
+            apis_stop(&c);
+            cp_sidecar_api_free(c.sidecars);
+            c.sidecars = NULL;
+            uv_run(c.loop, UV_RUN_DEFAULT);
+            goto out_lock;
+        }
     }
     cp_store_set_registration_grace(c.store, grace_ms);
     uv_timer_init(c.loop, &c.reg_timer);
@@ -921,9 +1117,11 @@ int main(int argc, char **argv)
     rc = 0;
 out_lock:
     pthread_mutex_destroy(&c.handoff_lock);
+    pthread_mutex_destroy(&c.k8s_lock);
 out_ca:
     cp_ca_free(c.ca);
 out_store:
+    cp_k8s_client_free(k8s);
     cp_store_free(c.store);
     cp_jwks_file_free(so.jwks);
     tt_crypto_wipe(c.operator_token, sizeof(c.operator_token));

@@ -241,6 +241,18 @@ int cp_store_bundle_set(struct cp_store *s, const char *pem)
     return rc;
 }
 
+/* Returns a copy of the bundle PEM ("" when none was set; caller frees), or NULL when out of
+ * memory. */
+char *cp_store_bundle_get(struct cp_store *s)
+{
+    char *copy;
+
+    pthread_mutex_lock(&s->mu);
+    copy = strdup(s->bundle_pem);
+    pthread_mutex_unlock(&s->mu);
+    return copy;
+}
+
 /* ---- policy ---- */
 
 static int save_policy_locked(struct cp_store *s)

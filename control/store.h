@@ -76,6 +76,9 @@ uint64_t cp_store_version(struct cp_store *s);
  * differs from the one recorded in state.json. Returns 0 or -errno. */
 int cp_store_bundle_set(struct cp_store *s, const char *pem);
 
+/* A copy of the bundle PEM ("" when none was set; caller frees), NULL when out of memory. */
+char *cp_store_bundle_get(struct cp_store *s);
+
 /* ---- tokens ---- */
 
 /* Creates a bootstrap token for spiffe_id (checked with tt_spiffe_check), valid for
@@ -141,6 +144,7 @@ json_t *cp_store_revocations_json(struct cp_store *s);
 
 #define CP_SOURCE_OPERATOR     "operator"
 #define CP_SOURCE_REGISTRATION "registration"
+#define CP_SOURCE_KUBERNETES   "kubernetes"
 /* How long a registration outlives its Watch stream unless set otherwise. */
 #define CP_REG_GRACE_DEFAULT_MS (60ULL * 1000)
 /* The refusal counter (cp_store_stats_json "refusals") of refused registrations. */
@@ -182,6 +186,27 @@ int cp_store_service_endpoint_remove(struct cp_store *s, const char *address, co
  * Returns 0, -ENOENT when there is no such entry, or -errno when saving failed. */
 int cp_store_service_remove(struct cp_store *s, const char *address, const char *source);
 
+/* One service as the Kubernetes watcher gives it: the address workloads dial
+ * (ClusterIP:port; for a headless Service an endpoint's own address, `bare`), the
+ * endpoints that are ready, and the Service's "namespace/name" for listings. */
+struct cp_service_spec {
+    const char *address;
+    const char *name;
+    bool bare;
+    const struct cp_endpoint_spec *eps;
+    size_t n_eps;
+};
+
+/* Replaces every entry of source CP_SOURCE_KUBERNETES with svcs[0..n) as a whole set
+ * (runtime only, never persisted). Addresses must be IP literals with a port and identities
+ * valid SPIFFE IDs: an entry or endpoint that is not is left out (counted in *dropped when
+ * not NULL). The version bumps, and sidecars are pushed, only when what they receive
+ * changes (order does not matter). An operator entry for the same service address wins;
+ * a registration for an address a Kubernetes entry names is kept but not pushed. Returns
+ * 1 when what sidecars receive changed, 0 when not, or -errno (nothing changed). */
+int cp_store_kubernetes_set(struct cp_store *s, const struct cp_service_spec *svcs, size_t n,
+                            size_t *dropped);
+
 /* How long a registration outlives its stream (default CP_REG_GRACE_DEFAULT_MS). */
 void cp_store_set_registration_grace(struct cp_store *s, uint64_t ms);
 
@@ -209,9 +234,11 @@ int cp_store_registration_set(struct cp_store *s, const char *holder, const char
 size_t cp_store_registrations_expire(struct cp_store *s);
 
 /* [{"address", "spiffe_id" (null for a service with endpoints), "source", "endpoints":
- * [{"address", "spiffe_id"}]}] operator services first, then registrations, which add
+ * [{"address", "spiffe_id"}]}] operator services first, then Kubernetes ones (which add
+ * "kubernetes": "namespace/name" and "shadowed": true when an operator entry has the same
+ * address), then registrations, which add
  * "sidecar" (the stream), "state" ("live" or "grace"), "grace_left_ms" and "shadowed"
- * (true when an operator entry covers the address). New reference. */
+ * (true when an operator or Kubernetes entry covers the address). New reference. */
 json_t *cp_store_services_json(struct cp_store *s);
 
 /* ---- policy ---- */

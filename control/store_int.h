@@ -87,7 +87,8 @@ struct cp__endpoint {
  * bare endpoint is a service of one whose endpoint is its own address (`bare`). */
 struct cp__service {
     char *address; /* as given, checked with tt_addr_parse */
-    char *source;  /* CP_SOURCE_OPERATOR (later: Kubernetes) */
+    char *source;  /* CP_SOURCE_OPERATOR or CP_SOURCE_KUBERNETES */
+    char *name;    /* Kubernetes: the Service's "namespace/name"; else NULL */
     bool bare;
     CP__VEC(struct cp__endpoint) eps;
 };
@@ -152,8 +153,9 @@ struct cp_store {
     CP__VEC(struct cp__revoked) revoked;
     CP__VEC(struct cp__service) services;
     CP__VEC(struct cp__reg) regs;
-    uint64_t reg_grace_ms;        /* how long a registration outlives its stream */
-    uint64_t (*now_ms)(void *ud); /* the registrations' clock (tests inject one) */
+    CP__VEC(struct cp__service) k8s; /* CP_SOURCE_KUBERNETES, sorted by address */
+    uint64_t reg_grace_ms;           /* how long a registration outlives its stream */
+    uint64_t (*now_ms)(void *ud);    /* the registrations' clock (tests inject one) */
     void *now_ud;
     CP__VEC(struct cp__issued) issued;
     CP__VEC(struct cp__sidecar) sidecars;

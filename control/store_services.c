@@ -1,5 +1,6 @@
-/* The service table (see store.h): operator services, persisted in services.json, and
- * sidecars' registrations, runtime only, each bound to the IP its Watch connection came
+/* The service table (see store.h): operator services, persisted in services.json, the
+ * Kubernetes watcher's services, runtime only and replaced as a whole set, and sidecars'
+ * registrations, runtime only, each bound to the IP its Watch connection came
  * from and to its certificate's identity, living as long as the stream plus a grace
  * period. Each entry keeps its source; a change to what sidecars receive bumps the
  * version. */
@@ -51,6 +52,7 @@ static void service_free(struct cp__service *e)
 {
     free(e->address);
     free(e->source);
+    free(e->name);
     for (size_t i = 0; i < e->eps.n; i++)
         endpoint_free(&e->eps.v[i]);
     free(e->eps.v);
@@ -211,6 +213,9 @@ void cp__services_free(struct cp_store *s)
     for (size_t i = 0; i < s->regs.n; i++)
         reg_free(&s->regs.v[i]);
     free(s->regs.v);
+    for (size_t i = 0; i < s->k8s.n; i++)
+        service_free(&s->k8s.v[i]);
+    free(s->k8s.v);
 }
 
 /* ---- operator services ---- */
@@ -502,6 +507,154 @@ int cp_store_service_remove(struct cp_store *s, const char *address, const char 
     return rc;
 }
 
+/* ---- Kubernetes services ---- */
+
+static int cmp_endpoint(const void *a, const void *b)
+{
+    return strcmp(((const struct cp__endpoint *)a)->address,
+                  ((const struct cp__endpoint *)b)->address);
+}
+
+static int cmp_service(const void *a, const void *b)
+{
+    const struct cp__service *x = a, *y = b;
+    int c = strcmp(x->address, y->address);
+
+    return c != 0 ? c : (int)x->bare - (int)y->bare;
+}
+
+/* Writes the normalized text of an IP literal with a port into out. Returns false for
+ * anything else (a host name is never resolved here). */
+static bool ip_port_norm(const char *text, char out[TT_ADDR_TEXT_MAX])
+{
+    struct tt_addr a;
+
+    if (text == NULL || tt_addr_parse(text, TT_ADDR_NUMERIC, &a) != 0 || tt_addr_port(&a) == 0)
+        return false;
+    snprintf(out, TT_ADDR_TEXT_MAX, "%s", a.text);
+    return true;
+}
+
+/* Builds the sorted, checked set from svcs[0..n) into *out (empty first): addresses
+ * normalized, endpoints sorted and listed once (the first identity wins), entries that
+ * cannot be pushed left out and counted in *dropped: a bad address or identity, a second
+ * service at one address, a bare entry at a service's address. Returns 0 or -ENOMEM. */
+static int k8s_build(const struct cp_service_spec *svcs, size_t n, struct cp__service **out,
+                     size_t *n_out, size_t *dropped)
+{
+    struct cp__service *v = n ? calloc(n, sizeof(*v)) : NULL;
+    char addr[TT_ADDR_TEXT_MAX], ep[TT_ADDR_TEXT_MAX];
+    size_t k = 0, w = 0;
+
+    *dropped = 0;
+    if (n > 0 && v == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const struct cp_service_spec *sp = &svcs[i];
+        struct cp__service *e = &v[k];
+
+        if (!ip_port_norm(sp->address, addr)) {
+            (*dropped)++;
+            continue;
+        }
+        if (service_init(e, addr, CP_SOURCE_KUBERNETES, sp->bare) != 0)
+            goto nomem;
+        if (sp->name != NULL && (e->name = strdup(sp->name)) == NULL) {
+            service_free(e);
+            goto nomem;
+        }
+        for (size_t j = 0; j < sp->n_eps; j++) {
+            const char *id = sp->eps[j].spiffe_id;
+
+            if (!ip_port_norm(sp->eps[j].address, ep) || id == NULL ||
+                tt_spiffe_check(id, strlen(id), false) != 0 || (sp->bare && strcmp(ep, addr))) {
+                (*dropped)++;
+                continue;
+            }
+            if (service_push(e, ep, id) != 0) {
+                service_free(e);
+                goto nomem;
+            }
+        }
+        if (e->eps.n > 0)
+            qsort(e->eps.v, e->eps.n, sizeof(e->eps.v[0]), cmp_endpoint);
+        /* One identity per endpoint: the first after sorting (stable enough: the same input
+         * gives the same table). */
+        w = 0;
+        for (size_t j = 0; j < e->eps.n; j++) {
+            if (w > 0 && strcmp(e->eps.v[w - 1].address, e->eps.v[j].address) == 0) {
+                endpoint_free(&e->eps.v[j]);
+                continue;
+            }
+            e->eps.v[w++] = e->eps.v[j];
+        }
+        e->eps.n = w;
+        if (sp->bare && e->eps.n == 0) {
+            service_free(e);
+            continue;
+        }
+        k++;
+    }
+    if (k > 0)
+        qsort(v, k, sizeof(v[0]), cmp_service);
+    /* One entry per address: a service (not bare) sorts before a bare entry there. */
+    w = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (w > 0 && strcmp(v[w - 1].address, v[i].address) == 0) {
+            service_free(&v[i]);
+            (*dropped)++;
+            continue;
+        }
+        v[w++] = v[i];
+    }
+    *out = v;
+    *n_out = w;
+    return 0;
+nomem:
+    for (size_t i = 0; i < k; i++)
+        service_free(&v[i]);
+    free(v);
+    return -ENOMEM;
+}
+
+/* Replaces the Kubernetes services as a whole set (see store.h). */
+int cp_store_kubernetes_set(struct cp_store *s, const struct cp_service_spec *svcs, size_t n,
+                            size_t *dropped)
+{
+    struct cp__service *v = NULL;
+    size_t nv = 0, drop = 0;
+    bool same;
+    uint64_t ver = 0;
+    int rc = k8s_build(svcs, n, &v, &nv, &drop);
+
+    if (dropped != NULL)
+        *dropped = drop;
+    if (rc != 0)
+        return rc;
+    pthread_mutex_lock(&s->mu);
+    same = nv == s->k8s.n;
+    for (size_t i = 0; same && i < nv; i++)
+        same = service_equal(&v[i], &s->k8s.v[i]);
+    if (!same && (rc = cp__store_bump_locked(s)) != 0) {
+        pthread_mutex_unlock(&s->mu);
+        for (size_t i = 0; i < nv; i++)
+            service_free(&v[i]);
+        free(v);
+        return rc;
+    }
+    if (!same)
+        ver = s->version;
+    /* Replaced even when the same for sidecars: the names shown may have changed. */
+    for (size_t i = 0; i < s->k8s.n; i++)
+        service_free(&s->k8s.v[i]);
+    free(s->k8s.v);
+    s->k8s.v = v;
+    s->k8s.n = nv;
+    s->k8s.cap = nv;
+    cp__store_unlock_notify(s, ver);
+    return same ? 0 : 1;
+}
+
 /* ---- registrations ---- */
 
 static uint64_t now_locked(struct cp_store *s)
@@ -548,6 +701,31 @@ static bool operator_covers_locked(struct cp_store *s, const char *address)
                 return true;
     }
     return false;
+}
+
+/* True when a Kubernetes service that is pushed names address as its address or as one
+ * of its endpoints. Lock held. */
+static bool k8s_covers_locked(struct cp_store *s, const char *address)
+{
+    for (size_t i = 0; i < s->k8s.n; i++) {
+        const struct cp__service *e = &s->k8s.v[i];
+
+        if (operator_covers_locked(s, e->address))
+            continue;
+        if (addr_same(e->address, address))
+            return true;
+        for (size_t j = 0; j < e->eps.n; j++)
+            if (addr_same(e->eps.v[j].address, address))
+                return true;
+    }
+    return false;
+}
+
+/* True when a registration for address is not pushed: an operator or Kubernetes entry
+ * names it. Lock held. */
+static bool reg_shadowed_locked(struct cp_store *s, const char *address)
+{
+    return operator_covers_locked(s, address) || k8s_covers_locked(s, address);
 }
 
 /* The IP of a (AF_INET or AF_INET6) address with an IPv4-mapped IPv6 address turned into
@@ -874,6 +1052,8 @@ int cp__services_snapshot_locked(struct cp_store *s, struct cp_snapshot *snap)
 
     for (size_t i = 0; i < s->services.n; i++)
         n += s->services.v[i].eps.n;
+    for (size_t i = 0; i < s->k8s.n; i++)
+        n += s->k8s.v[i].eps.n;
     snap->services = calloc(n, sizeof(*snap->services));
     if (snap->services == NULL)
         return -ENOMEM;
@@ -884,8 +1064,17 @@ int cp__services_snapshot_locked(struct cp_store *s, struct cp_snapshot *snap)
             rc = snap_push(snap, e->eps.v[j].address, e->eps.v[j].spiffe_id,
                            e->bare ? "" : e->address);
     }
+    for (size_t i = 0; rc == 0 && i < s->k8s.n; i++) {
+        const struct cp__service *e = &s->k8s.v[i];
+
+        if (operator_covers_locked(s, e->address))
+            continue;
+        for (size_t j = 0; rc == 0 && j < e->eps.n; j++)
+            rc = snap_push(snap, e->eps.v[j].address, e->eps.v[j].spiffe_id,
+                           e->bare ? "" : e->address);
+    }
     for (size_t i = 0; rc == 0 && i < s->regs.n; i++)
-        if (!operator_covers_locked(s, s->regs.v[i].address))
+        if (!reg_shadowed_locked(s, s->regs.v[i].address))
             rc = snap_push(snap, s->regs.v[i].address, s->regs.v[i].spiffe_id, "");
     return rc;
 }
@@ -917,7 +1106,7 @@ static json_t *reg_json_locked(struct cp_store *s, const struct cp__reg *r, uint
                      "spiffe_id", r->spiffe_id, "source", CP_SOURCE_REGISTRATION, "endpoints",
                      "address", r->address, "spiffe_id", r->spiffe_id, "sidecar", r->holder,
                      "state", r->live ? "live" : "grace", "grace_left_ms", (json_int_t)left,
-                     "shadowed", operator_covers_locked(s, r->address));
+                     "shadowed", reg_shadowed_locked(s, r->address));
 }
 
 /* Returns a new JSON array of operator services then registrations (see store.h), NULL
@@ -930,6 +1119,20 @@ json_t *cp_store_services_json(struct cp_store *s)
     pthread_mutex_lock(&s->mu);
     now = now_locked(s);
     arr = cp__coll_array(&cp__services_coll, s->services.v, s->services.n, service_view, NULL);
+    for (size_t i = 0; arr != NULL && i < s->k8s.n; i++) {
+        json_t *o = service_view(service_json(&s->k8s.v[i]), &s->k8s.v[i], NULL);
+
+        if (o != NULL) {
+            json_object_set_new(o, "kubernetes",
+                                json_string(s->k8s.v[i].name ? s->k8s.v[i].name : ""));
+            json_object_set_new(o, "shadowed",
+                                json_boolean(operator_covers_locked(s, s->k8s.v[i].address)));
+        }
+        if (o == NULL || json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
     for (size_t i = 0; arr != NULL && i < s->regs.n; i++) {
         if (json_array_append_new(arr, reg_json_locked(s, &s->regs.v[i], now)) != 0) {
             json_decref(arr);

@@ -13,6 +13,9 @@ packages=(
   openssl ca-certificates curl python3 iproute2 procps haproxy nginx libnginx-mod-stream
   # a standard gRPC client for the control plane's interop test (DEPS.md)
   python3-grpcio python3-grpc-tools
+  # the Kubernetes shape check of test objects (tests/tools/k8s-validate.js, npm's
+  # kubernetes-models)
+  nodejs npm
   # YAML reader for the injection test's independent check of tetherctl's output
   python3-yaml
   # keys and signed service-account tokens (JWTs) for the control plane's JWT test

@@ -998,6 +998,89 @@ static void test_store_registrations(void **state)
     free(dir);
 }
 
+/* The Kubernetes source: replaced as a whole set, the version bumped only when what
+ * sidecars receive changes (order and names do not count), unusable entries left out,
+ * an operator entry at the same address wins, a registration it covers is shadowed,
+ * nothing persisted. */
+static void test_store_kubernetes(void **state)
+{
+    char *dir = make_tmpdir();
+    struct cp_store *s = open_ok(dir);
+    struct cp_endpoint_spec eps1[] = {{"10.244.1.2:8080", ID_A}, {"10.244.1.1:8080", ID_A}};
+    struct cp_endpoint_spec eps2[] = {{"10.244.1.1:8080", ID_A}, {"10.244.1.2:8080", ID_A}};
+    struct cp_endpoint_spec bad[] = {
+        {"pod.local:80", ID_A}, {"10.244.1.3:80", "not-an-id"}, {"10.244.1.4:80", ID_B}};
+    struct cp_endpoint_spec head[] = {{"10.244.3.3:5432", ID_B}};
+    struct cp_service_spec set1[] = {{"10.96.0.10:80", "shop/web", false, eps1, 2},
+                                     {"10.96.0.11:80", "shop/api", false, bad, 3}};
+    struct cp_service_spec set2[] = {{"10.96.0.11:80", "shop/api2", false, bad, 3},
+                                     {"10.96.0.10:80", "shop/web", false, eps2, 2}};
+    struct cp_service_spec set3[] = {{"10.96.0.10:80", "shop/web", false, eps2, 1},
+                                     {"10.244.3.3:5432", "data/db", true, head, 1}};
+    const char *claim[] = {"10.244.1.1:8080"};
+    struct cp_snapshot *snap;
+    size_t dropped = 9;
+    json_t *list;
+    char err[256];
+    uint64_t v = cp_store_version(s);
+
+    assert_int_equal(cp_store_kubernetes_set(s, set1, 2, &dropped), 1);
+    assert_int_equal(dropped, 2);
+    assert_int_equal(cp_store_version(s), v + 1);
+    snap = cp_store_snapshot(s);
+    assert_int_equal(snap->n_services, 3);
+    assert_string_equal(snap_find(snap, "10.96.0.10:80", "10.244.1.1:8080")->spiffe_id, ID_A);
+    assert_non_null(snap_find(snap, "10.96.0.10:80", "10.244.1.2:8080"));
+    assert_string_equal(snap_find(snap, "10.96.0.11:80", "10.244.1.4:80")->spiffe_id, ID_B);
+    cp_snapshot_free(snap);
+    /* The same table in another order, with another name shown: no new version. */
+    assert_int_equal(cp_store_kubernetes_set(s, set2, 2, NULL), 0);
+    assert_int_equal(cp_store_version(s), v + 1);
+    list = cp_store_services_json(s);
+    assert_int_equal(json_array_size(list), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 1), "kubernetes")),
+                        "shop/api2");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "source")),
+                        CP_SOURCE_KUBERNETES);
+    json_decref(list);
+    /* A registration of a cluster endpoint is kept, not pushed. */
+    assert_int_equal(cp_store_sidecar_seen(s, "w1", ID_B, "10.244.1.1:4000", ""), 0);
+    assert_int_equal(cp_store_registration_set(s, "w1", ID_B, "10.244.1.1:4000", claim, 1), 0);
+    snap = cp_store_snapshot(s);
+    for (size_t i = 0; i < snap->n_services; i++)
+        assert_false(strcmp(snap->services[i].spiffe_id, ID_B) == 0 &&
+                     strcmp(snap->services[i].address, "10.244.1.1:8080") == 0);
+    cp_snapshot_free(snap);
+    /* Scaled down, a headless entry, the other Service gone. */
+    v = cp_store_version(s);
+    assert_int_equal(cp_store_kubernetes_set(s, set3, 2, NULL), 1);
+    assert_int_equal(cp_store_version(s), v + 1);
+    snap = cp_store_snapshot(s);
+    assert_non_null(snap_find(snap, "10.96.0.10:80", "10.244.1.1:8080"));
+    assert_null(snap_find(snap, "10.96.0.10:80", "10.244.1.2:8080"));
+    assert_null(snap_find(snap, "10.96.0.11:80", "10.244.1.4:80"));
+    assert_string_equal(snap_find(snap, "", "10.244.3.3:5432")->spiffe_id, ID_B);
+    cp_snapshot_free(snap);
+    /* An operator entry at the service address wins. */
+    assert_int_equal(
+        cp_store_service_add(s, "10.96.0.10:80", ID_B, CP_SOURCE_OPERATOR, err, sizeof(err)), 0);
+    snap = cp_store_snapshot(s);
+    assert_null(snap_find(snap, "10.96.0.10:80", "10.244.1.1:8080"));
+    assert_string_equal(snap_find(snap, "", "10.96.0.10:80")->spiffe_id, ID_B);
+    cp_snapshot_free(snap);
+    /* Nothing of it is saved: a reload has only the operator's entry. */
+    cp_store_free(s);
+    s = open_ok(dir);
+    list = cp_store_services_json(s);
+    assert_int_equal(json_array_size(list), 1);
+    json_decref(list);
+    /* An empty set empties it. */
+    assert_int_equal(cp_store_kubernetes_set(s, NULL, 0, NULL), 0);
+    cp_store_free(s);
+    rm_rf(dir);
+    free(dir);
+}
+
 static void test_store_sidecars_and_counters(void **state)
 {
     char *dir = make_tmpdir();
@@ -1424,6 +1507,7 @@ int main(void)
         cmocka_unit_test(test_store_policy_validation_and_version),
         cmocka_unit_test(test_store_services),
         cmocka_unit_test(test_store_registrations),
+        cmocka_unit_test(test_store_kubernetes),
         cmocka_unit_test(test_store_sidecars_and_counters),
         cmocka_unit_test(test_store_issued_pruned),
         cmocka_unit_test(test_store_revoke_reserved),
