@@ -43,9 +43,6 @@ struct tt_balancer *tt_balancer_new(uint64_t seed)
 /* Frees a balancer; accepts NULL. */
 void tt_balancer_free(struct tt_balancer *b)
 {
-    for (size_t i = 0; b != NULL && i < TABLE_SIZE; i++)
-        if (b->slots[i].used)
-            tt_tls_resume_done(&b->slots[i].resume);
     free(b);
 }
 
@@ -216,6 +213,12 @@ bool tt_balancer_stats_at(const struct tt_balancer *b, size_t i, struct tt_balan
     out->ewma_connect_us = GET(s->ewma_us);
     out->ejected_until_ms = GET(s->ejected_until_ms);
     return true;
+}
+
+/* Slot i's ticket slot, NULL for a slot not in use (balancer.h). */
+struct tt_tls_resume *tt_balancer_resume_at(struct tt_balancer *b, size_t i)
+{
+    return i < TABLE_SIZE && b->slots[i].used ? &b->slots[i].resume : NULL;
 }
 
 /* The endpoint's ticket slot (balancer.h). */

@@ -66,9 +66,14 @@ void tt_balancer_released(struct tt_balancer *b, const struct tt_addr *ep);
 
 /* The session-ticket slot of endpoint `ep` (tls.h), created with the endpoint's entry:
  * transparent outbound resumes TLS per endpoint, as explicit outbound does per listener.
- * Worker thread only; valid until tt_balancer_free(), which releases it. NULL when the
- * table of endpoints is full. */
+ * Worker thread only; valid until tt_balancer_free(). NULL when the table of endpoints is
+ * full. */
 struct tt_tls_resume *tt_balancer_resume_slot(struct tt_balancer *b, const struct tt_addr *ep);
+
+/* For releasing every ticket before tt_balancer_free() (the balancer itself calls nothing
+ * of the TLS layer): slot i's ticket slot, i in [0, tt_balancer_capacity()), or NULL for
+ * a slot not in use. */
+struct tt_tls_resume *tt_balancer_resume_at(struct tt_balancer *b, size_t i);
 
 /* Endpoints known to this balancer, for /stats (any thread): i in [0, count). Fills *out
  * and returns true for a slot in use. */

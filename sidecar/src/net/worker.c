@@ -195,6 +195,11 @@ void tt_worker_done(struct tt_worker *w)
     tt_snapshot_unref(w->snapshot);
     w->snapshot = NULL;
     tt_metrics_free(w->metrics);
+    for (size_t i = 0; i < tt_balancer_capacity(w->balancer); i++) {
+        struct tt_tls_resume *ticket = tt_balancer_resume_at(w->balancer, i);
+        if (ticket != NULL)
+            tt_tls_resume_done(ticket);
+    }
     tt_balancer_free(w->balancer);
     w->balancer = NULL;
     for (size_t i = 0; i < w->settings->n_listeners; i++) {
