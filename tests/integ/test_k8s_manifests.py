@@ -36,9 +36,9 @@ PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executabl
 # Packages every Debian image has (libc, the C++ runtime gRPC core pulls in).
 BASE_PACKAGES = {"libc6", "libstdc++6", "libgcc-s1"}
 LEAST_RULES = sorted([
-    ("", "pods", "get,list,watch", ""),
-    ("", "services", "get,list,watch", ""),
-    ("discovery.k8s.io", "endpointslices", "get,list,watch", ""),
+    ("", "pods", "list,watch", ""),
+    ("", "services", "list,watch", ""),
+    ("discovery.k8s.io", "endpointslices", "list,watch", ""),
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch",
      "tether-sidecar-injector"),
 ])
