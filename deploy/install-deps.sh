@@ -13,9 +13,6 @@ packages=(
   openssl ca-certificates curl python3 iproute2 procps haproxy nginx libnginx-mod-stream
   # a standard gRPC client for the control plane's interop test (DEPS.md)
   python3-grpcio python3-grpc-tools
-  # the Kubernetes shape check of test objects (tests/tools/k8s-validate.js, npm's
-  # kubernetes-models)
-  nodejs npm
   # YAML reader for the injection test's independent check of tetherctl's output
   python3-yaml
   # keys and signed service-account tokens (JWTs) for the control plane's JWT test
@@ -31,6 +28,12 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The Kubernetes schema check (tests/tools/k8s-validate.js, npm's kubernetes-models) needs
+# node and npm: Debian's only where none is installed (a NodeSource nodejs bundles its own
+# npm and conflicts with Debian's npm package).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# kubectl (for kustomize) likewise: Debian's kubectl 1.20 only where there is none.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
