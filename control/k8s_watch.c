@@ -53,11 +53,12 @@ struct informer {
     pthread_t th;
     bool started;
     /* The watch stream being read (this thread only). */
-    char *line;
-    size_t line_len;
-    int event_rc;  /* a GONE or error that ended the stream */
-    bool changed;  /* an event changed the cache since the table was built */
-    bool streamed; /* the watch was answered 200 (a later drop starts the backoff over) */
+    char *line;      /* the event being assembled (watch thread) */
+    size_t line_len; /* bytes in line */
+    size_t line_cap; /* bytes allocated, grown by doubling */
+    int event_rc;    /* a GONE or error that ended the stream */
+    bool changed;    /* an event changed the cache since the table was built */
+    bool streamed;   /* the watch was answered 200 (a later drop starts the backoff over) */
 };
 
 enum { INF_SERVICES, INF_SLICES, INF_PODS, INF__COUNT };
@@ -787,10 +788,17 @@ static int on_watch_body(void *ud, const char *data, size_t len)
             inf_error(inf, "watch", "an event larger than 2 MiB");
             return -EFBIG;
         }
-        b = realloc(inf->line, inf->line_len + take + 1);
-        if (b == NULL)
-            return -ENOMEM;
-        inf->line = b;
+        if (inf->line_len + take + 1 > inf->line_cap) {
+            /* Doubling: an event arriving in many small pieces is copied O(n) times. */
+            size_t cap = inf->line_cap ? inf->line_cap : 4096;
+            while (cap < inf->line_len + take + 1)
+                cap *= 2;
+            b = realloc(inf->line, cap);
+            if (b == NULL)
+                return -ENOMEM;
+            inf->line = b;
+            inf->line_cap = cap;
+        }
         memcpy(inf->line + inf->line_len, data, take);
         inf->line_len += take;
         data += take;
@@ -909,6 +917,7 @@ static void *inf_main(void *arg)
     }
     free(inf->line);
     inf->line = NULL;
+    inf->line_cap = 0;
     return NULL;
 }
 

@@ -322,7 +322,7 @@ def test(env):
             h.wait_for(lambda: api.recorded(lambda r: r["time"] > t_bad and
                                             r["path"] == "/api/v1/services" and
                                             "watch" not in r["query"]),
-                       20, 0.05, "a new list of services after %s" % what)
+                       30, 0.05, "a new list of services after %s" % what)
             check(cp.alive(), "tether-control survives %s" % what)
         reached(lambda s: has(s, "10.244.1.8:8000", "10.96.0.60:80") and
                 has(s, "10.244.2.10:5432", db),

@@ -33,8 +33,10 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 KDIR = os.path.join(ROOT, "deploy", "kubernetes")
 VALIDATE = os.path.join(ROOT, "tests", "tools", "k8s-validate.js")
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-# Packages every Debian image has (libc, the C++ runtime gRPC core pulls in).
+# Packages every Debian image has (libc, the C++ runtime gRPC core pulls in), and the
+# sanitizer runtimes a test build links (never in a release image).
 BASE_PACKAGES = {"libc6", "libstdc++6", "libgcc-s1"}
+SANITIZER_PACKAGE = re.compile(r"^lib(asan|ubsan|lsan|tsan)[0-9]*$")
 LEAST_RULES = sorted([
     ("", "pods", "list,watch", ""),
     ("", "services", "list,watch", ""),
@@ -151,7 +153,7 @@ def check_flags(c, args):
     known = set(re.findall(r"(--[a-z][a-z0-9-]*)", text))
     for a in args:
         flag = a.split("=", 1)[0]
-        c(flag in known, "the Deployment passes %s, which tether-control --help does not know" % flag)
+        c(flag in known, "the Deployment's %s is a flag tether-control --help knows" % flag)
 
 
 def dockerfile_packages(path):
@@ -191,10 +193,11 @@ def check_images(c):
         binaries["control.Dockerfile"] = [paths[0], paths[1]]
     for name, bins in binaries.items():
         have = dockerfile_packages(os.path.join(images, name))
-        c(have, "%s: no runtime apt-get install found" % name)
+        c(have, "%s: the runtime stage installs packages with apt-get" % name)
         for b in bins:
-            missing = needed_packages(b) - have - BASE_PACKAGES
-            c(not missing, "%s: %s links libraries from %s, not installed in the image" % (
+            missing = {p for p in needed_packages(b) - have - BASE_PACKAGES
+                       if not SANITIZER_PACKAGE.match(p)}
+            c(not missing, "%s: every package %s links from is installed (missing: %s)" % (
                 name, os.path.basename(b), sorted(missing)))
 
 
