@@ -196,6 +196,31 @@ static bool query_escape(const char *s, char *out, size_t outlen)
 
 /* ---- what each kind gives ---- */
 
+/* The TCP ports of a Service's spec.ports or an EndpointSlice's ports, appended to `ports`
+ * as {"name", "port"} (other protocols and ports without a number are skipped). Returns
+ * false with *why set when there are more than MAX_PORTS. */
+static bool tcp_ports(json_t *list, json_t *ports, const char **why)
+{
+    size_t i;
+    json_t *p;
+
+    if (json_array_size(list) > MAX_PORTS) {
+        *why = "too many ports";
+        return false;
+    }
+    json_array_foreach(list, i, p)
+    {
+        const char *proto = str_at(p, "protocol", 16), *pname = str_at(p, "name", MAX_NAME);
+        int port = port_of(json_object_get(p, "port"));
+
+        if ((proto != NULL && strcmp(proto, "TCP") != 0) || port == 0)
+            continue;
+        json_array_append_new(ports,
+                              json_pack("{s:s,s:i}", "name", pname ? pname : "", "port", port));
+    }
+    return true;
+}
+
 /* A Service: {"ns", "name", "ips": [cluster IPs], "headless", "ports": [{"name", "port"}]}
  * (TCP ports only). NULL for a Service without a cluster IP that is not headless
  * (ExternalName, or not allocated yet). */
@@ -203,7 +228,7 @@ static json_t *extract_service(json_t *obj, char *key, size_t keylen, const char
 {
     json_t *spec = json_object_get(obj, "spec"), *ips = json_array(), *ports = json_array(), *v;
     const char *ns, *name, *cip = str_at(spec, "clusterIP", 64);
-    json_t *list = json_object_get(spec, "clusterIPs"), *p;
+    json_t *list = json_object_get(spec, "clusterIPs");
     size_t i;
     bool headless = cip != NULL && strcmp(cip, "None") == 0;
 
@@ -226,21 +251,8 @@ static json_t *extract_service(json_t *obj, char *key, size_t keylen, const char
         *why = "no cluster IP";
         goto fail;
     }
-    list = json_object_get(spec, "ports");
-    if (json_array_size(list) > MAX_PORTS) {
-        *why = "too many ports";
+    if (!tcp_ports(json_object_get(spec, "ports"), ports, why))
         goto fail;
-    }
-    json_array_foreach(list, i, p)
-    {
-        const char *proto = str_at(p, "protocol", 16), *pname = str_at(p, "name", MAX_NAME);
-        int port = port_of(json_object_get(p, "port"));
-
-        if ((proto != NULL && strcmp(proto, "TCP") != 0) || port == 0)
-            continue;
-        json_array_append_new(ports,
-                              json_pack("{s:s,s:i}", "name", pname ? pname : "", "port", port));
-    }
     return json_pack("{s:s,s:s,s:o,s:b,s:o}", "ns", ns, "name", name, "ips", ips, "headless",
                      headless, "ports", ports);
 fail:
@@ -258,7 +270,7 @@ static json_t *extract_slice(json_t *obj, char *key, size_t keylen, const char *
     json_t *labels = json_object_get(json_object_get(obj, "metadata"), "labels");
     const char *ns, *name, *svc = str_at(labels, SVC_NAME_LABEL, MAX_NAME);
     const char *type = str_at(obj, "addressType", 16);
-    json_t *ports = json_array(), *eps = json_array(), *list, *e, *p;
+    json_t *ports = json_array(), *eps = json_array(), *list, *e;
     size_t i, j;
 
     if (ports == NULL || eps == NULL)
@@ -271,21 +283,8 @@ static json_t *extract_slice(json_t *obj, char *key, size_t keylen, const char *
         *why = "not an IPv4 or IPv6 slice of a Service";
         goto fail;
     }
-    list = json_object_get(obj, "ports");
-    if (json_array_size(list) > MAX_PORTS) {
-        *why = "too many ports";
+    if (!tcp_ports(json_object_get(obj, "ports"), ports, why))
         goto fail;
-    }
-    json_array_foreach(list, i, p)
-    {
-        const char *proto = str_at(p, "protocol", 16), *pname = str_at(p, "name", MAX_NAME);
-        int port = port_of(json_object_get(p, "port"));
-
-        if ((proto != NULL && strcmp(proto, "TCP") != 0) || port == 0)
-            continue;
-        json_array_append_new(ports,
-                              json_pack("{s:s,s:i}", "name", pname ? pname : "", "port", port));
-    }
     list = json_object_get(obj, "endpoints");
     if (json_array_size(list) > MAX_SLICE_EPS) {
         *why = "too many endpoints";
