@@ -687,19 +687,24 @@ static struct cp__reg *find_reg(struct cp_store *s, const char *address)
     return NULL;
 }
 
-/* True when an operator service names address (normalized) as its address or as one of
- * its endpoints: the operator's entry wins. Lock held. */
+/* True when service e names address (normalized) as its address or as one of its
+ * endpoints. */
+static bool service_names(const struct cp__service *e, const char *address)
+{
+    if (addr_same(e->address, address))
+        return true;
+    for (size_t j = 0; j < e->eps.n; j++)
+        if (addr_same(e->eps.v[j].address, address))
+            return true;
+    return false;
+}
+
+/* True when an operator service names address: the operator's entry wins. Lock held. */
 static bool operator_covers_locked(struct cp_store *s, const char *address)
 {
-    for (size_t i = 0; i < s->services.n; i++) {
-        const struct cp__service *e = &s->services.v[i];
-
-        if (addr_same(e->address, address))
+    for (size_t i = 0; i < s->services.n; i++)
+        if (service_names(&s->services.v[i], address))
             return true;
-        for (size_t j = 0; j < e->eps.n; j++)
-            if (addr_same(e->eps.v[j].address, address))
-                return true;
-    }
     return false;
 }
 
@@ -710,13 +715,8 @@ static bool k8s_covers_locked(struct cp_store *s, const char *address)
     for (size_t i = 0; i < s->k8s.n; i++) {
         const struct cp__service *e = &s->k8s.v[i];
 
-        if (operator_covers_locked(s, e->address))
-            continue;
-        if (addr_same(e->address, address))
+        if (!operator_covers_locked(s, e->address) && service_names(e, address))
             return true;
-        for (size_t j = 0; j < e->eps.n; j++)
-            if (addr_same(e->eps.v[j].address, address))
-                return true;
     }
     return false;
 }
