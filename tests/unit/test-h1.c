@@ -271,6 +271,19 @@ static void test_h1_smuggling(void **state)
     refused("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
             "5\r\nhello\rX0\r\n\r\n",
             "bad_chunk");
+    refused("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "a\r\n0123456789\r\001" "0\r\n\r\n",
+            "bad_chunk");
+    refused("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "2\r\nabc\r\n0\r\n\r\n",
+            "bad_chunk");
+    /* Trailers are checked as header fields are. */
+    refused("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "0\r\nX : a\r\n\r\n",
+            "bad_trailer");
+    refused("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "0\r\nX: a\001\r\n\r\n",
+            "bad_trailer");
     /* obs-fold, in the head and in trailers. */
     refused("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", "obs_fold");
     refused("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n\tb\r\n\r\n", "obs_fold");
@@ -342,6 +355,14 @@ static void test_h1_bounds(void **state)
     /* A head that never ends is refused once it passes the bound, not buffered. */
     memset(big + 28, 'a', sizeof(big) - 28);
     run(&rc, big, sizeof(big), 7, &o);
+    assert_non_null(strstr(rc.log, "ERROR header_section_too_large 431"));
+
+    /* Chunk framing counts against the same bound: an endless chunk extension. */
+    n = snprintf(big, sizeof(big),
+                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked"
+                 "\r\n\r\n5;");
+    memset(big + n, 'x', sizeof(big) - (size_t)n);
+    run(&rc, big, sizeof(big), 0, &o);
     assert_non_null(strstr(rc.log, "ERROR header_section_too_large 431"));
 
     /* The default: 64 KiB, 100 fields. */

@@ -1,11 +1,13 @@
 /* The HTTP/1.x request reader (see h1.h). http-parser does the parsing; this module adds
- * what Debian's lenient build of it lets through and a proxy must not: it scans the raw
- * bytes of each request head (line endings, obs-fold, request-line spacing, bounds) before
- * http-parser sees them, scans the chunk framing around the body pieces http-parser
- * reports, and checks every header field once it is complete (token names, values,
- * Content-Length / Transfer-Encoding / Host). http-parser is paused at every event (head,
- * body piece, end) so that events reach the caller only after these checks passed, from
- * tt_h1_feed's own loop rather than from inside the parser.
+ * what Debian's lenient build of it lets through and a proxy must not. Two small scanners
+ * run ahead of http-parser over the raw bytes, the head's (line endings, obs-fold,
+ * request-line spacing, header name and value bytes, bounds) and a chunked body's (it
+ * passes one unit at a time: a framing line, a chunk's data, the CRLF after it), and let
+ * http-parser see only the bytes before the first bad one: whichever of the two objects
+ * to the earliest byte names the reason, however the input was split. Complete header
+ * fields are then checked (Content-Length, Transfer-Encoding, Host, the target).
+ * http-parser is paused at every event (head, body piece, end) so that events reach the
+ * caller from tt_h1_feed's own loop, after these checks.
  *
  * Not wired into the data path yet (Tether issue 10). */
 #include <errno.h>
@@ -85,18 +87,27 @@ struct tt_h1 {
     bool url_open;
     struct tt_h1_head head;
 
-    /* Chunk framing (RFC 9112 §7.1), scanned around the body pieces. */
+    /* The chunk framing scanner (RFC 9112 §7.1): like the head's, it runs before
+     * http-parser and passes it one unit at a time (a framing line, a chunk's data, the
+     * CRLF after the data), so that it knows which bytes are framing. */
     bool chunked;
-    uint64_t chunk_left; /* data bytes of the current chunk not yet seen */
-    unsigned expect;     /* after a chunk's data: 2 (CR then LF), 1 (LF), 0 */
-    bool f_prev_cr;
-    bool f_line_start;
+    struct {
+        enum fs_mode {
+            FS_LINE, /* a chunk-size line, a trailer line or the empty last line */
+            FS_DATA, /* chunk_left bytes of data */
+            FS_CRLF, /* exactly CR LF after a chunk's data */
+        } mode;
+        bool prev_cr;
+        size_t col;   /* bytes in the current line before its CR */
+        size_t bytes; /* framing bytes of this request, against head_max */
+        enum tt_h1_reason err;
+    } fs;
+    uint64_t chunk_left; /* data bytes of the current chunk not yet passed on */
 
     /* Set by the parser callbacks, delivered by tt_h1_feed. */
     enum h1_event ev;
     const char *body_at;
     size_t body_len;
-    bool body_ends_chunk;
 };
 
 /* ---- names and statuses ---- */
@@ -120,6 +131,7 @@ static const char *const reason_names[] = {
     [TT_H1_R_BAD_VERSION] = "bad_version",
     [TT_H1_R_BAD_TARGET] = "bad_target",
     [TT_H1_R_BAD_HOST] = "bad_host",
+    [TT_H1_R_BAD_TRAILER] = "bad_trailer",
 };
 
 /* The reason's name: the x-tether-reason value. */
@@ -282,13 +294,13 @@ static size_t scan_head(struct tt_h1 *r, const char *data, size_t len)
             bad = TT_H1_R_HEAD_TOO_LARGE;
         } else if (r->hs.prev_cr && c != '\n') {
             bad = TT_H1_R_BARE_CR;
+        } else if (c == '\r' && r->hs.started && r->hs.line > 0 && r->hs.col > 0 && !r->hs.colon) {
+            bad = TT_H1_R_BAD_HEADER_NAME; /* a line without a colon */
         } else if (c == '\n') {
             if (!r->hs.prev_cr)
                 bad = TT_H1_R_BARE_LF;
             else if (r->hs.started && r->hs.line == 0 && (r->hs.spaces != 2 || r->hs.last == ' '))
                 bad = TT_H1_R_BAD_REQUEST_LINE;
-            else if (r->hs.started && r->hs.line > 0 && r->hs.col > 0 && !r->hs.colon)
-                bad = TT_H1_R_BAD_HEADER_NAME;
         } else if (c != '\r' && r->hs.line == 0) {
             /* Single spaces between three non-empty parts, nothing else below 0x21. */
             if (c < 0x20 || c == 0x7f)
@@ -341,67 +353,65 @@ static size_t scan_head(struct tt_h1 *r, const char *data, size_t len)
 
 /* ---- the chunk framing scanner ---- */
 
-/* Scans chunk framing bytes data[0..len): every line ends in CRLF, no line starts with
- * whitespace (a folded trailer), and after a chunk's data come exactly CR and LF. */
-static int scan_framing(struct tt_h1 *r, const char *data, size_t len)
+/* Passes the next unit of a chunked body in data[0..len): the head's last bytes that
+ * http-parser left (not framing), a chunk's data, the CRLF after it, or one framing line
+ * (chunk size and extensions, a trailer, the last empty line) checked for bare CR and LF,
+ * obs-fold and the byte bound. Returns how many bytes may go to http-parser; a bad byte
+ * stops the count before it and leaves its reason in r->fs.err. */
+static size_t scan_chunked(struct tt_h1 *r, const char *data, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
+    size_t i;
+
+    if (r->head_left > 0)
+        return r->head_left < len ? r->head_left : len;
+    switch (r->fs.mode) {
+    case FS_DATA:
+        return r->chunk_left < len ? (size_t)r->chunk_left : len;
+    case FS_CRLF:
+        for (i = 0; i < len; i++) {
+            if (data[i] != (r->fs.prev_cr ? '\n' : '\r')) {
+                r->fs.err = TT_H1_R_BAD_CHUNK;
+                return i;
+            }
+            if (r->fs.prev_cr) {
+                r->fs.prev_cr = false;
+                r->fs.mode = FS_LINE;
+                return i + 1;
+            }
+            r->fs.prev_cr = true;
+        }
+        return i;
+    case FS_LINE:
+        break;
+    }
+    for (i = 0; i < len; i++) {
         char c = data[i];
+        enum tt_h1_reason bad = TT_H1_R_NONE;
 
-        if (r->expect == 2) {
-            if (c != '\r')
-                return refuse(r, TT_H1_R_BAD_CHUNK);
-            r->expect = 1;
-            r->f_prev_cr = true;
-            continue;
+        if (r->fs.bytes + 1 > r->head_max)
+            bad = TT_H1_R_HEAD_TOO_LARGE;
+        else if (r->fs.prev_cr && c != '\n')
+            bad = TT_H1_R_BARE_CR;
+        else if (c == '\n' && !r->fs.prev_cr)
+            bad = TT_H1_R_BARE_LF;
+        else if (r->fs.col == 0 && (c == ' ' || c == '\t'))
+            bad = TT_H1_R_OBS_FOLD;
+        if (bad != TT_H1_R_NONE) {
+            r->fs.err = bad;
+            return i;
         }
-        if (r->expect == 1) {
-            if (c != '\n')
-                return refuse(r, TT_H1_R_BAD_CHUNK);
-            r->expect = 0;
-            r->f_prev_cr = false;
-            r->f_line_start = true;
-            continue;
-        }
-        if (r->f_prev_cr && c != '\n')
-            return refuse(r, TT_H1_R_BARE_CR);
+        r->fs.bytes++;
         if (c == '\n') {
-            if (!r->f_prev_cr)
-                return refuse(r, TT_H1_R_BARE_LF);
-            r->f_prev_cr = false;
-            r->f_line_start = true;
-            continue;
+            r->fs.prev_cr = false;
+            r->fs.col = 0;
+            return i + 1;
         }
-        if (c == '\r') {
-            r->f_prev_cr = true;
-            continue;
-        }
-        if (r->f_line_start && (c == ' ' || c == '\t'))
-            return refuse(r, TT_H1_R_OBS_FOLD);
-        r->f_line_start = false;
+        if (c == '\r')
+            r->fs.prev_cr = true;
+        else
+            r->fs.col++;
     }
-    return 0;
-}
-
-/* Scans what one execute consumed of a chunked body, data[0..n), around the body piece
- * it reported (if any), skipping the head's last bytes. */
-static int scan_consumed(struct tt_h1 *r, const char *data, size_t n, bool had_body)
-{
-    size_t skip = r->head_left < n ? r->head_left : n;
-    const char *end = data + n;
-
-    r->head_left -= skip;
-    data += skip;
-    if (!r->chunked)
-        return 0;
-    if (had_body && r->body_len > 0) {
-        if (scan_framing(r, data, (size_t)(r->body_at - data)) != 0)
-            return -1;
-        if (r->body_ends_chunk)
-            r->expect = 2;
-        data = r->body_at + r->body_len;
-    }
-    return scan_framing(r, data, (size_t)(end - data));
+    return i;
 }
 
 /* ---- header fields ---- */
@@ -435,13 +445,13 @@ static int finish_field(struct tt_h1 *r)
         h->value_len--;
     a->buf[h->value + h->value_len] = '\0';
     if (h->name_len == 0)
-        return refuse(r, TT_H1_R_BAD_HEADER_NAME);
+        return refuse(r, a == &r->trail_a ? TT_H1_R_BAD_TRAILER : TT_H1_R_BAD_HEADER_NAME);
     for (size_t i = 0; i < h->name_len; i++) {
         if (!is_tchar((unsigned char)a->buf[h->name + i]))
-            return refuse(r, TT_H1_R_BAD_HEADER_NAME);
+            return refuse(r, a == &r->trail_a ? TT_H1_R_BAD_TRAILER : TT_H1_R_BAD_HEADER_NAME);
     }
     if (!value_ok(a->buf + h->value, h->value_len))
-        return refuse(r, TT_H1_R_BAD_HEADER_VALUE);
+        return refuse(r, a == &r->trail_a ? TT_H1_R_BAD_TRAILER : TT_H1_R_BAD_HEADER_VALUE);
     return 0;
 }
 
@@ -712,9 +722,7 @@ static int on_message_begin(http_parser *p)
     r->url_open = true;
     r->chunked = false;
     r->chunk_left = 0;
-    r->expect = 0;
-    r->f_prev_cr = false;
-    r->f_line_start = false;
+    memset(&r->fs, 0, sizeof(r->fs));
     memset(&r->head, 0, sizeof(r->head));
     return 0;
 }
@@ -844,7 +852,9 @@ static int on_chunk_header(http_parser *p)
     struct tt_h1 *r = p->data;
 
     r->chunk_left = p->content_length;
-    if (p->content_length == 0) { /* the last chunk: trailers may follow */
+    if (p->content_length > 0) {
+        r->fs.mode = FS_DATA;
+    } else { /* the last chunk: trailers may follow */
         r->cur = &r->trail_a;
         r->in_value = false;
     }
@@ -857,10 +867,10 @@ static int on_body(http_parser *p, const char *at, size_t len)
 
     r->body_at = at;
     r->body_len = len;
-    r->body_ends_chunk = false;
     if (r->chunked) {
         r->chunk_left -= len < r->chunk_left ? len : r->chunk_left;
-        r->body_ends_chunk = r->chunk_left == 0;
+        if (r->chunk_left == 0)
+            r->fs.mode = FS_CRLF;
     }
     r->ev = EV_BODY;
     http_parser_pause(p, 1);
@@ -959,7 +969,9 @@ static enum tt_h1_reason parser_reason(const struct tt_h1 *r, enum http_errno e)
     case HPE_HEADER_OVERFLOW:
         return TT_H1_R_HEAD_TOO_LARGE;
     case HPE_INVALID_HEADER_TOKEN:
-        return r->in_value ? TT_H1_R_BAD_HEADER_VALUE : TT_H1_R_BAD_HEADER_NAME;
+        /* In a head the scanner names bad bytes before http-parser sees them; in trailers
+         * whether a name or a value piece came last depends on how the bytes were split. */
+        return r->cur == &r->trail_a ? TT_H1_R_BAD_TRAILER : TT_H1_R_BAD_HEADER_NAME;
     case HPE_INVALID_VERSION:
         return TT_H1_R_BAD_VERSION;
     case HPE_INVALID_METHOD:
@@ -1029,6 +1041,12 @@ long tt_h1_feed(struct tt_h1 *r, const char *data, size_t len)
                 refuse(r, r->hs.err);
                 return fail(r, TT_E_HTTP);
             }
+        } else if (r->chunked) {
+            avail = scan_chunked(r, data + off, avail);
+            if (avail == 0 && r->fs.err != TT_H1_R_NONE) {
+                refuse(r, r->fs.err);
+                return fail(r, TT_E_HTTP);
+            }
         }
         r->ev = EV_NONE;
         n = http_parser_execute(&r->parser, &settings, data + off, avail);
@@ -1050,8 +1068,15 @@ long tt_h1_feed(struct tt_h1 *r, const char *data, size_t len)
                 refuse(r, r->hs.err); /* http-parser took the clean bytes before it */
                 return fail(r, TT_E_HTTP);
             }
-        } else if (scan_consumed(r, data + off, n, r->ev == EV_BODY) != 0) {
-            return fail(r, TT_E_HTTP);
+        } else if (r->chunked) {
+            /* Each unit is consumed whole (the parser pauses at its end at most). */
+            if (n < avail && r->ev != EV_END)
+                return fail(r, TT_E_HTTP);
+            r->head_left -= r->head_left < n ? r->head_left : n;
+            if (r->fs.err != TT_H1_R_NONE && r->ev == EV_NONE) {
+                refuse(r, r->fs.err);
+                return fail(r, TT_E_HTTP);
+            }
         }
         off += n;
         rc = deliver(r);

@@ -50,6 +50,7 @@ enum tt_h1_reason {
     TT_H1_R_BAD_TARGET,       /* "bad_target": not origin-, absolute-, authority- (CONNECT)
                                * or asterisk-form (OPTIONS), a fragment, bad %-encoding */
     TT_H1_R_BAD_HOST,         /* "bad_host": HTTP/1.1 without Host, or two Host fields */
+    TT_H1_R_BAD_TRAILER,      /* "bad_trailer": a trailer field's name or value */
 };
 
 /* Bounds; 0 picks the default in brackets. */
