@@ -98,8 +98,9 @@ struct tt_h1 {
             FS_CRLF, /* exactly CR LF after a chunk's data */
         } mode;
         bool prev_cr;
-        size_t col;   /* bytes in the current line before its CR */
-        size_t bytes; /* framing bytes of this request, against head_max */
+        size_t col;        /* bytes in the current line before its CR */
+        size_t line_bytes; /* bytes of the current line, against head_max */
+        size_t bytes;      /* bytes of the trailer section, against head_max */
         enum tt_h1_reason err;
     } fs;
     uint64_t chunk_left; /* data bytes of the current chunk not yet passed on */
@@ -356,8 +357,9 @@ static size_t scan_head(struct tt_h1 *r, const char *data, size_t len)
 /* Passes the next unit of a chunked body in data[0..len): the head's last bytes that
  * http-parser left (not framing), a chunk's data, the CRLF after it, or one framing line
  * (chunk size and extensions, a trailer, the last empty line) checked for bare CR and LF,
- * obs-fold and the byte bound. Returns how many bytes may go to http-parser; a bad byte
- * stops the count before it and leaves its reason in r->fs.err. */
+ * obs-fold and the byte bounds (a line, and the trailer section, as a head). Returns how many bytes
+ * may go to http-parser; a bad byte stops the count before it and leaves its reason in r->fs.err.
+ */
 static size_t scan_chunked(struct tt_h1 *r, const char *data, size_t len)
 {
     size_t i;
@@ -388,7 +390,8 @@ static size_t scan_chunked(struct tt_h1 *r, const char *data, size_t len)
         char c = data[i];
         enum tt_h1_reason bad = TT_H1_R_NONE;
 
-        if (r->fs.bytes + 1 > r->head_max)
+        if (r->fs.line_bytes + 1 > r->head_max ||
+            (r->cur == &r->trail_a && r->fs.bytes + 1 > r->head_max))
             bad = TT_H1_R_HEAD_TOO_LARGE;
         else if (r->fs.prev_cr && c != '\n')
             bad = TT_H1_R_BARE_CR;
@@ -400,10 +403,13 @@ static size_t scan_chunked(struct tt_h1 *r, const char *data, size_t len)
             r->fs.err = bad;
             return i;
         }
-        r->fs.bytes++;
+        r->fs.line_bytes++;
+        if (r->cur == &r->trail_a)
+            r->fs.bytes++;
         if (c == '\n') {
             r->fs.prev_cr = false;
             r->fs.col = 0;
+            r->fs.line_bytes = 0;
             return i + 1;
         }
         if (c == '\r')
