@@ -659,6 +659,18 @@ static void test_h1_write_error(void **state)
     assert_int_equal(tt_h1_write_error(buf, sizeof(buf), 99, "x", NULL, true), -EINVAL);
     assert_int_equal(tt_h1_write_error(buf, 40, 403, "policy_denied", "r", true), -ENOSPC);
     assert_string_equal(tt_h1_status_text(431), "Request Header Fields Too Large");
+    /* A rule name longer than the body's room is cut inside its quotes: still JSON. */
+    {
+        char rule[3000], big[4096];
+
+        memset(rule, 'r', sizeof(rule) - 1);
+        rule[sizeof(rule) - 1] = '\0';
+        n = tt_h1_write_error(big, sizeof(big), 403, "policy_denied", rule, true);
+        assert_true(n > 0 && (size_t)n < sizeof(big));
+        big[n] = '\0';
+        assert_non_null(strstr(big, "rrr\"}\n"));
+        assert_int_equal(big[n - 1], '\n');
+    }
 }
 
 int main(void)
