@@ -843,6 +843,141 @@ static void test_policy_tcp_enforceable(void **state)
     tt_policy_unref(p);
 }
 
+/* Per-request verdicts: exact and prefix paths, methods, deny before allow whatever the
+ * document order, connection-level rules matching every request, audit would-deny per
+ * rule, and a caller without identity. */
+static void test_policy_request(void **state)
+{
+    struct tt_metrics *mc = tt_metrics_new(0);
+    struct tt_policy *p =
+        parse_ok("{'rules': ["
+                 " {'name': 'reads', 'action': 'allow', 'from': ['spiffe://td/ns/shop/*'],"
+                 "  'to': ['" SHOP_API "'], 'ports': [8080], 'methods': ['GET', 'HEAD'],"
+                 "  'paths': ['/api/*', '/health']},"
+                 " {'name': 'no-admin', 'action': 'deny', 'from': ['*'], 'paths': ['/api/admin*']},"
+                 " {'name': 'web-posts', 'action': 'allow', 'from': ['" SHOP_WEB "'],"
+                 "  'methods': ['POST'], 'paths': ['/api/orders']},"
+                 " {'name': 'no-batch', 'action': 'deny', 'from': ['spiffe://td/ns/batch/*']},"
+                 " {'name': 'watch-delete', 'action': 'deny', 'mode': 'audit', 'from': ['*'],"
+                 "  'methods': ['DELETE']},"
+                 " {'name': 'watch-orders', 'action': 'deny', 'mode': 'audit', 'from': ['*'],"
+                 "  'paths': ['/api/orders']}]}");
+    struct tt_policy_rule_info info;
+    struct tt_policy_verdict v;
+
+    /* Prefix and exact paths; the query is not part of the path. */
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/api/items/7", &v);
+    assert_true(v.allowed);
+    assert_string_equal(v.rule_name, "reads");
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/api/", &v);
+    assert_true(v.allowed);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "HEAD", "/health", &v);
+    assert_true(v.allowed);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/health?x=1", &v);
+    assert_true(v.allowed);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/health/", &v);
+    assert_false(v.allowed);
+    assert_string_equal(v.rule_name, "default");
+    assert_int_equal(v.rule, TT_POLICY_RULE_DEFAULT);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/api", &v);
+    assert_false(v.allowed);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/", &v);
+    assert_false(v.allowed);
+    /* Methods are case-sensitive tokens. */
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "PUT", "/api/items/7", &v);
+    assert_false(v.allowed);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "get", "/api/items/7", &v);
+    assert_false(v.allowed);
+    /* "to" and "ports" still apply. */
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 9090, "GET", "/api/items/7", &v);
+    assert_false(v.allowed);
+    tt_policy_check_request(p, SHOP_WEB, SHOPPING, 8080, "GET", "/api/items/7", &v);
+    assert_false(v.allowed);
+
+    /* The deny rule comes after "reads" in the document but is evaluated first. */
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/api/admin/users", &v);
+    assert_false(v.allowed);
+    assert_string_equal(v.rule_name, "no-admin");
+    assert_int_equal(v.rule, 1);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/api/administrator", &v);
+    assert_false(v.allowed);
+    assert_string_equal(v.rule_name, "no-admin");
+
+    /* A rule without HTTP conditions matches every request of its caller. */
+    tt_policy_check_request(p, BATCH, SHOP_API, 8080, "GET", "/health", &v);
+    assert_false(v.allowed);
+    assert_string_equal(v.rule_name, "no-batch");
+
+    /* Audit rules never decide; each matching one is listed, would-deny counted per rule. */
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "POST", "/api/orders", &v);
+    assert_true(v.allowed);
+    assert_string_equal(v.rule_name, "web-posts");
+    assert_int_equal(v.n_audit, 1);
+    assert_int_equal(v.audit[0], 5);
+    assert_true(v.audit_would_deny);
+    tt_metrics_policy_count(mc, p, &v);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "DELETE", "/api/orders", &v);
+    assert_false(v.allowed);
+    assert_string_equal(v.rule_name, "default");
+    assert_int_equal(v.n_audit, 2);
+    assert_int_equal(v.audit[0], 4);
+    assert_int_equal(v.audit[1], 5);
+    tt_metrics_policy_count(mc, p, &v);
+    tt_policy_rule_info(p, 4, &info);
+    assert_int_equal(rule_would_deny(mc, info.name), 1);
+    tt_policy_rule_info(p, 5, &info);
+    assert_int_equal(rule_would_deny(mc, info.name), 2);
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/api/items", &v);
+    assert_int_equal(v.n_audit, 0);
+    assert_false(v.audit_would_deny);
+
+    /* No verified identity: no rule matches, not even "*" ones; the default decides. */
+    tt_policy_check_request(p, NULL, SHOP_API, 8080, "GET", "/api/admin", &v);
+    assert_false(v.allowed);
+    assert_int_equal(v.rule, TT_POLICY_RULE_DEFAULT);
+    assert_int_equal(v.n_audit, 0);
+    tt_policy_unref(p);
+
+    p = parse_ok("{'default': 'allow', 'rules': [{'name': 'no-admin', 'action': 'deny',"
+                 " 'from': ['*'], 'paths': ['/admin*']}]}");
+    tt_policy_check_request(p, NULL, SHOP_API, 8080, "GET", "/admin", &v);
+    assert_true(v.allowed); /* "*" matches identified callers only */
+    tt_policy_check_request(p, SHOP_WEB, SHOP_API, 8080, "GET", "/admin", &v);
+    assert_false(v.allowed);
+    tt_policy_unref(p);
+    tt_metrics_free(mc);
+}
+
+/* Which callers and ports have rules with HTTP conditions: from, to and ports decide,
+ * methods and paths do not; audit and enforce are told apart. */
+static void test_policy_http_rules(void **state)
+{
+    struct tt_policy *p =
+        parse_ok("{'rules': ["
+                 " {'name': 'tcp', 'action': 'allow', 'from': ['*']},"
+                 " {'name': 'reads', 'action': 'allow', 'from': ['spiffe://td/ns/shop/*'],"
+                 "  'to': ['" SHOP_API "'], 'ports': [8080], 'methods': ['GET']},"
+                 " {'name': 'watch', 'action': 'deny', 'mode': 'audit', 'from': ['" BATCH "'],"
+                 "  'paths': ['/x']}]}");
+
+    assert_int_equal(tt_policy_http_rules(p, SHOP_WEB, SHOP_API, 8080), TT_POLICY_HTTP_F_ENFORCE);
+    assert_int_equal(tt_policy_http_rules(p, SHOP_WEB, SHOP_API, 9090), 0);
+    assert_int_equal(tt_policy_http_rules(p, SHOP_WEB, SHOPPING, 8080), 0);
+    assert_int_equal(tt_policy_http_rules(p, SHOP_WEB, NULL, 8080), 0);
+    assert_int_equal(tt_policy_http_rules(p, BATCH, SHOP_API, 8080), TT_POLICY_HTTP_F_AUDIT);
+    assert_int_equal(tt_policy_http_rules(p, BATCH, SHOPPING, 1), TT_POLICY_HTTP_F_AUDIT);
+    assert_int_equal(tt_policy_http_rules(p, SHOPPING, SHOP_API, 8080), 0); /* not in shop/ */
+    assert_int_equal(tt_policy_http_rules(p, NULL, SHOP_API, 8080), 0);
+    tt_policy_unref(p);
+
+    p = parse_ok("{'rules': [{'name': 'a', 'action': 'deny', 'from': ['*'], 'methods': ['GET']},"
+                 " {'name': 'b', 'action': 'allow', 'mode': 'audit', 'from': ['*'],"
+                 "  'paths': ['/']}]}");
+    assert_int_equal(tt_policy_http_rules(p, SHOP_WEB, SHOP_API, 1),
+                     TT_POLICY_HTTP_F_ENFORCE | TT_POLICY_HTTP_F_AUDIT);
+    tt_policy_unref(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -857,6 +992,8 @@ int main(void)
         cmocka_unit_test(test_policy_audit),
         cmocka_unit_test(test_policy_audit_limit),
         cmocka_unit_test(test_policy_methods_paths),
+        cmocka_unit_test(test_policy_request),
+        cmocka_unit_test(test_policy_http_rules),
         cmocka_unit_test(test_policy_count),
         cmocka_unit_test(test_policy_counts_survive_new_document),
         cmocka_unit_test(test_policy_version),

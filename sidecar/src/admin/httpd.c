@@ -28,6 +28,7 @@
 
 #include "admin/httpd.h"
 #include "core/log.h"
+#include "http/h1.h"
 #include "net/acceptor.h"
 
 #define HTTPD_BACKLOG    128
@@ -264,45 +265,11 @@ static void on_write(uv_write_t *req, int status)
         after(after_ud);
 }
 
-/* The reason phrase of a status code. */
+/* The reason phrase of a status code: the HTTP layer's table (http/h1.h), shared with the
+ * sidecar's own error answers. */
 const char *tt_httpd_status_text(int status)
 {
-    switch (status) {
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 204:
-        return "No Content";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 409:
-        return "Conflict";
-    case 413:
-        return "Content Too Large";
-    case 414:
-        return "URI Too Long";
-    case 415:
-        return "Unsupported Media Type";
-    case 421:
-        return "Misdirected Request";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 503:
-        return "Service Unavailable";
-    default:
-        return "Unknown";
-    }
+    return tt_h1_status_text(status);
 }
 
 /* Queues one answer. On failure the client is closed (it cannot be answered). */

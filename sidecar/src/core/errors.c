@@ -67,6 +67,8 @@ const char *tt_strerror(int err)
         return "destination outside the mesh refused (--outbound-unknown deny)";
     case TT_E_NO_ENDPOINT:
         return "no endpoint of the service could be connected";
+    case TT_E_HTTP:
+        return "HTTP request refused as malformed or ambiguous";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

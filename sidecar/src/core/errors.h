@@ -35,6 +35,7 @@ enum tt_err {
     TT_E_NOT_REDIRECTED = -1071, /* transparent: no original destination (not redirected) */
     TT_E_UNKNOWN_DEST = -1072,   /* transparent: non-mesh destination refused (deny) */
     TT_E_NO_ENDPOINT = -1073,    /* transparent: no endpoint of the service could be reached */
+    TT_E_HTTP = -1080,           /* an HTTP request refused as malformed (http/h1.h names why) */
 };
 
 /* Returns a static, human-readable description of `err` (a tt_err or a -errno). */

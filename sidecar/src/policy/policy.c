@@ -745,8 +745,8 @@ static bool paths_match(const struct path_pat *pp, size_t n, const char *path)
     return false;
 }
 
-static bool rule_matches(const struct rule *r, const char *caller, uint16_t port,
-                         const char *method, const char *path)
+/* The connection part of a rule's conditions: "from" and "ports". */
+static bool rule_matches_conn(const struct rule *r, const char *caller, uint16_t port)
 {
     size_t i;
 
@@ -758,6 +758,21 @@ static bool rule_matches(const struct rule *r, const char *caller, uint16_t port
         if (i == r->n_ports)
             return false;
     }
+    return true;
+}
+
+static bool rule_has_http(const struct rule *r)
+{
+    return r->n_methods > 0 || r->n_paths > 0;
+}
+
+static bool rule_matches(const struct rule *r, const char *caller, uint16_t port,
+                         const char *method, const char *path)
+{
+    size_t i;
+
+    if (!rule_matches_conn(r, caller, port))
+        return false;
     if (r->n_methods > 0) {
         if (method == NULL)
             return false;
@@ -783,8 +798,8 @@ int tt_policy_check_tcp_enforceable(const struct tt_policy *p, const char *self,
     for (size_t i = 0; i < p->n_rules; i++) {
         const struct rule *r = &p->rules[i];
 
-        if (r->action != TT_POLICY_DENY || r->mode != TT_POLICY_ENFORCE ||
-            (r->n_methods == 0 && r->n_paths == 0) || !rule_applies(r, self))
+        if (r->action != TT_POLICY_DENY || r->mode != TT_POLICY_ENFORCE || !rule_has_http(r) ||
+            !rule_applies(r, self))
             continue;
         snprintf(err, errlen,
                  "rule \"%.128s\" denies by HTTP %s, which this sidecar cannot see on TCP "
@@ -832,6 +847,38 @@ void tt_policy_check(const struct tt_policy *p, const char *caller, const char *
         if (out->n_audit < TT_POLICY_MAX_AUDIT)
             out->audit[out->n_audit++] = p->audit[i];
     }
+}
+
+/*
+ * The per-request verdict (see policy.h): the same evaluation as a connection's, with the
+ * request's method and path, so that the precedence cannot drift between the two.
+ */
+void tt_policy_check_request(const struct tt_policy *p, const char *caller, const char *self,
+                             uint16_t port, const char *method, const char *path,
+                             struct tt_policy_verdict *out)
+{
+    assert(method != NULL && path != NULL);
+    tt_policy_check(p, caller, self, port, method, path, out);
+}
+
+/*
+ * Which rules with "methods" or "paths" apply to this caller and port (see policy.h):
+ * the rule's "to", "from" and "ports" are matched as for a verdict, its HTTP conditions
+ * are not looked at.
+ */
+unsigned tt_policy_http_rules(const struct tt_policy *p, const char *caller, const char *self,
+                              uint16_t port)
+{
+    unsigned flags = 0;
+
+    for (size_t i = 0; i < p->n_rules; i++) {
+        const struct rule *r = &p->rules[i];
+
+        if (!rule_has_http(r) || !rule_applies(r, self) || !rule_matches_conn(r, caller, port))
+            continue;
+        flags |= r->mode == TT_POLICY_ENFORCE ? TT_POLICY_HTTP_F_ENFORCE : TT_POLICY_HTTP_F_AUDIT;
+    }
+    return flags;
 }
 
 /*

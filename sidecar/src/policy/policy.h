@@ -61,6 +61,34 @@ void tt_policy_unref(struct tt_policy *p); /* accepts NULL */
 void tt_policy_check(const struct tt_policy *p, const char *caller, const char *self, uint16_t port,
                      const char *method, const char *path, struct tt_policy_verdict *out);
 
+/* The per-request verdict of an HTTP-aware inbound (DESIGN.md "HTTP between sidecars";
+ * not wired into the data path yet: start-up and the control stream still refuse deny
+ * rules with HTTP conditions, tt_policy_check_tcp_enforceable). The same evaluation as a
+ * connection's, so the same precedence: deny rules before allow rules, the first
+ * matching enforce rule decides, else the default; audit rules never decide, every
+ * matching one is listed in out->audit (out->audit_would_deny when one of them denies:
+ * count those per rule with tt_metrics_policy_count). Rules without "methods"/"paths"
+ * match every request of their caller and port. `method` is the request's method token as
+ * sent (compared case-sensitively), `path` its path without the query, already normalized
+ * by the HTTP layer (http/h1.h: dot segments resolved, unreserved percent-encodings
+ * decoded); both non-NULL. A NULL caller (no verified identity) matches no rule. Pure. */
+void tt_policy_check_request(const struct tt_policy *p, const char *caller, const char *self,
+                             uint16_t port, const char *method, const char *path,
+                             struct tt_policy_verdict *out);
+
+#define TT_POLICY_HTTP_F_ENFORCE 0x1u /* an enforce rule with methods/paths applies */
+#define TT_POLICY_HTTP_F_AUDIT   0x2u /* an audit rule with methods/paths applies */
+
+/* Whether rules with "methods" or "paths" apply to connections from `caller` to `port` on
+ * the workload `self` (their "to", "from" and "ports" match; the HTTP conditions are not
+ * evaluated): TT_POLICY_HTTP_F_* flags, 0 when none does. With _ENFORCE the inbound must
+ * see every request (bytes that are not HTTP/1.x or HTTP/2 have to be refused: no
+ * verdict could be given for them); with only _AUDIT it may parse requests to count
+ * would-deny hits but must not refuse anything for that. A NULL caller matches no rule,
+ * so it gets 0. Pure. */
+unsigned tt_policy_http_rules(const struct tt_policy *p, const char *caller, const char *self,
+                              uint16_t port);
+
 /* A sidecar that relays TCP without parsing HTTP never sees a method or a path, so a
  * deny rule conditioned on them could never match: the requests it names would be let
  * through. Returns TT_E_POLICY with the first such enforce deny rule that applies to
