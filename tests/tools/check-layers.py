@@ -4,7 +4,7 @@
 1. an include cycle between modules (a module is a .c/.h pair) of sidecar/, control/ or
    proto/;
 2. a sidecar layer that includes a header of a layer above it (sidecar/src/<layer>/,
-   lowest first: core tls policy snapshot metrics net control admin app);
+   lowest first: core tls http policy snapshot metrics net control admin app);
 3. a third-party header reaching a source file outside that library's owners, directly or
    through any other header. This uses the compiler itself: every sidecar/, control/ and
    proto/ command of the build's compile_commands.json is re-run with -M, which lists
@@ -13,7 +13,7 @@
 Usage: check-layers.py SOURCE_ROOT BUILD_DIR. Prints each violation; exits 1 if any."""
 import json, os, re, shlex, subprocess, sys
 
-LAYERS = ["core", "tls", "policy", "snapshot", "metrics", "net", "control", "admin", "app"]
+LAYERS = ["core", "tls", "http", "policy", "snapshot", "metrics", "net", "control", "admin", "app"]
 
 # Library -> (how its headers are recognized, which source files may see them). Paths are
 # relative to the source root; a trailing "/" owns a folder.

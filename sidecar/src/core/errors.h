@@ -35,6 +35,15 @@ enum tt_err {
     TT_E_NOT_REDIRECTED = -1071, /* transparent: no original destination (not redirected) */
     TT_E_UNKNOWN_DEST = -1072,   /* transparent: non-mesh destination refused (deny) */
     TT_E_NO_ENDPOINT = -1073,    /* transparent: no endpoint of the service could be reached */
+    /* HTTP/2 between sidecars (http/h2.h). */
+    TT_E_H2_PROTOCOL = -1080,   /* the peer broke HTTP/2 (bad preface, frame): close it */
+    TT_E_H2_RESET = -1081,      /* the stream was reset (RST_STREAM; h2 code given beside) */
+    TT_E_H2_REFUSED = -1082,    /* the peer did not process the stream: safe to retry */
+    TT_E_H2_GOAWAY = -1083,     /* the session is going away: no new streams */
+    TT_E_H2_NO_CONNECT = -1084, /* the peer did not enable extended CONNECT (RFC 8441) */
+    TT_E_H2_CLOSED = -1085,     /* the stream is closed or its sending side ended */
+    TT_E_H2_HEADERS = -1086,    /* headers invalid, or over the header list size bound */
+    TT_E_H2_INTERNAL = -1087,   /* the HTTP/2 library failed (out of memory, misuse) */
 };
 
 /* Returns a static, human-readable description of `err` (a tt_err or a -errno). */
