@@ -490,8 +490,12 @@ int tt_h2_feed(struct tt_h2 *h2, const uint8_t *data, size_t len)
     if (r < 0)
         return h2->failed = map_nghttp2((int)r);
     /* A connection error the peer caused does not come back as a return code: nghttp2
-     * queues GOAWAY and stops reading. Without a GOAWAY from the peer, that is it. */
-    if (!nghttp2_session_want_read(h2->session) && !h2->goaway_recv && !h2->goaway_sent)
+     * queues GOAWAY and ignores further input. A client session shows it at once (no
+     * request allowed any more although nobody sent or received a GOAWAY); a server
+     * session when the GOAWAY goes out (on_before_send). */
+    if (!h2->goaway_recv && !h2->goaway_sent &&
+        (!nghttp2_session_want_read(h2->session) ||
+         (h2->role == TT_H2_CLIENT && !nghttp2_session_check_request_allowed(h2->session))))
         return h2->failed = TT_E_H2_PROTOCOL;
     return 0;
 }
