@@ -316,8 +316,8 @@ static void test_h2_stalled_stream(void **state)
 {
     /* Small windows so the numbers are exact: 256 KiB per stream and per connection. The
      * receiver buffers up to 8 MiB before the connection window waits for readers. */
-    struct tt_h2_config cfg = {.stream_window = 256 * 1024, .conn_window = 256 * 1024,
-                               .recv_buffer_max = 8 * 1024 * 1024};
+    struct tt_h2_config cfg = {
+        .stream_window = 256 * 1024, .conn_window = 256 * 1024, .recv_buffer_max = 8 * 1024 * 1024};
     struct tt_h2_request a = {"POST", "https", "svc:80", "/a", NULL, 0, false};
     struct tt_h2_request b = {"POST", "https", "svc:80", "/b", NULL, 0, false};
     struct cstream ca = {0}, cb = {0};
@@ -467,14 +467,14 @@ static void test_h2_connect_refused(void **state)
 
     pair_init(NULL, NULL); /* the server does not enable extended CONNECT */
     /* Before the peer's SETTINGS: not yet allowed. */
-    assert_null(tt_h2_open_tunnel(P.c, "tether-tcp", "10.1.2.3:80", NULL, 0, &client_cbs, &cs,
-                                  &err));
+    assert_null(
+        tt_h2_open_tunnel(P.c, "tether-tcp", "10.1.2.3:80", NULL, 0, &client_cbs, &cs, &err));
     assert_int_equal(err, TT_E_H2_NO_CONNECT);
     pump();
     assert_true(P.settings >= 1);
     err = 0;
-    assert_null(tt_h2_open_tunnel(P.c, "websocket", "10.1.2.3:80", NULL, 0, &client_cbs, &cs,
-                                  &err));
+    assert_null(
+        tt_h2_open_tunnel(P.c, "websocket", "10.1.2.3:80", NULL, 0, &client_cbs, &cs, &err));
     assert_int_equal(err, TT_E_H2_NO_CONNECT);
     assert_int_equal(P.nsrv, 0);
     /* The server role opens nothing. */
@@ -655,7 +655,8 @@ static void test_h2_header_list_bound(void **state)
     pair_done();
 }
 
-#define feed_all(h2, data, len, want) assert_int_equal(tt_h2_feed((h2), (const uint8_t *)(data), (len)), (want))
+#define feed_all(h2, data, len, want)                                                              \
+    assert_int_equal(tt_h2_feed((h2), (const uint8_t *)(data), (len)), (want))
 
 static void test_h2_malformed(void **state)
 {

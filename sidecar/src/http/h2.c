@@ -27,12 +27,12 @@
 #include "core/errors.h"
 #include "http/h2.h"
 
-#define DEFAULT_MAX_STREAMS 100
+#define DEFAULT_MAX_STREAMS     100
 #define DEFAULT_MAX_HEADER_LIST (64 * 1024)
-#define DEFAULT_STREAM_WINDOW (4 * 1024 * 1024)
-#define DEFAULT_CONN_WINDOW (16 * 1024 * 1024)
-#define MAX_WINDOW 0x7fffffff /* RFC 9113 §6.9.1 */
-#define HEADER_OVERHEAD 32    /* per field in the header list size, RFC 9113 §6.5.2 */
+#define DEFAULT_STREAM_WINDOW   (4 * 1024 * 1024)
+#define DEFAULT_CONN_WINDOW     (16 * 1024 * 1024)
+#define MAX_WINDOW              0x7fffffff /* RFC 9113 §6.9.1 */
+#define HEADER_OVERHEAD         32         /* per field in the header list size, RFC 9113 §6.5.2 */
 
 struct tt_h2_stream {
     struct tt_h2 *h2;
@@ -42,20 +42,20 @@ struct tt_h2_stream {
     void *ud;
     struct tt_h2_header *hdrs; /* received fields; each name and value in one allocation */
     size_t nhdrs, hdrs_cap;
-    size_t hdr_bytes; /* header list size so far (RFC 9113 §6.5.2) */
-    int status;       /* client: the response's :status */
-    struct tt_buf recv; /* peer bytes not yet taken by the application */
-    struct tt_buf send; /* our bytes not yet framed */
-    unsigned released : 1;   /* the application gave up its reference */
-    unsigned closed : 1;     /* nghttp2 closed the stream */
-    unsigned local_end : 1;  /* tt_h2_stream_end (or a head with end_stream) */
-    unsigned peer_end : 1;   /* the peer's END_STREAM arrived */
-    unsigned deferred : 1;   /* the data provider waits for tt_h2_stream_write */
-    unsigned has_body : 1;   /* a data provider was given to nghttp2 */
-    unsigned responded : 1;  /* server: the head was submitted */
-    unsigned announced : 1;  /* server: on_stream fired */
-    unsigned peer_rst : 1;   /* the peer's RST_STREAM arrived */
-    unsigned incoming : 1;   /* opened by the peer */
+    size_t hdr_bytes;       /* header list size so far (RFC 9113 §6.5.2) */
+    int status;             /* client: the response's :status */
+    struct tt_buf recv;     /* peer bytes not yet taken by the application */
+    struct tt_buf send;     /* our bytes not yet framed */
+    unsigned released : 1;  /* the application gave up its reference */
+    unsigned closed : 1;    /* nghttp2 closed the stream */
+    unsigned local_end : 1; /* tt_h2_stream_end (or a head with end_stream) */
+    unsigned peer_end : 1;  /* the peer's END_STREAM arrived */
+    unsigned deferred : 1;  /* the data provider waits for tt_h2_stream_write */
+    unsigned has_body : 1;  /* a data provider was given to nghttp2 */
+    unsigned responded : 1; /* server: the head was submitted */
+    unsigned announced : 1; /* server: on_stream fired */
+    unsigned peer_rst : 1;  /* the peer's RST_STREAM arrived */
+    unsigned incoming : 1;  /* opened by the peer */
 };
 
 struct tt_h2 {
@@ -70,8 +70,8 @@ struct tt_h2 {
     size_t conn_owed;             /* connection window not yet given back */
     const uint8_t *out;           /* the chunk of the last mem_send */
     size_t out_len, out_off;
-    int busy;                     /* inside an nghttp2 call: frees wait for the sweep */
-    int failed;                   /* sticky tt_err of feed */
+    int busy;            /* inside an nghttp2 call: frees wait for the sweep */
+    int failed;          /* sticky tt_err of feed */
     int32_t goaway_last; /* the last stream id our GOAWAY gave */
     unsigned goaway_recv : 1;
     unsigned goaway_sent : 1;
@@ -144,8 +144,7 @@ static int map_nghttp2(int rv)
 {
     if (rv == NGHTTP2_ERR_NOMEM)
         return -ENOMEM;
-    if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC || rv == NGHTTP2_ERR_FLOODED ||
-        rv == NGHTTP2_ERR_PROTO)
+    if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC || rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_PROTO)
         return TT_E_H2_PROTOCOL;
     return TT_E_H2_INTERNAL;
 }
@@ -195,9 +194,8 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return 0;
 }
 
-static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
-                     const uint8_t *name, size_t namelen, const uint8_t *value,
-                     size_t valuelen, uint8_t flags, void *ud)
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
     struct tt_h2_stream *s = stream_of(session, frame->hd.stream_id);
 
@@ -236,8 +234,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
     return 0;
 }
 
-static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id,
-                         const uint8_t *data, size_t len, void *ud)
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
 {
     struct tt_h2 *h2 = ud;
     struct tt_h2_stream *s = stream_of(session, id);
@@ -281,8 +279,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_GOAWAY:
         h2->goaway_recv = 1;
         if (h2->cbs.on_goaway != NULL)
-            h2->cbs.on_goaway(h2, (uint32_t)frame->goaway.last_stream_id,
-                              frame->goaway.error_code, h2->ud);
+            h2->cbs.on_goaway(h2, (uint32_t)frame->goaway.last_stream_id, frame->goaway.error_code,
+                              h2->ud);
         return 0;
     case NGHTTP2_RST_STREAM:
         if (s != NULL)
@@ -297,7 +295,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
                 h2->cbs.on_stream(h2, s, h2->ud);
             else
                 s->released = 1, nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id,
-                                                            NGHTTP2_REFUSED_STREAM);
+                                                           NGHTTP2_REFUSED_STREAM);
         } else if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && s->status >= 200 &&
                    s->cbs.on_headers != NULL) {
             s->cbs.on_headers(s, s->ud);
@@ -315,8 +313,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     default:
         return 0;
     }
-    if (s != NULL && !s->released && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
-        !s->peer_end) {
+    if (s != NULL && !s->released && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !s->peer_end) {
         s->peer_end = 1;
         if (s->cbs.on_end != NULL)
             s->cbs.on_end(s, s->ud);
@@ -430,12 +427,12 @@ struct tt_h2 *tt_h2_new(enum tt_h2_role role, const struct tt_h2_config *config,
 
     nghttp2_settings_entry iv[6];
     size_t niv = 0;
-    iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
-                                         h2->cfg.max_streams};
-    iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE,
-                                         h2->cfg.stream_window};
-    iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
-                                         h2->cfg.max_header_list};
+    iv[niv++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, h2->cfg.max_streams};
+    iv[niv++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h2->cfg.stream_window};
+    iv[niv++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, h2->cfg.max_header_list};
     if (role == TT_H2_CLIENT)
         iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
     else if (h2->cfg.enable_connect)
@@ -586,8 +583,8 @@ static nghttp2_nv *nv_build(const struct tt_h2_header *pseudo, size_t npseudo,
         return NULL;
     for (size_t i = 0; i < npseudo + nheaders; i++) {
         const struct tt_h2_header *h = i < npseudo ? &pseudo[i] : &headers[i - npseudo];
-        nv[i] = (nghttp2_nv){(uint8_t *)h->name, (uint8_t *)h->value, h->name_len,
-                             h->value_len, NGHTTP2_NV_FLAG_NONE};
+        nv[i] = (nghttp2_nv){(uint8_t *)h->name, (uint8_t *)h->value, h->name_len, h->value_len,
+                             NGHTTP2_NV_FLAG_NONE};
     }
     return nv;
 }
@@ -694,8 +691,8 @@ int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header 
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = on_data_read};
     s->local_end = end_stream;
     s->has_body = !end_stream;
-    int rv = nghttp2_submit_response(h2->session, s->id, nv, 1 + nheaders,
-                                     end_stream ? NULL : &prd);
+    int rv =
+        nghttp2_submit_response(h2->session, s->id, nv, 1 + nheaders, end_stream ? NULL : &prd);
     free(nv);
     if (rv != 0)
         return map_nghttp2(rv);

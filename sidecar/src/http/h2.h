@@ -29,11 +29,11 @@ struct tt_h2;
 struct tt_h2_stream;
 
 /* RFC 9113 §7 error codes, as they appear on the wire (RST_STREAM, GOAWAY). */
-#define TT_H2_NO_ERROR 0x0
+#define TT_H2_NO_ERROR       0x0
 #define TT_H2_PROTOCOL_ERROR 0x1
 #define TT_H2_INTERNAL_ERROR 0x2
 #define TT_H2_REFUSED_STREAM 0x7
-#define TT_H2_CANCEL 0x8
+#define TT_H2_CANCEL         0x8
 
 enum tt_h2_role {
     TT_H2_CLIENT, /* outbound: opens streams */
@@ -52,13 +52,13 @@ struct tt_h2_header {
 
 /* Limits and windows; zero fields take the defaults given. */
 struct tt_h2_config {
-    uint32_t max_streams;      /* concurrent streams the peer may open to us (100) */
-    uint32_t max_header_list;  /* bound on a received header list, RFC 9113 §6.5.2 (64 KiB) */
-    uint32_t stream_window;    /* initial stream receive window (4 MiB) */
-    uint32_t conn_window;      /* connection receive window (16 MiB) */
-    size_t recv_buffer_max;    /* unread bytes of all streams before the connection window
-                                  waits for readers too (conn_window) */
-    bool enable_connect;       /* server: announce SETTINGS_ENABLE_CONNECT_PROTOCOL=1 */
+    uint32_t max_streams;     /* concurrent streams the peer may open to us (100) */
+    uint32_t max_header_list; /* bound on a received header list, RFC 9113 §6.5.2 (64 KiB) */
+    uint32_t stream_window;   /* initial stream receive window (4 MiB) */
+    uint32_t conn_window;     /* connection receive window (16 MiB) */
+    size_t recv_buffer_max;   /* unread bytes of all streams before the connection window
+                                 waits for readers too (conn_window) */
+    bool enable_connect;      /* server: announce SETTINGS_ENABLE_CONNECT_PROTOCOL=1 */
 };
 
 /* Session events. Every callback may be NULL. They fire only from inside tt_h2_feed(),
