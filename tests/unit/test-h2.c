@@ -280,6 +280,33 @@ static void test_h2_request_response(void **state)
     pair_done();
 }
 
+/* The server writes the body and ends it before the head: all goes out after the head. */
+static void test_h2_body_before_head(void **state)
+{
+    struct cstream cs = {0};
+
+    pair_init(NULL, NULL);
+    P.mode = SRV_HOLD;
+    get("/early", &cs);
+    pump();
+    assert_int_equal(P.nsrv, 1);
+    struct tt_h2_stream *ss = P.srv[0].st;
+    assert_int_equal(tt_h2_stream_write(ss, "early body", 10), 0);
+    assert_int_equal(tt_h2_stream_end(ss), 0);
+    pump();
+    assert_int_equal(cs.headers, 0); /* nothing before the head */
+    assert_int_equal(tt_h2_respond(ss, 103, NULL, 0, false), -EINVAL);
+    assert_int_equal(tt_h2_respond(ss, 200, NULL, 0, false), 0);
+    assert_int_equal(tt_h2_respond(ss, 200, NULL, 0, false), TT_E_H2_CLOSED);
+    pump();
+    assert_int_equal(tt_h2_stream_status(cs.st), 200);
+    assert_int_equal(cs.ends, 1);
+    assert_int_equal(cs.body_len, 10);
+    assert_memory_equal(cs.body, "early body", 10);
+    tt_h2_stream_release(cs.st);
+    pair_done();
+}
+
 static void test_h2_many_streams(void **state)
 {
     enum { N = 300 };
@@ -626,6 +653,81 @@ static void test_h2_max_streams_refused(void **state)
     pair_done();
 }
 
+/* A raw frame into buf at *n: 9-byte header (RFC 9113 §4.1) and payload. */
+static void raw_frame(uint8_t *buf, size_t *n, uint8_t type, uint8_t flags, uint32_t id,
+                      const void *payload, size_t len)
+{
+    uint8_t *p = buf + *n;
+    p[0] = (uint8_t)(len >> 16);
+    p[1] = (uint8_t)(len >> 8);
+    p[2] = (uint8_t)len;
+    p[3] = type;
+    p[4] = flags;
+    p[5] = (uint8_t)(id >> 24);
+    p[6] = (uint8_t)(id >> 16);
+    p[7] = (uint8_t)(id >> 8);
+    p[8] = (uint8_t)id;
+    memcpy(p + 9, payload, len);
+    *n += 9 + len;
+}
+
+/* An HPACK literal field without indexing, new name (RFC 7541 §6.2.2), short strings. */
+static void hpack_lit(uint8_t *buf, size_t *n, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value);
+    buf[(*n)++] = 0x00;
+    buf[(*n)++] = (uint8_t)nl;
+    memcpy(buf + *n, name, nl);
+    *n += nl;
+    buf[(*n)++] = (uint8_t)vl;
+    memcpy(buf + *n, value, vl);
+    *n += vl;
+}
+
+/* A client that ignores the limit it acknowledged is broken, not racing: nghttp2 ends the
+ * connection (GOAWAY PROTOCOL_ERROR naming stream 1 as the last processed, so the client
+ * knows stream 3 never ran) and the session reports the protocol error. */
+static void test_h2_max_streams_after_ack(void **state)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    struct tt_h2_config scfg = {.max_streams = 1};
+    uint8_t in[1024], block[256], out[65536];
+    size_t n = 0, bn = 0;
+
+    pair_init(NULL, &scfg);
+    P.mode = SRV_HOLD;
+    assert_true(tt_h2_fill(P.s, out, sizeof(out)) > 0); /* the server's SETTINGS */
+    memcpy(in, preface, sizeof(preface) - 1);
+    n = sizeof(preface) - 1;
+    raw_frame(in, &n, 0x4, 0, 0, NULL, 0);   /* our SETTINGS */
+    raw_frame(in, &n, 0x4, 0x1, 0, NULL, 0); /* ACK of the server's: the limit now applies */
+    hpack_lit(block, &bn, ":method", "GET");
+    hpack_lit(block, &bn, ":scheme", "https");
+    hpack_lit(block, &bn, ":authority", "a:1");
+    hpack_lit(block, &bn, ":path", "/");
+    raw_frame(in, &n, 0x1, 0x4, 1, block, bn); /* HEADERS, END_HEADERS, stream 1 */
+    raw_frame(in, &n, 0x1, 0x4, 3, block, bn); /* stream 3: over the limit of 1 */
+    int r = tt_h2_feed(P.s, in, n);
+    assert_true(r == 0 || r == TT_E_H2_PROTOCOL);
+    assert_int_equal(P.nsrv, 1); /* stream 3 never reached the application */
+    long got = tt_h2_fill(P.s, out, sizeof(out));
+    bool goaway = false;
+    for (long off = 0; off + 9 <= got;) {
+        size_t flen = ((size_t)out[off] << 16) | ((size_t)out[off + 1] << 8) | out[off + 2];
+        if (out[off + 3] == 0x7) {
+            const uint8_t *g = out + off + 9;
+            goaway = true;
+            assert_int_equal(((uint32_t)g[0] << 24 | g[1] << 16 | g[2] << 8 | g[3]) & 0x7fffffff,
+                             1);
+            assert_int_equal(g[7], TT_H2_PROTOCOL_ERROR);
+        }
+        off += 9 + (long)flen;
+    }
+    assert_true(goaway);
+    assert_int_equal(tt_h2_error(P.s), TT_E_H2_PROTOCOL);
+    pair_done();
+}
+
 static void test_h2_header_list_bound(void **state)
 {
     struct tt_h2_config scfg = {.max_header_list = 1024};
@@ -791,6 +893,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_h2_request_response),
+        cmocka_unit_test(test_h2_body_before_head),
         cmocka_unit_test(test_h2_many_streams),
         cmocka_unit_test(test_h2_stalled_stream),
         cmocka_unit_test(test_h2_tunnel),
@@ -798,6 +901,7 @@ int main(void)
         cmocka_unit_test(test_h2_goaway),
         cmocka_unit_test(test_h2_reset_both_ways),
         cmocka_unit_test(test_h2_max_streams_refused),
+        cmocka_unit_test(test_h2_max_streams_after_ack),
         cmocka_unit_test(test_h2_header_list_bound),
         cmocka_unit_test(test_h2_malformed),
         cmocka_unit_test(test_h2_ping),

@@ -51,7 +51,6 @@ struct tt_h2_stream {
     unsigned local_end : 1; /* tt_h2_stream_end (or a head with end_stream) */
     unsigned peer_end : 1;  /* the peer's END_STREAM arrived */
     unsigned deferred : 1;  /* the data provider waits for tt_h2_stream_write */
-    unsigned has_body : 1;  /* a data provider was given to nghttp2 */
     unsigned responded : 1; /* server: the head was submitted */
     unsigned announced : 1; /* server: on_stream fired */
     unsigned peer_rst : 1;  /* the peer's RST_STREAM arrived */
@@ -65,7 +64,6 @@ struct tt_h2 {
     struct tt_h2_callbacks cbs;
     void *ud;
     struct tt_h2_stream *streams; /* every stream not yet freed */
-    size_t incoming_open;         /* streams the peer opened, not yet closed */
     size_t recv_buffered;         /* unread bytes of all streams */
     size_t conn_owed;             /* connection window not yet given back */
     const uint8_t *out;           /* the chunk of the last mem_send */
@@ -177,19 +175,11 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
                                   NGHTTP2_REFUSED_STREAM);
         return 0;
     }
-    /* Our own bound, effective before the peer has acknowledged our SETTINGS (a pooled
-     * client opens streams right after its preface): RFC 9113 §5.1.2 lets us refuse. */
-    if (h2->incoming_open >= h2->cfg.max_streams) {
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
-                                  NGHTTP2_REFUSED_STREAM);
-        return 0;
-    }
     struct tt_h2_stream *s = stream_new(h2);
     if (s == NULL)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     s->id = frame->hd.stream_id;
     s->incoming = 1;
-    h2->incoming_open++;
     nghttp2_session_set_stream_user_data(session, s->id, s);
     return 0;
 }
@@ -323,14 +313,12 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 
 static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t code, void *ud)
 {
-    struct tt_h2 *h2 = ud;
     struct tt_h2_stream *s = stream_of(session, id);
 
+    (void)ud;
     if (s == NULL)
         return 0;
     s->closed = 1;
-    if (s->incoming)
-        h2->incoming_open--;
     tt_buf_done(&s->send);
     if (!s->released && (code != NGHTTP2_NO_ERROR || s->peer_rst) && s->cbs.on_reset != NULL) {
         int err = code == NGHTTP2_REFUSED_STREAM ? TT_E_H2_REFUSED : TT_E_H2_RESET;
@@ -612,7 +600,6 @@ static struct tt_h2_stream *submit(struct tt_h2 *h2, const struct tt_h2_header *
     s->ud = ud;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = on_data_read};
     s->local_end = end_stream;
-    s->has_body = !end_stream;
     int32_t id = nghttp2_submit_request(h2->session, NULL, nv, npseudo + nheaders,
                                         end_stream ? NULL : &prd, s);
     free(nv);
@@ -679,7 +666,8 @@ int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header 
     struct tt_h2 *h2 = s->h2;
     char code[4];
 
-    if (!s->incoming || status < 100 || status > 999 || (nheaders > 0 && headers == NULL))
+    /* Informational (1xx) heads are not offered: the final head only. */
+    if (!s->incoming || status < 200 || status > 999 || (nheaders > 0 && headers == NULL))
         return -EINVAL;
     if (s->closed || s->responded || s->peer_rst)
         return TT_E_H2_CLOSED;
@@ -689,10 +677,10 @@ int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header 
     if (nv == NULL)
         return -ENOMEM;
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = on_data_read};
-    s->local_end = end_stream;
-    s->has_body = !end_stream;
-    int rv =
-        nghttp2_submit_response(h2->session, s->id, nv, 1 + nheaders, end_stream ? NULL : &prd);
+    /* Bytes written before the head, or an end asked for before it, go out after it. */
+    s->local_end |= end_stream;
+    bool no_body = s->local_end && s->send.len == 0;
+    int rv = nghttp2_submit_response(h2->session, s->id, nv, 1 + nheaders, no_body ? NULL : &prd);
     free(nv);
     if (rv != 0)
         return map_nghttp2(rv);

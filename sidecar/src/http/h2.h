@@ -171,9 +171,11 @@ struct tt_h2_stream *tt_h2_open_tunnel(struct tt_h2 *h2, const char *protocol,
                                        void *ud, int *err);
 
 /* Server: sends the response head: `status`, then `headers` (copied). With `end_stream`
- * there is no body; otherwise it follows as on the client. For a tunnel, a 2xx without
- * `end_stream`. Returns 0, TT_E_H2_CLOSED (reset or already answered), -EINVAL (client
- * stream, status outside 100..999), TT_E_H2_INTERNAL or -ENOMEM. */
+ * the body ends after what was already written (none, usually); otherwise it follows with
+ * tt_h2_stream_write() and tt_h2_stream_end() (bytes written before the head wait for
+ * it). For a tunnel, a 2xx without `end_stream`. Returns 0, TT_E_H2_CLOSED (reset or
+ * already answered), -EINVAL (client stream, status outside 200..999: no 1xx heads),
+ * TT_E_H2_INTERNAL or -ENOMEM. */
 int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header *headers,
                   size_t nheaders, bool end_stream);
 
@@ -221,7 +223,8 @@ const char *tt_h2_stream_header(const struct tt_h2_stream *s, const char *name);
 /* Client: the response's :status, 0 before it arrived. */
 int tt_h2_stream_status(const struct tt_h2_stream *s);
 
-/* The stream id (0 while a client stream waits for a concurrency slot). */
+/* The stream id (assigned when the stream is opened, even while it waits for a slot
+ * under the peer's concurrency limit). */
 uint32_t tt_h2_stream_id(const struct tt_h2_stream *s);
 
 /* The session a stream belongs to. */
