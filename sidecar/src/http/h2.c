@@ -55,6 +55,8 @@ struct tt_h2_stream {
     unsigned announced : 1; /* server: on_stream fired */
     unsigned peer_rst : 1;  /* the peer's RST_STREAM arrived */
     unsigned incoming : 1;  /* opened by the peer */
+    unsigned sent : 1;      /* client: our HEADERS went out */
+    unsigned dead : 1;      /* on_reset was reported: no more callbacks, no more sending */
 };
 
 struct tt_h2 {
@@ -248,6 +250,33 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     return 0;
 }
 
+/* After the peer's GOAWAY: nghttp2 closes the streams above its last id that went out
+ * (REFUSED_STREAM, on_stream_close), but requests still queued for a concurrency slot stay
+ * queued until a slot frees, which may be long. They are reported not processed now, and
+ * cancelled (nghttp2 drops the queued HEADERS; its on_stream_close comes later and frees
+ * them once released). */
+static void refuse_unsent(struct tt_h2 *h2)
+{
+    for (struct tt_h2_stream *s = h2->streams; s != NULL; s = s->next) {
+        if (s->incoming || s->sent || s->closed || s->dead)
+            continue;
+        s->dead = 1;
+        nghttp2_submit_rst_stream(h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+        if (!s->released && s->cbs.on_reset != NULL)
+            s->cbs.on_reset(s, TT_E_H2_REFUSED, NGHTTP2_REFUSED_STREAM, true, s->ud);
+    }
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
+{
+    struct tt_h2_stream *s = stream_of(session, frame->hd.stream_id);
+
+    (void)ud;
+    if (s != NULL && frame->hd.type == NGHTTP2_HEADERS)
+        s->sent = 1;
+    return 0;
+}
+
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
 {
     struct tt_h2 *h2 = ud;
@@ -271,6 +300,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         if (h2->cbs.on_goaway != NULL)
             h2->cbs.on_goaway(h2, (uint32_t)frame->goaway.last_stream_id, frame->goaway.error_code,
                               h2->ud);
+        refuse_unsent(h2);
         return 0;
     case NGHTTP2_RST_STREAM:
         if (s != NULL)
@@ -320,10 +350,16 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t code, 
         return 0;
     s->closed = 1;
     tt_buf_done(&s->send);
-    if (!s->released && (code != NGHTTP2_NO_ERROR || s->peer_rst) && s->cbs.on_reset != NULL) {
+    if (!s->released && !s->dead && (code != NGHTTP2_NO_ERROR || s->peer_rst)) {
+        s->dead = 1;
         int err = code == NGHTTP2_REFUSED_STREAM ? TT_E_H2_REFUSED : TT_E_H2_RESET;
-        s->cbs.on_reset(s, err, code, s->peer_rst, s->ud);
+        if (s->cbs.on_reset != NULL)
+            s->cbs.on_reset(s, err, code, s->peer_rst, s->ud);
     }
+    /* A peer's stream closed before its headers were complete (reset, over the header
+     * bound) was never handed to the application: nobody else will release it. */
+    if (s->incoming && !s->announced)
+        s->released = 1;
     if (s->released)
         stream_free(s);
     return 0;
@@ -404,6 +440,7 @@ struct tt_h2 *tt_h2_new(enum tt_h2_role role, const struct tt_h2_config *config,
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_before_frame_send_callback(cbs, on_before_send);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     if (nghttp2_option_new(&opt) != 0)
         goto err_free_cbs;
     nghttp2_option_set_no_auto_window_update(opt, 1);
@@ -557,7 +594,16 @@ size_t tt_h2_active_streams(const struct tt_h2 *h2)
     size_t n = 0;
 
     for (const struct tt_h2_stream *s = h2->streams; s != NULL; s = s->next)
-        n += !s->closed;
+        n += !s->closed && !s->dead;
+    return n;
+}
+
+size_t tt_h2_streams_held(const struct tt_h2 *h2)
+{
+    size_t n = 0;
+
+    for (const struct tt_h2_stream *s = h2->streams; s != NULL; s = s->next)
+        n++;
     return n;
 }
 
@@ -709,7 +755,7 @@ static void resume(struct tt_h2_stream *s)
 
 int tt_h2_stream_write(struct tt_h2_stream *s, const void *data, size_t len)
 {
-    if (s->closed || s->local_end || s->peer_rst || s->released)
+    if (s->closed || s->dead || s->local_end || s->peer_rst || s->released)
         return TT_E_H2_CLOSED;
     if (tt_buf_append(&s->send, data, len) < 0)
         return -ENOMEM;
@@ -724,7 +770,7 @@ size_t tt_h2_stream_queued(const struct tt_h2_stream *s)
 
 int tt_h2_stream_end(struct tt_h2_stream *s)
 {
-    if (s->closed || s->local_end || s->peer_rst)
+    if (s->closed || s->dead || s->local_end || s->peer_rst)
         return TT_E_H2_CLOSED;
     s->local_end = 1;
     resume(s);
@@ -733,7 +779,7 @@ int tt_h2_stream_end(struct tt_h2_stream *s)
 
 int tt_h2_stream_reset(struct tt_h2_stream *s, uint32_t h2_code)
 {
-    if (s->closed)
+    if (s->closed || s->dead)
         return TT_E_H2_CLOSED;
     int rv = nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, h2_code);
     return rv == 0 ? 0 : map_nghttp2(rv);

@@ -140,8 +140,12 @@ bool tt_h2_done(struct tt_h2 *h2);
 /* Client: whether the peer's SETTINGS_ENABLE_CONNECT_PROTOCOL is 1. */
 bool tt_h2_connect_allowed(struct tt_h2 *h2);
 
-/* Streams opened (both directions) and not yet closed. */
+/* Streams opened (both directions) and not yet closed or reset. */
 size_t tt_h2_active_streams(const struct tt_h2 *h2);
+
+/* Stream objects the session still holds: open ones, and closed ones the application has
+ * not released yet (a number that only grows points at a missing release). */
+size_t tt_h2_streams_held(const struct tt_h2 *h2);
 
 /* A request to open (client). `authority` is host[:port]; `headers` are the regular
  * fields (no pseudo-headers), copied when the call returns. With `end_stream` the request
