@@ -79,6 +79,7 @@ struct tt_h2 {
 
 /* --- streams ------------------------------------------------------------------------ */
 
+/* Allocates a stream and links it into the session's list. Returns NULL when out of memory. */
 static struct tt_h2_stream *stream_new(struct tt_h2 *h2)
 {
     struct tt_h2_stream *s = calloc(1, sizeof(*s));
@@ -106,6 +107,8 @@ static void recv_drop(struct tt_h2 *h2, size_t n)
     }
 }
 
+/* Unlinks and frees a stream, giving back the connection window of its unread bytes and
+ * detaching it from nghttp2 if nghttp2 still knows it. */
 static void stream_free(struct tt_h2_stream *s)
 {
     struct tt_h2 *h2 = s->h2;
@@ -140,6 +143,7 @@ static void sweep(struct tt_h2 *h2)
     }
 }
 
+/* An nghttp2 error code as a tt_err (or -ENOMEM). */
 static int map_nghttp2(int rv)
 {
     if (rv == NGHTTP2_ERR_NOMEM)
@@ -149,6 +153,7 @@ static int map_nghttp2(int rv)
     return TT_E_H2_INTERNAL;
 }
 
+/* The monotonic clock in microseconds (PING round trips). */
 static uint64_t now_us(void)
 {
     struct timespec ts;
@@ -158,11 +163,14 @@ static uint64_t now_us(void)
 
 /* --- nghttp2 callbacks --------------------------------------------------------------- */
 
+/* Our stream for an nghttp2 stream id, NULL for stream 0 or a stream we do not track. */
 static struct tt_h2_stream *stream_of(nghttp2_session *session, int32_t id)
 {
     return id > 0 ? nghttp2_session_get_stream_user_data(session, id) : NULL;
 }
 
+/* nghttp2: a HEADERS frame begins. Server: a request opens a stream of ours, unless our
+ * GOAWAY has already named a lower last stream id. */
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
 {
     struct tt_h2 *h2 = ud;
@@ -186,6 +194,8 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return 0;
 }
 
+/* nghttp2: one decoded header field. Kept (copied) for the first head of a request or
+ * response, within the header list bound; over it, the stream is reset. */
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
@@ -226,6 +236,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     return 0;
 }
 
+/* nghttp2: DATA payload. Buffered for the application, which is told by on_data; the
+ * connection window is returned at once while the session's unread bytes stay under
+ * recv_buffer_max, the stream window only when the application takes the bytes. */
 static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t *data,
                          size_t len, void *ud)
 {
@@ -267,6 +280,7 @@ static void refuse_unsent(struct tt_h2 *h2)
     }
 }
 
+/* nghttp2: a frame went out. Notes that a client stream's HEADERS left the queue. */
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
 {
     struct tt_h2_stream *s = stream_of(session, frame->hd.stream_id);
@@ -277,6 +291,9 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     return 0;
 }
 
+/* nghttp2: a whole frame arrived. SETTINGS, PING acks and GOAWAY go to the session's
+ * callbacks; a request head announces a stream (on_stream), a response head fires
+ * on_headers; END_STREAM on a HEADERS or DATA frame fires on_end. */
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
 {
     struct tt_h2 *h2 = ud;
@@ -341,6 +358,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     return 0;
 }
 
+/* nghttp2: a stream closed. A reset (an error code, or the peer's RST_STREAM) fires
+ * on_reset once; the stream is freed if the application already released it. */
 static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t code, void *ud)
 {
     struct tt_h2_stream *s = stream_of(session, id);
@@ -380,6 +399,9 @@ static int on_before_send(nghttp2_session *session, const nghttp2_frame *frame, 
     return 0;
 }
 
+/* nghttp2's data provider: copies up to `length` queued bytes into the DATA frame; ends
+ * the stream once the queue is empty after tt_h2_stream_end(), and defers (until the next
+ * write) when the queue is empty otherwise. */
 static ssize_t on_data_read(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length,
                             uint32_t *data_flags, nghttp2_data_source *source, void *ud)
 {
@@ -406,6 +428,7 @@ static ssize_t on_data_read(nghttp2_session *session, int32_t id, uint8_t *buf, 
 
 /* --- session ------------------------------------------------------------------------- */
 
+/* Creates a session and queues our preface and SETTINGS (see h2.h). */
 struct tt_h2 *tt_h2_new(enum tt_h2_role role, const struct tt_h2_config *config,
                         const struct tt_h2_callbacks *callbacks, void *ud)
 {
@@ -481,6 +504,7 @@ err_free_h2:
     return NULL;
 }
 
+/* Frees the session and every stream, released or not. */
 void tt_h2_free(struct tt_h2 *h2)
 {
     if (h2 == NULL)
@@ -501,6 +525,7 @@ void tt_h2_free(struct tt_h2 *h2)
     free(h2);
 }
 
+/* Hands the peer's bytes to nghttp2; errors are sticky. */
 int tt_h2_feed(struct tt_h2 *h2, const uint8_t *data, size_t len)
 {
     if (h2->failed)
@@ -522,11 +547,13 @@ int tt_h2_feed(struct tt_h2 *h2, const uint8_t *data, size_t len)
     return 0;
 }
 
+/* The sticky error, 0 while none. */
 int tt_h2_error(const struct tt_h2 *h2)
 {
     return h2->failed;
 }
 
+/* The rest of the current output chunk, or the next one from nghttp2 (no copy). */
 int tt_h2_pending(struct tt_h2 *h2, const uint8_t **data, size_t *len)
 {
     if (h2->out_off >= h2->out_len) {
@@ -549,6 +576,7 @@ int tt_h2_pending(struct tt_h2 *h2, const uint8_t **data, size_t *len)
     return 0;
 }
 
+/* Marks output bytes as taken. */
 void tt_h2_consume(struct tt_h2 *h2, size_t n)
 {
     h2->out_off += n;
@@ -556,6 +584,7 @@ void tt_h2_consume(struct tt_h2 *h2, size_t n)
         h2->out_off = h2->out_len;
 }
 
+/* Copies pending output into a caller buffer, several chunks at once. */
 long tt_h2_fill(struct tt_h2 *h2, uint8_t *buf, size_t cap)
 {
     size_t total = 0;
@@ -577,18 +606,21 @@ long tt_h2_fill(struct tt_h2 *h2, uint8_t *buf, size_t cap)
     return (long)total;
 }
 
+/* Whether neither side has anything left to say. */
 bool tt_h2_done(struct tt_h2 *h2)
 {
     return h2->out_off >= h2->out_len && !nghttp2_session_want_read(h2->session) &&
            !nghttp2_session_want_write(h2->session);
 }
 
+/* Whether the peer announced SETTINGS_ENABLE_CONNECT_PROTOCOL=1. */
 bool tt_h2_connect_allowed(struct tt_h2 *h2)
 {
     return nghttp2_session_get_remote_settings(h2->session,
                                                NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) == 1;
 }
 
+/* Streams neither closed nor reset. */
 size_t tt_h2_active_streams(const struct tt_h2 *h2)
 {
     size_t n = 0;
@@ -598,6 +630,7 @@ size_t tt_h2_active_streams(const struct tt_h2 *h2)
     return n;
 }
 
+/* Stream objects still allocated. */
 size_t tt_h2_streams_held(const struct tt_h2 *h2)
 {
     size_t n = 0;
@@ -625,6 +658,8 @@ static nghttp2_nv *nv_build(const struct tt_h2_header *pseudo, size_t npseudo,
 
 #define HDR(n, v) ((struct tt_h2_header){(n), strlen(n), (v), strlen(v)})
 
+/* Client: queues a request head (pseudo-headers then `headers`) with a data provider
+ * unless `end_stream`, and returns its new stream, or NULL with *err. */
 static struct tt_h2_stream *submit(struct tt_h2 *h2, const struct tt_h2_header *pseudo,
                                    size_t npseudo, const struct tt_h2_header *headers,
                                    size_t nheaders, bool end_stream,
@@ -660,11 +695,13 @@ static struct tt_h2_stream *submit(struct tt_h2 *h2, const struct tt_h2_header *
     return s;
 }
 
+/* Whether a required string is missing. */
 static bool empty(const char *v)
 {
     return v == NULL || v[0] == '\0';
 }
 
+/* Client: opens a request stream. */
 struct tt_h2_stream *tt_h2_open(struct tt_h2 *h2, const struct tt_h2_request *req,
                                 const struct tt_h2_stream_callbacks *cbs, void *ud, int *err)
 {
@@ -682,6 +719,7 @@ struct tt_h2_stream *tt_h2_open(struct tt_h2 *h2, const struct tt_h2_request *re
     return submit(h2, pseudo, 4, req->headers, req->nheaders, req->end_stream, cbs, ud, err);
 }
 
+/* Client: opens an extended CONNECT tunnel (RFC 8441). */
 struct tt_h2_stream *tt_h2_open_tunnel(struct tt_h2 *h2, const char *protocol,
                                        const char *authority, const struct tt_h2_header *headers,
                                        size_t nheaders, const struct tt_h2_stream_callbacks *cbs,
@@ -706,6 +744,7 @@ struct tt_h2_stream *tt_h2_open_tunnel(struct tt_h2 *h2, const char *protocol,
     return submit(h2, pseudo, 5, headers, nheaders, false, cbs, ud, err);
 }
 
+/* Server: submits the response head, with the body to follow unless ended. */
 int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header *headers,
                   size_t nheaders, bool end_stream)
 {
@@ -734,6 +773,7 @@ int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header 
     return 0;
 }
 
+/* Replaces a stream's callbacks and user pointer. */
 void tt_h2_stream_set_callbacks(struct tt_h2_stream *s, const struct tt_h2_stream_callbacks *cbs,
                                 void *ud)
 {
@@ -753,6 +793,7 @@ static void resume(struct tt_h2_stream *s)
     }
 }
 
+/* Queues bytes for the peer and wakes a deferred data provider. */
 int tt_h2_stream_write(struct tt_h2_stream *s, const void *data, size_t len)
 {
     if (s->closed || s->dead || s->local_end || s->peer_rst || s->released)
@@ -763,11 +804,13 @@ int tt_h2_stream_write(struct tt_h2_stream *s, const void *data, size_t len)
     return 0;
 }
 
+/* Bytes written, not yet framed. */
 size_t tt_h2_stream_queued(const struct tt_h2_stream *s)
 {
     return s->send.len;
 }
 
+/* Ends our side after the queued bytes. */
 int tt_h2_stream_end(struct tt_h2_stream *s)
 {
     if (s->closed || s->dead || s->local_end || s->peer_rst)
@@ -777,6 +820,7 @@ int tt_h2_stream_end(struct tt_h2_stream *s)
     return 0;
 }
 
+/* Queues RST_STREAM with `h2_code`. */
 int tt_h2_stream_reset(struct tt_h2_stream *s, uint32_t h2_code)
 {
     if (s->closed || s->dead)
@@ -785,17 +829,20 @@ int tt_h2_stream_reset(struct tt_h2_stream *s, uint32_t h2_code)
     return rv == 0 ? 0 : map_nghttp2(rv);
 }
 
+/* Received bytes not yet taken. */
 size_t tt_h2_stream_readable(const struct tt_h2_stream *s)
 {
     return s->recv.len;
 }
 
+/* The received bytes, without a copy. */
 size_t tt_h2_stream_peek(const struct tt_h2_stream *s, const uint8_t **data)
 {
     *data = s->recv.len > 0 ? tt_buf_head(&s->recv) : NULL;
     return s->recv.len;
 }
 
+/* Takes `n` received bytes and returns their stream window to the peer. */
 void tt_h2_stream_consume(struct tt_h2_stream *s, size_t n)
 {
     struct tt_h2 *h2 = s->h2;
@@ -811,6 +858,7 @@ void tt_h2_stream_consume(struct tt_h2_stream *s, size_t n)
         nghttp2_session_consume_stream(h2->session, s->id, n);
 }
 
+/* Copies received bytes out and returns their window. */
 size_t tt_h2_stream_read(struct tt_h2_stream *s, void *buf, size_t len)
 {
     size_t n = s->recv.len < len ? s->recv.len : len;
@@ -822,17 +870,20 @@ size_t tt_h2_stream_read(struct tt_h2_stream *s, void *buf, size_t len)
     return n;
 }
 
+/* Whether the peer ended and every byte was taken. */
 bool tt_h2_stream_eof(const struct tt_h2_stream *s)
 {
     return s->peer_end && s->recv.len == 0;
 }
 
+/* The received header fields. */
 const struct tt_h2_header *tt_h2_stream_headers(const struct tt_h2_stream *s, size_t *n)
 {
     *n = s->nhdrs;
     return s->hdrs;
 }
 
+/* The first field named `name`, or NULL. */
 const char *tt_h2_stream_header(const struct tt_h2_stream *s, const char *name)
 {
     for (size_t i = 0; i < s->nhdrs; i++)
@@ -841,21 +892,25 @@ const char *tt_h2_stream_header(const struct tt_h2_stream *s, const char *name)
     return NULL;
 }
 
+/* Client: the response's :status, 0 before it. */
 int tt_h2_stream_status(const struct tt_h2_stream *s)
 {
     return s->status;
 }
 
+/* The stream id. */
 uint32_t tt_h2_stream_id(const struct tt_h2_stream *s)
 {
     return (uint32_t)s->id;
 }
 
+/* The stream's session. */
 struct tt_h2 *tt_h2_stream_session(const struct tt_h2_stream *s)
 {
     return s->h2;
 }
 
+/* Gives up the application's reference (cancelling an open stream). */
 void tt_h2_stream_release(struct tt_h2_stream *s)
 {
     if (s == NULL || s->released)
@@ -874,6 +929,7 @@ void tt_h2_stream_release(struct tt_h2_stream *s)
         stream_free(s);
 }
 
+/* Queues a PING carrying the send time. */
 int tt_h2_ping(struct tt_h2 *h2)
 {
     uint8_t opaque[8];
@@ -884,6 +940,7 @@ int tt_h2_ping(struct tt_h2 *h2)
     return rv == 0 ? 0 : map_nghttp2(rv);
 }
 
+/* Queues GOAWAY with the last stream id processed; no new streams after it. */
 int tt_h2_goaway(struct tt_h2 *h2, uint32_t h2_code)
 {
     int32_t last = nghttp2_session_get_last_proc_stream_id(h2->session);
