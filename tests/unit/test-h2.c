@@ -312,6 +312,70 @@ static void test_h2_body_before_head(void **state)
     pair_done();
 }
 
+/* gRPC-shaped: a request body ending with trailers, a response body ending with trailers
+ * (grpc-status), each seen whole by the other side. */
+static void test_h2_trailers(void **state)
+{
+    struct tt_h2_header ct = {"content-type", 12, "application/grpc", 16};
+    struct tt_h2_request req = {"POST", "http", "svc:50051", "/pkg.Svc/Call", &ct, 1, false};
+    struct tt_h2_header rt[] = {{"x-req-trailer", 13, "done", 4}};
+    struct tt_h2_header st[] = {{"grpc-status", 11, "0", 1}, {"grpc-message", 12, "ok", 2}};
+    struct tt_h2_header bad = {":status", 7, "200", 3};
+    struct cstream cs = {0};
+    int err;
+    size_t n;
+
+    pair_init(NULL, NULL);
+    P.mode = SRV_HOLD;
+    cs.st = tt_h2_open(P.c, &req, &client_cbs, &cs, &err);
+    assert_non_null(cs.st);
+    assert_int_equal(tt_h2_stream_write(cs.st, "\0\0\0\0\3abc", 8), 0);
+    assert_int_equal(tt_h2_stream_end_trailers(cs.st, &bad, 1), -EINVAL);
+    assert_int_equal(tt_h2_stream_end_trailers(cs.st, rt, 1), 0);
+    assert_int_equal(tt_h2_stream_end_trailers(cs.st, rt, 1), TT_E_H2_CLOSED);
+    pump();
+    assert_int_equal(P.nsrv, 1);
+    struct tt_h2_stream *ss = P.srv[0].st;
+    assert_int_equal(P.srv[0].ends, 1);
+    assert_int_equal(P.srv[0].body_len, 8);
+    assert_string_equal(tt_h2_stream_trailer(ss, "x-req-trailer"), "done");
+    assert_null(tt_h2_stream_header(ss, "x-req-trailer")); /* the head stays the head */
+    assert_string_equal(tt_h2_stream_header(ss, "content-type"), "application/grpc");
+    tt_h2_stream_trailers(ss, &n);
+    assert_int_equal(n, 1);
+
+    /* The trailers are given before the head: they wait for it and the body. */
+    assert_int_equal(tt_h2_stream_write(ss, "\0\0\0\0\2hi", 7), 0);
+    assert_int_equal(tt_h2_stream_end_trailers(ss, st, 2), 0);
+    assert_int_equal(tt_h2_respond(ss, 200, &ct, 1, false), 0);
+    pump();
+    assert_int_equal(tt_h2_stream_status(cs.st), 200);
+    assert_int_equal(cs.ends, 1);
+    assert_int_equal(cs.resets, 0);
+    assert_int_equal(cs.body_len, 7);
+    assert_memory_equal(cs.body, "\0\0\0\0\2hi", 7);
+    assert_string_equal(tt_h2_stream_trailer(cs.st, "grpc-status"), "0");
+    assert_string_equal(tt_h2_stream_trailer(cs.st, "grpc-message"), "ok");
+    assert_null(tt_h2_stream_header(cs.st, "grpc-status"));
+    assert_string_equal(tt_h2_stream_header(cs.st, "content-type"), "application/grpc");
+    assert_int_equal(tt_h2_active_streams(P.c), 0);
+    tt_h2_stream_release(cs.st);
+
+    /* Trailers with no body at all, given before the head. */
+    struct cstream c2 = {0};
+    get("/empty", &c2);
+    pump();
+    assert_int_equal(P.nsrv, 2);
+    assert_int_equal(tt_h2_stream_end_trailers(P.srv[1].st, st, 1), 0);
+    assert_int_equal(tt_h2_respond(P.srv[1].st, 200, NULL, 0, false), 0);
+    pump();
+    assert_int_equal(c2.ends, 1);
+    assert_int_equal(c2.body_len, 0);
+    assert_string_equal(tt_h2_stream_trailer(c2.st, "grpc-status"), "0");
+    tt_h2_stream_release(c2.st);
+    pair_done();
+}
+
 static void test_h2_many_streams(void **state)
 {
     enum { N = 300 };
@@ -970,6 +1034,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_h2_request_response),
         cmocka_unit_test(test_h2_body_before_head),
+        cmocka_unit_test(test_h2_trailers),
         cmocka_unit_test(test_h2_many_streams),
         cmocka_unit_test(test_h2_stalled_stream),
         cmocka_unit_test(test_h2_tunnel),

@@ -34,15 +34,23 @@
 #define MAX_WINDOW              0x7fffffff /* RFC 9113 §6.9.1 */
 #define HEADER_OVERHEAD         32         /* per field in the header list size, RFC 9113 §6.5.2 */
 
+/* Received header fields: each name and value NUL-terminated in one allocation. */
+struct fields {
+    struct tt_h2_header *v;
+    size_t n, cap;
+    size_t bytes; /* header list size so far (RFC 9113 §6.5.2) */
+};
+
 struct tt_h2_stream {
     struct tt_h2 *h2;
     struct tt_h2_stream *next, *prev; /* the session's list of every stream */
     int32_t id;
     struct tt_h2_stream_callbacks cbs;
     void *ud;
-    struct tt_h2_header *hdrs; /* received fields; each name and value in one allocation */
-    size_t nhdrs, hdrs_cap;
-    size_t hdr_bytes;       /* header list size so far (RFC 9113 §6.5.2) */
+    struct fields head;        /* the received request or (final) response head */
+    struct fields trailers;    /* the received trailers */
+    nghttp2_nv *send_trailers; /* ours (one allocation), sent once the queue drains */
+    size_t nsend_trailers;
     int status;             /* client: the response's :status */
     struct tt_buf recv;     /* peer bytes not yet taken by the application */
     struct tt_buf send;     /* our bytes not yet framed */
@@ -57,6 +65,7 @@ struct tt_h2_stream {
     unsigned incoming : 1;  /* opened by the peer */
     unsigned sent : 1;      /* client: our HEADERS went out */
     unsigned dead : 1;      /* on_reset was reported: no more callbacks, no more sending */
+    unsigned head_done : 1; /* the head (request, or final response) is complete */
 };
 
 struct tt_h2 {
@@ -96,6 +105,56 @@ static struct tt_h2_stream *stream_new(struct tt_h2 *h2)
     return s;
 }
 
+/* Appends a copy of one field, counting it against `max` bytes of header list. Returns 0,
+ * TT_E_H2_HEADERS over the bound, or -ENOMEM. */
+static int fields_add(struct fields *f, const uint8_t *name, size_t namelen, const uint8_t *value,
+                      size_t valuelen, size_t max)
+{
+    f->bytes += namelen + valuelen + HEADER_OVERHEAD;
+    if (f->bytes > max)
+        return TT_E_H2_HEADERS;
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 16;
+        struct tt_h2_header *v = realloc(f->v, cap * sizeof(*v));
+        if (v == NULL)
+            return -ENOMEM;
+        f->v = v;
+        f->cap = cap;
+    }
+    char *copy = malloc(namelen + valuelen + 2);
+    if (copy == NULL)
+        return -ENOMEM;
+    memcpy(copy, name, namelen);
+    copy[namelen] = '\0';
+    memcpy(copy + namelen + 1, value, valuelen);
+    copy[namelen + 1 + valuelen] = '\0';
+    f->v[f->n++] = (struct tt_h2_header){copy, namelen, copy + namelen + 1, valuelen};
+    return 0;
+}
+
+/* Forgets every field; the array's storage is freed too unless `keep`. */
+static void fields_clear(struct fields *f, bool keep)
+{
+    for (size_t i = 0; i < f->n; i++)
+        free((char *)f->v[i].name);
+    f->n = 0;
+    f->bytes = 0;
+    if (!keep) {
+        free(f->v);
+        f->v = NULL;
+        f->cap = 0;
+    }
+}
+
+/* The value of the first field named `name`, or NULL. */
+static const char *fields_get(const struct fields *f, const char *name)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->v[i].name, name) == 0)
+            return f->v[i].value;
+    return NULL;
+}
+
 /* Gives the connection window back for `n` unread bytes that leave the buffer. */
 static void recv_drop(struct tt_h2 *h2, size_t n)
 {
@@ -113,7 +172,7 @@ static void stream_free(struct tt_h2_stream *s)
 {
     struct tt_h2 *h2 = s->h2;
 
-    if (s->recv.len > 0)
+    if (s->recv.len > 0 && h2->session != NULL)
         recv_drop(h2, s->recv.len);
     if (s->prev != NULL)
         s->prev->next = s->next;
@@ -121,11 +180,11 @@ static void stream_free(struct tt_h2_stream *s)
         h2->streams = s->next;
     if (s->next != NULL)
         s->next->prev = s->prev;
-    if (s->id > 0 && !s->closed)
+    if (s->id > 0 && !s->closed && h2->session != NULL)
         nghttp2_session_set_stream_user_data(h2->session, s->id, NULL);
-    for (size_t i = 0; i < s->nhdrs; i++)
-        free((char *)s->hdrs[i].name);
-    free(s->hdrs);
+    fields_clear(&s->head, false);
+    fields_clear(&s->trailers, false);
+    free(s->send_trailers);
     tt_buf_done(&s->recv);
     tt_buf_done(&s->send);
     free(s);
@@ -205,34 +264,18 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     (void)ud;
     if (s == NULL || s->released)
         return 0;
-    /* Trailers and informational (1xx) heads are not kept: the first head only. */
-    if (frame->hd.type != NGHTTP2_HEADERS ||
-        (frame->headers.cat != NGHTTP2_HCAT_REQUEST && frame->headers.cat != NGHTTP2_HCAT_RESPONSE))
+    if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    s->hdr_bytes += namelen + valuelen + HEADER_OVERHEAD;
-    if (s->hdr_bytes > s->h2->cfg.max_header_list) {
-        /* Over the bound we announced: nghttp2 resets the stream (INTERNAL_ERROR). */
+    /* Until the head is complete every block is the head (a 1xx head is dropped when it
+     * ends); after it, a block is the trailers. */
+    struct fields *f = s->head_done ? &s->trailers : &s->head;
+    if (fields_add(f, name, namelen, value, valuelen, s->h2->cfg.max_header_list) < 0) {
+        /* Over the bound we announced, or out of memory: nghttp2 resets the stream
+         * (INTERNAL_ERROR). */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    if (s->nhdrs == s->hdrs_cap) {
-        size_t cap = s->hdrs_cap ? s->hdrs_cap * 2 : 16;
-        struct tt_h2_header *n = realloc(s->hdrs, cap * sizeof(*n));
-        if (n == NULL)
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        s->hdrs = n;
-        s->hdrs_cap = cap;
-    }
-    char *copy = malloc(namelen + valuelen + 2);
-    if (copy == NULL)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    memcpy(copy, name, namelen);
-    copy[namelen] = '\0';
-    memcpy(copy + namelen + 1, value, valuelen);
-    copy[namelen + 1 + valuelen] = '\0';
-    s->hdrs[s->nhdrs++] = (struct tt_h2_header){copy, namelen, copy + namelen + 1, valuelen};
-    if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && namelen == 7 &&
-        memcmp(name, ":status", 7) == 0)
-        s->status = atoi(copy + namelen + 1);
+    if (!s->incoming && !s->head_done && namelen == 7 && memcmp(name, ":status", 7) == 0)
+        s->status = atoi(f->v[f->n - 1].value);
     return 0;
 }
 
@@ -326,22 +369,25 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_HEADERS:
         if (s == NULL || s->released)
             return 0;
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST && !s->announced) {
+        if (s->head_done) {
+            /* Trailers: kept; their END_STREAM fires on_end below. */
+        } else if (s->incoming) {
+            s->head_done = 1;
             s->announced = 1;
-            if (h2->cbs.on_stream != NULL)
+            if (h2->cbs.on_stream != NULL) {
                 h2->cbs.on_stream(h2, s, h2->ud);
-            else
-                s->released = 1, nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id,
-                                                           NGHTTP2_REFUSED_STREAM);
-        } else if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && s->status >= 200 &&
-                   s->cbs.on_headers != NULL) {
-            s->cbs.on_headers(s, s->ud);
-        } else if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && s->status < 200) {
-            /* An informational head: forget it, the final one follows. */
-            for (size_t i = 0; i < s->nhdrs; i++)
-                free((char *)s->hdrs[i].name);
-            s->nhdrs = 0;
-            s->hdr_bytes = 0;
+            } else {
+                s->released = 1;
+                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id,
+                                          NGHTTP2_REFUSED_STREAM);
+            }
+        } else if (s->status >= 200) {
+            s->head_done = 1;
+            if (s->cbs.on_headers != NULL)
+                s->cbs.on_headers(s, s->ud);
+        } else {
+            /* An informational (1xx) head: forget it, the final one follows. */
+            fields_clear(&s->head, true);
             s->status = 0;
         }
         break;
@@ -408,8 +454,6 @@ static ssize_t on_data_read(nghttp2_session *session, int32_t id, uint8_t *buf, 
     struct tt_h2_stream *s = source->ptr;
     size_t n = s->send.len < length ? s->send.len : length;
 
-    (void)session;
-    (void)id;
     (void)ud;
     if (n > 0) {
         memcpy(buf, tt_buf_head(&s->send), n);
@@ -417,6 +461,15 @@ static ssize_t on_data_read(nghttp2_session *session, int32_t id, uint8_t *buf, 
     }
     if (s->send.len == 0 && s->local_end) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (s->send_trailers != NULL) {
+            /* The trailers' HEADERS frame carries END_STREAM instead (nghttp2 copies them). */
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            int rv = nghttp2_submit_trailer(session, id, s->send_trailers, s->nsend_trailers);
+            free(s->send_trailers);
+            s->send_trailers = NULL;
+            if (rv != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
         return (ssize_t)n;
     }
     if (n == 0) {
@@ -512,16 +565,8 @@ void tt_h2_free(struct tt_h2 *h2)
     /* nghttp2_session_del calls no stream-close callback; free ours after it. */
     nghttp2_session_del(h2->session);
     h2->session = NULL;
-    while (h2->streams != NULL) {
-        struct tt_h2_stream *s = h2->streams;
-        h2->streams = s->next;
-        for (size_t i = 0; i < s->nhdrs; i++)
-            free((char *)s->hdrs[i].name);
-        free(s->hdrs);
-        tt_buf_done(&s->recv);
-        tt_buf_done(&s->send);
-        free(s);
-    }
+    while (h2->streams != NULL)
+        stream_free(h2->streams);
     free(h2);
 }
 
@@ -764,7 +809,7 @@ int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header 
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = on_data_read};
     /* Bytes written before the head, or an end asked for before it, go out after it. */
     s->local_end |= end_stream;
-    bool no_body = s->local_end && s->send.len == 0;
+    bool no_body = s->local_end && s->send.len == 0 && s->send_trailers == NULL;
     int rv = nghttp2_submit_response(h2->session, s->id, nv, 1 + nheaders, no_body ? NULL : &prd);
     free(nv);
     if (rv != 0)
@@ -815,6 +860,40 @@ int tt_h2_stream_end(struct tt_h2_stream *s)
 {
     if (s->closed || s->dead || s->local_end || s->peer_rst)
         return TT_E_H2_CLOSED;
+    s->local_end = 1;
+    resume(s);
+    return 0;
+}
+
+/* Ends our side with trailers: copies them into one allocation nghttp2 reads when the
+ * data provider drains the queue. */
+int tt_h2_stream_end_trailers(struct tt_h2_stream *s, const struct tt_h2_header *trailers, size_t n)
+{
+    size_t bytes = n * sizeof(nghttp2_nv);
+
+    if (n == 0 || trailers == NULL)
+        return -EINVAL;
+    if (s->closed || s->dead || s->local_end || s->peer_rst || s->released)
+        return TT_E_H2_CLOSED;
+    for (size_t i = 0; i < n; i++) {
+        if (trailers[i].name_len == 0 || trailers[i].name[0] == ':')
+            return -EINVAL;
+        bytes += trailers[i].name_len + trailers[i].value_len;
+    }
+    nghttp2_nv *nv = malloc(bytes);
+    if (nv == NULL)
+        return -ENOMEM;
+    uint8_t *p = (uint8_t *)(nv + n);
+    for (size_t i = 0; i < n; i++) {
+        nv[i] = (nghttp2_nv){p, p + trailers[i].name_len, trailers[i].name_len,
+                             trailers[i].value_len, NGHTTP2_NV_FLAG_NONE};
+        memcpy(p, trailers[i].name, trailers[i].name_len);
+        p += trailers[i].name_len;
+        memcpy(p, trailers[i].value, trailers[i].value_len);
+        p += trailers[i].value_len;
+    }
+    s->send_trailers = nv;
+    s->nsend_trailers = n;
     s->local_end = 1;
     resume(s);
     return 0;
@@ -879,17 +958,27 @@ bool tt_h2_stream_eof(const struct tt_h2_stream *s)
 /* The received header fields. */
 const struct tt_h2_header *tt_h2_stream_headers(const struct tt_h2_stream *s, size_t *n)
 {
-    *n = s->nhdrs;
-    return s->hdrs;
+    *n = s->head.n;
+    return s->head.v;
 }
 
-/* The first field named `name`, or NULL. */
+/* The first field of the head named `name`, or NULL. */
 const char *tt_h2_stream_header(const struct tt_h2_stream *s, const char *name)
 {
-    for (size_t i = 0; i < s->nhdrs; i++)
-        if (strcmp(s->hdrs[i].name, name) == 0)
-            return s->hdrs[i].value;
-    return NULL;
+    return fields_get(&s->head, name);
+}
+
+/* The received trailers. */
+const struct tt_h2_header *tt_h2_stream_trailers(const struct tt_h2_stream *s, size_t *n)
+{
+    *n = s->trailers.n;
+    return s->trailers.v;
+}
+
+/* The first trailer named `name`, or NULL. */
+const char *tt_h2_stream_trailer(const struct tt_h2_stream *s, const char *name)
+{
+    return fields_get(&s->trailers, name);
 }
 
 /* Client: the response's :status, 0 before it. */

@@ -87,7 +87,8 @@ struct tt_h2_stream_callbacks {
     void (*on_headers)(struct tt_h2_stream *s, void *ud);
     /* New bytes from the peer can be read (tt_h2_stream_read / _peek). */
     void (*on_data)(struct tt_h2_stream *s, void *ud);
-    /* The peer ended its side (END_STREAM): after the bytes buffered now, none follow. */
+    /* The peer ended its side (END_STREAM): after the bytes buffered now, none follow;
+     * its trailers, if any, are complete (tt_h2_stream_trailers). */
     void (*on_end)(struct tt_h2_stream *s, void *ud);
     /* The stream was reset and is closed: `err` is TT_E_H2_REFUSED when the peer did not
      * process it (REFUSED_STREAM, or above a GOAWAY's last stream id: retryable), else
@@ -198,6 +199,13 @@ size_t tt_h2_stream_queued(const struct tt_h2_stream *s);
 /* Ends our side (END_STREAM after the queued bytes). Returns 0 or TT_E_H2_CLOSED. */
 int tt_h2_stream_end(struct tt_h2_stream *s);
 
+/* Ends our side with trailers (e.g. gRPC's grpc-status), sent after the queued bytes;
+ * `trailers` (regular fields only) are copied. Needs a body: a request opened without
+ * `end_stream`, or a response not answered with `end_stream`. Returns 0, TT_E_H2_CLOSED
+ * (reset, or ended already), -EINVAL (none given, or a pseudo-header) or -ENOMEM. */
+int tt_h2_stream_end_trailers(struct tt_h2_stream *s, const struct tt_h2_header *trailers,
+                              size_t n);
+
 /* Resets the stream with RST_STREAM `h2_code` (on_reset fires with by_peer false).
  * Returns 0, or TT_E_H2_CLOSED when it is already closed. */
 int tt_h2_stream_reset(struct tt_h2_stream *s, uint32_t h2_code);
@@ -223,6 +231,10 @@ const struct tt_h2_header *tt_h2_stream_headers(const struct tt_h2_stream *s, si
 
 /* The value of the first field named `name` (lower case), or NULL. */
 const char *tt_h2_stream_header(const struct tt_h2_stream *s, const char *name);
+
+/* The trailers the peer sent after the body (complete when on_end fired), as above. */
+const struct tt_h2_header *tt_h2_stream_trailers(const struct tt_h2_stream *s, size_t *n);
+const char *tt_h2_stream_trailer(const struct tt_h2_stream *s, const char *name);
 
 /* Client: the response's :status, 0 before it arrived. */
 int tt_h2_stream_status(const struct tt_h2_stream *s);
