@@ -330,7 +330,7 @@ static void test_h2_trailers(void **state)
     cs.st = tt_h2_open(P.c, &req, &client_cbs, &cs, &err);
     assert_non_null(cs.st);
     assert_int_equal(tt_h2_stream_write(cs.st, "\0\0\0\0\3abc", 8), 0);
-    assert_int_equal(tt_h2_stream_end_trailers(cs.st, &bad, 1), -EINVAL);
+    assert_int_equal(tt_h2_stream_end_trailers(cs.st, &bad, 1), TT_E_H2_HEADERS);
     assert_int_equal(tt_h2_stream_end_trailers(cs.st, rt, 1), 0);
     assert_int_equal(tt_h2_stream_end_trailers(cs.st, rt, 1), TT_E_H2_CLOSED);
     pump();
@@ -373,6 +373,50 @@ static void test_h2_trailers(void **state)
     assert_int_equal(c2.body_len, 0);
     assert_string_equal(tt_h2_stream_trailer(c2.st, "grpc-status"), "0");
     tt_h2_stream_release(c2.st);
+    pair_done();
+}
+
+/* Fields HTTP/2 forbids are refused before they reach the wire (the peer would reset the
+ * stream), in requests, responses and trailers. */
+static void test_h2_bad_fields(void **state)
+{
+    static const struct tt_h2_header bad[] = {
+        {"connection", 10, "close", 5}, {"transfer-encoding", 17, "chunked", 7},
+        {"upgrade", 7, "websocket", 9}, {"keep-alive", 10, "5", 1},
+        {"te", 2, "gzip", 4},           {"X-Upper", 7, "v", 1},
+        {":path", 5, "/", 1},           {"x-crlf", 6, "a\r\nb: c", 8},
+        {"bad name", 8, "v", 1},        {"", 0, "v", 1},
+    };
+    struct tt_h2_header ok[] = {{"te", 2, "trailers", 8}, {"x-fine", 6, "", 0}};
+    struct cstream cs = {0};
+    int err;
+
+    pair_init(NULL, NULL);
+    P.mode = SRV_HOLD;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct tt_h2_request req = {"GET", "https", "a:1", "/", &bad[i], 1, true};
+        err = 0;
+        assert_null(tt_h2_open(P.c, &req, NULL, NULL, &err));
+        assert_int_equal(err, TT_E_H2_HEADERS);
+    }
+    struct tt_h2_request nopath = {"GET", "https", "a:1", "", NULL, 0, true};
+    assert_null(tt_h2_open(P.c, &nopath, NULL, NULL, &err));
+    assert_int_equal(err, TT_E_H2_HEADERS);
+    struct tt_h2_request req = {"POST", "https", "a:1", "/", ok, 2, false};
+    cs.st = tt_h2_open(P.c, &req, &client_cbs, &cs, &err);
+    assert_non_null(cs.st);
+    pump();
+    assert_int_equal(P.nsrv, 1);
+    assert_string_equal(tt_h2_stream_header(P.srv[0].st, "te"), "trailers");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(tt_h2_respond(P.srv[0].st, 200, &bad[i], 1, false), TT_E_H2_HEADERS);
+        assert_int_equal(tt_h2_stream_end_trailers(cs.st, &bad[i], 1), TT_E_H2_HEADERS);
+    }
+    assert_int_equal(tt_h2_respond(P.srv[0].st, 200, ok + 1, 1, true), 0);
+    pump();
+    assert_int_equal(tt_h2_stream_status(cs.st), 200);
+    assert_int_equal(cs.resets, 0);
+    tt_h2_stream_release(cs.st);
     pair_done();
 }
 
@@ -1035,6 +1079,7 @@ int main(void)
         cmocka_unit_test(test_h2_request_response),
         cmocka_unit_test(test_h2_body_before_head),
         cmocka_unit_test(test_h2_trailers),
+        cmocka_unit_test(test_h2_bad_fields),
         cmocka_unit_test(test_h2_many_streams),
         cmocka_unit_test(test_h2_stalled_stream),
         cmocka_unit_test(test_h2_tunnel),

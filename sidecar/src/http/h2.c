@@ -294,8 +294,11 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
         nghttp2_session_consume(session, id, len);
         return 0;
     }
-    if (tt_buf_append(&s->recv, data, len) < 0)
+    if (tt_buf_append(&s->recv, data, len) < 0) {
+        /* The stream is reset; its bytes must not keep the connection window. */
+        nghttp2_session_consume_connection(session, len);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
     h2->recv_buffered += len;
     if (h2->recv_buffered <= h2->cfg.recv_buffer_max)
         nghttp2_session_consume_connection(session, len);
@@ -685,6 +688,37 @@ size_t tt_h2_streams_held(const struct tt_h2 *h2)
     return n;
 }
 
+/* Whether `n` caller fields may go into an HTTP/2 head or trailers: lower-case token
+ * names (no pseudo-headers), values without CR, LF or NUL (nghttp2's checks), and none of
+ * the connection-specific fields RFC 9113 §8.2.2 forbids ("te" only as "trailers"). A peer
+ * would reset a stream that carries one; an HTTP/1 head must be cleaned before. */
+static bool fields_ok(const struct tt_h2_header *h, size_t n)
+{
+    static const char *const banned[] = {"connection", "keep-alive", "proxy-connection",
+                                         "transfer-encoding", "upgrade"};
+
+    if (n > 0 && h == NULL)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name == NULL || (h[i].value == NULL && h[i].value_len > 0) || h[i].name_len == 0 ||
+            h[i].name[0] == ':' ||
+            !nghttp2_check_header_name((const uint8_t *)h[i].name, h[i].name_len) ||
+            !nghttp2_check_header_value((const uint8_t *)h[i].value, h[i].value_len))
+            return false;
+        for (size_t j = 0; j < h[i].name_len; j++)
+            if (h[i].name[j] >= 'A' && h[i].name[j] <= 'Z')
+                return false;
+        for (size_t j = 0; j < sizeof(banned) / sizeof(banned[0]); j++)
+            if (h[i].name_len == strlen(banned[j]) &&
+                memcmp(h[i].name, banned[j], h[i].name_len) == 0)
+                return false;
+        if (h[i].name_len == 2 && memcmp(h[i].name, "te", 2) == 0 &&
+            !(h[i].value_len == 8 && memcmp(h[i].value, "trailers", 8) == 0))
+            return false;
+    }
+    return true;
+}
+
 /* Builds nghttp2's field array: `npseudo` pseudo-headers then the caller's fields. */
 static nghttp2_nv *nv_build(const struct tt_h2_header *pseudo, size_t npseudo,
                             const struct tt_h2_header *headers, size_t nheaders)
@@ -710,6 +744,14 @@ static struct tt_h2_stream *submit(struct tt_h2 *h2, const struct tt_h2_header *
                                    size_t nheaders, bool end_stream,
                                    const struct tt_h2_stream_callbacks *cbs, void *ud, int *err)
 {
+    if (h2->failed) {
+        *err = h2->failed;
+        return NULL;
+    }
+    if (!fields_ok(headers, nheaders)) {
+        *err = TT_E_H2_HEADERS;
+        return NULL;
+    }
     if (h2->goaway_sent || h2->goaway_recv || !nghttp2_session_check_request_allowed(h2->session)) {
         *err = TT_E_H2_GOAWAY;
         return NULL;
@@ -754,8 +796,7 @@ struct tt_h2_stream *tt_h2_open(struct tt_h2 *h2, const struct tt_h2_request *re
         *err = -EINVAL;
         return NULL;
     }
-    if (empty(req->method) || empty(req->scheme) || empty(req->authority) || empty(req->path) ||
-        (req->nheaders > 0 && req->headers == NULL)) {
+    if (empty(req->method) || empty(req->scheme) || empty(req->authority) || empty(req->path)) {
         *err = TT_E_H2_HEADERS;
         return NULL;
     }
@@ -774,7 +815,7 @@ struct tt_h2_stream *tt_h2_open_tunnel(struct tt_h2 *h2, const char *protocol,
         *err = -EINVAL;
         return NULL;
     }
-    if (empty(protocol) || empty(authority) || (nheaders > 0 && headers == NULL)) {
+    if (empty(protocol) || empty(authority)) {
         *err = TT_E_H2_HEADERS;
         return NULL;
     }
@@ -797,8 +838,10 @@ int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header 
     char code[4];
 
     /* Informational (1xx) heads are not offered: the final head only. */
-    if (!s->incoming || status < 200 || status > 999 || (nheaders > 0 && headers == NULL))
+    if (!s->incoming || status < 200 || status > 999)
         return -EINVAL;
+    if (!fields_ok(headers, nheaders))
+        return TT_E_H2_HEADERS;
     if (s->closed || s->responded || s->peer_rst)
         return TT_E_H2_CLOSED;
     snprintf(code, sizeof(code), "%d", status);
@@ -871,15 +914,12 @@ int tt_h2_stream_end_trailers(struct tt_h2_stream *s, const struct tt_h2_header 
 {
     size_t bytes = n * sizeof(nghttp2_nv);
 
-    if (n == 0 || trailers == NULL)
-        return -EINVAL;
+    if (n == 0 || !fields_ok(trailers, n))
+        return TT_E_H2_HEADERS;
     if (s->closed || s->dead || s->local_end || s->peer_rst || s->released)
         return TT_E_H2_CLOSED;
-    for (size_t i = 0; i < n; i++) {
-        if (trailers[i].name_len == 0 || trailers[i].name[0] == ':')
-            return -EINVAL;
+    for (size_t i = 0; i < n; i++)
         bytes += trailers[i].name_len + trailers[i].value_len;
-    }
     nghttp2_nv *nv = malloc(bytes);
     if (nv == NULL)
         return -ENOMEM;

@@ -160,8 +160,11 @@ struct tt_h2_request {
 
 /* Client: opens a request stream. Returns the stream (owned by the application until
  * tt_h2_stream_release) or NULL with *err: TT_E_H2_GOAWAY (no new stream on this
- * session), TT_E_H2_HEADERS (a field missing), -EINVAL (server role), TT_E_H2_INTERNAL
- * or -ENOMEM. Beyond the peer's concurrency limit the stream waits for a free slot. */
+ * session), TT_E_H2_HEADERS (a pseudo-header value missing, or a field HTTP/2 forbids: a
+ * pseudo-header among `headers`, upper case, CR/LF/NUL, connection-specific fields such
+ * as connection or transfer-encoding, RFC 9113 §8.2.2), -EINVAL (server role), the
+ * session's error after a failure, TT_E_H2_INTERNAL or -ENOMEM. Beyond the peer's concurrency limit
+ * the stream waits for a free slot. */
 struct tt_h2_stream *tt_h2_open(struct tt_h2 *h2, const struct tt_h2_request *req,
                                 const struct tt_h2_stream_callbacks *cbs, void *ud, int *err);
 
@@ -180,7 +183,8 @@ struct tt_h2_stream *tt_h2_open_tunnel(struct tt_h2 *h2, const char *protocol,
  * tt_h2_stream_write() and tt_h2_stream_end() (bytes written before the head wait for
  * it). For a tunnel, a 2xx without `end_stream`. Returns 0, TT_E_H2_CLOSED (reset or
  * already answered), -EINVAL (client stream, status outside 200..999: no 1xx heads),
- * TT_E_H2_INTERNAL or -ENOMEM. */
+ * TT_E_H2_HEADERS (a field HTTP/2 forbids, as for tt_h2_open), TT_E_H2_INTERNAL or
+ * -ENOMEM. */
 int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header *headers,
                   size_t nheaders, bool end_stream);
 
@@ -202,7 +206,8 @@ int tt_h2_stream_end(struct tt_h2_stream *s);
 /* Ends our side with trailers (e.g. gRPC's grpc-status), sent after the queued bytes;
  * `trailers` (regular fields only) are copied. Needs a body: a request opened without
  * `end_stream`, or a response not answered with `end_stream`. Returns 0, TT_E_H2_CLOSED
- * (reset, or ended already), -EINVAL (none given, or a pseudo-header) or -ENOMEM. */
+ * (reset, or ended already), TT_E_H2_HEADERS (none given, or a field HTTP/2 forbids, as
+ * for tt_h2_open) or -ENOMEM. */
 int tt_h2_stream_end_trailers(struct tt_h2_stream *s, const struct tt_h2_header *trailers,
                               size_t n);
 
