@@ -22,8 +22,13 @@ static void on_data(struct tt_h2_stream *s, void *ud)
 
 static void on_end(struct tt_h2_stream *s, void *ud)
 {
+    static const struct tt_h2_header trailer = {"grpc-status", 11, "0", 1};
+
     tt_h2_stream_write(s, "bye", 3);
-    tt_h2_stream_end(s);
+    if (tt_h2_stream_id(s) % 2)
+        tt_h2_stream_end_trailers(s, &trailer, 1);
+    else
+        tt_h2_stream_end(s);
 }
 
 static void on_reset(struct tt_h2_stream *s, int err, uint32_t code, bool by_peer, void *ud)

@@ -1079,6 +1079,10 @@ static void test_h2_ping(void **state)
     assert_int_equal(tt_h2_ping(P.s), 0);
     pump();
     assert_int_equal(P.pings, 3);
+    /* A PING ACK nobody asked for is no round trip. */
+    static const uint8_t stray[] = {0, 0, 8, 6, 1, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+    assert_int_equal(tt_h2_feed(P.c, stray, sizeof(stray)), 0);
+    assert_int_equal(P.pings, 3);
     pair_done();
 }
 

@@ -82,6 +82,7 @@ struct tt_h2 {
     int busy;            /* inside an nghttp2 call: frees wait for the sweep */
     int failed;          /* sticky tt_err of feed */
     int32_t goaway_last; /* the last stream id our GOAWAY gave */
+    unsigned pings_out;  /* our PINGs not yet acknowledged */
     unsigned goaway_recv : 1;
     unsigned goaway_sent : 1;
 };
@@ -351,7 +352,11 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             h2->cbs.on_settings(h2, h2->ud);
         return 0;
     case NGHTTP2_PING:
-        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && h2->cbs.on_ping != NULL) {
+        /* An acknowledgement nobody asked for (a peer's stray PING ACK) is not a round trip. */
+        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && h2->pings_out > 0) {
+            h2->pings_out--;
+            if (h2->cbs.on_ping == NULL)
+                return 0;
             uint64_t sent;
             memcpy(&sent, frame->ping.opaque_data, sizeof(sent));
             uint64_t now = now_us();
@@ -1066,7 +1071,10 @@ int tt_h2_ping(struct tt_h2 *h2)
 
     memcpy(opaque, &now, sizeof(opaque));
     int rv = nghttp2_submit_ping(h2->session, NGHTTP2_FLAG_NONE, opaque);
-    return rv == 0 ? 0 : map_nghttp2(rv);
+    if (rv != 0)
+        return map_nghttp2(rv);
+    h2->pings_out++;
+    return 0;
 }
 
 /* Queues GOAWAY with the last stream id processed; no new streams after it. */
