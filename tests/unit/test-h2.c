@@ -955,6 +955,51 @@ static void test_h2_padding_window(void **state)
     pair_done();
 }
 
+/* A client that sends extended CONNECT anyway, to a server that did not enable it: the
+ * stream is reset and never reaches the application. A plain CONNECT (RFC 9113 §8.5, no
+ * :protocol) is valid HTTP/2: it reaches the application, which tells the two apart by
+ * :protocol and decides. */
+static void test_h2_connect_refused_by_server(void **state)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    uint8_t in[1024], b1[256], b3[256], out[65536];
+    size_t n = 0, n1 = 0, n3 = 0;
+
+    pair_init(NULL, NULL);
+    P.mode = SRV_TUNNEL;
+    assert_true(tt_h2_fill(P.s, out, sizeof(out)) > 0);
+    memcpy(in, preface, sizeof(preface) - 1);
+    n = sizeof(preface) - 1;
+    raw_frame(in, &n, 0x4, 0, 0, NULL, 0);
+    raw_frame(in, &n, 0x4, 0x1, 0, NULL, 0);
+    hpack_lit(b1, &n1, ":method", "CONNECT");
+    hpack_lit(b1, &n1, ":protocol", "tether-tcp");
+    hpack_lit(b1, &n1, ":scheme", "https");
+    hpack_lit(b1, &n1, ":path", "/");
+    hpack_lit(b1, &n1, ":authority", "10.1.2.3:8080");
+    raw_frame(in, &n, 0x1, 0x4, 1, b1, n1);
+    hpack_lit(b3, &n3, ":method", "CONNECT");
+    hpack_lit(b3, &n3, ":authority", "10.1.2.3:8080");
+    raw_frame(in, &n, 0x1, 0x4, 3, b3, n3);
+    int r = tt_h2_feed(P.s, in, n);
+    assert_int_equal(r, 0);
+    assert_int_equal(P.nsrv, 1);
+    assert_int_equal(tt_h2_stream_id(P.srv[0].st), 3);
+    assert_null(tt_h2_stream_header(P.srv[0].st, ":protocol"));
+    assert_int_equal(tt_h2_stream_reset(P.srv[0].st, TT_H2_REFUSED_STREAM), 0);
+    long got = tt_h2_fill(P.s, out, sizeof(out));
+    int resets = 0;
+    for (long off = 0; off + 9 <= got;) {
+        size_t flen = ((size_t)out[off] << 16) | ((size_t)out[off + 1] << 8) | out[off + 2];
+        assert_int_not_equal(out[off + 3], 0x1); /* no response head */
+        resets += out[off + 3] == 0x3;
+        off += 9 + (long)flen;
+    }
+    assert_int_equal(resets, 2); /* stream 1 by nghttp2, stream 3 by the application */
+    assert_int_equal(tt_h2_error(P.s), 0);
+    pair_done();
+}
+
 static void test_h2_header_list_bound(void **state)
 {
     struct tt_h2_config scfg = {.max_header_list = 1024};
@@ -1143,6 +1188,7 @@ int main(void)
         cmocka_unit_test(test_h2_max_streams_refused),
         cmocka_unit_test(test_h2_max_streams_after_ack),
         cmocka_unit_test(test_h2_padding_window),
+        cmocka_unit_test(test_h2_connect_refused_by_server),
         cmocka_unit_test(test_h2_header_list_bound),
         cmocka_unit_test(test_h2_malformed),
         cmocka_unit_test(test_h2_ping),

@@ -66,6 +66,9 @@ struct tt_h2_config {
  * stream, except tt_h2_free(). */
 struct tt_h2_callbacks {
     /* Server: a new stream whose request headers are complete (tt_h2_stream_headers()).
+     * An extended CONNECT (with :protocol) arrives only if `enable_connect` was set; a
+     * plain CONNECT (RFC 9113 §8.5, no :protocol) is valid HTTP/2 and arrives too: the
+     * application tells them apart and refuses what it does not serve.
      * The application sets its stream callbacks (tt_h2_stream_set_callbacks) and later
      * answers (tt_h2_respond) or resets; it owns a reference it gives up with
      * tt_h2_stream_release(). */
