@@ -69,6 +69,22 @@ const char *tt_strerror(int err)
         return "no endpoint of the service could be connected";
     case TT_E_HTTP:
         return "HTTP request refused as malformed or ambiguous";
+    case TT_E_H2_PROTOCOL:
+        return "HTTP/2 protocol error by the peer";
+    case TT_E_H2_RESET:
+        return "HTTP/2 stream reset";
+    case TT_E_H2_REFUSED:
+        return "HTTP/2 stream not processed by the peer (retryable)";
+    case TT_E_H2_GOAWAY:
+        return "HTTP/2 session going away (no new streams)";
+    case TT_E_H2_NO_CONNECT:
+        return "peer did not enable extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)";
+    case TT_E_H2_CLOSED:
+        return "HTTP/2 stream closed";
+    case TT_E_H2_HEADERS:
+        return "invalid or oversized HTTP/2 headers";
+    case TT_E_H2_INTERNAL:
+        return "HTTP/2 library error";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

@@ -36,6 +36,15 @@ enum tt_err {
     TT_E_UNKNOWN_DEST = -1072,   /* transparent: non-mesh destination refused (deny) */
     TT_E_NO_ENDPOINT = -1073,    /* transparent: no endpoint of the service could be reached */
     TT_E_HTTP = -1080,           /* an HTTP request refused as malformed (http/h1.h names why) */
+    /* HTTP/2 between sidecars (http/h2.h). */
+    TT_E_H2_PROTOCOL = -1090,   /* the peer broke HTTP/2 (bad preface, frame): close it */
+    TT_E_H2_RESET = -1091,      /* the stream was reset (RST_STREAM; h2 code given beside) */
+    TT_E_H2_REFUSED = -1092,    /* the peer did not process the stream: safe to retry */
+    TT_E_H2_GOAWAY = -1093,     /* the session is going away: no new streams */
+    TT_E_H2_NO_CONNECT = -1094, /* the peer did not enable extended CONNECT (RFC 8441) */
+    TT_E_H2_CLOSED = -1095,     /* the stream is closed or its sending side ended */
+    TT_E_H2_HEADERS = -1096,    /* headers invalid, or over the header list size bound */
+    TT_E_H2_INTERNAL = -1097,   /* the HTTP/2 library failed (out of memory, misuse) */
 };
 
 /* Returns a static, human-readable description of `err` (a tt_err or a -errno). */
