@@ -296,6 +296,205 @@ static void test_metrics_failure_merge_by_time(void **state)
     tt_metrics_free(w[1]);
 }
 
+static void test_metrics_request_names(void **state)
+{
+    static const char *const names[] = {"GET",    "HEAD",  "POST",    "PUT",
+                                        "DELETE", "PATCH", "OPTIONS", "CONNECT"};
+
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(tt_req_method_of(names[i]), i);
+        assert_string_equal(tt_req_method_name(i), names[i]);
+    }
+    assert_int_equal(TT_REQ_CONNECT, 7);
+    /* Exact and case-sensitive (RFC 9110 §9.1): anything else is "other". */
+    assert_int_equal(tt_req_method_of("get"), TT_REQ_OTHER);
+    assert_int_equal(tt_req_method_of("GETX"), TT_REQ_OTHER);
+    assert_int_equal(tt_req_method_of("GE"), TT_REQ_OTHER);
+    assert_int_equal(tt_req_method_of("PROPFIND"), TT_REQ_OTHER);
+    assert_int_equal(tt_req_method_of(""), TT_REQ_OTHER);
+    assert_int_equal(tt_req_method_of(NULL), TT_REQ_OTHER);
+    assert_string_equal(tt_req_method_name(TT_REQ_OTHER), "other");
+    assert_string_equal(tt_req_method_name(TT_REQ_METHOD__COUNT), "other");
+    assert_string_equal(tt_req_method_name((enum tt_req_method) - 1), "other");
+
+    assert_string_equal(tt_req_status_class_name(0), "none");
+    assert_string_equal(tt_req_status_class_name(1), "1xx");
+    assert_string_equal(tt_req_status_class_name(2), "2xx");
+    assert_string_equal(tt_req_status_class_name(3), "3xx");
+    assert_string_equal(tt_req_status_class_name(4), "4xx");
+    assert_string_equal(tt_req_status_class_name(5), "5xx");
+    assert_string_equal(tt_req_status_class_name(6), "none");
+    assert_string_equal(tt_req_status_class_name(-1), "none");
+    assert_int_equal(tt_req_status_class(0), 0);
+    assert_int_equal(tt_req_status_class(99), 0);
+    assert_int_equal(tt_req_status_class(100), 1);
+    assert_int_equal(tt_req_status_class(204), 2);
+    assert_int_equal(tt_req_status_class(399), 3);
+    assert_int_equal(tt_req_status_class(431), 4);
+    assert_int_equal(tt_req_status_class(599), 5);
+    assert_int_equal(tt_req_status_class(600), 0);
+    assert_int_equal(tt_req_status_class(-200), 0);
+}
+
+static void test_metrics_request_counts(void **state)
+{
+    struct tt_metrics *m = tt_metrics_new(2);
+    struct tt_request_counters *c = &m->listeners[1].requests;
+    struct tt_request_record r = {.method = "GET",
+                                  .status = 200,
+                                  .request_bytes = 0,
+                                  .response_bytes = 120,
+                                  .duration_us = 90};
+
+    assert_non_null(m);
+    tt_metrics_request(m, 1, "spiffe://td/ns/shop/sa/web", &r);
+    tt_metrics_request(m, 1, "spiffe://td/ns/shop/sa/web", &r);
+    r = (struct tt_request_record){.method = "POST",
+                                   .status = 503,
+                                   .request_bytes = 1000,
+                                   .response_bytes = 50,
+                                   .duration_us = 3000};
+    tt_metrics_request(m, 1, "spiffe://td/ns/shop/sa/web", &r);
+    r = (struct tt_request_record){
+        .method = "DELETE", .status = 403, .response_bytes = 7, .duration_us = 10, .denied = true};
+    tt_metrics_request(m, 1, "spiffe://td/ns/batch/sa/job", &r);
+    r = (struct tt_request_record){.method = "BREW", .status = 0, .duration_us = 30000000};
+    tt_metrics_request(m, 1, NULL, &r); /* no response: reset, timeout */
+    r = (struct tt_request_record){.method = "get", .status = 101, .duration_us = 1};
+    tt_metrics_request(m, 1, "", &r);
+
+    assert_int_equal(c->by_method_status[TT_REQ_GET][2], 2);
+    assert_int_equal(c->by_method_status[TT_REQ_POST][5], 1);
+    assert_int_equal(c->by_method_status[TT_REQ_DELETE][4], 1);
+    assert_int_equal(c->by_method_status[TT_REQ_OTHER][0], 1);
+    assert_int_equal(c->by_method_status[TT_REQ_OTHER][1], 1);
+    assert_int_equal(c->by_method_status[TT_REQ_GET][0], 0);
+    assert_int_equal(c->request_bytes, 1000);
+    assert_int_equal(c->response_bytes, 120 + 120 + 50 + 7);
+    assert_int_equal(c->denied, 1);
+    assert_int_equal(c->latency_us.count, 6);
+    assert_int_equal(c->latency_us.sum_us, 90 + 90 + 3000 + 10 + 30000000 + 1);
+    assert_int_equal(c->latency_us.buckets[0], 4);                   /* <= 100 us */
+    assert_int_equal(c->latency_us.buckets[5], 1);                   /* <= 5 ms */
+    assert_int_equal(c->latency_us.buckets[TT_HIST_BUCKETS - 1], 1); /* +Inf */
+    /* Listener 0 untouched; connection counters untouched. */
+    assert_int_equal(m->listeners[0].requests.by_method_status[TT_REQ_GET][2], 0);
+    assert_int_equal(m->listeners[1].accepted, 0);
+    assert_int_equal(m->listeners[1].denied, 0);
+
+    /* Peers: one slot each, "none" for a caller without identity (NULL and ""). */
+    assert_int_equal(m->n_peers, 3);
+    assert_string_equal(m->peers[0].id, "spiffe://td/ns/shop/sa/web");
+    assert_int_equal(m->peers[0].requests, 3);
+    assert_int_equal(m->peers[0].requests_by_status[2], 2);
+    assert_int_equal(m->peers[0].requests_by_status[5], 1);
+    assert_int_equal(m->peers[0].connections, 0); /* requests are not connections */
+    assert_string_equal(m->peers[1].id, "spiffe://td/ns/batch/sa/job");
+    assert_int_equal(m->peers[1].requests_by_status[4], 1);
+    assert_string_equal(m->peers[2].id, "none");
+    assert_int_equal(m->peers[2].requests, 2);
+    assert_int_equal(m->peers[2].requests_by_status[0], 1);
+    assert_int_equal(m->peers[2].requests_by_status[1], 1);
+
+    /* Out-of-range listener: nothing at all is counted. */
+    r = (struct tt_request_record){.method = "GET", .status = 200, .response_bytes = 5};
+    tt_metrics_request(m, 2, "spiffe://td/ns/x/sa/x", &r);
+    tt_metrics_request(m, -1, "spiffe://td/ns/x/sa/x", &r);
+    tt_metrics_request_refused(m, 2, NULL, TT_H1_R_BAD_CHUNK);
+    assert_int_equal(m->n_peers, 3);
+    assert_int_equal(m->peers[2].requests, 2);
+    assert_int_equal(c->response_bytes, 297);
+    tt_metrics_free(m);
+}
+
+static void test_metrics_request_refused(void **state)
+{
+    struct tt_metrics *m = tt_metrics_new(1);
+    struct tt_request_counters *c = &m->listeners[0].requests;
+
+    assert_non_null(m);
+    assert_int_equal(TT_H1_R__COUNT, TT_H1_R_BAD_TRAILER + 1);
+    tt_metrics_request_refused(m, 0, NULL, TT_H1_R_CL_AND_TE);
+    tt_metrics_request_refused(m, 0, NULL, TT_H1_R_CL_AND_TE);
+    tt_metrics_request_refused(m, 0, "spiffe://td/ns/a/sa/a", TT_H1_R_HEAD_TOO_LARGE); /* 431 */
+    /* Not a refusal reason, or out of range: counted as "malformed". */
+    tt_metrics_request_refused(m, 0, NULL, TT_H1_R_NONE);
+    tt_metrics_request_refused(m, 0, NULL, TT_H1_R__COUNT);
+    tt_metrics_request_refused(m, 0, NULL, (enum tt_h1_reason) - 3);
+
+    assert_int_equal(c->refused[TT_H1_R_CL_AND_TE], 2);
+    assert_int_equal(c->refused[TT_H1_R_HEAD_TOO_LARGE], 1);
+    assert_int_equal(c->refused[TT_H1_R_MALFORMED], 3);
+    assert_int_equal(c->refused[TT_H1_R_NONE], 0);
+    /* Every refusal is also a request answered 4xx, under method "other". */
+    assert_int_equal(c->by_method_status[TT_REQ_OTHER][4], 6);
+    for (int k = 0; k < TT_REQ_STATUS_CLASSES; k++) {
+        if (k != 4)
+            assert_int_equal(c->by_method_status[TT_REQ_OTHER][k], 0);
+    }
+    assert_int_equal(c->latency_us.count, 0);
+    assert_int_equal(c->denied, 0);
+    assert_int_equal(m->n_peers, 2);
+    assert_string_equal(m->peers[0].id, "none");
+    assert_int_equal(m->peers[0].requests, 5);
+    assert_int_equal(m->peers[0].requests_by_status[4], 5);
+    assert_string_equal(m->peers[1].id, "spiffe://td/ns/a/sa/a");
+    assert_int_equal(m->peers[1].requests_by_status[4], 1);
+    tt_metrics_free(m);
+}
+
+static void test_metrics_request_sum_two_workers(void **state)
+{
+    struct tt_metrics *w[2] = {tt_metrics_new(2), tt_metrics_new(2)};
+    struct tt_request_record get = {
+        .method = "GET", .status = 200, .response_bytes = 10, .duration_us = 200};
+    struct tt_request_record put = {
+        .method = "PUT", .status = 404, .request_bytes = 3, .duration_us = 300};
+    struct tt_metrics_sum sum;
+    const struct tt_request_counters *c;
+
+    assert_non_null(w[0]);
+    assert_non_null(w[1]);
+    tt_metrics_request(w[0], 0, "spiffe://td/ns/a/sa/a", &get);
+    tt_metrics_request(w[1], 0, "spiffe://td/ns/a/sa/a", &get);
+    tt_metrics_request(w[1], 0, NULL, &put);
+    tt_metrics_request(w[0], 1, NULL, &put);
+    tt_metrics_request_refused(w[0], 0, NULL, TT_H1_R_BAD_HOST);
+    tt_metrics_request_refused(w[1], 0, NULL, TT_H1_R_BAD_HOST);
+    tt_metrics_peer_add(w[1], "spiffe://td/ns/a/sa/a", 1, 2, false); /* a connection too */
+
+    assert_int_equal(tt_metrics_sum(w, 2, &sum), 0);
+    c = &sum.listeners[0].requests;
+    assert_int_equal(c->by_method_status[TT_REQ_GET][2], 2);
+    assert_int_equal(c->by_method_status[TT_REQ_PUT][4], 1);
+    assert_int_equal(c->by_method_status[TT_REQ_OTHER][4], 2);
+    assert_int_equal(c->refused[TT_H1_R_BAD_HOST], 2);
+    assert_int_equal(c->request_bytes, 3);
+    assert_int_equal(c->response_bytes, 20);
+    assert_int_equal(c->latency_us.count, 3);
+    assert_int_equal(c->latency_us.sum_us, 700);
+    assert_int_equal(c->latency_us.buckets[1], 2); /* 200 <= 250 */
+    assert_int_equal(c->latency_us.buckets[2], 1); /* 300 <= 500 */
+    c = &sum.listeners[1].requests;
+    assert_int_equal(c->by_method_status[TT_REQ_PUT][4], 1);
+    assert_int_equal(c->by_method_status[TT_REQ_GET][2], 0);
+    assert_int_equal(c->refused[TT_H1_R_BAD_HOST], 0);
+
+    /* Peers merged by id across workers, the request counters with the rest. */
+    assert_int_equal(sum.n_peers, 2);
+    assert_string_equal(sum.peers[0].id, "none");
+    assert_int_equal(sum.peers[0].requests, 4);
+    assert_int_equal(sum.peers[0].requests_by_status[4], 4);
+    assert_string_equal(sum.peers[1].id, "spiffe://td/ns/a/sa/a");
+    assert_int_equal(sum.peers[1].requests, 2);
+    assert_int_equal(sum.peers[1].requests_by_status[2], 2);
+    assert_int_equal(sum.peers[1].connections, 1);
+    assert_int_equal(sum.peers[1].bytes_out, 2);
+    tt_metrics_sum_done(&sum);
+    tt_metrics_free(w[0]);
+    tt_metrics_free(w[1]);
+}
+
 /* A worker counting while another thread sums: the totals come out exact at the end
  * and never go backwards in between. */
 struct writer_arg {
@@ -355,6 +554,10 @@ int main(void)
         cmocka_unit_test(test_metrics_failure_ring_order),
         cmocka_unit_test(test_metrics_failure_merge_by_time),
         cmocka_unit_test(test_metrics_concurrent_sum),
+        cmocka_unit_test(test_metrics_request_names),
+        cmocka_unit_test(test_metrics_request_counts),
+        cmocka_unit_test(test_metrics_request_refused),
+        cmocka_unit_test(test_metrics_request_sum_two_workers),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -288,6 +288,8 @@ static void test_stats_json_listeners(void **state)
     assert_int_equal(jget_int(json_array_get(buckets, TT_HIST_BUCKETS - 1), "count"), 3);
     /* p50: rank 1.5 falls in (100, 250] holding 1 of the first 2: 100 + 150 * 0.5 */
     assert_int_equal(jget_int(hs, "p50_us"), 175);
+    /* p90: rank 2.7 in (2500, 5000]: 2500 + 2500 * 0.7 */
+    assert_int_equal(jget_int(hs, "p90_us"), 4250);
     /* p99: rank 2.97 in (2500, 5000]: 2500 + 2500 * 0.97 */
     assert_int_equal(jget_int(hs, "p99_us"), 4925);
     /* An empty histogram has no percentiles. */
@@ -534,11 +536,268 @@ static void test_stats_json_empty_view(void **state)
     json_decref(doc);
 }
 
+/* Requests on listener 0 of both workers, from two callers, two refused. */
+static void add_requests(struct fixture *f)
+{
+    const char *web = "spiffe://td/ns/shop/sa/web";
+    struct tt_request_record get = {
+        .method = "GET", .status = 200, .response_bytes = 100, .duration_us = 90};
+    struct tt_request_record post = {.method = "POST",
+                                     .status = 503,
+                                     .request_bytes = 1000,
+                                     .response_bytes = 50,
+                                     .duration_us = 3000};
+    struct tt_request_record del = {
+        .method = "DELETE", .status = 403, .response_bytes = 7, .duration_us = 10, .denied = true};
+
+    tt_metrics_request(f->workers[0], 0, web, &get);
+    tt_metrics_request(f->workers[0], 0, web, &get);
+    tt_metrics_request(f->workers[1], 0, web, &post);
+    tt_metrics_request(f->workers[1], 0, NULL, &del);
+    tt_metrics_request_refused(f->workers[0], 0, NULL, TT_H1_R_CL_AND_TE);
+    tt_metrics_request_refused(f->workers[1], 0, "", TT_H1_R_HEAD_TOO_LARGE);
+}
+
+/* Asserts o is {"none": c[0], "1xx": c[1], ..., "5xx": c[5]} and nothing else. */
+static void assert_classes(json_t *o, const json_int_t c[TT_REQ_STATUS_CLASSES])
+{
+    static const char *const names[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+
+    assert_true(json_is_object(o));
+    assert_int_equal(json_object_size(o), TT_REQ_STATUS_CLASSES);
+    for (int k = 0; k < TT_REQ_STATUS_CLASSES; k++)
+        assert_int_equal(jget_int(o, names[k]), c[k]);
+}
+
+static void test_stats_json_requests(void **state)
+{
+    struct fixture *f = *state;
+    const json_int_t l0_classes[] = {0, 0, 2, 0, 3, 1};
+    const json_int_t none_classes[] = {0, 0, 0, 0, 3, 0}, web_classes[] = {0, 0, 2, 0, 0, 1};
+    json_t *doc, *rq, *o, *lat, *peers, *p;
+
+    add_requests(f);
+    doc = tt_stats_json(&f->view);
+    assert_non_null(doc);
+    rq = json_object_get(json_array_get(json_object_get(doc, "listeners"), 0), "requests");
+    assert_true(json_is_object(rq));
+    assert_int_equal(json_object_size(rq), 8);
+    assert_int_equal(jget_int(rq, "total"), 6);
+    o = json_object_get(rq, "by_method");
+    assert_int_equal(json_object_size(o), 4); /* non-zero methods only */
+    assert_int_equal(jget_int(o, "GET"), 2);
+    assert_int_equal(jget_int(o, "POST"), 1);
+    assert_int_equal(jget_int(o, "DELETE"), 1);
+    assert_int_equal(jget_int(o, "other"), 2); /* the refused ones */
+    assert_classes(json_object_get(rq, "by_status"), l0_classes);
+    assert_int_equal(jget_int(rq, "request_bytes"), 1000);
+    assert_int_equal(jget_int(rq, "response_bytes"), 257);
+    assert_int_equal(jget_int(rq, "denied"), 1);
+    o = json_object_get(rq, "refused");
+    assert_int_equal(json_object_size(o), 2); /* non-zero reasons only */
+    assert_int_equal(jget_int(o, "content_length_and_transfer_encoding"), 1);
+    assert_int_equal(jget_int(o, "header_section_too_large"), 1);
+    lat = json_object_get(rq, "latency_us");
+    assert_int_equal(jget_int(lat, "count"), 4);
+    assert_int_equal(jget_int(lat, "sum_us"), 3190);
+    assert_int_equal(jget_int(lat, "p50_us"), 67);   /* rank 2 of 3 in [0, 100] */
+    assert_int_equal(jget_int(lat, "p90_us"), 4000); /* rank 3.6: 2500 + 2500 * 0.6 */
+    assert_int_equal(jget_int(lat, "p99_us"), 4900); /* rank 3.96 */
+    assert_int_equal(jget_int(json_array_get(json_object_get(lat, "buckets"), 0), "count"), 3);
+
+    /* The other listener saw nothing: zeros, empty objects, no percentiles. */
+    rq = json_object_get(json_array_get(json_object_get(doc, "listeners"), 1), "requests");
+    assert_int_equal(jget_int(rq, "total"), 0);
+    assert_int_equal(json_object_size(json_object_get(rq, "by_method")), 0);
+    assert_int_equal(json_object_size(json_object_get(rq, "refused")), 0);
+
+    /* Peers: "none" for callers without identity, sorted before the SPIFFE IDs. */
+    peers = json_object_get(doc, "peers");
+    assert_int_equal(json_array_size(peers), 2);
+    p = json_array_get(peers, 0);
+    assert_string_equal(json_string_value(json_object_get(p, "spiffe_id")), "none");
+    assert_int_equal(jget_int(p, "requests"), 3);
+    assert_int_equal(jget_int(p, "connections"), 0);
+    assert_classes(json_object_get(p, "requests_by_status"), none_classes);
+    p = json_array_get(peers, 1);
+    assert_string_equal(json_string_value(json_object_get(p, "spiffe_id")),
+                        "spiffe://td/ns/shop/sa/web");
+    assert_int_equal(jget_int(p, "requests"), 3);
+    assert_int_equal(jget_int(p, "connections"), 2); /* the fixture's, unchanged */
+    assert_classes(json_object_get(p, "requests_by_status"), web_classes);
+    json_decref(doc);
+}
+
+/* A sidecar that has seen no request renders "requests" with zeros, not missing. */
+static void test_stats_json_requests_idle(void **state)
+{
+    struct fixture *f = *state;
+    const json_int_t zero[TT_REQ_STATUS_CLASSES] = {0};
+    json_t *doc = tt_stats_json(&f->view);
+    json_t *ls = json_object_get(doc, "listeners"), *rq, *lat, *p;
+
+    assert_non_null(doc);
+    for (size_t i = 0; i < json_array_size(ls); i++) {
+        rq = json_object_get(json_array_get(ls, i), "requests");
+        assert_true(json_is_object(rq));
+        assert_int_equal(jget_int(rq, "total"), 0);
+        assert_true(json_is_object(json_object_get(rq, "by_method")));
+        assert_int_equal(json_object_size(json_object_get(rq, "by_method")), 0);
+        assert_classes(json_object_get(rq, "by_status"), zero);
+        assert_int_equal(jget_int(rq, "request_bytes"), 0);
+        assert_int_equal(jget_int(rq, "response_bytes"), 0);
+        assert_int_equal(jget_int(rq, "denied"), 0);
+        assert_true(json_is_object(json_object_get(rq, "refused")));
+        assert_int_equal(json_object_size(json_object_get(rq, "refused")), 0);
+        lat = json_object_get(rq, "latency_us");
+        assert_int_equal(jget_int(lat, "count"), 0);
+        assert_int_equal(jget_int(lat, "sum_us"), 0);
+        assert_true(json_is_null(json_object_get(lat, "p50_us")));
+        assert_true(json_is_null(json_object_get(lat, "p90_us")));
+        assert_true(json_is_null(json_object_get(lat, "p99_us")));
+        assert_int_equal(json_array_size(json_object_get(lat, "buckets")), TT_HIST_BUCKETS);
+    }
+    assert_int_equal(json_array_size(ls), 2);
+    p = json_array_get(json_object_get(doc, "peers"), 0);
+    assert_int_equal(jget_int(p, "requests"), 0);
+    assert_classes(json_object_get(p, "requests_by_status"), zero);
+    json_decref(doc);
+}
+
 static void assert_contains(const char *text, const char *needle)
 {
     if (strstr(text, needle) == NULL) {
         print_error("missing line: %s\n", needle);
         fail();
+    }
+}
+
+static void assert_lacks(const char *text, const char *needle)
+{
+    if (strstr(text, needle) != NULL) {
+        print_error("unexpected line: %s\n", needle);
+        fail();
+    }
+}
+
+static size_t count_of(const char *text, const char *needle)
+{
+    size_t n = 0;
+
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* The text format's rules (exposition format 0.0.4) as a small parser checks them: every
+ * line is a comment "# HELP name text" / "# TYPE name type" or a sample "name{labels}
+ * value"; each family has one HELP and one TYPE, before its samples, and its samples are
+ * contiguous; a sample's name is its family's (or, for a histogram, the family's _bucket,
+ * _sum, _count); label values are quoted with \\, \" and \n the only escapes; values are
+ * numbers. */
+static void assert_prometheus_valid(const char *text)
+{
+    char family[128] = "", type[16] = "", seen[8192] = " ";
+    const char *line = text;
+
+    assert_true(text[0] != '\0' && text[strlen(text) - 1] == '\n');
+    while (*line != '\0') {
+        const char *end = strchr(line, '\n'), *p = line;
+        char name[128], fam_key[140];
+        size_t n = 0;
+
+        assert_non_null(end);
+        if (strncmp(line, "# HELP ", 7) == 0 || strncmp(line, "# TYPE ", 7) == 0) {
+            bool is_type = line[2] == 'T';
+
+            p = line + 7;
+            while (p < end && *p != ' ')
+                name[n++] = *p++;
+            name[n] = '\0';
+            assert_true(n > 0 && p < end);
+            if (strcmp(name, family) != 0) { /* a new family: never seen before */
+                snprintf(fam_key, sizeof(fam_key), " %s ", name);
+                if (strstr(seen, fam_key) != NULL) {
+                    print_error("family %s announced twice or split\n", name);
+                    fail();
+                }
+                assert_true(strlen(seen) + strlen(fam_key) < sizeof(seen));
+                strcat(seen, fam_key + 1);
+                snprintf(family, sizeof(family), "%s", name);
+                type[0] = '\0';
+            } else if (is_type) {
+                assert_true(type[0] == '\0'); /* one TYPE per family */
+            }
+            if (is_type) {
+                snprintf(type, sizeof(type), "%.*s", (int)(end - p - 1), p + 1);
+                assert_true(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0 ||
+                            strcmp(type, "histogram") == 0);
+            }
+            line = end + 1;
+            continue;
+        }
+        assert_true(line[0] != '#');
+        /* name */
+        while (p < end && (*p == '_' || *p == ':' || (*p >= 'a' && *p <= 'z') ||
+                           (*p >= 'A' && *p <= 'Z') || (n > 0 && *p >= '0' && *p <= '9')))
+            name[n++] = *p++;
+        name[n] = '\0';
+        assert_true(n > 0);
+        assert_true(type[0] != '\0'); /* TYPE came before the samples */
+        if (strcmp(name, family) != 0) {
+            char want[160];
+            bool ok = false;
+
+            for (int s = 0; strcmp(type, "histogram") == 0 && s < 3 && !ok; s++) {
+                snprintf(want, sizeof(want), "%s%s", family,
+                         (const char *[]){"_bucket", "_sum", "_count"}[s]);
+                ok = strcmp(name, want) == 0;
+            }
+            if (!ok) {
+                print_error("sample %s outside its family (current %s)\n", name, family);
+                fail();
+            }
+        }
+        /* labels */
+        if (p < end && *p == '{') {
+            p++;
+            while (p < end && *p != '}') {
+                assert_true((*p >= 'a' && *p <= 'z') || *p == '_');
+                while (p < end && *p != '=')
+                    p++;
+                assert_true(p + 1 < end && p[1] == '"');
+                p += 2;
+                while (p < end && *p != '"') {
+                    if (*p == '\\') {
+                        assert_true(p[1] == '\\' || p[1] == '"' || p[1] == 'n');
+                        p++;
+                    }
+                    p++;
+                }
+                assert_true(p < end);
+                p++;
+                if (*p == ',')
+                    p++;
+                else
+                    assert_true(*p == '}');
+            }
+            assert_true(p < end);
+            p++;
+        }
+        /* value */
+        assert_true(*p == ' ');
+        p++;
+        {
+            char num[64];
+            char *stop;
+
+            assert_true(end - p > 0 && (size_t)(end - p) < sizeof(num));
+            memcpy(num, p, (size_t)(end - p));
+            num[end - p] = '\0';
+            strtod(num, &stop);
+            assert_true(*stop == '\0');
+        }
+        line = end + 1;
     }
 }
 
@@ -552,6 +811,7 @@ static void test_stats_prometheus_lines(void **state)
     tt_metrics_peer_add(f->workers[0], "we\"ird\\id\nx", 1, 2, false);
     text = tt_stats_prometheus(&f->view);
     assert_non_null(text);
+    assert_prometheus_valid(text);
     assert_contains(text, "# HELP tether_listener_connections_accepted_total ");
     assert_contains(text, "# TYPE tether_listener_connections_accepted_total counter\n");
     assert_contains(text, "\ntether_listener_connections_accepted_total{listener=\"inbound:"
@@ -613,6 +873,152 @@ static void test_stats_prometheus_lines(void **state)
         assert_int_equal(n, 1);
     }
     free(text);
+}
+
+static void test_stats_prometheus_requests(void **state)
+{
+    struct fixture *f = *state;
+    char *text;
+
+    add_requests(f);
+    text = tt_stats_prometheus(&f->view);
+    assert_non_null(text);
+    assert_prometheus_valid(text);
+#define IN  "listener=\"inbound:127.0.0.1:16006\""
+#define OUT "listener=\"outbound:127.0.0.1:16001\""
+    assert_contains(text, "# HELP tether_http_requests_total ");
+    assert_contains(text, "\n# TYPE tether_http_requests_total counter\n");
+    assert_contains(text, "\ntether_http_requests_total{" IN ",method=\"GET\","
+                          "status_class=\"2xx\"} 2\n");
+    assert_contains(text, "\ntether_http_requests_total{" IN ",method=\"POST\","
+                          "status_class=\"5xx\"} 1\n");
+    assert_contains(text, "\ntether_http_requests_total{" IN ",method=\"DELETE\","
+                          "status_class=\"4xx\"} 1\n");
+    assert_contains(text, "\ntether_http_requests_total{" IN ",method=\"other\","
+                          "status_class=\"4xx\"} 2\n");
+    /* Only non-zero series. */
+    assert_int_equal(count_of(text, "\ntether_http_requests_total{"), 4);
+    assert_lacks(text, "\ntether_http_requests_total{" OUT);
+
+    assert_contains(text, "\n# TYPE tether_http_request_duration_seconds histogram\n");
+    assert_contains(text, "\ntether_http_request_duration_seconds_bucket{" IN ",le=\"0.0001\"} "
+                          "3\n");
+    assert_contains(text, "\ntether_http_request_duration_seconds_bucket{" IN ",le=\"0.0025\"} "
+                          "3\n");
+    assert_contains(text, "\ntether_http_request_duration_seconds_bucket{" IN ",le=\"0.005\"} "
+                          "4\n");
+    assert_contains(text, "\ntether_http_request_duration_seconds_bucket{" IN ",le=\"+Inf\"} "
+                          "4\n");
+    assert_contains(text, "\ntether_http_request_duration_seconds_sum{" IN "} 0.003190\n");
+    assert_contains(text, "\ntether_http_request_duration_seconds_count{" IN "} 4\n");
+    assert_contains(text, "\ntether_http_request_duration_seconds_count{" OUT "} 0\n");
+
+    assert_contains(text, "\n# TYPE tether_http_request_bytes_total counter\n");
+    assert_contains(text, "\ntether_http_request_bytes_total{" IN ",kind=\"inbound\"} 1000\n");
+    assert_contains(text, "\ntether_http_request_bytes_total{" OUT ",kind=\"outbound\"} 0\n");
+    assert_contains(text, "\n# TYPE tether_http_response_bytes_total counter\n");
+    assert_contains(text, "\ntether_http_response_bytes_total{" IN ",kind=\"inbound\"} 257\n");
+    assert_contains(text, "\n# TYPE tether_http_requests_denied_total counter\n");
+    assert_contains(text, "\ntether_http_requests_denied_total{" IN ",kind=\"inbound\"} 1\n");
+    assert_contains(text, "\ntether_http_requests_denied_total{" OUT ",kind=\"outbound\"} 0\n");
+
+    assert_contains(text, "\n# TYPE tether_http_requests_refused_total counter\n");
+    assert_contains(text, "\ntether_http_requests_refused_total{" IN ","
+                          "reason=\"content_length_and_transfer_encoding\"} 1\n");
+    assert_contains(text, "\ntether_http_requests_refused_total{" IN ","
+                          "reason=\"header_section_too_large\"} 1\n");
+    assert_int_equal(count_of(text, "\ntether_http_requests_refused_total{"), 2);
+
+    assert_contains(text, "\n# TYPE tether_peer_http_requests_total counter\n");
+    assert_contains(text, "\ntether_peer_http_requests_total{peer=\"none\",status_class=\"4xx\"} "
+                          "3\n");
+    assert_contains(text, "\ntether_peer_http_requests_total{peer=\"spiffe://td/ns/shop/sa/web\","
+                          "status_class=\"2xx\"} 2\n");
+    assert_contains(text, "\ntether_peer_http_requests_total{peer=\"spiffe://td/ns/shop/sa/web\","
+                          "status_class=\"5xx\"} 1\n");
+    assert_int_equal(count_of(text, "\ntether_peer_http_requests_total{"), 3);
+#undef IN
+#undef OUT
+    free(text);
+}
+
+/* Every refusal reason renders under its tt_h1_reason_name, in both formats. */
+static void test_stats_requests_every_reason(void **state)
+{
+    struct fixture *f = *state;
+    json_t *doc, *refused;
+    char *text, needle[160];
+
+    for (int r = 1; r < TT_H1_R__COUNT; r++)
+        tt_metrics_request_refused(f->workers[r % 2], 1, NULL, r);
+    doc = tt_stats_json(&f->view);
+    assert_non_null(doc);
+    refused = json_object_get(
+        json_object_get(json_array_get(json_object_get(doc, "listeners"), 1), "requests"),
+        "refused");
+    assert_int_equal(json_object_size(refused), TT_H1_R__COUNT - 1);
+    for (int r = 1; r < TT_H1_R__COUNT; r++)
+        assert_int_equal(jget_int(refused, tt_h1_reason_name(r)), 1);
+    assert_int_equal(jget_int(refused, "bad_trailer"), 1);
+    assert_null(json_object_get(refused, "none"));
+    json_decref(doc);
+
+    text = tt_stats_prometheus(&f->view);
+    assert_non_null(text);
+    assert_prometheus_valid(text);
+    for (int r = 1; r < TT_H1_R__COUNT; r++) {
+        snprintf(needle, sizeof(needle),
+                 "\ntether_http_requests_refused_total{listener=\"outbound:127.0.0.1:16001\","
+                 "reason=\"%s\"} 1\n",
+                 tt_h1_reason_name(r));
+        assert_contains(text, needle);
+    }
+    snprintf(needle, sizeof(needle),
+             "\ntether_http_requests_total{listener=\"outbound:127.0.0.1:16001\","
+             "method=\"other\",status_class=\"4xx\"} %d\n",
+             TT_H1_R__COUNT - 1);
+    assert_contains(text, needle);
+    free(text);
+}
+
+/* Idle: every family is announced and the text stays valid without a single request. */
+static void test_stats_prometheus_requests_idle(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const families[] = {
+        "tether_http_requests_total",        "tether_http_request_duration_seconds",
+        "tether_http_request_bytes_total",   "tether_http_response_bytes_total",
+        "tether_http_requests_denied_total", "tether_http_requests_refused_total",
+        "tether_peer_http_requests_total",
+    };
+    char *text, needle[128];
+
+    f->view.identity = &f->identity;
+    f->view.policy = &f->policy;
+    text = tt_stats_prometheus(&f->view);
+    assert_non_null(text);
+    assert_prometheus_valid(text);
+    for (size_t i = 0; i < sizeof(families) / sizeof(families[0]); i++) {
+        snprintf(needle, sizeof(needle), "\n# HELP %s ", families[i]);
+        assert_int_equal(count_of(text, needle), 1);
+        snprintf(needle, sizeof(needle), "\n# TYPE %s ", families[i]);
+        assert_int_equal(count_of(text, needle), 1);
+    }
+    assert_lacks(text, "\ntether_http_requests_total{");
+    assert_lacks(text, "\ntether_peer_http_requests_total{");
+    assert_contains(text, "\ntether_http_request_duration_seconds_count{listener=\"inbound:127.0."
+                          "0.1:16006\"} 0\n");
+    free(text);
+
+    /* An empty view is valid too. */
+    {
+        struct tt_stats_view view = {0};
+
+        text = tt_stats_prometheus(&view);
+        assert_non_null(text);
+        assert_prometheus_valid(text);
+        free(text);
+    }
 }
 
 static void test_stats_prometheus_no_identity_no_policy(void **state)
@@ -682,6 +1088,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stats_prometheus_no_identity_no_policy, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_stats_certs_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_json_requests_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_prometheus_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_prometheus_requests_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_requests_every_reason, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

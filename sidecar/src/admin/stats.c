@@ -138,7 +138,7 @@ static json_t *quantile_json(const struct tt_hist *h, double q)
     return hist_quantile(h, q, &v) ? jint(v) : json_null();
 }
 
-/* {"count","sum_us","p50_us","p99_us","buckets":[{"le":bound,"count":cumulative}]} */
+/* {"count","sum_us","p50_us","p90_us","p99_us","buckets":[{"le":bound,"count":cumulative}]} */
 static json_t *hist_json(const struct tt_hist *h)
 {
     json_t *buckets = json_array();
@@ -155,9 +155,67 @@ static json_t *hist_json(const struct tt_hist *h)
             return NULL;
         }
     }
-    return json_pack("{s:I,s:I,s:o,s:o,s:o}", "count", (json_int_t)h->count, "sum_us",
-                     (json_int_t)h->sum_us, "p50_us", quantile_json(h, 0.50), "p99_us",
-                     quantile_json(h, 0.99), "buckets", buckets);
+    return json_pack("{s:I,s:I,s:o,s:o,s:o,s:o}", "count", (json_int_t)h->count, "sum_us",
+                     (json_int_t)h->sum_us, "p50_us", quantile_json(h, 0.50), "p90_us",
+                     quantile_json(h, 0.90), "p99_us", quantile_json(h, 0.99), "buckets", buckets);
+}
+
+/* {"none": n, "1xx": n, ..., "5xx": n}: every class, zeros included. */
+static json_t *status_classes_json(const uint64_t counts[TT_REQ_STATUS_CLASSES])
+{
+    json_t *o = json_object();
+
+    for (int k = 0; o != NULL && k < TT_REQ_STATUS_CLASSES; k++) {
+        if (json_object_set_new(o, tt_req_status_class_name(k), jint(counts[k])) != 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+/* Adds name: count to o when count is not zero; false on failure. */
+static bool set_nonzero(json_t *o, const char *name, uint64_t count)
+{
+    return count == 0 || json_object_set_new(o, name, jint(count)) == 0;
+}
+
+/* A listener's "requests": {"total", "by_method" (non-zero methods), "by_status" (every
+ * class), "request_bytes", "response_bytes", "denied", "refused" (non-zero reasons),
+ * "latency_us"}. NULL when out of memory. */
+static json_t *requests_json(const struct tt_request_counters *c)
+{
+    uint64_t total = 0, by_status[TT_REQ_STATUS_CLASSES] = {0};
+    json_t *by_method = json_object(), *refused = json_object();
+
+    if (by_method == NULL || refused == NULL)
+        goto err_free;
+    for (int m = 0; m < TT_REQ_METHOD__COUNT; m++) {
+        uint64_t n = 0;
+
+        for (int k = 0; k < TT_REQ_STATUS_CLASSES; k++) {
+            n += c->by_method_status[m][k];
+            by_status[k] += c->by_method_status[m][k];
+        }
+        total += n;
+        if (!set_nonzero(by_method, tt_req_method_name(m), n))
+            goto err_free;
+    }
+    /* Reason 0 is TT_H1_R_NONE ("not refused"), never counted. */
+    for (int r = 1; r < TT_H1_R__COUNT; r++) {
+        if (!set_nonzero(refused, tt_h1_reason_name(r), c->refused[r]))
+            goto err_free;
+    }
+    /* json_pack steals every "o" reference, on failure too. */
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "total", jint(total), "by_method",
+                     by_method, "by_status", status_classes_json(by_status), "request_bytes",
+                     jint(c->request_bytes), "response_bytes", jint(c->response_bytes), "denied",
+                     jint(c->denied), "refused", refused, "latency_us", hist_json(&c->latency_us));
+
+err_free:
+    json_decref(by_method);
+    json_decref(refused);
+    return NULL;
 }
 
 static json_t *reasons_json(const uint64_t *counts)
@@ -459,6 +517,11 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
                 json_object_set_new(lj, "endpoint_retries", jint(c->endpoint_retries));
                 json_object_set_new(lj, "canary", jint(c->canary));
             }
+            json_t *rj = requests_json(&c->requests);
+            if (rj == NULL || json_object_set_new(lj, "requests", rj) != 0) {
+                json_decref(lj);
+                goto err_free;
+            }
         }
         if (!append(listeners, lj))
             goto err_free;
@@ -466,10 +529,12 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
     for (size_t i = 0; i < sum.n_peers; i++) {
         const struct tt_peer_counters *p = &sum.peers[i];
 
-        if (!append(peers, json_pack("{s:o,s:I,s:I,s:I,s:I}", "spiffe_id", jstr(p->id),
-                                     "connections", (json_int_t)p->connections, "denied",
-                                     (json_int_t)p->denied, "bytes_in", (json_int_t)p->bytes_in,
-                                     "bytes_out", (json_int_t)p->bytes_out)))
+        if (!append(peers,
+                    json_pack("{s:o,s:I,s:I,s:I,s:I,s:o,s:o}", "spiffe_id", jstr(p->id),
+                              "connections", (json_int_t)p->connections, "denied",
+                              (json_int_t)p->denied, "bytes_in", (json_int_t)p->bytes_in,
+                              "bytes_out", (json_int_t)p->bytes_out, "requests", jint(p->requests),
+                              "requests_by_status", status_classes_json(p->requests_by_status))))
             goto err_free;
     }
     for (size_t i = 0; i < sum.n_failures; i++) {
@@ -700,6 +765,16 @@ static const struct listener_metric listener_metrics[] = {
      LC_OFF(endpoint_retries)},
 };
 
+/* Per-listener figures of the HTTP-aware data path, labelled as the families above. */
+static const struct listener_metric http_listener_metrics[] = {
+    {"tether_http_request_bytes_total", "counter", "HTTP request body bytes received.",
+     LC_OFF(requests.request_bytes)},
+    {"tether_http_response_bytes_total", "counter",
+     "HTTP response bytes (heads and bodies) relayed to clients.", LC_OFF(requests.response_bytes)},
+    {"tether_http_requests_denied_total", "counter", "HTTP requests answered 403 by policy.",
+     LC_OFF(requests.denied)},
+};
+
 static uint64_t listener_value(const struct tt_listener_counters *c, size_t off)
 {
     if (off == SIZE_MAX)
@@ -739,20 +814,24 @@ static void prom_hist(struct sbuf *sb, const char *name, const char *help,
     }
 }
 
+/* One family of per-listener values, a sample per listener labelled listener and kind. */
+static void prom_listener_family(struct sbuf *sb, const struct listener_metric *lm,
+                                 const struct tt_stats_view *view, const struct tt_metrics_sum *sum)
+{
+    sb_family(sb, lm->name, lm->type, lm->help);
+    for (size_t i = 0; i < view->n_listeners; i++) {
+        sb_printf(sb, "%s{", lm->name);
+        sb_label(sb, true, "listener", view->listeners[i].name);
+        sb_label(sb, false, "kind", kind_name(view->listeners[i].kind));
+        sb_printf(sb, "} %" PRIu64 "\n", listener_value(counters_at(sum, i), lm->off));
+    }
+}
+
 static void prom_listeners(struct sbuf *sb, const struct tt_stats_view *view,
                            const struct tt_metrics_sum *sum)
 {
-    for (size_t m = 0; m < TT_ARRAY_SIZE(listener_metrics); m++) {
-        const struct listener_metric *lm = &listener_metrics[m];
-
-        sb_family(sb, lm->name, lm->type, lm->help);
-        for (size_t i = 0; i < view->n_listeners; i++) {
-            sb_printf(sb, "%s{", lm->name);
-            sb_label(sb, true, "listener", view->listeners[i].name);
-            sb_label(sb, false, "kind", kind_name(view->listeners[i].kind));
-            sb_printf(sb, "} %" PRIu64 "\n", listener_value(counters_at(sum, i), lm->off));
-        }
-    }
+    for (size_t m = 0; m < TT_ARRAY_SIZE(listener_metrics); m++)
+        prom_listener_family(sb, &listener_metrics[m], view, sum);
 
     sb_family(sb, "tether_listener_handshake_failures_total", "counter",
               "TLS handshakes that failed, by reason.");
@@ -771,6 +850,50 @@ static void prom_listeners(struct sbuf *sb, const struct tt_stats_view *view,
               "Upstream TCP connect duration.", view, sum, LC_OFF(connect_us));
     prom_hist(sb, "tether_listener_connection_duration_seconds", "Connection lifetime.", view, sum,
               LC_OFF(duration_us));
+}
+
+/* The HTTP request families: requests by method and status class and refusals by reason
+ * (non-zero series only: most of the product is never seen), the request duration
+ * histogram, and the per-listener byte and denial counters. */
+static void prom_requests(struct sbuf *sb, const struct tt_stats_view *view,
+                          const struct tt_metrics_sum *sum)
+{
+    sb_family(sb, "tether_http_requests_total", "counter",
+              "HTTP requests, by method and response status class (none: no response).");
+    for (size_t i = 0; i < view->n_listeners; i++) {
+        const struct tt_request_counters *c = &counters_at(sum, i)->requests;
+
+        for (int m = 0; m < TT_REQ_METHOD__COUNT; m++) {
+            for (int k = 0; k < TT_REQ_STATUS_CLASSES; k++) {
+                if (c->by_method_status[m][k] == 0)
+                    continue;
+                sb_puts(sb, "tether_http_requests_total{");
+                sb_label(sb, true, "listener", view->listeners[i].name);
+                sb_label(sb, false, "method", tt_req_method_name(m));
+                sb_label(sb, false, "status_class", tt_req_status_class_name(k));
+                sb_printf(sb, "} %" PRIu64 "\n", c->by_method_status[m][k]);
+            }
+        }
+    }
+    prom_hist(sb, "tether_http_request_duration_seconds",
+              "HTTP request duration, request head received to response complete.", view, sum,
+              LC_OFF(requests.latency_us));
+    for (size_t m = 0; m < TT_ARRAY_SIZE(http_listener_metrics); m++)
+        prom_listener_family(sb, &http_listener_metrics[m], view, sum);
+    sb_family(sb, "tether_http_requests_refused_total", "counter",
+              "Malformed HTTP requests refused (400, 431), by reason.");
+    for (size_t i = 0; i < view->n_listeners; i++) {
+        const struct tt_request_counters *c = &counters_at(sum, i)->requests;
+
+        for (int r = 1; r < TT_H1_R__COUNT; r++) { /* 0 is TT_H1_R_NONE, never counted */
+            if (c->refused[r] == 0)
+                continue;
+            sb_puts(sb, "tether_http_requests_refused_total{");
+            sb_label(sb, true, "listener", view->listeners[i].name);
+            sb_label(sb, false, "reason", tt_h1_reason_name(r));
+            sb_printf(sb, "} %" PRIu64 "\n", c->refused[r]);
+        }
+    }
 }
 
 static void prom_policy(struct sbuf *sb, const struct tt_stats_view *view,
@@ -844,6 +967,18 @@ static void prom_peers(struct sbuf *sb, const struct tt_metrics_sum *sum)
                       *(const uint64_t *)((const char *)&sum->peers[i] + fams[f].off));
         }
     }
+    sb_family(sb, "tether_peer_http_requests_total", "counter",
+              "HTTP requests per peer identity (none: plaintext callers), by status class.");
+    for (size_t i = 0; i < sum->n_peers; i++) {
+        for (int k = 0; k < TT_REQ_STATUS_CLASSES; k++) {
+            if (sum->peers[i].requests_by_status[k] == 0)
+                continue;
+            sb_puts(sb, "tether_peer_http_requests_total{");
+            sb_label(sb, true, "peer", sum->peers[i].id);
+            sb_label(sb, false, "status_class", tt_req_status_class_name(k));
+            sb_printf(sb, "} %" PRIu64 "\n", sum->peers[i].requests_by_status[k]);
+        }
+    }
 }
 
 /* Renders the view in Prometheus text format 0.0.4; malloc'ed string or NULL. */
@@ -904,6 +1039,7 @@ char *tt_stats_prometheus(const struct tt_stats_view *view)
     sb_printf(&sb, "tether_identity_rotations_total %" PRIu64 "\n", view->rotations);
 
     prom_listeners(&sb, view, &sum);
+    prom_requests(&sb, view, &sum);
     prom_policy(&sb, view, &sum);
     prom_peers(&sb, &sum);
     tt_metrics_sum_done(&sum);

@@ -51,6 +51,7 @@ enum tt_h1_reason {
                                * or asterisk-form (OPTIONS), a fragment, bad %-encoding */
     TT_H1_R_BAD_HOST,         /* "bad_host": HTTP/1.1 without Host, or two Host fields */
     TT_H1_R_BAD_TRAILER,      /* "bad_trailer": a trailer field's name or value */
+    TT_H1_R__COUNT,
 };
 
 /* Bounds; 0 picks the default in brackets. */

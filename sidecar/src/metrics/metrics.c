@@ -1,7 +1,8 @@
 /* Per-worker counters and their summing for /stats. Each worker writes only its own
  * struct tt_metrics; plain counters use the single-writer macros of metrics.h, the
  * string-keyed parts (peers, recent failures) are guarded by the worker's mutex, which
- * only connection close, handshake failure and the /stats reader take. */
+ * only connection close, handshake failure, a finished HTTP request (once each) and the
+ * /stats reader take. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,10 +25,22 @@ static const char *const hs_reason_names[TT_HS__COUNT] = {
     [TT_HS_PROTOCOL] = "protocol", [TT_HS_BAD_USAGE] = "bad_usage",
 };
 
+static const char *const req_method_names[TT_REQ_METHOD__COUNT] = {
+    [TT_REQ_GET] = "GET",         [TT_REQ_HEAD] = "HEAD",       [TT_REQ_POST] = "POST",
+    [TT_REQ_PUT] = "PUT",         [TT_REQ_DELETE] = "DELETE",   [TT_REQ_PATCH] = "PATCH",
+    [TT_REQ_OPTIONS] = "OPTIONS", [TT_REQ_CONNECT] = "CONNECT", [TT_REQ_OTHER] = "other",
+};
+
+static const char *const req_class_names[TT_REQ_STATUS_CLASSES] = {
+    "none", "1xx", "2xx", "3xx", "4xx", "5xx",
+};
+
 /* The peer entry that collects identities once the table is full. */
 #define PEER_OTHER "other"
 /* Connections whose peer presented no identity (e.g. refused before the handshake). */
 #define PEER_UNKNOWN "unknown"
+/* HTTP requests from a caller without an identity (a plaintext caller). */
+#define PEER_NONE "none"
 
 /* Returns the /stats name of `reason`; "protocol" for an out-of-range value. */
 const char *tt_hs_reason_name(enum tt_hs_reason reason)
@@ -63,6 +76,40 @@ enum tt_hs_reason tt_hs_reason_from_err(int err)
     default:
         return TT_HS_PROTOCOL;
     }
+}
+
+/* The method's counter index: an exact, case-sensitive match, else TT_REQ_OTHER. */
+enum tt_req_method tt_req_method_of(const char *method)
+{
+    if (method == NULL)
+        return TT_REQ_OTHER;
+    for (int i = 0; i < TT_REQ_OTHER; i++) {
+        if (strcmp(method, req_method_names[i]) == 0)
+            return (enum tt_req_method)i;
+    }
+    return TT_REQ_OTHER;
+}
+
+/* The /stats name of a method index; "other" when out of range. */
+const char *tt_req_method_name(enum tt_req_method m)
+{
+    if ((unsigned)m >= TT_REQ_METHOD__COUNT)
+        return req_method_names[TT_REQ_OTHER];
+    return req_method_names[m];
+}
+
+/* The status class of `status`: 1..5 for 100..599, else 0 ("none"). */
+int tt_req_status_class(int status)
+{
+    return status >= 100 && status <= 599 ? status / 100 : 0;
+}
+
+/* The /stats name of a status class; "none" when out of range. */
+const char *tt_req_status_class_name(int cls)
+{
+    if (cls < 0 || cls >= TT_REQ_STATUS_CLASSES)
+        return req_class_names[0];
+    return req_class_names[cls];
 }
 
 /* Allocates zeroed counters for n_listeners listeners; NULL when out of memory. */
@@ -206,6 +253,58 @@ void tt_metrics_peer_add(struct tt_metrics *m, const char *spiffe_id, uint64_t b
     pthread_mutex_unlock(&m->lock);
 }
 
+/* Counts one request of status class `cls` for the caller (NULL or "" is "none"), under
+ * the worker's lock, taken once. */
+static void peer_request(struct tt_metrics *m, const char *caller_id, int cls)
+{
+    char id[sizeof(((struct tt_peer_counters *)0)->id)];
+    struct tt_peer_counters *p;
+
+    copy_str(id, sizeof(id), caller_id && *caller_id ? caller_id : PEER_NONE);
+    pthread_mutex_lock(&m->lock);
+    p = peer_slot(m, id);
+    p->requests++;
+    p->requests_by_status[cls]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* Counts a finished request (metrics.h). */
+void tt_metrics_request(struct tt_metrics *m, int li, const char *caller_id,
+                        const struct tt_request_record *r)
+{
+    struct tt_request_counters *c;
+    int cls = tt_req_status_class(r->status);
+
+    if (li < 0 || (size_t)li >= m->n_listeners)
+        return;
+    c = &m->listeners[li].requests;
+    TT_COUNTER_ADD(c->by_method_status[tt_req_method_of(r->method)][cls], 1);
+    TT_COUNTER_ADD(c->request_bytes, r->request_bytes);
+    TT_COUNTER_ADD(c->response_bytes, r->response_bytes);
+    if (r->denied)
+        TT_COUNTER_ADD(c->denied, 1);
+    tt_metrics_observe(&c->latency_us, r->duration_us);
+    peer_request(m, caller_id, cls);
+}
+
+/* Counts a request refused as malformed (metrics.h). */
+void tt_metrics_request_refused(struct tt_metrics *m, int li, const char *caller_id,
+                                enum tt_h1_reason reason)
+{
+    struct tt_request_counters *c;
+    int cls;
+
+    if (li < 0 || (size_t)li >= m->n_listeners)
+        return;
+    if ((unsigned)reason >= TT_H1_R__COUNT || reason == TT_H1_R_NONE)
+        reason = TT_H1_R_MALFORMED;
+    cls = tt_req_status_class(tt_h1_reason_status(reason)); /* 400 or 431: 4xx */
+    c = &m->listeners[li].requests;
+    TT_COUNTER_ADD(c->refused[reason], 1);
+    TT_COUNTER_ADD(c->by_method_status[TT_REQ_OTHER][cls], 1);
+    peer_request(m, caller_id, cls);
+}
+
 /* Counts a destination event (metrics.h). */
 void tt_metrics_dest_add(struct tt_metrics *m, const char *key, enum tt_dest_event event)
 {
@@ -258,6 +357,18 @@ static void listener_add(struct tt_listener_counters *dst, struct tt_listener_co
 
     for (size_t i = 0; i < sizeof(*dst) / sizeof(uint64_t); i++)
         d[i] += TT_COUNTER_GET(s[i]);
+}
+
+/* Adds every counter of src into dst (same identity, another worker). */
+static void peer_merge(struct tt_peer_counters *dst, const struct tt_peer_counters *src)
+{
+    dst->connections += src->connections;
+    dst->denied += src->denied;
+    dst->bytes_in += src->bytes_in;
+    dst->bytes_out += src->bytes_out;
+    dst->requests += src->requests;
+    for (int k = 0; k < TT_REQ_STATUS_CLASSES; k++)
+        dst->requests_by_status[k] += src->requests_by_status[k];
 }
 
 static int peer_cmp(const void *a, const void *b)
@@ -509,10 +620,7 @@ int tt_metrics_sum(struct tt_metrics *const *workers, size_t n_workers, struct t
         if (out->n_peers > 0 && strcmp(out->peers[out->n_peers - 1].id, p->id) == 0) {
             struct tt_peer_counters *d = &out->peers[out->n_peers - 1];
 
-            d->connections += p->connections;
-            d->denied += p->denied;
-            d->bytes_in += p->bytes_in;
-            d->bytes_out += p->bytes_out;
+            peer_merge(d, p);
         } else {
             if (out->n_peers != i)
                 out->peers[out->n_peers] = *p;

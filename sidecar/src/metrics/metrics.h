@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "http/h1.h" /* enum tt_h1_reason: metrics is above http in the layer order */
 #include "tls/identity.h"
 
 struct tt_policy;
@@ -53,6 +54,51 @@ struct tt_hist {
     uint64_t sum_us;
 };
 
+/* HTTP request methods counted on their own; every other method is TT_REQ_OTHER, so a
+ * client cannot grow the metrics by inventing methods. */
+enum tt_req_method {
+    TT_REQ_GET,
+    TT_REQ_HEAD,
+    TT_REQ_POST,
+    TT_REQ_PUT,
+    TT_REQ_DELETE,
+    TT_REQ_PATCH,
+    TT_REQ_OPTIONS,
+    TT_REQ_CONNECT,
+    TT_REQ_OTHER,
+    TT_REQ_METHOD__COUNT,
+};
+
+/* The method named exactly (case-sensitive, RFC 9110 §9.1) by `method`; TT_REQ_OTHER for
+ * anything else, NULL included. */
+enum tt_req_method tt_req_method_of(const char *method);
+
+/* "GET", "HEAD", ..., "CONNECT", and "other" (also for an out-of-range value). */
+const char *tt_req_method_name(enum tt_req_method m);
+
+/* Status classes: index 0 is "none" (no response was sent: reset, timeout, closed),
+ * 1..5 are 1xx..5xx. */
+#define TT_REQ_STATUS_CLASSES 6
+
+/* The class of a status sent to a client: status / 100 for 100..599, 0 ("none") for 0 and
+ * for anything outside 100..599 (not a status a response can carry). */
+int tt_req_status_class(int status);
+
+/* "none", "1xx", ..., "5xx" for classes 0..5; "none" for an out-of-range class. */
+const char *tt_req_status_class_name(int cls);
+
+/* Per listener, per worker: requests seen by the HTTP-aware data path. Made of uint64_t
+ * only, like tt_listener_counters that holds it. */
+struct tt_request_counters {
+    uint64_t by_method_status[TT_REQ_METHOD__COUNT][TT_REQ_STATUS_CLASSES];
+    uint64_t request_bytes;           /* request bodies, bytes */
+    uint64_t response_bytes;          /* response bodies+heads as relayed, bytes */
+    uint64_t denied;                  /* answered 403 by policy (also in by_method_status as 4xx) */
+    uint64_t refused[TT_H1_R__COUNT]; /* malformed requests refused (400/431), by reason (also in
+                                         by_method_status, as method "other", 4xx) */
+    struct tt_hist latency_us;        /* request head received -> response complete */
+};
+
 /* Per listener, per worker. */
 struct tt_listener_counters {
     uint64_t accepted;           /* connections accepted */
@@ -81,6 +127,9 @@ struct tt_listener_counters {
     uint64_t plaintext;        /* inbound, permissive: callers without TLS let in */
     uint64_t endpoint_retries; /* outbound: a failed connect retried on another endpoint */
     uint64_t canary;           /* readiness probe connections answered */
+
+    /* HTTP-aware data path (Tether issue 10). */
+    struct tt_request_counters requests;
 };
 
 #define TT_METRICS_PEERS    256 /* distinct peer identities tracked per worker */
@@ -106,6 +155,8 @@ struct tt_peer_counters {
     uint64_t denied;
     uint64_t bytes_in;
     uint64_t bytes_out;
+    uint64_t requests;                                  /* HTTP requests (tt_metrics_request*) */
+    uint64_t requests_by_status[TT_REQ_STATUS_CLASSES]; /* of which by status class */
 };
 
 struct tt_hs_failure {
@@ -161,6 +212,30 @@ void tt_metrics_hs_failure(struct tt_metrics *m, int li, enum tt_hs_reason reaso
  * (an identity beyond TT_METRICS_PEERS distinct ones is counted under "other"). */
 void tt_metrics_peer_add(struct tt_metrics *m, const char *spiffe_id, uint64_t bytes_in,
                          uint64_t bytes_out, bool denied);
+
+/* A finished HTTP request, as the data path saw it. */
+struct tt_request_record {
+    const char *method; /* as sent */
+    int status;         /* final status sent to the client, 0 when none */
+    uint64_t request_bytes, response_bytes, duration_us;
+    bool denied; /* policy answered 403 */
+};
+
+/* Counts a finished request on listener li: by method and status class, its bytes, its
+ * duration in the listener's latency_us, a denial; and for the caller identity (NULL or
+ * "": counted under "none" -- a plaintext caller -- in the peer table) its status class.
+ * An out-of-range li counts nothing at all. Takes the worker's lock once (the peer
+ * table). Worker thread only. */
+void tt_metrics_request(struct tt_metrics *m, int li, const char *caller_id,
+                        const struct tt_request_record *r);
+
+/* Counts a request refused as malformed (status 400/431) on listener li with its reason
+ * (TT_H1_R_NONE or an out-of-range reason counts as "malformed"), in by_method_status as
+ * method "other" (a refused request's method is not to be trusted) and class 4xx, and for
+ * the caller identity as tt_metrics_request() does. An out-of-range li counts nothing.
+ * Worker thread only. */
+void tt_metrics_request_refused(struct tt_metrics *m, int li, const char *caller_id,
+                                enum tt_h1_reason reason);
 
 /* Counts `event` for destination or port `key` (truncated to fit; beyond
  * TT_METRICS_DESTS distinct keys counted under "other"). */
