@@ -118,6 +118,11 @@ def test(env):
     for k in ("name", "kind", "accepted", "active", "bytes_in", "bytes_out", "handshakes",
               "handshake_failures", "allowed", "denied"):
         ok(k in li, "listener has %s" % k)
+    rq = li.get("requests") or {}
+    ok(rq.get("total") == 0 and rq.get("by_method") == {} and rq.get("refused") == {} and
+       rq.get("by_status") == {c: 0 for c in ("none", "1xx", "2xx", "3xx", "4xx", "5xx")} and
+       rq.get("latency_us", {}).get("count") == 0,
+       "listener has requests, zeros before any HTTP-aware request (%r)" % (rq,))
     rules = {r["name"]: r for r in s["policy"]["rules"]}
     ok(all("hits" in r and "audit_would_deny" in r for r in rules.values()),
        "every rule has hits and audit_would_deny")
@@ -149,6 +154,14 @@ def test(env):
        "prometheus accepted for the inbound listener == JSON's %r (%r)" % (li["accepted"],
                                                                             acc[:1]))
     ok(any("no_cert" in ln for ln in lines), "handshake failure reasons present")
+    # Per-request HTTP metrics (issue 10): announced and valid with no request seen.
+    for fam in ("tether_http_requests_total", "tether_http_request_duration_seconds",
+                "tether_http_request_bytes_total", "tether_http_response_bytes_total",
+                "tether_http_requests_denied_total", "tether_http_requests_refused_total",
+                "tether_peer_http_requests_total"):
+        ok(text.count("# TYPE %s " % fam) == 1, "prometheus announces %s once" % fam)
+    ok(any(ln.startswith("tether_http_request_duration_seconds_count{") and
+           str(in_port) in ln for ln in lines), "request duration histogram per listener")
 
     # Unknown path, hostile requests; the endpoint survives them.
     st, _ = sc.get("/nope")
