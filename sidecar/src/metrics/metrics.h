@@ -232,8 +232,9 @@ void tt_metrics_request(struct tt_metrics *m, int li, const char *caller_id,
 /* Counts a request refused as malformed (status 400/431) on listener li with its reason
  * (TT_H1_R_NONE or an out-of-range reason counts as "malformed"), in by_method_status as
  * method "other" (a refused request's method is not to be trusted) and class 4xx, and for
- * the caller identity as tt_metrics_request() does. An out-of-range li counts nothing.
- * Worker thread only. */
+ * the caller identity as tt_metrics_request() does. Call it instead of
+ * tt_metrics_request() for such a request, not as well (it would be counted twice). An
+ * out-of-range li counts nothing. Worker thread only. */
 void tt_metrics_request_refused(struct tt_metrics *m, int li, const char *caller_id,
                                 enum tt_h1_reason reason);
 
