@@ -34,7 +34,7 @@ LIBS = {
                    ["proto/", "sidecar/src/control/cpclient.c", "control/sidecar_api.c"]),
     "http-parser": (re.compile(r"/http_parser\.h$"),
                     ["sidecar/src/admin/httpd.c", "sidecar/src/admin/admin.c", "control/api.c",
-                     "control/httpc.c", "sidecar/src/http/h1.c"]),
+                     "control/httpc.c", "sidecar/src/http/h1.c", "sidecar/src/http/h1resp.c"]),
     "nghttp2": (re.compile(r"/nghttp2/"), ["sidecar/src/http/"]),
     "libyaml": (re.compile(r"/include/yaml\.h$"), ["control/yaml.c"]),
 }

@@ -1,0 +1,412 @@
+/* The HTTP/1.x response framing reader (see h1resp.h). http-parser in HTTP_RESPONSE mode
+ * does all the parsing; this module tells it what only the request knows (a response to
+ * HEAD has no body, a 2xx to CONNECT and a 101 to an upgrade end HTTP) and turns its
+ * callbacks into events at exact byte offsets.
+ *
+ * http-parser is paused at each head and each message end, so that events reach the
+ * caller from tt_h1resp_feed's own loop. Paused at a head's end, http-parser 2.9.4 has not
+ * consumed the head's last LF yet (it returns p - data there, while message ends count
+ * their last byte): the loop then runs it on that one byte at once, which also reads the
+ * end of a bodiless response. So the count returned after any event includes its last
+ * byte, and a head and the end behind it may both be read before either is delivered:
+ * they wait in a queue of two.
+ *
+ * Not wired into the data path yet (Tether issue 10). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <http_parser.h>
+
+#include "core/errors.h"
+#include "http/h1resp.h"
+
+enum h1resp_state {
+    RS_READING,  /* between or inside responses */
+    RS_DONE,     /* a final response without keep-alive ended: nothing more is read */
+    RS_UPGRADED, /* a 101 or a 2xx to CONNECT ended: the rest is not HTTP */
+    RS_FAILED,   /* bad bytes or a callback failed: every call returns r->error */
+};
+
+/* What a request told by tt_h1resp_expect means for its response's framing. */
+enum req_kind {
+    REQ_OTHER,   /* a body framed by its headers */
+    REQ_HEAD,    /* never a body (RFC 9110 §9.3.2) */
+    REQ_CONNECT, /* a 2xx starts a tunnel (RFC 9110 §9.3.6) */
+};
+
+struct expected {
+    enum req_kind kind;
+    bool upgrade; /* the request asked for an upgrade: a 101 may answer it */
+};
+
+/* An event read from the bytes, waiting to be delivered. */
+struct event {
+    enum { EV_HEAD, EV_END } kind;
+    int status;
+    bool keep_alive; /* EV_HEAD's */
+};
+
+struct tt_h1resp {
+    http_parser parser;
+    struct tt_h1resp_callbacks cb;
+    void *ud;
+    enum h1resp_state state;
+    long error;
+    const char *why; /* tt_h1resp_why's answer once failed */
+
+    /* The requests told and not yet answered by a final response: a ring. */
+    struct expected *fifo;
+    size_t fifo_cap, fifo_head, fifo_len;
+
+    /* The response being read, set in on_headers_complete. */
+    int status;
+    bool keep_alive;
+    bool upgrading; /* a 101 to an upgrade, a 2xx to CONNECT */
+    bool head_read; /* on_headers_complete ran (and paused) in this execute */
+    bool end_read;  /* on_message_complete ran (and paused) in this execute */
+
+    /* Events read and not delivered yet, in order. */
+    struct event evq[2];
+    size_t ev_first, ev_n;
+};
+
+/* ---- http-parser callbacks: pause at each event ---- */
+
+static int on_message_begin(http_parser *p)
+{
+    struct tt_h1resp *r = p->data;
+
+    /* A response nobody asked for (RFC 9112 §9.3: responses come in request order). */
+    if (r->fifo_len == 0) {
+        r->why = "unsolicited_response";
+        return -1;
+    }
+    return 0;
+}
+
+/* Decides the framing only the request knows and pauses. Returns 1 (no body) for a HEAD
+ * request's response, a 1xx, 204 and 304 (http-parser would read a body their
+ * Content-Length or chunked coding announced: RFC 9112 §6.3 rules 1 and 2 say there is
+ * none), 2 (no body, and no more HTTP) for a 101 to an upgrade or a 2xx to CONNECT, -1
+ * for what is not a response to the request in front. */
+static int on_headers_complete(http_parser *p)
+{
+    struct tt_h1resp *r = p->data;
+    const struct expected *req = &r->fifo[r->fifo_head];
+    int st = (int)p->status_code;
+    int rc = 0;
+
+    if (p->http_major != 1) {
+        r->why = "bad_version";
+        return -1;
+    }
+    if (st < 100 || st > 599) {
+        r->why = "bad_status";
+        return -1;
+    }
+    r->status = st;
+    r->upgrading = false;
+    if (st == 101) {
+        if (!req->upgrade || req->kind == REQ_CONNECT) {
+            r->why = "unexpected_101"; /* RFC 9110 §15.2.2: only to a request that asked */
+            return -1;
+        }
+        r->upgrading = true;
+        rc = 2;
+    } else if (req->kind == REQ_CONNECT && st / 100 == 2) {
+        r->upgrading = true;
+        rc = 2;
+    } else if (req->kind == REQ_HEAD || st / 100 == 1 || st == 204 || st == 304) {
+        rc = 1;
+    }
+    r->head_read = true;
+    http_parser_pause(p, 1);
+    return rc;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct tt_h1resp *r = p->data;
+
+    r->end_read = true;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_message_begin,
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- the reader ---- */
+
+/*
+ * Allocates a reader; see h1resp.h.
+ */
+struct tt_h1resp *tt_h1resp_new(const struct tt_h1resp_callbacks *cb, void *ud)
+{
+    struct tt_h1resp *r = calloc(1, sizeof(*r));
+
+    if (r == NULL)
+        return NULL;
+    r->cb = *cb;
+    r->ud = ud;
+    http_parser_init(&r->parser, HTTP_RESPONSE);
+    r->parser.data = r;
+    return r;
+}
+
+/*
+ * Frees a reader. Accepts NULL.
+ */
+void tt_h1resp_free(struct tt_h1resp *r)
+{
+    if (r == NULL)
+        return;
+    free(r->fifo);
+    free(r);
+}
+
+/*
+ * Queues a request's response; see h1resp.h. The ring doubles when full (unwrapped into
+ * the new array), so a long pipeline costs one allocation per doubling.
+ */
+int tt_h1resp_expect(struct tt_h1resp *r, const char *method, bool upgrade)
+{
+    struct expected *e;
+
+    if (r->fifo_len == r->fifo_cap) {
+        size_t cap = r->fifo_cap ? 2 * r->fifo_cap : 4;
+        struct expected *n = malloc(cap * sizeof(*n));
+
+        if (n == NULL)
+            return -ENOMEM;
+        for (size_t i = 0; i < r->fifo_len; i++)
+            n[i] = r->fifo[(r->fifo_head + i) % r->fifo_cap];
+        free(r->fifo);
+        r->fifo = n;
+        r->fifo_cap = cap;
+        r->fifo_head = 0;
+    }
+    e = &r->fifo[(r->fifo_head + r->fifo_len) % r->fifo_cap];
+    e->kind = strcmp(method, "HEAD") == 0      ? REQ_HEAD
+              : strcmp(method, "CONNECT") == 0 ? REQ_CONNECT
+                                               : REQ_OTHER;
+    e->upgrade = upgrade;
+    r->fifo_len++;
+    return 0;
+}
+
+/* Fails the reader with err; `why` names the cause unless a callback of ours named it. */
+static long fail(struct tt_h1resp *r, long err, const char *why)
+{
+    if (r->why == NULL)
+        r->why = why;
+    r->state = RS_FAILED;
+    r->error = err;
+    r->ev_n = 0;
+    return err;
+}
+
+static void push_event(struct tt_h1resp *r, const struct event *ev)
+{
+    r->evq[(r->ev_first + r->ev_n) % 2] = *ev;
+    r->ev_n++;
+}
+
+/* Queues the events the last execute paused at: the head (with its keep-alive, now that
+ * http-parser knows whether the body was skipped), then the end. */
+static void queue_events(struct tt_h1resp *r)
+{
+    if (r->head_read) {
+        struct event ev = {.kind = EV_HEAD, .status = r->status};
+
+        /* An interim response never ends the connection: the final one follows. */
+        if (r->upgrading)
+            ev.keep_alive = false;
+        else if (r->status / 100 == 1)
+            ev.keep_alive = true;
+        else
+            ev.keep_alive = http_should_keep_alive(&r->parser) != 0;
+        r->keep_alive = ev.keep_alive;
+        push_event(r, &ev);
+        r->head_read = false;
+    }
+    if (r->end_read) {
+        struct event ev = {.kind = EV_END, .status = r->status};
+
+        push_event(r, &ev);
+        r->end_read = false;
+    }
+}
+
+/* Delivers the first waiting event and applies what it means to the reader: a final
+ * response answers the request in front; an upgrade or a final response without
+ * keep-alive ends the reader. Returns the callback's answer. */
+static int deliver(struct tt_h1resp *r)
+{
+    struct event ev = r->evq[r->ev_first];
+    int rc = 0;
+
+    r->ev_first = (r->ev_first + 1) % 2;
+    r->ev_n--;
+    if (ev.kind == EV_HEAD) {
+        if (r->cb.on_head)
+            rc = r->cb.on_head(r->ud, ev.status, ev.keep_alive);
+        return rc;
+    }
+    if (ev.status / 100 != 1 || ev.status == 101) {
+        r->fifo_head = (r->fifo_head + 1) % r->fifo_cap;
+        r->fifo_len--;
+    }
+    if (r->upgrading)
+        r->state = RS_UPGRADED;
+    else if (!r->keep_alive && ev.status / 100 != 1)
+        r->state = RS_DONE;
+    else {
+        /* A fresh parser for the next response. Debian's lenient http-parser goes on by
+         * itself, but a strict build (HTTP_PARSER_STRICT) stops for good after a message
+         * without keep-alive, an interim response saying "Connection: close" among them:
+         * only the final response decides. */
+        http_parser_init(&r->parser, HTTP_RESPONSE);
+        r->parser.data = r;
+    }
+    if (r->cb.on_end)
+        rc = r->cb.on_end(r->ud, ev.status);
+    return rc;
+}
+
+/* Delivers waiting events until none is left or one pauses. Returns 0, TT_H1_PAUSE, or a
+ * callback's negative value (the reader then failed). */
+static int deliver_all(struct tt_h1resp *r)
+{
+    while (r->ev_n > 0) {
+        int rc = deliver(r);
+
+        if (rc < 0)
+            return (int)fail(r, rc, "callback_failed");
+        if (rc == TT_H1_PAUSE)
+            return rc;
+    }
+    return 0;
+}
+
+/* Runs http-parser over data[0..len) until its next event, and, paused at a head's end,
+ * over the head's last byte too. Returns the bytes consumed (events queued) or
+ * TT_E_HTTP. */
+static long execute(struct tt_h1resp *r, const char *data, size_t len)
+{
+    size_t n = http_parser_execute(&r->parser, &settings, data, len);
+    enum http_errno e = HTTP_PARSER_ERRNO(&r->parser);
+
+    if (e != HPE_OK && e != HPE_PAUSED)
+        return TT_E_HTTP;
+    if (e == HPE_PAUSED)
+        http_parser_pause(&r->parser, 0);
+    if (r->head_read && !r->end_read) {
+        /* Paused before the head's last LF (in the buffer: the pause came on it). It ends
+         * the head and may end a bodiless response. */
+        size_t m;
+
+        if (n >= len)
+            return TT_E_HTTP; /* not http-parser 2.9's behaviour */
+        m = http_parser_execute(&r->parser, &settings, data + n, 1);
+        e = HTTP_PARSER_ERRNO(&r->parser);
+        if ((e != HPE_OK && e != HPE_PAUSED) || m != 1)
+            return TT_E_HTTP;
+        if (e == HPE_PAUSED)
+            http_parser_pause(&r->parser, 0);
+        n++;
+    }
+    queue_events(r);
+    return (long)n;
+}
+
+/*
+ * Feeds the workload's bytes; see h1resp.h. Each round delivers what is waiting, then
+ * runs http-parser until its next event.
+ */
+long tt_h1resp_feed(struct tt_h1resp *r, const char *data, size_t len)
+{
+    size_t off = 0;
+    int rc;
+
+    if (r->state == RS_FAILED)
+        return r->error;
+    for (;;) {
+        long n;
+
+        rc = deliver_all(r);
+        if (rc < 0)
+            return rc;
+        if (rc == TT_H1_PAUSE || r->state != RS_READING || off == len)
+            break;
+        n = execute(r, data + off, len - off);
+        if (n < 0)
+            return fail(r, n, "malformed_response");
+        if (n == 0 && r->ev_n == 0)
+            return fail(r, TT_E_HTTP, "malformed_response"); /* no progress: not http-parser 2.9 */
+        off += (size_t)n;
+    }
+    return (long)off;
+}
+
+/*
+ * The workload's end of output; see h1resp.h.
+ */
+int tt_h1resp_finish(struct tt_h1resp *r)
+{
+    enum http_errno e;
+    int rc;
+
+    if (r->state == RS_FAILED)
+        return (int)r->error;
+    while (r->ev_n > 0) {
+        rc = deliver_all(r);
+        if (rc < 0)
+            return rc;
+    }
+    if (r->state != RS_READING)
+        return 0;
+    /* A zero length tells http-parser the input ended: it completes a body read until
+     * the close, accepts the boundary between messages, and refuses the rest. */
+    http_parser_execute(&r->parser, &settings, NULL, 0);
+    e = HTTP_PARSER_ERRNO(&r->parser);
+    if (e != HPE_OK && e != HPE_PAUSED)
+        return (int)fail(r, TT_E_HTTP, "response_cut_short");
+    if (e == HPE_PAUSED)
+        http_parser_pause(&r->parser, 0);
+    queue_events(r);
+    if (r->ev_n == 0)
+        return 0;
+    /* A close-delimited body has no keep-alive: its end ends the reader. */
+    rc = deliver_all(r);
+    return rc < 0 ? rc : 0;
+}
+
+bool tt_h1resp_upgraded(const struct tt_h1resp *r)
+{
+    return r->state == RS_UPGRADED;
+}
+
+bool tt_h1resp_done(const struct tt_h1resp *r)
+{
+    return r->state == RS_DONE || r->state == RS_UPGRADED;
+}
+
+const char *tt_h1resp_why(const struct tt_h1resp *r)
+{
+    return r->state == RS_FAILED ? r->why : NULL;
+}
+
+size_t tt_h1resp_pending(const struct tt_h1resp *r)
+{
+    return r->fifo_len;
+}
+
+bool tt_h1resp_ready(const struct tt_h1resp *r)
+{
+    return r->state != RS_FAILED && r->ev_n > 0;
+}
