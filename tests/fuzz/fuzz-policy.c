@@ -33,7 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         tt_policy_check(p, ids[i], ids[(i + 1) % 3], (uint16_t)(8080 + i), i ? "GET" : NULL,
                         i ? "/x" : NULL, &v);
         tt_metrics_policy_count(counts, p, &v);
-        tt_policy_check_tcp_enforceable(p, ids[i], err, sizeof(err));
+        tt_policy_check_opaque_enforceable(p, ids[i], (const uint16_t[]){25, 8080}, 2, err,
+                                           sizeof(err));
     }
     for (size_t i = 0; i < tt_policy_rule_count(p); i++) {
         struct tt_policy_rule_info info;

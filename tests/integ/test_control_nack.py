@@ -3,8 +3,9 @@
 refusal is visible in `tetherctl sidecars`.
 
 The real case: a valid mesh policy with a deny rule conditioned on HTTP methods, aimed at
-a workload whose sidecar relays plain TCP. That sidecar could never see a method, so the
-rule would let the requests it names through; it refuses the snapshot instead. The
+a workload whose port is declared opaque (--opaque-ports: relayed unread, as a
+server-first protocol must be). That sidecar could never see a method there, so the rule
+would let the requests it names through; it refuses the snapshot instead. The
 control plane accepts the document (it is valid), the web sidecar (the rule does not
 apply to it) acknowledges it, the api sidecar NACKs it with the reason, keeps enforcing
 the previous policy, and acknowledges the next good version.
@@ -42,7 +43,8 @@ def test(env):
     bundle = ctl.bundle()
     ctl.set_policy(allow_doc(web_id, api_id, echo.port))
     api = env.cp_sidecar("api", ctl, api_id, ctl.token(api_id, "api"), bundle=bundle,
-                         inbound=[(in_port, echo.addr)])
+                         inbound=[(in_port, echo.addr)],
+                         extra=["--opaque-ports", str(echo.port)])
     web = env.cp_sidecar("web", ctl, web_id, ctl.token(web_id, "web"), bundle=bundle,
                          outbound=[(out_port, "127.0.0.1:%d" % in_port, api_id)])
     h.wait_for(lambda: one_request(out_port, 1), 10, what="first request web -> api")
@@ -65,7 +67,7 @@ def test(env):
                              bad_version else None)(entries()),
                     5, what="api to NACK and web to ACK version %d" % bad_version)
     reason = sc[api_id].get("nack_reason") or ""
-    ok("no-deletes" in reason and "HTTP method" in reason,
+    ok("no-deletes" in reason and "HTTP method on port %d" % echo.port in reason,
        "tetherctl sidecars --json shows api's NACK with the reason (%r)" % reason)
     ok(sc[api_id].get("acked_version") == good_version,
        "api still acknowledges the last good version %d (%r)" % (

@@ -831,15 +831,38 @@ static void test_policy_tcp_enforceable(void **state)
                  "{\"name\": \"gets\", \"action\": \"allow\", \"from\": [\"*\"],"
                  " \"methods\": [\"GET\"]}]}");
 
-    /* The api workload cannot enforce "no-posts": refused, naming the rule. */
-    assert_int_equal(
-        tt_policy_check_tcp_enforceable(p, "spiffe://td/ns/shop/sa/api", err, sizeof(err)),
-        TT_E_POLICY);
-    assert_non_null(strstr(err, "rule \"no-posts\" denies by HTTP method"));
+    const uint16_t opaque[] = {25, 3306};
+    const uint16_t only_smtp[] = {25};
+
+    /* The api workload with opaque ports cannot enforce "no-posts" (no "ports": it covers
+     * them): refused, naming the rule and the port. */
+    assert_int_equal(tt_policy_check_opaque_enforceable(p, "spiffe://td/ns/shop/sa/api", opaque, 2,
+                                                        err, sizeof(err)),
+                     TT_E_POLICY);
+    assert_non_null(strstr(err, "rule \"no-posts\" denies by HTTP method on port 25"));
+    /* Without opaque ports every port reads requests: enforceable. */
+    assert_int_equal(tt_policy_check_opaque_enforceable(p, "spiffe://td/ns/shop/sa/api", NULL, 0,
+                                                        err, sizeof(err)),
+                     0);
     /* Another workload: the deny rule does not apply; the audit rule and the allow rule
      * with HTTP conditions are harmless (they never let anything extra through). */
-    assert_int_equal(
-        tt_policy_check_tcp_enforceable(p, "spiffe://td/ns/shop/sa/web", err, sizeof(err)), 0);
+    assert_int_equal(tt_policy_check_opaque_enforceable(p, "spiffe://td/ns/shop/sa/web", opaque, 2,
+                                                        err, sizeof(err)),
+                     0);
+    tt_policy_unref(p);
+
+    /* A rule limited to ports that are not opaque is enforceable; one that names an
+     * opaque port is not. */
+    p = parse_ok("{\"rules\": [{\"name\": \"no-admin\", \"action\": \"deny\", \"from\": [\"*\"],"
+                 " \"ports\": [8080], \"paths\": [\"/admin*\"]}]}");
+    assert_int_equal(tt_policy_check_opaque_enforceable(p, "spiffe://td/ns/shop/sa/api", only_smtp,
+                                                        1, err, sizeof(err)),
+                     0);
+    assert_int_equal(tt_policy_check_opaque_enforceable(p, "spiffe://td/ns/shop/sa/api",
+                                                        (const uint16_t[]){8080}, 1, err,
+                                                        sizeof(err)),
+                     TT_E_POLICY);
+    assert_non_null(strstr(err, "denies by HTTP path on port 8080"));
     tt_policy_unref(p);
 }
 

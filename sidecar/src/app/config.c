@@ -19,10 +19,11 @@
 #include "core/spiffe.h"
 #include "net/canary.h"
 
-#define CONFIG_FILE_MAX      (1024 * 1024) /* --config files larger than this are refused */
-#define CONFIG_LISTENERS_MAX 1024
-#define WORKERS_MAX          256
-#define MAX_CONNECTIONS_MAX  1000000
+#define CONFIG_FILE_MAX        (1024 * 1024) /* --config files larger than this are refused */
+#define CONFIG_LISTENERS_MAX   1024
+#define WORKERS_MAX            256
+#define MAX_CONNECTIONS_MAX    1000000
+#define REQUEST_LOG_SAMPLE_MAX 1000000
 
 /* Option values for long options without a short form; 'h' is --help. */
 enum {
@@ -38,6 +39,7 @@ enum {
     OPT_WORKERS,
     OPT_LOG_LEVEL,
     OPT_MAX_CONNECTIONS,
+    OPT_REQUEST_LOG_SAMPLE,
     OPT_HANDSHAKE_TIMEOUT,
     OPT_CONNECT_TIMEOUT,
     OPT_IDLE_TIMEOUT,
@@ -72,6 +74,7 @@ static const struct option long_options[] = {
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+    {"request-log-sample", required_argument, NULL, OPT_REQUEST_LOG_SAMPLE},
     {"handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
     {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
@@ -719,6 +722,7 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "workers",
                                            "log_level",
                                            "max_connections",
+                                           "request_log_sample",
                                            "timeouts",
                                            "inbound",
                                            "outbound",
@@ -822,7 +826,9 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
         goto out;
     if ((rc = get_uint(&f, root, "workers", 1, WORKERS_MAX, &cfg->workers)) != 0 ||
         (rc = get_uint(&f, root, "max_connections", 1, MAX_CONNECTIONS_MAX,
-                       &cfg->max_connections)) != 0)
+                       &cfg->max_connections)) != 0 ||
+        (rc = get_uint(&f, root, "request_log_sample", 1, REQUEST_LOG_SAMPLE_MAX,
+                       &cfg->request_log_sample)) != 0)
         goto out;
     if ((rc = get_string(&f, root, "log_level", "", "debug, info, warn or error", &s)) != 0)
         goto out;
@@ -1139,6 +1145,12 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
                         shown(v), MAX_CONNECTIONS_MAX);
         cfg->max_connections = (unsigned)n;
     }
+    if ((v = fl->single[OPT_REQUEST_LOG_SAMPLE - OPT_CONFIG]) != NULL) {
+        if (parse_uint(v, 1, REQUEST_LOG_SAMPLE_MAX, &n) != 0)
+            return errf(err, errlen, "--request-log-sample %.100s: expected an integer 1..%d",
+                        shown(v), REQUEST_LOG_SAMPLE_MAX);
+        cfg->request_log_sample = (unsigned)n;
+    }
     if ((v = fl->single[OPT_LOG_LEVEL - OPT_CONFIG]) != NULL &&
         tt_log_level_parse(v, &cfg->log_level) != 0)
         return errf(err, errlen, "--log-level %.100s: expected debug, info, warn or error",
@@ -1303,11 +1315,10 @@ static int check_config(struct tt_config *cfg, char *err, size_t errlen)
         return rc;
     if (!cfg->transparent.enabled &&
         (cfg->transparent.pod_ip.len != 0 || cfg->transparent.n_workload_ports != 0 ||
-         cfg->transparent.n_opaque_ports != 0 || cfg->transparent.outbound_deny ||
-         cfg->transparent.permissive || cfg->transparent.detect_ms != 0 ||
-         cfg->transparent.check_interval_set))
+         cfg->transparent.outbound_deny || cfg->transparent.permissive ||
+         cfg->transparent.detect_ms != 0 || cfg->transparent.check_interval_set))
         return errf(err, errlen,
-                    "--pod-ip, --workload-ports, --opaque-ports, --outbound-unknown, "
+                    "--pod-ip, --workload-ports, --outbound-unknown, "
                     "--inbound-mode, --inbound-detect-timeout and --capture-check-interval need "
                     "--transparent");
     if (cfg->n_services > 0) {
@@ -1403,6 +1414,7 @@ int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err
         err[0] = '\0';
     cfg->log_level = TT_LOG_INFO;
     cfg->max_connections = TT_DEFAULT_MAX_CONNECTIONS;
+    cfg->request_log_sample = 1;
     cfg->handshake_timeout_ms = TT_DEFAULT_HANDSHAKE_TIMEOUT_MS;
     cfg->connect_timeout_ms = TT_DEFAULT_CONNECT_TIMEOUT_MS;
     cfg->idle_timeout_ms = TT_DEFAULT_IDLE_TIMEOUT_MS;
@@ -1537,6 +1549,9 @@ void tt_config_usage(FILE *out)
         "  --workers N                 worker threads, 1..256 (default: online CPUs)\n"
         "  --log-level LEVEL           debug, info, warn or error (default info)\n"
         "  --max-connections N         open connections at most, 1..1000000 (default 16384)\n"
+        "  --request-log-sample N      write one request line in N (default 1: all); denied,\n"
+        "                              refused, 5xx and unanswered requests are always written\n"
+        "                              (key request_log_sample)\n"
         "\n"
         "Timeouts (durations such as 250ms, 10s, 5m, 1h, 1h30m):\n"
         "  --handshake-timeout D       TLS handshake must finish within D (default 10s)\n"
@@ -1553,8 +1568,10 @@ void tt_config_usage(FILE *out)
         "                              address; key pod_ip)\n"
         "  --workload-ports P[,P...]   ports registered with the control plane as endpoints at\n"
         "                              POD_IP (key workload_ports)\n"
-        "  --opaque-ports P[,P...]     server-first ports: no detection wait; in permissive mode\n"
-        "                              they stay mTLS-only (key opaque_ports)\n"
+        "  --opaque-ports P[,P...]     server-first workload ports, relayed unread: no detection\n"
+        "                              wait, no per-request policy (a policy denying by method\n"
+        "                              or path there is refused); in permissive mode they stay\n"
+        "                              mTLS-only; explicit mode too (key opaque_ports)\n"
         "  --outbound-unknown passthrough|deny\n"
         "                              destinations outside the service table: relayed in\n"
         "                              plaintext or refused (default passthrough; key\n"

@@ -41,6 +41,7 @@ struct tt_config {
     unsigned workers;          /* --workers; 0 in input means "number of cores" */
     enum tt_log_level log_level;
     unsigned max_connections;
+    unsigned request_log_sample; /* --request-log-sample: one request line in N */
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;

@@ -98,8 +98,9 @@ static int load_files(const struct tt_config *cfg, struct tt_snapshot_update *u,
             goto err_identity;
         int n = snprintf(err, errlen, "%s: ", cfg->policy_path);
         if (n > 0 && (size_t)n < errlen &&
-            tt_policy_check_tcp_enforceable(policy, tt_identity_spiffe_id(id), err + n,
-                                            errlen - (size_t)n) < 0)
+            tt_policy_check_opaque_enforceable(
+                policy, tt_identity_spiffe_id(id), cfg->transparent.opaque_ports,
+                cfg->transparent.n_opaque_ports, err + n, errlen - (size_t)n) < 0)
             goto err_policy;
     }
     memset(u, 0, sizeof(*u));
@@ -468,6 +469,8 @@ static struct tt_cpclient *make_cpclient(struct tt_runtime *rt, char *err, size_
         .spiffe_id = cfg->spiffe_id,
         .inbound_addresses = inbound,
         .slot = &rt->slot,
+        .opaque_ports = cfg->transparent.opaque_ports,
+        .n_opaque_ports = cfg->transparent.n_opaque_ports,
     };
     struct tt_cpclient *cp;
 
@@ -552,6 +555,7 @@ int tt_runtime_run(const struct tt_config *cfg)
         .handshake_timeout_ms = cfg->handshake_timeout_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
+        .request_log_sample = cfg->request_log_sample,
         .transparent = &cfg->transparent,
     };
     if (!cfg->has_control) {

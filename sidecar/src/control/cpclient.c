@@ -49,6 +49,8 @@ struct tt_cpclient {
     char **inbound_addresses;
     size_t n_inbound_addresses;
     struct tt_snapshot_slot *slot;
+    uint16_t *opaque_ports;
+    size_t n_opaque_ports;
 
     pthread_t thread;
     bool thread_started;
@@ -571,7 +573,8 @@ static int cp_apply(struct tt_cpclient *cp, const Tether__V1__Snapshot *snap, ch
         policy = tt_policy_parse(policy_text, strlen(policy_text), source, err, errlen);
         if (policy == NULL)
             return TT_E_POLICY;
-        r = tt_policy_check_tcp_enforceable(policy, cp->spiffe_id, err, errlen);
+        r = tt_policy_check_opaque_enforceable(policy, cp->spiffe_id, cp->opaque_ports,
+                                               cp->n_opaque_ports, err, errlen);
         if (r < 0)
             goto err;
         r = -ENOMEM;
@@ -800,6 +803,7 @@ static void cp_free_fields(struct tt_cpclient *cp)
     free(cp->join_token_path);
     free(cp->jwt_path);
     free(cp->spiffe_id);
+    free(cp->opaque_ports);
     pthread_mutex_destroy(&cp->lock);
     free(cp);
 }
@@ -828,9 +832,13 @@ struct tt_cpclient *tt_cpclient_new(const struct tt_cpclient_opts *opts, char *e
         cp->join_token_path = strdup(opts->join_token_path);
     cp->spiffe_id = strdup(opts->spiffe_id);
     cp->inbound_addresses = calloc(opts->n_inbound_addresses + 1, sizeof(char *));
+    cp->opaque_ports = calloc(opts->n_opaque_ports + 1, sizeof(uint16_t));
     if ((cp->join_token_path == NULL && cp->jwt_path == NULL) || cp->spiffe_id == NULL ||
-        cp->inbound_addresses == NULL)
+        cp->inbound_addresses == NULL || cp->opaque_ports == NULL)
         goto err_nomem;
+    if (opts->n_opaque_ports > 0)
+        memcpy(cp->opaque_ports, opts->opaque_ports, opts->n_opaque_ports * sizeof(uint16_t));
+    cp->n_opaque_ports = opts->n_opaque_ports;
     for (size_t i = 0; i < opts->n_inbound_addresses; i++) {
         if ((cp->inbound_addresses[i] = strdup(opts->inbound_addresses[i])) == NULL)
             goto err_nomem;

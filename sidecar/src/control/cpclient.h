@@ -31,6 +31,9 @@ struct tt_cpclient_opts {
     const char *const *inbound_addresses; /* registered with Discovery.Watch's Hello */
     size_t n_inbound_addresses;
     struct tt_snapshot_slot *slot; /* where snapshots are published */
+    /* --opaque-ports: a policy denying by method or path there is refused (NACK). */
+    const uint16_t *opaque_ports;
+    size_t n_opaque_ports;
 };
 
 /* Control connection states, as /stats spells them. */

@@ -1,8 +1,9 @@
 /* Protocol detection on the first bytes of a connection (Tether issue 10, "HTTP-aware
  * sidecars"): an HTTP/1.x request, the HTTP/2 connection preface (prior knowledge), a TLS
  * ClientHello, or anything else (opaque). Pure and I/O-free: the caller buffers what the
- * client sent and asks again as more arrives. A foundation piece, not wired into the data
- * path yet: the outbound side will use it to choose between HTTP streams and a tunnel.
+ * client sent and asks again as more arrives. The inbound request gate (gate.h) uses it
+ * where only audit rules apply (HTTP is read, anything else relayed); the outbound side
+ * will use it with the pool to choose between HTTP streams and a tunnel.
  *
  * The caller owns the timeout: a client that waits for the server to speak first (SMTP,
  * MySQL, SSH servers...) sends nothing, so when the caller's detection timer fires while

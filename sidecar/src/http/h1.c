@@ -8,8 +8,7 @@
  * fields are then checked (Content-Length, Transfer-Encoding, Host, the target).
  * http-parser is paused at every event (head, body piece, end) so that events reach the
  * caller from tt_h1_feed's own loop, after these checks.
- *
- * Not wired into the data path yet (Tether issue 10). */
+ */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>

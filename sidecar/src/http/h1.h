@@ -1,8 +1,7 @@
 /* An I/O-free HTTP/1.x request reader over Debian's http-parser (Tether issue 10,
  * "HTTP-aware sidecars"), and the writer of the small error answers a sidecar gives by
- * itself. A foundation piece: not wired into the data path yet (the inbound and
- * outbound connection code will feed it what the TLS engine or the workload's socket
- * gives, and forward the events).
+ * itself. The inbound request gate (gate.h) feeds it what the TLS engine decrypted and
+ * forwards the events; the outbound side will use it with the pool.
  *
  * The caller feeds bytes; the reader calls back for each request's head, its body in
  * pieces, and its end, one pipelined request after another. It refuses, with a reason

@@ -10,8 +10,7 @@
  * end of a bodiless response. So the count returned after any event includes its last
  * byte, and a head and the end behind it may both be read before either is delivered:
  * they wait in a queue of two.
- *
- * Not wired into the data path yet (Tether issue 10). */
+ */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

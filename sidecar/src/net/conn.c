@@ -22,6 +22,7 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "http/gate.h"
 #include "metrics/metrics.h"
 #include "net/balancer.h"
 #include "net/canary.h"
@@ -50,6 +51,8 @@ static void relay_progress(struct tt_conn *c);
 static void conn_close(struct tt_conn *c, int err, bool reset);
 static void conn_connect_failed(struct tt_conn *c, int status);
 static void detect_done(struct tt_conn *c, const uint8_t *data, size_t n);
+static void conn_gate_settle(struct tt_conn *c);
+static bool port_listed(const uint16_t *ports, size_t n, uint16_t port);
 
 static struct tt_listener_counters *conn_counters(struct tt_conn *c)
 {
@@ -328,6 +331,21 @@ static void side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
     s->reading = want;
 }
 
+static uint64_t conn_now_us(struct tt_conn *c)
+{
+    return uv_now(&c->worker->loop) * 1000;
+}
+
+/* The client's input over the TLS side has ended (close_notify, or a FIN once everything
+ * before it was decrypted): the workload gets a FIN. Returns 0, or <0 when the gate found
+ * a request cut short. */
+static int tls_side_input_over(struct tt_conn *c)
+{
+    c->tls_side->read_eof = true;
+    c->plain_side->want_shutdown = true;
+    return c->gate != NULL ? tt_gate_client_eof(c->gate) : 0;
+}
+
 /* Decrypts what the TLS engine holds into the plaintext side while that side's queue has
  * room. Returns 1 when it stopped for backpressure (input may be left), 0 when the input
  * is used up or the peer's close_notify arrived, or <0. */
@@ -340,7 +358,8 @@ static int tls_pump(struct tt_conn *c)
     /* Decrypted bytes the socket does not take are appended to the plaintext side's queue:
      * only while one more record still fits its slab, so the queue never outgrows it. */
     while (!c->tls_side->read_eof && plain->queued.len <= TT_BUF_SLAB - TT_TLS_RECORD_MAX &&
-           side_queue_len(plain) < TT_CONN_QUEUE_MAX) {
+           side_queue_len(plain) < TT_CONN_QUEUE_MAX &&
+           (c->gate == NULL || tt_gate_wants_client(c->gate))) {
         r = tt_tls_read(c->tls, buf, sizeof(c->worker->plain_buf));
         if (r == 0) {
             stopped = 0;
@@ -349,14 +368,18 @@ static int tls_pump(struct tt_conn *c)
         if (r == TT_TLS_EOF) {
             /* close_notify: the peer's half-close; pass it on as a FIN. */
             side_ended(c, c->tls_side, 0);
-            c->tls_side->read_eof = true;
-            plain->want_shutdown = true;
+            r = tls_side_input_over(c);
+            if (r < 0)
+                return r;
             stopped = 0;
             break;
         }
         if (r < 0)
             return r;
-        r = side_send(c, plain, buf, (size_t)r);
+        if (c->gate != NULL)
+            r = tt_gate_from_client(c->gate, (const char *)buf, (size_t)r, conn_now_us(c));
+        else
+            r = side_send(c, plain, buf, (size_t)r);
         if (r < 0)
             return r;
     }
@@ -368,14 +391,13 @@ static int tls_pump(struct tt_conn *c)
 
 /* After the TLS side's FIN: once everything it sent before is decrypted, its input is over
  * (also when the FIN cut a record short: nothing more can complete it). */
-static void tls_side_eof_settle(struct tt_conn *c, int pumped)
+static int tls_side_eof_settle(struct tt_conn *c, int pumped)
 {
     struct tt_side *ts = c->tls_side;
 
-    if (ts->sock_eof && !ts->read_eof && pumped == 0) {
-        ts->read_eof = true;
-        c->plain_side->want_shutdown = true;
-    }
+    if (ts->sock_eof && !ts->read_eof && pumped == 0)
+        return tls_side_input_over(c);
+    return 0;
 }
 
 static struct tt_side *other_side(struct tt_conn *c, const struct tt_side *s)
@@ -418,14 +440,16 @@ static void relay_progress(struct tt_conn *c)
     }
     if ((tt_tls_input_len(c->tls) > 0 || ts->sock_eof) && !ts->read_eof) {
         int r = tls_pump(c);
+        if (r >= 0)
+            r = tls_side_eof_settle(c, r);
         if (r < 0) {
             conn_close(c, r, true);
             return;
         }
-        tls_side_eof_settle(c, r);
     }
     if (c->state != TT_CONN_S_RELAY)
         return;
+    conn_gate_settle(c);
     side_maybe_shutdown(c, ps);
     side_maybe_shutdown(c, ts);
     if (c->state != TT_CONN_S_RELAY)
@@ -444,6 +468,30 @@ static void relay_progress(struct tt_conn *c)
         side_set_reading(c, ts,
                          !ts->read_eof && !ts->sock_eof && side_queue_len(ps) < TT_CONN_QUEUE_MAX &&
                              tt_tls_input_len(c->tls) <= TT_BUF_SLAB / 2);
+}
+
+/* The gate wrote its last answer (a refusal that ends the connection): the client gets
+ * close_notify and a FIN once that answer is written, the workload a FIN; what either
+ * sends afterwards is dropped. */
+static void conn_gate_settle(struct tt_conn *c)
+{
+    int r = 0;
+
+    if (c->gate == NULL || c->gate_ended || !tt_gate_finished(c->gate))
+        return;
+    c->gate_ended = true;
+    c->tls_side->read_eof = true;
+    side_set_reading(c, c->tls_side, false);
+    c->plain_side->want_shutdown = true;
+    if (!c->close_notify_sent) {
+        c->close_notify_sent = true;
+        r = tt_tls_close_notify(c->tls);
+        if (r == 0)
+            r = tls_flush(c);
+    }
+    c->tls_side->want_shutdown = true;
+    if (r < 0)
+        conn_close(c, r, true);
 }
 
 static void handshake_progress(struct tt_conn *c);
@@ -480,7 +528,8 @@ static void tls_side_read(struct tt_conn *c)
 /* Bytes from the plaintext side's socket: encrypt and send. */
 static void plain_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
 {
-    int r = tt_tls_write(c->tls, data, n);
+    int r = c->gate != NULL ? tt_gate_from_upstream(c->gate, (const char *)data, n, conn_now_us(c))
+                            : tt_tls_write(c->tls, data, n);
     if (r == 0)
         r = tls_flush(c);
     if (r < 0) {
@@ -514,6 +563,14 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
         other_side(c, s)->want_shutdown = true;
     } else if (s == c->plain_side) {
         s->read_eof = true;
+        if (c->gate != NULL) {
+            /* A response delimited by the close ends now; answers the gate owes go out. */
+            int r = tt_gate_upstream_eof(c->gate, conn_now_us(c));
+            if (r < 0) {
+                conn_close(c, r, true);
+                return;
+            }
+        }
         if (!c->close_notify_sent) {
             c->close_notify_sent = true;
             int r = tt_tls_close_notify(c->tls);
@@ -530,11 +587,12 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
          * for the plaintext side's queue to drain (relay_progress goes on pumping). */
         s->sock_eof = true;
         int r = tls_pump(c);
+        if (r >= 0)
+            r = tls_side_eof_settle(c, r);
         if (r < 0) {
             conn_close(c, r, true);
             return;
         }
-        tls_side_eof_settle(c, r);
     }
     relay_progress(c);
 }
@@ -708,31 +766,142 @@ static void conn_start_connect(struct tt_conn *c)
         conn_connect_failed(c, r);
 }
 
+/* Logs the audit rules that matched verdict v of a connection or request. */
+static void conn_log_audit(struct tt_conn *c, const char *caller, const struct tt_policy_verdict *v)
+{
+    for (int i = 0; i < v->n_audit; i++) {
+        struct tt_policy_rule_info info;
+        tt_policy_rule_info(c->snapshot->policy, (size_t)v->audit[i], &info);
+        tt_log(TT_LOG_INFO, "policy_audit", TT_LS("listener", c->listener->cfg->name),
+               TT_LS("peer_id", caller), TT_LS("rule", info.name),
+               TT_LS("would", info.action == TT_POLICY_DENY ? "deny" : "allow"),
+               TT_LS("verdict", v->allowed ? "allow" : "deny"));
+    }
+}
+
+/* ---- the request gate's side of the connection ------------------------------------- */
+
+static int gate_to_upstream(void *ud, const char *data, size_t len)
+{
+    struct tt_conn *c = ud;
+
+    return side_send(c, c->plain_side, (const uint8_t *)data, len);
+}
+
+/* Encrypted now; the caller of the gate flushes the TLS output. */
+static int gate_to_client(void *ud, const char *data, size_t len)
+{
+    struct tt_conn *c = ud;
+
+    return tt_tls_write(c->tls, data, len);
+}
+
+/* A request's verdict: counted per rule, audit matches logged. */
+static void gate_on_verdict(void *ud, const struct tt_policy_verdict *v)
+{
+    struct tt_conn *c = ud;
+
+    tt_metrics_policy_count(c->worker->metrics, c->snapshot->policy, v);
+    conn_log_audit(c, tt_tls_peer_id(c->tls), v);
+}
+
+/* A request is over: counted, and its access line written (DESIGN.md "HTTP between
+ * sidecars"; README "Logs"). */
+static void gate_on_request(void *ud, const struct tt_gate_request *rq)
+{
+    struct tt_conn *c = ud;
+    const char *peer_id = tt_tls_peer_id(c->tls);
+    struct tt_request_record rec = {
+        .method = rq->method,
+        .status = rq->status,
+        .request_bytes = rq->request_bytes,
+        .response_bytes = rq->response_bytes,
+        .duration_us = rq->duration_us,
+        .denied = rq->denied,
+    };
+
+    unsigned sample = conn_settings(c)->request_log_sample;
+    bool notable = rq->status == 0 || rq->status >= 500 || rq->reason != NULL;
+
+    if (rq->refused_reason != 0)
+        tt_metrics_request_refused(c->worker->metrics, c->listener->index, peer_id,
+                                   (enum tt_h1_reason)rq->refused_reason);
+    else
+        tt_metrics_request(c->worker->metrics, c->listener->index, peer_id, &rec);
+    if (++c->worker->requests_done % (sample > 0 ? sample : 1) != 0 && !notable)
+        return;
+    tt_log(rq->status >= 500 || rq->status == 0 ? TT_LOG_WARN : TT_LOG_INFO, "request",
+           TT_LS("listener", c->listener->cfg->name), TT_LS("peer_addr", c->peer_addr),
+           TT_LS("peer_id", peer_id), TT_LS("method", rq->method), TT_LS("path", rq->path),
+           TT_LU("status", (uint64_t)rq->status), TT_LU("request_bytes", rq->request_bytes),
+           TT_LU("response_bytes", rq->response_bytes), TT_LU("duration_us", rq->duration_us),
+           TT_LS("verdict", rq->denied         ? "deny"
+                            : rq->rule != NULL ? "allow"
+                                               : "refused"),
+           TT_LS("rule", rq->rule), TT_LS("reason", rq->reason), TT_LS("upstream", c->target.text));
+}
+
+/* Puts the request gate between the verified caller and the workload. Returns 0 or
+ * -ENOMEM. */
+static int conn_gate_start(struct tt_conn *c, const char *caller, bool enforce)
+{
+    struct tt_gate_config cfg = {
+        .policy = c->snapshot->policy,
+        .caller = caller,
+        .self = tt_identity_spiffe_id(c->snapshot->identity),
+        .port = tt_addr_port(&c->target),
+        .enforce = enforce,
+    };
+    struct tt_gate_io io = {
+        .ud = c,
+        .to_upstream = gate_to_upstream,
+        .to_client = gate_to_client,
+        .on_verdict = gate_on_verdict,
+        .on_request = gate_on_request,
+    };
+
+    c->gate = tt_gate_new(&cfg, &io);
+    return c->gate != NULL ? 0 : -ENOMEM;
+}
+
 /* Inbound: consults the allow list for the verified caller. This is the one place a
- * connection is admitted or refused by policy. Returns true when allowed. */
+ * connection is admitted or refused by policy; where rules with methods or paths apply
+ * to the caller and port, the connection is admitted to the request gate, which asks
+ * the same policy for each request (conn_gate_start). Returns true when allowed. */
 static bool conn_authorize(struct tt_conn *c)
 {
     struct tt_snapshot *snap = c->snapshot;
     /* A plaintext caller (permissive mode) has no identity: no rule's "from" matches. */
     const char *caller = c->tls != NULL ? tt_tls_peer_id(c->tls) : NULL;
+    const char *self = tt_identity_spiffe_id(snap->identity);
+    uint16_t port = tt_addr_port(&c->target);
     struct tt_listener_counters *lc = conn_counters(c);
     bool allowed = true;
 
     if (snap->policy != NULL) {
+        const struct tt_transparent_cfg *t = conn_settings(c)->transparent;
         struct tt_policy_verdict v;
-        tt_policy_check(snap->policy, caller, tt_identity_spiffe_id(snap->identity),
-                        tt_addr_port(&c->target), NULL, NULL, &v);
+        /* Opaque ports are relayed unread (policies that would need them read are refused
+         * at start and by NACK: tt_policy_check_opaque_enforceable). */
+        unsigned http = caller != NULL && !port_listed(t->opaque_ports, t->n_opaque_ports, port)
+                            ? tt_policy_http_rules(snap->policy, caller, self, port)
+                            : 0;
+
+        tt_policy_check(snap->policy, caller, self, port, NULL, NULL, &v);
+        if (http != 0 && (v.allowed || v.rule == TT_POLICY_RULE_DEFAULT)) {
+            /* Each request is decided (and counted) by the gate; a rule without HTTP
+             * conditions that denies the caller still refuses the whole connection. */
+            if (conn_gate_start(c, caller, (http & TT_POLICY_HTTP_F_ENFORCE) != 0) < 0)
+                return false;
+            c->rule = "per-request";
+            TT_COUNTER_ADD(lc->allowed, 1);
+            c->verdict = "allow";
+            return true;
+        }
         tt_metrics_policy_count(c->worker->metrics, snap->policy, &v);
         allowed = v.allowed;
         c->rule = v.rule_name;
-        for (int i = 0; i < v.n_audit; i++) {
-            struct tt_policy_rule_info info;
-            tt_policy_rule_info(snap->policy, (size_t)v.audit[i], &info);
-            tt_log(TT_LOG_INFO, "policy_audit", TT_LS("listener", c->listener->cfg->name),
-                   TT_LS("peer_id", caller), TT_LS("rule", info.name),
-                   TT_LS("would", info.action == TT_POLICY_DENY ? "deny" : "allow"),
-                   TT_LS("verdict", allowed ? "allow" : "deny"));
-        }
+        conn_log_audit(c, caller, &v);
     } else {
         c->rule = "no-policy";
     }
@@ -1060,6 +1229,8 @@ err_refuse:
 
 static void conn_free(struct tt_conn *c)
 {
+    /* Here, not in conn_close: a close may start inside one of the gate's callbacks. */
+    tt_gate_free(c->gate, conn_now_us(c)); /* reports requests left unanswered */
     tt_tls_free(c->tls);
     tt_buf_done(&c->down.inflight);
     tt_buf_done(&c->down.queued);

@@ -21,6 +21,7 @@ struct tt_tls;
 struct tt_revocations;
 struct tt_crls;
 struct tt_service;
+struct tt_gate;
 
 enum tt_conn_state {
     TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
@@ -86,6 +87,10 @@ struct tt_conn {
     bool balancer_active;             /* the balancer counts this connection on endpoint */
     bool plain;                       /* no TLS on either side (passthrough, plaintext) */
     const char *route;                /* transparent: "mesh", "passthrough", "plaintext" */
+    /* Inbound, when rules with methods or paths apply to the caller and port: every
+     * request passes the gate (http/gate.h), which asks policy per request. */
+    struct tt_gate *gate;
+    bool gate_ended; /* the gate refused the rest: the connection is being ended */
 };
 
 /* Takes fd, a socket the listener just accepted (owned from here on, closed on every

@@ -28,6 +28,7 @@ struct tt_worker_settings {
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;
+    unsigned request_log_sample;                  /* one request line in N (denials etc. always) */
     const struct tt_transparent_cfg *transparent; /* never NULL; .enabled in that mode */
 };
 
@@ -48,6 +49,7 @@ struct tt_worker {
     struct tt_snapshot *snapshot; /* newest snapshot this worker has taken */
     uint64_t generation;          /* its generation; atomic for readers */
     struct tt_conn *conns;        /* every live connection, for drain and stop */
+    uint64_t requests_done;       /* requests over, for --request-log-sample */
     size_t n_conns;               /* atomic for readers */
     bool drain_requested;         /* atomic: set by tt_worker_drain */
     bool stop_requested;          /* atomic: set by tt_worker_stop */

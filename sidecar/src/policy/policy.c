@@ -791,20 +791,37 @@ static bool rule_applies(const struct rule *r, const char *self)
     return r->n_to == 0 || pats_match(r->to, r->n_to, self);
 }
 
-/* Refuses deny rules this sidecar could not enforce on plain TCP (see policy.h). */
-int tt_policy_check_tcp_enforceable(const struct tt_policy *p, const char *self, char *err,
-                                    size_t errlen)
+/* The first of ports[0..n) that rule r covers, or 0 when none. */
+static uint16_t rule_covers_port(const struct rule *r, const uint16_t *ports, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (r->n_ports == 0)
+            return ports[i];
+        for (size_t j = 0; j < r->n_ports; j++) {
+            if (r->ports[j] == ports[i])
+                return ports[i];
+        }
+    }
+    return 0;
+}
+
+/* Refuses deny rules this sidecar could not enforce on its opaque ports (see policy.h). */
+int tt_policy_check_opaque_enforceable(const struct tt_policy *p, const char *self,
+                                       const uint16_t *opaque_ports, size_t n_opaque, char *err,
+                                       size_t errlen)
 {
     for (size_t i = 0; i < p->n_rules; i++) {
         const struct rule *r = &p->rules[i];
+        uint16_t port;
 
         if (r->action != TT_POLICY_DENY || r->mode != TT_POLICY_ENFORCE || !rule_has_http(r) ||
-            !rule_applies(r, self))
+            !rule_applies(r, self) || (port = rule_covers_port(r, opaque_ports, n_opaque)) == 0)
             continue;
         snprintf(err, errlen,
-                 "rule \"%.128s\" denies by HTTP %s, which this sidecar cannot see on TCP "
-                 "connections: refusing the policy rather than letting those requests through",
-                 r->name, r->n_methods > 0 ? "method" : "path");
+                 "rule \"%.128s\" denies by HTTP %s on port %u, which is declared opaque "
+                 "(--opaque-ports): its bytes are relayed unread, so the rule could not be "
+                 "enforced; refusing the policy rather than letting those requests through",
+                 r->name, r->n_methods > 0 ? "method" : "path", (unsigned)port);
         return TT_E_POLICY;
     }
     return 0;

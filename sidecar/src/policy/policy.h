@@ -62,9 +62,9 @@ void tt_policy_check(const struct tt_policy *p, const char *caller, const char *
                      const char *method, const char *path, struct tt_policy_verdict *out);
 
 /* The per-request verdict of an HTTP-aware inbound (DESIGN.md "HTTP between sidecars";
- * not wired into the data path yet: start-up and the control stream still refuse deny
- * rules with HTTP conditions, tt_policy_check_tcp_enforceable). The same evaluation as a
- * connection's, so the same precedence: deny rules before allow rules, the first
+ * http/gate.h asks it for each request; start-up and the control stream refuse deny rules
+ * with HTTP conditions only on opaque ports, tt_policy_check_opaque_enforceable). The same
+ * evaluation as a connection's, so the same precedence: deny rules before allow rules, the first
  * matching enforce rule decides, else the default; audit rules never decide, every
  * matching one is listed in out->audit (out->audit_would_deny when one of them denies:
  * count those per rule with tt_metrics_policy_count). Rules without "methods"/"paths"
@@ -89,13 +89,17 @@ void tt_policy_check_request(const struct tt_policy *p, const char *caller, cons
 unsigned tt_policy_http_rules(const struct tt_policy *p, const char *caller, const char *self,
                               uint16_t port);
 
-/* A sidecar that relays TCP without parsing HTTP never sees a method or a path, so a
- * deny rule conditioned on them could never match: the requests it names would be let
- * through. Returns TT_E_POLICY with the first such enforce deny rule that applies to
- * `self` named in err, or 0 when the document can be enforced as written. (Allow rules
- * with HTTP conditions only fail closed, and audit rules never block: both are fine.) */
-int tt_policy_check_tcp_enforceable(const struct tt_policy *p, const char *self, char *err,
-                                    size_t errlen);
+/* Ports declared opaque (--opaque-ports: server-first protocols) are relayed without
+ * parsing HTTP, so a deny rule conditioned on a method or a path could never match there:
+ * the requests it names would be let through. Every other inbound port reads requests
+ * where such rules apply (http/gate.h). Returns TT_E_POLICY with the first enforce deny
+ * rule with HTTP conditions that applies to `self` and covers one of
+ * opaque_ports[0..n_opaque) (a rule without "ports" covers them all) named in err, or 0
+ * when the document can be enforced as written. (Allow rules with HTTP conditions only
+ * fail closed, and audit rules never block: both are fine.) */
+int tt_policy_check_opaque_enforceable(const struct tt_policy *p, const char *self,
+                                       const uint16_t *opaque_ports, size_t n_opaque, char *err,
+                                       size_t errlen);
 
 const char *tt_policy_version(const struct tt_policy *p);
 bool tt_policy_default_allows(const struct tt_policy *p);
