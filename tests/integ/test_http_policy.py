@@ -14,14 +14,16 @@ sent by curl --cert straight to the inbound, sent after waiting longer than a de
 timeout, hidden behind dot segments or percent-encodings, or smuggled (Content-Length
 with Transfer-Encoding) is refused too; bytes that are not HTTP are refused with 400 and
 never reach the backend. What must work does: chunked uploads, Expect: 100-continue,
-HTTP/1.0, pipelining, and a WebSocket-style upgrade after its 101. Per-rule counts in
-/stats follow each request.
+HTTP/1.0, pipelining, a WebSocket-style upgrade after its 101, and HAProxy in HTTP mode
+as a caller from outside the mesh reusing its mTLS connections across requests. Per-rule
+counts, per-request counts and request lines follow each request.
 """
 
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -157,14 +159,16 @@ def test(env):
     ca = env.certs.ca("ca")
     curl_id, api_id, web_id = (h.spiffe("tools", "curl"), h.spiffe("shop", "api"),
                                h.spiffe("shop", "web"))
+    hp_id = h.spiffe("edge", "haproxy")
     cc = env.certs.leaf("curl", ca, [curl_id])
+    hp = env.certs.leaf("haproxy", ca, [hp_id])
     api = env.certs.leaf("api", ca, [api_id])
     web = env.certs.leaf("web", ca, [web_id])
     backend = RecordingBackend()
     in_port, out_port = h.free_port(), h.free_port()
     policy = env.policy("policy.json", {"default": "deny", "rules": [
         {"name": "no-admin", "action": "deny", "from": ["*"], "paths": ["/admin*"]},
-        {"name": "reads", "action": "allow", "from": [curl_id, web_id],
+        {"name": "reads", "action": "allow", "from": [curl_id, web_id, hp_id],
          "methods": ["GET", "HEAD"], "paths": ["/api*", "/ws*"]},
         {"name": "writes", "action": "allow", "from": [web_id], "methods": ["POST", "PUT"],
          "paths": ["/api*"]},
@@ -301,6 +305,41 @@ def test(env):
     s.close()
     ok(head.startswith(b"HTTP/1.1 101") and got == b"echo:POST /admin not-http-any-more",
        "upgrade: 101, then raw bytes echoed through (%r %r)" % (head[:20], got[:60]))
+
+    # HAProxy in HTTP mode as a caller from outside the mesh, reusing its mTLS
+    # connections to the inbound across requests (http-reuse always).
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    hp_port = h.free_port()
+    cfg = env.write("haproxy.cfg", """
+global
+    pidfile {d}/haproxy.pid
+    maxconn 200
+defaults
+    mode http
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend api
+backend api
+    server api 127.0.0.1:{in_port} ssl crt {pem} ca-file {ca} verify none
+""".format(d=env.dir, port=hp_port, in_port=in_port, pem=hp.pem_bundle(env.path("hp.pem")),
+           ca=ca.crt))
+    env.proc("haproxy", [haproxy, "-db", "-f", cfg])
+    h.wait_for(lambda: h.connect(hp_port, 1).close() or True, 10, what="haproxy listening")
+    hurl = "http://127.0.0.1:%d" % hp_port
+    codes = []
+    for n in range(3):
+        rc, out, err = curl(w + [hurl + "/api/hp%d" % n, hurl + "/admin/hp%d" % n])
+        codes += statuses(out)
+    ok(codes == [200, 403] * 3,
+       "curl -> HAProxy (mode http, reused mTLS) -> inbound: /api 200, /admin 403 (%r)" % codes)
+    hp_lines = [e for e in api_sc.events("request") if e.get("peer_id") == hp_id]
+    ok(len(hp_lines) == 6 and len({e.get("peer_addr") for e in hp_lines}) < 6,
+       "HAProxy's 6 requests were read on reused connections (%d lines, %d connections)" % (
+           len(hp_lines), len({e.get("peer_addr") for e in hp_lines})))
 
     # Counts per rule and per request.
     hits, _ = rule_hits(api_sc, "no-admin")
