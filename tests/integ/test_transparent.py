@@ -12,6 +12,8 @@ unchanged workload would see it:
   TLS session with a ticket kept for that endpoint); C is refused (policy)
   and counted; a marker sent A -> B never appears on the bridge (tcpdump) while TLS
   application records do;
+- B's rules with methods/paths on port 8081 are enforced per request by its transparent
+  inbound: A's GET /api passes, GET /admin and POST get 403 naming the rule;
 - A calls a service VIP with endpoints B and D: calls spread over both; D's sidecar
   stopped -> calls keep succeeding after at most one failed connect, and /stats shows
   the ejection;
@@ -76,6 +78,17 @@ def serve(name, port, mode):
         with c:
             if mode == "banner":
                 c.sendall(("BANNER " + name + "\n").encode())
+                return
+            if mode == "http":  # one request: answers its path
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    head += d
+                path = head.split(b" ")[1]
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                          % len(path) + path)
                 return
             data = b""
             while True:
@@ -224,12 +237,17 @@ def test(env):
         for f in files:
             os.chmod(os.path.join(root, f), 0o644)
     pol_b = env.policy("policy-b.json", {"default": "deny", "rules": [
-        {"name": "a-to-b", "action": "allow", "from": [ids["a"]], "ports": [8080]}]})
+        {"name": "a-to-b", "action": "allow", "from": [ids["a"]], "ports": [8080]},
+        {"name": "b-no-admin", "action": "deny", "from": ["*"], "ports": [8081],
+         "paths": ["/admin*"]},
+        {"name": "a-http-gets", "action": "allow", "from": [ids["a"]], "ports": [8081],
+         "methods": ["GET"]}]})
     pol_open = env.policy("policy-open.json", {"default": "allow", "rules": []})
     os.chmod(pol_b, 0o644)
     os.chmod(pol_open, 0o644)
     services = ["--service", "[%s]:8080=%s" % (PODS6["b"], ids["b"]),
                 "--service", "%s:8080=%s" % (PODS["b"], ids["b"]),
+                "--service", "%s:8081=%s" % (PODS["b"], ids["b"]),
                 "--service", "%s:8080=%s" % (PODS["d"], ids["d"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP, PODS["b"], ids["b"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP, PODS["d"], ids["d"]),
@@ -244,7 +262,7 @@ def test(env):
         setup_net(script)
         for pod in ("b", "d"):
             argv = ["ip", "netns", "exec", ns(pod)] + WORKLOAD + [
-                PY, "-u", env.path("helper.py"), "serve", pod, "8080:echo", "2525:banner"]
+                PY, "-u", env.path("helper.py"), "serve", pod, "8080:echo", "2525:banner", "8081:http"]
             w = h.Proc(env, "workload-" + pod, argv)
             h.wait_for(lambda: "ready" in open(w.out_path).read(), 10, what="workload " + pod)
         hub_srv = h.Proc(env, "hub-server", ["ip", "netns", "exec", HUB, PY, "-u",
@@ -288,6 +306,17 @@ def test(env):
         ok(inb2["handshakes_resumed"] >= 2,
            "A's later calls to B resume TLS (%d of %d handshakes resumed)" % (
                inb2["handshakes_resumed"], inb2["handshakes"]))
+        # Per-request policy on the transparent inbound (issue 10): B's rules for port 8081
+        # read each request; A's GET /api passes, /admin gets B's 403 naming the rule.
+        code, body = http(ns("a"), "http://%s:8081/api/x" % PODS["b"])
+        ok(code == "200" and body == "/api/x", "A's GET /api/x to B:8081: 200 (%s %r)" % (
+            code, body[:80]))
+        code, body = http(ns("a"), "http://%s:8081/admin/x" % PODS["b"])
+        ok(code == "403" and "b-no-admin" in body,
+           "A's GET /admin/x to B:8081: 403 by b-no-admin, read by B's inbound (%s %r)" % (
+               code, body[:120]))
+        code, body = http(ns("a"), "http://%s:8081/api/x" % PODS["b"], "-X", "POST")
+        ok(code == "403", "A's POST to B:8081 is not in its rules: 403 (%s)" % code)
         if not FAM:
             # IPv6 pod to pod: the original destination from IP6T_SO_ORIGINAL_DST.
             good, answer = call(env, "a", PODS6["b"], 8080, MARKER.decode() + "-v6")
