@@ -3,7 +3,8 @@
 #
 #   wrk/curl -> [outbound proxy] -> mTLS -> [inbound proxy] -> nginx HTTP backend
 #
-# for four chains: tether (two tether-sidecars), nginx (two nginx stream proxies with
+# for five chains: tether (two tether-sidecars), tether-l7 (the same with a policy whose
+# rules name methods and paths, so the inbound reads every request: http/gate.c), nginx (two nginx stream proxies with
 # proxy_ssl / ssl_verify_client), haproxy (two haproxies, ssl verify required both ways)
 # and direct (no proxy). Per chain: requests/s and p50/p99 latency at 50 keep-alive
 # connections, requests/s with a new connection per request (Connection: close), MB/s
@@ -86,6 +87,7 @@ wait_port() {
 
 # Ports.
 be=$((base)) t_out=$((base + 1)) t_in=$((base + 2)) t_adm_out=$((base + 3)) t_adm_in=$((base + 4))
+l_out=$((base + 5)) l_in=$((base + 6)) l_adm_out=$((base + 7)) l_adm_in=$((base + 8))
 n_out=$((base + 11)) n_in=$((base + 12)) h_out=$((base + 21)) h_in=$((base + 22))
 
 say "certificates"
@@ -130,6 +132,21 @@ start t_in "$sidecar" --identity-cert "$c/api.crt" --identity-key "$c/api.key" \
 start t_out "$sidecar" --identity-cert "$c/web.crt" --identity-key "$c/web.key" \
     --trust-bundle "$c/ca.crt" --outbound "127.0.0.1:$t_out=127.0.0.1:$t_in@$api_id" \
     --admin "127.0.0.1:$t_adm_out" --workers "$WORKERS" --log-level warn --max-connections 19000
+
+say "tether-l7 pair: outbound :$l_out -> mTLS -> inbound :$l_in (per-request policy) -> backend"
+cat >"$work/l7-policy.json" <<EOF
+{"default": "deny", "rules": [
+  {"name": "no-admin", "action": "deny", "from": ["*"], "paths": ["/admin*"]},
+  {"name": "web-gets", "action": "allow", "from": ["spiffe://cluster.local/ns/shop/sa/web"],
+   "methods": ["GET", "HEAD"], "paths": ["/*"]}]}
+EOF
+start l_in "$sidecar" --identity-cert "$c/api.crt" --identity-key "$c/api.key" \
+    --trust-bundle "$c/ca.crt" --inbound "127.0.0.1:$l_in=127.0.0.1:$be" --policy "$work/l7-policy.json" \
+    --admin "127.0.0.1:$l_adm_in" --workers "$WORKERS" --log-level warn --max-connections 19000 \
+    --request-log-sample 1000000
+start l_out "$sidecar" --identity-cert "$c/web.crt" --identity-key "$c/web.key" \
+    --trust-bundle "$c/ca.crt" --outbound "127.0.0.1:$l_out=127.0.0.1:$l_in@$api_id" \
+    --admin "127.0.0.1:$l_adm_out" --workers "$WORKERS" --log-level warn --max-connections 19000
 
 say "nginx pair: stream :$n_out -> proxy_ssl -> stream ssl :$n_in (ssl_verify_client) -> backend"
 nginx_stream() { # DIR LISTEN BODY
@@ -199,12 +216,12 @@ haproxy_cfg "$work/haproxy-in.cfg" "$h_in ssl crt $c/api.pem ca-file $c/ca.crt v
 start haproxy_out haproxy -db -f "$work/haproxy-out.cfg"
 start haproxy_in haproxy -db -f "$work/haproxy-in.cfg"
 
-for p in $t_in $t_out $n_out $n_in $h_out $h_in; do wait_port "$p"; done
-for p in $t_out $n_out $h_out $be; do
+for p in $t_in $t_out $l_in $l_out $n_out $n_in $h_out $h_in; do wait_port "$p"; done
+for p in $t_out $l_out $n_out $h_out $be; do
     out=$(curl -sS --max-time 5 "http://127.0.0.1:$p/") || { say "chain on port $p does not answer"; exit 1; }
     [ "$out" = "hello, world" ] || { say "chain on port $p answered '$out'"; exit 1; }
 done
-say "all four chains answer"
+say "all five chains answer"
 
 rss_kb() { # PID...: sum of VmRSS in KiB (nginx: the pid's children, i.e. its workers, too)
     local total=0 p kids
@@ -223,8 +240,8 @@ idle_rss[tether_out]=$(rss_kb "$pid_t_out")
 idle_rss[nginx]=$(rss_kb "$pid_nginx_out" "$pid_nginx_in")
 idle_rss[haproxy]=$(rss_kb "$pid_haproxy_out" "$pid_haproxy_in")
 
-declare -A port=([tether]=$t_out [nginx]=$n_out [haproxy]=$h_out [direct]=$be)
-chains=(tether nginx haproxy direct)
+declare -A port=([tether]=$t_out [tether-l7]=$l_out [nginx]=$n_out [haproxy]=$h_out [direct]=$be)
+chains=(tether tether-l7 nginx haproxy direct)
 res=$work/results.txt
 : >"$res"
 
@@ -249,7 +266,7 @@ run_transfer() { # CHAIN ROUND
 for round in $(seq "$ROUNDS"); do
     # Rotate the order each round so that no chain always runs first or last.
     order=()
-    for i in 0 1 2 3; do order+=("${chains[$(((i + round - 1) % 4))]}"); done
+    for i in "${!chains[@]}"; do order+=("${chains[$(((i + round - 1) % ${#chains[@]}))]}"); done
     say "round $round/$ROUNDS: ${order[*]}"
     for chain in "${order[@]}"; do run_wrk "$chain" "$round" keepalive; done
     for chain in "${order[@]}"; do run_wrk "$chain" "$round" close; done
@@ -344,7 +361,7 @@ print()
 hdr = ("chain", "keep-alive req/s", "p50 ms", "p99 ms", "new-conn req/s", "100 MB MB/s",
        "errors", "RSS idle MiB", "RSS %d idle MiB" % idle_n, "KiB/conn")
 rows = []
-for chain in ("tether", "nginx", "haproxy", "direct"):
+for chain in ("tether", "tether-l7", "nginx", "haproxy", "direct"):
     ka, cl, xf = d[chain]["keepalive"], d[chain]["close"], d[chain]["xfer"]
     errs = sum(x[3] for x in ka + cl + xf)
     ri, rb = rss["rss_idle"].get(chain), rss["rss_busy"].get(chain)
@@ -369,7 +386,7 @@ for side in ("tether_out", "tether_in"):
             (rb - ri) / idle_n))
 print("  idle connections held: %s" % ", ".join("%s %s" % kv for kv in sorted(
     rss["opened"].items())))
-t, n = rows[0], rows[1]
+t, n = rows[0], rows[2]
 print()
 print("targets: tether req/s >= nginx: %s; tether p99 <= nginx: %s; idle RSS per sidecar "
       "< 12 MiB: %s; < 20 KiB per idle mTLS connection: %s" % (
