@@ -336,6 +336,19 @@ static uint64_t conn_now_us(struct tt_conn *c)
     return uv_now(&c->worker->loop) * 1000;
 }
 
+/* Sends close_notify to the TLS-side peer, once: our half-close of the TLS stream.
+ * Returns 0 or <0 (the caller closes the connection). */
+static int tls_close_notify_once(struct tt_conn *c)
+{
+    int r;
+
+    if (c->close_notify_sent)
+        return 0;
+    c->close_notify_sent = true;
+    r = tt_tls_close_notify(c->tls);
+    return r == 0 ? tls_flush(c) : r;
+}
+
 /* The client's input over the TLS side has ended (close_notify, or a FIN once everything
  * before it was decrypted): the workload gets a FIN. Returns 0, or <0 when the gate found
  * a request cut short. */
@@ -475,7 +488,7 @@ static void relay_progress(struct tt_conn *c)
  * sends afterwards is dropped. */
 static void conn_gate_settle(struct tt_conn *c)
 {
-    int r = 0;
+    int r;
 
     if (c->gate == NULL || c->gate_ended || !tt_gate_finished(c->gate))
         return;
@@ -483,12 +496,7 @@ static void conn_gate_settle(struct tt_conn *c)
     c->tls_side->read_eof = true;
     side_set_reading(c, c->tls_side, false);
     c->plain_side->want_shutdown = true;
-    if (!c->close_notify_sent) {
-        c->close_notify_sent = true;
-        r = tt_tls_close_notify(c->tls);
-        if (r == 0)
-            r = tls_flush(c);
-    }
+    r = tls_close_notify_once(c);
     c->tls_side->want_shutdown = true;
     if (r < 0)
         conn_close(c, r, true);
@@ -571,15 +579,10 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
                 return;
             }
         }
-        if (!c->close_notify_sent) {
-            c->close_notify_sent = true;
-            int r = tt_tls_close_notify(c->tls);
-            if (r == 0)
-                r = tls_flush(c);
-            if (r < 0) {
-                conn_close(c, r, true);
-                return;
-            }
+        int r = tls_close_notify_once(c);
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
         }
         c->tls_side->want_shutdown = true;
     } else {
@@ -821,7 +824,8 @@ static void gate_on_request(void *ud, const struct tt_gate_request *rq)
     };
 
     unsigned sample = conn_settings(c)->request_log_sample;
-    bool notable = rq->status == 0 || rq->status >= 500 || rq->reason != NULL;
+    bool failed = rq->status == 0 || rq->status >= 500; /* unanswered, or a server error */
+    bool notable = failed || rq->reason != NULL;        /* always logged */
 
     if (rq->refused_reason != 0)
         tt_metrics_request_refused(c->worker->metrics, c->listener->index, peer_id,
@@ -830,11 +834,11 @@ static void gate_on_request(void *ud, const struct tt_gate_request *rq)
         tt_metrics_request(c->worker->metrics, c->listener->index, peer_id, &rec);
     if (++c->worker->requests_done % (sample > 0 ? sample : 1) != 0 && !notable)
         return;
-    tt_log(rq->status >= 500 || rq->status == 0 ? TT_LOG_WARN : TT_LOG_INFO, "request",
-           TT_LS("listener", c->listener->cfg->name), TT_LS("peer_addr", c->peer_addr),
-           TT_LS("peer_id", peer_id), TT_LS("method", rq->method), TT_LS("path", rq->path),
-           TT_LU("status", (uint64_t)rq->status), TT_LU("request_bytes", rq->request_bytes),
-           TT_LU("response_bytes", rq->response_bytes), TT_LU("duration_us", rq->duration_us),
+    tt_log(failed ? TT_LOG_WARN : TT_LOG_INFO, "request", TT_LS("listener", c->listener->cfg->name),
+           TT_LS("peer_addr", c->peer_addr), TT_LS("peer_id", peer_id), TT_LS("method", rq->method),
+           TT_LS("path", rq->path), TT_LU("status", (uint64_t)rq->status),
+           TT_LU("request_bytes", rq->request_bytes), TT_LU("response_bytes", rq->response_bytes),
+           TT_LU("duration_us", rq->duration_us),
            TT_LS("verdict", rq->denied         ? "deny"
                             : rq->rule != NULL ? "allow"
                                                : "refused"),

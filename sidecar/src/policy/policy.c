@@ -745,20 +745,20 @@ static bool paths_match(const struct path_pat *pp, size_t n, const char *path)
     return false;
 }
 
+/* True when rule r applies to destination `port` (a rule without "ports" covers all). */
+static bool rule_covers(const struct rule *r, uint16_t port)
+{
+    for (size_t i = 0; i < r->n_ports; i++) {
+        if (r->ports[i] == port)
+            return true;
+    }
+    return r->n_ports == 0;
+}
+
 /* The connection part of a rule's conditions: "from" and "ports". */
 static bool rule_matches_conn(const struct rule *r, const char *caller, uint16_t port)
 {
-    size_t i;
-
-    if (!pats_match(r->from, r->n_from, caller))
-        return false;
-    if (r->n_ports > 0) {
-        for (i = 0; i < r->n_ports && r->ports[i] != port; i++)
-            ;
-        if (i == r->n_ports)
-            return false;
-    }
-    return true;
+    return pats_match(r->from, r->n_from, caller) && rule_covers(r, port);
 }
 
 static bool rule_has_http(const struct rule *r)
@@ -792,15 +792,11 @@ static bool rule_applies(const struct rule *r, const char *self)
 }
 
 /* The first of ports[0..n) that rule r covers, or 0 when none. */
-static uint16_t rule_covers_port(const struct rule *r, const uint16_t *ports, size_t n)
+static uint16_t rule_covers_any(const struct rule *r, const uint16_t *ports, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (r->n_ports == 0)
+        if (rule_covers(r, ports[i]))
             return ports[i];
-        for (size_t j = 0; j < r->n_ports; j++) {
-            if (r->ports[j] == ports[i])
-                return ports[i];
-        }
     }
     return 0;
 }
@@ -815,7 +811,7 @@ int tt_policy_check_opaque_enforceable(const struct tt_policy *p, const char *se
         uint16_t port;
 
         if (r->action != TT_POLICY_DENY || r->mode != TT_POLICY_ENFORCE || !rule_has_http(r) ||
-            !rule_applies(r, self) || (port = rule_covers_port(r, opaque_ports, n_opaque)) == 0)
+            !rule_applies(r, self) || (port = rule_covers_any(r, opaque_ports, n_opaque)) == 0)
             continue;
         snprintf(err, errlen,
                  "rule \"%.128s\" denies by HTTP %s on port %u, which is declared opaque "
