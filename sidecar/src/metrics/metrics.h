@@ -99,6 +99,21 @@ struct tt_request_counters {
     struct tt_hist latency_us;        /* request head received -> response complete */
 };
 
+/* Per listener, per worker: the pool of HTTP/2 connections between sidecars (net/pool.h,
+ * net/link.h). Gauges are kept as opened/closed pairs so that workers' counters add up.
+ * Outbound listeners count the links they dial and the tunnels their app connections
+ * ride; inbound listeners count the links they accept and the tunnels carried on them. */
+struct tt_pool_counters {
+    uint64_t links_opened;         /* mTLS connections that became pool links */
+    uint64_t links_closed;         /* of which closed (open now = opened - closed) */
+    uint64_t streams_opened;       /* tunnel streams (app connections) carried */
+    uint64_t streams_closed;       /* of which over (in flight = opened - closed) */
+    uint64_t streams_refused;      /* refused by the peer (REFUSED_STREAM, GOAWAY, 4xx/5xx) */
+    uint64_t links_recycled;       /* links retired because the identity rotated */
+    uint64_t fallback_direct;      /* outbound: app connections sent direct because the
+                                      peer did not select the tether-h2 ALPN token */
+};
+
 /* Per listener, per worker. */
 struct tt_listener_counters {
     uint64_t accepted;           /* connections accepted */
@@ -130,6 +145,7 @@ struct tt_listener_counters {
 
     /* HTTP-aware data path (Tether issue 10). */
     struct tt_request_counters requests;
+    struct tt_pool_counters pool;
 };
 
 #define TT_METRICS_PEERS    256 /* distinct peer identities tracked per worker */

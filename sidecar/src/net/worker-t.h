@@ -29,6 +29,7 @@ struct tt_worker_settings {
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;
     unsigned request_log_sample;                  /* one request line in N (denials etc. always) */
+    bool pool; /* --pool on: outbound app connections ride pooled HTTP/2 links (net/pool.h) */
     const struct tt_transparent_cfg *transparent; /* never NULL; .enabled in that mode */
 };
 
