@@ -202,6 +202,46 @@ static void test_tls_handshake_and_data(void **state)
     tt_tls_free(s);
 }
 
+/* ALPN between the pool's two ends: a client offering "tether-h2" gets it from a server
+ * that selects it; a server that selects nothing, or another token, completes the
+ * handshake without ALPN (the outbound then falls back to one connection per app
+ * connection); bad names are refused. */
+static void test_tls_alpn_offer_select(void **state)
+{
+    static const char *const server_picks[] = {"tether-h2", NULL, "h2"};
+    static const char *const want[] = {"tether-h2", "", ""};
+    char got[32];
+    int rc, rs;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        struct tt_tls *c = tt_tls_new(client_id, TT_TLS_CLIENT, SERVER_ID);
+        struct tt_tls *s = tt_tls_new(server_id, TT_TLS_SERVER, NULL);
+        assert_non_null(c);
+        assert_non_null(s);
+        assert_int_equal(tt_tls_set_alpn(c, "tether-h2"), 0);
+        if (server_picks[i] != NULL)
+            assert_int_equal(tt_tls_set_alpn(s, server_picks[i]), 0);
+        handshake(c, s, &rc, &rs);
+        assert_int_equal(rc, 1);
+        assert_int_equal(rs, 1);
+        tt_tls_alpn(c, got, sizeof(got));
+        assert_string_equal(got, want[i]);
+        tt_tls_alpn(s, got, sizeof(got));
+        assert_string_equal(got, want[i]);
+        tt_tls_free(c);
+        tt_tls_free(s);
+    }
+    struct tt_tls *c = tt_tls_new(client_id, TT_TLS_CLIENT, SERVER_ID);
+    char longname[300];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    assert_int_equal(tt_tls_set_alpn(c, ""), -EINVAL);
+    assert_int_equal(tt_tls_set_alpn(c, NULL), -EINVAL);
+    assert_int_equal(tt_tls_set_alpn(c, longname), -EINVAL);
+    tt_tls_free(c);
+}
+
 /* Handshake fed one byte at a time: every partial record must be "need more". */
 static void test_tls_handshake_byte_by_byte(void **state)
 {
@@ -921,6 +961,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tls_handshake_and_data),
         cmocka_unit_test(test_tls_handshake_byte_by_byte),
+        cmocka_unit_test(test_tls_alpn_offer_select),
         cmocka_unit_test(test_tls_large_transfer),
         cmocka_unit_test(test_tls_refuse_unknown_ca),
         cmocka_unit_test(test_tls_refuse_revoked),

@@ -484,13 +484,22 @@ int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session)
     return 1;
 }
 
-/* Sets the ALPN protocol a server session selects (see tls.h). */
+/* Sets the ALPN protocol a session offers (client) or selects (server) (see tls.h). */
 int tt_tls_set_alpn(struct tt_tls *tls, const char *proto)
 {
-    if (role_is_client(tls->role) || proto == NULL || proto[0] == '\0' || strlen(proto) > 255)
+    size_t n = proto != NULL ? strlen(proto) : 0;
+    uint8_t wire[256];
+
+    if (n == 0 || n > 255)
         return -EINVAL;
-    tls->alpn = proto;
-    return 0;
+    if (!role_is_client(tls->role)) {
+        tls->alpn = proto;
+        return 0;
+    }
+    wire[0] = (uint8_t)n; /* RFC 7301 §3.1: a list of length-prefixed names */
+    memcpy(wire + 1, proto, n);
+    /* SSL_set_alpn_protos returns 0 on success (unlike most of the API). */
+    return SSL_set_alpn_protos(tls->ssl, wire, (unsigned)n + 1) == 0 ? 0 : -ENOMEM;
 }
 
 /* The server contexts' ALPN callback (identity_bssl.h): selects the session's protocol

@@ -71,10 +71,11 @@ void tt_tls_set_crls(struct tt_tls *tls, struct tt_crls *crls);
  * TT_E_REVOKED with tt_tls_error_detail() saying which CRL lists what, or -ENOMEM. */
 int tt_tls_check_crls(struct tt_tls *tls, const struct tt_crls *crls);
 
-/* Server roles, before the first tt_tls_handshake(): select ALPN protocol `proto` (e.g.
- * "h2"; a static string, not copied) when the client offers it. A client that offers no
- * ALPN, or other protocols only, still completes the handshake, without ALPN. Returns 0,
- * or -EINVAL for a client role or a name that is empty or longer than 255 bytes. */
+/* Before the first tt_tls_handshake(): a server selects ALPN protocol `proto` (e.g.
+ * "tether-h2"; a static string, not copied) when the client offers it, and a client that
+ * offers no ALPN, or other protocols only, still completes the handshake, without ALPN; a
+ * client offers `proto` alone (tt_tls_alpn() then says whether the server selected it).
+ * Returns 0, -EINVAL for a name that is empty or longer than 255 bytes, or -ENOMEM. */
 int tt_tls_set_alpn(struct tt_tls *tls, const char *proto);
 
 /* The ALPN protocol the handshake selected, "" when none, copied into buf (truncated to
