@@ -600,6 +600,67 @@ static void test_h2_tunnel(void **state)
     pair_done();
 }
 
+/* A server that answers a stream completely (a 403, 501) and releases it while the client
+ * still sends: the answer arrives whole (status and body, END_STREAM), and the stream then
+ * ends with RST_STREAM NO_ERROR, never CANCEL; the session stays usable. */
+static void test_h2_answer_then_release(void **state)
+{
+    struct tt_h2_config scfg = {.enable_connect = true};
+    struct cstream cs = {0}, cs2 = {0};
+    int err;
+
+    pair_init(NULL, &scfg);
+    P.mode = SRV_HOLD;
+    P.server_reads = false;
+    pump();
+    cs.st = tt_h2_open_tunnel(P.c, "tether-tcp", "10.1.2.3:8080", NULL, 0, &client_cbs, &cs, &err);
+    assert_non_null(cs.st);
+    assert_int_equal(tt_h2_stream_write(cs.st, "still sending", 13), 0);
+    pump();
+    assert_int_equal(P.nsrv, 1);
+    struct tt_h2_stream *ss = P.srv[0].st;
+    assert_int_equal(tt_h2_respond(ss, 403, NULL, 0, false), 0);
+    assert_int_equal(tt_h2_stream_write(ss, "denied", 6), 0);
+    assert_int_equal(tt_h2_stream_end(ss), 0);
+    tt_h2_stream_release(ss); /* before the answer went out */
+    P.srv[0].st = NULL;
+    pump();
+    assert_int_equal(cs.headers, 1);
+    assert_int_equal(tt_h2_stream_status(cs.st), 403);
+    assert_int_equal(cs.body_len, 6);
+    assert_memory_equal(cs.body, "denied", 6);
+    assert_int_equal(cs.ends, 1);
+    assert_int_equal(cs.resets, 1);
+    assert_int_equal(cs.reset_code, TT_H2_NO_ERROR);
+    assert_true(cs.reset_by_peer);
+    tt_h2_stream_release(cs.st);
+
+    /* Released after the answer went out: the same ending. */
+    cs2.st =
+        tt_h2_open_tunnel(P.c, "tether-tcp", "10.1.2.3:8080", NULL, 0, &client_cbs, &cs2, &err);
+    assert_non_null(cs2.st);
+    assert_int_equal(tt_h2_stream_write(cs2.st, "x", 1), 0);
+    pump();
+    assert_int_equal(P.nsrv, 2);
+    ss = P.srv[1].st;
+    assert_int_equal(tt_h2_respond(ss, 501, NULL, 0, true), 0);
+    pump();
+    assert_int_equal(cs2.ends, 1);
+    tt_h2_stream_release(ss);
+    P.srv[1].st = NULL;
+    pump();
+    assert_int_equal(tt_h2_stream_status(cs2.st), 501);
+    assert_int_equal(cs2.resets, 1);
+    assert_int_equal(cs2.reset_code, TT_H2_NO_ERROR);
+    tt_h2_stream_release(cs2.st);
+    pump();
+    assert_int_equal(tt_h2_active_streams(P.c), 0);
+    assert_int_equal(tt_h2_active_streams(P.s), 0);
+    assert_int_equal(tt_h2_error(P.c), 0);
+    assert_int_equal(tt_h2_error(P.s), 0);
+    pair_done();
+}
+
 static void test_h2_connect_refused(void **state)
 {
     struct cstream cs = {0};
@@ -1181,6 +1242,7 @@ int main(void)
         cmocka_unit_test(test_h2_stalled_stream),
         cmocka_unit_test(test_h2_tunnel),
         cmocka_unit_test(test_h2_connect_refused),
+        cmocka_unit_test(test_h2_answer_then_release),
         cmocka_unit_test(test_h2_goaway),
         cmocka_unit_test(test_h2_goaway_queued),
         cmocka_unit_test(test_h2_release_queued),

@@ -51,21 +51,24 @@ struct tt_h2_stream {
     struct fields trailers;    /* the received trailers */
     nghttp2_nv *send_trailers; /* ours (one allocation), sent once the queue drains */
     size_t nsend_trailers;
-    int status;             /* client: the response's :status */
-    struct tt_buf recv;     /* peer bytes not yet taken by the application */
-    struct tt_buf send;     /* our bytes not yet framed */
-    unsigned released : 1;  /* the application gave up its reference */
-    unsigned closed : 1;    /* nghttp2 closed the stream */
-    unsigned local_end : 1; /* tt_h2_stream_end (or a head with end_stream) */
-    unsigned peer_end : 1;  /* the peer's END_STREAM arrived */
-    unsigned deferred : 1;  /* the data provider waits for tt_h2_stream_write */
-    unsigned responded : 1; /* server: the head was submitted */
-    unsigned announced : 1; /* server: on_stream fired */
-    unsigned peer_rst : 1;  /* the peer's RST_STREAM arrived */
-    unsigned incoming : 1;  /* opened by the peer */
-    unsigned sent : 1;      /* client: our HEADERS went out */
-    unsigned dead : 1;      /* on_reset was reported: no more callbacks, no more sending */
-    unsigned head_done : 1; /* the head (request, or final response) is complete */
+    int status;                 /* client: the response's :status */
+    struct tt_buf recv;         /* peer bytes not yet taken by the application */
+    struct tt_buf send;         /* our bytes not yet framed */
+    unsigned released : 1;      /* the application gave up its reference */
+    unsigned closed : 1;        /* nghttp2 closed the stream */
+    unsigned local_end : 1;     /* tt_h2_stream_end (or a head with end_stream) */
+    unsigned peer_end : 1;      /* the peer's END_STREAM arrived */
+    unsigned deferred : 1;      /* the data provider waits for tt_h2_stream_write */
+    unsigned responded : 1;     /* server: the head was submitted */
+    unsigned announced : 1;     /* server: on_stream fired */
+    unsigned peer_rst : 1;      /* the peer's RST_STREAM arrived */
+    unsigned incoming : 1;      /* opened by the peer */
+    unsigned sent : 1;          /* client: our HEADERS went out */
+    unsigned dead : 1;          /* on_reset was reported: no more callbacks, no more sending */
+    unsigned head_done : 1;     /* the head (request, or final response) is complete */
+    unsigned end_sent : 1;      /* our END_STREAM went out */
+    unsigned rst_after_end : 1; /* released with our side ended first: RST_STREAM NO_ERROR
+                                   follows the END_STREAM (RFC 9113 §8.1) */
 };
 
 struct tt_h2 {
@@ -327,14 +330,23 @@ static void refuse_unsent(struct tt_h2 *h2)
     }
 }
 
-/* nghttp2: a frame went out. Notes that a client stream's HEADERS left the queue. */
+/* nghttp2: a frame went out. Notes that a client stream's HEADERS left the queue, and
+ * that our END_STREAM did (ending a released stream the peer still sends on). */
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
 {
     struct tt_h2_stream *s = stream_of(session, frame->hd.stream_id);
 
     (void)ud;
-    if (s != NULL && frame->hd.type == NGHTTP2_HEADERS)
+    if (s == NULL)
+        return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS)
         s->sent = 1;
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
+        s->end_sent = 1;
+        if (s->rst_after_end && !s->closed)
+            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+    }
     return 0;
 }
 
@@ -1056,6 +1068,17 @@ void tt_h2_stream_release(struct tt_h2_stream *s)
         tt_buf_done(&s->recv);
     }
     if (!s->closed) {
+        /* A complete answer (a 403, the end of a tunnel) is never cut by a CANCEL: the
+         * peer's rest is refused with NO_ERROR once our END_STREAM is out. A request still
+         * waiting for a slot is cancelled: it never goes out. */
+        if (s->local_end && !s->dead && (s->incoming || s->sent)) {
+            if (s->end_sent && !s->peer_end)
+                nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
+                                          NGHTTP2_NO_ERROR);
+            else if (!s->end_sent)
+                s->rst_after_end = !s->peer_end;
+            return;
+        }
         nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
         return;
     }

@@ -14,8 +14,7 @@
  * back as soon as bytes are buffered here, while the bytes buffered for all streams stay
  * under `recv_buffer_max`, so one stalled stream never blocks the others.
  *
- * Not yet wired into the data path: conn.c and the pool that will feed this core from
- * the TLS engine come with a later part of Tether issue 10 (HTTP-aware sidecars). */
+ * The pool's links between sidecars (net/pool.h) feed it from the TLS engine. */
 #ifndef TT_H2_H
 #define TT_H2_H
 
@@ -254,9 +253,11 @@ uint32_t tt_h2_stream_id(const struct tt_h2_stream *s);
 /* The session a stream belongs to. */
 struct tt_h2 *tt_h2_stream_session(const struct tt_h2_stream *s);
 
-/* Gives up the application's reference: no callback fires for the stream any more; a
- * stream still open is reset with CANCEL; unread bytes are dropped (their connection
- * window given back). The session frees it once closed. Accepts NULL. */
+/* Gives up the application's reference: no callback fires for the stream any more;
+ * unread bytes are dropped (their connection window given back). A stream still open is
+ * reset with CANCEL, unless our side was ended (a complete answer, a tunnel's last bytes):
+ * then what we queued still goes out and, if the peer has not ended its side, RST_STREAM
+ * NO_ERROR follows our END_STREAM. The session frees it once closed. Accepts NULL. */
 void tt_h2_stream_release(struct tt_h2_stream *s);
 
 /* Queues a PING; on_ping reports its round trip. Returns 0, TT_E_H2_INTERNAL or -ENOMEM. */
