@@ -121,6 +121,7 @@ static void test_config_flags_defaults(void **state)
     assert_int_equal(cfg.connect_timeout_ms, 5000);
     assert_int_equal(cfg.idle_timeout_ms, 3600000);
     assert_int_equal(cfg.drain_timeout_ms, 20000);
+    assert_true(cfg.pool);
     assert_int_equal(cfg.n_listeners, 1);
     assert_int_equal(cfg.listeners[0].kind, TT_LISTENER_INBOUND);
     assert_string_equal(cfg.listeners[0].name, "inbound:127.0.0.1:16006");
@@ -741,6 +742,52 @@ static void test_config_admin_remote_control(void **state)
     free(off);
 }
 
+/* --pool on|off and the file's "pool": on unless one says off, the flag over the file,
+ * and each bad value named with what was expected. */
+static void test_config_pool(void **state)
+{
+    struct tt_config cfg;
+    char err[512];
+    char *off = write_tmp("pool-off.json", "{\"pool\": false}");
+    char *on = write_tmp("pool-on.json", "{\"pool\": true}");
+
+    assert_int_equal(
+        parse(&cfg, err, sizeof(err), IDENTITY, "--inbound", "127.0.0.1:1=127.0.0.1:2", NULL), 0);
+    assert_true(cfg.pool);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), IDENTITY, "--pool", "off", "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_false(cfg.pool);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", off, IDENTITY, "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_false(cfg.pool);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", on, IDENTITY, "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_true(cfg.pool);
+    tt_config_done(&cfg);
+    /* The flag wins over the file, wherever it stands on the line. */
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--pool", "on", "--config", off, IDENTITY,
+                           "--inbound", "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_true(cfg.pool);
+    tt_config_done(&cfg);
+
+    assert_parse_error("--pool maybe: expected on or off", IDENTITY, "--pool", "maybe");
+    assert_parse_error("--pool \"\": expected on or off", IDENTITY, "--pool", "");
+    assert_parse_error("--pool ON: expected on or off", IDENTITY, "--pool", "ON");
+    assert_parse_error("option --pool requires a value", IDENTITY, "--pool");
+    expect_file_error("{\"pool\": \"off\"}",
+                      "sidecar.json: pool: expected true or false, got \"off\"");
+    expect_file_error("{\"pool\": 0}", "sidecar.json: pool: expected true or false, got 0");
+    free(off);
+    free(on);
+}
+
 /* Runs parse() with stdout sent to a file; returns what was printed (heap). */
 static char *capture_parse(int *rc, ...)
 {
@@ -830,6 +877,8 @@ static void test_config_usage_complete(void **state)
         "default 1h",
         "--drain-timeout D",
         "default 20s",
+        "--pool on|off",
+        "key pool: true|false",
         "-h, --help",
         "Example:",
         "--inbound 127.0.0.1:16006=127.0.0.1:8080",
@@ -889,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_config_usage_complete),
         cmocka_unit_test(test_config_example_parses),
         cmocka_unit_test_setup_teardown(test_config_admin_remote_control, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_config_pool, setup_dir, teardown_dir),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -942,6 +942,105 @@ static void test_stats_prometheus_requests(void **state)
     free(text);
 }
 
+/* Sets pool counters on both workers: the outbound listener dialled 3 links (1 closed, 1
+ * recycled) carrying 10 tunnels (4 over, 2 refused) and sent 5 connections direct; the
+ * inbound one accepted 2 links, both closed, after 7 tunnels, all over. */
+static void add_pool(struct fixture *f)
+{
+    struct tt_pool_counters *o0 = &f->workers[0]->listeners[1].pool;
+    struct tt_pool_counters *o1 = &f->workers[1]->listeners[1].pool;
+    struct tt_pool_counters *i1 = &f->workers[1]->listeners[0].pool;
+
+    o0->links_opened = 2;
+    o0->links_closed = 1;
+    o0->streams_opened = 6;
+    o0->streams_closed = 3;
+    o0->streams_refused = 2;
+    o0->links_recycled = 1;
+    o0->fallback_direct = 4;
+    o1->links_opened = 1;
+    o1->streams_opened = 4;
+    o1->streams_closed = 1;
+    o1->fallback_direct = 1;
+    i1->links_opened = 2;
+    i1->links_closed = 2;
+    i1->streams_opened = 7;
+    i1->streams_closed = 7;
+}
+
+/* Asserts o is the "pool" object {connections, streams_active, streams_total,
+ * streams_refused, connections_recycled, fallback_direct} with these values and no more. */
+static void assert_pool(json_t *o, const json_int_t want[6])
+{
+    static const char *const keys[] = {"connections",          "streams_active",
+                                       "streams_total",        "streams_refused",
+                                       "connections_recycled", "fallback_direct"};
+
+    assert_true(json_is_object(o));
+    assert_int_equal(json_object_size(o), 6);
+    for (int k = 0; k < 6; k++)
+        assert_int_equal(jget_int(o, keys[k]), want[k]);
+}
+
+/* The pool's figures per listener, summed over the workers, in both formats; open links
+ * and streams are opened - closed. */
+static void test_stats_pool(void **state)
+{
+    struct fixture *f = *state;
+    const json_int_t in[6] = {0, 0, 7, 0, 0, 0}, out[6] = {2, 6, 10, 2, 1, 5};
+    json_t *doc, *ls;
+    char *text;
+
+    add_pool(f);
+    doc = tt_stats_json(&f->view);
+    assert_non_null(doc);
+    ls = json_object_get(doc, "listeners");
+    assert_pool(json_object_get(json_array_get(ls, 0), "pool"), in);
+    assert_pool(json_object_get(json_array_get(ls, 1), "pool"), out);
+    json_decref(doc);
+
+    text = tt_stats_prometheus(&f->view);
+    assert_non_null(text);
+    assert_prometheus_valid(text);
+#define IN  "{listener=\"inbound:127.0.0.1:16006\",kind=\"inbound\"} "
+#define OUT "{listener=\"outbound:127.0.0.1:16001\",kind=\"outbound\"} "
+    assert_contains(text, "\n# TYPE tether_pool_connections gauge\n");
+    assert_contains(text, "\ntether_pool_connections" OUT "2\n");
+    assert_contains(text, "\ntether_pool_connections" IN "0\n");
+    assert_contains(text, "\n# TYPE tether_pool_streams_active gauge\n");
+    assert_contains(text, "\ntether_pool_streams_active" OUT "6\n");
+    assert_contains(text, "\ntether_pool_streams_active" IN "0\n");
+    assert_contains(text, "\n# TYPE tether_pool_streams_total counter\n");
+    assert_contains(text, "\ntether_pool_streams_total" OUT "10\n");
+    assert_contains(text, "\ntether_pool_streams_total" IN "7\n");
+    assert_contains(text, "\n# TYPE tether_pool_streams_refused_total counter\n");
+    assert_contains(text, "\ntether_pool_streams_refused_total" OUT "2\n");
+    assert_contains(text, "\n# TYPE tether_pool_connections_recycled_total counter\n");
+    assert_contains(text, "\ntether_pool_connections_recycled_total" OUT "1\n");
+    assert_contains(text, "\ntether_pool_connections_recycled_total" IN "0\n");
+    assert_contains(text, "\n# TYPE tether_pool_fallback_direct_total counter\n");
+    assert_contains(text, "\ntether_pool_fallback_direct_total" OUT "5\n");
+    assert_int_equal(count_of(text, "\n# TYPE tether_pool_"), 6);
+    assert_int_equal(count_of(text, "\ntether_pool_"), 12); /* 6 families, 2 listeners */
+#undef IN
+#undef OUT
+    free(text);
+}
+
+/* An idle sidecar (or --pool off) renders "pool" with zeros on every listener. */
+static void test_stats_pool_idle(void **state)
+{
+    struct fixture *f = *state;
+    const json_int_t zero[6] = {0};
+    json_t *doc = tt_stats_json(&f->view), *ls;
+
+    assert_non_null(doc);
+    ls = json_object_get(doc, "listeners");
+    for (size_t i = 0; i < json_array_size(ls); i++)
+        assert_pool(json_object_get(json_array_get(ls, i), "pool"), zero);
+    json_decref(doc);
+}
+
 /* Every refusal reason renders under its tt_h1_reason_name, in both formats. */
 static void test_stats_requests_every_reason(void **state)
 {
@@ -1093,6 +1192,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stats_prometheus_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_prometheus_requests_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_requests_every_reason, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stats_pool_idle, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

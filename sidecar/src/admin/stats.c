@@ -233,6 +233,26 @@ static json_t *reasons_json(const uint64_t *counts)
     return o;
 }
 
+/* What is open now of a gauge kept as an opened/closed pair (metrics.h): opened - closed,
+ * 0 should a sum over workers ever see closed ahead of opened. */
+static uint64_t open_now(uint64_t opened, uint64_t closed)
+{
+    return opened > closed ? opened - closed : 0;
+}
+
+/* A listener's "pool" (net/pool.h): {"connections" (links open now), "streams_active",
+ * "streams_total", "streams_refused", "connections_recycled", "fallback_direct"}. NULL
+ * when out of memory. */
+static json_t *pool_json(const struct tt_pool_counters *p)
+{
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o}", "connections",
+                     jint(open_now(p->links_opened, p->links_closed)), "streams_active",
+                     jint(open_now(p->streams_opened, p->streams_closed)), "streams_total",
+                     jint(p->streams_opened), "streams_refused", jint(p->streams_refused),
+                     "connections_recycled", jint(p->links_recycled), "fallback_direct",
+                     jint(p->fallback_direct));
+}
+
 static const char *kind_name(enum tt_listener_kind kind)
 {
     return kind == TT_LISTENER_INBOUND ? "inbound" : "outbound";
@@ -241,7 +261,7 @@ static const char *kind_name(enum tt_listener_kind kind)
 static json_t *listener_json(const struct tt_listener_cfg *cfg,
                              const struct tt_listener_counters *c)
 {
-    uint64_t active = c->accepted > c->closed ? c->accepted - c->closed : 0;
+    uint64_t active = open_now(c->accepted, c->closed);
     json_t *latency;
 
     latency = json_pack("{s:o,s:o,s:o}", "handshake_us", hist_json(&c->handshake_us), "connect_us",
@@ -517,8 +537,9 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
                 json_object_set_new(lj, "endpoint_retries", jint(c->endpoint_retries));
                 json_object_set_new(lj, "canary", jint(c->canary));
             }
-            json_t *rj = requests_json(&c->requests);
-            if (rj == NULL || json_object_set_new(lj, "requests", rj) != 0) {
+            /* json_object_set_new() steals the value and fails on NULL (out of memory). */
+            if (json_object_set_new(lj, "requests", requests_json(&c->requests)) != 0 ||
+                json_object_set_new(lj, "pool", pool_json(&c->pool)) != 0) {
                 json_decref(lj);
                 goto err_free;
             }
@@ -714,72 +735,110 @@ static void sb_seconds(struct sbuf *sb, uint64_t us)
     sb_printf(sb, "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
 }
 
-/* Per-listener counters rendered from a field of struct tt_listener_counters. */
+/* Per-listener values rendered from struct tt_listener_counters: a counter field, or a
+ * gauge kept as an opened/closed pair of fields (the value is what is open now). */
 struct listener_metric {
     const char *name;
     const char *type;
     const char *help;
-    size_t off; /* offset of the uint64_t field, or SIZE_MAX for "active" */
+    size_t off;        /* offset of the uint64_t field (of a pair, the opened one) */
+    size_t closed_off; /* of a pair, offset of the closed field; SIZE_MAX for a counter */
 };
 
-#define LC_OFF(f) offsetof(struct tt_listener_counters, f)
+#define LC_OFF(f)               offsetof(struct tt_listener_counters, f)
+#define LC_FIELD(f)             LC_OFF(f), SIZE_MAX
+#define LC_PAIR(opened, closed) LC_OFF(opened), LC_OFF(closed)
 
 static const struct listener_metric listener_metrics[] = {
     {"tether_listener_connections_accepted_total", "counter", "Connections accepted.",
-     LC_OFF(accepted)},
-    {"tether_listener_connections_active", "gauge", "Connections open now.", SIZE_MAX},
+     LC_FIELD(accepted)},
+    {"tether_listener_connections_active", "gauge", "Connections open now.",
+     LC_PAIR(accepted, closed)},
     {"tether_listener_connections_refused_limit_total", "counter",
-     "Connections closed at once because the connection limit was reached.", LC_OFF(refused_limit)},
+     "Connections closed at once because the connection limit was reached.",
+     LC_FIELD(refused_limit)},
     {"tether_listener_bytes_in_total", "counter", "Bytes received from downstream clients.",
-     LC_OFF(bytes_in)},
+     LC_FIELD(bytes_in)},
     {"tether_listener_bytes_out_total", "counter", "Bytes sent to downstream clients.",
-     LC_OFF(bytes_out)},
+     LC_FIELD(bytes_out)},
     {"tether_listener_handshakes_total", "counter", "TLS handshakes completed.",
-     LC_OFF(handshakes)},
+     LC_FIELD(handshakes)},
     {"tether_listener_handshakes_resumed_total", "counter",
-     "TLS handshakes that resumed a session.", LC_OFF(handshakes_resumed)},
+     "TLS handshakes that resumed a session.", LC_FIELD(handshakes_resumed)},
     {"tether_listener_upstream_connect_failures_total", "counter",
-     "Upstream TCP connects that failed.", LC_OFF(upstream_connect_failures)},
+     "Upstream TCP connects that failed.", LC_FIELD(upstream_connect_failures)},
     {"tether_listener_policy_allowed_total", "counter", "Inbound connections allowed by policy.",
-     LC_OFF(allowed)},
+     LC_FIELD(allowed)},
     {"tether_listener_policy_denied_total", "counter", "Inbound connections denied by policy.",
-     LC_OFF(denied)},
+     LC_FIELD(denied)},
     {"tether_listener_accept_failures_total", "counter",
      "Accepts that failed for want of file descriptors or memory (each pauses accepting).",
-     LC_OFF(accept_failures)},
+     LC_FIELD(accept_failures)},
     {"tether_listener_connections_refused_fd_shortage_total", "counter",
      "Connections reset at once on the reserved descriptor during a descriptor shortage.",
-     LC_OFF(refused_fd_shortage)},
+     LC_FIELD(refused_fd_shortage)},
     {"tether_listener_not_redirected_total", "counter",
      "Transparent: connections refused for want of an original destination.",
-     LC_OFF(not_redirected)},
+     LC_FIELD(not_redirected)},
     {"tether_listener_passthrough_total", "counter",
      "Transparent: outbound connections outside the mesh relayed in plaintext.",
-     LC_OFF(passthrough)},
+     LC_FIELD(passthrough)},
     {"tether_listener_unknown_denied_total", "counter",
-     "Transparent: outbound connections outside the mesh refused.", LC_OFF(unknown_denied)},
+     "Transparent: outbound connections outside the mesh refused.", LC_FIELD(unknown_denied)},
     {"tether_listener_plaintext_total", "counter",
-     "Transparent, permissive: inbound callers without TLS let in.", LC_OFF(plaintext)},
+     "Transparent, permissive: inbound callers without TLS let in.", LC_FIELD(plaintext)},
     {"tether_listener_endpoint_retries_total", "counter",
      "Transparent: connects retried on another endpoint after a failure.",
-     LC_OFF(endpoint_retries)},
+     LC_FIELD(endpoint_retries)},
 };
 
 /* Per-listener figures of the HTTP-aware data path, labelled as the families above. */
 static const struct listener_metric http_listener_metrics[] = {
     {"tether_http_request_bytes_total", "counter", "HTTP request body bytes received.",
-     LC_OFF(requests.request_bytes)},
+     LC_FIELD(requests.request_bytes)},
     {"tether_http_response_bytes_total", "counter",
-     "HTTP response bytes (heads and bodies) relayed to clients.", LC_OFF(requests.response_bytes)},
+     "HTTP response bytes (heads and bodies) relayed to clients.",
+     LC_FIELD(requests.response_bytes)},
     {"tether_http_requests_denied_total", "counter", "HTTP requests answered 403 by policy.",
-     LC_OFF(requests.denied)},
+     LC_FIELD(requests.denied)},
 };
 
-static uint64_t listener_value(const struct tt_listener_counters *c, size_t off)
+/* Per-listener figures of the pool of HTTP/2 links between sidecars (net/pool.h). */
+static const struct listener_metric pool_listener_metrics[] = {
+    {"tether_pool_connections", "gauge",
+     "Pooled HTTP/2 mTLS connections to or from other sidecars open now.",
+     LC_PAIR(pool.links_opened, pool.links_closed)},
+    {"tether_pool_streams_active", "gauge",
+     "Tunnel streams (app connections) on pooled connections now.",
+     LC_PAIR(pool.streams_opened, pool.streams_closed)},
+    {"tether_pool_streams_total", "counter",
+     "Tunnel streams (app connections) carried on pooled connections.",
+     LC_FIELD(pool.streams_opened)},
+    {"tether_pool_streams_refused_total", "counter",
+     "Tunnel streams refused by the peer (REFUSED_STREAM, GOAWAY, 4xx or 5xx).",
+     LC_FIELD(pool.streams_refused)},
+    {"tether_pool_connections_recycled_total", "counter",
+     "Pooled connections retired because the workload identity rotated.",
+     LC_FIELD(pool.links_recycled)},
+    {"tether_pool_fallback_direct_total", "counter",
+     "Outbound app connections sent on their own mTLS connection: the peer did not select "
+     "tether-h2.",
+     LC_FIELD(pool.fallback_direct)},
+};
+
+/* The uint64_t field of c at offset off. */
+static uint64_t field_at(const struct tt_listener_counters *c, size_t off)
 {
-    if (off == SIZE_MAX)
-        return c->accepted > c->closed ? c->accepted - c->closed : 0;
     return *(const uint64_t *)((const char *)c + off);
+}
+
+/* The value of lm for counters c: its field, or what is open now of its pair. */
+static uint64_t listener_value(const struct tt_listener_counters *c,
+                               const struct listener_metric *lm)
+{
+    if (lm->closed_off == SIZE_MAX)
+        return field_at(c, lm->off);
+    return open_now(field_at(c, lm->off), field_at(c, lm->closed_off));
 }
 
 static void prom_hist(struct sbuf *sb, const char *name, const char *help,
@@ -823,7 +882,7 @@ static void prom_listener_family(struct sbuf *sb, const struct listener_metric *
         sb_printf(sb, "%s{", lm->name);
         sb_label(sb, true, "listener", view->listeners[i].name);
         sb_label(sb, false, "kind", kind_name(view->listeners[i].kind));
-        sb_printf(sb, "} %" PRIu64 "\n", listener_value(counters_at(sum, i), lm->off));
+        sb_printf(sb, "} %" PRIu64 "\n", listener_value(counters_at(sum, i), lm));
     }
 }
 
@@ -1040,6 +1099,8 @@ char *tt_stats_prometheus(const struct tt_stats_view *view)
 
     prom_listeners(&sb, view, &sum);
     prom_requests(&sb, view, &sum);
+    for (size_t m = 0; m < TT_ARRAY_SIZE(pool_listener_metrics); m++)
+        prom_listener_family(&sb, &pool_listener_metrics[m], view, &sum);
     prom_policy(&sb, view, &sum);
     prom_peers(&sb, &sum);
     tt_metrics_sum_done(&sum);

@@ -55,6 +55,7 @@ enum {
     OPT_INBOUND_MODE,
     OPT_DETECT_TIMEOUT,
     OPT_CHECK_INTERVAL,
+    OPT_POOL,
     OPT_SPIFFE_ID,
     OPT_CRL, /* repeatable: not among the single-valued flags */
     OPT_SERVICE,
@@ -94,6 +95,7 @@ static const struct option long_options[] = {
     {"inbound-mode", required_argument, NULL, OPT_INBOUND_MODE},
     {"inbound-detect-timeout", required_argument, NULL, OPT_DETECT_TIMEOUT},
     {"capture-check-interval", required_argument, NULL, OPT_CHECK_INTERVAL},
+    {"pool", required_argument, NULL, OPT_POOL},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -723,6 +725,7 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "log_level",
                                            "max_connections",
                                            "request_log_sample",
+                                           "pool",
                                            "timeouts",
                                            "inbound",
                                            "outbound",
@@ -822,7 +825,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
         rc = errf(err, errlen, "%s: admin: %s: %s", path, s, addr_reason(s, 1, rc));
         goto out;
     }
-    if ((rc = get_bool(&f, root, "admin_allow_remote_control", &cfg->admin_remote_control)) != 0)
+    if ((rc = get_bool(&f, root, "admin_allow_remote_control", &cfg->admin_remote_control)) != 0 ||
+        (rc = get_bool(&f, root, "pool", &cfg->pool)) != 0)
         goto out;
     if ((rc = get_uint(&f, root, "workers", 1, WORKERS_MAX, &cfg->workers)) != 0 ||
         (rc = get_uint(&f, root, "max_connections", 1, MAX_CONNECTIONS_MAX,
@@ -1155,6 +1159,11 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
         tt_log_level_parse(v, &cfg->log_level) != 0)
         return errf(err, errlen, "--log-level %.100s: expected debug, info, warn or error",
                     shown(v));
+    if ((v = fl->single[OPT_POOL - OPT_CONFIG]) != NULL) {
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+            return errf(err, errlen, "--pool %.100s: expected on or off", shown(v));
+        cfg->pool = strcmp(v, "on") == 0;
+    }
     if ((rc = apply_duration(fl, OPT_HANDSHAKE_TIMEOUT, 0, &cfg->handshake_timeout_ms, err,
                              errlen)) != 0 ||
         (rc = apply_duration(fl, OPT_CONNECT_TIMEOUT, 0, &cfg->connect_timeout_ms, err, errlen)) !=
@@ -1415,6 +1424,7 @@ int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err
     cfg->log_level = TT_LOG_INFO;
     cfg->max_connections = TT_DEFAULT_MAX_CONNECTIONS;
     cfg->request_log_sample = 1;
+    cfg->pool = true;
     cfg->handshake_timeout_ms = TT_DEFAULT_HANDSHAKE_TIMEOUT_MS;
     cfg->connect_timeout_ms = TT_DEFAULT_CONNECT_TIMEOUT_MS;
     cfg->idle_timeout_ms = TT_DEFAULT_IDLE_TIMEOUT_MS;
@@ -1552,6 +1562,11 @@ void tt_config_usage(FILE *out)
         "  --request-log-sample N      write one request line in N (default 1: all); denied,\n"
         "                              refused, 5xx and unanswered requests are always written\n"
         "                              (key request_log_sample)\n"
+        "  --pool on|off               outbound app connections to another sidecar ride a few\n"
+        "                              pooled HTTP/2 mTLS connections per destination, one\n"
+        "                              tunnel stream each, instead of one handshake each;\n"
+        "                              off: one mTLS connection per app connection (default\n"
+        "                              on; key pool: true|false)\n"
         "\n"
         "Timeouts (durations such as 250ms, 10s, 5m, 1h, 1h30m):\n"
         "  --handshake-timeout D       TLS handshake must finish within D (default 10s)\n"

@@ -42,6 +42,7 @@ struct tt_config {
     enum tt_log_level log_level;
     unsigned max_connections;
     unsigned request_log_sample; /* --request-log-sample: one request line in N */
+    bool pool;                   /* --pool on|off, "pool": pooled HTTP/2 links (default on) */
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;

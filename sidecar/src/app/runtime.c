@@ -556,6 +556,7 @@ int tt_runtime_run(const struct tt_config *cfg)
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
         .request_log_sample = cfg->request_log_sample,
+        .pool = cfg->pool,
         .transparent = &cfg->transparent,
     };
     if (!cfg->has_control) {
@@ -635,7 +636,7 @@ int tt_runtime_run(const struct tt_config *cfg)
            TT_LS("mode", cfg->has_control ? "control" : "files"),
            TT_LS("control", cfg->has_control ? cfg->control.text : NULL),
            TT_LU("max_connections", (uint64_t)rt->settings.max_connections * cfg->workers),
-           TT_LU("open_files_limit", rt->nofile));
+           TT_LU("open_files_limit", rt->nofile), TT_LS("pool", cfg->pool ? "on" : "off"));
     if (!cfg->has_control)
         start_workers(rt);
     uv_run(&rt->loop, UV_RUN_DEFAULT);
