@@ -208,8 +208,8 @@ static void test_tls_handshake_and_data(void **state)
  * connection); bad names are refused. */
 static void test_tls_alpn_offer_select(void **state)
 {
-    static const char *const server_picks[] = {"tether-h2", NULL, "h2"};
-    static const char *const want[] = {"tether-h2", "", ""};
+    static const char *const server_picks[] = {"tether-h2", NULL, "h2", "http/1.1"};
+    static const char *const want[] = {"tether-h2", "", "", "http/1.1"};
     char got[32];
     int rc, rs;
 
@@ -219,7 +219,7 @@ static void test_tls_alpn_offer_select(void **state)
         struct tt_tls *s = tt_tls_new(server_id, TT_TLS_SERVER, NULL);
         assert_non_null(c);
         assert_non_null(s);
-        assert_int_equal(tt_tls_set_alpn(c, "tether-h2"), 0);
+        assert_int_equal(tt_tls_set_alpn(c, "tether-h2,http/1.1"), 0);
         if (server_picks[i] != NULL)
             assert_int_equal(tt_tls_set_alpn(s, server_picks[i]), 0);
         handshake(c, s, &rc, &rs);
@@ -238,6 +238,9 @@ static void test_tls_alpn_offer_select(void **state)
     longname[sizeof(longname) - 1] = '\0';
     assert_int_equal(tt_tls_set_alpn(c, ""), -EINVAL);
     assert_int_equal(tt_tls_set_alpn(c, NULL), -EINVAL);
+    assert_int_equal(tt_tls_set_alpn(c, "a,,b"), -EINVAL);
+    assert_int_equal(tt_tls_set_alpn(c, "a,"), -EINVAL);
+    assert_int_equal(tt_tls_set_alpn(c, ",a"), -EINVAL);
     assert_int_equal(tt_tls_set_alpn(c, longname), -EINVAL);
     tt_tls_free(c);
 }

@@ -85,6 +85,10 @@ const char *tt_strerror(int err)
         return "invalid or oversized HTTP/2 headers";
     case TT_E_H2_INTERNAL:
         return "HTTP/2 library error";
+    case TT_E_LINK_CLOSED:
+        return "pooled connection to the peer sidecar closed";
+    case TT_E_TUNNEL_REFUSED:
+        return "peer sidecar refused the tunnel";
     }
     if (err < 0 && err > -4096)
         return strerror(-err);

@@ -45,6 +45,9 @@ enum tt_err {
     TT_E_H2_CLOSED = -1095,     /* the stream is closed or its sending side ended */
     TT_E_H2_HEADERS = -1096,    /* headers invalid, or over the header list size bound */
     TT_E_H2_INTERNAL = -1097,   /* the HTTP/2 library failed (out of memory, misuse) */
+    /* The pool of links between sidecars (net/pool.h). */
+    TT_E_LINK_CLOSED = -1100,    /* the pooled connection carrying a tunnel closed */
+    TT_E_TUNNEL_REFUSED = -1101, /* the peer sidecar refused the tunnel (its status given) */
 };
 
 /* Returns a static, human-readable description of `err` (a tt_err or a -errno). */

@@ -23,12 +23,14 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "http/gate.h"
+#include "http/h2.h"
 #include "metrics/metrics.h"
 #include "net/balancer.h"
 #include "net/canary.h"
 #include "net/conn.h"
 #include "net/listener-t.h"
 #include "net/origdst.h"
+#include "net/pool.h"
 #include "net/worker-t.h"
 #include "policy/policy.h"
 #include "snapshot/services.h"
@@ -44,6 +46,7 @@
 #define TT_CONN_PLAIN_READ       (TT_BUF_SLAB - 128)
 #define TT_TLS_RECORD_MAX        16384 /* most plaintext one tt_tls_read returns */
 #define TT_CONN_CONNECT_ATTEMPTS 4     /* endpoints a balanced connection tries at most */
+#define TT_CONN_REFUSED_RETRIES  1     /* a tunnel the peer did not process is retried once */
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_free(struct tt_conn *c);
@@ -53,6 +56,15 @@ static void conn_connect_failed(struct tt_conn *c, int status);
 static void detect_done(struct tt_conn *c, const uint8_t *data, size_t n);
 static void conn_gate_settle(struct tt_conn *c);
 static bool port_listed(const uint16_t *ports, size_t n, uint16_t port);
+static void conn_start_connect(struct tt_conn *c);
+static void conn_start_relay(struct tt_conn *c);
+static void carrier_progress(struct tt_conn *c);
+static void conn_tunnel_leave(struct tt_conn *c);
+static void conn_pool_attach(struct tt_conn *c);
+static void conn_tunnel_end(struct tt_conn *c, int err, bool reset);
+static void on_untracked_closed(uv_handle_t *handle);
+static void conn_track(struct tt_conn *c, struct tt_snapshot *snapshot, bool counted);
+static struct tt_conn *conn_new(struct tt_listener *l);
 
 static struct tt_listener_counters *conn_counters(struct tt_conn *c)
 {
@@ -67,6 +79,15 @@ static const struct tt_worker_settings *conn_settings(struct tt_conn *c)
 static bool conn_is_inbound(const struct tt_conn *c)
 {
     return c->listener->cfg->kind == TT_LISTENER_INBOUND;
+}
+
+/* The verified SPIFFE ID of the TLS-side peer: the session's, or a tunnel's carrier's;
+ * "" when there is none (plaintext). */
+static const char *conn_peer_id(const struct tt_conn *c)
+{
+    if (c->tls != NULL)
+        return tt_tls_peer_id(c->tls);
+    return c->tunnel_peer_id != NULL ? c->tunnel_peer_id : "";
 }
 
 static size_t side_queue_len(const struct tt_side *s)
@@ -125,6 +146,16 @@ static void on_timer(uv_timer_t *timer)
         detect_done(c, NULL, 0); /* said nothing: a server-first protocol, plaintext */
         break;
     case TT_CONN_S_RELAY: {
+        if (c->carrier) {
+            int r = tt_link_tick(c->link, now);
+            if (r < 0)
+                conn_close(c, r, true);
+            else if (r == 1)
+                carrier_progress(c); /* closes once the GOAWAY is out */
+            if (c->state == TT_CONN_S_RELAY)
+                uv_timer_start(&c->timer, on_timer, tt_link_tick_ms(c->link), 0);
+            break;
+        }
         /* The idle deadline slides with activity; re-arm for what is left of it. */
         uint64_t idle = conn_settings(c)->idle_timeout_ms;
         uint64_t since = now - c->last_activity_ms;
@@ -152,13 +183,14 @@ static void conn_enter(struct tt_conn *c, enum tt_conn_state state)
         timeout = cfg->handshake_timeout_ms;
         break;
     case TT_CONN_S_CONNECTING:
-        timeout = cfg->connect_timeout_ms;
+        /* A tunnel may wait for its link's connect and handshake too. */
+        timeout = cfg->connect_timeout_ms + (c->tunnel ? cfg->handshake_timeout_ms : 0);
         break;
     case TT_CONN_S_DETECT:
         timeout = cfg->transparent->detect_ms;
         break;
     case TT_CONN_S_RELAY:
-        timeout = cfg->idle_timeout_ms;
+        timeout = c->carrier ? tt_link_tick_ms(c->link) : cfg->idle_timeout_ms;
         touch(c);
         break;
     default:
@@ -275,6 +307,84 @@ static int tls_flush(struct tt_conn *c)
     return out->len > 0 ? side_send_buf(c, c->tls_side, out) : 0;
 }
 
+/* ---- the TLS side: a TLS session, or a tunnel's stream -------------------------------- */
+
+/* Counts n plaintext bytes that crossed a tunnel's virtual side s (read or written), for
+ * its access line; the listener's byte counters count its carrier's socket. */
+static void tunnel_count(struct tt_side *s, size_t n, bool read)
+{
+    if (read)
+        s->bytes_read += n;
+    else
+        s->bytes_written += n;
+}
+
+/* Plaintext for the TLS-side peer: encrypted, or queued on the tunnel's stream. The
+ * caller follows with secure_flush(). Returns 0 or <0. */
+static int secure_write(struct tt_conn *c, const void *data, size_t len)
+{
+    int r;
+
+    if (!c->tunnel)
+        return tt_tls_write(c->tls, data, len);
+    if (c->stream == NULL)
+        return TT_E_LINK_CLOSED;
+    r = tt_h2_stream_write(c->stream, data, len);
+    if (r == 0)
+        tunnel_count(c->tls_side, len, false);
+    return r;
+}
+
+/* Sends what secure_write() and secure_read() produced: the TLS output on the socket, or
+ * the link's pending frames. Returns 0 or <0. */
+static int secure_flush(struct tt_conn *c)
+{
+    if (!c->tunnel)
+        return tls_flush(c);
+    return c->member.link != NULL ? tt_link_flush(c->member.link) : 0;
+}
+
+/* Plaintext from the TLS-side peer into buf: as tt_tls_read() (TT_TLS_EOF at the end). */
+static int secure_read(struct tt_conn *c, void *buf, size_t len)
+{
+    size_t n;
+
+    if (!c->tunnel)
+        return tt_tls_read(c->tls, buf, len);
+    if (c->stream == NULL)
+        return TT_TLS_EOF;
+    n = tt_h2_stream_read(c->stream, buf, len);
+    if (n > 0) {
+        tunnel_count(c->tls_side, n, true);
+        touch(c);
+        return (int)n;
+    }
+    return tt_h2_stream_eof(c->stream) ? TT_TLS_EOF : 0;
+}
+
+/* Whether the TLS side holds input to read (bytes, or a tunnel's end). */
+static bool secure_input_pending(struct tt_conn *c)
+{
+    if (!c->tunnel)
+        return tt_tls_input_len(c->tls) > 0;
+    return c->stream != NULL &&
+           (tt_h2_stream_readable(c->stream) > 0 || tt_h2_stream_eof(c->stream));
+}
+
+/* Whether the TLS side takes more plaintext now; a tunnel that must wait for its stream's
+ * queue to drain is marked blocked, so that its link wakes it (pool.h). */
+static bool secure_writable(struct tt_conn *c)
+{
+    if (!c->tunnel)
+        return c->tls_side->queued.len == 0;
+    if (c->stream == NULL)
+        return false;
+    if (tt_h2_stream_queued(c->stream) < TT_CONN_QUEUE_MAX)
+        return true;
+    c->member.blocked = true;
+    return false;
+}
+
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     struct tt_side *s = tt_container_of(req, struct tt_side, shutdown_req);
@@ -296,6 +406,10 @@ static void side_maybe_shutdown(struct tt_conn *c, struct tt_side *s)
     if (!s->want_shutdown || s->shutdown_sent || side_queue_len(s) > 0)
         return;
     s->shutdown_sent = true;
+    if (c->tunnel && s == c->tls_side) {
+        s->shutdown_done = true; /* a tunnel's END_STREAM went with its close_notify */
+        return;
+    }
     int r = uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, on_shutdown);
     if (r < 0)
         conn_close(c, r, true);
@@ -322,6 +436,10 @@ static void side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
 {
     if (want == s->reading)
         return;
+    if (c->tunnel && s == c->tls_side) {
+        s->reading = want; /* a stream: its flow control holds the peer back */
+        return;
+    }
     int r = want ? uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read)
                  : uv_read_stop((uv_stream_t *)&s->tcp);
     if (r < 0) {
@@ -345,8 +463,11 @@ static int tls_close_notify_once(struct tt_conn *c)
     if (c->close_notify_sent)
         return 0;
     c->close_notify_sent = true;
-    r = tt_tls_close_notify(c->tls);
-    return r == 0 ? tls_flush(c) : r;
+    if (c->tunnel)
+        r = c->stream != NULL ? tt_h2_stream_end(c->stream) : 0; /* END_STREAM */
+    else
+        r = tt_tls_close_notify(c->tls);
+    return r == 0 ? secure_flush(c) : r;
 }
 
 /* The client's input over the TLS side has ended (close_notify, or a FIN once everything
@@ -373,7 +494,7 @@ static int tls_pump(struct tt_conn *c)
     while (!c->tls_side->read_eof && plain->queued.len <= TT_BUF_SLAB - TT_TLS_RECORD_MAX &&
            side_queue_len(plain) < TT_CONN_QUEUE_MAX &&
            (c->gate == NULL || tt_gate_wants_client(c->gate))) {
-        r = tt_tls_read(c->tls, buf, sizeof(c->worker->plain_buf));
+        r = secure_read(c, buf, sizeof(c->worker->plain_buf));
         if (r == 0) {
             stopped = 0;
             break;
@@ -389,7 +510,9 @@ static int tls_pump(struct tt_conn *c)
         }
         if (r < 0)
             return r;
-        if (c->gate != NULL)
+        if (c->carrier)
+            r = tt_link_feed(c->link, buf, (size_t)r);
+        else if (c->gate != NULL)
             r = tt_gate_from_client(c->gate, (const char *)buf, (size_t)r, conn_now_us(c));
         else
             r = side_send(c, plain, buf, (size_t)r);
@@ -398,7 +521,7 @@ static int tls_pump(struct tt_conn *c)
     }
     if (c->tls_side->read_eof)
         stopped = 0;
-    r = tls_flush(c);
+    r = secure_flush(c);
     return r < 0 ? r : stopped;
 }
 
@@ -451,7 +574,11 @@ static void relay_progress(struct tt_conn *c)
         plain_relay_progress(c);
         return;
     }
-    if ((tt_tls_input_len(c->tls) > 0 || ts->sock_eof) && !ts->read_eof) {
+    if (c->carrier) {
+        carrier_progress(c);
+        return;
+    }
+    if ((secure_input_pending(c) || ts->sock_eof) && !ts->read_eof) {
         int r = tls_pump(c);
         if (r >= 0)
             r = tls_side_eof_settle(c, r);
@@ -476,11 +603,60 @@ static void relay_progress(struct tt_conn *c)
     /* Plaintext is read while the TLS side has no queue waiting behind its write in
      * flight (each read's ciphertext becomes that queue); ciphertext while the plaintext
      * side has room and the engine's input slab is at most half full. */
-    side_set_reading(c, ps, !ps->read_eof && ts->queued.len == 0);
-    if (c->state == TT_CONN_S_RELAY)
+    side_set_reading(c, ps, !ps->read_eof && secure_writable(c));
+    if (c->state == TT_CONN_S_RELAY && !c->tunnel)
         side_set_reading(c, ts,
                          !ts->read_eof && !ts->sock_eof && side_queue_len(ps) < TT_CONN_QUEUE_MAX &&
                              tt_tls_input_len(c->tls) <= TT_BUF_SLAB / 2);
+}
+
+/* relay_progress() of a link's carrier: its plaintext feeds the link's session, whose
+ * answers go back out; it closes once the link is done (after GOAWAY, no stream left) or
+ * the peer closed. The session's own flow control bounds what it buffers, so the socket
+ * is read whenever the TLS engine has room. */
+static void carrier_progress(struct tt_conn *c)
+{
+    struct tt_side *ts = c->tls_side;
+    int r;
+
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    if ((tt_tls_input_len(c->tls) > 0 || ts->sock_eof) && !ts->read_eof) {
+        r = tls_pump(c);
+        if (r >= 0)
+            r = tls_side_eof_settle(c, r);
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+    }
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    if (ts->read_eof) {
+        conn_close(c, 0, false); /* the peer closed the link: its tunnels are lost */
+        return;
+    }
+    r = tt_link_flush(c->link);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    if (tt_link_done(c->link)) {
+        r = tls_close_notify_once(c);
+        ts->want_shutdown = true;
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+    }
+    side_maybe_shutdown(c, ts);
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    if (ts->shutdown_done) {
+        conn_close(c, 0, false);
+        return;
+    }
+    side_set_reading(c, ts, !ts->sock_eof && tt_tls_input_len(c->tls) <= TT_BUF_SLAB / 2);
 }
 
 /* The gate wrote its last answer (a refusal that ends the connection): the client gets
@@ -537,9 +713,9 @@ static void tls_side_read(struct tt_conn *c)
 static void plain_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
 {
     int r = c->gate != NULL ? tt_gate_from_upstream(c->gate, (const char *)data, n, conn_now_us(c))
-                            : tt_tls_write(c->tls, data, n);
+                            : secure_write(c, data, n);
     if (r == 0)
-        r = tls_flush(c);
+        r = secure_flush(c);
     if (r < 0) {
         conn_close(c, r, true);
         return;
@@ -642,6 +818,16 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 static void conn_start_relay(struct tt_conn *c)
 {
     conn_enter(c, TT_CONN_S_RELAY);
+    if (c->tunnel && conn_is_inbound(c)) {
+        /* The workload answered the connect: the tunnel is open (RFC 8441 §4). */
+        int r =
+            c->stream != NULL ? tt_h2_respond(c->stream, 200, NULL, 0, false) : TT_E_LINK_CLOSED;
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+        c->answered = true;
+    }
     if (c->plain) {
         side_start_write(c, &c->up); /* what a plaintext caller sent while detected */
         relay_progress(c);
@@ -732,6 +918,11 @@ static void conn_connect_failed(struct tt_conn *c, int status)
         if (conn_pick_endpoint(c)) {
             TT_COUNTER_ADD(conn_counters(c)->endpoint_retries, 1);
             uv_timer_stop(&c->timer);
+            if (c->tunnel) {
+                conn_tunnel_leave(c); /* its link failed: the next endpoint's pool */
+                conn_start_connect(c);
+                return;
+            }
             c->up.open = false;
             c->pending_closes++;
             uv_close((uv_handle_t *)&c->up.tcp, on_retry_closed);
@@ -744,7 +935,8 @@ static void conn_connect_failed(struct tt_conn *c, int status)
     conn_close(c, status, true);
 }
 
-/* Opens the TCP connection to c->target (a balanced service picks it first). */
+/* Opens the TCP connection to c->target (a balanced service picks it first); an outbound
+ * app connection to another sidecar rides the pool instead, unless it goes direct. */
 static void conn_start_connect(struct tt_conn *c)
 {
     const struct tt_addr *target;
@@ -752,6 +944,10 @@ static void conn_start_connect(struct tt_conn *c)
 
     if (c->service != NULL && !c->balancer_active && !conn_pick_endpoint(c)) {
         conn_close(c, TT_E_NO_ENDPOINT, true);
+        return;
+    }
+    if (!conn_is_inbound(c) && !c->plain && !c->carrier && !c->direct && conn_settings(c)->pool) {
+        conn_pool_attach(c);
         return;
     }
     target = &c->target;
@@ -796,7 +992,7 @@ static int gate_to_client(void *ud, const char *data, size_t len)
 {
     struct tt_conn *c = ud;
 
-    return tt_tls_write(c->tls, data, len);
+    return secure_write(c, data, len);
 }
 
 /* A request's verdict: counted per rule, audit matches logged. */
@@ -805,7 +1001,7 @@ static void gate_on_verdict(void *ud, const struct tt_policy_verdict *v)
     struct tt_conn *c = ud;
 
     tt_metrics_policy_count(c->worker->metrics, c->snapshot->policy, v);
-    conn_log_audit(c, tt_tls_peer_id(c->tls), v);
+    conn_log_audit(c, conn_peer_id(c), v);
 }
 
 /* A request is over: counted, and its access line written (DESIGN.md "HTTP between
@@ -813,7 +1009,7 @@ static void gate_on_verdict(void *ud, const struct tt_policy_verdict *v)
 static void gate_on_request(void *ud, const struct tt_gate_request *rq)
 {
     struct tt_conn *c = ud;
-    const char *peer_id = tt_tls_peer_id(c->tls);
+    const char *peer_id = conn_peer_id(c);
     struct tt_request_record rec = {
         .method = rq->method,
         .status = rq->status,
@@ -876,7 +1072,7 @@ static bool conn_authorize(struct tt_conn *c)
 {
     struct tt_snapshot *snap = c->snapshot;
     /* A plaintext caller (permissive mode) has no identity: no rule's "from" matches. */
-    const char *caller = c->tls != NULL ? tt_tls_peer_id(c->tls) : NULL;
+    const char *caller = c->tls != NULL || c->tunnel ? conn_peer_id(c) : NULL;
     const char *self = tt_identity_spiffe_id(snap->identity);
     uint16_t port = tt_addr_port(&c->target);
     struct tt_listener_counters *lc = conn_counters(c);
@@ -917,6 +1113,370 @@ static bool conn_authorize(struct tt_conn *c)
     return allowed;
 }
 
+/* ---- pooling: links' carriers and tunnels (net/pool.h) ------------------------------- */
+
+static const struct tt_h2_stream_callbacks tunnel_callbacks;
+
+/* An app connection that became a link's carrier is no longer counted as one (the
+ * tunnels on it are): out of n_conns, and counted closed so that accepted - closed stays
+ * the app connections open. */
+static void conn_uncount(struct tt_conn *c)
+{
+    if (!c->counted)
+        return;
+    c->counted = false;
+    __atomic_store_n(&c->worker->n_conns, c->worker->n_conns - 1, __ATOMIC_RELAXED);
+    TT_COUNTER_ADD(conn_counters(c)->closed, 1);
+}
+
+/* Inbound: whether the handshake selected the pool's token (only offered with --pool on). */
+static bool carrier_negotiated(struct tt_conn *c)
+{
+    char alpn[16];
+
+    if (!conn_settings(c)->pool)
+        return false;
+    tt_tls_alpn(c->tls, alpn, sizeof(alpn));
+    return strcmp(alpn, TT_POOL_ALPN) == 0;
+}
+
+/* Inbound: the verified connection carries a link from another sidecar. Policy is asked
+ * for each tunnel on it (pool_accept), not here. */
+static void carrier_accept(struct tt_conn *c)
+{
+    c->link = tt_link_accept(c->worker->pool, c, conn_counters(c), uv_now(&c->worker->loop));
+    if (c->link == NULL) {
+        conn_close(c, -ENOMEM, true);
+        return;
+    }
+    c->carrier = true;
+    c->route = "link";
+    c->verdict = "allow";
+    conn_uncount(c);
+    conn_start_relay(c);
+}
+
+/* Outbound: the carrier's handshake is done: the link comes up, or (the server did not
+ * select the token) its waiting connections go direct and the carrier closes. */
+static void carrier_up(struct tt_conn *c)
+{
+    char alpn[16];
+    int r;
+
+    tt_tls_alpn(c->tls, alpn, sizeof(alpn));
+    c->verdict = "allow";
+    conn_enter(c, TT_CONN_S_RELAY);
+    r = tt_link_up(c->link, c, strcmp(alpn, TT_POOL_ALPN) == 0, uv_now(&c->worker->loop));
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    if (r == 1) {
+        c->route = "link_declined";
+        r = tls_close_notify_once(c);
+        c->tls_side->want_shutdown = true;
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+    }
+    carrier_progress(c);
+}
+
+/* Outbound: puts c in the pool for its target (conn_start_connect): it rides a link now,
+ * waits for one, or goes direct. */
+static void conn_pool_attach(struct tt_conn *c)
+{
+    int r;
+
+    c->tunnel = true;
+    if (c->route == NULL)
+        c->route = "pool";
+    conn_enter(c, TT_CONN_S_CONNECTING);
+    r = tt_pool_attach(c->worker->pool, &c->member, &c->target, c->expected_id,
+                       c->snapshot->identity, uv_now(&c->worker->loop));
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (r == TT_POOL_GO_DIRECT) {
+        c->tunnel = false;
+        c->direct = true;
+        if (strcmp(c->route, "pool") == 0)
+            c->route = "direct";
+        conn_start_connect(c);
+    } else if (r < 0) {
+        conn_close(c, r, true);
+    } else if (r == 1 && c->member.link != NULL) {
+        r = tt_link_flush(c->member.link); /* the tunnel's HEADERS */
+        if (r < 0)
+            conn_close(c, r, true);
+    }
+}
+
+/* A tunnel gives its stream and place in the pool up (its link failed, or it retries). */
+static void conn_tunnel_leave(struct tt_conn *c)
+{
+    struct tt_link *link = c->member.link;
+
+    if (c->stream != NULL) {
+        tt_h2_stream_release(c->stream);
+        c->stream = NULL;
+    }
+    tt_pool_detach(&c->member);
+    if (link != NULL)
+        (void)tt_link_flush(link);
+    c->tunnel = false;
+}
+
+/* Inbound: the answer to a tunnel that never reached the workload, by why it ended. */
+static int tunnel_refusal(int err, const char **reason)
+{
+    switch (err) {
+    case TT_E_DENIED:
+        *reason = "policy_denied";
+        return 403;
+    case TT_E_CONN_LIMIT:
+        *reason = "connection_limit";
+        return 503;
+    default:
+        *reason = "upstream_connect_failed";
+        return 502;
+    }
+}
+
+/* A tunnel ends (conn_close): an inbound one never answered gets its refusal, one cut
+ * short is reset, and the stream and place in the pool are given up. */
+static void conn_tunnel_end(struct tt_conn *c, int err, bool reset)
+{
+    struct tt_link *link = c->member.link;
+    struct tt_h2_stream *s = c->stream;
+
+    if (s != NULL) {
+        if (conn_is_inbound(c) && !c->answered) {
+            const char *why = NULL;
+            int status = tunnel_refusal(err, &why);
+            struct tt_h2_header h = {"x-tether-reason", 15, why, strlen(why)};
+            if (tt_h2_respond(s, status, &h, 1, true) < 0)
+                (void)tt_h2_stream_reset(s, TT_H2_REFUSED_STREAM);
+        } else if (reset) {
+            (void)tt_h2_stream_reset(s, TT_H2_CANCEL);
+        }
+        tt_h2_stream_release(s);
+        c->stream = NULL;
+    }
+    tt_pool_detach(&c->member);
+    if (link != NULL)
+        (void)tt_link_flush(link);
+}
+
+/* Outbound: the peer sidecar answered the tunnel. 200: relay; anything else is its
+ * refusal (403 policy, 502 its workload unreachable, 503 busy), which the app sees as a
+ * reset, as it would from a direct connection. */
+static void tunnel_on_headers(struct tt_h2_stream *s, void *ud)
+{
+    struct tt_conn *c = ud;
+    int status = tt_h2_stream_status(s);
+
+    if (conn_is_inbound(c) || c->state != TT_CONN_S_CONNECTING)
+        return;
+    if (status == 200) {
+        c->verdict = "allow";
+        if (c->balancer_active)
+            tt_balancer_connected(c->worker->balancer, &c->target,
+                                  (uv_now(&c->worker->loop) - c->phase_ms) * 1000);
+        conn_start_relay(c);
+        return;
+    }
+    TT_COUNTER_ADD(conn_counters(c)->pool.streams_refused, 1);
+    side_ended(c, c->tls_side, UV_ECONNRESET);
+    if (status == 403)
+        c->verdict = "deny";
+    conn_close(c, status == 403 ? TT_E_DENIED : TT_E_TUNNEL_REFUSED, true);
+}
+
+/* Bytes or the end arrived on the tunnel's stream. */
+static void tunnel_on_data(struct tt_h2_stream *s, void *ud)
+{
+    (void)s;
+    relay_progress(ud);
+}
+
+/* The tunnel's stream was reset. One the peer never processed (REFUSED_STREAM, above its
+ * GOAWAY) is retried once on another link; anything else ends the connection. */
+static void tunnel_on_reset(struct tt_h2_stream *s, int err, uint32_t h2_code, bool by_peer,
+                            void *ud)
+{
+    struct tt_conn *c = ud;
+
+    (void)s;
+    (void)h2_code;
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (!conn_is_inbound(c) && c->state == TT_CONN_S_CONNECTING && err == TT_E_H2_REFUSED &&
+        c->refused_retries < TT_CONN_REFUSED_RETRIES) {
+        c->refused_retries++;
+        TT_COUNTER_ADD(conn_counters(c)->pool.streams_refused, 1);
+        conn_tunnel_leave(c);
+        conn_pool_attach(c);
+        return;
+    }
+    tt_h2_stream_release(c->stream);
+    c->stream = NULL;
+    if (by_peer)
+        side_ended(c, c->tls_side, UV_ECONNRESET);
+    conn_close(c, err, true);
+}
+
+static const struct tt_h2_stream_callbacks tunnel_callbacks = {
+    .on_headers = tunnel_on_headers,
+    .on_data = tunnel_on_data,
+    .on_end = tunnel_on_data,
+    .on_reset = tunnel_on_reset,
+};
+
+/* pool ops: opens an outbound link's carrier to `target`, like an outbound connection of
+ * `like`'s listener. */
+static int pool_dial(struct tt_link *link, struct tt_conn *like, const struct tt_addr *target,
+                     const char *expected_id)
+{
+    struct tt_conn *c = conn_new(like->listener);
+
+    if (c == NULL)
+        return -ENOMEM;
+    c->carrier = true;
+    c->link = link;
+    c->target = *target;
+    c->expected_id = expected_id; /* the pool's destination keeps it */
+    c->route = "link";
+    snprintf(c->peer_addr, sizeof(c->peer_addr), "%.63s", target->text);
+    conn_track(c, like->snapshot, false);
+    conn_start_connect(c);
+    return 0;
+}
+
+/* pool ops: encrypts session bytes onto the carrier's socket. */
+static int pool_send(struct tt_conn *c, const uint8_t *data, size_t len)
+{
+    int r = tt_tls_write(c->tls, data, len);
+
+    return r == 0 ? tls_flush(c) : r;
+}
+
+/* pool ops: the carrier takes more while its socket queue is short. */
+static bool pool_writable(struct tt_conn *c)
+{
+    return c->state == TT_CONN_S_RELAY && side_queue_len(c->tls_side) < TT_CONN_QUEUE_MAX;
+}
+
+/* pool ops: the link is up: open the tunnel (its HEADERS go with the link's next flush). */
+static int pool_ride(struct tt_conn *c, struct tt_h2 *h2)
+{
+    int err = 0;
+
+    c->stream = tt_h2_open_tunnel(h2, TT_POOL_PROTOCOL, c->target.text, NULL, 0, &tunnel_callbacks,
+                                  c, &err);
+    if (c->stream == NULL) {
+        conn_close(c, err < 0 ? err : TT_E_LINK_CLOSED, true);
+        return err < 0 ? err : TT_E_LINK_CLOSED;
+    }
+    return 0;
+}
+
+/* pool ops: the link c waited for failed (err), or its peer does not speak the token
+ * (err 0): go direct, or fail as a connect would (a balanced service tries another
+ * endpoint). */
+static void pool_wait_failed(struct tt_conn *c, int err)
+{
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (err == 0) {
+        c->tunnel = false;
+        c->direct = true;
+        if (strcmp(c->route, "pool") == 0)
+            c->route = "direct";
+        conn_start_connect(c);
+        return;
+    }
+    conn_connect_failed(c, err);
+}
+
+/* pool ops: the link under c's tunnel is gone. */
+static void pool_lost(struct tt_conn *c, int err)
+{
+    if (c->stream != NULL) {
+        tt_h2_stream_release(c->stream);
+        c->stream = NULL;
+    }
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (!conn_is_inbound(c) && c->state == TT_CONN_S_CONNECTING) {
+        conn_connect_failed(c, err);
+        return;
+    }
+    side_ended(c, c->tls_side, UV_ECONNRESET);
+    conn_close(c, err, true);
+}
+
+/* pool ops: c's stream queue drained: it may read its app side again. */
+static void pool_progress(struct tt_conn *c)
+{
+    relay_progress(c);
+}
+
+/* pool ops: inbound: a tunnel arrived on the carrier's link. It is an app connection of
+ * the carrier's listener, from the caller the carrier verified, to the port the carrier
+ * was dialled on (never where :authority points): authorized now, with the newest
+ * snapshot, then connected to the workload; the 200 goes out once that connect succeeds
+ * (conn_start_relay), a refusal otherwise (conn_tunnel_end). */
+static int pool_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_h2_stream *s)
+{
+    struct tt_worker *w = carrier->worker;
+    struct tt_conn *c = conn_new(carrier->listener);
+
+    if (c != NULL)
+        c->tunnel_peer_id = strdup(tt_tls_peer_id(carrier->tls));
+    if (c == NULL || c->tunnel_peer_id == NULL) {
+        if (c != NULL)
+            uv_close((uv_handle_t *)&c->timer, on_untracked_closed);
+        return -ENOMEM;
+    }
+    c->tunnel = true;
+    c->stream = s;
+    c->target = carrier->target;
+    c->route = "pool";
+    memcpy(c->peer_addr, carrier->peer_addr, sizeof(c->peer_addr));
+    tt_h2_stream_set_callbacks(s, &tunnel_callbacks, c);
+    conn_track(c, w->snapshot, true);
+    tt_link_add_tunnel(link, &c->member);
+    if (carrier->snapshot->identity != w->snapshot->identity) {
+        /* Our identity rotated since the link was made: this tunnel is served, the next
+         * ones go to a link with the new certificate. */
+        TT_COUNTER_ADD(conn_counters(carrier)->pool.links_recycled, 1);
+        tt_link_retire(link);
+    }
+    if (w->n_conns > w->settings->max_connections) {
+        TT_COUNTER_ADD(conn_counters(c)->refused_limit, 1);
+        conn_close(c, TT_E_CONN_LIMIT, true);
+        return 0;
+    }
+    if (!conn_authorize(c)) {
+        conn_close(c, TT_E_DENIED, true);
+        return 0;
+    }
+    conn_start_connect(c);
+    return 0;
+}
+
+const struct tt_pool_ops tt_conn_pool_ops = {
+    .dial = pool_dial,
+    .send = pool_send,
+    .writable = pool_writable,
+    .ride = pool_ride,
+    .wait_failed = pool_wait_failed,
+    .lost = pool_lost,
+    .progress = pool_progress,
+    .accept = pool_accept,
+};
+
 /* The TLS session is verified: check it against revocations that arrived during the
  * handshake, count it, then authorize (inbound) or relay (outbound). */
 static void handshake_done(struct tt_conn *c)
@@ -939,6 +1499,14 @@ static void handshake_done(struct tt_conn *c)
     if (tt_tls_resumed(c->tls))
         TT_COUNTER_ADD(lc->handshakes_resumed, 1);
     tt_metrics_observe(&lc->handshake_us, (uv_now(&c->worker->loop) - c->phase_ms) * 1000);
+    if (c->carrier) {
+        carrier_up(c);
+        return;
+    }
+    if (conn_is_inbound(c) && carrier_negotiated(c)) {
+        carrier_accept(c);
+        return;
+    }
     if (!conn_is_inbound(c)) {
         c->verdict = "allow";
         conn_start_relay(c);
@@ -989,6 +1557,13 @@ static void conn_start_handshake_with(struct tt_conn *c, const uint8_t *early, s
     }
     tt_tls_set_revocations(c->tls, c->snapshot->revocations);
     tt_tls_set_crls(c->tls, c->snapshot->crls);
+    /* Links between sidecars: a carrier offers the pool's token, an inbound with pooling
+     * on selects it (net/pool.h); anyone else shakes hands without ALPN, as before. */
+    if ((c->carrier && tt_tls_set_alpn(c->tls, TT_POOL_ALPN_OFFER) < 0) ||
+        (inbound && conn_settings(c)->pool && tt_tls_set_alpn(c->tls, TT_POOL_ALPN) < 0)) {
+        conn_close(c, -ENOMEM, true);
+        return;
+    }
     /* Outbound: resume with the upstream's last ticket; a full handshake otherwise. A
      * transparent listener reaches many upstreams: its tickets are kept per endpoint, in
      * the worker's balancer, never shared between endpoints. */
@@ -1151,22 +1726,15 @@ static bool conn_route_transparent(struct tt_conn *c, int fd)
     return true;
 }
 
-/* Adopts one accepted connection from the listener (see conn.h). */
-void tt_conn_accept(struct tt_listener *l, int fd)
+/* A new connection of listener l on its worker, with nothing open but its timer:
+ * sides, buffers and the listener's target set. NULL when out of memory. */
+static struct tt_conn *conn_new(struct tt_listener *l)
 {
     struct tt_worker *w = l->worker;
-    struct tt_listener_counters *lc = &w->metrics->listeners[l->index];
     struct tt_conn *c = calloc(1, sizeof(*c));
-    uv_tcp_t *tcp;
-    int r;
 
-    if (c == NULL || w->snapshot == NULL)
-        goto err_refuse;
-    tcp = &c->down.tcp;
-    if (uv_tcp_init(&w->loop, tcp) < 0)
-        goto err_refuse;
-    c->down.open = true;
-    tcp->data = c;
+    if (c == NULL)
+        return NULL;
     c->worker = w;
     c->listener = l;
     c->start_ms = uv_now(&w->loop);
@@ -1177,24 +1745,62 @@ void tt_conn_accept(struct tt_listener *l, int fd)
     c->target = l->cfg->target;
     c->expected_id = l->cfg->expected_id;
     c->endpoint = -1;
+    c->member.conn = c;
+    c->member.counters = &w->metrics->listeners[l->index];
     tt_buf_init(&c->down.inflight);
     tt_buf_init(&c->down.queued);
     tt_buf_init(&c->up.inflight);
     tt_buf_init(&c->up.queued);
     uv_timer_init(&w->loop, &c->timer);
+    c->down.tcp.data = c;
     c->up.tcp.data = c;
+    return c;
+}
 
-    r = uv_tcp_open(tcp, fd);
-    if (r < 0)
-        close(fd); /* not adopted: the handle closes without it */
-    /* From here on the connection is counted and tracked, and ends in conn_close. */
-    c->snapshot = tt_snapshot_ref(w->snapshot);
+/* The timer of a connection refused before it was tracked is closed: free it. */
+static void on_untracked_closed(uv_handle_t *handle)
+{
+    free(tt_container_of((uv_timer_t *)handle, struct tt_conn, timer));
+}
+
+/* Puts c on its worker's list with `snapshot`; an app connection (`counted`) is also
+ * counted as accepted and in n_conns. From here on c ends in conn_close. */
+static void conn_track(struct tt_conn *c, struct tt_snapshot *snapshot, bool counted)
+{
+    struct tt_worker *w = c->worker;
+
+    c->snapshot = tt_snapshot_ref(snapshot);
     c->next = w->conns;
     if (w->conns != NULL)
         w->conns->prev = c;
     w->conns = c;
-    __atomic_store_n(&w->n_conns, w->n_conns + 1, __ATOMIC_RELAXED);
-    TT_COUNTER_ADD(lc->accepted, 1);
+    c->counted = counted;
+    if (counted) {
+        __atomic_store_n(&w->n_conns, w->n_conns + 1, __ATOMIC_RELAXED);
+        TT_COUNTER_ADD(conn_counters(c)->accepted, 1);
+    }
+}
+
+/* Adopts one accepted connection from the listener (see conn.h). */
+void tt_conn_accept(struct tt_listener *l, int fd)
+{
+    struct tt_worker *w = l->worker;
+    struct tt_listener_counters *lc = &w->metrics->listeners[l->index];
+    struct tt_conn *c = w->snapshot != NULL ? conn_new(l) : NULL;
+    uv_tcp_t *tcp;
+    int r;
+
+    if (c == NULL)
+        goto err_refuse;
+    tcp = &c->down.tcp;
+    if (uv_tcp_init(&w->loop, tcp) < 0)
+        goto err_refuse;
+    c->down.open = true;
+
+    r = uv_tcp_open(tcp, fd);
+    if (r < 0)
+        close(fd); /* not adopted: the handle closes without it */
+    conn_track(c, w->snapshot, true);
     if (r < 0) {
         conn_close(c, r, true);
         return;
@@ -1224,7 +1830,8 @@ void tt_conn_accept(struct tt_listener *l, int fd)
 
 err_refuse:
     /* Without memory for a connection (or before the first snapshot), drop the client. */
-    free(c);
+    if (c != NULL)
+        uv_close((uv_handle_t *)&c->timer, on_untracked_closed);
     close(fd);
     TT_COUNTER_ADD(lc->refused_limit, 1);
 }
@@ -1241,6 +1848,7 @@ static void conn_free(struct tt_conn *c)
     tt_buf_done(&c->up.inflight);
     tt_buf_done(&c->up.queued);
     tt_snapshot_unref(c->snapshot);
+    free(c->tunnel_peer_id);
     free(c);
 }
 
@@ -1257,31 +1865,35 @@ static void conn_account(struct tt_conn *c, int err)
 {
     struct tt_listener_counters *lc = conn_counters(c);
     uint64_t dur_ms = uv_now(&c->worker->loop) - c->start_ms;
-    const char *peer_id = c->tls != NULL ? tt_tls_peer_id(c->tls) : "";
+    const char *peer_id = conn_peer_id(c);
     const char *detail = c->tls != NULL ? tt_tls_error_detail(c->tls) : "";
     bool inbound = conn_is_inbound(c);
 
-    TT_COUNTER_ADD(lc->closed, 1);
-    tt_metrics_observe(&lc->duration_us, dur_ms * 1000);
+    if (c->counted) {
+        TT_COUNTER_ADD(lc->closed, 1);
+        tt_metrics_observe(&lc->duration_us, dur_ms * 1000);
+    }
     if (c->route != NULL && strcmp(c->route, "canary") == 0)
         return; /* the capture check's probes, every few seconds: counted, not logged */
     if (peer_id[0] != '\0')
         tt_metrics_peer_add(c->worker->metrics, peer_id, c->down.bytes_read, c->down.bytes_written,
                             strcmp(c->verdict, "deny") == 0);
-    tt_log(err == 0 || err == UV_EOF ? TT_LOG_INFO : TT_LOG_WARN, "access",
-           TT_LS("listener", c->listener->cfg->name),
-           TT_LS("direction", inbound ? "inbound" : "outbound"), TT_LS("peer_addr", c->peer_addr),
-           TT_LS("peer_id", peer_id), TT_LS("verdict", c->verdict), TT_LS("rule", c->rule),
-           TT_LU("bytes_in", c->down.bytes_read), TT_LU("bytes_out", c->down.bytes_written),
-           TT_LU("upstream_bytes_in", c->up.bytes_read),
-           TT_LU("upstream_bytes_out", c->up.bytes_written), TT_LU("duration_ms", dur_ms),
-           TT_LS("error", err == 0 || err == UV_EOF ? NULL : tt_strerror(err)),
-           TT_LS("reason", c->hs_reason >= 0 ? tt_hs_reason_name(c->hs_reason) : NULL),
-           TT_LS("detail", detail[0] != '\0' ? detail : NULL),
-           TT_LS("closed_by", c->closed_by != NULL ? c->closed_by : "proxy"),
-           TT_LS("reset_by", c->reset_by), TT_LS("route", c->route),
-           TT_LS("upstream", c->listener->cfg->transparent ? c->target.text : NULL),
-           TT_LS("upstream_id", c->listener->cfg->transparent ? c->expected_id : NULL));
+    /* A link's carrier gets a line of its own kind: the app connections on it have theirs. */
+    tt_log(
+        err == 0 || err == UV_EOF ? TT_LOG_INFO : TT_LOG_WARN, c->carrier ? "link" : "access",
+        TT_LS("listener", c->listener->cfg->name),
+        TT_LS("direction", inbound ? "inbound" : "outbound"), TT_LS("peer_addr", c->peer_addr),
+        TT_LS("peer_id", peer_id), TT_LS("verdict", c->verdict), TT_LS("rule", c->rule),
+        TT_LU("bytes_in", c->down.bytes_read), TT_LU("bytes_out", c->down.bytes_written),
+        TT_LU("upstream_bytes_in", c->up.bytes_read),
+        TT_LU("upstream_bytes_out", c->up.bytes_written), TT_LU("duration_ms", dur_ms),
+        TT_LS("error", err == 0 || err == UV_EOF ? NULL : tt_strerror(err)),
+        TT_LS("reason", c->hs_reason >= 0 ? tt_hs_reason_name(c->hs_reason) : NULL),
+        TT_LS("detail", detail[0] != '\0' ? detail : NULL),
+        TT_LS("closed_by", c->closed_by != NULL ? c->closed_by : "proxy"),
+        TT_LS("reset_by", c->reset_by), TT_LS("route", c->route),
+        TT_LS("upstream", c->listener->cfg->transparent || c->carrier ? c->target.text : NULL),
+        TT_LS("upstream_id", c->listener->cfg->transparent || c->carrier ? c->expected_id : NULL));
 }
 
 static void side_close(struct tt_conn *c, struct tt_side *s, bool reset)
@@ -1329,7 +1941,16 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
         w->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    __atomic_store_n(&w->n_conns, w->n_conns - 1, __ATOMIC_RELAXED);
+    if (c->counted)
+        __atomic_store_n(&w->n_conns, w->n_conns - 1, __ATOMIC_RELAXED);
+    if (c->tunnel)
+        conn_tunnel_end(c, err, reset);
+    if (c->link != NULL) {
+        /* A carrier: its link's waiting connections fail and its tunnels are lost. */
+        struct tt_link *link = c->link;
+        c->link = NULL;
+        tt_link_closed(link, err);
+    }
 
     c->timer.data = c;
     c->pending_closes++;

@@ -2,7 +2,9 @@
  * a listener) to an upstream socket, with TLS on one of the two sides (inbound: the
  * downstream side is mTLS and the upstream plaintext; outbound: the reverse). This is
  * where the handshake is driven, where the allow list is consulted, and where bytes are
- * relayed with backpressure, half-close and timeouts. */
+ * relayed with backpressure, half-close and timeouts. With pooling, the TLS side of an
+ * app connection is a tunnel stream on a link (net/pool.h) instead, and the link's own
+ * mTLS connection (its carrier) is a connection of this module too. */
 #ifndef TT_CONN_H
 #define TT_CONN_H
 
@@ -13,6 +15,7 @@
 
 #include "core/buf.h"
 #include "core/util.h"
+#include "net/pool.h"
 
 struct tt_listener;
 struct tt_worker;
@@ -22,6 +25,7 @@ struct tt_revocations;
 struct tt_crls;
 struct tt_service;
 struct tt_gate;
+struct tt_h2_stream;
 
 enum tt_conn_state {
     TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
@@ -91,7 +95,23 @@ struct tt_conn {
      * request passes the gate (http/gate.h), which asks policy per request. */
     struct tt_gate *gate;
     bool gate_ended; /* the gate refused the rest: the connection is being ended */
+    /* Pooling between sidecars (net/pool.h). A tunnel is an app connection whose TLS side
+     * is a stream on a link (no socket, no tt_tls of its own: down is virtual inbound, up
+     * outbound); a carrier is the mTLS connection under a link. */
+    struct tt_pool_member member; /* a tunnel's place in the pool */
+    struct tt_h2_stream *stream;  /* tunnel: its stream, once opened (or accepted) */
+    struct tt_link *link;         /* carrier: the link it carries */
+    char *tunnel_peer_id;         /* tunnel: the SPIFFE ID its carrier verified */
+    bool tunnel;                  /* pooled: the TLS side is (or will be) a stream */
+    bool carrier;                 /* the mTLS connection of a link */
+    bool direct;                  /* outbound: one mTLS connection of its own (fallback) */
+    bool answered;                /* inbound tunnel: its response head went out */
+    bool counted;                 /* an app connection: in n_conns, accepted and closed */
+    unsigned refused_retries;     /* outbound tunnel: REFUSED_STREAM retries so far */
 };
+
+/* How the pool (net/pool.h) reaches connections: links' carriers and tunnels. */
+extern const struct tt_pool_ops tt_conn_pool_ops;
 
 /* Takes fd, a socket the listener just accepted (owned from here on, closed on every
  * path), and starts its state machine with the worker's current snapshot and settings.

@@ -15,6 +15,7 @@
 struct tt_conn;
 struct tt_metrics;
 struct tt_balancer;
+struct tt_pool;
 struct tt_snapshot;
 struct tt_snapshot_slot;
 
@@ -28,7 +29,7 @@ struct tt_worker_settings {
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;
-    unsigned request_log_sample;                  /* one request line in N (denials etc. always) */
+    unsigned request_log_sample; /* one request line in N (denials etc. always) */
     bool pool; /* --pool on: outbound app connections ride pooled HTTP/2 links (net/pool.h) */
     const struct tt_transparent_cfg *transparent; /* never NULL; .enabled in that mode */
 };
@@ -47,11 +48,13 @@ struct tt_worker {
     int *listen_fds;               /* bound by the runtime, opened by the worker */
     struct tt_metrics *metrics;
     struct tt_balancer *balancer; /* transparent outbound: this worker's endpoint state */
+    struct tt_pool *pool;         /* links to and from other sidecars (net/pool.h) */
     struct tt_snapshot *snapshot; /* newest snapshot this worker has taken */
     uint64_t generation;          /* its generation; atomic for readers */
-    struct tt_conn *conns;        /* every live connection, for drain and stop */
+    struct tt_conn *conns;        /* every live connection (links' carriers too), for drain
+                                     and stop */
     uint64_t requests_done;       /* requests over, for --request-log-sample */
-    size_t n_conns;               /* atomic for readers */
+    size_t n_conns;               /* app connections (not carriers); atomic for readers */
     bool drain_requested;         /* atomic: set by tt_worker_drain */
     bool stop_requested;          /* atomic: set by tt_worker_stop */
     bool draining;                /* listeners closed, waiting for connections */

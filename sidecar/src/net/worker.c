@@ -12,6 +12,7 @@
 #include "net/balancer.h"
 #include "net/conn.h"
 #include "net/listener.h"
+#include "net/pool.h"
 #include "net/worker.h"
 #include "snapshot/snapshot.h"
 
@@ -74,6 +75,7 @@ static void on_wakeup(uv_async_t *async)
     if (__atomic_load_n(&w->drain_requested, __ATOMIC_ACQUIRE) && !w->draining) {
         w->draining = true;
         worker_close_listeners(w);
+        tt_pool_drain(w->pool); /* GOAWAY on every link; they close when idle */
     }
     if (__atomic_load_n(&w->stop_requested, __ATOMIC_ACQUIRE)) {
         w->stopping = true;
@@ -104,9 +106,10 @@ int tt_worker_init(struct tt_worker *w, unsigned index, const struct tt_worker_s
         goto err_loop;
     w->metrics = tt_metrics_new(n);
     w->listeners = calloc(n ? n : 1, sizeof(*w->listeners));
+    w->pool = tt_pool_new(&tt_conn_pool_ops, settings->idle_timeout_ms);
     if (settings->transparent != NULL && settings->transparent->enabled)
         w->balancer = tt_balancer_new(tt_now_ms() * 2654435761u + index + 1);
-    if (w->metrics == NULL || w->listeners == NULL ||
+    if (w->metrics == NULL || w->listeners == NULL || w->pool == NULL ||
         (settings->transparent != NULL && settings->transparent->enabled && w->balancer == NULL)) {
         r = -ENOMEM;
         goto err_mem;
@@ -114,6 +117,8 @@ int tt_worker_init(struct tt_worker *w, unsigned index, const struct tt_worker_s
     return 0;
 
 err_mem:
+    tt_pool_free(w->pool);
+    w->pool = NULL;
     tt_balancer_free(w->balancer);
     w->balancer = NULL;
     tt_metrics_free(w->metrics);
@@ -195,6 +200,8 @@ void tt_worker_done(struct tt_worker *w)
     tt_snapshot_unref(w->snapshot);
     w->snapshot = NULL;
     tt_metrics_free(w->metrics);
+    tt_pool_free(w->pool); /* its links closed with their carriers */
+    w->pool = NULL;
     for (size_t i = 0; i < tt_balancer_capacity(w->balancer); i++) {
         struct tt_tls_resume *ticket = tt_balancer_resume_at(w->balancer, i);
         if (ticket != NULL)

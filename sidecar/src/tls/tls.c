@@ -487,8 +487,8 @@ int tt_tls_on_new_session(SSL *ssl, SSL_SESSION *session)
 /* Sets the ALPN protocol a session offers (client) or selects (server) (see tls.h). */
 int tt_tls_set_alpn(struct tt_tls *tls, const char *proto)
 {
-    size_t n = proto != NULL ? strlen(proto) : 0;
-    uint8_t wire[256];
+    size_t n = proto != NULL ? strlen(proto) : 0, w = 0;
+    uint8_t wire[512];
 
     if (n == 0 || n > 255)
         return -EINVAL;
@@ -496,10 +496,20 @@ int tt_tls_set_alpn(struct tt_tls *tls, const char *proto)
         tls->alpn = proto;
         return 0;
     }
-    wire[0] = (uint8_t)n; /* RFC 7301 §3.1: a list of length-prefixed names */
-    memcpy(wire + 1, proto, n);
+    /* RFC 7301 §3.1: a list of length-prefixed names, from the comma-separated list. */
+    for (const char *p = proto; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || w + 1 + len > sizeof(wire))
+            return -EINVAL;
+        wire[w++] = (uint8_t)len;
+        memcpy(wire + w, p, len);
+        w += len;
+        p += len;
+        if (*p == ',' && *++p == '\0')
+            return -EINVAL;
+    }
     /* SSL_set_alpn_protos returns 0 on success (unlike most of the API). */
-    return SSL_set_alpn_protos(tls->ssl, wire, (unsigned)n + 1) == 0 ? 0 : -ENOMEM;
+    return SSL_set_alpn_protos(tls->ssl, wire, (unsigned)w) == 0 ? 0 : -ENOMEM;
 }
 
 /* The server contexts' ALPN callback (identity_bssl.h): selects the session's protocol

@@ -74,8 +74,9 @@ int tt_tls_check_crls(struct tt_tls *tls, const struct tt_crls *crls);
 /* Before the first tt_tls_handshake(): a server selects ALPN protocol `proto` (e.g.
  * "tether-h2"; a static string, not copied) when the client offers it, and a client that
  * offers no ALPN, or other protocols only, still completes the handshake, without ALPN; a
- * client offers `proto` alone (tt_tls_alpn() then says whether the server selected it).
- * Returns 0, -EINVAL for a name that is empty or longer than 255 bytes, or -ENOMEM. */
+ * client offers `proto`, a comma-separated list in order of preference ("tether-h2,http/1.1";
+ * tt_tls_alpn() then says which the server selected, if any).
+ * Returns 0, -EINVAL for an empty name or one longer than 255 bytes, or -ENOMEM. */
 int tt_tls_set_alpn(struct tt_tls *tls, const char *proto);
 
 /* The ALPN protocol the handshake selected, "" when none, copied into buf (truncated to
