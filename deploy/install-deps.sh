@@ -17,6 +17,8 @@ packages=(
   python3-yaml
   # keys and signed service-account tokens (JWTs) for the control plane's JWT test
   python3-cryptography
+  # an HTTP/2 client nobody here wrote, attacking the pool's inbound (integ-pool-attacks)
+  python3-h2
   # capture rules (iptables-nft and iptables-legacy both) and captures of pod traffic
   iptables tcpdump
 )
