@@ -7,8 +7,7 @@
  * identity rotation, the direct fallback for a peer without the ALPN token, a carrier
  * closing while dialling and while carrying tunnels, idle close, PING keepalive and its
  * timeout, drain, the inbound side refusing what is not a tether-tcp tunnel, and the
- * wake-up of blocked members. Cases that show a bug of pool.c not fixed yet are skipped
- * unless TT_POOL_KNOWN_BUGS is set (known_bug()); they assert what pool.h promises. */
+ * wake-up of blocked members, and links retired while dialling (drain, rotation). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -317,16 +316,6 @@ static struct tt_conn *link_with_riders(size_t n, struct tt_conn **riders)
     return oc;
 }
 
-/* Skips a case that shows a bug of pool.c not fixed yet, unless TT_POOL_KNOWN_BUGS is set
- * in the environment: it asserts what pool.h promises and fails until the fix. */
-static void known_bug(const char *what)
-{
-    if (getenv("TT_POOL_KNOWN_BUGS") == NULL) {
-        print_message("known bug, skipped (set TT_POOL_KNOWN_BUGS=1 to run): %s\n", what);
-        skip();
-    }
-}
-
 /* --- the cases ------------------------------------------------------------------------- */
 
 /* Two attaches while dialling share one dial; both ride once SETTINGS arrive. */
@@ -605,7 +594,6 @@ static void test_pool_idle_close(void **state)
 static void test_pool_idle_clock(void **state)
 {
     (void)state;
-    known_bug("tt_pool_detach stamps idle_since_ms with tt_now_ms(), not the caller's clock");
     struct tt_conn *r[1];
     struct tt_conn *oc = link_with_riders(1, r);
     uint64_t loop_now = tt_now_ms();
@@ -705,7 +693,6 @@ static void test_pool_drain_inbound(void **state)
 static void test_pool_drain_while_dialling(void **state)
 {
     (void)state;
-    known_bug("a drained dialling link comes back LINK_UP in tt_link_up");
     struct tt_conn *a = attach(&T.t1, ID_A, &identity1, 0);
     struct tt_conn *oc = T.last_dial;
 
@@ -720,7 +707,6 @@ static void test_pool_drain_while_dialling(void **state)
 static void test_pool_rotation_while_dialling(void **state)
 {
     (void)state;
-    known_bug("a retired dialling link comes back LINK_UP in tt_link_up");
     attach(&T.t1, ID_A, &identity1, 0);
     struct tt_conn *oc1 = T.last_dial;
     attach(&T.t1, ID_A, &identity2, 0);
@@ -824,7 +810,8 @@ static void test_pool_inbound_not_a_tunnel(void **state)
 
 /* --- wake-ups -------------------------------------------------------------------------- */
 
-/* A blocked member is woken once per flush, even when it blocks again meanwhile. */
+/* A blocked member is woken once per flush that sent something (a stream queue may have
+ * drained), even when it blocks again meanwhile; a flush that sent nothing wakes nobody. */
 static void test_pool_wake_blocked(void **state)
 {
     (void)state;
@@ -838,6 +825,9 @@ static void test_pool_wake_blocked(void **state)
     r[0]->m.blocked = true;
     r[0]->reblock = true;
     r[2]->m.blocked = true;
+    assert_int_equal(tt_link_flush(oc->link), 0); /* nothing went out: nobody woken */
+    assert_int_equal(r[0]->progress, 0);
+    assert_int_equal(tt_h2_ping(tt_link_h2(oc->link)), 0);
     assert_int_equal(tt_link_flush(oc->link), 0);
     assert_int_equal(r[0]->progress, 1);
     assert_int_equal(r[1]->progress, 0);
@@ -845,6 +835,7 @@ static void test_pool_wake_blocked(void **state)
     assert_true(r[0]->m.blocked);
     assert_false(r[2]->m.blocked);
 
+    assert_int_equal(tt_h2_ping(tt_link_h2(oc->link)), 0);
     assert_int_equal(tt_link_flush(oc->link), 0);
     assert_int_equal(r[0]->progress, 2);
     assert_int_equal(r[2]->progress, 1);
@@ -855,7 +846,6 @@ static void test_pool_wake_blocked(void **state)
 static void test_pool_wake_blocked_reflush(void **state)
 {
     (void)state;
-    known_bug("tt_link_flush wakes again for every flush asked for by a woken member");
     struct tt_conn *r[1];
     struct tt_conn *oc = link_with_riders(1, r);
 

@@ -46,6 +46,7 @@ struct tt_link {
     bool flush_wanted;   /* a flush was asked for while busy */
     bool counted;        /* counted in links_opened (closes count links_closed) */
     bool ping_out;       /* a PING waits for its answer */
+    bool retire_when_up; /* retired while dialling: GOAWAY once its waiting members rode */
     unsigned wake_round; /* link_wake_blocked's rounds */
     uint64_t ping_sent_ms;
     uint64_t idle_since_ms; /* the last tunnel ended (or the link came up) */
@@ -257,7 +258,7 @@ int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct 
         return TT_POOL_GO_DIRECT;
     }
     for (struct tt_link *link = d->links; link != NULL; link = link->next) {
-        if (link->state == LINK_RETIRING)
+        if (link->state == LINK_RETIRING || link->retire_when_up)
             continue;
         if (link->identity != identity) {
             /* Made with the identity before a rotation: no new tunnel; it closes once its
@@ -393,6 +394,10 @@ static void link_ride_waiting(struct tt_link *link)
         member_ride(link, m);
         (void)link->pool->ops->ride(m->conn, link->h2); /* a failure closes the connection */
     }
+    if (link->retire_when_up) {
+        link->retire_when_up = false;
+        tt_link_retire(link); /* their streams are open: only new ones are refused */
+    }
     (void)tt_link_flush(link);
 }
 
@@ -442,20 +447,25 @@ struct tt_link *tt_link_accept(struct tt_pool *pool, struct tt_conn *carrier,
 }
 
 /* Sends the session's pending bytes while the carrier takes them, several frames at a
- * time, each batch one TLS record. */
+ * time, each batch one TLS record. Returns 1 when something went out, 0 when nothing
+ * did, or <0. */
 static int link_send_pending(struct tt_link *link)
 {
     const struct tt_pool_ops *ops = link->pool->ops;
+    int sent = 0;
 
     while (link->carrier != NULL && ops->writable(link->carrier)) {
         long n = tt_h2_fill(link->h2, link->pool->out, sizeof(link->pool->out));
-        if (n <= 0)
+        if (n < 0)
             return (int)n;
+        if (n == 0)
+            break;
         int r = ops->send(link->carrier, link->pool->out, (size_t)n);
         if (r < 0)
             return r;
+        sent = 1;
     }
-    return 0;
+    return sent;
 }
 
 /* Lets members that stopped reading for a full stream queue go on, each once per round
@@ -492,12 +502,12 @@ int tt_link_flush(struct tt_link *link)
     do {
         link->flush_wanted = false;
         r = link_send_pending(link);
-        if (r < 0)
-            break;
+        if (r <= 0)
+            break; /* an error, or nothing went out: no stream queue drained */
         link_wake_blocked(link);
     } while (link->flush_wanted);
     link->busy = false;
-    return r;
+    return r < 0 ? r : 0;
 }
 
 /* Runs the session on the carrier's plaintext (see pool.h). */
@@ -531,7 +541,8 @@ int tt_link_tick(struct tt_link *link, uint64_t now_ms)
         return 0;
     if (link->n_tunnels == 0 && link->n_waiting == 0) {
         if (link->state == LINK_RETIRING ||
-            (link->pool->idle_ms > 0 && now_ms - link->idle_since_ms >= link->pool->idle_ms)) {
+            (link->pool->idle_ms > 0 && now_ms >= link->idle_since_ms &&
+             now_ms - link->idle_since_ms >= link->pool->idle_ms)) {
             if (link->state != LINK_RETIRING)
                 (void)tt_h2_goaway(link->h2, TT_H2_NO_ERROR);
             link->state = LINK_RETIRING;
@@ -555,6 +566,11 @@ int tt_link_tick(struct tt_link *link, uint64_t now_ms)
 /* No new tunnel; closes when the last one is over (see pool.h). */
 void tt_link_retire(struct tt_link *link)
 {
+    if (link->state == LINK_DIALLING) {
+        /* Its waiting members were promised a link: they ride it, then it retires. */
+        link->retire_when_up = true;
+        return;
+    }
     if (link->state == LINK_RETIRING)
         return;
     link->state = LINK_RETIRING;
