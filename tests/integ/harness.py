@@ -567,8 +567,12 @@ def echo_roundtrip(port, payload, timeout=60):
 def echo_exact(port, payload, timeout=30, expect_prefix=b""):
     """Sends payload to an echo backend and reads back exactly len(expect_prefix) +
     len(payload) bytes without half-closing (for peers whose half-close handling is
-    not under test). Returns what was read (shorter when the connection ended)."""
-    s = connect(port, timeout)
+    not under test). Returns what was read (shorter when the connection ended; empty when
+    it was reset before connect() returned, as a sidecar that refuses at once may)."""
+    try:
+        s = connect(port, timeout)
+    except ConnectionResetError:
+        return b""
     want = len(expect_prefix) + len(payload)
     got = bytearray()
     err = []

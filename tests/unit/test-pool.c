@@ -137,8 +137,9 @@ static int fake_ride(struct tt_conn *app, struct tt_h2 *h2)
     return 0;
 }
 
-static void fake_wait_failed(struct tt_conn *app, int err)
+static void fake_wait_failed(struct tt_conn *app, struct tt_conn *carrier, int err)
 {
+    (void)carrier;
     assert_null(app->m.link); /* out of the pool already */
     app->wait_failed++;
     app->wait_err = err;
@@ -214,7 +215,7 @@ static int teardown(void **state)
         for (size_t i = 0; i < T.nconns; i++) {
             struct tt_conn *c = &T.conns[i];
             if (c->carrier && c->client == (pass == 0) && c->link != NULL) {
-                tt_link_closed(c->link, 0);
+                tt_link_closed(c->link, c, 0);
                 c->link = NULL;
             }
         }
@@ -271,7 +272,7 @@ static struct tt_conn *link_connect(struct tt_conn *oc)
 /* Closes a carrier (its link goes with it). */
 static void carrier_close(struct tt_conn *c, int err)
 {
-    tt_link_closed(c->link, err);
+    tt_link_closed(c->link, c, err);
     c->link = NULL;
 }
 

@@ -1384,10 +1384,16 @@ static int pool_ride(struct tt_conn *c, struct tt_h2 *h2)
 /* pool ops: the link c waited for failed (err), or its peer does not speak the token
  * (err 0): go direct, or fail as a connect would (a balanced service tries another
  * endpoint). */
-static void pool_wait_failed(struct tt_conn *c, int err)
+static void pool_wait_failed(struct tt_conn *c, struct tt_conn *carrier, int err)
 {
     if (c->state == TT_CONN_S_CLOSING)
         return;
+    if (carrier != NULL && carrier->hs_reason >= 0 && err != 0) {
+        /* The link's handshake failed: the app connection's line says why. */
+        c->hs_reason = carrier->hs_reason;
+        free(c->link_detail);
+        c->link_detail = strdup(tt_tls_error_detail(carrier->tls));
+    }
     if (err == 0) {
         c->tunnel = false;
         c->direct = true;
@@ -1849,6 +1855,7 @@ static void conn_free(struct tt_conn *c)
     tt_buf_done(&c->up.queued);
     tt_snapshot_unref(c->snapshot);
     free(c->tunnel_peer_id);
+    free(c->link_detail);
     free(c);
 }
 
@@ -1866,7 +1873,9 @@ static void conn_account(struct tt_conn *c, int err)
     struct tt_listener_counters *lc = conn_counters(c);
     uint64_t dur_ms = uv_now(&c->worker->loop) - c->start_ms;
     const char *peer_id = conn_peer_id(c);
-    const char *detail = c->tls != NULL ? tt_tls_error_detail(c->tls) : "";
+    const char *detail = c->tls != NULL           ? tt_tls_error_detail(c->tls)
+                         : c->link_detail != NULL ? c->link_detail
+                                                  : "";
     bool inbound = conn_is_inbound(c);
 
     if (c->counted) {
@@ -1875,7 +1884,7 @@ static void conn_account(struct tt_conn *c, int err)
     }
     if (c->route != NULL && strcmp(c->route, "canary") == 0)
         return; /* the capture check's probes, every few seconds: counted, not logged */
-    if (peer_id[0] != '\0')
+    if (peer_id[0] != '\0' && !c->carrier) /* a link is no app connection of its peer */
         tt_metrics_peer_add(c->worker->metrics, peer_id, c->down.bytes_read, c->down.bytes_written,
                             strcmp(c->verdict, "deny") == 0);
     /* A link's carrier gets a line of its own kind: the app connections on it have theirs. */
@@ -1949,7 +1958,7 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
         /* A carrier: its link's waiting connections fail and its tunnels are lost. */
         struct tt_link *link = c->link;
         c->link = NULL;
-        tt_link_closed(link, err);
+        tt_link_closed(link, c, err);
     }
 
     c->timer.data = c;

@@ -102,6 +102,7 @@ struct tt_conn {
     struct tt_h2_stream *stream;  /* tunnel: its stream, once opened (or accepted) */
     struct tt_link *link;         /* carrier: the link it carries */
     char *tunnel_peer_id;         /* tunnel: the SPIFFE ID its carrier verified */
+    char *link_detail;            /* outbound tunnel: why its link's handshake failed */
     bool tunnel;                  /* pooled: the TLS side is (or will be) a stream */
     bool carrier;                 /* the mTLS connection of a link */
     bool direct;                  /* outbound: one mTLS connection of its own (fallback) */

@@ -415,7 +415,7 @@ int tt_link_up(struct tt_link *link, struct tt_conn *carrier, bool alpn_ok, uint
             struct tt_pool_member *m = link->waiting;
             tt_pool_detach(m);
             TT_COUNTER_ADD(m->counters->pool.fallback_direct, 1);
-            link->pool->ops->wait_failed(m->conn, 0);
+            link->pool->ops->wait_failed(m->conn, carrier, 0);
         }
         return 1;
     }
@@ -589,7 +589,7 @@ bool tt_link_done(const struct tt_link *link)
 }
 
 /* The carrier is closing (see pool.h). */
-void tt_link_closed(struct tt_link *link, int err)
+void tt_link_closed(struct tt_link *link, struct tt_conn *carrier, int err)
 {
     struct tt_pool *pool = link->pool;
     const struct tt_pool_ops *ops = pool->ops;
@@ -607,7 +607,7 @@ void tt_link_closed(struct tt_link *link, int err)
     while (link->waiting != NULL) {
         struct tt_pool_member *m = link->waiting;
         tt_pool_detach(m);
-        ops->wait_failed(m->conn, err);
+        ops->wait_failed(m->conn, carrier, err);
     }
     while (link->tunnels != NULL) {
         struct tt_pool_member *m = link->tunnels;

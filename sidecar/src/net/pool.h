@@ -70,8 +70,10 @@ struct tt_pool_ops {
      * connection closed itself). */
     int (*ride)(struct tt_conn *app, struct tt_h2 *h2);
     /* Outbound: a member's link failed before it was up (`err`), or the destination does
-     * not speak the token (`err` == 0: go direct). The member is out of the pool already. */
-    void (*wait_failed)(struct tt_conn *app, int err);
+     * not speak the token (`err` == 0: go direct). `carrier` is the link's carrier (what
+     * its handshake found, for the member's access line), or NULL if none started. The
+     * member is out of the pool already. */
+    void (*wait_failed)(struct tt_conn *app, struct tt_conn *carrier, int err);
     /* A tunnel's link is gone (closed, reset, failed): end the connection with `err`. The
      * member is out of the pool already; its stream is freed with the link. */
     void (*lost)(struct tt_conn *app, int err);
@@ -147,7 +149,7 @@ bool tt_link_done(const struct tt_link *link);
 
 /* The carrier is closing with `err`: waiting members fail (ops->wait_failed), tunnels are
  * lost (ops->lost), then the session and link are freed. */
-void tt_link_closed(struct tt_link *link, int err);
+void tt_link_closed(struct tt_link *link, struct tt_conn *carrier, int err);
 
 /* The link's HTTP/2 session (for a tunnel's stream calls). */
 struct tt_h2 *tt_link_h2(const struct tt_link *link);
