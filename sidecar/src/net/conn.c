@@ -183,8 +183,9 @@ static void conn_enter(struct tt_conn *c, enum tt_conn_state state)
         timeout = cfg->handshake_timeout_ms;
         break;
     case TT_CONN_S_CONNECTING:
-        /* A tunnel may wait for its link's connect and handshake too. */
-        timeout = cfg->connect_timeout_ms + (c->tunnel ? cfg->handshake_timeout_ms : 0);
+        /* An outbound tunnel may wait for its link's connect and handshake too. */
+        timeout = cfg->connect_timeout_ms +
+                  (c->tunnel && !conn_is_inbound(c) ? cfg->handshake_timeout_ms : 0);
         break;
     case TT_CONN_S_DETECT:
         timeout = cfg->transparent->detect_ms;
