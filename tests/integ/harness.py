@@ -1136,17 +1136,22 @@ class Env:
             c.wait_up()
         return c
 
-    def sidecar_pair(self, backend_addr, workers=1):
+    def sidecar_pair(self, backend_addr, workers=1, extra=(), prefix=""):
         """client -> web (outbound, port returned) -> mTLS -> api (inbound) -> backend_addr,
-        with certificates from a new root and no policy. Returns (web, api, out_port)."""
-        ca = self.certs.ca("pair-ca")
+        with certificates from a new root and no policy; `extra` flags go to both sidecars,
+        `prefix` names this pair's files and processes apart from another pair's. Returns
+        (web, api, out_port)."""
+        p = prefix + "-" if prefix else ""
+        ca = self.certs.ca(p + "pair-ca")
         web_id, api_id = spiffe("shop", "web"), spiffe("shop", "api")
-        web = self.certs.leaf("web", ca, [web_id])
-        api = self.certs.leaf("api", ca, [api_id])
+        web = self.certs.leaf(p + "web", ca, [web_id])
+        api = self.certs.leaf(p + "api", ca, [api_id])
         in_port, out_port = free_port(), free_port()
-        api_sc = self.sidecar("api", api, ca, inbound=[(in_port, backend_addr)], workers=workers)
-        web_sc = self.sidecar("web", web, ca, outbound=[(out_port, "127.0.0.1:%d" % in_port,
-                                                         api_id)], workers=workers)
+        api_sc = self.sidecar(p + "api", api, ca, inbound=[(in_port, backend_addr)],
+                              workers=workers, extra=extra)
+        web_sc = self.sidecar(p + "web", web, ca, outbound=[(out_port, "127.0.0.1:%d" % in_port,
+                                                             api_id)], workers=workers,
+                              extra=extra)
         return web_sc, api_sc, out_port
 
     def cp_sidecar(self, name, control, spiffe_id, token, inbound=(), outbound=(),

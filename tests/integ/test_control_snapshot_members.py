@@ -53,12 +53,14 @@ def test(env):
     ctl = env.control(cert_ttl="1h")
     bundle = ctl.bundle()
     ctl.set_policy(policy(web_id, api_id, echo.port))
-    # One worker each: the resumption slot is per worker and outbound listener.
+    # One worker each: the resumption slot is per worker and outbound listener. The web
+    # sidecar does not pool (--pool off): every connection does its own handshake, which is
+    # what this test watches resume.
     api = env.cp_sidecar("api", ctl, api_id, ctl.token(api_id, "api"), bundle=bundle,
                          inbound=[(in_port, echo.addr)], workers=1)
     web = env.cp_sidecar("web", ctl, web_id, ctl.token(web_id, "web"), bundle=bundle,
                          outbound=[(out_port, "127.0.0.1:%d" % in_port, api_id)],
-                         extra=["--workers", "1"])
+                         extra=["--workers", "1", "--pool", "off"])
     h.wait_for(lambda: one_request(out_port, 1), 15, what="first request web -> api")
     for i in range(2):
         ok(one_request(out_port, 10 + i), "request %d web -> api" % (i + 2))

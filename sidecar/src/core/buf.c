@@ -195,3 +195,129 @@ void tt_buf_pool_drain(void)
     }
     pool_count = 0;
 }
+
+/* ---- queues of slabs ----------------------------------------------------------------- */
+
+/* One slab of a queue: this header, then the bytes. */
+struct tt_bufq_node {
+    struct tt_bufq_node *next;
+    size_t off, len; /* unread bytes: data[off .. off + len) */
+    uint8_t data[];
+};
+
+#define BUFQ_NODE_CAP (TT_BUF_SLAB - sizeof(struct tt_bufq_node))
+
+/* Initializes an empty queue (holds no memory). */
+void tt_bufq_init(struct tt_bufq *q)
+{
+    q->head = q->tail = NULL;
+    q->len = 0;
+}
+
+/* Gives every slab back; the queue is empty afterwards. */
+void tt_bufq_done(struct tt_bufq *q)
+{
+    while (q->head != NULL) {
+        struct tt_bufq_node *n = q->head;
+        q->head = n->next;
+        slab_put(n);
+    }
+    q->tail = NULL;
+    q->len = 0;
+}
+
+/* Appends a copy of data[0..n), filling the last slab first. Returns 0 or -ENOMEM (then
+ * nothing was appended). */
+int tt_bufq_append(struct tt_bufq *q, const void *data, size_t n)
+{
+    const uint8_t *p = data;
+    struct tt_bufq_node *first_new = NULL, *last = q->tail;
+    size_t room = last != NULL ? BUFQ_NODE_CAP - last->off - last->len : 0;
+    size_t need = n > room ? n - room : 0;
+
+    /* Take every slab first, so that a shortage appends nothing. */
+    for (struct tt_bufq_node **link = &first_new; need > 0; link = &(*link)->next) {
+        *link = slab_get();
+        if (*link == NULL) {
+            while (first_new != NULL) {
+                struct tt_bufq_node *x = first_new;
+                first_new = x->next;
+                slab_put(x);
+            }
+            return -ENOMEM;
+        }
+        (*link)->next = NULL;
+        (*link)->off = (*link)->len = 0;
+        need -= need < BUFQ_NODE_CAP ? need : BUFQ_NODE_CAP;
+    }
+    if (room > 0 && n > 0) {
+        size_t k = n < room ? n : room;
+        memcpy(last->data + last->off + last->len, p, k);
+        last->len += k;
+        p += k;
+        n -= k;
+        q->len += k;
+    }
+    for (struct tt_bufq_node *node = first_new; node != NULL; node = node->next) {
+        size_t k = n < BUFQ_NODE_CAP ? n : BUFQ_NODE_CAP;
+        memcpy(node->data, p, k);
+        node->len = k;
+        p += k;
+        n -= k;
+        q->len += k;
+        if (q->tail != NULL)
+            q->tail->next = node;
+        else
+            q->head = node;
+        q->tail = node;
+    }
+    return 0;
+}
+
+/* The first contiguous unread bytes (see buf.h). */
+size_t tt_bufq_peek(const struct tt_bufq *q, const uint8_t **data)
+{
+    if (q->head == NULL) {
+        *data = NULL;
+        return 0;
+    }
+    *data = q->head->data + q->head->off;
+    return q->head->len;
+}
+
+/* Drops n bytes from the front (at most what is queued), giving emptied slabs back. */
+void tt_bufq_consume(struct tt_bufq *q, size_t n)
+{
+    while (n > 0 && q->head != NULL) {
+        struct tt_bufq_node *h = q->head;
+        size_t k = n < h->len ? n : h->len;
+        h->off += k;
+        h->len -= k;
+        q->len -= k;
+        n -= k;
+        if (h->len == 0) {
+            q->head = h->next;
+            if (q->head == NULL)
+                q->tail = NULL;
+            slab_put(h);
+        }
+    }
+}
+
+/* Copies up to len bytes out and drops them; returns the count. */
+size_t tt_bufq_read(struct tt_bufq *q, void *buf, size_t len)
+{
+    uint8_t *out = buf;
+    size_t done = 0;
+
+    while (done < len && q->head != NULL) {
+        const uint8_t *p;
+        size_t k = tt_bufq_peek(q, &p);
+        if (k > len - done)
+            k = len - done;
+        memcpy(out + done, p, k);
+        done += k;
+        tt_bufq_consume(q, k);
+    }
+    return done;
+}

@@ -56,6 +56,35 @@ uint8_t *tt_buf_tail(struct tt_buf *b, size_t *avail);
  * received nothing). */
 void tt_buf_settle(struct tt_buf *b);
 
+/* A queue of bytes in pooled slabs, however long: it never makes an oversize block, so
+ * a buffer that may hold more than a slab (an HTTP/2 stream's window) stays in the pool.
+ * Single-threaded like the slabs' pool. */
+struct tt_bufq_node;
+struct tt_bufq {
+    struct tt_bufq_node *head, *tail;
+    size_t len; /* unread bytes */
+};
+
+/* Initializes an empty queue (holds no memory). */
+void tt_bufq_init(struct tt_bufq *q);
+
+/* Gives every slab back to the pool; the queue is empty afterwards and may be reused. */
+void tt_bufq_done(struct tt_bufq *q);
+
+/* Appends a copy of data[0..n). Returns 0, or -ENOMEM (then nothing was appended). */
+int tt_bufq_append(struct tt_bufq *q, const void *data, size_t n);
+
+/* Sets *data to the first contiguous unread bytes (NULL when empty) and returns their
+ * count: at most a slab's worth, less than q->len when more slabs follow. Valid until the
+ * next change of the queue. */
+size_t tt_bufq_peek(const struct tt_bufq *q, const uint8_t **data);
+
+/* Drops n bytes from the front (at most q->len); emptied slabs go back to the pool. */
+void tt_bufq_consume(struct tt_bufq *q, size_t n);
+
+/* Copies up to len bytes from the front into buf and drops them. Returns the count. */
+size_t tt_bufq_read(struct tt_bufq *q, void *buf, size_t len);
+
 /* Frees the calling thread's cached slabs (call before a thread exits). */
 void tt_buf_pool_drain(void);
 

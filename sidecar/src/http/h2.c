@@ -52,8 +52,8 @@ struct tt_h2_stream {
     nghttp2_nv *send_trailers; /* ours (one allocation), sent once the queue drains */
     size_t nsend_trailers;
     int status;                 /* client: the response's :status */
-    struct tt_buf recv;         /* peer bytes not yet taken by the application */
-    struct tt_buf send;         /* our bytes not yet framed */
+    struct tt_bufq recv;        /* peer bytes not yet taken by the application (slabs) */
+    struct tt_bufq send;        /* our bytes not yet framed (slabs) */
     unsigned released : 1;      /* the application gave up its reference */
     unsigned closed : 1;        /* nghttp2 closed the stream */
     unsigned local_end : 1;     /* tt_h2_stream_end (or a head with end_stream) */
@@ -100,8 +100,8 @@ static struct tt_h2_stream *stream_new(struct tt_h2 *h2)
     if (s == NULL)
         return NULL;
     s->h2 = h2;
-    tt_buf_init(&s->recv);
-    tt_buf_init(&s->send);
+    tt_bufq_init(&s->recv);
+    tt_bufq_init(&s->send);
     s->next = h2->streams;
     if (h2->streams != NULL)
         h2->streams->prev = s;
@@ -189,8 +189,8 @@ static void stream_free(struct tt_h2_stream *s)
     fields_clear(&s->head, false);
     fields_clear(&s->trailers, false);
     free(s->send_trailers);
-    tt_buf_done(&s->recv);
-    tt_buf_done(&s->send);
+    tt_bufq_done(&s->recv);
+    tt_bufq_done(&s->send);
     free(s);
 }
 
@@ -298,7 +298,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
         nghttp2_session_consume(session, id, len);
         return 0;
     }
-    if (tt_buf_append(&s->recv, data, len) < 0) {
+    if (tt_bufq_append(&s->recv, data, len) < 0) {
         /* The stream is reset; its bytes must not keep the connection window. */
         nghttp2_session_consume_connection(session, len);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -434,7 +434,7 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t code, 
     if (s == NULL)
         return 0;
     s->closed = 1;
-    tt_buf_done(&s->send);
+    tt_bufq_done(&s->send);
     if (!s->released && !s->dead && (code != NGHTTP2_NO_ERROR || s->peer_rst)) {
         s->dead = 1;
         int err = code == NGHTTP2_REFUSED_STREAM ? TT_E_H2_REFUSED : TT_E_H2_RESET;
@@ -475,10 +475,8 @@ static ssize_t on_data_read(nghttp2_session *session, int32_t id, uint8_t *buf, 
     size_t n = s->send.len < length ? s->send.len : length;
 
     (void)ud;
-    if (n > 0) {
-        memcpy(buf, tt_buf_head(&s->send), n);
-        tt_buf_consume(&s->send, n);
-    }
+    if (n > 0)
+        (void)tt_bufq_read(&s->send, buf, n);
     if (s->send.len == 0 && s->local_end) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->send_trailers != NULL) {
@@ -903,7 +901,7 @@ int tt_h2_stream_write(struct tt_h2_stream *s, const void *data, size_t len)
 {
     if (s->closed || s->dead || s->local_end || s->peer_rst || s->released)
         return TT_E_H2_CLOSED;
-    if (tt_buf_append(&s->send, data, len) < 0)
+    if (tt_bufq_append(&s->send, data, len) < 0)
         return -ENOMEM;
     resume(s);
     return 0;
@@ -974,8 +972,7 @@ size_t tt_h2_stream_readable(const struct tt_h2_stream *s)
 /* The received bytes, without a copy. */
 size_t tt_h2_stream_peek(const struct tt_h2_stream *s, const uint8_t **data)
 {
-    *data = s->recv.len > 0 ? tt_buf_head(&s->recv) : NULL;
-    return s->recv.len;
+    return tt_bufq_peek(&s->recv, data);
 }
 
 /* Takes `n` received bytes and returns their stream window to the peer. */
@@ -987,7 +984,7 @@ void tt_h2_stream_consume(struct tt_h2_stream *s, size_t n)
         n = s->recv.len;
     if (n == 0)
         return;
-    tt_buf_consume(&s->recv, n);
+    tt_bufq_consume(&s->recv, n);
     recv_drop(h2, n);
     /* The window goes back only now that the application took the bytes. */
     if (!s->closed)
@@ -999,9 +996,14 @@ size_t tt_h2_stream_read(struct tt_h2_stream *s, void *buf, size_t len)
 {
     size_t n = s->recv.len < len ? s->recv.len : len;
 
-    if (n > 0) {
-        memcpy(buf, tt_buf_head(&s->recv), n);
-        tt_h2_stream_consume(s, n);
+    for (size_t done = 0; done < n;) { /* slab by slab; each part's window goes back */
+        const uint8_t *p;
+        size_t k = tt_h2_stream_peek(s, &p);
+        if (k > n - done)
+            k = n - done;
+        memcpy((uint8_t *)buf + done, p, k);
+        tt_h2_stream_consume(s, k);
+        done += k;
     }
     return n;
 }
@@ -1065,7 +1067,7 @@ void tt_h2_stream_release(struct tt_h2_stream *s)
     memset(&s->cbs, 0, sizeof(s->cbs));
     if (s->recv.len > 0) {
         recv_drop(s->h2, s->recv.len);
-        tt_buf_done(&s->recv);
+        tt_bufq_done(&s->recv);
     }
     if (!s->closed) {
         /* A complete answer (a 403, the end of a tunnel) is never cut by a CANCEL: the

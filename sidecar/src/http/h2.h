@@ -224,8 +224,9 @@ size_t tt_h2_stream_readable(const struct tt_h2_stream *s);
  * Returns the count (0: nothing buffered). */
 size_t tt_h2_stream_read(struct tt_h2_stream *s, void *buf, size_t len);
 
-/* The received bytes without a copy: sets *data, returns their length; valid until the
- * next call on this session. Follow with tt_h2_stream_consume() for what was taken. */
+/* The first received bytes without a copy: sets *data, returns their length (at most a
+ * slab's worth: less than tt_h2_stream_readable() when more follow); valid until the next
+ * call on this session. Follow with tt_h2_stream_consume() for what was taken. */
 size_t tt_h2_stream_peek(const struct tt_h2_stream *s, const uint8_t **data);
 void tt_h2_stream_consume(struct tt_h2_stream *s, size_t n);
 

@@ -354,7 +354,9 @@ static int secure_read(struct tt_conn *c, void *buf, size_t len)
         return tt_tls_read(c->tls, buf, len);
     if (c->stream == NULL)
         return TT_TLS_EOF;
-    n = tt_h2_stream_read(c->stream, buf, len);
+    /* A record's worth at most, as the TLS engine gives: the plaintext side's queue then
+     * stays within its slab (tls_pump). */
+    n = tt_h2_stream_read(c->stream, buf, len < TT_TLS_RECORD_MAX ? len : TT_TLS_RECORD_MAX);
     if (n > 0) {
         tunnel_count(c->tls_side, n, true);
         touch(c);
@@ -1362,10 +1364,12 @@ static int pool_send(struct tt_conn *c, const uint8_t *data, size_t len)
     return r == 0 ? tls_flush(c) : r;
 }
 
-/* pool ops: the carrier takes more while its socket queue is short. */
+/* pool ops: the carrier takes more while nothing waits behind its write in flight: each
+ * batch's ciphertext (one record) then moves into the queue whole, never outgrowing its
+ * slab, as a plaintext read's does in a direct relay. */
 static bool pool_writable(struct tt_conn *c)
 {
-    return c->state == TT_CONN_S_RELAY && side_queue_len(c->tls_side) < TT_CONN_QUEUE_MAX;
+    return c->state == TT_CONN_S_RELAY && c->tls_side->queued.len == 0;
 }
 
 /* pool ops: the link is up: open the tunnel (its HEADERS go with the link's next flush). */
