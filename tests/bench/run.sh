@@ -3,7 +3,9 @@
 #
 #   wrk/curl -> [outbound proxy] -> mTLS -> [inbound proxy] -> nginx HTTP backend
 #
-# for five chains: tether (two tether-sidecars), tether-l7 (the same with a policy whose
+# for six chains: tether (two tether-sidecars, pooled: app connections ride HTTP/2 tunnels
+# on a few mTLS links), tether-direct (the same with --pool off: one mTLS connection per app
+# connection), tether-l7 (the same with a policy whose
 # rules name methods and paths, so the inbound reads every request: http/gate.c), nginx (two nginx stream proxies with
 # proxy_ssl / ssl_verify_client), haproxy (two haproxies, ssl verify required both ways)
 # and direct (no proxy). Per chain: requests/s and p50/p99 latency at 50 keep-alive
@@ -89,6 +91,7 @@ wait_port() {
 be=$((base)) t_out=$((base + 1)) t_in=$((base + 2)) t_adm_out=$((base + 3)) t_adm_in=$((base + 4))
 l_out=$((base + 5)) l_in=$((base + 6)) l_adm_out=$((base + 7)) l_adm_in=$((base + 8))
 n_out=$((base + 11)) n_in=$((base + 12)) h_out=$((base + 21)) h_in=$((base + 22))
+d_out=$((base + 31)) d_in=$((base + 32)) d_adm_out=$((base + 33)) d_adm_in=$((base + 34))
 
 say "certificates"
 DNS_SUFFIX=mesh.local "$root/deploy/local/mkcerts.sh" "$work/certs" web api >/dev/null
@@ -132,6 +135,14 @@ start t_in "$sidecar" --identity-cert "$c/api.crt" --identity-key "$c/api.key" \
 start t_out "$sidecar" --identity-cert "$c/web.crt" --identity-key "$c/web.key" \
     --trust-bundle "$c/ca.crt" --outbound "127.0.0.1:$t_out=127.0.0.1:$t_in@$api_id" \
     --admin "127.0.0.1:$t_adm_out" --workers "$WORKERS" --log-level warn --max-connections 19000
+
+say "tether-direct pair (--pool off): outbound :$d_out -> mTLS per connection -> inbound :$d_in -> backend"
+start d_in "$sidecar" --identity-cert "$c/api.crt" --identity-key "$c/api.key" \
+    --trust-bundle "$c/ca.crt" --inbound "127.0.0.1:$d_in=127.0.0.1:$be" --pool off \
+    --admin "127.0.0.1:$d_adm_in" --workers "$WORKERS" --log-level warn --max-connections 19000
+start d_out "$sidecar" --identity-cert "$c/web.crt" --identity-key "$c/web.key" \
+    --trust-bundle "$c/ca.crt" --outbound "127.0.0.1:$d_out=127.0.0.1:$d_in@$api_id" --pool off \
+    --admin "127.0.0.1:$d_adm_out" --workers "$WORKERS" --log-level warn --max-connections 19000
 
 say "tether-l7 pair: outbound :$l_out -> mTLS -> inbound :$l_in (per-request policy) -> backend"
 cat >"$work/l7-policy.json" <<EOF
@@ -216,12 +227,12 @@ haproxy_cfg "$work/haproxy-in.cfg" "$h_in ssl crt $c/api.pem ca-file $c/ca.crt v
 start haproxy_out haproxy -db -f "$work/haproxy-out.cfg"
 start haproxy_in haproxy -db -f "$work/haproxy-in.cfg"
 
-for p in $t_in $t_out $l_in $l_out $n_out $n_in $h_out $h_in; do wait_port "$p"; done
-for p in $t_out $l_out $n_out $h_out $be; do
+for p in $t_in $t_out $d_in $d_out $l_in $l_out $n_out $n_in $h_out $h_in; do wait_port "$p"; done
+for p in $t_out $d_out $l_out $n_out $h_out $be; do
     out=$(curl -sS --max-time 5 "http://127.0.0.1:$p/") || { say "chain on port $p does not answer"; exit 1; }
     [ "$out" = "hello, world" ] || { say "chain on port $p answered '$out'"; exit 1; }
 done
-say "all five chains answer"
+say "all six chains answer"
 
 rss_kb() { # PID...: sum of VmRSS in KiB (nginx: the pid's children, i.e. its workers, too)
     local total=0 p kids
@@ -240,8 +251,9 @@ idle_rss[tether_out]=$(rss_kb "$pid_t_out")
 idle_rss[nginx]=$(rss_kb "$pid_nginx_out" "$pid_nginx_in")
 idle_rss[haproxy]=$(rss_kb "$pid_haproxy_out" "$pid_haproxy_in")
 
-declare -A port=([tether]=$t_out [tether-l7]=$l_out [nginx]=$n_out [haproxy]=$h_out [direct]=$be)
-chains=(tether tether-l7 nginx haproxy direct)
+declare -A port=([tether]=$t_out [tether-direct]=$d_out [tether-l7]=$l_out [nginx]=$n_out
+    [haproxy]=$h_out [direct]=$be)
+chains=(tether tether-direct tether-l7 nginx haproxy direct)
 res=$work/results.txt
 : >"$res"
 
@@ -361,7 +373,7 @@ print()
 hdr = ("chain", "keep-alive req/s", "p50 ms", "p99 ms", "new-conn req/s", "100 MB MB/s",
        "errors", "RSS idle MiB", "RSS %d idle MiB" % idle_n, "KiB/conn")
 rows = []
-for chain in ("tether", "tether-l7", "nginx", "haproxy", "direct"):
+for chain in ("tether", "tether-direct", "tether-l7", "nginx", "haproxy", "direct"):
     ka, cl, xf = d[chain]["keepalive"], d[chain]["close"], d[chain]["xfer"]
     errs = sum(x[3] for x in ka + cl + xf)
     ri, rb = rss["rss_idle"].get(chain), rss["rss_busy"].get(chain)
@@ -386,7 +398,7 @@ for side in ("tether_out", "tether_in"):
             (rb - ri) / idle_n))
 print("  idle connections held: %s" % ", ".join("%s %s" % kv for kv in sorted(
     rss["opened"].items())))
-t, n = rows[0], rows[2]
+t, n = rows[0], rows[3]
 print()
 print("targets: tether req/s >= nginx: %s; tether p99 <= nginx: %s; idle RSS per sidecar "
       "< 12 MiB: %s; < 20 KiB per idle mTLS connection: %s" % (
