@@ -1377,6 +1377,10 @@ static int pool_ride(struct tt_conn *c, struct tt_h2 *h2)
 {
     int err = 0;
 
+    /* From here the balancer times the tunnel's opening (a round trip on the link and the
+     * peer's connect to its workload), not the link's own setup that it may have waited
+     * for: an endpoint is not penalized for being the one whose link is new. */
+    c->phase_ms = uv_now(&c->worker->loop);
     c->stream = tt_h2_open_tunnel(h2, TT_POOL_PROTOCOL, c->target.text, NULL, 0, &tunnel_callbacks,
                                   c, &err);
     if (c->stream == NULL) {
