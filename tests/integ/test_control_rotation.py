@@ -103,6 +103,15 @@ def test(env):
         li = sc.listener("inbound:" if name == "api" else "outbound:")
         ok(sum(li["handshake_failures"].values()) == 0, "%s: no handshake failures (%r)" % (
             name, li["handshake_failures"]))
+        if name == "web":
+            # The traffic rode pooled links; each rotation retired the links made with the
+            # old certificate (README "Pooling between sidecars") without a failed request.
+            ok(li["pool"]["connections_recycled"] >= 3 and li["pool"]["streams_total"] > 100,
+               "web: links recycled on rotation (%r)" % li["pool"])
+            # Retired links close as soon as their last tunnel is over: what stays open is
+            # at most 2 per worker and the link under the long-lived connection.
+            ok(li["pool"]["connections"] <= 5,
+               "web: retired links closed (%d open)" % li["pool"]["connections"])
     ok(ctl.stats().get("refusals_total", 0) == 0, "no Sign refusals during renewals (%r)" %
        ctl.stats().get("refusals"))
     long_conn.close()

@@ -1431,6 +1431,13 @@ static void pool_lost(struct tt_conn *c, int err)
     conn_close(c, err, true);
 }
 
+/* pool ops: the carrier's link may be done: its tick runs on the next loop iteration. */
+static void pool_wake(struct tt_conn *c)
+{
+    if (c->state == TT_CONN_S_RELAY)
+        uv_timer_start(&c->timer, on_timer, 0, 0);
+}
+
 /* pool ops: c's stream queue drained: it may read its app side again. */
 static void pool_progress(struct tt_conn *c)
 {
@@ -1488,6 +1495,7 @@ const struct tt_pool_ops tt_conn_pool_ops = {
     .ride = pool_ride,
     .wait_failed = pool_wait_failed,
     .lost = pool_lost,
+    .wake = pool_wake,
     .progress = pool_progress,
     .accept = pool_accept,
 };

@@ -113,6 +113,9 @@ void tt_pool_detach(struct tt_pool_member *m)
         TT_COUNTER_ADD(m->counters->pool.streams_closed, 1);
         if (link->n_tunnels == 0)
             link->idle_since_ms = tt_now_ms();
+        if (link->n_tunnels == 0 && link->n_waiting == 0 && link->state == LINK_RETIRING &&
+            link->carrier != NULL && link->pool->ops->wake != NULL)
+            link->pool->ops->wake(link->carrier); /* done: close it now, not at its tick */
     } else {
         member_unlink(&link->waiting, m);
         link->n_waiting--;

@@ -77,6 +77,9 @@ struct tt_pool_ops {
     /* A tunnel's link is gone (closed, reset, failed): end the connection with `err`. The
      * member is out of the pool already; its stream is freed with the link. */
     void (*lost)(struct tt_conn *app, int err);
+    /* A retired link's last tunnel is over: run the carrier's tick soon (outside any
+     * session call), which closes it. May be NULL. */
+    void (*wake)(struct tt_conn *carrier);
     /* A member that stopped reading (blocked) may go on: its stream's queue drained. */
     void (*progress)(struct tt_conn *app);
     /* Inbound: a valid tunnel stream arrived on the carrier's link: start a connection for
