@@ -457,12 +457,13 @@ static uint64_t conn_now_us(struct tt_conn *c)
     return uv_now(&c->worker->loop) * 1000;
 }
 
-/* Sends close_notify to the TLS-side peer, once: our half-close of the TLS stream.
- * Returns 0 or <0 (the caller closes the connection). */
+/* Our half-close towards the TLS-side peer: close_notify (a tunnel: END_STREAM) once,
+ * then a FIN once its queue drained. Returns 0 or <0 (the caller closes the connection). */
 static int tls_close_notify_once(struct tt_conn *c)
 {
     int r;
 
+    c->tls_side->want_shutdown = true;
     if (c->close_notify_sent)
         return 0;
     c->close_notify_sent = true;
@@ -646,7 +647,6 @@ static void carrier_progress(struct tt_conn *c)
     }
     if (tt_link_done(c->link)) {
         r = tls_close_notify_once(c);
-        ts->want_shutdown = true;
         if (r < 0) {
             conn_close(c, r, true);
             return;
@@ -676,7 +676,6 @@ static void conn_gate_settle(struct tt_conn *c)
     side_set_reading(c, c->tls_side, false);
     c->plain_side->want_shutdown = true;
     r = tls_close_notify_once(c);
-    c->tls_side->want_shutdown = true;
     if (r < 0)
         conn_close(c, r, true);
 }
@@ -763,7 +762,6 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
             conn_close(c, r, true);
             return;
         }
-        c->tls_side->want_shutdown = true;
     } else {
         /* The stream ends once what arrived before the FIN is decrypted, which may wait
          * for the plaintext side's queue to drain (relay_progress goes on pumping). */
@@ -1177,7 +1175,6 @@ static void carrier_up(struct tt_conn *c)
     if (r == 1) {
         c->route = "link_declined";
         r = tls_close_notify_once(c);
-        c->tls_side->want_shutdown = true;
         if (r < 0) {
             conn_close(c, r, true);
             return;
