@@ -858,7 +858,9 @@ static void on_connect(uv_connect_t *req, int status)
     }
     uint64_t connect_us = (uv_now(&c->worker->loop) - c->phase_ms) * 1000;
     tt_metrics_observe(&conn_counters(c)->connect_us, connect_us);
-    if (c->balancer_active)
+    /* The balancer compares endpoints by their TCP connect time: a direct connection's,
+     * or for pooled ones the connect of the link to that endpoint (its tunnels only ride). */
+    if (c->balancer_active || (c->carrier && c->worker->balancer != NULL))
         tt_balancer_connected(c->worker->balancer, &c->target, connect_us);
     c->up.connected = true;
     uv_tcp_nodelay(&c->up.tcp, 1);
@@ -1280,10 +1282,7 @@ static void tunnel_on_headers(struct tt_h2_stream *s, void *ud)
         return;
     if (status == 200) {
         c->verdict = "allow";
-        if (c->balancer_active)
-            tt_balancer_connected(c->worker->balancer, &c->target,
-                                  (uv_now(&c->worker->loop) - c->phase_ms) * 1000);
-        conn_start_relay(c);
+        conn_start_relay(c); /* the balancer timed the link's connect (on_connect) */
         return;
     }
     TT_COUNTER_ADD(conn_counters(c)->pool.streams_refused, 1);
@@ -1374,10 +1373,6 @@ static int pool_ride(struct tt_conn *c, struct tt_h2 *h2)
 {
     int err = 0;
 
-    /* From here the balancer times the tunnel's opening (a round trip on the link and the
-     * peer's connect to its workload), not the link's own setup that it may have waited
-     * for: an endpoint is not penalized for being the one whose link is new. */
-    c->phase_ms = uv_now(&c->worker->loop);
     c->stream = tt_h2_open_tunnel(h2, TT_POOL_PROTOCOL, c->target.text, NULL, 0, &tunnel_callbacks,
                                   c, &err);
     if (c->stream == NULL) {
