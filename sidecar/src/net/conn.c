@@ -1185,6 +1185,16 @@ static void carrier_up(struct tt_conn *c)
     carrier_progress(c);
 }
 
+/* Outbound: c's destination does not pool: one mTLS connection of its own, as before. */
+static void conn_go_direct(struct tt_conn *c)
+{
+    c->tunnel = false;
+    c->direct = true;
+    if (strcmp(c->route, "pool") == 0)
+        c->route = "direct";
+    conn_start_connect(c);
+}
+
 /* Outbound: puts c in the pool for its target (conn_start_connect): it rides a link now,
  * waits for one, or goes direct. */
 static void conn_pool_attach(struct tt_conn *c)
@@ -1200,11 +1210,7 @@ static void conn_pool_attach(struct tt_conn *c)
     if (c->state == TT_CONN_S_CLOSING)
         return;
     if (r == TT_POOL_GO_DIRECT) {
-        c->tunnel = false;
-        c->direct = true;
-        if (strcmp(c->route, "pool") == 0)
-            c->route = "direct";
-        conn_start_connect(c);
+        conn_go_direct(c);
     } else if (r < 0) {
         conn_close(c, r, true);
     } else if (r == 1 && c->member.link != NULL) {
@@ -1396,11 +1402,7 @@ static void pool_wait_failed(struct tt_conn *c, struct tt_conn *carrier, int err
         c->link_detail = strdup(tt_tls_error_detail(carrier->tls));
     }
     if (err == 0) {
-        c->tunnel = false;
-        c->direct = true;
-        if (strcmp(c->route, "pool") == 0)
-            c->route = "direct";
-        conn_start_connect(c);
+        conn_go_direct(c);
         return;
     }
     conn_connect_failed(c, err);

@@ -44,7 +44,6 @@ struct tt_link {
     size_t n_waiting, n_tunnels;
     bool busy;           /* inside a session call (see the file's comment) */
     bool flush_wanted;   /* a flush was asked for while busy */
-    bool counted;        /* counted in links_opened (closes count links_closed) */
     bool ping_out;       /* a PING waits for its answer */
     bool retire_when_up; /* retired while dialling: GOAWAY once its waiting members rode */
     unsigned wake_round; /* link_wake_blocked's rounds */
@@ -84,6 +83,15 @@ static void member_unlink(struct tt_pool_member **head, struct tt_pool_member *m
     if (m->next != NULL)
         m->next->prev = m->prev;
     m->next = m->prev = NULL;
+}
+
+/* Makes member m wait for link to come up (on its waiting list). */
+static void member_wait(struct tt_link *link, struct tt_pool_member *m)
+{
+    m->link = link;
+    m->riding = false;
+    member_push(&link->waiting, m);
+    link->n_waiting++;
 }
 
 /* Makes member m ride link (off its waiting list if it was there): counted. */
@@ -230,10 +238,7 @@ static int pool_dial(struct tt_pool *pool, struct pool_dest *d, struct tt_pool_m
     link->state = LINK_DIALLING;
     link_list_push(&d->links, link);
     pool->n_links++;
-    m->link = link;
-    m->riding = false;
-    member_push(&link->waiting, m);
-    link->n_waiting++;
+    member_wait(link, m);
     if (pool->ops->dial(link, m->conn, &d->target, d->expected_id) < 0) {
         tt_pool_detach(m);
         link_list_unlink(&d->links, link);
@@ -285,10 +290,7 @@ int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct 
     }
     if (wait_on == NULL)
         return pool_dial(pool, d, m, identity);
-    m->link = wait_on;
-    m->riding = false;
-    member_push(&wait_on->waiting, m);
-    wait_on->n_waiting++;
+    member_wait(wait_on, m);
     return 0;
 }
 
@@ -381,7 +383,6 @@ static int link_start(struct tt_link *link, struct tt_conn *carrier, enum tt_h2_
         return -ENOMEM;
     link->carrier = carrier;
     link->state = LINK_UP;
-    link->counted = true;
     link->idle_since_ms = now_ms;
     TT_COUNTER_ADD(link->counters->pool.links_opened, 1);
     return 0;
@@ -617,7 +618,7 @@ void tt_link_closed(struct tt_link *link, struct tt_conn *carrier, int err)
         tt_pool_detach(m);
         ops->lost(m->conn, err);
     }
-    if (link->counted)
+    if (link->h2 != NULL) /* it came up: counted in links_opened */
         TT_COUNTER_ADD(link->counters->pool.links_closed, 1);
     tt_h2_free(link->h2);
     free(link);
