@@ -19,6 +19,9 @@ packages=(
   python3-cryptography
   # an HTTP/2 client nobody here wrote, attacking the pool's inbound (integ-pool-attacks)
   python3-h2
+  # HTTP/2 clients and a server nobody here wrote, through a pooled pair (integ-app-protocols):
+  # nghttp and h2load (h2c with prior knowledge), nghttpd --no-tls as the backend
+  nghttp2-client nghttp2-server
   # capture rules (iptables-nft and iptables-legacy both) and captures of pod traffic
   iptables tcpdump
 )
