@@ -4,8 +4,11 @@
 `tether-h2` ALPN token, as a rogue workload that stole a sidecar's key, or a confused
 client, would:
 
-- a plain request (GET) on a link is answered 501 `not_a_tunnel`, never relayed;
-- an extended CONNECT for another protocol (websocket) is answered 501;
+- a plain request (GET) on a link is served as HTTP/1.1 to the port the link was dialled
+  on, never to the backend its :authority names; that port's echo backend answers with
+  bytes that are not an HTTP response, so the caller gets 502 `upstream_bad_response`;
+- an extended CONNECT for another protocol (websocket) is answered 501 `not_a_tunnel`, and
+  so is a plain CONNECT (RFC 9113 §8.5) to any address;
 - a tunnel whose :authority names another port (a secret backend on this machine) still
   reaches only the port the link was dialled on: the secret backend accepts nothing;
 - an identity the policy denies gets 403 `policy_denied` per tunnel and the backend
@@ -13,7 +16,8 @@ client, would:
 - the server announces SETTINGS_MAX_CONCURRENT_STREAMS 100 and ENABLE_CONNECT_PROTOCOL 1;
 - garbage after the preface ends that link with a GOAWAY naming the error and the
   sidecar goes on serving;
-- only tunnels count as streams (the two refused requests do not), none is left open.
+- tunnels and the request count as streams (the refused CONNECTs do not), none is left
+  open.
 The client runs under Debian's python (h.DEBIAN_PYTHON), where python3-h2 lives."""
 import json
 import os
@@ -41,7 +45,8 @@ def client(port, crt, key, ca, scenario, authority):
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     s = ctx.wrap_socket(raw)
     result = {"alpn": s.selected_alpn_protocol(), "streams": {}, "events": []}
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=scenario != "connect"))
     conn.initiate_connection()
     s.sendall(conn.data_to_send())
 
@@ -99,6 +104,10 @@ def client(port, crt, key, ca, scenario, authority):
         conn.send_headers(1, connect_headers("websocket", authority))
         s.sendall(conn.data_to_send())
         pump(lambda: done(1))
+    elif scenario == "connect":
+        conn.send_headers(1, [(":method", "CONNECT"), (":authority", authority)])
+        s.sendall(conn.data_to_send())
+        pump(lambda: done(1))
     elif scenario == "tunnel":
         conn.send_headers(1, connect_headers("tether-tcp", authority))
         conn.send_data(1, b"hello through the pool\n")
@@ -143,23 +152,32 @@ def test(env):
     authority = "127.0.0.1:%d" % echo.port
 
     # Settings and ALPN.
-    res = attack(env, in_port, web, ca, "get", authority)
+    res = attack(env, in_port, web, ca, "get", secret.addr)
     ok(res["alpn"] == "tether-h2", "the inbound selects tether-h2 (got %r)" % res["alpn"])
     settings = res.get("settings", {})
     ok(settings.get("3") == 100, "MAX_CONCURRENT_STREAMS 100 announced (%r)" % settings)
     ok(settings.get("8") == 1, "ENABLE_CONNECT_PROTOCOL 1 announced (%r)" % settings)
 
-    # 1. A plain GET on a link: 501 not_a_tunnel, nothing relayed.
+    # 1. A plain GET on a link naming the secret backend: served to the dialled port,
+    # whose echo answers with the request itself, which is not a response: 502.
     st = res["streams"].get("1", {})
-    ok(st.get("headers", {}).get(":status") == "501" and
-       st["headers"].get("x-tether-reason") == "not_a_tunnel",
-       "a GET on a link is answered 501 not_a_tunnel (%r)" % st)
-    # 2. Extended CONNECT for another protocol: 501.
-    res = attack(env, in_port, web, ca, "websocket", authority)
-    st = res["streams"].get("1", {})
-    ok(st.get("headers", {}).get(":status") == "501",
-       "CONNECT :protocol websocket is answered 501 (%r)" % st)
-    ok(echo.accepted == 0, "nothing reached the backend (%d accepted)" % echo.accepted)
+    ok(st.get("headers", {}).get(":status") == "502" and
+       st["headers"].get("x-tether-reason") == "upstream_bad_response",
+       "a GET on a link is served to the dialled port; its non-HTTP answer is a 502 "
+       "upstream_bad_response (%r)" % st)
+    ok(echo.accepted == 1 and secret.accepted == 0,
+       "the GET reached the dialled port's backend only (echo %d, secret %d accepted)"
+       % (echo.accepted, secret.accepted))
+    # 2. Extended CONNECT for another protocol, and a plain CONNECT: 501.
+    for scenario in ("websocket", "connect"):
+        res = attack(env, in_port, web, ca, scenario, secret.addr)
+        st = res["streams"].get("1", {})
+        ok(st.get("headers", {}).get(":status") == "501" and
+           st["headers"].get("x-tether-reason") == "not_a_tunnel",
+           "CONNECT (%s) is answered 501 not_a_tunnel (%r)" % (scenario, st))
+    ok(echo.accepted == 1 and secret.accepted == 0,
+       "no CONNECT reached a backend (echo %d, secret %d accepted)"
+       % (echo.accepted, secret.accepted))
 
     # 3. A tunnel naming the secret backend in :authority reaches the dialled port only.
     res = attack(env, in_port, web, ca, "tunnel", secret.addr)
@@ -195,7 +213,7 @@ def test(env):
        "the sidecar still serves tunnels afterwards")
     ok(api_sc.alive(), "the inbound sidecar is alive")
     li = api_sc.listener("inbound:")
-    ok(li["pool"]["streams_total"] == 3 and li["pool"]["streams_active"] == 0,
+    ok(li["pool"]["streams_total"] == 4 and li["pool"]["streams_active"] == 0,
        "tunnels are counted and none is left open (%r)" % li["pool"])
     ok.done()
 

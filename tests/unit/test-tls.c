@@ -205,30 +205,42 @@ static void test_tls_handshake_and_data(void **state)
 /* ALPN between the pool's two ends: a client offering "tether-h2" gets it from a server
  * that selects it; a server that selects nothing, or another token, completes the
  * handshake without ALPN (the outbound then falls back to one connection per app
- * connection); bad names are refused. */
+ * connection). An inbound serving "tether-h2,h2" gives a mesh peer the pool's token
+ * whatever the order of its offer, an h2 client outside the mesh (curl) "h2", and an
+ * HTTP/1.1-only client no ALPN. Bad names are refused. */
 static void test_tls_alpn_offer_select(void **state)
 {
-    static const char *const server_picks[] = {"tether-h2", NULL, "h2", "http/1.1"};
-    static const char *const want[] = {"tether-h2", "", "", "http/1.1"};
+    static const struct {
+        const char *offer, *server, *want;
+    } cases[] = {
+        {"tether-h2,http/1.1", "tether-h2", "tether-h2"},
+        {"tether-h2,http/1.1", NULL, ""},
+        {"tether-h2,http/1.1", "h2", ""},
+        {"tether-h2,http/1.1", "http/1.1", "http/1.1"},
+        {"tether-h2,http/1.1", "tether-h2,h2", "tether-h2"},
+        {"h2,tether-h2", "tether-h2,h2", "tether-h2"},
+        {"h2,http/1.1", "tether-h2,h2", "h2"},
+        {"http/1.1", "tether-h2,h2", ""},
+    };
     char got[32];
     int rc, rs;
 
     (void)state;
-    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tt_tls *c = tt_tls_new(client_id, TT_TLS_CLIENT, SERVER_ID);
         struct tt_tls *s = tt_tls_new(server_id, TT_TLS_SERVER, NULL);
         assert_non_null(c);
         assert_non_null(s);
-        assert_int_equal(tt_tls_set_alpn(c, "tether-h2,http/1.1"), 0);
-        if (server_picks[i] != NULL)
-            assert_int_equal(tt_tls_set_alpn(s, server_picks[i]), 0);
+        assert_int_equal(tt_tls_set_alpn(c, cases[i].offer), 0);
+        if (cases[i].server != NULL)
+            assert_int_equal(tt_tls_set_alpn(s, cases[i].server), 0);
         handshake(c, s, &rc, &rs);
         assert_int_equal(rc, 1);
         assert_int_equal(rs, 1);
         tt_tls_alpn(c, got, sizeof(got));
-        assert_string_equal(got, want[i]);
+        assert_string_equal(got, cases[i].want);
         tt_tls_alpn(s, got, sizeof(got));
-        assert_string_equal(got, want[i]);
+        assert_string_equal(got, cases[i].want);
         tt_tls_free(c);
         tt_tls_free(s);
     }

@@ -62,12 +62,29 @@ struct tt_h1resp {
     int status;
     bool keep_alive;
     bool upgrading; /* a 101 to an upgrade, a 2xx to CONNECT */
+    bool bodiless;  /* the response has no body (rc of on_headers_complete) */
     bool head_read; /* on_headers_complete ran (and paused) in this execute */
     bool end_read;  /* on_message_complete ran (and paused) in this execute */
 
     /* Events read and not delivered yet, in order. */
     struct event evq[2];
     size_t ev_first, ev_n;
+
+    /* The current response's header fields (tt_h1resp_keep_headers): names and values
+     * NUL-terminated in hbuf, located by offsets while it grows, and given as views once
+     * the head is complete. */
+    bool keep;
+    bool in_head;    /* between message begin and headers complete: not trailers */
+    bool last_value; /* the last piece http-parser gave was a value's */
+    char *hbuf;
+    size_t hlen, hcap;
+    struct field_at {
+        size_t name, name_len, value, value_len;
+    } * fields;
+    size_t n_fields, fields_cap;
+    struct tt_h1_header *view;
+    size_t n_view;
+    long body_error; /* on_body's negative answer */
 };
 
 /* ---- http-parser callbacks: pause at each event ---- */
@@ -81,7 +98,134 @@ static int on_message_begin(http_parser *p)
         r->why = "unsolicited_response";
         return -1;
     }
+    r->in_head = true;
+    r->last_value = false;
+    r->hlen = 0;
+    r->n_fields = 0;
+    r->n_view = 0;
     return 0;
+}
+
+/* Appends len bytes (and a NUL when nul) to the header buffer. Returns 0 or -1. */
+static int hbuf_append(struct tt_h1resp *r, const char *at, size_t len, bool nul)
+{
+    size_t need = r->hlen + len + (nul ? 1 : 0);
+
+    if (need > r->hcap) {
+        size_t cap = r->hcap ? r->hcap : 1024;
+        char *n;
+
+        while (cap < need)
+            cap *= 2;
+        n = realloc(r->hbuf, cap);
+        if (n == NULL)
+            return -1;
+        r->hbuf = n;
+        r->hcap = cap;
+    }
+    memcpy(r->hbuf + r->hlen, at, len);
+    r->hlen += len;
+    if (nul)
+        r->hbuf[r->hlen++] = '\0';
+    return 0;
+}
+
+/* A piece of a header name: the start of a new field after a value (http-parser may
+ * split a name or a value across calls). */
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct tt_h1resp *r = p->data;
+
+    if (!r->keep || !r->in_head)
+        return 0;
+    if (r->last_value || r->n_fields == 0) {
+        if (r->n_fields > 0 && hbuf_append(r, "", 0, true) < 0) /* ends the last value */
+            goto nomem;
+        if (r->n_fields == r->fields_cap) {
+            size_t cap = r->fields_cap ? 2 * r->fields_cap : 16;
+            struct field_at *n = realloc(r->fields, cap * sizeof(*n));
+            if (n == NULL)
+                goto nomem;
+            r->fields = n;
+            r->fields_cap = cap;
+        }
+        r->fields[r->n_fields++] = (struct field_at){.name = r->hlen};
+        r->last_value = false;
+    }
+    r->fields[r->n_fields - 1].name_len += len;
+    if (hbuf_append(r, at, len, false) == 0)
+        return 0;
+nomem:
+    r->why = "out_of_memory";
+    return -1;
+}
+
+/* A piece of a header value. */
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct tt_h1resp *r = p->data;
+    struct field_at *f;
+
+    if (!r->keep || !r->in_head || r->n_fields == 0)
+        return 0;
+    f = &r->fields[r->n_fields - 1];
+    if (!r->last_value) {
+        if (hbuf_append(r, "", 0, true) < 0) /* ends the name */
+            goto nomem;
+        f->value = r->hlen;
+        r->last_value = true;
+    }
+    f->value_len += len;
+    if (hbuf_append(r, at, len, false) == 0)
+        return 0;
+nomem:
+    r->why = "out_of_memory";
+    return -1;
+}
+
+/* The head is complete: the kept fields become views, values trimmed of whitespace. */
+static int fields_view(struct tt_h1resp *r)
+{
+    r->in_head = false;
+    if (!r->keep)
+        return 0;
+    if (r->n_fields > 0 && hbuf_append(r, "", 0, true) < 0)
+        return -1;
+    if (r->n_fields > 0 && r->last_value == false) {
+        /* A name without a value (http-parser does not let one through): an empty one. */
+        r->fields[r->n_fields - 1].value = r->hlen - 1;
+    }
+    free(r->view);
+    r->view = r->n_fields > 0 ? malloc(r->n_fields * sizeof(*r->view)) : NULL;
+    if (r->n_fields > 0 && r->view == NULL)
+        return -1;
+    for (size_t i = 0; i < r->n_fields; i++) {
+        const struct field_at *f = &r->fields[i];
+        char *v = r->hbuf + f->value;
+        size_t vl = f->value_len;
+
+        while (vl > 0 && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+            vl--;
+        v[vl] = '\0';
+        r->view[i] = (struct tt_h1_header){r->hbuf + f->name, f->name_len, v, vl};
+    }
+    r->n_view = r->n_fields;
+    return 0;
+}
+
+/* A piece of the body, de-chunked: to the caller that asked for bodies. */
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    struct tt_h1resp *r = p->data;
+    int rc = r->cb.on_body != NULL ? r->cb.on_body(r->ud, at, len) : 0;
+
+    if (rc >= 0)
+        return 0;
+    r->why = "callback_failed";
+    r->body_error = rc;
+    return -1;
 }
 
 /* Decides the framing only the request knows and pauses. Returns 1 (no body) for a HEAD
@@ -104,6 +248,10 @@ static int on_headers_complete(http_parser *p)
         r->why = "bad_status";
         return -1;
     }
+    if (fields_view(r) < 0) {
+        r->why = "out_of_memory";
+        return -1;
+    }
     r->status = st;
     r->upgrading = false;
     if (st == 101) {
@@ -119,6 +267,7 @@ static int on_headers_complete(http_parser *p)
     } else if (req->kind == REQ_HEAD || st / 100 == 1 || st == 204 || st == 304) {
         rc = 1;
     }
+    r->bodiless = rc != 0;
     r->head_read = true;
     http_parser_pause(p, 1);
     return rc;
@@ -135,6 +284,9 @@ static int on_message_complete(http_parser *p)
 
 static const http_parser_settings settings = {
     .on_message_begin = on_message_begin,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_body = on_body,
     .on_headers_complete = on_headers_complete,
     .on_message_complete = on_message_complete,
 };
@@ -165,7 +317,27 @@ void tt_h1resp_free(struct tt_h1resp *r)
     if (r == NULL)
         return;
     free(r->fifo);
+    free(r->hbuf);
+    free(r->fields);
+    free(r->view);
     free(r);
+}
+
+/*
+ * Keeps header fields from now on; see h1resp.h. The buffer grows with the first head.
+ */
+void tt_h1resp_keep_headers(struct tt_h1resp *r)
+{
+    r->keep = true;
+}
+
+/*
+ * The delivered head's fields; see h1resp.h.
+ */
+const struct tt_h1_header *tt_h1resp_headers(const struct tt_h1resp *r, size_t *n)
+{
+    *n = r->n_view;
+    return r->view;
 }
 
 /*
@@ -301,7 +473,7 @@ static long execute(struct tt_h1resp *r, const char *data, size_t len)
     enum http_errno e = HTTP_PARSER_ERRNO(&r->parser);
 
     if (e != HPE_OK && e != HPE_PAUSED)
-        return TT_E_HTTP;
+        return r->body_error < 0 ? r->body_error : TT_E_HTTP;
     if (e == HPE_PAUSED)
         http_parser_pause(&r->parser, 0);
     if (r->head_read && !r->end_read) {
@@ -383,6 +555,11 @@ int tt_h1resp_finish(struct tt_h1resp *r)
     /* A close-delimited body has no keep-alive: its end ends the reader. */
     rc = deliver_all(r);
     return rc < 0 ? rc : 0;
+}
+
+bool tt_h1resp_bodiless(const struct tt_h1resp *r)
+{
+    return r->bodiless;
 }
 
 bool tt_h1resp_upgraded(const struct tt_h1resp *r)

@@ -39,6 +39,12 @@ struct tt_h1resp_callbacks {
      * consumed (so the caller can forward exactly those bytes and then insert its own
      * answer). */
     int (*on_end)(void *ud, int status);
+    /* A piece of the current response's body, de-chunked (chunk sizes, extensions and
+     * trailers removed): for a translator that frames the body anew (http/h2h1.h).
+     * data points into the caller's buffer. NULL: bodies are only framed, as the gate
+     * needs. It runs from inside tt_h1resp_feed and may not pause (TT_H1_PAUSE is taken
+     * as 0). */
+    int (*on_body)(void *ud, const char *data, size_t len);
 };
 /* Callbacks return 0 to go on, TT_H1_PAUSE to make tt_h1resp_feed return right after this
  * event (with the bytes consumed so far, INCLUDING the event's last byte), or a negative
@@ -51,6 +57,16 @@ struct tt_h1resp;
 struct tt_h1resp *tt_h1resp_new(const struct tt_h1resp_callbacks *cb, void *ud);
 void tt_h1resp_free(struct tt_h1resp *r); /* accepts NULL */
 
+/* From now on the reader keeps each response's header fields (not its trailers), for
+ * tt_h1resp_headers() during on_head. */
+void tt_h1resp_keep_headers(struct tt_h1resp *r);
+/* During on_head, after tt_h1resp_keep_headers(): the header fields of the response
+ * whose head is delivered (NUL-terminated name as sent and value without surrounding
+ * whitespace, as http/h1.h gives a request's), *n of them; valid until on_head returns. */
+const struct tt_h1_header *tt_h1resp_headers(const struct tt_h1resp *r, size_t *n);
+/* During on_head: the response has no body whatever its headers say (to HEAD, a 1xx,
+ * 204, 304, or a 101 / 2xx to CONNECT), so on_end follows at once. */
+bool tt_h1resp_bodiless(const struct tt_h1resp *r);
 /* Tells the reader a request was sent whose response will come next in order (FIFO):
  * `method` is its method ("HEAD": the response has no body whatever its headers say;
  * "CONNECT": a 2xx ends the reader, the bytes after are a tunnel; methods compare

@@ -24,6 +24,7 @@
 #include "core/util.h"
 #include "http/gate.h"
 #include "http/h2.h"
+#include "http/h2h1.h"
 #include "metrics/metrics.h"
 #include "net/balancer.h"
 #include "net/canary.h"
@@ -320,20 +321,29 @@ static void tunnel_count(struct tt_side *s, size_t n, bool read)
         s->bytes_written += n;
 }
 
-/* Plaintext for the TLS-side peer: encrypted, or queued on the tunnel's stream. The
- * caller follows with secure_flush(). Returns 0 or <0. */
-static int secure_write(struct tt_conn *c, const void *data, size_t len)
+/* Bytes queued on a tunnel's stream, counted. Returns 0 or <0. */
+static int stream_write(struct tt_conn *c, const void *data, size_t len)
 {
     int r;
 
-    if (!c->tunnel)
-        return tt_tls_write(c->tls, data, len);
     if (c->stream == NULL)
         return TT_E_LINK_CLOSED;
     r = tt_h2_stream_write(c->stream, data, len);
     if (r == 0)
         tunnel_count(c->tls_side, len, false);
     return r;
+}
+
+/* Plaintext for the TLS-side peer: encrypted, or queued on the tunnel's stream, or (a
+ * request stream) read as the workload's HTTP/1.1 response and answered on the stream.
+ * The caller follows with secure_flush(). Returns 0 or <0. */
+static int secure_write(struct tt_conn *c, const void *data, size_t len)
+{
+    if (!c->tunnel)
+        return tt_tls_write(c->tls, data, len);
+    if (c->h2h1 != NULL)
+        return tt_h2h1_from_server(c->h2h1, data, len);
+    return stream_write(c, data, len);
 }
 
 /* Sends what secure_write() and secure_read() produced: the TLS output on the socket, or
@@ -466,6 +476,12 @@ static int tls_close_notify_once(struct tt_conn *c)
     c->tls_side->want_shutdown = true;
     if (c->close_notify_sent)
         return 0;
+    if (c->h2h1 != NULL) {
+        /* A response delimited by the workload's close is complete now (its END_STREAM
+         * goes out in h2h1_end); one cut short, or none at all, is an error. */
+        r = tt_h2h1_server_eof(c->h2h1);
+        return r == 0 ? secure_flush(c) : r;
+    }
     c->close_notify_sent = true;
     if (c->tunnel)
         r = c->stream != NULL ? tt_h2_stream_end(c->stream) : 0; /* END_STREAM */
@@ -479,9 +495,16 @@ static int tls_close_notify_once(struct tt_conn *c)
  * a request cut short. */
 static int tls_side_input_over(struct tt_conn *c)
 {
+    int r = 0;
+
     c->tls_side->read_eof = true;
-    c->plain_side->want_shutdown = true;
-    return c->gate != NULL ? tt_gate_client_eof(c->gate) : 0;
+    /* A request stream's workload gets its FIN once the response is complete (h2h1_end):
+     * servers may take an early one for a caller that went away. */
+    if (c->h2h1 != NULL)
+        r = tt_h2h1_request_end(c->h2h1);
+    else
+        c->plain_side->want_shutdown = true;
+    return r == 0 && c->gate != NULL ? tt_gate_client_eof(c->gate) : r;
 }
 
 /* Decrypts what the TLS engine holds into the plaintext side while that side's queue has
@@ -516,6 +539,8 @@ static int tls_pump(struct tt_conn *c)
             return r;
         if (c->carrier)
             r = tt_link_feed(c->link, buf, (size_t)r);
+        else if (c->h2h1 != NULL)
+            r = tt_h2h1_request_body(c->h2h1, (const char *)buf, (size_t)r);
         else if (c->gate != NULL)
             r = tt_gate_from_client(c->gate, (const char *)buf, (size_t)r, conn_now_us(c));
         else
@@ -819,7 +844,17 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 static void conn_start_relay(struct tt_conn *c)
 {
     conn_enter(c, TT_CONN_S_RELAY);
-    if (c->tunnel && conn_is_inbound(c)) {
+    if (c->h2h1 != NULL) {
+        /* The workload answered the connect: the request goes to it; the response head
+         * answers the stream (h2h1_respond). */
+        size_t n = 0;
+        const struct tt_h2_header *fields = tt_h2_stream_headers(c->stream, &n);
+        int r = tt_h2h1_request(c->h2h1, fields, n, !tt_h2_stream_eof(c->stream));
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+    } else if (c->tunnel && conn_is_inbound(c)) {
         /* The workload answered the connect: the tunnel is open (RFC 8441 §4). */
         int r =
             c->stream != NULL ? tt_h2_respond(c->stream, 200, NULL, 0, false) : TT_E_LINK_CLOSED;
@@ -1091,12 +1126,15 @@ static bool conn_authorize(struct tt_conn *c)
                             : 0;
 
         tt_policy_check(snap->policy, caller, self, port, NULL, NULL, &v);
-        if (http != 0 && (v.allowed || v.rule == TT_POLICY_RULE_DEFAULT)) {
+        if ((http != 0 || c->h2h1 != NULL) && (v.allowed || v.rule == TT_POLICY_RULE_DEFAULT)) {
             /* Each request is decided (and counted) by the gate; a rule without HTTP
-             * conditions that denies the caller still refuses the whole connection. */
-            if (conn_gate_start(c, caller, (http & TT_POLICY_HTTP_F_ENFORCE) != 0) < 0)
+             * conditions that denies the caller still refuses the whole connection. A
+             * request stream is one request: it always passes the gate, which counts and
+             * logs it, and its bytes are always HTTP. */
+            bool enforce = (http & TT_POLICY_HTTP_F_ENFORCE) != 0 || c->h2h1 != NULL;
+            if (conn_gate_start(c, caller, enforce) < 0)
                 return false;
-            c->rule = "per-request";
+            c->rule = http != 0 ? "per-request" : v.rule_name;
             TT_COUNTER_ADD(lc->allowed, 1);
             c->verdict = "allow";
             return true;
@@ -1132,7 +1170,8 @@ static void conn_uncount(struct tt_conn *c)
     TT_COUNTER_ADD(conn_counters(c)->closed, 1);
 }
 
-/* Inbound: whether the handshake selected the pool's token (only offered with --pool on). */
+/* Inbound: whether the handshake selected the pool's token or, from a caller outside the
+ * mesh, "h2" (only selected with --pool on): either way the connection carries HTTP/2. */
 static bool carrier_negotiated(struct tt_conn *c)
 {
     char alpn[16];
@@ -1140,7 +1179,7 @@ static bool carrier_negotiated(struct tt_conn *c)
     if (!conn_settings(c)->pool)
         return false;
     tt_tls_alpn(c->tls, alpn, sizeof(alpn));
-    return strcmp(alpn, TT_POOL_ALPN) == 0;
+    return strcmp(alpn, TT_POOL_ALPN) == 0 || strcmp(alpn, "h2") == 0;
 }
 
 /* Inbound: the verified connection carries a link from another sidecar. Policy is asked
@@ -1245,6 +1284,10 @@ static int tunnel_refusal(int err, const char **reason)
     case TT_E_CONN_LIMIT:
         *reason = "connection_limit";
         return 503;
+    case TT_E_HTTP:
+    case TT_E_H2_HEADERS:
+        *reason = "upstream_bad_response"; /* a request stream's workload broke HTTP */
+        return 502;
     default:
         *reason = "upstream_connect_failed";
         return 502;
@@ -1337,6 +1380,64 @@ static const struct tt_h2_stream_callbacks tunnel_callbacks = {
     .on_end = tunnel_on_data,
     .on_reset = tunnel_on_reset,
 };
+
+/* ---- inbound request streams: HTTP/2 requests served to an HTTP/1.1 workload ---------- */
+
+/* h2h1: the request's bytes for the workload pass the gate (conn_authorize always puts
+ * one on a request stream). */
+static int h2h1_to_server(void *ud, const char *data, size_t len)
+{
+    struct tt_conn *c = ud;
+
+    if (c->gate != NULL)
+        return tt_gate_from_client(c->gate, data, len, conn_now_us(c));
+    return side_send(c, c->plain_side, (const uint8_t *)data, len);
+}
+
+/* The response is complete and its END_STREAM queued: our side of the stream is over, the
+ * workload gets its FIN (the request said "Connection: close"), and what the caller may
+ * still send is not read: releasing the stream then resets it with NO_ERROR (RFC 9113
+ * §8.1). */
+static void h2h1_answered(struct tt_conn *c)
+{
+    c->close_notify_sent = true;
+    c->tls_side->want_shutdown = true;
+    c->tls_side->read_eof = true;
+    c->plain_side->want_shutdown = true;
+}
+
+/* h2h1: the workload's response head answers the stream. */
+static int h2h1_respond(void *ud, int status, const struct tt_h2_header *fields, size_t n,
+                        bool end_stream)
+{
+    struct tt_conn *c = ud;
+    int r = c->stream != NULL ? tt_h2_respond(c->stream, status, fields, n, end_stream)
+                              : TT_E_LINK_CLOSED;
+
+    if (r < 0)
+        return r;
+    c->answered = true;
+    if (end_stream)
+        h2h1_answered(c);
+    return 0;
+}
+
+/* h2h1: a piece of the response body. */
+static int h2h1_body(void *ud, const char *data, size_t len)
+{
+    return stream_write(ud, data, len);
+}
+
+/* h2h1: the response body is complete. */
+static int h2h1_end(void *ud)
+{
+    struct tt_conn *c = ud;
+    int r = c->stream != NULL ? tt_h2_stream_end(c->stream) : TT_E_LINK_CLOSED;
+
+    if (r == 0)
+        h2h1_answered(c);
+    return r;
+}
 
 /* pool ops: opens an outbound link's carrier to `target`, like an outbound connection of
  * `like`'s listener. */
@@ -1447,18 +1548,25 @@ static int pool_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_
 {
     struct tt_worker *w = carrier->worker;
     struct tt_conn *c = conn_new(carrier->listener);
+    bool request = strcmp(tt_h2_stream_header(s, ":method"), "CONNECT") != 0;
 
-    if (c != NULL)
+    if (c != NULL) {
+        struct tt_h2h1_io io = {c, h2h1_to_server, h2h1_respond, h2h1_body, h2h1_end};
         c->tunnel_peer_id = strdup(tt_tls_peer_id(carrier->tls));
-    if (c == NULL || c->tunnel_peer_id == NULL) {
-        if (c != NULL)
+        c->h2h1 = request ? tt_h2h1_new(&io) : NULL;
+    }
+    if (c == NULL || c->tunnel_peer_id == NULL || (request && c->h2h1 == NULL)) {
+        if (c != NULL) {
+            tt_h2h1_free(c->h2h1);
+            c->h2h1 = NULL;
             uv_close((uv_handle_t *)&c->timer, on_untracked_closed);
+        }
         return -ENOMEM;
     }
     c->tunnel = true;
     c->stream = s;
     c->target = carrier->target;
-    c->route = "pool";
+    c->route = c->h2h1 != NULL ? "h2" : "pool";
     memcpy(c->peer_addr, carrier->peer_addr, sizeof(c->peer_addr));
     tt_h2_stream_set_callbacks(s, &tunnel_callbacks, c);
     conn_track(c, w->snapshot, true);
@@ -1577,7 +1685,7 @@ static void conn_start_handshake_with(struct tt_conn *c, const uint8_t *early, s
     /* Links between sidecars: a carrier offers the pool's token, an inbound with pooling
      * on selects it (net/pool.h); anyone else shakes hands without ALPN, as before. */
     if ((c->carrier && tt_tls_set_alpn(c->tls, TT_POOL_ALPN_OFFER) < 0) ||
-        (inbound && conn_settings(c)->pool && tt_tls_set_alpn(c->tls, TT_POOL_ALPN) < 0)) {
+        (inbound && conn_settings(c)->pool && tt_tls_set_alpn(c->tls, TT_POOL_ALPN_SERVE) < 0)) {
         conn_close(c, -ENOMEM, true);
         return;
     }
@@ -1859,6 +1967,7 @@ static void conn_free(struct tt_conn *c)
 {
     /* Here, not in conn_close: a close may start inside one of the gate's callbacks. */
     tt_gate_free(c->gate, conn_now_us(c)); /* reports requests left unanswered */
+    tt_h2h1_free(c->h2h1);
     tt_tls_free(c->tls);
     tt_buf_done(&c->down.inflight);
     tt_buf_done(&c->down.queued);

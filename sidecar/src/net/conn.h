@@ -25,6 +25,7 @@ struct tt_revocations;
 struct tt_crls;
 struct tt_service;
 struct tt_gate;
+struct tt_h2h1;
 struct tt_h2_stream;
 
 enum tt_conn_state {
@@ -102,6 +103,9 @@ struct tt_conn {
     struct tt_h2_stream *stream;  /* tunnel: its stream, once opened (or accepted) */
     struct tt_link *link;         /* carrier: the link it carries */
     char *tunnel_peer_id;         /* tunnel: the SPIFFE ID its carrier verified */
+    /* Inbound request stream (not a CONNECT): its translation to the workload's HTTP/1.1
+     * (http/h2h1.h); the gate reads the request it writes. */
+    struct tt_h2h1 *h2h1;
     char *link_detail;            /* outbound tunnel: why its link's handshake failed */
     bool tunnel;                  /* pooled: the TLS side is (or will be) a stream */
     bool carrier;                 /* the mTLS connection of a link */

@@ -308,8 +308,9 @@ void tt_pool_drain(struct tt_pool *pool)
 
 /* ---- one link: the session's events ------------------------------------------------- */
 
-/* Server: a new stream. Only `CONNECT` with `:protocol tether-tcp` is a tunnel; anything
- * else is answered 501 (a request is not ours to serve on a link). */
+/* Server: a new stream: a `CONNECT` with `:protocol tether-tcp` (a tunnel) or a request
+ * (served to the workload as HTTP/1.1, http/h2h1.h) goes to the carrier's connection
+ * (ops->accept); any other CONNECT is answered 501 (no tunnel to elsewhere is served). */
 static void link_on_stream(struct tt_h2 *h2, struct tt_h2_stream *s, void *ud)
 {
     struct tt_link *link = ud;
@@ -319,8 +320,8 @@ static void link_on_stream(struct tt_h2 *h2, struct tt_h2_stream *s, void *ud)
     static const struct tt_h2_header busy = {"x-tether-reason", 15, "unavailable", 11};
 
     (void)h2;
-    if (method == NULL || strcmp(method, "CONNECT") != 0 || protocol == NULL ||
-        strcmp(protocol, TT_POOL_PROTOCOL) != 0) {
+    if (method == NULL || (strcmp(method, "CONNECT") == 0 &&
+                           (protocol == NULL || strcmp(protocol, TT_POOL_PROTOCOL) != 0))) {
         (void)tt_h2_respond(s, 501, &reason, 1, true);
         tt_h2_stream_release(s);
         return;

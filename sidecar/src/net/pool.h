@@ -36,6 +36,9 @@ struct tt_link;
 /* What a carrier offers: the token, and HTTP/1.1 so that a server which fails handshakes
  * offering nothing it knows (nginx) still completes it, without the token: direct. */
 #define TT_POOL_ALPN_OFFER       "tether-h2,http/1.1"
+/* What an inbound selects: the token for sidecars, else "h2" for HTTP/2 clients outside
+ * the mesh (curl --http2 --cert), whose requests are served as links' requests are. */
+#define TT_POOL_ALPN_SERVE       "tether-h2,h2"
 #define TT_POOL_PROTOCOL         "tether-tcp" /* the tunnels' :protocol */
 #define TT_POOL_LINKS_PER_DEST   2
 #define TT_POOL_STREAMS_PER_LINK 100
@@ -82,8 +85,8 @@ struct tt_pool_ops {
     void (*wake)(struct tt_conn *carrier);
     /* A member that stopped reading (blocked) may go on: its stream's queue drained. */
     void (*progress)(struct tt_conn *app);
-    /* Inbound: a valid tunnel stream arrived on the carrier's link: start a connection for
-     * it. Returns 0, or <0 (the stream is refused with 503). */
+    /* Inbound: a tunnel (CONNECT tether-tcp) or a request stream arrived on the carrier's
+     * link: start a connection for it. Returns 0, or <0 (the stream is refused with 503). */
     int (*accept)(struct tt_conn *carrier, struct tt_link *link, struct tt_h2_stream *s);
 };
 

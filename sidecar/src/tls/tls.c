@@ -512,27 +512,45 @@ int tt_tls_set_alpn(struct tt_tls *tls, const char *proto)
     return SSL_set_alpn_protos(tls->ssl, wire, (unsigned)w) == 0 ? 0 : -ENOMEM;
 }
 
-/* The server contexts' ALPN callback (identity_bssl.h): selects the session's protocol
- * when the client offers it; otherwise the handshake goes on without ALPN, as it does for
- * a client that offers none (RFC 7301 §3.2 allows a server to ignore the extension). */
+/* Whether the client's ALPN list in[0..inlen) (RFC 7301 §3.1) offers name[0..len); sets
+ * *at to the offered copy. */
+static bool alpn_offered(const uint8_t *in, unsigned inlen, const char *name, size_t len,
+                         const uint8_t **at)
+{
+    for (unsigned i = 0; i < inlen;) {
+        unsigned n = in[i];
+
+        if (i + 1 + n > inlen)
+            return false;
+        if (n == len && memcmp(in + i + 1, name, n) == 0) {
+            *at = in + i + 1;
+            return true;
+        }
+        i += 1 + n;
+    }
+    return false;
+}
+
+/* The server contexts' ALPN callback (identity_bssl.h): selects the first protocol of the
+ * session's list, in its order of preference, that the client offers; otherwise the
+ * handshake goes on without ALPN, as it does for a client that offers none (RFC 7301 §3.2
+ * allows a server to ignore the extension). */
 int tt_tls_on_alpn_select(SSL *ssl, const uint8_t **out, uint8_t *outlen, const uint8_t *in,
                           unsigned inlen, void *arg)
 {
     struct tt_tls *tls = SSL_get_ex_data(ssl, ex_index);
-    size_t want = tls != NULL && tls->alpn != NULL ? strlen(tls->alpn) : 0;
 
     (void)arg;
-    for (unsigned i = 0; want > 0 && i < inlen;) {
-        unsigned n = in[i];
+    for (const char *p = tls != NULL ? tls->alpn : NULL; p != NULL && *p != '\0';) {
+        size_t len = strcspn(p, ",");
 
-        if (i + 1 + n > inlen)
-            break;
-        if (n == want && memcmp(in + i + 1, tls->alpn, n) == 0) {
-            *out = in + i + 1;
-            *outlen = (uint8_t)n;
+        if (len > 0 && len <= 255 && alpn_offered(in, inlen, p, len, out)) {
+            *outlen = (uint8_t)len;
             return SSL_TLSEXT_ERR_OK;
         }
-        i += 1 + n;
+        p += len;
+        if (*p == ',')
+            p++;
     }
     return SSL_TLSEXT_ERR_NOACK;
 }

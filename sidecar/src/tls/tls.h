@@ -71,11 +71,12 @@ void tt_tls_set_crls(struct tt_tls *tls, struct tt_crls *crls);
  * TT_E_REVOKED with tt_tls_error_detail() saying which CRL lists what, or -ENOMEM. */
 int tt_tls_check_crls(struct tt_tls *tls, const struct tt_crls *crls);
 
-/* Before the first tt_tls_handshake(): a server selects ALPN protocol `proto` (e.g.
- * "tether-h2"; a static string, not copied) when the client offers it, and a client that
- * offers no ALPN, or other protocols only, still completes the handshake, without ALPN; a
- * client offers `proto`, a comma-separated list in order of preference ("tether-h2,http/1.1";
- * tt_tls_alpn() then says which the server selected, if any).
+/* Before the first tt_tls_handshake(): `proto` is a comma-separated list of ALPN
+ * protocols in order of preference. A server selects the first of them the client offers
+ * (e.g. "tether-h2,h2"; a static string, not copied), and a client that offers no ALPN,
+ * or other protocols only, still completes the handshake, without ALPN; a client offers
+ * them all ("tether-h2,http/1.1"; tt_tls_alpn() then says which the server selected, if
+ * any).
  * Returns 0, -EINVAL for an empty name or one longer than 255 bytes, or -ENOMEM. */
 int tt_tls_set_alpn(struct tt_tls *tls, const char *proto);
 

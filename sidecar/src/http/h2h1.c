@@ -1,0 +1,335 @@
+/* An HTTP/2 request served by an HTTP/1.1 server (see h2h1.h). The request head is
+ * written once into a pooled buffer; the response is read by http/h1resp with its header
+ * fields kept and its body de-chunked. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/buf.h"
+#include "core/errors.h"
+#include "http/h1resp.h"
+#include "http/h2h1.h"
+
+struct tt_h2h1 {
+    struct tt_h2h1_io io;
+    struct tt_h1resp *resp;
+    bool chunked;   /* the request body is chunked towards the server */
+    bool body_sent; /* respond ran without end_stream: body and end follow */
+    bool responded; /* respond ran */
+    bool done;      /* the response is complete */
+};
+
+/* ---- towards the server ---- */
+
+/* Fields an HTTP/1.1 request or response may carry that mean nothing beyond the
+ * connection they came on (RFC 9110 §7.6.1, RFC 9113 §8.2.2), or that this translation
+ * writes itself. */
+static bool hop_by_hop(const char *name, size_t len)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
+    };
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool name_is(const struct tt_h2_header *f, const char *name)
+{
+    return f->name_len == strlen(name) && memcmp(f->name, name, f->name_len) == 0;
+}
+
+static const struct tt_h2_header *field(const struct tt_h2_header *fields, size_t n,
+                                        const char *name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (name_is(&fields[i], name))
+            return &fields[i];
+    }
+    return NULL;
+}
+
+/* Appends "name: value\r\n". Returns 0 or -ENOMEM. */
+static int put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
+{
+    int r = tt_buf_append(b, name, nlen);
+
+    r = r ?: tt_buf_append(b, ": ", 2);
+    r = r ?: tt_buf_append(b, value, vlen);
+    return r ?: tt_buf_append(b, "\r\n", 2);
+}
+
+/* Appends the cookie crumbs joined into one field (RFC 9113 §8.2.3). */
+static int put_cookies(struct tt_buf *b, const struct tt_h2_header *fields, size_t n)
+{
+    bool first = true;
+    int r = 0;
+
+    for (size_t i = 0; i < n && r == 0; i++) {
+        if (!name_is(&fields[i], "cookie"))
+            continue;
+        r = tt_buf_append(b, first ? "cookie: " : "; ", first ? 8 : 2);
+        r = r ?: tt_buf_append(b, fields[i].value, fields[i].value_len);
+        first = false;
+    }
+    return r == 0 && !first ? tt_buf_append(b, "\r\n", 2) : r;
+}
+
+/* Whether a request with this method and no body should say Content-Length: 0 (servers
+ * may refuse a POST without framing with 411). */
+static bool wants_zero_length(const char *method)
+{
+    return strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+           strcmp(method, "PATCH") == 0;
+}
+
+/*
+ * Writes the request head; see h2h1.h.
+ */
+int tt_h2h1_request(struct tt_h2h1 *x, const struct tt_h2_header *fields, size_t n, bool body)
+{
+    const struct tt_h2_header *method = field(fields, n, ":method");
+    const struct tt_h2_header *path = field(fields, n, ":path");
+    const struct tt_h2_header *authority = field(fields, n, ":authority");
+    bool has_length = field(fields, n, "content-length") != NULL;
+    struct tt_buf b;
+    int r;
+
+    if (method == NULL || path == NULL || strcmp(method->value, "CONNECT") == 0)
+        return TT_E_HTTP;
+    tt_buf_init(&b);
+    r = tt_buf_append(&b, method->value, method->value_len);
+    r = r ?: tt_buf_append(&b, " ", 1);
+    r = r ?: tt_buf_append(&b, path->value, path->value_len);
+    r = r ?: tt_buf_append(&b, " HTTP/1.1\r\n", 11);
+    if (authority != NULL)
+        r = r ?: put_field(&b, "host", 4, authority->value, authority->value_len);
+    for (size_t i = 0; i < n && r == 0; i++) {
+        const struct tt_h2_header *f = &fields[i];
+
+        if (f->name_len == 0 || f->name[0] == ':' || hop_by_hop(f->name, f->name_len) ||
+            name_is(f, "expect") || name_is(f, "cookie") ||
+            (authority != NULL && name_is(f, "host")))
+            continue;
+        r = put_field(&b, f->name, f->name_len, f->value, f->value_len);
+    }
+    r = r ?: put_cookies(&b, fields, n);
+    x->chunked = body && !has_length;
+    if (x->chunked)
+        r = r ?: tt_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
+    else if (!body && !has_length && wants_zero_length(method->value))
+        r = r ?: tt_buf_append(&b, "content-length: 0\r\n", 19);
+    r = r ?: tt_buf_append(&b, "connection: close\r\n\r\n", 21);
+    r = r ?: tt_h1resp_expect(x->resp, method->value, false);
+    if (r == 0)
+        r = x->io.to_server(x->io.ud, (const char *)tt_buf_head(&b), b.len);
+    tt_buf_done(&b);
+    return r;
+}
+
+/*
+ * A piece of the request body; see h2h1.h.
+ */
+int tt_h2h1_request_body(struct tt_h2h1 *x, const char *data, size_t len)
+{
+    char size[24];
+    int r;
+
+    if (len == 0)
+        return 0;
+    if (!x->chunked)
+        return x->io.to_server(x->io.ud, data, len);
+    r = x->io.to_server(x->io.ud, size, (size_t)snprintf(size, sizeof(size), "%zx\r\n", len));
+    r = r ?: x->io.to_server(x->io.ud, data, len);
+    return r ?: x->io.to_server(x->io.ud, "\r\n", 2);
+}
+
+/*
+ * The end of the request; see h2h1.h.
+ */
+int tt_h2h1_request_end(struct tt_h2h1 *x)
+{
+    return x->chunked ? x->io.to_server(x->io.ud, "0\r\n\r\n", 5) : 0;
+}
+
+/* ---- from the server ---- */
+
+/* Whether the Connection field's tokens name `name` (RFC 9110 §7.6.1: such fields are
+ * for this connection only). */
+static bool connection_names(const struct tt_h1_header *fields, size_t n, const char *name,
+                             size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *p = fields[i].value;
+
+        if (strcasecmp(fields[i].name, "connection") != 0)
+            continue;
+        while (*p != '\0') {
+            size_t t;
+
+            p += strspn(p, " \t,");
+            t = strcspn(p, " \t,");
+            if (t == len && strncasecmp(p, name, len) == 0)
+                return true;
+            p += t;
+        }
+    }
+    return false;
+}
+
+/* h1resp: a response head. Interim ones are dropped; a final one goes to the caller with
+ * its fields translated (names lower-cased into one allocation). */
+static int on_resp_head(void *ud, int status, bool keep_alive)
+{
+    struct tt_h2h1 *x = ud;
+    size_t n = 0, out = 0, names_len = 0;
+    const struct tt_h1_header *fields = tt_h1resp_headers(x->resp, &n);
+    struct tt_h2_header *h2;
+    char *names;
+    bool chunked = false, bodiless;
+    int r;
+
+    (void)keep_alive;
+    if (status / 100 == 1)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcasecmp(fields[i].name, "transfer-encoding") == 0)
+            chunked = true;
+        names_len += fields[i].name_len;
+    }
+    h2 = malloc((n > 0 ? n : 1) * sizeof(*h2));
+    names = malloc(names_len + 1);
+    if (h2 == NULL || names == NULL) {
+        free(h2);
+        free(names);
+        return -ENOMEM;
+    }
+    names_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct tt_h1_header *f = &fields[i];
+        char *name = names + names_len;
+
+        if (hop_by_hop(f->name, f->name_len) || connection_names(fields, n, f->name, f->name_len) ||
+            (chunked && strcasecmp(f->name, "content-length") == 0))
+            continue;
+        for (size_t k = 0; k < f->name_len; k++)
+            name[k] = (char)tolower((unsigned char)f->name[k]);
+        names_len += f->name_len;
+        h2[out++] = (struct tt_h2_header){name, f->name_len, f->value, f->value_len};
+    }
+    /* A response that cannot have a body (to HEAD, 204, 304) ends with its head; any
+     * other's end is told by on_resp_end. */
+    bodiless = tt_h1resp_bodiless(x->resp);
+    x->responded = true;
+    x->body_sent = !bodiless;
+    r = x->io.respond(x->io.ud, status, h2, out, bodiless);
+    free(h2);
+    free(names);
+    return r;
+}
+
+/* h1resp: a piece of the body. */
+static int on_resp_body(void *ud, const char *data, size_t len)
+{
+    struct tt_h2h1 *x = ud;
+
+    return x->body_sent && len > 0 ? x->io.body(x->io.ud, data, len) : 0;
+}
+
+/* h1resp: a response ended; the final one completes the translation. */
+static int on_resp_end(void *ud, int status)
+{
+    struct tt_h2h1 *x = ud;
+
+    if (status / 100 == 1)
+        return 0;
+    x->done = true;
+    return x->body_sent ? x->io.end(x->io.ud) : 0;
+}
+
+/*
+ * Allocates a translator; see h2h1.h.
+ */
+struct tt_h2h1 *tt_h2h1_new(const struct tt_h2h1_io *io)
+{
+    static const struct tt_h1resp_callbacks cb = {
+        .on_head = on_resp_head,
+        .on_end = on_resp_end,
+        .on_body = on_resp_body,
+    };
+    struct tt_h2h1 *x = calloc(1, sizeof(*x));
+
+    if (x == NULL)
+        return NULL;
+    x->io = *io;
+    x->resp = tt_h1resp_new(&cb, x);
+    if (x->resp == NULL) {
+        free(x);
+        return NULL;
+    }
+    tt_h1resp_keep_headers(x->resp);
+    return x;
+}
+
+void tt_h2h1_free(struct tt_h2h1 *x)
+{
+    if (x == NULL)
+        return;
+    tt_h1resp_free(x->resp);
+    free(x);
+}
+
+/*
+ * The server's bytes; see h2h1.h. Everything up to the response's end is read; a byte
+ * after it is not a response anybody asked for.
+ */
+int tt_h2h1_from_server(struct tt_h2h1 *x, const char *data, size_t len)
+{
+    size_t off = 0;
+
+    while (off < len) {
+        long n;
+
+        if (x->done)
+            return TT_E_HTTP;
+        n = tt_h1resp_feed(x->resp, data + off, len - off);
+        if (n < 0)
+            return (int)n;
+        if (n == 0 && !tt_h1resp_ready(x->resp))
+            return TT_E_HTTP;
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+/*
+ * The server closed; see h2h1.h.
+ */
+int tt_h2h1_server_eof(struct tt_h2h1 *x)
+{
+    int r;
+
+    if (x->done)
+        return 0;
+    r = tt_h1resp_finish(x->resp);
+    if (r < 0)
+        return r;
+    return x->done ? 0 : TT_E_HTTP;
+}
+
+bool tt_h2h1_responded(const struct tt_h2h1 *x)
+{
+    return x->responded;
+}
+
+bool tt_h2h1_response_done(const struct tt_h2h1 *x)
+{
+    return x->done;
+}

@@ -1,0 +1,322 @@
+/* Unit tests for http/h2h1.c: an HTTP/2 request's fields written as an HTTP/1.1 request
+ * (Host from :authority, cookie crumbs joined, connection-specific fields, te and expect
+ * left out, chunked bodies of unknown length, Content-Length: 0 for an empty POST), and
+ * the server's response turned back into a status, HTTP/2 fields and a de-chunked body
+ * (Content-Length, chunked, close-delimited, bodiless HEAD and 204, interim 100 dropped,
+ * fields the Connection field names dropped), fed whole and one byte at a time; and the
+ * refusals: no :path, CONNECT, a response cut short, none at all, bytes after it. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/errors.h"
+#include "http/h2h1.h"
+
+/* What the translator produced, as text. */
+struct rec {
+    char server[8192]; /* bytes towards the server */
+    size_t server_len;
+    char events[8192]; /* respond/body/end, one per line */
+    size_t events_len;
+};
+
+static void put(char *buf, size_t *len, size_t cap, const char *data, size_t n)
+{
+    assert_true(*len + n < cap);
+    memcpy(buf + *len, data, n);
+    *len += n;
+    buf[*len] = '\0';
+}
+
+static int to_server(void *ud, const char *data, size_t len)
+{
+    struct rec *r = ud;
+
+    put(r->server, &r->server_len, sizeof(r->server), data, len);
+    return 0;
+}
+
+static int respond(void *ud, int status, const struct tt_h2_header *fields, size_t n, bool end)
+{
+    struct rec *r = ud;
+    char line[1024];
+    int k = snprintf(line, sizeof(line), "respond %d end=%d", status, end);
+
+    for (size_t i = 0; i < n; i++)
+        k += snprintf(line + k, sizeof(line) - (size_t)k, " %.*s=%.*s", (int)fields[i].name_len,
+                      fields[i].name, (int)fields[i].value_len, fields[i].value);
+    k += snprintf(line + k, sizeof(line) - (size_t)k, "\n");
+    put(r->events, &r->events_len, sizeof(r->events), line, (size_t)k);
+    return 0;
+}
+
+static int body(void *ud, const char *data, size_t len)
+{
+    struct rec *r = ud;
+
+    put(r->events, &r->events_len, sizeof(r->events), "body ", 5);
+    put(r->events, &r->events_len, sizeof(r->events), data, len);
+    put(r->events, &r->events_len, sizeof(r->events), "\n", 1);
+    return 0;
+}
+
+static int end(void *ud)
+{
+    struct rec *r = ud;
+
+    put(r->events, &r->events_len, sizeof(r->events), "end\n", 4);
+    return 0;
+}
+
+static struct tt_h2h1 *make(struct rec *r)
+{
+    struct tt_h2h1_io io = {r, to_server, respond, body, end};
+
+    memset(r, 0, sizeof(*r));
+    struct tt_h2h1 *x = tt_h2h1_new(&io);
+    assert_non_null(x);
+    return x;
+}
+
+#define F(n, v)                                                                                    \
+    {                                                                                              \
+        n, sizeof(n) - 1, v, sizeof(v) - 1                                                         \
+    }
+
+/* Feeds a response whole or one byte at a time; returns the last result. */
+static int feed(struct tt_h2h1 *x, const char *resp, bool bytewise)
+{
+    size_t len = strlen(resp);
+    int r = 0;
+
+    if (!bytewise)
+        return tt_h2h1_from_server(x, resp, len);
+    for (size_t i = 0; i < len && r == 0; i++)
+        r = tt_h2h1_from_server(x, resp + i, 1);
+    return r;
+}
+
+/* A GET: Host from :authority, crumbs joined, connection-specific fields and te left out;
+ * the response's fields lower-cased, Connection and what it names left out. */
+static void test_h2h1_get(void **state)
+{
+    static const struct tt_h2_header req[] = {
+        F(":method", "GET"),      F(":scheme", "https"),       F(":authority", "api:8080"),
+        F(":path", "/a/b?c=d"),   F("cookie", "a=1"),          F("te", "trailers"),
+        F("x-trace", "t1"),       F("cookie", "b=2"),          F("host", "evil"),
+        F("connection", "close"), F("expect", "100-continue"),
+    };
+    (void)state;
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+        struct rec r;
+        struct tt_h2h1 *x = make(&r);
+
+        assert_int_equal(tt_h2h1_request(x, req, sizeof(req) / sizeof(req[0]), false), 0);
+        assert_string_equal(r.server,
+                            "GET /a/b?c=d HTTP/1.1\r\nhost: api:8080\r\n"
+                            "x-trace: t1\r\ncookie: a=1; b=2\r\nconnection: close\r\n\r\n");
+        assert_false(tt_h2h1_responded(x));
+        assert_int_equal(feed(x,
+                              "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close, X-Hop\r\n"
+                              "X-Hop: 1\r\nX-App:  v \r\nKeep-Alive: timeout=5\r\n\r\nhello",
+                              bytewise),
+                         0);
+        assert_true(tt_h2h1_responded(x));
+        assert_true(tt_h2h1_response_done(x));
+        const char *want = "respond 200 end=0 content-length=5 x-app=v\nbody hello\nend\n";
+        if (bytewise)
+            want = "respond 200 end=0 content-length=5 x-app=v\nbody h\nbody e\nbody l\nbody l\n"
+                   "body o\nend\n";
+        assert_string_equal(r.events, want);
+        /* Nothing may follow the response. */
+        assert_int_equal(tt_h2h1_from_server(x, "H", 1), TT_E_HTTP);
+        assert_int_equal(tt_h2h1_server_eof(x), 0);
+        tt_h2h1_free(x);
+    }
+}
+
+/* A body of unknown length is chunked towards the server; a chunked response comes back
+ * de-chunked, without its framing fields. */
+static void test_h2h1_chunked_both_ways(void **state)
+{
+    static const struct tt_h2_header req[] = {
+        F(":method", "POST"),
+        F(":path", "/up"),
+        F(":authority", "a"),
+        F("transfer-encoding", "chunked"),
+    };
+    (void)state;
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+        struct rec r;
+        struct tt_h2h1 *x = make(&r);
+
+        assert_int_equal(tt_h2h1_request(x, req, 4, true), 0);
+        assert_int_equal(tt_h2h1_request_body(x, "hello", 5), 0);
+        assert_int_equal(tt_h2h1_request_body(x, "", 0), 0); /* nothing: no empty chunk */
+        assert_int_equal(tt_h2h1_request_body(x, "0123456789abcdefX", 17), 0);
+        assert_int_equal(tt_h2h1_request_end(x), 0);
+        assert_string_equal(r.server,
+                            "POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n"
+                            "connection: close\r\n\r\n5\r\nhello\r\n11\r\n"
+                            "0123456789abcdefX\r\n0\r\n\r\n");
+        assert_int_equal(feed(x,
+                              "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n"
+                              "\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nT: x\r\n\r\n",
+                              bytewise),
+                         0);
+        assert_true(strncmp(r.events, "respond 201 end=0\n", 18) == 0);
+        assert_non_null(strstr(r.events, "end\n"));
+        assert_null(strstr(r.events, "T=")); /* trailers are not passed on */
+        tt_h2h1_free(x);
+    }
+    /* Both framings at once is a broken response: refused, nothing passed on. */
+    struct rec r;
+    struct tt_h2h1 *x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, req, 4, false), 0);
+    assert_int_equal(feed(x,
+                          "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n"
+                          "\r\n3\r\nabc\r\n0\r\n\r\n",
+                          false),
+                     TT_E_HTTP);
+    assert_false(tt_h2h1_responded(x));
+    tt_h2h1_free(x);
+}
+
+/* A body of known length goes as it is; an empty POST says Content-Length: 0. */
+static void test_h2h1_lengths(void **state)
+{
+    static const struct tt_h2_header sized[] = {
+        F(":method", "PUT"),
+        F(":path", "/x"),
+        F(":authority", "a"),
+        F("content-length", "3"),
+    };
+    static const struct tt_h2_header empty[] = {
+        F(":method", "POST"),
+        F(":path", "/x"),
+        F(":authority", "a"),
+    };
+    static const struct tt_h2_header get[] = {F(":method", "GET"), F(":path", "/")};
+    struct rec r;
+    struct tt_h2h1 *x = make(&r);
+
+    (void)state;
+    assert_int_equal(tt_h2h1_request(x, sized, 4, true), 0);
+    assert_int_equal(tt_h2h1_request_body(x, "abc", 3), 0);
+    assert_int_equal(tt_h2h1_request_end(x), 0);
+    assert_string_equal(r.server, "PUT /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n"
+                                  "connection: close\r\n\r\nabc");
+    tt_h2h1_free(x);
+
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, empty, 3, false), 0);
+    assert_string_equal(r.server, "POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n"
+                                  "connection: close\r\n\r\n");
+    tt_h2h1_free(x);
+
+    /* No :authority: no Host is made up (the gate refuses an HTTP/1.1 request without
+     * one with 400). */
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, get, 2, false), 0);
+    assert_string_equal(r.server, "GET / HTTP/1.1\r\nconnection: close\r\n\r\n");
+    tt_h2h1_free(x);
+}
+
+/* HEAD and 204 answers end with their head; an interim 100 is not passed on. */
+static void test_h2h1_bodiless_and_interim(void **state)
+{
+    static const struct tt_h2_header head[] = {F(":method", "HEAD"), F(":path", "/"),
+                                               F(":authority", "a")};
+    static const struct tt_h2_header get[] = {F(":method", "GET"), F(":path", "/"),
+                                              F(":authority", "a")};
+    struct rec r;
+    struct tt_h2h1 *x = make(&r);
+
+    (void)state;
+    assert_int_equal(tt_h2h1_request(x, head, 3, false), 0);
+    assert_int_equal(feed(x, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", false), 0);
+    assert_string_equal(r.events, "respond 200 end=1 content-length=10\n");
+    assert_true(tt_h2h1_response_done(x));
+    tt_h2h1_free(x);
+
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, get, 3, false), 0);
+    assert_int_equal(feed(x, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", true),
+                     0);
+    assert_string_equal(r.events, "respond 204 end=1\n");
+    tt_h2h1_free(x);
+}
+
+/* A body delimited by the close ends at the server's EOF; cut short, or no response at
+ * all, is an error. */
+static void test_h2h1_close_delimited_and_cut(void **state)
+{
+    static const struct tt_h2_header get[] = {F(":method", "GET"), F(":path", "/"),
+                                              F(":authority", "a")};
+    struct rec r;
+    struct tt_h2h1 *x = make(&r);
+
+    (void)state;
+    assert_int_equal(tt_h2h1_request(x, get, 3, false), 0);
+    assert_int_equal(feed(x, "HTTP/1.0 200 OK\r\n\r\nuntil close", false), 0);
+    assert_false(tt_h2h1_response_done(x));
+    assert_int_equal(tt_h2h1_server_eof(x), 0);
+    assert_string_equal(r.events, "respond 200 end=0\nbody until close\nend\n");
+    tt_h2h1_free(x);
+
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, get, 3, false), 0);
+    assert_int_equal(feed(x, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", false), 0);
+    assert_int_equal(tt_h2h1_server_eof(x), TT_E_HTTP);
+    assert_false(tt_h2h1_response_done(x));
+    tt_h2h1_free(x);
+
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, get, 3, false), 0);
+    assert_int_equal(tt_h2h1_server_eof(x), TT_E_HTTP);
+    assert_false(tt_h2h1_responded(x));
+    tt_h2h1_free(x);
+
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, get, 3, false), 0);
+    assert_true(feed(x, "SSH-2.0-OpenSSH\r\n", false) < 0);
+    assert_false(tt_h2h1_responded(x));
+    tt_h2h1_free(x);
+}
+
+/* What is not a request this serves is refused before anything goes to the server. */
+static void test_h2h1_refused_requests(void **state)
+{
+    static const struct tt_h2_header connect[] = {F(":method", "CONNECT"), F(":authority", "a:1"),
+                                                  F(":path", "/")};
+    static const struct tt_h2_header nopath[] = {F(":method", "GET"), F(":authority", "a")};
+    struct rec r;
+    struct tt_h2h1 *x = make(&r);
+
+    (void)state;
+    assert_int_equal(tt_h2h1_request(x, connect, 3, true), TT_E_HTTP);
+    assert_int_equal(tt_h2h1_request(x, nopath, 2, false), TT_E_HTTP);
+    assert_int_equal(r.server_len, 0);
+    tt_h2h1_free(x);
+    tt_h2h1_free(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_h2h1_get),
+        cmocka_unit_test(test_h2h1_chunked_both_ways),
+        cmocka_unit_test(test_h2h1_lengths),
+        cmocka_unit_test(test_h2h1_bodiless_and_interim),
+        cmocka_unit_test(test_h2h1_close_delimited_and_cut),
+        cmocka_unit_test(test_h2h1_refused_requests),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
