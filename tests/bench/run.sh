@@ -537,7 +537,7 @@ if [ "$ACTIVE_CONNS" -gt 0 ]; then
     rm -f "$work/idle-hold"
     python3 "$work/idle.py" "$t_out" "$ACTIVE_CONNS" "$work/idle-hold" active >/dev/null 2>&1 &
     idle_pid=$!
-    pids+=($idle_pid)
+    pids+=("$idle_pid")
     for _ in $(seq 1200); do [ -f "$work/idle-hold" ] && break; sleep 0.1; done
     sleep 1
     act_rss[held]=$(cat "$work/idle-hold" 2>/dev/null || echo 0)
