@@ -26,7 +26,9 @@ packages=(
   iptables tcpdump
 )
 if [ "${1:-}" = "--bench" ]; then
-  packages+=(wrk)
+  # tests/bench/run.sh: wrk for HTTP/1.1; h2load (nghttp2-client), an nghttpx pair
+  # (nghttp2-proxy) and an nghttpd h2c backend (nghttp2-server) for its h2c table
+  packages+=(wrk nghttp2-client nghttp2-proxy nghttp2-server)
 fi
 
 missing=()

@@ -7,18 +7,27 @@
 # on a few mTLS links), tether-direct (the same with --pool off: one mTLS connection per app
 # connection), tether-l7 (the same with a policy whose
 # rules name methods and paths, so the inbound reads every request: http/gate.c), nginx (two nginx stream proxies with
-# proxy_ssl / ssl_verify_client), haproxy (two haproxies, ssl verify required both ways)
-# and direct (no proxy). Per chain: requests/s and p50/p99 latency at 50 keep-alive
-# connections, requests/s with a new connection per request (Connection: close), MB/s
-# for one 100 MB download; then each pair's RSS idle and with 5,000 idle mTLS
-# connections between its two proxies. Prints a table (medians over the rounds). Then the
+# proxy_ssl / ssl_verify_client, TLS 1.3 pinned), haproxy (two haproxies, ssl verify
+# required both ways, TLS 1.3 pinned) and direct (no proxy); and, unless EXTRA=0, three
+# more: nginx-default and haproxy-default (the same pairs without the TLS 1.3 pin: nginx
+# 1.22 then negotiates TLS 1.2, HAProxy 2.6 still TLS 1.3), and nginx-l7 (two nginx HTTP
+# proxies: proxy_pass https:// with a client certificate over keepalive upstream
+# connections, an inbound `listen ssl` with ssl_verify_client on). Per chain: requests/s
+# and p50/p99 latency at 50 keep-alive connections, requests/s with a new connection per
+# request (Connection: close), MB/s for one 100 MB download; then each pair's RSS idle and
+# with 5,000 idle mTLS connections between its two proxies, and the Tether pair's RSS per
+# active pooled stream (ACTIVE_CONNS app connections that each carried a request and its
+# answer and stay open). Prints a table (medians over the rounds). Unless H2=0, h2load
+# (h2c, prior knowledge) through the Tether pair and through an nghttpx pair (mTLS between
+# them) to an nghttpd h2c backend, in alternating rounds, in a second table. Then the
 # control plane's RSS per held sidecar Watch connection and its thread count with 500 and
 # 2,000 held (control_conns.py; CONTROL_CONNS to change the counts).
 #
 # Usage: tests/bench/run.sh [BUILD_DIR]      (default build-bench, --buildtype=release)
 # Environment: ROUNDS (3), DURATION (wrk seconds per measurement, 5), CONNS (50),
-#   IDLE_CONNS (5000), WORKERS (worker threads/processes per proxy, 1), BENCH_PORT (21000),
-#   SKIP_BUILD=1, SKIP_INSTALL=1.
+#   IDLE_CONNS (5000), ACTIVE_CONNS (1000; 0 skips), WORKERS (worker threads/processes per
+#   proxy, 1), EXTRA (1), H2 (1), H2_CLIENTS (10), H2_STREAMS (10 per connection),
+#   BENCH_PORT (21000), SKIP_BUILD=1, SKIP_INSTALL=1, SKIP_CONTROL=1.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,7 +35,8 @@ root=$(cd "$here/../.." && pwd)
 build=${1:-build-bench}
 case $build in /*) ;; *) build=$root/$build ;; esac
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} CONNS=${CONNS:-50} IDLE_CONNS=${IDLE_CONNS:-5000}
-WORKERS=${WORKERS:-1} base=${BENCH_PORT:-21000}
+WORKERS=${WORKERS:-1} base=${BENCH_PORT:-21000} ACTIVE_CONNS=${ACTIVE_CONNS:-1000}
+EXTRA=${EXTRA:-1} H2=${H2:-1} H2_CLIENTS=${H2_CLIENTS:-10} H2_STREAMS=${H2_STREAMS:-10}
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -38,6 +48,11 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
     command -v haproxy >/dev/null || need+=(haproxy)
     command -v curl >/dev/null || need+=(curl)
+    if [ "$H2" = 1 ]; then
+        command -v h2load >/dev/null || need+=(nghttp2-client)
+        command -v nghttpx >/dev/null || need+=(nghttp2-proxy)
+        command -v nghttpd >/dev/null || need+=(nghttp2-server)
+    fi
     /usr/bin/python3 -c 'import grpc, grpc_tools' 2>/dev/null || need+=(python3-grpcio python3-grpc-tools)
     if [ ${#need[@]} -gt 0 ]; then
         say "installing ${need[*]}"
@@ -92,6 +107,10 @@ be=$((base)) t_out=$((base + 1)) t_in=$((base + 2)) t_adm_out=$((base + 3)) t_ad
 l_out=$((base + 5)) l_in=$((base + 6)) l_adm_out=$((base + 7)) l_adm_in=$((base + 8))
 n_out=$((base + 11)) n_in=$((base + 12)) h_out=$((base + 21)) h_in=$((base + 22))
 d_out=$((base + 31)) d_in=$((base + 32)) d_adm_out=$((base + 33)) d_adm_in=$((base + 34))
+nd_out=$((base + 41)) nd_in=$((base + 42)) hd_out=$((base + 43)) hd_in=$((base + 44))
+n7_out=$((base + 51)) n7_in=$((base + 52))
+h2_be=$((base + 60)) h2t_out=$((base + 61)) h2t_in=$((base + 62)) h2t_adm_out=$((base + 63))
+h2t_adm_in=$((base + 64)) h2x_out=$((base + 65)) h2x_in=$((base + 66))
 
 say "certificates"
 DNS_SUFFIX=mesh.local "$root/deploy/local/mkcerts.sh" "$work/certs" web api >/dev/null
@@ -199,14 +218,103 @@ nginx_stream "$work/nginx-in" "listen 127.0.0.1:$n_in ssl backlog=4096;" "
 start nginx_out nginx -p "$work/nginx-out" -e "$work/nginx-out/error.log" -c "$work/nginx-out/nginx.conf"
 start nginx_in nginx -p "$work/nginx-in" -e "$work/nginx-in/error.log" -c "$work/nginx-in/nginx.conf"
 
+if [ "$EXTRA" = 1 ]; then
+    say "nginx-default pair: the nginx pair without ssl_protocols pins (nginx 1.22: TLS 1.2)"
+    mkdir -p "$work/nginxd-out" "$work/nginxd-in" "$work/nginx7-out" "$work/nginx7-in"
+    nginx_stream "$work/nginxd-out" "listen 127.0.0.1:$nd_out backlog=4096;" "
+        proxy_pass 127.0.0.1:$nd_in;
+        proxy_ssl on;
+        proxy_ssl_certificate $c/web.crt;
+        proxy_ssl_certificate_key $c/web.key;
+        proxy_ssl_trusted_certificate $c/ca.crt;
+        proxy_ssl_verify on;
+        proxy_ssl_name api.mesh.local;
+        proxy_ssl_session_reuse on;"
+    nginx_stream "$work/nginxd-in" "listen 127.0.0.1:$nd_in ssl backlog=4096;" "
+        ssl_certificate $c/api.crt;
+        ssl_certificate_key $c/api.key;
+        ssl_client_certificate $c/ca.crt;
+        ssl_verify_client on;
+        ssl_session_cache shared:SD:10m;
+        proxy_pass 127.0.0.1:$be;"
+    start nginxd_out nginx -p "$work/nginxd-out" -e "$work/nginxd-out/error.log" -c "$work/nginxd-out/nginx.conf"
+    start nginxd_in nginx -p "$work/nginxd-in" -e "$work/nginxd-in/error.log" -c "$work/nginxd-in/nginx.conf"
+
+    say "nginx-l7 pair: http :$n7_out -> proxy_pass https (client cert, keepalive upstream) -> listen ssl :$n7_in (ssl_verify_client) -> backend"
+    nginx_http() { # DIR SERVER-AND-UPSTREAM-BLOCKS
+        cat >"$1/nginx.conf" <<EOF
+daemon off;
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    client_header_timeout 600s;
+    proxy_read_timeout 600s;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_max_temp_file_size 0;
+$2
+}
+EOF
+    }
+    # TLS 1.3 pinned like the nginx stream pair; the upstream connections stay open, so
+    # handshakes are rare whatever the protocol.
+    nginx_http "$work/nginx7-out" "
+    upstream inbound {
+        server 127.0.0.1:$n7_in;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 600s;
+    }
+    server {
+        listen 127.0.0.1:$n7_out backlog=4096;
+        location / {
+            proxy_pass https://inbound;
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_certificate $c/web.crt;
+            proxy_ssl_certificate_key $c/web.key;
+            proxy_ssl_trusted_certificate $c/ca.crt;
+            proxy_ssl_verify on;
+            proxy_ssl_name api.mesh.local;
+            proxy_ssl_session_reuse on;
+        }
+    }"
+    nginx_http "$work/nginx7-in" "
+    upstream backend {
+        server 127.0.0.1:$be;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 600s;
+    }
+    server {
+        listen 127.0.0.1:$n7_in ssl backlog=4096;
+        ssl_protocols TLSv1.3;
+        ssl_certificate $c/api.crt;
+        ssl_certificate_key $c/api.key;
+        ssl_client_certificate $c/ca.crt;
+        ssl_verify_client on;
+        ssl_session_cache shared:S7:10m;
+        location / { proxy_pass http://backend; }
+    }"
+    start nginx7_out nginx -p "$work/nginx7-out" -e "$work/nginx7-out/error.log" -c "$work/nginx7-out/nginx.conf"
+    start nginx7_in nginx -p "$work/nginx7-in" -e "$work/nginx7-in/error.log" -c "$work/nginx7-in/nginx.conf"
+fi
+
 say "haproxy pair: :$h_out -> ssl verify required -> :$h_in (verify required) -> backend"
-haproxy_cfg() { # FILE FRONTEND-BIND SERVER-LINE
+haproxy_cfg() { # FILE FRONTEND-BIND SERVER-LINE [PIN]: PIN 0 leaves HAProxy's TLS defaults
+    local pin="    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3"
+    [ "${4:-1}" = 1 ] || pin="    # no ssl-min-ver: HAProxy's defaults"
     cat >"$1" <<EOF
 global
     maxconn 9000
     nbthread $WORKERS
-    ssl-default-bind-options ssl-min-ver TLSv1.3
-    ssl-default-server-options ssl-min-ver TLSv1.3
+$pin
 defaults
     mode tcp
     timeout connect 5s
@@ -226,13 +334,46 @@ haproxy_cfg "$work/haproxy-in.cfg" "$h_in ssl crt $c/api.pem ca-file $c/ca.crt v
     "server be 127.0.0.1:$be"
 start haproxy_out haproxy -db -f "$work/haproxy-out.cfg"
 start haproxy_in haproxy -db -f "$work/haproxy-in.cfg"
+listen_ports="$t_in $t_out $d_in $d_out $l_in $l_out $n_out $n_in $h_out $h_in"
+chain_ports="$t_out $d_out $l_out $n_out $h_out $be"
+if [ "$EXTRA" = 1 ]; then
+    say "haproxy-default pair: the haproxy pair without ssl-min-ver TLSv1.3"
+    haproxy_cfg "$work/haproxyd-out.cfg" "$hd_out" \
+        "server in 127.0.0.1:$hd_in ssl crt $c/web.pem ca-file $c/ca.crt verify required verifyhost api.mesh.local" 0
+    haproxy_cfg "$work/haproxyd-in.cfg" "$hd_in ssl crt $c/api.pem ca-file $c/ca.crt verify required" \
+        "server be 127.0.0.1:$be" 0
+    start haproxyd_out haproxy -db -f "$work/haproxyd-out.cfg"
+    start haproxyd_in haproxy -db -f "$work/haproxyd-in.cfg"
+    listen_ports+=" $nd_out $nd_in $n7_out $n7_in $hd_out $hd_in"
+    chain_ports+=" $nd_out $n7_out $hd_out"
+fi
 
-for p in $t_in $t_out $d_in $d_out $l_in $l_out $n_out $n_in $h_out $h_in; do wait_port "$p"; done
-for p in $t_out $d_out $l_out $n_out $h_out $be; do
+for p in $listen_ports; do wait_port "$p"; done
+for p in $chain_ports; do
     out=$(curl -sS --max-time 5 "http://127.0.0.1:$p/") || { say "chain on port $p does not answer"; exit 1; }
     [ "$out" = "hello, world" ] || { say "chain on port $p answered '$out'"; exit 1; }
 done
-say "all six chains answer"
+say "all chains answer"
+
+# tls_of PORT: the protocol an mTLS client (web's certificate) negotiates with a pair's
+# inbound, and whether that inbound lets a second connection resume the first one's session
+# (the stdin sleeps give TLS 1.3's session ticket time to arrive before s_client quits).
+tls_of() {
+    local proto again
+    proto=$(sleep 0.3 | openssl s_client -connect "127.0.0.1:$1" -servername api.mesh.local \
+        -cert "$c/web.crt" -key "$c/web.key" -CAfile "$c/ca.crt" -sess_out "$work/sess-$1" \
+        2>/dev/null | awk '/^New, / {sub(",", "", $2); print $2; exit}')
+    again=$(sleep 0.3 | openssl s_client -connect "127.0.0.1:$1" -servername api.mesh.local \
+        -cert "$c/web.crt" -key "$c/web.key" -CAfile "$c/ca.crt" -sess_in "$work/sess-$1" \
+        2>/dev/null | grep -c '^Reused' || true)
+    if [ "${again:-0}" -ge 1 ]; then echo "${proto:-?}, resumes"; else echo "${proto:-?}, no resumption"; fi
+}
+tls_notes="nginx $(tls_of "$n_in"); haproxy $(tls_of "$h_in")"
+if [ "$EXTRA" = 1 ]; then
+    tls_notes+="; nginx-default $(tls_of "$nd_in"); haproxy-default $(tls_of "$hd_in")"
+    tls_notes+="; nginx-l7 $(tls_of "$n7_in")"
+fi
+say "TLS between each pair's proxies (openssl s_client to the inbound): $tls_notes"
 
 rss_kb() { # PID...: sum of VmRSS in KiB (nginx: the pid's children, i.e. its workers, too)
     local total=0 p kids
@@ -252,8 +393,10 @@ idle_rss[nginx]=$(rss_kb "$pid_nginx_out" "$pid_nginx_in")
 idle_rss[haproxy]=$(rss_kb "$pid_haproxy_out" "$pid_haproxy_in")
 
 declare -A port=([tether]=$t_out [tether-direct]=$d_out [tether-l7]=$l_out [nginx]=$n_out
-    [haproxy]=$h_out [direct]=$be)
+    [haproxy]=$h_out [direct]=$be [nginx-default]=$nd_out [haproxy-default]=$hd_out
+    [nginx-l7]=$n7_out)
 chains=(tether tether-direct tether-l7 nginx haproxy direct)
+[ "$EXTRA" = 1 ] && chains+=(nginx-default haproxy-default nginx-l7)
 res=$work/results.txt
 : >"$res"
 
@@ -287,14 +430,31 @@ done
 
 say "idle connections: $IDLE_CONNS through each pair"
 cat >"$work/idle.py" <<'PY'
+# Holds N connections to PORT open; writes how many to HOLD. MODE "idle" sends nothing;
+# "active" sends one keep-alive GET / on each and reads its whole answer first (so each
+# carried a request both ways), and counts only connections that got it.
 import resource, socket, sys, time
 port, n, hold = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+mode = sys.argv[4] if len(sys.argv) > 4 else "idle"
 resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
 socks = []
+def answered(s):
+    s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+    got = b""
+    while not got.endswith(b"hello, world\n"):
+        d = s.recv(4096)
+        if not d:
+            return False
+        got += d
+    return True
 for i in range(n):
     for attempt in range(50):
         try:
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if mode == "active" and not answered(s):
+                s.close()
+                raise OSError("no answer")
+            socks.append(s)
             break
         except OSError:
             time.sleep(0.05)
@@ -336,16 +496,143 @@ for chain in tether nginx haproxy; do
     sleep 2
 done
 
+# tether_active_streams: inbound listeners' "active" of the Tether pair (0 if unreadable).
+tether_active_streams() {
+    curl -sS --max-time 2 "http://127.0.0.1:$t_adm_in/stats" | python3 -c \
+        'import json,sys; print(sum(l["active"] for l in json.load(sys.stdin)["listeners"]))' 2>/dev/null || echo 0
+}
+# tether_pool: "LINKS STREAMS_ACTIVE" of the Tether pair's outbound.
+tether_pool() {
+    curl -sS --max-time 2 "http://127.0.0.1:$t_adm_out/stats" | python3 -c '
+import json, sys
+ls = json.load(sys.stdin)["listeners"]
+print(sum(l["pool"]["connections"] for l in ls), sum(l["pool"]["streams_active"] for l in ls))' 2>/dev/null || echo "? ?"
+}
+declare -A act_rss
+if [ "$ACTIVE_CONNS" -gt 0 ]; then
+    # A fresh pooled pair (the measured pair's sidecars would reuse what the idle
+    # connections above left in their allocators, and show less than a stream costs), under
+    # the measured pair's ports and pids; its link is up (one request) before the baseline.
+    say "active pooled streams: $ACTIVE_CONNS app connections through a fresh tether pair, each answered once, held open"
+    for p in "$pid_t_out" "$pid_t_in"; do kill -TERM "$p"; done
+    for p in "$pid_t_out" "$pid_t_in"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    wait "$pid_t_out" "$pid_t_in" 2>/dev/null || true
+    # Forget the old pids, so that the cleanup never signals a recycled one.
+    kept=()
+    for p in "${pids[@]}"; do [ "$p" = "$pid_t_out" ] || [ "$p" = "$pid_t_in" ] || kept+=("$p"); done
+    pids=("${kept[@]}")
+    start t_in "$sidecar" --identity-cert "$c/api.crt" --identity-key "$c/api.key" \
+        --trust-bundle "$c/ca.crt" --inbound "127.0.0.1:$t_in=127.0.0.1:$be" \
+        --admin "127.0.0.1:$t_adm_in" --workers "$WORKERS" --log-level warn --max-connections 19000
+    start t_out "$sidecar" --identity-cert "$c/web.crt" --identity-key "$c/web.key" \
+        --trust-bundle "$c/ca.crt" --outbound "127.0.0.1:$t_out=127.0.0.1:$t_in@$api_id" \
+        --admin "127.0.0.1:$t_adm_out" --workers "$WORKERS" --log-level warn --max-connections 19000
+    for p in $t_in $t_out; do wait_port "$p"; done
+    curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$t_out/" || say "fresh tether pair does not answer"
+    sleep 1
+    act_rss[before_out]=$(rss_kb "$pid_t_out") act_rss[before_in]=$(rss_kb "$pid_t_in")
+    rm -f "$work/idle-hold"
+    python3 "$work/idle.py" "$t_out" "$ACTIVE_CONNS" "$work/idle-hold" active >/dev/null 2>&1 &
+    idle_pid=$!
+    pids+=("$idle_pid")
+    for _ in $(seq 1200); do [ -f "$work/idle-hold" ] && break; sleep 0.1; done
+    sleep 1
+    act_rss[held]=$(cat "$work/idle-hold" 2>/dev/null || echo 0)
+    act_rss[streams]=$(tether_active_streams)
+    act_rss[pool]=$(tether_pool)
+    act_rss[with_out]=$(rss_kb "$pid_t_out") act_rss[with_in]=$(rss_kb "$pid_t_in")
+    kill -TERM "$idle_pid" 2>/dev/null || true
+    wait "$idle_pid" 2>/dev/null || true
+fi
+
+h2res=$work/h2-results.txt
+: >"$h2res"
+if [ "$H2" = 1 ]; then
+    say "h2c: h2load -> tether pair / nghttpx pair (mTLS) -> nghttpd h2c backend on $h2_be"
+    mkdir -p "$work/h2www"
+    echo "hello, world" >"$work/h2www/index.html"
+    start h2_be nghttpd --no-tls -d "$work/h2www" "$h2_be"
+    start h2t_in "$sidecar" --identity-cert "$c/api.crt" --identity-key "$c/api.key" \
+        --trust-bundle "$c/ca.crt" --inbound "127.0.0.1:$h2t_in=127.0.0.1:$h2_be" \
+        --admin "127.0.0.1:$h2t_adm_in" --workers "$WORKERS" --log-level warn --max-connections 19000
+    start h2t_out "$sidecar" --identity-cert "$c/web.crt" --identity-key "$c/web.key" \
+        --trust-bundle "$c/ca.crt" --outbound "127.0.0.1:$h2t_out=127.0.0.1:$h2t_in@$api_id" \
+        --admin "127.0.0.1:$h2t_adm_out" --workers "$WORKERS" --log-level warn --max-connections 19000
+    # nghttpx: the outbound takes h2c (prior knowledge) and speaks h2 over TLS with web's
+    # certificate to the inbound, verifying api.mesh.local against the CA; the inbound
+    # requires and verifies a client certificate and speaks h2c to nghttpd.
+    start h2x_in nghttpx --conf=/dev/null --no-ocsp --workers="$WORKERS" \
+        --frontend="127.0.0.1,$h2x_in" --backend="127.0.0.1,$h2_be;;proto=h2" \
+        --verify-client --verify-client-cacert="$c/ca.crt" --tls-min-proto-version=TLSv1.3 \
+        --errorlog-file="$work/h2x_in.err" "$c/api.key" "$c/api.crt"
+    start h2x_out nghttpx --conf=/dev/null --no-ocsp --workers="$WORKERS" \
+        --frontend="127.0.0.1,$h2x_out;no-tls" \
+        --backend="127.0.0.1,$h2x_in;;tls;proto=h2;sni=api.mesh.local" \
+        --client-private-key-file="$c/web.key" --client-cert-file="$c/web.crt" \
+        --cacert="$c/ca.crt" --errorlog-file="$work/h2x_out.err"
+    for p in $h2_be $h2t_in $h2t_out $h2x_in $h2x_out; do wait_port "$p"; done
+    declare -A h2port=([tether]=$h2t_out [nghttpx]=$h2x_out [direct]=$h2_be)
+    for chain in tether nghttpx direct; do
+        out=$(curl -sS --max-time 5 --http2-prior-knowledge "http://127.0.0.1:${h2port[$chain]}/") ||
+            { say "h2c chain $chain does not answer"; exit 1; }
+        [ "$out" = "hello, world" ] || { say "h2c chain $chain answered '$out'"; exit 1; }
+    done
+    # The nghttpx pair is mTLS: its inbound refuses a client without a certificate.
+    if curl -sk --max-time 5 --http2 "https://127.0.0.1:$h2x_in/" >/dev/null 2>&1; then
+        say "the nghttpx inbound answered a client without a certificate"; exit 1
+    fi
+    h2chains=(tether nghttpx direct)
+    for round in $(seq "$ROUNDS"); do
+        order=()
+        for i in 0 1 2; do order+=("${h2chains[$(((i + round - 1) % 3))]}"); done
+        say "h2 round $round/$ROUNDS: ${order[*]}"
+        for chain in "${order[@]}"; do
+            f=$work/h2load-$chain-$round.txt
+            h2load -t 2 -c "$H2_CLIENTS" -m "$H2_STREAMS" -D "$DURATION" \
+                "http://127.0.0.1:${h2port[$chain]}/" >"$f" 2>&1 || true
+            echo "$chain $round $(python3 - "$f" <<'PY'
+# h2load's output: "REQS_PER_S MEAN_MS MAX_MS ERRORS" (errors: failed, errored, timed out
+# and non-2xx requests; nan where h2load printed no figure).
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
+rps = re.search(r"finished in \S+, ([\d.]+) req/s", t)
+req = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed, "
+                r"(\d+) errored, (\d+) timeout", t)
+st = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", t)
+lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", t)
+err = (sum(map(int, req.groups())) if req else 1) + (sum(map(int, st.groups())) if st else 0)
+print(rps.group(1) if rps else "nan", ms(lat.group(3)) if lat else "nan",
+      ms(lat.group(2)) if lat else "nan", err)
+PY
+)" >>"$h2res"
+        done
+    done
+    h2_links=$(curl -sS --max-time 2 "http://127.0.0.1:$h2t_adm_out/stats" | python3 -c '
+import json, sys
+ls = json.load(sys.stdin)["listeners"]
+print("links %d, streams carried %d, fallback_direct %d" % tuple(sum(l["pool"][k] for l in ls)
+      for k in ("connections", "streams_total", "fallback_direct")))' 2>/dev/null || echo "?")
+fi
+
 # --- the table ------------------------------------------------------------------------
 {
     for k in "${!idle_rss[@]}"; do echo "rss_idle $k ${idle_rss[$k]}"; done
     for k in "${!busy_rss[@]}"; do echo "rss_busy $k ${busy_rss[$k]}"; done
     for k in "${!opened[@]}"; do echo "opened $k ${opened[$k]}"; done
+    for k in "${!act_rss[@]}"; do echo "active $k ${act_rss[$k]// /_}"; done
 } >"$work/rss.txt"
-python3 - "$res" "$work/rss.txt" "$IDLE_CONNS" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" <<'PY'
+TLS_NOTES=$tls_notes H2_LINKS=${h2_links:-} H2_CLIENTS=$H2_CLIENTS H2_STREAMS=$H2_STREAMS \
+python3 - "$res" "$work/rss.txt" "$IDLE_CONNS" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" "$h2res" <<'PY'
 import statistics, sys, collections, platform, os, time
 res, rssf, idle_n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rounds, dur, conns, workers = sys.argv[4:8]
+h2res = sys.argv[8]
 d = collections.defaultdict(lambda: collections.defaultdict(list))
 for line in open(res):
     chain, kind, rnd, a, b, c, err = line.split()
@@ -353,7 +640,7 @@ for line in open(res):
 rss = collections.defaultdict(dict)
 for line in open(rssf):
     k, name, v = line.split()
-    rss[k][name] = int(v)
+    rss[k][name] = int(v) if v.lstrip("-").isdigit() else v.replace("_", " ")
 def med(xs):
     xs = [x for x in xs if x == x]
     return statistics.median(xs) if xs else float("nan")
@@ -373,7 +660,10 @@ print()
 hdr = ("chain", "keep-alive req/s", "p50 ms", "p99 ms", "new-conn req/s", "100 MB MB/s",
        "errors", "RSS idle MiB", "RSS %d idle MiB" % idle_n, "KiB/conn")
 rows = []
-for chain in ("tether", "tether-direct", "tether-l7", "nginx", "haproxy", "direct"):
+for chain in ("tether", "tether-direct", "tether-l7", "nginx", "haproxy", "direct",
+              "nginx-default", "haproxy-default", "nginx-l7"):
+    if chain not in d:
+        continue
     ka, cl, xf = d[chain]["keepalive"], d[chain]["close"], d[chain]["xfer"]
     errs = sum(x[3] for x in ka + cl + xf)
     ri, rb = rss["rss_idle"].get(chain), rss["rss_busy"].get(chain)
@@ -398,7 +688,20 @@ for side in ("tether_out", "tether_in"):
             (rb - ri) / idle_n))
 print("  idle connections held: %s" % ", ".join("%s %s" % kv for kv in sorted(
     rss["opened"].items())))
-t, n = rows[0], rows[3]
+a = rss["active"]
+if a.get("held"):
+    n_act = a["held"]
+    print("  active pooled streams: %d app connections through the tether pair, each answered "
+          "once and held open (inbound counts %s active; outbound links, streams: %s): "
+          "outbound %.1f -> %.1f MiB (%.1f KiB/stream), inbound %.1f -> %.1f MiB "
+          "(%.1f KiB/stream)" % (
+              n_act, a.get("streams"), a.get("pool"), a["before_out"] / 1024,
+              a["with_out"] / 1024, (a["with_out"] - a["before_out"]) / n_act,
+              a["before_in"] / 1024, a["with_in"] / 1024,
+              (a["with_in"] - a["before_in"]) / n_act))
+print("  TLS between the proxies of each pair (openssl s_client to the inbound): %s" %
+      os.environ.get("TLS_NOTES", "?"))
+t, n = rows[0], [r for r in rows if r[0] == "nginx"][0]
 print()
 print("targets: tether req/s >= nginx: %s; tether p99 <= nginx: %s; idle RSS per sidecar "
       "< 12 MiB: %s; < 20 KiB per idle mTLS connection: %s" % (
@@ -408,9 +711,36 @@ print("targets: tether req/s >= nginx: %s; tether p99 <= nginx: %s; idle RSS per
                        for s in ("tether_in", "tether_out")) else "NO",
           "yes" if all(rss["rss_busy"].get(s) and (rss["rss_busy"][s] - rss["rss_idle"][s])
                        / idle_n < 20 for s in ("tether_in", "tether_out")) else "NO"))
+
+h2 = collections.defaultdict(list)
+if os.path.exists(h2res):
+    for line in open(h2res):
+        chain, rnd, a, b, c, err = line.split()
+        h2[chain].append((float(a), float(b), float(c), int(err)))
+if h2:
+    print()
+    print("h2c through each pair to an nghttpd h2c backend: h2load -t 2 -c %s -m %s, %s rounds x "
+          "%ss, medians; errors summed" % (os.environ.get("H2_CLIENTS"),
+                                           os.environ.get("H2_STREAMS"), rounds, dur))
+    print()
+    hdr = ("pair", "req/s", "mean ms", "max ms", "errors")
+    rows = [(ch, "%.0f" % med([x[0] for x in h2[ch]]), "%.2f" % med([x[1] for x in h2[ch]]),
+             "%.2f" % med([x[2] for x in h2[ch]]), str(sum(x[3] for x in h2[ch])))
+            for ch in ("tether", "nghttpx", "direct") if ch in h2]
+    w = [max(len(r[i]) for r in rows + [hdr]) for i in range(len(hdr))]
+    fmt = " | ".join("%%-%ds" % x for x in w)
+    print(fmt % hdr)
+    print("-+-".join("-" * x for x in w))
+    for r in rows:
+        print(fmt % r)
+    print("  per round req/s: " + "; ".join("%s %s" % (ch, ", ".join("%.0f" % x[0] for x in h2[ch]))
+                                          for ch in ("tether", "nghttpx", "direct") if ch in h2))
+    print("  tether outbound pool after the h2 rounds: %s" % os.environ.get("H2_LINKS", "?"))
 PY
 
-say "control plane: RSS per held sidecar connection"
-# shellcheck disable=SC2086 # CONTROL_CONNS is a list of counts
-/usr/bin/python3 "$here/control_conns.py" "$build" ${CONTROL_CONNS:-500 2000} ||
-    say "control plane figures failed"
+if [ "${SKIP_CONTROL:-0}" != 1 ]; then
+    say "control plane: RSS per held sidecar connection"
+    # shellcheck disable=SC2086 # CONTROL_CONNS is a list of counts
+    /usr/bin/python3 "$here/control_conns.py" "$build" ${CONTROL_CONNS:-500 2000} ||
+        say "control plane figures failed"
+fi

@@ -23,7 +23,8 @@
 # Usage: tests/bench/transparent.sh [BUILD_DIR]   (default build-bench, --buildtype=release)
 # Environment: ROUNDS (3), DURATION (wrk seconds, 5), CONNS (50), WORKERS (1),
 #   BENCH_PREFIX (namespace names, tbench-), BENCH_NET (the pods' /24, 10.86.0),
-#   SKIP_BUILD=1, SKIP_INSTALL=1, KEEP=1 (keep the work directory).
+#   TW_REUSE (net.ipv4.tcp_tw_reuse in both pods, 1; see below), SKIP_BUILD=1,
+#   SKIP_INSTALL=1, KEEP=1 (keep the work directory).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -102,6 +103,15 @@ say "pods: $pod_a $a_ip (wrk), $pod_b $b_ip (nginx :8080) on br0 in $hub; captur
 netns_hub "$hub" "$hub_ip/24"
 netns_pod "$hub" "$pod_a" a "$a_ip/24" "$hub_ip"
 netns_pod "$hub" "$pod_b" b "$b_ip/24" "$hub_ip"
+# TIME_WAIT: a new-connection run leaves up to ~30,000 sockets in TIME_WAIT in pod A. The
+# explicit pair's wrk dials 127.0.0.1, where the kernel's default tcp_tw_reuse=2 lets a
+# connect() reuse such a port; the transparent pairs' wrk (and HAProxy's per-connection
+# dial) goes to B_IP:8080, where it does not, so each connect() searches an exhausted
+# ephemeral range and a run after another one measures that search. TW_REUSE (default 1)
+# is set in both pods so that all three pairs connect alike; TW_REUSE=2 keeps the default.
+TW_REUSE=${TW_REUSE:-1}
+nsx "$pod_a" sysctl -qw net.ipv4.tcp_tw_reuse="$TW_REUSE"
+nsx "$pod_b" sysctl -qw net.ipv4.tcp_tw_reuse="$TW_REUSE"
 # 15106 is the explicit pair's inbound port: the capture leaves it to that sidecar.
 netns_capture "$pod_a" "$iptables_script" --exclude-inbound-ports 15106
 netns_capture "$pod_b" "$iptables_script" --exclude-inbound-ports 15106
@@ -210,8 +220,9 @@ start_pair() {
     [ "$out" = "hello, world" ] || { say "$1 answered '$out'"; return 1; }
 }
 
-res=$work/results.txt
+res=$work/results.txt diag=$work/diag.txt
 : >"$res"
+: >"$diag"
 run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors"
     local chain=$1 round=$2 kind=$3 extra=() f=$work/wrk-$1-$3-$2.txt
     [ "$kind" = close ] && extra=(-H "Connection: close")
@@ -229,6 +240,20 @@ for round in $(seq "$ROUNDS"); do
         start_pair "$chain"
         run_wrk "$chain" "$round" keepalive
         run_wrk "$chain" "$round" close
+        # Sockets in TIME_WAIT in pod A after the new-connection run: wrk's own (to B_IP:8080
+        # or to 127.0.0.1:15101) and, for a pair that dials per connection, the proxy's.
+        tw=$(nsx "$pod_a" ss -Htan state time-wait | wc -l)
+        echo "$chain $round time_wait $tw" >>"$diag"
+        if [ "$chain" != haproxy-transparent ]; then
+            # A's pool counters: did app connections ride tunnels, or go direct?
+            adm=15000
+            [ "$chain" = tether-explicit ] && adm=15100
+            nsx "$pod_a" curl -fsS --max-time 2 "http://127.0.0.1:$adm/stats" | python3 -c '
+import json, sys
+ls = [l for l in json.load(sys.stdin)["listeners"] if "pool" in l]
+t = {k: sum(l["pool"][k] for l in ls) for k in ("connections", "streams_total", "fallback_direct")}
+print(" ".join("%s %d" % kv for kv in t.items()))' | sed "s/^/$chain $round /" >>"$diag" || true
+        fi
         if [ "$chain" = tether-transparent ]; then
             # The captured path really was mTLS between the two sidecars.
             hs=$(nsx "$pod_b" curl -fsS --max-time 2 http://127.0.0.1:15000/stats | python3 -c \
@@ -240,7 +265,7 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-python3 - "$res" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" <<'PY'
+TW_REUSE=$TW_REUSE python3 - "$res" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" <<'PY'
 import collections, os, platform, statistics, sys, time
 res, rounds, dur, conns, workers = sys.argv[1:6]
 d = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -259,8 +284,8 @@ print()
 print("Tether transparent-mode benchmark, %s, %d CPUs (%s), kernel %s" % (
     time.strftime("%Y-%m-%d"), os.cpu_count(), cpu, platform.release()))
 print("pods in network namespaces with capture rules; %s rounds x %ss wrk runs, %s "
-      "connections, %s worker(s) per proxy; medians; errors summed" % (rounds, dur, conns,
-                                                                       workers))
+      "connections, %s worker(s) per proxy; medians; errors summed; tcp_tw_reuse=%s in the "
+      "pods" % (rounds, dur, conns, workers, os.environ.get("TW_REUSE", "?")))
 print()
 hdr = ("pair", "keep-alive req/s", "p50 ms", "p99 ms", "new-conn req/s", "errors")
 rows = []
@@ -298,3 +323,6 @@ for kind in ("keepalive", "close"):
         print("%s: tether-transparent / %s per round: %s; median %.2fx" % (
             kind, other, ", ".join("%.2f" % r for r in rs), m))
 PY
+echo
+echo "after each new-connection run: TIME_WAIT sockets in pod A; A's pool counters (since start)"
+sed 's/^/  /' "$diag"
