@@ -14,6 +14,8 @@ unchanged workload would see it:
   application records do;
 - B's rules with methods/paths on port 8081 are enforced per request by its transparent
   inbound: A's GET /api passes, GET /admin and POST get 403 naming the rule;
+- A calls a service whose endpoint D:9090 has a sidecar but no workload: D's inbound
+  answers the tunnel 502, A ejects that endpoint and retries on B, no call fails;
 - A calls a service VIP with endpoints B and D: calls spread over both; D's sidecar
   stopped -> calls keep succeeding after at most one failed connect, and /stats shows
   the ejection;
@@ -59,6 +61,7 @@ HUB_IP6 = "fd00:88::fe"
 FAM = []  # tether-iptables family options: none (both) where IPv6 works, else --ipv4-only
 VIP = "10.96.0.10"
 VIP2 = "10.96.0.11"     # endpoints B and a black hole (no host: its connect times out)
+VIP3 = "10.96.0.12"     # endpoints B and D:9090, where D's sidecar answers, no workload
 BLACKHOLE = "10.88.0.99"
 MARKER = b"MARKER-9f8e7d-SECRET-PAYLOAD"
 
@@ -252,7 +255,9 @@ def test(env):
                 "--service", "%s:80=%s:8080@%s" % (VIP, PODS["b"], ids["b"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP, PODS["d"], ids["d"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP2, PODS["b"], ids["b"]),
-                "--service", "%s:80=%s:8080@%s" % (VIP2, BLACKHOLE, ids["d"])]
+                "--service", "%s:80=%s:8080@%s" % (VIP2, BLACKHOLE, ids["d"]),
+                "--service", "%s:80=%s:8080@%s" % (VIP3, PODS["b"], ids["b"]),
+                "--service", "%s:80=%s:9090@%s" % (VIP3, PODS["d"], ids["d"])]
     tcpdump = None
     try:
         r = subprocess.run(["sysctl", "-n", "net.ipv6.conf.all.disable_ipv6"],
@@ -456,6 +461,21 @@ def test(env):
            "calls to a VIP with a black-holed endpoint all succeed via B (%r)" % answers)
         ok(ep.get("connect_failures") == 1 and ep.get("ejected"),
            "the black hole timed out once and is ejected (%r)" % ep)
+
+        # --- an endpoint whose sidecar answers but whose workload is absent ------------
+        # D has nothing on 9090: its inbound answers the tunnel 502 upstream_connect_failed;
+        # nothing of A's reached a workload, so A ejects D:9090 and retries on B.
+        answers = []
+        for i in range(8):
+            good, answer = call(env, "a", VIP3, 80, "wd-%d" % i)
+            answers.append(answer)
+            ep = (stats("a") or {}).get("endpoints", {}).get("%s:9090" % PODS["d"], {})
+            if ep.get("connect_failures", 0) >= 1 and i >= 2:
+                break
+        ok(all(a == "from b: wd-%d" % i for i, a in enumerate(answers)),
+           "calls to a service with a workload-less endpoint all succeed via B (%r)" % answers)
+        ok(ep.get("connect_failures", 0) >= 1 and ep.get("ejected"),
+           "D:9090's 502 counts as a failed connect and ejects it (%r)" % ep)
 
         # --- one endpoint stopped: ejection, calls keep succeeding --------------------
         sc_d.stop()

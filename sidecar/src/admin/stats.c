@@ -528,6 +528,7 @@ json_t *tt_stats_json(const struct tt_stats_view *view)
         if (lj != NULL) {
             json_object_set_new(lj, "accept_failures", jint(c->accept_failures));
             json_object_set_new(lj, "refused_fd_shortage", jint(c->refused_fd_shortage));
+            json_object_set_new(lj, "refusals_answered", jint(c->refusals_answered));
             if (view->listeners[i].transparent) {
                 json_object_set_new(lj, "transparent", json_true());
                 json_object_set_new(lj, "not_redirected", jint(c->not_redirected));
@@ -790,6 +791,9 @@ static const struct listener_metric listener_metrics[] = {
     {"tether_listener_endpoint_retries_total", "counter",
      "Transparent: connects retried on another endpoint after a failure.",
      LC_FIELD(endpoint_retries)},
+    {"tether_listener_refusals_answered_total", "counter",
+     "Outbound: connections that could not get through, answered with an HTTP status.",
+     LC_FIELD(refusals_answered)},
 };
 
 /* Per-listener figures of the HTTP-aware data path, labelled as the families above. */

@@ -136,12 +136,13 @@ struct tt_listener_counters {
     uint64_t refused_fd_shortage; /* accepted on the reserved descriptor and reset meanwhile */
 
     /* Transparent mode (15001, 15006). */
-    uint64_t not_redirected;   /* dialled the capture port directly, or no original dst: refused */
-    uint64_t passthrough;      /* outbound to a destination outside the mesh, relayed plaintext */
-    uint64_t unknown_denied;   /* outbound to a destination outside the mesh, refused */
-    uint64_t plaintext;        /* inbound, permissive: callers without TLS let in */
-    uint64_t endpoint_retries; /* outbound: a failed connect retried on another endpoint */
-    uint64_t canary;           /* readiness probe connections answered */
+    uint64_t not_redirected;    /* dialled the capture port directly, or no original dst: refused */
+    uint64_t passthrough;       /* outbound to a destination outside the mesh, relayed plaintext */
+    uint64_t unknown_denied;    /* outbound to a destination outside the mesh, refused */
+    uint64_t plaintext;         /* inbound, permissive: callers without TLS let in */
+    uint64_t endpoint_retries;  /* outbound: a failed connect retried on another endpoint */
+    uint64_t refusals_answered; /* outbound: an HTTP/1.x app told why (403/503), not reset */
+    uint64_t canary;            /* readiness probe connections answered */
 
     /* HTTP-aware data path (Tether issue 10). */
     struct tt_request_counters requests;

@@ -22,7 +22,9 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "http/detect.h"
 #include "http/gate.h"
+#include "http/h1.h"
 #include "http/h2.h"
 #include "http/h2h1.h"
 #include "metrics/metrics.h"
@@ -48,12 +50,15 @@
 #define TT_TLS_RECORD_MAX        16384 /* most plaintext one tt_tls_read returns */
 #define TT_CONN_CONNECT_ATTEMPTS 4     /* endpoints a balanced connection tries at most */
 #define TT_CONN_REFUSED_RETRIES  1     /* a tunnel the peer did not process is retried once */
+#define TT_CONN_REFUSAL_WAIT_MS  500   /* a refused app connection: its first bytes, at most */
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_free(struct tt_conn *c);
 static void relay_progress(struct tt_conn *c);
 static void conn_close(struct tt_conn *c, int err, bool reset);
 static void conn_connect_failed(struct tt_conn *c, int status);
+static bool conn_refusal_start(struct tt_conn *c, int err, bool reset);
+static void refusal_read(struct tt_conn *c, const uint8_t *data, size_t n);
 static void detect_done(struct tt_conn *c, const uint8_t *data, size_t n);
 static void conn_gate_settle(struct tt_conn *c);
 static bool port_listed(const uint16_t *ports, size_t n, uint16_t port);
@@ -146,6 +151,9 @@ static void on_timer(uv_timer_t *timer)
     case TT_CONN_S_DETECT:
         detect_done(c, NULL, 0); /* said nothing: a server-first protocol, plaintext */
         break;
+    case TT_CONN_S_REFUSING:
+        conn_close(c, c->refusal_err, true); /* said nothing that reads as HTTP/1.x */
+        break;
     case TT_CONN_S_RELAY: {
         if (c->carrier) {
             int r = tt_link_tick(c->link, now);
@@ -190,6 +198,9 @@ static void conn_enter(struct tt_conn *c, enum tt_conn_state state)
         break;
     case TT_CONN_S_DETECT:
         timeout = cfg->transparent->detect_ms;
+        break;
+    case TT_CONN_S_REFUSING:
+        timeout = TT_CONN_REFUSAL_WAIT_MS;
         break;
     case TT_CONN_S_RELAY:
         timeout = c->carrier ? tt_link_tick_ms(c->link) : cfg->idle_timeout_ms;
@@ -755,6 +766,10 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
 {
     side_set_reading(c, s, false);
     side_ended(c, s, 0);
+    if (c->state == TT_CONN_S_REFUSING) {
+        conn_close(c, c->refusal_err, false);
+        return;
+    }
     if (c->state == TT_CONN_S_HANDSHAKE || c->state == TT_CONN_S_CONNECTING) {
         if (c->state == TT_CONN_S_HANDSHAKE)
             conn_hs_failed(c, TT_HS_PROTOCOL);
@@ -830,12 +845,98 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     touch(c);
     if (c->state == TT_CONN_S_DETECT)
         detect_done(c, (const uint8_t *)buf->base, (size_t)nread);
+    else if (c->state == TT_CONN_S_REFUSING)
+        refusal_read(c, (const uint8_t *)buf->base, (size_t)nread);
     else if (c->plain)
         plain_relay_read(c, s, (const uint8_t *)buf->base, (size_t)nread);
     else if (s == c->tls_side)
         tls_side_read(c);
     else
         plain_side_read(c, (const uint8_t *)buf->base, (size_t)nread);
+}
+
+/* ---- telling an HTTP/1.x app why its connection could not get through --------------- */
+
+/* The status and x-tether-reason an app gets for a connection that ended with err before
+ * it got through. */
+static int refusal_answer(int err, const char **reason)
+{
+    if (err == TT_E_DENIED) {
+        *reason = "policy_denied"; /* the peer sidecar's policy */
+        return 403;
+    }
+    if (err == TT_E_NO_ENDPOINT)
+        *reason = "no_endpoint"; /* every endpoint of the service failed or is ejected */
+    else if (err == TT_E_TUNNEL_REFUSED)
+        *reason = "upstream_unavailable"; /* the peer sidecar could not reach its workload */
+    else if (err <= TT_E_TLS && err > TT_E_DENIED)
+        *reason = "upstream_handshake_failed"; /* mTLS with the peer failed (identity...) */
+    else
+        *reason = "upstream_connect_failed";
+    return 503;
+}
+
+/* Outbound: instead of the close conn_close(err, reset) would give, an app connection that
+ * never got through waits (TT_CONN_S_REFUSING, at most TT_CONN_REFUSAL_WAIT_MS) for its first
+ * bytes: an HTTP/1.x request is answered with why (refusal_read), anything else is reset
+ * as before. What was set up towards the upstream is given up now. Returns true when it
+ * took the connection over. */
+static bool conn_refusal_start(struct tt_conn *c, int err, bool reset)
+{
+    if (c->refusal_err != 0 || conn_is_inbound(c) || c->carrier || c->plain ||
+        (c->state != TT_CONN_S_CONNECTING && c->state != TT_CONN_S_HANDSHAKE) || !c->down.open ||
+        !c->down.connected || c->down.read_eof || err == -ENOMEM || err == TT_E_CONN_LIMIT ||
+        (c->closed_by != NULL && strcmp(c->closed_by, "client") == 0))
+        return false;
+    c->refusal_err = err;
+    c->refusal_up_reset = reset; /* a failed handshake's alert still goes out */
+    if (c->balancer_active) {
+        tt_balancer_released(c->worker->balancer, &c->target);
+        c->balancer_active = false;
+    }
+    if (c->tunnel) {
+        conn_tunnel_end(c, err, true);
+        c->tunnel = false;
+    }
+    side_set_reading(c, &c->up, false);
+    conn_enter(c, TT_CONN_S_REFUSING);
+    side_set_reading(c, &c->down, true);
+    return true;
+}
+
+/* REFUSING: the app's first bytes. An HTTP/1.x request line gets the answer (and the
+ * connection closes after it, the bytes read so far consumed, so that the close is a FIN
+ * and not a reset that could destroy the answer); anything else, or too long a wait for a
+ * whole request line, is reset. The bytes are held apart from both sides' queues (the
+ * upstream's may still hold handshake records being written): nothing of the app's ever
+ * goes anywhere. */
+static void refusal_read(struct tt_conn *c, const uint8_t *data, size_t n)
+{
+    struct tt_buf *held = &c->refusal_held;
+    enum tt_detect_proto p;
+    const char *reason = NULL;
+    char answer[512];
+    int status, len;
+
+    if (tt_buf_append(held, data, n) < 0) {
+        conn_close(c, -ENOMEM, true);
+        return;
+    }
+    p = tt_detect_check(tt_buf_head(held), held->len, TT_DETECT_LIMIT);
+    if (p == TT_DETECT_MORE)
+        return;
+    if (p != TT_DETECT_HTTP1) {
+        conn_close(c, c->refusal_err, true);
+        return;
+    }
+    status = refusal_answer(c->refusal_err, &reason);
+    len = tt_h1_write_error(answer, sizeof(answer), status, reason, NULL, true);
+    if (len < 0 || side_send(c, &c->down, (const uint8_t *)answer, (size_t)len) < 0) {
+        conn_close(c, c->refusal_err, true);
+        return;
+    }
+    TT_COUNTER_ADD(conn_counters(c)->refusals_answered, 1);
+    conn_close(c, c->refusal_err, false);
 }
 
 /* ---- establishing ------------------------------------------------------------------ */
@@ -884,8 +985,9 @@ static void on_connect(uv_connect_t *req, int status)
     struct tt_conn *c = tt_container_of(req, struct tt_conn, connect_req);
 
     /* Cancelled: the socket was closed by us (the connection ends, or a timed-out
-     * connect moves on to another endpoint), which already decided what follows. */
-    if (c->state == TT_CONN_S_CLOSING || status == UV_ECANCELED)
+     * connect moves on to another endpoint), which already decided what follows; or the
+     * connection gave up on it while it was pending (REFUSING after a timeout). */
+    if (c->state != TT_CONN_S_CONNECTING || status == UV_ECANCELED)
         return;
     if (status < 0) {
         conn_connect_failed(c, status);
@@ -1320,8 +1422,9 @@ static void conn_tunnel_end(struct tt_conn *c, int err, bool reset)
 }
 
 /* Outbound: the peer sidecar answered the tunnel. 200: relay; anything else is its
- * refusal (403 policy, 502 its workload unreachable, 503 busy), which the app sees as a
- * reset, as it would from a direct connection. */
+ * refusal: 502 (its workload unreachable) and 503 (busy) count as a failed connect (a
+ * balanced service tries another endpoint), 403 (policy) ends the connection; the app
+ * sees a reset, as from a direct connection, or an HTTP answer (conn_refusal_start). */
 static void tunnel_on_headers(struct tt_h2_stream *s, void *ud)
 {
     struct tt_conn *c = ud;
@@ -1335,6 +1438,12 @@ static void tunnel_on_headers(struct tt_h2_stream *s, void *ud)
         return;
     }
     TT_COUNTER_ADD(conn_counters(c)->pool.streams_refused, 1);
+    if (status == 502 || status == 503) {
+        /* The peer's workload could not be reached (or it is full): nothing of ours went
+         * through, so a balanced service tries another endpoint, as after a connect. */
+        conn_connect_failed(c, TT_E_TUNNEL_REFUSED);
+        return;
+    }
     side_ended(c, c->tls_side, UV_ECONNRESET);
     if (status == 403)
         c->verdict = "deny";
@@ -1973,6 +2082,7 @@ static void conn_free(struct tt_conn *c)
     tt_buf_done(&c->down.queued);
     tt_buf_done(&c->up.inflight);
     tt_buf_done(&c->up.queued);
+    tt_buf_done(&c->refusal_held);
     tt_snapshot_unref(c->snapshot);
     free(c->tunnel_peer_id);
     free(c->link_detail);
@@ -2042,7 +2152,7 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
 {
     struct tt_worker *w = c->worker;
 
-    if (c->state == TT_CONN_S_CLOSING)
+    if (c->state == TT_CONN_S_CLOSING || conn_refusal_start(c, err, reset))
         return;
     /* Outbound over TLS 1.3, our handshake completes before the upstream has checked our
      * certificate: a TLS failure before it confirmed (its alert) is a refused handshake,
@@ -2085,7 +2195,7 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
     c->pending_closes++;
     uv_close((uv_handle_t *)&c->timer, on_close);
     side_close(c, &c->down, reset);
-    side_close(c, &c->up, reset);
+    side_close(c, &c->up, c->refusal_err != 0 ? c->refusal_up_reset : reset);
 }
 
 /* Closes the connection if its verified peer's certificate is in `revocations`. */
@@ -2122,5 +2232,7 @@ bool tt_conn_close_if_crl_revoked(struct tt_conn *c, const struct tt_crls *crls)
 /* Resets both sockets now. */
 void tt_conn_abort(struct tt_conn *c)
 {
+    if (c->refusal_err == 0)
+        c->refusal_err = UV_ECANCELED; /* at once: no app is told anything */
     conn_close(c, UV_ECANCELED, true);
 }

@@ -34,6 +34,8 @@ enum tt_conn_state {
     TT_CONN_S_HANDSHAKE,  /* TLS handshake with the TLS-side peer in progress */
     TT_CONN_S_CONNECTING, /* TCP connect to the upstream in progress */
     TT_CONN_S_RELAY,      /* both sides open; bytes flow until both directions end */
+    TT_CONN_S_REFUSING,   /* outbound that could not get through: reading the app's first
+                           * bytes to tell an HTTP/1.x app why (conn_refusal_start) */
     TT_CONN_S_CLOSING,    /* handles closing; freed when the last close callback runs */
 };
 
@@ -77,6 +79,9 @@ struct tt_conn {
     const char *verdict;   /* "allow", "deny" or "error" for the access log */
     const char *rule;      /* deciding rule name, or NULL */
     int hs_reason;         /* the handshake failed: its enum tt_hs_reason, else -1 */
+    int refusal_err;       /* REFUSING: why the connection could not get through */
+    struct tt_buf refusal_held; /* REFUSING: the app's first bytes, read so far */
+    bool refusal_up_reset; /* REFUSING: the upstream side is reset when closed (else FIN) */
     const char *closed_by; /* "client" or "upstream": that side ended first; NULL: the proxy */
     const char *reset_by;  /* "client", "upstream" or "proxy": who reset; NULL: no reset */
     bool close_notify_sent;
@@ -106,13 +111,13 @@ struct tt_conn {
     /* Inbound request stream (not a CONNECT): its translation to the workload's HTTP/1.1
      * (http/h2h1.h); the gate reads the request it writes. */
     struct tt_h2h1 *h2h1;
-    char *link_detail;            /* outbound tunnel: why its link's handshake failed */
-    bool tunnel;                  /* pooled: the TLS side is (or will be) a stream */
-    bool carrier;                 /* the mTLS connection of a link */
-    bool direct;                  /* outbound: one mTLS connection of its own (fallback) */
-    bool answered;                /* inbound tunnel: its response head went out */
-    bool counted;                 /* an app connection: in n_conns, accepted and closed */
-    unsigned refused_retries;     /* outbound tunnel: REFUSED_STREAM retries so far */
+    char *link_detail;        /* outbound tunnel: why its link's handshake failed */
+    bool tunnel;              /* pooled: the TLS side is (or will be) a stream */
+    bool carrier;             /* the mTLS connection of a link */
+    bool direct;              /* outbound: one mTLS connection of its own (fallback) */
+    bool answered;            /* inbound tunnel: its response head went out */
+    bool counted;             /* an app connection: in n_conns, accepted and closed */
+    unsigned refused_retries; /* outbound tunnel: REFUSED_STREAM retries so far */
 };
 
 /* How the pool (net/pool.h) reaches connections: links' carriers and tunnels. */
