@@ -721,6 +721,15 @@ class Proc:
         with open(self.err_path, "rb") as f:
             return f.read().decode(errors="replace")
 
+    def stop_clean(self, timeout=20):
+        """Stops the process with SIGTERM; returns (exited 0, the sanitizer report lines of
+        its stderr): an ASan/UBSan build reports leaks and undefined behaviour there and
+        exits non-zero."""
+        self.stop(timeout=timeout)
+        reports = [ln for ln in self.stderr().splitlines()
+                   if "Sanitizer" in ln or "runtime error:" in ln]
+        return self.p.returncode == 0 and not reports, reports
+
     def fds(self):
         """{fd number: what it points to} of the running process."""
         d = "/proc/%d/fd" % self.pid

@@ -638,11 +638,9 @@ def test(env):
     # build reports leaks and undefined behaviour on stderr and exits non-zero).
     for sc in (web_sc, api_sc):
         ok(sc.alive(), "%s still running after the cases" % sc.name)
-        sc.stop(timeout=20)
-        err = sc.stderr()
-        reports = [ln for ln in err.splitlines() if "Sanitizer" in ln or "runtime error:" in ln]
-        ok(sc.p.returncode == 0 and not reports, "%s exited 0 on SIGTERM without sanitizer "
-           "reports (rc %r): %s" % (sc.name, sc.p.returncode, reports[:5]))
+        clean, reports = sc.stop_clean()
+        ok(clean, "%s exited 0 on SIGTERM without sanitizer reports (rc %r): %s"
+           % (sc.name, sc.p.returncode, reports[:5]))
     ok.done()
 
 

@@ -246,6 +246,8 @@ def test(env):
     ok(lines and lines[0].get("status") == 403 and lines[0].get("rule") == "no-admin",
        "the denied request has its request line (%r)" % lines[:1])
     ok(api_sc.alive(), "the inbound sidecar is alive")
+    clean, reports = api_sc.stop_clean()
+    ok(clean, "the inbound sidecar exits 0 on SIGTERM without sanitizer reports (%r)" % reports)
     backend.stop()
     ok.done()
 

@@ -125,7 +125,8 @@ def test(env):
         ok("tether_listener_refusals_answered_total" in prom,
            "%s: Prometheus has tether_listener_refusals_answered_total" % what)
         ok(sc.alive(), "%s: the outbound sidecar is alive" % what)
-        sc.stop()
+        clean, reports = sc.stop_clean()
+        ok(clean, "%s: it exits 0 on SIGTERM without sanitizer reports (%r)" % (what, reports))
     backend.stop()
     ok.done()
 

@@ -52,8 +52,29 @@
 #define TT_CONN_REFUSED_RETRIES  1     /* a tunnel the peer did not process is retried once */
 #define TT_CONN_REFUSAL_WAIT_MS  500   /* a refused app connection: its first bytes, at most */
 
+/* A gRPC request stream's workload half: an h2c session (prior knowledge) to the workload
+ * carrying that one request. gRPC needs HTTP/2 end to end (trailers carry its status), so
+ * such a stream is relayed stream to stream instead of translated (http/h2h1.h serves
+ * the other requests). */
+struct tt_h2_upstream {
+    struct tt_h2 *session;
+    struct tt_h2_stream *stream; /* the request on it */
+    int status;                  /* the workload's :status, 0 before its head */
+    bool head_pending;           /* its head arrived, the caller is not answered yet */
+    bool responded;              /* the caller's stream was answered */
+    bool request_ended;          /* END_STREAM went to the workload */
+    bool done;                   /* the response ended towards the caller */
+    uint64_t start_us, request_bytes, response_bytes;
+};
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_free(struct tt_conn *c);
+static int h2up_start(struct tt_conn *c);
+static int h2up_request_body(struct tt_conn *c, const uint8_t *data, size_t n);
+static int h2up_request_end(struct tt_conn *c);
+static int h2up_from_workload(struct tt_conn *c, const uint8_t *data, size_t n);
+static int h2up_pump(struct tt_conn *c);
+static void h2up_free(struct tt_h2_upstream *up);
 static void relay_progress(struct tt_conn *c);
 static void conn_close(struct tt_conn *c, int err, bool reset);
 static void conn_connect_failed(struct tt_conn *c, int status);
@@ -493,6 +514,8 @@ static int tls_close_notify_once(struct tt_conn *c)
         r = tt_h2h1_server_eof(c->h2h1);
         return r == 0 ? secure_flush(c) : r;
     }
+    if (c->h2up != NULL)
+        return TT_E_HTTP; /* the workload's session ended before the answer did */
     c->close_notify_sent = true;
     if (c->tunnel)
         r = c->stream != NULL ? tt_h2_stream_end(c->stream) : 0; /* END_STREAM */
@@ -513,6 +536,8 @@ static int tls_side_input_over(struct tt_conn *c)
      * servers may take an early one for a caller that went away. */
     if (c->h2h1 != NULL)
         r = tt_h2h1_request_end(c->h2h1);
+    else if (c->h2up != NULL)
+        r = h2up_request_end(c);
     else
         c->plain_side->want_shutdown = true;
     return r == 0 && c->gate != NULL ? tt_gate_client_eof(c->gate) : r;
@@ -531,7 +556,9 @@ static int tls_pump(struct tt_conn *c)
      * only while one more record still fits its slab, so the queue never outgrows it. */
     while (!c->tls_side->read_eof && plain->queued.len <= TT_BUF_SLAB - TT_TLS_RECORD_MAX &&
            side_queue_len(plain) < TT_CONN_QUEUE_MAX &&
-           (c->gate == NULL || tt_gate_wants_client(c->gate))) {
+           (c->gate == NULL || tt_gate_wants_client(c->gate)) &&
+           (c->h2up == NULL || (c->h2up->stream != NULL &&
+                                tt_h2_stream_queued(c->h2up->stream) < TT_CONN_QUEUE_MAX))) {
         r = secure_read(c, buf, sizeof(c->worker->plain_buf));
         if (r == 0) {
             stopped = 0;
@@ -552,6 +579,8 @@ static int tls_pump(struct tt_conn *c)
             r = tt_link_feed(c->link, buf, (size_t)r);
         else if (c->h2h1 != NULL)
             r = tt_h2h1_request_body(c->h2h1, (const char *)buf, (size_t)r);
+        else if (c->h2up != NULL)
+            r = h2up_request_body(c, buf, (size_t)r);
         else if (c->gate != NULL)
             r = tt_gate_from_client(c->gate, (const char *)buf, (size_t)r, conn_now_us(c));
         else
@@ -617,6 +646,15 @@ static void relay_progress(struct tt_conn *c)
     if (c->carrier) {
         carrier_progress(c);
         return;
+    }
+    if (c->h2up != NULL) {
+        int r = h2up_pump(c); /* the caller's stream may have room again */
+        if (r == 0)
+            r = secure_flush(c);
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
     }
     if ((secure_input_pending(c) || ts->sock_eof) && !ts->read_eof) {
         int r = tls_pump(c);
@@ -750,8 +788,10 @@ static void tls_side_read(struct tt_conn *c)
 /* Bytes from the plaintext side's socket: encrypt and send. */
 static void plain_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
 {
-    int r = c->gate != NULL ? tt_gate_from_upstream(c->gate, (const char *)data, n, conn_now_us(c))
-                            : secure_write(c, data, n);
+    int r = c->h2up != NULL ? h2up_from_workload(c, data, n)
+            : c->gate != NULL
+                ? tt_gate_from_upstream(c->gate, (const char *)data, n, conn_now_us(c))
+                : secure_write(c, data, n);
     if (r == 0)
         r = secure_flush(c);
     if (r < 0) {
@@ -945,7 +985,13 @@ static void refusal_read(struct tt_conn *c, const uint8_t *data, size_t n)
 static void conn_start_relay(struct tt_conn *c)
 {
     conn_enter(c, TT_CONN_S_RELAY);
-    if (c->h2h1 != NULL) {
+    if (c->h2up != NULL) {
+        int r = h2up_start(c); /* the response head answers the stream (h2up_pump) */
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+    } else if (c->h2h1 != NULL) {
         /* The workload answered the connect: the request goes to it; the response head
          * answers the stream (h2h1_respond). */
         size_t n = 0;
@@ -1503,11 +1549,11 @@ static int h2h1_to_server(void *ud, const char *data, size_t len)
     return side_send(c, c->plain_side, (const uint8_t *)data, len);
 }
 
-/* The response is complete and its END_STREAM queued: our side of the stream is over, the
- * workload gets its FIN (the request said "Connection: close"), and what the caller may
- * still send is not read: releasing the stream then resets it with NO_ERROR (RFC 9113
- * §8.1). */
-static void h2h1_answered(struct tt_conn *c)
+/* A request stream's response is complete and its END_STREAM queued: our side of the
+ * stream is over, the workload gets its FIN (its request said "Connection: close", or its
+ * h2c session carried that one stream), and what the caller may still send is not read:
+ * releasing the stream then resets it with NO_ERROR (RFC 9113 §8.1). */
+static void request_answered(struct tt_conn *c)
 {
     c->close_notify_sent = true;
     c->tls_side->want_shutdown = true;
@@ -1527,7 +1573,7 @@ static int h2h1_respond(void *ud, int status, const struct tt_h2_header *fields,
         return r;
     c->answered = true;
     if (end_stream)
-        h2h1_answered(c);
+        request_answered(c);
     return 0;
 }
 
@@ -1544,8 +1590,309 @@ static int h2h1_end(void *ud)
     int r = c->stream != NULL ? tt_h2_stream_end(c->stream) : TT_E_LINK_CLOSED;
 
     if (r == 0)
-        h2h1_answered(c);
+        request_answered(c);
     return r;
+}
+
+/* ---- inbound gRPC request streams: HTTP/2 to the workload, stream to stream --------- */
+
+/* Whether a request stream is gRPC: its content-type is application/grpc[+proto|;...]. */
+static bool stream_is_grpc(struct tt_h2_stream *s)
+{
+    const char *ct = tt_h2_stream_header(s, "content-type");
+
+    return ct != NULL && strncmp(ct, "application/grpc", 16) == 0 &&
+           (ct[16] == '\0' || ct[16] == '+' || ct[16] == ';');
+}
+
+/* Whether a gRPC :path is canonical, "/Service/Method" with name characters only
+ * (letters, digits, '_', '.', '-'; no "." or ".." segment, no %-encoding): the path the
+ * policy sees is then the one the workload serves, with nothing to normalize. */
+static bool grpc_path_canonical(const char *path)
+{
+    int slashes = 0;
+    const char *seg = path;
+
+    if (path == NULL || path[0] != '/')
+        return false;
+    for (const char *p = path;; p++) {
+        if (*p == '/' || *p == '\0') {
+            size_t n = (size_t)(p - seg);
+            if (p != path &&
+                (n == 0 || (n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.')))
+                return false;
+            if (*p == '\0')
+                break;
+            slashes++;
+            seg = p + 1;
+            continue;
+        }
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '.' || *p == '-'))
+            return false;
+    }
+    return slashes == 2;
+}
+
+/* Sends what the workload's session has queued (our frames) on the plaintext side.
+ * Returns 0 or <0. */
+static int h2up_flush(struct tt_conn *c)
+{
+    for (;;) {
+        const uint8_t *data;
+        size_t len;
+        int r = tt_h2_pending(c->h2up->session, &data, &len);
+
+        if (r < 0 || len == 0)
+            return r;
+        r = side_send(c, c->plain_side, data, len);
+        if (r < 0)
+            return r;
+        tt_h2_consume(c->h2up->session, len);
+    }
+}
+
+/* The caller's answer: the workload's status and fields (its pseudo-headers left out);
+ * end_stream for a response that is its head alone (gRPC's trailers-only answer). */
+static int h2up_respond(struct tt_conn *c, bool end_stream)
+{
+    struct tt_h2_upstream *up = c->h2up;
+    size_t n = 0, k = 0;
+    const struct tt_h2_header *f = tt_h2_stream_headers(up->stream, &n);
+    struct tt_h2_header *fields = malloc((n > 0 ? n : 1) * sizeof(*fields));
+    int r;
+
+    if (fields == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].name_len > 0 && f[i].name[0] != ':')
+            fields[k++] = f[i];
+    }
+    r = c->stream != NULL ? tt_h2_respond(c->stream, up->status, fields, k, end_stream)
+                          : TT_E_LINK_CLOSED;
+    free(fields);
+    if (r < 0)
+        return r;
+    up->head_pending = false;
+    up->responded = true;
+    c->answered = true;
+    return 0;
+}
+
+/* The response is over towards the caller: counted and logged as a request. */
+static void h2up_done(struct tt_conn *c)
+{
+    struct tt_h2_upstream *up = c->h2up;
+    struct tt_gate_request rq = {
+        .method = tt_h2_stream_header(c->stream, ":method"),
+        .path = tt_h2_stream_header(c->stream, ":path"),
+        .status = up->status,
+        .request_bytes = up->request_bytes,
+        .response_bytes = up->response_bytes,
+        .duration_us = conn_now_us(c) - up->start_us,
+        .rule = c->rule,
+    };
+
+    up->done = true;
+    request_answered(c);
+    gate_on_request(c, &rq);
+}
+
+/* Moves what the workload answered to the caller's stream while it has room: the head
+ * first, the body, then the end (with the workload's trailers, which carry grpc-status).
+ * Returns 0 or <0. */
+static int h2up_pump(struct tt_conn *c)
+{
+    struct tt_h2_upstream *up = c->h2up;
+    int r = 0;
+
+    if (up->stream == NULL || up->done || up->status == 0 || c->stream == NULL)
+        return 0;
+    if (!up->responded) {
+        /* A head with END_STREAM and neither body nor trailers behind it is the whole
+         * answer (gRPC's trailers-only); trailers that came in the same read still go
+         * out as trailers, below. */
+        size_t nt = 0;
+        bool whole;
+
+        (void)tt_h2_stream_trailers(up->stream, &nt);
+        whole = tt_h2_stream_eof(up->stream) && nt == 0;
+        r = h2up_respond(c, whole);
+        if (r < 0 || whole) {
+            if (r == 0)
+                h2up_done(c);
+            return r;
+        }
+    }
+    while (tt_h2_stream_readable(up->stream) > 0 &&
+           tt_h2_stream_queued(c->stream) < TT_CONN_QUEUE_MAX) {
+        const uint8_t *data;
+        size_t n = tt_h2_stream_peek(up->stream, &data);
+
+        r = stream_write(c, data, n);
+        if (r < 0)
+            return r;
+        up->response_bytes += n;
+        tt_h2_stream_consume(up->stream, n);
+    }
+    if (tt_h2_stream_eof(up->stream)) {
+        size_t nt = 0;
+        const struct tt_h2_header *t = tt_h2_stream_trailers(up->stream, &nt);
+        r = nt > 0 ? tt_h2_stream_end_trailers(c->stream, t, nt) : tt_h2_stream_end(c->stream);
+        if (r == 0)
+            h2up_done(c);
+    }
+    return r < 0 ? r : h2up_flush(c); /* window given back to the workload */
+}
+
+/* The workload's stream: its head (kept until the caller can be answered), body and end
+ * move on in h2up_pump; a reset ends the caller's stream. */
+static void h2up_on_headers(struct tt_h2_stream *s, void *ud)
+{
+    struct tt_conn *c = ud;
+
+    c->h2up->status = tt_h2_stream_status(s);
+    c->h2up->head_pending = true;
+}
+
+static void h2up_on_reset(struct tt_h2_stream *s, int err, uint32_t h2_code, bool by_peer, void *ud)
+{
+    struct tt_conn *c = ud;
+
+    (void)err;
+    (void)h2_code;
+    (void)by_peer;
+    tt_h2_stream_release(s);
+    c->h2up->stream = NULL;
+    if (c->state != TT_CONN_S_CLOSING)
+        conn_close(c, TT_E_HTTP, true); /* unanswered: 502 upstream_bad_response */
+}
+
+static const struct tt_h2_stream_callbacks h2up_stream_callbacks = {
+    .on_headers = h2up_on_headers,
+    .on_reset = h2up_on_reset,
+};
+
+/* The workload answered the connect: an h2c session to it carries the caller's request,
+ * its fields as they came (the pseudo-headers given as such, :scheme http). Returns 0 or
+ * <0. */
+static int h2up_start(struct tt_conn *c)
+{
+    struct tt_h2_upstream *up = c->h2up;
+    size_t n = 0, k = 0;
+    const struct tt_h2_header *f = tt_h2_stream_headers(c->stream, &n);
+    struct tt_h2_header *regular = malloc((n > 0 ? n : 1) * sizeof(*regular));
+    const char *authority = tt_h2_stream_header(c->stream, ":authority");
+    struct tt_h2_request req = {
+        .method = tt_h2_stream_header(c->stream, ":method"),
+        .scheme = "http",
+        .authority = authority != NULL ? authority : c->target.text,
+        .path = tt_h2_stream_header(c->stream, ":path"),
+        .end_stream = tt_h2_stream_eof(c->stream),
+    };
+    int err = 0;
+
+    up->start_us = conn_now_us(c);
+    up->session = tt_h2_new(TT_H2_CLIENT, NULL, NULL, c);
+    if (regular == NULL || up->session == NULL) {
+        free(regular);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].name_len > 0 && f[i].name[0] != ':' && strcmp(f[i].name, "host") != 0)
+            regular[k++] = f[i];
+    }
+    req.headers = regular;
+    req.nheaders = k;
+    up->stream = tt_h2_open(up->session, &req, &h2up_stream_callbacks, c, &err);
+    free(regular);
+    if (up->stream == NULL)
+        return err < 0 ? err : TT_E_HTTP;
+    up->request_ended = req.end_stream;
+    return h2up_flush(c);
+}
+
+/* A piece of the caller's request body, to the workload's stream. Returns 0 or <0. */
+static int h2up_request_body(struct tt_conn *c, const uint8_t *data, size_t n)
+{
+    struct tt_h2_upstream *up = c->h2up;
+    int r = up->stream != NULL ? tt_h2_stream_write(up->stream, data, n) : TT_E_LINK_CLOSED;
+
+    up->request_bytes += n;
+    return r == 0 ? h2up_flush(c) : r;
+}
+
+/* The caller ended its request: so does the workload's stream. Returns 0 or <0. */
+static int h2up_request_end(struct tt_conn *c)
+{
+    struct tt_h2_upstream *up = c->h2up;
+    int r = 0;
+
+    if (!up->request_ended && up->stream != NULL) {
+        up->request_ended = true;
+        r = tt_h2_stream_end(up->stream);
+    }
+    return r == 0 ? h2up_flush(c) : r;
+}
+
+/* Bytes from the workload: its session's frames. Returns 0 or <0. */
+static int h2up_from_workload(struct tt_conn *c, const uint8_t *data, size_t n)
+{
+    int r = tt_h2_feed(c->h2up->session, data, n);
+
+    if (r == 0)
+        r = h2up_pump(c);
+    if (r == 0)
+        r = h2up_flush(c);
+    return r;
+}
+
+/* Frees the workload half. */
+static void h2up_free(struct tt_h2_upstream *up)
+{
+    if (up == NULL)
+        return;
+    tt_h2_free(up->session); /* its stream with it */
+    free(up);
+}
+
+/* Inbound: a gRPC request's policy verdict, asked with its method and path (canonical,
+ * grpc_path_canonical), counted per rule; a denied one is logged as a request. Returns
+ * true when allowed. */
+static bool conn_authorize_grpc(struct tt_conn *c)
+{
+    struct tt_snapshot *snap = c->snapshot;
+    const char *caller = conn_peer_id(c);
+    const char *method = tt_h2_stream_header(c->stream, ":method");
+    const char *path = tt_h2_stream_header(c->stream, ":path");
+    struct tt_listener_counters *lc = conn_counters(c);
+    struct tt_policy_verdict v;
+
+    if (snap->policy == NULL) {
+        c->rule = "no-policy";
+        TT_COUNTER_ADD(lc->allowed, 1);
+        c->verdict = "allow";
+        return true;
+    }
+    tt_policy_check_request(snap->policy, caller, tt_identity_spiffe_id(snap->identity),
+                            tt_addr_port(&c->target), method, path, &v);
+    tt_metrics_policy_count(c->worker->metrics, snap->policy, &v);
+    conn_log_audit(c, caller, &v);
+    c->rule = v.rule_name;
+    c->verdict = v.allowed ? "allow" : "deny";
+    if (v.allowed) {
+        TT_COUNTER_ADD(lc->allowed, 1);
+        return true;
+    }
+    TT_COUNTER_ADD(lc->denied, 1);
+    struct tt_gate_request rq = {.method = method,
+                                 .path = path,
+                                 .status = 403,
+                                 .rule = v.rule_name,
+                                 .reason = "policy_denied",
+                                 .denied = true};
+    gate_on_request(c, &rq);
+    return false;
 }
 
 /* pool ops: opens an outbound link's carrier to `target`, like an outbound connection of
@@ -1656,18 +2003,30 @@ static void pool_progress(struct tt_conn *c)
 static int pool_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_h2_stream *s)
 {
     struct tt_worker *w = carrier->worker;
-    struct tt_conn *c = conn_new(carrier->listener);
     bool request = strcmp(tt_h2_stream_header(s, ":method"), "CONNECT") != 0;
+    bool grpc = request && stream_is_grpc(s);
+    struct tt_conn *c;
 
+    if (grpc && !grpc_path_canonical(tt_h2_stream_header(s, ":path"))) {
+        /* Nothing to normalize in a gRPC path: one that would need it is refused. */
+        static const struct tt_h2_header why = {"x-tether-reason", 15, "bad_target", 10};
+        (void)tt_h2_respond(s, 400, &why, 1, true);
+        tt_h2_stream_release(s);
+        return 0;
+    }
+    c = conn_new(carrier->listener);
     if (c != NULL) {
         struct tt_h2h1_io io = {c, h2h1_to_server, h2h1_respond, h2h1_body, h2h1_end};
         c->tunnel_peer_id = strdup(tt_tls_peer_id(carrier->tls));
-        c->h2h1 = request ? tt_h2h1_new(&io) : NULL;
+        c->h2h1 = request && !grpc ? tt_h2h1_new(&io) : NULL;
+        c->h2up = grpc ? calloc(1, sizeof(*c->h2up)) : NULL;
     }
-    if (c == NULL || c->tunnel_peer_id == NULL || (request && c->h2h1 == NULL)) {
+    if (c == NULL || c->tunnel_peer_id == NULL || (request && c->h2h1 == NULL && c->h2up == NULL)) {
         if (c != NULL) {
             tt_h2h1_free(c->h2h1);
             c->h2h1 = NULL;
+            free(c->h2up);
+            c->h2up = NULL;
             uv_close((uv_handle_t *)&c->timer, on_untracked_closed);
         }
         return -ENOMEM;
@@ -1675,7 +2034,7 @@ static int pool_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_
     c->tunnel = true;
     c->stream = s;
     c->target = carrier->target;
-    c->route = c->h2h1 != NULL ? "h2" : "pool";
+    c->route = c->h2up != NULL ? "grpc" : c->h2h1 != NULL ? "h2" : "pool";
     memcpy(c->peer_addr, carrier->peer_addr, sizeof(c->peer_addr));
     tt_h2_stream_set_callbacks(s, &tunnel_callbacks, c);
     conn_track(c, w->snapshot, true);
@@ -1691,7 +2050,7 @@ static int pool_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_
         conn_close(c, TT_E_CONN_LIMIT, true);
         return 0;
     }
-    if (!conn_authorize(c)) {
+    if (!(c->h2up != NULL ? conn_authorize_grpc(c) : conn_authorize(c))) {
         conn_close(c, TT_E_DENIED, true);
         return 0;
     }
@@ -2077,6 +2436,7 @@ static void conn_free(struct tt_conn *c)
     /* Here, not in conn_close: a close may start inside one of the gate's callbacks. */
     tt_gate_free(c->gate, conn_now_us(c)); /* reports requests left unanswered */
     tt_h2h1_free(c->h2h1);
+    h2up_free(c->h2up);
     tt_tls_free(c->tls);
     tt_buf_done(&c->down.inflight);
     tt_buf_done(&c->down.queued);

@@ -26,6 +26,7 @@ struct tt_crls;
 struct tt_service;
 struct tt_gate;
 struct tt_h2h1;
+struct tt_h2_upstream;
 struct tt_h2_stream;
 
 enum tt_conn_state {
@@ -75,15 +76,15 @@ struct tt_conn {
     uint64_t phase_ms; /* when the current state began */
     uint64_t last_activity_ms;
     int pending_closes;
-    int error;             /* first error that ended the connection, or 0 */
-    const char *verdict;   /* "allow", "deny" or "error" for the access log */
-    const char *rule;      /* deciding rule name, or NULL */
-    int hs_reason;         /* the handshake failed: its enum tt_hs_reason, else -1 */
-    int refusal_err;       /* REFUSING: why the connection could not get through */
+    int error;                  /* first error that ended the connection, or 0 */
+    const char *verdict;        /* "allow", "deny" or "error" for the access log */
+    const char *rule;           /* deciding rule name, or NULL */
+    int hs_reason;              /* the handshake failed: its enum tt_hs_reason, else -1 */
+    int refusal_err;            /* REFUSING: why the connection could not get through */
     struct tt_buf refusal_held; /* REFUSING: the app's first bytes, read so far */
-    bool refusal_up_reset; /* REFUSING: the upstream side is reset when closed (else FIN) */
-    const char *closed_by; /* "client" or "upstream": that side ended first; NULL: the proxy */
-    const char *reset_by;  /* "client", "upstream" or "proxy": who reset; NULL: no reset */
+    bool refusal_up_reset;      /* REFUSING: the upstream side is reset when closed (else FIN) */
+    const char *closed_by;      /* "client" or "upstream": that side ended first; NULL: the proxy */
+    const char *reset_by;       /* "client", "upstream" or "proxy": who reset; NULL: no reset */
     bool close_notify_sent;
     char peer_addr[64];
     /* Where the upstream side connects and who must answer there: the listener's target
@@ -111,6 +112,9 @@ struct tt_conn {
     /* Inbound request stream (not a CONNECT): its translation to the workload's HTTP/1.1
      * (http/h2h1.h); the gate reads the request it writes. */
     struct tt_h2h1 *h2h1;
+    /* Inbound gRPC request stream: relayed to the workload over HTTP/2 (h2c, prior
+     * knowledge), stream to stream (conn.c "gRPC request streams"). */
+    struct tt_h2_upstream *h2up;
     char *link_detail;        /* outbound tunnel: why its link's handshake failed */
     bool tunnel;              /* pooled: the TLS side is (or will be) a stream */
     bool carrier;             /* the mTLS connection of a link */
