@@ -16,6 +16,9 @@ stream with its response.
 - a caller the policy denies outright gets 403 on every stream, and the workload sees
   nothing;
 - a workload that closes without answering gives 502 upstream_bad_response;
+- flow control per stream: a 4 MiB answer the caller does not read (hyper-h2, its window
+  never given back) stalls only its own stream: a second request on the same connection
+  is answered meanwhile, and the first completes once the caller reads;
 - a request smuggling attempt cannot ride the translation: a header value carrying a
   second request (CR LF inside a value) is refused by the HTTP/2 layer, never written.
 """
@@ -83,6 +86,8 @@ class Backend:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                     self.wfile.write(b"0\r\n\r\n")
                     return
+                elif self.path.startswith("/big/"):
+                    out = h.pattern_bytes(int(self.path[5:]), seed=3)
                 elif self.path.startswith("/close"):
                     self.send_response(200)
                     self.send_header("Connection", "close")
@@ -119,6 +124,64 @@ class Backend:
     def stop(self):
         self.srv.shutdown()
         self.srv.server_close()
+
+
+def stall_client(port, crt, key, ca):
+    """hyper-h2 over mTLS (ALPN h2): GET /big/4194304 on stream 1 without giving its stream
+    window back (the connection's is given back), then GET /hello on stream 3; prints JSON:
+    whether stream 3 ended while stream 1 was stalled, and how many bytes stream 1 had by
+    then and in the end."""
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(crt, key)
+    ctx.set_alpn_protocols(["h2"])
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    hdrs = [(":method", "GET"), (":scheme", "https"), (":authority", "api")]
+    conn.send_headers(1, hdrs + [(":path", "/big/4194304")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    got = {1: 0, 3: 0}
+    ended, res, held = set(), {}, []
+
+    def pump(until, ack):
+        while not until():
+            data = s.recv(65536)
+            if not data:
+                raise RuntimeError("connection closed")
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    got[ev.stream_id] += len(ev.data)
+                    if ack or ev.stream_id != 1:
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif ev.flow_controlled_length > 0:
+                        # The connection's window goes back (other streams may flow), the
+                        # stream's does not: stream 1 stalls at its own window.
+                        conn.increment_flow_control_window(ev.flow_controlled_length)
+                        held.append(ev.flow_controlled_length)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended.add(ev.stream_id)
+            s.sendall(conn.data_to_send())
+
+    pump(lambda: got[1] >= 65535 or 1 in ended, ack=False)  # its window is used up
+    conn.send_headers(3, hdrs + [(":path", "/hello")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    pump(lambda: 3 in ended, ack=False)
+    res["second_done_while_first_stalled"] = 1 not in ended
+    res["first_bytes_meanwhile"] = got[1]
+    for n in held:  # now read stream 1: give its window back
+        conn.increment_flow_control_window(n, stream_id=1)
+    s.sendall(conn.data_to_send())
+    pump(lambda: 1 in ended, ack=True)
+    res["first_bytes"] = got[1]
+    print(json.dumps(res))
 
 
 def curl(args, timeout=40):
@@ -241,6 +304,19 @@ def test(env):
     ok("/admin/smuggled" not in backend.seen(),
        "no smuggled request reached the workload (%r)" % backend.seen()[n_seen:])
 
+    # A stalled stream does not hold up the others on its connection.
+    if subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"],
+                      capture_output=True).returncode == 0:
+        r = subprocess.run([h.DEBIAN_PYTHON, os.path.abspath(__file__), "stall", str(in_port),
+                            cc.crt, cc.key, ca.crt], capture_output=True, text=True, timeout=60)
+        if ok(r.returncode == 0, "the hyper-h2 client ran: %s" % r.stderr[-1500:]):
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            ok(res["second_done_while_first_stalled"] and res["first_bytes_meanwhile"] < 1 << 20,
+               "a second request is answered while the first stream is stalled at its window "
+               "(%r)" % res)
+            ok(res["first_bytes"] == 4194304, "the stalled stream completes once read (%r)"
+               % res)
+
     # The requests are logged as such.
     lines = [r for r in api_sc.events("request") if r.get("path") == "/admin/users"]
     ok(lines and lines[0].get("status") == 403 and lines[0].get("rule") == "no-admin",
@@ -253,4 +329,7 @@ def test(env):
 
 
 if __name__ == "__main__":
-    h.main(test, "h2_inbound")
+    if len(sys.argv) >= 6 and sys.argv[1] == "stall":
+        stall_client(int(sys.argv[2]), *sys.argv[3:6])
+    else:
+        h.main(test, "h2_inbound")
