@@ -6,7 +6,9 @@ only; the inbound serves each HTTP/2 request to it as an HTTP/1.1 request and an
 stream with its response.
 
 - ALPN: curl offering h2 gets h2 (curl reports HTTP version 2), and curl --http1.1 still
-  gets the one-connection HTTP/1.1 path;
+  gets the one-connection HTTP/1.1 path; on a port declared opaque (relayed unread) no
+  h2 is selected, so curl speaks HTTP/1.1 there, and a request on a link (tether-h2) to
+  it gets 501 opaque_port;
 - GET, a 1 MiB POST echoed intact (sha256), a response the workload chunks and one it
   delimits by closing, HEAD with its Content-Length, all through the translation;
 - per-request policy on one HTTP/2 connection: /api allowed, /admin denied with 403,
@@ -184,6 +186,39 @@ def stall_client(port, crt, key, ca):
     print(json.dumps(res))
 
 
+def link_get(port, crt, key, ca):
+    """hyper-h2 offering only the pool's token (a sidecar's link) sends GET /x; prints its
+    :status and x-tether-reason as JSON."""
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(crt, key)
+    ctx.set_alpn_protocols(["tether-h2"])
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "api"),
+                          (":path", "/x")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    res = {"alpn": s.selected_alpn_protocol()}
+    while "status" not in res:
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                hd = {k.decode(): v.decode() for k, v in ev.headers}
+                res["status"], res["reason"] = hd.get(":status"), hd.get("x-tether-reason")
+        s.sendall(conn.data_to_send())
+    print(json.dumps(res))
+
+
 def curl(args, timeout=40):
     r = subprocess.run(["curl", "-sS", "--max-time", "30"] + args, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=timeout)
@@ -212,9 +247,15 @@ def test(env):
     backend = Backend()
     in_port = h.free_port()
     policy = env.policy("policy.json", {"default": "deny", "rules": [
-        {"name": "no-admin", "action": "deny", "from": ["*"], "paths": ["/admin*"]},
+        {"name": "no-admin", "action": "deny", "from": ["*"], "paths": ["/admin*"],
+         "ports": [backend.port]},
         {"name": "curl-reads-writes", "action": "allow", "from": [curl_id]}]})
-    api_sc = env.sidecar("api", api, ca, inbound=[(in_port, backend.addr)], policy=policy)
+    # A second workload port, declared opaque: relayed unread, so no h2 is served there.
+    opaque_backend = Backend()
+    opaque_in = h.free_port()
+    api_sc = env.sidecar("api", api, ca, policy=policy,
+                         inbound=[(in_port, backend.addr), (opaque_in, opaque_backend.addr)],
+                         extra=["--opaque-ports", str(opaque_backend.port)])
     base = "https://127.0.0.1:%d" % in_port
     cert = ["-k", "--cert", cc.crt, "--key", cc.key]
     fmt = ["-w", "##%{http_code} v%{http_version}\\n"]
@@ -228,6 +269,25 @@ def test(env):
        "curl --http1.1 --cert still gets HTTP/1.1 (%r %s)" % (out[-80:], err[-300:]))
     ok(all(v == "HTTP/1.1" for v in backend.versions),
        "the workload was spoken to in HTTP/1.1 (%r)" % backend.versions)
+
+    # On the opaque port the same client gets HTTP/1.1 (no ALPN h2), relayed unread.
+    rc, out, err = curl(cert + fmt + [("https://127.0.0.1:%d" % opaque_in) + "/raw"])
+    ok(rc == 0 and out.endswith(b"##200 v1.1\n") and b"seen GET /raw" in out,
+       "an opaque port selects no h2: curl falls back to HTTP/1.1 (%r %s)"
+       % (out[-80:], err[-300:]))
+
+    # A request on a link to the opaque port is not served: only tunnels reach it.
+    if subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"],
+                      capture_output=True).returncode == 0:
+        seen = len(opaque_backend.seen())
+        r = subprocess.run([h.DEBIAN_PYTHON, os.path.abspath(__file__), "link-get",
+                            str(opaque_in), cc.crt, cc.key, ca.crt], capture_output=True,
+                           text=True, timeout=60)
+        res = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+        ok(res.get("alpn") == "tether-h2" and res.get("status") == "501" and
+           res.get("reason") == "opaque_port" and len(opaque_backend.seen()) == seen,
+           "a request on a link to an opaque port gets 501 opaque_port (%r %s)"
+           % (res, r.stderr[-500:]))
 
     # Bodies and framings through the translation.
     body = h.pattern_bytes(1 << 20, seed=7)
@@ -325,11 +385,14 @@ def test(env):
     clean, reports = api_sc.stop_clean()
     ok(clean, "the inbound sidecar exits 0 on SIGTERM without sanitizer reports (%r)" % reports)
     backend.stop()
+    opaque_backend.stop()
     ok.done()
 
 
 if __name__ == "__main__":
     if len(sys.argv) >= 6 and sys.argv[1] == "stall":
         stall_client(int(sys.argv[2]), *sys.argv[3:6])
+    elif len(sys.argv) >= 6 and sys.argv[1] == "link-get":
+        link_get(int(sys.argv[2]), *sys.argv[3:6])
     else:
         h.main(test, "h2_inbound")

@@ -2005,7 +2005,17 @@ static int pool_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_
     struct tt_worker *w = carrier->worker;
     bool request = strcmp(tt_h2_stream_header(s, ":method"), "CONNECT") != 0;
     bool grpc = request && stream_is_grpc(s);
+    const struct tt_transparent_cfg *t = conn_settings(carrier)->transparent;
     struct tt_conn *c;
+
+    if (request &&
+        port_listed(t->opaque_ports, t->n_opaque_ports, tt_addr_port(&carrier->target))) {
+        /* An opaque port's bytes are relayed unread: only tunnels reach it. */
+        static const struct tt_h2_header why = {"x-tether-reason", 15, "opaque_port", 11};
+        (void)tt_h2_respond(s, 501, &why, 1, true);
+        tt_h2_stream_release(s);
+        return 0;
+    }
 
     if (grpc && !grpc_path_canonical(tt_h2_stream_header(s, ":path"))) {
         /* Nothing to normalize in a gRPC path: one that would need it is refused. */
@@ -2151,9 +2161,15 @@ static void conn_start_handshake_with(struct tt_conn *c, const uint8_t *early, s
     tt_tls_set_revocations(c->tls, c->snapshot->revocations);
     tt_tls_set_crls(c->tls, c->snapshot->crls);
     /* Links between sidecars: a carrier offers the pool's token, an inbound with pooling
-     * on selects it (net/pool.h); anyone else shakes hands without ALPN, as before. */
+     * on selects it (net/pool.h), and "h2" for callers outside the mesh, except on an
+     * opaque port, whose bytes are relayed unread (an h2 caller's requests would be
+     * translated); anyone else shakes hands without ALPN, as before. */
+    const struct tt_transparent_cfg *t = conn_settings(c)->transparent;
+    const char *serve = port_listed(t->opaque_ports, t->n_opaque_ports, tt_addr_port(&c->target))
+                            ? TT_POOL_ALPN
+                            : TT_POOL_ALPN_SERVE;
     if ((c->carrier && tt_tls_set_alpn(c->tls, TT_POOL_ALPN_OFFER) < 0) ||
-        (inbound && conn_settings(c)->pool && tt_tls_set_alpn(c->tls, TT_POOL_ALPN_SERVE) < 0)) {
+        (inbound && conn_settings(c)->pool && tt_tls_set_alpn(c->tls, serve) < 0)) {
         conn_close(c, -ENOMEM, true);
         return;
     }
