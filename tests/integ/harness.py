@@ -13,6 +13,7 @@ import atexit
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -85,21 +86,35 @@ def require_sidecar():
 _ports_given = set()
 
 
+# free_port() hands out ports below the kernel's ephemeral range (32768-60999 here): a port
+# bind(0) returned could be taken by some outgoing connection's ephemeral port before the
+# test binds it (seen: a sidecar's --admin 0.0.0.0:PORT refused with EADDRINUSE).
+_FREE_PORT_RANGE = (20000, 28000)
+
+
 def free_port():
-    """A port that was free on 127.0.0.1 a moment ago (bound to 0, then released), and
-    never handed out before by this process (two calls in a row can otherwise get the
-    same port from the kernel)."""
-    for _ in range(100):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        finally:
-            s.close()
-        if port not in _ports_given:
+    """A port that was free a moment ago on 127.0.0.1 and on the wildcard address, outside
+    the ephemeral range (so no outgoing connection can take it meanwhile), and never handed
+    out before by this process."""
+    for _ in range(400):
+        port = random.randrange(*_FREE_PORT_RANGE)
+        if port in _ports_given:
+            continue
+        free = True
+        for addr in ("127.0.0.1", "0.0.0.0"):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((addr, port))
+            except OSError:
+                free = False
+            finally:
+                s.close()
+            if not free:
+                break
+        if free:
             _ports_given.add(port)
             return port
-    raise TestFailure("no fresh free port after 100 tries")
+    raise TestFailure("no fresh free port after 400 tries")
 
 
 def run(cmd, timeout=30, check_rc=True, **kw):
