@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <nghttp2/nghttp2.h>
@@ -703,15 +704,27 @@ size_t tt_h2_streams_held(const struct tt_h2 *h2)
     return n;
 }
 
+/*
+ * The connection-specific fields RFC 9113 §8.2.2 forbids; see h2.h.
+ */
+bool tt_h2_connection_specific(const char *name, size_t len)
+{
+    static const char *const banned[] = {"connection", "keep-alive", "proxy-connection",
+                                         "transfer-encoding", "upgrade"};
+
+    for (size_t i = 0; i < sizeof(banned) / sizeof(banned[0]); i++) {
+        if (len == strlen(banned[i]) && strncasecmp(name, banned[i], len) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Whether `n` caller fields may go into an HTTP/2 head or trailers: lower-case token
  * names (no pseudo-headers), values without CR, LF or NUL (nghttp2's checks), and none of
  * the connection-specific fields RFC 9113 §8.2.2 forbids ("te" only as "trailers"). A peer
  * would reset a stream that carries one; an HTTP/1 head must be cleaned before. */
 static bool fields_ok(const struct tt_h2_header *h, size_t n)
 {
-    static const char *const banned[] = {"connection", "keep-alive", "proxy-connection",
-                                         "transfer-encoding", "upgrade"};
-
     if (n > 0 && h == NULL)
         return false;
     for (size_t i = 0; i < n; i++) {
@@ -723,10 +736,8 @@ static bool fields_ok(const struct tt_h2_header *h, size_t n)
         for (size_t j = 0; j < h[i].name_len; j++)
             if (h[i].name[j] >= 'A' && h[i].name[j] <= 'Z')
                 return false;
-        for (size_t j = 0; j < sizeof(banned) / sizeof(banned[0]); j++)
-            if (h[i].name_len == strlen(banned[j]) &&
-                memcmp(h[i].name, banned[j], h[i].name_len) == 0)
-                return false;
+        if (tt_h2_connection_specific(h[i].name, h[i].name_len))
+            return false;
         if (h[i].name_len == 2 && memcmp(h[i].name, "te", 2) == 0 &&
             !(h[i].value_len == 8 && memcmp(h[i].value, "trailers", 8) == 0))
             return false;

@@ -140,6 +140,12 @@ long tt_h2_fill(struct tt_h2 *h2, uint8_t *buf, size_t cap);
  * no active stream, or a protocol error once its GOAWAY was taken). The caller closes. */
 bool tt_h2_done(struct tt_h2 *h2);
 
+/* Whether the field named name[0..len) (any case) is one of the connection-specific
+ * fields HTTP/2 forbids (RFC 9113 §8.2.2: connection, keep-alive, proxy-connection,
+ * transfer-encoding, upgrade; "te" is allowed as "trailers" only, and not covered here).
+ * Pure. */
+bool tt_h2_connection_specific(const char *name, size_t len);
+
 /* Client: whether the peer's SETTINGS_ENABLE_CONNECT_PROTOCOL is 1. */
 bool tt_h2_connect_allowed(struct tt_h2 *h2);
 

@@ -25,19 +25,11 @@ struct tt_h2h1 {
 /* ---- towards the server ---- */
 
 /* Fields an HTTP/1.1 request or response may carry that mean nothing beyond the
- * connection they came on (RFC 9110 §7.6.1, RFC 9113 §8.2.2), or that this translation
- * writes itself. */
+ * connection they came on (RFC 9110 §7.6.1): HTTP/2's connection-specific ones, and "te",
+ * which only says what this hop accepts. */
 static bool hop_by_hop(const char *name, size_t len)
 {
-    static const char *const names[] = {
-        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
-    };
-
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
-            return true;
-    }
-    return false;
+    return tt_h2_connection_specific(name, len) || (len == 2 && strncasecmp(name, "te", 2) == 0);
 }
 
 static bool name_is(const struct tt_h2_header *f, const char *name)

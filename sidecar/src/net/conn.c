@@ -60,7 +60,6 @@ struct tt_h2_upstream {
     struct tt_h2 *session;
     struct tt_h2_stream *stream; /* the request on it */
     int status;                  /* the workload's :status, 0 before its head */
-    bool head_pending;           /* its head arrived, the caller is not answered yet */
     bool responded;              /* the caller's stream was answered */
     bool request_ended;          /* END_STREAM went to the workload */
     bool done;                   /* the response ended towards the caller */
@@ -1253,7 +1252,8 @@ static int conn_gate_start(struct tt_conn *c, const char *caller, bool enforce)
 /* Inbound: consults the allow list for the verified caller. This is the one place a
  * connection is admitted or refused by policy; where rules with methods or paths apply
  * to the caller and port, the connection is admitted to the request gate, which asks
- * the same policy for each request (conn_gate_start). Returns true when allowed. */
+ * the same policy for each request (conn_gate_start); a gRPC request stream (c->h2up) is
+ * one request, decided here with its method and path. Returns true when allowed. */
 static bool conn_authorize(struct tt_conn *c)
 {
     struct tt_snapshot *snap = c->snapshot;
@@ -1269,11 +1269,19 @@ static bool conn_authorize(struct tt_conn *c)
         struct tt_policy_verdict v;
         /* Opaque ports are relayed unread (policies that would need them read are refused
          * at start and by NACK: tt_policy_check_opaque_enforceable). */
-        unsigned http = caller != NULL && !port_listed(t->opaque_ports, t->n_opaque_ports, port)
+        unsigned http = caller != NULL && c->h2up == NULL &&
+                                !port_listed(t->opaque_ports, t->n_opaque_ports, port)
                             ? tt_policy_http_rules(snap->policy, caller, self, port)
                             : 0;
 
-        tt_policy_check(snap->policy, caller, self, port, NULL, NULL, &v);
+        if (c->h2up != NULL)
+            /* A gRPC call is one request, decided here with its method and canonical path
+             * (grpc_path_canonical): no gate reads it. */
+            tt_policy_check_request(snap->policy, caller, self, port,
+                                    tt_h2_stream_header(c->stream, ":method"),
+                                    tt_h2_stream_header(c->stream, ":path"), &v);
+        else
+            tt_policy_check(snap->policy, caller, self, port, NULL, NULL, &v);
         if ((http != 0 || c->h2h1 != NULL) && (v.allowed || v.rule == TT_POLICY_RULE_DEFAULT)) {
             /* Each request is decided (and counted) by the gate; a rule without HTTP
              * conditions that denies the caller still refuses the whole connection. A
@@ -1299,6 +1307,16 @@ static bool conn_authorize(struct tt_conn *c)
     else
         TT_COUNTER_ADD(lc->denied, 1);
     c->verdict = allowed ? "allow" : "deny";
+    if (!allowed && c->h2up != NULL) {
+        /* The refused call is a request too: counted and logged as the gate would. */
+        struct tt_gate_request rq = {.method = tt_h2_stream_header(c->stream, ":method"),
+                                     .path = tt_h2_stream_header(c->stream, ":path"),
+                                     .status = 403,
+                                     .rule = c->rule,
+                                     .reason = "policy_denied",
+                                     .denied = true};
+        gate_on_request(c, &rq);
+    }
     return allowed;
 }
 
@@ -1652,28 +1670,40 @@ static int h2up_flush(struct tt_conn *c)
     }
 }
 
+/* The regular fields of stream s's received head (its pseudo-headers, and "host" when
+ * drop_host, left out) in a new array the caller frees, *k of them; NULL when out of
+ * memory. */
+static struct tt_h2_header *regular_fields(const struct tt_h2_stream *s, bool drop_host, size_t *k)
+{
+    size_t n = 0;
+    const struct tt_h2_header *f = tt_h2_stream_headers(s, &n);
+    struct tt_h2_header *out = malloc((n > 0 ? n : 1) * sizeof(*out));
+
+    *k = 0;
+    for (size_t i = 0; out != NULL && i < n; i++) {
+        if (f[i].name_len > 0 && f[i].name[0] != ':' &&
+            !(drop_host && strcmp(f[i].name, "host") == 0))
+            out[(*k)++] = f[i];
+    }
+    return out;
+}
+
 /* The caller's answer: the workload's status and fields (its pseudo-headers left out);
  * end_stream for a response that is its head alone (gRPC's trailers-only answer). */
 static int h2up_respond(struct tt_conn *c, bool end_stream)
 {
     struct tt_h2_upstream *up = c->h2up;
-    size_t n = 0, k = 0;
-    const struct tt_h2_header *f = tt_h2_stream_headers(up->stream, &n);
-    struct tt_h2_header *fields = malloc((n > 0 ? n : 1) * sizeof(*fields));
+    size_t k = 0;
+    struct tt_h2_header *fields = regular_fields(up->stream, false, &k);
     int r;
 
     if (fields == NULL)
         return -ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        if (f[i].name_len > 0 && f[i].name[0] != ':')
-            fields[k++] = f[i];
-    }
     r = c->stream != NULL ? tt_h2_respond(c->stream, up->status, fields, k, end_stream)
                           : TT_E_LINK_CLOSED;
     free(fields);
     if (r < 0)
         return r;
-    up->head_pending = false;
     up->responded = true;
     c->answered = true;
     return 0;
@@ -1752,7 +1782,6 @@ static void h2up_on_headers(struct tt_h2_stream *s, void *ud)
     struct tt_conn *c = ud;
 
     c->h2up->status = tt_h2_stream_status(s);
-    c->h2up->head_pending = true;
 }
 
 static void h2up_on_reset(struct tt_h2_stream *s, int err, uint32_t h2_code, bool by_peer, void *ud)
@@ -1779,9 +1808,8 @@ static const struct tt_h2_stream_callbacks h2up_stream_callbacks = {
 static int h2up_start(struct tt_conn *c)
 {
     struct tt_h2_upstream *up = c->h2up;
-    size_t n = 0, k = 0;
-    const struct tt_h2_header *f = tt_h2_stream_headers(c->stream, &n);
-    struct tt_h2_header *regular = malloc((n > 0 ? n : 1) * sizeof(*regular));
+    size_t k = 0;
+    struct tt_h2_header *regular = regular_fields(c->stream, true, &k);
     const char *authority = tt_h2_stream_header(c->stream, ":authority");
     struct tt_h2_request req = {
         .method = tt_h2_stream_header(c->stream, ":method"),
@@ -1797,10 +1825,6 @@ static int h2up_start(struct tt_conn *c)
     if (regular == NULL || up->session == NULL) {
         free(regular);
         return -ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (f[i].name_len > 0 && f[i].name[0] != ':' && strcmp(f[i].name, "host") != 0)
-            regular[k++] = f[i];
     }
     req.headers = regular;
     req.nheaders = k;
@@ -1854,45 +1878,6 @@ static void h2up_free(struct tt_h2_upstream *up)
         return;
     tt_h2_free(up->session); /* its stream with it */
     free(up);
-}
-
-/* Inbound: a gRPC request's policy verdict, asked with its method and path (canonical,
- * grpc_path_canonical), counted per rule; a denied one is logged as a request. Returns
- * true when allowed. */
-static bool conn_authorize_grpc(struct tt_conn *c)
-{
-    struct tt_snapshot *snap = c->snapshot;
-    const char *caller = conn_peer_id(c);
-    const char *method = tt_h2_stream_header(c->stream, ":method");
-    const char *path = tt_h2_stream_header(c->stream, ":path");
-    struct tt_listener_counters *lc = conn_counters(c);
-    struct tt_policy_verdict v;
-
-    if (snap->policy == NULL) {
-        c->rule = "no-policy";
-        TT_COUNTER_ADD(lc->allowed, 1);
-        c->verdict = "allow";
-        return true;
-    }
-    tt_policy_check_request(snap->policy, caller, tt_identity_spiffe_id(snap->identity),
-                            tt_addr_port(&c->target), method, path, &v);
-    tt_metrics_policy_count(c->worker->metrics, snap->policy, &v);
-    conn_log_audit(c, caller, &v);
-    c->rule = v.rule_name;
-    c->verdict = v.allowed ? "allow" : "deny";
-    if (v.allowed) {
-        TT_COUNTER_ADD(lc->allowed, 1);
-        return true;
-    }
-    TT_COUNTER_ADD(lc->denied, 1);
-    struct tt_gate_request rq = {.method = method,
-                                 .path = path,
-                                 .status = 403,
-                                 .rule = v.rule_name,
-                                 .reason = "policy_denied",
-                                 .denied = true};
-    gate_on_request(c, &rq);
-    return false;
 }
 
 /* pool ops: opens an outbound link's carrier to `target`, like an outbound connection of
@@ -2060,7 +2045,7 @@ static int pool_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_
         conn_close(c, TT_E_CONN_LIMIT, true);
         return 0;
     }
-    if (!(c->h2up != NULL ? conn_authorize_grpc(c) : conn_authorize(c))) {
+    if (!conn_authorize(c)) {
         conn_close(c, TT_E_DENIED, true);
         return 0;
     }

@@ -35,7 +35,7 @@ struct tt_link;
 #define TT_POOL_ALPN "tether-h2"
 /* What a carrier offers: the token, and HTTP/1.1 so that a server which fails handshakes
  * offering nothing it knows (nginx) still completes it, without the token: direct. */
-#define TT_POOL_ALPN_OFFER       "tether-h2,http/1.1"
+#define TT_POOL_ALPN_OFFER "tether-h2,http/1.1"
 /* What an inbound selects: the token for sidecars, else "h2" for HTTP/2 clients outside
  * the mesh (curl --http2 --cert), whose requests are served as links' requests are. */
 #define TT_POOL_ALPN_SERVE       "tether-h2,h2"
