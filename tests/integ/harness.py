@@ -457,6 +457,41 @@ class HttpBackend:
         self.srv.server_close()
 
 
+def read_request_body(handler):
+    """The body of the request a BaseHTTPRequestHandler is serving: de-chunked (trailers
+    skipped) when it came chunked, else its Content-Length bytes. Returns (body, chunked)."""
+    if "chunked" not in handler.headers.get("Transfer-Encoding", "").lower():
+        return handler.rfile.read(int(handler.headers.get("Content-Length", "0"))), False
+    body = bytearray()
+    while True:
+        size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
+        if size == 0:
+            while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return bytes(body), True
+        body += handler.rfile.read(size)
+        handler.rfile.readline()
+
+
+class ThreadedHttp:
+    """A ThreadingHTTPServer on 127.0.0.1 serving handler_cls in a thread: .addr, .port,
+    .stop()."""
+
+    def __init__(self, handler_cls):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class TlsServer:
     """A TLS server (Python ssl) with a given certificate: for wrong-identity tests and
     fake peers. Requires a client certificate when ca is given. Sends `greeting` after the

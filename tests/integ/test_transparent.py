@@ -62,6 +62,7 @@ FAM = []  # tether-iptables family options: none (both) where IPv6 works, else -
 VIP = "10.96.0.10"
 VIP2 = "10.96.0.11"     # endpoints B and a black hole (no host: its connect times out)
 VIP3 = "10.96.0.12"     # endpoints B and D:9090, where D's sidecar answers, no workload
+VIP4 = "10.96.0.13"     # endpoints B:8082 and D:8082, HTTP answering with the pod's name
 BLACKHOLE = "10.88.0.99"
 MARKER = b"MARKER-9f8e7d-SECRET-PAYLOAD"
 
@@ -82,7 +83,7 @@ def serve(name, port, mode):
             if mode == "banner":
                 c.sendall(("BANNER " + name + "\n").encode())
                 return
-            if mode == "http":  # one request: answers its path
+            if mode in ("http", "whoami"):  # one request: answers [its name and] its path
                 head = b""
                 while b"\r\n\r\n" not in head:
                     d = c.recv(65536)
@@ -90,6 +91,8 @@ def serve(name, port, mode):
                         return
                     head += d
                 path = head.split(b" ")[1]
+                if mode == "whoami":
+                    path = name.encode() + b" " + path
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                           % len(path) + path)
                 return
@@ -118,6 +121,14 @@ def call(host, port, payload, first):
         out += d
     sys.stdout.write(out.decode(errors="replace"))
 
+def keepalive(host, port, n):
+    import http.client
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    for k in range(int(n)):
+        conn.request("GET", "/k%d" % k)
+        r = conn.getresponse()
+        print(r.status, r.read().decode(errors="replace"), flush=True)
+
 if sys.argv[1] == "serve":
     for spec in sys.argv[3:]:
         port, mode = spec.split(":")
@@ -125,6 +136,8 @@ if sys.argv[1] == "serve":
     print("ready", flush=True)
     while True:
         time.sleep(3600)
+elif sys.argv[1] == "keepalive":
+    keepalive(sys.argv[2], sys.argv[3], sys.argv[4])
 else:
     call(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
 '''
@@ -240,7 +253,7 @@ def test(env):
         for f in files:
             os.chmod(os.path.join(root, f), 0o644)
     pol_b = env.policy("policy-b.json", {"default": "deny", "rules": [
-        {"name": "a-to-b", "action": "allow", "from": [ids["a"]], "ports": [8080]},
+        {"name": "a-to-b", "action": "allow", "from": [ids["a"]], "ports": [8080, 8082]},
         {"name": "b-no-admin", "action": "deny", "from": ["*"], "ports": [8081],
          "paths": ["/admin*"]},
         {"name": "a-http-gets", "action": "allow", "from": [ids["a"]], "ports": [8081],
@@ -257,7 +270,9 @@ def test(env):
                 "--service", "%s:80=%s:8080@%s" % (VIP2, PODS["b"], ids["b"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP2, BLACKHOLE, ids["d"]),
                 "--service", "%s:80=%s:8080@%s" % (VIP3, PODS["b"], ids["b"]),
-                "--service", "%s:80=%s:9090@%s" % (VIP3, PODS["d"], ids["d"])]
+                "--service", "%s:80=%s:9090@%s" % (VIP3, PODS["d"], ids["d"]),
+                "--service", "%s:80=%s:8082@%s" % (VIP4, PODS["b"], ids["b"]),
+                "--service", "%s:80=%s:8082@%s" % (VIP4, PODS["d"], ids["d"])]
     tcpdump = None
     try:
         r = subprocess.run(["sysctl", "-n", "net.ipv6.conf.all.disable_ipv6"],
@@ -267,7 +282,8 @@ def test(env):
         setup_net(script)
         for pod in ("b", "d"):
             argv = ["ip", "netns", "exec", ns(pod)] + WORKLOAD + [
-                PY, "-u", env.path("helper.py"), "serve", pod, "8080:echo", "2525:banner", "8081:http"]
+                PY, "-u", env.path("helper.py"), "serve", pod, "8080:echo", "2525:banner", "8081:http",
+                "8082:whoami"]
             w = h.Proc(env, "workload-" + pod, argv)
             h.wait_for(lambda: "ready" in open(w.out_path).read(), 10, what="workload " + pod)
         hub_srv = h.Proc(env, "hub-server", ["ip", "netns", "exec", HUB, PY, "-u",
@@ -324,6 +340,16 @@ def test(env):
                code, body[:120]))
         code, body = http(ns("a"), "http://%s:8081/api/x" % PODS["b"], "-X", "POST")
         ok(code == "403", "A's POST to B:8081 is not in its rules: 403 (%s)" % code)
+        # Per-request balancing (issue 10): one keep-alive connection of A's workload to a
+        # service address; each request is a stream of its own, its endpoint picked anew.
+        r = in_ns(ns("a"), *WORKLOAD, PY, env.path("helper.py"), "keepalive", VIP4, "80",
+                  "20", check=False, timeout=60)
+        lines = r.stdout.decode(errors="replace").splitlines()
+        by_pod = {p: sum(1 for ln in lines if ln.startswith("200 %s /k" % p)) for p in "bd"}
+        ok(r.returncode == 0 and len(lines) == 20 and by_pod["b"] + by_pod["d"] == 20
+           and by_pod["b"] > 0 and by_pod["d"] > 0,
+           "20 requests on one keep-alive connection to a service address are spread over "
+           "both endpoints (%r; rc %d, %r)" % (by_pod, r.returncode, lines[:3]))
         if not FAM:
             # IPv6 pod to pod: the original destination from IP6T_SO_ORIGINAL_DST.
             good, answer = call(env, "a", PODS6["b"], 8080, MARKER.decode() + "-v6")

@@ -624,6 +624,26 @@ static void test_h1_detect_methods_parse(void **state)
     }
 }
 
+/* Connection's tokens, case-insensitive, among several Connection fields; a token is
+ * not matched by a prefix or a longer name. */
+static void test_h1_connection_names(void **state)
+{
+    const struct tt_h1_header f[] = {
+        {"Host", 4, "h", 1},
+        {"Connection", 10, "keep-alive, X-Foo", 17},
+        {"connection", 10, " ,upgrade\t", 10},
+    };
+
+    (void)state;
+    assert_true(tt_h1_connection_names(f, 3, "x-foo", 5));
+    assert_true(tt_h1_connection_names(f, 3, "Keep-Alive", 10));
+    assert_true(tt_h1_connection_names(f, 3, "UPGRADE", 7));
+    assert_false(tt_h1_connection_names(f, 3, "x-fo", 4));
+    assert_false(tt_h1_connection_names(f, 3, "x-foo-bar", 9));
+    assert_false(tt_h1_connection_names(f, 1, "x-foo", 5));
+    assert_false(tt_h1_connection_names(f, 0, "host", 4));
+}
+
 static void test_h1_write_error(void **state)
 {
     char buf[1024];
@@ -688,6 +708,7 @@ int main(void)
         cmocka_unit_test(test_h1_pause),
         cmocka_unit_test(test_h1_callback_error_and_finish),
         cmocka_unit_test(test_h1_detect_methods_parse),
+        cmocka_unit_test(test_h1_connection_names),
         cmocka_unit_test(test_h1_write_error),
     };
 

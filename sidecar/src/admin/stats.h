@@ -60,7 +60,7 @@ struct tt_stats_view {
  * bytes_out, handshakes, handshake_failures:{no_cert:..,...}, upstream_connect_failures,
  * allowed, denied, latency:{handshake_us, connect_us, duration_us}, accept_failures,
  * refused_fd_shortage, requests:{...}, pool:{connections, streams_active, streams_total,
- * streams_refused, connections_recycled, fallback_direct}}],
+ * streams_refused, connections_recycled, fallback_direct, requests_retried}}],
  * "handshake_failures":{reason: total}, "policy":{version, default, allowed, denied,
  * rules:[{name, action, mode, hits, audit_would_deny}]}, "peers":[{spiffe_id,
  * connections, denied, bytes_in, bytes_out}], "recent_handshake_failures":[{time,

@@ -557,6 +557,8 @@ int tt_runtime_run(const struct tt_config *cfg)
         .idle_timeout_ms = cfg->idle_timeout_ms,
         .request_log_sample = cfg->request_log_sample,
         .pool = cfg->pool,
+        .outbound_detect_ms = cfg->transparent.detect_ms != 0 ? cfg->transparent.detect_ms
+                                                              : TT_DEFAULT_DETECT_TIMEOUT_MS,
         .transparent = &cfg->transparent,
     };
     if (!cfg->has_control) {

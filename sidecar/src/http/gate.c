@@ -282,8 +282,16 @@ static int on_req_head(void *ud, const struct tt_h1_head *h)
         return -ENOBUFS; /* cannot happen: the reader is paused while the pipeline is full */
     copy_trunc(e->method, sizeof(e->method), h->method);
     copy_trunc(e->path, sizeof(e->path), path);
-    tt_policy_check_request(g->cfg.policy, g->cfg.caller, g->cfg.self, g->cfg.port, h->method, path,
-                            &v);
+    if (g->cfg.policy != NULL) {
+        tt_policy_check_request(g->cfg.policy, g->cfg.caller, g->cfg.self, g->cfg.port, h->method,
+                                path, &v);
+    } else {
+        /* No policy: every verified caller is allowed (README "Policy"). */
+        memset(&v, 0, sizeof(v));
+        v.allowed = true;
+        v.rule = TT_POLICY_RULE_DEFAULT;
+        v.rule_name = "no-policy";
+    }
     if (g->io.on_verdict != NULL)
         g->io.on_verdict(g->io.ud, &v);
     e->rule = v.rule_name;

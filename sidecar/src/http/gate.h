@@ -61,7 +61,7 @@ struct tt_gate_io {
  * workload's own ID and the destination port. enforce: an enforce rule with HTTP
  * conditions applies (tt_policy_http_rules), so bytes that are not HTTP are refused. */
 struct tt_gate_config {
-    const struct tt_policy *policy;
+    const struct tt_policy *policy; /* NULL: no policy, every request allowed ("no-policy") */
     const char *caller;
     const char *self;
     uint16_t port;

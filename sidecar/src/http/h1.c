@@ -1176,3 +1176,25 @@ int tt_h1_write_error(char *buf, size_t cap, int status, const char *reason, con
     memcpy(buf + n, body, pos);
     return n + (int)pos;
 }
+
+/* Whether the Connection fields among fields[0..n) name `name` (h1.h). */
+bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const char *name,
+                            size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *p = fields[i].value;
+
+        if (strcasecmp(fields[i].name, "connection") != 0)
+            continue;
+        while (*p != '\0') {
+            size_t t;
+
+            p += strspn(p, " \t,");
+            t = strcspn(p, " \t,");
+            if (t == len && strncasecmp(p, name, len) == 0)
+                return true;
+            p += t;
+        }
+    }
+    return false;
+}

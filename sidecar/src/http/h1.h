@@ -135,6 +135,12 @@ bool tt_h1_upgraded(const struct tt_h1 *r); /* the last request was CONNECT or a
  * read. */
 bool tt_h1_done(const struct tt_h1 *r);
 
+/* Whether the Connection fields among fields[0..n) list the token name[0..len), compared
+ * case-insensitively (RFC 9110 §7.6.1: the fields so named are for this connection only,
+ * and a proxy does not pass them on). */
+bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const char *name,
+                            size_t len);
+
 const char *tt_h1_reason_name(enum tt_h1_reason reason);
 int tt_h1_reason_status(enum tt_h1_reason reason);
 

@@ -153,29 +153,6 @@ int tt_h2h1_request_end(struct tt_h2h1 *x)
 
 /* ---- from the server ---- */
 
-/* Whether the Connection field's tokens name `name` (RFC 9110 §7.6.1: such fields are
- * for this connection only). */
-static bool connection_names(const struct tt_h1_header *fields, size_t n, const char *name,
-                             size_t len)
-{
-    for (size_t i = 0; i < n; i++) {
-        const char *p = fields[i].value;
-
-        if (strcasecmp(fields[i].name, "connection") != 0)
-            continue;
-        while (*p != '\0') {
-            size_t t;
-
-            p += strspn(p, " \t,");
-            t = strcspn(p, " \t,");
-            if (t == len && strncasecmp(p, name, len) == 0)
-                return true;
-            p += t;
-        }
-    }
-    return false;
-}
-
 /* h1resp: a response head. Interim ones are dropped; a final one goes to the caller with
  * its fields translated (names lower-cased into one allocation). */
 static int on_resp_head(void *ud, int status, bool keep_alive)
@@ -208,7 +185,8 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
         const struct tt_h1_header *f = &fields[i];
         char *name = names + names_len;
 
-        if (hop_by_hop(f->name, f->name_len) || connection_names(fields, n, f->name, f->name_len) ||
+        if (hop_by_hop(f->name, f->name_len) ||
+            tt_h1_connection_names(fields, n, f->name, f->name_len) ||
             (chunked && strcasecmp(f->name, "content-length") == 0))
             continue;
         for (size_t k = 0; k < f->name_len; k++)

@@ -112,6 +112,8 @@ struct tt_pool_counters {
     uint64_t links_recycled;  /* links retired because the identity rotated */
     uint64_t fallback_direct; /* outbound: app connections sent direct because the
                                  peer did not select the tether-h2 ALPN token */
+    uint64_t requests_retried; /* outbound: HTTP/1.x requests sent again on another stream
+                                  (refused, or an idempotent one whose link was lost) */
 };
 
 /* Per listener, per worker. */

@@ -25,6 +25,7 @@
 #include "http/detect.h"
 #include "http/gate.h"
 #include "http/h1.h"
+#include "http/h1h2.h"
 #include "http/h2.h"
 #include "http/h2h1.h"
 #include "metrics/metrics.h"
@@ -78,8 +79,18 @@ static void relay_progress(struct tt_conn *c);
 static void conn_close(struct tt_conn *c, int err, bool reset);
 static void conn_connect_failed(struct tt_conn *c, int status);
 static bool conn_refusal_start(struct tt_conn *c, int err, bool reset);
+static void h1_app_read(struct tt_conn *c, const uint8_t *data, size_t n);
+static void h1_app_eof(struct tt_conn *c);
+static void h1_progress(struct tt_conn *c);
+static void h1_settle(struct tt_conn *c);
+static void h1_fail(struct tt_conn *c, int err);
+static void h1_lost(struct tt_conn *c, int err);
+static int conn_send_early(struct tt_conn *c);
+static void outbound_detect(struct tt_conn *c, const uint8_t *data, size_t n, bool final);
 static void refusal_read(struct tt_conn *c, const uint8_t *data, size_t n);
 static void detect_done(struct tt_conn *c, const uint8_t *data, size_t n);
+static bool outbound_detects(struct tt_conn *c);
+static void h1_start(struct tt_conn *c);
 static void conn_gate_settle(struct tt_conn *c);
 static bool port_listed(const uint16_t *ports, size_t n, uint16_t port);
 static void conn_start_connect(struct tt_conn *c);
@@ -175,6 +186,13 @@ static void on_timer(uv_timer_t *timer)
         conn_close(c, c->refusal_err, true); /* said nothing that reads as HTTP/1.x */
         break;
     case TT_CONN_S_RELAY: {
+        if (c->h1_kicked) {
+            c->h1_kicked = false;
+            h1_settle(c);
+            relay_progress(c);
+            if (c->state != TT_CONN_S_RELAY)
+                break;
+        }
         if (c->carrier) {
             int r = tt_link_tick(c->link, now);
             if (r < 0)
@@ -217,7 +235,7 @@ static void conn_enter(struct tt_conn *c, enum tt_conn_state state)
                   (c->tunnel && !conn_is_inbound(c) ? cfg->handshake_timeout_ms : 0);
         break;
     case TT_CONN_S_DETECT:
-        timeout = cfg->transparent->detect_ms;
+        timeout = conn_is_inbound(c) ? cfg->transparent->detect_ms : cfg->outbound_detect_ms;
         break;
     case TT_CONN_S_REFUSING:
         timeout = TT_CONN_REFUSAL_WAIT_MS;
@@ -646,6 +664,10 @@ static void relay_progress(struct tt_conn *c)
         carrier_progress(c);
         return;
     }
+    if (c->h1h2 != NULL) {
+        h1_progress(c);
+        return;
+    }
     if (c->h2up != NULL) {
         int r = h2up_pump(c); /* the caller's stream may have room again */
         if (r == 0)
@@ -805,6 +827,10 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
 {
     side_set_reading(c, s, false);
     side_ended(c, s, 0);
+    if (c->h1h2 != NULL) {
+        h1_app_eof(c);
+        return;
+    }
     if (c->state == TT_CONN_S_REFUSING) {
         conn_close(c, c->refusal_err, false);
         return;
@@ -813,6 +839,11 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
         if (c->state == TT_CONN_S_HANDSHAKE)
             conn_hs_failed(c, TT_HS_PROTOCOL);
         conn_close(c, UV_EOF, false);
+        return;
+    }
+    if (c->state == TT_CONN_S_DETECT && !conn_is_inbound(c)) {
+        s->read_eof = true; /* passed on after what was read (conn_send_early) */
+        outbound_detect(c, NULL, 0, true);
         return;
     }
     if (c->state == TT_CONN_S_DETECT) {
@@ -882,7 +913,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (s == &c->down)
         TT_COUNTER_ADD(conn_counters(c)->bytes_in, (uint64_t)nread);
     touch(c);
-    if (c->state == TT_CONN_S_DETECT)
+    if (c->h1h2 != NULL)
+        h1_app_read(c, (const uint8_t *)buf->base, (size_t)nread);
+    else if (c->state == TT_CONN_S_DETECT)
         detect_done(c, (const uint8_t *)buf->base, (size_t)nread);
     else if (c->state == TT_CONN_S_REFUSING)
         refusal_read(c, (const uint8_t *)buf->base, (size_t)nread);
@@ -922,7 +955,7 @@ static int refusal_answer(int err, const char **reason)
  * took the connection over. */
 static bool conn_refusal_start(struct tt_conn *c, int err, bool reset)
 {
-    if (c->refusal_err != 0 || conn_is_inbound(c) || c->carrier || c->plain ||
+    if (c->refusal_err != 0 || conn_is_inbound(c) || c->carrier || c->plain || c->h1h2 != NULL ||
         (c->state != TT_CONN_S_CONNECTING && c->state != TT_CONN_S_HANDSHAKE) || !c->down.open ||
         !c->down.connected || c->down.read_eof || err == -ENOMEM || err == TT_E_CONN_LIMIT ||
         (c->closed_by != NULL && strcmp(c->closed_by, "client") == 0))
@@ -939,6 +972,13 @@ static bool conn_refusal_start(struct tt_conn *c, int err, bool reset)
     }
     side_set_reading(c, &c->up, false);
     conn_enter(c, TT_CONN_S_REFUSING);
+    if (c->early.len > 0) {
+        /* Detection read the app's first bytes already: they are what is looked at. */
+        tt_buf_move(&c->refusal_held, &c->early);
+        refusal_read(c, NULL, 0);
+        if (c->state != TT_CONN_S_REFUSING)
+            return true;
+    }
     side_set_reading(c, &c->down, true);
     return true;
 }
@@ -957,7 +997,7 @@ static void refusal_read(struct tt_conn *c, const uint8_t *data, size_t n)
     char answer[512];
     int status, len;
 
-    if (tt_buf_append(held, data, n) < 0) {
+    if (n > 0 && tt_buf_append(held, data, n) < 0) {
         conn_close(c, -ENOMEM, true);
         return;
     }
@@ -1015,7 +1055,9 @@ static void conn_start_relay(struct tt_conn *c)
         relay_progress(c);
         return;
     }
-    int r = tls_pump(c); /* application data that arrived with the handshake */
+    int r = conn_send_early(c);
+    if (r == 0)
+        r = tls_pump(c); /* application data that arrived with the handshake */
     if (r < 0) {
         conn_close(c, r, true);
         return;
@@ -1116,6 +1158,10 @@ static void conn_connect_failed(struct tt_conn *c, int status)
     give_up:
         status = TT_E_NO_ENDPOINT;
     }
+    if (c->h1h2 != NULL) {
+        h1_fail(c, status); /* the app hears why; its next request tries again */
+        return;
+    }
     side_ended(c, &c->up, status);
     conn_close(c, status, true);
 }
@@ -1128,7 +1174,10 @@ static void conn_start_connect(struct tt_conn *c)
     int r;
 
     if (c->service != NULL && !c->balancer_active && !conn_pick_endpoint(c)) {
-        conn_close(c, TT_E_NO_ENDPOINT, true);
+        if (c->h1h2 != NULL)
+            h1_fail(c, TT_E_NO_ENDPOINT);
+        else
+            conn_close(c, TT_E_NO_ENDPOINT, true);
         return;
     }
     if (!conn_is_inbound(c) && !c->plain && !c->carrier && !c->direct && conn_settings(c)->pool) {
@@ -1185,6 +1234,8 @@ static void gate_on_verdict(void *ud, const struct tt_policy_verdict *v)
 {
     struct tt_conn *c = ud;
 
+    if (c->snapshot->policy == NULL)
+        return; /* no rule to count */
     tt_metrics_policy_count(c->worker->metrics, c->snapshot->policy, v);
     conn_log_audit(c, conn_peer_id(c), v);
 }
@@ -1301,6 +1352,9 @@ static bool conn_authorize(struct tt_conn *c)
         conn_log_audit(c, caller, &v);
     } else {
         c->rule = "no-policy";
+        /* A request stream is still one request, counted and logged by the gate. */
+        if (c->h2h1 != NULL && conn_gate_start(c, caller, true) < 0)
+            return false;
     }
     if (allowed)
         TT_COUNTER_ADD(lc->allowed, 1);
@@ -1393,6 +1447,19 @@ static void carrier_up(struct tt_conn *c)
 /* Outbound: c's destination does not pool: one mTLS connection of its own, as before. */
 static void conn_go_direct(struct tt_conn *c)
 {
+    if (c->h1h2 != NULL) {
+        /* An HTTP/1.x app: the rest of its connection, from its current request's first
+         * byte, is relayed as bytes over that connection (conn_send_early). */
+        int r = tt_h1h2_take_raw(c->h1h2, &c->early);
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
+        tt_h1h2_free(c->h1h2);
+        c->h1h2 = NULL;
+        c->route = "pool";
+        side_set_reading(c, &c->down, false);
+    }
     c->tunnel = false;
     c->direct = true;
     if (strcmp(c->route, "pool") == 0)
@@ -1880,6 +1947,490 @@ static void h2up_free(struct tt_h2_upstream *up)
     free(up);
 }
 
+/* ---- outbound HTTP/1.x apps: each request a stream on the pool ------------------------ */
+
+/* With pooling on, an outbound app whose first bytes are an HTTP/1.x request is served
+ * request by request (http/h1h2.h): each request opens a stream of its own on a link to
+ * an endpoint picked for it (balanced per request), its response goes back as HTTP/1.1,
+ * and the next request, read only then, starts over. A request that waits for a link
+ * (TT_H1H2_WAIT) opens its stream in h1_settle, which runs where no pool or session call
+ * is under way: after the app's bytes are fed, or on the timer (h1_kick). The connection
+ * stays in RELAY between requests (its idle deadline), in CONNECTING while a request
+ * waits for its link. An upgrade (CONNECT, WebSocket), a destination that does not pool
+ * (direct) and a port the peer declares opaque turn the rest of the connection into
+ * bytes relayed as before, from the current request's first byte. */
+
+static const struct tt_h2_stream_callbacks h1_stream_callbacks;
+
+/* Has h1_settle and h1_progress run on the next loop iteration, outside the pool's and
+ * the session's calls under way. Only while relaying: in CONNECTING the timer is the
+ * connect deadline, and pool_ride kicks when the link comes. */
+static void h1_kick(struct tt_conn *c)
+{
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    c->h1_kicked = true;
+    uv_timer_start(&c->timer, on_timer, 0, 0);
+}
+
+/* Sends what the link's session has queued after a stream was touched. Returns 0 or <0. */
+static int h1_flush(struct tt_conn *c)
+{
+    return c->member.link != NULL ? tt_link_flush(c->member.link) : 0;
+}
+
+/* h1h2: a request's head is complete. It opens its stream on the link pool_ride gave,
+ * or waits for h1_settle: to find it a link, or to relay the rest as bytes (upgrade). */
+static int h1_on_request(void *ud, const struct tt_h1h2_request *rq)
+{
+    struct tt_conn *c = ud;
+    struct tt_h2_request req = {
+        .method = rq->method,
+        .scheme = "http",
+        .authority = rq->authority,
+        .path = rq->path,
+        .headers = rq->fields,
+        .nheaders = rq->n_fields,
+        .end_stream = !rq->has_body,
+    };
+    int err = 0;
+
+    c->h1_idempotent = rq->idempotent;
+    c->h1_has_body = rq->has_body;
+    if (c->h1_sink)
+        return 0; /* read to its end and dropped: the sidecar answers it (h1_answer) */
+    if (rq->upgrade) {
+        c->h1_upgrade = true;
+        return TT_H1H2_WAIT;
+    }
+    if (c->h1_session == NULL) {
+        c->h1_need_link = true;
+        return TT_H1H2_WAIT;
+    }
+    c->stream = tt_h2_open(c->h1_session, &req, &h1_stream_callbacks, c, &err);
+    c->h1_session = NULL;
+    if (c->stream == NULL)
+        return err < 0 ? err : TT_E_LINK_CLOSED;
+    return 0;
+}
+
+/* h1h2: a piece of the request body, onto its stream. */
+static int h1_on_body(void *ud, const char *data, size_t len)
+{
+    struct tt_conn *c = ud;
+
+    return c->h1_sink ? 0 : stream_write(c, data, len);
+}
+
+/* h1h2: the request is complete: a body's stream is ended (one without a body was opened
+ * ended). */
+static int h1_on_end(void *ud)
+{
+    struct tt_conn *c = ud;
+
+    if (c->h1_sink || !c->h1_has_body)
+        return 0;
+    return c->stream != NULL ? tt_h2_stream_end(c->stream) : TT_E_LINK_CLOSED;
+}
+
+/* h1h2: bytes for the app. */
+static int h1_to_app(void *ud, const char *data, size_t len)
+{
+    struct tt_conn *c = ud;
+
+    touch(c);
+    return side_send(c, &c->down, (const uint8_t *)data, len);
+}
+
+/* The current request's stream and place in the pool are given up (its response is
+ * complete, or it failed): the next request, or a retry, picks its endpoint and link
+ * anew. */
+static void h1_leave(struct tt_conn *c)
+{
+    if (c->balancer_active) {
+        tt_balancer_released(c->worker->balancer, &c->target);
+        c->balancer_active = false;
+    }
+    if (c->tunnel)
+        conn_tunnel_leave(c); /* releases the stream: a CANCEL unless our side ended */
+    else if (c->stream != NULL)
+        tt_h2_stream_release(c->stream);
+    c->stream = NULL;
+    c->h1_session = NULL;
+    c->h1_head = false;
+}
+
+/* The current request is over (answered): the next one starts with fresh retry budgets. */
+static void h1_request_over(struct tt_conn *c)
+{
+    h1_leave(c);
+    c->tried = 0;
+    c->attempts = 0;
+    c->refused_retries = 0;
+}
+
+/* What a call into the translator returned: 0 goes on; TT_E_HTTP means the app's bytes
+ * were refused and answered (400/431: counted; the connection ends after the answer);
+ * anything else ends the connection now. Returns false when it did. */
+static bool h1_check(struct tt_conn *c, int r)
+{
+    if (r == TT_E_HTTP) {
+        tt_metrics_request_refused(c->worker->metrics, c->listener->index, NULL,
+                                   tt_h1h2_reason(c->h1h2));
+        r = 0;
+    }
+    if (r == 0)
+        r = h1_flush(c);
+    if (r < 0) {
+        conn_close(c, r, true);
+        return false;
+    }
+    return true;
+}
+
+/* The sidecar answers the current request itself with status and reason (no stream can
+ * take it): its stream and place in the pool are given up first, and the request is read
+ * again to its end without being sent (h1_sink), so that a complete one leaves the
+ * connection open for the next. A response already begun can only be cut: the connection
+ * is reset. */
+static void h1_answer(struct tt_conn *c, int status, const char *reason, int err)
+{
+    int r;
+
+    h1_request_over(c);
+    c->h1_need_link = false;
+    if (c->state != TT_CONN_S_RELAY)
+        conn_enter(c, TT_CONN_S_RELAY);
+    c->h1_sink = true;
+    r = tt_h1h2_rewind(c->h1h2);
+    c->h1_sink = false;
+    if (r < 0 && r != -EAGAIN) { /* -EAGAIN: not retained; the answer closes */
+        conn_close(c, r, true);
+        return;
+    }
+    r = tt_h1h2_answer(c->h1h2, status, reason, NULL);
+    if (r == -EINVAL) {
+        conn_close(c, err, true);
+        return;
+    }
+    TT_COUNTER_ADD(conn_counters(c)->refusals_answered, 1);
+    if (!h1_check(c, r))
+        return;
+    h1_kick(c); /* the next request, read by the answer, may wait for a link */
+    relay_progress(c);
+}
+
+/* No endpoint or link could take the current request (err, as for a connection that could
+ * not get through: refusal_answer): the app is told why, and may send the next one. */
+static void h1_fail(struct tt_conn *c, int err)
+{
+    const char *reason = NULL;
+    int status = refusal_answer(err, &reason);
+
+    tt_log(TT_LOG_WARN, "request_failed", TT_LS("listener", c->listener->cfg->name),
+           TT_LS("upstream", c->target.text), TT_LS("error", tt_strerror(err)),
+           TT_LS("reason", reason));
+    h1_answer(c, status, reason, err);
+}
+
+/* The current request's stream ended before its response did (err): one the peer never
+ * processed (refused), or an idempotent one with no byte answered yet, is sent again on a
+ * new stream, once; anything else unanswered gets 502; a response cut short resets the
+ * connection. */
+static void h1_stream_failed(struct tt_conn *c, int err, bool refused)
+{
+    bool answered = tt_h1h2_responded(c->h1h2);
+
+    if (!answered && (refused || c->h1_idempotent) &&
+        c->refused_retries < TT_CONN_REFUSED_RETRIES) {
+        c->refused_retries++;
+        TT_COUNTER_ADD(conn_counters(c)->pool.requests_retried, 1);
+        h1_leave(c);
+        c->h1_need_link = true;
+        if (c->state != TT_CONN_S_RELAY)
+            conn_enter(c, TT_CONN_S_RELAY);
+        h1_kick(c);
+        return;
+    }
+    if (answered) {
+        side_ended(c, c->tls_side, UV_ECONNRESET);
+        conn_close(c, err, true);
+        return;
+    }
+    h1_answer(c, 502, "upstream_reset", err);
+}
+
+/* pool ops lost, for an HTTP/1.x app: the link under its request is gone. Before the
+ * request's stream opened it is a failed connect (another endpoint, or the app is told);
+ * after, h1_stream_failed decides. */
+static void h1_lost(struct tt_conn *c, int err)
+{
+    bool opened = c->state == TT_CONN_S_RELAY && c->h1_session == NULL;
+
+    c->h1_session = NULL;
+    if (opened)
+        h1_stream_failed(c, err, false);
+    else
+        conn_connect_failed(c, err);
+}
+
+/* The current request's stream opens on the link pool_ride gave: the request is read again
+ * from its first byte (tt_h1h2_rewind), h1_on_request opens the stream this time, and its
+ * body follows. */
+static void h1_open(struct tt_conn *c)
+{
+    int r;
+
+    if (c->state != TT_CONN_S_RELAY)
+        conn_enter(c, TT_CONN_S_RELAY);
+    r = tt_h1h2_rewind(c->h1h2);
+    c->h1_session = NULL;
+    if (r == -EAGAIN) {
+        h1_answer(c, 502, "upstream_reset", TT_E_LINK_CLOSED); /* too long to send again */
+        return;
+    }
+    (void)h1_check(c, r);
+}
+
+/* The current request upgrades (CONNECT, WebSocket), or the peer serves its port opaque:
+ * the rest of the connection, from that request's first byte, is relayed as bytes over a
+ * tunnel (or a direct connection), as any other protocol is. */
+static void h1_hand_over(struct tt_conn *c)
+{
+    int r = tt_h1h2_take_raw(c->h1h2, &c->early);
+
+    if (r < 0) {
+        conn_close(c, r, true);
+        return;
+    }
+    h1_leave(c);
+    tt_h1h2_free(c->h1h2);
+    c->h1h2 = NULL;
+    c->h1_upgrade = false;
+    c->h1_need_link = false;
+    c->route = "pool";
+    side_set_reading(c, &c->down, false);
+    conn_start_connect(c);
+}
+
+/* Does what the translator's callbacks left to do, outside any pool or session call: a
+ * request that waits for a link gets one (riding at once opens its stream here), an
+ * upgrade hands the connection over. Loops while each step lets the next request start
+ * (an answer of the sidecar's own reads the next one). */
+static void h1_settle(struct tt_conn *c)
+{
+    while (c->h1h2 != NULL && c->state != TT_CONN_S_CLOSING) {
+        if (c->h1_upgrade) {
+            h1_hand_over(c);
+            return;
+        }
+        if (c->h1_session != NULL) {
+            h1_open(c);
+            continue;
+        }
+        if (!c->h1_need_link || c->state != TT_CONN_S_RELAY)
+            return;
+        c->h1_need_link = false;
+        c->h1_settling = true;
+        conn_start_connect(c); /* picks the endpoint; attaches; pool_ride may run inside */
+        c->h1_settling = false;
+    }
+}
+
+/* After the translator took the app's bytes or end (r): refusals counted, errors end the
+ * connection, then what the callbacks asked for is done. */
+static void h1_after(struct tt_conn *c, int r)
+{
+    if (!h1_check(c, r))
+        return;
+    h1_settle(c);
+    relay_progress(c);
+    /* Waiting for a link (no relay_progress then): the app is not read past what the
+     * translator holds. */
+    if (c->state == TT_CONN_S_CONNECTING && c->h1h2 != NULL && !tt_h1h2_wants_app(c->h1h2))
+        side_set_reading(c, &c->down, false);
+}
+
+/* Bytes from the app (read in RELAY and while a request waits for its link; dropped once
+ * the translator is done). */
+static void h1_app_read(struct tt_conn *c, const uint8_t *data, size_t n)
+{
+    if (tt_h1h2_done(c->h1h2)) {
+        relay_progress(c); /* read until the app closes: no reset destroys the answer */
+        return;
+    }
+    h1_after(c, tt_h1h2_from_app(c->h1h2, (const char *)data, n));
+}
+
+/* The app closed its side: the current response still goes out, then our FIN; a request
+ * it cut short is given up. */
+static void h1_app_eof(struct tt_conn *c)
+{
+    int r;
+
+    c->down.read_eof = true;
+    if (tt_h1h2_done(c->h1h2)) {
+        relay_progress(c);
+        return;
+    }
+    r = tt_h1h2_app_eof(c->h1h2);
+    if (r == TT_E_HTTP) {
+        conn_close(c, r, true);
+        return;
+    }
+    h1_after(c, r);
+}
+
+/* Moves the current response to the app while its queue has room: the head once it is
+ * known whether a body follows, the body, and at the stream's end the response's end,
+ * after which the next request may start (inside). Returns 0, or as
+ * tt_h1h2_response_end() (TT_E_HTTP: the next request was refused and answered), or
+ * <0. */
+static int h1_pump_response(struct tt_conn *c)
+{
+    struct tt_h2_stream *s = c->stream;
+    int r;
+
+    if (s == NULL || !c->h1_head)
+        return 0;
+    if (!tt_h1h2_responded(c->h1h2)) {
+        size_t k = 0;
+        struct tt_h2_header *fields = regular_fields(s, false, &k);
+        if (fields == NULL)
+            return -ENOMEM;
+        r = tt_h1h2_respond(c->h1h2, tt_h2_stream_status(s), fields, k, tt_h2_stream_eof(s));
+        free(fields);
+        if (r < 0)
+            return r;
+    }
+    while (tt_h2_stream_readable(s) > 0 && side_queue_len(&c->down) < TT_CONN_QUEUE_MAX) {
+        const uint8_t *data;
+        size_t n = tt_h2_stream_peek(s, &data);
+        r = tt_h1h2_response_body(c->h1h2, (const char *)data, n);
+        if (r < 0)
+            return r;
+        tt_h2_stream_consume(s, n);
+        tunnel_count(c->tls_side, n, true);
+    }
+    if (!tt_h2_stream_eof(s))
+        return 0;
+    h1_request_over(c);
+    return tt_h1h2_response_end(c->h1h2);
+}
+
+/* relay_progress() of an HTTP/1.x app: the response moves on; what needs a link or a
+ * hand-over waits for the timer (this may run inside a session's call); the app is read
+ * while the translator wants its bytes and the stream's queue has room; once the
+ * translator is done the app gets our FIN, and the connection closes when the app's side
+ * has ended too. */
+static void h1_progress(struct tt_conn *c)
+{
+    struct tt_side *app = &c->down;
+    bool room, done;
+
+    if (!h1_check(c, h1_pump_response(c)) || c->state != TT_CONN_S_RELAY)
+        return; /* h1_check flushed the window given back */
+    if (c->h1_need_link || c->h1_upgrade || c->h1_session != NULL)
+        h1_kick(c);
+    done = tt_h1h2_done(c->h1h2);
+    if (done)
+        app->want_shutdown = true;
+    side_maybe_shutdown(c, app);
+    if (c->state != TT_CONN_S_RELAY)
+        return;
+    if (done && app->shutdown_done && app->read_eof) {
+        conn_close(c, 0, false);
+        return;
+    }
+    room = c->stream == NULL || tt_h2_stream_queued(c->stream) < TT_CONN_QUEUE_MAX;
+    if (!room)
+        c->member.blocked = true; /* the link wakes it (pool_progress) */
+    side_set_reading(c, app, !app->read_eof && (done || (room && tt_h1h2_wants_app(c->h1h2))));
+}
+
+/* The response head arrived. A peer that could not reach its workload processed nothing:
+ * a balanced service tries another endpoint, as after a failed connect, and the app is
+ * told 503 upstream_unavailable when none is left, as for a tunnel; a peer that serves
+ * the port opaque takes the rest as a tunnel. Otherwise the head goes to the app once it
+ * is known whether a body follows (on_end may come next in the same frame): on the timer,
+ * or at on_end. */
+static void h1_stream_on_headers(struct tt_h2_stream *s, void *ud)
+{
+    struct tt_conn *c = ud;
+    const char *why = tt_h2_stream_header(s, "x-tether-reason");
+    int status = tt_h2_stream_status(s);
+
+    if (why != NULL && !tt_h1h2_responded(c->h1h2)) {
+        if ((status == 502 || status == 503) &&
+            (strcmp(why, "upstream_connect_failed") == 0 || strcmp(why, "connection_limit") == 0)) {
+            TT_COUNTER_ADD(conn_counters(c)->pool.streams_refused, 1);
+            conn_connect_failed(c, TT_E_TUNNEL_REFUSED);
+            return;
+        }
+        if (status == 501 && strcmp(why, "opaque_port") == 0) {
+            h1_leave(c);
+            c->h1_upgrade = true; /* h1_settle hands the connection over */
+            h1_kick(c);
+            return;
+        }
+    }
+    c->h1_head = true;
+    h1_kick(c);
+}
+
+/* Body bytes or the end of the response arrived. */
+static void h1_stream_on_data(struct tt_h2_stream *s, void *ud)
+{
+    (void)s;
+    relay_progress(ud);
+}
+
+/* The request's stream was reset (err TT_E_H2_REFUSED: the peer did not process it). */
+static void h1_stream_on_reset(struct tt_h2_stream *s, int err, uint32_t h2_code, bool by_peer,
+                               void *ud)
+{
+    struct tt_conn *c = ud;
+
+    (void)h2_code;
+    (void)by_peer;
+    tt_h2_stream_release(s);
+    c->stream = NULL;
+    if (c->state == TT_CONN_S_CLOSING)
+        return;
+    if (err == TT_E_H2_REFUSED)
+        TT_COUNTER_ADD(conn_counters(c)->pool.streams_refused, 1);
+    h1_stream_failed(c, err, err == TT_E_H2_REFUSED);
+}
+
+static const struct tt_h2_stream_callbacks h1_stream_callbacks = {
+    .on_headers = h1_stream_on_headers,
+    .on_data = h1_stream_on_data,
+    .on_end = h1_stream_on_data,
+    .on_reset = h1_stream_on_reset,
+};
+
+/* Outbound: the app's first bytes are an HTTP/1.x request: its requests become streams.
+ * The connection relays from now on. */
+static void h1_start(struct tt_conn *c)
+{
+    struct tt_h1h2_io io = {c, h1_on_request, h1_on_body, h1_on_end, h1_to_app};
+    int r;
+
+    c->h1h2 = tt_h1h2_new(&io, c->target.text);
+    if (c->h1h2 == NULL) {
+        conn_close(c, -ENOMEM, true);
+        return;
+    }
+    c->route = "http";
+    c->verdict = "allow";
+    conn_enter(c, TT_CONN_S_RELAY);
+    r = tt_h1h2_from_app(c->h1h2, (const char *)tt_buf_head(&c->early), c->early.len);
+    tt_buf_consume(&c->early, c->early.len);
+    if (r == 0 && c->down.read_eof)
+        r = tt_h1h2_app_eof(c->h1h2);
+    h1_after(c, r);
+}
+
 /* pool ops: opens an outbound link's carrier to `target`, like an outbound connection of
  * `like`'s listener. */
 static int pool_dial(struct tt_link *link, struct tt_conn *like, const struct tt_addr *target,
@@ -1921,6 +2472,17 @@ static int pool_ride(struct tt_conn *c, struct tt_h2 *h2)
 {
     int err = 0;
 
+    if (c->h1h2 != NULL) {
+        /* An HTTP/1.x app's request: its stream opens in h1_settle, outside the pool's
+         * call (now, when the link was up at once; else on the next timer tick). */
+        c->h1_session = h2;
+        if (!c->h1_settling) {
+            conn_enter(c, TT_CONN_S_RELAY);
+            c->h1_kicked = true;
+            uv_timer_start(&c->timer, on_timer, 0, 0);
+        }
+        return 0;
+    }
     c->stream = tt_h2_open_tunnel(h2, TT_POOL_PROTOCOL, c->target.text, NULL, 0, &tunnel_callbacks,
                                   c, &err);
     if (c->stream == NULL) {
@@ -1959,6 +2521,10 @@ static void pool_lost(struct tt_conn *c, int err)
     }
     if (c->state == TT_CONN_S_CLOSING)
         return;
+    if (c->h1h2 != NULL) {
+        h1_lost(c, err);
+        return;
+    }
     if (!conn_is_inbound(c) && c->state == TT_CONN_S_CONNECTING) {
         conn_connect_failed(c, err);
         return;
@@ -2209,6 +2775,66 @@ static bool port_listed(const uint16_t *ports, size_t n, uint16_t port)
     return false;
 }
 
+/* Outbound with pooling on: whether the app's first bytes are read to choose between
+ * requests as streams (an HTTP/1.x app) and a tunnel. Not for a port declared opaque
+ * (server-first: the app would wait for the server while we wait for the app). */
+static bool outbound_detects(struct tt_conn *c)
+{
+    const struct tt_transparent_cfg *t = conn_settings(c)->transparent;
+
+    return !conn_is_inbound(c) && !c->plain && conn_settings(c)->pool &&
+           !port_listed(t->opaque_ports, t->n_opaque_ports, tt_addr_port(&c->target));
+}
+
+/* Outbound detection: data[0..n) the app's next bytes (kept in c->early until they are
+ * relayed or translated); `final` when no more will be waited for (the timer, the app's
+ * FIN). An HTTP/1.x request line makes the connection an HTTP/1.x app's (h1_start);
+ * anything else (an HTTP/2 preface, TLS, another protocol, or silence: a server-first
+ * protocol) rides a tunnel with those bytes first (conn_send_early). */
+static void outbound_detect(struct tt_conn *c, const uint8_t *data, size_t n, bool final)
+{
+    enum tt_detect_proto p = TT_DETECT_OPAQUE;
+
+    if (c->state != TT_CONN_S_DETECT)
+        return;
+    if (n > 0 && tt_buf_append(&c->early, data, n) < 0) {
+        conn_close(c, -ENOMEM, true);
+        return;
+    }
+    if (c->early.len > 0)
+        p = tt_detect_check(tt_buf_head(&c->early), c->early.len, TT_DETECT_LIMIT);
+    if (p == TT_DETECT_MORE && !final)
+        return;
+    uv_timer_stop(&c->timer);
+    side_set_reading(c, &c->down, false);
+    c->detected = true;
+    c->state = TT_CONN_S_ACCEPTED;
+    if (p == TT_DETECT_HTTP1)
+        h1_start(c);
+    else
+        conn_start_connect(c);
+}
+
+/* Outbound: what the app sent while its protocol was detected (or before its requests
+ * were handed over to a byte relay) goes first on the new relay, and its FIN if it came
+ * then. Returns 0 or <0. */
+static int conn_send_early(struct tt_conn *c)
+{
+    int r = 0;
+
+    if (conn_is_inbound(c) || !c->detected)
+        return 0;
+    if (c->early.len > 0) {
+        r = secure_write(c, tt_buf_head(&c->early), c->early.len);
+        tt_buf_consume(&c->early, c->early.len);
+        if (r == 0)
+            r = secure_flush(c);
+    }
+    if (r == 0 && c->down.read_eof)
+        r = tls_close_notify_once(c);
+    return r;
+}
+
 /* Permissive inbound: the first bytes (none: the client said nothing within the
  * detection timeout, or sent a FIN) tell TLS from plaintext. A TLS record of type
  * handshake (0x16, version 0x03..) is a ClientHello: the handshake proceeds with the
@@ -2219,6 +2845,10 @@ static void detect_done(struct tt_conn *c, const uint8_t *data, size_t n)
     struct tt_listener_counters *lc = conn_counters(c);
     char port[8];
 
+    if (!conn_is_inbound(c)) {
+        outbound_detect(c, data, n, data == NULL); /* the timer fired: no more is waited */
+        return;
+    }
     uv_timer_stop(&c->timer);
     side_set_reading(c, &c->down, false);
     if (c->state != TT_CONN_S_DETECT)
@@ -2345,6 +2975,7 @@ static struct tt_conn *conn_new(struct tt_listener *l)
     tt_buf_init(&c->down.queued);
     tt_buf_init(&c->up.inflight);
     tt_buf_init(&c->up.queued);
+    tt_buf_init(&c->early);
     uv_timer_init(&w->loop, &c->timer);
     c->down.tcp.data = c;
     c->up.tcp.data = c;
@@ -2416,10 +3047,15 @@ void tt_conn_accept(struct tt_listener *l, int fd)
         return;
     if (c->state == TT_CONN_S_DETECT)
         return;
-    if (l->cfg->kind == TT_LISTENER_INBOUND && !c->plain)
+    if (l->cfg->kind == TT_LISTENER_INBOUND && !c->plain) {
         conn_start_handshake(c);
-    else
+    } else if (outbound_detects(c)) {
+        /* Its first bytes tell an HTTP/1.x app (requests as streams) from anything else. */
+        conn_enter(c, TT_CONN_S_DETECT);
+        side_set_reading(c, &c->down, true);
+    } else {
         conn_start_connect(c);
+    }
     return;
 
 err_refuse:
@@ -2437,6 +3073,7 @@ static void conn_free(struct tt_conn *c)
     /* Here, not in conn_close: a close may start inside one of the gate's callbacks. */
     tt_gate_free(c->gate, conn_now_us(c)); /* reports requests left unanswered */
     tt_h2h1_free(c->h2h1);
+    tt_h1h2_free(c->h1h2);
     h2up_free(c->h2up);
     tt_tls_free(c->tls);
     tt_buf_done(&c->down.inflight);
@@ -2444,6 +3081,7 @@ static void conn_free(struct tt_conn *c)
     tt_buf_done(&c->up.inflight);
     tt_buf_done(&c->up.queued);
     tt_buf_done(&c->refusal_held);
+    tt_buf_done(&c->early);
     tt_snapshot_unref(c->snapshot);
     free(c->tunnel_peer_id);
     free(c->link_detail);

@@ -27,7 +27,9 @@ struct tt_service;
 struct tt_gate;
 struct tt_h2h1;
 struct tt_h2_upstream;
+struct tt_h2;
 struct tt_h2_stream;
+struct tt_h1h2;
 
 enum tt_conn_state {
     TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
@@ -115,6 +117,20 @@ struct tt_conn {
     /* Inbound gRPC request stream: relayed to the workload over HTTP/2 (h2c, prior
      * knowledge), stream to stream (conn.c "gRPC request streams"). */
     struct tt_h2_upstream *h2up;
+    /* Outbound HTTP/1.x app (pooling on, detected by its first bytes): each request is a
+     * stream of its own on a link (http/h1h2.h; conn.c "outbound HTTP/1.x apps"). */
+    struct tt_h1h2 *h1h2;
+    struct tt_h2 *h1_session; /* while riding starts: the link's session to open it on */
+    struct tt_buf early;      /* outbound: the app's bytes read while detecting, not sent */
+    bool detected;            /* outbound: detection read the app's first bytes */
+    bool h1_need_link;        /* the current request waits for a link (h1_settle) */
+    bool h1_upgrade;          /* the current request upgrades: the rest is a tunnel */
+    bool h1_idempotent;       /* the current request may be sent again (a retry) */
+    bool h1_has_body;         /* the current request's body follows its head */
+    bool h1_head;             /* the current request's response head arrived */
+    bool h1_settling;         /* h1_settle runs: a link ridden at once opens there */
+    bool h1_kicked;           /* h1_settle and the response wait for the timer (h1_kick) */
+    bool h1_sink;             /* the current request is read to its end and dropped */
     char *link_detail;        /* outbound tunnel: why its link's handshake failed */
     bool tunnel;              /* pooled: the TLS side is (or will be) a stream */
     bool carrier;             /* the mTLS connection of a link */

@@ -31,6 +31,10 @@ struct tt_worker_settings {
     uint64_t idle_timeout_ms;
     unsigned request_log_sample; /* one request line in N (denials etc. always) */
     bool pool; /* --pool on: outbound app connections ride pooled HTTP/2 links (net/pool.h) */
+    /* Pooling on: how long an outbound app's first bytes are waited for to tell HTTP/1.x
+     * (requests as streams) from anything else (a tunnel): --inbound-detect-timeout in
+     * transparent mode, else TT_DEFAULT_DETECT_TIMEOUT_MS. */
+    uint64_t outbound_detect_ms;
     const struct tt_transparent_cfg *transparent; /* never NULL; .enabled in that mode */
 };
 
