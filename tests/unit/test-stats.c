@@ -962,6 +962,7 @@ static void add_pool(struct fixture *f)
     o1->streams_opened = 4;
     o1->streams_closed = 1;
     o1->fallback_direct = 1;
+    o1->requests_retried = 3;
     i1->links_opened = 2;
     i1->links_closed = 2;
     i1->streams_opened = 7;
@@ -969,16 +970,17 @@ static void add_pool(struct fixture *f)
 }
 
 /* Asserts o is the "pool" object {connections, streams_active, streams_total,
- * streams_refused, connections_recycled, fallback_direct} with these values and no more. */
-static void assert_pool(json_t *o, const json_int_t want[6])
+ * streams_refused, connections_recycled, fallback_direct, requests_retried} with these
+ * values and no more. */
+static void assert_pool(json_t *o, const json_int_t want[7])
 {
-    static const char *const keys[] = {"connections",          "streams_active",
-                                       "streams_total",        "streams_refused",
-                                       "connections_recycled", "fallback_direct"};
+    static const char *const keys[] = {"connections",     "streams_active",       "streams_total",
+                                       "streams_refused", "connections_recycled", "fallback_direct",
+                                       "requests_retried"};
 
     assert_true(json_is_object(o));
-    assert_int_equal(json_object_size(o), 6);
-    for (int k = 0; k < 6; k++)
+    assert_int_equal(json_object_size(o), 7);
+    for (int k = 0; k < 7; k++)
         assert_int_equal(jget_int(o, keys[k]), want[k]);
 }
 
@@ -987,7 +989,7 @@ static void assert_pool(json_t *o, const json_int_t want[6])
 static void test_stats_pool(void **state)
 {
     struct fixture *f = *state;
-    const json_int_t in[6] = {0, 0, 7, 0, 0, 0}, out[6] = {2, 6, 10, 2, 1, 5};
+    const json_int_t in[7] = {0, 0, 7, 0, 0, 0, 0}, out[7] = {2, 6, 10, 2, 1, 5, 3};
     json_t *doc, *ls;
     char *text;
 
@@ -1020,8 +1022,10 @@ static void test_stats_pool(void **state)
     assert_contains(text, "\ntether_pool_connections_recycled_total" IN "0\n");
     assert_contains(text, "\n# TYPE tether_pool_fallback_direct_total counter\n");
     assert_contains(text, "\ntether_pool_fallback_direct_total" OUT "5\n");
-    assert_int_equal(count_of(text, "\n# TYPE tether_pool_"), 6);
-    assert_int_equal(count_of(text, "\ntether_pool_"), 12); /* 6 families, 2 listeners */
+    assert_contains(text, "\n# TYPE tether_pool_requests_retried_total counter\n");
+    assert_contains(text, "\ntether_pool_requests_retried_total" OUT "3\n");
+    assert_int_equal(count_of(text, "\n# TYPE tether_pool_"), 7);
+    assert_int_equal(count_of(text, "\ntether_pool_"), 14); /* 7 families, 2 listeners */
 #undef IN
 #undef OUT
     free(text);
@@ -1031,7 +1035,7 @@ static void test_stats_pool(void **state)
 static void test_stats_pool_idle(void **state)
 {
     struct fixture *f = *state;
-    const json_int_t zero[6] = {0};
+    const json_int_t zero[7] = {0};
     json_t *doc = tt_stats_json(&f->view), *ls;
 
     assert_non_null(doc);
