@@ -18,13 +18,21 @@ backend. Each case on the same pair unless it says otherwise:
 5. No way through: an outbound whose peer sidecar is down answers each request 503
    (x-tether-reason upstream_connect_failed) and keeps the app's connection for the next
    one (two answers on one connection), counted in refusals_answered.
-6. Not HTTP: an echo protocol on the same outbound still rides a tunnel (route pool),
-   and a WebSocket-style upgrade is handed over to a tunnel after its request.
+6. Not HTTP: an echo protocol on the same outbound still rides a tunnel (route pool).
+7. A peer that does not pool (an inbound with --pool off): three keep-alive requests go
+   over one direct mTLS connection (fallback_direct, route direct), answered in order.
+8. Retries, against a peer nobody here wrote (Python's h2 over ssl, under Debian's python,
+   speaking tether-h2 as a sidecar would): a stream it refuses (REFUSED_STREAM) is sent
+   again, a GET and a POST alike, and answered; a link it drops under an unanswered GET
+   is replaced and the GET sent again; a POST whose link dropped is not sent again: 502
+   upstream_reset, and the app's next request still works. requests_retried counts them.
 """
 
 import http.client
+import json
 import os
 import socket
+import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler
 
@@ -215,6 +223,182 @@ def check_not_http(ok, w):
     ok(routes and set(routes) == {"pool"}, "6: its access line says route pool (%s)" % routes)
 
 
+def check_direct(ok, w):
+    """7: a peer without tether-h2: the requests ride one direct connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", w.direct_out, timeout=10)
+    got = []
+    for k in range(3):
+        conn.request("GET", "/n/d%d" % k)
+        r = conn.getresponse()
+        got.append((r.status, r.read()))
+    conn.close()
+    ok(got == [(200, b"k=d%d\n" % k) for k in range(3)],
+       "7: three keep-alive requests through a peer with --pool off answered (%s)" % got)
+    o = w.direct_web.listener("outbound:")
+    ok(o["pool"]["fallback_direct"] >= 1 and o["accepted"] == 1,
+       "7: one app connection, sent direct (fallback_direct %r, accepted %r)" % (
+           o["pool"]["fallback_direct"], o["accepted"]))
+    h.wait_for(lambda: w.direct_web.access_logs(), 5, what="the direct access line")
+    routes = [a.get("route") for a in w.direct_web.access_logs()]
+    ok(routes == ["direct"], "7: its access line says route direct (%s)" % routes)
+
+
+# ---------------------------------------------------------------------------------------
+# 8. A fake peer sidecar: Python's h2 over ssl, selecting tether-h2.
+
+
+def peer(port, crt, key, ca, mode, log_path):
+    """Serves tether-h2 on 127.0.0.1:port with the given identity, requiring a client
+    certificate of ca. Request streams are numbered across connections (attempts); mode
+    "refuse" resets attempts 1 and 3 with REFUSED_STREAM, mode "drop" closes the
+    connection when attempts 1 and 3 arrive; every other attempt is answered 200 with
+    "attempt=N METHOD PATH body=LEN". Each attempt is appended to log_path."""
+    import ssl
+    import threading
+
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.settings
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    ctx.load_verify_locations(ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["tether-h2"])
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", port))
+    lsock.listen(16)
+    lock = threading.Lock()
+    attempts = [0]
+
+    def serve(raw):
+        try:
+            s = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
+        s.sendall(conn.data_to_send())
+        streams = {}
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        hd = {k.decode(): v.decode() for k, v in ev.headers}
+                        with lock:
+                            attempts[0] += 1
+                            n = attempts[0]
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps([n, hd.get(":method"), hd.get(":path")]) + "\n")
+                        if n in (1, 3) and mode == "drop":
+                            s.close()
+                            return
+                        if n in (1, 3) and mode == "refuse":
+                            conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                            continue
+                        streams[ev.stream_id] = [n, hd, 0]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        if ev.stream_id in streams:
+                            streams[ev.stream_id][2] += len(ev.data)
+                    if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in streams:
+                        n, hd, blen = streams.pop(ev.stream_id)
+                        body = ("attempt=%d %s %s body=%d\n" % (
+                            n, hd.get(":method"), hd.get(":path"), blen)).encode()
+                        conn.send_headers(ev.stream_id, [(":status", "200"),
+                                                         ("content-length", str(len(body)))])
+                        conn.send_data(ev.stream_id, body, end_stream=True)
+                out = conn.data_to_send()
+                if out:
+                    s.sendall(out)
+        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            s.close()
+
+    print("ready", flush=True)
+    while True:
+        c, _ = lsock.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+
+def start_peer(w, mode):
+    """A fake peer in `mode` and an outbound sidecar to it; returns (sidecar, port,
+    attempts log path)."""
+    port, out_port = h.free_port(), h.free_port()
+    log_path = w.env.path("peer-%s.log" % mode)
+    open(log_path, "w").close()
+    p = w.env.proc("peer-" + mode, [h.DEBIAN_PYTHON, os.path.abspath(__file__), "peer",
+                                    str(port), w.api.crt, w.api.key, w.ca.crt, mode, log_path])
+    h.wait_for(lambda: "ready" in open(p.out_path).read(), 10, what="fake peer " + mode)
+    sc = w.env.sidecar("out-" + mode, w.web, w.ca, outbound=[
+        (out_port, "127.0.0.1:%d" % port, w.api_id)], workers=1)
+    return sc, out_port, log_path
+
+
+def request(port, method, path, body=None):
+    """One request on a new connection: (status, x-tether-reason, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request(method, path, body=body)
+        r = conn.getresponse()
+        return r.status, r.getheader("x-tether-reason"), r.read()
+    finally:
+        conn.close()
+
+
+def attempts(log_path):
+    with open(log_path) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def check_retries(ok, w):
+    """8: refused streams and dropped links under a request."""
+    sc, port, log = start_peer(w, "refuse")
+    got = [request(port, "GET", "/r1"), request(port, "POST", "/r2", b"x" * 1000)]
+    ok(got[0][:2] == (200, None) and got[0][2] == b"attempt=2 GET /r1 body=0\n",
+       "8: a GET whose stream the peer refused is sent again and answered (%r)" % (got[0],))
+    ok(got[1][:2] == (200, None) and got[1][2] == b"attempt=4 POST /r2 body=1000\n",
+       "8: so is a POST: a refused stream was never processed (%r)" % (got[1],))
+    ok([a[1:] for a in attempts(log)] == [["GET", "/r1"]] * 2 + [["POST", "/r2"]] * 2,
+       "8: the peer saw each request twice (%s)" % attempts(log))
+    o = sc.listener("outbound:")
+    ok(o["pool"]["requests_retried"] == 2 and o["pool"]["streams_refused"] >= 2,
+       "8: requests_retried 2, streams_refused %r (%r)" % (o["pool"]["streams_refused"],
+                                                          o["pool"]["requests_retried"]))
+
+    sc, port, log = start_peer(w, "drop")
+    first = request(port, "GET", "/d1")
+    ok(first[:2] == (200, None) and first[2] == b"attempt=2 GET /d1 body=0\n",
+       "8: a GET whose link the peer dropped is sent again on a new link (%r)" % (first,))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    conn.request("POST", "/d2", body=b"y" * 500)
+    r = conn.getresponse()
+    second = (r.status, r.getheader("x-tether-reason"), r.read())
+    ok(second[:2] == (502, "upstream_reset") and b"upstream_reset" in second[2],
+       "8: a POST whose link dropped is not sent again: 502 upstream_reset (%r)" % (second,))
+    conn.request("GET", "/d3")
+    r = conn.getresponse()
+    third = (r.status, r.read())
+    conn.close()
+    ok(third == (200, b"attempt=4 GET /d3 body=0\n"),
+       "8: the same app connection's next request is answered (%r)" % (third,))
+    ok([a[1:] for a in attempts(log)] == [["GET", "/d1"], ["GET", "/d1"], ["POST", "/d2"],
+                                          ["GET", "/d3"]],
+       "8: the peer saw the POST once (%s)" % attempts(log))
+    o = sc.listener("outbound:")
+    ok(o["pool"]["requests_retried"] == 1, "8: requests_retried 1 (%r)"
+       % o["pool"]["requests_retried"])
+
+
 class World:
     pass
 
@@ -238,6 +422,11 @@ def test(env):
         (out_port, "127.0.0.1:%d" % in_port, w.api_id)])
     w.echo_web = env.sidecar("echo-out", w.web, w.ca, outbound=[
         (w.echo_out, "127.0.0.1:%d" % echo_in, w.api_id)])
+    direct_in, w.direct_out = h.free_port(), h.free_port()
+    env.sidecar("api-nopool", w.api, w.ca, inbound=[(direct_in, backend.addr)],
+                extra=["--pool", "off"])
+    w.direct_web = env.sidecar("direct-out", w.web, w.ca, outbound=[
+        (w.direct_out, "127.0.0.1:%d" % direct_in, w.api_id)], workers=1)
 
     check_keepalive(ok, web, api, out_port, in_port, backend)
     check_pipelining(ok, out_port)
@@ -245,6 +434,12 @@ def test(env):
     check_smuggling(ok, out_port, backend)
     check_no_way_through(ok, w)
     check_not_http(ok, w)
+    check_direct(ok, w)
+    r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
+    ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
+       "it)" % h.DEBIAN_PYTHON)
+    if r.returncode == 0:
+        check_retries(ok, w)
     for sc in (web, api):
         ok(sc.alive(), "%s still running after the cases" % sc.name)
         clean, reports = sc.stop_clean()
@@ -254,4 +449,7 @@ def test(env):
 
 
 if __name__ == "__main__":
-    h.main(test, "http-streams")
+    if len(sys.argv) >= 8 and sys.argv[1] == "peer":
+        peer(int(sys.argv[2]), *sys.argv[3:8])
+    else:
+        h.main(test, "http-streams")
