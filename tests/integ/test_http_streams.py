@@ -26,6 +26,9 @@ backend. Each case on the same pair unless it says otherwise:
    again, a GET and a POST alike, and answered; a link it drops under an unanswered GET
    is replaced and the GET sent again; a POST whose link dropped is not sent again: 502
    upstream_reset, and the app's next request still works. requests_retried counts them.
+9. A caller no rule lets in (default deny): its request stream is refused 403
+   policy_denied by the inbound, counted as a denied connection and a denied request,
+   and the backend sees nothing.
 """
 
 import http.client
@@ -399,6 +402,19 @@ def check_retries(ok, w):
        % o["pool"]["requests_retried"])
 
 
+def check_denied(ok, w, backend):
+    """9: a request from a caller the policy does not let in."""
+    before = len(backend.lines)
+    got = request(w.deny_out, "GET", "/n/denied")
+    ok(got[:2] == (403, "policy_denied"), "9: refused 403 policy_denied (%r)" % (got,))
+    i = h.wait_for(lambda: (lambda x: x["denied"] >= 1 and x)(
+        w.deny_api.listener("inbound:")), 5, what="the denial counted")
+    ok(i["denied"] == 1 and i["allowed"] == 0 and i["requests"]["denied"] == 1,
+       "9: counted as a denied connection and a denied request (denied %r, allowed %r, "
+       "requests.denied %r)" % (i["denied"], i["allowed"], i["requests"]["denied"]))
+    ok(len(backend.lines) == before, "9: the backend saw nothing (%s)" % backend.lines[before:])
+
+
 class World:
     pass
 
@@ -422,6 +438,13 @@ def test(env):
         (out_port, "127.0.0.1:%d" % in_port, w.api_id)])
     w.echo_web = env.sidecar("echo-out", w.web, w.ca, outbound=[
         (w.echo_out, "127.0.0.1:%d" % echo_in, w.api_id)])
+    deny_in, w.deny_out = h.free_port(), h.free_port()
+    pol = env.policy("deny.json", {"default": "deny", "rules": [
+        {"name": "only-admin", "action": "allow", "from": [h.spiffe("shop", "admin")]}]})
+    w.deny_api = env.sidecar("api-deny", w.api, w.ca, inbound=[(deny_in, backend.addr)],
+                             policy=pol)
+    env.sidecar("deny-out", w.web, w.ca, outbound=[
+        (w.deny_out, "127.0.0.1:%d" % deny_in, w.api_id)], workers=1)
     direct_in, w.direct_out = h.free_port(), h.free_port()
     env.sidecar("api-nopool", w.api, w.ca, inbound=[(direct_in, backend.addr)],
                 extra=["--pool", "off"])
@@ -435,6 +458,7 @@ def test(env):
     check_no_way_through(ok, w)
     check_not_http(ok, w)
     check_direct(ok, w)
+    check_denied(ok, w, backend)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)

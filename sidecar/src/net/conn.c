@@ -1333,11 +1333,13 @@ static bool conn_authorize(struct tt_conn *c)
                                     tt_h2_stream_header(c->stream, ":path"), &v);
         else
             tt_policy_check(snap->policy, caller, self, port, NULL, NULL, &v);
-        if ((http != 0 || c->h2h1 != NULL) && (v.allowed || v.rule == TT_POLICY_RULE_DEFAULT)) {
+        if ((http != 0 && (v.allowed || v.rule == TT_POLICY_RULE_DEFAULT)) ||
+            (c->h2h1 != NULL && v.allowed)) {
             /* Each request is decided (and counted) by the gate; a rule without HTTP
-             * conditions that denies the caller still refuses the whole connection. A
-             * request stream is one request: it always passes the gate, which counts and
-             * logs it, and its bytes are always HTTP. */
+             * conditions that denies the caller still refuses the whole connection. An
+             * allowed request stream is one request: it passes the gate, which counts and
+             * logs it, and its bytes are always HTTP; one whose caller no rule lets in on
+             * this port is refused here, as a connection would be. */
             bool enforce = (http & TT_POLICY_HTTP_F_ENFORCE) != 0 || c->h2h1 != NULL;
             if (conn_gate_start(c, caller, enforce) < 0)
                 return false;
@@ -1361,7 +1363,7 @@ static bool conn_authorize(struct tt_conn *c)
     else
         TT_COUNTER_ADD(lc->denied, 1);
     c->verdict = allowed ? "allow" : "deny";
-    if (!allowed && c->h2up != NULL) {
+    if (!allowed && (c->h2up != NULL || c->h2h1 != NULL)) {
         /* The refused call is a request too: counted and logged as the gate would. */
         struct tt_gate_request rq = {.method = tt_h2_stream_header(c->stream, ":method"),
                                      .path = tt_h2_stream_header(c->stream, ":path"),
