@@ -29,6 +29,10 @@ backend. Each case on the same pair unless it says otherwise:
 9. A caller no rule lets in (default deny): its request stream is refused 403
    policy_denied by the inbound, counted as a denied connection and a denied request,
    and the backend sees nothing.
+10. --request-timeout 1s: a request the backend answers after 4 s gets 504
+   request_timeout from the outbound within about a second, the app's connection kept for
+   its next request; an outbound listener whose file entry says "request_timeout": "0s"
+   waits for the slow answer.
 """
 
 import http.client
@@ -37,6 +41,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from http.server import BaseHTTPRequestHandler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +82,10 @@ class Backend:
                 self.wfile.write(body)
 
             def do_GET(self):
-                if self.path == "/nolen":
+                if self.path == "/slow":
+                    time.sleep(4)
+                    self._send(b"slow answer\n")
+                elif self.path == "/nolen":
                     self._send(b"no length here\n" * 100, length=False)
                 else:
                     self._send(("k=%s\n" % self.path.rsplit("/", 1)[-1]).encode())
@@ -415,6 +423,27 @@ def check_denied(ok, w, backend):
     ok(len(backend.lines) == before, "9: the backend saw nothing (%s)" % backend.lines[before:])
 
 
+def check_timeout(ok, w):
+    """10: the request deadline, global and per listener."""
+    conn = http.client.HTTPConnection("127.0.0.1", w.slow_out, timeout=15)
+    t0 = time.monotonic()
+    conn.request("GET", "/slow")
+    r = conn.getresponse()
+    got = (r.status, r.getheader("x-tether-reason"), r.read())
+    took = time.monotonic() - t0
+    ok(got[:2] == (504, "request_timeout") and took < 3.5,
+       "10: a 4 s answer with --request-timeout 1s: 504 request_timeout after %.1f s (%r)"
+       % (took, got))
+    conn.request("GET", "/n/after")
+    r = conn.getresponse()
+    after = (r.status, r.read())
+    conn.close()
+    ok(after == (200, b"k=after\n"), "10: the same connection's next request (%r)" % (after,))
+    got = request(w.slow_none, "GET", "/slow")
+    ok(got == (200, None, b"slow answer\n"),
+       "10: a listener with request_timeout \"0s\" waits for it (%r)" % (got,))
+
+
 class World:
     pass
 
@@ -445,6 +474,14 @@ def test(env):
                              policy=pol)
     env.sidecar("deny-out", w.web, w.ca, outbound=[
         (w.deny_out, "127.0.0.1:%d" % deny_in, w.api_id)], workers=1)
+    w.slow_out, w.slow_none = h.free_port(), h.free_port()
+    conf = env.write("slow-out.json", json.dumps({"outbound": [
+        {"listen": "127.0.0.1:%d" % w.slow_out, "upstream": "127.0.0.1:%d" % in_port,
+         "spiffe_id": w.api_id},
+        {"listen": "127.0.0.1:%d" % w.slow_none, "upstream": "127.0.0.1:%d" % in_port,
+         "spiffe_id": w.api_id, "request_timeout": "0s"}]}))
+    env.sidecar("slow-out", w.web, w.ca, extra=["--config", conf, "--request-timeout", "1s"],
+                workers=1)
     direct_in, w.direct_out = h.free_port(), h.free_port()
     env.sidecar("api-nopool", w.api, w.ca, inbound=[(direct_in, backend.addr)],
                 extra=["--pool", "off"])
@@ -459,6 +496,7 @@ def test(env):
     check_not_http(ok, w)
     check_direct(ok, w)
     check_denied(ok, w, backend)
+    check_timeout(ok, w)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)

@@ -256,7 +256,7 @@ static void test_config_flags_all(void **state)
                            "--workers", "3", "--log-level", "debug", "--max-connections=1000000",
                            "--handshake-timeout", "250ms", "--connect-timeout", "1s",
                            "--idle-timeout", "1h30m", "--drain-timeout", "0s", "--outbound",
-                           "127.0.0.1:15002=[::1]:9000@" ID_DB, NULL),
+                           "127.0.0.1:15002=[::1]:9000@" ID_DB, "--request-timeout", "15s", NULL),
                      0);
     assert_string_equal(cfg.policy_path, "p.json");
     assert_string_equal(cfg.admin.text, "127.0.0.1:0");
@@ -267,6 +267,7 @@ static void test_config_flags_all(void **state)
     assert_int_equal(cfg.connect_timeout_ms, 1000);
     assert_int_equal(cfg.idle_timeout_ms, 5400000);
     assert_int_equal(cfg.drain_timeout_ms, 0);
+    assert_int_equal(cfg.request_timeout_ms, 15000);
     /* Listeners in command-line order. */
     assert_int_equal(cfg.n_listeners, 3);
     assert_int_equal(cfg.listeners[0].kind, TT_LISTENER_OUTBOUND);
@@ -364,9 +365,14 @@ static const char full_json[] =
     "\"trust_bundle\":\"bundle.pem\"},\n"
     " \"policy\":\"policy.json\", \"admin\":\"127.0.0.1:15100\", \"workers\":2,\n"
     " \"log_level\":\"warn\", \"max_connections\":100,\n"
-    " \"timeouts\":{\"handshake\":\"3s\",\"connect\":\"2s\",\"idle\":\"5m\",\"drain\":\"1s\"},\n"
+    " \"timeouts\":{\"handshake\":\"3s\",\"connect\":\"2s\",\"idle\":\"5m\",\"drain\":\"1s\","
+    "\"request\":\"30s\"},\n"
     " \"inbound\":[{\"listen\":\"127.0.0.1:16006\",\"forward\":\"127.0.0.1:8080\"}],\n"
     " \"outbound\":[{\"listen\":\"127.0.0.1:15001\",\"upstream\":\"127.0.0.1:16007\","
+    "\"spiffe_id\":\"" ID_API "\",\"request_timeout\":\"2s\"},\n"
+    "  {\"listen\":\"127.0.0.1:15002\",\"upstream\":\"127.0.0.1:16008\","
+    "\"spiffe_id\":\"" ID_API "\",\"request_timeout\":\"0s\"},\n"
+    "  {\"listen\":\"127.0.0.1:15003\",\"upstream\":\"127.0.0.1:16009\","
     "\"spiffe_id\":\"" ID_API "\"}]}\n";
 
 static void test_config_file(void **state)
@@ -393,7 +399,12 @@ static void test_config_file(void **state)
     assert_int_equal(cfg.connect_timeout_ms, 2000);
     assert_int_equal(cfg.idle_timeout_ms, 300000);
     assert_int_equal(cfg.drain_timeout_ms, 1000);
-    assert_int_equal(cfg.n_listeners, 2);
+    assert_int_equal(cfg.request_timeout_ms, 30000);
+    assert_int_equal(cfg.n_listeners, 4);
+    /* Per outbound listener: its own, none ("0s"), or the global one (0). */
+    assert_int_equal(cfg.listeners[1].request_timeout_ms, 2000);
+    assert_int_equal(cfg.listeners[2].request_timeout_ms, TT_REQUEST_TIMEOUT_NONE);
+    assert_int_equal(cfg.listeners[3].request_timeout_ms, 0);
     assert_string_equal(cfg.listeners[0].name, "inbound:127.0.0.1:16006");
     assert_string_equal(cfg.listeners[0].target.text, "127.0.0.1:8080");
     assert_string_equal(cfg.listeners[1].name, "outbound:127.0.0.1:15001");
@@ -434,10 +445,10 @@ static void test_config_flags_override_file(void **state)
     assert_int_equal(cfg.max_connections, 100);
     assert_int_equal(cfg.handshake_timeout_ms, 3000);
     /* --inbound adds to the file's listeners, after them. */
-    assert_int_equal(cfg.n_listeners, 3);
+    assert_int_equal(cfg.n_listeners, 5);
     assert_string_equal(cfg.listeners[0].name, "inbound:127.0.0.1:16006");
     assert_string_equal(cfg.listeners[1].name, "outbound:127.0.0.1:15001");
-    assert_string_equal(cfg.listeners[2].name, "inbound:127.0.0.1:16010");
+    assert_string_equal(cfg.listeners[4].name, "inbound:127.0.0.1:16010");
     tt_config_done(&cfg);
     free(path);
 }
@@ -512,6 +523,15 @@ static void test_config_file_errors(void **state)
                       "sidecar.json: outbound[1].spiffe_id: invalid SPIFFE ID \"spiffe://TD/a\"");
     expect_file_error("{\"outbound\":[{\"listen\":\"127.0.0.1:1\",\"forward\":\"127.0.0.1:2\"}]}",
                       "sidecar.json: outbound[0]: unknown key \"forward\"");
+    expect_file_error("{\"outbound\":[{\"listen\":\"127.0.0.1:1\",\"upstream\":\"127.0.0.1:2\","
+                      "\"spiffe_id\":\"spiffe://td/a\",\"request_timeout\":5}]}",
+                      "sidecar.json: outbound[0].request_timeout: expected a duration such as "
+                      "\"30s\", got 5");
+    expect_file_error("{\"inbound\":[{\"listen\":\"127.0.0.1:1\",\"forward\":\"127.0.0.1:2\","
+                      "\"request_timeout\":\"1s\"}]}",
+                      "sidecar.json: inbound[0]: unknown key \"request_timeout\"");
+    expect_file_error("{\"timeouts\":{\"request\":\"soon\"}}",
+                      "sidecar.json: timeouts.request: expected a duration");
     expect_file_error("{\"workers\":", "sidecar.json: line 1");
     expect_file_error("[]", "sidecar.json: expected a JSON object");
     expect_file_error("", "sidecar.json: line 1");
@@ -877,6 +897,7 @@ static void test_config_usage_complete(void **state)
         "default 1h",
         "--drain-timeout D",
         "default 20s",
+        "--request-timeout D",
         "--pool on|off",
         "key pool: true|false",
         "-h, --help",

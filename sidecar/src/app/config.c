@@ -44,6 +44,7 @@ enum {
     OPT_CONNECT_TIMEOUT,
     OPT_IDLE_TIMEOUT,
     OPT_DRAIN_TIMEOUT,
+    OPT_REQUEST_TIMEOUT,
     OPT_CONTROL,
     OPT_CONTROL_BUNDLE,
     OPT_JOIN_TOKEN,
@@ -80,6 +81,7 @@ static const struct option long_options[] = {
     {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT},
+    {"request-timeout", required_argument, NULL, OPT_REQUEST_TIMEOUT},
     {"control", required_argument, NULL, OPT_CONTROL},
     {"control-bundle", required_argument, NULL, OPT_CONTROL_BUNDLE},
     {"join-token", required_argument, NULL, OPT_JOIN_TOKEN},
@@ -629,12 +631,35 @@ static int get_duration(struct file_ctx *f, const json_t *obj, const char *key, 
     return 0;
 }
 
+/* An outbound listener's "request_timeout" (a duration, "0s": none even where
+ * timeouts.request gives one) into *ms; left alone when absent. */
+static int get_request_timeout(struct file_ctx *f, const json_t *item, const char *where,
+                               uint64_t *ms)
+{
+    json_t *v = json_object_get(item, "request_timeout");
+    char shown[96];
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_string(v) || tt_duration_parse(json_string_value(v), ms) != 0 ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+        json_show(v, shown, sizeof(shown));
+        return errf(f->err, f->errlen,
+                    "%s: %s.request_timeout: expected a duration such as \"30s\", got %s", f->path,
+                    where, shown);
+    }
+    if (*ms == 0)
+        *ms = TT_REQUEST_TIMEOUT_NONE;
+    return 0;
+}
+
 /* Loads the "inbound" or "outbound" array of the file into cfg. */
 static int load_listeners(struct file_ctx *f, const json_t *root, enum tt_listener_kind kind,
                           struct tt_config *cfg)
 {
     static const char *const in_keys[] = {"listen", "forward", NULL};
-    static const char *const out_keys[] = {"listen", "upstream", "spiffe_id", NULL};
+    static const char *const out_keys[] = {"listen", "upstream", "spiffe_id", "request_timeout",
+                                           NULL};
     const char *key = kind == TT_LISTENER_INBOUND ? "inbound" : "outbound";
     const char *target_key = kind == TT_LISTENER_INBOUND ? "forward" : "upstream";
     json_t *arr = json_object_get(root, key), *item;
@@ -671,6 +696,8 @@ static int load_listeners(struct file_ctx *f, const json_t *root, enum tt_listen
         snprintf(w2, sizeof(w2), "%s: %s", f->path, where);
         rc = fill_listener(kind, listen, target, id, id ? strlen(id) : 0, &l, w2, 1, f->err,
                            f->errlen);
+        if (rc == 0 && kind == TT_LISTENER_OUTBOUND)
+            rc = get_request_timeout(f, item, where, &l.request_timeout_ms);
         if (rc == 0)
             rc = add_listener(cfg, &l, f->err, f->errlen);
         if (rc != 0) {
@@ -744,7 +771,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
     static const char *const control_keys[] = {"address",  "bundle",    "join_token",
                                                "jwt_file", "spiffe_id", NULL};
     static const char *const id_keys[] = {"cert", "key", "trust_bundle", "crls", NULL};
-    static const char *const timeout_keys[] = {"handshake", "connect", "idle", "drain", NULL};
+    static const char *const timeout_keys[] = {"handshake", "connect", "idle",
+                                               "drain",     "request", NULL};
     struct file_ctx f = {.path = path, .err = err, .errlen = errlen};
     const char *slash, *s;
     json_error_t jerr;
@@ -851,7 +879,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
             (rc = get_duration(&f, obj, "handshake", 0, &cfg->handshake_timeout_ms)) != 0 ||
             (rc = get_duration(&f, obj, "connect", 0, &cfg->connect_timeout_ms)) != 0 ||
             (rc = get_duration(&f, obj, "idle", 0, &cfg->idle_timeout_ms)) != 0 ||
-            (rc = get_duration(&f, obj, "drain", 1, &cfg->drain_timeout_ms)) != 0)
+            (rc = get_duration(&f, obj, "drain", 1, &cfg->drain_timeout_ms)) != 0 ||
+            (rc = get_duration(&f, obj, "request", 1, &cfg->request_timeout_ms)) != 0)
             goto out;
     }
     if ((rc = load_listeners(&f, root, TT_LISTENER_INBOUND, cfg)) != 0)
@@ -1169,7 +1198,9 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
         (rc = apply_duration(fl, OPT_CONNECT_TIMEOUT, 0, &cfg->connect_timeout_ms, err, errlen)) !=
             0 ||
         (rc = apply_duration(fl, OPT_IDLE_TIMEOUT, 0, &cfg->idle_timeout_ms, err, errlen)) != 0 ||
-        (rc = apply_duration(fl, OPT_DRAIN_TIMEOUT, 1, &cfg->drain_timeout_ms, err, errlen)) != 0)
+        (rc = apply_duration(fl, OPT_DRAIN_TIMEOUT, 1, &cfg->drain_timeout_ms, err, errlen)) != 0 ||
+        (rc = apply_duration(fl, OPT_REQUEST_TIMEOUT, 1, &cfg->request_timeout_ms, err, errlen)) !=
+            0)
         return rc;
     for (size_t i = 0; i < fl->n_crls; i++) {
         if (fl->crls[i][0] == '\0')
@@ -1574,6 +1605,10 @@ void tt_config_usage(FILE *out)
         "  --idle-timeout D            close a connection idle both ways for D (default 1h)\n"
         "  --drain-timeout D           on SIGTERM, let connections finish for D; 0s closes at\n"
         "                              once (default 20s)\n"
+        "  --request-timeout D         pooled outbound HTTP/1.x: a request not answered in D\n"
+        "                              gets 504 request_timeout (default 0s: none; key\n"
+        "                              timeouts.request; per outbound listener in the file:\n"
+        "                              request_timeout)\n"
         "\n"
         "Transparent mode (capture by tether-iptables; the sidecar runs as UID 1337):\n"
         "  --transparent               listen on 15001 (outbound capture) and 15006 (inbound\n"

@@ -46,6 +46,7 @@ struct tt_config {
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;
+    uint64_t request_timeout_ms; /* --request-timeout: pooled outbound HTTP/1.x; 0: none */
     uint64_t drain_timeout_ms;
     struct tt_listener_cfg *listeners; /* inbound and outbound, in the order given */
     size_t n_listeners;

@@ -555,6 +555,7 @@ int tt_runtime_run(const struct tt_config *cfg)
         .handshake_timeout_ms = cfg->handshake_timeout_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
+        .request_timeout_ms = cfg->request_timeout_ms,
         .request_log_sample = cfg->request_log_sample,
         .pool = cfg->pool,
         .outbound_detect_ms = cfg->transparent.detect_ms != 0 ? cfg->transparent.detect_ms

@@ -85,6 +85,7 @@ static void h1_progress(struct tt_conn *c);
 static void h1_settle(struct tt_conn *c);
 static void h1_fail(struct tt_conn *c, int err);
 static void h1_lost(struct tt_conn *c, int err);
+static void h1_timed_out(struct tt_conn *c);
 static int conn_send_early(struct tt_conn *c);
 static void outbound_detect(struct tt_conn *c, const uint8_t *data, size_t n, bool final);
 static void refusal_read(struct tt_conn *c, const uint8_t *data, size_t n);
@@ -203,13 +204,23 @@ static void on_timer(uv_timer_t *timer)
                 uv_timer_start(&c->timer, on_timer, tt_link_tick_ms(c->link), 0);
             break;
         }
-        /* The idle deadline slides with activity; re-arm for what is left of it. */
+        if (c->h1_deadline_ms != 0 && now >= c->h1_deadline_ms) {
+            h1_timed_out(c);
+            if (c->state != TT_CONN_S_RELAY || c->h1_kicked)
+                break;
+        }
+        /* The idle deadline slides with activity; re-arm for what is left of it (or for
+         * the request's deadline, when that comes first). */
         uint64_t idle = conn_settings(c)->idle_timeout_ms;
         uint64_t since = now - c->last_activity_ms;
-        if (since >= idle)
+        if (since >= idle) {
             conn_close(c, UV_ETIMEDOUT, true);
-        else
-            uv_timer_start(&c->timer, on_timer, idle - since, 0);
+        } else {
+            uint64_t wait = idle - since;
+            if (c->h1_deadline_ms != 0 && c->h1_deadline_ms - now < wait)
+                wait = c->h1_deadline_ms - now;
+            uv_timer_start(&c->timer, on_timer, wait, 0);
+        }
         break;
     }
     default:
@@ -242,6 +253,10 @@ static void conn_enter(struct tt_conn *c, enum tt_conn_state state)
         break;
     case TT_CONN_S_RELAY:
         timeout = c->carrier ? tt_link_tick_ms(c->link) : cfg->idle_timeout_ms;
+        if (c->h1_deadline_ms != 0) /* an HTTP/1.x request's deadline may come first */
+            timeout = c->h1_deadline_ms <= c->phase_ms            ? 1
+                      : c->h1_deadline_ms - c->phase_ms < timeout ? c->h1_deadline_ms - c->phase_ms
+                                                                  : timeout;
         touch(c);
         break;
     default:
@@ -2069,6 +2084,7 @@ static void h1_request_over(struct tt_conn *c)
     c->tried = 0;
     c->attempts = 0;
     c->refused_retries = 0;
+    c->h1_deadline_ms = 0;
 }
 
 /* What a call into the translator returned: 0 goes on; TT_E_HTTP means the app's bytes
@@ -2181,10 +2197,14 @@ static void h1_lost(struct tt_conn *c, int err)
  * body follows. */
 static void h1_open(struct tt_conn *c)
 {
+    uint64_t timeout = c->listener->cfg->request_timeout_ms;
     int r;
 
-    if (c->state != TT_CONN_S_RELAY)
-        conn_enter(c, TT_CONN_S_RELAY);
+    if (timeout == 0)
+        timeout = conn_settings(c)->request_timeout_ms;
+    if (timeout != 0 && timeout != TT_REQUEST_TIMEOUT_NONE && c->h1_deadline_ms == 0)
+        c->h1_deadline_ms = uv_now(&c->worker->loop) + timeout; /* a retry keeps the first */
+    conn_enter(c, TT_CONN_S_RELAY);                             /* (re)armed for the deadline */
     r = tt_h1h2_rewind(c->h1h2);
     c->h1_session = NULL;
     if (r == -EAGAIN) {
@@ -2192,6 +2212,22 @@ static void h1_open(struct tt_conn *c)
         return;
     }
     (void)h1_check(c, r);
+}
+
+/* The current request's deadline (--request-timeout) passed: one not answered yet gets
+ * 504 request_timeout (its stream is cancelled); a response under way is cut: the
+ * connection is reset. */
+static void h1_timed_out(struct tt_conn *c)
+{
+    c->h1_deadline_ms = 0;
+    tt_log(TT_LOG_WARN, "request_timeout", TT_LS("listener", c->listener->cfg->name),
+           TT_LS("upstream", c->target.text),
+           TT_LS("answered", tt_h1h2_responded(c->h1h2) ? "partly" : "no"));
+    if (tt_h1h2_responded(c->h1h2)) {
+        conn_close(c, TT_E_TIMEOUT, true);
+        return;
+    }
+    h1_answer(c, 504, "request_timeout", TT_E_TIMEOUT);
 }
 
 /* The current request upgrades (CONNECT, WebSocket), or the peer serves its port opaque:

@@ -131,6 +131,7 @@ struct tt_conn {
     bool h1_settling;         /* h1_settle runs: a link ridden at once opens there */
     bool h1_kicked;           /* h1_settle and the response wait for the timer (h1_kick) */
     bool h1_sink;             /* the current request is read to its end and dropped */
+    uint64_t h1_deadline_ms;  /* the current request's --request-timeout deadline, 0: none */
     char *link_detail;        /* outbound tunnel: why its link's handshake failed */
     bool tunnel;              /* pooled: the TLS side is (or will be) a stream */
     bool carrier;             /* the mTLS connection of a link */

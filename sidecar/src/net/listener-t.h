@@ -26,7 +26,12 @@ struct tt_listener_cfg {
     char *expected_id;     /* outbound: server SPIFFE ID that must answer; else NULL */
     bool transparent;      /* target and identity come from each connection's original
                             * destination (transparent mode's 15001 and 15006) */
+    /* Outbound: an HTTP/1.x request's deadline from its stream's opening; 0: the global
+     * --request-timeout; TT_REQUEST_TIMEOUT_NONE: none here whatever that says. */
+    uint64_t request_timeout_ms;
 };
+
+#define TT_REQUEST_TIMEOUT_NONE UINT64_MAX
 
 /* Transparent mode's settings (--transparent and the flags beside it). */
 struct tt_transparent_cfg {

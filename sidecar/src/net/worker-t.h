@@ -29,6 +29,7 @@ struct tt_worker_settings {
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;
+    uint64_t request_timeout_ms; /* an outbound HTTP/1.x request's deadline; 0: none */
     unsigned request_log_sample; /* one request line in N (denials etc. always) */
     bool pool; /* --pool on: outbound app connections ride pooled HTTP/2 links (net/pool.h) */
     /* Pooling on: how long an outbound app's first bytes are waited for to tell HTTP/1.x
