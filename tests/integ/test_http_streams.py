@@ -113,7 +113,7 @@ def responses(raw):
     return raw.count(b"HTTP/1.1 ")
 
 
-def check_keepalive(ok, web, api, out_port, in_port, backend):
+def check_keepalive(ok, w, web, api, out_port, in_port, backend):
     """1: 40 requests on one app connection, 40 streams."""
     o0 = web.listener("outbound:127.0.0.1:%d" % out_port)
     conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=10)
@@ -134,6 +134,17 @@ def check_keepalive(ok, web, api, out_port, in_port, backend):
     ok(streams == 40, "1: ... and opened one stream per request: 40 (got %d)" % streams)
     i = api.listener("inbound:127.0.0.1:%d" % in_port)
     ok(i["requests"]["total"] >= 40, "1: the inbound counted the requests (%r)" % i["requests"])
+    rq = o["requests"]
+    ok(rq["total"] - o0["requests"]["total"] == 40 and rq["by_status"]["2xx"] >= 40
+       and rq["by_method"].get("GET", 0) >= 40,
+       "1: so did the outbound, by method and status (total %r, by_status %r)" % (
+           rq["total"], rq["by_status"]))
+    lines = [r for r in web.logs() if r.get("event") == "request"]
+    ok(len(lines) >= 40 and lines[-1].get("path") == "/n/39" and lines[-1].get("status") == 200
+       and lines[-1].get("upstream") == "127.0.0.1:%d" % in_port
+       and lines[-1].get("peer_id") == w.api_id,
+       "1: the outbound writes a request line per request, naming where it went (%r)"
+       % (lines[-1:],))
     ok(o["handshakes"] <= 2, "1: on at most one link per worker (handshakes %r)" % o["handshakes"])
     try:
         h.wait_for(lambda: web.access_logs(), 5, what="the outbound's access line")
@@ -183,7 +194,7 @@ def check_bodies(ok, out_port):
        % (head, len(body)))
 
 
-def check_smuggling(ok, out_port, backend):
+def check_smuggling(ok, web, out_port, backend):
     """4: CL + TE from the app: 400 by the outbound, nothing reaches the backend."""
     before = len(backend.lines)
     raw = raw_exchange(out_port, b"POST /echo HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\n"
@@ -192,6 +203,9 @@ def check_smuggling(ok, out_port, backend):
     ok(raw.startswith(b"HTTP/1.1 400") and b"x-tether-reason: content_length_and_transfer_"
        b"encoding" in raw.lower(), "4: CL+TE answered 400 with its reason (%r)" % raw[:200])
     ok(len(backend.lines) == before, "4: the backend saw nothing (%s)" % backend.lines[before:])
+    refused = h.wait_for(lambda: web.listener("outbound:")["requests"]["refused"].get(
+        "content_length_and_transfer_encoding"), 5, what="the refusal counted")
+    ok(refused == 1, "4: the outbound counted the refusal by reason (%r)" % refused)
 
 
 def check_no_way_through(ok, w):
@@ -414,7 +428,9 @@ def check_denied(ok, w, backend):
     """9: a request from a caller the policy does not let in."""
     before = len(backend.lines)
     got = request(w.deny_out, "GET", "/n/denied")
-    ok(got[:2] == (403, "policy_denied"), "9: refused 403 policy_denied (%r)" % (got,))
+    ok(got[:2] == (403, "policy_denied") and json.loads(got[2]) == {
+        "error": "policy_denied", "rule": "default"},
+       "9: refused 403 policy_denied, the JSON body naming the rule (%r)" % (got,))
     i = h.wait_for(lambda: (lambda x: x["denied"] >= 1 and x)(
         w.deny_api.listener("inbound:")), 5, what="the denial counted")
     ok(i["denied"] == 1 and i["allowed"] == 0 and i["requests"]["denied"] == 1,
@@ -488,10 +504,10 @@ def test(env):
     w.direct_web = env.sidecar("direct-out", w.web, w.ca, outbound=[
         (w.direct_out, "127.0.0.1:%d" % direct_in, w.api_id)], workers=1)
 
-    check_keepalive(ok, web, api, out_port, in_port, backend)
+    check_keepalive(ok, w, web, api, out_port, in_port, backend)
     check_pipelining(ok, out_port)
     check_bodies(ok, out_port)
-    check_smuggling(ok, out_port, backend)
+    check_smuggling(ok, web, out_port, backend)
     check_no_way_through(ok, w)
     check_not_http(ok, w)
     check_direct(ok, w)

@@ -1142,6 +1142,29 @@ static bool reason_ok(const char *s)
     return i > 0 && i <= 64;
 }
 
+/* Writes an error answer's JSON body; see h1.h. The rule name is escaped within cap. */
+int tt_h1_error_body(char *body, size_t cap, const char *reason, const char *rule)
+{
+    size_t pos;
+    int n;
+
+    if (reason == NULL || !reason_ok(reason) || cap < 64 + strlen(reason))
+        return -EINVAL;
+    n = snprintf(body, cap, "{\"error\": \"%s\", \"rule\": ", reason);
+    pos = (size_t)n;
+    if (rule != NULL) {
+        body[pos++] = '"';
+        tt_json_escape(body, cap - 4, &pos, rule);
+        body[pos++] = '"';
+    } else {
+        memcpy(body + pos, "null", 4);
+        pos += 4;
+    }
+    body[pos++] = '}';
+    body[pos++] = '\n';
+    return (int)pos;
+}
+
 /*
  * Writes an error answer; see h1.h. The body is built first (its length goes in the
  * head), in a bounded buffer: a rule name is at most 256 bytes, escaped at most 6 times.
@@ -1150,31 +1173,21 @@ int tt_h1_write_error(char *buf, size_t cap, int status, const char *reason, con
                       bool close)
 {
     char body[2048];
-    size_t pos = 0;
-    int n;
+    int n, len;
 
-    if (reason == NULL || !reason_ok(reason) || status < 100 || status > 599)
+    if (status < 100 || status > 599)
         return -EINVAL;
-    n = snprintf(body, sizeof(body), "{\"error\": \"%s\", \"rule\": ", reason);
-    pos = (size_t)n;
-    if (rule != NULL) {
-        body[pos++] = '"';
-        tt_json_escape(body, sizeof(body) - 4, &pos, rule);
-        body[pos++] = '"';
-    } else {
-        memcpy(body + pos, "null", 4);
-        pos += 4;
-    }
-    body[pos++] = '}';
-    body[pos++] = '\n';
+    len = tt_h1_error_body(body, sizeof(body), reason, rule);
+    if (len < 0)
+        return len;
     n = snprintf(buf, cap,
-                 "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                 "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                  "x-tether-reason: %s\r\nCache-Control: no-store\r\nConnection: %s\r\n\r\n",
-                 status, tt_h1_status_text(status), pos, reason, close ? "close" : "keep-alive");
-    if (n < 0 || (size_t)n + pos > cap)
+                 status, tt_h1_status_text(status), len, reason, close ? "close" : "keep-alive");
+    if (n < 0 || (size_t)n + (size_t)len > cap)
         return -ENOSPC;
-    memcpy(buf + n, body, pos);
-    return n + (int)pos;
+    memcpy(buf + n, body, (size_t)len);
+    return n + len;
 }
 
 /* Whether the Connection fields among fields[0..n) name `name` (h1.h). */

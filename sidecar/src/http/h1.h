@@ -158,4 +158,9 @@ const char *tt_h1_status_text(int status);
 int tt_h1_write_error(char *buf, size_t cap, int status, const char *reason, const char *rule,
                       bool close);
 
+/* Writes only the JSON body of such an answer, {"error": "<reason>", "rule": ...}\n, into
+ * body[0..cap) (for an HTTP/2 answer). Returns its length, or -EINVAL for a bad reason or
+ * a cap below 64 + the reason's length (a long rule is cut to fit). */
+int tt_h1_error_body(char *body, size_t cap, const char *reason, const char *rule);
+
 #endif

@@ -1255,12 +1255,11 @@ static void gate_on_verdict(void *ud, const struct tt_policy_verdict *v)
     conn_log_audit(c, conn_peer_id(c), v);
 }
 
-/* A request is over: counted, and its access line written (DESIGN.md "HTTP between
- * sidecars"; README "Logs"). */
-static void gate_on_request(void *ud, const struct tt_gate_request *rq)
+/* A request is over: counted on c's listener for peer_id (inbound: the caller; outbound:
+ * the sidecar that answered), and its access line written (DESIGN.md "HTTP between
+ * sidecars"; README "Logs"). This is where every request is counted. */
+static void request_over(struct tt_conn *c, const char *peer_id, const struct tt_gate_request *rq)
 {
-    struct tt_conn *c = ud;
-    const char *peer_id = conn_peer_id(c);
     struct tt_request_record rec = {
         .method = rq->method,
         .status = rq->status,
@@ -1286,10 +1285,18 @@ static void gate_on_request(void *ud, const struct tt_gate_request *rq)
            TT_LS("path", rq->path), TT_LU("status", (uint64_t)rq->status),
            TT_LU("request_bytes", rq->request_bytes), TT_LU("response_bytes", rq->response_bytes),
            TT_LU("duration_us", rq->duration_us),
-           TT_LS("verdict", rq->denied         ? "deny"
-                            : rq->rule != NULL ? "allow"
-                                               : "refused"),
+           TT_LS("verdict", rq->denied                               ? "deny"
+                            : rq->rule == NULL && rq->reason != NULL ? "refused"
+                                                                     : "allow"),
            TT_LS("rule", rq->rule), TT_LS("reason", rq->reason), TT_LS("upstream", c->target.text));
+}
+
+/* The gate's (or an inbound request stream's) request is over. */
+static void gate_on_request(void *ud, const struct tt_gate_request *rq)
+{
+    struct tt_conn *c = ud;
+
+    request_over(c, conn_peer_id(c), rq);
 }
 
 /* Puts the request gate between the verified caller and the workload. Returns 0 or
@@ -1544,6 +1551,30 @@ static int tunnel_refusal(int err, const char **reason)
     }
 }
 
+/* Answers inbound stream s that never reached the workload, by why it ended (err): the
+ * status and x-tether-reason; a request stream (not a tunnel, not gRPC) also gets the JSON
+ * body an HTTP/1.x caller would get, naming the rule. Returns 0 or <0. */
+static int tunnel_refuse(struct tt_conn *c, struct tt_h2_stream *s, int err)
+{
+    const char *why = NULL;
+    int status = tunnel_refusal(err, &why);
+    char body[512], len_text[16];
+    int len = c->h2h1 != NULL ? tt_h1_error_body(body, sizeof(body), why, c->rule) : -1;
+    struct tt_h2_header h[] = {
+        {"x-tether-reason", 15, why, strlen(why)},
+        {"content-type", 12, "application/json", 16},
+        {"content-length", 14, len_text, 0},
+    };
+    int r;
+
+    if (len < 0)
+        return tt_h2_respond(s, status, h, 1, true);
+    h[2].value_len = (size_t)snprintf(len_text, sizeof(len_text), "%d", len);
+    r = tt_h2_respond(s, status, h, 3, false);
+    r = r ?: tt_h2_stream_write(s, body, (size_t)len);
+    return r ?: tt_h2_stream_end(s);
+}
+
 /* A tunnel ends (conn_close): an inbound one never answered gets its refusal, one cut
  * short is reset, and the stream and place in the pool are given up. */
 static void conn_tunnel_end(struct tt_conn *c, int err, bool reset)
@@ -1553,10 +1584,7 @@ static void conn_tunnel_end(struct tt_conn *c, int err, bool reset)
 
     if (s != NULL) {
         if (conn_is_inbound(c) && !c->answered) {
-            const char *why = NULL;
-            int status = tunnel_refusal(err, &why);
-            struct tt_h2_header h = {"x-tether-reason", 15, why, strlen(why)};
-            if (tt_h2_respond(s, status, &h, 1, true) < 0)
+            if (tunnel_refuse(c, s, err) < 0)
                 (void)tt_h2_stream_reset(s, TT_H2_REFUSED_STREAM);
         } else if (reset) {
             (void)tt_h2_stream_reset(s, TT_H2_CANCEL);
@@ -1979,6 +2007,57 @@ static void h2up_free(struct tt_h2_upstream *up)
 
 static const struct tt_h2_stream_callbacks h1_stream_callbacks;
 
+/* The current request of an HTTP/1.x app, for its request line and counters. */
+struct h1_request {
+    char method[16];
+    char path[256];          /* truncated for the log */
+    uint64_t start_us;       /* its head arrived */
+    uint64_t request_bytes;  /* body bytes sent on its (last) stream */
+    uint64_t response_bytes; /* body bytes given to the app */
+    int status;              /* its response's status, 0 before */
+    bool active;             /* begun and not recorded yet */
+};
+
+/* The current request is over with `status` (0: none went out), `reason` when the
+ * sidecar answered it: counted on the outbound listener for the identity that answered
+ * (README "Per-request metrics"), logged with the endpoint it went to. */
+static void h1_record(struct tt_conn *c, int status, const char *reason)
+{
+    struct h1_request *q = c->h1_rq;
+    struct tt_gate_request rq;
+
+    if (q == NULL || !q->active)
+        return;
+    q->active = false;
+    rq = (struct tt_gate_request){
+        .method = q->method,
+        .path = q->path,
+        .status = status,
+        .request_bytes = q->request_bytes,
+        .response_bytes = q->response_bytes,
+        .duration_us = conn_now_us(c) - q->start_us,
+        .reason = reason,
+    };
+    request_over(c, c->expected_id, &rq);
+}
+
+/* The translator refused the app's bytes (400/431, already answered): counted and logged
+ * as a refused request. */
+static void h1_refused(struct tt_conn *c)
+{
+    enum tt_h1_reason why = tt_h1h2_reason(c->h1h2);
+    struct tt_gate_request rq = {
+        .method = c->h1_rq->active ? c->h1_rq->method : "",
+        .path = c->h1_rq->active ? c->h1_rq->path : "",
+        .status = tt_h1_reason_status(why),
+        .reason = tt_h1_reason_name(why),
+        .refused_reason = (int)why,
+    };
+
+    c->h1_rq->active = false;
+    request_over(c, c->expected_id, &rq);
+}
+
 /* Has h1_settle and h1_progress run on the next loop iteration, outside the pool's and
  * the session's calls under way. Only while relaying: in CONNECTING the timer is the
  * connect deadline, and pool_ride kicks when the link comes. */
@@ -2014,6 +2093,15 @@ static int h1_on_request(void *ud, const struct tt_h1h2_request *rq)
 
     c->h1_idempotent = rq->idempotent;
     c->h1_has_body = rq->has_body;
+    if (!c->h1_rq->active) {
+        c->h1_rq->active = true;
+        c->h1_rq->start_us = conn_now_us(c);
+        c->h1_rq->response_bytes = 0;
+        snprintf(c->h1_rq->method, sizeof(c->h1_rq->method), "%s", rq->method);
+        snprintf(c->h1_rq->path, sizeof(c->h1_rq->path), "%s",
+                 rq->path != NULL ? rq->path : rq->authority);
+    }
+    c->h1_rq->request_bytes = 0; /* a retry sends the body again */
     if (c->h1_sink)
         return 0; /* read to its end and dropped: the sidecar answers it (h1_answer) */
     if (rq->upgrade) {
@@ -2036,7 +2124,10 @@ static int h1_on_body(void *ud, const char *data, size_t len)
 {
     struct tt_conn *c = ud;
 
-    return c->h1_sink ? 0 : stream_write(c, data, len);
+    if (c->h1_sink)
+        return 0;
+    c->h1_rq->request_bytes += len;
+    return stream_write(c, data, len);
 }
 
 /* h1h2: the request is complete: a body's stream is ended (one without a body was opened
@@ -2093,8 +2184,7 @@ static void h1_request_over(struct tt_conn *c)
 static bool h1_check(struct tt_conn *c, int r)
 {
     if (r == TT_E_HTTP) {
-        tt_metrics_request_refused(c->worker->metrics, c->listener->index, NULL,
-                                   tt_h1h2_reason(c->h1h2));
+        h1_refused(c);
         r = 0;
     }
     if (r == 0)
@@ -2131,6 +2221,7 @@ static void h1_answer(struct tt_conn *c, int status, const char *reason, int err
         conn_close(c, err, true);
         return;
     }
+    h1_record(c, status, reason);
     TT_COUNTER_ADD(conn_counters(c)->refusals_answered, 1);
     if (!h1_check(c, r))
         return;
@@ -2347,11 +2438,13 @@ static int h1_pump_response(struct tt_conn *c)
         r = tt_h1h2_response_body(c->h1h2, (const char *)data, n);
         if (r < 0)
             return r;
+        c->h1_rq->response_bytes += n;
         tt_h2_stream_consume(s, n);
         tunnel_count(c->tls_side, n, true);
     }
     if (!tt_h2_stream_eof(s))
         return 0;
+    h1_record(c, tt_h2_stream_status(s), NULL);
     h1_request_over(c);
     return tt_h1h2_response_end(c->h1h2);
 }
@@ -2455,7 +2548,8 @@ static void h1_start(struct tt_conn *c)
     int r;
 
     c->h1h2 = tt_h1h2_new(&io, c->target.text);
-    if (c->h1h2 == NULL) {
+    c->h1_rq = calloc(1, sizeof(*c->h1_rq));
+    if (c->h1h2 == NULL || c->h1_rq == NULL) {
         conn_close(c, -ENOMEM, true);
         return;
     }
@@ -3112,6 +3206,7 @@ static void conn_free(struct tt_conn *c)
     tt_gate_free(c->gate, conn_now_us(c)); /* reports requests left unanswered */
     tt_h2h1_free(c->h2h1);
     tt_h1h2_free(c->h1h2);
+    free(c->h1_rq);
     h2up_free(c->h2up);
     tt_tls_free(c->tls);
     tt_buf_done(&c->down.inflight);
@@ -3203,6 +3298,8 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
         side_ended(c, c->tls_side, 0); /* the peer's alert ended it */
     if (reset && c->reset_by == NULL)
         c->reset_by = "proxy";
+    if (c->h1h2 != NULL)
+        h1_record(c, 0, NULL); /* a request the connection ended under, unanswered */
     c->state = TT_CONN_S_CLOSING;
     c->error = err;
     if (c->balancer_active) {

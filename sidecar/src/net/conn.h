@@ -30,6 +30,7 @@ struct tt_h2_upstream;
 struct tt_h2;
 struct tt_h2_stream;
 struct tt_h1h2;
+struct h1_request;
 
 enum tt_conn_state {
     TT_CONN_S_ACCEPTED,   /* just accepted; nothing started yet */
@@ -120,6 +121,7 @@ struct tt_conn {
     /* Outbound HTTP/1.x app (pooling on, detected by its first bytes): each request is a
      * stream of its own on a link (http/h1h2.h; conn.c "outbound HTTP/1.x apps"). */
     struct tt_h1h2 *h1h2;
+    struct h1_request *h1_rq; /* the current request, for its counters and line */
     struct tt_h2 *h1_session; /* while riding starts: the link's session to open it on */
     struct tt_buf early;      /* outbound: the app's bytes read while detecting, not sent */
     bool detected;            /* outbound: detection read the app's first bytes */
