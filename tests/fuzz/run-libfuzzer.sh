@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real coverage-guided fuzzing of the targets in this folder with clang's libFuzzer
 # (not part of the test run). Usage: tests/fuzz/run-libfuzzer.sh [TARGET] [SECONDS]
-# (TARGET: policy, spiffe, tls, yaml, h1, h1resp, gate or h2; default all, 60 s each). Crashes
+# (TARGET: policy, spiffe, tls, yaml, h1, h1resp, gate, h2 or h1h2; default all, 60 s each). Crashes
 # land in build-fuzz/crash-*; add the input to seeds/ once the bug is fixed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,10 +14,10 @@ fi
 ninja -C build-fuzz sidecar/libtether-sidecar.a sidecar/libtether-http.a tests/tools/libtestcerts.a \
   control/libtether-control.a control/libtether-yaml.a >/dev/null
 secs=${2:-60}
-for t in ${1:-policy spiffe tls yaml h1 h1resp gate h2}; do
+for t in ${1:-policy spiffe tls yaml h1 h1resp gate h2 h1h2}; do
   extra=()
   [ "$t" = tls ] && extra=(build-fuzz/tests/tools/libtestcerts.a)
-  [ "$t" = h2 ] && extra=(build-fuzz/sidecar/libtether-http.a -lnghttp2)
+  case $t in h2 | h1h2) extra=(build-fuzz/sidecar/libtether-http.a -lnghttp2) ;; esac
   [ "$t" = yaml ] && extra=(-iquote control build-fuzz/control/libtether-control.a build-fuzz/control/libtether-yaml.a -lyaml)
   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -std=gnu11 \
     -Isidecar/src -Itests/tools -I/usr/include/android -Ibuild-fuzz/proto \

@@ -733,6 +733,23 @@ static int answer_in_end(struct rec *r)
     return 0;
 }
 
+/* The sidecar's own answer to HEAD is its head alone (RFC 9110 §9.3.2), so that the
+ * connection stays in step for the next request. */
+static void test_h1h2_answer_head(void **state)
+{
+    struct rec r;
+    struct tt_h1h2 *x = make(&r);
+
+    (void)state;
+    assert_int_equal(feed(x, "HEAD / HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    assert_int_equal(tt_h1h2_answer(x, 503, "no_endpoint", NULL), 0);
+    assert_non_null(strstr(r.app, "HTTP/1.1 503 "));
+    assert_non_null(strstr(r.app, "Connection: keep-alive\r\n"));
+    assert_int_equal(strlen(r.app) - 4, (size_t)(strstr(r.app, "\r\n\r\n") - r.app));
+    assert_false(tt_h1h2_done(x));
+    tt_h1h2_free(x);
+}
+
 static void test_h1h2_answer_inside(void **state)
 {
     const char *two = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
@@ -1100,6 +1117,7 @@ int main(void)
         cmocka_unit_test(test_h1h2_take_raw_between),
         cmocka_unit_test(test_h1h2_refused),
         cmocka_unit_test(test_h1h2_answer),
+        cmocka_unit_test(test_h1h2_answer_head),
         cmocka_unit_test(test_h1h2_answer_inside),
         cmocka_unit_test(test_h1h2_hold_bound),
         cmocka_unit_test(test_h1h2_bodiless),

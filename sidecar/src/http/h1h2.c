@@ -391,6 +391,16 @@ static bool reading(const struct tt_h1h2 *x)
 
 /* The reader refused the app's bytes: the refusal's 400 or 431 goes to the app (unless a
  * response is under way: nothing can be added to it) and the connection is done. */
+/* How much of an answer of ours (tt_h1_write_error's n bytes in buf) goes to the app: all
+ * of it, or for a HEAD request its head alone (RFC 9110 §9.3.2: no content, even though
+ * its Content-Length says what a GET would have got). */
+static size_t own_answer_len(const struct tt_h1h2 *x, const char *buf, int n)
+{
+    const char *end = x->is_head ? memmem(buf, (size_t)n, "\r\n\r\n", 4) : NULL;
+
+    return end != NULL ? (size_t)(end + 4 - buf) : (size_t)n;
+}
+
 static int refuse(struct tt_h1h2 *x)
 {
     char buf[H1H2_ANSWER_MAX];
@@ -408,7 +418,7 @@ static int refuse(struct tt_h1h2 *x)
     n = tt_h1_write_error(buf, sizeof(buf), tt_h1_status(x->h1), tt_h1_reason_name(x->reason), NULL,
                           true);
     if (n > 0)
-        r = to_app(x, buf, (size_t)n);
+        r = to_app(x, buf, own_answer_len(x, buf, n));
     return r < 0 ? r : TT_E_HTTP;
 }
 
@@ -710,7 +720,7 @@ int tt_h1h2_answer(struct tt_h1h2 *x, int status, const char *reason, const char
     x->rs = RS_BODY;
     x->responded = true;
     x->close_after = !keep;
-    r = to_app(x, buf, (size_t)n);
+    r = to_app(x, buf, own_answer_len(x, buf, n));
     if (r < 0) {
         x->rs = RS_END;
         x->done = true;
