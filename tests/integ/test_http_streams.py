@@ -7,8 +7,9 @@ backend. Each case on the same pair unless it says otherwise:
 
 1. Keep-alive: one connection of Python's http.client sends 40 GETs; all answered in
    order; the outbound accepted ONE app connection and opened 40 streams (per-request
-   streams, not one tunnel); the inbound counted 40 requests; the outbound's access line
-   says route "http".
+   streams, not one tunnel); the inbound counted 40 requests and served them over at most
+   2 keep-alive backend connections (kept between request streams); the outbound's access
+   line says route "http".
 2. Pipelining: three requests written at once come back as three responses, in order.
 3. Bodies: a chunked upload and a Content-Length upload echoed intact on one connection;
    a response without Content-Length reaches an HTTP/1.1 client chunked and an HTTP/1.0
@@ -117,6 +118,7 @@ def check_keepalive(ok, w, web, api, out_port, in_port, backend):
     """1: 40 requests on one app connection, 40 streams."""
     o0 = web.listener("outbound:127.0.0.1:%d" % out_port)
     conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=10)
+    conns_before = backend.connections
     bad = []
     for k in range(40):
         conn.request("GET", "/n/%d" % k)
@@ -126,6 +128,9 @@ def check_keepalive(ok, w, web, api, out_port, in_port, backend):
             bad.append((k, r.status, body[:40]))
     conn.close()
     ok(not bad, "1: 40 GETs on one keep-alive connection answered in order (bad %s)" % bad[:3])
+    ok(backend.connections - conns_before <= 2,
+       "1: the inbound kept its keep-alive connection to the backend between requests: %d "
+       "backend connection(s) for 40 requests" % (backend.connections - conns_before))
     o = h.wait_for(lambda: (lambda x: x["active"] == 0 and x)(
         web.listener("outbound:127.0.0.1:%d" % out_port)), 10, what="outbound idle")
     ok(o["accepted"] - o0["accepted"] == 1,

@@ -118,9 +118,8 @@ static void test_h2h1_get(void **state)
         struct tt_h2h1 *x = make(&r);
 
         assert_int_equal(tt_h2h1_request(x, req, sizeof(req) / sizeof(req[0]), false), 0);
-        assert_string_equal(r.server,
-                            "GET /a/b?c=d HTTP/1.1\r\nhost: api:8080\r\n"
-                            "x-trace: t1\r\ncookie: a=1; b=2\r\nconnection: close\r\n\r\n");
+        assert_string_equal(r.server, "GET /a/b?c=d HTTP/1.1\r\nhost: api:8080\r\n"
+                                      "x-trace: t1\r\ncookie: a=1; b=2\r\n\r\n");
         assert_false(tt_h2h1_responded(x));
         assert_int_equal(feed(x,
                               "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close, X-Hop\r\n"
@@ -129,6 +128,7 @@ static void test_h2h1_get(void **state)
                          0);
         assert_true(tt_h2h1_responded(x));
         assert_true(tt_h2h1_response_done(x));
+        assert_false(tt_h2h1_reusable(x)); /* the server said Connection: close */
         const char *want = "respond 200 end=0 content-length=5 x-app=v\nbody hello\nend\n";
         if (bytewise)
             want = "respond 200 end=0 content-length=5 x-app=v\nbody h\nbody e\nbody l\nbody l\n"
@@ -163,7 +163,7 @@ static void test_h2h1_chunked_both_ways(void **state)
         assert_int_equal(tt_h2h1_request_end(x), 0);
         assert_string_equal(r.server,
                             "POST /up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n"
-                            "connection: close\r\n\r\n5\r\nhello\r\n11\r\n"
+                            "\r\n5\r\nhello\r\n11\r\n"
                             "0123456789abcdefX\r\n0\r\n\r\n");
         assert_int_equal(feed(x,
                               "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n"
@@ -211,20 +211,20 @@ static void test_h2h1_lengths(void **state)
     assert_int_equal(tt_h2h1_request_body(x, "abc", 3), 0);
     assert_int_equal(tt_h2h1_request_end(x), 0);
     assert_string_equal(r.server, "PUT /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n"
-                                  "connection: close\r\n\r\nabc");
+                                  "\r\nabc");
     tt_h2h1_free(x);
 
     x = make(&r);
     assert_int_equal(tt_h2h1_request(x, empty, 3, false), 0);
     assert_string_equal(r.server, "POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n"
-                                  "connection: close\r\n\r\n");
+                                  "\r\n");
     tt_h2h1_free(x);
 
     /* No :authority: no Host is made up (the gate refuses an HTTP/1.1 request without
      * one with 400). */
     x = make(&r);
     assert_int_equal(tt_h2h1_request(x, get, 2, false), 0);
-    assert_string_equal(r.server, "GET / HTTP/1.1\r\nconnection: close\r\n\r\n");
+    assert_string_equal(r.server, "GET / HTTP/1.1\r\n\r\n");
     tt_h2h1_free(x);
 }
 
@@ -268,6 +268,24 @@ static void test_h2h1_close_delimited_and_cut(void **state)
     assert_false(tt_h2h1_response_done(x));
     assert_int_equal(tt_h2h1_server_eof(x), 0);
     assert_string_equal(r.events, "respond 200 end=0\nbody until close\nend\n");
+    assert_false(tt_h2h1_reusable(x)); /* delimited by the close */
+    tt_h2h1_free(x);
+
+    /* A keep-alive response to a request written whole leaves the connection reusable;
+     * not before the response is complete, nor while the request's body is still owed. */
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, get, 3, false), 0);
+    assert_int_equal(feed(x, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", false), 0);
+    assert_false(tt_h2h1_reusable(x));
+    assert_int_equal(feed(x, "c", false), 0);
+    assert_true(tt_h2h1_reusable(x));
+    tt_h2h1_free(x);
+    x = make(&r);
+    assert_int_equal(tt_h2h1_request(x, get, 3, true), 0);
+    assert_int_equal(feed(x, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false), 0);
+    assert_false(tt_h2h1_reusable(x));
+    assert_int_equal(tt_h2h1_request_end(x), 0);
+    assert_true(tt_h2h1_reusable(x));
     tt_h2h1_free(x);
 
     x = make(&r);

@@ -16,10 +16,12 @@
 struct tt_h2h1 {
     struct tt_h2h1_io io;
     struct tt_h1resp *resp;
-    bool chunked;   /* the request body is chunked towards the server */
-    bool body_sent; /* respond ran without end_stream: body and end follow */
-    bool responded; /* respond ran */
-    bool done;      /* the response is complete */
+    bool chunked;    /* the request body is chunked towards the server */
+    bool body_sent;  /* respond ran without end_stream: body and end follow */
+    bool responded;  /* respond ran */
+    bool done;       /* the response is complete */
+    bool keep_alive; /* the final response leaves the server's connection open */
+    bool req_ended;  /* the request was written whole (its body's end too) */
 };
 
 /* ---- towards the server ---- */
@@ -118,8 +120,9 @@ int tt_h2h1_request(struct tt_h2h1 *x, const struct tt_h2_header *fields, size_t
         r = r ?: tt_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
     else if (!body && !has_length && wants_zero_length(method->value))
         r = r ?: tt_buf_append(&b, "content-length: 0\r\n", 19);
-    r = r ?: tt_buf_append(&b, "connection: close\r\n\r\n", 21);
+    r = r ?: tt_buf_append(&b, "\r\n", 2); /* keep-alive: the connection may serve another */
     r = r ?: tt_h1resp_expect(x->resp, method->value, false);
+    x->req_ended = !body;
     if (r == 0)
         r = x->io.to_server(x->io.ud, (const char *)tt_buf_head(&b), b.len);
     tt_buf_done(&b);
@@ -148,6 +151,7 @@ int tt_h2h1_request_body(struct tt_h2h1 *x, const char *data, size_t len)
  */
 int tt_h2h1_request_end(struct tt_h2h1 *x)
 {
+    x->req_ended = true;
     return x->chunked ? x->io.to_server(x->io.ud, "0\r\n\r\n", 5) : 0;
 }
 
@@ -165,9 +169,9 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
     bool chunked = false, bodiless;
     int r;
 
-    (void)keep_alive;
     if (status / 100 == 1)
         return 0;
+    x->keep_alive = keep_alive;
     for (size_t i = 0; i < n; i++) {
         if (strcasecmp(fields[i].name, "transfer-encoding") == 0)
             chunked = true;
@@ -292,6 +296,11 @@ int tt_h2h1_server_eof(struct tt_h2h1 *x)
     if (r < 0)
         return r;
     return x->done ? 0 : TT_E_HTTP;
+}
+
+bool tt_h2h1_reusable(const struct tt_h2h1 *x)
+{
+    return x->done && x->keep_alive && x->req_ended;
 }
 
 bool tt_h2h1_responded(const struct tt_h2h1 *x)

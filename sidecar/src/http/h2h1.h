@@ -6,8 +6,9 @@
  * the io callbacks.
  *
  * Towards the server: the request head is written from the stream's fields (RFC 9113
- * §8.3.1: ":method", ":path", ":authority" as Host; cookie crumbs joined, §8.2.3), with
- * "Connection: close" (one workload connection per request) and fields that mean nothing
+ * §8.3.1: ":method", ":path", ":authority" as Host; cookie crumbs joined, §8.2.3), in
+ * keep-alive (the caller may reuse the connection for another request once
+ * tt_h2h1_reusable says so) and fields that mean nothing
  * on HTTP/1.1 left out (connection-specific ones, "te", "expect": the caller already sends
  * its body). A body of known length goes as it is under its Content-Length; one of unknown
  * length is chunked; a POST, PUT or PATCH without a body says Content-Length: 0.
@@ -71,6 +72,10 @@ int tt_h2h1_from_server(struct tt_h2h1 *x, const char *data, size_t len);
  * Returns 0 when the response is complete, TT_E_HTTP when it was cut short or never
  * began, or an io callback's error. */
 int tt_h2h1_server_eof(struct tt_h2h1 *x);
+
+/* The server's connection may serve another request: the request was written whole and
+ * the final response is complete without closing it (RFC 9112 §9.3). */
+bool tt_h2h1_reusable(const struct tt_h2h1 *x);
 
 /* The response head went to the caller (respond ran). */
 bool tt_h2h1_responded(const struct tt_h2h1 *x);

@@ -76,6 +76,7 @@ static int h2up_from_workload(struct tt_conn *c, const uint8_t *data, size_t n);
 static int h2up_pump(struct tt_conn *c);
 static void h2up_free(struct tt_h2_upstream *up);
 static void relay_progress(struct tt_conn *c);
+static void workload_park_check(struct tt_conn *c);
 static void conn_close(struct tt_conn *c, int err, bool reset);
 static void conn_connect_failed(struct tt_conn *c, int status);
 static bool conn_refusal_start(struct tt_conn *c, int err, bool reset);
@@ -178,6 +179,11 @@ static void on_timer(uv_timer_t *timer)
         conn_close(c, TT_E_TIMEOUT, true);
         break;
     case TT_CONN_S_CONNECTING:
+        if (c->reused_up) {
+            c->reused_up = false; /* a kept workload connection: no connect to wait for */
+            conn_start_relay(c);
+            break;
+        }
         conn_connect_failed(c, UV_ETIMEDOUT);
         break;
     case TT_CONN_S_DETECT:
@@ -642,6 +648,25 @@ static struct tt_side *other_side(struct tt_conn *c, const struct tt_side *s)
     return s == &c->down ? &c->up : &c->down;
 }
 
+/* An inbound request stream whose answer went out whole and left the workload's
+ * connection open, with the request written whole: that connection is kept for the next
+ * request stream to the same address (net/idlefds.h) instead of getting our FIN; the
+ * stream's connection then ends as if the workload's side had. */
+static void workload_park_check(struct tt_conn *c)
+{
+    struct tt_side *ps = c->plain_side;
+
+    if (c->h2h1 == NULL || c->park_up || !c->close_notify_sent || ps->shutdown_sent ||
+        ps->read_eof || side_queue_len(ps) > 0 || !tt_h2h1_reusable(c->h2h1))
+        return;
+    c->park_up = true;
+    ps->want_shutdown = false;
+    ps->read_eof = true;
+    ps->shutdown_sent = true;
+    ps->shutdown_done = true;
+    side_set_reading(c, ps, false);
+}
+
 /* relay_progress() of a relay without TLS (passthrough, a permissive plaintext caller):
  * each side is read while the other's queue has room, and its FIN passed on once the
  * other's queue drained. */
@@ -704,6 +729,7 @@ static void relay_progress(struct tt_conn *c)
     if (c->state != TT_CONN_S_RELAY)
         return;
     conn_gate_settle(c);
+    workload_park_check(c);
     side_maybe_shutdown(c, ps);
     side_maybe_shutdown(c, ts);
     if (c->state != TT_CONN_S_RELAY)
@@ -1207,6 +1233,22 @@ static void conn_start_connect(struct tt_conn *c)
     }
     c->up.tcp.data = c;
     c->up.open = true;
+    if (c->h2h1 != NULL) {
+        /* A request stream: a keep-alive connection to the workload at rest, if any. */
+        int fd = tt_idle_fds_take(&c->worker->idle_fds, target, uv_now(&c->worker->loop));
+        if (fd >= 0 && uv_tcp_open(&c->up.tcp, fd) == 0) {
+            /* Relayed from the timer, as after a connect: the stream's END_STREAM, which
+             * says whether a body follows, comes after the call that opened it. */
+            c->up.connected = true;
+            c->reused_up = true;
+            uv_tcp_nodelay(&c->up.tcp, 1);
+            conn_enter(c, TT_CONN_S_CONNECTING);
+            uv_timer_start(&c->timer, on_timer, 0, 0);
+            return;
+        }
+        if (fd >= 0)
+            close(fd);
+    }
     conn_enter(c, TT_CONN_S_CONNECTING);
     r = uv_tcp_connect(&c->connect_req, &c->up.tcp, (const struct sockaddr *)&target->ss,
                        on_connect);
@@ -2482,9 +2524,9 @@ static void h1_progress(struct tt_conn *c)
 /* The response head arrived. A peer that could not reach its workload processed nothing:
  * a balanced service tries another endpoint, as after a failed connect, and the app is
  * told 503 upstream_unavailable when none is left, as for a tunnel; a peer that serves
- * the port opaque takes the rest as a tunnel. Otherwise the head goes to the app once it
- * is known whether a body follows (on_end may come next in the same frame): on the timer,
- * or at on_end. */
+ * the port opaque takes the rest as a tunnel. Otherwise the head goes to the app: now when
+ * its length frames it, else once it is known whether a body follows (on_end may come next
+ * in the same frame): on the timer, or at on_end. */
 static void h1_stream_on_headers(struct tt_h2_stream *s, void *ud)
 {
     struct tt_conn *c = ud;
@@ -2506,7 +2548,10 @@ static void h1_stream_on_headers(struct tt_h2_stream *s, void *ud)
         }
     }
     c->h1_head = true;
-    h1_kick(c);
+    if (status == 204 || status == 304 || tt_h2_stream_header(s, "content-length") != NULL)
+        relay_progress(c); /* framed by its length already: the head goes now */
+    else
+        h1_kick(c);
 }
 
 /* Body bytes or the end of the response arrived. */
@@ -3269,8 +3314,13 @@ static void conn_account(struct tt_conn *c, int err)
 
 static void side_close(struct tt_conn *c, struct tt_side *s, bool reset)
 {
+    uv_os_fd_t fd;
+
     if (!s->open)
         return;
+    if (s == &c->up && c->park_up && !reset && c->error == 0 &&
+        uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0 && (fd = dup(fd)) >= 0)
+        tt_idle_fds_put(&c->worker->idle_fds, &c->target, fd, uv_now(&c->worker->loop));
     s->open = false;
     c->pending_closes++;
     /* A reset needs a connected socket; anything else is closed plainly. */

@@ -139,6 +139,9 @@ struct tt_conn {
     bool carrier;             /* the mTLS connection of a link */
     bool direct;              /* outbound: one mTLS connection of its own (fallback) */
     bool answered;            /* inbound tunnel: its response head went out */
+    bool park_up;             /* inbound request stream: the workload's connection is kept
+                               * for the next one (net/idlefds.h), not closed */
+    bool reused_up;           /* its workload connection is a kept one: relay on the timer */
     bool counted;             /* an app connection: in n_conns, accepted and closed */
     unsigned refused_retries; /* outbound tunnel: REFUSED_STREAM retries so far */
 };

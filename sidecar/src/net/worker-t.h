@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "net/listener-t.h"
+#include "net/idlefds.h"
 
 struct tt_conn;
 struct tt_metrics;
@@ -54,6 +55,7 @@ struct tt_worker {
     struct tt_metrics *metrics;
     struct tt_balancer *balancer; /* transparent outbound: this worker's endpoint state */
     struct tt_pool *pool;         /* links to and from other sidecars (net/pool.h) */
+    struct tt_idle_fds idle_fds;  /* inbound: keep-alive workload connections at rest */
     struct tt_snapshot *snapshot; /* newest snapshot this worker has taken */
     uint64_t generation;          /* its generation; atomic for readers */
     struct tt_conn *conns;        /* every live connection (links' carriers too), for drain

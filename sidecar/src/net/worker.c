@@ -202,6 +202,7 @@ void tt_worker_done(struct tt_worker *w)
     tt_metrics_free(w->metrics);
     tt_pool_free(w->pool); /* its links closed with their carriers */
     w->pool = NULL;
+    tt_idle_fds_close_all(&w->idle_fds);
     for (size_t i = 0; i < tt_balancer_capacity(w->balancer); i++) {
         struct tt_tls_resume *ticket = tt_balancer_resume_at(w->balancer, i);
         if (ticket != NULL)
