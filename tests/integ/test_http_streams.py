@@ -34,6 +34,8 @@ backend. Each case on the same pair unless it says otherwise:
    request_timeout from the outbound within about a second, the app's connection kept for
    its next request; an outbound listener whose file entry says "request_timeout": "0s"
    waits for the slow answer.
+11. --http-streams off: three keep-alive requests ride ONE tunnel stream (route pool), as
+   any other protocol's connection.
 """
 
 import http.client
@@ -465,6 +467,27 @@ def check_timeout(ok, w):
        "10: a listener with request_timeout \"0s\" waits for it (%r)" % (got,))
 
 
+def check_streams_off(ok, w):
+    """11: --http-streams off: the HTTP/1.x connection is one tunnel."""
+    conn = http.client.HTTPConnection("127.0.0.1", w.tunnel_out, timeout=10)
+    got = []
+    for k in range(3):
+        conn.request("GET", "/n/t%d" % k)
+        r = conn.getresponse()
+        got.append((r.status, r.read()))
+    conn.close()
+    ok(got == [(200, b"k=t%d\n" % k) for k in range(3)],
+       "11: three keep-alive requests answered with --http-streams off (%s)" % got)
+    o = h.wait_for(lambda: (lambda x: x["active"] == 0 and x)(w.tunnel_web.listener(
+        "outbound:")), 10, what="the tunnel over")
+    ok(o["accepted"] == 1 and o["pool"]["streams_total"] == 1 and o["requests"]["total"] == 0,
+       "11: one app connection, one tunnel stream, no request streams (streams %r, "
+       "requests %r)" % (o["pool"]["streams_total"], o["requests"]["total"]))
+    h.wait_for(lambda: w.tunnel_web.access_logs(), 5, what="the tunnel's access line")
+    routes = [a.get("route") for a in w.tunnel_web.access_logs()]
+    ok(routes == ["pool"], "11: its access line says route pool (%s)" % routes)
+
+
 class World:
     pass
 
@@ -503,6 +526,10 @@ def test(env):
          "spiffe_id": w.api_id, "request_timeout": "0s"}]}))
     env.sidecar("slow-out", w.web, w.ca, extra=["--config", conf, "--request-timeout", "1s"],
                 workers=1)
+    w.tunnel_out = h.free_port()
+    w.tunnel_web = env.sidecar("tunnel-out", w.web, w.ca, outbound=[
+        (w.tunnel_out, "127.0.0.1:%d" % in_port, w.api_id)], extra=["--http-streams", "off"],
+        workers=1)
     direct_in, w.direct_out = h.free_port(), h.free_port()
     env.sidecar("api-nopool", w.api, w.ca, inbound=[(direct_in, backend.addr)],
                 extra=["--pool", "off"])
@@ -518,6 +545,7 @@ def test(env):
     check_direct(ok, w)
     check_denied(ok, w, backend)
     check_timeout(ok, w)
+    check_streams_off(ok, w)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)

@@ -797,6 +797,32 @@ static void test_config_pool(void **state)
     assert_true(cfg.pool);
     tt_config_done(&cfg);
 
+    /* --http-streams: on by default, off by flag or file, the flag winning. */
+    char *hs = write_tmp("streams-off.json", "{\"http_streams\": false}");
+    assert_int_equal(
+        parse(&cfg, err, sizeof(err), IDENTITY, "--inbound", "127.0.0.1:1=127.0.0.1:2", NULL), 0);
+    assert_true(cfg.http_streams);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), IDENTITY, "--http-streams", "off", "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_false(cfg.http_streams);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--config", hs, IDENTITY, "--inbound",
+                           "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_false(cfg.http_streams);
+    tt_config_done(&cfg);
+    assert_int_equal(parse(&cfg, err, sizeof(err), "--http-streams", "on", "--config", hs, IDENTITY,
+                           "--inbound", "127.0.0.1:1=127.0.0.1:2", NULL),
+                     0);
+    assert_true(cfg.http_streams);
+    tt_config_done(&cfg);
+    free(hs);
+    assert_parse_error("--http-streams yes: expected on or off", IDENTITY, "--http-streams", "yes");
+    expect_file_error("{\"http_streams\": 1}",
+                      "sidecar.json: http_streams: expected true or false");
+
     assert_parse_error("--pool maybe: expected on or off", IDENTITY, "--pool", "maybe");
     assert_parse_error("--pool \"\": expected on or off", IDENTITY, "--pool", "");
     assert_parse_error("--pool ON: expected on or off", IDENTITY, "--pool", "ON");
@@ -900,6 +926,7 @@ static void test_config_usage_complete(void **state)
         "--request-timeout D",
         "--pool on|off",
         "key pool: true|false",
+        "--http-streams on|off",
         "-h, --help",
         "Example:",
         "--inbound 127.0.0.1:16006=127.0.0.1:8080",

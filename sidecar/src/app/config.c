@@ -57,6 +57,7 @@ enum {
     OPT_DETECT_TIMEOUT,
     OPT_CHECK_INTERVAL,
     OPT_POOL,
+    OPT_HTTP_STREAMS,
     OPT_SPIFFE_ID,
     OPT_CRL, /* repeatable: not among the single-valued flags */
     OPT_SERVICE,
@@ -98,6 +99,7 @@ static const struct option long_options[] = {
     {"inbound-detect-timeout", required_argument, NULL, OPT_DETECT_TIMEOUT},
     {"capture-check-interval", required_argument, NULL, OPT_CHECK_INTERVAL},
     {"pool", required_argument, NULL, OPT_POOL},
+    {"http-streams", required_argument, NULL, OPT_HTTP_STREAMS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -753,6 +755,7 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
                                            "max_connections",
                                            "request_log_sample",
                                            "pool",
+                                           "http_streams",
                                            "timeouts",
                                            "inbound",
                                            "outbound",
@@ -854,7 +857,8 @@ static int load_file(const char *path, struct tt_config *cfg, char *err, size_t 
         goto out;
     }
     if ((rc = get_bool(&f, root, "admin_allow_remote_control", &cfg->admin_remote_control)) != 0 ||
-        (rc = get_bool(&f, root, "pool", &cfg->pool)) != 0)
+        (rc = get_bool(&f, root, "pool", &cfg->pool)) != 0 ||
+        (rc = get_bool(&f, root, "http_streams", &cfg->http_streams)) != 0)
         goto out;
     if ((rc = get_uint(&f, root, "workers", 1, WORKERS_MAX, &cfg->workers)) != 0 ||
         (rc = get_uint(&f, root, "max_connections", 1, MAX_CONNECTIONS_MAX,
@@ -1188,6 +1192,11 @@ static int apply_flags(const struct flags *fl, struct tt_config *cfg, char *err,
         tt_log_level_parse(v, &cfg->log_level) != 0)
         return errf(err, errlen, "--log-level %.100s: expected debug, info, warn or error",
                     shown(v));
+    if ((v = fl->single[OPT_HTTP_STREAMS - OPT_CONFIG]) != NULL) {
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+            return errf(err, errlen, "--http-streams %.100s: expected on or off", shown(v));
+        cfg->http_streams = strcmp(v, "on") == 0;
+    }
     if ((v = fl->single[OPT_POOL - OPT_CONFIG]) != NULL) {
         if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
             return errf(err, errlen, "--pool %.100s: expected on or off", shown(v));
@@ -1456,6 +1465,7 @@ int tt_config_parse_args(int argc, char **argv, struct tt_config *cfg, char *err
     cfg->max_connections = TT_DEFAULT_MAX_CONNECTIONS;
     cfg->request_log_sample = 1;
     cfg->pool = true;
+    cfg->http_streams = true;
     cfg->handshake_timeout_ms = TT_DEFAULT_HANDSHAKE_TIMEOUT_MS;
     cfg->connect_timeout_ms = TT_DEFAULT_CONNECT_TIMEOUT_MS;
     cfg->idle_timeout_ms = TT_DEFAULT_IDLE_TIMEOUT_MS;
@@ -1593,6 +1603,10 @@ void tt_config_usage(FILE *out)
         "  --request-log-sample N      write one request line in N (default 1: all); denied,\n"
         "                              refused, 5xx and unanswered requests are always written\n"
         "                              (key request_log_sample)\n"
+        "  --http-streams on|off       pooling on: an outbound HTTP/1.x app's requests ride a\n"
+        "                              stream each (per-request balancing, retries, metrics);\n"
+        "                              off: its connection is one tunnel, as any other\n"
+        "                              protocol's (default on; key http_streams)\n"
         "  --pool on|off               outbound app connections to another sidecar ride a few\n"
         "                              pooled HTTP/2 mTLS connections per destination, one\n"
         "                              tunnel stream each, instead of one handshake each;\n"

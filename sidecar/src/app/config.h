@@ -43,6 +43,7 @@ struct tt_config {
     unsigned max_connections;
     unsigned request_log_sample; /* --request-log-sample: one request line in N */
     bool pool;                   /* --pool on|off, "pool": pooled HTTP/2 links (default on) */
+    bool http_streams; /* --http-streams on|off: outbound HTTP/1.x requests as streams (on) */
     uint64_t handshake_timeout_ms;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;

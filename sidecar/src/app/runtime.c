@@ -558,6 +558,7 @@ int tt_runtime_run(const struct tt_config *cfg)
         .request_timeout_ms = cfg->request_timeout_ms,
         .request_log_sample = cfg->request_log_sample,
         .pool = cfg->pool,
+        .http_streams = cfg->http_streams,
         .outbound_detect_ms = cfg->transparent.detect_ms != 0 ? cfg->transparent.detect_ms
                                                               : TT_DEFAULT_DETECT_TIMEOUT_MS,
         .transparent = &cfg->transparent,

@@ -2952,14 +2952,16 @@ static bool port_listed(const uint16_t *ports, size_t n, uint16_t port)
     return false;
 }
 
-/* Outbound with pooling on: whether the app's first bytes are read to choose between
- * requests as streams (an HTTP/1.x app) and a tunnel. Not for a port declared opaque
- * (server-first: the app would wait for the server while we wait for the app). */
+/* Outbound with pooling and --http-streams on: whether the app's first bytes are read to
+ * choose between requests as streams (an HTTP/1.x app) and a tunnel. Not for a port
+ * declared opaque (server-first: the app would wait for the server while we wait for the
+ * app). */
 static bool outbound_detects(struct tt_conn *c)
 {
     const struct tt_transparent_cfg *t = conn_settings(c)->transparent;
 
     return !conn_is_inbound(c) && !c->plain && conn_settings(c)->pool &&
+           conn_settings(c)->http_streams &&
            !port_listed(t->opaque_ports, t->n_opaque_ports, tt_addr_port(&c->target));
 }
 

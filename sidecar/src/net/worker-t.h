@@ -33,6 +33,7 @@ struct tt_worker_settings {
     uint64_t request_timeout_ms; /* an outbound HTTP/1.x request's deadline; 0: none */
     unsigned request_log_sample; /* one request line in N (denials etc. always) */
     bool pool; /* --pool on: outbound app connections ride pooled HTTP/2 links (net/pool.h) */
+    bool http_streams; /* --http-streams on: an outbound HTTP/1.x app's requests are streams */
     /* Pooling on: how long an outbound app's first bytes are waited for to tell HTTP/1.x
      * (requests as streams) from anything else (a tunnel): --inbound-detect-timeout in
      * transparent mode, else TT_DEFAULT_DETECT_TIMEOUT_MS. */
