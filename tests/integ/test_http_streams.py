@@ -255,16 +255,23 @@ def check_not_http(ok, w):
     ok(routes and set(routes) == {"pool"}, "6: its access line says route pool (%s)" % routes)
 
 
-def check_direct(ok, w):
-    """7: a peer without tether-h2: the requests ride one direct connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", w.direct_out, timeout=10)
+def keepalive_gets(port, tag, count=3):
+    """count GETs of /n/<tag><k> on one keep-alive connection: [(status, body)], and the
+    answers they should get."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     got = []
-    for k in range(3):
-        conn.request("GET", "/n/d%d" % k)
+    for k in range(count):
+        conn.request("GET", "/n/%s%d" % (tag, k))
         r = conn.getresponse()
         got.append((r.status, r.read()))
     conn.close()
-    ok(got == [(200, b"k=d%d\n" % k) for k in range(3)],
+    return got, [(200, b"k=%s%d\n" % (tag.encode(), k)) for k in range(count)]
+
+
+def check_direct(ok, w):
+    """7: a peer without tether-h2: the requests ride one direct connection."""
+    got, want = keepalive_gets(w.direct_out, "d")
+    ok(got == want,
        "7: three keep-alive requests through a peer with --pool off answered (%s)" % got)
     o = w.direct_web.listener("outbound:")
     ok(o["pool"]["fallback_direct"] >= 1 and o["accepted"] == 1,
@@ -469,14 +476,8 @@ def check_timeout(ok, w):
 
 def check_streams_off(ok, w):
     """11: --http-streams off: the HTTP/1.x connection is one tunnel."""
-    conn = http.client.HTTPConnection("127.0.0.1", w.tunnel_out, timeout=10)
-    got = []
-    for k in range(3):
-        conn.request("GET", "/n/t%d" % k)
-        r = conn.getresponse()
-        got.append((r.status, r.read()))
-    conn.close()
-    ok(got == [(200, b"k=t%d\n" % k) for k in range(3)],
+    got, want = keepalive_gets(w.tunnel_out, "t")
+    ok(got == want,
        "11: three keep-alive requests answered with --http-streams off (%s)" % got)
     o = h.wait_for(lambda: (lambda x: x["active"] == 0 and x)(w.tunnel_web.listener(
         "outbound:")), 10, what="the tunnel over")

@@ -18,6 +18,7 @@
 
 #include <http_parser.h>
 
+#include "core/buf.h"
 #include "core/errors.h"
 #include "core/log.h"
 #include "http/h1.h"
@@ -242,11 +243,21 @@ static int arena_put(struct arena *a, const char *s, size_t n)
 
 /* ---- checks ---- */
 
-/* RFC 9110 §5.6.2 tchar. */
-static bool is_tchar(unsigned char c)
+/* RFC 9110 §5.6.2 tchar (h1.h). */
+bool tt_h1_is_tchar(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
            (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Appends "name: value\r\n" (h1.h). */
+int tt_h1_put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    int r = tt_buf_append(b, name, nlen);
+
+    r = r ?: tt_buf_append(b, ": ", 2);
+    r = r ?: tt_buf_append(b, value, vlen);
+    return r ?: tt_buf_append(b, "\r\n", 2);
 }
 
 /* RFC 9110 §5.5: field-content is VCHAR, obs-text, SP and HTAB. */
@@ -314,7 +325,7 @@ static size_t scan_head(struct tt_h1 *r, const char *data, size_t len)
                 bad = TT_H1_R_TOO_MANY_HEADERS;
             else if (!r->hs.colon && c == ':' && r->hs.col == 0)
                 bad = TT_H1_R_BAD_HEADER_NAME;
-            else if (!r->hs.colon && c != ':' && !is_tchar(c))
+            else if (!r->hs.colon && c != ':' && !tt_h1_is_tchar(c))
                 bad = TT_H1_R_BAD_HEADER_NAME;
             else if (r->hs.colon && ((c < 0x20 && c != '\t') || c == 0x7f))
                 bad = TT_H1_R_BAD_HEADER_VALUE;
@@ -452,7 +463,7 @@ static int finish_field(struct tt_h1 *r)
     if (h->name_len == 0)
         return refuse(r, a == &r->trail_a ? TT_H1_R_BAD_TRAILER : TT_H1_R_BAD_HEADER_NAME);
     for (size_t i = 0; i < h->name_len; i++) {
-        if (!is_tchar((unsigned char)a->buf[h->name + i]))
+        if (!tt_h1_is_tchar((unsigned char)a->buf[h->name + i]))
             return refuse(r, a == &r->trail_a ? TT_H1_R_BAD_TRAILER : TT_H1_R_BAD_HEADER_NAME);
     }
     if (!value_ok(a->buf + h->value, h->value_len))

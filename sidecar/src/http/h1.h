@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct tt_buf;
+
 /* Why a request was refused (tt_h1_reason()). The names (tt_h1_reason_name) are the
  * x-tether-reason header values and metric labels. */
 enum tt_h1_reason {
@@ -134,6 +136,14 @@ bool tt_h1_upgraded(const struct tt_h1 *r); /* the last request was CONNECT or a
 /* The last request ended the connection (no keep-alive) or upgraded it: nothing more is
  * read. */
 bool tt_h1_done(const struct tt_h1 *r);
+
+/* Whether c may appear in a token such as a field name (RFC 9110 §5.6.2 tchar). */
+bool tt_h1_is_tchar(unsigned char c);
+
+/* Appends the header line "name: value\r\n" to b, as given (the caller checked both).
+ * Returns 0 or -ENOMEM. */
+int tt_h1_put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value,
+                    size_t vlen);
 
 /* Whether the Connection fields among fields[0..n) list the token name[0..len), compared
  * case-insensitively (RFC 9110 §7.6.1: the fields so named are for this connection only,

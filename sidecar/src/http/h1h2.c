@@ -109,13 +109,6 @@ static int to_app(struct tt_h1h2 *x, const char *data, size_t len)
     return len > 0 ? x->io.to_app(x->io.ud, data, len) : 0;
 }
 
-/* RFC 9110 §5.6.2 tchar. */
-static bool is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 /* Whether name[0..len) is `want`, in any case. */
 static bool name_eq(const char *name, size_t len, const char *want)
 {
@@ -560,7 +553,7 @@ static bool field_writable(const struct tt_h2_header *f)
     if (f->name_len == 0 || f->name == NULL || (f->value == NULL && f->value_len > 0))
         return false;
     for (size_t i = 0; i < f->name_len; i++) {
-        if (!is_tchar((unsigned char)f->name[i]))
+        if (!tt_h1_is_tchar((unsigned char)f->name[i]))
             return false;
     }
     for (size_t i = 0; i < f->value_len; i++) {
@@ -568,17 +561,6 @@ static bool field_writable(const struct tt_h2_header *f)
             return false;
     }
     return true;
-}
-
-/* Appends "name: value\r\n". Returns 0 or -ENOMEM. */
-static int put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value,
-                     size_t vlen)
-{
-    int r = tt_buf_append(b, name, nlen);
-
-    r = r ?: tt_buf_append(b, ": ", 2);
-    r = r ?: tt_buf_append(b, value, vlen);
-    return r ?: tt_buf_append(b, "\r\n", 2);
 }
 
 /* Appends a formatted line of at most 127 bytes. Returns 0 or -ENOMEM. */
@@ -607,7 +589,7 @@ static int build_head(const struct tt_h1h2 *x, struct tt_buf *b, int status,
             tt_h2_connection_specific(f->name, f->name_len) ||
             name_eq(f->name, f->name_len, "content-length"))
             continue;
-        r = put_field(b, f->name, f->name_len, f->value, f->value_len);
+        r = tt_h1_put_field(b, f->name, f->name_len, f->value, f->value_len);
     }
     if (r == 0 && x->resp_length >= 0)
         r = put_line(b, "Content-Length: %lld\r\n", (long long)x->resp_length);

@@ -55,7 +55,7 @@
 struct tt_h1h2_request {
     const char *method;
     const char *authority;
-    const char *path; /* NULL for CONNECT (RFC 9113 §8.5: no :path) */
+    const char *path;                  /* NULL for CONNECT (RFC 9113 §8.5: no :path) */
     const struct tt_h2_header *fields; /* regular fields, lower-case names */
     size_t n_fields;
     bool has_body;   /* a body follows (chunked, or Content-Length above 0): on_body, on_end */

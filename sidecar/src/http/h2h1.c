@@ -49,17 +49,6 @@ static const struct tt_h2_header *field(const struct tt_h2_header *fields, size_
     return NULL;
 }
 
-/* Appends "name: value\r\n". Returns 0 or -ENOMEM. */
-static int put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value,
-                     size_t vlen)
-{
-    int r = tt_buf_append(b, name, nlen);
-
-    r = r ?: tt_buf_append(b, ": ", 2);
-    r = r ?: tt_buf_append(b, value, vlen);
-    return r ?: tt_buf_append(b, "\r\n", 2);
-}
-
 /* Appends the cookie crumbs joined into one field (RFC 9113 §8.2.3). */
 static int put_cookies(struct tt_buf *b, const struct tt_h2_header *fields, size_t n)
 {
@@ -104,7 +93,7 @@ int tt_h2h1_request(struct tt_h2h1 *x, const struct tt_h2_header *fields, size_t
     r = r ?: tt_buf_append(&b, path->value, path->value_len);
     r = r ?: tt_buf_append(&b, " HTTP/1.1\r\n", 11);
     if (authority != NULL)
-        r = r ?: put_field(&b, "host", 4, authority->value, authority->value_len);
+        r = r ?: tt_h1_put_field(&b, "host", 4, authority->value, authority->value_len);
     for (size_t i = 0; i < n && r == 0; i++) {
         const struct tt_h2_header *f = &fields[i];
 
@@ -112,7 +101,7 @@ int tt_h2h1_request(struct tt_h2h1 *x, const struct tt_h2_header *fields, size_t
             name_is(f, "expect") || name_is(f, "cookie") ||
             (authority != NULL && name_is(f, "host")))
             continue;
-        r = put_field(&b, f->name, f->name_len, f->value, f->value_len);
+        r = tt_h1_put_field(&b, f->name, f->name_len, f->value, f->value_len);
     }
     r = r ?: put_cookies(&b, fields, n);
     x->chunked = body && !has_length;

@@ -104,14 +104,14 @@ struct tt_request_counters {
  * Outbound listeners count the links they dial and the tunnels their app connections
  * ride; inbound listeners count the links they accept and the tunnels carried on them. */
 struct tt_pool_counters {
-    uint64_t links_opened;    /* mTLS connections that became pool links */
-    uint64_t links_closed;    /* of which closed (open now = opened - closed) */
-    uint64_t streams_opened;  /* tunnel streams (app connections) carried */
-    uint64_t streams_closed;  /* of which over (in flight = opened - closed) */
-    uint64_t streams_refused; /* refused by the peer (REFUSED_STREAM, GOAWAY, 4xx/5xx) */
-    uint64_t links_recycled;  /* links retired because the identity rotated */
-    uint64_t fallback_direct; /* outbound: app connections sent direct because the
-                                 peer did not select the tether-h2 ALPN token */
+    uint64_t links_opened;     /* mTLS connections that became pool links */
+    uint64_t links_closed;     /* of which closed (open now = opened - closed) */
+    uint64_t streams_opened;   /* tunnel streams (app connections) carried */
+    uint64_t streams_closed;   /* of which over (in flight = opened - closed) */
+    uint64_t streams_refused;  /* refused by the peer (REFUSED_STREAM, GOAWAY, 4xx/5xx) */
+    uint64_t links_recycled;   /* links retired because the identity rotated */
+    uint64_t fallback_direct;  /* outbound: app connections sent direct because the
+                                  peer did not select the tether-h2 ALPN token */
     uint64_t requests_retried; /* outbound: HTTP/1.x requests sent again on another stream
                                   (refused, or an idempotent one whose link was lost) */
 };

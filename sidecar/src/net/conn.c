@@ -2554,13 +2554,6 @@ static void h1_stream_on_headers(struct tt_h2_stream *s, void *ud)
         h1_kick(c);
 }
 
-/* Body bytes or the end of the response arrived. */
-static void h1_stream_on_data(struct tt_h2_stream *s, void *ud)
-{
-    (void)s;
-    relay_progress(ud);
-}
-
 /* The request's stream was reset (err TT_E_H2_REFUSED: the peer did not process it). */
 static void h1_stream_on_reset(struct tt_h2_stream *s, int err, uint32_t h2_code, bool by_peer,
                                void *ud)
@@ -2580,8 +2573,8 @@ static void h1_stream_on_reset(struct tt_h2_stream *s, int err, uint32_t h2_code
 
 static const struct tt_h2_stream_callbacks h1_stream_callbacks = {
     .on_headers = h1_stream_on_headers,
-    .on_data = h1_stream_on_data,
-    .on_end = h1_stream_on_data,
+    .on_data = tunnel_on_data, /* relay_progress: the response moves on */
+    .on_end = tunnel_on_data,
     .on_reset = h1_stream_on_reset,
 };
 
