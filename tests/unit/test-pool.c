@@ -7,7 +7,8 @@
  * identity rotation, the direct fallback for a peer without the ALPN token, a carrier
  * closing while dialling and while carrying tunnels, idle close, PING keepalive and its
  * timeout, drain, the inbound side refusing what is not a tether-tcp tunnel, and the
- * wake-up of blocked members, and links retired while dialling (drain, rotation). */
+ * wake-up of blocked members, links retired while dialling (drain, rotation), and
+ * deferred flushes (batched, a link closed while queued, a send failing). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -47,11 +48,13 @@ struct tt_conn {
     bool reflush; /* progress also asks its link for a flush */
     /* carrier */
     bool carrier, client;
-    struct tt_link *link; /* NULL once closed */
-    struct tt_conn *peer; /* the carrier at the other end */
-    bool unwritable;      /* writable() says no */
-    bool drop;            /* what it sends is lost on the way */
-    uint8_t *q;           /* sent, not yet delivered to the peer */
+    struct tt_link *link;           /* NULL once closed */
+    struct tt_conn *peer;           /* the carrier at the other end */
+    bool unwritable;                /* writable() says no */
+    bool drop;                      /* what it sends is lost on the way */
+    int send_ret;                   /* what send returns (<0: a broken socket) */
+    int defers, broken, broken_err; /* ops->defer and ops->broken calls */
+    uint8_t *q;                     /* sent, not yet delivered to the peer */
     size_t qlen;
     uint8_t *log; /* everything sent, for the frame counts */
     size_t loglen;
@@ -111,6 +114,8 @@ static int fake_dial(struct tt_link *link, struct tt_conn *like, const struct tt
 static int fake_send(struct tt_conn *c, const uint8_t *data, size_t len)
 {
     assert_true(c->carrier);
+    if (c->send_ret < 0)
+        return c->send_ret;
     append(&c->log, &c->loglen, data, len);
     if (!c->drop)
         append(&c->q, &c->qlen, data, len);
@@ -178,6 +183,21 @@ static int fake_accept(struct tt_conn *carrier, struct tt_link *link, struct tt_
     return 0;
 }
 
+static void fake_defer(struct tt_conn *carrier)
+{
+    assert_true(carrier->carrier);
+    carrier->defers++;
+}
+
+/* A deferred flush failed: the carrier closes, as conn.c's does. */
+static void fake_broken(struct tt_conn *carrier, int err)
+{
+    carrier->broken++;
+    carrier->broken_err = err;
+    tt_link_closed(carrier->link, carrier, err);
+    carrier->link = NULL;
+}
+
 static const struct tt_pool_ops fake_ops = {
     .dial = fake_dial,
     .send = fake_send,
@@ -187,6 +207,8 @@ static const struct tt_pool_ops fake_ops = {
     .lost = fake_lost,
     .progress = fake_progress,
     .accept = fake_accept,
+    .defer = fake_defer,
+    .broken = fake_broken,
 };
 
 /* --- the harness ----------------------------------------------------------------------- */
@@ -865,6 +887,71 @@ static void test_pool_wake_blocked_reflush(void **state)
     assert_true(r[0]->progress <= 2);
 }
 
+/* --- deferred flushes ------------------------------------------------------------------ */
+
+/* What several streams queue goes out in one send when the deferred flush runs: nothing is
+ * sent when it is asked for, the carrier's loop is told once, and the peer gets it all. */
+static void test_pool_flush_soon_batches(void **state)
+{
+    (void)state;
+    struct tt_conn *r[1];
+    struct tt_conn *oc = link_with_riders(1, r);
+    struct tt_conn *a = attach(&T.t1, ID_A, &identity1, 1);
+    struct tt_conn *b = attach(&T.t1, ID_A, &identity1, 1);
+    size_t logged = oc->loglen;
+
+    tt_link_flush_soon(oc->link);
+    tt_link_flush_soon(oc->link);
+    assert_int_equal(oc->defers, 1); /* queued once */
+    assert_int_equal(oc->loglen, logged);
+    assert_int_equal(T.accepts, 1);
+    tt_pool_run_flushes(T.out);
+    assert_true(oc->loglen > logged);
+    pump();
+    assert_int_equal(T.accepts, 3); /* both tunnels' HEADERS arrived */
+    assert_int_equal(tt_h2_stream_status(a->st), 200);
+    assert_int_equal(tt_h2_stream_status(b->st), 200);
+    /* Flushed: a new request is queued (and the loop told) again. */
+    tt_link_flush_soon(oc->link);
+    assert_int_equal(oc->defers, 2);
+    tt_pool_run_flushes(T.out);
+}
+
+/* A carrier that closes while its link waits for a deferred flush leaves the queue (the
+ * run touches no freed link); one whose socket fails in the deferred flush is closed
+ * through ops->broken, and the other queued links still flush. */
+static void test_pool_flush_soon_closed_and_broken(void **state)
+{
+    (void)state;
+    struct tt_conn *r[1];
+    struct tt_conn *oc1 = link_with_riders(1, r);
+    struct tt_conn *a = attach(&T.t2, ID_A, &identity1, 0);
+    struct tt_conn *oc2 = T.last_dial;
+    link_connect(oc2);
+    assert_int_equal(a->rides, 1);
+    struct tt_conn *b = attach(&T.t1, ID_A, &identity1, 1);
+    struct tt_conn *c = attach(&T.t2, ID_A, &identity1, 1);
+
+    tt_link_flush_soon(oc1->link);
+    tt_link_flush_soon(oc2->link);
+    tt_link_closed(oc1->link, oc1, TT_E_LINK_CLOSED);
+    oc1->link = NULL;
+    assert_int_equal(b->lost, 1);
+    tt_pool_run_flushes(T.out);
+    pump();
+    assert_int_equal(tt_h2_stream_status(c->st), 200);
+
+    struct tt_conn *d = attach(&T.t2, ID_A, &identity1, 1);
+    oc2->send_ret = -EPIPE;
+    tt_link_flush_soon(oc2->link);
+    tt_pool_run_flushes(T.out);
+    assert_int_equal(oc2->broken, 1);
+    assert_int_equal(oc2->broken_err, -EPIPE);
+    assert_null(oc2->link);
+    assert_int_equal(d->lost, 1);
+    assert_int_equal(a->lost, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -887,6 +974,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pool_inbound_not_a_tunnel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_wake_blocked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_wake_blocked_reflush, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_flush_soon_batches, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_flush_soon_closed_and_broken, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -68,6 +68,7 @@ struct tt_h2_upstream {
 };
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void on_flush_idle(uv_idle_t *idle);
 static void conn_free(struct tt_conn *c);
 static int h2up_start(struct tt_conn *c);
 static int h2up_request_body(struct tt_conn *c, const uint8_t *data, size_t n);
@@ -279,7 +280,7 @@ static void side_start_write(struct tt_conn *c, struct tt_side *s);
 static void on_write(uv_write_t *req, int status)
 {
     struct tt_side *s = tt_container_of(req, struct tt_side, write_req);
-    struct tt_conn *c = s->tcp.data;
+    struct tt_conn *c = s->tcp->data;
 
     if (c->state == TT_CONN_S_CLOSING)
         return; /* cancelled by uv_close; buffers are freed with the connection */
@@ -306,7 +307,7 @@ static void side_start_write(struct tt_conn *c, struct tt_side *s)
     s->queued = tmp;
 
     uv_buf_t b = uv_buf_init((char *)tt_buf_head(&s->inflight), (unsigned)s->inflight.len);
-    int r = uv_write(&s->write_req, (uv_stream_t *)&s->tcp, &b, 1, on_write);
+    int r = uv_write(&s->write_req, (uv_stream_t *)s->tcp, &b, 1, on_write);
     if (r < 0)
         conn_close(c, r, true);
 }
@@ -319,7 +320,7 @@ static ssize_t side_try_write(struct tt_conn *c, struct tt_side *s, const uint8_
     if (s->inflight.len > 0 || s->queued.len > 0)
         return 0;
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-    int r = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+    int r = uv_try_write((uv_stream_t *)s->tcp, &b, 1);
     if (r == UV_EAGAIN)
         return 0;
     if (r < 0)
@@ -342,6 +343,60 @@ static int side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, 
         return 0;
     if (tt_buf_append(&s->queued, data + r, len - (size_t)r) < 0)
         return -ENOMEM;
+    side_start_write(c, s);
+    return 0;
+}
+
+/* Gathers bytes for an HTTP/1.x app: what is appended to its side's queue during one loop
+ * iteration (a response's head, body pieces, chunk framing, the next answer) is written
+ * at once before the loop waits (on_flush_idle), one write instead of one per piece. */
+static void app_push_soon(struct tt_conn *c)
+{
+    struct tt_worker *w = c->worker;
+
+    if (c->push_queued)
+        return;
+    c->push_queued = true;
+    c->push_prev = NULL;
+    c->push_next = w->push_conns;
+    if (w->push_conns != NULL)
+        w->push_conns->push_prev = c;
+    w->push_conns = c;
+    (void)uv_idle_start(&w->flush_idle, on_flush_idle);
+}
+
+/* Takes c off its worker's push list (app_push_soon) if it is there. */
+static void app_push_unqueue(struct tt_conn *c)
+{
+    if (!c->push_queued)
+        return;
+    if (c->push_prev != NULL)
+        c->push_prev->push_next = c->push_next;
+    else
+        c->worker->push_conns = c->push_next;
+    if (c->push_next != NULL)
+        c->push_next->push_prev = c->push_prev;
+    c->push_next = c->push_prev = NULL;
+    c->push_queued = false;
+}
+
+/* Writes what waits in side s's queue (bytes appended there while gathered): straight to
+ * the socket when no write is in flight, the rest handed to uv_write. Returns 0 or <0
+ * (the caller closes the connection). */
+static int side_push(struct tt_conn *c, struct tt_side *s)
+{
+    if (c->state == TT_CONN_S_CLOSING || s->inflight.len > 0 || s->queued.len == 0)
+        return 0;
+    uv_buf_t b = uv_buf_init((char *)tt_buf_head(&s->queued), (unsigned)s->queued.len);
+    int r = uv_try_write((uv_stream_t *)s->tcp, &b, 1);
+    if (r < 0 && r != UV_EAGAIN)
+        return r;
+    if (r > 0) {
+        s->bytes_written += (uint64_t)r;
+        if (s == &c->down)
+            TT_COUNTER_ADD(conn_counters(c)->bytes_out, (uint64_t)r);
+        tt_buf_consume(&s->queued, (size_t)r);
+    }
     side_start_write(c, s);
     return 0;
 }
@@ -422,7 +477,9 @@ static int secure_flush(struct tt_conn *c)
 {
     if (!c->tunnel)
         return tls_flush(c);
-    return c->member.link != NULL ? tt_link_flush(c->member.link) : 0;
+    if (c->member.link != NULL)
+        tt_link_flush_soon(c->member.link);
+    return 0;
 }
 
 /* Plaintext from the TLS-side peer into buf: as tt_tls_read() (TT_TLS_EOF at the end). */
@@ -471,7 +528,7 @@ static bool secure_writable(struct tt_conn *c)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     struct tt_side *s = tt_container_of(req, struct tt_side, shutdown_req);
-    struct tt_conn *c = s->tcp.data;
+    struct tt_conn *c = s->tcp->data;
 
     if (c->state == TT_CONN_S_CLOSING)
         return;
@@ -493,7 +550,7 @@ static void side_maybe_shutdown(struct tt_conn *c, struct tt_side *s)
         s->shutdown_done = true; /* a tunnel's END_STREAM went with its close_notify */
         return;
     }
-    int r = uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, on_shutdown);
+    int r = uv_shutdown(&s->shutdown_req, (uv_stream_t *)s->tcp, on_shutdown);
     if (r < 0)
         conn_close(c, r, true);
 }
@@ -507,7 +564,12 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     struct tt_conn *c = handle->data;
     size_t avail = 0;
 
-    if (c->tls_side != NULL && handle == (uv_handle_t *)&c->tls_side->tcp) {
+    if (c == NULL) { /* a workload connection kept at rest (net/idleconns.h) */
+        struct tt_worker *w = tt_container_of(handle->loop, struct tt_worker, loop);
+        *buf = uv_buf_init((char *)w->read_buf, 1);
+        return;
+    }
+    if (c->tls_side != NULL && handle == (uv_handle_t *)c->tls_side->tcp) {
         uint8_t *p = tt_tls_input_tail(c->tls, &avail);
         *buf = uv_buf_init((char *)p, p != NULL ? (unsigned)avail : 0);
         return;
@@ -517,14 +579,14 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 
 static void side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
 {
-    if (want == s->reading)
+    if (want == s->reading || (!want && s == &c->up && c->park_up))
         return;
     if (c->tunnel && s == c->tls_side) {
         s->reading = want; /* a stream: its flow control holds the peer back */
         return;
     }
-    int r = want ? uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read)
-                 : uv_read_stop((uv_stream_t *)&s->tcp);
+    int r = want ? uv_read_start((uv_stream_t *)s->tcp, on_alloc, on_read)
+                 : uv_read_stop((uv_stream_t *)s->tcp);
     if (r < 0) {
         conn_close(c, r, true);
         return;
@@ -650,7 +712,7 @@ static struct tt_side *other_side(struct tt_conn *c, const struct tt_side *s)
 
 /* An inbound request stream whose answer went out whole and left the workload's
  * connection open, with the request written whole: that connection is kept for the next
- * request stream to the same address (net/idlefds.h) instead of getting our FIN; the
+ * request stream to the same address (net/idleconns.h) instead of getting our FIN; the
  * stream's connection then ends as if the workload's side had. */
 static void workload_park_check(struct tt_conn *c)
 {
@@ -664,7 +726,8 @@ static void workload_park_check(struct tt_conn *c)
     ps->read_eof = true;
     ps->shutdown_sent = true;
     ps->shutdown_done = true;
-    side_set_reading(c, ps, false);
+    /* It goes on reading (side_set_reading leaves it): a kept handle must see the
+     * workload's FIN while at rest, and a read stopped and started costs epoll changes. */
 }
 
 /* relay_progress() of a relay without TLS (passthrough, a permissive plaintext caller):
@@ -931,10 +994,22 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct tt_conn *c = stream->data;
-    struct tt_side *s = (uv_tcp_t *)stream == &c->down.tcp ? &c->down : &c->up;
+
+    if (c == NULL) { /* kept at rest, the workload closed it or spoke out of turn */
+        if (nread != 0) {
+            struct tt_worker *w = tt_container_of(stream->loop, struct tt_worker, loop);
+            tt_idle_conns_drop(&w->idle_conns, (uv_tcp_t *)stream);
+        }
+        return;
+    }
+    struct tt_side *s = (uv_tcp_t *)stream == c->down.tcp ? &c->down : &c->up;
 
     if (c->state == TT_CONN_S_CLOSING)
         return;
+    if (s == &c->up && c->park_up && nread != 0) {
+        c->park_up = false; /* it spoke after its response: not kept */
+        return;
+    }
     if (s == c->tls_side)
         tt_tls_input_commit(c->tls, nread > 0 ? (size_t)nread : 0);
     if (nread == UV_EOF) {
@@ -1128,7 +1203,7 @@ static void on_connect(uv_connect_t *req, int status)
     if (c->balancer_active || (c->carrier && c->worker->balancer != NULL))
         tt_balancer_connected(c->worker->balancer, &c->target, connect_us);
     c->up.connected = true;
-    uv_tcp_nodelay(&c->up.tcp, 1);
+    uv_tcp_nodelay(c->up.tcp, 1);
     if (conn_is_inbound(c) || c->plain)
         conn_start_relay(c);
     else
@@ -1193,7 +1268,7 @@ static void conn_connect_failed(struct tt_conn *c, int status)
             }
             c->up.open = false;
             c->pending_closes++;
-            uv_close((uv_handle_t *)&c->up.tcp, on_retry_closed);
+            uv_close((uv_handle_t *)c->up.tcp, on_retry_closed);
             return;
         }
     give_up:
@@ -1226,31 +1301,41 @@ static void conn_start_connect(struct tt_conn *c)
         return;
     }
     target = &c->target;
-    r = uv_tcp_init(&c->worker->loop, &c->up.tcp);
-    if (r < 0) {
-        conn_close(c, r, true);
-        return;
-    }
-    c->up.tcp.data = c;
-    c->up.open = true;
     if (c->h2h1 != NULL) {
-        /* A request stream: a keep-alive connection to the workload at rest, if any. */
-        int fd = tt_idle_fds_take(&c->worker->idle_fds, target, uv_now(&c->worker->loop));
-        if (fd >= 0 && uv_tcp_open(&c->up.tcp, fd) == 0) {
+        /* A request stream: a keep-alive connection to the workload at rest, if any (its
+         * handle still reads with our callbacks), else a handle that can be kept. */
+        uv_tcp_t *kept =
+            tt_idle_conns_take(&c->worker->idle_conns, target, uv_now(&c->worker->loop));
+        if (kept != NULL) {
             /* Relayed from the timer, as after a connect: the stream's END_STREAM, which
              * says whether a body follows, comes after the call that opened it. */
+            kept->data = c;
+            c->up.tcp = kept;
+            c->up.open = true;
             c->up.connected = true;
+            c->up.reading = true;
             c->reused_up = true;
-            uv_tcp_nodelay(&c->up.tcp, 1);
             conn_enter(c, TT_CONN_S_CONNECTING);
             uv_timer_start(&c->timer, on_timer, 0, 0);
             return;
         }
-        if (fd >= 0)
-            close(fd);
+        c->up.tcp = tt_idle_conn_new(&c->worker->loop);
+        if (c->up.tcp == NULL) {
+            c->up.tcp = &c->up.own;
+            conn_close(c, -ENOMEM, true);
+            return;
+        }
+    } else {
+        r = uv_tcp_init(&c->worker->loop, c->up.tcp);
+        if (r < 0) {
+            conn_close(c, r, true);
+            return;
+        }
     }
+    c->up.tcp->data = c;
+    c->up.open = true;
     conn_enter(c, TT_CONN_S_CONNECTING);
-    r = uv_tcp_connect(&c->connect_req, &c->up.tcp, (const struct sockaddr *)&target->ss,
+    r = uv_tcp_connect(&c->connect_req, c->up.tcp, (const struct sockaddr *)&target->ss,
                        on_connect);
     if (r < 0)
         conn_connect_failed(c, r);
@@ -1552,9 +1637,7 @@ static void conn_pool_attach(struct tt_conn *c)
     } else if (r < 0) {
         conn_close(c, r, true);
     } else if (r == 1 && c->member.link != NULL) {
-        r = tt_link_flush(c->member.link); /* the tunnel's HEADERS */
-        if (r < 0)
-            conn_close(c, r, true);
+        tt_link_flush_soon(c->member.link); /* the tunnel's HEADERS */
     }
 }
 
@@ -1569,7 +1652,7 @@ static void conn_tunnel_leave(struct tt_conn *c)
     }
     tt_pool_detach(&c->member);
     if (link != NULL)
-        (void)tt_link_flush(link);
+        tt_link_flush_soon(link);
     c->tunnel = false;
 }
 
@@ -1636,7 +1719,7 @@ static void conn_tunnel_end(struct tt_conn *c, int err, bool reset)
     }
     tt_pool_detach(&c->member);
     if (link != NULL)
-        (void)tt_link_flush(link);
+        tt_link_flush_soon(link);
 }
 
 /* Outbound: the peer sidecar answered the tunnel. 200: relay; anything else is its
@@ -2114,7 +2197,9 @@ static void h1_kick(struct tt_conn *c)
 /* Sends what the link's session has queued after a stream was touched. Returns 0 or <0. */
 static int h1_flush(struct tt_conn *c)
 {
-    return c->member.link != NULL ? tt_link_flush(c->member.link) : 0;
+    if (c->member.link != NULL)
+        tt_link_flush_soon(c->member.link);
+    return 0;
 }
 
 /* h1h2: a request's head is complete. It opens its stream on the link pool_ride gave,
@@ -2189,7 +2274,10 @@ static int h1_to_app(void *ud, const char *data, size_t len)
     struct tt_conn *c = ud;
 
     touch(c);
-    return side_send(c, &c->down, (const uint8_t *)data, len);
+    if (tt_buf_append(&c->down.queued, data, len) < 0)
+        return -ENOMEM;
+    app_push_soon(c);
+    return 0;
 }
 
 /* The current request's stream and place in the pool are given up (its response is
@@ -2710,6 +2798,41 @@ static void pool_wake(struct tt_conn *c)
         uv_timer_start(&c->timer, on_timer, 0, 0);
 }
 
+/* The worker's loop is about to wait again: HTTP/1.x apps get what was gathered for them
+ * (app_push_soon), then the links flush what their streams queued. */
+static void on_flush_idle(uv_idle_t *idle)
+{
+    struct tt_worker *w = tt_container_of(idle, struct tt_worker, flush_idle);
+
+    (void)uv_idle_stop(idle);
+    while (w->push_conns != NULL) {
+        struct tt_conn *c = w->push_conns;
+        app_push_unqueue(c);
+        int r = side_push(c, &c->down);
+        if (r < 0)
+            conn_close(c, r, true);
+        else
+            relay_progress(c); /* a drained queue: more of the response, or our FIN */
+    }
+    tt_pool_run_flushes(w->pool);
+}
+
+/* pool ops: a link of the carrier's worker wants its deferred flush before the loop
+ * waits (net/worker.h). */
+static void pool_defer(struct tt_conn *carrier)
+{
+    /* An active idle handle also keeps the loop from blocking in its next poll, when the
+     * flush was asked for outside the I/O callbacks (a timer, a close callback). */
+    (void)uv_idle_start(&carrier->worker->flush_idle, on_flush_idle);
+}
+
+/* pool ops: a deferred flush failed: the carrier closes (its link with it). */
+static void pool_broken(struct tt_conn *carrier, int err)
+{
+    if (carrier->state != TT_CONN_S_CLOSING)
+        conn_close(carrier, err, true);
+}
+
 /* pool ops: c's stream queue drained: it may read its app side again. */
 static void pool_progress(struct tt_conn *c)
 {
@@ -2799,6 +2922,8 @@ const struct tt_pool_ops tt_conn_pool_ops = {
     .wake = pool_wake,
     .progress = pool_progress,
     .accept = pool_accept,
+    .defer = pool_defer,
+    .broken = pool_broken,
 };
 
 /* The TLS session is verified: check it against revocations that arrived during the
@@ -3075,7 +3200,7 @@ static bool conn_route_transparent(struct tt_conn *c, int fd)
         TT_COUNTER_ADD(lc->canary, 1);
         c->route = "canary";
         c->verdict = "allow";
-        (void)uv_try_write((uv_stream_t *)&c->down.tcp, &b, 1);
+        (void)uv_try_write((uv_stream_t *)c->down.tcp, &b, 1);
         conn_close(c, 0, false);
         return false;
     }
@@ -3149,8 +3274,10 @@ static struct tt_conn *conn_new(struct tt_listener *l)
     tt_buf_init(&c->up.queued);
     tt_buf_init(&c->early);
     uv_timer_init(&w->loop, &c->timer);
-    c->down.tcp.data = c;
-    c->up.tcp.data = c;
+    c->down.tcp = &c->down.own;
+    c->up.tcp = &c->up.own;
+    c->down.own.data = c;
+    c->up.own.data = c;
     return c;
 }
 
@@ -3189,7 +3316,7 @@ void tt_conn_accept(struct tt_listener *l, int fd)
 
     if (c == NULL)
         goto err_refuse;
-    tcp = &c->down.tcp;
+    tcp = c->down.tcp;
     if (uv_tcp_init(&w->loop, tcp) < 0)
         goto err_refuse;
     c->down.open = true;
@@ -3309,18 +3436,21 @@ static void conn_account(struct tt_conn *c, int err)
 
 static void side_close(struct tt_conn *c, struct tt_side *s, bool reset)
 {
-    uv_os_fd_t fd;
-
     if (!s->open)
         return;
-    if (s == &c->up && c->park_up && !reset && c->error == 0 &&
-        uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0 && (fd = dup(fd)) >= 0)
-        tt_idle_fds_put(&c->worker->idle_fds, &c->target, fd, uv_now(&c->worker->loop));
     s->open = false;
+    if (s->tcp != &s->own && c->park_up && !reset && c->error == 0 && s->reading) {
+        /* Kept for the next request stream, reading on (net/idleconns.h). */
+        tt_idle_conns_put(&c->worker->idle_conns, &c->target, s->tcp, uv_now(&c->worker->loop));
+        s->tcp = &s->own;
+        return;
+    }
     c->pending_closes++;
     /* A reset needs a connected socket; anything else is closed plainly. */
-    if (!reset || !s->connected || uv_tcp_close_reset(&s->tcp, on_close) < 0)
-        uv_close((uv_handle_t *)&s->tcp, on_close);
+    if (s->tcp != &s->own)
+        tt_idle_conn_close(s->tcp, reset && s->connected, on_close);
+    else if (!reset || !s->connected || uv_tcp_close_reset(s->tcp, on_close) < 0)
+        uv_close((uv_handle_t *)s->tcp, on_close);
 }
 
 /* Ends the connection: accounting, unlinking, then asynchronous close of every handle;
@@ -3345,6 +3475,10 @@ static void conn_close(struct tt_conn *c, int err, bool reset)
         c->reset_by = "proxy";
     if (c->h1h2 != NULL)
         h1_record(c, 0, NULL); /* a request the connection ended under, unanswered */
+    if (c->push_queued) {      /* what was gathered for the app (an answer) goes first */
+        app_push_unqueue(c);
+        (void)side_push(c, &c->down);
+    }
     c->state = TT_CONN_S_CLOSING;
     c->error = err;
     if (c->balancer_active) {

@@ -45,7 +45,9 @@ enum tt_conn_state {
 
 /* One TCP socket of the connection and its write queue. */
 struct tt_side {
-    uv_tcp_t tcp;
+    uv_tcp_t *tcp; /* &own, or a heap handle that may be kept between request streams
+                    * (an inbound request stream's workload side: net/idleconns.h) */
+    uv_tcp_t own;
     uv_write_t write_req;
     uv_shutdown_t shutdown_req;
     struct tt_buf inflight; /* bytes handed to uv_write, frozen until its callback */
@@ -133,6 +135,8 @@ struct tt_conn {
     bool h1_settling;         /* h1_settle runs: a link ridden at once opens there */
     bool h1_kicked;           /* h1_settle and the response wait for the timer (h1_kick) */
     bool h1_sink;             /* the current request is read to its end and dropped */
+    bool push_queued;         /* bytes gathered for the app wait on the worker's push list */
+    struct tt_conn *push_next, *push_prev; /* that list (conn.c app_push_soon) */
     uint64_t h1_deadline_ms;  /* the current request's --request-timeout deadline, 0: none */
     char *link_detail;        /* outbound tunnel: why its link's handshake failed */
     bool tunnel;              /* pooled: the TLS side is (or will be) a stream */
@@ -140,7 +144,7 @@ struct tt_conn {
     bool direct;              /* outbound: one mTLS connection of its own (fallback) */
     bool answered;            /* inbound tunnel: its response head went out */
     bool park_up;             /* inbound request stream: the workload's connection is kept
-                               * for the next one (net/idlefds.h), not closed */
+                               * for the next one (net/idleconns.h), not closed */
     bool reused_up;           /* its workload connection is a kept one: relay on the timer */
     bool counted;             /* an app connection: in n_conns, accepted and closed */
     unsigned refused_retries; /* outbound tunnel: REFUSED_STREAM retries so far */

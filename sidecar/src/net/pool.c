@@ -41,9 +41,11 @@ struct tt_link {
     enum link_state state;
     struct tt_pool_member *waiting; /* outbound: members waiting for tunnels to be allowed */
     struct tt_pool_member *tunnels; /* members riding a stream */
+    struct tt_link *flush_next;     /* on the pool's deferred flush list */
     size_t n_waiting, n_tunnels;
     bool busy;           /* inside a session call (see the file's comment) */
     bool flush_wanted;   /* a flush was asked for while busy */
+    bool flush_queued;   /* on the pool's deferred flush list (tt_link_flush_soon) */
     bool ping_out;       /* a PING waits for its answer */
     bool retire_when_up; /* retired while dialling: GOAWAY once its waiting members rode */
     unsigned wake_round; /* link_wake_blocked's rounds */
@@ -56,6 +58,7 @@ struct tt_pool {
     uint64_t idle_ms;
     struct pool_dest *dests;
     struct tt_link *inbound;
+    struct tt_link *flush_head; /* links that asked for a deferred flush */
     size_t n_links;
     bool draining;
     uint8_t out[16 * 1024 - 256]; /* frames batched into one TLS record */
@@ -515,6 +518,49 @@ int tt_link_flush(struct tt_link *link)
     return r < 0 ? r : 0;
 }
 
+/* Queues the link for tt_pool_run_flushes() (see pool.h). */
+void tt_link_flush_soon(struct tt_link *link)
+{
+    struct tt_pool *pool = link->pool;
+
+    if (link->flush_queued || link->h2 == NULL || link->carrier == NULL)
+        return;
+    link->flush_queued = true;
+    link->flush_next = pool->flush_head;
+    pool->flush_head = link;
+    pool->ops->defer(link->carrier);
+}
+
+/* Takes link off the deferred flush list if it is there. */
+static void link_unqueue_flush(struct tt_link *link)
+{
+    if (!link->flush_queued)
+        return;
+    for (struct tt_link **p = &link->pool->flush_head; *p != NULL; p = &(*p)->flush_next) {
+        if (*p == link) {
+            *p = link->flush_next;
+            break;
+        }
+    }
+    link->flush_queued = false;
+    link->flush_next = NULL;
+}
+
+/* Flushes every queued link, one at a time off the list: a failing link's carrier closes
+ * (which frees it) and a flush may queue links again (see pool.h). */
+void tt_pool_run_flushes(struct tt_pool *pool)
+{
+    while (pool->flush_head != NULL) {
+        struct tt_link *link = pool->flush_head;
+        pool->flush_head = link->flush_next;
+        link->flush_next = NULL;
+        link->flush_queued = false;
+        int r = tt_link_flush(link);
+        if (r < 0 && link->carrier != NULL)
+            pool->ops->broken(link->carrier, r);
+    }
+}
+
 /* Runs the session on the carrier's plaintext (see pool.h). */
 int tt_link_feed(struct tt_link *link, const uint8_t *data, size_t len)
 {
@@ -599,6 +645,7 @@ void tt_link_closed(struct tt_link *link, struct tt_conn *carrier, int err)
     struct tt_pool *pool = link->pool;
     const struct tt_pool_ops *ops = pool->ops;
 
+    link_unqueue_flush(link);
     /* Out of the destination first: a member that fails over may dial a new link. */
     if (link->dest != NULL)
         link_list_unlink(&link->dest->links, link);

@@ -88,6 +88,11 @@ struct tt_pool_ops {
     /* Inbound: a tunnel (CONNECT tether-tcp) or a request stream arrived on the carrier's
      * link: start a connection for it. Returns 0, or <0 (the stream is refused with 503). */
     int (*accept)(struct tt_conn *carrier, struct tt_link *link, struct tt_h2_stream *s);
+    /* A link asked for a deferred flush (tt_link_flush_soon): arrange for
+     * tt_pool_run_flushes() to run on the carrier's loop before it next waits for events. */
+    void (*defer)(struct tt_conn *carrier);
+    /* A deferred flush failed (`err`): close the carrier (tt_link_closed follows). */
+    void (*broken)(struct tt_conn *carrier, int err);
 };
 
 /* A worker's pool; NULL when out of memory. `ops` must outlive it; `idle_ms` is how long a
@@ -140,6 +145,15 @@ int tt_link_feed(struct tt_link *link, const uint8_t *data, size_t len);
  * drained its queue and after touching a stream. Deferred while the session runs. Returns
  * 0 or <0 (close the carrier). */
 int tt_link_flush(struct tt_link *link);
+
+/* Asks for tt_link_flush() before the loop next waits for events: what every stream of
+ * the link queued in one loop iteration then leaves in as few TLS records and socket
+ * writes as fit (the peer is woken once, not once per stream). Call after touching a
+ * stream; errors surface through ops->broken. */
+void tt_link_flush_soon(struct tt_link *link);
+
+/* Runs the flushes that tt_link_flush_soon() asked for (ops->defer says when). */
+void tt_pool_run_flushes(struct tt_pool *pool);
 
 /* The carrier's periodic tick (every tt_link_tick_ms): PING while tunnels are open (a
  * link whose last PING went unanswered is dead), idle close. Returns 0, 1 when the link

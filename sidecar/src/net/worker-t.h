@@ -11,7 +11,7 @@
 #include <uv.h>
 
 #include "net/listener-t.h"
-#include "net/idlefds.h"
+#include "net/idleconns.h"
 
 struct tt_conn;
 struct tt_metrics;
@@ -51,22 +51,25 @@ struct tt_worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;
+    uv_idle_t flush_idle;          /* runs the deferred writes: apps' gathered bytes, then links'
+                                    * flushes (net/pool.h), before the loop waits */
+    struct tt_conn *push_conns;    /* HTTP/1.x apps with gathered bytes (conn.c) */
     struct tt_listener *listeners; /* settings->n_listeners */
     int *listen_fds;               /* bound by the runtime, opened by the worker */
     struct tt_metrics *metrics;
-    struct tt_balancer *balancer; /* transparent outbound: this worker's endpoint state */
-    struct tt_pool *pool;         /* links to and from other sidecars (net/pool.h) */
-    struct tt_idle_fds idle_fds;  /* inbound: keep-alive workload connections at rest */
-    struct tt_snapshot *snapshot; /* newest snapshot this worker has taken */
-    uint64_t generation;          /* its generation; atomic for readers */
-    struct tt_conn *conns;        /* every live connection (links' carriers too), for drain
-                                     and stop */
-    uint64_t requests_done;       /* requests over, for --request-log-sample */
-    size_t n_conns;               /* app connections (not carriers); atomic for readers */
-    bool drain_requested;         /* atomic: set by tt_worker_drain */
-    bool stop_requested;          /* atomic: set by tt_worker_stop */
-    bool draining;                /* listeners closed, waiting for connections */
-    bool stopping;                /* closing everything, then the loop ends */
+    struct tt_balancer *balancer;    /* transparent outbound: this worker's endpoint state */
+    struct tt_pool *pool;            /* links to and from other sidecars (net/pool.h) */
+    struct tt_idle_conns idle_conns; /* inbound: keep-alive workload connections at rest */
+    struct tt_snapshot *snapshot;    /* newest snapshot this worker has taken */
+    uint64_t generation;             /* its generation; atomic for readers */
+    struct tt_conn *conns;           /* every live connection (links' carriers too), for drain
+                                        and stop */
+    uint64_t requests_done;          /* requests over, for --request-log-sample */
+    size_t n_conns;                  /* app connections (not carriers); atomic for readers */
+    bool drain_requested;            /* atomic: set by tt_worker_drain */
+    bool stop_requested;             /* atomic: set by tt_worker_stop */
+    bool draining;                   /* listeners closed, waiting for connections */
+    bool stopping;                   /* closing everything, then the loop ends */
     bool thread_started;
     /* Scratch space for the loop's single running callback: plaintext-side socket reads
      * land in read_buf, decrypted TLS plaintext in plain_buf. Never held across callbacks. */

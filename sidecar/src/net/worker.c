@@ -82,6 +82,7 @@ static void on_wakeup(uv_async_t *async)
         worker_close_listeners(w);
         while (w->conns != NULL)
             tt_conn_abort(w->conns);
+        tt_idle_conns_close_all(&w->idle_conns);
         /* Every connection handle is now closing; close what remains (the async handle
          * among them) so the loop ends. */
         uv_walk(&w->loop, on_walk_close, NULL);
@@ -104,6 +105,7 @@ int tt_worker_init(struct tt_worker *w, unsigned index, const struct tt_worker_s
     r = uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     if (r < 0)
         goto err_loop;
+    (void)uv_idle_init(&w->loop, &w->flush_idle); /* cannot fail */
     w->metrics = tt_metrics_new(n);
     w->listeners = calloc(n ? n : 1, sizeof(*w->listeners));
     w->pool = tt_pool_new(&tt_conn_pool_ops, settings->idle_timeout_ms);
@@ -126,6 +128,7 @@ err_mem:
     w->metrics = NULL;
     w->listeners = NULL;
     uv_close((uv_handle_t *)&w->wakeup, NULL);
+    uv_close((uv_handle_t *)&w->flush_idle, NULL);
     uv_run(&w->loop, UV_RUN_NOWAIT);
 err_loop:
     uv_loop_close(&w->loop);
@@ -194,6 +197,7 @@ void tt_worker_done(struct tt_worker *w)
         uv_thread_join(&w->thread);
     } else {
         uv_close((uv_handle_t *)&w->wakeup, NULL);
+        uv_close((uv_handle_t *)&w->flush_idle, NULL);
         uv_run(&w->loop, UV_RUN_DEFAULT);
     }
     uv_loop_close(&w->loop);
@@ -202,7 +206,6 @@ void tt_worker_done(struct tt_worker *w)
     tt_metrics_free(w->metrics);
     tt_pool_free(w->pool); /* its links closed with their carriers */
     w->pool = NULL;
-    tt_idle_fds_close_all(&w->idle_fds);
     for (size_t i = 0; i < tt_balancer_capacity(w->balancer); i++) {
         struct tt_tls_resume *ticket = tt_balancer_resume_at(w->balancer, i);
         if (ticket != NULL)

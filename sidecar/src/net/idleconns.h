@@ -1,0 +1,64 @@
+/* Idle keep-alive connections to the workload, kept by an inbound worker for reuse
+ * (Tether issue 10): a request stream served over HTTP/1.1 (http/h2h1.h) whose response
+ * left the workload's connection open parks it here, and the next request stream to the
+ * same address takes it instead of opening a TCP connection.
+ *
+ * What is kept is the connection's libuv handle itself (heap-allocated, see
+ * tt_idle_conn_new), still reading with the connection module's callbacks: reuse costs no
+ * system call beyond one check, and no epoll change. A kept handle's `data` is NULL; the
+ * read callbacks that find it so hand the handle to tt_idle_conns_drop() (the workload
+ * closed it, or spoke out of turn). A handle idle longer than TT_IDLE_CONN_MS (under
+ * common servers' keep-alive timeouts, such as Node's 5 s), or whose peer closed or spoke
+ * just before it is taken, is closed instead of handed out. One worker's thread only. */
+#ifndef TT_IDLECONNS_H
+#define TT_IDLECONNS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "core/util.h"
+#include "snapshot/services.h" /* struct tt_addr_key */
+
+#define TT_IDLE_CONNS_MAX 64
+#define TT_IDLE_CONN_MS   2000
+
+struct tt_idle_conns {
+    struct tt_idle_conn {
+        struct tt_addr_key key;
+        uv_tcp_t *tcp;
+        uint64_t since_ms;
+    } e[TT_IDLE_CONNS_MAX];
+    size_t n;
+};
+
+/* A heap-allocated TCP handle on `loop` (uv_tcp_init done) that can be parked here; NULL
+ * when out of memory. Close it with tt_idle_conn_close() unless it is parked. */
+uv_tcp_t *tt_idle_conn_new(uv_loop_t *loop);
+
+/* Closes such a handle, with a reset (RST) when `reset` and the socket allows it; `cb`
+ * (may be NULL) runs before its memory is freed. */
+void tt_idle_conn_close(uv_tcp_t *tcp, bool reset, uv_close_cb cb);
+
+/* Parks `tcp`, a connected handle to `target` at rest between responses and reading (owned
+ * from here on; its data is set to NULL). When the cache is full the oldest entry is
+ * closed to make room; a target that has no address key is closed at once. */
+void tt_idle_conns_put(struct tt_idle_conns *c, const struct tt_addr *target, uv_tcp_t *tcp,
+                       uint64_t now_ms);
+
+/* A parked handle to `target`, the newest first, idle for less than TT_IDLE_CONN_MS and
+ * with nothing to read (the caller owns it and sets its data); or NULL. Those found
+ * stale, closed or holding unexpected bytes are closed on the way. */
+uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *target,
+                             uint64_t now_ms);
+
+/* A parked handle's peer closed it or sent something: it leaves the cache and closes.
+ * Accepts a handle that is not parked (nothing happens). */
+void tt_idle_conns_drop(struct tt_idle_conns *c, uv_tcp_t *tcp);
+
+/* Closes every parked handle (a stopping worker, before its loop's last run). */
+void tt_idle_conns_close_all(struct tt_idle_conns *c);
+
+#endif
