@@ -96,11 +96,15 @@ struct fixture {
     struct sink sink;
 };
 
-static struct fixture *fixture_new(const char *doc, bool enforce)
+static struct fixture *fixture_new_piped(const char *doc, bool enforce, size_t pipeline_max)
 {
     char err[256];
     struct fixture *f = calloc(1, sizeof(*f));
-    struct tt_gate_config cfg = {.caller = CALLER, .self = SELF, .port = 8080, .enforce = enforce};
+    struct tt_gate_config cfg = {.caller = CALLER,
+                                 .self = SELF,
+                                 .port = 8080,
+                                 .enforce = enforce,
+                                 .pipeline_max = pipeline_max};
     struct tt_gate_io io = {.to_upstream = to_up,
                             .to_client = to_client,
                             .on_verdict = on_verdict,
@@ -114,6 +118,11 @@ static struct fixture *fixture_new(const char *doc, bool enforce)
     f->gate = tt_gate_new(&cfg, &io);
     assert_non_null(f->gate);
     return f;
+}
+
+static struct fixture *fixture_new(const char *doc, bool enforce)
+{
+    return fixture_new_piped(doc, enforce, 0);
 }
 
 static void fixture_free(struct fixture *f)
@@ -384,6 +393,34 @@ static void test_gate_pipeline_bound(void **state)
     fixture_free(f);
 }
 
+/* A gate made small (an inbound request stream's: 2) passes a request and its body
+ * whole, reads one more head, holds the rest until an answer makes room, and still
+ * answers a refusal in its spare slot. */
+static void test_gate_small_pipeline(void **state)
+{
+    struct fixture *f = fixture_new_piped(enforce_doc, true, 2);
+    (void)state;
+
+    client(f, "POST /api/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+              "GET /api/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /api/3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_false(tt_gate_wants_client(f->gate));
+    f->sink.up[f->sink.up_len] = '\0';
+    assert_non_null(strstr(f->sink.up, "\r\n\r\nhello"));
+    assert_non_null(strstr(f->sink.up, "/api/2"));
+    assert_null(strstr(f->sink.up, "/api/3"));
+    upstream(f, OK_RESPONSE(0));
+    f->sink.up[f->sink.up_len] = '\0';
+    assert_non_null(strstr(f->sink.up, "/api/3"));
+    upstream(f, OK_RESPONSE(0));
+    upstream(f, OK_RESPONSE(0));
+    assert_int_equal(f->sink.n_requests, 3);
+
+    client(f, "POST /admin HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    f->sink.client[f->sink.client_len] = '\0';
+    assert_non_null(strstr(f->sink.client, "403 Forbidden"));
+    fixture_free(f);
+}
+
 /* The workload answering what nobody asked is an error, and requests left unanswered at
  * the end are reported without a status. */
 static void test_gate_unsolicited_and_unanswered(void **state)
@@ -420,6 +457,7 @@ int main(void)
         cmocka_unit_test(test_gate_upgrade_declined),
         cmocka_unit_test(test_gate_denied_expect_continue_closes),
         cmocka_unit_test(test_gate_pipeline_bound),
+        cmocka_unit_test(test_gate_small_pipeline),
         cmocka_unit_test(test_gate_unsolicited_and_unanswered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

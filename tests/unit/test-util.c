@@ -378,15 +378,41 @@ static void test_util_file_read(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* Decimal text of 0, small, and the largest values; a bounded copy cut and terminated. */
+static void test_util_u64_text_and_str_copy(void **state)
+{
+    char buf[TT_U64_TEXT_MAX], small[4];
+    (void)state;
+
+    assert_int_equal(tt_u64_text(0, buf), 1);
+    assert_string_equal(buf, "0");
+    assert_int_equal(tt_u64_text(404, buf), 3);
+    assert_string_equal(buf, "404");
+    assert_int_equal(tt_u64_text(UINT64_MAX, buf), 20);
+    assert_string_equal(buf, "18446744073709551615");
+    assert_int_equal(tt_str_copy(small, sizeof(small), "GET"), 3);
+    assert_string_equal(small, "GET");
+    assert_int_equal(tt_str_copy(small, sizeof(small), "DELETE"), 3);
+    assert_string_equal(small, "DEL");
+    assert_int_equal(tt_str_copy(small, sizeof(small), ""), 0);
+    assert_string_equal(small, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_util_duration_valid),  cmocka_unit_test(test_util_duration_invalid),
-        cmocka_unit_test(test_util_duration_format), cmocka_unit_test(test_util_addr_ipv4),
-        cmocka_unit_test(test_util_addr_ipv6),       cmocka_unit_test(test_util_addr_hostname),
-        cmocka_unit_test(test_util_addr_zero_port),  cmocka_unit_test(test_util_addr_invalid),
-        cmocka_unit_test(test_util_sockaddr_format), cmocka_unit_test(test_util_clocks),
+        cmocka_unit_test(test_util_duration_valid),
+        cmocka_unit_test(test_util_duration_invalid),
+        cmocka_unit_test(test_util_duration_format),
+        cmocka_unit_test(test_util_addr_ipv4),
+        cmocka_unit_test(test_util_addr_ipv6),
+        cmocka_unit_test(test_util_addr_hostname),
+        cmocka_unit_test(test_util_addr_zero_port),
+        cmocka_unit_test(test_util_addr_invalid),
+        cmocka_unit_test(test_util_sockaddr_format),
+        cmocka_unit_test(test_util_clocks),
         cmocka_unit_test(test_util_file_read),
+        cmocka_unit_test(test_util_u64_text_and_str_copy),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -90,6 +90,32 @@ int tt_duration_parse(const char *text, uint64_t *ms_out)
     return 0;
 }
 
+/* v in decimal (util.h). */
+size_t tt_u64_text(uint64_t v, char *buf)
+{
+    char rev[TT_U64_TEXT_MAX];
+    size_t n = 0;
+
+    do {
+        rev[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = rev[n - 1 - i];
+    buf[n] = '\0';
+    return n;
+}
+
+/* A bounded string copy (util.h). */
+size_t tt_str_copy(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
 /* Writes ms as "1h30m", "250ms", "1m30s500ms" or "0s" into buf; truncates to fit len. */
 void tt_duration_format(uint64_t ms, char *buf, size_t len)
 {

@@ -17,6 +17,15 @@ int tt_duration_parse(const char *text, uint64_t *ms_out);
 /* Writes `ms` in the same notation ("1h30m", "250ms", "0s") into buf. */
 void tt_duration_format(uint64_t ms, char *buf, size_t len);
 
+/* Writes v in decimal into buf (TT_U64_TEXT_MAX bytes: 20 digits and a NUL), returns its
+ * length. For per-request paths, where snprintf's cost shows. */
+#define TT_U64_TEXT_MAX 21
+size_t tt_u64_text(uint64_t v, char *buf);
+
+/* Copies the string src into dst of `cap` bytes (cap > 0), cut to cap - 1 bytes, always
+ * NUL-terminated; returns the length copied. */
+size_t tt_str_copy(char *dst, size_t cap, const char *src);
+
 #define TT_ADDR_TEXT_MAX 300
 
 /* A socket address plus the text it was written as. */

@@ -56,8 +56,6 @@ struct tt_gate {
     bool resp_ended; /* h1resp's on_end saw a final response end */
     uint64_t now_us;
 
-    struct greq q[TT_GATE_PIPELINE_MAX + 1]; /* ring; one slot beyond the pipeline for a refusal */
-    size_t q_head, q_len;
     uint64_t next_seq;
 
     /* The request whose body is being read: passed on (framed anew) or dropped. */
@@ -70,13 +68,18 @@ struct tt_gate {
     char *out; /* bytes for the workload, gathered */
     size_t out_len, out_cap;
     int error;
+
+    /* The requests read and not yet answered, in order. */
+    size_t q_head, q_len;
+    size_t cap;      /* requests read ahead at most (cfg.pipeline_max) */
+    struct greq q[]; /* ring of cap + 1: one slot beyond the pipeline for a refusal */
 };
 
 /* ---- the FIFO ---------------------------------------------------------------------- */
 
 static struct greq *q_at(struct tt_gate *g, size_t i)
 {
-    return &g->q[(g->q_head + i) % (TT_GATE_PIPELINE_MAX + 1)];
+    return &g->q[(g->q_head + i) % (g->cap + 1)];
 }
 
 static struct greq *q_front(struct tt_gate *g)
@@ -99,7 +102,7 @@ static struct greq *q_push(struct tt_gate *g)
 {
     struct greq *e;
 
-    if (g->q_len == TT_GATE_PIPELINE_MAX + 1)
+    if (g->q_len == g->cap + 1)
         return NULL;
     e = q_at(g, g->q_len++);
     memset(e, 0, sizeof(*e));
@@ -127,7 +130,7 @@ static void q_complete_front(struct tt_gate *g)
 
     if (g->io.on_request != NULL)
         g->io.on_request(g->io.ud, &rq);
-    g->q_head = (g->q_head + 1) % (TT_GATE_PIPELINE_MAX + 1);
+    g->q_head = (g->q_head + 1) % (g->cap + 1);
     g->q_len--;
 }
 
@@ -322,7 +325,7 @@ static int on_req_head(void *ud, const struct tt_h1_head *h)
         return r;
     /* An upgrade or CONNECT is read to its end (the reader stops by itself there: its
      * head's last byte is only taken then); a full pipeline stops the reader now. */
-    return g->q_len >= TT_GATE_PIPELINE_MAX && g->mode == G_HTTP ? TT_H1_PAUSE : 0;
+    return g->q_len >= g->cap && g->mode == G_HTTP ? TT_H1_PAUSE : 0;
 }
 
 static int on_req_body(void *ud, const char *data, size_t len)
@@ -413,7 +416,7 @@ static long read_requests(struct tt_gate *g, const char *data, size_t len)
 {
     size_t used = 0;
 
-    while (used < len && g->mode == G_HTTP && g->q_len < TT_GATE_PIPELINE_MAX) {
+    while (used < len && g->mode == G_HTTP && g->q_len < g->cap) {
         if (tt_h1_done(g->h1) && !tt_h1_upgraded(g->h1))
             return (long)len; /* no keep-alive: nothing after that request is read */
         long r = tt_h1_feed(g->h1, data + used, len - used);
@@ -579,7 +582,7 @@ int tt_gate_from_upstream(struct tt_gate *g, const char *data, size_t len, uint6
                 break;
             if (was_upgrade && (r = upgrade_answered(g)) < 0)
                 break;
-            if (g->mode == G_HTTP && g->held_len > 0 && g->q_len < TT_GATE_PIPELINE_MAX &&
+            if (g->mode == G_HTTP && g->held_len > 0 && g->q_len < g->cap &&
                 (r = release_held(g)) < 0)
                 break;
         } else if (n == 0) {
@@ -635,10 +638,14 @@ bool tt_gate_finished(const struct tt_gate *g)
 
 struct tt_gate *tt_gate_new(const struct tt_gate_config *cfg, const struct tt_gate_io *io)
 {
-    struct tt_gate *g = calloc(1, sizeof(*g));
+    size_t cap = cfg->pipeline_max > 0 && cfg->pipeline_max < TT_GATE_PIPELINE_MAX
+                     ? cfg->pipeline_max
+                     : TT_GATE_PIPELINE_MAX;
+    struct tt_gate *g = calloc(1, sizeof(*g) + (cap + 1) * sizeof(g->q[0]));
 
     if (g == NULL)
         return NULL;
+    g->cap = cap;
     g->cfg = *cfg;
     g->io = *io;
     g->mode = cfg->enforce ? G_HTTP : G_DETECT;

@@ -66,6 +66,11 @@ struct tt_gate_config {
     const char *self;
     uint16_t port;
     bool enforce;
+    /* Requests read ahead of their responses, at most TT_GATE_PIPELINE_MAX; 0 means that.
+     * The head of the last one that fits stops the reader: its body waits until an answer
+     * makes room, so 1 would starve a lone request's body. An inbound request stream
+     * carries one request: 2 (the gate then holds three requests' slots, not 33). */
+    size_t pipeline_max;
 };
 
 struct tt_gate;

@@ -9,7 +9,6 @@
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +17,7 @@
 
 #include "core/buf.h"
 #include "core/errors.h"
+#include "core/util.h"
 #include "http/h1h2.h"
 
 #define H1H2_HOLD_LIMIT    (4 * TT_H1H2_HOLD_MAX) /* held bytes past which from_app fails */
@@ -563,24 +563,18 @@ static bool field_writable(const struct tt_h2_header *f)
     return true;
 }
 
-/* Appends a formatted line of at most 127 bytes. Returns 0 or -ENOMEM. */
-static int put_line(struct tt_buf *b, const char *fmt, ...)
-{
-    char line[128];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    return tt_buf_append(b, line, n > 0 && (size_t)n < sizeof(line) ? (size_t)n : 0);
-}
-
 /* Writes the response head planned by plan_response into b. Returns 0 or -ENOMEM. */
 static int build_head(const struct tt_h1h2 *x, struct tt_buf *b, int status,
                       const struct tt_h2_header *fields, size_t n)
 {
-    int r = put_line(b, "HTTP/1.1 %d %s\r\n", status, tt_h1_status_text(status));
+    char num[TT_U64_TEXT_MAX];
+    const char *text = tt_h1_status_text(status);
+    int r = tt_buf_append(b, "HTTP/1.1 ", 9);
+
+    r = r ?: tt_buf_append(b, num, tt_u64_text((uint64_t)status, num));
+    r = r ?: tt_buf_append(b, " ", 1);
+    r = r ?: tt_buf_append(b, text, strlen(text));
+    r = r ?: tt_buf_append(b, "\r\n", 2);
 
     for (size_t i = 0; i < n && r == 0; i++) {
         const struct tt_h2_header *f = &fields[i];
@@ -592,7 +586,8 @@ static int build_head(const struct tt_h1h2 *x, struct tt_buf *b, int status,
         r = tt_h1_put_field(b, f->name, f->name_len, f->value, f->value_len);
     }
     if (r == 0 && x->resp_length >= 0)
-        r = put_line(b, "Content-Length: %lld\r\n", (long long)x->resp_length);
+        r = tt_h1_put_field(b, "Content-Length", 14, num,
+                            tt_u64_text((uint64_t)x->resp_length, num));
     if (r == 0 && x->framing == FR_CHUNKED)
         r = tt_buf_append(b, "Transfer-Encoding: chunked\r\n", 28);
     if (r == 0 && x->close_after)

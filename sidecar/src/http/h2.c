@@ -26,6 +26,7 @@
 
 #include "core/buf.h"
 #include "core/errors.h"
+#include "core/util.h"
 #include "http/h2.h"
 
 #define DEFAULT_MAX_STREAMS     100
@@ -870,7 +871,7 @@ int tt_h2_respond(struct tt_h2_stream *s, int status, const struct tt_h2_header 
         return TT_E_H2_HEADERS;
     if (s->closed || s->responded || s->peer_rst)
         return TT_E_H2_CLOSED;
-    snprintf(code, sizeof(code), "%d", status);
+    tt_u64_text((uint64_t)status, code); /* 200..999: fits */
     struct tt_h2_header pseudo[] = {HDR(":status", code)};
     nghttp2_nv *nv = nv_build(pseudo, 1, headers, nheaders);
     if (nv == NULL)

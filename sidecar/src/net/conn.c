@@ -1436,6 +1436,7 @@ static int conn_gate_start(struct tt_conn *c, const char *caller, bool enforce)
         .self = tt_identity_spiffe_id(c->snapshot->identity),
         .port = tt_addr_port(&c->target),
         .enforce = enforce,
+        .pipeline_max = c->h2h1 != NULL ? 2 : 0, /* a request stream is one request */
     };
     struct tt_gate_io io = {
         .ud = c,
@@ -2202,8 +2203,46 @@ static int h1_flush(struct tt_conn *c)
     return 0;
 }
 
-/* h1h2: a request's head is complete. It opens its stream on the link pool_ride gave,
- * or waits for h1_settle: to find it a link, or to relay the rest as bytes (upgrade). */
+/* The current request's --request-timeout deadline, when there is one, starts now (a
+ * retry keeps the first); conn_enter(RELAY) arms the timer for it. */
+static void h1_arm_deadline(struct tt_conn *c)
+{
+    uint64_t timeout = c->listener->cfg->request_timeout_ms;
+
+    if (timeout == 0)
+        timeout = conn_settings(c)->request_timeout_ms;
+    if (timeout != 0 && timeout != TT_REQUEST_TIMEOUT_NONE && c->h1_deadline_ms == 0)
+        c->h1_deadline_ms = uv_now(&c->worker->loop) + timeout;
+}
+
+/* Inside h1_on_request, the common case: a link to the request's destination is up with
+ * room, so the request rides it at once (pool_ride leaves the session in h1_session) and
+ * its stream opens in the same call, without h1_settle reading the request a second time.
+ * A balanced service picks its endpoint first. Anything more (no endpoint, a link to dial
+ * or wait for, a destination gone direct) is left to h1_settle: returns false. */
+static bool h1_ride_now(struct tt_conn *c)
+{
+    int r;
+
+    if (c->state != TT_CONN_S_RELAY || c->direct || c->member.link != NULL)
+        return false;
+    if (c->service != NULL && !c->balancer_active && !conn_pick_endpoint(c))
+        return false;
+    c->h1_settling = true; /* pool_ride: the stream opens here, no timer */
+    r = tt_pool_attach_up(c->worker->pool, &c->member, &c->target, c->expected_id,
+                          c->snapshot->identity, uv_now(&c->worker->loop));
+    c->h1_settling = false;
+    if (r != 1 || c->h1_session == NULL)
+        return false;
+    c->tunnel = true;
+    h1_arm_deadline(c);
+    conn_enter(c, TT_CONN_S_RELAY); /* (re)armed for the deadline */
+    return true;
+}
+
+/* h1h2: a request's head is complete. It opens its stream on the link pool_ride gave (or
+ * one up now: h1_ride_now), or waits for h1_settle: to find it a link, or to relay the
+ * rest as bytes (upgrade). */
 static int h1_on_request(void *ud, const struct tt_h1h2_request *rq)
 {
     struct tt_conn *c = ud;
@@ -2224,9 +2263,9 @@ static int h1_on_request(void *ud, const struct tt_h1h2_request *rq)
         c->h1_rq->active = true;
         c->h1_rq->start_us = conn_now_us(c);
         c->h1_rq->response_bytes = 0;
-        snprintf(c->h1_rq->method, sizeof(c->h1_rq->method), "%s", rq->method);
-        snprintf(c->h1_rq->path, sizeof(c->h1_rq->path), "%s",
-                 rq->path != NULL ? rq->path : rq->authority);
+        tt_str_copy(c->h1_rq->method, sizeof(c->h1_rq->method), rq->method);
+        tt_str_copy(c->h1_rq->path, sizeof(c->h1_rq->path),
+                    rq->path != NULL ? rq->path : rq->authority);
     }
     c->h1_rq->request_bytes = 0; /* a retry sends the body again */
     if (c->h1_sink)
@@ -2235,7 +2274,7 @@ static int h1_on_request(void *ud, const struct tt_h1h2_request *rq)
         c->h1_upgrade = true;
         return TT_H1H2_WAIT;
     }
-    if (c->h1_session == NULL) {
+    if (c->h1_session == NULL && !h1_ride_now(c)) {
         c->h1_need_link = true;
         return TT_H1H2_WAIT;
     }
@@ -2418,14 +2457,10 @@ static void h1_lost(struct tt_conn *c, int err)
  * body follows. */
 static void h1_open(struct tt_conn *c)
 {
-    uint64_t timeout = c->listener->cfg->request_timeout_ms;
     int r;
 
-    if (timeout == 0)
-        timeout = conn_settings(c)->request_timeout_ms;
-    if (timeout != 0 && timeout != TT_REQUEST_TIMEOUT_NONE && c->h1_deadline_ms == 0)
-        c->h1_deadline_ms = uv_now(&c->worker->loop) + timeout; /* a retry keeps the first */
-    conn_enter(c, TT_CONN_S_RELAY);                             /* (re)armed for the deadline */
+    h1_arm_deadline(c);
+    conn_enter(c, TT_CONN_S_RELAY); /* (re)armed for the deadline */
     r = tt_h1h2_rewind(c->h1h2);
     c->h1_session = NULL;
     if (r == -EAGAIN) {

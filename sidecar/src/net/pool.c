@@ -253,21 +253,16 @@ static int pool_dial(struct tt_pool *pool, struct pool_dest *d, struct tt_pool_m
 }
 
 /* Puts an app connection in the pool (see pool.h). */
-int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct tt_addr *target,
-                   const char *expected_id, const void *identity, uint64_t now_ms)
+/* The link of destination d a new tunnel rides: up, made with `identity`, with room, the
+ * least loaded; or NULL, with *wait_on the first one that will allow tunnels once the
+ * peer's SETTINGS arrive (NULL when none). Links made with another identity are retired
+ * on the way (rotation). */
+static struct tt_link *dest_pick_link(struct pool_dest *d, const void *identity,
+                                      struct tt_link **wait_on)
 {
-    struct tt_link *best = NULL, *wait_on = NULL;
-    struct pool_dest *d;
+    struct tt_link *best = NULL;
 
-    if (pool->draining)
-        return TT_POOL_GO_DIRECT;
-    d = pool_dest_get(pool, target, expected_id);
-    if (d == NULL)
-        return -ENOMEM;
-    if (now_ms < d->direct_until_ms) {
-        TT_COUNTER_ADD(m->counters->pool.fallback_direct, 1);
-        return TT_POOL_GO_DIRECT;
-    }
+    *wait_on = NULL;
     for (struct tt_link *link = d->links; link != NULL; link = link->next) {
         if (link->state == LINK_RETIRING || link->retire_when_up)
             continue;
@@ -283,10 +278,29 @@ int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct 
         if (link_can_ride(link)) {
             if (best == NULL || link->n_tunnels < best->n_tunnels)
                 best = link;
-        } else if (wait_on == NULL) {
-            wait_on = link;
+        } else if (*wait_on == NULL) {
+            *wait_on = link;
         }
     }
+    return best;
+}
+
+int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct tt_addr *target,
+                   const char *expected_id, const void *identity, uint64_t now_ms)
+{
+    struct tt_link *best, *wait_on;
+    struct pool_dest *d;
+
+    if (pool->draining)
+        return TT_POOL_GO_DIRECT;
+    d = pool_dest_get(pool, target, expected_id);
+    if (d == NULL)
+        return -ENOMEM;
+    if (now_ms < d->direct_until_ms) {
+        TT_COUNTER_ADD(m->counters->pool.fallback_direct, 1);
+        return TT_POOL_GO_DIRECT;
+    }
+    best = dest_pick_link(d, identity, &wait_on);
     if (best != NULL) {
         member_ride(best, m);
         return pool->ops->ride(m->conn, best->h2) < 0 ? -ECONNABORTED : 1;
@@ -295,6 +309,25 @@ int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct 
         return pool_dial(pool, d, m, identity);
     member_wait(wait_on, m);
     return 0;
+}
+
+/* Rides a link that is up now, or does nothing (see pool.h). */
+int tt_pool_attach_up(struct tt_pool *pool, struct tt_pool_member *m, const struct tt_addr *target,
+                      const char *expected_id, const void *identity, uint64_t now_ms)
+{
+    struct tt_link *best, *wait_on;
+    struct pool_dest *d;
+
+    if (pool->draining)
+        return 0;
+    d = pool_dest_get(pool, target, expected_id);
+    if (d == NULL || now_ms < d->direct_until_ms)
+        return 0;
+    best = dest_pick_link(d, identity, &wait_on);
+    if (best == NULL)
+        return 0;
+    member_ride(best, m);
+    return pool->ops->ride(m->conn, best->h2) < 0 ? -ECONNABORTED : 1;
 }
 
 /* Drains every link (see pool.h). */

@@ -111,6 +111,13 @@ void tt_pool_free(struct tt_pool *pool);
 int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct tt_addr *target,
                    const char *expected_id, const void *identity, uint64_t now_ms);
 
+/* Outbound: as tt_pool_attach() when a link to the destination is up with room for a
+ * tunnel (ops->ride runs inside; returns 1, or <0 when ride failed); otherwise nothing
+ * happens and it returns 0 (no dial, no wait, nothing counted): the caller goes the way
+ * of tt_pool_attach(). For a caller that can open a stream now but not wait here. */
+int tt_pool_attach_up(struct tt_pool *pool, struct tt_pool_member *m, const struct tt_addr *target,
+                      const char *expected_id, const void *identity, uint64_t now_ms);
+
 /* Takes the member out of the pool (its connection ends): off the waiting or tunnel list;
  * a link left without tunnels starts its idle time. Its stream is the caller's to release
  * first. Accepts a member not in the pool. */
