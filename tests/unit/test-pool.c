@@ -887,6 +887,42 @@ static void test_pool_wake_blocked_reflush(void **state)
     assert_true(r[0]->progress <= 2);
 }
 
+/* tt_pool_attach_up rides a link that is up, and otherwise dials, waits and counts
+ * nothing (the caller then goes the way of tt_pool_attach); like it, it retires a link
+ * made with an identity that rotated. */
+static void test_pool_attach_up(void **state)
+{
+    (void)state;
+    struct tt_conn *a = conn_new();
+    assert_int_equal(tt_pool_attach_up(T.out, &a->m, &T.t1, ID_A, &identity1, T.now), 0);
+    assert_int_equal(T.dials, 0);
+    assert_null(a->m.link);
+    assert_int_equal(tt_pool_links(T.out), 0);
+
+    struct tt_conn *w = attach(&T.t1, ID_A, &identity1, 0); /* dials */
+    struct tt_conn *oc = T.last_dial;
+    assert_int_equal(tt_pool_attach_up(T.out, &a->m, &T.t1, ID_A, &identity1, T.now), 0);
+    assert_null(a->m.link); /* a dialling link is not waited on here */
+    assert_int_equal(T.dials, 1);
+
+    link_connect(oc);
+    assert_int_equal(w->rides, 1);
+    assert_int_equal(tt_pool_attach_up(T.out, &a->m, &T.t1, ID_A, &identity1, T.now), 1);
+    assert_int_equal(a->rides, 1);
+    assert_true(a->m.riding);
+    assert_ptr_equal(a->m.link, oc->link);
+    assert_int_equal(T.octr.pool.streams_opened, 2);
+    /* Another identity (a rotation) finds no link made with it: no dial, and the old
+     * link takes no new tunnel. */
+    struct tt_conn *b = conn_new();
+    assert_int_equal(tt_pool_attach_up(T.out, &b->m, &T.t1, ID_A, &identity2, T.now), 0);
+    assert_null(b->m.link);
+    assert_int_equal(T.dials, 1);
+    assert_int_equal(T.octr.pool.links_recycled, 1);
+    struct tt_conn *d = conn_new();
+    assert_int_equal(tt_pool_attach_up(T.out, &d->m, &T.t1, ID_A, &identity1, T.now), 0);
+}
+
 /* --- deferred flushes ------------------------------------------------------------------ */
 
 /* What several streams queue goes out in one send when the deferred flush runs: nothing is
@@ -974,6 +1010,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pool_inbound_not_a_tunnel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_wake_blocked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_wake_blocked_reflush, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_attach_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_flush_soon_batches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_flush_soon_closed_and_broken, setup, teardown),
     };

@@ -112,9 +112,10 @@ int tt_pool_attach(struct tt_pool *pool, struct tt_pool_member *m, const struct 
                    const char *expected_id, const void *identity, uint64_t now_ms);
 
 /* Outbound: as tt_pool_attach() when a link to the destination is up with room for a
- * tunnel (ops->ride runs inside; returns 1, or <0 when ride failed); otherwise nothing
- * happens and it returns 0 (no dial, no wait, nothing counted): the caller goes the way
- * of tt_pool_attach(). For a caller that can open a stream now but not wait here. */
+ * tunnel (ops->ride runs inside; returns 1, or <0 when ride failed); otherwise it returns
+ * 0 having dialled, waited and counted nothing (links made with another identity are
+ * retired, as tt_pool_attach does): the caller goes the way of tt_pool_attach(). For a
+ * caller that can open a stream now but not wait here. */
 int tt_pool_attach_up(struct tt_pool *pool, struct tt_pool_member *m, const struct tt_addr *target,
                       const char *expected_id, const void *identity, uint64_t now_ms);
 
