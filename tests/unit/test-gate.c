@@ -1,6 +1,7 @@
 /* Unit tests of the inbound request gate (http/gate.h): bytes in, bytes out, no sockets.
  * Per-request verdicts, answers in pipelined order, bodies framed anew, smuggling shapes
  * and non-HTTP bytes refused, audit-only relays, upgrades and the pipeline bound. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,6 +31,7 @@ struct sink {
         char path[256];
         int status;
         uint64_t request_bytes;
+        uint64_t response_bytes;
         bool denied;
         char rule[64];
         char reason[64];
@@ -76,6 +78,7 @@ static void on_request(void *ud, const struct tt_gate_request *rq)
              rq->reason ? rq->reason : "");
     s->requests[i].status = rq->status;
     s->requests[i].request_bytes = rq->request_bytes;
+    s->requests[i].response_bytes = rq->response_bytes;
     s->requests[i].denied = rq->denied;
 }
 
@@ -96,7 +99,8 @@ struct fixture {
     struct sink sink;
 };
 
-static struct fixture *fixture_new_piped(const char *doc, bool enforce, size_t pipeline_max)
+static struct fixture *fixture_new_cfg(const char *doc, bool enforce, size_t pipeline_max,
+                                       bool caller_reads_responses)
 {
     char err[256];
     struct fixture *f = calloc(1, sizeof(*f));
@@ -104,7 +108,8 @@ static struct fixture *fixture_new_piped(const char *doc, bool enforce, size_t p
                                  .self = SELF,
                                  .port = 8080,
                                  .enforce = enforce,
-                                 .pipeline_max = pipeline_max};
+                                 .pipeline_max = pipeline_max,
+                                 .caller_reads_responses = caller_reads_responses};
     struct tt_gate_io io = {.to_upstream = to_up,
                             .to_client = to_client,
                             .on_verdict = on_verdict,
@@ -118,6 +123,11 @@ static struct fixture *fixture_new_piped(const char *doc, bool enforce, size_t p
     f->gate = tt_gate_new(&cfg, &io);
     assert_non_null(f->gate);
     return f;
+}
+
+static struct fixture *fixture_new_piped(const char *doc, bool enforce, size_t pipeline_max)
+{
+    return fixture_new_cfg(doc, enforce, pipeline_max, false);
 }
 
 static struct fixture *fixture_new(const char *doc, bool enforce)
@@ -421,6 +431,47 @@ static void test_gate_small_pipeline(void **state)
     fixture_free(f);
 }
 
+/* caller_reads_responses (an inbound request stream): the gate parses and decides the
+ * request, never reads the workload's bytes (tt_gate_from_upstream refuses them), and
+ * counts the request when told its response is over; a request it refused and answered
+ * itself is not completed again by that call. */
+static void test_gate_caller_reads_responses(void **state)
+{
+    struct fixture *f = fixture_new_cfg(enforce_doc, true, 2, true);
+    (void)state;
+
+    client(f, "POST /api/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
+    f->sink.up[f->sink.up_len] = '\0';
+    assert_non_null(strstr(f->sink.up, "POST /api/1 HTTP/1.1\r\n"));
+    assert_non_null(strstr(f->sink.up, "\r\n\r\nhello"));
+    assert_int_equal(tt_gate_from_upstream(f->gate, OK_RESPONSE(0), strlen(OK_RESPONSE(0)), 2),
+                     -EINVAL);
+    assert_int_equal(f->sink.n_requests, 0);
+    assert_int_equal(tt_gate_upstream_eof(f->gate, 2), 0);
+    assert_int_equal(tt_gate_response_done(f->gate, 201, 77, 5), 0);
+    assert_int_equal(f->sink.n_requests, 1);
+    assert_int_equal(f->sink.requests[0].status, 201);
+    assert_int_equal(f->sink.requests[0].response_bytes, 77);
+    assert_int_equal(f->sink.requests[0].request_bytes, 5);
+    assert_string_equal(f->sink.requests[0].rule, "api");
+    assert_int_equal(tt_gate_response_done(f->gate, 200, 1, 6), 0); /* nothing waits */
+    assert_int_equal(f->sink.n_requests, 1);
+
+    client(f, "POST /admin HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    f->sink.client[f->sink.client_len] = '\0';
+    assert_non_null(strstr(f->sink.client, "403 Forbidden"));
+    assert_int_equal(f->sink.n_requests, 2);
+    assert_true(f->sink.requests[1].denied);
+    assert_int_equal(tt_gate_response_done(f->gate, 403, 100, 7), 0);
+    assert_int_equal(f->sink.n_requests, 2);
+    fixture_free(f);
+
+    /* Without the flag the call is refused. */
+    f = fixture_new(enforce_doc, true);
+    assert_int_equal(tt_gate_response_done(f->gate, 200, 1, 1), -EINVAL);
+    fixture_free(f);
+}
+
 /* The workload answering what nobody asked is an error, and requests left unanswered at
  * the end are reported without a status. */
 static void test_gate_unsolicited_and_unanswered(void **state)
@@ -458,6 +509,7 @@ int main(void)
         cmocka_unit_test(test_gate_denied_expect_continue_closes),
         cmocka_unit_test(test_gate_pipeline_bound),
         cmocka_unit_test(test_gate_small_pipeline),
+        cmocka_unit_test(test_gate_caller_reads_responses),
         cmocka_unit_test(test_gate_unsolicited_and_unanswered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -303,7 +303,7 @@ static int on_req_head(void *ud, const struct tt_h1_head *h)
     g->body_forward = v.allowed;
     if (v.allowed) {
         e->forwarded = true;
-        r = tt_h1resp_expect(g->resp, h->method, h->upgrade && !h->connect);
+        r = g->resp != NULL ? tt_h1resp_expect(g->resp, h->method, h->upgrade && !h->connect) : 0;
         r = r ?: forward_head(g, h);
         if (r < 0)
             return r;
@@ -527,9 +527,9 @@ static const struct tt_h1resp_callbacks resp_callbacks = {
 
 /* The workload answered an upgrade or CONNECT: it accepted (both ways opaque from now on)
  * or declined (the client's next bytes are requests again). */
-static int upgrade_answered(struct tt_gate *g)
+static int upgrade_answered(struct tt_gate *g, bool accepted)
 {
-    if (tt_h1resp_upgraded(g->resp)) {
+    if (accepted) {
         g->mode = G_OPAQUE;
         return release_held(g);
     }
@@ -545,6 +545,8 @@ int tt_gate_from_upstream(struct tt_gate *g, const char *data, size_t len, uint6
 {
     int r = 0;
 
+    if (g->resp == NULL)
+        return -EINVAL; /* caller_reads_responses: tt_gate_response_done */
     g->now_us = now_us;
     if (g->error < 0)
         return g->error;
@@ -580,7 +582,7 @@ int tt_gate_from_upstream(struct tt_gate *g, const char *data, size_t len, uint6
                 q_complete_front(g);
             if ((r = answer_ready(g)) < 0)
                 break;
-            if (was_upgrade && (r = upgrade_answered(g)) < 0)
+            if (was_upgrade && (r = upgrade_answered(g, tt_h1resp_upgraded(g->resp))) < 0)
                 break;
             if (g->mode == G_HTTP && g->held_len > 0 && g->q_len < g->cap &&
                 (r = release_held(g)) < 0)
@@ -594,13 +596,40 @@ int tt_gate_from_upstream(struct tt_gate *g, const char *data, size_t len, uint6
     return r;
 }
 
+int tt_gate_response_done(struct tt_gate *g, int status, uint64_t bytes, uint64_t now_us)
+{
+    struct greq *e;
+    int r;
+
+    if (g->resp != NULL)
+        return -EINVAL;
+    g->now_us = now_us;
+    if (g->error < 0)
+        return g->error;
+    e = q_front(g);
+    if (g->finished || e == NULL || !e->forwarded)
+        return 0; /* the gate answered it (or will): no response of the workload's */
+    bool was_upgrade = g->mode == G_UPGRADE && g->q_len == 1;
+    e->status = status;
+    e->resp_bytes += bytes;
+    q_complete_front(g);
+    r = answer_ready(g);
+    if (r == 0 && was_upgrade)
+        r = upgrade_answered(g, status == 101);
+    if (r == 0 && g->mode == G_HTTP && g->held_len > 0 && g->q_len < g->cap)
+        r = release_held(g);
+    if (r < 0)
+        g->error = r;
+    return r;
+}
+
 int tt_gate_upstream_eof(struct tt_gate *g, uint64_t now_us)
 {
     int r;
 
     g->now_us = now_us;
-    if (g->mode == G_OPAQUE || g->finished)
-        return 0;
+    if (g->mode == G_OPAQUE || g->finished || g->resp == NULL)
+        return 0; /* caller_reads_responses: its reader finishes the response */
     r = tt_h1resp_finish(g->resp);
     if (r == 0 && g->resp_ended) {
         g->resp_ended = false;
@@ -650,8 +679,9 @@ struct tt_gate *tt_gate_new(const struct tt_gate_config *cfg, const struct tt_ga
     g->io = *io;
     g->mode = cfg->enforce ? G_HTTP : G_DETECT;
     g->h1 = tt_h1_new(NULL, &req_callbacks, g);
-    g->resp = tt_h1resp_new(&resp_callbacks, g);
-    if (g->h1 == NULL || g->resp == NULL) {
+    if (!cfg->caller_reads_responses)
+        g->resp = tt_h1resp_new(&resp_callbacks, g);
+    if (g->h1 == NULL || (g->resp == NULL && !cfg->caller_reads_responses)) {
         tt_gate_free(g, 0);
         return NULL;
     }

@@ -71,6 +71,11 @@ struct tt_gate_config {
      * makes room, so 1 would starve a lone request's body. An inbound request stream
      * carries one request: 2 (the gate then holds three requests' slots, not 33). */
     size_t pipeline_max;
+    /* The caller reads the workload's responses itself (an inbound request stream, whose
+     * translator, http/h2h1.h, parses the one response it gets) and says when each is
+     * complete with tt_gate_response_done() instead of feeding tt_gate_from_upstream():
+     * the gate then parses requests only, not every response a second time. */
+    bool caller_reads_responses;
 };
 
 struct tt_gate;
@@ -94,6 +99,13 @@ int tt_gate_from_upstream(struct tt_gate *g, const char *data, size_t len, uint6
 /* The workload closed its side: a response delimited by the close is complete, answers
  * the gate still owes are written. Returns 0, or <0 when a response was cut short. */
 int tt_gate_upstream_eof(struct tt_gate *g, uint64_t now_us);
+
+/* caller_reads_responses: the final response to the oldest request the workload was given
+ * is complete, with `status` and `bytes` (as the workload sent them, head included); the
+ * request is reported (on_request) and answers the gate owes go out. With no such request
+ * waiting (the gate answered it itself) nothing happens. Returns 0 or <0 (writing failed);
+ * -EINVAL without caller_reads_responses. (tt_gate_from_upstream returns -EINVAL with it.) */
+int tt_gate_response_done(struct tt_gate *g, int status, uint64_t bytes, uint64_t now_us);
 
 /* The client closed its side. Returns 0, or TT_E_HTTP when a request was cut short. */
 int tt_gate_client_eof(struct tt_gate *g);

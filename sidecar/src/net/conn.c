@@ -914,9 +914,9 @@ static void tls_side_read(struct tt_conn *c)
 static void plain_side_read(struct tt_conn *c, const uint8_t *data, size_t n)
 {
     int r = c->h2up != NULL ? h2up_from_workload(c, data, n)
-            : c->gate != NULL
+            : c->gate != NULL && c->h2h1 == NULL
                 ? tt_gate_from_upstream(c->gate, (const char *)data, n, conn_now_us(c))
-                : secure_write(c, data, n);
+                : secure_write(c, data, n); /* a request stream's gate hears h2h1's reading */
     if (r == 0)
         r = secure_flush(c);
     if (r < 0) {
@@ -1437,6 +1437,8 @@ static int conn_gate_start(struct tt_conn *c, const char *caller, bool enforce)
         .port = tt_addr_port(&c->target),
         .enforce = enforce,
         .pipeline_max = c->h2h1 != NULL ? 2 : 0, /* a request stream is one request */
+        /* and its translator reads the response: h2h1_response_over tells the gate */
+        .caller_reads_responses = c->h2h1 != NULL,
     };
     struct tt_gate_io io = {
         .ud = c,
@@ -1805,6 +1807,17 @@ static int h2h1_to_server(void *ud, const char *data, size_t len)
     return side_send(c, c->plain_side, (const uint8_t *)data, len);
 }
 
+/* A request stream's response is complete: the gate, which does not read responses of
+ * request streams (caller_reads_responses), is told its status and the workload's bytes,
+ * and counts the request. Returns 0 or <0. */
+static int h2h1_response_over(struct tt_conn *c)
+{
+    if (c->gate == NULL)
+        return 0;
+    return tt_gate_response_done(c->gate, c->answer_status, c->plain_side->bytes_read,
+                                 conn_now_us(c));
+}
+
 /* A request stream's response is complete and its END_STREAM queued: our side of the
  * stream is over, the workload gets its FIN (its request said "Connection: close", or its
  * h2c session carried that one stream), and what the caller may still send is not read:
@@ -1828,8 +1841,11 @@ static int h2h1_respond(void *ud, int status, const struct tt_h2_header *fields,
     if (r < 0)
         return r;
     c->answered = true;
-    if (end_stream)
+    c->answer_status = status;
+    if (end_stream) {
         request_answered(c);
+        return h2h1_response_over(c);
+    }
     return 0;
 }
 
@@ -1845,9 +1861,10 @@ static int h2h1_end(void *ud)
     struct tt_conn *c = ud;
     int r = c->stream != NULL ? tt_h2_stream_end(c->stream) : TT_E_LINK_CLOSED;
 
-    if (r == 0)
-        request_answered(c);
-    return r;
+    if (r < 0)
+        return r;
+    request_answered(c);
+    return h2h1_response_over(c);
 }
 
 /* ---- inbound gRPC request streams: HTTP/2 to the workload, stream to stream --------- */

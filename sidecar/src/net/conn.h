@@ -143,6 +143,7 @@ struct tt_conn {
     bool carrier;             /* the mTLS connection of a link */
     bool direct;              /* outbound: one mTLS connection of its own (fallback) */
     bool answered;            /* inbound tunnel: its response head went out */
+    int answer_status;        /* inbound request stream: the status it was answered with */
     bool park_up;             /* inbound request stream: the workload's connection is kept
                                * for the next one (net/idleconns.h), not closed */
     bool reused_up;           /* its workload connection is a kept one: relay on the timer */
