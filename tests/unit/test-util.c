@@ -396,6 +396,9 @@ static void test_util_u64_text_and_str_copy(void **state)
     assert_string_equal(small, "DEL");
     assert_int_equal(tt_str_copy(small, sizeof(small), ""), 0);
     assert_string_equal(small, "");
+    strcpy(small, "xyz");
+    assert_int_equal(tt_str_copy(small, sizeof(small), NULL), 0);
+    assert_string_equal(small, "");
 }
 
 int main(void)

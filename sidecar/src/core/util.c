@@ -109,7 +109,7 @@ size_t tt_u64_text(uint64_t v, char *buf)
 /* A bounded string copy (util.h). */
 size_t tt_str_copy(char *dst, size_t cap, const char *src)
 {
-    size_t n = strnlen(src, cap - 1);
+    size_t n = src != NULL ? strnlen(src, cap - 1) : 0;
 
     memcpy(dst, src, n);
     dst[n] = '\0';

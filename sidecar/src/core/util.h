@@ -22,8 +22,8 @@ void tt_duration_format(uint64_t ms, char *buf, size_t len);
 #define TT_U64_TEXT_MAX 21
 size_t tt_u64_text(uint64_t v, char *buf);
 
-/* Copies the string src into dst of `cap` bytes (cap > 0), cut to cap - 1 bytes, always
- * NUL-terminated; returns the length copied. */
+/* Copies the string src (NULL reads as "") into dst of `cap` bytes (cap > 0), cut to
+ * cap - 1 bytes, always NUL-terminated; returns the length copied. */
 size_t tt_str_copy(char *dst, size_t cap, const char *src);
 
 #define TT_ADDR_TEXT_MAX 300

@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "core/errors.h"
+#include "core/util.h"
 #include "http/detect.h"
 #include "http/gate.h"
 #include "http/h1.h"
@@ -217,17 +218,6 @@ static int answer_ready(struct tt_gate *g)
 
 /* ---- requests ---------------------------------------------------------------------- */
 
-static void copy_trunc(char *dst, size_t cap, const char *src)
-{
-    size_t n = src != NULL ? strlen(src) : 0;
-
-    if (n >= cap)
-        n = cap - 1;
-    if (n > 0)
-        memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 /* True when header `name` is one the gate frames anew (it is not passed on as sent). */
 static bool framing_header(const char *name)
 {
@@ -283,8 +273,8 @@ static int on_req_head(void *ud, const struct tt_h1_head *h)
 
     if (e == NULL)
         return -ENOBUFS; /* cannot happen: the reader is paused while the pipeline is full */
-    copy_trunc(e->method, sizeof(e->method), h->method);
-    copy_trunc(e->path, sizeof(e->path), path);
+    tt_str_copy(e->method, sizeof(e->method), h->method);
+    tt_str_copy(e->path, sizeof(e->path), path);
     if (g->cfg.policy != NULL) {
         tt_policy_check_request(g->cfg.policy, g->cfg.caller, g->cfg.self, g->cfg.port, h->method,
                                 path, &v);

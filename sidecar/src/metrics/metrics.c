@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "core/errors.h"
+#include "core/util.h"
 #include "metrics/metrics.h"
 #include "policy/policy.h"
 
@@ -164,18 +165,6 @@ void tt_metrics_observe(struct tt_hist *h, uint64_t us)
     TT_COUNTER_ADD(h->sum_us, us);
 }
 
-/* strncpy that always terminates and accepts NULL as "". */
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-    size_t n = src ? strlen(src) : 0;
-
-    if (n >= cap)
-        n = cap - 1;
-    if (n)
-        memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 static int64_t now_unix_ms(void)
 {
     struct timespec ts;
@@ -202,10 +191,10 @@ void tt_metrics_hs_failure(struct tt_metrics *m, int li, enum tt_hs_reason reaso
     f->unix_ms = now_unix_ms();
     f->listener = li;
     f->reason = reason;
-    copy_str(f->peer_addr, sizeof(f->peer_addr), peer_addr);
-    copy_str(f->spiffe_id, sizeof(f->spiffe_id), spiffe_id);
-    copy_str(f->serial, sizeof(f->serial), serial);
-    copy_str(f->issuer, sizeof(f->issuer), issuer);
+    tt_str_copy(f->peer_addr, sizeof(f->peer_addr), peer_addr);
+    tt_str_copy(f->spiffe_id, sizeof(f->spiffe_id), spiffe_id);
+    tt_str_copy(f->serial, sizeof(f->serial), serial);
+    tt_str_copy(f->issuer, sizeof(f->issuer), issuer);
     m->failures_next = (m->failures_next + 1) % TT_METRICS_FAILURES;
     m->failures_total++;
     pthread_mutex_unlock(&m->lock);
@@ -228,7 +217,7 @@ static struct tt_peer_counters *peer_slot(struct tt_metrics *m, const char *id)
             struct tt_peer_counters *p = &m->peers[m->n_peers++];
 
             memset(p, 0, sizeof(*p));
-            copy_str(p->id, sizeof(p->id), want);
+            tt_str_copy(p->id, sizeof(p->id), want);
             return p;
         }
         want = PEER_OTHER; /* full: fold into "other" (claimed by the branch above) */
@@ -242,7 +231,7 @@ void tt_metrics_peer_add(struct tt_metrics *m, const char *spiffe_id, uint64_t b
     char id[sizeof(((struct tt_peer_counters *)0)->id)];
     struct tt_peer_counters *p;
 
-    copy_str(id, sizeof(id), spiffe_id && *spiffe_id ? spiffe_id : PEER_UNKNOWN);
+    tt_str_copy(id, sizeof(id), spiffe_id && *spiffe_id ? spiffe_id : PEER_UNKNOWN);
     pthread_mutex_lock(&m->lock);
     p = peer_slot(m, id);
     p->connections++;
@@ -260,7 +249,7 @@ static void peer_request(struct tt_metrics *m, const char *caller_id, int cls)
     char id[sizeof(((struct tt_peer_counters *)0)->id)];
     struct tt_peer_counters *p;
 
-    copy_str(id, sizeof(id), caller_id && *caller_id ? caller_id : PEER_NONE);
+    tt_str_copy(id, sizeof(id), caller_id && *caller_id ? caller_id : PEER_NONE);
     pthread_mutex_lock(&m->lock);
     p = peer_slot(m, id);
     p->requests++;
@@ -311,14 +300,14 @@ void tt_metrics_dest_add(struct tt_metrics *m, const char *key, enum tt_dest_eve
     char k[sizeof(((struct tt_dest_counters *)0)->key)];
     struct tt_dest_counters *d = NULL;
 
-    copy_str(k, sizeof(k), key);
+    tt_str_copy(k, sizeof(k), key);
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->n_dests && d == NULL; i++) {
         if (strcmp(m->dests[i].key, k) == 0)
             d = &m->dests[i];
     }
     if (d == NULL && m->n_dests >= TT_METRICS_DESTS - 1) {
-        copy_str(k, sizeof(k), PEER_OTHER);
+        tt_str_copy(k, sizeof(k), PEER_OTHER);
         for (size_t i = 0; i < m->n_dests && d == NULL; i++) {
             if (strcmp(m->dests[i].key, k) == 0)
                 d = &m->dests[i];
@@ -327,7 +316,7 @@ void tt_metrics_dest_add(struct tt_metrics *m, const char *key, enum tt_dest_eve
     if (d == NULL) {
         d = &m->dests[m->n_dests++];
         memset(d, 0, sizeof(*d));
-        copy_str(d->key, sizeof(d->key), k);
+        tt_str_copy(d->key, sizeof(d->key), k);
     }
     d->counts[event]++;
     pthread_mutex_unlock(&m->lock);
