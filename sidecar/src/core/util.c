@@ -111,7 +111,8 @@ size_t tt_str_copy(char *dst, size_t cap, const char *src)
 {
     size_t n = src != NULL ? strnlen(src, cap - 1) : 0;
 
-    memcpy(dst, src, n);
+    if (n > 0) /* memcpy from NULL is undefined even for 0 bytes */
+        memcpy(dst, src, n);
     dst[n] = '\0';
     return n;
 }
