@@ -347,6 +347,17 @@ static int side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, 
     return 0;
 }
 
+static int side_send_buf(struct tt_conn *c, struct tt_side *s, struct tt_buf *buf);
+
+/* Has on_flush_idle run before the worker's loop next waits for events: the apps' gathered
+ * bytes and the links' deferred flushes. An active idle handle also keeps the loop from
+ * blocking in its next poll when this is asked outside the I/O callbacks (a timer, a
+ * close callback). */
+static void worker_defer_writes(struct tt_worker *w)
+{
+    (void)uv_idle_start(&w->flush_idle, on_flush_idle);
+}
+
 /* Gathers bytes for an HTTP/1.x app: what is appended to its side's queue during one loop
  * iteration (a response's head, body pieces, chunk framing, the next answer) is written
  * at once before the loop waits (on_flush_idle), one write instead of one per piece. */
@@ -362,7 +373,7 @@ static void app_push_soon(struct tt_conn *c)
     if (w->push_conns != NULL)
         w->push_conns->push_prev = c;
     w->push_conns = c;
-    (void)uv_idle_start(&w->flush_idle, on_flush_idle);
+    worker_defer_writes(w);
 }
 
 /* Takes c off its worker's push list (app_push_soon) if it is there. */
@@ -385,20 +396,16 @@ static void app_push_unqueue(struct tt_conn *c)
  * (the caller closes the connection). */
 static int side_push(struct tt_conn *c, struct tt_side *s)
 {
+    struct tt_buf gathered;
+    int r;
+
     if (c->state == TT_CONN_S_CLOSING || s->inflight.len > 0 || s->queued.len == 0)
         return 0;
-    uv_buf_t b = uv_buf_init((char *)tt_buf_head(&s->queued), (unsigned)s->queued.len);
-    int r = uv_try_write((uv_stream_t *)s->tcp, &b, 1);
-    if (r < 0 && r != UV_EAGAIN)
-        return r;
-    if (r > 0) {
-        s->bytes_written += (uint64_t)r;
-        if (s == &c->down)
-            TT_COUNTER_ADD(conn_counters(c)->bytes_out, (uint64_t)r);
-        tt_buf_consume(&s->queued, (size_t)r);
-    }
-    side_start_write(c, s);
-    return 0;
+    tt_buf_init(&gathered);
+    tt_buf_move(&gathered, &s->queued); /* no copy; the queue is empty for side_send_buf */
+    r = side_send_buf(c, s, &gathered);
+    tt_buf_done(&gathered); /* empty unless it failed */
+    return r;
 }
 
 /* Sends the bytes of *buf on side s like side_send, but what the kernel does not take is
@@ -2870,12 +2877,10 @@ static void on_flush_idle(uv_idle_t *idle)
 }
 
 /* pool ops: a link of the carrier's worker wants its deferred flush before the loop
- * waits (net/worker.h). */
+ * waits. */
 static void pool_defer(struct tt_conn *carrier)
 {
-    /* An active idle handle also keeps the loop from blocking in its next poll, when the
-     * flush was asked for outside the I/O callbacks (a timer, a close callback). */
-    (void)uv_idle_start(&carrier->worker->flush_idle, on_flush_idle);
+    worker_defer_writes(carrier->worker);
 }
 
 /* pool ops: a deferred flush failed: the carrier closes (its link with it). */
