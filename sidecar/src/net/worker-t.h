@@ -53,7 +53,7 @@ struct tt_worker {
     uv_async_t wakeup;
     uv_idle_t flush_idle;          /* runs the deferred writes: apps' gathered bytes, then links'
                                     * flushes (net/pool.h), before the loop waits */
-    struct tt_conn *push_conns;    /* HTTP/1.x apps with gathered bytes (conn.c) */
+    struct tt_conn *push_conns;    /* HTTP/1.x apps with gathered bytes (conn_relay.c) */
     struct tt_listener *listeners; /* settings->n_listeners */
     int *listen_fds;               /* bound by the runtime, opened by the worker */
     struct tt_metrics *metrics;
