@@ -8,6 +8,8 @@ packages=(
   android-libboringssl-dev libuv1-dev libnghttp2-dev libjansson-dev libgrpc-dev
   libcmocka-dev libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev
   libyaml-dev
+  # tether-sidecar's allocator (meson option allocator, default mimalloc)
+  libmimalloc-dev
   meson ninja-build pkg-config gcc
   # run and test
   openssl ca-certificates curl python3 iproute2 procps haproxy nginx libnginx-mod-stream

@@ -16,7 +16,7 @@ FROM debian:12-slim
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
        android-libboringssl libuv1 libjansson4 libnghttp2-14 libhttp-parser2.9 \
-       libprotobuf-c1 libgrpc29 iptables iproute2 ca-certificates \
+       libprotobuf-c1 libgrpc29 libmimalloc2.0 iptables iproute2 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/sidecar/tether-sidecar /usr/local/bin/tether-sidecar
 COPY deploy/iptables/tether-iptables /usr/local/bin/tether-iptables

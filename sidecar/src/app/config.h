@@ -56,6 +56,9 @@ struct tt_config {
     struct tt_addr metrics;                /* transparent: pod_ip:15020 (/stats) */
     struct tt_service_entry *services;     /* --service, "services": file mode's table */
     size_t n_services;                     /* (strings owned) */
+    /* Not configuration: the malloc this binary runs on, for the "started" line; set by
+     * main.c ("mimalloc 2.0.9", meson option allocator); NULL reads as "libc". */
+    const char *allocator;
 };
 
 #define TT_TRANSPARENT_OUTBOUND_PORT 15001

@@ -640,7 +640,8 @@ int tt_runtime_run(const struct tt_config *cfg)
            TT_LS("mode", cfg->has_control ? "control" : "files"),
            TT_LS("control", cfg->has_control ? cfg->control.text : NULL),
            TT_LU("max_connections", (uint64_t)rt->settings.max_connections * cfg->workers),
-           TT_LU("open_files_limit", rt->nofile), TT_LS("pool", cfg->pool ? "on" : "off"));
+           TT_LU("open_files_limit", rt->nofile), TT_LS("pool", cfg->pool ? "on" : "off"),
+           TT_LS("malloc", cfg->allocator != NULL ? cfg->allocator : "libc"));
     if (!cfg->has_control)
         start_workers(rt);
     uv_run(&rt->loop, UV_RUN_DEFAULT);
