@@ -33,7 +33,7 @@ enum tt_conn_state {
     TT_CONN_S_CONNECTING, /* TCP connect to the upstream in progress */
     TT_CONN_S_RELAY,      /* both sides open; bytes flow until both directions end */
     TT_CONN_S_REFUSING,   /* outbound that could not get through: reading the app's first
-                           * bytes to tell an HTTP/1.x app why (conn_refusal_start) */
+                           * bytes to tell an HTTP/1.x app why (tt__conn_refusal_start) */
     TT_CONN_S_CLOSING,    /* handles closing; freed when the last close callback runs */
 };
 
@@ -121,13 +121,13 @@ struct tt_conn {
     struct tt_h2 *h1_session; /* while riding starts: the link's session to open it on */
     struct tt_buf early;      /* outbound: the app's bytes read while detecting, not sent */
     bool detected;            /* outbound: detection read the app's first bytes */
-    bool h1_need_link;        /* the current request waits for a link (h1_settle) */
+    bool h1_need_link;        /* the current request waits for a link (tt__h1_settle) */
     bool h1_upgrade;          /* the current request upgrades: the rest is a tunnel */
     bool h1_idempotent;       /* the current request may be sent again (a retry) */
     bool h1_has_body;         /* the current request's body follows its head */
     bool h1_head;             /* the current request's response head arrived */
-    bool h1_settling;         /* h1_settle runs: a link ridden at once opens there */
-    bool h1_kicked;           /* h1_settle and the response wait for the timer (h1_kick) */
+    bool h1_settling;         /* tt__h1_settle runs: a link ridden at once opens there */
+    bool h1_kicked;           /* tt__h1_settle and the response wait for the timer (h1_kick) */
     bool h1_sink;             /* the current request is read to its end and dropped */
     bool push_queued;         /* bytes gathered for the app wait on the worker's push list */
     struct tt_conn *push_next, *push_prev; /* that list (conn_relay.c tt__app_push_soon) */

@@ -7,7 +7,7 @@
  *                   closing (the access line, the counters)
  *   conn_relay.c    the data path: reading, writing, TLS pumping, relay progress,
  *                   half-close, the worker's once-per-iteration writes
- *   conn_gate.c     the allow list (conn_authorize) and per-request policy (the gate)
+ *   conn_gate.c     the allow list (tt__conn_authorize) and per-request policy (the gate)
  *   conn_pool.c     links' carriers, tunnels, the pool's callbacks (tt_conn_pool_ops)
  *   conn_streams.c  inbound request streams: to the workload as HTTP/1.1, gRPC as HTTP/2
  *   conn_h1.c       outbound HTTP/1.x apps: each request a stream; refusal answers
