@@ -1208,7 +1208,8 @@ bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const c
     for (size_t i = 0; i < n; i++) {
         const char *p = fields[i].value;
 
-        if (strcasecmp(fields[i].name, "connection") != 0)
+        /* The length first: this runs for every field of a head (is it named here?). */
+        if (fields[i].name_len != 10 || strcasecmp(fields[i].name, "connection") != 0)
             continue;
         while (*p != '\0') {
             size_t t;
