@@ -228,6 +228,9 @@ void tt__conn_start_relay(struct tt_conn *c)
     tt__relay_progress(c);
 }
 
+/* libuv: the upstream connect finished: the connect time is counted (and told to the
+ * balancer), then the relay starts (inbound, plaintext) or the TLS handshake does; a
+ * failed connect goes to tt__conn_connect_failed (another endpoint, or the end). */
 void tt__on_connect(uv_connect_t *req, int status)
 {
     struct tt_conn *c = tt_container_of(req, struct tt_conn, connect_req);
@@ -537,6 +540,7 @@ static bool same_address(const struct tt_addr *a, const struct tt_addr *b)
            memcmp(&ka, &kb, sizeof(ka)) == 0;
 }
 
+/* Whether port is among ports[0..n). */
 bool tt__port_listed(const uint16_t *ports, size_t n, uint16_t port)
 {
     for (size_t i = 0; i < n; i++) {

@@ -337,6 +337,9 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init((char *)c->worker->read_buf, TT_CONN_PLAIN_READ);
 }
 
+/* Starts or stops reading side s (a tunnel's stream side only records it: its flow
+ * control holds the peer back; a kept workload connection goes on reading). Closes the
+ * connection when libuv refuses. */
 void tt__side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
 {
     if (want == s->reading || (!want && s == &c->up && c->park_up))
@@ -354,6 +357,7 @@ void tt__side_set_reading(struct tt_conn *c, struct tt_side *s, bool want)
     s->reading = want;
 }
 
+/* The loop's clock in microseconds (the gate's and the translators' times). */
 uint64_t tt__conn_now_us(struct tt_conn *c)
 {
     return uv_now(&c->worker->loop) * 1000;
