@@ -457,14 +457,20 @@ int tt__tls_pump(struct tt_conn *c)
     return r < 0 ? r : stopped;
 }
 
-/* After the TLS side's FIN: once everything it sent before is decrypted, its input is over
- * (also when the FIN cut a record short: nothing more can complete it). */
-static int tls_side_eof_settle(struct tt_conn *c, int pumped)
+/* Decrypts what the TLS side sent (tt__tls_pump) and, after its FIN, ends its input once
+ * everything sent before is decrypted (also when the FIN cut a record short: nothing more
+ * can complete it). Returns 0, or <0 after closing the connection. */
+static int tls_pump_settle(struct tt_conn *c)
 {
     struct tt_side *ts = c->tls_side;
+    int r = tt__tls_pump(c);
 
-    if (ts->sock_eof && !ts->read_eof && pumped == 0)
-        return tls_side_input_over(c);
+    if (r == 0 && ts->sock_eof && !ts->read_eof)
+        r = tls_side_input_over(c);
+    if (r < 0) {
+        tt__conn_close(c, r, true);
+        return r;
+    }
     return 0;
 }
 
@@ -543,15 +549,8 @@ void tt__relay_progress(struct tt_conn *c)
             return;
         }
     }
-    if ((secure_input_pending(c) || ts->sock_eof) && !ts->read_eof) {
-        int r = tt__tls_pump(c);
-        if (r >= 0)
-            r = tls_side_eof_settle(c, r);
-        if (r < 0) {
-            tt__conn_close(c, r, true);
-            return;
-        }
-    }
+    if ((secure_input_pending(c) || ts->sock_eof) && !ts->read_eof && tls_pump_settle(c) < 0)
+        return;
     if (c->state != TT_CONN_S_RELAY)
         return;
     conn_gate_settle(c);
@@ -588,15 +587,8 @@ void tt__carrier_progress(struct tt_conn *c)
 
     if (c->state != TT_CONN_S_RELAY)
         return;
-    if ((tt_tls_input_len(c->tls) > 0 || ts->sock_eof) && !ts->read_eof) {
-        r = tt__tls_pump(c);
-        if (r >= 0)
-            r = tls_side_eof_settle(c, r);
-        if (r < 0) {
-            tt__conn_close(c, r, true);
-            return;
-        }
-    }
+    if ((tt_tls_input_len(c->tls) > 0 || ts->sock_eof) && !ts->read_eof && tls_pump_settle(c) < 0)
+        return;
     if (c->state != TT_CONN_S_RELAY)
         return;
     if (ts->read_eof) {
@@ -742,13 +734,8 @@ static void side_read_eof(struct tt_conn *c, struct tt_side *s)
         /* The stream ends once what arrived before the FIN is decrypted, which may wait
          * for the plaintext side's queue to drain (tt__relay_progress goes on pumping). */
         s->sock_eof = true;
-        int r = tt__tls_pump(c);
-        if (r >= 0)
-            r = tls_side_eof_settle(c, r);
-        if (r < 0) {
-            tt__conn_close(c, r, true);
+        if (tls_pump_settle(c) < 0)
             return;
-        }
     }
     tt__relay_progress(c);
 }
