@@ -85,6 +85,7 @@ struct tt_h2 {
     const uint8_t *out;           /* the chunk of the last mem_send */
     size_t out_len, out_off;
     int busy;            /* inside an nghttp2 call: frees wait for the sweep */
+    bool sweep_wanted;   /* a stream released meanwhile waits for the sweep */
     int failed;          /* sticky tt_err of feed */
     int32_t goaway_last; /* the last stream id our GOAWAY gave */
     unsigned pings_out;  /* our PINGs not yet acknowledged */
@@ -196,11 +197,15 @@ static void stream_free(struct tt_h2_stream *s)
     free(s);
 }
 
-/* Frees every stream both sides let go of (after an nghttp2 call returned). */
+/* Frees every stream both sides let go of (after an nghttp2 call returned), when one was
+ * released inside a call (tt_h2_stream_release): the walk is not paid on every call. */
 static void sweep(struct tt_h2 *h2)
 {
     struct tt_h2_stream *s = h2->streams, *next;
 
+    if (!h2->sweep_wanted || h2->busy)
+        return;
+    h2->sweep_wanted = false;
     for (; s != NULL; s = next) {
         next = s->next;
         if (s->released && s->closed)
@@ -710,14 +715,19 @@ size_t tt_h2_streams_held(const struct tt_h2 *h2)
  */
 bool tt_h2_connection_specific(const char *name, size_t len)
 {
-    static const char *const banned[] = {"connection", "keep-alive", "proxy-connection",
-                                         "transfer-encoding", "upgrade"};
-
-    for (size_t i = 0; i < sizeof(banned) / sizeof(banned[0]); i++) {
-        if (len == strlen(banned[i]) && strncasecmp(name, banned[i], len) == 0)
-            return true;
+    /* By length first: this runs for every field of every head. */
+    switch (len) {
+    case 7:
+        return strncasecmp(name, "upgrade", 7) == 0;
+    case 10:
+        return strncasecmp(name, "connection", 10) == 0 || strncasecmp(name, "keep-alive", 10) == 0;
+    case 16:
+        return strncasecmp(name, "proxy-connection", 16) == 0;
+    case 17:
+        return strncasecmp(name, "transfer-encoding", 17) == 0;
+    default:
+        return false;
     }
-    return false;
 }
 
 /* Whether `n` caller fields may go into an HTTP/2 head or trailers: lower-case token
@@ -1098,6 +1108,8 @@ void tt_h2_stream_release(struct tt_h2_stream *s)
     }
     if (!s->h2->busy)
         stream_free(s);
+    else
+        s->h2->sweep_wanted = true;
 }
 
 /* Queues a PING carrying the send time. */

@@ -127,10 +127,13 @@ struct tt_conn {
     bool h1_has_body;         /* the current request's body follows its head */
     bool h1_head;             /* the current request's response head arrived */
     bool h1_settling;         /* tt__h1_settle runs: a link ridden at once opens there */
-    bool h1_kicked;           /* tt__h1_settle and the response wait for the timer (h1_kick) */
+    bool h1_kicked;           /* tt__h1_settle and the response wait for the kick (h1_kick) */
     bool h1_sink;             /* the current request is read to its end and dropped */
     bool push_queued;         /* bytes gathered for the app wait on the worker's push list */
     struct tt_conn *push_next, *push_prev; /* that list (conn_relay.c tt__app_push_soon) */
+    bool kick_queued;                      /* waits on the worker's kick list (tt__conn_kick) */
+    uint64_t kick_round;                   /* the worker's kick round it was queued in */
+    struct tt_conn *kick_next, *kick_prev; /* that list */
     uint64_t h1_deadline_ms;  /* the current request's --request-timeout deadline, 0: none */
     char *link_detail;        /* outbound tunnel: why its link's handshake failed */
     bool tunnel;              /* pooled: the TLS side is (or will be) a stream */
@@ -140,7 +143,7 @@ struct tt_conn {
     int answer_status;        /* inbound request stream: the status it was answered with */
     bool park_up;             /* inbound request stream: the workload's connection is kept
                                * for the next one (net/idleconns.h), not closed */
-    bool reused_up;           /* its workload connection is a kept one: relay on the timer */
+    bool reused_up;           /* its workload connection is a kept one: relay on the kick */
     bool counted;             /* an app connection: in n_conns, accepted and closed */
     unsigned refused_retries; /* outbound tunnel: REFUSED_STREAM retries so far */
 };

@@ -89,8 +89,7 @@ void tt__on_timer(uv_timer_t *timer)
         break;
     case TT_CONN_S_CONNECTING:
         if (c->reused_up) {
-            c->reused_up = false; /* a kept workload connection: no connect to wait for */
-            tt__conn_start_relay(c);
+            tt__conn_kicked(c); /* its kick is still queued: a kept connection has no deadline */
             break;
         }
         tt__conn_connect_failed(c, UV_ETIMEDOUT);
@@ -103,9 +102,7 @@ void tt__on_timer(uv_timer_t *timer)
         break;
     case TT_CONN_S_RELAY: {
         if (c->h1_kicked) {
-            c->h1_kicked = false;
-            tt__h1_settle(c);
-            tt__relay_progress(c);
+            tt__conn_kicked(c); /* due before its queued kick ran */
             if (c->state != TT_CONN_S_RELAY)
                 break;
         }
@@ -143,10 +140,28 @@ void tt__on_timer(uv_timer_t *timer)
     }
 }
 
-/* Enters `state` and arms its deadline. */
+/* A kick (tt__conn_kick) runs: a request stream on a kept workload connection relays as
+ * after a connect; an HTTP/1.x app's request settles (tt__h1_settle) and its answer goes
+ * on. Does nothing when the kick's reason went meanwhile. */
+void tt__conn_kicked(struct tt_conn *c)
+{
+    if (c->state == TT_CONN_S_CONNECTING && c->reused_up) {
+        c->reused_up = false; /* a kept workload connection: no connect to wait for */
+        tt__conn_start_relay(c);
+    } else if (c->state == TT_CONN_S_RELAY && c->h1_kicked) {
+        c->h1_kicked = false;
+        tt__h1_settle(c);
+        tt__relay_progress(c);
+    }
+}
+
+/* Enters `state` and arms its deadline. Staying in RELAY (an HTTP/1.x app's next request)
+ * leaves an armed timer alone when it is due no later than the new deadline: the idle
+ * deadline slides by itself (tt__on_timer re-arms for what is left of it). */
 void tt__conn_enter(struct tt_conn *c, enum tt_conn_state state)
 {
     const struct tt_worker_settings *cfg = conn_settings(c);
+    bool relaying = c->state == TT_CONN_S_RELAY && state == TT_CONN_S_RELAY;
     uint64_t timeout = 0;
 
     c->state = state;
@@ -177,8 +192,12 @@ void tt__conn_enter(struct tt_conn *c, enum tt_conn_state state)
     default:
         break;
     }
-    if (timeout > 0)
-        uv_timer_start(&c->timer, tt__on_timer, timeout, 0);
+    if (timeout == 0)
+        return;
+    if (relaying && uv_is_active((uv_handle_t *)&c->timer) &&
+        uv_timer_get_due_in(&c->timer) <= timeout)
+        return;
+    uv_timer_start(&c->timer, tt__on_timer, timeout, 0);
 }
 
 /* ---- establishing: connecting upstream ------------------------------------------- */
@@ -353,7 +372,7 @@ void tt__conn_start_connect(struct tt_conn *c)
         uv_tcp_t *kept =
             tt_idle_conns_take(&c->worker->idle_conns, target, uv_now(&c->worker->loop));
         if (kept != NULL) {
-            /* Relayed from the timer, as after a connect: the stream's END_STREAM, which
+            /* Relayed from the kick, as after a connect: the stream's END_STREAM, which
              * says whether a body follows, comes after the call that opened it. */
             kept->data = c;
             c->up.tcp = kept;
@@ -362,7 +381,7 @@ void tt__conn_start_connect(struct tt_conn *c)
             c->up.reading = true;
             c->reused_up = true;
             tt__conn_enter(c, TT_CONN_S_CONNECTING);
-            uv_timer_start(&c->timer, tt__on_timer, 0, 0);
+            tt__conn_kick(c);
             return;
         }
         c->up.tcp = tt_idle_conn_new(&c->worker->loop);
@@ -961,6 +980,7 @@ void tt__conn_close(struct tt_conn *c, int err, bool reset)
         tt__app_push_unqueue(c);
         (void)tt__side_push(c, &c->down);
     }
+    tt__conn_kick_unqueue(c);
     c->state = TT_CONN_S_CLOSING;
     c->error = err;
     if (c->balancer_active) {

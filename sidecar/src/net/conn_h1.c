@@ -166,15 +166,15 @@ static void h1_refused(struct tt_conn *c)
     tt__request_over(c, c->expected_id, &rq);
 }
 
-/* Has tt__h1_settle and tt__h1_progress run on the next loop iteration, outside the pool's and
- * the session's calls under way. Only while relaying: in CONNECTING the timer is the
- * connect deadline, and tt__pool_ride kicks when the link comes. */
+/* Has tt__h1_settle and tt__h1_progress run before the loop next waits, outside the pool's
+ * and the session's calls under way (tt__conn_kick). Only while relaying: in CONNECTING
+ * tt__pool_ride kicks when the link comes. */
 static void h1_kick(struct tt_conn *c)
 {
     if (c->state != TT_CONN_S_RELAY)
         return;
     c->h1_kicked = true;
-    uv_timer_start(&c->timer, tt__on_timer, 0, 0);
+    tt__conn_kick(c);
 }
 
 /* Sends what the link's session has queued after a stream was touched. Returns 0 or <0. */
@@ -597,7 +597,7 @@ static int h1_pump_response(struct tt_conn *c)
 }
 
 /* tt__relay_progress() of an HTTP/1.x app: the response moves on; what needs a link or a
- * hand-over waits for the timer (this may run inside a session's call); the app is read
+ * hand-over waits for the kick (this may run inside a session's call); the app is read
  * while the translator wants its bytes and the stream's queue has room; once the
  * translator is done the app gets our FIN, and the connection closes when the app's side
  * has ended too. */
@@ -631,7 +631,7 @@ void tt__h1_progress(struct tt_conn *c)
  * told 503 upstream_unavailable when none is left, as for a tunnel; a peer that serves
  * the port opaque takes the rest as a tunnel. Otherwise the head goes to the app: now when
  * its length frames it, else once it is known whether a body follows (on_end may come next
- * in the same frame): on the timer, or at on_end. */
+ * in the same frame): on the kick, or at on_end. */
 static void h1_stream_on_headers(struct tt_h2_stream *s, void *ud)
 {
     struct tt_conn *c = ud;

@@ -66,6 +66,7 @@ const char *tt__conn_peer_id(const struct tt_conn *c);
 void tt__side_ended(struct tt_conn *c, const struct tt_side *s, int reset_err);
 void tt__conn_hs_failed(struct tt_conn *c, enum tt_hs_reason reason);
 void tt__on_timer(uv_timer_t *timer);
+void tt__conn_kicked(struct tt_conn *c);
 void tt__conn_enter(struct tt_conn *c, enum tt_conn_state state);
 void tt__conn_start_relay(struct tt_conn *c);
 void tt__on_connect(uv_connect_t *req, int status);
@@ -90,6 +91,8 @@ int tt__side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, siz
 void tt__worker_defer_writes(struct tt_worker *w);
 void tt__app_push_soon(struct tt_conn *c);
 void tt__app_push_unqueue(struct tt_conn *c);
+void tt__conn_kick(struct tt_conn *c);
+void tt__conn_kick_unqueue(struct tt_conn *c);
 int tt__side_push(struct tt_conn *c, struct tt_side *s);
 int tt__tls_flush(struct tt_conn *c);
 void tt__tunnel_count(struct tt_side *s, size_t n, bool read);

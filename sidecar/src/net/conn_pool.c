@@ -324,12 +324,12 @@ int tt__pool_ride(struct tt_conn *c, struct tt_h2 *h2)
 
     if (c->h1h2 != NULL) {
         /* An HTTP/1.x app's request: its stream opens in tt__h1_settle, outside the pool's
-         * call (now, when the link was up at once; else on the next timer tick). */
+         * call (now, when the link was up at once; else on the kick). */
         c->h1_session = h2;
         if (!c->h1_settling) {
             tt__conn_enter(c, TT_CONN_S_RELAY);
             c->h1_kicked = true;
-            uv_timer_start(&c->timer, tt__on_timer, 0, 0);
+            tt__conn_kick(c);
         }
         return 0;
     }

@@ -144,6 +144,61 @@ void tt__app_push_unqueue(struct tt_conn *c)
     c->push_queued = false;
 }
 
+/* Has tt__conn_kicked(c) run once the callbacks under way are over, before the worker's loop
+ * next waits (on_flush_idle): for what must not run inside the pool's or the session's
+ * call that asked for it, and needs no deadline. A connection is on the list once however
+ * often it is kicked; a kick asked for while the kicks run waits for the next round. No
+ * timer heap work, and the connection's deadline timer stays armed. */
+void tt__conn_kick(struct tt_conn *c)
+{
+    struct tt_worker *w = c->worker;
+
+    if (c->kick_queued)
+        return;
+    c->kick_queued = true;
+    c->kick_round = w->kick_round;
+    c->kick_next = NULL;
+    c->kick_prev = w->kick_tail;
+    if (w->kick_tail != NULL)
+        w->kick_tail->kick_next = c;
+    else
+        w->kick_head = c;
+    w->kick_tail = c;
+    tt__worker_defer_writes(w);
+}
+
+/* Takes c off its worker's kick list (tt__conn_kick) if it is there. */
+void tt__conn_kick_unqueue(struct tt_conn *c)
+{
+    struct tt_worker *w = c->worker;
+
+    if (!c->kick_queued)
+        return;
+    if (c->kick_prev != NULL)
+        c->kick_prev->kick_next = c->kick_next;
+    else
+        w->kick_head = c->kick_next;
+    if (c->kick_next != NULL)
+        c->kick_next->kick_prev = c->kick_prev;
+    else
+        w->kick_tail = c->kick_prev;
+    c->kick_next = c->kick_prev = NULL;
+    c->kick_queued = false;
+}
+
+/* Runs the kicks queued before this round, oldest first, one at a time off the list: a
+ * kicked connection may close others, which leave the list as they close. */
+static void run_kicks(struct tt_worker *w)
+{
+    uint64_t round = w->kick_round++;
+
+    while (w->kick_head != NULL && w->kick_head->kick_round == round) {
+        struct tt_conn *c = w->kick_head;
+        tt__conn_kick_unqueue(c);
+        tt__conn_kicked(c);
+    }
+}
+
 /* Writes what waits in side s's queue (bytes appended there while gathered): straight to
  * the socket when no write is in flight, the rest handed to uv_write. Returns 0 or <0
  * (the caller closes the connection). */
@@ -794,13 +849,15 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- once per loop iteration ----------------------------------------------------- */
 
-/* The worker's loop is about to wait again: HTTP/1.x apps get what was gathered for them
- * (tt__app_push_soon), then the links flush what their streams queued. */
+/* The worker's loop is about to wait again: the kicked connections run (tt__conn_kick), HTTP/1.x
+ * apps get what was gathered for them (tt__app_push_soon), then the links flush what their
+ * streams queued. */
 static void on_flush_idle(uv_idle_t *idle)
 {
     struct tt_worker *w = tt_container_of(idle, struct tt_worker, flush_idle);
 
     (void)uv_idle_stop(idle);
+    run_kicks(w);
     while (w->push_conns != NULL) {
         struct tt_conn *c = w->push_conns;
         tt__app_push_unqueue(c);

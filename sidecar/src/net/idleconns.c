@@ -40,21 +40,28 @@ void tt_idle_conn_close(uv_tcp_t *tcp, bool reset, uv_close_cb cb)
         uv_close((uv_handle_t *)tcp, on_idle_handle_closed);
 }
 
+/* Removes entry i, keeping the others in the order they were parked (oldest first). */
+static void remove_at(struct tt_idle_conns *c, size_t i)
+{
+    c->n--;
+    memmove(&c->e[i], &c->e[i + 1], (c->n - i) * sizeof(c->e[0]));
+}
+
 /* Removes entry i and closes its handle. */
 static void close_at(struct tt_idle_conns *c, size_t i)
 {
     uv_tcp_t *tcp = c->e[i].tcp;
 
-    c->e[i] = c->e[--c->n];
+    remove_at(c, i);
     tt_idle_conn_close(tcp, false, NULL);
 }
 
-/* Parks tcp (idleconns.h). */
+/* Parks tcp (idleconns.h): appended, so that the entries stay in the order they were
+ * parked and the newest of a target is the last one. */
 void tt_idle_conns_put(struct tt_idle_conns *c, const struct tt_addr *target, uv_tcp_t *tcp,
                        uint64_t now_ms)
 {
     struct tt_addr_key key;
-    size_t oldest = 0;
 
     tcp->data = NULL;
     memset(&key, 0, sizeof(key));
@@ -62,13 +69,8 @@ void tt_idle_conns_put(struct tt_idle_conns *c, const struct tt_addr *target, uv
         tt_idle_conn_close(tcp, false, NULL);
         return;
     }
-    if (c->n == TT_IDLE_CONNS_MAX) {
-        for (size_t i = 1; i < c->n; i++) {
-            if (c->e[i].since_ms < c->e[oldest].since_ms)
-                oldest = i;
-        }
-        close_at(c, oldest);
-    }
+    if (c->n == TT_IDLE_CONNS_MAX)
+        close_at(c, 0); /* the oldest */
     c->e[c->n++] = (struct tt_idle_conn){key, tcp, now_ms};
 }
 
@@ -93,23 +95,18 @@ uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *targ
     memset(&key, 0, sizeof(key));
     if (!tt_addr_key_of((const struct sockaddr *)&target->ss, &key))
         return NULL;
-    for (;;) {
-        size_t best = c->n;
-
-        for (size_t i = 0; i < c->n; i++) {
-            if (memcmp(&c->e[i].key, &key, sizeof(key)) == 0 &&
-                (best == c->n || c->e[i].since_ms > c->e[best].since_ms))
-                best = i;
-        }
-        if (best == c->n)
-            return NULL;
-        uv_tcp_t *tcp = c->e[best].tcp;
-        if (now_ms - c->e[best].since_ms < TT_IDLE_CONN_MS && still_idle(tcp)) {
-            c->e[best] = c->e[--c->n];
+    /* Newest first: from the end (the entries are in parking order). */
+    for (size_t i = c->n; i-- > 0;) {
+        if (memcmp(&c->e[i].key, &key, sizeof(key)) != 0)
+            continue;
+        uv_tcp_t *tcp = c->e[i].tcp;
+        if (now_ms - c->e[i].since_ms < TT_IDLE_CONN_MS && still_idle(tcp)) {
+            remove_at(c, i);
             return tcp;
         }
-        close_at(c, best);
+        close_at(c, i); /* the entries after i moved down: i - 1 is the next older */
     }
+    return NULL;
 }
 
 /* A parked handle's peer closed it or spoke (idleconns.h). */

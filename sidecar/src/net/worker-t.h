@@ -51,9 +51,13 @@ struct tt_worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;
-    uv_idle_t flush_idle;          /* runs the deferred writes: apps' gathered bytes, then links'
-                                    * flushes (net/pool.h), before the loop waits */
+    uv_idle_t flush_idle;          /* runs the kicks, then the deferred writes: apps' gathered
+                                    * bytes, then links' flushes (net/pool.h), before the loop
+                                    * waits (conn_relay.c on_flush_idle) */
     struct tt_conn *push_conns;    /* HTTP/1.x apps with gathered bytes (conn_relay.c) */
+    struct tt_conn *kick_head;     /* connections kicked (tt__conn_kick), oldest first */
+    struct tt_conn *kick_tail;     /* the newest of them */
+    uint64_t kick_round;           /* advances each time the kicks run */
     struct tt_listener *listeners; /* settings->n_listeners */
     int *listen_fds;               /* bound by the runtime, opened by the worker */
     struct tt_metrics *metrics;
