@@ -63,7 +63,7 @@ struct tt_h1 {
     long error;
 
     /* The raw-head scanner (RFC 9112 §2.2, §3, §5.2), per request. */
-    struct {
+    struct head_scan {
         bool started;          /* a byte of the request line was seen */
         bool prev_cr;          /* the last byte was CR */
         bool done;             /* the empty line ending the head was seen */
@@ -243,11 +243,19 @@ static int arena_put(struct arena *a, const char *s, size_t n)
 
 /* ---- checks ---- */
 
+/* RFC 9110 §5.6.2 tchar: ALPHA, DIGIT and "!#$%&'*+-.^_`|~", by table (the head scanner
+ * asks for every byte of every header name). */
+static const bool tchar[256] = {
+    ['!'] = true,         ['#'] = true,         ['$'] = true,         ['%'] = true, ['&'] = true,
+    ['\''] = true,        ['*'] = true,         ['+'] = true,         ['-'] = true, ['.'] = true,
+    ['^'] = true,         ['_'] = true,         ['`'] = true,         ['|'] = true, ['~'] = true,
+    ['0' ... '9'] = true, ['A' ... 'Z'] = true, ['a' ... 'z'] = true,
+};
+
 /* RFC 9110 §5.6.2 tchar (h1.h). */
 bool tt_h1_is_tchar(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    return tchar[c];
 }
 
 /* Appends "name: value\r\n" (h1.h). */
@@ -295,70 +303,75 @@ static int refuse(struct tt_h1 *r, enum tt_h1_reason reason)
  * the reason, however the bytes were split. */
 static size_t scan_head(struct tt_h1 *r, const char *data, size_t len)
 {
+    /* The state in locals (registers) for the loop, stored back once at the end. */
+    struct head_scan hs = r->hs;
+    const size_t head_max = r->head_max;
+    const unsigned max_headers = r->max_headers;
     size_t i;
 
-    for (i = 0; i < len && !r->hs.done && r->hs.err == TT_H1_R_NONE; i++) {
+    for (i = 0; i < len && !hs.done && hs.err == TT_H1_R_NONE; i++) {
         enum tt_h1_reason bad = TT_H1_R_NONE;
         unsigned char c = (unsigned char)data[i];
 
-        if (r->hs.bytes + 1 > r->head_max) {
+        if (hs.bytes + 1 > head_max) {
             bad = TT_H1_R_HEAD_TOO_LARGE;
-        } else if (r->hs.prev_cr && c != '\n') {
+        } else if (hs.prev_cr && c != '\n') {
             bad = TT_H1_R_BARE_CR;
-        } else if (c == '\r' && r->hs.started && r->hs.line > 0 && r->hs.col > 0 && !r->hs.colon) {
+        } else if (c == '\r' && hs.started && hs.line > 0 && hs.col > 0 && !hs.colon) {
             bad = TT_H1_R_BAD_HEADER_NAME; /* a line without a colon */
         } else if (c == '\n') {
-            if (!r->hs.prev_cr)
+            if (!hs.prev_cr)
                 bad = TT_H1_R_BARE_LF;
-            else if (r->hs.started && r->hs.line == 0 && (r->hs.spaces != 2 || r->hs.last == ' '))
+            else if (hs.started && hs.line == 0 && (hs.spaces != 2 || hs.last == ' '))
                 bad = TT_H1_R_BAD_REQUEST_LINE;
-        } else if (c != '\r' && r->hs.line == 0) {
+        } else if (c != '\r' && hs.line == 0) {
             /* Single spaces between three non-empty parts, nothing else below 0x21. */
             if (c < 0x20 || c == 0x7f)
                 bad = TT_H1_R_BAD_REQUEST_LINE;
-            else if (c == ' ' && (r->hs.col == 0 || r->hs.last == ' ' || r->hs.spaces >= 2))
+            else if (c == ' ' && (hs.col == 0 || hs.last == ' ' || hs.spaces >= 2))
                 bad = TT_H1_R_BAD_REQUEST_LINE;
         } else if (c != '\r') {
-            if (r->hs.col == 0 && (c == ' ' || c == '\t'))
+            if (hs.col == 0 && (c == ' ' || c == '\t'))
                 bad = TT_H1_R_OBS_FOLD;
-            else if (r->hs.col == 0 && r->hs.line > r->max_headers)
+            else if (hs.col == 0 && hs.line > max_headers)
                 bad = TT_H1_R_TOO_MANY_HEADERS;
-            else if (!r->hs.colon && c == ':' && r->hs.col == 0)
+            else if (!hs.colon && c == ':' && hs.col == 0)
                 bad = TT_H1_R_BAD_HEADER_NAME;
-            else if (!r->hs.colon && c != ':' && !tt_h1_is_tchar(c))
+            else if (!hs.colon && c != ':' && !tchar[c])
                 bad = TT_H1_R_BAD_HEADER_NAME;
-            else if (r->hs.colon && ((c < 0x20 && c != '\t') || c == 0x7f))
+            else if (hs.colon && ((c < 0x20 && c != '\t') || c == 0x7f))
                 bad = TT_H1_R_BAD_HEADER_VALUE;
         }
         if (bad != TT_H1_R_NONE) {
-            r->hs.err = bad;
+            hs.err = bad;
             break;
         }
-        r->hs.bytes++;
+        hs.bytes++;
         if (c == '\n') {
-            r->hs.prev_cr = false;
-            if (!r->hs.started)
+            hs.prev_cr = false;
+            if (!hs.started)
                 continue; /* an empty line before the request line (RFC 9112 §2.2) */
-            if (r->hs.col == 0 && r->hs.line > 0)
-                r->hs.done = true;
-            r->hs.line++;
-            r->hs.col = 0;
-            r->hs.colon = false;
-            r->hs.last = '\0';
+            if (hs.col == 0 && hs.line > 0)
+                hs.done = true;
+            hs.line++;
+            hs.col = 0;
+            hs.colon = false;
+            hs.last = '\0';
             continue;
         }
         if (c == '\r') {
-            r->hs.prev_cr = true;
+            hs.prev_cr = true;
             continue;
         }
-        r->hs.started = true;
-        if (r->hs.line == 0 && c == ' ')
-            r->hs.spaces++;
-        if (r->hs.line > 0 && c == ':')
-            r->hs.colon = true;
-        r->hs.col++;
-        r->hs.last = (char)c;
+        hs.started = true;
+        if (hs.line == 0 && c == ' ')
+            hs.spaces++;
+        if (hs.line > 0 && c == ':')
+            hs.colon = true;
+        hs.col++;
+        hs.last = (char)c;
     }
+    r->hs = hs;
     return i;
 }
 
