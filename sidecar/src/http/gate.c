@@ -243,8 +243,7 @@ static int forward_head(struct tt_gate *g, const struct tt_h1_head *h)
             r = r ?: out_str(g, h->query);
         }
     }
-    snprintf(line, sizeof(line), " HTTP/1.%d\r\n", h->minor);
-    r = r ?: out_str(g, line);
+    r = r ?: out_str(g, h->minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
     for (size_t i = 0; i < h->n_headers && r == 0; i++) {
         const struct tt_h1_header *f = &h->headers[i];
         if (framing_header(f->name))
@@ -257,8 +256,9 @@ static int forward_head(struct tt_gate *g, const struct tt_h1_head *h)
     if (r == 0 && h->chunked) {
         r = out_str(g, "Transfer-Encoding: chunked\r\n");
     } else if (r == 0 && h->content_length >= 0) {
-        snprintf(line, sizeof(line), "Content-Length: %lld\r\n", (long long)h->content_length);
-        r = out_str(g, line);
+        r = out_str(g, "Content-Length: ");
+        r = r ?: out_put(g, line, tt_u64_text((uint64_t)h->content_length, line));
+        r = r ?: out_str(g, "\r\n");
     }
     return r ?: out_str(g, "\r\n");
 }

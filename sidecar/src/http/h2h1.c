@@ -162,7 +162,7 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
         return 0;
     x->keep_alive = keep_alive;
     for (size_t i = 0; i < n; i++) {
-        if (strcasecmp(fields[i].name, "transfer-encoding") == 0)
+        if (fields[i].name_len == 17 && strcasecmp(fields[i].name, "transfer-encoding") == 0)
             chunked = true;
         names_len += fields[i].name_len;
     }
@@ -180,7 +180,7 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
 
         if (hop_by_hop(f->name, f->name_len) ||
             tt_h1_connection_names(fields, n, f->name, f->name_len) ||
-            (chunked && strcasecmp(f->name, "content-length") == 0))
+            (chunked && f->name_len == 14 && strcasecmp(f->name, "content-length") == 0))
             continue;
         for (size_t k = 0; k < f->name_len; k++)
             name[k] = (char)tolower((unsigned char)f->name[k]);
