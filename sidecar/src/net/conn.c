@@ -171,9 +171,12 @@ void tt__conn_enter(struct tt_conn *c, enum tt_conn_state state)
         timeout = cfg->handshake_timeout_ms;
         break;
     case TT_CONN_S_CONNECTING:
-        /* An outbound tunnel may wait for its link's connect and handshake too. */
-        timeout = cfg->connect_timeout_ms +
-                  (c->tunnel && !conn_is_inbound(c) ? cfg->handshake_timeout_ms : 0);
+        /* An outbound tunnel may wait for its link's connect and handshake too; a kept
+         * workload connection waits for nothing (its kick relays it). */
+        timeout = c->reused_up
+                      ? 0
+                      : cfg->connect_timeout_ms +
+                            (c->tunnel && !conn_is_inbound(c) ? cfg->handshake_timeout_ms : 0);
         break;
     case TT_CONN_S_DETECT:
         timeout = conn_is_inbound(c) ? cfg->transparent->detect_ms : cfg->outbound_detect_ms;
