@@ -678,6 +678,13 @@ print(fmt % hdr)
 print("-+-".join("-" * x for x in w))
 for r in rows:
     print(fmt % r)
+# The keep-alive target is a ratio to the nginx stream pair: each round's, in run order.
+if "tether" in d and "nginx" in d:
+    t = [x[0] for x in d["tether"]["keepalive"]]
+    n = [x[0] for x in d["nginx"]["keepalive"]]
+    print("  keep-alive per round, tether / nginx: %s; median of the ratios %.2fx" % (
+        ", ".join("%.0f / %.0f = %.2fx" % (a, b, a / b) for a, b in zip(t, n)),
+        med([a / b for a, b in zip(t, n)])))
 print()
 print("RSS figures are both proxies of a pair together (nginx: masters and workers).")
 for side in ("tether_out", "tether_in"):
