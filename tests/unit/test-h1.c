@@ -644,6 +644,27 @@ static void test_h1_connection_names(void **state)
     assert_false(tt_h1_connection_names(f, 0, "host", 4));
 }
 
+/* Whether Connection names more than keep-alive: not for none, keep-alive alone (any
+ * case, however spaced) or empty tokens; yes for close, upgrade or a field's name. */
+static void test_h1_connection_names_others(void **state)
+{
+    const struct tt_h1_header ka[] = {
+        {"Host", 4, "h", 1},
+        {"Connection", 10, " Keep-Alive ,, ", 15},
+        {"connection", 10, "keep-alive", 10},
+    };
+    const struct tt_h1_header close[] = {{"Connection", 10, "keep-alive, close", 17}};
+    const struct tt_h1_header hop[] = {{"X-Hop", 5, "1", 1}, {"connection", 10, "X-Hop", 5}};
+    const struct tt_h1_header other[] = {{"X-Connection", 12, "x-foo", 5}};
+
+    (void)state;
+    assert_false(tt_h1_connection_names_others(ka, 0));
+    assert_false(tt_h1_connection_names_others(ka, 3));
+    assert_true(tt_h1_connection_names_others(close, 1));
+    assert_true(tt_h1_connection_names_others(hop, 2));
+    assert_false(tt_h1_connection_names_others(other, 1)); /* not a Connection field */
+}
+
 static void test_h1_write_error(void **state)
 {
     char buf[1024];
@@ -709,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_h1_callback_error_and_finish),
         cmocka_unit_test(test_h1_detect_methods_parse),
         cmocka_unit_test(test_h1_connection_names),
+        cmocka_unit_test(test_h1_connection_names_others),
         cmocka_unit_test(test_h1_write_error),
     };
 

@@ -1214,9 +1214,10 @@ int tt_h1_write_error(char *buf, size_t cap, int status, const char *reason, con
     return n + len;
 }
 
-/* Whether the Connection fields among fields[0..n) name `name` (h1.h). */
-bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const char *name,
-                            size_t len)
+/* Calls fn(token, len, arg) for each token of the Connection fields among fields[0..n)
+ * until it returns true; returns whether one did. */
+static bool connection_tokens(const struct tt_h1_header *fields, size_t n,
+                              bool (*fn)(const char *, size_t, const void *), const void *arg)
 {
     for (size_t i = 0; i < n; i++) {
         const char *p = fields[i].value;
@@ -1229,10 +1230,44 @@ bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const c
 
             p += strspn(p, " \t,");
             t = strcspn(p, " \t,");
-            if (t == len && strncasecmp(p, name, len) == 0)
+            if (t > 0 && fn(p, t, arg))
                 return true;
             p += t;
         }
     }
     return false;
+}
+
+/* connection_tokens: the token is the name arg points at (struct { name, len }). */
+struct token_want {
+    const char *name;
+    size_t len;
+};
+
+static bool token_is(const char *tok, size_t len, const void *arg)
+{
+    const struct token_want *w = arg;
+
+    return len == w->len && strncasecmp(tok, w->name, len) == 0;
+}
+
+static bool token_not_keep_alive(const char *tok, size_t len, const void *arg)
+{
+    (void)arg;
+    return !(len == 10 && strncasecmp(tok, "keep-alive", 10) == 0);
+}
+
+/* Whether the Connection fields among fields[0..n) name `name` (h1.h). */
+bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const char *name,
+                            size_t len)
+{
+    struct token_want w = {name, len};
+
+    return len > 0 && connection_tokens(fields, n, token_is, &w);
+}
+
+/* Whether they name anything but keep-alive (h1.h). */
+bool tt_h1_connection_names_others(const struct tt_h1_header *fields, size_t n)
+{
+    return connection_tokens(fields, n, token_not_keep_alive, NULL);
 }

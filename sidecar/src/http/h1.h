@@ -151,6 +151,12 @@ int tt_h1_put_field(struct tt_buf *b, const char *name, size_t nlen, const char 
 bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const char *name,
                             size_t len);
 
+/* Whether the Connection fields among fields[0..n) list any token but "keep-alive" (a field
+ * HTTP/2's connection-specific list drops anyway, tt_h2_connection_specific): when they do
+ * not, which is the common "Connection: keep-alive" or none, no field needs asking
+ * tt_h1_connection_names, which a head would otherwise run once per field. */
+bool tt_h1_connection_names_others(const struct tt_h1_header *fields, size_t n);
+
 const char *tt_h1_reason_name(enum tt_h1_reason reason);
 int tt_h1_reason_status(enum tt_h1_reason reason);
 

@@ -118,12 +118,13 @@ static bool name_eq(const char *name, size_t len, const char *want)
 /* ---- the request, translated ---- */
 
 /* Whether a request field stays out of the stream (h1h2.h): connection-specific ones,
- * those the Connection field names, host (it is :authority), expect (answered here) and a
- * te other than "trailers". */
-static bool request_field_dropped(const struct tt_h1_head *h, const struct tt_h1_header *f)
+ * those the Connection field names (asked when it names more than keep-alive: `named`),
+ * host (it is :authority), expect (answered here) and a te other than "trailers". */
+static bool request_field_dropped(const struct tt_h1_head *h, const struct tt_h1_header *f,
+                                  bool named)
 {
     return tt_h2_connection_specific(f->name, f->name_len) ||
-           tt_h1_connection_names(h->headers, h->n_headers, f->name, f->name_len) ||
+           (named && tt_h1_connection_names(h->headers, h->n_headers, f->name, f->name_len)) ||
            name_eq(f->name, f->name_len, "host") || name_eq(f->name, f->name_len, "expect") ||
            (name_eq(f->name, f->name_len, "te") && strcasecmp(f->value, "trailers") != 0);
 }
@@ -133,12 +134,13 @@ static bool request_field_dropped(const struct tt_h1_head *h, const struct tt_h1
 static size_t translate_fields(const struct tt_h1_head *h, struct tt_h2_header *out, char *names)
 {
     size_t n = 0;
+    bool named = tt_h1_connection_names_others(h->headers, h->n_headers);
 
     for (size_t i = 0; i < h->n_headers; i++) {
         const struct tt_h1_header *f = &h->headers[i];
         bool te = name_eq(f->name, f->name_len, "te");
 
-        if (request_field_dropped(h, f))
+        if (request_field_dropped(h, f, named))
             continue;
         for (size_t k = 0; k < f->name_len; k++)
             names[k] = (char)tolower((unsigned char)f->name[k]);

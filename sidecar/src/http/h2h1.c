@@ -146,16 +146,21 @@ int tt_h2h1_request_end(struct tt_h2h1 *x)
 
 /* ---- from the server ---- */
 
+/* Fields and name bytes of a response head translated on the stack; a bigger head is
+ * translated in heap memory. */
+#define RESP_FIELDS_ON_STACK 32
+#define RESP_NAMES_ON_STACK  1024
+
 /* h1resp: a response head. Interim ones are dropped; a final one goes to the caller with
- * its fields translated (names lower-cased into one allocation). */
+ * its fields translated (names lower-cased into one buffer). */
 static int on_resp_head(void *ud, int status, bool keep_alive)
 {
     struct tt_h2h1 *x = ud;
     size_t n = 0, out = 0, names_len = 0;
     const struct tt_h1_header *fields = tt_h1resp_headers(x->resp, &n);
-    struct tt_h2_header *h2;
-    char *names;
-    bool chunked = false, bodiless;
+    struct tt_h2_header h2_stack[RESP_FIELDS_ON_STACK], *h2 = h2_stack;
+    char names_stack[RESP_NAMES_ON_STACK], *names = names_stack;
+    bool chunked = false, bodiless, named;
     int r;
 
     if (status / 100 == 1)
@@ -166,12 +171,14 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
             chunked = true;
         names_len += fields[i].name_len;
     }
-    h2 = malloc((n > 0 ? n : 1) * sizeof(*h2));
-    names = malloc(names_len + 1);
+    named = tt_h1_connection_names_others(fields, n);
+    if (n > RESP_FIELDS_ON_STACK)
+        h2 = malloc(n * sizeof(*h2));
+    if (names_len >= RESP_NAMES_ON_STACK)
+        names = malloc(names_len + 1);
     if (h2 == NULL || names == NULL) {
-        free(h2);
-        free(names);
-        return -ENOMEM;
+        r = -ENOMEM;
+        goto out;
     }
     names_len = 0;
     for (size_t i = 0; i < n; i++) {
@@ -179,7 +186,7 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
         char *name = names + names_len;
 
         if (hop_by_hop(f->name, f->name_len) ||
-            tt_h1_connection_names(fields, n, f->name, f->name_len) ||
+            (named && tt_h1_connection_names(fields, n, f->name, f->name_len)) ||
             (chunked && f->name_len == 14 && strcasecmp(f->name, "content-length") == 0))
             continue;
         for (size_t k = 0; k < f->name_len; k++)
@@ -193,8 +200,11 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
     x->responded = true;
     x->body_sent = !bodiless;
     r = x->io.respond(x->io.ud, status, h2, out, bodiless);
-    free(h2);
-    free(names);
+out:
+    if (h2 != h2_stack)
+        free(h2);
+    if (names != names_stack)
+        free(names);
     return r;
 }
 
