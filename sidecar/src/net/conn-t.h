@@ -127,7 +127,7 @@ struct tt_conn {
     bool h1_has_body;         /* the current request's body follows its head */
     bool h1_head;             /* the current request's response head arrived */
     bool h1_settling;         /* tt__h1_settle runs: a link ridden at once opens there */
-    bool h1_kicked;           /* tt__h1_settle and the response wait for the kick (h1_kick) */
+    bool h1_kicked;           /* tt__h1_settle and the response wait for the kick (tt__h1_kick) */
     bool h1_sink;             /* the current request is read to its end and dropped */
     bool push_queued;         /* bytes gathered for the app wait on the worker's push list */
     struct tt_conn *push_next, *push_prev; /* that list (conn_relay.c tt__app_push_soon) */

@@ -88,10 +88,6 @@ void tt__on_timer(uv_timer_t *timer)
         tt__conn_close(c, TT_E_TIMEOUT, true);
         break;
     case TT_CONN_S_CONNECTING:
-        if (c->reused_up) {
-            tt__conn_kicked(c); /* its kick is still queued: a kept connection has no deadline */
-            break;
-        }
         tt__conn_connect_failed(c, UV_ETIMEDOUT);
         break;
     case TT_CONN_S_DETECT:

@@ -169,7 +169,7 @@ static void h1_refused(struct tt_conn *c)
 /* Has tt__h1_settle and tt__h1_progress run before the loop next waits, outside the pool's
  * and the session's calls under way (tt__conn_kick). Only while relaying: in CONNECTING
  * tt__pool_ride kicks when the link comes. */
-static void h1_kick(struct tt_conn *c)
+void tt__h1_kick(struct tt_conn *c)
 {
     if (c->state != TT_CONN_S_RELAY)
         return;
@@ -376,7 +376,7 @@ static void h1_answer(struct tt_conn *c, int status, const char *reason, int err
     TT_COUNTER_ADD(conn_counters(c)->refusals_answered, 1);
     if (!h1_check(c, r))
         return;
-    h1_kick(c); /* the next request, read by the answer, may wait for a link */
+    tt__h1_kick(c); /* the next request, read by the answer, may wait for a link */
     tt__relay_progress(c);
 }
 
@@ -409,7 +409,7 @@ static void h1_stream_failed(struct tt_conn *c, int err, bool refused)
         c->h1_need_link = true;
         if (c->state != TT_CONN_S_RELAY)
             tt__conn_enter(c, TT_CONN_S_RELAY);
-        h1_kick(c);
+        tt__h1_kick(c);
         return;
     }
     if (answered) {
@@ -609,7 +609,7 @@ void tt__h1_progress(struct tt_conn *c)
     if (!h1_check(c, h1_pump_response(c)) || c->state != TT_CONN_S_RELAY)
         return; /* h1_check flushed the window given back */
     if (c->h1_need_link || c->h1_upgrade || c->h1_session != NULL)
-        h1_kick(c);
+        tt__h1_kick(c);
     done = tt_h1h2_done(c->h1h2);
     if (done)
         app->want_shutdown = true;
@@ -648,7 +648,7 @@ static void h1_stream_on_headers(struct tt_h2_stream *s, void *ud)
         if (status == 501 && strcmp(why, "opaque_port") == 0) {
             h1_leave(c);
             c->h1_upgrade = true; /* tt__h1_settle hands the connection over */
-            h1_kick(c);
+            tt__h1_kick(c);
             return;
         }
     }
@@ -656,7 +656,7 @@ static void h1_stream_on_headers(struct tt_h2_stream *s, void *ud)
     if (status == 204 || status == 304 || tt_h2_stream_header(s, "content-length") != NULL)
         tt__relay_progress(c); /* framed by its length already: the head goes now */
     else
-        h1_kick(c);
+        tt__h1_kick(c);
 }
 
 /* The request's stream was reset (err TT_E_H2_REFUSED: the peer did not process it). */

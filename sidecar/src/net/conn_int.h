@@ -116,6 +116,7 @@ void tt__h1_fail(struct tt_conn *c, int err);
 void tt__h1_lost(struct tt_conn *c, int err);
 void tt__h1_timed_out(struct tt_conn *c);
 void tt__h1_settle(struct tt_conn *c);
+void tt__h1_kick(struct tt_conn *c);
 void tt__h1_app_read(struct tt_conn *c, const uint8_t *data, size_t n);
 void tt__h1_app_eof(struct tt_conn *c);
 void tt__h1_progress(struct tt_conn *c);

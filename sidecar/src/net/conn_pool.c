@@ -328,8 +328,7 @@ int tt__pool_ride(struct tt_conn *c, struct tt_h2 *h2)
         c->h1_session = h2;
         if (!c->h1_settling) {
             tt__conn_enter(c, TT_CONN_S_RELAY);
-            c->h1_kicked = true;
-            tt__conn_kick(c);
+            tt__h1_kick(c);
         }
         return 0;
     }
