@@ -473,12 +473,18 @@ def read_request_body(handler):
         handler.rfile.readline()
 
 
+class _HttpServer(ThreadingHTTPServer):
+    """Listens with a backlog for bursts of connections (socketserver's default is 5: a
+    burst past it waits a second for the client's SYN to be sent again)."""
+    request_queue_size = 256
+
+
 class ThreadedHttp:
     """A ThreadingHTTPServer on 127.0.0.1 serving handler_cls in a thread: .addr, .port,
     .stop()."""
 
     def __init__(self, handler_cls):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+        self.server = _HttpServer(("127.0.0.1", 0), handler_cls)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -36,6 +36,12 @@ backend. Each case on the same pair unless it says otherwise:
    waits for the slow answer.
 11. --http-streams off: three keep-alive requests ride ONE tunnel stream (route pool), as
    any other protocol's connection.
+12. Many at once: 200 keep-alive app connections send 4 rounds of requests that the
+   backend holds 0.3 s, so that each round has 200 request streams in flight on the
+   inbound; the inbound keeps the backend connections of a round for the next ones, so
+   the backend sees about 200 connections in all, not 200 plus a new one for every
+   request past a fixed cache (it kept 64 per worker once: 400 and more), and /stats
+   counts them (pool workload_connections_opened, workload_connections_reused).
 """
 
 import http.client
@@ -44,6 +50,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
@@ -88,6 +95,9 @@ class Backend:
                 if self.path == "/slow":
                     time.sleep(4)
                     self._send(b"slow answer\n")
+                elif self.path.startswith("/hold/"):
+                    time.sleep(0.3)
+                    self._send(("k=%s\n" % self.path.rsplit("/", 1)[-1]).encode())
                 elif self.path == "/nolen":
                     self._send(b"no length here\n" * 100, length=False)
                 else:
@@ -489,6 +499,54 @@ def check_streams_off(ok, w):
     ok(routes == ["pool"], "11: its access line says route pool (%s)" % routes)
 
 
+MANY_CONNS, MANY_ROUNDS = 200, 4
+
+
+def check_many_at_once(ok, api, out_port, in_port, backend):
+    """12: 200 request streams in flight at once, 4 rounds: the backend connections kept."""
+    before = api.listener("inbound:127.0.0.1:%d" % in_port)["pool"]
+    conns_before = backend.connections
+    start = threading.Barrier(MANY_CONNS)
+    bad, lock = [], threading.Lock()
+
+    def client(i):
+        conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=30)
+        try:
+            for r in range(MANY_ROUNDS):
+                start.wait(timeout=60)
+                conn.request("GET", "/hold/%d-%d" % (i, r))
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200 or body != b"k=%d-%d\n" % (i, r):
+                    raise ValueError("%d %r" % (resp.status, body[:40]))
+        except Exception as e:  # noqa: BLE001 - any failure is the case's failure
+            with lock:
+                bad.append((i, repr(e)[:80]))
+            start.abort()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(MANY_CONNS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    n = MANY_CONNS * MANY_ROUNDS
+    ok(not bad, "12: %d requests from %d connections at once answered (bad %s)"
+       % (n, MANY_CONNS, bad[:3]))
+    opened = backend.connections - conns_before
+    ok(opened <= MANY_CONNS + MANY_CONNS // 4,
+       "12: the inbound kept the backend connections between rounds: %d backend "
+       "connections for %d requests, %d at a time (at most %d)"
+       % (opened, n, MANY_CONNS, MANY_CONNS + MANY_CONNS // 4))
+    p = api.listener("inbound:127.0.0.1:%d" % in_port)["pool"]
+    o = p["workload_connections_opened"] - before["workload_connections_opened"]
+    r = p["workload_connections_reused"] - before["workload_connections_reused"]
+    ok(o == opened and o + r == n,
+       "12: /stats counts them: workload_connections_opened %d (the backend saw %d), "
+       "workload_connections_reused %d, together the %d requests" % (o, opened, r, n))
+
+
 class World:
     pass
 
@@ -547,6 +605,7 @@ def test(env):
     check_denied(ok, w, backend)
     check_timeout(ok, w)
     check_streams_off(ok, w)
+    check_many_at_once(ok, api, out_port, in_port, backend)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)

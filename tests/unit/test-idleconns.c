@@ -1,8 +1,9 @@
 /* net/idleconns.h: parked workload connections (libuv handles that go on reading) are
  * handed back only for their address, newest first, while still idle and fresh; closed,
  * stale or chatty ones are closed instead, a parked one whose peer closes is dropped from
- * the read callback, and a full cache makes room by closing its oldest. Sockets are
- * socketpair ends adopted by libuv; "closed" is what the peer end sees (EOF). */
+ * the read callback, expired ones are closed when the next one is parked, and a full
+ * cache makes room by closing its oldest. Sockets are socketpair ends adopted by libuv;
+ * "closed" is what the peer end sees (EOF). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -69,10 +70,12 @@ static struct tt_addr addr(const char *text)
     return a;
 }
 
+#define CACHE_MAX 4
+
 static int setup(void **state)
 {
     (void)state;
-    memset(&cache, 0, sizeof(cache));
+    tt_idle_conns_init(&cache, CACHE_MAX);
     return uv_loop_init(&loop);
 }
 
@@ -158,32 +161,83 @@ static void test_idleconns_dropped_on_read(void **state)
     assert_int_equal(cache.n, 0);
     assert_true(peer_sees_close(p1));
     assert_true(peer_sees_close(p2));
-    tt_idle_conns_drop(&cache, h1); /* not parked any more: nothing happens */
     close(p1);
     close(p2);
+}
+
+/* A handle that was taken is not parked: dropping it leaves it and the cache alone. */
+static void test_idleconns_drop_not_parked(void **state)
+{
+    struct tt_addr a = addr("10.0.0.3:80");
+    int p1, p2;
+
+    (void)state;
+    uv_tcp_t *h1 = handle_pair(&p1), *h2 = handle_pair(&p2);
+    tt_idle_conns_put(&cache, &a, h1, 10);
+    tt_idle_conns_put(&cache, &a, h2, 11);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 12), h2);
+    tt_idle_conns_drop(&cache, h2);
+    assert_int_equal(cache.n, 1);
+    assert_false(peer_sees_close(p2));
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 13), h1);
+    close_taken(h1);
+    close_taken(h2);
+    close(p1);
+    close(p2);
+}
+
+/* Parking one closes those idle TT_IDLE_CONN_MS or longer (oldest first), whatever their
+ * address, so a burst's surplus does not stay open for a workload's whole keep-alive
+ * timeout; the fresh ones stay. */
+static void test_idleconns_expired_closed_on_put(void **state)
+{
+    struct tt_addr a = addr("10.0.0.4:80"), b = addr("10.0.0.5:80");
+    int p1, p2, p3, p4;
+
+    (void)state;
+    uv_tcp_t *h1 = handle_pair(&p1), *h2 = handle_pair(&p2), *h3 = handle_pair(&p3);
+    uv_tcp_t *h4 = handle_pair(&p4);
+    tt_idle_conns_put(&cache, &a, h1, 100);
+    tt_idle_conns_put(&cache, &b, h2, 200);
+    tt_idle_conns_put(&cache, &a, h3, 1500);
+    tt_idle_conns_put(&cache, &b, h4, 200 + TT_IDLE_CONN_MS);
+    assert_int_equal(cache.n, 2);
+    assert_true(peer_sees_close(p1));
+    assert_true(peer_sees_close(p2));
+    assert_false(peer_sees_close(p3));
+    assert_false(peer_sees_close(p4));
+    assert_ptr_equal(tt_idle_conns_take(&cache, &b, 2300), h4);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 2300), h3);
+    close_taken(h3);
+    close_taken(h4);
+    close(p1);
+    close(p2);
+    close(p3);
+    close(p4);
 }
 
 /* A full cache closes its oldest to park one more; close_all closes the rest. */
 static void test_idleconns_full_and_close_all(void **state)
 {
     struct tt_addr a = addr("10.0.0.1:80");
-    int peer[TT_IDLE_CONNS_MAX + 1];
-    uv_tcp_t *h[TT_IDLE_CONNS_MAX + 1];
+    int peer[CACHE_MAX + 1];
+    uv_tcp_t *h[CACHE_MAX + 1];
 
     (void)state;
-    for (int i = 0; i <= TT_IDLE_CONNS_MAX; i++) {
+    for (int i = 0; i <= CACHE_MAX; i++) {
         h[i] = handle_pair(&peer[i]);
         tt_idle_conns_put(&cache, &a, h[i], 100 + (uint64_t)i);
     }
-    assert_int_equal(cache.n, TT_IDLE_CONNS_MAX);
+    assert_int_equal(cache.n, CACHE_MAX);
     assert_true(peer_sees_close(peer[0]));
-    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 200), h[TT_IDLE_CONNS_MAX]);
-    close_taken(h[TT_IDLE_CONNS_MAX]);
+    assert_false(peer_sees_close(peer[1]));
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 200), h[CACHE_MAX]);
+    close_taken(h[CACHE_MAX]);
     tt_idle_conns_close_all(&cache);
     assert_int_equal(cache.n, 0);
-    for (int i = 1; i < TT_IDLE_CONNS_MAX; i++)
+    for (int i = 1; i < CACHE_MAX; i++)
         assert_true(peer_sees_close(peer[i]));
-    for (int i = 0; i <= TT_IDLE_CONNS_MAX; i++)
+    for (int i = 0; i <= CACHE_MAX; i++)
         close(peer[i]);
 }
 
@@ -208,6 +262,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idleconns_take_by_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_dead_ones_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_dropped_on_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idleconns_drop_not_parked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idleconns_expired_closed_on_put, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_full_and_close_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_unkeyed_closed, setup, teardown),
     };

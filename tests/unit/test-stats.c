@@ -967,20 +967,31 @@ static void add_pool(struct fixture *f)
     i1->links_closed = 2;
     i1->streams_opened = 7;
     i1->streams_closed = 7;
+    i1->workload_opened = 2;
+    i1->workload_reused = 5;
 }
 
+#define POOL_KEYS 9
+
 /* Asserts o is the "pool" object {connections, streams_active, streams_total,
- * streams_refused, connections_recycled, fallback_direct, requests_retried} with these
- * values and no more. */
-static void assert_pool(json_t *o, const json_int_t want[7])
+ * streams_refused, connections_recycled, fallback_direct, requests_retried,
+ * workload_connections_opened, workload_connections_reused} with these values and no
+ * more. */
+static void assert_pool(json_t *o, const json_int_t want[POOL_KEYS])
 {
-    static const char *const keys[] = {"connections",     "streams_active",       "streams_total",
-                                       "streams_refused", "connections_recycled", "fallback_direct",
-                                       "requests_retried"};
+    static const char *const keys[POOL_KEYS] = {"connections",
+                                                "streams_active",
+                                                "streams_total",
+                                                "streams_refused",
+                                                "connections_recycled",
+                                                "fallback_direct",
+                                                "requests_retried",
+                                                "workload_connections_opened",
+                                                "workload_connections_reused"};
 
     assert_true(json_is_object(o));
-    assert_int_equal(json_object_size(o), 7);
-    for (int k = 0; k < 7; k++)
+    assert_int_equal(json_object_size(o), POOL_KEYS);
+    for (int k = 0; k < POOL_KEYS; k++)
         assert_int_equal(jget_int(o, keys[k]), want[k]);
 }
 
@@ -989,7 +1000,8 @@ static void assert_pool(json_t *o, const json_int_t want[7])
 static void test_stats_pool(void **state)
 {
     struct fixture *f = *state;
-    const json_int_t in[7] = {0, 0, 7, 0, 0, 0, 0}, out[7] = {2, 6, 10, 2, 1, 5, 3};
+    const json_int_t in[POOL_KEYS] = {0, 0, 7, 0, 0, 0, 0, 2, 5};
+    const json_int_t out[POOL_KEYS] = {2, 6, 10, 2, 1, 5, 3, 0, 0};
     json_t *doc, *ls;
     char *text;
 
@@ -1024,8 +1036,12 @@ static void test_stats_pool(void **state)
     assert_contains(text, "\ntether_pool_fallback_direct_total" OUT "5\n");
     assert_contains(text, "\n# TYPE tether_pool_requests_retried_total counter\n");
     assert_contains(text, "\ntether_pool_requests_retried_total" OUT "3\n");
-    assert_int_equal(count_of(text, "\n# TYPE tether_pool_"), 7);
-    assert_int_equal(count_of(text, "\ntether_pool_"), 14); /* 7 families, 2 listeners */
+    assert_contains(text, "\n# TYPE tether_pool_workload_connections_opened_total counter\n");
+    assert_contains(text, "\ntether_pool_workload_connections_opened_total" IN "2\n");
+    assert_contains(text, "\n# TYPE tether_pool_workload_connections_reused_total counter\n");
+    assert_contains(text, "\ntether_pool_workload_connections_reused_total" IN "5\n");
+    assert_int_equal(count_of(text, "\n# TYPE tether_pool_"), 9);
+    assert_int_equal(count_of(text, "\ntether_pool_"), 18); /* 9 families, 2 listeners */
 #undef IN
 #undef OUT
     free(text);
@@ -1035,7 +1051,7 @@ static void test_stats_pool(void **state)
 static void test_stats_pool_idle(void **state)
 {
     struct fixture *f = *state;
-    const json_int_t zero[7] = {0};
+    const json_int_t zero[POOL_KEYS] = {0};
     json_t *doc = tt_stats_json(&f->view), *ls;
 
     assert_non_null(doc);

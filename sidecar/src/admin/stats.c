@@ -242,16 +242,18 @@ static uint64_t open_now(uint64_t opened, uint64_t closed)
 
 /* A listener's "pool" (net/pool.h): {"connections" (links open now), "streams_active",
  * "streams_total", "streams_refused", "connections_recycled", "fallback_direct",
- * "requests_retried"}. NULL
+ * "requests_retried", "workload_connections_opened", "workload_connections_reused"}. NULL
  * when out of memory. */
 static json_t *pool_json(const struct tt_pool_counters *p)
 {
-    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "connections",
+    return json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "connections",
                      jint(open_now(p->links_opened, p->links_closed)), "streams_active",
                      jint(open_now(p->streams_opened, p->streams_closed)), "streams_total",
                      jint(p->streams_opened), "streams_refused", jint(p->streams_refused),
                      "connections_recycled", jint(p->links_recycled), "fallback_direct",
-                     jint(p->fallback_direct), "requests_retried", jint(p->requests_retried));
+                     jint(p->fallback_direct), "requests_retried", jint(p->requests_retried),
+                     "workload_connections_opened", jint(p->workload_opened),
+                     "workload_connections_reused", jint(p->workload_reused));
 }
 
 static const char *kind_name(enum tt_listener_kind kind)
@@ -833,6 +835,12 @@ static const struct listener_metric pool_listener_metrics[] = {
      "Outbound HTTP/1.x requests sent again on another stream: refused by the peer, or "
      "idempotent and their pooled connection lost before an answer.",
      LC_FIELD(pool.requests_retried)},
+    {"tether_pool_workload_connections_opened_total", "counter",
+     "Inbound: TCP connections to the workload opened for request streams.",
+     LC_FIELD(pool.workload_opened)},
+    {"tether_pool_workload_connections_reused_total", "counter",
+     "Inbound: request streams that took a kept keep-alive connection to the workload.",
+     LC_FIELD(pool.workload_reused)},
 };
 
 /* The uint64_t field of c at offset off. */

@@ -114,6 +114,10 @@ struct tt_pool_counters {
                                   peer did not select the tether-h2 ALPN token */
     uint64_t requests_retried; /* outbound: HTTP/1.x requests sent again on another stream
                                   (refused, or an idempotent one whose link was lost) */
+    uint64_t workload_opened;  /* inbound: TCP connections to the workload that request
+                                  streams opened (net/conn.c) */
+    uint64_t workload_reused;  /* inbound: request streams that took a kept one instead
+                                  (net/idleconns.h) */
 };
 
 /* Per listener, per worker. */

@@ -270,6 +270,8 @@ void tt__on_connect(uv_connect_t *req, int status)
         tt_balancer_connected(c->worker->balancer, &c->target, connect_us);
     c->up.connected = true;
     uv_tcp_nodelay(c->up.tcp, 1);
+    if (c->h2h1 != NULL)
+        TT_COUNTER_ADD(conn_counters(c)->pool.workload_opened, 1);
     if (conn_is_inbound(c) || c->plain)
         tt__conn_start_relay(c);
     else
@@ -373,6 +375,7 @@ void tt__conn_start_connect(struct tt_conn *c)
         if (kept != NULL) {
             /* Relayed from the kick, as after a connect: the stream's END_STREAM, which
              * says whether a body follows, comes after the call that opened it. */
+            TT_COUNTER_ADD(conn_counters(c)->pool.workload_reused, 1);
             kept->data = c;
             c->up.tcp = kept;
             c->up.open = true;

@@ -6,15 +6,26 @@
 
 #include "net/idleconns.h"
 
-/* A handle from tt_idle_conn_new, with what its closer asked to run before it is freed. */
-struct idle_handle {
+/* A handle from tt_idle_conn_new, with what its closer asked to run before it is freed
+ * and, while it is parked, its entry in the cache. */
+struct tt_idle_conn {
     uv_tcp_t tcp; /* first: the handle's address is the block's */
     uv_close_cb on_closed;
+    bool parked;
+    struct tt_addr_key key;
+    uint64_t since_ms;                  /* when it was parked */
+    struct tt_idle_conn *older, *newer; /* the cache's list, in parking order */
 };
+
+void tt_idle_conns_init(struct tt_idle_conns *c, size_t max)
+{
+    memset(c, 0, sizeof(*c));
+    c->max = max > 0 ? max : 1;
+}
 
 uv_tcp_t *tt_idle_conn_new(uv_loop_t *loop)
 {
-    struct idle_handle *h = calloc(1, sizeof(*h));
+    struct tt_idle_conn *h = calloc(1, sizeof(*h));
 
     if (h == NULL)
         return NULL;
@@ -24,7 +35,7 @@ uv_tcp_t *tt_idle_conn_new(uv_loop_t *loop)
 
 static void on_idle_handle_closed(uv_handle_t *handle)
 {
-    struct idle_handle *h = (struct idle_handle *)handle;
+    struct tt_idle_conn *h = (struct tt_idle_conn *)handle;
 
     if (h->on_closed != NULL)
         h->on_closed(handle);
@@ -33,45 +44,68 @@ static void on_idle_handle_closed(uv_handle_t *handle)
 
 void tt_idle_conn_close(uv_tcp_t *tcp, bool reset, uv_close_cb cb)
 {
-    struct idle_handle *h = (struct idle_handle *)tcp;
+    struct tt_idle_conn *h = (struct tt_idle_conn *)tcp;
 
     h->on_closed = cb;
     if (!reset || uv_tcp_close_reset(tcp, on_idle_handle_closed) < 0)
         uv_close((uv_handle_t *)tcp, on_idle_handle_closed);
 }
 
-/* Removes entry i, keeping the others in the order they were parked (oldest first). */
-static void remove_at(struct tt_idle_conns *c, size_t i)
+/* Takes h off the cache's list. */
+static void unlink_entry(struct tt_idle_conns *c, struct tt_idle_conn *h)
 {
+    if (h->older != NULL)
+        h->older->newer = h->newer;
+    else
+        c->oldest = h->newer;
+    if (h->newer != NULL)
+        h->newer->older = h->older;
+    else
+        c->newest = h->older;
+    h->older = h->newer = NULL;
+    h->parked = false;
     c->n--;
-    memmove(&c->e[i], &c->e[i + 1], (c->n - i) * sizeof(c->e[0]));
 }
 
-/* Removes entry i and closes its handle. */
-static void close_at(struct tt_idle_conns *c, size_t i)
+/* Takes h off the list and closes its handle. */
+static void close_entry(struct tt_idle_conns *c, struct tt_idle_conn *h)
 {
-    uv_tcp_t *tcp = c->e[i].tcp;
-
-    remove_at(c, i);
-    tt_idle_conn_close(tcp, false, NULL);
+    unlink_entry(c, h);
+    tt_idle_conn_close(&h->tcp, false, NULL);
 }
 
-/* Parks tcp (idleconns.h): appended, so that the entries stay in the order they were
- * parked and the newest of a target is the last one. */
+/* Closes the entries parked TT_IDLE_CONN_MS ago or longer: the oldest end of the list. */
+static void expire(struct tt_idle_conns *c, uint64_t now_ms)
+{
+    while (c->oldest != NULL && now_ms - c->oldest->since_ms >= TT_IDLE_CONN_MS)
+        close_entry(c, c->oldest);
+}
+
+/* Parks tcp (idleconns.h): appended at the newest end. */
 void tt_idle_conns_put(struct tt_idle_conns *c, const struct tt_addr *target, uv_tcp_t *tcp,
                        uint64_t now_ms)
 {
-    struct tt_addr_key key;
+    struct tt_idle_conn *h = (struct tt_idle_conn *)tcp;
 
     tcp->data = NULL;
-    memset(&key, 0, sizeof(key));
-    if (!tt_addr_key_of((const struct sockaddr *)&target->ss, &key)) {
+    memset(&h->key, 0, sizeof(h->key));
+    if (!tt_addr_key_of((const struct sockaddr *)&target->ss, &h->key)) {
         tt_idle_conn_close(tcp, false, NULL);
         return;
     }
-    if (c->n == TT_IDLE_CONNS_MAX)
-        close_at(c, 0); /* the oldest */
-    c->e[c->n++] = (struct tt_idle_conn){key, tcp, now_ms};
+    expire(c, now_ms);
+    if (c->n >= c->max)
+        close_entry(c, c->oldest);
+    h->since_ms = now_ms;
+    h->parked = true;
+    h->newer = NULL;
+    h->older = c->newest;
+    if (c->newest != NULL)
+        c->newest->newer = h;
+    else
+        c->oldest = h;
+    c->newest = h;
+    c->n++;
 }
 
 /* Whether the peer of tcp has neither closed nor sent anything since its last read (what
@@ -95,16 +129,16 @@ uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *targ
     memset(&key, 0, sizeof(key));
     if (!tt_addr_key_of((const struct sockaddr *)&target->ss, &key))
         return NULL;
-    /* Newest first: from the end (the entries are in parking order). */
-    for (size_t i = c->n; i-- > 0;) {
-        if (memcmp(&c->e[i].key, &key, sizeof(key)) != 0)
+    expire(c, now_ms);
+    for (struct tt_idle_conn *h = c->newest, *older; h != NULL; h = older) {
+        older = h->older;
+        if (memcmp(&h->key, &key, sizeof(key)) != 0)
             continue;
-        uv_tcp_t *tcp = c->e[i].tcp;
-        if (now_ms - c->e[i].since_ms < TT_IDLE_CONN_MS && still_idle(tcp)) {
-            remove_at(c, i);
-            return tcp;
+        if (still_idle(&h->tcp)) {
+            unlink_entry(c, h);
+            return &h->tcp;
         }
-        close_at(c, i); /* the entries after i moved down: i - 1 is the next older */
+        close_entry(c, h);
     }
     return NULL;
 }
@@ -112,17 +146,15 @@ uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *targ
 /* A parked handle's peer closed it or spoke (idleconns.h). */
 void tt_idle_conns_drop(struct tt_idle_conns *c, uv_tcp_t *tcp)
 {
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->e[i].tcp == tcp) {
-            close_at(c, i);
-            return;
-        }
-    }
+    struct tt_idle_conn *h = (struct tt_idle_conn *)tcp;
+
+    if (h->parked)
+        close_entry(c, h);
 }
 
 /* Closes every parked handle (idleconns.h). */
 void tt_idle_conns_close_all(struct tt_idle_conns *c)
 {
-    while (c->n > 0)
-        close_at(c, c->n - 1);
+    while (c->newest != NULL)
+        close_entry(c, c->newest);
 }

@@ -22,17 +22,25 @@
 #include "core/util.h"
 #include "snapshot/services.h" /* struct tt_addr_key */
 
-#define TT_IDLE_CONNS_MAX 64
+/* The most handles a worker keeps (its share of --max-connections, if fewer): as many as
+ * its busiest moment had request streams in flight to the workload, up to Envoy's default
+ * circuit breaker for connections to one upstream cluster. */
+#define TT_IDLE_CONNS_MAX 1024
 #define TT_IDLE_CONN_MS   2000
 
+struct tt_idle_conn; /* a kept handle's entry (idleconns.c) */
+
+/* The kept handles in the order they were parked: taken from the newest end, expired and
+ * evicted from the oldest; every operation costs O(1) but a take that passes entries for
+ * other addresses. Zeroed, then tt_idle_conns_init. */
 struct tt_idle_conns {
-    struct tt_idle_conn {
-        struct tt_addr_key key;
-        uv_tcp_t *tcp;
-        uint64_t since_ms;
-    } e[TT_IDLE_CONNS_MAX];
-    size_t n;
+    struct tt_idle_conn *oldest, *newest;
+    size_t n;   /* parked now */
+    size_t max; /* at most this many: tt_idle_conns_init */
 };
+
+/* Sets the cache up empty, keeping at most `max` handles (at least 1). */
+void tt_idle_conns_init(struct tt_idle_conns *c, size_t max);
 
 /* A heap-allocated TCP handle on `loop` (uv_tcp_init done) that can be parked here; NULL
  * when out of memory. Close it with tt_idle_conn_close() unless it is parked. */
@@ -42,20 +50,21 @@ uv_tcp_t *tt_idle_conn_new(uv_loop_t *loop);
  * (may be NULL) runs before its memory is freed. */
 void tt_idle_conn_close(uv_tcp_t *tcp, bool reset, uv_close_cb cb);
 
-/* Parks `tcp`, a connected handle to `target` at rest between responses and reading (owned
- * from here on; its data is set to NULL). When the cache is full the oldest entry is
- * closed to make room; a target that has no address key is closed at once. */
+/* Parks `tcp`, a handle from tt_idle_conn_new connected to `target`, at rest between
+ * responses and reading (owned from here on; its data is set to NULL). Entries idle for
+ * TT_IDLE_CONN_MS or longer are closed first, then the oldest if the cache is still full;
+ * a target that has no address key is closed at once. */
 void tt_idle_conns_put(struct tt_idle_conns *c, const struct tt_addr *target, uv_tcp_t *tcp,
                        uint64_t now_ms);
 
 /* A parked handle to `target`, the newest first, idle for less than TT_IDLE_CONN_MS and
- * with nothing to read (the caller owns it and sets its data); or NULL. Those found
- * stale, closed or holding unexpected bytes are closed on the way. */
+ * with nothing to read (the caller owns it and sets its data); or NULL. Expired entries
+ * and those found closed or holding unexpected bytes are closed on the way. */
 uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *target,
                              uint64_t now_ms);
 
 /* A parked handle's peer closed it or sent something: it leaves the cache and closes.
- * Accepts a handle that is not parked (nothing happens). */
+ * Accepts any handle from tt_idle_conn_new that is not parked (nothing happens). */
 void tt_idle_conns_drop(struct tt_idle_conns *c, uv_tcp_t *tcp);
 
 /* Closes every parked handle (a stopping worker, before its loop's last run). */

@@ -106,6 +106,12 @@ int tt_worker_init(struct tt_worker *w, unsigned index, const struct tt_worker_s
     if (r < 0)
         goto err_loop;
     (void)uv_idle_init(&w->loop, &w->flush_idle); /* cannot fail */
+    /* A kept workload connection is one more socket; a worker's share of --max-connections
+     * budgets two per connection and a request stream holds one (its other side is a
+     * stream), so keeping up to the share stays within the descriptors. */
+    tt_idle_conns_init(&w->idle_conns, settings->max_connections < TT_IDLE_CONNS_MAX
+                                           ? settings->max_connections
+                                           : TT_IDLE_CONNS_MAX);
     w->metrics = tt_metrics_new(n);
     w->listeners = calloc(n ? n : 1, sizeof(*w->listeners));
     w->pool = tt_pool_new(&tt_conn_pool_ops, settings->idle_timeout_ms);
