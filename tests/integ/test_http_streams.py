@@ -42,6 +42,13 @@ backend. Each case on the same pair unless it says otherwise:
    the backend sees about 200 connections in all, not 200 plus a new one for every
    request past a fixed cache (it kept 64 per worker once: 400 and more), and /stats
    counts them (pool workload_connections_opened, workload_connections_reused).
+13. A workload that closes a kept connection as the next request arrives (a raw server
+   that answers the first request of each connection and closes the connection on the
+   second without answering, as one whose keep-alive timeout fires just then): a GET on
+   the kept connection is sent again on a new one and answered 200 (the server saw it
+   twice: the first was never answered), counted in the inbound's requests_retried; a
+   POST in the same spot is not sent again (the server may have acted on it): 502, the
+   server saw it once.
 """
 
 import http.client
@@ -547,6 +554,97 @@ def check_many_at_once(ok, api, out_port, in_port, backend):
        "workload_connections_reused %d, together the %d requests" % (o, opened, r, n))
 
 
+class CloseOnSecond:
+    """A raw HTTP/1.1 server: answers the first request of each connection (keep-alive,
+    body "first <request line>") and closes the connection when a second one arrives,
+    without answering it. .seen: (connection number, request line) per request read."""
+
+    def __init__(self):
+        self.seen, self.lock = [], threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        n = 0
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            n += 1
+            threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
+
+    def _read_request(self, s, buf):
+        """One request (head and Content-Length body) from s: (line, rest), or (None, b"")."""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                return None, b""
+            buf += d
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        length = 0
+        for f in head.split(b"\r\n")[1:]:
+            k, _, v = f.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        while len(rest) < length:
+            d = s.recv(65536)
+            if not d:
+                return None, b""
+            rest += d
+        return head.split(b"\r\n")[0].decode(), rest[length:]
+
+    def _serve(self, s, n):
+        with s:
+            line, rest = self._read_request(s, b"")
+            if line is None:
+                return
+            with self.lock:
+                self.seen.append((n, line))
+            body = ("first %s\n" % line).encode()
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            line, _ = self._read_request(s, rest)
+            if line is not None:
+                with self.lock:
+                    self.seen.append((n, line))
+
+    def stop(self):
+        self.sock.close()
+
+
+def check_closed_under_request(ok, api, out_port, in_port, server):
+    """13: the kept connection closed as a request arrives: a GET again, a POST not."""
+    before = api.listener("inbound:127.0.0.1:%d" % in_port)["pool"]["requests_retried"]
+    conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=15)
+    got = []
+    for method, path in (("GET", "/a"), ("GET", "/b"), ("POST", "/c")):
+        conn.request(method, path, body=b"x" if method == "POST" else None)
+        r = conn.getresponse()
+        got.append((r.status, r.getheader("x-tether-reason"), r.read()))
+        if r.getheader("connection", "").lower() == "close":
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=15)
+    conn.close()
+    seen = list(server.seen)
+    ok(got[0][0] == 200 and got[1][0] == 200 and got[1][2] == b"first GET /b HTTP/1.1\n",
+       "13: a GET on a kept connection the workload closed under it is answered from a new "
+       "connection (%r)" % got[:2])
+    gets = [n for n, line in seen if line.startswith("GET /b ")]
+    ok(len(gets) == 2 and gets[0] != gets[1],
+       "13: ... the workload saw it on the kept connection, then on a new one (%r)" % seen)
+    after = api.listener("inbound:127.0.0.1:%d" % in_port)["pool"]["requests_retried"]
+    ok(after - before == 1, "13: ... counted in the inbound's requests_retried (%d)"
+       % (after - before))
+    posts = [n for n, line in seen if line.startswith("POST /c ")]
+    ok(got[2][0] == 502 and got[2][1] in ("upstream_bad_response", "upstream_reset")
+       and len(posts) == 1,
+       "13: a POST in the same spot is not sent again: %r, the workload saw it %d time(s)"
+       % (got[2][:2], len(posts)))
+
+
 class World:
     pass
 
@@ -562,12 +660,17 @@ def test(env):
     backend = Backend()
     env._servers.append(backend)
     echo = env.echo("echo")
-    in_port, echo_in = h.free_port(), h.free_port()
+    closer = CloseOnSecond()
+    env._servers.append(closer)
+    in_port, echo_in, closer_in = h.free_port(), h.free_port(), h.free_port()
     out_port, w.echo_out, w.dead_out = h.free_port(), h.free_port(), h.free_port()
+    closer_out = h.free_port()
     api = env.sidecar("api", w.api, w.ca, inbound=[(in_port, backend.addr),
-                                                   (echo_in, echo.addr)])
+                                                   (echo_in, echo.addr),
+                                                   (closer_in, closer.addr)])
     web = env.sidecar("web", w.web, w.ca, outbound=[
-        (out_port, "127.0.0.1:%d" % in_port, w.api_id)])
+        (out_port, "127.0.0.1:%d" % in_port, w.api_id),
+        (closer_out, "127.0.0.1:%d" % closer_in, w.api_id)])
     w.echo_web = env.sidecar("echo-out", w.web, w.ca, outbound=[
         (w.echo_out, "127.0.0.1:%d" % echo_in, w.api_id)])
     deny_in, w.deny_out = h.free_port(), h.free_port()
@@ -606,6 +709,7 @@ def test(env):
     check_timeout(ok, w)
     check_streams_off(ok, w)
     check_many_at_once(ok, api, out_port, in_port, backend)
+    check_closed_under_request(ok, api, closer_out, closer_in, closer)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)

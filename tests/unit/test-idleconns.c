@@ -107,10 +107,10 @@ static void test_idleconns_take_by_address(void **state)
     tt_idle_conns_put(&cache, &a, h1, 1000);
     tt_idle_conns_put(&cache, &a, h2, 1100);
     assert_null(h1->data);
-    assert_null(tt_idle_conns_take(&cache, &b, 1200));
-    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 1200), h2);
-    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 1200), h1);
-    assert_null(tt_idle_conns_take(&cache, &a, 1200));
+    assert_null(tt_idle_conns_take(&cache, &b, 1200, true));
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 1200, true), h2);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 1200, true), h1);
+    assert_null(tt_idle_conns_take(&cache, &a, 1200, true));
     assert_false(peer_sees_close(p1));
     close_taken(h1);
     close_taken(h2);
@@ -134,12 +134,33 @@ static void test_idleconns_dead_ones_closed(void **state)
     tt_idle_conns_put(&cache, &a, chatty, 5001);
     close(p2);
     assert_int_equal(write(p3, "x", 1), 1);
-    assert_null(tt_idle_conns_take(&cache, &a, 5000 + TT_IDLE_CONN_MS - 1));
+    assert_null(tt_idle_conns_take(&cache, &a, 5000 + TT_IDLE_CONN_MS - 1, true));
     assert_int_equal(cache.n, 0);
     assert_true(peer_sees_close(p1));
     assert_true(peer_sees_close(p3));
     close(p1);
     close(p3);
+}
+
+/* Unchecked (a request that can be sent again), the same closed and chatty handles are
+ * handed out as they are, newest first: what the loop has not delivered is not looked at. */
+static void test_idleconns_unchecked_take(void **state)
+{
+    struct tt_addr a = addr("[::1]:9001");
+    int p1, p2;
+
+    (void)state;
+    uv_tcp_t *closed = handle_pair(&p1), *chatty = handle_pair(&p2);
+    tt_idle_conns_put(&cache, &a, closed, 5000);
+    tt_idle_conns_put(&cache, &a, chatty, 5001);
+    close(p1);
+    assert_int_equal(write(p2, "x", 1), 1);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 5002, false), chatty);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 5002, false), closed);
+    assert_int_equal(cache.n, 0);
+    close_taken(closed);
+    close_taken(chatty);
+    close(p2);
 }
 
 /* The workload closes a parked connection: the read callback drops it at once, before
@@ -175,11 +196,11 @@ static void test_idleconns_drop_not_parked(void **state)
     uv_tcp_t *h1 = handle_pair(&p1), *h2 = handle_pair(&p2);
     tt_idle_conns_put(&cache, &a, h1, 10);
     tt_idle_conns_put(&cache, &a, h2, 11);
-    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 12), h2);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 12, true), h2);
     tt_idle_conns_drop(&cache, h2);
     assert_int_equal(cache.n, 1);
     assert_false(peer_sees_close(p2));
-    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 13), h1);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 13, true), h1);
     close_taken(h1);
     close_taken(h2);
     close(p1);
@@ -206,8 +227,8 @@ static void test_idleconns_expired_closed_on_put(void **state)
     assert_true(peer_sees_close(p2));
     assert_false(peer_sees_close(p3));
     assert_false(peer_sees_close(p4));
-    assert_ptr_equal(tt_idle_conns_take(&cache, &b, 2300), h4);
-    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 2300), h3);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &b, 2300, true), h4);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 2300, true), h3);
     close_taken(h3);
     close_taken(h4);
     close(p1);
@@ -231,7 +252,7 @@ static void test_idleconns_full_and_close_all(void **state)
     assert_int_equal(cache.n, CACHE_MAX);
     assert_true(peer_sees_close(peer[0]));
     assert_false(peer_sees_close(peer[1]));
-    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 200), h[CACHE_MAX]);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 200, true), h[CACHE_MAX]);
     close_taken(h[CACHE_MAX]);
     tt_idle_conns_close_all(&cache);
     assert_int_equal(cache.n, 0);
@@ -261,6 +282,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_idleconns_take_by_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_dead_ones_closed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idleconns_unchecked_take, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_dropped_on_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_drop_not_parked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_expired_closed_on_put, setup, teardown),

@@ -21,6 +21,7 @@
 #include "core/buf.h"
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/util.h"
 #include "http/h1.h"
 
 #define H1_HEAD_MAX    (64 * 1024)
@@ -136,6 +137,18 @@ static const char *const reason_names[] = {
 };
 
 /* The reason's name: the x-tether-reason value. */
+/* RFC 9110 §9.2.2 (h1.h). */
+bool tt_h1_method_idempotent(const char *method)
+{
+    static const char *const methods[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+
+    for (size_t i = 0; i < TT_ARRAY_SIZE(methods); i++) {
+        if (strcmp(method, methods[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
 const char *tt_h1_reason_name(enum tt_h1_reason reason)
 {
     if ((unsigned)reason < sizeof(reason_names) / sizeof(reason_names[0]))

@@ -157,6 +157,10 @@ bool tt_h1_connection_names(const struct tt_h1_header *fields, size_t n, const c
  * tt_h1_connection_names, which a head would otherwise run once per field. */
 bool tt_h1_connection_names_others(const struct tt_h1_header *fields, size_t n);
 
+/* Whether a request with this method may be sent again when no answer to it arrived:
+ * RFC 9110 §9.2.2's idempotent methods GET, HEAD, OPTIONS, TRACE, PUT and DELETE. */
+bool tt_h1_method_idempotent(const char *method);
+
 const char *tt_h1_reason_name(enum tt_h1_reason reason);
 int tt_h1_reason_status(enum tt_h1_reason reason);
 

@@ -189,18 +189,6 @@ static char *request_path(const struct tt_h1_head *h, int *err)
     return p;
 }
 
-/* RFC 9110 §9.2.2. */
-static bool idempotent(const char *method)
-{
-    static const char *const methods[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
-
-    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-        if (strcmp(method, methods[i]) == 0)
-            return true;
-    }
-    return false;
-}
-
 /* Builds the request for the stream from the reader's head and calls on_request. Returns
  * its answer, or -ENOMEM. */
 static int call_on_request(struct tt_h1h2 *x, const struct tt_h1_head *h)
@@ -227,7 +215,7 @@ static int call_on_request(struct tt_h1h2 *x, const struct tt_h1_head *h)
         .fields = fields,
         .n_fields = translate_fields(h, fields, names),
         .has_body = h->chunked || h->content_length > 0,
-        .idempotent = idempotent(h->method),
+        .idempotent = tt_h1_method_idempotent(h->method),
         .upgrade = h->upgrade || h->connect,
     };
     r = x->io.on_request(x->io.ud, &rq);

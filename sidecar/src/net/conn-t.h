@@ -134,16 +134,23 @@ struct tt_conn {
     bool kick_queued;                      /* waits on the worker's kick list (tt__conn_kick) */
     uint64_t kick_round;                   /* the worker's kick round it was queued in */
     struct tt_conn *kick_next, *kick_prev; /* that list */
-    uint64_t h1_deadline_ms;  /* the current request's --request-timeout deadline, 0: none */
-    char *link_detail;        /* outbound tunnel: why its link's handshake failed */
-    bool tunnel;              /* pooled: the TLS side is (or will be) a stream */
-    bool carrier;             /* the mTLS connection of a link */
-    bool direct;              /* outbound: one mTLS connection of its own (fallback) */
-    bool answered;            /* inbound tunnel: its response head went out */
-    int answer_status;        /* inbound request stream: the status it was answered with */
-    bool park_up;             /* inbound request stream: the workload's connection is kept
-                               * for the next one (net/idleconns.h), not closed */
-    bool reused_up;           /* its workload connection is a kept one: relay on the kick */
+    uint64_t h1_deadline_ms; /* the current request's --request-timeout deadline, 0: none */
+    char *link_detail;       /* outbound tunnel: why its link's handshake failed */
+    bool tunnel;             /* pooled: the TLS side is (or will be) a stream */
+    bool carrier;            /* the mTLS connection of a link */
+    bool direct;             /* outbound: one mTLS connection of its own (fallback) */
+    bool answered;           /* inbound tunnel: its response head went out */
+    int answer_status;       /* inbound request stream: the status it was answered with */
+    bool park_up;            /* inbound request stream: the workload's connection is kept
+                              * for the next one (net/idleconns.h), not closed */
+    bool reused_up;          /* its workload connection is a kept one: relay on the kick */
+    /* Inbound request stream on a kept workload connection, for a request that may be
+     * sent again (idempotent): every byte sent to the workload, held until its first
+     * byte back (at most TT_CONN_REPLAY_MAX), to send again on a new connection should
+     * the kept one turn out closed (tt__workload_retry). */
+    struct tt_buf up_replay;
+    bool up_replay_armed;     /* up_replay holds all that was sent; a retry is possible */
+    bool up_retrying;         /* tt__workload_retry's connect is under way */
     bool counted;             /* an app connection: in n_conns, accepted and closed */
     unsigned refused_retries; /* outbound tunnel: REFUSED_STREAM retries so far */
 };

@@ -16,6 +16,7 @@
 #include "core/util.h"
 #include "http/detect.h"
 #include "http/gate.h"
+#include "http/h1.h"
 #include "http/h1h2.h"
 #include "http/h2.h"
 #include "http/h2h1.h"
@@ -272,6 +273,13 @@ void tt__on_connect(uv_connect_t *req, int status)
     uv_tcp_nodelay(c->up.tcp, 1);
     if (c->h2h1 != NULL)
         TT_COUNTER_ADD(conn_counters(c)->pool.workload_opened, 1);
+    if (c->up_retrying) { /* the request went ahead in the queue (tt__workload_retry) */
+        c->up_retrying = false;
+        tt__conn_enter(c, TT_CONN_S_RELAY);
+        tt__side_start_write(c, &c->up);
+        tt__relay_progress(c);
+        return;
+    }
     if (conn_is_inbound(c) || c->plain)
         tt__conn_start_relay(c);
     else
@@ -369,13 +377,18 @@ void tt__conn_start_connect(struct tt_conn *c)
     target = &c->target;
     if (c->h2h1 != NULL) {
         /* A request stream: a keep-alive connection to the workload at rest, if any (its
-         * handle still reads with our callbacks), else a handle that can be kept. */
-        uv_tcp_t *kept =
-            tt_idle_conns_take(&c->worker->idle_conns, target, uv_now(&c->worker->loop));
+         * handle still reads with our callbacks), else a handle that can be kept. A request
+         * that may be sent again takes one unchecked: should the workload have closed it
+         * just now, tt__workload_retry sends the request again on a new connection. */
+        const char *method = tt_h2_stream_header(c->stream, ":method");
+        bool replayable = method != NULL && tt_h1_method_idempotent(method);
+        uv_tcp_t *kept = tt_idle_conns_take(&c->worker->idle_conns, target,
+                                            uv_now(&c->worker->loop), !replayable);
         if (kept != NULL) {
             /* Relayed from the kick, as after a connect: the stream's END_STREAM, which
              * says whether a body follows, comes after the call that opened it. */
             TT_COUNTER_ADD(conn_counters(c)->pool.workload_reused, 1);
+            c->up_replay_armed = replayable;
             kept->data = c;
             c->up.tcp = kept;
             c->up.open = true;
@@ -406,6 +419,54 @@ void tt__conn_start_connect(struct tt_conn *c)
                        tt__on_connect);
     if (r < 0)
         tt__conn_connect_failed(c, r);
+}
+
+/* The kept workload connection an inbound request stream took failed before the
+ * workload's first byte back (it closed the connection as it was taken, or reset it).
+ * Before the stream's kick nothing was sent on it: a new connection to the same address
+ * takes its place, whatever the method, and the request goes there once connected. After
+ * that, when the request may be sent again and up_replay still holds all that was sent,
+ * that goes again, once, on a new connection, ahead of anything the stream sends after
+ * (RFC 9112 §9.3.1: an idempotent request on a connection closed under it); the
+ * workload's first answer decided nothing yet, so neither the gate nor the translator
+ * knows. Returns true when the new connect began (the caller drops the failure), false
+ * when the caller fails the stream as usual. */
+bool tt__workload_retry(struct tt_conn *c)
+{
+    struct tt_side *s = &c->up;
+    bool unsent = c->state == TT_CONN_S_CONNECTING && c->reused_up;
+
+    /* A write in flight on the failed socket would come back cancelled onto the new one. */
+    if (s->tcp == &s->own || (!unsent && (!c->up_replay_armed || c->state != TT_CONN_S_RELAY ||
+                                          s->bytes_read > 0 || s->inflight.len > 0)))
+        return false;
+    c->up_replay_armed = false;
+    uv_tcp_t *fresh = tt_idle_conn_new(&c->worker->loop);
+    if (fresh == NULL)
+        return false;
+    fresh->data = c;
+    if (uv_tcp_connect(&c->connect_req, fresh, (const struct sockaddr *)&c->target.ss,
+                       tt__on_connect) < 0) {
+        tt_idle_conn_close(fresh, false, NULL);
+        return false;
+    }
+    s->tcp->data = NULL; /* the failed handle goes on its own */
+    tt_idle_conn_close(s->tcp, s->connected, NULL);
+    s->tcp = fresh;
+    s->connected = false;
+    s->reading = false;
+    s->read_eof = false;
+    s->bytes_written = 0;
+    if (unsent) {
+        c->reused_up = false; /* its kick finds nothing to do; the connect relays it */
+        tt_buf_done(&c->up_replay);
+    } else {
+        tt_buf_move(&s->queued, &c->up_replay); /* what waited in the queue is in it too */
+        c->up_retrying = true;
+        TT_COUNTER_ADD(conn_counters(c)->pool.requests_retried, 1);
+    }
+    tt__conn_enter(c, TT_CONN_S_CONNECTING);
+    return true;
 }
 
 /* Logs the audit rules that matched verdict v of a connection or request. */
@@ -884,6 +945,7 @@ static void conn_free(struct tt_conn *c)
     tt_buf_done(&c->up.inflight);
     tt_buf_done(&c->up.queued);
     tt_buf_done(&c->refusal_held);
+    tt_buf_done(&c->up_replay);
     tt_buf_done(&c->early);
     tt_snapshot_unref(c->snapshot);
     free(c->tunnel_peer_id);

@@ -30,10 +30,11 @@
 /* TLS 1.3 adds 22 bytes per record of at most 16 KiB (RFC 8446 §5.2): a plaintext read of
  * this size encrypts into two records that fit one slab. */
 #define TT_CONN_PLAIN_READ       (TT_BUF_SLAB - 128)
-#define TT_TLS_RECORD_MAX        16384 /* most plaintext one tt_tls_read returns */
-#define TT_CONN_CONNECT_ATTEMPTS 4     /* endpoints a balanced connection tries at most */
-#define TT_CONN_REFUSED_RETRIES  1     /* a tunnel the peer did not process is retried once */
-#define TT_CONN_REFUSAL_WAIT_MS  500   /* a refused app connection: its first bytes, at most */
+#define TT_TLS_RECORD_MAX        16384       /* most plaintext one tt_tls_read returns */
+#define TT_CONN_CONNECT_ATTEMPTS 4           /* endpoints a balanced connection tries at most */
+#define TT_CONN_REFUSED_RETRIES  1           /* a tunnel the peer did not process is retried once */
+#define TT_CONN_REPLAY_MAX       (16 * 1024) /* a request held to send again (up_replay) */
+#define TT_CONN_REFUSAL_WAIT_MS  500 /* a refused app connection: its first bytes, at most */
 
 static inline struct tt_listener_counters *conn_counters(struct tt_conn *c)
 {
@@ -73,6 +74,7 @@ void tt__on_connect(uv_connect_t *req, int status);
 bool tt__conn_pick_endpoint(struct tt_conn *c);
 void tt__conn_connect_failed(struct tt_conn *c, int status);
 void tt__conn_start_connect(struct tt_conn *c);
+bool tt__workload_retry(struct tt_conn *c);
 void tt__conn_log_audit(struct tt_conn *c, const char *caller, const struct tt_policy_verdict *v);
 void tt__handshake_progress(struct tt_conn *c);
 bool tt__port_listed(const uint16_t *ports, size_t n, uint16_t port);

@@ -43,6 +43,8 @@ static void on_write(uv_write_t *req, int status)
     if (s == &c->down)
         TT_COUNTER_ADD(conn_counters(c)->bytes_out, s->inflight.len);
     tt_buf_consume(&s->inflight, s->inflight.len);
+    if (status < 0 && s == &c->up && tt__workload_retry(c))
+        return;
     if (status < 0) {
         tt__side_ended(c, s, status);
         tt__conn_close(c, status, true);
@@ -86,14 +88,27 @@ static ssize_t side_try_write(struct tt_conn *c, struct tt_side *s, const uint8_
     return r;
 }
 
+/* Keeps what a request stream sends to a kept workload connection for tt__workload_retry,
+ * while that is allowed and small enough. */
+static void replay_keep(struct tt_conn *c, const uint8_t *data, size_t len)
+{
+    if (c->up_replay.len + len > TT_CONN_REPLAY_MAX ||
+        tt_buf_append(&c->up_replay, data, len) < 0) {
+        c->up_replay_armed = false;
+        tt_buf_done(&c->up_replay);
+    }
+}
+
 /* Sends data on side s: straight to the socket when nothing is queued, the rest copied
  * into the queue. Returns 0 or <0 (the caller closes the connection). */
 int tt__side_send(struct tt_conn *c, struct tt_side *s, const uint8_t *data, size_t len)
 {
+    if (c->up_replay_armed && s == &c->up)
+        replay_keep(c, data, len);
     ssize_t r = side_try_write(c, s, data, len);
 
     if (r < 0)
-        return (int)r;
+        return s == &c->up && tt__workload_retry(c) ? 0 : (int)r;
     if ((size_t)r == len)
         return 0;
     if (tt_buf_append(&s->queued, data + r, len - (size_t)r) < 0)
@@ -813,6 +828,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (s == &c->up && c->park_up && nread != 0) {
         c->park_up = false; /* it spoke after its response: not kept */
         return;
+    }
+    if (s == &c->up && (c->up_replay_armed || c->reused_up)) {
+        if (nread < 0 && tt__workload_retry(c))
+            return;       /* the kept connection was closed under the request: a new one */
+        if (nread != 0) { /* the workload answered (or failed for good): nothing to resend */
+            c->up_replay_armed = false;
+            tt_buf_done(&c->up_replay);
+        }
     }
     if (s == c->tls_side)
         tt_tls_input_commit(c->tls, nread > 0 ? (size_t)nread : 0);

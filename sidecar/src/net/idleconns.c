@@ -122,7 +122,8 @@ static bool still_idle(uv_tcp_t *tcp)
 }
 
 /* Takes a parked handle to target (idleconns.h). */
-uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *target, uint64_t now_ms)
+uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *target, uint64_t now_ms,
+                             bool check)
 {
     struct tt_addr_key key;
 
@@ -134,7 +135,7 @@ uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *targ
         older = h->older;
         if (memcmp(&h->key, &key, sizeof(key)) != 0)
             continue;
-        if (still_idle(&h->tcp)) {
+        if (!check || still_idle(&h->tcp)) {
             unlink_entry(c, h);
             return &h->tcp;
         }

@@ -4,12 +4,13 @@
  * same address takes it instead of opening a TCP connection.
  *
  * What is kept is the connection's libuv handle itself (heap-allocated, see
- * tt_idle_conn_new), still reading with the connection module's callbacks: reuse costs no
- * system call beyond one check, and no epoll change. A kept handle's `data` is NULL; the
- * read callbacks that find it so hand the handle to tt_idle_conns_drop() (the workload
- * closed it, or spoke out of turn). A handle idle longer than TT_IDLE_CONN_MS (under
- * common servers' keep-alive timeouts, such as Node's 5 s), or whose peer closed or spoke
- * just before it is taken, is closed instead of handed out. One worker's thread only. */
+ * tt_idle_conn_new), still reading with the connection module's callbacks: reuse changes
+ * no epoll registration and costs no system call (one check for a request that cannot
+ * be sent again). A kept handle's `data` is NULL; the read callbacks that find it so hand
+ * the handle to tt_idle_conns_drop() (the workload closed it, or spoke out of turn). A
+ * handle idle longer than TT_IDLE_CONN_MS (under common servers' keep-alive timeouts,
+ * such as Node's 5 s) is closed instead of handed out, and so is one whose peer closed or
+ * spoke just before a checked take. One worker's thread only. */
 #ifndef TT_IDLECONNS_H
 #define TT_IDLECONNS_H
 
@@ -57,11 +58,14 @@ void tt_idle_conn_close(uv_tcp_t *tcp, bool reset, uv_close_cb cb);
 void tt_idle_conns_put(struct tt_idle_conns *c, const struct tt_addr *target, uv_tcp_t *tcp,
                        uint64_t now_ms);
 
-/* A parked handle to `target`, the newest first, idle for less than TT_IDLE_CONN_MS and
- * with nothing to read (the caller owns it and sets its data); or NULL. Expired entries
- * and those found closed or holding unexpected bytes are closed on the way. */
-uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *target,
-                             uint64_t now_ms);
+/* A parked handle to `target`, the newest first, idle for less than TT_IDLE_CONN_MS (the
+ * caller owns it and sets its data); or NULL. Expired entries are closed on the way. With
+ * `check`, the handle must also have nothing to read that the loop has not delivered yet
+ * (a recv with MSG_PEEK, one system call): those closed or holding unexpected bytes are
+ * closed on the way. A caller that can send its request again on a new connection when
+ * the workload closed this one meanwhile does without the check. */
+uv_tcp_t *tt_idle_conns_take(struct tt_idle_conns *c, const struct tt_addr *target, uint64_t now_ms,
+                             bool check);
 
 /* A parked handle's peer closed it or sent something: it leaves the cache and closes.
  * Accepts any handle from tt_idle_conn_new that is not parked (nothing happens). */
