@@ -439,19 +439,35 @@ static void test_pool_second_link(void **state)
     assert_int_equal(T.accepts, TT_POOL_STREAMS_PER_LINK + 1);
 
     /* The first link is full: the next one rides the second. */
-    struct tt_conn *c = attach(&T.t1, ID_A, &identity1, 1);
-    assert_ptr_equal(c->m.link, oc2->link);
+    struct tt_conn *full = attach(&T.t1, ID_A, &identity1, 1);
+    assert_ptr_equal(full->m.link, oc2->link);
     assert_int_equal(T.dials, 2);
 
-    /* With room on both, the one with fewer tunnels is ridden. */
+    /* With room on both, the one with more tunnels is ridden (90 against 2 here). */
     for (size_t i = 0; i < 10; i++) {
         tt_h2_stream_release(m[i]->st);
         m[i]->st = NULL;
         tt_pool_detach(&m[i]->m);
     }
-    c = attach(&T.t1, ID_A, &identity1, 1);
-    assert_ptr_equal(c->m.link, oc2->link);
+    struct tt_conn *c = attach(&T.t1, ID_A, &identity1, 1);
+    assert_ptr_equal(c->m.link, oc1->link);
     assert_int_equal(T.dials, 2);
+
+    /* The burst is over: the second link's two tunnels end, new ones keep riding the
+     * first, and the second, idle, closes (a GOAWAY at its idle tick). */
+    struct tt_conn *on2[] = {m[TT_POOL_STREAMS_PER_LINK], full};
+    for (size_t i = 0; i < TT_ARRAY_SIZE(on2); i++) {
+        tt_h2_stream_release(on2[i]->st);
+        on2[i]->st = NULL;
+        tt_pool_detach(&on2[i]->m);
+    }
+    for (int i = 0; i < 5; i++)
+        assert_ptr_equal(attach(&T.t1, ID_A, &identity1, 1)->m.link, oc1->link);
+    assert_int_equal(tt_link_flush(oc2->link), 0);
+    pump();
+    assert_int_equal(tt_link_tick(oc2->link, tt_now_ms() + IDLE_MS), 1);
+    assert_int_equal(frames(oc2, FRAME_GOAWAY, ANY_FLAGS), 1);
+    assert_int_equal(frames(oc1, FRAME_GOAWAY, ANY_FLAGS), 0);
 }
 
 /* A new identity (rotation) retires the link made with the old one and dials anew. */

@@ -254,9 +254,14 @@ static int pool_dial(struct tt_pool *pool, struct pool_dest *d, struct tt_pool_m
 
 /* Puts an app connection in the pool (see pool.h). */
 /* The link of destination d a new tunnel rides: up, made with `identity`, with room, the
- * least loaded; or NULL, with *wait_on the first one that will allow tunnels once the
- * peer's SETTINGS arrive (NULL when none). Links made with another identity are retired
- * on the way (rotation). */
+ * one that carries the most tunnels already; or NULL, with *wait_on the first one that
+ * will allow tunnels once the peer's SETTINGS arrive (NULL when none). Links made with
+ * another identity are retired on the way (rotation). Packing streams onto the fullest
+ * link keeps them on as few links as possible: each link batches its streams' frames into
+ * one TLS record and one write per loop iteration, and the links a burst opened get no
+ * new tunnels once it is over, so they idle out. Spreading to the least loaded did the
+ * opposite: after 1,000 concurrent app connections had opened 10 links, 50 kept the 10
+ * alive at 5 streams each, and the keep-alive req/s fell by a fifth for good. */
 static struct tt_link *dest_pick_link(struct pool_dest *d, const void *identity,
                                       struct tt_link **wait_on)
 {
@@ -276,7 +281,7 @@ static struct tt_link *dest_pick_link(struct pool_dest *d, const void *identity,
         if (link_room(link) == 0)
             continue;
         if (link_can_ride(link)) {
-            if (best == NULL || link->n_tunnels < best->n_tunnels)
+            if (best == NULL || link->n_tunnels > best->n_tunnels)
                 best = link;
         } else if (*wait_on == NULL) {
             *wait_on = link;
