@@ -237,6 +237,22 @@ static void test_idleconns_expired_closed_on_put(void **state)
     close(p4);
 }
 
+/* A clock behind the entry's (the caller's loop time should not go back) expires
+ * nothing: the handle is handed out, not closed as idle for ~2^64 ms. */
+static void test_idleconns_clock_behind(void **state)
+{
+    struct tt_addr a = addr("10.0.0.6:80");
+    int p;
+
+    (void)state;
+    uv_tcp_t *h = handle_pair(&p);
+    tt_idle_conns_put(&cache, &a, h, 1000);
+    assert_ptr_equal(tt_idle_conns_take(&cache, &a, 900, true), h);
+    assert_false(peer_sees_close(p));
+    close_taken(h);
+    close(p);
+}
+
 /* A full cache closes its oldest to park one more; close_all closes the rest. */
 static void test_idleconns_full_and_close_all(void **state)
 {
@@ -286,6 +302,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idleconns_dropped_on_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_drop_not_parked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_expired_closed_on_put, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idleconns_clock_behind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_full_and_close_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idleconns_unkeyed_closed, setup, teardown),
     };

@@ -74,10 +74,12 @@ static void close_entry(struct tt_idle_conns *c, struct tt_idle_conn *h)
     tt_idle_conn_close(&h->tcp, false, NULL);
 }
 
-/* Closes the entries parked TT_IDLE_CONN_MS ago or longer: the oldest end of the list. */
+/* Closes the entries parked TT_IDLE_CONN_MS ago or longer: the oldest end of the list. A
+ * clock behind an entry's (it should not be) expires nothing. */
 static void expire(struct tt_idle_conns *c, uint64_t now_ms)
 {
-    while (c->oldest != NULL && now_ms - c->oldest->since_ms >= TT_IDLE_CONN_MS)
+    while (c->oldest != NULL && now_ms >= c->oldest->since_ms &&
+           now_ms - c->oldest->since_ms >= TT_IDLE_CONN_MS)
         close_entry(c, c->oldest);
 }
 
