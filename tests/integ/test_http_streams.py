@@ -48,7 +48,7 @@ backend. Each case on the same pair unless it says otherwise:
    the kept connection is sent again on a new one and answered 200 (the server saw it
    twice: the first was never answered), counted in the inbound's requests_retried; a
    POST in the same spot is not sent again (the server may have acted on it): 502, the
-   server saw it once.
+   server saw it once; a PUT with a body (idempotent) goes again whole, body included.
 """
 
 import http.client
@@ -556,8 +556,9 @@ def check_many_at_once(ok, api, out_port, in_port, backend):
 
 class CloseOnSecond:
     """A raw HTTP/1.1 server: answers the first request of each connection (keep-alive,
-    body "first <request line>") and closes the connection when a second one arrives,
-    without answering it. .seen: (connection number, request line) per request read."""
+    body "first <request line>\n" and the request's body) and closes the connection when a
+    second one arrives, without answering it. .seen: (connection number, request line)
+    per request read."""
 
     def __init__(self):
         self.seen, self.lock = [], threading.Lock()
@@ -578,11 +579,12 @@ class CloseOnSecond:
             threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
 
     def _read_request(self, s, buf):
-        """One request (head and Content-Length body) from s: (line, rest), or (None, b"")."""
+        """One request (head and Content-Length body) from s: (line, body, rest), or
+        (None, b"", b"")."""
         while b"\r\n\r\n" not in buf:
             d = s.recv(65536)
             if not d:
-                return None, b""
+                return None, b"", b""
             buf += d
         head, rest = buf.split(b"\r\n\r\n", 1)
         length = 0
@@ -593,20 +595,20 @@ class CloseOnSecond:
         while len(rest) < length:
             d = s.recv(65536)
             if not d:
-                return None, b""
+                return None, b"", b""
             rest += d
-        return head.split(b"\r\n")[0].decode(), rest[length:]
+        return head.split(b"\r\n")[0].decode(), rest[:length], rest[length:]
 
     def _serve(self, s, n):
         with s:
-            line, rest = self._read_request(s, b"")
+            line, body, rest = self._read_request(s, b"")
             if line is None:
                 return
             with self.lock:
                 self.seen.append((n, line))
-            body = ("first %s\n" % line).encode()
+            body = ("first %s\n" % line).encode() + body
             s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            line, _ = self._read_request(s, rest)
+            line, _, _ = self._read_request(s, rest)
             if line is not None:
                 with self.lock:
                     self.seen.append((n, line))
@@ -620,8 +622,10 @@ def check_closed_under_request(ok, api, out_port, in_port, server):
     before = api.listener("inbound:127.0.0.1:%d" % in_port)["pool"]["requests_retried"]
     conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=15)
     got = []
-    for method, path in (("GET", "/a"), ("GET", "/b"), ("POST", "/c")):
-        conn.request(method, path, body=b"x" if method == "POST" else None)
+    bodies = {"POST": b"x", "PUT": b"put body, sent twice"}
+    for method, path in (("GET", "/a"), ("GET", "/b"), ("POST", "/c"), ("GET", "/e"),
+                         ("PUT", "/d")):
+        conn.request(method, path, body=bodies.get(method))
         r = conn.getresponse()
         got.append((r.status, r.getheader("x-tether-reason"), r.read()))
         if r.getheader("connection", "").lower() == "close":
@@ -636,13 +640,18 @@ def check_closed_under_request(ok, api, out_port, in_port, server):
     ok(len(gets) == 2 and gets[0] != gets[1],
        "13: ... the workload saw it on the kept connection, then on a new one (%r)" % seen)
     after = api.listener("inbound:127.0.0.1:%d" % in_port)["pool"]["requests_retried"]
-    ok(after - before == 1, "13: ... counted in the inbound's requests_retried (%d)"
-       % (after - before))
+    ok(after - before == 2, "13: ... counted in the inbound's requests_retried, with the PUT "
+       "below: %d" % (after - before))
     posts = [n for n, line in seen if line.startswith("POST /c ")]
     ok(got[2][0] == 502 and got[2][1] in ("upstream_bad_response", "upstream_reset")
        and len(posts) == 1,
        "13: a POST in the same spot is not sent again: %r, the workload saw it %d time(s)"
        % (got[2][:2], len(posts)))
+    puts = [n for n, line in seen if line.startswith("PUT /d ")]
+    ok(got[4][0] == 200 and got[4][2] == b"first PUT /d HTTP/1.1\nput body, sent twice"
+       and len(puts) == 2 and puts[0] != puts[1],
+       "13: a PUT with a body in the same spot goes again whole on a new connection (%r, "
+       "seen on connections %r)" % (got[4], puts))
 
 
 class World:
