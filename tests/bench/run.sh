@@ -26,7 +26,8 @@
 # Usage: tests/bench/run.sh [BUILD_DIR]      (default build-bench, --buildtype=release)
 # Environment: ROUNDS (3), DURATION (wrk seconds per measurement, 5), CONNS (50),
 #   MANY_CONNS (200: keep-alive again at that many connections, tether, nginx and haproxy
-#   only; 0 skips), IDLE_CONNS (5000), ACTIVE_CONNS (1000; 0 skips), WORKERS (worker threads/processes per
+#   only; 0 skips), POST_BODY (4096: keep-alive POSTs with a body of that many bytes,
+#   the same three chains; 0 skips), IDLE_CONNS (5000), ACTIVE_CONNS (1000; 0 skips), WORKERS (worker threads/processes per
 #   proxy, 1), EXTRA (1), H2 (1), H2_CLIENTS (10), H2_STREAMS (10 per connection),
 #   BENCH_PORT (21000), SKIP_BUILD=1, SKIP_INSTALL=1, SKIP_CONTROL=1.
 set -euo pipefail
@@ -36,7 +37,7 @@ root=$(cd "$here/../.." && pwd)
 build=${1:-build-bench}
 case $build in /*) ;; *) build=$root/$build ;; esac
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} CONNS=${CONNS:-50} IDLE_CONNS=${IDLE_CONNS:-5000}
-MANY_CONNS=${MANY_CONNS:-200}
+MANY_CONNS=${MANY_CONNS:-200} POST_BODY=${POST_BODY:-4096}
 WORKERS=${WORKERS:-1} base=${BENCH_PORT:-21000} ACTIVE_CONNS=${ACTIVE_CONNS:-1000}
 EXTRA=${EXTRA:-1} H2=${H2:-1} H2_CLIENTS=${H2_CLIENTS:-10} H2_STREAMS=${H2_STREAMS:-10}
 
@@ -401,11 +402,17 @@ chains=(tether tether-direct tether-l7 nginx haproxy direct)
 [ "$EXTRA" = 1 ] && chains+=(nginx-default haproxy-default nginx-l7)
 res=$work/results.txt
 : >"$res"
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = string.rep("x", $POST_BODY)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
 
 run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors"
     local chain=$1 round=$2 kind=$3 extra=() out conns=$CONNS
     [ "$kind" = close ] && extra=(-H "Connection: close")
     [ "$kind" = many ] && conns=$MANY_CONNS
+    [ "$kind" = post ] && extra=(-s "$work/post.lua")
     out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" \
         "http://127.0.0.1:${port[$chain]}/" 2>&1) || true
     echo "$out" >"$work/wrk-$chain-$kind-$round.txt"
@@ -430,6 +437,11 @@ for round in $(seq "$ROUNDS"); do
     if [ "$MANY_CONNS" -gt 0 ]; then
         for chain in "${order[@]}"; do
             case $chain in tether | nginx | haproxy) run_wrk "$chain" "$round" many ;; esac
+        done
+    fi
+    if [ "$POST_BODY" -gt 0 ]; then
+        for chain in "${order[@]}"; do
+            case $chain in tether | nginx | haproxy) run_wrk "$chain" "$round" post ;; esac
         done
     fi
     for chain in "${order[@]}"; do run_wrk "$chain" "$round" close; done
@@ -637,11 +649,11 @@ fi
 } >"$work/rss.txt"
 TLS_NOTES=$tls_notes H2_LINKS=${h2_links:-} H2_CLIENTS=$H2_CLIENTS H2_STREAMS=$H2_STREAMS \
 python3 - "$res" "$work/rss.txt" "$IDLE_CONNS" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" "$h2res" \
-    "$MANY_CONNS" <<'PY'
+    "$MANY_CONNS" "$POST_BODY" <<'PY'
 import statistics, sys, collections, platform, os, time
 res, rssf, idle_n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rounds, dur, conns, workers = sys.argv[4:8]
-h2res, many_conns = sys.argv[8], sys.argv[9]
+h2res, many_conns, post_body = sys.argv[8], sys.argv[9], sys.argv[10]
 d = collections.defaultdict(lambda: collections.defaultdict(list))
 for line in open(res):
     chain, kind, rnd, a, b, c, err = line.split()
@@ -674,7 +686,7 @@ for chain in ("tether", "tether-direct", "tether-l7", "nginx", "haproxy", "direc
     if chain not in d:
         continue
     ka, cl, xf = d[chain]["keepalive"], d[chain]["close"], d[chain]["xfer"]
-    errs = sum(x[3] for x in ka + cl + xf + d[chain]["many"])
+    errs = sum(x[3] for x in ka + cl + xf + d[chain]["many"] + d[chain]["post"])
     ri, rb = rss["rss_idle"].get(chain), rss["rss_busy"].get(chain)
     per = ("%.1f" % ((rb - ri) / idle_n)) if ri and rb else "-"
     rows.append((chain, "%.0f" % med([x[0] for x in ka]), "%.2f" % med([x[1] for x in ka]),
@@ -702,6 +714,16 @@ if d["tether"].get("many"):
     if d["nginx"].get("many"):
         t = [x[0] for x in d["tether"]["many"]]
         n = [x[0] for x in d["nginx"]["many"]]
+        print("    per round, tether / nginx: %s" % ", ".join(
+            "%.2fx" % (a / b) for a, b in zip(t, n)))
+if d["tether"].get("post"):
+    print("  keep-alive POSTs with a %s-byte body (req/s, p99 ms): %s" % (post_body, "; ".join(
+        "%s %.0f, %.2f" % (ch, med([x[0] for x in d[ch]["post"]]),
+                           med([x[2] for x in d[ch]["post"]]))
+        for ch in ("tether", "nginx", "haproxy") if d[ch].get("post"))))
+    if d["nginx"].get("post"):
+        t = [x[0] for x in d["tether"]["post"]]
+        n = [x[0] for x in d["nginx"]["post"]]
         print("    per round, tether / nginx: %s" % ", ".join(
             "%.2fx" % (a / b) for a, b in zip(t, n)))
 print()

@@ -56,6 +56,7 @@ struct tt_side {
     bool want_shutdown; /* send FIN once the queue drains */
     bool shutdown_sent; /* uv_shutdown issued */
     bool shutdown_done; /* FIN sent */
+    bool corked;        /* bytes wait in the queue, unwritten, until uncorked */
 };
 
 struct tt_conn {

@@ -214,9 +214,11 @@ void tt__conn_start_relay(struct tt_conn *c)
         }
     } else if (c->h2h1 != NULL) {
         /* The workload answered the connect: the request goes to it; the response head
-         * answers the stream (tt__h2h1_respond). */
+         * answers the stream (tt__h2h1_respond). Corked until the body the stream holds
+         * already is pumped below: head and body in one write. */
         size_t n = 0;
         const struct tt_h2_header *fields = tt_h2_stream_headers(c->stream, &n);
+        c->up.corked = true;
         int r = tt_h2h1_request(c->h2h1, fields, n, !tt_h2_stream_eof(c->stream));
         if (r < 0) {
             tt__conn_close(c, r, true);
@@ -243,6 +245,10 @@ void tt__conn_start_relay(struct tt_conn *c)
     if (r < 0) {
         tt__conn_close(c, r, true);
         return;
+    }
+    if (c->up.corked) {
+        c->up.corked = false;
+        tt__side_start_write(c, &c->up);
     }
     tt__relay_progress(c);
 }

@@ -54,10 +54,11 @@ static void on_write(uv_write_t *req, int status)
     tt__relay_progress(c);
 }
 
-/* Hands the queued bytes to uv_write unless a write is already in flight. */
+/* Hands the queued bytes to uv_write unless a write is already in flight (or the side is
+ * corked). */
 void tt__side_start_write(struct tt_conn *c, struct tt_side *s)
 {
-    if (s->inflight.len > 0 || s->queued.len == 0)
+    if (s->inflight.len > 0 || s->queued.len == 0 || s->corked)
         return;
     struct tt_buf tmp = s->inflight;
     s->inflight = s->queued;
@@ -74,7 +75,7 @@ void tt__side_start_write(struct tt_conn *c, struct tt_side *s)
  * a queue waits), or <0 (the caller closes the connection). */
 static ssize_t side_try_write(struct tt_conn *c, struct tt_side *s, const uint8_t *data, size_t len)
 {
-    if (s->inflight.len > 0 || s->queued.len > 0)
+    if (s->inflight.len > 0 || s->queued.len > 0 || s->corked)
         return 0;
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
     int r = uv_try_write((uv_stream_t *)s->tcp, &b, 1);
