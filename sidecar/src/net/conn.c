@@ -247,8 +247,15 @@ void tt__conn_start_relay(struct tt_conn *c)
         return;
     }
     if (c->up.corked) {
+        /* Straight to the socket, as uncorked bytes would have gone (a write handed to
+         * libuv stays in flight until the next loop iteration, and a kept connection
+         * found closed meanwhile could not be retried: tt__workload_retry). */
         c->up.corked = false;
-        tt__side_start_write(c, &c->up);
+        r = tt__side_push(c, &c->up);
+        if (r < 0 && !tt__workload_retry(c)) {
+            tt__conn_close(c, r, true);
+            return;
+        }
     }
     tt__relay_progress(c);
 }
