@@ -27,8 +27,8 @@
 # Environment: ROUNDS (3), DURATION (wrk seconds per measurement, 5), CONNS (50),
 #   MANY_CONNS (200: keep-alive again at that many connections, tether, nginx and haproxy
 #   only; 0 skips), POST_BODY (4096: keep-alive POSTs with a body of that many bytes,
-#   the same three chains; 0 skips), IDLE_CONNS (5000), ACTIVE_CONNS (1000; 0 skips), WORKERS (worker threads/processes per
-#   proxy, 1), EXTRA (1), H2 (1), H2_CLIENTS (10), H2_STREAMS (10 per connection),
+#   the same three chains; 0 skips), IDLE_CONNS (5000), ACTIVE_CONNS (1000; 0 skips),
+#   WORKERS (worker threads/processes per proxy, 1), EXTRA (1), H2 (1), H2_CLIENTS (10), H2_STREAMS (10 per connection),
 #   BENCH_PORT (21000), SKIP_BUILD=1, SKIP_INSTALL=1, SKIP_CONTROL=1.
 set -euo pipefail
 
@@ -434,16 +434,16 @@ for round in $(seq "$ROUNDS"); do
     for i in "${!chains[@]}"; do order+=("${chains[$(((i + round - 1) % ${#chains[@]}))]}"); done
     say "round $round/$ROUNDS: ${order[*]}"
     for chain in "${order[@]}"; do run_wrk "$chain" "$round" keepalive; done
-    if [ "$MANY_CONNS" -gt 0 ]; then
+    # The extra loads, on the Tether, nginx and HAProxy pairs only.
+    for kind in many post; do
+        case $kind in
+            many) [ "$MANY_CONNS" -gt 0 ] || continue ;;
+            post) [ "$POST_BODY" -gt 0 ] || continue ;;
+        esac
         for chain in "${order[@]}"; do
-            case $chain in tether | nginx | haproxy) run_wrk "$chain" "$round" many ;; esac
+            case $chain in tether | nginx | haproxy) run_wrk "$chain" "$round" "$kind" ;; esac
         done
-    fi
-    if [ "$POST_BODY" -gt 0 ]; then
-        for chain in "${order[@]}"; do
-            case $chain in tether | nginx | haproxy) run_wrk "$chain" "$round" post ;; esac
-        done
-    fi
+    done
     for chain in "${order[@]}"; do run_wrk "$chain" "$round" close; done
     for chain in "${order[@]}"; do run_transfer "$chain" "$round"; done
 done
@@ -706,26 +706,19 @@ if "tether" in d and "nginx" in d:
     print("  keep-alive per round, tether / nginx: %s; median of the ratios %.2fx" % (
         ", ".join("%.0f / %.0f = %.2fx" % (a, b, a / b) for a, b in zip(t, n)),
         med([a / b for a, b in zip(t, n)])))
-if d["tether"].get("many"):
-    print("  keep-alive at %s connections (req/s, p99 ms): %s" % (many_conns, "; ".join(
-        "%s %.0f, %.2f" % (ch, med([x[0] for x in d[ch]["many"]]),
-                           med([x[2] for x in d[ch]["many"]]))
-        for ch in ("tether", "nginx", "haproxy") if d[ch].get("many"))))
-    if d["nginx"].get("many"):
-        t = [x[0] for x in d["tether"]["many"]]
-        n = [x[0] for x in d["nginx"]["many"]]
+def extra_load(kind, title):
+    """The medians of an extra load (run on tether, nginx, haproxy) and, per round, the
+    tether / nginx ratio."""
+    if not d["tether"].get(kind):
+        return
+    print("  %s (req/s, p99 ms): %s" % (title, "; ".join(
+        "%s %.0f, %.2f" % (ch, med([x[0] for x in d[ch][kind]]), med([x[2] for x in d[ch][kind]]))
+        for ch in ("tether", "nginx", "haproxy") if d[ch].get(kind))))
+    if d["nginx"].get(kind):
         print("    per round, tether / nginx: %s" % ", ".join(
-            "%.2fx" % (a / b) for a, b in zip(t, n)))
-if d["tether"].get("post"):
-    print("  keep-alive POSTs with a %s-byte body (req/s, p99 ms): %s" % (post_body, "; ".join(
-        "%s %.0f, %.2f" % (ch, med([x[0] for x in d[ch]["post"]]),
-                           med([x[2] for x in d[ch]["post"]]))
-        for ch in ("tether", "nginx", "haproxy") if d[ch].get("post"))))
-    if d["nginx"].get("post"):
-        t = [x[0] for x in d["tether"]["post"]]
-        n = [x[0] for x in d["nginx"]["post"]]
-        print("    per round, tether / nginx: %s" % ", ".join(
-            "%.2fx" % (a / b) for a, b in zip(t, n)))
+            "%.2fx" % (a[0] / b[0]) for a, b in zip(d["tether"][kind], d["nginx"][kind])))
+extra_load("many", "keep-alive at %s connections" % many_conns)
+extra_load("post", "keep-alive POSTs with a %s-byte body" % post_body)
 print()
 print("RSS figures are both proxies of a pair together (nginx: masters and workers).")
 for side in ("tether_out", "tether_in"):

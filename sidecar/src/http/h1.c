@@ -137,6 +137,13 @@ static const char *const reason_names[] = {
 };
 
 /* The reason's name: the x-tether-reason value. */
+const char *tt_h1_reason_name(enum tt_h1_reason reason)
+{
+    if ((unsigned)reason < sizeof(reason_names) / sizeof(reason_names[0]))
+        return reason_names[reason];
+    return "malformed";
+}
+
 /* RFC 9110 §9.2.2 (h1.h). */
 bool tt_h1_method_idempotent(const char *method)
 {
@@ -147,13 +154,6 @@ bool tt_h1_method_idempotent(const char *method)
             return true;
     }
     return false;
-}
-
-const char *tt_h1_reason_name(enum tt_h1_reason reason)
-{
-    if ((unsigned)reason < sizeof(reason_names) / sizeof(reason_names[0]))
-        return reason_names[reason];
-    return "malformed";
 }
 
 /* The status a refusal for `reason` is answered with. */

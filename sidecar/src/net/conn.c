@@ -472,7 +472,6 @@ bool tt__workload_retry(struct tt_conn *c)
     s->bytes_written = 0;
     if (unsent) {
         c->reused_up = false; /* its kick finds nothing to do; the connect relays it */
-        tt_buf_done(&c->up_replay);
     } else {
         tt_buf_move(&s->queued, &c->up_replay); /* what waited in the queue is in it too */
         c->up_retrying = true;

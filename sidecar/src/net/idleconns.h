@@ -33,7 +33,7 @@ struct tt_idle_conn; /* a kept handle's entry (idleconns.c) */
 
 /* The kept handles in the order they were parked: taken from the newest end, expired and
  * evicted from the oldest; every operation costs O(1) but a take that passes entries for
- * other addresses. Zeroed, then tt_idle_conns_init. */
+ * other addresses. Set up by tt_idle_conns_init. */
 struct tt_idle_conns {
     struct tt_idle_conn *oldest, *newest;
     size_t n;   /* parked now */

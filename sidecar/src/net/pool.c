@@ -252,19 +252,19 @@ static int pool_dial(struct tt_pool *pool, struct pool_dest *d, struct tt_pool_m
     return 0;
 }
 
-/* The link of destination d a new tunnel rides: the oldest that is up, made with
- * `identity` and has room; or NULL, with *wait_on the first one that will allow tunnels
- * once the peer's SETTINGS arrive (NULL when none). Links made with
- * another identity are retired on the way (rotation). Filling links in a fixed order keeps
- * streams on as few links as possible: each link batches its streams' frames into one
- * TLS record and one write per loop iteration, and the links a burst opened get nothing
- * new once it is over, so they idle out. Spreading to the least loaded did the opposite:
- * after 1,000 concurrent app connections had opened 10 links, 50 kept the 10 alive at 5
- * streams each, and the keep-alive req/s fell by a fifth for good. The order is fixed
- * (not "the fullest", whose choice a stream left over from one wave changes) and the
- * oldest first (not the newest, which a link dialled for a wave's overflow would become):
- * otherwise the bulk of the next wave moves to another link, so to another inbound worker,
- * whose kept workload connections are its own. */
+/* The link of destination d a new tunnel rides: the oldest that is up, made with `identity`
+ * and has room; or NULL, with *wait_on the first one that will allow tunnels once the
+ * peer's SETTINGS arrive (NULL when none). Links made with another identity are retired on
+ * the way (rotation). Filling links in a fixed order keeps streams on as few links as
+ * possible: each link batches its streams' frames into one TLS record and one write per
+ * loop iteration, and the links a burst opened get nothing new once it is over, so they
+ * idle out. Spreading to the least loaded did the opposite: after 1,000 concurrent app
+ * connections had opened 10 links, 50 kept the 10 alive at 5 streams each, and the
+ * keep-alive req/s fell by a fifth for good. The order is fixed (not "the fullest", whose
+ * choice a stream left over from one wave changes) and the oldest first (not the newest,
+ * which a link dialled for a wave's overflow would become): otherwise the bulk of the next
+ * wave moves to another link, so to another inbound worker, whose kept workload connections
+ * are its own. */
 static struct tt_link *dest_pick_link(struct pool_dest *d, const void *identity,
                                       struct tt_link **wait_on)
 {
