@@ -49,6 +49,15 @@ backend. Each case on the same pair unless it says otherwise:
    twice: the first was never answered), counted in the inbound's requests_retried; a
    POST in the same spot is not sent again (the server may have acted on it): 502, the
    server saw it once; a PUT with a body (idempotent) goes again whole, body included.
+14. A response cut short (the workload closes in the middle of its body): an app that
+   pipelined a GET with a whole answer and a GET whose answer is cut, and reads nothing
+   for a second, still gets the whole first answer, then the cut one's head and part of
+   its body, then a FIN: its framing (Content-Length not reached) shows the cut, and a
+   reset would have destroyed the first answer unread in the app's socket. An HTTP/1.0
+   app whose answer is delimited by the close gets a reset instead: only that tells its
+   cut body from a whole one. The same cut ends an answer still under way when its
+   --request-timeout passes (its server stalls in the middle of the body): a FIN within
+   about the timeout, the whole answer before it intact.
 """
 
 import http.client
@@ -554,14 +563,11 @@ def check_many_at_once(ok, api, out_port, in_port, backend):
        "workload_connections_reused %d, together the %d requests" % (o, opened, r, n))
 
 
-class CloseOnSecond:
-    """A raw HTTP/1.1 server: answers the first request of each connection (keep-alive,
-    body "first <request line>\n" and the request's body) and closes the connection when a
-    second one arrives, without answering it. .seen: (connection number, request line)
-    per request read."""
+class RawServer:
+    """A raw TCP server on 127.0.0.1 (.addr): each connection is served by self._serve(s, n)
+    in a thread of its own, n counting the connections from 1."""
 
     def __init__(self):
-        self.seen, self.lock = [], threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -577,6 +583,20 @@ class CloseOnSecond:
                 return
             n += 1
             threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
+
+    def stop(self):
+        self.sock.close()
+
+
+class CloseOnSecond(RawServer):
+    """A raw HTTP/1.1 server: answers the first request of each connection (keep-alive,
+    body "first <request line>\n" and the request's body) and closes the connection when a
+    second one arrives, without answering it. .seen: (connection number, request line)
+    per request read."""
+
+    def __init__(self):
+        self.seen, self.lock = [], threading.Lock()
+        super().__init__()
 
     def _read_request(self, s, buf):
         """One request (head and Content-Length body) from s: (line, body, rest), or
@@ -612,9 +632,6 @@ class CloseOnSecond:
             if line is not None:
                 with self.lock:
                     self.seen.append((n, line))
-
-    def stop(self):
-        self.sock.close()
 
 
 def check_closed_under_request(ok, api, out_port, in_port, server):
@@ -654,6 +671,96 @@ def check_closed_under_request(ok, api, out_port, in_port, server):
        "seen on connections %r)" % (got[4], puts))
 
 
+class CutServer(RawServer):
+    """A raw HTTP/1.1 server: GET /whole answers 60 KiB of "w" under its Content-Length;
+    GET /cut a Content-Length of 100,000 and 1,000 bytes of "c", then closes (GET /stall
+    the same, then waits 6 s before closing); GET /cut-chunked a chunked body whose first
+    1,000-byte chunk is followed by the close."""
+
+    WHOLE = 60 * KB
+
+    def _serve(self, s, n):
+        with s:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1]
+                if path == b"/whole":
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.WHOLE
+                              + b"w" * self.WHOLE)
+                    continue
+                if path in (b"/cut", b"/stall"):
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"c" * 1000)
+                    if path == b"/stall":
+                        time.sleep(6)
+                else:
+                    s.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"3e8\r\n" + b"c" * 1000 + b"\r\n")
+                s.shutdown(socket.SHUT_WR)
+                time.sleep(0.5)
+                return
+
+
+def send_then_read(port, data, wait):
+    """Writes data on a new connection, reads nothing for `wait` seconds (what arrives,
+    or a reset, waits in the socket), then everything until the end: (bytes, the reset or
+    None, seconds until the end)."""
+    s = h.connect(port, 15)
+    start = time.monotonic()
+    try:
+        s.sendall(data)
+        time.sleep(wait)
+        try:
+            raw, err = h.read_all(s), None
+        except ConnectionResetError as e:
+            raw, err = b"", e
+    finally:
+        s.close()
+    return raw, err, time.monotonic() - start
+
+
+def pipelined_cut(port, path, wait):
+    """GET /whole and GET <path> pipelined on one connection: as send_then_read."""
+    return send_then_read(port, b"GET /whole HTTP/1.1\r\nHost: api\r\n\r\n"
+                          b"GET %s HTTP/1.1\r\nHost: api\r\n\r\n" % path, wait)
+
+
+def check_cut_pair(ok, what, raw, err):
+    """The whole answer intact, then the cut one's head and part of its body, then a FIN."""
+    whole = b"w" * CutServer.WHOLE
+    first_ok = raw.startswith(b"HTTP/1.1 200 ") and whole in raw
+    second = raw[raw.find(whole) + len(whole):] if first_ok else b""
+    ok(err is None and first_ok,
+       "14: %s: the whole answer before the cut one reaches the app intact, then a FIN, not "
+       "a reset (%r; %d bytes read)" % (what, err, len(raw)))
+    head, _, body = second.partition(b"\r\n\r\n")
+    ok(head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 100000" in head
+       and 0 < len(body) < 100000 and body == b"c" * len(body),
+       "14: %s: ... then the cut answer's head and %d of its 100000 bytes: its "
+       "Content-Length shows the cut (%r)" % (what, len(body), head[:120]))
+
+
+def check_cut_response(ok, out_port, timeout_port):
+    """14: a response cut short ends the app's connection with a FIN, the answers before
+    it intact; one delimited by the close ends it with a reset."""
+    raw, err, _ = pipelined_cut(out_port, b"/cut", 1)
+    check_cut_pair(ok, "the workload closed", raw, err)
+    raw, err, took = pipelined_cut(timeout_port, b"/stall", 2)
+    check_cut_pair(ok, "--request-timeout 1s", raw, err)
+    ok(took < 4.5, "14: --request-timeout 1s: ... within %.1f s, before the server's own close "
+       "at 6 s" % took)
+
+    raw, err, _ = send_then_read(out_port, b"GET /cut-chunked HTTP/1.0\r\nHost: api\r\n\r\n", 1)
+    ok(err is not None,
+       "14: an HTTP/1.0 app whose cut answer is delimited by the close gets a reset, not a "
+       "FIN that would make the part look whole (read %r)" % raw[:120])
+
+
 class World:
     pass
 
@@ -674,12 +781,17 @@ def test(env):
     in_port, echo_in, closer_in = h.free_port(), h.free_port(), h.free_port()
     out_port, w.echo_out, w.dead_out = h.free_port(), h.free_port(), h.free_port()
     closer_out = h.free_port()
+    cutter = CutServer()
+    env._servers.append(cutter)
+    cut_in, cut_out, cut_slow_out = h.free_port(), h.free_port(), h.free_port()
     api = env.sidecar("api", w.api, w.ca, inbound=[(in_port, backend.addr),
                                                    (echo_in, echo.addr),
-                                                   (closer_in, closer.addr)])
+                                                   (closer_in, closer.addr),
+                                                   (cut_in, cutter.addr)])
     web = env.sidecar("web", w.web, w.ca, outbound=[
         (out_port, "127.0.0.1:%d" % in_port, w.api_id),
-        (closer_out, "127.0.0.1:%d" % closer_in, w.api_id)])
+        (closer_out, "127.0.0.1:%d" % closer_in, w.api_id),
+        (cut_out, "127.0.0.1:%d" % cut_in, w.api_id)])
     w.echo_web = env.sidecar("echo-out", w.web, w.ca, outbound=[
         (w.echo_out, "127.0.0.1:%d" % echo_in, w.api_id)])
     deny_in, w.deny_out = h.free_port(), h.free_port()
@@ -694,7 +806,9 @@ def test(env):
         {"listen": "127.0.0.1:%d" % w.slow_out, "upstream": "127.0.0.1:%d" % in_port,
          "spiffe_id": w.api_id},
         {"listen": "127.0.0.1:%d" % w.slow_none, "upstream": "127.0.0.1:%d" % in_port,
-         "spiffe_id": w.api_id, "request_timeout": "0s"}]}))
+         "spiffe_id": w.api_id, "request_timeout": "0s"},
+        {"listen": "127.0.0.1:%d" % cut_slow_out, "upstream": "127.0.0.1:%d" % cut_in,
+         "spiffe_id": w.api_id}]}))
     env.sidecar("slow-out", w.web, w.ca, extra=["--config", conf, "--request-timeout", "1s"],
                 workers=1)
     w.tunnel_out = h.free_port()
@@ -719,6 +833,7 @@ def test(env):
     check_streams_off(ok, w)
     check_many_at_once(ok, api, out_port, in_port, backend)
     check_closed_under_request(ok, api, closer_out, closer_in, closer)
+    check_cut_response(ok, cut_out, cut_slow_out)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)

@@ -1064,6 +1064,46 @@ static void test_h1h2_short_body(void **state)
     tt_h1h2_free(x);
 }
 
+/* A response cut short: a chunked one gets no last chunk and a FIN shows the cut, as for
+ * one short of its Content-Length or one already whole; the pipelined request behind it
+ * is never served and later bytes are dropped. A close-delimited one needs a reset. */
+static void test_h1h2_cut(void **state)
+{
+    static const struct tt_h2_header len10[] = {F(":status", "200"), F("content-length", "10")};
+    struct rec r;
+    struct tt_h1h2 *x = make(&r);
+
+    (void)state;
+    assert_int_equal(feed(x, "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"),
+                     0);
+    assert_int_equal(tt_h1h2_respond(x, 200, NULL, 0, false), 0);
+    assert_int_equal(tt_h1h2_response_body(x, "hel", 3), 0);
+    assert_true(tt_h1h2_cut(x));
+    assert_string_equal(r.app, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n");
+    assert_true(tt_h1h2_done(x));
+    assert_false(tt_h1h2_busy(x));
+    assert_int_equal(tt_h1h2_response_body(x, "lo", 2), -EINVAL);
+    assert_int_equal(tt_h1h2_response_end(x), -EINVAL);
+    assert_int_equal(feed(x, "GET /3 HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    assert_int_equal(r.requests, 1);
+    tt_h1h2_free(x);
+
+    x = make(&r); /* short of its Content-Length */
+    assert_int_equal(feed(x, "GET / HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
+    assert_int_equal(tt_h1h2_respond(x, 200, len10, 2, false), 0);
+    assert_int_equal(tt_h1h2_response_body(x, "hel", 3), 0);
+    assert_true(tt_h1h2_cut(x));
+    tt_h1h2_free(x);
+
+    x = make(&r); /* HTTP/1.0, no length: delimited by the close */
+    assert_int_equal(feed(x, "GET / HTTP/1.0\r\n\r\n"), 0);
+    assert_int_equal(tt_h1h2_respond(x, 200, NULL, 0, false), 0);
+    assert_int_equal(tt_h1h2_response_body(x, "hel", 3), 0);
+    assert_false(tt_h1h2_cut(x));
+    assert_true(tt_h1h2_done(x));
+    tt_h1h2_free(x);
+}
+
 /* Whatever the app sends, in whatever pieces, nothing breaks: every result is 0 or an
  * error, and the bytes held stay bounded. */
 static void test_h1h2_garbage(void **state)
@@ -1126,6 +1166,7 @@ int main(void)
         cmocka_unit_test(test_h1h2_callback_errors),
         cmocka_unit_test(test_h1h2_einval),
         cmocka_unit_test(test_h1h2_short_body),
+        cmocka_unit_test(test_h1h2_cut),
         cmocka_unit_test(test_h1h2_garbage),
     };
 

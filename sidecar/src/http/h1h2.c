@@ -669,6 +669,20 @@ int tt_h1h2_response_end(struct tt_h1h2 *x)
 }
 
 /*
+ * A response cut short; see h1h2.h. Its last chunk is never written, so a chunked body
+ * stays visibly incomplete.
+ */
+bool tt_h1h2_cut(struct tt_h1h2 *x)
+{
+    bool close_tells = x->rs != RS_BODY || x->framing != FR_CLOSE;
+
+    if (x->rs == RS_BODY)
+        x->rs = RS_END;
+    x->done = true;
+    return close_tells;
+}
+
+/*
  * The sidecar's own answer; see h1h2.h. A request that has begun but whose head is not
  * complete (a timeout, say) may be answered too; it closes the connection.
  */

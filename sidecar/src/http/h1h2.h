@@ -127,6 +127,14 @@ int tt_h1h2_response_body(struct tt_h1h2 *x, const char *data, size_t len);
  * rest of that body is never read. */
 int tt_h1h2_response_end(struct tt_h1h2 *x);
 
+/* The current response was cut short (its stream failed after a byte of it went to the
+ * app): nothing more is written or read, and the connection is done (tt_h1h2_done), the
+ * answers before it intact. Returns true when the app can tell the cut from the
+ * connection's plain close (a Content-Length not reached, a chunked body without its last
+ * chunk, or a response that was whole already), false when the body was delimited by the
+ * close: only a reset then says that it is incomplete. */
+bool tt_h1h2_cut(struct tt_h1h2 *x);
+
 /* The sidecar answers the current request itself (no stream took it, or its stream failed
  * before a response head): `status` with tt_h1_write_error's JSON body naming `reason` and
  * `rule` (may be NULL). The connection stays open for the next request when the request

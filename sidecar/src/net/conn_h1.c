@@ -393,10 +393,29 @@ void tt__h1_fail(struct tt_conn *c, int err)
     h1_answer(c, status, reason, err);
 }
 
+/* The current request's response was cut short (err) after a byte of it went to the app:
+ * the connection ends with a FIN after the bytes the app was sent when the response's
+ * framing shows the cut (a reset could destroy earlier answers the app has not read yet:
+ * pipelined ones, a POST's), the app's further bytes read and dropped until it closes;
+ * with a reset when the body was delimited by the close. */
+static void h1_cut(struct tt_conn *c, int err)
+{
+    if (!tt_h1h2_cut(c->h1h2)) {
+        tt__conn_close(c, err, true);
+        return;
+    }
+    tt__h1_record(c, 0, NULL); /* unanswered, as when the connection ends under it */
+    h1_request_over(c);        /* its stream, if any, is cancelled */
+    c->h1_need_link = false;
+    if (c->state != TT_CONN_S_RELAY)
+        tt__conn_enter(c, TT_CONN_S_RELAY);
+    tt__relay_progress(c); /* tt__h1_progress: the FIN once the queue has drained */
+}
+
 /* The current request's stream ended before its response did (err): one the peer never
  * processed (refused), or an idempotent one with no byte answered yet, is sent again on a
- * new stream, once; anything else unanswered gets 502; a response cut short resets the
- * connection. */
+ * new stream, once; anything else unanswered gets 502; a response under way is cut
+ * (h1_cut). */
 static void h1_stream_failed(struct tt_conn *c, int err, bool refused)
 {
     bool answered = tt_h1h2_responded(c->h1h2);
@@ -414,7 +433,7 @@ static void h1_stream_failed(struct tt_conn *c, int err, bool refused)
     }
     if (answered) {
         tt__side_ended(c, c->tls_side, UV_ECONNRESET);
-        tt__conn_close(c, err, true);
+        h1_cut(c, err);
         return;
     }
     h1_answer(c, 502, "upstream_reset", err);
@@ -453,8 +472,7 @@ static void h1_open(struct tt_conn *c)
 }
 
 /* The current request's deadline (--request-timeout) passed: one not answered yet gets
- * 504 request_timeout (its stream is cancelled); a response under way is cut: the
- * connection is reset. */
+ * 504 request_timeout; a response under way is cut (h1_cut). Its stream is cancelled. */
 void tt__h1_timed_out(struct tt_conn *c)
 {
     c->h1_deadline_ms = 0;
@@ -462,7 +480,7 @@ void tt__h1_timed_out(struct tt_conn *c)
            TT_LS("upstream", c->target.text),
            TT_LS("answered", tt_h1h2_responded(c->h1h2) ? "partly" : "no"));
     if (tt_h1h2_responded(c->h1h2)) {
-        tt__conn_close(c, TT_E_TIMEOUT, true);
+        h1_cut(c, TT_E_TIMEOUT);
         return;
     }
     h1_answer(c, 504, "request_timeout", TT_E_TIMEOUT);
