@@ -14,8 +14,10 @@ sent by curl --cert straight to the inbound, sent after waiting longer than a de
 timeout, hidden behind dot segments or percent-encodings, or smuggled (Content-Length
 with Transfer-Encoding) is refused too; bytes that are not HTTP are refused with 400 and
 never reach the backend. What must work does: chunked uploads, Expect: 100-continue,
-HTTP/1.0, pipelining, a WebSocket-style upgrade after its 101, and HAProxy in HTTP mode
-as a caller from outside the mesh reusing its mTLS connections across requests. Per-rule
+HTTP/1.0, pipelining, a workload that cuts its answer short (everything it sent reaches
+the caller, then a close, not a reset), a WebSocket-style upgrade after its 101, and
+HAProxy in HTTP mode as a caller from outside the mesh reusing its mTLS connections across
+requests. Per-rule
 counts, per-request counts and request lines follow each request.
 """
 
@@ -38,7 +40,9 @@ import harness as h  # noqa: E402
 
 class RecordingBackend:
     """HTTP/1.1 server recording (method, path, body sha256) of every request; answers
-    JSON {"method", "path", "length", "sha256"}. /ws* with Upgrade: 101, then echoes."""
+    JSON {"method", "path", "length", "sha256"}. /ws* with Upgrade: 101, then echoes.
+    /api/whole: 60 KiB of "w"; /api/cut: 50,000 bytes of a 100,000-byte answer, then the
+    close."""
 
     def __init__(self):
         outer = self
@@ -69,6 +73,15 @@ class RecordingBackend:
                 body = self._body()
                 with outer.lock:
                     outer.seen.append((self.command, self.path, len(body)))
+                if self.path in ("/api/whole", "/api/cut"):
+                    # 60 KiB whole, or 50,000 bytes of a 100,000-byte answer, then the close.
+                    n = 60 << 10 if self.path == "/api/whole" else 100000
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(n))
+                    self.end_headers()
+                    self.wfile.write(b"w" * n if n == 60 << 10 else b"c" * 50000)
+                    self.close_connection = n != 60 << 10
+                    return
                 if self.path.startswith("/ws") and self.headers.get("Upgrade"):
                     self.send_response(101)
                     self.send_header("Upgrade", "websocket")
@@ -282,6 +295,31 @@ def test(env):
     order = [ans.find('"/api/p1"'), ans.find("403 Forbidden"), ans.find('"/api/p3"')]
     ok(all(x >= 0 for x in order) and order == sorted(order),
        "pipelined 200, 403, 200 come back in request order (%r)" % order)
+
+    # The workload cuts its answer to the second of two pipelined requests short: the
+    # first answer and the cut one's part reach the caller, then a close (close_notify),
+    # not a reset that would destroy what the caller has not read yet.
+    s = tls_client(in_port, cc)
+    s.sendall(b"GET /api/whole HTTP/1.1\r\nHost: a\r\n\r\nGET /api/cut HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(1)
+    s.settimeout(10)
+    ans, reset = b"", None
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            ans += chunk
+    except (ConnectionResetError, ssl.SSLError, socket.timeout) as e:
+        reset = e
+    s.close()
+    whole = ans.find(b"w" * (60 << 10))
+    cut = ans[ans.find(b"\r\n\r\n", whole) + 4:] if whole > 0 else b""
+    ok(reset is None and whole > 0 and b"Content-Length: 100000" in ans[whole:]
+       and cut == b"c" * 50000,
+       "a cut answer behind a whole one straight to the inbound: the whole one intact, all "
+       "50000 bytes the workload sent of the cut one (%d), then a close, not a reset (%r; "
+       "%d bytes)" % (len(cut), reset, len(ans)))
 
     # A WebSocket-style upgrade: after the 101 the bytes flow both ways unread.
     s = tls_client(in_port, cc)

@@ -493,6 +493,35 @@ static void test_gate_unsolicited_and_unanswered(void **state)
     free(f);
 }
 
+/* The workload closes in the middle of its answer to the second of three pipelined
+ * requests, one of them denied: the first answer and the cut one's bytes were passed on,
+ * the gate stops without error and writes nothing more (not the 403 owed after the cut
+ * one), and the cut request is reported unanswered. */
+static void test_gate_response_cut_by_close(void **state)
+{
+    struct fixture *f = fixture_new(enforce_doc, true);
+    (void)state;
+
+    client(f, "GET /api/1 HTTP/1.1\r\nHost: a\r\n\r\n"
+              "GET /api/2 HTTP/1.1\r\nHost: a\r\n\r\n"
+              "POST /admin/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    upstream(f, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\ncut");
+    assert_int_equal(tt_gate_upstream_eof(f->gate, 3000), 0);
+    assert_true(tt_gate_finished(f->gate));
+    assert_client(f, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                     "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\ncut");
+    assert_int_equal(f->sink.n_requests, 1);
+    tt_gate_free(f->gate, 4000);
+    f->gate = NULL;
+    assert_int_equal(f->sink.n_requests, 3);
+    assert_string_equal(f->sink.requests[1].path, "/api/2");
+    assert_int_equal(f->sink.requests[1].status, 0);
+    assert_int_equal(f->sink.requests[1].response_bytes, 42);
+    tt_policy_unref(f->policy);
+    free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -511,6 +540,7 @@ int main(void)
         cmocka_unit_test(test_gate_small_pipeline),
         cmocka_unit_test(test_gate_caller_reads_responses),
         cmocka_unit_test(test_gate_unsolicited_and_unanswered),
+        cmocka_unit_test(test_gate_response_cut_by_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

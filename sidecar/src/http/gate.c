@@ -613,6 +613,9 @@ int tt_gate_response_done(struct tt_gate *g, int status, uint64_t bytes, uint64_
     return r;
 }
 
+/* The workload's close. A response it cut short was passed on as it came: the client
+ * sees the cut from its framing and the close that follows, so the gate only stops (no
+ * answer of its own may follow a cut one) and the request is reported unanswered. */
 int tt_gate_upstream_eof(struct tt_gate *g, uint64_t now_us)
 {
     int r;
@@ -621,7 +624,14 @@ int tt_gate_upstream_eof(struct tt_gate *g, uint64_t now_us)
     if (g->mode == G_OPAQUE || g->finished || g->resp == NULL)
         return 0; /* caller_reads_responses: its reader finishes the response */
     r = tt_h1resp_finish(g->resp);
-    if (r == 0 && g->resp_ended) {
+    if (r < 0) {
+        struct greq *e = q_front(g);
+        if (e != NULL)
+            e->status = 0;
+        g->finished = true;
+        return 0;
+    }
+    if (g->resp_ended) {
         g->resp_ended = false;
         if (q_front(g) != NULL)
             q_complete_front(g);

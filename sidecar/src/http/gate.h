@@ -97,7 +97,11 @@ int tt_gate_from_client(struct tt_gate *g, const char *data, size_t len, uint64_
 int tt_gate_from_upstream(struct tt_gate *g, const char *data, size_t len, uint64_t now_us);
 
 /* The workload closed its side: a response delimited by the close is complete, answers
- * the gate still owes are written. Returns 0, or <0 when a response was cut short. */
+ * the gate still owes are written. A response cut short (its length not reached, its
+ * chunked body or its head incomplete) ends the gate instead (tt_gate_finished): it was
+ * passed on as it came, and the connection's close, not a reset that could destroy the
+ * answers before it unread, tells the client; the request is reported unanswered
+ * (status 0). Returns 0, or <0 when writing an owed answer failed. */
 int tt_gate_upstream_eof(struct tt_gate *g, uint64_t now_us);
 
 /* caller_reads_responses: the final response to the oldest request the workload was given
