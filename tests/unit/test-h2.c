@@ -769,6 +769,43 @@ static void test_h2_goaway_queued(void **state)
     pair_done();
 }
 
+/* A request still waiting for a concurrency slot that is reset (a tunnel ending) and then
+ * released: its HEADERS never go out and neither does any RST_STREAM for it, since the
+ * server would take one on a stream it never saw for a connection error ("stream in
+ * idle") and end every other stream with it. The session goes on. */
+static void test_h2_reset_then_release_queued(void **state)
+{
+    struct tt_h2_config scfg = {.max_streams = 1};
+    struct cstream cs[3] = {{0}};
+
+    (void)state;
+    pair_init(NULL, &scfg);
+    P.mode = SRV_HOLD;
+    pump();
+    for (int i = 0; i < 3; i++)
+        get("/r", &cs[i]);
+    pump();
+    assert_int_equal(P.nsrv, 1);
+    assert_int_equal(tt_h2_stream_reset(cs[1].st, TT_H2_CANCEL), 0);
+    tt_h2_stream_release(cs[1].st);
+    pump();
+    assert_int_equal(tt_h2_error(P.s), 0);
+    assert_int_equal(tt_h2_error(P.c), 0);
+    assert_int_equal(P.goaways, 0);
+    assert_int_equal(tt_h2_respond(P.srv[0].st, 204, NULL, 0, true), 0);
+    pump();
+    assert_int_equal(P.nsrv, 2);
+    assert_int_equal(tt_h2_stream_id(P.srv[1].st), tt_h2_stream_id(cs[2].st));
+    assert_int_equal(tt_h2_respond(P.srv[1].st, 204, NULL, 0, true), 0);
+    pump();
+    assert_int_equal(tt_h2_stream_status(cs[0].st), 204);
+    assert_int_equal(tt_h2_stream_status(cs[2].st), 204);
+    assert_int_equal(tt_h2_error(P.s), 0);
+    tt_h2_stream_release(cs[0].st);
+    tt_h2_stream_release(cs[2].st);
+    pair_done();
+}
+
 /* A request released while it still waits for a slot never goes out. */
 static void test_h2_release_queued(void **state)
 {
@@ -1246,6 +1283,7 @@ int main(void)
         cmocka_unit_test(test_h2_goaway),
         cmocka_unit_test(test_h2_goaway_queued),
         cmocka_unit_test(test_h2_release_queued),
+        cmocka_unit_test(test_h2_reset_then_release_queued),
         cmocka_unit_test(test_h2_reset_both_ways),
         cmocka_unit_test(test_h2_max_streams_refused),
         cmocka_unit_test(test_h2_max_streams_after_ack),

@@ -16,7 +16,6 @@
  * happen under a callback that still uses the stream: releases made inside feed/pending
  * are swept when the call returns. */
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -67,6 +66,7 @@ struct tt_h2_stream {
     unsigned incoming : 1;      /* opened by the peer */
     unsigned sent : 1;          /* client: our HEADERS went out */
     unsigned dead : 1;          /* on_reset was reported: no more callbacks, no more sending */
+    unsigned rst_queued : 1;    /* our RST_STREAM was submitted (stream_rst) */
     unsigned head_done : 1;     /* the head (request, or final response) is complete */
     unsigned end_sent : 1;      /* our END_STREAM went out */
     unsigned rst_after_end : 1; /* released with our side ended first: RST_STREAM NO_ERROR
@@ -320,6 +320,19 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     return 0;
 }
 
+/* Submits RST_STREAM with h2_code for s, once: a second one for a request whose HEADERS
+ * still waited for a concurrency slot would go out on its own, on a stream the peer never
+ * saw (the first one only cancelled the queued HEADERS), and the peer ends the whole
+ * connection for that ("RST_STREAM: stream in idle", RFC 9113 §6.4). Returns 0 or an
+ * nghttp2 error. */
+static int stream_rst(struct tt_h2_stream *s, uint32_t h2_code)
+{
+    if (s->rst_queued || s->closed)
+        return 0;
+    s->rst_queued = 1;
+    return nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, h2_code);
+}
+
 /* After the peer's GOAWAY: nghttp2 closes the streams above its last id that went out
  * (REFUSED_STREAM, on_stream_close), but requests still queued for a concurrency slot stay
  * queued until a slot frees, which may be long. They are reported not processed now, and
@@ -331,7 +344,7 @@ static void refuse_unsent(struct tt_h2 *h2)
         if (s->incoming || s->sent || s->closed || s->dead)
             continue;
         s->dead = 1;
-        nghttp2_submit_rst_stream(h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+        (void)stream_rst(s, NGHTTP2_CANCEL);
         if (!s->released && s->cbs.on_reset != NULL)
             s->cbs.on_reset(s, TT_E_H2_REFUSED, NGHTTP2_REFUSED_STREAM, true, s->ud);
     }
@@ -351,8 +364,8 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
         s->end_sent = 1;
-        if (s->rst_after_end && !s->closed)
-            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+        if (s->rst_after_end)
+            (void)stream_rst(s, NGHTTP2_NO_ERROR);
     }
     return 0;
 }
@@ -405,8 +418,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
                 h2->cbs.on_stream(h2, s, h2->ud);
             } else {
                 s->released = 1;
-                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id,
-                                          NGHTTP2_REFUSED_STREAM);
+                (void)stream_rst(s, NGHTTP2_REFUSED_STREAM);
             }
         } else if (s->status >= 200) {
             s->head_done = 1;
@@ -981,7 +993,7 @@ int tt_h2_stream_reset(struct tt_h2_stream *s, uint32_t h2_code)
 {
     if (s->closed || s->dead)
         return TT_E_H2_CLOSED;
-    int rv = nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, h2_code);
+    int rv = stream_rst(s, h2_code);
     return rv == 0 ? 0 : map_nghttp2(rv);
 }
 
@@ -1097,13 +1109,12 @@ void tt_h2_stream_release(struct tt_h2_stream *s)
          * waiting for a slot is cancelled: it never goes out. */
         if (s->local_end && !s->dead && (s->incoming || s->sent)) {
             if (s->end_sent && !s->peer_end)
-                nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
-                                          NGHTTP2_NO_ERROR);
+                (void)stream_rst(s, NGHTTP2_NO_ERROR);
             else if (!s->end_sent)
                 s->rst_after_end = !s->peer_end;
             return;
         }
-        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+        (void)stream_rst(s, NGHTTP2_CANCEL);
         return;
     }
     if (!s->h2->busy)
