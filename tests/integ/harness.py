@@ -75,6 +75,19 @@ def sidecar_path():
     return p
 
 
+def sidecar_under_asan():
+    """Whether the sidecar binary carries AddressSanitizer (linked libasan, or the runtime
+    built in: its __asan_init symbol): loads are scaled down under it."""
+    path = sidecar_path()
+    if path is None:
+        return False
+    out = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+    if "libasan" in out:
+        return True
+    with open(path, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def require_sidecar():
     p = sidecar_path()
     if p is None:

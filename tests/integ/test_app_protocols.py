@@ -58,17 +58,6 @@ BANNER = b"220 ready\r\n"
 CLOSE_CONNS = 20
 
 
-def under_asan():
-    """Whether the sidecar binary carries AddressSanitizer (linked libasan, or the runtime
-    built in: its __asan_init symbol)."""
-    path = h.sidecar_path()
-    out = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
-    if "libasan" in out:
-        return True
-    with open(path, "rb") as f:
-        return b"__asan_init" in f.read()
-
-
 def sha(b):
     """Hex SHA-256 of b."""
     return hashlib.sha256(b).hexdigest()
@@ -516,7 +505,7 @@ def test(env):
               "deploy/install-deps.sh does)" % h.DEBIAN_PYTHON)
         sys.exit(h.SKIP)
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin"
-    asan = under_asan()
+    asan = h.sidecar_under_asan()
     n_h2load = 200
     bulk = 256 * KB if asan else MB
     h.log("ASan build: %s" % asan)
