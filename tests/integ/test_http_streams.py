@@ -48,7 +48,10 @@ backend. Each case on the same pair unless it says otherwise:
    the kept connection is sent again on a new one and answered 200 (the server saw it
    twice: the first was never answered), counted in the inbound's requests_retried; a
    POST in the same spot is not sent again (the server may have acted on it): 502, the
-   server saw it once; a PUT with a body (idempotent) goes again whole, body included.
+   server saw it once; a PUT with a body (idempotent) goes again whole, body included. A
+   POST whose kept connection the workload resets (not closes) as it arrives gets 502
+   upstream_reset: the inbound no longer calls that a failed connect, which the outbound
+   takes for "nothing went through" (503 upstream_unavailable, or another endpoint tried).
 14. A response cut short (the workload closes in the middle of its body): an app that
    pipelined a GET with a whole answer and a GET whose answer is cut, and reads nothing
    for a second, still gets the whole first answer, then the cut one's head and part of
@@ -64,6 +67,7 @@ import http.client
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -591,11 +595,11 @@ class RawServer:
 class CloseOnSecond(RawServer):
     """A raw HTTP/1.1 server: answers the first request of each connection (keep-alive,
     body "first <request line>\n" and the request's body) and closes the connection when a
-    second one arrives, without answering it. .seen: (connection number, request line)
-    per request read."""
+    second one arrives, without answering it (reset=True: resets it). .seen: (connection
+    number, request line) per request read."""
 
-    def __init__(self):
-        self.seen, self.lock = [], threading.Lock()
+    def __init__(self, reset=False):
+        self.seen, self.lock, self.reset = [], threading.Lock(), reset
         super().__init__()
 
     def _read_request(self, s, buf):
@@ -632,6 +636,25 @@ class CloseOnSecond(RawServer):
             if line is not None:
                 with self.lock:
                     self.seen.append((n, line))
+            if self.reset:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def check_reset_under_post(ok, out_port, server):
+    """13: a POST whose kept connection the workload resets as it arrives: 502
+    upstream_reset, not a failed connect (which the outbound may send to another endpoint:
+    the workload may have acted on it), and the workload saw it once."""
+    conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=15)
+    got = []
+    for path in ("/a", "/c"):
+        conn.request("POST", path, body=b"x")
+        r = conn.getresponse()
+        got.append((r.status, r.getheader("x-tether-reason"), r.read()))
+    conn.close()
+    posts = [n for n, line in server.seen if line.startswith("POST /c ")]
+    ok(got[0][0] == 200 and got[1][:2] == (502, "upstream_reset") and len(posts) == 1,
+       "13: a POST on a kept connection the workload resets under it: 502 upstream_reset, "
+       "not a failed connect (%r), the workload saw it %d time(s)" % (got, len(posts)))
 
 
 def check_closed_under_request(ok, api, out_port, in_port, server):
@@ -784,14 +807,19 @@ def test(env):
     cutter = CutServer()
     env._servers.append(cutter)
     cut_in, cut_out, cut_slow_out = h.free_port(), h.free_port(), h.free_port()
+    resetter = CloseOnSecond(reset=True)
+    env._servers.append(resetter)
+    reset_in, reset_out = h.free_port(), h.free_port()
     api = env.sidecar("api", w.api, w.ca, inbound=[(in_port, backend.addr),
                                                    (echo_in, echo.addr),
                                                    (closer_in, closer.addr),
-                                                   (cut_in, cutter.addr)])
+                                                   (cut_in, cutter.addr),
+                                                   (reset_in, resetter.addr)])
     web = env.sidecar("web", w.web, w.ca, outbound=[
         (out_port, "127.0.0.1:%d" % in_port, w.api_id),
         (closer_out, "127.0.0.1:%d" % closer_in, w.api_id),
-        (cut_out, "127.0.0.1:%d" % cut_in, w.api_id)])
+        (cut_out, "127.0.0.1:%d" % cut_in, w.api_id),
+        (reset_out, "127.0.0.1:%d" % reset_in, w.api_id)])
     w.echo_web = env.sidecar("echo-out", w.web, w.ca, outbound=[
         (w.echo_out, "127.0.0.1:%d" % echo_in, w.api_id)])
     deny_in, w.deny_out = h.free_port(), h.free_port()
@@ -833,6 +861,7 @@ def test(env):
     check_streams_off(ok, w)
     check_many_at_once(ok, api, out_port, in_port, backend)
     check_closed_under_request(ok, api, closer_out, closer_in, closer)
+    check_reset_under_post(ok, reset_out, resetter)
     check_cut_response(ok, cut_out, cut_slow_out)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "

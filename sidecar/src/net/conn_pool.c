@@ -146,8 +146,12 @@ void tt__conn_tunnel_leave(struct tt_conn *c)
     c->tunnel = false;
 }
 
-/* Inbound: the answer to a tunnel that never reached the workload, by why it ended. */
-static int tunnel_refusal(int err, const char **reason)
+/* Inbound: the answer to a tunnel or request stream the workload never answered, by why
+ * it ended (err). One whose request reached the workload (bytes of it were written there)
+ * before its connection failed is 502 upstream_reset, never upstream_connect_failed: the
+ * outbound takes that for "nothing went through" and may send the request to another
+ * endpoint, which for a POST the workload may have acted on would run it twice. */
+static int tunnel_refusal(const struct tt_conn *c, int err, const char **reason)
 {
     switch (err) {
     case TT_E_DENIED:
@@ -161,7 +165,7 @@ static int tunnel_refusal(int err, const char **reason)
         *reason = "upstream_bad_response"; /* a request stream's workload broke HTTP */
         return 502;
     default:
-        *reason = "upstream_connect_failed";
+        *reason = c->up.bytes_written > 0 ? "upstream_reset" : "upstream_connect_failed";
         return 502;
     }
 }
@@ -172,7 +176,7 @@ static int tunnel_refusal(int err, const char **reason)
 static int tunnel_refuse(struct tt_conn *c, struct tt_h2_stream *s, int err)
 {
     const char *why = NULL;
-    int status = tunnel_refusal(err, &why);
+    int status = tunnel_refusal(c, err, &why);
     char body[512], len_text[16];
     int len = c->h2h1 != NULL ? tt_h1_error_body(body, sizeof(body), why, c->rule) : -1;
     struct tt_h2_header h[] = {
