@@ -17,16 +17,21 @@ answers before it intact. A fifth of the connections misbehave (a request cut sh
 answer left unread, a close or a reset at a random point): nothing is checked on them, but
 the well-behaved connections around them must not notice.
 
-Three pairs, one after another, each with its own seed: pooled (request streams on a
+Four pairs, one after another, each with its own seed: pooled (request streams on a
 tether-h2 link), pooled with a policy whose rules name methods and paths (the inbound's
-request gate on every stream), and --pool off with that policy (the gate reading the
-workload's answers on a raw mTLS connection). Then: no link ended in an HTTP/2 protocol
-error, every sidecar still runs and stops cleanly (no sanitizer report).
+request gate on every stream), --pool off with that policy (the gate reading the
+workload's answers on a raw mTLS connection), and pooled in front of a workload whose
+keep-alive timeout (1 to 50 ms) fires after a third of its answers: a request the inbound
+may send again (idempotent, at most 16 KiB) must still be answered as asked, any other may
+get 502 upstream_reset or upstream_bad_response and nothing else. Then: no link ended in an HTTP/2 protocol error,
+every sidecar still runs and stops cleanly (no sanitizer report).
 
 What it found when it was written: an answer cut short reset the app's connection and
 destroyed the whole answers before it; the gate lost the part of a cut answer it had not
 written yet; a queued request reset twice put an RST_STREAM on a stream the peer never
-saw, and the peer ended the link with every other app's stream on it.
+saw, and the peer ended the link with every other app's stream on it; a POST whose kept
+workload connection was reset under it was called a failed connect (503
+upstream_unavailable; another endpoint would have been tried).
 """
 
 import hashlib
@@ -131,9 +136,12 @@ def read_body(r, fields):
 
 class FuzzBackend:
     """Answers each request as its query says (st, n, fr, nx, d, seed, hints), with
-    x-req-len / x-req-sum / x-method telling what it received."""
+    x-req-len / x-req-sum / x-method telling what it received. idle_close: the share of
+    answers after which a keep-alive timeout of 1 to 50 ms fires (a kept connection closed
+    between requests, as the next one may be on its way)."""
 
-    def __init__(self):
+    def __init__(self, idle_close=0.0):
+        self.idle_close = idle_close
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -153,10 +161,16 @@ class FuzzBackend:
         self.sock.close()
 
     def _serve(self, sock):
-        r = Reader(sock)
+        r, rnd = Reader(sock), random.Random()
         try:
             while self._answer(sock, r):
-                pass
+                if rnd.random() < self.idle_close and not r.buf:
+                    sock.settimeout(rnd.choice([0.0005, 0.002, 0.005, 0.02]))
+                    try:
+                        r.fill()
+                    except socket.timeout:
+                        return
+                    sock.settimeout(None)
         except (EOFError, OSError, ValueError):
             pass
         finally:
@@ -261,9 +275,19 @@ def make_request(rnd, seq):
             "last": fr == "close" or fr.startswith("abort")}
 
 
-def check_response(r, req):
+def replayable(req):
+    """Whether the inbound may send req again on a new workload connection (README
+    "Retries of requests"): idempotent, and at most 16 KiB."""
+    return (req["method"] in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+            and len(req["head"]) + len(req["wire"]) <= 16 << 10)
+
+
+def check_response(r, req, racy):
     """Reads and checks req's answer; True when the connection ends after it. Raises
-    Aborted for an answer cut short as asked (checked to look short), Fail otherwise."""
+    Aborted for an answer cut short as asked (checked to look short), Fail otherwise.
+    racy: the workload closes kept connections, so a request that may not be sent again
+    may get 502 upstream_reset (its connection reset under it) or upstream_bad_response
+    (closed under it with no answer), never a failed connect."""
     q = req["q"]
     cut = q["fr"].startswith("abort")
     try:
@@ -273,6 +297,11 @@ def check_response(r, req):
             status = int(start.split(" ", 2)[1])
         if cut and q["fr"] == "abortrst" and status in (502, 503) and status != q["st"]:
             raise Aborted()  # the reset may take the head with it
+        if racy and status == 502 and status != q["st"] and not replayable(req):
+            why = field(fields, "x-tether-reason")
+            if why not in ("upstream_reset", "upstream_bad_response"):
+                raise Fail("502 %s, want upstream_reset or upstream_bad_response" % why)
+            raise Aborted()
         if status != q["st"]:
             raise Fail("status %d, want %d" % (status, q["st"]))
         bodiless = req["method"] == "HEAD" or status in (204, 304)
@@ -328,7 +357,7 @@ def misbehave(port, rnd, seq):
         s.close()
 
 
-def one_connection(port, rnd, seq):
+def one_connection(port, rnd, seq, racy):
     """Requests on one connection, one after another or pipelined; returns how many were
     answered as asked. Raises Aborted or Fail (with the connection's requests)."""
     reqs = []
@@ -364,7 +393,7 @@ def one_connection(port, rnd, seq):
                     if q["q"]["fr"].startswith("abort"):
                         raise Aborted()
                     raise
-            ends = check_response(r, q)
+            ends = check_response(r, q, racy)
             done += 1
             if ends:
                 break
@@ -380,9 +409,9 @@ def one_connection(port, rnd, seq):
         s.close()
 
 
-def run_clients(port, seconds, seed):
+def run_clients(port, seconds, seed, racy):
     """THREADS clients for `seconds`: (answers checked, cut as asked, misbehaving
-    connections, failures)."""
+    connections, failures). racy: as for check_response."""
     lock = threading.Lock()
     tally = {"ok": 0, "cut": 0, "chaos": 0}
     failures = []
@@ -399,7 +428,7 @@ def run_clients(port, seconds, seed):
                     tally["chaos"] += 1
                 continue
             try:
-                n = one_connection(port, rnd, seq)
+                n = one_connection(port, rnd, seq, racy)
                 with lock:
                     tally["ok"] += n
             except Aborted:
@@ -422,24 +451,25 @@ def test(env):
     ca = env.certs.ca("ca")
     web_id, api_id = h.spiffe("shop", "web"), h.spiffe("shop", "api")
     web, api = env.certs.leaf("web", ca, [web_id]), env.certs.leaf("api", ca, [api_id])
-    backend = FuzzBackend()
-    env._servers.append(backend)
+    backend, closing = FuzzBackend(), FuzzBackend(idle_close=0.5)
+    env._servers += [backend, closing]
     policy = env.policy("l7.json", {"default": "deny", "rules": [
         {"name": "no-admin", "action": "deny", "from": ["*"], "paths": ["/admin*"]},
         {"name": "web-all", "action": "allow", "from": [web_id],
          "methods": ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
          "paths": ["/*"]}]})
-    seconds = 10 if h.sidecar_under_asan() else 15
-    pairs = (("pooled", None, []), ("pooled, per-request policy", policy, []),
-             ("--pool off, per-request policy", policy, ["--pool", "off"]))
-    for seed, (name, pol, extra) in enumerate(pairs, start=1):
+    seconds = 8 if h.sidecar_under_asan() else 12
+    pairs = (("pooled", None, [], backend), ("pooled, per-request policy", policy, [], backend),
+             ("--pool off, per-request policy", policy, ["--pool", "off"], backend),
+             ("pooled, a workload closing kept connections", None, [], closing))
+    for seed, (name, pol, extra, be) in enumerate(pairs, start=1):
         in_port, out_port = h.free_port(), h.free_port()
         tag = "p%d" % seed
-        in_sc = env.sidecar("api-" + tag, api, ca, inbound=[(in_port, backend.addr)],
+        in_sc = env.sidecar("api-" + tag, api, ca, inbound=[(in_port, be.addr)],
                             policy=pol, extra=extra, log_level="warn")
         out_sc = env.sidecar("web-" + tag, web, ca, extra=extra, log_level="warn",
                              outbound=[(out_port, "127.0.0.1:%d" % in_port, api_id)])
-        answered, cut, chaos, failures = run_clients(out_port, seconds, seed)
+        answered, cut, chaos, failures = run_clients(out_port, seconds, seed, be is closing)
         ok(not failures and answered > 200 and cut > 10 and chaos > 10,
            "%s: %d answers checked byte for byte, %d cut short as asked, %d misbehaving "
            "connections beside them; failures: %d%s" % (
