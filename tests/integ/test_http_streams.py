@@ -61,6 +61,9 @@ backend. Each case on the same pair unless it says otherwise:
    cut body from a whole one. The same cut ends an answer still under way when its
    --request-timeout passes (its server stalls in the middle of the body): a FIN within
    about the timeout, the whole answer before it intact.
+15. An answer whose head is too big for one HTTP/2 header block (400 fields, 64 KB: the
+   inbound's nghttp2 will not send it) gets 502 upstream_reset at once: the inbound resets
+   the stream; it used to leave it open, and the app waited for an answer forever.
 """
 
 import http.client
@@ -118,6 +121,16 @@ class Backend:
                 elif self.path.startswith("/hold/"):
                     time.sleep(0.3)
                     self._send(("k=%s\n" % self.path.rsplit("/", 1)[-1]).encode())
+                elif self.path == "/bighead":
+                    # 400 fields of 160 bytes: above nghttp2's 64 KiB bound for a header
+                    # block to send, below the inbound's bound for reading a head.
+                    outer.lines.append(self.requestline)
+                    self.send_response(200)
+                    for i in range(400):
+                        self.send_header("x-big-%d" % i, "v" * 150)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
                 elif self.path == "/nolen":
                     self._send(b"no length here\n" * 100, length=False)
                 else:
@@ -768,6 +781,25 @@ def check_cut_pair(ok, what, raw, err):
        "Content-Length shows the cut (%r)" % (what, len(body), head[:120]))
 
 
+def check_head_too_big(ok, out_port):
+    """15: an answer whose head cannot go out as one HTTP/2 header block: 502 at once, not
+    an app waiting forever."""
+    conn = http.client.HTTPConnection("127.0.0.1", out_port, timeout=10)
+    start = time.monotonic()
+    try:
+        conn.request("GET", "/bighead")
+        r = conn.getresponse()
+        got = (r.status, r.getheader("x-tether-reason"))
+        r.read()
+    except OSError as e:
+        got = e
+    finally:
+        conn.close()
+    took = time.monotonic() - start
+    ok(got == (502, "upstream_reset") and took < 5,
+       "15: an answer with 64 KB of fields: 502 upstream_reset in %.1f s (%r)" % (took, got))
+
+
 def check_cut_response(ok, out_port, timeout_port):
     """14: a response cut short ends the app's connection with a FIN, the answers before
     it intact; one delimited by the close ends it with a reset."""
@@ -863,6 +895,7 @@ def test(env):
     check_closed_under_request(ok, api, closer_out, closer_in, closer)
     check_reset_under_post(ok, reset_out, resetter)
     check_cut_response(ok, cut_out, cut_slow_out)
+    check_head_too_big(ok, out_port)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)

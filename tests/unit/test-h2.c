@@ -1132,6 +1132,49 @@ static void test_h2_header_list_bound(void **state)
     pair_done();
 }
 
+/* A response head above nghttp2's 64 KiB bound for a header block cannot go out: the
+ * stream is reset (INTERNAL_ERROR), so that the caller is not left waiting for an answer
+ * that never comes, and the session goes on. The client's own bound is raised so that
+ * only the server's applies. */
+static void test_h2_response_head_too_big(void **state)
+{
+    struct tt_h2_config ccfg = {.max_header_list = 1 << 20};
+    static struct tt_h2_header fields[80];
+    static char value[1000];
+    struct cstream cs = {0}, ok = {0};
+
+    (void)state;
+    memset(value, 'v', sizeof(value));
+    for (size_t i = 0; i < 80; i++) {
+        static char names[80][8];
+        snprintf(names[i], sizeof(names[i]), "x-%zu", i);
+        fields[i] = (struct tt_h2_header){names[i], strlen(names[i]), value, sizeof(value)};
+    }
+    pair_init(&ccfg, NULL);
+    P.mode = SRV_HOLD;
+    pump();
+    get("/big", &cs);
+    pump();
+    assert_int_equal(P.nsrv, 1);
+    assert_int_equal(tt_h2_respond(P.srv[0].st, 200, fields, 80, true), 0);
+    pump();
+    assert_int_equal(cs.headers, 0);
+    assert_int_equal(cs.resets, 1);
+    assert_true(cs.reset_by_peer);
+    assert_int_equal(cs.reset_code, TT_H2_INTERNAL_ERROR);
+    assert_int_equal(tt_h2_error(P.s), 0);
+    assert_int_equal(tt_h2_error(P.c), 0);
+    get("/small", &ok);
+    pump();
+    assert_int_equal(P.nsrv, 2);
+    assert_int_equal(tt_h2_respond(P.srv[1].st, 204, NULL, 0, true), 0);
+    pump();
+    assert_int_equal(tt_h2_stream_status(ok.st), 204);
+    tt_h2_stream_release(cs.st);
+    tt_h2_stream_release(ok.st);
+    pair_done();
+}
+
 #define feed_all(h2, data, len, want)                                                              \
     assert_int_equal(tt_h2_feed((h2), (const uint8_t *)(data), (len)), (want))
 
@@ -1290,6 +1333,7 @@ int main(void)
         cmocka_unit_test(test_h2_padding_window),
         cmocka_unit_test(test_h2_connect_refused_by_server),
         cmocka_unit_test(test_h2_header_list_bound),
+        cmocka_unit_test(test_h2_response_head_too_big),
         cmocka_unit_test(test_h2_malformed),
         cmocka_unit_test(test_h2_ping),
         cmocka_unit_test(test_h2_release_early),

@@ -370,6 +370,24 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     return 0;
 }
 
+/* nghttp2: a frame could not go out. A response head (or trailers) above nghttp2's bound
+ * for a header block (64 KiB, NGHTTP2_ERR_FRAME_SIZE_ERROR) leaves the stream open on both
+ * sides with nothing sent: the peer must learn that it ended, or its caller waits for an
+ * answer forever. A request head that could not go out is closed by nghttp2 itself, and
+ * the peer never saw that stream: nothing is sent for it. */
+static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame,
+                             int lib_error_code, void *ud)
+{
+    struct tt_h2_stream *s = stream_of(session, frame->hd.stream_id);
+
+    (void)lib_error_code;
+    (void)ud;
+    if (s != NULL && frame->hd.type == NGHTTP2_HEADERS &&
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        (void)stream_rst(s, NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
 /* nghttp2: a whole frame arrived. SETTINGS, PING acks and GOAWAY go to the session's
  * callbacks; a request head announces a stream (on_stream), a response head fires
  * on_headers; END_STREAM on a HEADERS or DATA frame fires on_end. */
@@ -554,6 +572,7 @@ struct tt_h2 *tt_h2_new(enum tt_h2_role role, const struct tt_h2_config *config,
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_before_frame_send_callback(cbs, on_before_send);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     if (nghttp2_option_new(&opt) != 0)
         goto err_free_cbs;
     nghttp2_option_set_no_auto_window_update(opt, 1);
