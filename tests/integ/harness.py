@@ -581,6 +581,32 @@ def connect(port, timeout=10):
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
+class RawServer:
+    """A raw TCP server on 127.0.0.1 (.addr): each connection is served by the subclass's
+    _serve(sock, n) in a thread of its own, n counting the connections from 1."""
+
+    def __init__(self, backlog=16):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        n = 0
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            n += 1
+            threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
+
+    def stop(self):
+        self.sock.close()
+
+
 def read_all(sock, limit=1 << 30):
     chunks = []
     n = 0

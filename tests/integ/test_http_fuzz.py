@@ -134,33 +134,17 @@ def read_body(r, fields):
 
 # ---- the backend ----------------------------------------------------------------------
 
-class FuzzBackend:
+class FuzzBackend(h.RawServer):
     """Answers each request as its query says (st, n, fr, nx, d, seed, hints), with
     x-req-len / x-req-sum / x-method telling what it received. idle_close: the share of
-    answers after which a keep-alive timeout of 1 to 50 ms fires (a kept connection closed
-    between requests, as the next one may be on its way)."""
+    answers after which a keep-alive timeout of 0.5 to 20 ms fires (a kept connection
+    closed between requests, as the next one may be on its way)."""
 
     def __init__(self, idle_close=0.0):
         self.idle_close = idle_close
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(backlog=512)
 
-    def _accept(self):
-        while True:
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
-
-    def stop(self):
-        self.sock.close()
-
-    def _serve(self, sock):
+    def _serve(self, sock, n):
         r, rnd = Reader(sock), random.Random()
         try:
             while self._answer(sock, r):

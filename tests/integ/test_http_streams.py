@@ -580,32 +580,7 @@ def check_many_at_once(ok, api, out_port, in_port, backend):
        "workload_connections_reused %d, together the %d requests" % (o, opened, r, n))
 
 
-class RawServer:
-    """A raw TCP server on 127.0.0.1 (.addr): each connection is served by self._serve(s, n)
-    in a thread of its own, n counting the connections from 1."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        n = 0
-        while True:
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                return
-            n += 1
-            threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
-
-    def stop(self):
-        self.sock.close()
-
-
-class CloseOnSecond(RawServer):
+class CloseOnSecond(h.RawServer):
     """A raw HTTP/1.1 server: answers the first request of each connection (keep-alive,
     body "first <request line>\n" and the request's body) and closes the connection when a
     second one arrives, without answering it (reset=True: resets it). .seen: (connection
@@ -707,7 +682,7 @@ def check_closed_under_request(ok, api, out_port, in_port, server):
        "seen on connections %r)" % (got[4], puts))
 
 
-class CutServer(RawServer):
+class CutServer(h.RawServer):
     """A raw HTTP/1.1 server: GET /whole answers 60 KiB of "w" under its Content-Length;
     GET /cut a Content-Length of 100,000 and 1,000 bytes of "c", then closes (GET /stall
     the same, then waits 6 s before closing); GET /cut-chunked a chunked body whose first

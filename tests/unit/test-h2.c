@@ -769,16 +769,12 @@ static void test_h2_goaway_queued(void **state)
     pair_done();
 }
 
-/* A request still waiting for a concurrency slot that is reset (a tunnel ending) and then
- * released: its HEADERS never go out and neither does any RST_STREAM for it, since the
- * server would take one on a stream it never saw for a connection error ("stream in
- * idle") and end every other stream with it. The session goes on. */
-static void test_h2_reset_then_release_queued(void **state)
+/* A server that takes one stream at a time (max_streams 1) and holds it: three requests,
+ * the first served, the other two queued for its slot. */
+static void three_requests_one_slot(struct cstream cs[3])
 {
     struct tt_h2_config scfg = {.max_streams = 1};
-    struct cstream cs[3] = {{0}};
 
-    (void)state;
     pair_init(NULL, &scfg);
     P.mode = SRV_HOLD;
     pump();
@@ -786,6 +782,18 @@ static void test_h2_reset_then_release_queued(void **state)
         get("/r", &cs[i]);
     pump();
     assert_int_equal(P.nsrv, 1);
+}
+
+/* A request still waiting for a concurrency slot that is reset (a tunnel ending) and then
+ * released: its HEADERS never go out and neither does any RST_STREAM for it, since the
+ * server would take one on a stream it never saw for a connection error ("stream in
+ * idle") and end every other stream with it. The session goes on. */
+static void test_h2_reset_then_release_queued(void **state)
+{
+    struct cstream cs[3] = {{0}};
+
+    (void)state;
+    three_requests_one_slot(cs);
     assert_int_equal(tt_h2_stream_reset(cs[1].st, TT_H2_CANCEL), 0);
     tt_h2_stream_release(cs[1].st);
     pump();
@@ -809,16 +817,9 @@ static void test_h2_reset_then_release_queued(void **state)
 /* A request released while it still waits for a slot never goes out. */
 static void test_h2_release_queued(void **state)
 {
-    struct tt_h2_config scfg = {.max_streams = 1};
     struct cstream cs[3] = {{0}};
 
-    pair_init(NULL, &scfg);
-    P.mode = SRV_HOLD;
-    pump();
-    for (int i = 0; i < 3; i++)
-        get("/r", &cs[i]);
-    pump();
-    assert_int_equal(P.nsrv, 1);
+    three_requests_one_slot(cs);
     tt_h2_stream_release(cs[1].st);
     assert_int_equal(tt_h2_respond(P.srv[0].st, 204, NULL, 0, true), 0);
     pump();
