@@ -17,26 +17,34 @@ answers before it intact. A fifth of the connections misbehave (a request cut sh
 answer left unread, a close or a reset at a random point): nothing is checked on them, but
 the well-behaved connections around them must not notice.
 
-Four pairs, one after another, each with its own seed: pooled (request streams on a
+Five pairs, one after another, each with its own seed: pooled (request streams on a
 tether-h2 link), pooled with a policy whose rules name methods and paths (the inbound's
 request gate on every stream), --pool off with that policy (the gate reading the
-workload's answers on a raw mTLS connection), and pooled in front of a workload whose
+workload's answers on a raw mTLS connection), pooled in front of a workload whose
 keep-alive timeout (1 to 50 ms) fires after a third of its answers: a request the inbound
 may send again (idempotent, at most 16 KiB) must still be answered as asked, any other may
-get 502 upstream_reset or upstream_bad_response and nothing else. Then: no link ended in an HTTP/2 protocol error,
-every sidecar still runs and stops cleanly (no sanitizer report).
+get 502 upstream_reset or upstream_bad_response and nothing else; and pooled while both
+sidecars' certificates are rotated every second (issue 10: "a rotation recycles pool
+connections without a failed request"): every request answered as asked, each rotation
+taken, links recycled. Then: no link ended in an HTTP/2 protocol error, every sidecar
+still runs and stops cleanly (no sanitizer report).
 
 What it found when it was written: an answer cut short reset the app's connection and
 destroyed the whole answers before it; the gate lost the part of a cut answer it had not
 written yet; a queued request reset twice put an RST_STREAM on a stream the peer never
 saw, and the peer ended the link with every other app's stream on it; a POST whose kept
 workload connection was reset under it was called a failed connect (503
-upstream_unavailable; another endpoint would have been tried).
+upstream_unavailable; another endpoint would have been tried). With rotations: a request
+given a link just retired was reset; one waiting on a link retired before the peer's
+SETTINGS, or given one the peer then closed, got 503; connections kept across a rotation
+retired the new links and new ones the old (the pool churned); a complete answer the app
+had not read to its end was cut when the peer closed the retired link under it.
 """
 
 import hashlib
 import os
 import random
+import signal
 import socket
 import struct
 import sys
@@ -430,6 +438,30 @@ def run_clients(port, seconds, seed, racy):
     return tally["ok"], tally["cut"], tally["chaos"], failures
 
 
+class Rotator:
+    """Writes each sidecar's certificate and key anew (same identity, new key and serial)
+    and sends it SIGHUP, every second, until stopped: a rotation in the middle of the
+    traffic, as a control plane's renewals do."""
+
+    def __init__(self, env, ca, sidecars):
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(env, ca, sidecars))
+        self._thread.start()
+
+    def _run(self, env, ca, sidecars):
+        while not self._stop.wait(1.0):
+            for sc, name, spiffe_id in sidecars:
+                env.certs.leaf(name, ca, [spiffe_id])
+                sc.signal(signal.SIGHUP)
+            self.count += 1
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        time.sleep(0.5)  # the last SIGHUP is taken
+
+
 def test(env):
     ok = h.Checks()
     ca = env.certs.ca("ca")
@@ -443,17 +475,35 @@ def test(env):
          "methods": ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
          "paths": ["/*"]}]})
     seconds = 8 if h.sidecar_under_asan() else 12
-    pairs = (("pooled", None, [], backend), ("pooled, per-request policy", policy, [], backend),
-             ("--pool off, per-request policy", policy, ["--pool", "off"], backend),
-             ("pooled, a workload closing kept connections", None, [], closing))
-    for seed, (name, pol, extra, be) in enumerate(pairs, start=1):
+    pairs = (("pooled", None, [], backend, False),
+             ("pooled, per-request policy", policy, [], backend, False),
+             ("--pool off, per-request policy", policy, ["--pool", "off"], backend, False),
+             ("pooled, a workload closing kept connections", None, [], closing, False),
+             ("pooled, both certificates rotated every second", None, [], backend, True))
+    for seed, (name, pol, extra, be, rotating) in enumerate(pairs, start=1):
         in_port, out_port = h.free_port(), h.free_port()
         tag = "p%d" % seed
-        in_sc = env.sidecar("api-" + tag, api, ca, inbound=[(in_port, be.addr)],
+        api_cert, web_cert = api, web
+        if rotating:  # files of their own, written anew on each rotation
+            api_cert = env.certs.leaf("api-" + tag, ca, [api_id])
+            web_cert = env.certs.leaf("web-" + tag, ca, [web_id])
+        in_sc = env.sidecar("api-" + tag, api_cert, ca, inbound=[(in_port, be.addr)],
                             policy=pol, extra=extra, log_level="warn")
-        out_sc = env.sidecar("web-" + tag, web, ca, extra=extra, log_level="warn",
+        out_sc = env.sidecar("web-" + tag, web_cert, ca, extra=extra, log_level="warn",
                              outbound=[(out_port, "127.0.0.1:%d" % in_port, api_id)])
+        rotator = Rotator(env, ca, ((in_sc, "api-" + tag, api_id), (out_sc, "web-" + tag,
+                                                                      web_id))) if rotating else None
         answered, cut, chaos, failures = run_clients(out_port, seconds, seed, be is closing)
+        if rotator is not None:
+            rotator.stop()
+            for sc in (in_sc, out_sc):
+                rotations = sc.stats()["identity"].get("rotations", 0)
+                ok(rotations >= rotator.count >= seconds // 2,
+                   "%s: %s took every new certificate (%d rotations, %d written)" % (
+                       name, sc.name, rotations, rotator.count))
+            recycled = out_sc.listener("outbound:")["pool"]["connections_recycled"]
+            ok(recycled >= rotator.count // 2,
+               "%s: links made with an old certificate were recycled (%d)" % (name, recycled))
         ok(not failures and answered > 200 and cut > 10 and chaos > 10,
            "%s: %d answers checked byte for byte, %d cut short as asked, %d misbehaving "
            "connections beside them; failures: %d%s" % (

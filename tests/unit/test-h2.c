@@ -46,6 +46,7 @@ struct pair {
     size_t nsrv;
     uint32_t goaway_last, goaway_code;
     int goaways, pings, settings;
+    size_t nsrv_at_goaway; /* server streams when the last GOAWAY arrived */
     uint64_t rtt_us;
 };
 
@@ -149,6 +150,7 @@ static void on_stream(struct tt_h2 *h2, struct tt_h2_stream *s, void *ud)
 static void on_goaway(struct tt_h2 *h2, uint32_t last, uint32_t code, void *ud)
 {
     P.goaways++;
+    P.nsrv_at_goaway = P.nsrv;
     P.goaway_last = last;
     P.goaway_code = code;
 }
@@ -769,6 +771,41 @@ static void test_h2_goaway_queued(void **state)
     pair_done();
 }
 
+/* The client drains (its identity rotated) right after opening two requests whose HEADERS
+ * have not gone out yet: they still reach the server, then the GOAWAY (nghttp2 would send a
+ * GOAWAY submitted at once ahead of them and then refuse them). No new request after. */
+static void test_h2_client_goaway_after_queued_heads(void **state)
+{
+    struct cstream cs[2] = {{0}};
+    int err;
+
+    (void)state;
+    pair_init(NULL, NULL);
+    P.mode = SRV_HOLD;
+    pump();
+    get("/1", &cs[0]);
+    get("/3", &cs[1]);
+    assert_int_equal(tt_h2_goaway(P.c, 0), 0);
+    struct tt_h2_request req = {"GET", "https", "a:1", "/5", NULL, 0, true};
+    assert_null(tt_h2_open(P.c, &req, NULL, NULL, &err));
+    assert_int_equal(err, TT_E_H2_GOAWAY);
+    pump();
+    assert_int_equal(P.nsrv, 2);
+    assert_int_equal(P.goaways, 1);
+    assert_int_equal(P.nsrv_at_goaway, 2); /* the server got it after the two */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(cs[i].resets, 0);
+        assert_int_equal(tt_h2_respond(P.srv[i].st, 204, NULL, 0, true), 0);
+    }
+    pump();
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(tt_h2_stream_status(cs[i].st), 204);
+        tt_h2_stream_release(cs[i].st);
+    }
+    assert_int_equal(tt_h2_active_streams(P.c), 0);
+    pair_done();
+}
+
 /* A server that takes one stream at a time (max_streams 1) and holds it: three requests,
  * the first served, the other two queued for its slot. */
 static void three_requests_one_slot(struct cstream cs[3])
@@ -1326,6 +1363,7 @@ int main(void)
         cmocka_unit_test(test_h2_answer_then_release),
         cmocka_unit_test(test_h2_goaway),
         cmocka_unit_test(test_h2_goaway_queued),
+        cmocka_unit_test(test_h2_client_goaway_after_queued_heads),
         cmocka_unit_test(test_h2_release_queued),
         cmocka_unit_test(test_h2_reset_then_release_queued),
         cmocka_unit_test(test_h2_reset_both_ways),

@@ -759,6 +759,40 @@ static void test_pool_rotation_while_dialling(void **state)
     assert_int_equal(frames(oc1, FRAME_GOAWAY, ANY_FLAGS), 1);
 }
 
+/* Rotation once the old link is up but before the peer's SETTINGS arrived: its waiting
+ * members still ride it (they are not left waiting on a retired link until the peer closes
+ * it), then it retires; the new identity's member gets a link of its own. */
+static void test_pool_rotation_before_settings(void **state)
+{
+    (void)state;
+    struct tt_conn *a = attach(&T.t1, ID_A, &identity1, 0);
+    struct tt_conn *oc1 = T.last_dial;
+    struct tt_conn *ic = conn_new();
+    ic->carrier = true;
+    ic->link = tt_link_accept(T.in, ic, &T.ictr, T.now);
+    ic->peer = oc1;
+    oc1->peer = ic;
+    assert_int_equal(tt_link_up(oc1->link, oc1, true, T.now), 0);
+
+    struct tt_conn *b = attach(&T.t1, ID_A, &identity2, 0);
+    assert_int_equal(T.octr.pool.links_recycled, 1);
+    assert_int_equal(T.dials, 2);
+    assert_ptr_equal(b->m.link, T.last_dial->link);
+    assert_int_equal(frames(oc1, FRAME_GOAWAY, ANY_FLAGS), 0);
+
+    pump();
+    assert_int_equal(a->rides, 1);
+    assert_true(a->m.riding);
+    assert_int_equal(a->wait_failed, 0);
+    assert_int_equal(T.accepts, 1);
+    assert_int_equal(tt_h2_stream_status(a->st), 200);
+    assert_int_equal(frames(oc1, FRAME_GOAWAY, ANY_FLAGS), 1);
+    /* Retired: nothing new rides it. */
+    attach(&T.t1, ID_A, &identity2, 0);
+    assert_int_equal(T.dials, 2);
+    assert_int_equal(T.octr.pool.links_recycled, 1);
+}
+
 /* --- the inbound side, driven by a raw client session ----------------------------------- */
 
 struct raw {
@@ -853,6 +887,47 @@ static void test_pool_inbound_not_a_tunnel(void **state)
     assert_int_equal(T.accepts, 2);
     assert_int_equal(T.ictr.pool.streams_opened, 1);
 
+    carrier_close(r.ic, 0);
+    tt_h2_free(r.c);
+}
+
+static void raw_on_reset(struct tt_h2_stream *s, int err, uint32_t h2_code, bool by_peer, void *ud)
+{
+    (void)s;
+    (void)by_peer;
+    int *got = ud;
+    got[0] = err;
+    got[1] = (int)h2_code;
+}
+
+/* A tunnel whose HEADERS arrive after the caller's own GOAWAY (a retiring outbound), while
+ * another tunnel is active (with none, nghttp2 ignores it), is not served: it is refused
+ * (REFUSED_STREAM, which the caller retries on another link), never answered 503, which an
+ * app would get as the answer. */
+static void test_pool_inbound_stream_after_client_goaway(void **state)
+{
+    static const struct tt_h2_stream_callbacks cbs = {.on_reset = raw_on_reset};
+    static const uint8_t goaway[] = {0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    int got[2] = {0, 0}, err = 0;
+    struct raw r;
+
+    (void)state;
+    raw_init(&r);
+    struct tt_h2_stream *first = raw_tunnel(&r, TT_POOL_PROTOCOL);
+    raw_pump(&r);
+    assert_int_equal(tt_h2_stream_status(first), 200);
+    assert_int_equal(T.accepts, 1);
+    assert_int_equal(tt_link_feed(r.ic->link, goaway, sizeof(goaway)), 0);
+    struct tt_h2_stream *s =
+        tt_h2_open_tunnel(r.c, TT_POOL_PROTOCOL, "10.0.0.9:80", NULL, 0, &cbs, got, &err);
+    assert_non_null(s);
+    raw_pump(&r);
+    assert_int_equal(T.accepts, 1);
+    assert_int_equal(tt_h2_stream_status(s), 0);
+    assert_int_equal(got[0], TT_E_H2_REFUSED);
+    assert_int_equal(got[1], TT_H2_REFUSED_STREAM);
+    tt_h2_stream_release(s);
+    tt_h2_stream_release(first);
     carrier_close(r.ic, 0);
     tt_h2_free(r.c);
 }
@@ -1025,7 +1100,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pool_drain_inbound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_drain_while_dialling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_rotation_while_dialling, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_rotation_before_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_inbound_not_a_tunnel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_inbound_stream_after_client_goaway, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pool_wake_blocked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_wake_blocked_reflush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_attach_up, setup, teardown),

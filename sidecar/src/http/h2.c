@@ -90,7 +90,8 @@ struct tt_h2 {
     int32_t goaway_last; /* the last stream id our GOAWAY gave */
     unsigned pings_out;  /* our PINGs not yet acknowledged */
     unsigned goaway_recv : 1;
-    unsigned goaway_sent : 1;
+    unsigned goaway_sent : 1; /* ours is queued (or due: no new stream either way) */
+    unsigned goaway_due : 1;  /* client: ours goes out once the request heads queued have */
 };
 
 /* --- streams ------------------------------------------------------------------------ */
@@ -654,13 +655,22 @@ int tt_h2_error(const struct tt_h2 *h2)
     return h2->failed;
 }
 
-/* The rest of the current output chunk, or the next one from nghttp2 (no copy). */
+static int goaway_submit(struct tt_h2 *h2, uint32_t h2_code);
+
+/* The rest of the current output chunk, or the next one from nghttp2 (no copy). A client's
+ * GOAWAY that was due goes out once nothing else is queued. */
 int tt_h2_pending(struct tt_h2 *h2, const uint8_t **data, size_t *len)
 {
     if (h2->out_off >= h2->out_len) {
         const uint8_t *p;
         h2->busy++;
         ssize_t r = nghttp2_session_mem_send(h2->session, &p);
+        if (r == 0 && h2->goaway_due && nghttp2_session_get_outbound_queue_size(h2->session) == 0) {
+            h2->goaway_due = 0;
+            r = goaway_submit(h2, NGHTTP2_NO_ERROR);
+            if (r == 0)
+                r = nghttp2_session_mem_send(h2->session, &p);
+        }
         h2->busy--;
         sweep(h2);
         if (r < 0) {
@@ -1067,6 +1077,11 @@ bool tt_h2_stream_eof(const struct tt_h2_stream *s)
     return s->peer_end && s->recv.len == 0;
 }
 
+bool tt_h2_stream_peer_ended(const struct tt_h2_stream *s)
+{
+    return s->peer_end;
+}
+
 /* The received header fields. */
 const struct tt_h2_header *tt_h2_stream_headers(const struct tt_h2_stream *s, size_t *n)
 {
@@ -1156,15 +1171,33 @@ int tt_h2_ping(struct tt_h2 *h2)
     return 0;
 }
 
-/* Queues GOAWAY with the last stream id processed; no new streams after it. */
-int tt_h2_goaway(struct tt_h2 *h2, uint32_t h2_code)
+/* Submits GOAWAY with the last stream id processed. Returns 0 or an nghttp2 error. */
+static int goaway_submit(struct tt_h2 *h2, uint32_t h2_code)
 {
     int32_t last = nghttp2_session_get_last_proc_stream_id(h2->session);
     int rv = nghttp2_submit_goaway(h2->session, NGHTTP2_FLAG_NONE, last, h2_code, NULL, 0);
 
+    if (rv == 0)
+        h2->goaway_last = last;
+    return rv;
+}
+
+/* Queues GOAWAY with the last stream id processed; no new streams after it. A client's
+ * graceful one waits while request heads are queued: nghttp2 sends a GOAWAY ahead of them
+ * and, once it went out, refuses to open their streams (our own retirement would refuse
+ * the requests just given to the link); tt_h2_pending submits it once they went out. */
+int tt_h2_goaway(struct tt_h2 *h2, uint32_t h2_code)
+{
+    if (h2->role == TT_H2_CLIENT && h2_code == NGHTTP2_NO_ERROR &&
+        nghttp2_session_get_outbound_queue_size(h2->session) > 0) {
+        h2->goaway_sent = 1;
+        h2->goaway_due = 1;
+        return 0;
+    }
+    int rv = goaway_submit(h2, h2_code);
     if (rv != 0)
         return map_nghttp2(rv);
     h2->goaway_sent = 1;
-    h2->goaway_last = last;
+    h2->goaway_due = 0;
     return 0;
 }

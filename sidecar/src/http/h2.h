@@ -239,6 +239,9 @@ void tt_h2_stream_consume(struct tt_h2_stream *s, size_t n);
 /* Whether the peer ended its side and every byte it sent has been taken. */
 bool tt_h2_stream_eof(const struct tt_h2_stream *s);
 
+/* Whether the peer ended its side (END_STREAM arrived); bytes may still wait to be taken. */
+bool tt_h2_stream_peer_ended(const struct tt_h2_stream *s);
+
 /* The received header fields (request on the server, response on the client), valid
  * while the stream lives; NUL-terminated names and values. */
 const struct tt_h2_header *tt_h2_stream_headers(const struct tt_h2_stream *s, size_t *n);

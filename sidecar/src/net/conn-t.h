@@ -86,6 +86,7 @@ struct tt_conn {
     const char *closed_by;      /* "client" or "upstream": that side ended first; NULL: the proxy */
     const char *reset_by;       /* "client", "upstream" or "proxy": who reset; NULL: no reset */
     bool close_notify_sent;
+    bool lingering; /* a carrier: its FIN is out, the peer's end is awaited */
     char peer_addr[64];
     /* Where the upstream side connects and who must answer there: the listener's target
      * and expected_id, or in transparent mode what the original destination gives. */

@@ -103,6 +103,10 @@ void tt__on_timer(uv_timer_t *timer)
             if (c->state != TT_CONN_S_RELAY)
                 break;
         }
+        if (c->carrier && c->lingering) {
+            tt__conn_close(c, 0, false); /* the peer did not end its side in time */
+            break;
+        }
         if (c->carrier) {
             int r = tt_link_tick(c->link, now);
             if (r < 0)

@@ -114,6 +114,7 @@ void tt__refusal_read(struct tt_conn *c, const uint8_t *data, size_t n)
 }
 
 static const struct tt_h2_stream_callbacks h1_stream_callbacks;
+static void h1_leave(struct tt_conn *c);
 
 /* The current request of an HTTP/1.x app, for its request line and counters. */
 struct h1_request {
@@ -212,7 +213,7 @@ static bool h1_ride_now(struct tt_conn *c)
         return false;
     c->h1_settling = true; /* tt__pool_ride: the stream opens here, no timer */
     r = tt_pool_attach_up(c->worker->pool, &c->member, &c->target, c->expected_id,
-                          c->snapshot->identity, uv_now(&c->worker->loop));
+                          tt__pool_identity(c), uv_now(&c->worker->loop));
     c->h1_settling = false;
     if (r != 1 || c->h1_session == NULL)
         return false;
@@ -262,6 +263,14 @@ static int h1_on_request(void *ud, const struct tt_h1h2_request *rq)
     }
     c->stream = tt_h2_open(c->h1_session, &req, &h1_stream_callbacks, c, &err);
     c->h1_session = NULL;
+    if (c->stream == NULL && err == TT_E_H2_GOAWAY) {
+        /* The link stopped taking streams since it was given (a GOAWAY, sent or received:
+         * a rotation retired it): nothing of the request went out, so it waits for another
+         * link. Unbounded, as no retired link is given again. */
+        h1_leave(c);
+        c->h1_need_link = true;
+        return TT_H1H2_WAIT;
+    }
     if (c->stream == NULL)
         return err < 0 ? err : TT_E_LINK_CLOSED;
     return 0;
@@ -412,9 +421,22 @@ static void h1_cut(struct tt_conn *c, int err)
     tt__relay_progress(c); /* tt__h1_progress: the FIN once the queue has drained */
 }
 
+/* The current request is sent again from its first byte on a new stream (counted against
+ * TT_CONN_REFUSED_RETRIES): its endpoint and link are picked anew on the kick. */
+static void h1_retry(struct tt_conn *c)
+{
+    c->refused_retries++;
+    TT_COUNTER_ADD(conn_counters(c)->pool.requests_retried, 1);
+    h1_leave(c);
+    c->h1_need_link = true;
+    if (c->state != TT_CONN_S_RELAY)
+        tt__conn_enter(c, TT_CONN_S_RELAY);
+    tt__h1_kick(c);
+}
+
 /* The current request's stream ended before its response did (err): one the peer never
  * processed (refused), or an idempotent one with no byte answered yet, is sent again on a
- * new stream, once; anything else unanswered gets 502; a response under way is cut
+ * new stream (h1_retry); anything else unanswered gets 502; a response under way is cut
  * (h1_cut). */
 static void h1_stream_failed(struct tt_conn *c, int err, bool refused)
 {
@@ -422,13 +444,7 @@ static void h1_stream_failed(struct tt_conn *c, int err, bool refused)
 
     if (!answered && (refused || c->h1_idempotent) &&
         c->refused_retries < TT_CONN_REFUSED_RETRIES) {
-        c->refused_retries++;
-        TT_COUNTER_ADD(conn_counters(c)->pool.requests_retried, 1);
-        h1_leave(c);
-        c->h1_need_link = true;
-        if (c->state != TT_CONN_S_RELAY)
-            tt__conn_enter(c, TT_CONN_S_RELAY);
-        tt__h1_kick(c);
+        h1_retry(c);
         return;
     }
     if (answered) {
@@ -439,16 +455,30 @@ static void h1_stream_failed(struct tt_conn *c, int err, bool refused)
     h1_answer(c, 502, "upstream_reset", err);
 }
 
-/* pool ops lost, for an HTTP/1.x app: the link under its request is gone. Before the
- * request's stream opened it is a failed connect (another endpoint, or the app is told);
- * after, h1_stream_failed decides. */
+static int h1_pump_response(struct tt_conn *c, bool whole);
+
+/* pool ops lost, for an HTTP/1.x app: the link under its request is gone (its stream, if
+ * any, is still readable: the session is freed after). A response that had arrived whole
+ * goes to the app all at once: a peer closes a retired link once its streams are over,
+ * before the app may have read the end of one. One given to the request before its stream
+ * opened (the peer closed it after a GOAWAY, as a rotation does) sent nothing of it: the
+ * request tries another link, within the retry budget, and past it fails as a connect
+ * would (another endpoint, or the app is told); after the stream opened, h1_stream_failed
+ * decides. */
 void tt__h1_lost(struct tt_conn *c, int err)
 {
     bool opened = c->state == TT_CONN_S_RELAY && c->h1_session == NULL;
 
     c->h1_session = NULL;
+    if (opened && c->stream != NULL && c->h1_head && tt_h2_stream_peer_ended(c->stream)) {
+        if (h1_check(c, h1_pump_response(c, true)))
+            tt__relay_progress(c);
+        return;
+    }
     if (opened)
         h1_stream_failed(c, err, false);
+    else if (c->refused_retries < TT_CONN_REFUSED_RETRIES)
+        h1_retry(c);
     else
         tt__conn_connect_failed(c, err);
 }
@@ -575,12 +605,12 @@ void tt__h1_app_eof(struct tt_conn *c)
     h1_after(c, r);
 }
 
-/* Moves the current response to the app while its queue has room: the head once it is
- * known whether a body follows, the body, and at the stream's end the response's end,
- * after which the next request may start (inside). Returns 0, or as
- * tt_h1h2_response_end() (TT_E_HTTP: the next request was refused and answered), or
- * <0. */
-static int h1_pump_response(struct tt_conn *c)
+/* Moves the current response to the app while its queue has room (all of what the stream
+ * holds when `whole`): the head once it is known whether a body follows, the body, and at
+ * the stream's end the response's end, after which the next request may start (inside).
+ * Returns 0, or as tt_h1h2_response_end() (TT_E_HTTP: the next request was refused and
+ * answered), or <0. */
+static int h1_pump_response(struct tt_conn *c, bool whole)
 {
     struct tt_h2_stream *s = c->stream;
     int r;
@@ -597,7 +627,8 @@ static int h1_pump_response(struct tt_conn *c)
         if (r < 0)
             return r;
     }
-    while (tt_h2_stream_readable(s) > 0 && side_queue_len(&c->down) < TT_CONN_QUEUE_MAX) {
+    while (tt_h2_stream_readable(s) > 0 &&
+           (whole || side_queue_len(&c->down) < TT_CONN_QUEUE_MAX)) {
         const uint8_t *data;
         size_t n = tt_h2_stream_peek(s, &data);
         r = tt_h1h2_response_body(c->h1h2, (const char *)data, n);
@@ -624,7 +655,7 @@ void tt__h1_progress(struct tt_conn *c)
     struct tt_side *app = &c->down;
     bool room, done;
 
-    if (!h1_check(c, h1_pump_response(c)) || c->state != TT_CONN_S_RELAY)
+    if (!h1_check(c, h1_pump_response(c, false)) || c->state != TT_CONN_S_RELAY)
         return; /* h1_check flushed the window given back */
     if (c->h1_need_link || c->h1_upgrade || c->h1_session != NULL)
         tt__h1_kick(c);

@@ -35,6 +35,7 @@
 #define TT_CONN_REFUSED_RETRIES  1           /* a tunnel the peer did not process is retried once */
 #define TT_CONN_REPLAY_MAX       (16 * 1024) /* a request held to send again (up_replay) */
 #define TT_CONN_REFUSAL_WAIT_MS  500 /* a refused app connection: its first bytes, at most */
+#define TT_CONN_LINGER_MS        2000 /* a closing link: the peer's end awaited, at most */
 
 static inline struct tt_listener_counters *conn_counters(struct tt_conn *c)
 {
@@ -136,6 +137,8 @@ bool tt__carrier_negotiated(struct tt_conn *c);
 void tt__carrier_accept(struct tt_conn *c);
 void tt__carrier_up(struct tt_conn *c);
 void tt__conn_pool_attach(struct tt_conn *c);
+/* The identity pooled links are made with now (the worker's newest snapshot's). */
+const void *tt__pool_identity(const struct tt_conn *c);
 void tt__conn_tunnel_leave(struct tt_conn *c);
 void tt__conn_tunnel_end(struct tt_conn *c, int err, bool reset);
 void tt__tunnel_on_data(struct tt_h2_stream *s, void *ud);

@@ -108,6 +108,15 @@ static void conn_go_direct(struct tt_conn *c)
     tt__conn_start_connect(c);
 }
 
+/* The identity links are made with now: the worker's newest, whatever snapshot the app
+ * connection started with. An app connection kept open across a rotation that asked for
+ * links with its own, older identity would retire the links made with the new one, and
+ * every new connection the links it made: the pool would churn while both kinds exist. */
+const void *tt__pool_identity(const struct tt_conn *c)
+{
+    return c->worker->snapshot->identity;
+}
+
 /* Outbound: puts c in the pool for its target (tt__conn_start_connect): it rides a link now,
  * waits for one, or goes direct. */
 void tt__conn_pool_attach(struct tt_conn *c)
@@ -119,7 +128,7 @@ void tt__conn_pool_attach(struct tt_conn *c)
         c->route = "pool";
     tt__conn_enter(c, TT_CONN_S_CONNECTING);
     r = tt_pool_attach(c->worker->pool, &c->member, &c->target, c->expected_id,
-                       c->snapshot->identity, uv_now(&c->worker->loop));
+                       tt__pool_identity(c), uv_now(&c->worker->loop));
     if (c->state == TT_CONN_S_CLOSING)
         return;
     if (r == TT_POOL_GO_DIRECT) {
@@ -286,7 +295,7 @@ const struct tt_h2_stream_callbacks tt__tunnel_callbacks = {
 };
 
 /* pool ops: opens an outbound link's carrier to `target`, like an outbound connection of
- * `like`'s listener. */
+ * `like`'s listener, with the worker's newest snapshot (tt__pool_identity). */
 static int pool_dial(struct tt_link *link, struct tt_conn *like, const struct tt_addr *target,
                      const char *expected_id)
 {
@@ -300,7 +309,7 @@ static int pool_dial(struct tt_link *link, struct tt_conn *like, const struct tt
     c->expected_id = expected_id; /* the pool's destination keeps it */
     c->route = "link";
     snprintf(c->peer_addr, sizeof(c->peer_addr), "%.63s", target->text);
-    tt__conn_track(c, like->snapshot, false);
+    tt__conn_track(c, like->worker->snapshot, false);
     tt__conn_start_connect(c);
     return 0;
 }
@@ -315,10 +324,10 @@ static int pool_send(struct tt_conn *c, const uint8_t *data, size_t len)
 
 /* pool ops: the carrier takes more while nothing waits behind its write in flight: each
  * batch's ciphertext (one record) then moves into the queue whole, never outgrowing its
- * slab, as a plaintext read's does in a direct relay. */
+ * slab, as a plaintext read's does in a direct relay. Nothing after its close_notify. */
 static bool pool_writable(struct tt_conn *c)
 {
-    return c->state == TT_CONN_S_RELAY && c->tls_side->queued.len == 0;
+    return c->state == TT_CONN_S_RELAY && c->tls_side->queued.len == 0 && !c->close_notify_sent;
 }
 
 /* pool ops: the link is up: open the tunnel (its HEADERS go with the link's next flush). */
@@ -365,19 +374,20 @@ static void pool_wait_failed(struct tt_conn *c, struct tt_conn *carrier, int err
     tt__conn_connect_failed(c, err);
 }
 
-/* pool ops: the link under c's tunnel is gone. */
+/* pool ops: the link under c's tunnel is gone (an HTTP/1.x app's stream is left to
+ * tt__h1_lost, which may still read it). */
 static void pool_lost(struct tt_conn *c, int err)
 {
+    if (c->h1h2 != NULL && c->state != TT_CONN_S_CLOSING) {
+        tt__h1_lost(c, err);
+        return;
+    }
     if (c->stream != NULL) {
         tt_h2_stream_release(c->stream);
         c->stream = NULL;
     }
     if (c->state == TT_CONN_S_CLOSING)
         return;
-    if (c->h1h2 != NULL) {
-        tt__h1_lost(c, err);
-        return;
-    }
     if (!conn_is_inbound(c) && c->state == TT_CONN_S_CONNECTING) {
         tt__conn_connect_failed(c, err);
         return;

@@ -648,9 +648,13 @@ void tt__relay_progress(struct tt_conn *c)
 }
 
 /* tt__relay_progress() of a link's carrier: its plaintext feeds the link's session, whose
- * answers go back out; it closes once the link is done (after GOAWAY, no stream left) or
- * the peer closed. The session's own flow control bounds what it buffers, so the socket
- * is read whenever the TLS engine has room. */
+ * answers go back out; once the link is done (after GOAWAY, no stream left) it sends
+ * close_notify and FIN, then lingers, reading, until the peer's end (at most
+ * TT_CONN_LINGER_MS: the timer): closed at once, the socket would answer what the peer
+ * still sends (window updates, its own GOAWAY) with a reset, which can make the peer lose
+ * the end of answers it has received but not read yet. It closes when the peer's end
+ * comes. The session's own flow control bounds what it buffers, so the socket is read
+ * whenever the TLS engine has room. */
 void tt__carrier_progress(struct tt_conn *c)
 {
     struct tt_side *ts = c->tls_side;
@@ -681,9 +685,9 @@ void tt__carrier_progress(struct tt_conn *c)
     tt__side_maybe_shutdown(c, ts);
     if (c->state != TT_CONN_S_RELAY)
         return;
-    if (ts->shutdown_done) {
-        tt__conn_close(c, 0, false);
-        return;
+    if (ts->shutdown_done && !c->lingering) {
+        c->lingering = true;
+        uv_timer_start(&c->timer, tt__on_timer, TT_CONN_LINGER_MS, 0);
     }
     tt__side_set_reading(c, ts, !ts->sock_eof && tt_tls_input_len(c->tls) <= TT_BUF_SLAB / 2);
 }

@@ -354,7 +354,8 @@ void tt_pool_drain(struct tt_pool *pool)
 
 /* Server: a new stream: a `CONNECT` with `:protocol tether-tcp` (a tunnel) or a request
  * (served to the workload as HTTP/1.1, http/h2h1.h) goes to the carrier's connection
- * (ops->accept); any other CONNECT is answered 501 (no tunnel to elsewhere is served). */
+ * (ops->accept; 503 when it cannot take it); any other CONNECT is answered 501 (no tunnel
+ * to elsewhere is served); on a retiring link it is refused. */
 static void link_on_stream(struct tt_h2 *h2, struct tt_h2_stream *s, void *ud)
 {
     struct tt_link *link = ud;
@@ -370,7 +371,14 @@ static void link_on_stream(struct tt_h2 *h2, struct tt_h2_stream *s, void *ud)
         tt_h2_stream_release(s);
         return;
     }
-    if (link->state == LINK_RETIRING || link->pool->ops->accept(link->carrier, link, s) < 0) {
+    if (link->state == LINK_RETIRING) {
+        /* After the caller's GOAWAY (ours refuses later streams in the session): not
+         * served, so the caller may send it again on another link. */
+        (void)tt_h2_stream_reset(s, TT_H2_REFUSED_STREAM);
+        tt_h2_stream_release(s);
+        return;
+    }
+    if (link->pool->ops->accept(link->carrier, link, s) < 0) {
         (void)tt_h2_respond(s, 503, &busy, 1, true);
         tt_h2_stream_release(s);
     }
@@ -658,13 +666,15 @@ int tt_link_tick(struct tt_link *link, uint64_t now_ms)
 /* No new tunnel; closes when the last one is over (see pool.h). */
 void tt_link_retire(struct tt_link *link)
 {
-    if (link->state == LINK_DIALLING) {
-        /* Its waiting members were promised a link: they ride it, then it retires. */
+    if (link->state == LINK_RETIRING)
+        return;
+    if (link->state == LINK_DIALLING || (link->n_waiting > 0 && !link_can_ride(link))) {
+        /* Its waiting members were promised a link: they ride it once the peer's SETTINGS
+         * allow tunnels, then it retires. (Retired now, the GOAWAY would keep them waiting
+         * until the peer closed the link, and they would fail.) */
         link->retire_when_up = true;
         return;
     }
-    if (link->state == LINK_RETIRING)
-        return;
     link->state = LINK_RETIRING;
     if (link->h2 != NULL) {
         (void)tt_h2_goaway(link->h2, TT_H2_NO_ERROR);
