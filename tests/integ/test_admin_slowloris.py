@@ -110,7 +110,9 @@ class Slowloris:
 
 def held_from(pid, port, src_hex):
     """Connections to port that the process holds open (ESTABLISHED, its own socket
-    inodes), by peer address in /proc/net/tcp's hex: {hex: count}."""
+    inodes), by peer address in /proc/net/tcp's hex: {hex: count}. Each socket counts once:
+    /proc/net/tcp is read in several chunks while the flood changes the table, and an
+    entry can be listed twice (the kernel resumes each chunk by position)."""
     inodes = set()
     for fd in os.listdir("/proc/%d/fd" % pid):
         try:
@@ -119,7 +121,7 @@ def held_from(pid, port, src_hex):
             continue
         if m:
             inodes.add(m.group(1))
-    out = {}
+    held = {}
     with open("/proc/%d/net/tcp" % pid) as f:
         for ln in f.read().splitlines()[1:]:
             p = ln.split()
@@ -127,8 +129,8 @@ def held_from(pid, port, src_hex):
                 continue
             ip = p[2].split(":")[0]
             if src_hex is None or ip == src_hex:
-                out[ip] = out.get(ip, 0) + 1
-    return out
+                held.setdefault(ip, set()).add(p[9])
+    return {ip: len(socks) for ip, socks in held.items()}
 
 
 def probe(port):
