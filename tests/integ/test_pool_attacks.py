@@ -17,15 +17,21 @@ client, would:
 - garbage after the preface ends that link with a GOAWAY naming the error and the
   sidecar goes on serving;
 - tunnels and the request count as streams (the refused CONNECTs do not), none is left
-  open.
+  open;
+- a caller that says GOAWAY and then holds its socket open forever gets the link's end
+  (close_notify, FIN) at once and loses the socket about 2 s later (the lingering close
+  waits that long for the caller's end, no longer).
 The client runs under Debian's python (h.DEBIAN_PYTHON), where python3-h2 lives."""
 import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+
+HOLD_SECONDS = 6  # goaway_hold: how long the caller keeps its socket after the server's end
 
 
 def client(port, crt, key, ca, scenario, authority):
@@ -117,6 +123,19 @@ def client(port, crt, key, ca, scenario, authority):
     elif scenario == "garbage":
         s.sendall(b"\x00\x00\x04\x42\x00\x00\x00\x00\x07garbage-frame" * 4)
         pump(lambda: "goaway" in result)
+    elif scenario == "goaway_hold":
+        # Says GOAWAY, reads the server's end, then holds its own socket open.
+        conn.close_connection()
+        s.sendall(conn.data_to_send())
+        try:  # the bytes as they come (h2 takes no frame once it said GOAWAY)
+            while s.recv(65536):
+                pass
+            result["events"].append("eof")
+        except (socket.timeout, ConnectionError, ssl.SSLError):
+            result["events"].append("recv_error")
+        print(json.dumps(result), flush=True)
+        time.sleep(HOLD_SECONDS)
+        return
     print(json.dumps(result))
 
 
@@ -215,6 +234,30 @@ def test(env):
     li = api_sc.listener("inbound:")
     ok(li["pool"]["streams_total"] == 4 and li["pool"]["streams_active"] == 0,
        "tunnels are counted and none is left open (%r)" % li["pool"])
+
+    # 6. A caller that says GOAWAY and then never closes its side: the inbound ends the
+    # link (close_notify and FIN), waits for the caller's end at most 2 s (the lingering
+    # close, net/conn_int.h TT_CONN_LINGER_MS), then closes its socket anyway.
+    hold = subprocess.Popen([h.DEBIAN_PYTHON, os.path.abspath(__file__), "client",
+                             str(in_port), web.crt, web.key, ca.crt, "goaway_hold",
+                             authority], stdout=subprocess.PIPE, text=True)
+    try:
+        res = json.loads(hold.stdout.readline() or "{}")
+        t0 = time.monotonic()
+        ok("eof" in res.get("events", []),
+           "the inbound answers the caller's GOAWAY with its end (%r)" % res.get("events"))
+        gone = False
+        while not gone and time.monotonic() - t0 < HOLD_SECONDS - 1:
+            gone = api_sc.listener("inbound:")["pool"]["connections"] == 0
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        ok(gone and hold.poll() is None,
+           "the link is closed %.1f s after its end while the caller still holds its "
+           "socket (connections %r)" % (took, api_sc.listener("inbound:")["pool"][
+               "connections"]))
+    finally:
+        hold.kill()
+        hold.wait()
     ok.done()
 
 
