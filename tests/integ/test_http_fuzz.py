@@ -505,8 +505,12 @@ def test(env):
                    "%s: %s took every new certificate (%d rotations, %d written)" % (
                        name, sc.name, rotations, rotator.count))
             recycled = out_sc.listener("outbound:")["pool"]["connections_recycled"]
-            ok(recycled >= rotator.count // 2,
-               "%s: links made with an old certificate were recycled (%d)" % (name, recycled))
+            # Each rotation retires the few links up then (22-36 for 15-24 rotations); an
+            # app connection from before a rotation that asked for links with its own old
+            # identity retired the new ones, and new connections the old: 387.
+            ok(rotator.count // 2 <= recycled <= 4 * rotator.count,
+               "%s: links made with an old certificate were recycled, each once (%d for %d "
+               "rotations)" % (name, recycled, rotator.count))
         ok(not failures and answered > 200 and cut > 10 and chaos > 10,
            "%s: %d answers checked byte for byte, %d cut short as asked, %d misbehaving "
            "connections beside them; failures: %d%s" % (
