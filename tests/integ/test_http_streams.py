@@ -64,11 +64,16 @@ backend. Each case on the same pair unless it says otherwise:
 15. An answer whose head is too big for one HTTP/2 header block (400 fields, 64 KB: the
    inbound's nghttp2 will not send it) gets 502 upstream_reset at once: the inbound resets
    the stream; it used to leave it open, and the app waited for an answer forever.
+16. The outbound's certificate rotates while a request waits for the first link to its
+   peer (the inbound stopped with SIGSTOP in the middle of the handshake): once up, the
+   link made with the old certificate is retired as the request rides it, before its
+   stream opened; the request goes on another link and is answered 200 (it was reset).
 """
 
 import http.client
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -791,6 +796,49 @@ def check_cut_response(ok, out_port, timeout_port):
        "FIN that would make the part look whole (read %r)" % raw[:120])
 
 
+def check_rotation_while_dialling(ok, w, backend):
+    """16: the outbound's certificate rotates while a request waits for the first link to
+    its peer (the inbound is stopped in the middle of the handshake): the link comes up
+    made with the old certificate, the request rides it and the link is retired at once;
+    the request, whose stream had not opened yet, goes on a link with the new certificate
+    and is answered."""
+    in_port, out_port = h.free_port(), h.free_port()
+    api = w.env.sidecar("api-rot", w.api, w.ca, inbound=[(in_port, backend.addr)],
+                        workers=1)
+    web_cert = w.env.certs.leaf("web-rot", w.ca, [w.web_id])
+    web = w.env.sidecar("web-rot", web_cert, w.ca, workers=1, outbound=[
+        (out_port, "127.0.0.1:%d" % in_port, w.api_id)])
+    got = {}
+
+    def call(key):
+        try:
+            got[key] = request(out_port, "GET", "/n/" + key)
+        except Exception as e:  # noqa: BLE001 - reported below
+            got[key] = e
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in ("before", "after")]
+    api.signal(signal.SIGSTOP)  # the link's TCP connect completes, its handshake waits
+    try:
+        threads[0].start()
+        time.sleep(0.5)
+        w.env.certs.leaf("web-rot", w.ca, [w.web_id])
+        web.signal(signal.SIGHUP)
+        h.wait_for(lambda: web.stats()["identity"].get("rotations", 0) >= 1, 5,
+                   what="web-rot's rotation")
+        threads[1].start()  # asks for a link with the new certificate: the old one retires
+        time.sleep(0.5)
+    finally:
+        api.signal(signal.SIGCONT)
+    for t in threads:
+        t.join(20)
+    pool = web.listener("outbound:")["pool"]
+    for key in ("before", "after"):
+        ok(got.get(key) == (200, None, ("k=%s\n" % key).encode()),
+           "16: the request from %s the rotation is answered (%r)" % (key, got.get(key)))
+    ok(pool["connections_recycled"] == 1,
+       "16: the link made with the old certificate was retired (%r)" % pool)
+
+
 class World:
     pass
 
@@ -871,6 +919,7 @@ def test(env):
     check_reset_under_post(ok, reset_out, resetter)
     check_cut_response(ok, cut_out, cut_slow_out)
     check_head_too_big(ok, out_port)
+    check_rotation_while_dialling(ok, w, backend)
     r = subprocess.run([h.DEBIAN_PYTHON, "-c", "import h2.connection"], capture_output=True)
     ok(r.returncode == 0, "8: %s imports h2 (python3-h2; deploy/install-deps.sh installs "
        "it)" % h.DEBIAN_PYTHON)
