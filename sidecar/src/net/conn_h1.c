@@ -460,10 +460,8 @@ static int h1_pump_response(struct tt_conn *c, bool whole);
 /* pool ops lost, for an HTTP/1.x app: the link under its request is gone (its stream, if
  * any, is still readable: the session is freed after). A response that had arrived whole
  * goes to the app all at once: a peer closes a retired link once its streams are over,
- * before the app may have read the end of one. One given to the request before its stream
- * opened (the peer closed it after a GOAWAY, as a rotation does) sent nothing of it: the
- * request tries another link, within the retry budget, and past it fails as a connect
- * would (another endpoint, or the app is told); after the stream opened, h1_stream_failed
+ * before the app may have read the end of one. Before the request's stream opened it is a
+ * failed connect (another endpoint, or the app is told); after, h1_stream_failed
  * decides. */
 void tt__h1_lost(struct tt_conn *c, int err)
 {
@@ -477,8 +475,6 @@ void tt__h1_lost(struct tt_conn *c, int err)
     }
     if (opened)
         h1_stream_failed(c, err, false);
-    else if (c->refused_retries < TT_CONN_REFUSED_RETRIES)
-        h1_retry(c);
     else
         tt__conn_connect_failed(c, err);
 }
