@@ -1077,6 +1077,7 @@ bool tt_h2_stream_eof(const struct tt_h2_stream *s)
     return s->peer_end && s->recv.len == 0;
 }
 
+/* Whether END_STREAM arrived (bytes may wait to be read). */
 bool tt_h2_stream_peer_ended(const struct tt_h2_stream *s)
 {
     return s->peer_end;
@@ -1183,9 +1184,10 @@ static int goaway_submit(struct tt_h2 *h2, uint32_t h2_code)
 }
 
 /* Queues GOAWAY with the last stream id processed; no new streams after it. A client's
- * graceful one waits while request heads are queued: nghttp2 sends a GOAWAY ahead of them
- * and, once it went out, refuses to open their streams (our own retirement would refuse
- * the requests just given to the link); tt_h2_pending submits it once they went out. */
+ * graceful one waits while request heads are queued (tt_h2_pending submits it once they
+ * went out): nghttp2 would send it ahead of them, and a server takes streams that arrive
+ * after a client's GOAWAY for ones it need not serve (nghttp2 ignores them when no other
+ * stream is active), so our own retirement would lose the requests just given the link. */
 int tt_h2_goaway(struct tt_h2 *h2, uint32_t h2_code)
 {
     if (h2->role == TT_H2_CLIENT && h2_code == NGHTTP2_NO_ERROR &&

@@ -274,7 +274,8 @@ void tt_h2_stream_release(struct tt_h2_stream *s);
 int tt_h2_ping(struct tt_h2 *h2);
 
 /* Drains the session: queues GOAWAY with `h2_code` and the last stream id we processed;
- * no new stream is accepted or opened, active streams finish. Returns 0 or
+ * no new stream is accepted or opened, active streams finish. A client's graceful GOAWAY
+ * (NO_ERROR) goes out after the request heads already queued. Returns 0 or
  * TT_E_H2_INTERNAL / -ENOMEM. */
 int tt_h2_goaway(struct tt_h2 *h2, uint32_t h2_code);
 
