@@ -246,10 +246,11 @@ def test(env):
         t0 = time.monotonic()
         ok("eof" in res.get("events", []),
            "the inbound answers the caller's GOAWAY with its end (%r)" % res.get("events"))
-        gone = False
-        while not gone and time.monotonic() - t0 < HOLD_SECONDS - 1:
-            gone = api_sc.listener("inbound:")["pool"]["connections"] == 0
-            time.sleep(0.1)
+        try:
+            gone = h.wait_for(lambda: api_sc.listener("inbound:")["pool"]["connections"] == 0,
+                              HOLD_SECONDS - 1, what="the held link's close")
+        except h.TestFailure:
+            gone = False
         took = time.monotonic() - t0
         ok(gone and hold.poll() is None,
            "the link is closed %.1f s after its end while the caller still holds its "

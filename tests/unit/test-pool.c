@@ -276,8 +276,9 @@ static void pump(void)
 }
 
 /* Completes the handshake of dialled carrier `oc` (with the token) and accepts it on the
- * inbound pool: both sessions run and exchange their SETTINGS. Returns the inbound carrier. */
-static struct tt_conn *link_connect(struct tt_conn *oc)
+ * inbound pool: both sessions start, but nothing they sent is delivered yet (the peers'
+ * SETTINGS have not arrived). Returns the inbound carrier. */
+static struct tt_conn *link_handshake(struct tt_conn *oc)
 {
     struct tt_conn *ic = conn_new();
 
@@ -287,6 +288,15 @@ static struct tt_conn *link_connect(struct tt_conn *oc)
     ic->peer = oc;
     oc->peer = ic;
     assert_int_equal(tt_link_up(oc->link, oc, true, T.now), 0);
+    return ic;
+}
+
+/* link_handshake(), then both sessions exchange their SETTINGS. Returns the inbound
+ * carrier. */
+static struct tt_conn *link_connect(struct tt_conn *oc)
+{
+    struct tt_conn *ic = link_handshake(oc);
+
     pump();
     return ic;
 }
@@ -357,12 +367,7 @@ static void test_pool_wait_then_ride(void **state)
     assert_int_equal(a->rides + b->rides, 0);
 
     /* Up, but the peer's SETTINGS have not arrived: still waiting. */
-    struct tt_conn *ic = conn_new();
-    ic->carrier = true;
-    ic->link = tt_link_accept(T.in, ic, &T.ictr, T.now);
-    ic->peer = oc;
-    oc->peer = ic;
-    assert_int_equal(tt_link_up(oc->link, oc, true, T.now), 0);
+    link_handshake(oc);
     assert_int_equal(a->rides + b->rides, 0);
     pump();
     assert_int_equal(a->rides, 1);
@@ -767,12 +772,7 @@ static void test_pool_rotation_before_settings(void **state)
     (void)state;
     struct tt_conn *a = attach(&T.t1, ID_A, &identity1, 0);
     struct tt_conn *oc1 = T.last_dial;
-    struct tt_conn *ic = conn_new();
-    ic->carrier = true;
-    ic->link = tt_link_accept(T.in, ic, &T.ictr, T.now);
-    ic->peer = oc1;
-    oc1->peer = ic;
-    assert_int_equal(tt_link_up(oc1->link, oc1, true, T.now), 0);
+    link_handshake(oc1);
 
     struct tt_conn *b = attach(&T.t1, ID_A, &identity2, 0);
     assert_int_equal(T.octr.pool.links_recycled, 1);

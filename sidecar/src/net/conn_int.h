@@ -34,7 +34,7 @@
 #define TT_CONN_CONNECT_ATTEMPTS 4           /* endpoints a balanced connection tries at most */
 #define TT_CONN_REFUSED_RETRIES  1           /* a tunnel the peer did not process is retried once */
 #define TT_CONN_REPLAY_MAX       (16 * 1024) /* a request held to send again (up_replay) */
-#define TT_CONN_REFUSAL_WAIT_MS  500 /* a refused app connection: its first bytes, at most */
+#define TT_CONN_REFUSAL_WAIT_MS  500  /* a refused app connection: its first bytes, at most */
 #define TT_CONN_LINGER_MS        2000 /* a closing link: the peer's end awaited, at most */
 
 static inline struct tt_listener_counters *conn_counters(struct tt_conn *c)
