@@ -31,7 +31,11 @@
 #include "http/h1.h"
 #include "net/acceptor.h"
 
-#define HTTPD_BACKLOG    128
+/* Room for connections the kernel holds before accept(2): a connection deferred by
+ * TCP_DEFER_ACCEPT (no byte yet) waits in the same bounded queue, and once it is full each
+ * new SYN meets a cookie or a drop, which costs a kubelet probe its 1 s timeout (the
+ * client's first SYN retransmit). The kernel caps it at net.core.somaxconn. */
+#define HTTPD_BACKLOG    1024
 #define HTTPD_LINGER_MS  2000
 #define HTTPD_SWEEP_MS   1000
 #define HTTPD_WRITE_HIGH (1024 * 1024) /* stop parsing above this many unsent bytes */
