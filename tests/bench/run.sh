@@ -408,15 +408,49 @@ wrk.body = string.rep("x", $POST_BODY)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
 
-run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors"
-    local chain=$1 round=$2 kind=$3 extra=() out conns=$CONNS
+# The processes of each pair (nginx: the masters, whose workers cpu_ticks adds).
+declare -A pair_pids=([tether]="$pid_t_out $pid_t_in" [tether-direct]="$pid_d_out $pid_d_in"
+    [tether-l7]="$pid_l_out $pid_l_in" [nginx]="$pid_nginx_out $pid_nginx_in"
+    [haproxy]="$pid_haproxy_out $pid_haproxy_in" [direct]=""
+    [nginx-default]="${pid_nginxd_out:-} ${pid_nginxd_in:-}"
+    [haproxy-default]="${pid_haproxyd_out:-} ${pid_haproxyd_in:-}"
+    [nginx-l7]="${pid_nginx7_out:-} ${pid_nginx7_in:-}")
+cpu_ticks() { # PID...: user + system CPU of the processes and their children, clock ticks
+    local total=0 p q kids
+    for p in "$@"; do
+        kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
+        for q in $p $kids; do
+            # utime and stime: fields 14 and 15, counted after the ")" that ends the name.
+            total=$((total + $(sed 's/.*) //' /proc/"$q"/stat 2>/dev/null |
+                awk '{print $12 + $13}' || echo 0)))
+        done
+    done
+    echo $total
+}
+
+run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors", and for
+    # the keep-alive load "chain cpu round US_PER_REQUEST nan nan 0": the CPU time both
+    # proxies of the pair spent per request (user + system), a figure the machine's noise
+    # moves less than requests/s, since it leaves out the client, the backend and the wait.
+    local chain=$1 round=$2 kind=$3 extra=() out conns=$CONNS before after
     [ "$kind" = close ] && extra=(-H "Connection: close")
     [ "$kind" = many ] && conns=$MANY_CONNS
     [ "$kind" = post ] && extra=(-s "$work/post.lua")
+    # shellcheck disable=SC2086 # a list of pids
+    before=$(cpu_ticks ${pair_pids[$chain]})
     out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" \
         "http://127.0.0.1:${port[$chain]}/" 2>&1) || true
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks ${pair_pids[$chain]})
     echo "$out" >"$work/wrk-$chain-$kind-$round.txt"
     echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$work/wrk-$chain-$kind-$round.txt")" >>"$res"
+    if [ "$kind" = keepalive ] && [ -n "${pair_pids[$chain]// /}" ]; then
+        local n
+        n=$(awk '/ requests in / {print $1}' <<<"$out")
+        [ -n "$n" ] && [ "$n" -gt 0 ] &&
+            echo "$chain cpu $round $(python3 -c "print(round(($after - $before) * 1e6 / \
+                $(getconf CLK_TCK) / $n, 2))") nan nan 0" >>"$res"
+    fi
 }
 run_transfer() { # CHAIN ROUND
     local chain=$1 round=$2 out
@@ -678,8 +712,8 @@ print("Tether benchmark, %s, %s, %d CPUs (%s), kernel %s" % (
 print("%s rounds x %ss wrk runs, %s connections, %s worker(s) per proxy; medians; "
       "errors summed" % (rounds, dur, conns, workers))
 print()
-hdr = ("chain", "keep-alive req/s", "p50 ms", "p99 ms", "new-conn req/s", "100 MB MB/s",
-       "errors", "RSS idle MiB", "RSS %d idle MiB" % idle_n, "KiB/conn")
+hdr = ("chain", "keep-alive req/s", "p50 ms", "p99 ms", "CPU us/req", "new-conn req/s",
+       "100 MB MB/s", "errors", "RSS idle MiB", "RSS %d idle MiB" % idle_n, "KiB/conn")
 rows = []
 for chain in ("tether", "tether-direct", "tether-l7", "nginx", "haproxy", "direct",
               "nginx-default", "haproxy-default", "nginx-l7"):
@@ -689,8 +723,10 @@ for chain in ("tether", "tether-direct", "tether-l7", "nginx", "haproxy", "direc
     errs = sum(x[3] for x in ka + cl + xf + d[chain]["many"] + d[chain]["post"])
     ri, rb = rss["rss_idle"].get(chain), rss["rss_busy"].get(chain)
     per = ("%.1f" % ((rb - ri) / idle_n)) if ri and rb else "-"
+    cpu_us = med([x[0] for x in d[chain]["cpu"]])
     rows.append((chain, "%.0f" % med([x[0] for x in ka]), "%.2f" % med([x[1] for x in ka]),
-                 "%.2f" % med([x[2] for x in ka]), "%.0f" % med([x[0] for x in cl]),
+                 "%.2f" % med([x[2] for x in ka]), "%.1f" % cpu_us if cpu_us == cpu_us else "-",
+                 "%.0f" % med([x[0] for x in cl]),
                  "%.0f" % med([x[0] for x in xf]), str(errs),
                  "%.1f" % (ri / 1024) if ri else "-", "%.1f" % (rb / 1024) if rb else "-", per))
 w = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
@@ -706,6 +742,12 @@ if "tether" in d and "nginx" in d:
     print("  keep-alive per round, tether / nginx: %s; median of the ratios %.2fx" % (
         ", ".join("%.0f / %.0f = %.2fx" % (a, b, a / b) for a, b in zip(t, n)),
         med([a / b for a, b in zip(t, n)])))
+    t, n = [x[0] for x in d["tether"]["cpu"]], [x[0] for x in d["nginx"]["cpu"]]
+    if t and n:
+        print("  proxy CPU per keep-alive request (both proxies, user + system), per round, "
+              "tether / nginx: %s; median of the ratios %.2fx" % (
+                  ", ".join("%.1f / %.1f us" % (a, b) for a, b in zip(t, n)),
+                  med([a / b for a, b in zip(t, n)])))
 def extra_load(kind, title):
     """The medians of an extra load (run on tether, nginx, haproxy) and, per round, the
     tether / nginx ratio."""
