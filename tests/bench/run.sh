@@ -42,6 +42,8 @@ WORKERS=${WORKERS:-1} base=${BENCH_PORT:-21000} ACTIVE_CONNS=${ACTIVE_CONNS:-100
 EXTRA=${EXTRA:-1} H2=${H2:-1} H2_CLIENTS=${H2_CLIENTS:-10} H2_STREAMS=${H2_STREAMS:-10}
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=cpu.sh
+. "$here/cpu.sh"
 
 # --- tools and build ------------------------------------------------------------------
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
@@ -415,18 +417,6 @@ declare -A pair_pids=([tether]="$pid_t_out $pid_t_in" [tether-direct]="$pid_d_ou
     [nginx-default]="${pid_nginxd_out:-} ${pid_nginxd_in:-}"
     [haproxy-default]="${pid_haproxyd_out:-} ${pid_haproxyd_in:-}"
     [nginx-l7]="${pid_nginx7_out:-} ${pid_nginx7_in:-}")
-cpu_ticks() { # PID...: user + system CPU of the processes and their children, clock ticks
-    local total=0 p q kids
-    for p in "$@"; do
-        kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
-        for q in $p $kids; do
-            # utime and stime: fields 14 and 15, counted after the ")" that ends the name.
-            total=$((total + $(sed 's/.*) //' /proc/"$q"/stat 2>/dev/null |
-                awk '{print $12 + $13}' || echo 0)))
-        done
-    done
-    echo $total
-}
 
 run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors", and for
     # the keep-alive load "chain cpu round US_PER_REQUEST nan nan 0": the CPU time both
@@ -445,11 +435,9 @@ run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms erro
     echo "$out" >"$work/wrk-$chain-$kind-$round.txt"
     echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$work/wrk-$chain-$kind-$round.txt")" >>"$res"
     if [ "$kind" = keepalive ] && [ -n "${pair_pids[$chain]// /}" ]; then
-        local n
-        n=$(awk '/ requests in / {print $1}' <<<"$out")
-        [ -n "$n" ] && [ "$n" -gt 0 ] &&
-            echo "$chain cpu $round $(python3 -c "print(round(($after - $before) * 1e6 / \
-                $(getconf CLK_TCK) / $n, 2))") nan nan 0" >>"$res"
+        local us
+        us=$(cpu_us_per_request "$before" "$after" "$work/wrk-$chain-$kind-$round.txt")
+        [ -z "$us" ] || echo "$chain cpu $round $us nan nan 0" >>"$res"
     fi
 }
 run_transfer() { # CHAIN ROUND

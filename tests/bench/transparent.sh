@@ -42,6 +42,8 @@ PROXY=(setpriv --reuid 1337 --regid 1337 --clear-groups)
 . "$root/deploy/local/netns.sh"
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=cpu.sh
+. "$here/cpu.sh"
 
 # --- tools and build ------------------------------------------------------------------
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
@@ -184,7 +186,7 @@ tls_b=(--identity-cert "$c/api.crt" --identity-key "$c/api.key" --trust-bundle "
 common=(--workers "$WORKERS" --log-level warn --max-connections 19000)
 
 # start_pair CHAIN: starts that chain's two proxies and waits for them. Sets url.
-start_pair() {
+start_pair() { # also sets pid_a and pid_b, the two proxies' processes
     case $1 in
         tether-transparent)
             netns_spawn "$1-b" ip netns exec "$pod_b" "${PROXY[@]}" "$sidecar" --transparent \
@@ -214,6 +216,7 @@ start_pair() {
             url=http://$b_ip:8080/
             ;;
     esac
+    pid_a=$(cut -d' ' -f1 "$NETNS_STATE/pids/$1-a") pid_b=$(cut -d' ' -f1 "$NETNS_STATE/pids/$1-b")
     local out
     out=$(nsx "$pod_a" "${WORKLOAD[@]}" curl -sS --max-time 5 "$url") ||
         { say "$1 does not answer at $url"; return 1; }
@@ -223,12 +226,20 @@ start_pair() {
 res=$work/results.txt diag=$work/diag.txt
 : >"$res"
 : >"$diag"
-run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors"
-    local chain=$1 round=$2 kind=$3 extra=() f=$work/wrk-$1-$3-$2.txt
+run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors", and for
+    # the keep-alive load "chain cpu round US_PER_REQUEST nan nan 0": the CPU time both
+    # proxies spent per request (user + system; the capture's NAT on their sockets counts).
+    local chain=$1 round=$2 kind=$3 extra=() f=$work/wrk-$1-$3-$2.txt before after us
     [ "$kind" = close ] && extra=(-H "Connection: close")
+    before=$(cpu_ticks "$pid_a" "$pid_b")
     nsx "$pod_a" "${WORKLOAD[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency \
         "${extra[@]}" "$url" >"$f" 2>&1 || true
+    after=$(cpu_ticks "$pid_a" "$pid_b")
     echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$f")" >>"$res"
+    if [ "$kind" = keepalive ]; then
+        us=$(cpu_us_per_request "$before" "$after" "$f")
+        [ -z "$us" ] || echo "$chain cpu $round $us nan nan 0" >>"$res"
+    fi
 }
 
 chains=(tether-transparent tether-explicit haproxy-transparent)
@@ -287,13 +298,15 @@ print("pods in network namespaces with capture rules; %s rounds x %ss wrk runs, 
       "connections, %s worker(s) per proxy; medians; errors summed; tcp_tw_reuse=%s in the "
       "pods" % (rounds, dur, conns, workers, os.environ.get("TW_REUSE", "?")))
 print()
-hdr = ("pair", "keep-alive req/s", "p50 ms", "p99 ms", "new-conn req/s", "errors")
+hdr = ("pair", "keep-alive req/s", "p50 ms", "p99 ms", "CPU us/req", "new-conn req/s",
+       "errors")
 rows = []
 for chain in ("tether-transparent", "tether-explicit", "haproxy-transparent"):
     ka, cl = d[chain]["keepalive"], d[chain]["close"]
+    cpu_us = med([x[0] for x in d[chain]["cpu"]])
     rows.append((chain, "%.0f" % med([x[0] for x in ka]), "%.2f" % med([x[1] for x in ka]),
-                 "%.2f" % med([x[2] for x in ka]), "%.0f" % med([x[0] for x in cl]),
-                 str(sum(x[3] for x in ka + cl))))
+                 "%.2f" % med([x[2] for x in ka]), "%.1f" % cpu_us if cpu_us == cpu_us else "-",
+                 "%.0f" % med([x[0] for x in cl]), str(sum(x[3] for x in ka + cl))))
 w = [max(len(r[i]) for r in rows + [hdr]) for i in range(len(hdr))]
 fmt = " | ".join("%%-%ds" % x for x in w)
 print(fmt % hdr)
@@ -317,7 +330,7 @@ def ratios(kind, a, b):
     return med(rs), rs
 
 
-for kind in ("keepalive", "close"):
+for kind in ("keepalive", "close", "cpu"):  # cpu: proxy CPU per keep-alive request
     for other in ("tether-explicit", "haproxy-transparent"):
         m, rs = ratios(kind, "tether-transparent", other)
         print("%s: tether-transparent / %s per round: %s; median %.2fx" % (
