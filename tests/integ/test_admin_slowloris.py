@@ -133,6 +133,14 @@ def held_from(pid, port, src_hex):
     return {ip: len(socks) for ip, socks in held.items()}
 
 
+def listen_backlog(port):
+    """The accept queue's size of the socket listening on 127.0.0.1:port, as the kernel
+    reports it (ss: a listening socket's Send-Q); None when not found."""
+    out = subprocess.run(["ss", "-Hltn", "sport = :%d" % port], stdout=subprocess.PIPE,
+                         universal_newlines=True, timeout=10).stdout.split()
+    return int(out[2]) if len(out) >= 3 else None
+
+
 def probe(port):
     """What kubelet does: GET /ready with a 1 s timeout. (status, seconds)."""
     t = time.monotonic()
@@ -192,6 +200,16 @@ def test(env):
     sc = env.sidecar("api", api, ca, inbound=[(h.free_port(), echo.addr)], workers=1)
     asan = under_asan(sc.pid)
     seconds = 7 if asan else 9
+
+    # Connections deferred by TCP_DEFER_ACCEPT (no byte yet) wait in the listen queue: a
+    # queue smaller than a flood's connections fills, the kernel drops the next SYN, and a
+    # probe that meets the drop loses its whole 1 s timeout to the client's retransmit (as
+    # CI saw once with a backlog of 128 and 200 slow clients).
+    with open("/proc/sys/net/core/somaxconn") as f:
+        need = min(512, int(f.read()))
+    backlog = listen_backlog(sc.admin_port)
+    ok(backlog is not None and backlog >= need, "the admin listener's queue holds %d "
+       "connections (at least %d: more than every round's slow clients)" % (backlog or 0, need))
 
     # Round 1: a few slow clients, within every bound: only the deadline closes them.
     slow = Slowloris(sc.admin_port, 10, every=1.0).start()
