@@ -64,6 +64,17 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
     fi
 fi
+# With SKIP_INSTALL=1 a missing tool would only show when its part of the run comes, minutes
+# in, and the run would end without its table: refuse at once, naming what is missing.
+missing=()
+for tool in wrk nginx haproxy curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ "$H2" = 1 ]; then
+    for tool in h2load nghttpx nghttpd; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    say "missing: ${missing[*]} (run without SKIP_INSTALL=1 to install them; H2=0 skips the h2load part)"
+    exit 2
+fi
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     if [ ! -f "$build/build.ninja" ]; then
         meson setup "$build" "$root" --buildtype=release >/dev/null
