@@ -226,9 +226,10 @@ start_pair() { # also sets pid_a and pid_b, the two proxies' processes
 res=$work/results.txt diag=$work/diag.txt
 : >"$res"
 : >"$diag"
-run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors", and for
-    # the keep-alive load "chain cpu round US_PER_REQUEST nan nan 0": the CPU time both
-    # proxies spent per request (user + system; the capture's NAT on their sockets counts).
+run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors", and
+    # "chain cpu round US_PER_REQUEST nan nan 0" for the keep-alive load ("cpu_close" for the
+    # new-connection one): the CPU time both proxies spent per request (user + system; the
+    # capture's NAT on their sockets counts).
     local chain=$1 round=$2 kind=$3 extra=() f=$work/wrk-$1-$3-$2.txt before after us
     [ "$kind" = close ] && extra=(-H "Connection: close")
     before=$(cpu_ticks "$pid_a" "$pid_b")
@@ -236,10 +237,8 @@ run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms erro
         "${extra[@]}" "$url" >"$f" 2>&1 || true
     after=$(cpu_ticks "$pid_a" "$pid_b")
     echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$f")" >>"$res"
-    if [ "$kind" = keepalive ]; then
-        us=$(cpu_us_per_request "$before" "$after" "$f")
-        [ -z "$us" ] || echo "$chain cpu $round $us nan nan 0" >>"$res"
-    fi
+    us=$(cpu_us_per_request "$before" "$after" "$f")
+    [ -z "$us" ] || echo "$chain $([ "$kind" = close ] && echo cpu_close || echo cpu) $round $us nan nan 0" >>"$res"
 }
 
 chains=(tether-transparent tether-explicit haproxy-transparent)
@@ -299,14 +298,17 @@ print("pods in network namespaces with capture rules; %s rounds x %ss wrk runs, 
       "pods" % (rounds, dur, conns, workers, os.environ.get("TW_REUSE", "?")))
 print()
 hdr = ("pair", "keep-alive req/s", "p50 ms", "p99 ms", "CPU us/req", "new-conn req/s",
-       "errors")
+       "CPU us/conn", "errors")
 rows = []
 for chain in ("tether-transparent", "tether-explicit", "haproxy-transparent"):
     ka, cl = d[chain]["keepalive"], d[chain]["close"]
     cpu_us = med([x[0] for x in d[chain]["cpu"]])
+    cpu_conn = med([x[0] for x in d[chain]["cpu_close"]])
     rows.append((chain, "%.0f" % med([x[0] for x in ka]), "%.2f" % med([x[1] for x in ka]),
                  "%.2f" % med([x[2] for x in ka]), "%.1f" % cpu_us if cpu_us == cpu_us else "-",
-                 "%.0f" % med([x[0] for x in cl]), str(sum(x[3] for x in ka + cl))))
+                 "%.0f" % med([x[0] for x in cl]),
+                 "%.1f" % cpu_conn if cpu_conn == cpu_conn else "-",
+                 str(sum(x[3] for x in ka + cl))))
 w = [max(len(r[i]) for r in rows + [hdr]) for i in range(len(hdr))]
 fmt = " | ".join("%%-%ds" % x for x in w)
 print(fmt % hdr)
@@ -330,7 +332,7 @@ def ratios(kind, a, b):
     return med(rs), rs
 
 
-for kind in ("keepalive", "close", "cpu"):  # cpu: proxy CPU per keep-alive request
+for kind in ("keepalive", "close", "cpu", "cpu_close"):  # proxy CPU per request, per connection
     for other in ("tether-explicit", "haproxy-transparent"):
         m, rs = ratios(kind, "tether-transparent", other)
         print("%s: tether-transparent / %s per round: %s; median %.2fx" % (
