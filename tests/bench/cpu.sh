@@ -4,16 +4,16 @@
 # cpu_ticks PID...: user + system CPU of the processes (all their threads) and of their
 # children (nginx's workers under its master), in clock ticks; 0 for a process gone.
 cpu_ticks() {
-    local total=0 p q kids
+    local total=0 p q kids stat
     for p in "$@"; do
         kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
         for q in $p $kids; do
+            stat=$(cat /proc/"$q"/stat 2>/dev/null) || continue
             # utime and stime: fields 14 and 15, counted after the ")" that ends the name.
-            total=$((total + $(sed 's/.*) //' /proc/"$q"/stat 2>/dev/null |
-                awk '{print $12 + $13}' || echo 0)))
+            total=$((total + $(awk '{print $12 + $13}' <<<"${stat##*) }")))
         done
     done
-    echo $((total))
+    echo "$total"
 }
 
 # cpu_us_per_request TICKS_BEFORE TICKS_AFTER WRK_OUTPUT_FILE: microseconds of CPU per
