@@ -16,11 +16,14 @@ cpu_ticks() {
     echo "$total"
 }
 
-# cpu_us_per_request TICKS_BEFORE TICKS_AFTER WRK_OUTPUT_FILE: microseconds of CPU per
-# request of the wrk run that file holds ("N requests in"), or nothing when it made none.
-cpu_us_per_request() {
-    local n
-    n=$(awk '/ requests in / {print $1}' "$3")
+# record_cpu RESULTS CHAIN KIND ROUND TICKS_BEFORE TICKS_AFTER WRK_OUTPUT_FILE: appends
+# "CHAIN cpu ROUND US nan nan 0" to RESULTS (the results' line shape; "cpu_KIND" for a load
+# other than keepalive), US the microseconds of CPU per request of the wrk run that file
+# holds ("N requests in"); nothing when the run made no request.
+record_cpu() {
+    local n key=cpu
+    n=$(awk '/ requests in / {print $1}' "$7")
     [ -n "$n" ] && [ "$n" -gt 0 ] || return 0
-    python3 -c "print(round(($2 - $1) * 1e6 / $(getconf CLK_TCK) / $n, 2))"
+    [ "$3" = keepalive ] || key=cpu_$3
+    echo "$2 $key $4 $(python3 -c "print(round(($6 - $5) * 1e6 / $(getconf CLK_TCK) / $n, 2))") nan nan 0" >>"$1"
 }

@@ -46,18 +46,13 @@ say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 . "$here/cpu.sh"
 
 # --- tools and build ------------------------------------------------------------------
+# The tools the run calls, each with the package that brings it.
+tools=(wrk:wrk nginx:nginx haproxy:haproxy curl:curl)
+[ "$H2" = 1 ] && tools+=(h2load:nghttp2-client nghttpx:nghttp2-proxy nghttpd:nghttp2-server)
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     need=()
-    command -v wrk >/dev/null || need+=(wrk)
-    command -v nginx >/dev/null || need+=(nginx)
+    for t in "${tools[@]}"; do command -v "${t%%:*}" >/dev/null || need+=("${t#*:}"); done
     [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-    command -v haproxy >/dev/null || need+=(haproxy)
-    command -v curl >/dev/null || need+=(curl)
-    if [ "$H2" = 1 ]; then
-        command -v h2load >/dev/null || need+=(nghttp2-client)
-        command -v nghttpx >/dev/null || need+=(nghttp2-proxy)
-        command -v nghttpd >/dev/null || need+=(nghttp2-server)
-    fi
     /usr/bin/python3 -c 'import grpc, grpc_tools' 2>/dev/null || need+=(python3-grpcio python3-grpc-tools)
     if [ ${#need[@]} -gt 0 ]; then
         say "installing ${need[*]}"
@@ -67,10 +62,7 @@ fi
 # With SKIP_INSTALL=1 a missing tool would only show when its part of the run comes, minutes
 # in, and the run would end without its table: refuse at once, naming what is missing.
 missing=()
-for tool in wrk nginx haproxy curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-if [ "$H2" = 1 ]; then
-    for tool in h2load nghttpx nghttpd; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-fi
+for t in "${tools[@]}"; do command -v "${t%%:*}" >/dev/null || missing+=("${t%%:*}"); done
 if [ ${#missing[@]} -gt 0 ]; then
     say "missing: ${missing[*]} (run without SKIP_INSTALL=1 to install them; H2=0 skips the h2load part)"
     exit 2
@@ -429,27 +421,23 @@ declare -A pair_pids=([tether]="$pid_t_out $pid_t_in" [tether-direct]="$pid_d_ou
     [haproxy-default]="${pid_haproxyd_out:-} ${pid_haproxyd_in:-}"
     [nginx-l7]="${pid_nginx7_out:-} ${pid_nginx7_in:-}")
 
-run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors", and for
-    # the keep-alive load "chain cpu round US_PER_REQUEST nan nan 0": the CPU time both
-    # proxies of the pair spent per request (user + system), a figure the machine's noise
-    # moves less than requests/s, since it leaves out the client, the backend and the wait.
-    local chain=$1 round=$2 kind=$3 extra=() out conns=$CONNS before after
+run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms errors", and
+    # for a chain with proxies "chain cpu round US_PER_REQUEST nan nan 0" (cpu_KIND for a
+    # load other than keepalive): the CPU time both proxies of the pair spent per request
+    # (user + system), a figure the machine's noise moves less than requests/s, since it
+    # leaves out the client, the backend and the wait.
+    local chain=$1 round=$2 kind=$3 extra=() conns=$CONNS before f=$work/wrk-$1-$3-$2.txt
     [ "$kind" = close ] && extra=(-H "Connection: close")
     [ "$kind" = many ] && conns=$MANY_CONNS
     [ "$kind" = post ] && extra=(-s "$work/post.lua")
     # shellcheck disable=SC2086 # a list of pids
     before=$(cpu_ticks ${pair_pids[$chain]})
-    out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" \
-        "http://127.0.0.1:${port[$chain]}/" 2>&1) || true
+    wrk -t2 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" \
+        "http://127.0.0.1:${port[$chain]}/" >"$f" 2>&1 || true
     # shellcheck disable=SC2086
-    after=$(cpu_ticks ${pair_pids[$chain]})
-    echo "$out" >"$work/wrk-$chain-$kind-$round.txt"
-    echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$work/wrk-$chain-$kind-$round.txt")" >>"$res"
-    if [ "$kind" = keepalive ] && [ -n "${pair_pids[$chain]// /}" ]; then
-        local us
-        us=$(cpu_us_per_request "$before" "$after" "$work/wrk-$chain-$kind-$round.txt")
-        [ -z "$us" ] || echo "$chain cpu $round $us nan nan 0" >>"$res"
-    fi
+    [ -z "${pair_pids[$chain]// /}" ] ||
+        record_cpu "$res" "$chain" "$kind" "$round" "$before" "$(cpu_ticks ${pair_pids[$chain]})" "$f"
+    echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$f")" >>"$res"
 }
 run_transfer() { # CHAIN ROUND
     local chain=$1 round=$2 out

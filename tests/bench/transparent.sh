@@ -230,15 +230,13 @@ run_wrk() { # CHAIN ROUND KIND: appends "chain kind round rps p50_ms p99_ms erro
     # "chain cpu round US_PER_REQUEST nan nan 0" for the keep-alive load ("cpu_close" for the
     # new-connection one): the CPU time both proxies spent per request (user + system; the
     # capture's NAT on their sockets counts).
-    local chain=$1 round=$2 kind=$3 extra=() f=$work/wrk-$1-$3-$2.txt before after us
+    local chain=$1 round=$2 kind=$3 extra=() f=$work/wrk-$1-$3-$2.txt before
     [ "$kind" = close ] && extra=(-H "Connection: close")
     before=$(cpu_ticks "$pid_a" "$pid_b")
     nsx "$pod_a" "${WORKLOAD[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency \
         "${extra[@]}" "$url" >"$f" 2>&1 || true
-    after=$(cpu_ticks "$pid_a" "$pid_b")
+    record_cpu "$res" "$chain" "$kind" "$round" "$before" "$(cpu_ticks "$pid_a" "$pid_b")" "$f"
     echo "$chain $kind $round $(python3 "$here/wrk_result.py" "$f")" >>"$res"
-    us=$(cpu_us_per_request "$before" "$after" "$f")
-    [ -z "$us" ] || echo "$chain $([ "$kind" = close ] && echo cpu_close || echo cpu) $round $us nan nan 0" >>"$res"
 }
 
 chains=(tether-transparent tether-explicit haproxy-transparent)
