@@ -22,7 +22,14 @@ stream with its response.
   never given back) stalls only its own stream: a second request on the same connection
   is answered meanwhile, and the first completes once the caller reads;
 - a request smuggling attempt cannot ride the translation: a header value carrying a
-  second request (CR LF inside a value) is refused by the HTTP/2 layer, never written.
+  second request (CR LF inside a value) is refused by the HTTP/2 layer, never written;
+- where no rule reads methods or paths (a second inbound, without a policy), a request
+  whose head the gate would pass on unchanged skips it (http/h2h1.h tt_h2h1_plain) and
+  reaches the workload as curl sent it, query included, while one whose path the gate
+  normalizes (a dot segment, an encoded unreserved character) still reaches it
+  normalized; each is counted once in /stats and has its request line (rule no-policy,
+  the path without its query), and a workload that hangs up is logged as on the inbound
+  with rules (status 0, the caller got 502).
 """
 import hashlib
 import json
@@ -376,6 +383,38 @@ def test(env):
                "(%r)" % res)
             ok(res["first_bytes"] == 4194304, "the stalled stream completes once read (%r)"
                % res)
+
+    # No rule reads paths: plain heads skip the gate, the others are still normalized by it.
+    plain_in = h.free_port()
+    plain_sc = env.sidecar("api-plain", api, ca, inbound=[(plain_in, backend.addr)])
+    pbase = "https://127.0.0.1:%d" % plain_in
+    sent = {"/x/a-b_c~d;p=1?q=1&r=%20/?s": "/x/a-b_c~d;p=1?q=1&r=%20/?s",
+            "/x/../y/%61?q": "/y/a?q", "/x/./%7Ez": "/x/~z"}
+    for path, want in sent.items():
+        rc, out, err = curl(cert + ["--path-as-is", pbase + path])
+        ok(rc == 0 and out == ("seen GET %s" % want).encode(),
+           "no policy: %s reaches the workload as %s (%r %s)" % (path, want, out[:120],
+                                                                  err[-200:]))
+    rc, out, err = curl(cert + ["-D", "-", pbase + "/hangup/plain"])
+    ok(re.search(rb"(?im)^HTTP/2 502", out), "no policy: /hangup/plain gets 502 (%r)" % out[:120])
+    reqs = h.wait_for(lambda: (lambda r: r if r.get("total", 0) >= 4 else None)(
+        plain_sc.listener("inbound:").get("requests", {})), 5, what="the requests counted")
+    ok(reqs.get("total") == 4 and reqs.get("by_status", {}).get("2xx") == 3,
+       "no policy: /stats counts each request once (%r)" % reqs)
+    lines = {r.get("path"): r for r in plain_sc.events("request")}
+    for path in ("/x/a-b_c~d;p=1", "/y/a", "/x/~z"):
+        r = lines.get(path, {})
+        ok(r.get("status") == 200 and r.get("rule") == "no-policy" and r.get("method") == "GET"
+           and r.get("verdict") == "allow" and r.get("peer_id") == curl_id,
+           "no policy: %s has its request line (%r)" % (path, r))
+    gated = [r for r in api_sc.events("request") if r.get("path") == "/hangup"]
+    r = lines.get("/hangup/plain", {})
+    ok(gated and r and r.get("status") == gated[0].get("status") == 0,
+       "a workload hanging up is logged alike with and without the gate (%r / %r)"
+       % (r, gated[:1]))
+    ok(plain_sc.alive(), "the inbound without a policy is alive")
+    clean, reports = plain_sc.stop_clean()
+    ok(clean, "... and exits 0 on SIGTERM without sanitizer reports (%r)" % reports)
 
     # The requests are logged as such.
     lines = [r for r in api_sc.events("request") if r.get("path") == "/admin/users"]

@@ -10,6 +10,7 @@
 
 #include "core/buf.h"
 #include "core/errors.h"
+#include "http/h1.h"
 #include "http/h1resp.h"
 #include "http/h2h1.h"
 
@@ -142,6 +143,126 @@ int tt_h2h1_request_end(struct tt_h2h1 *x)
 {
     x->req_ended = true;
     return x->chunked ? x->io.to_server(x->io.ud, "0\r\n\r\n", 5) : 0;
+}
+
+/* ---- requests the gate would pass on unchanged ---- */
+
+/* Bounds well inside the gate's reader (http/h1.c: a 64 KiB head, 100 fields). */
+#define PLAIN_HEAD_MAX   (32 * 1024)
+#define PLAIN_FIELDS_MAX 64
+
+/* The methods http-parser reads that a translated request may carry as they are. */
+static bool plain_method(const struct tt_h2_header *m)
+{
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
+
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        if (strcmp(m->value, known[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* RFC 3986 pchar but '%' (an encoding the gate would normalize), and '/'. */
+static bool plain_path_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("-._~!$&'()*+,;=:@/", c) != NULL);
+}
+
+/* An origin-form target whose path normalization leaves as it is (no '%', no "." or ".."
+ * segment), with a non-empty query of pchar, '/', '?' and '%' if any. */
+static bool plain_target(const char *t, size_t len)
+{
+    size_t i = 0, seg = 1;
+
+    if (len == 0 || t[0] != '/')
+        return false;
+    for (i = 1; i <= len; i++) {
+        if (i == len || t[i] == '/' || t[i] == '?') {
+            size_t n = i - seg;
+            if ((n == 1 && t[seg] == '.') || (n == 2 && t[seg] == '.' && t[seg + 1] == '.'))
+                return false;
+            if (i == len || t[i] == '?')
+                break;
+            seg = i + 1;
+        } else if (!plain_path_char((unsigned char)t[i])) {
+            return false;
+        }
+    }
+    if (i == len)
+        return true;
+    if (i + 1 == len)
+        return false; /* an empty query */
+    for (i++; i < len; i++) {
+        unsigned char c = (unsigned char)t[i];
+        if (!plain_path_char(c) && c != '?' && c != '%')
+            return false;
+    }
+    return true;
+}
+
+/* Visible ASCII and inner spaces and tabs: what the gate's reader passes on byte for byte
+ * (it trims surrounding whitespace; obs-text is left to it). */
+static bool plain_value(const char *v, size_t len)
+{
+    if (len > 0 && (v[0] == ' ' || v[0] == '\t' || v[len - 1] == ' ' || v[len - 1] == '\t'))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* A lower-case token: what nghttp2 lets through, checked again here. */
+static bool plain_name(const char *n, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)n[i];
+        if ((c >= 'A' && c <= 'Z') || !tt_h1_is_tchar(c))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * Whether the request head is one the gate passes on unchanged; see h2h1.h.
+ */
+bool tt_h2h1_plain(const struct tt_h2_header *fields, size_t n)
+{
+    const struct tt_h2_header *method = field(fields, n, ":method");
+    const struct tt_h2_header *path = field(fields, n, ":path");
+    const struct tt_h2_header *authority = field(fields, n, ":authority");
+    size_t head = 0, written = 0, lengths = 0;
+
+    if (method == NULL || path == NULL || authority == NULL || n > PLAIN_FIELDS_MAX ||
+        !plain_method(method) || !plain_target(path->value, path->value_len) ||
+        authority->value_len == 0 || !plain_value(authority->value, authority->value_len) ||
+        strpbrk(authority->value, " \t,/?#@") != NULL)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        const struct tt_h2_header *f = &fields[i];
+
+        head += f->name_len + f->value_len + 4;
+        if (f->name_len > 0 && f->name[0] == ':') {
+            if (f != method && f != path && f != authority && !name_is(f, ":scheme"))
+                return false; /* another pseudo-field (":protocol"), or one repeated */
+            continue;
+        }
+        if (!plain_name(f->name, f->name_len) || !plain_value(f->value, f->value_len) ||
+            (f->value_len == 0 && name_is(f, "cookie"))) /* a joined "a=1; " would end in SP */
+            return false;
+        if (name_is(f, "content-length") &&
+            (++lengths > 1 || f->value_len == 0 || f->value_len > 18 ||
+             strspn(f->value, "0123456789") != f->value_len))
+            return false;
+        written++;
+    }
+    return written <= PLAIN_FIELDS_MAX && head <= PLAIN_HEAD_MAX;
 }
 
 /* ---- from the server ---- */

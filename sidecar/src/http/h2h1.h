@@ -20,7 +20,9 @@
  *
  * The bytes written towards the server are HTTP/1.1 that the inbound request gate
  * (gate.h) reads as it reads a caller's own: this module does not decide policy or
- * validate the request; the gate refuses what is not a valid request (400). */
+ * validate the request; the gate refuses what is not a valid request (400). Where no
+ * rule reads methods or paths, a request whose fields tt_h2h1_plain() accepts skips the
+ * gate: the gate would pass its head on unchanged. */
 #ifndef TT_H2H1_H
 #define TT_H2H1_H
 
@@ -56,6 +58,17 @@ void tt_h2h1_free(struct tt_h2h1 *x);
  * Returns 0, TT_E_HTTP when ":method" or ":path" is missing or the method is CONNECT (not
  * a request this serves), -ENOMEM, or to_server's error. */
 int tt_h2h1_request(struct tt_h2h1 *x, const struct tt_h2_header *fields, size_t n, bool body);
+
+/* Whether the head tt_h2h1_request() writes from these fields is one the request gate
+ * would pass on as it is, only re-framing its body (tests/unit/test-h2h1.c checks this
+ * against the gate): ":method" one of GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH;
+ * ":path" an origin-form target whose path needs no normalization (pchar and '/' only: no
+ * '%', no "." or ".." segment), with a non-empty query if any; ":authority" present, a
+ * plain host[:port]; no other pseudo-field but ":scheme"; field names lower-case tokens;
+ * values (cookie crumbs too, none empty) visible ASCII with inner spaces and tabs only; at most one
+ * Content-Length, of 1..18 digits; at most 64 fields and 32 KiB. Anything else, however
+ * valid, is left to the gate. */
+bool tt_h2h1_plain(const struct tt_h2_header *fields, size_t n);
 
 /* A piece of the request body, framed for the server. Returns 0 or <0. */
 int tt_h2h1_request_body(struct tt_h2h1 *x, const char *data, size_t len);

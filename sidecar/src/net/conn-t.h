@@ -19,6 +19,7 @@ struct tt_snapshot;
 struct tt_tls;
 struct tt_service;
 struct tt_gate;
+struct tt_request_meter;
 struct tt_h2h1;
 struct tt_h2_upstream;
 struct tt_h2;
@@ -103,6 +104,9 @@ struct tt_conn {
      * request passes the gate (http/gate.h), which asks policy per request. */
     struct tt_gate *gate;
     bool gate_ended; /* the gate refused the rest: the connection is being ended */
+    /* Inbound request stream that no rule reads and whose head the gate would pass on
+     * unchanged (tt_h2h1_plain): no gate; counted by the meter (net/conn_gate.c). */
+    struct tt_request_meter *meter;
     /* Pooling between sidecars (net/pool.h). A tunnel is an app connection whose TLS side
      * is a stream on a link (no socket, no tt_tls of its own: down is virtual inbound, up
      * outbound); a carrier is the mTLS connection under a link. */

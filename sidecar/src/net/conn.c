@@ -951,6 +951,7 @@ static void conn_free(struct tt_conn *c)
 {
     /* Here, not in tt__conn_close: a close may start inside one of the gate's callbacks. */
     tt_gate_free(c->gate, tt__conn_now_us(c)); /* reports requests left unanswered */
+    tt__request_meter_end(c, 0, 0);            /* and a metered one */
     tt_h2h1_free(c->h2h1);
     tt_h1h2_free(c->h1h2);
     free(c->h1_rq);

@@ -1,8 +1,12 @@
 /* Where the allow list is checked (tt__conn_authorize) and, when rules with methods or paths
  * apply to the caller and port, the request gate's side of the connection: every request
- * passes http/gate.h, which asks policy per request, and is counted when it is over. */
+ * passes http/gate.h, which asks policy per request, and is counted when it is over. An
+ * inbound request stream that no such rule reads, and whose head the gate would pass on
+ * unchanged, skips the gate and is counted by its meter. */
 
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "core/util.h"
@@ -114,6 +118,79 @@ static int conn_gate_start(struct tt_conn *c, const char *caller, bool enforce)
     return c->gate != NULL ? 0 : -ENOMEM;
 }
 
+/* A request stream let through without the gate: what its access line needs once the
+ * stream's fields may be gone. */
+struct tt_request_meter {
+    uint64_t start_us;
+    const char *rule; /* the deciding rule's name (the policy outlives the connection) */
+    char method[24];
+    char path[256]; /* without the query, truncated: as the gate logs it */
+};
+
+/* Whether an allowed inbound request stream can skip the gate: no rule that applies to its
+ * caller and port reads methods or paths (http == 0), and the gate would pass its head on
+ * as it is (tt_h2h1_plain), so it could refuse or change nothing. */
+static bool stream_skips_gate(struct tt_conn *c, unsigned http)
+{
+    size_t n = 0;
+    const struct tt_h2_header *fields;
+
+    if (c->h2h1 == NULL || http != 0 || c->stream == NULL)
+        return false;
+    fields = tt_h2_stream_headers(c->stream, &n);
+    return tt_h2h1_plain(fields, n);
+}
+
+/* Meters a request stream that skips the gate: its verdict v (the connection's; no rule
+ * that applies reads the request, so the gate's would be the same; NULL without a policy)
+ * is counted now as the gate counts each request's, and the request when it is over
+ * (tt__request_meter_end). Returns 0 or -ENOMEM. */
+static int conn_meter_start(struct tt_conn *c, const struct tt_policy_verdict *v, const char *rule)
+{
+    struct tt_request_meter *m = malloc(sizeof(*m));
+    const char *path = tt_h2_stream_header(c->stream, ":path");
+    size_t len = strcspn(path, "?");
+
+    if (m == NULL)
+        return -ENOMEM;
+    m->start_us = tt__conn_now_us(c);
+    m->rule = rule;
+    tt_str_copy(m->method, sizeof(m->method), tt_h2_stream_header(c->stream, ":method"));
+    if (len >= sizeof(m->path))
+        len = sizeof(m->path) - 1;
+    memcpy(m->path, path, len);
+    m->path[len] = '\0';
+    c->meter = m;
+    if (v != NULL)
+        gate_on_verdict(c, v);
+    return 0;
+}
+
+/* A metered request stream is over: answered with `status` and the workload's
+ * `response_bytes` (head included), or (status 0) ended without an answer. Counted and
+ * logged as the gate reports its requests; nothing without a meter. */
+void tt__request_meter_end(struct tt_conn *c, int status, uint64_t response_bytes)
+{
+    struct tt_request_meter *m = c->meter;
+    uint64_t now_us;
+
+    if (m == NULL)
+        return;
+    c->meter = NULL;
+    now_us = tt__conn_now_us(c);
+    struct tt_gate_request rq = {
+        .method = m->method,
+        .path = m->path,
+        .status = status,
+        .request_bytes = c->tls_side->bytes_read,
+        .response_bytes = response_bytes,
+        .duration_us = now_us > m->start_us ? now_us - m->start_us : 0,
+        .rule = m->rule,
+    };
+    tt__gate_on_request(c, &rq);
+    free(m);
+}
+
 /* Inbound: consults the allow list for the verified caller. This is the one place a
  * connection is admitted or refused by policy; where rules with methods or paths apply
  * to the caller and port, the connection is admitted to the request gate, which asks
@@ -155,7 +232,9 @@ bool tt__conn_authorize(struct tt_conn *c)
              * logs it, and its bytes are always HTTP; one whose caller no rule lets in on
              * this port is refused here, as a connection would be. */
             bool enforce = (http & TT_POLICY_HTTP_F_ENFORCE) != 0 || c->h2h1 != NULL;
-            if (conn_gate_start(c, caller, enforce) < 0)
+            int r = stream_skips_gate(c, http) ? conn_meter_start(c, &v, v.rule_name)
+                                               : conn_gate_start(c, caller, enforce);
+            if (r < 0)
                 return false;
             c->rule = http != 0 ? "per-request" : v.rule_name;
             TT_COUNTER_ADD(lc->allowed, 1);
@@ -168,8 +247,10 @@ bool tt__conn_authorize(struct tt_conn *c)
         tt__conn_log_audit(c, caller, &v);
     } else {
         c->rule = "no-policy";
-        /* A request stream is still one request, counted and logged by the gate. */
-        if (c->h2h1 != NULL && conn_gate_start(c, caller, true) < 0)
+        /* A request stream is still one request, counted and logged by its meter or the
+         * gate. */
+        if (c->h2h1 != NULL && (stream_skips_gate(c, 0) ? conn_meter_start(c, NULL, c->rule)
+                                                        : conn_gate_start(c, caller, true)) < 0)
             return false;
     }
     if (allowed)

@@ -130,6 +130,7 @@ void tt__h1_start(struct tt_conn *c);
 void tt__request_over(struct tt_conn *c, const char *peer_id, const struct tt_gate_request *rq);
 void tt__gate_on_request(void *ud, const struct tt_gate_request *rq);
 bool tt__conn_authorize(struct tt_conn *c);
+void tt__request_meter_end(struct tt_conn *c, int status, uint64_t response_bytes);
 
 /* ---- conn_pool.c ---- */
 

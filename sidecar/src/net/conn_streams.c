@@ -45,11 +45,12 @@ static int h2h1_to_server(void *ud, const char *data, size_t len)
     return tt__side_send(c, c->plain_side, (const uint8_t *)data, len);
 }
 
-/* A request stream's response is complete: the gate, which does not read responses of
- * request streams (caller_reads_responses), is told its status and the workload's bytes,
- * and counts the request. Returns 0 or <0. */
+/* A request stream's response is complete: its meter, or the gate, which does not read
+ * responses of request streams (caller_reads_responses), is told its status and the
+ * workload's bytes, and counts the request. Returns 0 or <0. */
 int tt__h2h1_response_over(struct tt_conn *c)
 {
+    tt__request_meter_end(c, c->answer_status, c->plain_side->bytes_read);
     if (c->gate == NULL)
         return 0;
     return tt_gate_response_done(c->gate, c->answer_status, c->plain_side->bytes_read,
