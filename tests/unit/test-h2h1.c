@@ -419,6 +419,10 @@ static void test_h2h1_plain_cases(void **state)
     memcpy(many, root, sizeof(root));
     for (size_t i = COUNT(root); i < COUNT(many); i++)
         many[i] = (struct tt_h2_header)F("x-f", "v");
+    /* A NUL inside the method (nghttp2 refuses one; checked here all the same). */
+    static const struct tt_h2_header nul_method[] = {
+        {":method", 7, "GET\0x", 5}, {":authority", 10, "a", 1}, {":path", 5, "/", 1}};
+    assert_false(tt_h2h1_plain(nul_method, COUNT(nul_method)));
     assert_false(tt_h2h1_plain(two_cl, COUNT(two_cl)));
     assert_false(tt_h2h1_plain(no_authority, COUNT(no_authority)));
     assert_false(tt_h2h1_plain(many, COUNT(many)));

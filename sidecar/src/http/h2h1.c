@@ -157,8 +157,8 @@ static bool plain_method(const struct tt_h2_header *m)
     static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
 
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-        if (strcmp(m->value, known[i]) == 0)
-            return true;
+        if (m->value_len == strlen(known[i]) && memcmp(m->value, known[i], m->value_len) == 0)
+            return true; /* by length too: the translator writes value_len bytes */
     }
     return false;
 }
