@@ -122,7 +122,6 @@ static int conn_gate_start(struct tt_conn *c, const char *caller, bool enforce)
  * stream's fields may be gone. */
 struct tt_request_meter {
     uint64_t start_us;
-    const char *rule; /* the deciding rule's name (the policy outlives the connection) */
     char method[24];
     char path[256]; /* without the query, truncated: as the gate logs it */
 };
@@ -144,8 +143,9 @@ static bool stream_skips_gate(struct tt_conn *c, unsigned http)
 /* Meters a request stream that skips the gate: its verdict v (the connection's; no rule
  * that applies reads the request, so the gate's would be the same; NULL without a policy)
  * is counted now as the gate counts each request's, and the request when it is over
- * (tt__request_meter_end). Returns 0 or -ENOMEM. */
-static int conn_meter_start(struct tt_conn *c, const struct tt_policy_verdict *v, const char *rule)
+ * (tt__request_meter_end), under the connection's rule (c->rule, the same verdict's).
+ * Returns 0 or -ENOMEM. */
+static int conn_meter_start(struct tt_conn *c, const struct tt_policy_verdict *v)
 {
     struct tt_request_meter *m = malloc(sizeof(*m));
     const char *path = tt_h2_stream_header(c->stream, ":path");
@@ -154,7 +154,6 @@ static int conn_meter_start(struct tt_conn *c, const struct tt_policy_verdict *v
     if (m == NULL)
         return -ENOMEM;
     m->start_us = tt__conn_now_us(c);
-    m->rule = rule;
     tt_str_copy(m->method, sizeof(m->method), tt_h2_stream_header(c->stream, ":method"));
     if (len >= sizeof(m->path))
         len = sizeof(m->path) - 1;
@@ -185,7 +184,7 @@ void tt__request_meter_end(struct tt_conn *c, int status, uint64_t response_byte
         .request_bytes = c->tls_side->bytes_read,
         .response_bytes = response_bytes,
         .duration_us = now_us > m->start_us ? now_us - m->start_us : 0,
-        .rule = m->rule,
+        .rule = c->rule,
     };
     tt__gate_on_request(c, &rq);
     free(m);
@@ -232,7 +231,7 @@ bool tt__conn_authorize(struct tt_conn *c)
              * logs it, and its bytes are always HTTP; one whose caller no rule lets in on
              * this port is refused here, as a connection would be. */
             bool enforce = (http & TT_POLICY_HTTP_F_ENFORCE) != 0 || c->h2h1 != NULL;
-            int r = stream_skips_gate(c, http) ? conn_meter_start(c, &v, v.rule_name)
+            int r = stream_skips_gate(c, http) ? conn_meter_start(c, &v)
                                                : conn_gate_start(c, caller, enforce);
             if (r < 0)
                 return false;
@@ -249,7 +248,7 @@ bool tt__conn_authorize(struct tt_conn *c)
         c->rule = "no-policy";
         /* A request stream is still one request, counted and logged by its meter or the
          * gate. */
-        if (c->h2h1 != NULL && (stream_skips_gate(c, 0) ? conn_meter_start(c, NULL, c->rule)
+        if (c->h2h1 != NULL && (stream_skips_gate(c, 0) ? conn_meter_start(c, NULL)
                                                         : conn_gate_start(c, caller, true)) < 0)
             return false;
     }
