@@ -8,6 +8,8 @@ packages=(
   android-libboringssl-dev libuv1-dev libnghttp2-dev libjansson-dev libgrpc-dev
   libcmocka-dev libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev
   libyaml-dev
+  # llhttp's C sources (no library in Debian 12): the response reader, sidecar/src/http/h1resp.c
+  node-llhttp
   # tether-sidecar's allocator (meson option allocator, default mimalloc)
   libmimalloc-dev
   meson ninja-build pkg-config gcc

@@ -1,11 +1,12 @@
-/* An I/O-free HTTP/1.x RESPONSE framing reader over Debian's http-parser (Tether issue 10,
+/* An I/O-free HTTP/1.x RESPONSE framing reader over llhttp (Tether issue 10,
  * "HTTP-aware sidecars"). The inbound per-request gate forwards a client's requests to
  * the local workload and feeds the workload's answers here, to learn where each response
  * ends: so that it can put its own answers (403 for a request the policy denied, 400 for
  * a malformed one) between responses in the pipelined order, count each response's
  * status, and notice an upgrade (101, or a 2xx to CONNECT) after which the bytes are a
  * tunnel. The workload is local and semi-trusted: this reader frames responses correctly
- * (RFC 9112 §6.3), it does not refuse the lenient shapes the request reader (h1.h) does.
+ * (RFC 9112 §6.3) and refuses what llhttp's strict defaults refuse (bare LF line ends,
+ * Content-Length beside Transfer-Encoding, whitespace before a colon).
  *
  * The caller tells the reader each request it forwarded (tt_h1resp_expect: the method
  * and whether it asked for an upgrade, which decide how its response is framed) and
@@ -79,7 +80,7 @@ int tt_h1resp_expect(struct tt_h1resp *r, const char *method, bool upgrade);
  * callback paused or the reader ended: an upgrade (101, or 2xx to CONNECT), or a response
  * without keep-alive that is complete; bytes after that are not HTTP responses to read),
  * or TT_E_HTTP when the bytes are not a valid response (status outside 100..599, a
- * version other than HTTP/1.x, a head over http-parser's 80 KiB, bad framing), or when a
+ * version other than HTTP/1.x, a head over 80 KiB, bad framing), or when a
  * response begins while no request is expected (an unsolicited response), or a
  * callback's negative value. Once failed, every call returns the same error. Bytes not
  * consumed must be fed again first in the next call. Callbacks run inside this call.
@@ -101,8 +102,9 @@ int tt_h1resp_finish(struct tt_h1resp *r);
 
 /* Why the reader failed, a token for logs and metric labels: "unsolicited_response",
  * "unexpected_101" (to a request that did not ask for an upgrade), "bad_status" (outside
- * 100..599), "bad_version" (not HTTP/1.x), "malformed_response" (anything else
- * http-parser refused), "response_cut_short" (tt_h1resp_finish), "callback_failed"; NULL
+ * 100..599), "bad_version" (not HTTP/1.x), "head_too_large" (over 80 KiB),
+ * "malformed_response" (anything else llhttp refused), "response_cut_short"
+ * (tt_h1resp_finish), "callback_failed"; NULL
  * while not failed. */
 const char *tt_h1resp_why(const struct tt_h1resp *r);
 
