@@ -274,11 +274,20 @@ bool tt_h1_is_tchar(unsigned char c)
 /* Appends "name: value\r\n" (h1.h). */
 int tt_h1_put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    int r = tt_buf_append(b, name, nlen);
+    uint8_t *p = tt_buf_reserve(b, nlen + vlen + 4); /* one reservation: a head has many */
 
-    r = r ?: tt_buf_append(b, ": ", 2);
-    r = r ?: tt_buf_append(b, value, vlen);
-    return r ?: tt_buf_append(b, "\r\n", 2);
+    if (p == NULL)
+        return -ENOMEM;
+    memcpy(p, name, nlen);
+    p += nlen;
+    *p++ = ':';
+    *p++ = ' ';
+    memcpy(p, value, vlen);
+    p += vlen;
+    *p++ = '\r';
+    *p = '\n';
+    tt_buf_commit(b, nlen + vlen + 4);
+    return 0;
 }
 
 /* RFC 9110 §5.5: field-content is VCHAR, obs-text, SP and HTAB. */
@@ -307,6 +316,30 @@ static int refuse(struct tt_h1 *r, enum tt_h1_reason reason)
 
 /* ---- the raw-head scanner ---- */
 
+/* The length of the run at p[0..n) (at most `room` bytes) of bytes inside a line that the
+ * byte-by-byte scan below would pass changing nothing but the line's column and last byte:
+ * in the request line, any byte above SP but DEL; in a name, token characters; in a value,
+ * SP, HTAB and any byte from SP up but DEL. Most of a head is such runs. */
+static size_t plain_run(const struct head_scan *hs, const char *p, size_t n, size_t room)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    size_t i = 0;
+
+    if (n > room)
+        n = room;
+    if (hs->line == 0) {
+        while (i < n && u[i] > 0x20 && u[i] != 0x7f)
+            i++;
+    } else if (hs->colon) {
+        while (i < n && (u[i] >= 0x20 || u[i] == '\t') && u[i] != 0x7f)
+            i++;
+    } else {
+        while (i < n && tchar[u[i]])
+            i++;
+    }
+    return i;
+}
+
 /* Scans head bytes data[0..len) of the current request: line endings, obs-fold, the
  * request line's spacing, header names (tokens up to the colon) and values (no control
  * characters but HTAB), and the bounds. Returns how many bytes are clean: all of them, or
@@ -324,8 +357,21 @@ static size_t scan_head(struct tt_h1 *r, const char *data, size_t len)
 
     for (i = 0; i < len && !hs.done && hs.err == TT_H1_R_NONE; i++) {
         enum tt_h1_reason bad = TT_H1_R_NONE;
-        unsigned char c = (unsigned char)data[i];
+        unsigned char c;
 
+        if (hs.started && hs.col > 0 && !hs.prev_cr) {
+            size_t run = plain_run(&hs, data + i, len - i, head_max - hs.bytes);
+
+            if (run > 0) {
+                hs.bytes += run;
+                hs.col += run;
+                hs.last = data[i + run - 1];
+                i += run;
+                if (i == len)
+                    break;
+            }
+        }
+        c = (unsigned char)data[i];
         if (hs.bytes + 1 > head_max) {
             bad = TT_H1_R_HEAD_TOO_LARGE;
         } else if (hs.prev_cr && c != '\n') {
