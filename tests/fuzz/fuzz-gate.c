@@ -1,10 +1,13 @@
 /* Fuzz target: the inbound request gate (http/gate.c). An input is a flags byte (bit 0:
- * enforce rules apply, else audit only) then records: one byte whose low bit says where
+ * the policy's "no-admin" rule enforces, else it only audits; the gate's `enforce` follows
+ * from the policy as the sidecar sets it) then records: one byte whose low bit says where
  * the bytes come from (0: the client, 1: the workload) and whose bit 1 ends the workload's
  * side afterwards, one length byte, that many bytes. The gate's answers must be whole
  * (every "403" it writes names the rule that denied), it must never pass on a request
- * policy denied (no line starting "GET /admin" or "POST /admin" reaches the workload
- * before an upgrade turned the connection opaque), and nothing may crash, hang or leak. */
+ * policy denied (where "no-admin" enforces, no line starting "GET /admin" or "POST /admin"
+ * reaches the workload before an upgrade turned the connection opaque; where it audits,
+ * bytes that are not HTTP are relayed as they are, by design), and nothing may crash,
+ * hang or leak. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,14 +18,17 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char *doc =
-    "{\"default\": \"allow\", \"rules\": ["
-    "{\"name\": \"no-admin\", \"action\": \"deny\", \"from\": [\"*\"], \"paths\": [\"/admin*\"]},"
-    "{\"name\": \"watch\", \"action\": \"deny\", \"mode\": \"audit\", \"from\": [\"*\"],"
-    " \"methods\": [\"DELETE\"]}]}";
+/* The policy, "no-admin" in enforce (%s = "enforce") or audit mode. */
+#define POLICY_DOC                                                                                 \
+    "{\"default\": \"allow\", \"rules\": ["                                                        \
+    "{\"name\": \"no-admin\", \"action\": \"deny\", \"mode\": \"%s\", \"from\": [\"*\"],"          \
+    " \"paths\": [\"/admin*\"]},"                                                                  \
+    "{\"name\": \"watch\", \"action\": \"deny\", \"mode\": \"audit\", \"from\": [\"*\"],"          \
+    " \"methods\": [\"DELETE\"]}]}"
 
 struct sink {
-    bool opaque; /* a 101 or 2xx to CONNECT was passed back: bytes are a tunnel now */
+    bool enforce; /* "no-admin" enforces */
+    bool opaque;  /* a 101 or 2xx to CONNECT was passed back: bytes are a tunnel now */
     size_t requests_done;
 };
 
@@ -31,7 +37,7 @@ static int to_up(void *ud, const char *d, size_t n)
     struct sink *s = ud;
 
     /* The gate writes each forwarded head in one piece: its first bytes are the line. */
-    if (!s->opaque && n >= 11 &&
+    if (s->enforce && !s->opaque && n >= 11 &&
         (memcmp(d, "GET /admin", 10) == 0 || memcmp(d, "POST /admin", 11) == 0))
         abort();
     return 0;
@@ -59,7 +65,7 @@ static void on_request(void *ud, const struct tt_gate_request *rq)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static struct tt_policy *policy;
+    static struct tt_policy *policies[2]; /* [1]: "no-admin" enforces */
     char err[256];
     struct sink sink = {0};
     struct tt_gate_io io = {
@@ -69,13 +75,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct tt_gate *g;
     size_t i = 1;
 
-    if (policy == NULL &&
-        (policy = tt_policy_parse(doc, strlen(doc), "fuzz", err, sizeof(err))) == NULL)
-        abort();
+    for (int k = 0; k < 2 && policies[1] == NULL; k++) {
+        char text[512];
+
+        snprintf(text, sizeof(text), POLICY_DOC, k ? "enforce" : "audit");
+        if ((policies[k] = tt_policy_parse(text, strlen(text), "fuzz", err, sizeof(err))) == NULL)
+            abort();
+    }
     if (size < 1)
         return 0;
-    cfg.policy = policy;
-    cfg.enforce = data[0] & 1;
+    cfg.policy = policies[data[0] & 1];
+    cfg.enforce =
+        tt_policy_http_rules(cfg.policy, cfg.caller, cfg.self, cfg.port) & TT_POLICY_HTTP_F_ENFORCE;
+    sink.enforce = cfg.enforce;
+    if (sink.enforce != (data[0] & 1))
+        abort(); /* the two policies are not what they say */
     if ((g = tt_gate_new(&cfg, &io)) == NULL)
         return 0;
     while (i + 2 <= size) {

@@ -11,17 +11,17 @@ if [ ! -f build-fuzz/build.ninja ]; then
     -Dc_args=-fsanitize=fuzzer-no-link \
     -Dtests=true >/dev/null
 fi
-ninja -C build-fuzz sidecar/libtether-sidecar.a sidecar/libtether-http.a tests/tools/libtestcerts.a \
-  control/libtether-control.a control/libtether-yaml.a >/dev/null
+ninja -C build-fuzz sidecar/libtether-sidecar.a sidecar/libtether-h2.a tests/tools/libtestcerts.a \
+  control/libtether-control.a control/libtether-yaml.a libllhttp.a >/dev/null
 secs=${2:-60}
 for t in ${1:-policy spiffe tls yaml h1 h1resp gate h2 h1h2}; do
   extra=()
   [ "$t" = tls ] && extra=(build-fuzz/tests/tools/libtestcerts.a)
-  case $t in h2 | h1h2) extra=(build-fuzz/sidecar/libtether-http.a -lnghttp2) ;; esac
+  case $t in h2 | h1h2) extra=(build-fuzz/sidecar/libtether-h2.a -lnghttp2) ;; esac
   [ "$t" = yaml ] && extra=(-iquote control build-fuzz/control/libtether-control.a build-fuzz/control/libtether-yaml.a -lyaml)
   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -std=gnu11 \
     -Isidecar/src -Itests/tools -I/usr/include/android -Ibuild-fuzz/proto \
-    "tests/fuzz/fuzz-$t.c" "${extra[@]}" build-fuzz/sidecar/libtether-sidecar.a \
+    "tests/fuzz/fuzz-$t.c" "${extra[@]}" build-fuzz/sidecar/libtether-sidecar.a build-fuzz/libllhttp.a \
     -L/usr/lib/x86_64-linux-gnu/android -Wl,-rpath,/usr/lib/x86_64-linux-gnu/android \
     -lssl -lcrypto -luv -ljansson -lhttp_parser -lpthread -o "build-fuzz/libfuzzer-$t"
   mkdir -p "build-fuzz/corpus-$t"
