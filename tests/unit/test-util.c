@@ -401,6 +401,21 @@ static void test_util_u64_text_and_str_copy(void **state)
     assert_string_equal(small, "");
 }
 
+/* tt_ascii_lower lowers A-Z only: the bytes around them in ASCII ('@', '[', '`', '{'),
+ * digits, '-' and bytes above 0x7f pass unchanged; it works in place too. */
+static void test_util_ascii_lower(void **state)
+{
+    const char in[] = "Content-TYPE@[`{09-\xc3\x84Z";
+    const char want[] = "content-type@[`{09-\xc3\x84z";
+    char out[sizeof(in)];
+
+    tt_ascii_lower(out, in, sizeof(in));
+    assert_memory_equal(out, want, sizeof(want));
+    memcpy(out, in, sizeof(in));
+    tt_ascii_lower(out, out, 7);
+    assert_memory_equal(out, "content-TYPE", 12);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -416,6 +431,7 @@ int main(void)
         cmocka_unit_test(test_util_clocks),
         cmocka_unit_test(test_util_file_read),
         cmocka_unit_test(test_util_u64_text_and_str_copy),
+        cmocka_unit_test(test_util_ascii_lower),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,6 +26,17 @@ size_t tt_u64_text(uint64_t v, char *buf);
  * cap - 1 bytes, always NUL-terminated; returns the length copied. */
 size_t tt_str_copy(char *dst, size_t cap, const char *src);
 
+/* Copies src[0..n) into dst with ASCII A-Z lowered (header names; no locale, no call per
+ * byte as tolower makes). dst may be src. */
+static inline void tt_ascii_lower(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = src[i];
+
+        dst[i] = c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c;
+    }
+}
+
 #define TT_ADDR_TEXT_MAX 300
 
 /* A socket address plus the text it was written as. */

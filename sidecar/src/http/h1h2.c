@@ -7,7 +7,6 @@
  * again, and take_raw hands in[req_start..] to a byte relay. Bytes before req_start are
  * dropped only outside the reader's feed, whose callbacks point into the buffer. */
 #include <assert.h>
-#include <ctype.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -142,8 +141,7 @@ static size_t translate_fields(const struct tt_h1_head *h, struct tt_h2_header *
 
         if (request_field_dropped(h, f, named))
             continue;
-        for (size_t k = 0; k < f->name_len; k++)
-            names[k] = (char)tolower((unsigned char)f->name[k]);
+        tt_ascii_lower(names, f->name, f->name_len);
         names[f->name_len] = '\0';
         /* HTTP/2 takes te only as the exact, lower-case "trailers" (RFC 9113 §8.2.2). */
         out[n++] = (struct tt_h2_header){names, f->name_len, te ? "trailers" : f->value,

@@ -157,8 +157,10 @@ static void fields_clear(struct fields *f, bool keep)
 /* The value of the first field named `name`, or NULL. */
 static const char *fields_get(const struct fields *f, const char *name)
 {
+    size_t len = strlen(name);
+
     for (size_t i = 0; i < f->n; i++)
-        if (strcmp(f->v[i].name, name) == 0)
+        if (f->v[i].name_len == len && memcmp(f->v[i].name, name, len) == 0)
             return f->v[i].value;
     return NULL;
 }

@@ -1,7 +1,6 @@
 /* An HTTP/2 request served by an HTTP/1.1 server (see h2h1.h). The request head is
  * written once into a pooled buffer; the response is read by http/h1resp with its header
  * fields kept and its body de-chunked. */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +9,7 @@
 
 #include "core/buf.h"
 #include "core/errors.h"
+#include "core/util.h"
 #include "http/h1.h"
 #include "http/h1resp.h"
 #include "http/h2h1.h"
@@ -309,8 +309,7 @@ static int on_resp_head(void *ud, int status, bool keep_alive)
             (named && tt_h1_connection_names(fields, n, f->name, f->name_len)) ||
             (chunked && f->name_len == 14 && strcasecmp(f->name, "content-length") == 0))
             continue;
-        for (size_t k = 0; k < f->name_len; k++)
-            name[k] = (char)tolower((unsigned char)f->name[k]);
+        tt_ascii_lower(name, f->name, f->name_len);
         names_len += f->name_len;
         h2[out++] = (struct tt_h2_header){name, f->name_len, f->value, f->value_len};
     }
