@@ -21,7 +21,8 @@ for t in ${1:-policy spiffe tls yaml h1 h1resp gate h2 h1h2}; do
   [ "$t" = yaml ] && extra=(-iquote control build-fuzz/control/libtether-control.a build-fuzz/control/libtether-yaml.a -lyaml)
   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -std=gnu11 \
     -Isidecar/src -Itests/tools -I/usr/include/android -Ibuild-fuzz/proto \
-    "tests/fuzz/fuzz-$t.c" "${extra[@]}" build-fuzz/sidecar/libtether-sidecar.a build-fuzz/libllhttp.a \
+    "tests/fuzz/fuzz-$t.c" -Wl,--start-group "${extra[@]}" build-fuzz/sidecar/libtether-sidecar.a \
+    build-fuzz/libllhttp.a -Wl,--end-group \
     -L/usr/lib/x86_64-linux-gnu/android -Wl,-rpath,/usr/lib/x86_64-linux-gnu/android \
     -lssl -lcrypto -luv -ljansson -lhttp_parser -lpthread -o "build-fuzz/libfuzzer-$t"
   mkdir -p "build-fuzz/corpus-$t"

@@ -684,7 +684,8 @@ int tt_h2_pending(struct tt_h2 *h2, const uint8_t **data, size_t *len)
         h2->out_len = (size_t)r;
         h2->out_off = 0;
     }
-    *data = h2->out + h2->out_off;
+    /* Nothing pending: NULL, not NULL + 0 (undefined behaviour, which clang's UBSan flags). */
+    *data = h2->out != NULL ? h2->out + h2->out_off : NULL;
     *len = h2->out_len - h2->out_off;
     return 0;
 }
