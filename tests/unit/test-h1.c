@@ -714,6 +714,21 @@ static void test_h1_write_error(void **state)
     }
 }
 
+/* tt_h1_is_token: one tchar or more; nothing else (an empty string, a space, a colon, a
+ * separator, a byte above 0x7f) is one. */
+static void test_h1_is_token(void **state)
+{
+    assert_true(tt_h1_is_token("Content-Type", 12));
+    assert_true(tt_h1_is_token("x-a!#$%&'*+.^_`|~9", 18));
+    assert_false(tt_h1_is_token("", 0));
+    assert_false(tt_h1_is_token("bad name", 8));
+    assert_false(tt_h1_is_token("a:b", 3));
+    assert_false(tt_h1_is_token("a(b)", 4));
+    assert_false(tt_h1_is_token("caf\xc3\xa9", 5));
+    assert_true(tt_h1_is_token("ab\0cd", 2)); /* only the n bytes given */
+    assert_false(tt_h1_is_token("ab\0cd", 3));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -732,6 +747,7 @@ int main(void)
         cmocka_unit_test(test_h1_connection_names),
         cmocka_unit_test(test_h1_connection_names_others),
         cmocka_unit_test(test_h1_write_error),
+        cmocka_unit_test(test_h1_is_token),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -271,6 +271,18 @@ bool tt_h1_is_tchar(unsigned char c)
     return tchar[c];
 }
 
+/* RFC 9110 §5.6.2 token (h1.h): one call per name, not per byte. */
+bool tt_h1_is_token(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!tchar[u[i]])
+            return false;
+    }
+    return n > 0;
+}
+
 /* Appends "name: value\r\n" (h1.h). */
 int tt_h1_put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value, size_t vlen)
 {

@@ -140,6 +140,9 @@ bool tt_h1_done(const struct tt_h1 *r);
 /* Whether c may appear in a token such as a field name (RFC 9110 §5.6.2 tchar). */
 bool tt_h1_is_tchar(unsigned char c);
 
+/* Whether s[0..n) is a token (RFC 9110 §5.6.2: one tchar or more), such as a field name. */
+bool tt_h1_is_token(const char *s, size_t n);
+
 /* Appends the header line "name: value\r\n" to b, as given (the caller checked both).
  * Returns 0 or -ENOMEM. */
 int tt_h1_put_field(struct tt_buf *b, const char *name, size_t nlen, const char *value,

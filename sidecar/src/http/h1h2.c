@@ -538,12 +538,9 @@ static void plan_response(struct tt_h1h2 *x, int status, const struct tt_h2_head
  * without CR, LF or NUL (no response splitting whatever the caller passes). */
 static bool field_writable(const struct tt_h2_header *f)
 {
-    if (f->name_len == 0 || f->name == NULL || (f->value == NULL && f->value_len > 0))
+    if (f->name == NULL || !tt_h1_is_token(f->name, f->name_len) ||
+        (f->value == NULL && f->value_len > 0))
         return false;
-    for (size_t i = 0; i < f->name_len; i++) {
-        if (!tt_h1_is_tchar((unsigned char)f->name[i]))
-            return false;
-    }
     for (size_t i = 0; i < f->value_len; i++) {
         if (f->value[i] == '\r' || f->value[i] == '\n' || f->value[i] == '\0')
             return false;
@@ -556,13 +553,21 @@ static int build_head(const struct tt_h1h2 *x, struct tt_buf *b, int status,
                       const struct tt_h2_header *fields, size_t n)
 {
     char num[TT_U64_TEXT_MAX];
+    size_t num_len = tt_u64_text((uint64_t)status, num);
     const char *text = tt_h1_status_text(status);
-    int r = tt_buf_append(b, "HTTP/1.1 ", 9);
+    size_t text_len = strlen(text);
+    size_t line_len = 9 + num_len + 1 + text_len + 2; /* "HTTP/1.1 200 OK\r\n" */
+    uint8_t *p = tt_buf_reserve(b, line_len);
+    int r = 0;
 
-    r = r ?: tt_buf_append(b, num, tt_u64_text((uint64_t)status, num));
-    r = r ?: tt_buf_append(b, " ", 1);
-    r = r ?: tt_buf_append(b, text, strlen(text));
-    r = r ?: tt_buf_append(b, "\r\n", 2);
+    if (p == NULL)
+        return -ENOMEM;
+    memcpy(p, "HTTP/1.1 ", 9);
+    memcpy(p + 9, num, num_len);
+    p[9 + num_len] = ' ';
+    memcpy(p + 10 + num_len, text, text_len);
+    memcpy(p + 10 + num_len + text_len, "\r\n", 2);
+    tt_buf_commit(b, line_len);
 
     for (size_t i = 0; i < n && r == 0; i++) {
         const struct tt_h2_header *f = &fields[i];
