@@ -75,9 +75,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct tt_gate *g;
     size_t i = 1;
 
-    for (int k = 0; k < 2 && policies[1] == NULL; k++) {
+    for (int k = 0; k < 2; k++) { /* both parsed at the first call */
         char text[512];
 
+        if (policies[k] != NULL)
+            continue;
         snprintf(text, sizeof(text), POLICY_DOC, k ? "enforce" : "audit");
         if ((policies[k] = tt_policy_parse(text, strlen(text), "fuzz", err, sizeof(err))) == NULL)
             abort();
