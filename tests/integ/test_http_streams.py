@@ -338,8 +338,10 @@ def peer(port, crt, key, ca, mode, log_path):
     """Serves tether-h2 on 127.0.0.1:port with the given identity, requiring a client
     certificate of ca. Request streams are numbered across connections (attempts); mode
     "refuse" resets attempts 1 and 3 with REFUSED_STREAM, mode "drop" closes the
-    connection when attempts 1 and 3 arrive; every other attempt is answered 200 with
-    "attempt=N METHOD PATH body=LEN". Each attempt is appended to log_path."""
+    connection when attempts 1 and 3 arrive, mode "goaway" answers attempt 1 with GOAWAY
+    naming no stream processed (then reads and drops what comes until the caller closes)
+    and takes a second to accept each later connection; every other attempt is answered
+    200 with "attempt=N METHOD PATH body=LEN". Each attempt is appended to log_path."""
     import ssl
     import threading
 
@@ -360,8 +362,14 @@ def peer(port, crt, key, ca, mode, log_path):
     lsock.listen(16)
     lock = threading.Lock()
     attempts = [0]
+    accepted = [0]
 
     def serve(raw):
+        with lock:
+            accepted[0] += 1
+            later = accepted[0] > 1
+        if mode == "goaway" and later:
+            time.sleep(1.0)  # the caller's retry waits for this link
         try:
             s = ctx.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError):
@@ -387,6 +395,12 @@ def peer(port, crt, key, ca, mode, log_path):
                             f.write(json.dumps([n, hd.get(":method"), hd.get(":path")]) + "\n")
                         if n in (1, 3) and mode == "drop":
                             s.close()
+                            return
+                        if n == 1 and mode == "goaway":
+                            conn.close_connection(last_stream_id=0)
+                            s.sendall(conn.data_to_send())
+                            while s.recv(65536):
+                                pass
                             return
                         if n in (1, 3) and mode == "refuse":
                             conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -481,6 +495,38 @@ def check_retries(ok, w):
     ok([a[1:] for a in attempts(log)] == [["GET", "/d1"], ["GET", "/d1"], ["POST", "/d2"],
                                           ["GET", "/d3"]],
        "8: the peer saw the POST once (%s)" % attempts(log))
+    o = sc.listener("outbound:")
+    ok(o["pool"]["requests_retried"] == 1, "8: requests_retried 1 (%r)"
+       % o["pool"]["requests_retried"])
+
+
+def check_retry_waits(ok, w):
+    """8: a request whose stream the peer did not process while the app was still sending
+    its body: the retry waits for a new link (the peer takes a second to accept it) and
+    sends the whole body again; the app's later bytes wait meanwhile."""
+    sc, port, log = start_peer(w, "goaway")
+    body = bytes(i % 251 for i in range(60000))
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    try:
+        s.sendall(b"POST /g1 HTTP/1.1\r\nhost: g\r\ncontent-length: %d\r\n\r\n" % len(body)
+                  + body[:20000])
+        for part in (body[20000:40000], body[40000:]):
+            time.sleep(0.4)  # the peer's GOAWAY came; the new link is on its way
+            s.sendall(part)
+        raw = b""
+        while b"body=" not in raw or not raw.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        got = raw.decode("latin-1")
+    except OSError as e:
+        got = repr(e)
+    finally:
+        s.close()
+    ok(got.startswith("HTTP/1.1 200") and got.endswith("attempt=2 POST /g1 body=60000\n"),
+       "8: a POST refused by the peer's GOAWAY while its body was still coming is sent "
+       "again, whole, on a new link (%r)" % got[-200:])
     o = sc.listener("outbound:")
     ok(o["pool"]["requests_retried"] == 1, "8: requests_retried 1 (%r)"
        % o["pool"]["requests_retried"])
@@ -925,6 +971,7 @@ def test(env):
        "it)" % h.DEBIAN_PYTHON)
     if r.returncode == 0:
         check_retries(ok, w)
+        check_retry_waits(ok, w)
     for sc in (web, api):
         ok(sc.alive(), "%s still running after the cases" % sc.name)
         clean, reports = sc.stop_clean()

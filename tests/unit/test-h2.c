@@ -1,9 +1,9 @@
 /* Unit tests for http/h2.c: a client session and a server session pumping bytes to each
  * other in memory (no sockets). Request/response, many concurrent streams, per-stream flow
  * control (a stalled stream does not block its neighbour), an extended CONNECT tunnel
- * carrying megabytes both ways, CONNECT refused without the peer's setting, GOAWAY with
- * its last stream id, RST_STREAM both ways, the concurrency limit, the header list bound,
- * hostile input and PING. */
+ * carrying megabytes both ways, CONNECT refused without the peer's setting, a server's
+ * graceful drain (notice, PING, final GOAWAY) and GOAWAY at once, RST_STREAM both ways, the
+ * concurrency limit, the header list bound, hostile input and PING. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -686,11 +686,10 @@ static void test_h2_connect_refused(void **state)
     pair_done();
 }
 
-static void test_h2_goaway(void **state)
+/* The server drains with GOAWAY code h2_code while the client has /1 and /3 open, and
+ * the client opens /5 and /7 before the server's first frame about it arrives: cs[0..4). */
+static void drain_under_requests(struct cstream *cs, uint32_t h2_code, bool notice)
 {
-    struct cstream cs[4] = {{0}};
-    int err;
-
     pair_init(NULL, NULL);
     P.mode = SRV_HOLD;
     pump();
@@ -698,32 +697,23 @@ static void test_h2_goaway(void **state)
     get("/3", &cs[1]);
     pump();
     assert_int_equal(P.nsrv, 2);
-    /* The server drains; before its GOAWAY arrives the client opens two more. */
-    assert_int_equal(tt_h2_goaway(P.s, 0), 0);
+    assert_int_equal(tt_h2_goaway(P.s, h2_code), 0);
+    assert_int_equal(tt_h2_notice_pending(P.s), notice);
     get("/5", &cs[2]);
     get("/7", &cs[3]);
     pump();
-    assert_int_equal(P.goaways, 1);
-    assert_int_equal(P.goaway_last, tt_h2_stream_id(cs[1].st));
-    assert_int_equal(P.goaway_code, 0);
-    assert_int_equal(P.nsrv, 2); /* 5 and 7 never reached the server application */
-    for (int i = 2; i < 4; i++) {
-        assert_true(tt_h2_stream_id(cs[i].st) > P.goaway_last);
-        assert_int_equal(cs[i].resets, 1);
-        assert_int_equal(cs[i].reset_err, TT_E_H2_REFUSED);
-        assert_true(cs[i].reset_by_peer || cs[i].reset_code == TT_H2_REFUSED_STREAM);
-    }
-    /* No new stream on a session going away. */
-    struct tt_h2_request req = {"GET", "https", "a:1", "/9", NULL, 0, true};
-    assert_null(tt_h2_open(P.c, &req, NULL, NULL, &err));
-    assert_int_equal(err, TT_E_H2_GOAWAY);
-    /* The active streams still finish. */
-    for (int i = 0; i < 2; i++) {
+}
+
+/* The server answers its first n streams: each ends 200 on the client, and both sessions
+ * are done; then every stream of cs[0..4) is released. */
+static void finish_drain(struct cstream *cs, int n)
+{
+    for (int i = 0; i < n; i++) {
         P.srv[i].body_len = 0;
         s_answer(&P.srv[i]);
     }
     pump();
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < n; i++) {
         assert_int_equal(cs[i].resets, 0);
         assert_int_equal(tt_h2_stream_status(cs[i].st), 200);
         assert_int_equal(cs[i].ends, 1);
@@ -733,6 +723,82 @@ static void test_h2_goaway(void **state)
     for (int i = 0; i < 4; i++)
         tt_h2_stream_release(cs[i].st);
     pair_done();
+}
+
+/* A server's graceful drain: the shutdown notice, then (once the client answered its
+ * PING) the final GOAWAY. Requests the client opened before the notice reached it are
+ * served, not refused; no new one after it; the session is done once all are answered. */
+static void test_h2_goaway(void **state)
+{
+    struct cstream cs[4] = {{0}};
+    int err;
+
+    drain_under_requests(cs, TT_H2_NO_ERROR, true);
+    assert_false(tt_h2_notice_pending(P.s));
+    assert_int_equal(P.goaways, 2); /* the notice, then the final one */
+    assert_int_equal(P.goaway_last, tt_h2_stream_id(cs[3].st));
+    assert_int_equal(P.goaway_code, 0);
+    assert_int_equal(P.nsrv, 4); /* 5 and 7 reached the server application */
+    /* No new stream on a session going away. */
+    struct tt_h2_request req = {"GET", "https", "a:1", "/9", NULL, 0, true};
+    assert_null(tt_h2_open(P.c, &req, NULL, NULL, &err));
+    assert_int_equal(err, TT_E_H2_GOAWAY);
+    assert_false(tt_h2_done(P.s));
+    finish_drain(cs, 4);
+}
+
+/* A drain whose notice goes unanswered: the session is not done meanwhile (a stream may
+ * still arrive), even with no stream active; called again, the final GOAWAY goes at once,
+ * and a request that arrives after it is refused (REFUSED_STREAM: retryable). */
+static void test_h2_goaway_unanswered(void **state)
+{
+    struct cstream cs[1] = {{0}};
+    uint8_t held[4096];
+
+    pair_init(NULL, NULL);
+    pump();
+    get("/1", &cs[0]);
+    long n = tt_h2_fill(P.c, held, sizeof(held)); /* its HEADERS, still on the way */
+    assert_true(n > 0);
+    assert_int_equal(tt_h2_goaway(P.s, 0), 0);
+    move(P.s, P.c, false); /* the client reads the notice; its answer is not delivered */
+    assert_int_equal(P.goaways, 1);
+    assert_int_equal(P.goaway_last, 0x7fffffff);
+    assert_true(tt_h2_notice_pending(P.s));
+    assert_false(tt_h2_done(P.s));
+    assert_int_equal(tt_h2_goaway(P.s, 0), 0); /* the caller stops waiting */
+    assert_false(tt_h2_notice_pending(P.s));
+    assert_int_equal(tt_h2_feed(P.s, held, (size_t)n), 0);
+    pump();
+    assert_int_equal(P.nsrv, 0);
+    assert_int_equal(P.goaways, 2);
+    assert_int_equal(P.goaway_last, 0);
+    assert_int_equal(cs[0].resets, 1);
+    assert_int_equal(cs[0].reset_err, TT_E_H2_REFUSED);
+    assert_true(tt_h2_done(P.s));
+    assert_true(tt_h2_done(P.c));
+    tt_h2_stream_release(cs[0].st);
+    pair_done();
+}
+
+/* GOAWAY with an error code goes at once: the requests the client opened while it was on
+ * its way are refused (not processed: retryable); the active ones finish. */
+static void test_h2_goaway_error(void **state)
+{
+    struct cstream cs[4] = {{0}};
+
+    drain_under_requests(cs, TT_H2_INTERNAL_ERROR, false);
+    assert_int_equal(P.goaways, 1);
+    assert_int_equal(P.goaway_last, tt_h2_stream_id(cs[1].st));
+    assert_int_equal(P.goaway_code, TT_H2_INTERNAL_ERROR);
+    assert_int_equal(P.nsrv, 2); /* 5 and 7 never reached the server application */
+    for (int i = 2; i < 4; i++) {
+        assert_true(tt_h2_stream_id(cs[i].st) > P.goaway_last);
+        assert_int_equal(cs[i].resets, 1);
+        assert_int_equal(cs[i].reset_err, TT_E_H2_REFUSED);
+        assert_true(cs[i].reset_by_peer || cs[i].reset_code == TT_H2_REFUSED_STREAM);
+    }
+    finish_drain(cs, 2);
 }
 
 /* Requests still queued for a concurrency slot when GOAWAY arrives were never sent: they
@@ -751,7 +817,7 @@ static void test_h2_goaway_queued(void **state)
     assert_int_equal(P.nsrv, 1); /* one slot: the other two wait in the client */
     assert_int_equal(tt_h2_goaway(P.s, 0), 0);
     pump();
-    assert_int_equal(P.goaways, 1);
+    assert_int_equal(P.goaways, 2); /* the notice (the client refuses its queue), the final */
     assert_int_equal(P.goaway_last, tt_h2_stream_id(cs[0].st));
     assert_int_equal(cs[0].resets, 0);
     for (int i = 1; i < 3; i++) {
@@ -1362,6 +1428,8 @@ int main(void)
         cmocka_unit_test(test_h2_connect_refused),
         cmocka_unit_test(test_h2_answer_then_release),
         cmocka_unit_test(test_h2_goaway),
+        cmocka_unit_test(test_h2_goaway_unanswered),
+        cmocka_unit_test(test_h2_goaway_error),
         cmocka_unit_test(test_h2_goaway_queued),
         cmocka_unit_test(test_h2_client_goaway_after_queued_heads),
         cmocka_unit_test(test_h2_release_queued),

@@ -732,7 +732,52 @@ static void test_pool_drain_inbound(void **state)
     assert_int_equal(r[0]->lost, 0); /* the tunnel already open goes on */
 
     struct tt_conn *ic = link_connect(T.last_dial);
-    assert_int_equal(frames(ic, FRAME_GOAWAY, ANY_FLAGS), 1);
+    assert_int_equal(frames(ic, FRAME_GOAWAY, ANY_FLAGS), 2); /* the notice, the final one */
+}
+
+/* An inbound link retired (a drain, a rotation) while the outbound's next tunnel is on its
+ * way: that tunnel is served, not refused (the drain notice first, the final GOAWAY once
+ * the outbound answered its PING), and the link is done only after that, once its
+ * tunnels are over; the outbound dials anew for the next one. */
+static void test_pool_inbound_retire_serves_tunnel_in_flight(void **state)
+{
+    (void)state;
+    struct tt_conn *r[1];
+    struct tt_conn *oc = link_with_riders(1, r);
+    struct tt_conn *ic = oc->peer;
+    struct tt_conn *b = attach(&T.t1, ID_A, &identity1, 1);
+
+    assert_int_equal(tt_link_flush(oc->link), 0); /* b's HEADERS: sent, not delivered */
+    tt_pool_drain(T.in);
+    tt_h2_stream_release(r[0]->st); /* the first tunnel ends meanwhile */
+    r[0]->st = NULL;
+    tt_pool_detach(&r[0]->m);
+    assert_int_equal(tt_link_flush(ic->link), 0);
+    assert_false(tt_link_done(ic->link)); /* no tunnel left, but b may be on its way */
+    pump();
+    assert_int_equal(T.accepts, 2);
+    assert_int_equal(b->lost, 0);
+    assert_int_equal(tt_h2_stream_status(b->st), 200);
+    assert_int_equal(frames(ic, FRAME_GOAWAY, ANY_FLAGS), 2);
+    assert_false(tt_link_done(ic->link));
+    struct tt_conn *c = attach(&T.t1, ID_A, &identity1, 0);
+    assert_int_equal(T.dials, 2);
+    assert_int_equal(c->rides, 0);
+    for (size_t i = 0; i < T.nconns; i++) { /* the inbound side of b's tunnel ends */
+        struct tt_conn *t = &T.conns[i];
+        if (!t->carrier && t->m.link == ic->link) {
+            tt_h2_stream_release(t->st);
+            t->st = NULL;
+            tt_pool_detach(&t->m);
+        }
+    }
+    tt_h2_stream_release(b->st);
+    b->st = NULL;
+    tt_pool_detach(&b->m);
+    assert_int_equal(tt_link_flush(oc->link), 0);
+    assert_int_equal(tt_link_flush(ic->link), 0);
+    pump();
+    assert_true(tt_link_done(ic->link));
 }
 
 /* Drain while a link is still dialling: it must not come back as a usable link. */
@@ -1098,6 +1143,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pool_ping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_drain_inbound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_inbound_retire_serves_tunnel_in_flight, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pool_drain_while_dialling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_rotation_while_dialling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_rotation_before_settings, setup, teardown),

@@ -92,7 +92,14 @@ struct tt_h2 {
     unsigned goaway_recv : 1;
     unsigned goaway_sent : 1; /* ours is queued (or due: no new stream either way) */
     unsigned goaway_due : 1;  /* client: ours goes out once the request heads queued have */
+    unsigned notice_out : 1;  /* server: our shutdown notice's PING awaits its ack */
 };
+
+/* The opaque data of the PING that follows a server's shutdown notice (tt_h2_goaway). A
+ * keepalive PING carries its send time in microseconds, which never reads as this. */
+static const uint8_t NOTICE_PING[8] = {'t', 't', '-', 'd', 'r', 'a', 'i', 'n'};
+
+static int goaway_final(struct tt_h2 *h2, uint32_t h2_code);
 
 /* --- streams ------------------------------------------------------------------------ */
 
@@ -405,6 +412,9 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             h2->cbs.on_settings(h2, h2->ud);
         return 0;
     case NGHTTP2_PING:
+        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && h2->notice_out &&
+            memcmp(frame->ping.opaque_data, NOTICE_PING, sizeof(NOTICE_PING)) == 0)
+            return goaway_final(h2, NGHTTP2_NO_ERROR) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
         /* An acknowledgement nobody asked for (a peer's stray PING ACK) is not a round trip. */
         if ((frame->hd.flags & NGHTTP2_FLAG_ACK) && h2->pings_out > 0) {
             h2->pings_out--;
@@ -1186,23 +1196,62 @@ static int goaway_submit(struct tt_h2 *h2, uint32_t h2_code)
     return rv;
 }
 
-/* Queues GOAWAY with the last stream id processed; no new streams after it. A client's
- * graceful one waits while request heads are queued (tt_h2_pending submits it once they
- * went out): nghttp2 would send it ahead of them, and a server takes streams that arrive
- * after a client's GOAWAY for ones it need not serve (nghttp2 ignores them when no other
- * stream is active), so our own retirement would lose the requests just given the link. */
+/* Our final GOAWAY (not a notice): submitted now; no stream above its last id is taken
+ * from here on. Returns 0 or an nghttp2 error. */
+static int goaway_final(struct tt_h2 *h2, uint32_t h2_code)
+{
+    int rv = goaway_submit(h2, h2_code);
+
+    if (rv != 0)
+        return rv;
+    h2->goaway_sent = 1;
+    h2->goaway_due = 0;
+    h2->notice_out = 0;
+    return 0;
+}
+
+/*
+ * Drains the session; see h2.h. A server's graceful drain is RFC 9113 §6.8's two steps:
+ * a GOAWAY naming the highest possible stream id (nghttp2's shutdown notice: the client
+ * opens no new stream) and a PING; the client answers the PING after it read the notice,
+ * so every stream it opened before has arrived by the answer, and the final GOAWAY names
+ * the true last one. A single GOAWAY would refuse the streams the client opened while it
+ * was on its way, and the server may close the connection under them once its own are
+ * over: the client could lose them, or learn of the refusal only after a request body it
+ * can no longer send again. A client's graceful GOAWAY waits while request heads are
+ * queued (tt_h2_pending submits it once they went out): nghttp2 would send it ahead of
+ * them, and a server takes streams that arrive after a client's GOAWAY for ones it need
+ * not serve (nghttp2 ignores them when no other stream is active), so our own retirement
+ * would lose the requests just given the link.
+ */
 int tt_h2_goaway(struct tt_h2 *h2, uint32_t h2_code)
 {
+    int rv;
+
+    if (h2->goaway_sent && h2_code == NGHTTP2_NO_ERROR)
+        return 0;
     if (h2->role == TT_H2_CLIENT && h2_code == NGHTTP2_NO_ERROR &&
         nghttp2_session_get_outbound_queue_size(h2->session) > 0) {
         h2->goaway_sent = 1;
         h2->goaway_due = 1;
         return 0;
     }
-    int rv = goaway_submit(h2, h2_code);
-    if (rv != 0)
-        return map_nghttp2(rv);
-    h2->goaway_sent = 1;
-    h2->goaway_due = 0;
-    return 0;
+    if (h2->role == TT_H2_SERVER && h2_code == NGHTTP2_NO_ERROR && !h2->notice_out &&
+        !h2->goaway_recv) {
+        rv = nghttp2_submit_shutdown_notice(h2->session);
+        if (rv == 0)
+            rv = nghttp2_submit_ping(h2->session, NGHTTP2_FLAG_NONE, NOTICE_PING);
+        if (rv != 0)
+            return map_nghttp2(rv);
+        h2->notice_out = 1;
+        return 0;
+    }
+    rv = goaway_final(h2, h2_code);
+    return rv != 0 ? map_nghttp2(rv) : 0;
+}
+
+/* Whether a server's shutdown notice still waits for its round trip (see h2.h). */
+bool tt_h2_notice_pending(const struct tt_h2 *h2)
+{
+    return h2->notice_out;
 }

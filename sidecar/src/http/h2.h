@@ -273,10 +273,17 @@ void tt_h2_stream_release(struct tt_h2_stream *s);
 /* Queues a PING; on_ping reports its round trip. Returns 0, TT_E_H2_INTERNAL or -ENOMEM. */
 int tt_h2_ping(struct tt_h2 *h2);
 
-/* Drains the session: queues GOAWAY with `h2_code` and the last stream id we processed;
- * no new stream is accepted or opened, active streams finish. A client's graceful GOAWAY
- * (NO_ERROR) goes out after the request heads already queued. Returns 0 or
- * TT_E_H2_INTERNAL / -ENOMEM. */
+/* Drains the session: no new stream is accepted or opened, active streams finish. With
+ * an error code, GOAWAY with the last stream id we processed is queued at once. A
+ * graceful drain (NO_ERROR) of a server queues a shutdown notice and a PING, and the final
+ * GOAWAY once the peer answered it: the streams the peer opened before it saw the notice
+ * are served, not refused (tt_h2_notice_pending meanwhile; calling again sends the final
+ * GOAWAY at once, for a caller that stops waiting). A client's graceful GOAWAY goes out
+ * after the request heads already queued. Returns 0 or TT_E_H2_INTERNAL / -ENOMEM. */
 int tt_h2_goaway(struct tt_h2 *h2, uint32_t h2_code);
+
+/* Whether a server's graceful drain waits for the peer to answer its notice's PING:
+ * streams may still arrive, and the session is not done, until then. */
+bool tt_h2_notice_pending(const struct tt_h2 *h2);
 
 #endif

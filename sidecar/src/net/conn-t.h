@@ -135,6 +135,8 @@ struct tt_conn {
     bool h1_settling;         /* tt__h1_settle runs: a link ridden at once opens there */
     bool h1_kicked;           /* tt__h1_settle and the response wait for the kick (tt__h1_kick) */
     bool h1_sink;             /* the current request is read to its end and dropped */
+    bool h1_retrying;         /* its stream failed; sent again once a link takes it (the
+                                 body read meanwhile is dropped: the rewind reads it again) */
     bool push_queued;         /* bytes gathered for the app wait on the worker's push list */
     struct tt_conn *push_next, *push_prev; /* that list (conn_relay.c tt__app_push_soon) */
     bool kick_queued;                      /* waits on the worker's kick list (tt__conn_kick) */

@@ -281,7 +281,7 @@ static int h1_on_body(void *ud, const char *data, size_t len)
 {
     struct tt_conn *c = ud;
 
-    if (c->h1_sink)
+    if (c->h1_sink || c->h1_retrying)
         return 0;
     c->h1_rq->request_bytes += len;
     return tt__stream_write(c, data, len);
@@ -293,7 +293,7 @@ static int h1_on_end(void *ud)
 {
     struct tt_conn *c = ud;
 
-    if (c->h1_sink || !c->h1_has_body)
+    if (c->h1_sink || !c->h1_has_body || c->h1_retrying)
         return 0;
     return c->stream != NULL ? tt_h2_stream_end(c->stream) : TT_E_LINK_CLOSED;
 }
@@ -332,6 +332,7 @@ static void h1_leave(struct tt_conn *c)
 static void h1_request_over(struct tt_conn *c)
 {
     h1_leave(c);
+    c->h1_retrying = false;
     c->tried = 0;
     c->attempts = 0;
     c->refused_retries = 0;
@@ -425,6 +426,7 @@ static void h1_cut(struct tt_conn *c, int err)
  * TT_CONN_REFUSED_RETRIES): its endpoint and link are picked anew on the kick. */
 static void h1_retry(struct tt_conn *c)
 {
+    c->h1_retrying = true;
     c->refused_retries++;
     TT_COUNTER_ADD(conn_counters(c)->pool.requests_retried, 1);
     h1_leave(c);
@@ -488,6 +490,7 @@ static void h1_open(struct tt_conn *c)
 
     h1_arm_deadline(c);
     tt__conn_enter(c, TT_CONN_S_RELAY); /* (re)armed for the deadline */
+    c->h1_retrying = false;
     r = tt_h1h2_rewind(c->h1h2);
     c->h1_session = NULL;
     if (r == -EAGAIN) {
@@ -566,8 +569,9 @@ static void h1_after(struct tt_conn *c, int r)
     tt__h1_settle(c);
     tt__relay_progress(c);
     /* Waiting for a link (no tt__relay_progress then): the app is not read past what the
-     * translator holds. */
-    if (c->state == TT_CONN_S_CONNECTING && c->h1h2 != NULL && !tt_h1h2_wants_app(c->h1h2))
+     * translator holds, nor at all for a retry (h1_retrying). */
+    if (c->state == TT_CONN_S_CONNECTING && c->h1h2 != NULL &&
+        (c->h1_retrying || !tt_h1h2_wants_app(c->h1h2)))
         tt__side_set_reading(c, &c->down, false);
 }
 
@@ -665,7 +669,9 @@ void tt__h1_progress(struct tt_conn *c)
         tt__conn_close(c, 0, false);
         return;
     }
-    room = c->stream == NULL || tt_h2_stream_queued(c->stream) < TT_CONN_QUEUE_MAX;
+    /* A retry waiting for its link reads no more of the app: what it holds must stay
+     * within the bytes the translator retains to send again. */
+    room = c->stream != NULL ? tt_h2_stream_queued(c->stream) < TT_CONN_QUEUE_MAX : !c->h1_retrying;
     if (!room)
         c->member.blocked = true; /* the link wakes it (tt__pool_progress) */
     tt__side_set_reading(c, app, !app->read_eof && (done || (room && tt_h1h2_wants_app(c->h1h2))));

@@ -50,7 +50,8 @@ struct tt_link {
     bool retire_when_up; /* retired while dialling: GOAWAY once its waiting members rode */
     unsigned wake_round; /* link_wake_blocked's rounds */
     uint64_t ping_sent_ms;
-    uint64_t idle_since_ms; /* the last tunnel ended (or the link came up) */
+    uint64_t idle_since_ms;   /* the last tunnel ended (or the link came up) */
+    uint64_t notice_since_ms; /* inbound: the first tick that saw our drain notice unanswered */
 };
 
 struct tt_pool {
@@ -355,7 +356,8 @@ void tt_pool_drain(struct tt_pool *pool)
 /* Server: a new stream: a `CONNECT` with `:protocol tether-tcp` (a tunnel) or a request
  * (served to the workload as HTTP/1.1, http/h2h1.h) goes to the carrier's connection
  * (ops->accept; 503 when it cannot take it); any other CONNECT is answered 501 (no tunnel
- * to elsewhere is served); on a retiring link it is refused. */
+ * to elsewhere is served); on a retiring link it is refused, unless our drain notice still waits
+ * for its answer. */
 static void link_on_stream(struct tt_h2 *h2, struct tt_h2_stream *s, void *ud)
 {
     struct tt_link *link = ud;
@@ -364,16 +366,17 @@ static void link_on_stream(struct tt_h2 *h2, struct tt_h2_stream *s, void *ud)
     static const struct tt_h2_header reason = {"x-tether-reason", 15, "not_a_tunnel", 12};
     static const struct tt_h2_header busy = {"x-tether-reason", 15, "unavailable", 11};
 
-    (void)h2;
     if (method == NULL || (strcmp(method, "CONNECT") == 0 &&
                            (protocol == NULL || strcmp(protocol, TT_POOL_PROTOCOL) != 0))) {
         (void)tt_h2_respond(s, 501, &reason, 1, true);
         tt_h2_stream_release(s);
         return;
     }
-    if (link->state == LINK_RETIRING) {
-        /* After the caller's GOAWAY (ours refuses later streams in the session): not
-         * served, so the caller may send it again on another link. */
+    if (link->state == LINK_RETIRING && !tt_h2_notice_pending(h2)) {
+        /* After the caller's GOAWAY, or ours (the session refuses streams above its last
+         * id; this is one whose head straddled it): not served, so the caller may send it
+         * again on another link. While our drain notice waits for its answer, streams
+         * the caller opened before it saw the notice are served. */
         (void)tt_h2_stream_reset(s, TT_H2_REFUSED_STREAM);
         tt_h2_stream_release(s);
         return;
@@ -639,6 +642,14 @@ int tt_link_tick(struct tt_link *link, uint64_t now_ms)
 {
     if (link->h2 == NULL)
         return 0;
+    if (tt_h2_notice_pending(link->h2)) {
+        /* A peer that does not answer our drain notice's PING gets the final GOAWAY
+         * anyway, TT_POOL_NOTICE_MS after a tick first saw it waiting. */
+        if (link->notice_since_ms == 0)
+            link->notice_since_ms = now_ms;
+        else if (now_ms - link->notice_since_ms >= TT_POOL_NOTICE_MS)
+            (void)tt_h2_goaway(link->h2, TT_H2_NO_ERROR);
+    }
     if (link->n_tunnels == 0 && link->n_waiting == 0) {
         if (link->state == LINK_RETIRING ||
             (link->pool->idle_ms > 0 && now_ms >= link->idle_since_ms &&
@@ -687,7 +698,8 @@ bool tt_link_done(const struct tt_link *link)
 {
     return link->h2 != NULL && link->n_tunnels == 0 && link->n_waiting == 0 &&
            (tt_h2_done(link->h2) ||
-            (link->state == LINK_RETIRING && !link->busy && tt_h2_active_streams(link->h2) == 0));
+            (link->state == LINK_RETIRING && !link->busy && !tt_h2_notice_pending(link->h2) &&
+             tt_h2_active_streams(link->h2) == 0));
 }
 
 /* The carrier is closing (see pool.h). */

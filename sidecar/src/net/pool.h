@@ -44,6 +44,7 @@ struct tt_link;
 #define TT_POOL_STREAMS_PER_LINK 100
 #define TT_POOL_DIRECT_MS        60000 /* a destination that declined the token goes direct */
 #define TT_POOL_PING_MS          30000 /* keepalive PING while tunnels are open */
+#define TT_POOL_NOTICE_MS        2000  /* inbound: the longest wait for a drain notice's PING */
 
 /* An app connection's place in the pool: waiting for a link, then riding one. Embedded in
  * the connection; the pool links it into its lists. */
@@ -164,15 +165,18 @@ void tt_link_flush_soon(struct tt_link *link);
 void tt_pool_run_flushes(struct tt_pool *pool);
 
 /* The carrier's periodic tick (every tt_link_tick_ms): PING while tunnels are open (a
- * link whose last PING went unanswered is dead), idle close. Returns 0, 1 when the link
- * should close gracefully now, or <0 when it is dead. */
+ * link whose last PING went unanswered is dead), idle close, the final GOAWAY of an
+ * inbound drain whose notice the peer left unanswered (TT_POOL_NOTICE_MS). Returns 0, 1 when the
+ * link should close gracefully now, or <0 when it is dead. */
 int tt_link_tick(struct tt_link *link, uint64_t now_ms);
 uint64_t tt_link_tick_ms(const struct tt_link *link);
 
-/* Retires the link: GOAWAY, no new tunnels; it closes once its tunnels are over. */
+/* Retires the link: GOAWAY, no new tunnels; it closes once its tunnels are over (an
+ * inbound one also once the peer answered its drain notice: tt_h2_goaway). */
 void tt_link_retire(struct tt_link *link);
 
-/* Whether the session is over (after GOAWAY with no stream left): close the carrier. */
+/* Whether the session is over (after the final GOAWAY, with no stream left): close the
+ * carrier. */
 bool tt_link_done(const struct tt_link *link);
 
 /* The carrier is closing with `err`: waiting members fail (ops->wait_failed), tunnels are
