@@ -200,6 +200,11 @@ def check_keepalive(ok, w, web, api, out_port, in_port, backend):
        and lines[-1].get("peer_id") == w.api_id,
        "1: the outbound writes a request line per request, naming where it went (%r)"
        % (lines[-1:],))
+    durations = [r.get("duration_us") for r in lines[-40:]]
+    ok(all(isinstance(d, int) and 0 < d < 5_000_000 for d in durations) and
+       any(d % 1000 for d in durations),
+       "1: request durations are measured in microseconds, not whole milliseconds "
+       "(%r)" % durations[:8])
     ok(o["handshakes"] <= 2, "1: on at most one link per worker (handshakes %r)" % o["handshakes"])
     try:
         h.wait_for(lambda: web.access_logs(), 5, what="the outbound's access line")

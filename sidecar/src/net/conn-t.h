@@ -74,7 +74,8 @@ struct tt_conn {
     uv_timer_t timer; /* handshake, connect or idle deadline */
     uv_connect_t connect_req;
     uint64_t start_ms;
-    uint64_t phase_ms; /* when the current state began */
+    uint64_t phase_ms;         /* when the current state began */
+    uint64_t connect_start_us; /* when the current upstream connect began (tt__conn_now_us) */
     uint64_t last_activity_ms;
     int pending_closes;
     int error;                  /* first error that ended the connection, or 0 */

@@ -280,7 +280,7 @@ void tt__on_connect(uv_connect_t *req, int status)
         tt__conn_connect_failed(c, status);
         return;
     }
-    uint64_t connect_us = (uv_now(&c->worker->loop) - c->phase_ms) * 1000;
+    uint64_t connect_us = tt__conn_now_us(c) - c->connect_start_us;
     tt_metrics_observe(&conn_counters(c)->connect_us, connect_us);
     /* The balancer compares endpoints by their TCP connect time: a direct connection's,
      * or for pooled ones the connect of the link to that endpoint (its tunnels only ride). */
@@ -432,6 +432,7 @@ void tt__conn_start_connect(struct tt_conn *c)
     c->up.tcp->data = c;
     c->up.open = true;
     tt__conn_enter(c, TT_CONN_S_CONNECTING);
+    c->connect_start_us = tt__conn_now_us(c);
     r = uv_tcp_connect(&c->connect_req, c->up.tcp, (const struct sockaddr *)&target->ss,
                        tt__on_connect);
     if (r < 0)
@@ -462,6 +463,7 @@ bool tt__workload_retry(struct tt_conn *c)
     if (fresh == NULL)
         return false;
     fresh->data = c;
+    c->connect_start_us = tt__conn_now_us(c);
     if (uv_tcp_connect(&c->connect_req, fresh, (const struct sockaddr *)&c->target.ss,
                        tt__on_connect) < 0) {
         tt_idle_conn_close(fresh, false, NULL);
