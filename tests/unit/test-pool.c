@@ -349,6 +349,14 @@ static struct tt_conn *link_with_riders(size_t n, struct tt_conn **riders)
     return oc;
 }
 
+/* App connection c's tunnel is over: its stream released, its place in the pool left. */
+static void tunnel_over(struct tt_conn *c)
+{
+    tt_h2_stream_release(c->st);
+    c->st = NULL;
+    tt_pool_detach(&c->m);
+}
+
 /* --- the cases ------------------------------------------------------------------------- */
 
 /* Two attaches while dialling share one dial; both ride once SETTINGS arrive. */
@@ -452,9 +460,7 @@ static void test_pool_second_link(void **state)
      * here), and so are the next ones: a fixed order, neither the least loaded link nor
      * the fullest. */
     for (size_t i = 0; i < TT_POOL_STREAMS_PER_LINK - 1; i++) {
-        tt_h2_stream_release(m[i]->st);
-        m[i]->st = NULL;
-        tt_pool_detach(&m[i]->m);
+        tunnel_over(m[i]);
     }
     for (int i = 0; i < 5; i++)
         assert_ptr_equal(attach(&T.t1, ID_A, &identity1, 1)->m.link, oc1->link);
@@ -464,9 +470,7 @@ static void test_pool_second_link(void **state)
      * first, and the second, idle, closes (a GOAWAY at its idle tick). */
     struct tt_conn *on2[] = {m[TT_POOL_STREAMS_PER_LINK], full};
     for (size_t i = 0; i < TT_ARRAY_SIZE(on2); i++) {
-        tt_h2_stream_release(on2[i]->st);
-        on2[i]->st = NULL;
-        tt_pool_detach(&on2[i]->m);
+        tunnel_over(on2[i]);
     }
     for (int i = 0; i < 5; i++)
         assert_ptr_equal(attach(&T.t1, ID_A, &identity1, 1)->m.link, oc1->link);
@@ -501,9 +505,7 @@ static void test_pool_identity_rotation(void **state)
     assert_int_equal(T.octr.pool.links_recycled, 1);
     assert_int_equal(T.dials, 2);
 
-    tt_h2_stream_release(r[0]->st);
-    r[0]->st = NULL;
-    tt_pool_detach(&r[0]->m);
+    tunnel_over(r[0]);
     assert_int_equal(tt_link_flush(oc->link), 0);
     pump();
     assert_true(tt_link_done(oc->link));
@@ -614,9 +616,7 @@ static void test_pool_idle_close(void **state)
     uint64_t start = tt_now_ms();
 
     assert_int_equal(tt_link_tick(oc->link, start), 0);
-    tt_h2_stream_release(r[0]->st);
-    r[0]->st = NULL;
-    tt_pool_detach(&r[0]->m);
+    tunnel_over(r[0]);
     assert_null(r[0]->m.link);
     assert_int_equal(T.octr.pool.streams_closed, 1);
     tt_pool_detach(&r[0]->m); /* twice: no effect */
@@ -644,9 +644,7 @@ static void test_pool_idle_clock(void **state)
     struct tt_conn *oc = link_with_riders(1, r);
     uint64_t loop_now = tt_now_ms();
 
-    tt_h2_stream_release(r[0]->st);
-    r[0]->st = NULL;
-    tt_pool_detach(&r[0]->m);
+    tunnel_over(r[0]);
     assert_int_equal(tt_link_tick(oc->link, loop_now - 1), 0);
     assert_int_equal(frames(oc, FRAME_GOAWAY, ANY_FLAGS), 0);
 }
@@ -694,9 +692,7 @@ static void test_pool_drain(void **state)
     struct tt_conn *r2 = attach(&T.t2, ID_A, &identity1, 0);
     struct tt_conn *oc2 = T.last_dial;
     link_connect(oc2);
-    tt_h2_stream_release(r2->st); /* oc2's rider is over */
-    r2->st = NULL;
-    tt_pool_detach(&r2->m);
+    tunnel_over(r2); /* oc2's rider is over */
 
     tt_pool_drain(T.out);
     assert_int_equal(frames(oc1, FRAME_GOAWAY, ANY_FLAGS), 1);
@@ -707,9 +703,7 @@ static void test_pool_drain(void **state)
     pump();
     assert_true(tt_link_done(oc2->link));
     assert_false(tt_link_done(oc1->link));
-    tt_h2_stream_release(r[0]->st);
-    r[0]->st = NULL;
-    tt_pool_detach(&r[0]->m);
+    tunnel_over(r[0]);
     assert_int_equal(tt_link_flush(oc1->link), 0);
     pump();
     assert_true(tt_link_done(oc1->link));
@@ -749,9 +743,7 @@ static void test_pool_inbound_retire_serves_tunnel_in_flight(void **state)
 
     assert_int_equal(tt_link_flush(oc->link), 0); /* b's HEADERS: sent, not delivered */
     tt_pool_drain(T.in);
-    tt_h2_stream_release(r[0]->st); /* the first tunnel ends meanwhile */
-    r[0]->st = NULL;
-    tt_pool_detach(&r[0]->m);
+    tunnel_over(r[0]); /* the first tunnel ends meanwhile */
     assert_int_equal(tt_link_flush(ic->link), 0);
     assert_false(tt_link_done(ic->link)); /* no tunnel left, but b may be on its way */
     pump();
@@ -765,15 +757,10 @@ static void test_pool_inbound_retire_serves_tunnel_in_flight(void **state)
     assert_int_equal(c->rides, 0);
     for (size_t i = 0; i < T.nconns; i++) { /* the inbound side of b's tunnel ends */
         struct tt_conn *t = &T.conns[i];
-        if (!t->carrier && t->m.link == ic->link) {
-            tt_h2_stream_release(t->st);
-            t->st = NULL;
-            tt_pool_detach(&t->m);
-        }
+        if (!t->carrier && t->m.link == ic->link)
+            tunnel_over(t);
     }
-    tt_h2_stream_release(b->st);
-    b->st = NULL;
-    tt_pool_detach(&b->m);
+    tunnel_over(b);
     assert_int_equal(tt_link_flush(oc->link), 0);
     assert_int_equal(tt_link_flush(ic->link), 0);
     pump();

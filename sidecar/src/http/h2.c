@@ -667,8 +667,6 @@ int tt_h2_error(const struct tt_h2 *h2)
     return h2->failed;
 }
 
-static int goaway_submit(struct tt_h2 *h2, uint32_t h2_code);
-
 /* The rest of the current output chunk, or the next one from nghttp2 (no copy). A client's
  * GOAWAY that was due goes out once nothing else is queued. */
 int tt_h2_pending(struct tt_h2 *h2, const uint8_t **data, size_t *len)
@@ -678,8 +676,7 @@ int tt_h2_pending(struct tt_h2 *h2, const uint8_t **data, size_t *len)
         h2->busy++;
         ssize_t r = nghttp2_session_mem_send(h2->session, &p);
         if (r == 0 && h2->goaway_due && nghttp2_session_get_outbound_queue_size(h2->session) == 0) {
-            h2->goaway_due = 0;
-            r = goaway_submit(h2, NGHTTP2_NO_ERROR);
+            r = goaway_final(h2, NGHTTP2_NO_ERROR);
             if (r == 0)
                 r = nghttp2_session_mem_send(h2->session, &p);
         }
